@@ -1,0 +1,216 @@
+// Package sandbox defines what a sandbox is (ID, Config, Status) and the
+// small interfaces an isolation engine implements (Runtime, Executor, REPL,
+// StatsReader). The Linux engine built on runc's libcontainer lives in
+// sandbox/linux; the in-sandbox agent and its wire protocol in sandbox/portal;
+// the conformance suite every engine must pass in sandbox/sandboxtest.
+// Nothing here knows about JSON-RPC: the rpc package calls the Service.
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// ID names one sandbox: a name unique inside a namespace. Both parts are
+// validated by the namespace package before an ID reaches an engine.
+type ID struct {
+	Namespace string
+	Name      string
+}
+
+// String renders the ID as "namespace/name", for messages and logs.
+func (id ID) String() string { return id.Namespace + "/" + id.Name }
+
+// Key renders the ID as one token usable as a file or container name.
+// Names cannot contain '.', so "namespace.name" is unambiguous.
+func (id ID) Key() string { return id.Namespace + "." + id.Name }
+
+// Mount is a bind mount from the host into a sandbox.
+type Mount struct {
+	Source   string // absolute host path
+	Target   string // absolute path inside the sandbox
+	ReadOnly bool
+}
+
+// Link is a symbolic link created in the sandbox's root, e.g. bin -> usr/bin.
+type Link struct {
+	Path   string // path inside the sandbox, relative to its root
+	Target string // link target, as stored in the link
+}
+
+// File is a small file the engine writes into the sandbox's root before start.
+type File struct {
+	Path    string // path inside the sandbox, relative to its root
+	Mode    uint32
+	Content []byte
+}
+
+// RootFS describes how to assemble a sandbox's root file system. The
+// writable part always lives in the sandbox's own directory; Mounts are the
+// only host paths a sandbox can see.
+type RootFS struct {
+	Mounts []Mount
+	Links  []Link
+	Files  []File
+	Dirs   []string // writable directories created empty (e.g. "tmp", "workspace")
+}
+
+// Spec is everything an engine needs to create one sandbox.
+type Spec struct {
+	Root      RootFS
+	Env       []string // KEY=VALUE, already merged (image, then user envs)
+	Workdir   string   // absolute path inside the sandbox
+	MemoryMiB int
+	CPUs      int
+	Pids      int
+	Hostname  string
+}
+
+// State is the coarse lifecycle state of a sandbox as an engine sees it.
+type State string
+
+// States an engine reports.
+const (
+	StateCreated State = "created"
+	StateRunning State = "running"
+	StateStopped State = "stopped"
+)
+
+// Status is what Inspect reports about one sandbox.
+type Status struct {
+	ID      ID
+	State   State
+	Pid     int // host pid of the sandbox's init, 0 when not running
+	Started time.Time
+}
+
+// Stats is a point-in-time sample of a sandbox's resource use.
+type Stats struct {
+	// CPUTime is the total CPU time used by every process of the sandbox.
+	CPUTime time.Duration
+	// MemoryBytes is the memory charged to the sandbox's cgroup.
+	MemoryBytes uint64
+	// DiskBytes is the size of the sandbox's writable layer.
+	DiskBytes uint64
+	// Sampled is when the sample was taken.
+	Sampled time.Time
+}
+
+// Runtime is an isolation engine: it creates, starts, stops and deletes
+// sandboxes and finds the ones an earlier server process left behind.
+// Every method takes the sandbox's ID; none blocks calls on other sandboxes.
+type Runtime interface {
+	// Create prepares the sandbox (root file system, cgroups) without
+	// running anything in it. ErrConflict if it already exists.
+	Create(ctx context.Context, id ID, spec Spec) error
+	// Start starts the sandbox's init (the portal) and waits until it
+	// answers. ErrNotFound if it was never created.
+	Start(ctx context.Context, id ID) error
+	// Stop kills every process in the sandbox. Stopping a stopped sandbox
+	// is not an error; ErrNotFound if it does not exist.
+	Stop(ctx context.Context, id ID) error
+	// Delete releases everything the sandbox holds: processes, cgroups,
+	// mounts and its directory. Deleting a missing sandbox is not an error.
+	Delete(ctx context.Context, id ID) error
+	// Inspect reports the sandbox's state. ErrNotFound if it does not exist.
+	Inspect(ctx context.Context, id ID) (Status, error)
+	// Recover lists the sandboxes this engine holds that the current
+	// process did not create (left by a server that died). The caller then
+	// deletes them or adopts them.
+	Recover(ctx context.Context) ([]Status, error)
+}
+
+// Stream names an output stream of a command or interpreter.
+type Stream string
+
+// The two output streams.
+const (
+	Stdout Stream = "stdout"
+	Stderr Stream = "stderr"
+)
+
+// Line is one line of output, without its trailing newline.
+type Line struct {
+	Stream Stream `json:"stream"`
+	Text   string `json:"text"`
+}
+
+// ExecRequest is one command to run inside a sandbox.
+type ExecRequest struct {
+	Command string
+	Args    []string
+	Env     []string // added to the sandbox's environment
+	Workdir string   // empty: the sandbox's workdir
+	Timeout time.Duration
+}
+
+// ExitTimeout is the exit code reported for a command killed by its timeout,
+// as timeout(1) does.
+const ExitTimeout = 124
+
+// ExecResult is the outcome of a command.
+type ExecResult struct {
+	ExitCode int
+	TimedOut bool
+	Output   []Line
+}
+
+// Executor runs commands inside a running sandbox. ErrConflict if the
+// sandbox is not running; a command that cannot be started (not found, not
+// executable) is an ErrInvalidArgument naming it.
+type Executor interface {
+	Exec(ctx context.Context, id ID, req ExecRequest) (ExecResult, error)
+}
+
+// Language is an interpreter a sandbox keeps alive between calls.
+type Language string
+
+// Languages a REPL understands.
+const (
+	Python Language = "python"
+	Node   Language = "nodejs"
+)
+
+// ReplStatus is the outcome of one REPL evaluation.
+type ReplStatus string
+
+// REPL outcomes, as the wire contract names them.
+const (
+	ReplSuccess ReplStatus = "success"
+	ReplError   ReplStatus = "error"
+	ReplTimeout ReplStatus = "timeout"
+)
+
+// ReplResult is the outcome of one evaluation.
+type ReplResult struct {
+	Status ReplStatus
+	Output []Line
+}
+
+// REPL evaluates code in a live interpreter kept per sandbox and language.
+// ErrConflict if the sandbox is not running; ErrInvalidArgument naming the
+// interpreter if the image does not have it.
+type REPL interface {
+	RunCode(ctx context.Context, id ID, lang Language, code string, timeout time.Duration) (ReplResult, error)
+}
+
+// StatsReader samples a sandbox's resource use. ErrConflict if it is not running.
+type StatsReader interface {
+	Stats(ctx context.Context, id ID) (Stats, error)
+}
+
+// Engine is everything the Service needs from an isolation engine.
+type Engine interface {
+	Runtime
+	Executor
+	REPL
+	StatsReader
+}
+
+// MaxOutput caps the output of one call (command or REPL evaluation). Past
+// it the output is cut and a last stderr line says so.
+const MaxOutput = 16 << 20
+
+// OutputCutNotice is the stderr line appended when output hit MaxOutput.
+var OutputCutNotice = fmt.Sprintf("[msb] output exceeded %d MiB; the rest was discarded", MaxOutput>>20)
