@@ -1,6 +1,9 @@
 package sandbox
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Error classes shared by every layer of msb. Callers wrap them with context
 // (fmt.Errorf("sandbox %q: %w", name, ErrNotFound)) and test them with
@@ -19,3 +22,17 @@ var (
 	// the engine broke). Maps to -32603.
 	ErrUnavailable = errors.New("unavailable")
 )
+
+// Errorf returns an error whose message is exactly the formatted text (what
+// a client reads) and which matches class under errors.Is.
+func Errorf(class error, format string, args ...any) error {
+	return &classError{msg: fmt.Sprintf(format, args...), class: class}
+}
+
+type classError struct {
+	msg   string
+	class error
+}
+
+func (e *classError) Error() string { return e.msg }
+func (e *classError) Unwrap() error { return e.class }

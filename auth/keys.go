@@ -1,0 +1,171 @@
+// Package auth issues and verifies msb's API keys.
+//
+// A key is "msb_" followed by an HS256 JWT signed with the server signing
+// key (server.key in the msb home, mode 0600) with the claims iat, exp
+// (absent: never expires), namespace ("*": all) and jti (the key id). Every
+// key is also recorded in the registry (SQLite), which is what makes
+// revocation and --reset-key take effect on a running server. The key text
+// is shown once, at issue, and never stored, logged or echoed in an error.
+package auth
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/msb-dev/msb/namespace"
+)
+
+// Prefix starts every msb API key, so leaked keys are easy to find.
+const Prefix = "msb_"
+
+// MaxLabelLen bounds a key's label.
+const MaxLabelLen = 64
+
+// Claims are the JWT claims of an msb API key.
+type Claims struct {
+	Namespace string `json:"namespace"`
+	jwt.RegisteredClaims
+}
+
+// IssueOptions describe a key to issue.
+type IssueOptions struct {
+	Namespace string        // "" or "*": all namespaces
+	Expire    time.Duration // 0: never
+	Label     string
+}
+
+// Issuer makes new keys and records them.
+type Issuer struct {
+	Signer   *Signer
+	Registry *Registry
+	Now      func() time.Time
+}
+
+// Issue signs a new key, records it, and returns the key text (to be shown
+// once) with its registry entry. Errors for a bad namespace or label wrap
+// namespace.ErrInvalidName or are plain messages saying what to change.
+func (is *Issuer) Issue(ctx context.Context, opts IssueOptions) (string, Key, error) {
+	if opts.Namespace == "" {
+		opts.Namespace = namespace.All
+	}
+	if err := namespace.ValidateClaim(opts.Namespace); err != nil {
+		return "", Key{}, err
+	}
+	if opts.Expire < 0 {
+		return "", Key{}, fmt.Errorf("expiry must be positive")
+	}
+	if len(opts.Label) > MaxLabelLen || strings.ContainsFunc(opts.Label, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return "", Key{}, fmt.Errorf("label must be at most %d printable characters", MaxLabelLen)
+	}
+	now := time.Now
+	if is.Now != nil {
+		now = is.Now
+	}
+	issued := now().Truncate(time.Second)
+	idBytes := make([]byte, 12)
+	if _, err := rand.Read(idBytes); err != nil {
+		return "", Key{}, fmt.Errorf("generate key id: %w", err)
+	}
+	k := Key{
+		ID:           hex.EncodeToString(idBytes),
+		Label:        opts.Label,
+		Namespace:    opts.Namespace,
+		SigningKeyID: is.Signer.ID(),
+		Created:      issued,
+	}
+	claims := Claims{Namespace: k.Namespace, RegisteredClaims: jwt.RegisteredClaims{
+		ID:       k.ID,
+		IssuedAt: jwt.NewNumericDate(issued),
+	}}
+	if opts.Expire > 0 {
+		k.Expires = issued.Add(opts.Expire)
+		claims.ExpiresAt = jwt.NewNumericDate(k.Expires)
+	}
+	signed, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(is.Signer.secret)
+	if err != nil {
+		return "", Key{}, fmt.Errorf("sign key: %w", err)
+	}
+	text := Prefix + signed
+	k.Prefix = text[:PrefixLen]
+	k.hash = hashKey(text)
+	if err := is.Registry.Add(ctx, k); err != nil {
+		return "", Key{}, err
+	}
+	return text, k, nil
+}
+
+// Principal is who made an authenticated request.
+type Principal struct {
+	KeyID     string
+	Label     string
+	Namespace string // the key's claim: a namespace or "*"
+}
+
+// Authenticator verifies API keys on the request path.
+type Authenticator struct {
+	Signer   *Signer
+	Registry *Registry
+	Now      func() time.Time
+}
+
+// maxKeyLen bounds what is parsed at all; real keys are ~250 bytes.
+const maxKeyLen = 4096
+
+// Authenticate verifies key and returns who it belongs to. Every error
+// matches ErrUnauthenticated and is one of ErrKeyRequired, ErrInvalidKey,
+// ErrExpired, ErrRevoked, except a failure of the registry itself.
+func (a *Authenticator) Authenticate(ctx context.Context, key string) (Principal, error) {
+	if key == "" {
+		return Principal{}, ErrKeyRequired
+	}
+	if len(key) > maxKeyLen || !strings.HasPrefix(key, Prefix) {
+		return Principal{}, ErrInvalidKey
+	}
+	now := time.Now
+	if a.Now != nil {
+		now = a.Now
+	}
+	var claims Claims
+	_, err := jwt.NewParser(
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithTimeFunc(now),
+	).ParseWithClaims(key[len(Prefix):], &claims, func(t *jwt.Token) (any, error) {
+		// The algorithm is fixed here, never chosen by the token's header.
+		if t.Method != jwt.SigningMethodHS256 {
+			return nil, errors.New("unexpected signing method")
+		}
+		return a.Signer.secret, nil
+	})
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return Principal{}, ErrExpired
+	case err != nil:
+		return Principal{}, ErrInvalidKey
+	}
+	if claims.ID == "" || namespace.ValidateClaim(claims.Namespace) != nil {
+		return Principal{}, ErrInvalidKey
+	}
+	k, err := a.Registry.lookup(ctx, claims.ID)
+	if errors.Is(err, ErrKeyNotFound) {
+		return Principal{}, ErrInvalidKey
+	}
+	if err != nil {
+		return Principal{}, err
+	}
+	if !hmac.Equal([]byte(k.hash), []byte(hashKey(key))) || k.SigningKeyID != a.Signer.ID() || k.Namespace != claims.Namespace {
+		return Principal{}, ErrInvalidKey
+	}
+	if !k.Revoked.IsZero() {
+		return Principal{}, ErrRevoked
+	}
+	a.Registry.touch(k.ID)
+	return Principal{KeyID: k.ID, Label: k.Label, Namespace: k.Namespace}, nil
+}

@@ -1,0 +1,264 @@
+// Package config holds msb's settings and the layout of its home directory.
+//
+// Configuration flows one way: Default → the optional config file in the home
+// (config.toml, decoded strictly: an unknown key is an error) → environment
+// (MSB_HOST, MSB_PORT, ...) → command-line flags (applied by main) →
+// Validate. The result is a plain struct handed to constructors; nothing in
+// msb reads settings from globals.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Defaults of the settings a user is most likely to change.
+const (
+	DefaultHost = "127.0.0.1"
+	DefaultPort = 5555
+	// FileName is the config file inside the home.
+	FileName = "config.toml"
+)
+
+// Config is the complete configuration of one msb home and server.
+type Config struct {
+	// Home is the state directory: $MSB_HOME, else ~/.microsandbox.
+	Home string `toml:"-"`
+
+	Host    string `toml:"host"`
+	Port    int    `toml:"port"`
+	Dev     bool   `toml:"-"` // only ever from the --dev flag, never persisted
+	TLSCert string `toml:"tls_cert"`
+	TLSKey  string `toml:"tls_key"`
+
+	// Images maps image names used in sandbox.start to what they run:
+	// "host" (the built-in image) or, later, an OCI image reference.
+	Images map[string]string `toml:"images"`
+
+	// Sandbox defaults.
+	SandboxPids int `toml:"sandbox_pids"`
+}
+
+// ErrInvalid is wrapped by every error Validate and Load return for bad settings.
+var ErrInvalid = errors.New("invalid configuration")
+
+// DefaultImages is the alias table written into a new config file: the SDKs'
+// default images run on the built-in host image until OCI images are set.
+func DefaultImages() map[string]string {
+	return map[string]string{
+		"microsandbox/python": "host",
+		"microsandbox/node":   "host",
+	}
+}
+
+// Default returns the built-in configuration for the given home.
+func Default(home string) Config {
+	return Config{
+		Home:        home,
+		Host:        DefaultHost,
+		Port:        DefaultPort,
+		Images:      DefaultImages(),
+		SandboxPids: 1024,
+	}
+}
+
+// HomeFromEnv returns $MSB_HOME, else ~/.microsandbox.
+func HomeFromEnv() (string, error) {
+	if h := os.Getenv("MSB_HOME"); h != "" {
+		return filepath.Abs(h)
+	}
+	dir, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("find home directory (set MSB_HOME): %w", err)
+	}
+	return filepath.Join(dir, ".microsandbox"), nil
+}
+
+// Load builds the configuration of home: defaults, then the config file if
+// it exists, then the environment. Flags are applied by the caller, which
+// then calls Validate. Errors wrap ErrInvalid for bad content.
+func Load(home string) (Config, error) {
+	c := Default(home)
+	if err := c.loadFile(); err != nil {
+		return c, err
+	}
+	if err := c.loadEnv(os.Getenv); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+func (c *Config) loadFile() error {
+	path := c.Path(FileName)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	// The file's table replaces the defaults' so an operator can remove an alias.
+	c.Images = nil
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(c)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrInvalid, path, err)
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		keys := make([]string, len(undecoded))
+		for i, k := range undecoded {
+			keys[i] = k.String()
+		}
+		return fmt.Errorf("%w: %s: unknown setting %s", ErrInvalid, path, strings.Join(keys, ", "))
+	}
+	if c.Images == nil {
+		c.Images = map[string]string{}
+	}
+	return nil
+}
+
+func (c *Config) loadEnv(getenv func(string) string) error {
+	if v := getenv("MSB_HOST"); v != "" {
+		c.Host = v
+	}
+	if v := getenv("MSB_PORT"); v != "" {
+		p, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("%w: MSB_PORT=%q is not a port number", ErrInvalid, v)
+		}
+		c.Port = p
+	}
+	if v := getenv("MSB_TLS_CERT"); v != "" {
+		c.TLSCert = v
+	}
+	if v := getenv("MSB_TLS_KEY"); v != "" {
+		c.TLSKey = v
+	}
+	return nil
+}
+
+// Validate checks the settings together and says what to change.
+// Errors wrap ErrInvalid.
+func (c *Config) Validate() error {
+	if c.Home == "" || !filepath.IsAbs(c.Home) {
+		return fmt.Errorf("%w: home %q must be an absolute path", ErrInvalid, c.Home)
+	}
+	if c.Host == "" {
+		return fmt.Errorf("%w: host is empty: use an address such as 127.0.0.1", ErrInvalid)
+	}
+	if c.Port < 0 || c.Port > 65535 {
+		return fmt.Errorf("%w: port %d is out of range: use 1-65535 (or 0 for any free port)", ErrInvalid, c.Port)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return fmt.Errorf("%w: --tls-cert and --tls-key must be given together", ErrInvalid)
+	}
+	if c.Dev && !IsLoopback(c.Host) {
+		return fmt.Errorf("%w: --dev turns authentication off, so it only listens on a loopback address (127.0.0.1, ::1, localhost), not %q", ErrInvalid, c.Host)
+	}
+	if c.SandboxPids < 16 {
+		return fmt.Errorf("%w: sandbox_pids %d is too low: use at least 16", ErrInvalid, c.SandboxPids)
+	}
+	for name, target := range c.Images {
+		if name == "" || target == "" {
+			return fmt.Errorf("%w: images: alias %q -> %q: both sides must be non-empty", ErrInvalid, name, target)
+		}
+	}
+	return nil
+}
+
+// IsLoopback reports whether host names only the local machine.
+func IsLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(strings.Trim(host, "[]"))
+	return ip != nil && ip.IsLoopback()
+}
+
+// Addr is the host:port the server listens on.
+func (c *Config) Addr() string { return net.JoinHostPort(c.Host, strconv.Itoa(c.Port)) }
+
+// Path returns the path of name inside the home.
+func (c *Config) Path(name ...string) string {
+	return filepath.Join(append([]string{c.Home}, name...)...)
+}
+
+// KeyPath is the signing key file (mode 0600).
+func (c *Config) KeyPath() string { return c.Path("server.key") }
+
+// DBPath is the SQLite database holding keys, sandboxes and audit events.
+func (c *Config) DBPath() string { return c.Path("msb.db") }
+
+// PidPath is the pid file of the running server.
+func (c *Config) PidPath() string { return c.Path("server.pid") }
+
+// StatePath describes the running server (address, pid, dev mode) for status.
+func (c *Config) StatePath() string { return c.Path("server.json") }
+
+// LockPath is held (flock) by the running server so a second one refuses to start.
+func (c *Config) LockPath() string { return c.Path("server.lock") }
+
+// LogDir holds the server log.
+func (c *Config) LogDir() string { return c.Path("logs") }
+
+// SandboxDir holds one directory per sandbox: its writable root.
+func (c *Config) SandboxDir() string { return c.Path("sandboxes") }
+
+// EngineDir is the isolation engine's state directory.
+func (c *Config) EngineDir() string { return c.Path("run", "engine") }
+
+// SandboxLogDir holds the logs of sandboxes' exec and start scripts.
+func (c *Config) SandboxLogDir() string { return c.Path("logs", "sandboxes") }
+
+// EnsureHome creates the home directory (0700: it holds the signing key).
+func (c *Config) EnsureHome() error {
+	if err := os.MkdirAll(c.Home, 0o700); err != nil {
+		return fmt.Errorf("create msb home: %w", err)
+	}
+	return os.Chmod(c.Home, 0o700)
+}
+
+const fileHeader = `# msb configuration. Settings here override the built-in defaults; the
+# environment (MSB_HOST, MSB_PORT, ...) and command-line flags override this file.
+# Unknown settings are an error, so a typo never goes unnoticed.
+
+# host = "127.0.0.1"
+# port = 5555
+
+# Image aliases: the image names sandbox.start accepts, and what each runs.
+# "host" is the built-in image: this machine's /usr, /bin and /lib, read-only,
+# with a generated /etc. The SDKs' default images resolve to it. Remove an
+# entry to refuse that name; add one to accept another.
+`
+
+// WriteDefaultFile writes a commented config file with the default alias
+// table if the home has none yet; it reports whether it wrote one.
+func (c *Config) WriteDefaultFile() (bool, error) {
+	path := c.Path(FileName)
+	var buf bytes.Buffer
+	buf.WriteString(fileHeader)
+	if err := toml.NewEncoder(&buf).Encode(struct {
+		Images map[string]string `toml:"images"`
+	}{DefaultImages()}); err != nil {
+		return false, fmt.Errorf("encode config: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("write config: %w", err)
+	}
+	if _, err := f.Write(buf.Bytes()); err != nil {
+		f.Close()
+		return false, fmt.Errorf("write config: %w", err)
+	}
+	return true, f.Close()
+}

@@ -1,0 +1,153 @@
+package rpc
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/msb-dev/msb/auth"
+	"github.com/msb-dev/msb/namespace"
+)
+
+// Method is one entry of the method table.
+type Method struct {
+	// Namespaced methods take a "namespace" param, checked against the
+	// caller's key before the handler runs.
+	Namespaced bool
+	// AllowAll lets the namespace be "*" (sandbox.metrics.get); a key for
+	// one namespace then sees only that namespace.
+	AllowAll bool
+	// Handle runs the method. Its errors are classified by errorClasses.
+	Handle func(ctx context.Context, call *Call) (any, error)
+}
+
+// Methods is the method table: every method the server answers, by name.
+type Methods map[string]Method
+
+// Call is an authorized call as a handler receives it.
+type Call struct {
+	// Namespace is the namespace the call acts on, already validated and
+	// authorized; for "*" from a namespaced key it is narrowed to the key's.
+	Namespace string
+	Principal auth.Principal
+	params    json.RawMessage
+}
+
+// Decode decodes the call's params into v strictly: unknown fields and wrong
+// types are errors naming the field. Errors wrap errInvalidParams.
+func (c *Call) Decode(v any) error {
+	params := c.params
+	if len(params) == 0 || bytes.Equal(params, nullID) {
+		params = json.RawMessage("{}")
+	}
+	dec := json.NewDecoder(bytes.NewReader(params))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %s", errInvalidParams, describeDecodeError(err))
+	}
+	return nil
+}
+
+func describeDecodeError(err error) string {
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) {
+		field := typeErr.Field
+		if field == "" {
+			return fmt.Sprintf("params must be a JSON object, not %s", typeErr.Value)
+		}
+		return fmt.Sprintf("%q must be %s, not %s", field, jsonType(typeErr.Type.Kind().String()), typeErr.Value)
+	}
+	if msg, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		return fmt.Sprintf("unknown field %s: check the spelling against the API reference", msg)
+	}
+	return "params are not valid: " + err.Error()
+}
+
+func jsonType(kind string) string {
+	switch kind {
+	case "string":
+		return "a string"
+	case "int", "int64", "int32", "uint", "uint64", "uint32":
+		return "an integer"
+	case "float64", "float32":
+		return "a number"
+	case "slice":
+		return "an array"
+	case "map", "struct":
+		return "an object"
+	case "bool":
+		return "true or false"
+	}
+	return kind
+}
+
+// namespaceParam is the part of every namespaced method's params that the
+// dispatcher reads before the handler.
+type namespaceParam struct {
+	Namespace *string `json:"namespace"`
+}
+
+// dispatch looks the method up, authorizes its namespace and runs it.
+func (s *Server) dispatch(ctx context.Context, name string, params json.RawMessage) (any, error) {
+	m, ok := s.methods[name]
+	if !ok {
+		return nil, &methodNotFound{name}
+	}
+	if len(params) > 0 && params[0] != '{' && !bytes.Equal(params, nullID) {
+		return nil, fmt.Errorf("%w: params must be a JSON object of named fields", errInvalidParams)
+	}
+	principal, _ := principalFrom(ctx)
+	call := &Call{Principal: principal, params: params}
+	if m.Namespaced {
+		var p namespaceParam
+		if len(params) > 0 {
+			if err := json.Unmarshal(params, &p); err != nil {
+				return nil, fmt.Errorf("%w: %s", errInvalidParams, describeDecodeError(err))
+			}
+		}
+		if p.Namespace == nil {
+			return nil, fmt.Errorf("%w: \"namespace\" is required", errInvalidParams)
+		}
+		ns := *p.Namespace
+		if err := namespace.ValidateTarget(ns, m.AllowAll); err != nil {
+			return nil, err
+		}
+		if m.AllowAll {
+			ns = namespace.Visible(principal.Namespace, ns)
+		}
+		if err := namespace.Authorize(principal.Namespace, ns); err != nil {
+			return nil, err
+		}
+		call.Namespace = ns
+	}
+	return m.Handle(ctx, call)
+}
+
+// methodNotFound is the -32601 error for one method name.
+type methodNotFound struct{ name string }
+
+func (e *methodNotFound) Is(target error) bool { return target == errMethodNotFound }
+
+func (e *methodNotFound) Error() string {
+	return fmt.Sprintf("method %q not found", truncate(e.name))
+}
+
+type principalKey struct{}
+type remoteKey struct{}
+
+type principalValue struct {
+	p   auth.Principal
+	dev bool
+}
+
+func withPrincipal(ctx context.Context, p auth.Principal, dev bool) context.Context {
+	return context.WithValue(ctx, principalKey{}, principalValue{p, dev})
+}
+
+func principalFrom(ctx context.Context) (auth.Principal, bool) {
+	v, ok := ctx.Value(principalKey{}).(principalValue)
+	return v.p, ok
+}

@@ -1,0 +1,284 @@
+// Package rpc serves msb's wire API: JSON-RPC 2.0 over HTTP on /api/v1/rpc
+// and the health check on /api/v1/health, exactly as CONTRACT.md describes.
+//
+// Every call passes through one path (Server.call): authentication of the
+// HTTP request, then the method table, then the namespace check for every
+// namespaced method, then the handler. No method can skip a step, because
+// handlers only ever receive an already-authorized Call.
+package rpc
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/sourcegraph/jsonrpc2"
+
+	"github.com/msb-dev/msb/auth"
+	"github.com/msb-dev/msb/namespace"
+)
+
+// Limits on what a client may send.
+const (
+	MaxBodyBytes = 10 << 20 // larger bodies get 413
+	MaxBatch     = 100      // calls in one batch
+)
+
+// Paths served.
+const (
+	RPCPath    = "/api/v1/rpc"
+	HealthPath = "/api/v1/health"
+)
+
+// Authenticator verifies an API key; *auth.Authenticator is the real one.
+type Authenticator interface {
+	Authenticate(ctx context.Context, key string) (auth.Principal, error)
+}
+
+// Server is the HTTP handler of the API.
+type Server struct {
+	methods Methods
+	auth    Authenticator // nil: development mode, no authentication
+	log     *slog.Logger
+	mux     *http.ServeMux
+}
+
+// NewServer returns the API handler. With auth nil every request is
+// allowed with full rights (development mode).
+func NewServer(methods Methods, auth Authenticator, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{methods: methods, auth: auth, log: log, mux: http.NewServeMux()}
+	s.mux.HandleFunc(RPCPath, s.serveRPC)
+	s.mux.HandleFunc(HealthPath, s.serveHealth)
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "use GET", http.StatusMethodNotAllowed)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"message": "Service is healthy"})
+}
+
+// request is one JSON-RPC request as received. ID stays raw so it goes back
+// with its JSON type (string, integer, fraction, negative) untouched.
+type request struct {
+	JSONRPC string          `json:"jsonrpc"`
+	Method  *string         `json:"method"`
+	Params  json.RawMessage `json:"params"`
+	ID      json.RawMessage `json:"id"`
+}
+
+// response is one JSON-RPC response.
+type response struct {
+	JSONRPC string          `json:"jsonrpc"`
+	Result  any             `json:"result,omitempty"`
+	Error   *jsonrpc2.Error `json:"error,omitempty"`
+	ID      json.RawMessage `json:"id"`
+}
+
+var nullID = json.RawMessage("null")
+
+func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		writeJSON(w, http.StatusMethodNotAllowed, errorResponse(nullID, jsonrpc2.CodeInvalidRequest, "use POST for JSON-RPC calls"))
+		return
+	}
+	principal, err := s.authenticate(r)
+	if err != nil {
+		code, status, known := classify(err)
+		msg := err.Error()
+		if !known {
+			msg = s.internal(r.Context(), "authenticate", err)
+		}
+		if status == http.StatusUnauthorized {
+			w.Header().Set("WWW-Authenticate", "Bearer")
+		}
+		s.log.Info("rpc denied", "remote", r.RemoteAddr, "reason", msg)
+		writeJSON(w, status, errorResponse(nullID, code, msg))
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeJSON(w, http.StatusRequestEntityTooLarge, errorResponse(nullID, jsonrpc2.CodeInvalidRequest,
+				fmt.Sprintf("request body is larger than %d MiB", MaxBodyBytes>>20)))
+			return
+		}
+		writeJSON(w, http.StatusBadRequest, errorResponse(nullID, jsonrpc2.CodeParseError, "could not read the request body"))
+		return
+	}
+	ctx := withPrincipal(r.Context(), principal, s.auth == nil)
+	ctx = context.WithValue(ctx, remoteKey{}, r.RemoteAddr)
+
+	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	if len(trimmed) > 0 && trimmed[0] == '[' {
+		s.serveBatch(ctx, w, trimmed)
+		return
+	}
+	var req request
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeJSON(w, http.StatusOK, parseError())
+		return
+	}
+	resp, status := s.call(ctx, req)
+	if resp == nil {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	writeJSON(w, status, resp)
+}
+
+func (s *Server) serveBatch(ctx context.Context, w http.ResponseWriter, body []byte) {
+	var items []json.RawMessage
+	if err := json.Unmarshal(body, &items); err != nil {
+		writeJSON(w, http.StatusOK, parseError())
+		return
+	}
+	if len(items) == 0 {
+		writeJSON(w, http.StatusOK, errorResponse(nullID, jsonrpc2.CodeInvalidRequest, "empty batch: send at least one request"))
+		return
+	}
+	if len(items) > MaxBatch {
+		writeJSON(w, http.StatusOK, errorResponse(nullID, jsonrpc2.CodeInvalidRequest,
+			fmt.Sprintf("batch of %d requests is too large: send at most %d", len(items), MaxBatch)))
+		return
+	}
+	var out []*response
+	for _, item := range items {
+		var req request
+		if err := json.Unmarshal(item, &req); err != nil {
+			// A batch element that is valid JSON but not a request object.
+			out = append(out, errorResponse(nullID, jsonrpc2.CodeInvalidRequest, "batch element is not a JSON-RPC request object"))
+			continue
+		}
+		if resp, _ := s.call(ctx, req); resp != nil {
+			out = append(out, resp)
+		}
+	}
+	if len(out) == 0 {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// call runs one request and returns its response (nil for a notification)
+// and the HTTP status it would have alone.
+func (s *Server) call(ctx context.Context, req request) (*response, int) {
+	id := req.ID
+	notification := id == nil
+	if notification {
+		id = nullID
+	}
+	if !validID(id) {
+		return errorResponse(nullID, jsonrpc2.CodeInvalidRequest, "id must be a string, a number or null"), http.StatusOK
+	}
+	if req.JSONRPC != "2.0" {
+		return errorResponse(id, jsonrpc2.CodeInvalidRequest, `"jsonrpc" must be "2.0"`), http.StatusOK
+	}
+	if req.Method == nil || *req.Method == "" {
+		return errorResponse(id, jsonrpc2.CodeInvalidRequest, `"method" is required`), http.StatusOK
+	}
+	method := *req.Method
+	started := time.Now()
+	result, err := s.dispatch(ctx, method, req.Params)
+	principal, _ := principalFrom(ctx)
+	if err != nil {
+		code, status, known := classify(err)
+		msg := err.Error()
+		if !known {
+			msg = s.internal(ctx, method, err)
+		}
+		s.log.Info("rpc", "method", truncate(method), "key_id", principal.KeyID, "code", code, "ms", time.Since(started).Milliseconds())
+		if notification {
+			return nil, http.StatusNoContent
+		}
+		return errorResponse(id, code, msg), status
+	}
+	s.log.Info("rpc", "method", method, "key_id", principal.KeyID, "ms", time.Since(started).Milliseconds())
+	if notification {
+		return nil, http.StatusNoContent
+	}
+	return &response{JSONRPC: "2.0", Result: result, ID: id}, http.StatusOK
+}
+
+// internal logs an unexpected error with a reference and returns the
+// message the client sees, which carries only the reference.
+func (s *Server) internal(ctx context.Context, what string, err error) string {
+	ref := make([]byte, 6)
+	rand.Read(ref)
+	r := hex.EncodeToString(ref)
+	s.log.Error("internal error", "ref", r, "in", truncate(what), "err", err)
+	return fmt.Sprintf("internal server error (ref %s): the server log has the details", r)
+}
+
+func (s *Server) authenticate(r *http.Request) (auth.Principal, error) {
+	if s.auth == nil {
+		return auth.Principal{Namespace: namespace.All, KeyID: "dev"}, nil
+	}
+	return s.auth.Authenticate(r.Context(), KeyFromRequest(r))
+}
+
+// KeyFromRequest returns the API key a request carries: the x-api-key
+// header, else an Authorization: Bearer token, else "".
+func KeyFromRequest(r *http.Request) string {
+	if k := r.Header.Get("X-Api-Key"); k != "" {
+		return strings.TrimSpace(k)
+	}
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return ""
+}
+
+func validID(id json.RawMessage) bool {
+	switch c := id[0]; {
+	case c == '"', c == '-', c >= '0' && c <= '9':
+		return true
+	case bytes.Equal(id, nullID):
+		return true
+	}
+	return false
+}
+
+func errorResponse(id json.RawMessage, code int64, msg string) *response {
+	return &response{JSONRPC: "2.0", Error: &jsonrpc2.Error{Code: code, Message: msg}, ID: id}
+}
+
+func parseError() *response {
+	return errorResponse(nullID, jsonrpc2.CodeParseError, "parse error: the body is not valid JSON")
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// truncate keeps client-chosen strings short in log lines.
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
