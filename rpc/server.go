@@ -136,6 +136,10 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 	}
 	var req request
 	if err := json.Unmarshal(body, &req); err != nil {
+		if json.Valid(body) {
+			writeJSON(w, http.StatusOK, errorResponse(nullID, jsonrpc2.CodeInvalidRequest, "the body must be a JSON-RPC request object or an array of them"))
+			return
+		}
 		writeJSON(w, http.StatusOK, parseError())
 		return
 	}

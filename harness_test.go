@@ -1,0 +1,243 @@
+package main_test
+
+// The integration harness: builds the real msb binary once (static, as the
+// README builds it) and drives it in a temporary home over HTTP on loopback.
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var msbBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "msb-bin-")
+	if err != nil {
+		panic(err)
+	}
+	msbBin = filepath.Join(dir, "msb")
+	build := exec.Command("go", "build", "-tags", "netgo,osusergo", "-ldflags", `-extldflags "-static"`, "-o", msbBin, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build msb:", err)
+		os.Exit(2)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// syncBuffer collects a process's output for assertions while it runs.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// msbServer is one running `msb server start`.
+type msbServer struct {
+	t      *testing.T
+	home   string
+	cmd    *exec.Cmd
+	out    *syncBuffer
+	URL    string
+	exited chan struct{}
+}
+
+func newHome(t *testing.T) string {
+	t.Helper()
+	return t.TempDir()
+}
+
+// msb runs an msb command in home and returns stdout, stderr and the error.
+func msb(t *testing.T, home string, args ...string) (string, string, error) {
+	t.Helper()
+	cmd := exec.Command(msbBin, args...)
+	cmd.Env = append(os.Environ(), "MSB_HOME="+home)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	return stdout.String(), stderr.String(), err
+}
+
+// keygen makes a key in home and returns it.
+func keygen(t *testing.T, home string, args ...string) string {
+	t.Helper()
+	out, errOut, err := msb(t, home, append([]string{"server", "keygen"}, args...)...)
+	if err != nil {
+		t.Fatalf("keygen %v: %v\n%s", args, err, errOut)
+	}
+	key := strings.TrimSpace(out)
+	if !strings.HasPrefix(key, "msb_") || strings.Contains(key, "\n") {
+		t.Fatalf("keygen printed %q, want one msb_ key", out)
+	}
+	return key
+}
+
+// startServer starts the server on a free loopback port and waits until it
+// serves. It is stopped (SIGTERM) when the test ends.
+func startServer(t *testing.T, home string, args ...string) *msbServer {
+	t.Helper()
+	s := &msbServer{t: t, home: home, out: &syncBuffer{}, exited: make(chan struct{})}
+	s.cmd = exec.Command(msbBin, append([]string{"server", "start", "--port", "0"}, args...)...)
+	s.cmd.Env = append(os.Environ(), "MSB_HOME="+home)
+	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
+	os.Remove(filepath.Join(home, "server.json"))
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { s.cmd.Wait(); close(s.exited) }()
+	t.Cleanup(s.Stop)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case <-s.exited:
+			t.Fatalf("server exited at start:\n%s", s.out)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server did not start:\n%s", s.out)
+		}
+		var info struct {
+			Pid     int    `json:"pid"`
+			Address string `json:"address"`
+		}
+		if data, err := os.ReadFile(filepath.Join(home, "server.json")); err == nil &&
+			json.Unmarshal(data, &info) == nil && info.Pid == s.cmd.Process.Pid {
+			s.URL = info.Address
+			return s
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stop sends SIGTERM and waits for the server to exit.
+func (s *msbServer) Stop() {
+	select {
+	case <-s.exited:
+		return
+	default:
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.exited:
+	case <-time.After(60 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.exited
+		s.t.Errorf("server did not stop within 60s of SIGTERM:\n%s", s.out)
+	}
+}
+
+// Kill9 kills the server without warning, as a crash would.
+func (s *msbServer) Kill9() {
+	s.cmd.Process.Kill()
+	<-s.exited
+}
+
+// rpcResponse is a decoded JSON-RPC response.
+type rpcResponse struct {
+	JSONRPC string          `json:"jsonrpc"`
+	Result  json.RawMessage `json:"result"`
+	Error   *struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+	ID json.RawMessage `json:"id"`
+}
+
+// post sends body to the RPC endpoint with the given headers and returns the
+// status and raw body.
+func (s *msbServer) post(body string, headers map[string]string) (int, []byte, http.Header) {
+	s.t.Helper()
+	req, err := http.NewRequest(http.MethodPost, s.URL+"/api/v1/rpc", strings.NewReader(body))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return resp.StatusCode, data, resp.Header
+}
+
+func bearer(key string) map[string]string {
+	if key == "" {
+		return nil
+	}
+	return map[string]string{"Authorization": "Bearer " + key}
+}
+
+// call makes one JSON-RPC call with key (may be "") and returns the HTTP
+// status and the decoded response.
+func (s *msbServer) call(key, method string, params any) (int, rpcResponse) {
+	s.t.Helper()
+	body, err := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	status, data, _ := s.post(string(body), bearer(key))
+	var r rpcResponse
+	if err := json.Unmarshal(data, &r); err != nil {
+		s.t.Fatalf("%s: response is not JSON (%d): %s", method, status, data)
+	}
+	return status, r
+}
+
+// mustCall makes a call that must succeed and decodes its result into out.
+func (s *msbServer) mustCall(key, method string, params any, out any) {
+	s.t.Helper()
+	status, r := s.call(key, method, params)
+	if status != 200 || r.Error != nil {
+		s.t.Fatalf("%s: status %d, error %+v\nserver output:\n%s", method, status, r.Error, s.out)
+	}
+	if out != nil {
+		if err := json.Unmarshal(r.Result, out); err != nil {
+			s.t.Fatalf("%s: result %s: %v", method, r.Result, err)
+		}
+	}
+}
+
+// wantError asserts a call fails with the HTTP status and JSON-RPC code and
+// that the message contains want.
+func (s *msbServer) wantError(key, method string, params any, status, code int, want string) {
+	s.t.Helper()
+	gotStatus, r := s.call(key, method, params)
+	if r.Error == nil {
+		s.t.Fatalf("%s: succeeded (%s), want error %d", method, r.Result, code)
+	}
+	if gotStatus != status || r.Error.Code != code || !strings.Contains(r.Error.Message, want) {
+		s.t.Fatalf("%s: got HTTP %d, code %d, %q; want HTTP %d, code %d, message containing %q",
+			method, gotStatus, r.Error.Code, r.Error.Message, status, code, want)
+	}
+}
