@@ -156,7 +156,7 @@ func (s *server) run(ctx context.Context) error {
 		return err
 	}
 	defer db.Close()
-	registry := auth.NewRegistry(db, nil)
+	registry := auth.NewRegistry(db, cfg.KeyChangesPath(), nil)
 	defer registry.Close()
 	if wrote, err := cfg.WriteDefaultFile(); err != nil {
 		return err
@@ -424,7 +424,7 @@ func openKeys(ctx context.Context, cfg *config.Config) (*auth.Registry, *auth.Si
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	return auth.NewRegistry(db, nil), signer, db, nil
+	return auth.NewRegistry(db, cfg.KeyChangesPath(), nil), signer, db, nil
 }
 
 func keygenCommand() *cli.Command {
@@ -466,7 +466,7 @@ func keygen(c *cli.Context) error {
 		return err
 	}
 	defer db.Close()
-	issuer := &auth.Issuer{Signer: signer, Registry: auth.NewRegistry(db, nil)}
+	issuer := &auth.Issuer{Signer: signer, Registry: auth.NewRegistry(db, cfg.KeyChangesPath(), nil)}
 	key, rec, err := issuer.Issue(c.Context, auth.IssueOptions{Namespace: c.String("namespace"), Expire: expire, Label: c.String("name")})
 	if err != nil {
 		return err

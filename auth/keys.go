@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -114,7 +115,22 @@ type Authenticator struct {
 	Signer   *Signer
 	Registry *Registry
 	Now      func() time.Time
+
+	// verified remembers tokens whose signature checked out, by hash, so a
+	// key in use costs one SHA-256 instead of a JWT parse per request. The
+	// signing key cannot change while the server runs, so an entry stays
+	// true; expiry is checked on every use and revocation by the registry.
+	mu       sync.RWMutex
+	verified map[string]verifiedToken
 }
+
+type verifiedToken struct {
+	id, namespace string
+	expires       time.Time // zero: never
+}
+
+// maxVerified bounds the verified-token memory; past it the memory starts over.
+const maxVerified = 10000
 
 // maxKeyLen bounds what is parsed at all; real keys are ~250 bytes.
 const maxKeyLen = 4096
@@ -133,6 +149,45 @@ func (a *Authenticator) Authenticate(ctx context.Context, key string) (Principal
 	if a.Now != nil {
 		now = a.Now
 	}
+	hash := hashKey(key)
+	a.mu.RLock()
+	tok, ok := a.verified[hash]
+	a.mu.RUnlock()
+	if !ok {
+		var err error
+		if tok, err = a.verify(key, now); err != nil {
+			return Principal{}, err
+		}
+		a.mu.Lock()
+		if a.verified == nil || len(a.verified) >= maxVerified {
+			a.verified = make(map[string]verifiedToken)
+		}
+		a.verified[hash] = tok
+		a.mu.Unlock()
+	}
+	if !tok.expires.IsZero() && !now().Before(tok.expires) {
+		return Principal{}, ErrExpired
+	}
+	k, err := a.Registry.lookup(ctx, tok.id)
+	if errors.Is(err, ErrKeyNotFound) {
+		return Principal{}, ErrInvalidKey
+	}
+	if err != nil {
+		return Principal{}, err
+	}
+	if !hmac.Equal([]byte(k.hash), []byte(hash)) || k.SigningKeyID != a.Signer.ID() || k.Namespace != tok.namespace {
+		return Principal{}, ErrInvalidKey
+	}
+	if !k.Revoked.IsZero() {
+		return Principal{}, ErrRevoked
+	}
+	a.Registry.touch(k.ID)
+	return Principal{KeyID: k.ID, Label: k.Label, Namespace: k.Namespace}, nil
+}
+
+// verify checks the JWT inside key: HS256 only, signed with the server's
+// signing key, not expired, with an id and a valid namespace claim.
+func (a *Authenticator) verify(key string, now func() time.Time) (verifiedToken, error) {
 	var claims Claims
 	_, err := jwt.NewParser(
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
@@ -146,26 +201,16 @@ func (a *Authenticator) Authenticate(ctx context.Context, key string) (Principal
 	})
 	switch {
 	case errors.Is(err, jwt.ErrTokenExpired):
-		return Principal{}, ErrExpired
+		return verifiedToken{}, ErrExpired
 	case err != nil:
-		return Principal{}, ErrInvalidKey
+		return verifiedToken{}, ErrInvalidKey
 	}
 	if claims.ID == "" || namespace.ValidateClaim(claims.Namespace) != nil {
-		return Principal{}, ErrInvalidKey
+		return verifiedToken{}, ErrInvalidKey
 	}
-	k, err := a.Registry.lookup(ctx, claims.ID)
-	if errors.Is(err, ErrKeyNotFound) {
-		return Principal{}, ErrInvalidKey
+	tok := verifiedToken{id: claims.ID, namespace: claims.Namespace}
+	if claims.ExpiresAt != nil {
+		tok.expires = claims.ExpiresAt.Time
 	}
-	if err != nil {
-		return Principal{}, err
-	}
-	if !hmac.Equal([]byte(k.hash), []byte(hashKey(key))) || k.SigningKeyID != a.Signer.ID() || k.Namespace != claims.Namespace {
-		return Principal{}, ErrInvalidKey
-	}
-	if !k.Revoked.IsZero() {
-		return Principal{}, ErrRevoked
-	}
-	a.Registry.touch(k.ID)
-	return Principal{KeyID: k.ID, Label: k.Label, Namespace: k.Namespace}, nil
+	return tok, nil
 }

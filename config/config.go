@@ -196,6 +196,10 @@ func (c *Config) KeyPath() string { return c.Path("server.key") }
 // DBPath is the SQLite database holding keys, sandboxes and audit events.
 func (c *Config) DBPath() string { return c.Path("msb.db") }
 
+// KeyChangesPath is appended to whenever a key's validity changes, so every
+// msb process drops its cached view of the key registry.
+func (c *Config) KeyChangesPath() string { return c.Path("keys.changed") }
+
 // PidPath is the pid file of the running server.
 func (c *Config) PidPath() string { return c.Path("server.pid") }
 

@@ -42,7 +42,7 @@ func newStack(tb testing.TB, authenticated bool) (string, string) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	reg := auth.NewRegistry(db, nil)
+	reg := auth.NewRegistry(db, filepath.Join(dir, "keys.changed"), nil)
 	tb.Cleanup(func() { reg.Close() })
 	key, _, err := (&auth.Issuer{Signer: signer, Registry: reg}).Issue(context.Background(), auth.IssueOptions{Namespace: "bench"})
 	if err != nil {
