@@ -18,6 +18,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
 
@@ -60,10 +62,11 @@ func (is *Issuer) Issue(ctx context.Context, opts IssueOptions) (string, Key, er
 	if err := namespace.ValidateClaim(opts.Namespace); err != nil {
 		return "", Key{}, err
 	}
-	if opts.Expire < 0 {
-		return "", Key{}, fmt.Errorf("expiry must be positive")
+	if opts.Expire < 0 || opts.Expire%time.Second != 0 {
+		return "", Key{}, fmt.Errorf("expiry must be a positive whole number of seconds")
 	}
-	if len(opts.Label) > MaxLabelLen || strings.ContainsFunc(opts.Label, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+	if !utf8.ValidString(opts.Label) || utf8.RuneCountInString(opts.Label) > MaxLabelLen ||
+		strings.ContainsFunc(opts.Label, func(r rune) bool { return !unicode.IsPrint(r) }) {
 		return "", Key{}, fmt.Errorf("label must be at most %d printable characters", MaxLabelLen)
 	}
 	now := time.Now

@@ -111,6 +111,9 @@ func (c *Config) loadFile() error {
 	if err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrInvalid, path, err)
 	}
+	if md.IsDefined("images") && md.Type("images") != "Hash" {
+		return fmt.Errorf("%w: %s: images must be a table of aliases, such as [images] \"microsandbox/python\" = \"host\"", ErrInvalid, path)
+	}
 	if undecoded := md.Undecoded(); len(undecoded) > 0 {
 		keys := make([]string, len(undecoded))
 		for i, k := range undecoded {

@@ -1,0 +1,419 @@
+package config_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/msb-dev/msb/config"
+)
+
+// clearEnv makes the test independent of the caller's environment
+// (loadEnv treats an empty variable as unset).
+func clearEnv(t *testing.T) {
+	t.Helper()
+	for _, v := range []string{"MSB_HOST", "MSB_PORT", "MSB_TLS_CERT", "MSB_TLS_KEY"} {
+		t.Setenv(v, "")
+	}
+}
+
+func writeConfig(t *testing.T, home, body string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(home, config.FileName), []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDefault(t *testing.T) {
+	home := t.TempDir()
+	c := config.Default(home)
+	want := config.Config{
+		Home:        home,
+		Host:        "127.0.0.1",
+		Port:        5555,
+		Images:      map[string]string{"microsandbox/python": "host", "microsandbox/node": "host"},
+		SandboxPids: 1024,
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Fatalf("Default = %+v, want %+v", c, want)
+	}
+	if c.Dev || c.TLSCert != "" || c.TLSKey != "" {
+		t.Fatalf("Default turns on dev or TLS: %+v", c)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Default does not validate: %v", err)
+	}
+	if c.Addr() != "127.0.0.1:5555" {
+		t.Fatalf("Addr = %q", c.Addr())
+	}
+	// Each Default has its own alias table.
+	c.Images["mine"] = "host"
+	delete(c.Images, "microsandbox/python")
+	if d := config.Default(home); !reflect.DeepEqual(d.Images, config.DefaultImages()) || len(d.Images) != 2 {
+		t.Fatalf("changing one Default's Images changed another's: %v", d.Images)
+	}
+	for name, got := range map[string]string{
+		"KeyPath":        c.KeyPath(),
+		"DBPath":         c.DBPath(),
+		"KeyChangesPath": c.KeyChangesPath(),
+	} {
+		if filepath.Dir(got) != home {
+			t.Errorf("%s = %q, want a file directly in the home", name, got)
+		}
+	}
+	if c.KeyPath() != filepath.Join(home, "server.key") || c.DBPath() != filepath.Join(home, "msb.db") {
+		t.Errorf("KeyPath %q DBPath %q", c.KeyPath(), c.DBPath())
+	}
+	if v6 := (config.Config{Host: "::1", Port: 80}); v6.Addr() != "[::1]:80" {
+		t.Errorf("Addr for ::1 = %q", v6.Addr())
+	}
+}
+
+func TestLoadWithoutFile(t *testing.T) {
+	clearEnv(t)
+	home := t.TempDir()
+	c, err := config.Load(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(c, config.Default(home)) {
+		t.Fatalf("Load without a file = %+v, want the defaults", c)
+	}
+	if _, err := os.Stat(filepath.Join(home, config.FileName)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("Load created a config file")
+	}
+}
+
+func TestLoadFile(t *testing.T) {
+	clearEnv(t)
+	home := t.TempDir()
+	writeConfig(t, home, `
+host = "0.0.0.0"
+port = 6000
+sandbox_pids = 64
+
+[images]
+"microsandbox/python" = "host"
+"custom/img" = "host"
+`)
+	c, err := config.Load(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Host != "0.0.0.0" || c.Port != 6000 || c.SandboxPids != 64 || c.Home != home {
+		t.Fatalf("Load = %+v", c)
+	}
+	// The file's table replaces the default one (node is gone).
+	want := map[string]string{"microsandbox/python": "host", "custom/img": "host"}
+	if !reflect.DeepEqual(c.Images, want) {
+		t.Fatalf("Images = %v, want %v", c.Images, want)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A file without [images] accepts no image names rather than panicking
+	// on a nil map.
+	writeConfig(t, home, "port = 6001\n")
+	c, err = config.Load(home)
+	if err != nil || c.Port != 6001 || c.Images == nil || len(c.Images) != 0 {
+		t.Fatalf("Load(no images) = %+v, %v", c, err)
+	}
+	// Settings the file leaves out keep their defaults.
+	if c.Host != config.DefaultHost || c.SandboxPids != 1024 {
+		t.Fatalf("defaults lost: %+v", c)
+	}
+}
+
+func TestLoadFileErrors(t *testing.T) {
+	clearEnv(t)
+	for _, tc := range []struct {
+		name, body string
+		mention    []string
+	}{
+		{"unknown key", "hots = \"0.0.0.0\"\n", []string{"hots", "unknown"}},
+		{"unknown key among good ones", "host = \"::1\"\nprot = 1\nport = 2\n", []string{"prot"}},
+		{"unknown table", "[server]\nport = 1\n", []string{"server"}},
+		{"dev is flag-only", "dev = true\n", []string{"dev"}},
+		{"wrong type", "port = \"5555\"\n", []string{config.FileName}},
+		{"not toml", "host = \n", []string{config.FileName}},
+		{"alias target not a string", "[images]\n\"x\" = 5\n", []string{config.FileName}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			home := t.TempDir()
+			writeConfig(t, home, tc.body)
+			_, err := config.Load(home)
+			if !errors.Is(err, config.ErrInvalid) {
+				t.Fatalf("Load(%q) = %v, want an error wrapping ErrInvalid", tc.body, err)
+			}
+			for _, m := range tc.mention {
+				if !strings.Contains(err.Error(), m) {
+					t.Fatalf("error %q does not mention %q", err, m)
+				}
+			}
+		})
+	}
+}
+
+// An [images] setting that is not a table must be refused: the TOML decoder
+// alone would accept it and leave an empty alias table.
+func TestImagesNotATableRefused(t *testing.T) {
+	clearEnv(t)
+	for _, body := range []string{"images = \"host\"\n", "images = 5\n", "images = []\n"} {
+		home := t.TempDir()
+		writeConfig(t, home, body)
+		c, err := config.Load(home)
+		if !errors.Is(err, config.ErrInvalid) {
+			t.Errorf("Load(%q) = Images %v, err %v; want an error wrapping ErrInvalid", body, c.Images, err)
+		}
+	}
+}
+
+func TestEnvironmentOverridesFile(t *testing.T) {
+	home := t.TempDir()
+	writeConfig(t, home, "host = \"127.0.0.1\"\nport = 6000\n")
+	clearEnv(t)
+	t.Setenv("MSB_HOST", "::1")
+	t.Setenv("MSB_PORT", "7000")
+	c, err := config.Load(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Host != "::1" || c.Port != 7000 {
+		t.Fatalf("Load with MSB_HOST/MSB_PORT = %s:%d, want ::1:7000", c.Host, c.Port)
+	}
+	// Only the variables that are set override.
+	t.Setenv("MSB_HOST", "")
+	c, err = config.Load(home)
+	if err != nil || c.Host != "127.0.0.1" || c.Port != 7000 {
+		t.Fatalf("Load with only MSB_PORT = %+v, %v", c, err)
+	}
+	// Without a file, the environment overrides the defaults.
+	c, err = config.Load(t.TempDir())
+	if err != nil || c.Port != 7000 {
+		t.Fatalf("Load(no file) with MSB_PORT = %+v, %v", c, err)
+	}
+	t.Setenv("MSB_TLS_CERT", "/c.pem")
+	t.Setenv("MSB_TLS_KEY", "/k.pem")
+	c, err = config.Load(home)
+	if err != nil || c.TLSCert != "/c.pem" || c.TLSKey != "/k.pem" {
+		t.Fatalf("Load with MSB_TLS_* = %+v, %v", c, err)
+	}
+}
+
+func TestBadPortEnvironment(t *testing.T) {
+	clearEnv(t)
+	for _, v := range []string{"abc", "55 55", "5555x", "0x15b3", "1e3"} {
+		t.Setenv("MSB_PORT", v)
+		_, err := config.Load(t.TempDir())
+		if !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), "MSB_PORT") || !strings.Contains(err.Error(), v) {
+			t.Fatalf("MSB_PORT=%q: Load = %v, want an ErrInvalid naming MSB_PORT and the value", v, err)
+		}
+	}
+	// Numeric but out of range: Load passes it on, Validate refuses it.
+	t.Setenv("MSB_PORT", "70000")
+	c, err := config.Load(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), "70000") {
+		t.Fatalf("Validate(port 70000) = %v", err)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	home := t.TempDir()
+	for _, tc := range []struct {
+		name    string
+		edit    func(*config.Config)
+		ok      bool
+		mention string
+	}{
+		{"defaults", func(*config.Config) {}, true, ""},
+		{"port 0 (any free port)", func(c *config.Config) { c.Port = 0 }, true, ""},
+		{"port 1", func(c *config.Config) { c.Port = 1 }, true, ""},
+		{"port 65535", func(c *config.Config) { c.Port = 65535 }, true, ""},
+		{"port -1", func(c *config.Config) { c.Port = -1 }, false, "port"},
+		{"port 65536", func(c *config.Config) { c.Port = 65536 }, false, "port"},
+		{"tls cert without key", func(c *config.Config) { c.TLSCert = "/c.pem" }, false, "--tls-key"},
+		{"tls key without cert", func(c *config.Config) { c.TLSKey = "/k.pem" }, false, "--tls-cert"},
+		{"tls both", func(c *config.Config) { c.TLSCert, c.TLSKey = "/c.pem", "/k.pem" }, true, ""},
+		{"empty host", func(c *config.Config) { c.Host = "" }, false, "host"},
+		{"relative home", func(c *config.Config) { c.Home = "rel" }, false, "home"},
+		{"empty home", func(c *config.Config) { c.Home = "" }, false, "home"},
+		{"public host without dev", func(c *config.Config) { c.Host = "0.0.0.0" }, true, ""},
+		{"dev on 0.0.0.0", func(c *config.Config) { c.Dev, c.Host = true, "0.0.0.0" }, false, "--dev"},
+		{"dev on ::", func(c *config.Config) { c.Dev, c.Host = true, "::" }, false, "--dev"},
+		{"dev on a LAN address", func(c *config.Config) { c.Dev, c.Host = true, "192.168.1.10" }, false, "--dev"},
+		{"dev on a host name", func(c *config.Config) { c.Dev, c.Host = true, "example.com" }, false, "--dev"},
+		{"dev on localhost.evil", func(c *config.Config) { c.Dev, c.Host = true, "localhost.example.com" }, false, "--dev"},
+		{"dev on 127.0.0.1", func(c *config.Config) { c.Dev, c.Host = true, "127.0.0.1" }, true, ""},
+		{"dev on ::1", func(c *config.Config) { c.Dev, c.Host = true, "::1" }, true, ""},
+		{"dev on [::1]", func(c *config.Config) { c.Dev, c.Host = true, "[::1]" }, true, ""},
+		{"dev on localhost", func(c *config.Config) { c.Dev, c.Host = true, "localhost" }, true, ""},
+		{"sandbox_pids too low", func(c *config.Config) { c.SandboxPids = 15 }, false, "sandbox_pids"},
+		{"empty alias target", func(c *config.Config) { c.Images = map[string]string{"x": ""} }, false, "images"},
+		{"empty alias name", func(c *config.Config) { c.Images = map[string]string{"": "host"} }, false, "images"},
+		{"no aliases", func(c *config.Config) { c.Images = map[string]string{} }, true, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := config.Default(home)
+			tc.edit(&c)
+			err := c.Validate()
+			if tc.ok {
+				if err != nil {
+					t.Fatalf("Validate = %v, want nil", err)
+				}
+				return
+			}
+			if !errors.Is(err, config.ErrInvalid) {
+				t.Fatalf("Validate = %v, want an error wrapping ErrInvalid", err)
+			}
+			if !strings.Contains(err.Error(), tc.mention) {
+				t.Fatalf("Validate error %q does not mention %q", err, tc.mention)
+			}
+		})
+	}
+}
+
+func TestIsLoopback(t *testing.T) {
+	for host, want := range map[string]bool{
+		"127.0.0.1": true, "127.1.2.3": true, "::1": true, "[::1]": true, "localhost": true,
+		"0.0.0.0": false, "::": false, "10.0.0.1": false, "": false, "example.com": false,
+		"localhost.example.com": false, "127.0.0.1.example.com": false,
+	} {
+		if got := config.IsLoopback(host); got != want {
+			t.Errorf("IsLoopback(%q) = %v, want %v", host, got, want)
+		}
+	}
+}
+
+func TestWriteDefaultFile(t *testing.T) {
+	clearEnv(t)
+	home := t.TempDir()
+	c := config.Default(home)
+	wrote, err := c.WriteDefaultFile()
+	if err != nil || !wrote {
+		t.Fatalf("WriteDefaultFile = %v, %v; want true", wrote, err)
+	}
+	path := filepath.Join(home, config.FileName)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("config file mode %o, want 0600", fi.Mode().Perm())
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(data)
+	comments := 0
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "#") {
+			comments++
+		}
+	}
+	if comments < 5 || !strings.Contains(text, "# host =") || !strings.Contains(text, "# port =") {
+		t.Fatalf("config file is not a commented template (%d comment lines):\n%s", comments, text)
+	}
+	// The alias table, read by a plain TOML decoder.
+	var raw struct {
+		Host   *string           `toml:"host"`
+		Port   *int              `toml:"port"`
+		Images map[string]string `toml:"images"`
+	}
+	if _, err := toml.Decode(text, &raw); err != nil {
+		t.Fatalf("written file is not valid TOML: %v", err)
+	}
+	if raw.Images["microsandbox/python"] != "host" || raw.Images["microsandbox/node"] != "host" || len(raw.Images) != 2 {
+		t.Fatalf("[images] = %v, want microsandbox/python and microsandbox/node -> host", raw.Images)
+	}
+	if raw.Host != nil || raw.Port != nil {
+		t.Fatalf("host/port are set in the template; they should only be commented examples")
+	}
+	// Reloading gives exactly the defaults.
+	loaded, err := config.Load(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(loaded, config.Default(home)) {
+		t.Fatalf("Load after WriteDefaultFile = %+v, want %+v", loaded, config.Default(home))
+	}
+	if err := loaded.Validate(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A second call leaves the operator's file alone.
+	edited := text + "\n\"custom/img\" = \"host\"\n"
+	if err := os.WriteFile(path, []byte(edited), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wrote, err = c.WriteDefaultFile()
+	if err != nil || wrote {
+		t.Fatalf("second WriteDefaultFile = %v, %v; want false, nil", wrote, err)
+	}
+	if after, _ := os.ReadFile(path); string(after) != edited {
+		t.Fatalf("second WriteDefaultFile overwrote the file")
+	}
+	loaded, err = config.Load(home)
+	if err != nil || loaded.Images["custom/img"] != "host" {
+		t.Fatalf("edited file: %+v, %v", loaded.Images, err)
+	}
+
+	// No home yet: an error, not a panic or a file elsewhere.
+	missing := config.Default(filepath.Join(t.TempDir(), "nope"))
+	if _, err := missing.WriteDefaultFile(); err == nil {
+		t.Fatal("WriteDefaultFile into a missing home succeeded")
+	}
+}
+
+func TestEnsureHome(t *testing.T) {
+	home := filepath.Join(t.TempDir(), "a", "msb")
+	c := config.Default(home)
+	if err := c.EnsureHome(); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(home)
+	if err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("home %v mode %v, want a 0700 directory", err, fi.Mode().Perm())
+	}
+	if err := os.Chmod(home, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.EnsureHome(); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(home); fi.Mode().Perm() != 0o700 {
+		t.Fatalf("EnsureHome left a loosened home at %o", fi.Mode().Perm())
+	}
+}
+
+func TestHomeFromEnv(t *testing.T) {
+	abs := t.TempDir()
+	t.Setenv("MSB_HOME", abs)
+	if got, err := config.HomeFromEnv(); err != nil || got != abs {
+		t.Fatalf("HomeFromEnv with MSB_HOME=%q = %q, %v", abs, got, err)
+	}
+	t.Setenv("MSB_HOME", abs+"/x/../y/")
+	if got, err := config.HomeFromEnv(); err != nil || got != filepath.Join(abs, "y") {
+		t.Fatalf("HomeFromEnv does not clean MSB_HOME: %q, %v", got, err)
+	}
+	t.Setenv("MSB_HOME", "rel/home")
+	wd, _ := os.Getwd()
+	if got, err := config.HomeFromEnv(); err != nil || got != filepath.Join(wd, "rel", "home") || !filepath.IsAbs(got) {
+		t.Fatalf("HomeFromEnv with a relative MSB_HOME = %q, %v; want it made absolute", got, err)
+	}
+	user := t.TempDir()
+	t.Setenv("MSB_HOME", "")
+	t.Setenv("HOME", user)
+	if got, err := config.HomeFromEnv(); err != nil || got != filepath.Join(user, ".microsandbox") {
+		t.Fatalf("HomeFromEnv without MSB_HOME = %q, %v; want %q", got, err, filepath.Join(user, ".microsandbox"))
+	}
+}
