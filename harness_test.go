@@ -58,7 +58,7 @@ func (b *syncBuffer) String() string {
 
 // msbServer is one running `msb server start`.
 type msbServer struct {
-	t      *testing.T
+	t      testing.TB
 	home   string
 	cmd    *exec.Cmd
 	out    *syncBuffer
@@ -66,13 +66,13 @@ type msbServer struct {
 	exited chan struct{}
 }
 
-func newHome(t *testing.T) string {
+func newHome(t testing.TB) string {
 	t.Helper()
 	return t.TempDir()
 }
 
 // msb runs an msb command in home and returns stdout, stderr and the error.
-func msb(t *testing.T, home string, args ...string) (string, string, error) {
+func msb(t testing.TB, home string, args ...string) (string, string, error) {
 	t.Helper()
 	cmd := exec.Command(msbBin, args...)
 	cmd.Env = append(os.Environ(), "MSB_HOME="+home)
@@ -83,7 +83,7 @@ func msb(t *testing.T, home string, args ...string) (string, string, error) {
 }
 
 // keygen makes a key in home and returns it.
-func keygen(t *testing.T, home string, args ...string) string {
+func keygen(t testing.TB, home string, args ...string) string {
 	t.Helper()
 	out, errOut, err := msb(t, home, append([]string{"server", "keygen"}, args...)...)
 	if err != nil {
@@ -98,7 +98,7 @@ func keygen(t *testing.T, home string, args ...string) string {
 
 // startServer starts the server on a free loopback port and waits until it
 // serves. It is stopped (SIGTERM) when the test ends.
-func startServer(t *testing.T, home string, args ...string) *msbServer {
+func startServer(t testing.TB, home string, args ...string) *msbServer {
 	t.Helper()
 	s := &msbServer{t: t, home: home, out: &syncBuffer{}, exited: make(chan struct{})}
 	s.cmd = exec.Command(msbBin, append([]string{"server", "start", "--port", "0"}, args...)...)

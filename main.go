@@ -4,11 +4,15 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"database/sql"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -31,7 +36,19 @@ import (
 	"github.com/msb-dev/msb/duration"
 	"github.com/msb-dev/msb/rpc"
 	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/image"
+	"github.com/msb-dev/msb/sandbox/linux"
+	"github.com/msb-dev/msb/sandbox/portal"
 )
+
+func init() {
+	// The same binary is also the engine's container init and, inside every
+	// sandbox, the portal; neither role may run any of the CLI.
+	linux.MaybeInit()
+	if len(os.Args) > 1 && os.Args[1] == "portal" && os.Getpid() == 1 {
+		portal.Main()
+	}
+}
 
 func main() {
 	if err := newApp().Run(os.Args); err != nil {
@@ -53,6 +70,7 @@ func newApp() *cli.App {
 				{Name: "status", Usage: "show whether a server runs, where, and how it authenticates", Action: status},
 				keygenCommand(),
 				keysCommand(),
+				logCommand(),
 			},
 		}},
 	}
@@ -164,7 +182,10 @@ func (s *server) run(ctx context.Context) error {
 		log.Info("wrote default config with the image alias table", "path", cfg.Path(config.FileName))
 	}
 
-	var manager sandbox.Manager = sandbox.Unavailable{Reason: "this build of msb has no isolation engine"}
+	manager, closeSandboxes, err := s.sandboxes(ctx, db, log)
+	if err != nil {
+		return err
+	}
 
 	var authn rpc.Authenticator
 	if !cfg.Dev {
@@ -224,8 +245,62 @@ func (s *server) run(ctx context.Context) error {
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		log.Warn("shutdown", "err", err)
 	}
+	log.Info("stopping sandboxes")
+	if err := closeSandboxes(context.Background()); err != nil {
+		log.Error("stop sandboxes", "err", err)
+	}
 	log.Info("server stopped")
 	return nil
+}
+
+// sandboxes builds the sandbox service on the Linux engine, after cleaning
+// up whatever a crashed server left. Without the engine (not root, say) the
+// server still runs, and sandbox methods say why they cannot work.
+func (s *server) sandboxes(ctx context.Context, db *sql.DB, log *slog.Logger) (sandbox.Manager, func(context.Context) error, error) {
+	noop := func(context.Context) error { return nil }
+	if os.Geteuid() != 0 {
+		reason := "msb must run as root to create sandboxes (namespaces, cgroups and mounts need it)"
+		log.Warn("sandboxes disabled", "reason", reason)
+		return sandbox.Unavailable{Reason: reason}, noop, nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, nil, fmt.Errorf("find the msb binary: %w", err)
+	}
+	// One cgroup subtree per home, so servers with different homes never meet.
+	sum := sha256.Sum256([]byte(s.cfg.Home))
+	engine, err := linux.New(linux.Config{
+		StateDir:     s.cfg.EngineDir(),
+		SandboxDir:   s.cfg.SandboxDir(),
+		PortalBinary: exe,
+		CgroupParent: "msb/" + hex.EncodeToString(sum[:6]),
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("start the sandbox engine: %w", err)
+	}
+	svc := sandbox.NewService(sandbox.ServiceOptions{
+		Engine:   engine,
+		Store:    sandbox.NewStore(db),
+		Images:   image.Resolver{Aliases: s.cfg.Images},
+		LogDir:   s.cfg.SandboxLogDir(),
+		Pids:     s.cfg.SandboxPids,
+		MaxCPUs:  runtime.NumCPU(),
+		MaxMemMB: hostMemoryMiB(),
+		Log:      log,
+	})
+	if err := svc.Recover(ctx); err != nil {
+		return nil, nil, err
+	}
+	return svc, svc.Close, nil
+}
+
+// hostMemoryMiB is the machine's memory, the most one sandbox may ask for.
+func hostMemoryMiB() int {
+	var info syscall.Sysinfo_t
+	if err := syscall.Sysinfo(&info); err != nil {
+		return 0
+	}
+	return int(uint64(info.Totalram) * uint64(info.Unit) >> 20)
 }
 
 func (s *server) signer() (*auth.Signer, error) {
@@ -556,4 +631,109 @@ func revokeKey(c *cli.Context) error {
 	}
 	fmt.Printf("key %s revoked\n", k.ID)
 	return nil
+}
+
+func logCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "log",
+		Usage:     "print the output of a sandbox's exec or start script",
+		ArgsUsage: "SANDBOX",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "namespace", Usage: "the sandbox's namespace", Value: "default"},
+			&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing as the log grows"},
+			&cli.IntFlag{Name: "tail", Usage: "print only the last N lines (0: all)"},
+		},
+		Action: printLog,
+	}
+}
+
+func printLog(c *cli.Context) error {
+	if c.NArg() == 0 {
+		return errors.New("give the sandbox's name: msb server log SANDBOX --namespace NS")
+	}
+	ns, follow, tail := c.String("namespace"), c.Bool("follow"), c.Int("tail")
+	if c.NArg() > 1 {
+		// urfave/cli stops at the first argument; the usage puts flags after it.
+		fs := flag.NewFlagSet("log", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		fs.StringVar(&ns, "namespace", ns, "")
+		fs.BoolVar(&follow, "follow", follow, "")
+		fs.BoolVar(&follow, "f", follow, "")
+		fs.IntVar(&tail, "tail", tail, "")
+		if err := fs.Parse(c.Args().Tail()); err != nil {
+			return fmt.Errorf("msb server log: %w", err)
+		}
+		if fs.NArg() > 0 {
+			return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		}
+	}
+	id := sandbox.ID{Namespace: ns, Name: c.Args().First()}
+	if err := id.Validate(); err != nil {
+		return err
+	}
+	if tail < 0 {
+		return errors.New("--tail must be 0 or more")
+	}
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	path := sandbox.LogPath(cfg.SandboxLogDir(), id)
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("no log for sandbox %q in namespace %q: it has no exec or start script, or never started", id.Name, id.Namespace)
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	out := bufio.NewWriter(os.Stdout)
+	if n := tail; n > 0 {
+		ring := make([]string, 0, n)
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			if len(ring) == n {
+				ring = ring[1:]
+			}
+			ring = append(ring, sc.Text())
+		}
+		for _, l := range ring {
+			fmt.Fprintln(out, l)
+		}
+	} else if _, err := io.Copy(out, f); err != nil {
+		return err
+	}
+	out.Flush()
+	if !follow {
+		return nil
+	}
+	// Follow: print what is appended; start over if the log is replaced
+	// (the sandbox was started again).
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := f.Read(buf)
+		if n > 0 {
+			os.Stdout.Write(buf[:n])
+			continue
+		}
+		if err != nil && err != io.EOF {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+		if fi, err := os.Stat(path); err == nil {
+			if cur, err := f.Stat(); err == nil && !os.SameFile(fi, cur) {
+				f.Close()
+				if f, err = os.Open(path); err != nil {
+					return err
+				}
+			}
+		}
+	}
 }

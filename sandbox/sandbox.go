@@ -157,8 +157,9 @@ type ExecResult struct {
 }
 
 // Executor runs commands inside a running sandbox. ErrConflict if the
-// sandbox is not running; a command that cannot be started (not found, not
-// executable) is an ErrInvalidArgument naming it.
+// sandbox is not running. A command that cannot be started is a result, as
+// in a shell: exit code 127 (not found) or 126 (not executable) with a
+// stderr line naming it.
 type Executor interface {
 	Exec(ctx context.Context, id ID, req ExecRequest) (ExecResult, error)
 }

@@ -1,48 +1,410 @@
-// SKELETON written by the lead so that sandbox/linux compiles against the
-// portal's API while the portal is being built. The portal's author replaces
-// this file (keeping these exported signatures, or telling the lead).
 package portal
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/msb-dev/msb/sandbox"
 )
 
-var errTODO = errors.New("portal: not implemented yet")
+// ErrClosed is what every call returns once the connection to the portal is
+// gone: closed by Close, ended by the sandbox, or dropped because the
+// portal sent something no honest portal sends. Such errors also match
+// sandbox.ErrUnavailable.
+var ErrClosed = errors.New("portal connection closed")
 
-// Main is the entry point of `msb portal`, the sandbox's init: it serves
-// requests on file descriptor 3 until the connection closes, then exits.
-func Main() { panic(errTODO) }
+// closedError carries why the connection closed.
+type closedError struct{ reason string }
 
-// Client talks to one sandbox's portal over a connection. Safe for
-// concurrent use: calls are multiplexed.
-type Client struct{}
+func (e *closedError) Error() string { return "portal connection closed: " + e.reason }
 
-// NewClient starts a client on conn; Close closes conn.
-func NewClient(conn io.ReadWriteCloser) *Client { return &Client{} }
+func (e *closedError) Is(target error) bool {
+	return target == ErrClosed || target == sandbox.ErrUnavailable
+}
 
-// Ping waits until the portal answers.
-func (c *Client) Ping(ctx context.Context) error { return errTODO }
+// answerGrace is how long past a call's own timeout the client waits for
+// the portal's answer: enough for the portal to kill, drain and report, and
+// a bound on how long a portal that stopped answering can hold a caller
+// whose context has no deadline.
+const answerGrace = 10 * time.Second
 
-// Exec runs a command and returns its exit code and output, capped at sandbox.MaxOutput.
+// maxErrorText bounds an error message taken from the portal.
+const maxErrorText = 1 << 10
+
+// Client talks to one sandbox's portal over a connection. It is safe for
+// concurrent use: calls are multiplexed over the one connection. It trusts
+// nothing the portal sends (see the package comment).
+type Client struct {
+	conn io.ReadWriteCloser
+	wmu  sync.Mutex // serialises writes of whole frames
+	next atomic.Uint64
+
+	mu    sync.Mutex
+	calls map[uint64]*call
+	err   error // set once the connection is closed
+}
+
+// call is one request waiting for its final frame. Lines arrive on the
+// reader goroutine; final is written before done is closed.
+type call struct {
+	id      uint64
+	mu      sync.Mutex
+	stopped bool // the caller gave up: drop whatever still arrives
+	onLine  func(sandbox.Line)
+	done    chan struct{}
+	final   event
+	err     error
+}
+
+func (cl *call) line(l sandbox.Line) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if !cl.stopped && cl.onLine != nil {
+		cl.onLine(l)
+	}
+}
+
+func (cl *call) stop() {
+	cl.mu.Lock()
+	cl.stopped = true
+	cl.mu.Unlock()
+}
+
+// NewClient starts a client on conn and reads from it until it closes;
+// Close closes conn.
+func NewClient(conn io.ReadWriteCloser) *Client {
+	c := &Client{conn: conn, calls: make(map[uint64]*call)}
+	go c.read()
+	return c
+}
+
+// read is the only reader of the connection. Every frame is checked; the
+// first one that is too large, not JSON, or not a frame the protocol
+// allows closes the connection, because after it nothing the portal says
+// can be trusted.
+func (c *Client) read() {
+	sc := bufio.NewScanner(c.conn)
+	sc.Buffer(make([]byte, 64<<10), maxFrame)
+	for sc.Scan() {
+		var ev event
+		dec := json.NewDecoder(bytes.NewReader(sc.Bytes()))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&ev); err != nil {
+			c.fail(fmt.Sprintf("the sandbox's portal sent a malformed frame (%v)", err))
+			return
+		}
+		if dec.More() {
+			c.fail("the sandbox's portal sent a malformed frame (trailing data)")
+			return
+		}
+		if !ev.Done && ev.Stream != sandbox.Stdout && ev.Stream != sandbox.Stderr {
+			c.fail(fmt.Sprintf("the sandbox's portal sent a line on an unknown stream %.40q", ev.Stream))
+			return
+		}
+		c.mu.Lock()
+		cl := c.calls[ev.ID]
+		if ev.Done {
+			delete(c.calls, ev.ID)
+		}
+		c.mu.Unlock()
+		if cl == nil {
+			continue // a late frame of an abandoned call
+		}
+		if ev.Done {
+			cl.final = ev
+			close(cl.done)
+			continue
+		}
+		cl.line(sandbox.Line{Stream: ev.Stream, Text: ev.Text})
+	}
+	reason := "the sandbox's portal closed the connection"
+	if err := sc.Err(); errors.Is(err, bufio.ErrTooLong) {
+		reason = fmt.Sprintf("the sandbox's portal sent a frame larger than %d bytes", maxFrame)
+	} else if err != nil {
+		reason = "reading from the sandbox's portal: " + err.Error()
+	}
+	c.fail(reason)
+}
+
+// fail closes the connection and fails every call in flight, once; it
+// returns the connection's Close error.
+func (c *Client) fail(reason string) error {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return nil
+	}
+	err := &closedError{reason}
+	c.err = err
+	calls := c.calls
+	c.calls = nil
+	c.mu.Unlock()
+	cerr := c.conn.Close()
+	for _, cl := range calls {
+		cl.err = err
+		close(cl.done)
+	}
+	return cerr
+}
+
+// start registers a call and sends its request. A write that does not
+// finish by the time ctx ends leaves a torn frame behind, so it closes the
+// connection.
+func (c *Client) start(ctx context.Context, req request, onLine func(sandbox.Line)) (*call, error) {
+	req.ID = c.next.Add(1)
+	cl := &call{id: req.ID, onLine: onLine, done: make(chan struct{})}
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return nil, c.err
+	}
+	c.calls[req.ID] = cl
+	c.mu.Unlock()
+	if err := c.send(ctx, req); err != nil {
+		c.forget(cl)
+		return nil, err
+	}
+	return cl, nil
+}
+
+func (c *Client) forget(cl *call) {
+	cl.stop()
+	c.mu.Lock()
+	if c.calls != nil {
+		delete(c.calls, cl.id)
+	}
+	c.mu.Unlock()
+}
+
+func (c *Client) send(ctx context.Context, req request) error {
+	frame, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("portal: encoding request: %w", err)
+	}
+	frame = append(frame, '\n')
+	var abandoned atomic.Bool
+	errc := make(chan error, 1)
+	go func() {
+		c.wmu.Lock()
+		defer c.wmu.Unlock()
+		if abandoned.Load() {
+			errc <- ctx.Err()
+			return
+		}
+		_, err := c.conn.Write(frame)
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		if err != nil {
+			c.fail("writing to the sandbox's portal: " + err.Error())
+			return c.closedErr()
+		}
+		return nil
+	case <-ctx.Done():
+		abandoned.Store(true)
+		c.fail("the sandbox's portal stopped reading requests")
+		return ctx.Err()
+	}
+}
+
+func (c *Client) closedErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// wait waits for cl's final frame. When ctx ends or the portal overruns
+// limit, it tells the portal to cancel the call and gives up on it.
+func (c *Client) wait(ctx context.Context, cl *call, limit time.Duration) (event, error) {
+	var overrun <-chan time.Time
+	if limit > 0 {
+		t := time.NewTimer(limit + answerGrace)
+		defer t.Stop()
+		overrun = t.C
+	}
+	var err error
+	select {
+	case <-cl.done:
+		if cl.err != nil {
+			return event{}, cl.err
+		}
+		return cl.final, nil
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-overrun:
+		err = fmt.Errorf("the sandbox's portal did not answer within %s of the call's timeout: %w", answerGrace, sandbox.ErrUnavailable)
+	}
+	c.forget(cl)
+	// Best effort, and never blocking the caller: if the portal stopped
+	// reading, the write fails when the connection is closed.
+	go c.send(context.Background(), request{ID: cl.id, Op: opCancel})
+	return event{}, err
+}
+
+// finalError turns a final frame's error into a Go error. The message is
+// the portal's, so it is bounded; only the class the portal claims
+// (invalid or not) is taken from it.
+func finalError(op string, ev event) error {
+	msg := ev.Error
+	if len(msg) > maxErrorText {
+		msg = msg[:maxErrorText] + "..."
+	}
+	if ev.Invalid {
+		return fmt.Errorf("%s: %s: %w", op, msg, sandbox.ErrInvalidArgument)
+	}
+	return fmt.Errorf("%s: %s: %w", op, msg, sandbox.ErrUnavailable)
+}
+
+// collector stores a capped call's lines. The cap is enforced here, on the
+// server's side, because the portal may be hostile.
+type collector struct {
+	cap   outputCap
+	lines []sandbox.Line
+}
+
+func newCollector() *collector {
+	return &collector{cap: outputCap{maxBytes: sandbox.MaxOutput + trailerSlack, maxLines: maxLines + 16}}
+}
+
+func (co *collector) add(l sandbox.Line) {
+	if co.cap.admit(l.Text) {
+		co.lines = append(co.lines, l)
+	}
+}
+
+// output is never nil: a call that printed nothing has an empty output,
+// which the wire contract renders as [] rather than null.
+func (co *collector) output() []sandbox.Line {
+	if co.cap.cut {
+		return append(co.lines, sandbox.Line{Stream: sandbox.Stderr, Text: sandbox.OutputCutNotice})
+	}
+	if co.lines == nil {
+		return []sandbox.Line{}
+	}
+	return co.lines
+}
+
+// Ping waits until the portal answers. It returns ctx's error if ctx ends
+// first, and an error matching ErrClosed if the connection is gone.
+func (c *Client) Ping(ctx context.Context) error {
+	cl, err := c.start(ctx, request{Op: opPing}, nil)
+	if err != nil {
+		return fmt.Errorf("portal: ping: %w", err)
+	}
+	ev, err := c.wait(ctx, cl, 0)
+	if err != nil {
+		return fmt.Errorf("portal: ping: %w", err)
+	}
+	if ev.Error != "" {
+		return finalError("portal: ping", ev)
+	}
+	return nil
+}
+
+// Exec runs a command and returns its exit code and output, capped at
+// sandbox.MaxOutput. A command that cannot be found or run is a result
+// (exit code 127 or 126 and a stderr line), not an error; so is one killed
+// by req.Timeout (sandbox.ExitTimeout, TimedOut). Errors: ctx's error when
+// ctx ends first (the command is then killed), an error matching ErrClosed
+// and sandbox.ErrUnavailable when the connection is gone or the portal
+// misbehaved, or sandbox.ErrUnavailable when the portal could not run it.
 func (c *Client) Exec(ctx context.Context, req sandbox.ExecRequest) (sandbox.ExecResult, error) {
-	return sandbox.ExecResult{}, errTODO
+	co := newCollector()
+	ev, err := c.do(ctx, request{
+		Op: opExec, Command: req.Command, Args: req.Args, Env: req.Env,
+		Workdir: req.Workdir, Timeout: req.Timeout,
+	}, req.Timeout, co.add)
+	if err != nil {
+		return sandbox.ExecResult{}, fmt.Errorf("portal: exec %q: %w", req.Command, err)
+	}
+	if ev.Error != "" {
+		return sandbox.ExecResult{}, finalError(fmt.Sprintf("portal: exec %q", req.Command), ev)
+	}
+	return sandbox.ExecResult{ExitCode: ev.ExitCode, TimedOut: ev.TimedOut, Output: co.output()}, nil
 }
 
-// RunCode evaluates code in the sandbox's live interpreter for lang.
+// do runs one call from request to final frame.
+func (c *Client) do(ctx context.Context, req request, limit time.Duration, onLine func(sandbox.Line)) (event, error) {
+	cl, err := c.start(ctx, req, onLine)
+	if err != nil {
+		return event{}, err
+	}
+	return c.wait(ctx, cl, limit)
+}
+
+// RunCode evaluates code in the sandbox's live interpreter for lang
+// (sandbox.Python or sandbox.Node), which keeps its definitions from one
+// call to the next. Output is capped at sandbox.MaxOutput. Code that
+// raises, or makes the interpreter exit, is a ReplError result; code still
+// running after timeout (when positive) is interrupted and is a
+// ReplTimeout result. Errors: sandbox.ErrInvalidArgument for an unknown
+// language or when the image has no interpreter for it (the message names
+// it); ctx's error when ctx ends first; an error matching ErrClosed and
+// sandbox.ErrUnavailable when the connection is gone or the portal
+// misbehaved; sandbox.ErrUnavailable when the interpreter could not start.
 func (c *Client) RunCode(ctx context.Context, lang sandbox.Language, code string, timeout time.Duration) (sandbox.ReplResult, error) {
-	return sandbox.ReplResult{}, errTODO
+	if lang != sandbox.Python && lang != sandbox.Node {
+		return sandbox.ReplResult{}, fmt.Errorf("portal: unknown language %q: %w", lang, sandbox.ErrInvalidArgument)
+	}
+	limit := time.Duration(0)
+	if timeout > 0 {
+		limit = timeout + interruptGrace
+	}
+	co := newCollector()
+	ev, err := c.do(ctx, request{Op: opRepl, Language: string(lang), Code: code, Timeout: timeout}, limit, co.add)
+	if err != nil {
+		return sandbox.ReplResult{}, fmt.Errorf("portal: run %s code: %w", lang, err)
+	}
+	if ev.Error != "" {
+		return sandbox.ReplResult{}, finalError(fmt.Sprintf("portal: run %s code", lang), ev)
+	}
+	switch ev.Status {
+	case sandbox.ReplSuccess, sandbox.ReplError, sandbox.ReplTimeout:
+	default:
+		c.fail(fmt.Sprintf("the sandbox's portal sent an unknown status %.40q", ev.Status))
+		return sandbox.ReplResult{}, fmt.Errorf("portal: run %s code: %w", lang, c.closedErr())
+	}
+	return sandbox.ReplResult{Status: ev.Status, Output: co.output()}, nil
 }
 
-// Spawn runs a long-lived background command, calling out for every line it
-// prints, until it exits or ctx ends; returns its exit code.
+// Spawn runs a long-lived background command (a sandbox's `exec` or
+// `scripts.start`), calling out for every line it prints, uncapped, until
+// it exits or ctx ends, and returns its exit code. out runs on the
+// client's reader goroutine, so it must return quickly and must not call
+// the Client: a slow out stalls every call on this sandbox, which is what
+// keeps memory bounded without dropping lines. Like Exec, a command that
+// cannot start is exit code 127 or 126. Errors: ctx's error when ctx ends
+// (the command is then killed); an error matching ErrClosed and
+// sandbox.ErrUnavailable when the connection is gone or the portal
+// misbehaved.
 func (c *Client) Spawn(ctx context.Context, req sandbox.ExecRequest, out func(sandbox.Line)) (int, error) {
-	return 0, errTODO
+	if out == nil {
+		out = func(sandbox.Line) {}
+	}
+	ev, err := c.do(ctx, request{
+		Op: opSpawn, Command: req.Command, Args: req.Args, Env: req.Env,
+		Workdir: req.Workdir, Timeout: req.Timeout,
+	}, req.Timeout, out)
+	if err != nil {
+		return 0, fmt.Errorf("portal: spawn %q: %w", req.Command, err)
+	}
+	if ev.Error != "" {
+		return 0, finalError(fmt.Sprintf("portal: spawn %q", req.Command), ev)
+	}
+	return ev.ExitCode, nil
 }
 
-// Close closes the connection; calls in flight fail.
-func (c *Client) Close() error { return nil }
+// Close closes the connection; calls in flight fail with an error matching
+// ErrClosed. It returns the connection's Close error, if any.
+func (c *Client) Close() error {
+	return c.fail("closed by the server")
+}

@@ -1,0 +1,53 @@
+// Package linux is msb's Linux isolation engine: each sandbox is a container
+// run by runc's libcontainer, in process, without a runc binary.
+//
+// # Design
+//
+// A sandbox is described by an OCI runtime spec, built from
+// specconv.Example() and turned into libcontainer's config by
+// specconv.CreateLibcontainerConfig. Every sandbox has its own PID, mount,
+// IPC, UTS, cgroup and network namespaces; its network namespace has only a
+// loopback interface. Its cgroups (v1, driven through cgroupfs, never
+// systemd) live under /<CgroupParent>/<namespace>.<name> and cap memory
+// (with memory+swap equal to it, so no swap), CPU quota and process count.
+// Processes run as root of the sandbox with Docker's default capability set,
+// no_new_privs, runc's masked and read-only paths, and a read-only /sys.
+//
+// The root file system is a plain directory, <SandboxDir>/<key>/rootfs, on
+// the host's disk: writes land there and vanish on Delete. The image's host
+// paths (sandbox.RootFS.Mounts) are bind-mounted into it, read-only when
+// asked, inside the sandbox's mount namespace only; the host never sees
+// those mounts. Nothing else of the host is visible.
+//
+// # The portal
+//
+// The sandbox's init is the msb binary itself, bind-mounted read-only at
+// /.msb/msb and started as `/.msb/msb portal`. The server talks to it over a
+// unix socketpair whose other end is the portal's file descriptor 3; every
+// command and REPL evaluation goes through that connection (package
+// sandbox/portal). The init runs with oom_score_adj -1000 so that a sandbox
+// exceeding its memory limit loses the user's process, never the portal
+// (when the server lacks CAP_SYS_RESOURCE, as inside some containers, the
+// init keeps the server's score and the portal only raises its children).
+//
+// The portal also gets, as file descriptor 4, the open tasks file of a
+// child pids cgroup ("user") limited to a little less than the sandbox's
+// pids. A portal that moves the thread it forks from into it (by writing
+// "0") keeps a reserve of pids for its own threads: a Go program that
+// cannot create a thread aborts, and a fork bomb must not take the portal
+// with it.
+//
+// A stopped sandbox keeps its root file system; starting it again creates
+// a fresh container (libcontainer runs one init per container) on it.
+//
+// # Recovery
+//
+// When the server dies, every portal sees EOF on its connection and exits;
+// the init of a PID namespace taking every other process of the sandbox with
+// it. Nothing is re-adopted: the next server's Recover lists what the dead
+// one left in StateDir and SandboxDir, and the caller deletes it.
+//
+// A binary embedding this engine must call MaybeInit first thing in main (or
+// in an init function), since libcontainer re-executes the binary as
+// `<binary> init` to set up each container.
+package linux

@@ -1,0 +1,235 @@
+package linux_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/image"
+	"github.com/msb-dev/msb/sandbox/linux"
+	"github.com/msb-dev/msb/sandbox/portal"
+	"github.com/msb-dev/msb/sandbox/sandboxtest"
+)
+
+// TestMain lets the test binary play the msb binary's other roles: the
+// container setup libcontainer re-executes, and the portal, which the
+// engine runs from this very binary inside each sandbox.
+func TestMain(m *testing.M) {
+	linux.MaybeInit()
+	if len(os.Args) > 1 && os.Args[1] == "portal" {
+		portal.Main()
+		os.Exit(0)
+	}
+	if cfg := os.Getenv(crashServerEnv); cfg != "" {
+		crashServer(cfg)
+	}
+	os.Exit(m.Run())
+}
+
+// crashServerEnv makes the test binary a server that starts one sandbox
+// and waits to be killed; its value is the engine's Config as JSON.
+const crashServerEnv = "MSB_TEST_CRASH_SERVER"
+
+var crashID = sandbox.ID{Namespace: "crash", Name: "victim"}
+
+func crashServer(cfgJSON string) {
+	fail := func(err error) { fmt.Fprintln(os.Stderr, "crash server:", err); os.Exit(1) }
+	var cfg linux.Config
+	if err := json.Unmarshal([]byte(cfgJSON), &cfg); err != nil {
+		fail(err)
+	}
+	e, err := linux.New(cfg)
+	if err != nil {
+		fail(err)
+	}
+	root, err := image.Host()
+	if err != nil {
+		fail(err)
+	}
+	ctx := context.Background()
+	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 128, CPUs: 1, Pids: 64}
+	if err := e.Create(ctx, crashID, spec); err != nil {
+		fail(err)
+	}
+	if err := e.Start(ctx, crashID); err != nil {
+		fail(err)
+	}
+	if _, err := e.Exec(ctx, crashID, sandbox.ExecRequest{Command: "sh", Args: []string{"-c", "sleep 1000 &"}}); err != nil {
+		fail(err)
+	}
+	fmt.Println("ready")
+	select {} // until killed
+}
+
+// TestServerCrash kills a server process that runs a sandbox: the
+// sandbox's portal must see EOF and exit, taking the sandbox with it, and
+// the next server must find the remains with Recover and delete them.
+func TestServerCrash(t *testing.T) {
+	home := t.TempDir()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := linux.Config{
+		StateDir:     filepath.Join(home, "run", "engine"),
+		SandboxDir:   filepath.Join(home, "sandboxes"),
+		PortalBinary: exe,
+		CgroupParent: "msb-crash-" + strconv.Itoa(os.Getpid()),
+	}
+	t.Cleanup(func() { removeCgroupParent(t, cfg.CgroupParent) })
+	cfgJSON, _ := json.Marshal(cfg)
+
+	server := exec.Command(exe, "-test.run=^$")
+	server.Env = append(os.Environ(), crashServerEnv+"="+string(cfgJSON))
+	server.Stderr = os.Stderr
+	out, err := server.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := server.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		server.Process.Kill()
+		server.Wait()
+		t.Fatalf("crash server did not get ready: %q, %v", line, err)
+	}
+	next, err := linux.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if st, err := next.Inspect(ctx, crashID); err != nil || st.State != sandbox.StateRunning {
+		t.Fatalf("sandbox of the live server: %+v, %v", st, err)
+	}
+
+	server.Process.Kill()
+	server.Wait()
+	t0 := time.Now()
+	for {
+		st, err := next.Inspect(ctx, crashID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.State == sandbox.StateStopped {
+			break
+		}
+		if time.Since(t0) > 10*time.Second {
+			t.Fatalf("sandbox still %s 10s after its server died", st.State)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("sandbox gone %v after its server was killed", time.Since(t0))
+	if cgs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/pids", cfg.CgroupParent, crashID.Key(), "cgroup.procs")); len(cgs) == 1 {
+		if procs, _ := os.ReadFile(cgs[0]); len(strings.TrimSpace(string(procs))) > 0 {
+			t.Errorf("processes left in the dead server's sandbox: %q", procs)
+		}
+	}
+
+	left, err := next.Recover(ctx)
+	if err != nil || len(left) != 1 || left[0].ID != crashID {
+		t.Fatalf("Recover = %+v, %v; want %s", left, err, crashID)
+	}
+	if err := next.Delete(ctx, crashID); err != nil {
+		t.Fatal(err)
+	}
+	if left := leftovers(t, cfg, crashID); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
+	if left, err := next.Recover(ctx); err != nil || len(left) != 0 {
+		t.Errorf("Recover after Delete = %+v, %v", left, err)
+	}
+}
+
+func TestEngine(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("the Linux engine needs root: run the tests as root")
+	}
+	home := t.TempDir() // stands for the msb home: the canary goes here
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := linux.Config{
+		StateDir:     filepath.Join(home, "run", "engine"),
+		SandboxDir:   filepath.Join(home, "sandboxes"),
+		PortalBinary: exe,
+		CgroupParent: "msb-test-" + strconv.Itoa(os.Getpid()),
+	}
+	t.Cleanup(func() { removeCgroupParent(t, cfg.CgroupParent) })
+	root, err := image.Host()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sandboxtest.Run(t, sandboxtest.Harness{
+		NewEngine: func(t *testing.T) sandbox.Engine {
+			e, err := linux.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return e
+		},
+		Spec: func() sandbox.Spec {
+			return sandbox.Spec{
+				Root:      root,
+				Env:       image.HostEnv(),
+				Workdir:   "/workspace",
+				MemoryMiB: 512,
+				CPUs:      1,
+				Pids:      1024,
+			}
+		},
+		Home: home,
+		WritableDir: func(id sandbox.ID) string {
+			return filepath.Join(cfg.SandboxDir, id.Key(), "rootfs")
+		},
+		Leftovers: func(id sandbox.ID) []string {
+			return leftovers(t, cfg, id)
+		},
+	})
+}
+
+// leftovers lists what the host still holds of a sandbox: its directories,
+// any mount under them, its cgroups.
+func leftovers(t *testing.T, cfg linux.Config, id sandbox.ID) []string {
+	var left []string
+	dirs := []string{filepath.Join(cfg.SandboxDir, id.Key()), filepath.Join(cfg.StateDir, id.Key())}
+	for _, d := range dirs {
+		if _, err := os.Lstat(d); err == nil {
+			left = append(left, d)
+		}
+	}
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 && strings.HasPrefix(fields[4]+"/", dirs[0]+"/") {
+			left = append(left, "mount "+fields[4])
+		}
+	}
+	cgs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", cfg.CgroupParent, id.Key()))
+	return append(left, cgs...)
+}
+
+func removeCgroupParent(t *testing.T, parent string) {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", parent))
+	for _, d := range dirs {
+		if err := os.Remove(d); err != nil {
+			t.Errorf("cgroup parent left: %v", err)
+		}
+	}
+}

@@ -1,0 +1,164 @@
+package linux
+
+import (
+	"fmt"
+	"os"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/opencontainers/runc/libcontainer/configs"
+	"github.com/opencontainers/runc/libcontainer/specconv"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/sandbox"
+)
+
+// Paths of the portal inside every sandbox.
+const (
+	portalDir    = "/.msb"
+	portalPath   = portalDir + "/msb"
+	portalRole   = "portal"
+	cpuPeriodUS  = 100_000 // CFS period; quota = CPUs × period
+	nofileLimit  = 65536
+	initOOMScore = -1000 // the portal never loses to the OOM killer
+)
+
+// dockerCaps is Docker's default capability set: enough for package
+// managers and ordinary root tasks, none of the ones that reach the host
+// (SYS_ADMIN, SYS_PTRACE, SYS_MODULE, NET_ADMIN, ...).
+var dockerCaps = []string{
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+	"CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+	"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+}
+
+// ociSpec is the OCI runtime spec of one sandbox: runc's example spec (its
+// /proc, /dev, /sys mounts, masked and read-only paths, default-deny device
+// cgroup) tightened and filled in from the sandbox's Spec.
+//
+// oomAdjust says whether the init gets oom_score_adj -1000; lowering it
+// takes CAP_SYS_RESOURCE, which a server running inside a container may
+// lack, and then the init keeps the server's own score.
+func ociSpec(id sandbox.ID, s sandbox.Spec, rootfs, portalBinary, cgroupParent string, oomAdjust bool) *specs.Spec {
+	oci := specconv.Example()
+	oci.Root = &specs.Root{Path: rootfs, Readonly: false}
+	oci.Hostname = s.Hostname
+	if oci.Hostname == "" {
+		oci.Hostname = id.Name
+	}
+
+	p := oci.Process
+	p.Terminal = false
+	p.Args = []string{portalPath, portalRole}
+	p.Env = s.Env
+	p.Cwd = s.Workdir
+	p.NoNewPrivileges = true
+	p.Capabilities = &specs.LinuxCapabilities{
+		Bounding:    dockerCaps,
+		Effective:   dockerCaps,
+		Permitted:   dockerCaps,
+		Inheritable: dockerCaps,
+	}
+	if oomAdjust {
+		score := initOOMScore
+		p.OOMScoreAdj = &score
+	}
+
+	// Example mounts cgroupfs at /sys/fs/cgroup; with a cgroup namespace the
+	// sandbox sees only its own cgroups there, read-only.
+	oci.Mounts = append(oci.Mounts, bindMounts(s.Root.Mounts)...)
+	oci.Mounts = append(oci.Mounts, specs.Mount{
+		Destination: portalPath,
+		Type:        "bind",
+		Source:      portalBinary,
+		Options:     []string{"bind", "ro", "nosuid", "nodev"},
+	})
+
+	l := oci.Linux
+	l.RootfsPropagation = "private"
+	l.Namespaces = []specs.LinuxNamespace{
+		{Type: specs.PIDNamespace},
+		{Type: specs.NetworkNamespace},
+		{Type: specs.IPCNamespace},
+		{Type: specs.UTSNamespace},
+		{Type: specs.MountNamespace},
+		{Type: specs.CgroupNamespace},
+	}
+	l.CgroupsPath = "/" + cgroupParent + "/" + id.Key()
+	mem := int64(s.MemoryMiB) << 20
+	quota := int64(s.CPUs) * cpuPeriodUS
+	period := uint64(cpuPeriodUS)
+	pids := int64(s.Pids)
+	l.Resources.Memory = &specs.LinuxMemory{Limit: &mem, Swap: &mem}
+	l.Resources.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period}
+	l.Resources.Pids = &specs.LinuxPids{Limit: &pids}
+	return oci
+}
+
+// canLowerOOMScore reports whether this process holds CAP_SYS_RESOURCE,
+// needed to set a negative oom_score_adj.
+func canLowerOOMScore() bool {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if hex, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+			return err == nil && caps&(1<<unix.CAP_SYS_RESOURCE) != 0
+		}
+	}
+	return false
+}
+
+// bindMounts turns the image's mounts into OCI bind mounts, parents before
+// children so that a mount inside another one lands on top of it. nosuid
+// and nodev always: nothing from the host may grant privileges inside.
+func bindMounts(ms []sandbox.Mount) []specs.Mount {
+	sorted := append([]sandbox.Mount(nil), ms...)
+	sort.SliceStable(sorted, func(i, j int) bool {
+		return depth(sorted[i].Target) < depth(sorted[j].Target)
+	})
+	out := make([]specs.Mount, 0, len(sorted))
+	for _, m := range sorted {
+		opts := []string{"bind", "nosuid", "nodev"}
+		if m.ReadOnly {
+			// runc remounts a read-only bind with MS_RDONLY, so it is
+			// really read-only, not just flagged so.
+			opts = append(opts, "ro")
+		}
+		out = append(out, specs.Mount{
+			Destination: path.Clean(m.Target),
+			Type:        "bind",
+			Source:      m.Source,
+			Options:     opts,
+		})
+	}
+	return out
+}
+
+func depth(p string) int { return strings.Count(path.Clean(p), "/") }
+
+// libcontainerConfig converts the OCI spec into libcontainer's config, with
+// the settings specconv leaves out.
+func libcontainerConfig(oci *specs.Spec) (*configs.Config, error) {
+	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
+		Spec:         oci,
+		NoNewKeyring: false,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("container config: %w", err)
+	}
+	// specconv leaves process rlimits to its caller (runc's CLI). Raising
+	// a hard limit takes CAP_SYS_RESOURCE, so stay within the server's.
+	n := uint64(nofileLimit)
+	var cur unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &cur); err == nil && cur.Max < n {
+		n = cur.Max
+	}
+	cfg.Rlimits = []configs.Rlimit{{Type: unix.RLIMIT_NOFILE, Hard: n, Soft: n}}
+	return cfg, nil
+}

@@ -1,0 +1,40 @@
+// Package portal is the agent that runs inside every sandbox, and the
+// client the server uses to talk to it.
+//
+// The msb binary is static and bind-mounted read-only into each sandbox,
+// where the engine starts it as the sandbox's init: `/.msb/msb portal`, PID 1
+// of the sandbox's PID namespace. The server keeps one end of a unix
+// socketpair; the portal gets the other as file descriptor 3 and serves
+// requests on it (run a command, evaluate code in a live interpreter, start a
+// background command, answer a ping). When the server goes away the socket
+// reaches EOF, the portal exits, and because it is PID 1 the kernel kills
+// everything else in the sandbox: no sandbox outlives the server that owns it.
+//
+// When the engine passes the tasks file of the sandbox's "user" pids cgroup
+// as file descriptor 4, the portal moves the one thread it forks from into
+// it: everything the user runs is born there, and a fork bomb cannot take
+// the pids the portal itself needs to keep answering.
+//
+// Why this shape:
+//
+//   - No path on any file system. The connection is an inherited file
+//     descriptor, not a socket file or a port, so nothing inside or outside
+//     the sandbox can find it, connect to it or race for it.
+//   - One binary. The portal is the msb binary itself, so the server and its
+//     agent always speak the same protocol version and images need nothing
+//     installed for msb to work.
+//   - The server trusts nothing the portal sends. Untrusted code runs as root
+//     inside the sandbox and can ptrace or replace the portal, so the Client
+//     treats every frame as hostile: frames are size-bounded, output is
+//     capped by the Client itself at sandbox.MaxOutput, and a malformed frame
+//     closes the connection and fails every call. Whatever the sandbox sends,
+//     the server's memory stays bounded.
+//
+// The wire protocol is newline-delimited JSON over the socket, multiplexed by
+// request id so that calls on one sandbox run concurrently. The client sends
+// {"id":N,"op":"exec"|"repl"|"spawn"|"ping"|"cancel",...}; the portal answers
+// with any number of line events {"id":N,"stream":"stdout"|"stderr","text":T}
+// and one final {"id":N,"done":true,"exit_code":C,"timed_out":B,"status":S,"error":E}.
+// A cancel carries the id of the call to abandon; the portal kills its
+// processes (or interrupts the interpreter) and still sends the final frame.
+package portal

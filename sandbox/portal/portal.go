@@ -1,0 +1,218 @@
+package portal
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/msb-dev/msb/sandbox"
+)
+
+// Main is the entry point of `msb portal`, the sandbox's init: it serves
+// requests on file descriptor 3 until the connection closes, then kills
+// whatever it started and exits. It never returns and reports no errors:
+// when fd 3 is not a usable connection there is nobody to report to, so it
+// exits with status 2.
+func Main() {
+	conn := os.NewFile(3, "portal")
+	if conn == nil {
+		os.Exit(2)
+	}
+	// Commands must not inherit the connection to the server.
+	syscall.CloseOnExec(3)
+	userCgroup := userCgroupFile()
+	// Outside a PID namespace (tests, or an engine without one) orphans
+	// would escape to the host's init; as a subreaper they come to the
+	// portal, as they do when it is PID 1, so it reaps and finally kills
+	// them.
+	const prSetChildSubreaper = 36 // linux/prctl.h
+	syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0)
+	os.Exit(serve(conn, userCgroup))
+}
+
+// cgroupV1Magic is CGROUP_SUPER_MAGIC, the file system type of cgroup v1.
+const cgroupV1Magic = 0x27e0eb
+
+// userCgroupFile returns fd 4 when the engine passed the tasks file of the
+// sandbox's user pids cgroup there, and nil otherwise. The file system type
+// is checked so that some other inherited descriptor (or one the Go runtime
+// opened itself) is never written to.
+func userCgroupFile() *os.File {
+	var st syscall.Statfs_t
+	if err := syscall.Fstatfs(4, &st); err != nil || st.Type != cgroupV1Magic {
+		return nil
+	}
+	syscall.CloseOnExec(4)
+	return os.NewFile(4, "user-pids-cgroup")
+}
+
+// logf reports the portal's own failures on its stderr, which the engine
+// keeps in a bounded log next to the sandbox: there is nobody else to tell.
+func logf(format string, a ...any) {
+	fmt.Fprintf(os.Stderr, "msb portal: "+format+"\n", a...)
+}
+
+// server is the portal's state: one per sandbox.
+type server struct {
+	out    *frameWriter
+	reaper *reaper
+	env    []string // the sandbox's default environment
+	cwd    string   // the sandbox's default working directory
+
+	mu      sync.Mutex
+	calls   map[uint64]context.CancelFunc
+	groups  map[int]bool // process groups started and not yet finished
+	interps map[sandbox.Language]*interpSlot
+	// seq numbers evaluations, so that a late sync marker of an earlier
+	// evaluation is never taken for the current one.
+	seq atomic.Uint64
+}
+
+// serve handles frames from conn until EOF and returns the exit status.
+func serve(conn io.ReadWriter, userCgroup *os.File) int {
+	cwd, err := os.Getwd()
+	if err != nil {
+		cwd = "/"
+	}
+	s := &server{
+		out:     &frameWriter{w: conn},
+		reaper:  newReaper(userCgroup),
+		env:     os.Environ(),
+		cwd:     cwd,
+		calls:   make(map[uint64]context.CancelFunc),
+		groups:  make(map[int]bool),
+		interps: make(map[sandbox.Language]*interpSlot),
+	}
+	sc := bufio.NewScanner(conn)
+	sc.Buffer(make([]byte, 64<<10), maxRequest)
+	status := 0
+	for sc.Scan() {
+		var req request
+		if err := json.Unmarshal(sc.Bytes(), &req); err != nil {
+			// The server is the only peer and is trusted; a frame it
+			// cannot have meant is a bug worth stopping for.
+			logf("malformed request, stopping: %v", err)
+			status = 3
+			break
+		}
+		s.handle(req)
+	}
+	if err := sc.Err(); err != nil {
+		logf("reading requests, stopping: %v", err)
+		status = 3
+	}
+	s.shutdown()
+	return status
+}
+
+// shutdown kills everything the portal started. As PID 1 the kernel would
+// do it anyway when the portal exits; when the portal is not PID 1 (tests,
+// or an engine without a PID namespace) nothing else would.
+func (s *server) shutdown() {
+	s.mu.Lock()
+	var groups []int
+	for g := range s.groups {
+		groups = append(groups, g)
+	}
+	s.mu.Unlock()
+	killTree(os.Getpid(), groups...)
+}
+
+func (s *server) track(pgid int, live bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if live {
+		s.groups[pgid] = true
+	} else {
+		delete(s.groups, pgid)
+	}
+}
+
+func (s *server) handle(req request) {
+	switch req.Op {
+	case opPing:
+		s.out.send(event{ID: req.ID, Done: true})
+		return
+	case opCancel:
+		s.mu.Lock()
+		cancel := s.calls[req.ID]
+		s.mu.Unlock()
+		if cancel != nil {
+			cancel()
+		}
+		return
+	case opExec, opSpawn, opRepl:
+	default:
+		s.out.send(event{ID: req.ID, Done: true, Error: fmt.Sprintf("portal: unknown operation %q", req.Op)})
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.mu.Lock()
+	s.calls[req.ID] = cancel
+	s.mu.Unlock()
+	go func() {
+		defer func() {
+			s.mu.Lock()
+			delete(s.calls, req.ID)
+			s.mu.Unlock()
+			cancel()
+		}()
+		var res event
+		switch req.Op {
+		case opExec:
+			res = s.runCommand(ctx, req, true)
+		case opSpawn:
+			res = s.runCommand(ctx, req, false)
+		case opRepl:
+			res = s.runCode(ctx, req)
+		}
+		s.out.send(res)
+	}()
+}
+
+// sink sends the lines of one call, applying the output cap in the portal
+// too: the client caps again, but an honest portal should not make the
+// server drop a flood it could have dropped itself.
+type sink struct {
+	mu  sync.Mutex
+	id  uint64
+	out *frameWriter
+	cap *outputCap // nil: not capped (spawn)
+}
+
+func (s *server) newSink(id uint64, capped bool) *sink {
+	sk := &sink{id: id, out: s.out}
+	if capped {
+		sk.cap = &outputCap{maxBytes: sandbox.MaxOutput, maxLines: maxLines}
+	}
+	return sk
+}
+
+func (sk *sink) line(stream sandbox.Stream, text string) {
+	sk.mu.Lock()
+	defer sk.mu.Unlock()
+	if sk.cap != nil && !sk.cap.admit(text) {
+		return
+	}
+	sk.out.send(event{ID: sk.id, Stream: stream, Text: text})
+}
+
+// note sends a stderr line of msb's own, past the cap: notices must reach
+// the caller even when the output was cut.
+func (sk *sink) note(text string) {
+	sk.mu.Lock()
+	defer sk.mu.Unlock()
+	sk.out.send(event{ID: sk.id, Stream: sandbox.Stderr, Text: text})
+}
+
+func (sk *sink) cut() bool {
+	sk.mu.Lock()
+	defer sk.mu.Unlock()
+	return sk.cap != nil && sk.cap.cut
+}

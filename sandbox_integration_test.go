@@ -1,0 +1,503 @@
+package main_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+type outputLine struct {
+	Stream string `json:"stream"`
+	Text   string `json:"text"`
+}
+
+type replResult struct {
+	Status   string       `json:"status"`
+	Language string       `json:"language"`
+	Output   []outputLine `json:"output"`
+}
+
+type commandResult struct {
+	Command  string       `json:"command"`
+	Args     []string     `json:"args"`
+	ExitCode int          `json:"exit_code"`
+	Success  bool         `json:"success"`
+	Output   []outputLine `json:"output"`
+}
+
+type metricsResult struct {
+	Sandboxes []struct {
+		Namespace   string   `json:"namespace"`
+		Name        string   `json:"name"`
+		Running     bool     `json:"running"`
+		CPUUsage    *float64 `json:"cpu_usage"`
+		MemoryUsage *int64   `json:"memory_usage"`
+		DiskUsage   *int64   `json:"disk_usage"`
+	} `json:"sandboxes"`
+}
+
+func text(lines []outputLine, stream string) string {
+	var b strings.Builder
+	for _, l := range lines {
+		if stream == "" || l.Stream == stream {
+			b.WriteString(l.Text)
+			b.WriteByte('\n')
+		}
+	}
+	return b.String()
+}
+
+// sb is one sandbox driven through the API.
+type sb struct {
+	srv       *msbServer
+	key, ns   string
+	name      string
+	lastStart string
+}
+
+func (s *msbServer) sandbox(key, ns, name string, config map[string]any) *sb {
+	s.t.Helper()
+	var msg string
+	s.mustCall(key, "sandbox.start", map[string]any{"namespace": ns, "sandbox": name, "config": config}, &msg)
+	if msg != "Sandbox "+name+" started successfully" {
+		s.t.Fatalf("start result %q", msg)
+	}
+	return &sb{srv: s, key: key, ns: ns, name: name}
+}
+
+func (b *sb) params(extra map[string]any) map[string]any {
+	p := map[string]any{"namespace": b.ns, "sandbox": b.name}
+	for k, v := range extra {
+		p[k] = v
+	}
+	return p
+}
+
+func (b *sb) run(command string, args ...string) commandResult {
+	b.srv.t.Helper()
+	var r commandResult
+	b.srv.mustCall(b.key, "sandbox.command.run", b.params(map[string]any{"command": command, "args": args}), &r)
+	return r
+}
+
+func (b *sb) sh(script string) commandResult {
+	b.srv.t.Helper()
+	return b.run("sh", "-c", script)
+}
+
+func (b *sb) repl(lang, code string, timeout float64) replResult {
+	b.srv.t.Helper()
+	p := b.params(map[string]any{"language": lang, "code": code})
+	if timeout > 0 {
+		p["timeout"] = timeout
+	}
+	var r replResult
+	b.srv.mustCall(b.key, "sandbox.repl.run", p, &r)
+	return r
+}
+
+func (b *sb) stop() {
+	b.srv.t.Helper()
+	var msg string
+	b.srv.mustCall(b.key, "sandbox.stop", b.params(nil), &msg)
+	if msg != "Sandbox "+b.name+" stopped successfully" {
+		b.srv.t.Fatalf("stop result %q", msg)
+	}
+}
+
+func TestSandboxCodeAndCommands(t *testing.T) {
+	home := newHome(t)
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	box := srv.sandbox(key, "default", "py", map[string]any{"image": "microsandbox/python", "envs": []string{"GREETING=hello"}})
+
+	// Python: state persists, order of streams, exceptions.
+	if r := box.repl("python", "x = 20\ndef double(n):\n    return n * 2", 0); r.Status != "success" || r.Language != "python" {
+		t.Fatalf("define: %+v", r)
+	}
+	r := box.repl("python", "import sys\nprint(double(x) + 2)\nprint('oops', file=sys.stderr)\nprint('after')", 0)
+	if r.Status != "success" || len(r.Output) != 3 || r.Output[0] != (outputLine{"stdout", "42"}) ||
+		r.Output[1] != (outputLine{"stderr", "oops"}) || r.Output[2] != (outputLine{"stdout", "after"}) {
+		t.Fatalf("python output: %+v", r)
+	}
+	r = box.repl("python", "raise ValueError('bad value')", 0)
+	if r.Status != "error" || !strings.Contains(text(r.Output, "stderr"), "ValueError: bad value") ||
+		!strings.Contains(text(r.Output, "stderr"), "Traceback") {
+		t.Fatalf("python exception: %+v", r)
+	}
+	// An infinite loop comes back with status timeout, and the next call works.
+	start := time.Now()
+	r = box.repl("python", "while True:\n    pass", 1)
+	if r.Status != "timeout" || time.Since(start) > 20*time.Second {
+		t.Fatalf("python timeout: %+v after %v", r, time.Since(start))
+	}
+	if r := box.repl("python", "print('alive')", 0); r.Status != "success" || text(r.Output, "stdout") != "alive\n" {
+		t.Fatalf("python after timeout: %+v", r)
+	}
+
+	// Node, under each of its names.
+	if r := box.repl("node", "const base = 40; function add(a) { return base + a }", 0); r.Status != "success" {
+		t.Fatalf("node define: %+v", r)
+	}
+	r = box.repl("javascript", "console.log(add(2)); console.error('warn')", 0)
+	if r.Status != "success" || text(r.Output, "stdout") != "42\n" || text(r.Output, "stderr") != "warn\n" {
+		t.Fatalf("node output: %+v", r)
+	}
+	r = box.repl("nodejs", "throw new TypeError('nope')", 0)
+	if r.Status != "error" || !strings.Contains(text(r.Output, "stderr"), "TypeError: nope") {
+		t.Fatalf("node exception: %+v", r)
+	}
+	r = box.repl("nodejs", "while (true) {}", 1)
+	if r.Status != "timeout" {
+		t.Fatalf("node timeout: %+v", r)
+	}
+	if r := box.repl("nodejs", "console.log('alive')", 0); r.Status != "success" || text(r.Output, "stdout") != "alive\n" {
+		t.Fatalf("node after timeout: %+v", r)
+	}
+
+	// Commands: direct exec, exit codes, env, workdir.
+	c := box.run("echo", "a b", "$HOME", ";true")
+	if !c.Success || c.ExitCode != 0 || text(c.Output, "stdout") != "a b $HOME ;true\n" || c.Command != "echo" || len(c.Args) != 3 {
+		t.Fatalf("echo: %+v", c)
+	}
+	c = box.sh("echo out; echo err >&2; exit 3")
+	if c.Success || c.ExitCode != 3 || text(c.Output, "stdout") != "out\n" || text(c.Output, "stderr") != "err\n" {
+		t.Fatalf("exit 3: %+v", c)
+	}
+	c = box.sh("echo $GREETING; pwd")
+	if text(c.Output, "stdout") != "hello\n/workspace\n" {
+		t.Fatalf("env and workdir: %+v", c)
+	}
+	var none commandResult
+	srv.mustCall(key, "sandbox.command.run", box.params(map[string]any{"command": "true"}), &none)
+	if none.Args == nil || len(none.Args) != 0 || !none.Success {
+		t.Fatalf("args default to []: %+v", none)
+	}
+	c = box.run("no-such-command")
+	if c.Success || c.ExitCode != 127 {
+		t.Fatalf("missing command: %+v", c)
+	}
+	// A timeout kills the whole tree and says so.
+	start = time.Now()
+	var tr commandResult
+	srv.mustCall(key, "sandbox.command.run", box.params(map[string]any{"command": "sh", "args": []string{"-c", "sleep 100 & sleep 100"}, "timeout": 1}), &tr)
+	if tr.Success || tr.ExitCode != 124 || !strings.Contains(text(tr.Output, "stderr"), "timed out") || time.Since(start) > 20*time.Second {
+		t.Fatalf("timeout: %+v", tr)
+	}
+	if ps := box.sh("ps -eo comm"); strings.Contains(text(ps.Output, "stdout"), "sleep") {
+		t.Fatalf("sleep survived the timeout:\n%s", text(ps.Output, ""))
+	}
+
+	// A flood of output is cut at 16 MiB with a last stderr line.
+	c = box.sh("head -c 40000000 /dev/zero | tr '\\0' a | fold -w 1000")
+	last := c.Output[len(c.Output)-1]
+	total := 0
+	for _, l := range c.Output {
+		total += len(l.Text)
+	}
+	if last.Stream != "stderr" || !strings.Contains(last.Text, "16 MiB") || total > 17<<20 || total < 15<<20 {
+		t.Fatalf("flood: %d lines, %d bytes, last %+v", len(c.Output), total, last)
+	}
+	// The server is still healthy and the sandbox still answers.
+	if c := box.run("true"); !c.Success {
+		t.Fatalf("after flood: %+v", c)
+	}
+	box.stop()
+}
+
+func TestSandboxIsolation(t *testing.T) {
+	home := newHome(t)
+	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte("sandbox_pids = 64\n[images]\n\"microsandbox/python\" = \"host\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	box := srv.sandbox(key, "iso", "box", map[string]any{"image": "microsandbox/python", "memory": 64})
+
+	// Only the sandbox's own processes are visible.
+	ps := box.sh("ls /proc | grep -E '^[0-9]+$' | wc -l; cat /proc/1/cmdline | tr '\\0' ' '")
+	lines := strings.Split(strings.TrimSpace(text(ps.Output, "stdout")), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[1], "/.msb/msb portal") {
+		t.Fatalf("process view: %+v", ps)
+	}
+	var n int
+	fmt.Sscan(lines[0], &n)
+	if n > 5 {
+		t.Fatalf("sandbox sees %d processes, want only its own", n)
+	}
+
+	// Host secrets and the msb home are not there; /usr is read-only.
+	for _, p := range []string{"/etc/shadow", "/root/.bashrc", "/home", filepath.Join(home, "server.key"), filepath.Join(home, "msb.db"), home} {
+		if c := box.run("cat", p); c.Success {
+			t.Errorf("%s is readable in the sandbox: %+v", p, c)
+		}
+	}
+	if c := box.sh("grep -c . /etc/passwd; ls /etc"); strings.Contains(text(c.Output, "stdout"), "shadow") {
+		t.Errorf("/etc holds secrets: %s", text(c.Output, ""))
+	}
+	for _, p := range []string{"/usr/bin/msb-was-here", "/bin/x", "/.msb/msb", "/lib/x"} {
+		if c := box.sh("echo x > " + p); c.Success {
+			t.Errorf("wrote %s", p)
+		}
+	}
+	if c := box.sh("echo data > /workspace/f && echo tmp > /tmp/f && cat /workspace/f /tmp/f"); !c.Success || text(c.Output, "stdout") != "data\ntmp\n" {
+		t.Errorf("writable dirs: %+v", c)
+	}
+
+	// The host's loopback is out of reach: only the sandbox's own lo exists.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	r := box.repl("python", fmt.Sprintf(`import socket
+s = socket.socket()
+s.settimeout(2)
+try:
+    s.connect(("127.0.0.1", %d))
+    print("connected")
+except OSError as e:
+    print("refused", e)
+try:
+    socket.create_connection(("10.0.0.1", 80), timeout=2)
+    print("outside reachable")
+except OSError as e:
+    print("no route", e)
+`, port), 0)
+	out := text(r.Output, "stdout")
+	if strings.Contains(out, "connected") || strings.Contains(out, "outside reachable") || !strings.Contains(out, "refused") {
+		t.Fatalf("network: %+v", r)
+	}
+
+	// Allocating past the 64 MiB limit kills that process, not the sandbox or the server.
+	r = box.repl("python", "b = bytearray(300 * 1024 * 1024)\nprint(len(b))", 30)
+	if r.Status == "success" {
+		t.Fatalf("allocated 300 MiB in a 64 MiB sandbox: %+v", r)
+	}
+	if c := box.run("true"); !c.Success {
+		t.Fatalf("sandbox dead after OOM: %+v", c)
+	}
+	if r := box.repl("python", "print(6 * 7)", 0); r.Status != "success" || text(r.Output, "stdout") != "42\n" {
+		t.Fatalf("python after OOM: %+v", r)
+	}
+
+	// A fork bomb is contained by the pids limit and ended by the timeout.
+	var fb commandResult
+	srv.mustCall(key, "sandbox.command.run", box.params(map[string]any{
+		"command": "sh", "args": []string{"-c", "bomb() { bomb | bomb & }; bomb; sleep 30"}, "timeout": 3}), &fb)
+	if fb.ExitCode != 124 {
+		t.Fatalf("fork bomb: %+v", fb)
+	}
+	// Give the kernel a moment to reap, then the sandbox must answer again.
+	var ok bool
+	for i := 0; i < 50 && !ok; i++ {
+		var c commandResult
+		status, resp := srv.call(key, "sandbox.command.run", box.params(map[string]any{"command": "true"}))
+		if status == 200 && resp.Error == nil && json.Unmarshal(resp.Result, &c) == nil && c.Success {
+			ok = true
+		} else {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if !ok {
+		t.Fatal("sandbox does not answer after the fork bomb")
+	}
+	box.stop()
+}
+
+func TestSandboxLifecycle(t *testing.T) {
+	home := newHome(t)
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	teamKey := keygen(t, home, "--namespace", "team")
+	cfg := map[string]any{"image": "microsandbox/node", "memory": 256, "exec": "echo started in $PWD; echo oops >&2; sleep 0.2; echo bye"}
+	box := srv.sandbox(key, "team", "web", cfg)
+
+	// Same config again: no-op success. Another config: conflict.
+	srv.sandbox(key, "team", "web", cfg)
+	srv.wantError(key, "sandbox.start", map[string]any{"namespace": "team", "sandbox": "web", "config": map[string]any{"image": "microsandbox/node", "memory": 128}},
+		200, -32001, "already running with a different config")
+
+	// Bad configs are refused with a message naming the field.
+	for _, c := range []struct {
+		cfg  map[string]any
+		want string
+	}{
+		{map[string]any{"image": "alpine:3.20"}, `image "alpine:3.20" is not available`},
+		{map[string]any{"volumes": []string{"/etc:/etc"}}, "volumes"},
+		{map[string]any{"ports": []string{"8080:80"}}, "ports"},
+		{map[string]any{"memory": 1}, "memory 1 MiB is out of range"},
+		{map[string]any{"cpus": 1000}, "cpus 1000 is out of range"},
+		{map[string]any{"envs": []string{"NOEQUALS"}}, "is not KEY=VALUE"},
+		{map[string]any{"workdir": "relative"}, "absolute path"},
+	} {
+		srv.wantError(key, "sandbox.start", map[string]any{"namespace": "team", "sandbox": "bad", "config": c.cfg}, 200, -32602, c.want)
+	}
+	srv.wantError(key, "sandbox.start", map[string]any{"namespace": "team", "sandbox": "dep", "config": map[string]any{"depends_on": []string{"db"}}},
+		200, -32001, `depends on "db"`)
+	dep := srv.sandbox(key, "team", "dep", map[string]any{"depends_on": []string{"web"}})
+
+	// Metrics: running sandboxes have figures; a namespaced key sees only its namespace.
+	other := srv.sandbox(key, "other", "solo", nil)
+	box.sh("head -c 1048576 /dev/urandom > /workspace/blob; i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done")
+	var m metricsResult
+	srv.mustCall(key, "sandbox.metrics.get", map[string]any{"namespace": "team", "sandbox": "web"}, &m)
+	if len(m.Sandboxes) != 1 || !m.Sandboxes[0].Running || m.Sandboxes[0].MemoryUsage == nil || *m.Sandboxes[0].MemoryUsage <= 0 ||
+		m.Sandboxes[0].DiskUsage == nil || *m.Sandboxes[0].DiskUsage < 1<<20 || m.Sandboxes[0].CPUUsage == nil || *m.Sandboxes[0].CPUUsage <= 0 {
+		t.Fatalf("metrics of web: %s", mustJSON(m))
+	}
+	srv.mustCall(teamKey, "sandbox.metrics.get", map[string]any{"namespace": "*"}, &m)
+	for _, s := range m.Sandboxes {
+		if s.Namespace != "team" {
+			t.Fatalf("namespaced key sees %s/%s", s.Namespace, s.Name)
+		}
+	}
+	if len(m.Sandboxes) != 2 {
+		t.Fatalf("team sandboxes: %s", mustJSON(m))
+	}
+	srv.mustCall(key, "sandbox.metrics.get", map[string]any{"namespace": "*"}, &m)
+	if len(m.Sandboxes) != 3 {
+		t.Fatalf("all sandboxes: %s", mustJSON(m))
+	}
+
+	// The exec command's output is in the sandbox's log.
+	time.Sleep(500 * time.Millisecond)
+	out, errOut, err := msb(t, home, "server", "log", "web", "--namespace", "team")
+	if err != nil || !strings.Contains(out, "started in /workspace") || !strings.Contains(out, "oops") || !strings.Contains(out, "bye") {
+		t.Fatalf("log: %v %s %s", err, out, errOut)
+	}
+	out, _, _ = msb(t, home, "server", "log", "web", "--namespace", "team", "--tail", "1")
+	if strings.Count(out, "\n") != 1 {
+		t.Fatalf("--tail 1 printed %q", out)
+	}
+
+	// Stop keeps the record; calls on a stopped sandbox are conflicts.
+	box.stop()
+	srv.wantError(key, "sandbox.command.run", box.params(map[string]any{"command": "true"}), 200, -32001, "not running")
+	srv.wantError(key, "sandbox.stop", map[string]any{"namespace": "team", "sandbox": "nope"}, 200, -32003, "not found")
+	srv.wantError(key, "sandbox.command.run", map[string]any{"namespace": "team", "sandbox": "nope", "command": "true"}, 200, -32003, "not found")
+	srv.mustCall(key, "sandbox.metrics.get", map[string]any{"namespace": "team", "sandbox": "web"}, &m)
+	if len(m.Sandboxes) != 1 || m.Sandboxes[0].Running || m.Sandboxes[0].MemoryUsage != nil {
+		t.Fatalf("stopped sandbox metrics: %s", mustJSON(m))
+	}
+	// Started again without a config: the last one is reused, the filesystem is fresh.
+	srv.mustCall(key, "sandbox.start", map[string]any{"namespace": "team", "sandbox": "web"}, nil)
+	if c := box.run("cat", "/workspace/blob"); c.Success {
+		t.Fatal("writable layer survived a stop")
+	}
+	box.stop()
+	dep.stop()
+	other.stop()
+	assertNoLeftovers(t, home)
+}
+
+func mustJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// assertNoLeftovers checks that nothing of home's sandboxes remains on the
+// host: no processes, mounts, cgroups or sandbox directories.
+func assertNoLeftovers(t *testing.T, home string) {
+	t.Helper()
+	if entries, _ := os.ReadDir(filepath.Join(home, "sandboxes")); len(entries) > 0 {
+		t.Errorf("sandbox directories left: %v", entries)
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mounts), home) {
+		t.Errorf("mounts left under %s", home)
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		cmd, _ := os.ReadFile(p)
+		if strings.HasPrefix(string(cmd), "/.msb/msb\x00portal") {
+			root, _ := os.Readlink(filepath.Join(filepath.Dir(p), "root"))
+			if strings.HasPrefix(root, home) {
+				t.Errorf("sandbox process left: %s (root %s)", p, root)
+			}
+		}
+	}
+	if entries, _ := os.ReadDir(filepath.Join(home, "run", "engine")); len(entries) > 0 {
+		t.Errorf("engine state left: %v", entries)
+	}
+	sum := sha256.Sum256([]byte(home))
+	for _, pattern := range []string{"/sys/fs/cgroup/*/msb/%s/*", "/sys/fs/cgroup/unified/msb/%s/*"} {
+		matches, _ := filepath.Glob(fmt.Sprintf(pattern, hex.EncodeToString(sum[:6])))
+		for _, m := range matches {
+			if fi, err := os.Stat(m); err == nil && fi.IsDir() {
+				t.Errorf("cgroup left: %s", m)
+			}
+		}
+	}
+}
+
+func TestSandboxesInParallel(t *testing.T) {
+	home := newHome(t)
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	const n = 20
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := fmt.Sprintf("p%02d", i)
+			params := map[string]any{"namespace": "par", "sandbox": name}
+			if _, r := srv.call(key, "sandbox.start", map[string]any{"namespace": "par", "sandbox": name, "config": map[string]any{"memory": 128}}); r.Error != nil {
+				errs <- fmt.Errorf("%s start: %s", name, r.Error.Message)
+				return
+			}
+			p := map[string]any{"language": "python", "code": fmt.Sprintf("print(%d * 2)", i)}
+			for k, v := range params {
+				p[k] = v
+			}
+			_, r := srv.call(key, "sandbox.repl.run", p)
+			var res replResult
+			if r.Error != nil || json.Unmarshal(r.Result, &res) != nil || text(res.Output, "stdout") != fmt.Sprintf("%d\n", i*2) {
+				errs <- fmt.Errorf("%s repl: %+v %s", name, r.Error, r.Result)
+				return
+			}
+			if _, r := srv.call(key, "sandbox.stop", params); r.Error != nil {
+				errs <- fmt.Errorf("%s stop: %s", name, r.Error.Message)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	assertNoLeftovers(t, home)
+}
+
+func TestCrashRecovery(t *testing.T) {
+	home := newHome(t)
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	for _, name := range []string{"a", "b"} {
+		srv.sandbox(key, "crash", name, map[string]any{"exec": "sleep 1000"})
+	}
+	srv.Kill9()
+
+	srv = startServer(t, home)
+	var m metricsResult
+	srv.mustCall(key, "sandbox.metrics.get", map[string]any{"namespace": "crash"}, &m)
+	if len(m.Sandboxes) != 2 || m.Sandboxes[0].Running || m.Sandboxes[1].Running {
+		t.Fatalf("after a crash: %s", mustJSON(m))
+	}
+	assertNoLeftovers(t, home)
+	// They start again from their recorded config.
+	srv.mustCall(key, "sandbox.start", map[string]any{"namespace": "crash", "sandbox": "a"}, nil)
+	srv.Stop() // a clean stop stops every sandbox
+	assertNoLeftovers(t, home)
+}
