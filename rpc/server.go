@@ -103,16 +103,7 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 	}
 	principal, err := s.authenticate(r)
 	if err != nil {
-		code, status, known := classify(err)
-		msg := err.Error()
-		if !known {
-			msg = s.internal(r.Context(), "authenticate", err)
-		}
-		if status == http.StatusUnauthorized {
-			w.Header().Set("WWW-Authenticate", "Bearer")
-		}
-		s.log.Info("rpc denied", "remote", r.RemoteAddr, "reason", msg)
-		writeJSON(w, status, errorResponse(nullID, code, msg))
+		s.deny(w, r, err)
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
@@ -233,6 +224,20 @@ func (s *Server) internal(ctx context.Context, what string, err error) string {
 	r := hex.EncodeToString(ref)
 	s.log.Error("internal error", "ref", r, "in", truncate(what), "err", err)
 	return fmt.Sprintf("internal server error (ref %s): the server log has the details", r)
+}
+
+// deny answers a request whose authentication failed.
+func (s *Server) deny(w http.ResponseWriter, r *http.Request, err error) {
+	code, status, known := classify(err)
+	msg := err.Error()
+	if !known {
+		msg = s.internal(r.Context(), "authenticate", err)
+	}
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", "Bearer")
+	}
+	s.log.Info("request denied", "path", r.URL.Path, "remote", r.RemoteAddr, "reason", msg)
+	writeJSON(w, status, errorResponse(nullID, code, msg))
 }
 
 func (s *Server) authenticate(r *http.Request) (auth.Principal, error) {

@@ -1,0 +1,47 @@
+package rpc
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+
+	"github.com/msb-dev/msb/auth"
+)
+
+// Mount serves h at path (an http.ServeMux pattern) behind the same
+// authentication as the JSON-RPC endpoint: a request without a valid key
+// gets the same 401 as /api/v1/rpc, and h finds the caller with
+// PrincipalFrom. Other protocols (MCP) are mounted this way.
+func (s *Server) Mount(path string, h http.Handler) {
+	s.mux.Handle(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		principal, err := s.authenticate(r)
+		if err != nil {
+			s.deny(w, r, err)
+			return
+		}
+		h.ServeHTTP(w, r.WithContext(withPrincipal(r.Context(), principal, s.auth == nil)))
+	}))
+}
+
+// PrincipalFrom returns the authenticated caller of a request served by
+// the Server (or by a handler given to Mount).
+func PrincipalFrom(ctx context.Context) (auth.Principal, bool) { return principalFrom(ctx) }
+
+// Invoke runs method with params as the caller in ctx (see PrincipalFrom),
+// through the same method table and checks as a JSON-RPC call. Other
+// protocols call it so that what a method does, and who may do it, is
+// decided in one place. The error is classified as for JSON-RPC; use
+// ErrorCode for its code.
+func (s *Server) Invoke(ctx context.Context, method string, params json.RawMessage) (any, error) {
+	return s.dispatch(ctx, method, params)
+}
+
+// ErrorCode returns the JSON-RPC code of err and the message a client may
+// see (internal errors are logged and replaced by a reference).
+func (s *Server) ErrorCode(ctx context.Context, method string, err error) (int64, string) {
+	code, _, known := classify(err)
+	if !known {
+		return code, s.internal(ctx, method, err)
+	}
+	return code, err.Error()
+}
