@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -416,22 +417,14 @@ func assertNoLeftovers(t *testing.T, home string) {
 	if strings.Contains(string(mounts), home) {
 		t.Errorf("mounts left under %s", home)
 	}
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		cmd, _ := os.ReadFile(p)
-		if strings.HasPrefix(string(cmd), "/.msb/msb\x00portal") {
-			root, _ := os.Readlink(filepath.Join(filepath.Dir(p), "root"))
-			if strings.HasPrefix(root, home) {
-				t.Errorf("sandbox process left: %s (root %s)", p, root)
-			}
-		}
+	if pids := sandboxPids(home); len(pids) > 0 {
+		t.Errorf("sandbox processes left: %v", pids)
 	}
 	if entries, _ := os.ReadDir(filepath.Join(home, "run", "engine")); len(entries) > 0 {
 		t.Errorf("engine state left: %v", entries)
 	}
-	sum := sha256.Sum256([]byte(home))
 	for _, pattern := range []string{"/sys/fs/cgroup/*/msb/%s/*", "/sys/fs/cgroup/unified/msb/%s/*"} {
-		matches, _ := filepath.Glob(fmt.Sprintf(pattern, hex.EncodeToString(sum[:6])))
+		matches, _ := filepath.Glob(fmt.Sprintf(pattern, cgroupOf(home)))
 		for _, m := range matches {
 			if fi, err := os.Stat(m); err == nil && fi.IsDir() {
 				t.Errorf("cgroup left: %s", m)
@@ -499,5 +492,59 @@ func TestCrashRecovery(t *testing.T) {
 	// They start again from their recorded config.
 	srv.mustCall(key, "sandbox.start", map[string]any{"namespace": "crash", "sandbox": "a"}, nil)
 	srv.Stop() // a clean stop stops every sandbox
+	assertNoLeftovers(t, home)
+}
+
+// cgroupOf names the cgroup subtree of home's sandboxes (as main.go does).
+func cgroupOf(home string) string {
+	sum := sha256.Sum256([]byte(home))
+	return hex.EncodeToString(sum[:6])
+}
+
+// sandboxPids returns the host pids of every process in home's sandboxes,
+// found by their cgroup.
+func sandboxPids(home string) []int {
+	var pids []int
+	marker := "/msb/" + cgroupOf(home) + "/"
+	files, _ := filepath.Glob("/proc/[0-9]*/cgroup")
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil || !strings.Contains(string(data), marker) {
+			continue
+		}
+		// A zombie is already dead; reaping it is the host init's job.
+		if stat, err := os.ReadFile(filepath.Join(filepath.Dir(f), "stat")); err == nil {
+			if i := strings.LastIndexByte(string(stat), ')'); i > 0 && strings.HasPrefix(string(stat[i:]), ") Z") {
+				continue
+			}
+		}
+		var pid int
+		fmt.Sscan(filepath.Base(filepath.Dir(f)), &pid)
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+func TestSandboxDiesOnItsOwn(t *testing.T) {
+	home := newHome(t)
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	box := srv.sandbox(key, "default", "fragile", nil)
+	pids := sandboxPids(home)
+	if len(pids) != 1 {
+		t.Fatalf("portal pids: %v", pids)
+	}
+	if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	// A call on it fails as a state conflict, not an internal error.
+	srv.wantError(key, "sandbox.command.run", box.params(map[string]any{"command": "true"}), 200, -32001, "")
+	// Starting it again brings it back, rather than claiming it already runs.
+	srv.sandbox(key, "default", "fragile", nil)
+	if c := box.run("true"); !c.Success {
+		t.Fatalf("after restart: %+v", c)
+	}
+	box.stop()
 	assertNoLeftovers(t, home)
 }

@@ -195,10 +195,18 @@ func (s *Service) Start(ctx context.Context, id ID, cfg *Config) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.running.Load() {
-		if reflect.DeepEqual(b.cfg, norm) {
-			return nil
+		if s.alive(ctx, id) {
+			if reflect.DeepEqual(b.cfg, norm) {
+				return nil
+			}
+			return Errorf(ErrConflict, "sandbox %q is already running with a different config: stop it first, or start it with the same config", id.Name)
 		}
-		return Errorf(ErrConflict, "sandbox %q is already running with a different config: stop it first, or start it with the same config", id.Name)
+		// It died on its own (its init was killed): release what is left
+		// and start it afresh.
+		s.opts.Log.Warn("sandbox had stopped on its own; starting it again", "sandbox", id.String())
+		if err := s.release(ctx, id, b); err != nil {
+			return s.engineError("start", id, err)
+		}
 	}
 	for _, dep := range norm.DependsOn {
 		d, ok := s.lookup(ID{Namespace: id.Namespace, Name: dep})
@@ -358,11 +366,25 @@ func (s *Service) stop(ctx context.Context, id ID, mustExist bool) error {
 	if !b.running.Load() {
 		return nil
 	}
+	if err := s.release(ctx, id, b); err != nil {
+		return s.engineError("stop", id, err)
+	}
+	s.opts.Log.Info("sandbox stopped", "sandbox", id.String())
+	return nil
+}
+
+// release stops the sandbox b holds and frees everything: processes,
+// engine state, its background log writer, and records it stopped. The
+// caller holds b.mu.
+func (s *Service) release(ctx context.Context, id ID, b *box) error {
 	// Not ctx: a stop that began must finish, even if the client goes away.
 	ctx = context.WithoutCancel(ctx)
 	b.running.Store(false)
 	eng := s.opts.Engine
 	err := eng.Stop(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		err = nil
+	}
 	if derr := eng.Delete(ctx, id); err == nil {
 		err = derr
 	}
@@ -374,11 +396,13 @@ func (s *Service) stop(ctx context.Context, id ID, mustExist bool) error {
 	if serr := s.opts.Store.MarkStopped(ctx, id, s.opts.Now()); err == nil {
 		err = serr
 	}
-	if err != nil {
-		return s.engineError("stop", id, err)
-	}
-	s.opts.Log.Info("sandbox stopped", "sandbox", id.String())
-	return nil
+	return err
+}
+
+// alive asks the engine whether the sandbox still runs.
+func (s *Service) alive(ctx context.Context, id ID) bool {
+	st, err := s.opts.Engine.Inspect(ctx, id)
+	return err == nil && st.State == StateRunning
 }
 
 // running returns the live box of id, or the error a call on it gets.
