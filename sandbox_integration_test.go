@@ -253,6 +253,30 @@ func TestSandboxIsolation(t *testing.T) {
 		t.Errorf("writable dirs: %+v", c)
 	}
 
+	// Root inside cannot leave its limits: no user namespace (which would
+	// give it the capabilities to mount its cgroup and raise them), no
+	// mounts, no shared kernel keyrings, no ptrace of the portal.
+	escape := box.sh(`grep '^Seccomp:' /proc/self/status
+unshare -Ur true && echo USERNS
+unshare -UrmC sh -c 'mkdir -p /tmp/m && mount -t cgroup -o memory none /tmp/m && echo 8589934592 > /tmp/m/memory.limit_in_bytes && echo RAISED'
+mkdir -p /tmp/t && mount -t tmpfs none /tmp/t && echo MOUNTED
+python3 -c 'import ctypes; print("keyctl", ctypes.CDLL(None).syscall(250, 0, -3, 0, 0, 0))'
+cat /proc/1/environ >/dev/null 2>&1 && echo PORTAL-READABLE
+true`)
+	esc := text(escape.Output, "stdout")
+	if !strings.Contains(esc, "Seccomp:\t2") || !strings.Contains(esc, "keyctl -1") {
+		t.Errorf("seccomp filter not in force: %s", text(escape.Output, ""))
+	}
+	for _, bad := range []string{"USERNS", "RAISED", "MOUNTED", "PORTAL-READABLE"} {
+		if strings.Contains(esc, bad) {
+			t.Errorf("sandbox escape step succeeded (%s):\n%s", bad, text(escape.Output, ""))
+		}
+	}
+	limit, err := os.ReadFile(fmt.Sprintf("/sys/fs/cgroup/memory/msb/%s/iso.box/memory.limit_in_bytes", cgroupOf(home)))
+	if err != nil || strings.TrimSpace(string(limit)) != fmt.Sprint(64<<20) {
+		t.Errorf("host-side memory limit of the sandbox: %q %v, want %d", limit, err, 64<<20)
+	}
+
 	// The host's loopback is out of reach: only the sandbox's own lo exists.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

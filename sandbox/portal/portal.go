@@ -26,6 +26,11 @@ func Main() {
 	}
 	// Commands must not inherit the connection to the server.
 	syscall.CloseOnExec(3)
+	if err := lockDown(); err != nil {
+		// Fail closed: a sandbox without its filter must not run code.
+		logf("%v", err)
+		os.Exit(2)
+	}
 	userCgroup := userCgroupFile()
 	// Outside a PID namespace (tests, or an engine without one) orphans
 	// would escape to the host's init; as a subreaper they come to the
