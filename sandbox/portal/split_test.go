@@ -2,6 +2,7 @@ package portal
 
 import (
 	"bytes"
+	"encoding/json"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -39,4 +40,16 @@ func FuzzSplitter(f *testing.F) {
 			t.Fatalf("%d lines for %d newlines", len(lines), want)
 		}
 	})
+}
+
+func TestEncodedLen(t *testing.T) {
+	for _, s := range []string{"", "plain text", "\x01\x02\x1f", "tab\there\nnl", `quote " back \`, "<html>&amp;", "é ü 日本", "\xff\xfe bad", "\u2028\u2029", strings.Repeat("\x00", 100)} {
+		enc, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := encodedLen(s), len(enc)-2; got != want {
+			t.Errorf("encodedLen(%q) = %d, json gives %d", s, got, want)
+		}
+	}
 }

@@ -82,13 +82,45 @@ func (c *outputCap) admit(text string) bool {
 	if c.cut {
 		return false
 	}
-	if c.bytes+len(text)+1 > c.maxBytes || c.lines+1 > c.maxLines {
+	cost := encodedLen(text) + 1
+	if c.bytes+cost > c.maxBytes || c.lines+1 > c.maxLines {
 		c.cut = true
 		return false
 	}
-	c.bytes += len(text) + 1
+	c.bytes += cost
 	c.lines++
 	return true
+}
+
+// encodedLen is the length of text once encoding/json has escaped it (with
+// its default HTML escaping), which is what the output costs the server to
+// hold and send. Counting raw bytes would let a sandbox print 16 MiB of
+// control bytes that become 96 MiB of JSON.
+func encodedLen(text string) int {
+	n := 0
+	for i := 0; i < len(text); {
+		b := text[i]
+		if b < utf8.RuneSelf {
+			switch {
+			case b == '"' || b == '\\' || b == '\n' || b == '\r' || b == '\t':
+				n += 2
+			case b < 0x20 || b == '<' || b == '>' || b == '&':
+				n += 6
+			default:
+				n++
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(text[i:])
+		if r == utf8.RuneError && size == 1 || r == '\u2028' || r == '\u2029' {
+			n += 6
+		} else {
+			n += size
+		}
+		i += size
+	}
+	return n
 }
 
 // splitter turns a byte stream into lines: without their newline, split
