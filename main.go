@@ -23,18 +23,17 @@ import (
 	"os/signal"
 	"runtime"
 	"strconv"
-	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/msb-dev/msb/auth"
+	"github.com/msb-dev/msb/auth/audit"
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/config/sqlite"
-	"github.com/msb-dev/msb/duration"
 	"github.com/msb-dev/msb/rpc"
+	"github.com/msb-dev/msb/rpc/mcp"
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/image"
 	"github.com/msb-dev/msb/sandbox/linux"
@@ -70,9 +69,10 @@ func newApp() *cli.App {
 				{Name: "status", Usage: "show whether a server runs, where, and how it authenticates", Action: status},
 				keygenCommand(),
 				keysCommand(),
+				auditCommand(),
 				logCommand(),
 			},
-		}},
+		}, pullCommand(), imageCommand()},
 	}
 }
 
@@ -188,10 +188,15 @@ func (s *server) run(ctx context.Context) error {
 	}
 
 	var authn rpc.Authenticator
+	var rpcOpts []rpc.Option
 	if !cfg.Dev {
 		authn = &auth.Authenticator{Signer: signer, Registry: registry}
+		auditLog := audit.NewWriter(db, audit.Options{Retention: cfg.Retention(), Log: log})
+		defer auditLog.Close() // after the HTTP server's shutdown: flushes every event
+		rpcOpts = append(rpcOpts, rpc.WithLimits(auth.NewLimits(registry, keyDefaults(cfg), nil)), rpc.WithAudit(auditLog))
 	}
-	handler := rpc.NewServer(rpc.SandboxMethods(manager), authn, log)
+	handler := rpc.NewServer(serverMethods(manager, db, signer, registry, cfg), authn, log, rpcOpts...)
+	handler.Mount(mcp.Path, mcp.NewHandler(handler, &mcp.Options{Logger: log}))
 
 	ln, err := net.Listen("tcp", cfg.Addr())
 	if err != nil {
@@ -278,15 +283,23 @@ func (s *server) sandboxes(ctx context.Context, db *sql.DB, log *slog.Logger) (s
 	if err != nil {
 		return nil, nil, fmt.Errorf("start the sandbox engine: %w", err)
 	}
+	images, err := image.NewStore(s.cfg.ImageDir(), image.StoreOptions{})
+	if err != nil {
+		return nil, nil, err
+	}
 	svc := sandbox.NewService(sandbox.ServiceOptions{
 		Engine:   engine,
 		Store:    sandbox.NewStore(db),
-		Images:   image.Resolver{Aliases: s.cfg.Images},
+		Images:   image.Resolver{Aliases: s.cfg.Images, Store: images},
 		LogDir:   s.cfg.SandboxLogDir(),
 		Pids:     s.cfg.SandboxPids,
 		MaxCPUs:  runtime.NumCPU(),
 		MaxMemMB: hostMemoryMiB(),
 		Log:      log,
+
+		VolumeRoots:          s.cfg.Volumes(),
+		PortBind:             s.cfg.PortBind,
+		AllowPrivilegedPorts: s.cfg.AllowPrivilegedPorts,
 	})
 	if err := svc.Recover(ctx); err != nil {
 		return nil, nil, err
@@ -500,137 +513,6 @@ func openKeys(ctx context.Context, cfg *config.Config) (*auth.Registry, *auth.Si
 		return nil, nil, nil, err
 	}
 	return auth.NewRegistry(db, cfg.KeyChangesPath(), nil), signer, db, nil
-}
-
-func keygenCommand() *cli.Command {
-	return &cli.Command{
-		Name:  "keygen",
-		Usage: "create an API key (printed once)",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "expire", Usage: "lifetime: 30s, 15m, 24h, 7d, 2w, 3mo, 1y (default: never expires)"},
-			&cli.StringFlag{Name: "namespace", Usage: "namespace the key may use (default: all, \"*\")", Value: "*"},
-			&cli.StringFlag{Name: "name", Usage: "a label to recognise the key by"},
-		},
-		Action: keygen,
-	}
-}
-
-func keygen(c *cli.Context) error {
-	if c.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", c.Args().First())
-	}
-	cfg, err := loadConfig()
-	if err != nil {
-		return err
-	}
-	var expire time.Duration
-	if c.IsSet("expire") {
-		if expire, err = duration.Parse(c.String("expire")); err != nil {
-			return fmt.Errorf("--expire: %w", err)
-		}
-	}
-	if err := cfg.EnsureHome(); err != nil {
-		return err
-	}
-	signer, _, err := auth.LoadOrCreateSigner(cfg.KeyPath(), false)
-	if err != nil {
-		return err
-	}
-	db, err := sqlite.Open(c.Context, cfg.DBPath())
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	issuer := &auth.Issuer{Signer: signer, Registry: auth.NewRegistry(db, cfg.KeyChangesPath(), nil)}
-	key, rec, err := issuer.Issue(c.Context, auth.IssueOptions{Namespace: c.String("namespace"), Expire: expire, Label: c.String("name")})
-	if err != nil {
-		return err
-	}
-	// The key alone goes to stdout so `KEY=$(msb server keygen)` works.
-	fmt.Fprintln(os.Stderr, "API key created. It is shown only this once: store it now.")
-	fmt.Fprintf(os.Stderr, "  id:        %s\n", rec.ID)
-	if rec.Label != "" {
-		fmt.Fprintf(os.Stderr, "  name:      %s\n", rec.Label)
-	}
-	fmt.Fprintf(os.Stderr, "  namespace: %s\n", rec.Namespace)
-	fmt.Fprintf(os.Stderr, "  expires:   %s\n", expiry(rec.Expires))
-	fmt.Println(key)
-	return nil
-}
-
-func expiry(t time.Time) string {
-	if t.IsZero() {
-		return "never"
-	}
-	return t.UTC().Format(time.RFC3339)
-}
-
-func keysCommand() *cli.Command {
-	return &cli.Command{
-		Name:  "keys",
-		Usage: "list and revoke API keys",
-		Subcommands: []*cli.Command{
-			{Name: "list", Usage: "list every API key", Action: listKeys},
-			{Name: "revoke", Usage: "revoke an API key: msb server keys revoke ID", ArgsUsage: "ID", Action: revokeKey},
-		},
-	}
-}
-
-func listKeys(c *cli.Context) error {
-	cfg, err := loadConfig()
-	if err != nil {
-		return err
-	}
-	keys, signer, db, err := openKeys(c.Context, &cfg)
-	if errors.Is(err, os.ErrNotExist) {
-		fmt.Println("no API keys yet: create one with `msb server keygen`")
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	list, err := keys.List(c.Context)
-	if err != nil {
-		return err
-	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tNAMESPACE\tCREATED\tEXPIRES\tLAST USED\tSTATUS")
-	now := time.Now()
-	for _, k := range list {
-		lastUsed := "never"
-		if !k.LastUsed.IsZero() {
-			lastUsed = k.LastUsed.UTC().Format(time.RFC3339)
-		}
-		label := k.Label
-		if label == "" {
-			label = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, label, k.Namespace,
-			k.Created.UTC().Format(time.RFC3339), expiry(k.Expires), lastUsed, k.Status(now, signer.ID()))
-	}
-	return tw.Flush()
-}
-
-func revokeKey(c *cli.Context) error {
-	if c.NArg() != 1 {
-		return errors.New("give the id of the key to revoke (see `msb server keys list`)")
-	}
-	cfg, err := loadConfig()
-	if err != nil {
-		return err
-	}
-	keys, _, db, err := openKeys(c.Context, &cfg)
-	if err != nil {
-		return fmt.Errorf("no key registry in %s: %w", cfg.Home, err)
-	}
-	defer db.Close()
-	k, err := keys.Revoke(c.Context, strings.TrimSpace(c.Args().First()))
-	if err != nil {
-		return err
-	}
-	fmt.Printf("key %s revoked\n", k.ID)
-	return nil
 }
 
 func logCommand() *cli.Command {

@@ -357,9 +357,10 @@ func TestSandboxLifecycle(t *testing.T) {
 		cfg  map[string]any
 		want string
 	}{
-		{map[string]any{"image": "alpine:3.20"}, `image "alpine:3.20" is not available`},
+		{map[string]any{"image": "Alpine:3.20"}, `image "Alpine:3.20" is not a valid image reference`},
 		{map[string]any{"volumes": []string{"/etc:/etc"}}, "volumes"},
-		{map[string]any{"ports": []string{"8080:80"}}, "ports"},
+		{map[string]any{"ports": []string{"80:80"}}, "allow_privileged_ports"},
+		{map[string]any{"ports": []string{"8080"}}, "is not host:guest"},
 		{map[string]any{"memory": 1}, "memory 1 MiB is out of range"},
 		{map[string]any{"cpus": 1000}, "cpus 1000 is out of range"},
 		{map[string]any{"envs": []string{"NOEQUALS"}}, "is not KEY=VALUE"},

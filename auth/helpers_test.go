@@ -125,7 +125,7 @@ func jwtParts(tb testing.TB, key string) (header, claims map[string]any, parts [
 	if !strings.HasPrefix(key, auth.Prefix) {
 		tb.Fatalf("key %q does not start with %q", key, auth.Prefix)
 	}
-	parts = strings.Split(strings.TrimPrefix(key, auth.Prefix), ".")
+	parts = strings.Split(jwtOf(tb, key), ".")
 	if len(parts) != 3 {
 		tb.Fatalf("key has %d dot-separated parts, want 3", len(parts))
 	}
@@ -141,6 +141,17 @@ func jwtParts(tb testing.TB, key string) (header, claims map[string]any, parts [
 		}
 	}
 	return header, claims, parts
+}
+
+// jwtOf returns the JWT inside a key: without the prefix and, for a key in
+// the checksummed format, without "_" and the checksum.
+func jwtOf(tb testing.TB, key string) string {
+	tb.Helper()
+	body := strings.TrimPrefix(key, auth.Prefix)
+	if auth.ValidChecksum(key) {
+		body = body[:len(body)-1-auth.ChecksumLen]
+	}
+	return body
 }
 
 // rawToken builds "msb_" + a JWT with any header, signed with HMAC-SHA256

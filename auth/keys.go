@@ -2,7 +2,8 @@
 //
 // A key is "msb_" followed by an HS256 JWT signed with the server signing
 // key (server.key in the msb home, mode 0600) with the claims iat, exp
-// (absent: never expires), namespace ("*": all) and jti (the key id). Every
+// (absent: never expires), namespace ("*": all), jti (the key id) and scopes
+// (absent: every scope), then "_" and a checksum (see checksum.go). Every
 // key is also recorded in the registry (SQLite), which is what makes
 // revocation and --reset-key take effect on a running server. The key text
 // is shown once, at issue, and never stored, logged or echoed in an error.
@@ -23,6 +24,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/msb-dev/msb/auth/ratelimit"
 	"github.com/msb-dev/msb/namespace"
 )
 
@@ -35,6 +37,9 @@ const MaxLabelLen = 64
 // Claims are the JWT claims of an msb API key.
 type Claims struct {
 	Namespace string `json:"namespace"`
+	// Scopes lists the key's scopes; absent (keys made before scopes, and
+	// keys with every scope) means every scope.
+	Scopes []string `json:"scopes,omitempty"`
 	jwt.RegisteredClaims
 }
 
@@ -42,7 +47,18 @@ type Claims struct {
 type IssueOptions struct {
 	Namespace string        // "" or "*": all namespaces
 	Expire    time.Duration // 0: never
+	// ExpiresAt, when set, is the exact expiry (a whole second in the
+	// future) and overrides Expire: a key made for a caller that expires
+	// must not outlive it by the second that passes between two clocks.
+	ExpiresAt time.Time
 	Label     string
+	Scopes    Scopes         // 0: every scope
+	Rate      ratelimit.Rate // zero: the server's default
+	StartRate ratelimit.Rate // zero: the server's default
+	MaxUses   int64          // 0: unlimited
+	// Uses are uses already spent, carried over by rotation, so rotating a
+	// key never gives it fresh ones.
+	Uses int64
 }
 
 // Issuer makes new keys and records them.
@@ -65,6 +81,15 @@ func (is *Issuer) Issue(ctx context.Context, opts IssueOptions) (string, Key, er
 	if opts.Expire < 0 || opts.Expire%time.Second != 0 {
 		return "", Key{}, fmt.Errorf("expiry must be a positive whole number of seconds")
 	}
+	if opts.Scopes == 0 {
+		opts.Scopes = AllScopes
+	}
+	if opts.Scopes&^AllScopes != 0 {
+		return "", Key{}, fmt.Errorf("%w: unknown scopes", ErrInvalidArgument)
+	}
+	if opts.MaxUses < 0 || opts.Uses < 0 {
+		return "", Key{}, fmt.Errorf("%w: max uses must be 0 (unlimited) or more", ErrInvalidArgument)
+	}
 	if !utf8.ValidString(opts.Label) || utf8.RuneCountInString(opts.Label) > MaxLabelLen ||
 		strings.ContainsFunc(opts.Label, func(r rune) bool { return !unicode.IsPrint(r) }) {
 		return "", Key{}, fmt.Errorf("label must be at most %d printable characters", MaxLabelLen)
@@ -84,20 +109,36 @@ func (is *Issuer) Issue(ctx context.Context, opts IssueOptions) (string, Key, er
 		Namespace:    opts.Namespace,
 		SigningKeyID: is.Signer.ID(),
 		Created:      issued,
+		Scopes:       opts.Scopes,
+		Rate:         opts.Rate,
+		StartRate:    opts.StartRate,
+		MaxUses:      opts.MaxUses,
+		Uses:         opts.Uses,
 	}
 	claims := Claims{Namespace: k.Namespace, RegisteredClaims: jwt.RegisteredClaims{
 		ID:       k.ID,
 		IssuedAt: jwt.NewNumericDate(issued),
 	}}
-	if opts.Expire > 0 {
+	if k.Scopes != AllScopes {
+		claims.Scopes = k.Scopes.List()
+	}
+	switch {
+	case !opts.ExpiresAt.IsZero():
+		k.Expires = opts.ExpiresAt.Truncate(time.Second)
+		if !k.Expires.After(issued) {
+			return "", Key{}, ErrExpired
+		}
+	case opts.Expire > 0:
 		k.Expires = issued.Add(opts.Expire)
+	}
+	if !k.Expires.IsZero() {
 		claims.ExpiresAt = jwt.NewNumericDate(k.Expires)
 	}
 	signed, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(is.Signer.secret)
 	if err != nil {
 		return "", Key{}, fmt.Errorf("sign key: %w", err)
 	}
-	text := Prefix + signed
+	text := withChecksum(Prefix + signed)
 	k.Prefix = text[:PrefixLen]
 	k.hash = hashKey(text)
 	if err := is.Registry.Add(ctx, k); err != nil {
@@ -111,6 +152,22 @@ type Principal struct {
 	KeyID     string
 	Label     string
 	Namespace string // the key's claim: a namespace or "*"
+	Scopes    Scopes
+	// Expires is when the key stops working: its expiry, or the end of its
+	// grace period once rotated, whichever comes first. Zero: never.
+	Expires   time.Time
+	Rate      ratelimit.Rate // zero: the server's default
+	StartRate ratelimit.Rate // zero: the server's default
+	MaxUses   int64          // 0: unlimited
+	// Unlimited marks the operator (the CLI) and development mode: no rate
+	// or usage limit, so keys they make have whatever limits are asked for.
+	Unlimited bool
+}
+
+// FullAccess is the principal of development mode and of the operator at
+// the command line: every namespace, every scope, no limits.
+func FullAccess(id string) Principal {
+	return Principal{KeyID: id, Namespace: namespace.All, Scopes: AllScopes, Unlimited: true}
 }
 
 // Authenticator verifies API keys on the request path.
@@ -129,6 +186,7 @@ type Authenticator struct {
 
 type verifiedToken struct {
 	id, namespace string
+	scopes        Scopes
 	expires       time.Time // zero: never
 }
 
@@ -139,13 +197,18 @@ const maxVerified = 10000
 const maxKeyLen = 4096
 
 // Authenticate verifies key and returns who it belongs to. Every error
-// matches ErrUnauthenticated and is one of ErrKeyRequired, ErrInvalidKey,
-// ErrExpired, ErrRevoked, except a failure of the registry itself.
+// matches ErrUnauthenticated and is one of ErrKeyRequired, ErrInvalidKey
+// (also for a key whose checksum does not match), ErrExpired, ErrRevoked,
+// except a failure of the registry itself.
 func (a *Authenticator) Authenticate(ctx context.Context, key string) (Principal, error) {
 	if key == "" {
 		return Principal{}, ErrKeyRequired
 	}
 	if len(key) > maxKeyLen || !strings.HasPrefix(key, Prefix) {
+		return Principal{}, ErrInvalidKey
+	}
+	token, _, ok := splitKey(key)
+	if !ok {
 		return Principal{}, ErrInvalidKey
 	}
 	now := time.Now
@@ -158,7 +221,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, key string) (Principal
 	a.mu.RUnlock()
 	if !ok {
 		var err error
-		if tok, err = a.verify(key, now); err != nil {
+		if tok, err = a.verify(token, now); err != nil {
 			return Principal{}, err
 		}
 		a.mu.Lock()
@@ -178,24 +241,59 @@ func (a *Authenticator) Authenticate(ctx context.Context, key string) (Principal
 	if err != nil {
 		return Principal{}, err
 	}
-	if !hmac.Equal([]byte(k.hash), []byte(hash)) || k.SigningKeyID != a.Signer.ID() || k.Namespace != tok.namespace {
+	if !hmac.Equal([]byte(k.hash), []byte(hash)) || k.SigningKeyID != a.Signer.ID() || k.Namespace != tok.namespace || k.Scopes != tok.scopes {
 		return Principal{}, ErrInvalidKey
 	}
-	if !k.Revoked.IsZero() {
+	if k.RevokedAt(now()) {
 		return Principal{}, ErrRevoked
 	}
 	a.Registry.touch(k.ID)
-	return Principal{KeyID: k.ID, Label: k.Label, Namespace: k.Namespace}, nil
+	expires := k.Expires
+	if !k.Revoked.IsZero() && (expires.IsZero() || k.Revoked.Before(expires)) {
+		expires = k.Revoked // a rotated key in its grace period
+	}
+	return Principal{KeyID: k.ID, Label: k.Label, Namespace: k.Namespace, Scopes: k.Scopes, Expires: expires,
+		Rate: k.Rate, StartRate: k.StartRate, MaxUses: k.MaxUses}, nil
 }
 
-// verify checks the JWT inside key: HS256 only, signed with the server's
+// Identify returns the id and label of the issued key that key is, even
+// when it is expired or revoked, for the audit record of a refused call. It
+// returns "" for anything whose signature does not verify or that was never
+// issued, so a forged id never reaches the audit log.
+func (a *Authenticator) Identify(ctx context.Context, key string) (id, label string) {
+	if len(key) > maxKeyLen {
+		return "", ""
+	}
+	token, _, ok := splitKey(key)
+	if !ok {
+		return "", ""
+	}
+	var claims Claims
+	_, err := jwt.NewParser(jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}), jwt.WithoutClaimsValidation()).
+		ParseWithClaims(token, &claims, func(t *jwt.Token) (any, error) {
+			if t.Method != jwt.SigningMethodHS256 {
+				return nil, errors.New("unexpected signing method")
+			}
+			return a.Signer.secret, nil
+		})
+	if err != nil || claims.ID == "" {
+		return "", ""
+	}
+	k, err := a.Registry.lookup(ctx, claims.ID)
+	if err != nil || !hmac.Equal([]byte(k.hash), []byte(hashKey(key))) {
+		return "", ""
+	}
+	return k.ID, k.Label
+}
+
+// verify checks the JWT token (the key without prefix and checksum): HS256 only, signed with the server's
 // signing key, not expired, with an id and a valid namespace claim.
-func (a *Authenticator) verify(key string, now func() time.Time) (verifiedToken, error) {
+func (a *Authenticator) verify(token string, now func() time.Time) (verifiedToken, error) {
 	var claims Claims
 	_, err := jwt.NewParser(
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 		jwt.WithTimeFunc(now),
-	).ParseWithClaims(key[len(Prefix):], &claims, func(t *jwt.Token) (any, error) {
+	).ParseWithClaims(token, &claims, func(t *jwt.Token) (any, error) {
 		// The algorithm is fixed here, never chosen by the token's header.
 		if t.Method != jwt.SigningMethodHS256 {
 			return nil, errors.New("unexpected signing method")
@@ -211,7 +309,16 @@ func (a *Authenticator) verify(key string, now func() time.Time) (verifiedToken,
 	if claims.ID == "" || namespace.ValidateClaim(claims.Namespace) != nil {
 		return verifiedToken{}, ErrInvalidKey
 	}
-	tok := verifiedToken{id: claims.ID, namespace: claims.Namespace}
+	scopes := AllScopes
+	if claims.Scopes != nil {
+		if len(claims.Scopes) == 0 {
+			return verifiedToken{}, ErrInvalidKey
+		}
+		if scopes, err = ParseScopes(claims.Scopes); err != nil {
+			return verifiedToken{}, ErrInvalidKey
+		}
+	}
+	tok := verifiedToken{id: claims.ID, namespace: claims.Namespace, scopes: scopes}
 	if claims.ExpiresAt != nil {
 		tok.expires = claims.ExpiresAt.Time
 	}

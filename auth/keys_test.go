@@ -50,7 +50,7 @@ func TestIssueThenAuthenticate(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Authenticate(issued key %+v) call %d: %v", opts, i, err)
 			}
-			want := auth.Principal{KeyID: k.ID, Label: opts.Label, Namespace: wantNS}
+			want := auth.Principal{KeyID: k.ID, Label: opts.Label, Namespace: wantNS, Scopes: auth.AllScopes, Expires: k.Expires}
 			if p != want {
 				t.Fatalf("Principal = %+v, want %+v", p, want)
 			}
@@ -112,7 +112,7 @@ func TestKeyFormat(t *testing.T) {
 		}
 		// The signature is HS256 with the secret in the signing key file.
 		parsed, err := jwt.NewParser(jwt.WithValidMethods([]string{"HS256"}), jwt.WithoutClaimsValidation()).
-			Parse(strings.TrimPrefix(key, auth.Prefix), func(*jwt.Token) (any, error) { return h.secret(t), nil })
+			Parse(jwtOf(t, key), func(*jwt.Token) (any, error) { return h.secret(t), nil })
 		if err != nil || !parsed.Valid {
 			t.Fatalf("key does not verify as HS256 with the signing key file's secret: %v", err)
 		}

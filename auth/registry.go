@@ -9,9 +9,13 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/msb-dev/msb/auth/ratelimit"
 )
 
 // Key is one API key as the registry records it. The key text itself is
@@ -25,8 +29,16 @@ type Key struct {
 	Created      time.Time
 	Expires      time.Time // zero: never
 	LastUsed     time.Time // zero: never
-	Revoked      time.Time // zero: not revoked
-	hash         string
+	// Revoked is when the key stops working: zero if never; in the future
+	// while a rotated key's grace period runs.
+	Revoked    time.Time
+	Scopes     Scopes
+	Rate       ratelimit.Rate // zero: the server's default
+	StartRate  ratelimit.Rate // sandbox.start's bucket; zero: the server's default
+	MaxUses    int64          // 0: unlimited
+	Uses       int64          // calls made, as recorded so far
+	ReplacedBy string         // the key that replaced this one by rotation
+	hash       string
 }
 
 // PrefixLen is how many leading characters of a key the registry keeps.
@@ -38,19 +50,28 @@ const (
 	StatusExpired = "expired"
 	StatusRevoked = "revoked"
 	StatusInvalid = "invalid (signing key reset)"
+	StatusSpent   = "usage limit reached"
 )
 
 // Status says whether the key still works at now with the given signing key.
 func (k Key) Status(now time.Time, signingKeyID string) string {
 	switch {
-	case !k.Revoked.IsZero():
+	case k.RevokedAt(now):
 		return StatusRevoked
 	case k.SigningKeyID != signingKeyID:
 		return StatusInvalid
 	case !k.Expires.IsZero() && !now.Before(k.Expires):
 		return StatusExpired
+	case k.MaxUses > 0 && k.Uses >= k.MaxUses:
+		return StatusSpent
 	}
 	return StatusActive
+}
+
+// RevokedAt reports whether the key is revoked at now (a rotated key is not
+// until its grace period ends).
+func (k Key) RevokedAt(now time.Time) bool {
+	return !k.Revoked.IsZero() && !now.Before(k.Revoked)
 }
 
 // hashKey is how the registry recognises a key without storing it.
@@ -82,6 +103,7 @@ type Registry struct {
 	cache    map[string]Key       // by id
 	lastSeen map[string]time.Time // last-used writes, per key
 	pending  sync.WaitGroup       // last-used writes in flight
+	uses     sync.Map             // key id -> *atomic.Int64: uses not yet written
 }
 
 // fileSig identifies a version of the change file: appends grow it, and it
@@ -105,6 +127,7 @@ func NewRegistry(db *sql.DB, changes string, now func() time.Time) *Registry {
 // Close waits for pending last-used writes. It does not close the database.
 func (r *Registry) Close() error {
 	r.pending.Wait()
+	r.flushUses(context.Background())
 	return nil
 }
 
@@ -125,28 +148,51 @@ func fromMS(n sql.NullInt64) time.Time {
 // Add records a newly issued key.
 func (r *Registry) Add(ctx context.Context, k Key) error {
 	_, err := r.db.ExecContext(ctx, `INSERT INTO api_keys
-		(id, label, namespace, key_prefix, key_hash, signing_key_id, created_at, expires_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-		k.ID, k.Label, k.Namespace, k.Prefix, k.hash, k.SigningKeyID, k.Created.UnixMilli(), ms(k.Expires))
+		(id, label, namespace, key_prefix, key_hash, signing_key_id, created_at, expires_at,
+		 scopes, rate_limit, start_rate_limit, max_uses, uses)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		k.ID, k.Label, k.Namespace, k.Prefix, k.hash, k.SigningKeyID, k.Created.UnixMilli(), ms(k.Expires),
+		k.Scopes.String(), k.Rate.String(), k.StartRate.String(), nullInt(k.MaxUses), k.Uses)
 	if err != nil {
 		return fmt.Errorf("record API key: %w", err)
 	}
 	return nil
 }
 
-const keyColumns = `id, label, namespace, key_prefix, key_hash, signing_key_id, created_at, expires_at, last_used_at, revoked_at`
+const keyColumns = `id, label, namespace, key_prefix, key_hash, signing_key_id, created_at, expires_at, last_used_at, revoked_at,
+	scopes, rate_limit, start_rate_limit, max_uses, uses, replaced_by`
+
+func nullInt(n int64) sql.NullInt64 { return sql.NullInt64{Int64: n, Valid: n > 0} }
 
 type scanner interface{ Scan(...any) error }
 
 func scanKey(s scanner) (Key, error) {
 	var k Key
 	var created int64
-	var expires, lastUsed, revoked sql.NullInt64
-	if err := s.Scan(&k.ID, &k.Label, &k.Namespace, &k.Prefix, &k.hash, &k.SigningKeyID, &created, &expires, &lastUsed, &revoked); err != nil {
+	var expires, lastUsed, revoked, maxUses sql.NullInt64
+	var scopes, rate, startRate string
+	var replacedBy sql.NullString
+	if err := s.Scan(&k.ID, &k.Label, &k.Namespace, &k.Prefix, &k.hash, &k.SigningKeyID, &created, &expires, &lastUsed, &revoked,
+		&scopes, &rate, &startRate, &maxUses, &k.Uses, &replacedBy); err != nil {
 		return Key{}, err
 	}
 	k.Created = time.UnixMilli(created)
 	k.Expires, k.LastUsed, k.Revoked = fromMS(expires), fromMS(lastUsed), fromMS(revoked)
+	k.MaxUses, k.ReplacedBy = maxUses.Int64, replacedBy.String
+	var err error
+	if k.Scopes, err = ParseScopes([]string{scopes}); err != nil {
+		return Key{}, fmt.Errorf("key %s: scopes: %w", k.ID, err)
+	}
+	if rate != "" {
+		if k.Rate, err = ratelimit.Parse(rate); err != nil {
+			return Key{}, fmt.Errorf("key %s: %w", k.ID, err)
+		}
+	}
+	if startRate != "" {
+		if k.StartRate, err = ratelimit.Parse(startRate); err != nil {
+			return Key{}, fmt.Errorf("key %s: %w", k.ID, err)
+		}
+	}
 	return k, nil
 }
 
@@ -168,44 +214,152 @@ func (r *Registry) List(ctx context.Context) ([]Key, error) {
 	return keys, rows.Err()
 }
 
-// Revoke revokes the key with id (or a unique prefix of it, as `keys list`
-// shows). ErrKeyNotFound if none matches. Revoking twice is not an error.
-func (r *Registry) Revoke(ctx context.Context, id string) (Key, error) {
+// Find returns the key with id, or with a unique prefix of it (as `keys
+// list` shows). Errors wrap ErrKeyNotFound when none matches.
+func (r *Registry) Find(ctx context.Context, id string) (Key, error) {
+	return r.findIn(ctx, id, nil)
+}
+
+// findIn is Find among the keys that in accepts (nil: all): a caller
+// limited to some keys never learns, even by a prefix, of the others.
+func (r *Registry) findIn(ctx context.Context, id string, in func(Key) bool) (Key, error) {
 	if id == "" {
-		return Key{}, fmt.Errorf("revoke: %w: give the key id shown by `msb server keys list`", ErrKeyNotFound)
+		return Key{}, fmt.Errorf("%w: give the key id shown by `msb server keys list`", ErrKeyNotFound)
 	}
 	rows, err := r.db.QueryContext(ctx, `SELECT `+keyColumns+` FROM api_keys WHERE substr(id, 1, ?) = ?`, len(id), id)
 	if err != nil {
-		return Key{}, fmt.Errorf("revoke API key: %w", err)
+		return Key{}, fmt.Errorf("find API key: %w", err)
 	}
+	defer rows.Close()
 	var matches []Key
 	for rows.Next() {
 		k, err := scanKey(rows)
 		if err != nil {
-			rows.Close()
-			return Key{}, fmt.Errorf("revoke API key: %w", err)
+			return Key{}, fmt.Errorf("find API key: %w", err)
 		}
-		matches = append(matches, k)
+		if in == nil || in(k) {
+			matches = append(matches, k)
+		}
 	}
-	rows.Close()
+	if err := rows.Err(); err != nil {
+		return Key{}, fmt.Errorf("find API key: %w", err)
+	}
 	switch len(matches) {
 	case 0:
-		return Key{}, fmt.Errorf("revoke %q: %w (see `msb server keys list`)", id, ErrKeyNotFound)
+		return Key{}, fmt.Errorf("key %s: %w (see `msb server keys list`)", quoteID(id), ErrKeyNotFound)
 	case 1:
-	default:
-		return Key{}, fmt.Errorf("revoke %q: %d keys start with it: give more of the id", id, len(matches))
+		return matches[0], nil
 	}
-	k := matches[0]
-	if k.Revoked.IsZero() {
-		k.Revoked = r.now()
-		if _, err := r.db.ExecContext(ctx, `UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL`, k.Revoked.UnixMilli(), k.ID); err != nil {
-			return Key{}, fmt.Errorf("revoke API key: %w", err)
-		}
-		if err := r.announce(); err != nil {
-			return Key{}, err
-		}
+	return Key{}, fmt.Errorf("%w: %d keys start with %s: give more of the id", ErrInvalidArgument, len(matches), quoteID(id))
+}
+
+func quoteID(id string) string {
+	if len(id) > 32 {
+		return strconv.Quote(id[:32]) + "..."
+	}
+	return strconv.Quote(id)
+}
+
+// Revoke revokes the key with id (or a unique prefix of it, as `keys list`
+// shows) at once. ErrKeyNotFound if none matches. Revoking twice is not an
+// error; revoking a rotated key in its grace period ends the grace.
+func (r *Registry) Revoke(ctx context.Context, id string) (Key, error) {
+	k, err := r.Find(ctx, id)
+	if err != nil {
+		return Key{}, fmt.Errorf("revoke: %w", err)
+	}
+	return r.revokeAt(ctx, k, r.now())
+}
+
+// revokeAt makes k stop working at t, unless it already stops earlier.
+func (r *Registry) revokeAt(ctx context.Context, k Key, t time.Time) (Key, error) {
+	if !k.Revoked.IsZero() && !k.Revoked.After(t) {
+		return k, nil
+	}
+	k.Revoked = t
+	if _, err := r.db.ExecContext(ctx, `UPDATE api_keys SET revoked_at = ? WHERE id = ? AND (revoked_at IS NULL OR revoked_at > ?)`,
+		t.UnixMilli(), k.ID, t.UnixMilli()); err != nil {
+		return Key{}, fmt.Errorf("revoke API key: %w", err)
+	}
+	if err := r.announce(); err != nil {
+		return Key{}, err
 	}
 	return k, nil
+}
+
+// LimitChange changes the limits of a key; nil fields stay as they are.
+type LimitChange struct {
+	Rate      *ratelimit.Rate // zero Rate: the server's default
+	StartRate *ratelimit.Rate
+	MaxUses   *int64 // 0: unlimited
+}
+
+// SetLimits changes the limits of the key with id (or a unique prefix) and
+// returns it as changed; a running server applies them on its next call.
+// Errors wrap ErrKeyNotFound or ErrInvalidArgument.
+func (r *Registry) SetLimits(ctx context.Context, id string, l LimitChange) (Key, error) {
+	k, err := r.Find(ctx, id)
+	if err != nil {
+		return Key{}, err
+	}
+	if l.MaxUses != nil && *l.MaxUses < 0 {
+		return Key{}, fmt.Errorf("%w: max uses must be 0 (unlimited) or more", ErrInvalidArgument)
+	}
+	if l.Rate != nil {
+		k.Rate = *l.Rate
+	}
+	if l.StartRate != nil {
+		k.StartRate = *l.StartRate
+	}
+	if l.MaxUses != nil {
+		k.MaxUses = *l.MaxUses
+	}
+	r.flushUses(ctx)
+	if _, err := r.db.ExecContext(ctx, `UPDATE api_keys SET rate_limit = ?, start_rate_limit = ?, max_uses = ? WHERE id = ?`,
+		k.Rate.String(), k.StartRate.String(), nullInt(k.MaxUses), k.ID); err != nil {
+		return Key{}, fmt.Errorf("set key limits: %w", err)
+	}
+	if err := r.announce(); err != nil {
+		return Key{}, err
+	}
+	return r.Find(ctx, k.ID)
+}
+
+// Use counts one call made with key k. For a key with a usage limit the
+// count is written at once, atomically, so the limit holds across restarts
+// and across processes; it returns ErrUsageLimit once the uses are spent.
+// Other keys are counted in memory and written with their last-used time.
+func (r *Registry) Use(ctx context.Context, id string, maxUses int64) error {
+	if maxUses <= 0 {
+		c, ok := r.uses.Load(id)
+		if !ok {
+			c, _ = r.uses.LoadOrStore(id, new(atomic.Int64))
+		}
+		c.(*atomic.Int64).Add(1)
+		return nil
+	}
+	res, err := r.db.ExecContext(ctx, `UPDATE api_keys SET uses = uses + 1 WHERE id = ? AND (max_uses IS NULL OR uses < max_uses)`, id)
+	if err != nil {
+		return fmt.Errorf("count key use: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("count key use: %w", err)
+	} else if n == 0 {
+		return ErrUsageLimit
+	}
+	return nil
+}
+
+// flushUses writes the uses counted in memory.
+func (r *Registry) flushUses(ctx context.Context) {
+	r.uses.Range(func(id, c any) bool {
+		if n := c.(*atomic.Int64).Swap(0); n > 0 {
+			if _, err := r.db.ExecContext(ctx, `UPDATE api_keys SET uses = uses + ? WHERE id = ?`, n, id); err != nil {
+				slog.Warn("record key uses", "key_id", id, "err", err)
+			}
+		}
+		return true
+	})
 }
 
 // maxChangeFile is the size past which the change file starts over.
@@ -309,7 +463,11 @@ func (r *Registry) touch(id string) {
 		defer r.pending.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if _, err := r.db.ExecContext(ctx, `UPDATE api_keys SET last_used_at = ? WHERE id = ?`, now.UnixMilli(), id); err != nil {
+		var n int64
+		if c, ok := r.uses.Load(id); ok {
+			n = c.(*atomic.Int64).Swap(0)
+		}
+		if _, err := r.db.ExecContext(ctx, `UPDATE api_keys SET last_used_at = ?, uses = uses + ? WHERE id = ?`, now.UnixMilli(), n, id); err != nil {
 			slog.Warn("record key use", "key_id", id, "err", err)
 		}
 	}()

@@ -16,8 +16,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/msb-dev/msb/auth/ratelimit"
+	"github.com/msb-dev/msb/duration"
 )
 
 // Defaults of the settings a user is most likely to change.
@@ -45,6 +49,41 @@ type Config struct {
 
 	// Sandbox defaults.
 	SandboxPids int `toml:"sandbox_pids"`
+
+	// VolumeRoots are the host directories sandboxes' volumes may come
+	// from; namespace ns gets <root>/<ns> of each. Default: <home>/volumes.
+	VolumeRoots []string `toml:"volume_roots"`
+	// PortBind is the address port forwards listen on; empty: 127.0.0.1.
+	PortBind string `toml:"port_bind_address"`
+	// AllowPrivilegedPorts lets port forwards use host ports below 1024.
+	AllowPrivilegedPorts bool `toml:"allow_privileged_ports"`
+
+	// API keys: the default rate limits of keys made without --rate or
+	// --start-rate (specs such as "600/m"), and how long audit events are
+	// kept (a duration such as "90d").
+	RateLimit      string `toml:"rate_limit"`
+	StartRateLimit string `toml:"start_rate_limit"`
+	AuditRetention string `toml:"audit_retention"`
+}
+
+// Defaults of the key limits and the audit log.
+const (
+	DefaultRateLimit      = "600/m"
+	DefaultStartRateLimit = "60/m"
+	DefaultAuditRetention = "90d"
+)
+
+// Rates returns the default rate limits; call it after Validate.
+func (c *Config) Rates() (rate, start ratelimit.Rate) {
+	rate, _ = ratelimit.Parse(c.RateLimit)
+	start, _ = ratelimit.Parse(c.StartRateLimit)
+	return rate, start
+}
+
+// Retention returns how long audit events are kept; call it after Validate.
+func (c *Config) Retention() time.Duration {
+	d, _ := duration.Parse(c.AuditRetention)
+	return d
 }
 
 // ErrInvalid is wrapped by every error Validate and Load return for bad settings.
@@ -67,6 +106,10 @@ func Default(home string) Config {
 		Port:        DefaultPort,
 		Images:      DefaultImages(),
 		SandboxPids: 1024,
+
+		RateLimit:      DefaultRateLimit,
+		StartRateLimit: DefaultStartRateLimit,
+		AuditRetention: DefaultAuditRetention,
 	}
 }
 
@@ -165,8 +208,25 @@ func (c *Config) Validate() error {
 	if c.Dev && !IsLoopback(c.Host) {
 		return fmt.Errorf("%w: --dev turns authentication off, so it only listens on a loopback address (127.0.0.1, ::1, localhost), not %q", ErrInvalid, c.Host)
 	}
+	for _, r := range c.VolumeRoots {
+		if !filepath.IsAbs(r) || filepath.Clean(r) == "/" {
+			return fmt.Errorf("%w: volume_roots: %q must be an absolute directory other than /", ErrInvalid, r)
+		}
+	}
+	if c.PortBind != "" && net.ParseIP(c.PortBind) == nil && c.PortBind != "localhost" {
+		return fmt.Errorf("%w: port_bind_address %q is not an IP address, such as 127.0.0.1", ErrInvalid, c.PortBind)
+	}
 	if c.SandboxPids < 16 {
 		return fmt.Errorf("%w: sandbox_pids %d is too low: use at least 16", ErrInvalid, c.SandboxPids)
+	}
+	if _, err := ratelimit.Parse(c.RateLimit); err != nil {
+		return fmt.Errorf("%w: rate_limit: %v", ErrInvalid, err)
+	}
+	if _, err := ratelimit.Parse(c.StartRateLimit); err != nil {
+		return fmt.Errorf("%w: start_rate_limit: %v", ErrInvalid, err)
+	}
+	if _, err := duration.Parse(c.AuditRetention); err != nil {
+		return fmt.Errorf("%w: audit_retention: %v", ErrInvalid, err)
 	}
 	for name, target := range c.Images {
 		if name == "" || target == "" {
@@ -215,6 +275,17 @@ func (c *Config) LockPath() string { return c.Path("server.lock") }
 // LogDir holds the server log.
 func (c *Config) LogDir() string { return c.Path("logs") }
 
+// ImageDir holds pulled OCI images: their layers and records.
+func (c *Config) ImageDir() string { return c.Path("images") }
+
+// Volumes are the volume roots: VolumeRoots, else <home>/volumes.
+func (c *Config) Volumes() []string {
+	if len(c.VolumeRoots) > 0 {
+		return c.VolumeRoots
+	}
+	return []string{c.Path("volumes")}
+}
+
 // SandboxDir holds one directory per sandbox: its writable root.
 func (c *Config) SandboxDir() string { return c.Path("sandboxes") }
 
@@ -239,10 +310,26 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # host = "127.0.0.1"
 # port = 5555
 
+# Default rate limits of API keys made without --rate / --start-rate
+# (calls per s, m, h or d; sandbox.start has its own, lower bucket), and how
+# long audit events are kept.
+# rate_limit = "600/m"
+# start_rate_limit = "60/m"
+# audit_retention = "90d"
+
+# Volumes ("host:guest[:ro]") come from <root>/<namespace> of these roots
+# (default: <home>/volumes); a relative host path resolves in the first.
+# volume_roots = ["/srv/msb-volumes"]
+# Port forwards ("host:guest") listen on this address; host ports below
+# 1024 need allow_privileged_ports.
+# port_bind_address = "127.0.0.1"
+# allow_privileged_ports = false
+
 # Image aliases: the image names sandbox.start accepts, and what each runs.
 # "host" is the built-in image: this machine's /usr, /bin and /lib, read-only,
-# with a generated /etc. The SDKs' default images resolve to it. Remove an
-# entry to refuse that name; add one to accept another.
+# with a generated /etc. The SDKs' default images resolve to it. A target can
+# also be an OCI image reference ("python:3.12-slim"), pulled on first use.
+# Names without an alias are pulled as OCI images.
 `
 
 // WriteDefaultFile writes a commented config file with the default alias

@@ -38,6 +38,10 @@ func TestDefault(t *testing.T) {
 		Port:        5555,
 		Images:      map[string]string{"microsandbox/python": "host", "microsandbox/node": "host"},
 		SandboxPids: 1024,
+
+		RateLimit:      "600/m",
+		StartRateLimit: "60/m",
+		AuditRetention: "90d",
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Default = %+v, want %+v", c, want)

@@ -7,6 +7,8 @@ import (
 	"github.com/sourcegraph/jsonrpc2"
 
 	"github.com/msb-dev/msb/auth"
+	"github.com/msb-dev/msb/auth/ratelimit"
+	"github.com/msb-dev/msb/duration"
 	"github.com/msb-dev/msb/namespace"
 	"github.com/msb-dev/msb/sandbox"
 )
@@ -36,7 +38,13 @@ var errorClasses = []struct {
 }{
 	{errMethodNotFound, jsonrpc2.CodeMethodNotFound, http.StatusOK},
 	{auth.ErrUnauthenticated, CodeUnauthenticated, http.StatusUnauthorized},
+	{auth.ErrRateLimited, CodeRateLimited, http.StatusTooManyRequests}, // *auth.RateLimitError: Retry-After
+	{auth.ErrForbidden, CodeForbidden, http.StatusForbidden},           // missing scope, key beyond the caller's reach
 	{namespace.ErrForbidden, CodeForbidden, http.StatusForbidden},
+	{auth.ErrInvalidArgument, jsonrpc2.CodeInvalidParams, http.StatusOK},
+	{auth.ErrKeyNotFound, CodeNotFound, http.StatusOK},
+	{ratelimit.ErrInvalid, jsonrpc2.CodeInvalidParams, http.StatusOK},
+	{duration.ErrInvalid, jsonrpc2.CodeInvalidParams, http.StatusOK},
 	{namespace.ErrInvalidName, jsonrpc2.CodeInvalidParams, http.StatusOK},
 	{errInvalidParams, jsonrpc2.CodeInvalidParams, http.StatusOK},
 	{sandbox.ErrInvalidArgument, jsonrpc2.CodeInvalidParams, http.StatusOK},

@@ -11,7 +11,9 @@ import (
 // Mount serves h at path (an http.ServeMux pattern) behind the same
 // authentication as the JSON-RPC endpoint: a request without a valid key
 // gets the same 401 as /api/v1/rpc, and h finds the caller with
-// PrincipalFrom. Other protocols (MCP) are mounted this way.
+// PrincipalFrom. Other protocols (MCP) are mounted this way; the calls they
+// make through Invoke are rate-limited, checked and audited like JSON-RPC
+// calls, and their responses carry the same X-RateLimit-* headers.
 func (s *Server) Mount(path string, h http.Handler) {
 	s.mux.Handle(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		principal, err := s.authenticate(r)
@@ -19,7 +21,9 @@ func (s *Server) Mount(path string, h http.Handler) {
 			s.deny(w, r, err)
 			return
 		}
-		h.ServeHTTP(w, r.WithContext(withPrincipal(r.Context(), principal, s.auth == nil)))
+		st := &reqState{remote: r.RemoteAddr}
+		w = s.headerWriter(w, principal, st)
+		h.ServeHTTP(w, r.WithContext(withPrincipal(r.Context(), principal, s.auth == nil, st)))
 	}))
 }
 

@@ -14,6 +14,15 @@ import (
 
 // Method is one entry of the method table.
 type Method struct {
+	// Scope is the key scope the method needs, checked by dispatch for every
+	// caller. A method without one needs a key with every scope.
+	Scope auth.Scope
+	// Changes marks methods that change something (start, stop, exec, key
+	// changes): every call of one is audited, allowed or not.
+	Changes bool
+	// StartBucket makes calls also draw from the key's own, lower
+	// sandbox.start rate-limit bucket.
+	StartBucket bool
 	// Namespaced methods take a "namespace" param, checked against the
 	// caller's key before the handler runs.
 	Namespaced bool
@@ -34,6 +43,15 @@ type Call struct {
 	Namespace string
 	Principal auth.Principal
 	params    json.RawMessage
+
+	// What the audit event of the call records, beyond the caller.
+	auditNamespace, auditDetail string
+}
+
+// Audit sets the namespace and a detail (such as the id of a key acted on)
+// for the call's audit event. Never pass secrets, code or output.
+func (c *Call) Audit(namespace, detail string) {
+	c.auditNamespace, c.auditDetail = namespace, detail
 }
 
 // Decode decodes the call's params into v strictly: unknown fields and wrong
@@ -90,17 +108,46 @@ type namespaceParam struct {
 	Namespace *string `json:"namespace"`
 }
 
-// dispatch looks the method up, authorizes its namespace and runs it.
+// dispatch runs one call as the caller in ctx: rate limit, method table,
+// scope, namespace, usage limit, then the handler; and it audits the call
+// when it changes something or is refused. Every protocol comes through
+// here (JSON-RPC, and others through Invoke), so none can skip a check.
 func (s *Server) dispatch(ctx context.Context, name string, params json.RawMessage) (any, error) {
+	v, _ := ctx.Value(principalKey{}).(principalValue)
 	m, ok := s.methods[name]
+	call := &Call{Principal: v.p, params: params}
+	result, err := s.authorizeAndRun(ctx, v, name, m, ok, call)
+	if s.audit != nil && !v.dev && (ok && m.Changes || err != nil && denied(err)) {
+		s.record(v, name, call, err)
+	}
+	return result, err
+}
+
+func (s *Server) authorizeAndRun(ctx context.Context, v principalValue, name string, m Method, ok bool, call *Call) (any, error) {
+	limited := s.limits != nil && !v.dev
+	if limited {
+		st, err := s.limits.Allow(v.p, ok && m.StartBucket)
+		if v.st != nil {
+			v.st.setRate(st, err)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 	if !ok {
 		return nil, &methodNotFound{name}
 	}
+	params := call.params
 	if len(params) > 0 && params[0] != '{' && !bytes.Equal(params, nullID) {
 		return nil, fmt.Errorf("%w: params must be a JSON object of named fields", errInvalidParams)
 	}
-	principal, _ := principalFrom(ctx)
-	call := &Call{Principal: principal, params: params}
+	scope := m.Scope
+	if scope == "" {
+		scope = auth.ScopeAll
+	}
+	if !v.p.Scopes.Has(scope) {
+		return nil, auth.MissingScope(name, scope)
+	}
 	if m.Namespaced {
 		var p namespaceParam
 		if len(params) > 0 {
@@ -112,16 +159,22 @@ func (s *Server) dispatch(ctx context.Context, name string, params json.RawMessa
 			return nil, fmt.Errorf("%w: \"namespace\" is required", errInvalidParams)
 		}
 		ns := *p.Namespace
+		call.auditNamespace = ns
 		if err := namespace.ValidateTarget(ns, m.AllowAll); err != nil {
 			return nil, err
 		}
 		if m.AllowAll {
-			ns = namespace.Visible(principal.Namespace, ns)
+			ns = namespace.Visible(v.p.Namespace, ns)
 		}
-		if err := namespace.Authorize(principal.Namespace, ns); err != nil {
+		if err := namespace.Authorize(v.p.Namespace, ns); err != nil {
 			return nil, err
 		}
 		call.Namespace = ns
+	}
+	if limited {
+		if err := s.limits.Use(ctx, v.p); err != nil {
+			return nil, err
+		}
 	}
 	return m.Handle(ctx, call)
 }
@@ -136,15 +189,17 @@ func (e *methodNotFound) Error() string {
 }
 
 type principalKey struct{}
-type remoteKey struct{}
 
+// principalValue is what a request's context carries: the caller, and the
+// request's own state (nil outside a request served by the Server).
 type principalValue struct {
 	p   auth.Principal
 	dev bool
+	st  *reqState
 }
 
-func withPrincipal(ctx context.Context, p auth.Principal, dev bool) context.Context {
-	return context.WithValue(ctx, principalKey{}, principalValue{p, dev})
+func withPrincipal(ctx context.Context, p auth.Principal, dev bool, st *reqState) context.Context {
+	return context.WithValue(ctx, principalKey{}, principalValue{p, dev, st})
 }
 
 func principalFrom(ctx context.Context) (auth.Principal, bool) {

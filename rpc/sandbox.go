@@ -6,6 +6,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/msb-dev/msb/auth"
 	"github.com/msb-dev/msb/sandbox"
 )
 
@@ -15,11 +16,16 @@ const MaxTimeout = 24 * time.Hour
 // SandboxMethods returns the sandbox.* methods of CONTRACT.md, served by m.
 func SandboxMethods(m sandbox.Manager) Methods {
 	return Methods{
-		"sandbox.start":       {Namespaced: true, Handle: func(ctx context.Context, c *Call) (any, error) { return start(ctx, m, c) }},
-		"sandbox.stop":        {Namespaced: true, Handle: func(ctx context.Context, c *Call) (any, error) { return stop(ctx, m, c) }},
-		"sandbox.metrics.get": {Namespaced: true, AllowAll: true, Handle: func(ctx context.Context, c *Call) (any, error) { return metrics(ctx, m, c) }},
-		"sandbox.repl.run":    {Namespaced: true, Handle: func(ctx context.Context, c *Call) (any, error) { return replRun(ctx, m, c) }},
-		"sandbox.command.run": {Namespaced: true, Handle: func(ctx context.Context, c *Call) (any, error) { return commandRun(ctx, m, c) }},
+		"sandbox.start": {Scope: auth.ScopeSandboxCreate, Changes: true, StartBucket: true, Namespaced: true,
+			Handle: func(ctx context.Context, c *Call) (any, error) { return start(ctx, m, c) }},
+		"sandbox.stop": {Scope: auth.ScopeSandboxDelete, Changes: true, Namespaced: true,
+			Handle: func(ctx context.Context, c *Call) (any, error) { return stop(ctx, m, c) }},
+		"sandbox.metrics.get": {Scope: auth.ScopeSandboxRead, Namespaced: true, AllowAll: true,
+			Handle: func(ctx context.Context, c *Call) (any, error) { return metrics(ctx, m, c) }},
+		"sandbox.repl.run": {Scope: auth.ScopeSandboxExec, Changes: true, Namespaced: true,
+			Handle: func(ctx context.Context, c *Call) (any, error) { return replRun(ctx, m, c) }},
+		"sandbox.command.run": {Scope: auth.ScopeSandboxExec, Changes: true, Namespaced: true,
+			Handle: func(ctx context.Context, c *Call) (any, error) { return commandRun(ctx, m, c) }},
 	}
 }
 

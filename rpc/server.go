@@ -1,10 +1,12 @@
 // Package rpc serves msb's wire API: JSON-RPC 2.0 over HTTP on /api/v1/rpc
 // and the health check on /api/v1/health, exactly as CONTRACT.md describes.
 //
-// Every call passes through one path (Server.call): authentication of the
-// HTTP request, then the method table, then the namespace check for every
-// namespaced method, then the handler. No method can skip a step, because
-// handlers only ever receive an already-authorized Call.
+// Every call passes through one path: authentication of the HTTP request,
+// then (Server.dispatch) the key's rate limit, the method table, the scope
+// the method needs, the namespace check for every namespaced method, the
+// key's usage limit, then the handler; calls that change something and
+// calls refused are audited. No method can skip a step, because handlers
+// only ever receive an already-authorized Call.
 package rpc
 
 import (
@@ -19,12 +21,15 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sourcegraph/jsonrpc2"
 
 	"github.com/msb-dev/msb/auth"
-	"github.com/msb-dev/msb/namespace"
+	"github.com/msb-dev/msb/auth/audit"
+	"github.com/msb-dev/msb/auth/ratelimit"
 )
 
 // Limits on what a client may send.
@@ -44,21 +49,82 @@ type Authenticator interface {
 	Authenticate(ctx context.Context, key string) (auth.Principal, error)
 }
 
+// Limiter enforces keys' rate and usage limits; *auth.Limits is the real one.
+type Limiter interface {
+	// Allow takes one call from p's rate budget (and from its sandbox.start
+	// budget when start is set); the error matches auth.ErrRateLimited.
+	Allow(p auth.Principal, start bool) (ratelimit.Status, error)
+	// Status reports p's budget without taking from it.
+	Status(p auth.Principal) ratelimit.Status
+	// Use counts one use of p's key; auth.ErrUsageLimit once they are spent.
+	Use(ctx context.Context, p auth.Principal) error
+}
+
+// Auditor records audit events without waiting; *audit.Writer is the real one.
+type Auditor interface {
+	Record(audit.Event)
+}
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithLimits enforces per-key rate and usage limits (not in development mode).
+func WithLimits(l Limiter) Option { return func(s *Server) { s.limits = l } }
+
+// WithAudit records calls that change something and refused calls.
+func WithAudit(a Auditor) Option { return func(s *Server) { s.audit = a } }
+
 // Server is the HTTP handler of the API.
 type Server struct {
 	methods Methods
 	auth    Authenticator // nil: development mode, no authentication
+	limits  Limiter       // nil: no limits
+	audit   Auditor       // nil: no audit log
 	log     *slog.Logger
 	mux     *http.ServeMux
+
+	// Refusals that cost the caller nothing (401s, 429s) are audited at
+	// most at refusalAuditRate per source; the rest are counted into the
+	// next event recorded, so a flood can neither fill the database nor
+	// crowd out the events of real changes.
+	refusals *ratelimit.Limiter
+	skipped  sync.Map // source -> *atomic.Int64
+}
+
+// refusalAuditRate bounds the audit events of 401s (all together) and of
+// 429s (per key).
+var refusalAuditRate = ratelimit.Rate{N: 60, Per: time.Minute}
+
+// sampleRefusal reports whether a refusal from source goes into the audit
+// log and, if so, how many were left out before it.
+func (s *Server) sampleRefusal(source string) (record bool, skipped int64) {
+	c, _ := s.skipped.LoadOrStore(source, new(atomic.Int64))
+	n := c.(*atomic.Int64)
+	if !s.refusals.Take(source, refusalAuditRate).Allowed {
+		n.Add(1)
+		return false, 0
+	}
+	return true, n.Swap(0)
+}
+
+// withSkipped notes in an audit detail how many like events were left out.
+func withSkipped(detail string, skipped int64) string {
+	if skipped == 0 {
+		return detail
+	}
+	return fmt.Sprintf("%s (and %d more like it, not recorded one by one)", detail, skipped)
 }
 
 // NewServer returns the API handler. With auth nil every request is
 // allowed with full rights (development mode).
-func NewServer(methods Methods, auth Authenticator, log *slog.Logger) *Server {
+func NewServer(methods Methods, auth Authenticator, log *slog.Logger, opts ...Option) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{methods: methods, auth: auth, log: log, mux: http.NewServeMux()}
+	s := &Server{methods: methods, auth: auth, log: log, mux: http.NewServeMux(), refusals: ratelimit.New(nil)}
+	for _, o := range opts {
+		o(s)
+	}
 	s.mux.HandleFunc(RPCPath, s.serveRPC)
 	s.mux.HandleFunc(HealthPath, s.serveHealth)
 	return s
@@ -106,6 +172,8 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 		s.deny(w, r, err)
 		return
 	}
+	st := &reqState{remote: r.RemoteAddr}
+	w = s.headerWriter(w, principal, st)
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err != nil {
 		var tooBig *http.MaxBytesError
@@ -117,8 +185,7 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, errorResponse(nullID, jsonrpc2.CodeParseError, "could not read the request body"))
 		return
 	}
-	ctx := withPrincipal(r.Context(), principal, s.auth == nil)
-	ctx = context.WithValue(ctx, remoteKey{}, r.RemoteAddr)
+	ctx := withPrincipal(r.Context(), principal, s.auth == nil, st)
 
 	trimmed := bytes.TrimLeft(body, " \t\r\n")
 	if len(trimmed) > 0 && trimmed[0] == '[' {
@@ -237,12 +304,27 @@ func (s *Server) deny(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("WWW-Authenticate", "Bearer")
 	}
 	s.log.Info("request denied", "path", r.URL.Path, "remote", r.RemoteAddr, "reason", msg)
+	if s.audit != nil {
+		if ok, skipped := s.sampleRefusal("unauthenticated"); ok {
+			e := audit.Event{Outcome: outcome(status), Code: code, Detail: withSkipped(msg, skipped), Remote: host(r.RemoteAddr)}
+			if id, ok := s.auth.(identifier); ok && status == http.StatusUnauthorized {
+				e.KeyID, e.KeyLabel = id.Identify(r.Context(), KeyFromRequest(r))
+			}
+			s.audit.Record(e)
+		}
+	}
 	writeJSON(w, status, errorResponse(nullID, code, msg))
+}
+
+// identifier is the optional ability of an Authenticator to name the key a
+// refused request carried (expired, revoked), for the audit log.
+type identifier interface {
+	Identify(ctx context.Context, key string) (id, label string)
 }
 
 func (s *Server) authenticate(r *http.Request) (auth.Principal, error) {
 	if s.auth == nil {
-		return auth.Principal{Namespace: namespace.All, KeyID: "dev"}, nil
+		return auth.FullAccess("dev"), nil
 	}
 	return s.auth.Authenticate(r.Context(), KeyFromRequest(r))
 }

@@ -41,11 +41,43 @@ func (s *Service) normalize(cfg Config) (Config, error) {
 	if cfg.CPUs < 1 || (s.opts.MaxCPUs > 0 && cfg.CPUs > s.opts.MaxCPUs) {
 		return bad("cpus %d is out of range: use 1 to %d", cfg.CPUs, s.opts.MaxCPUs)
 	}
-	if len(cfg.Volumes) > 0 {
-		return bad("volumes: bind mounts are not supported by this server yet; remove \"volumes\"")
+	if len(cfg.Volumes) > maxVolumes {
+		return bad("volumes: %d volumes is too many: use at most %d", len(cfg.Volumes), maxVolumes)
+	}
+	guests := map[string]bool{}
+	for i, v := range cfg.Volumes {
+		spec, err := parseVolume(v)
+		if err != nil {
+			return bad("volumes: %v", err)
+		}
+		if guests[spec.Guest] {
+			return bad("volumes: the sandbox path %s is used twice", spec.Guest)
+		}
+		guests[spec.Guest] = true
+		cfg.Volumes[i] = spec.String()
+	}
+	if len(cfg.Ports) > maxPorts {
+		return bad("ports: %d port forwards is too many: use at most %d", len(cfg.Ports), maxPorts)
+	}
+	hostPorts := map[int]bool{}
+	for i, p := range cfg.Ports {
+		spec, err := parsePort(p)
+		if err != nil {
+			return bad("ports: %v", err)
+		}
+		if spec.Host < 1024 && !s.opts.AllowPrivilegedPorts {
+			return bad("ports: %q: host ports below 1024 need the operator's permission (allow_privileged_ports in config.toml): use 1024 or more", p)
+		}
+		if hostPorts[spec.Host] {
+			return bad("ports: host port %d is used twice", spec.Host)
+		}
+		hostPorts[spec.Host] = true
+		cfg.Ports[i] = spec.String()
 	}
 	if len(cfg.Ports) > 0 {
-		return bad("ports: port forwarding is not supported by this server yet; remove \"ports\"")
+		if _, ok := s.opts.Engine.(Dialer); !ok {
+			return bad("ports: this server's sandbox engine cannot forward ports; remove \"ports\"")
+		}
 	}
 	if len(cfg.Envs) > maxEnvs {
 		return bad("envs: %d variables is too many: use at most %d", len(cfg.Envs), maxEnvs)
@@ -108,6 +140,12 @@ func (s *Service) normalize(cfg Config) (Config, error) {
 	}
 	if len(cfg.DependsOn) == 0 {
 		cfg.DependsOn = nil
+	}
+	if len(cfg.Volumes) == 0 {
+		cfg.Volumes = nil
+	}
+	if len(cfg.Ports) == 0 {
+		cfg.Ports = nil
 	}
 	return cfg, nil
 }

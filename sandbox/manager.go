@@ -22,6 +22,7 @@ type Image struct {
 	Root    RootFS
 	Env     []string // the image's environment, under the user's envs
 	Workdir string   // the image's working directory, under the user's workdir
+	User    User     // the image's user
 }
 
 // Resolver turns an image reference from sandbox.start into an Image.
@@ -60,6 +61,15 @@ type ServiceOptions struct {
 	MaxMemMB int    // most memory one sandbox may ask for, MiB
 	Log      *slog.Logger
 	Now      func() time.Time
+
+	// VolumeRoots are the host directories volumes may come from; each
+	// namespace ns gets <root>/<ns> of each, created on demand, and a
+	// relative host path resolves in the first. None: no volumes.
+	VolumeRoots []string
+	// PortBind is the address port forwards listen on; default 127.0.0.1.
+	PortBind string
+	// AllowPrivilegedPorts lets port forwards use host ports below 1024.
+	AllowPrivilegedPorts bool
 }
 
 // Service is the sandbox Manager: it validates requests, keeps the records,
@@ -80,6 +90,7 @@ type box struct {
 	started time.Time
 	stopBg  context.CancelFunc // ends the background command's log writer
 	bgDone  chan struct{}
+	ports   []*forwarder // host ports forwarded into the sandbox
 
 	sampleMu sync.Mutex
 	lastCPU  time.Duration
@@ -93,6 +104,9 @@ func NewService(opts ServiceOptions) *Service {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.PortBind == "" {
+		opts.PortBind = "127.0.0.1"
 	}
 	return &Service{opts: opts, boxes: map[ID]*box{}}
 }
@@ -218,14 +232,42 @@ func (s *Service) Start(ctx context.Context, id ID, cfg *Config) error {
 	if err != nil {
 		return err
 	}
+	root := img.Root
+	root.Mounts = append([]Mount(nil), root.Mounts...)
+	for _, v := range norm.Volumes {
+		spec, _ := parseVolume(v) // normalize checked it
+		m, err := s.resolveVolume(id.Namespace, spec)
+		if err != nil {
+			return err
+		}
+		root.Mounts = append(root.Mounts, m)
+	}
+	var portSpecs []portSpec
+	for _, p := range norm.Ports {
+		ps, _ := parsePort(p)
+		portSpecs = append(portSpecs, ps)
+	}
+	// The host ports are taken before the sandbox starts, so that a port
+	// in use fails the start at once.
+	forwarders, err := s.listenPorts(portSpecs)
+	if err != nil {
+		return err
+	}
+	started := false
+	defer func() {
+		if !started {
+			closeForwarders(forwarders)
+		}
+	}()
 	spec := Spec{
-		Root:      img.Root,
+		Root:      root,
 		Env:       mergeEnv(img.Env, norm.Envs),
 		Workdir:   norm.Workdir,
 		MemoryMiB: norm.Memory,
 		CPUs:      norm.CPUs,
 		Pids:      s.opts.Pids,
 		Hostname:  id.Name,
+		User:      img.User,
 	}
 	if spec.Workdir == "" {
 		spec.Workdir = img.Workdir
@@ -259,6 +301,9 @@ func (s *Service) Start(ctx context.Context, id ID, cfg *Config) error {
 	b.lastCPU, b.lastAt = 0, now
 	b.sampleMu.Unlock()
 	b.running.Store(true)
+	started = true
+	b.ports = forwarders
+	s.serveForwarders(id, forwarders)
 	if script := startScript(norm); script != "" {
 		s.background(id, b, ExecRequest{Command: norm.Shell, Args: []string{"-c", script}})
 	}
@@ -380,6 +425,8 @@ func (s *Service) release(ctx context.Context, id ID, b *box) error {
 	// Not ctx: a stop that began must finish, even if the client goes away.
 	ctx = context.WithoutCancel(ctx)
 	b.running.Store(false)
+	closeForwarders(b.ports)
+	b.ports = nil
 	eng := s.opts.Engine
 	err := eng.Stop(ctx, id)
 	if errors.Is(err, ErrNotFound) {

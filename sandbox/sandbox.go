@@ -9,6 +9,7 @@ package sandbox
 import (
 	"context"
 	"fmt"
+	"net"
 	"time"
 )
 
@@ -31,6 +32,11 @@ type Mount struct {
 	Source   string // absolute host path
 	Target   string // absolute path inside the sandbox
 	ReadOnly bool
+	// Beneath, when set, is a directory Source must stay inside: a user's
+	// volume. The engine resolves Source again when it mounts it, through
+	// file descriptors and refusing any symlink that leads out of Beneath,
+	// so a path swapped for a symlink after validation cannot escape.
+	Beneath string
 }
 
 // Link is a symbolic link created in the sandbox's root, e.g. bin -> usr/bin.
@@ -50,6 +56,11 @@ type File struct {
 // writable part always lives in the sandbox's own directory; Mounts are the
 // only host paths a sandbox can see.
 type RootFS struct {
+	// Layers are read-only host directories holding an image's unpacked
+	// layers in overlayfs form, lowest first. With layers the root is an
+	// overlay of them under the sandbox's own writable directory; without,
+	// it is a plain directory.
+	Layers []string
 	Mounts []Mount
 	Links  []Link
 	Files  []File
@@ -65,6 +76,13 @@ type Spec struct {
 	CPUs      int
 	Pids      int
 	Hostname  string
+	User      User // who the sandbox's processes run as; zero: root
+}
+
+// User is a numeric user inside a sandbox, resolved from an image's config.
+type User struct {
+	UID, GID       uint32
+	AdditionalGids []uint32
 }
 
 // State is the coarse lifecycle state of a sandbox as an engine sees it.
@@ -199,6 +217,13 @@ type REPL interface {
 // StatsReader samples a sandbox's resource use. ErrConflict if it is not running.
 type StatsReader interface {
 	Stats(ctx context.Context, id ID) (Stats, error)
+}
+
+// Dialer connects to a TCP port inside a running sandbox's own network,
+// as a process inside it would connect to 127.0.0.1. Engines that have it
+// support port forwards. ErrConflict if the sandbox is not running.
+type Dialer interface {
+	DialSandbox(ctx context.Context, id ID, port int) (net.Conn, error)
 }
 
 // Engine is everything the Service needs from an isolation engine.

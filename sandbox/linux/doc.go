@@ -13,11 +13,23 @@
 // Processes run as root of the sandbox with Docker's default capability set,
 // no_new_privs, runc's masked and read-only paths, and a read-only /sys.
 //
-// The root file system is a plain directory, <SandboxDir>/<key>/rootfs, on
-// the host's disk: writes land there and vanish on Delete. The image's host
-// paths (sandbox.RootFS.Mounts) are bind-mounted into it, read-only when
-// asked, inside the sandbox's mount namespace only; the host never sees
-// those mounts. Nothing else of the host is visible.
+// The root file system is <SandboxDir>/<key>/rootfs. For an image with
+// layers (sandbox.RootFS.Layers) it is an overlay mounted by the engine in
+// the host's mount namespace: the layers read-only below, <key>/upper (the
+// sandbox's writes) above; otherwise a plain directory. Writes vanish on
+// Delete, which unmounts everything under <key> first (as does the Delete
+// of a sandbox found by Recover after a crash). Everything the engine
+// writes into a root (directories, links, /etc files) is resolved inside
+// it, so an image's symlinks can never redirect it to the host. The
+// image's host paths (RootFS.Mounts without Beneath) are bind-mounted by
+// libcontainer inside the sandbox's mount namespace only. Volumes (Mounts
+// with Beneath) are mounted by the engine before start, through file
+// descriptors (openat2 RESOLVE_BENEATH, open_tree, mount_setattr,
+// move_mount), onto a private mount of the root. Nothing else of the host
+// is visible.
+//
+// DialSandbox connects into a sandbox's network namespace from a locked OS
+// thread that joins it for the one dial; the server's port forwards use it.
 //
 // # The portal
 //

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -85,6 +86,7 @@ type portalClient interface {
 var (
 	_ sandbox.Engine  = (*Engine)(nil)
 	_ sandbox.Spawner = (*Engine)(nil)
+	_ sandbox.Dialer  = (*Engine)(nil)
 )
 
 // box is one sandbox this Engine knows: created by it, or found on disk
@@ -258,7 +260,7 @@ func (e *Engine) create(b *box) error {
 	if err := os.Mkdir(b.dir, 0o700); err != nil {
 		return fmt.Errorf("sandbox %s: %w", b.id, err)
 	}
-	if err := buildRootFS(rootfs, b.spec, hostname); err != nil {
+	if err := buildRootFS(b.dir, rootfs, b.spec, hostname); err != nil {
 		return fmt.Errorf("sandbox %s: building root file system: %w", b.id, err)
 	}
 	oci := ociSpec(b.id, b.spec, rootfs, e.cfg.PortalBinary, e.cfg.CgroupParent, e.oomAdjust)
@@ -377,6 +379,11 @@ func (e *Engine) start(ctx context.Context, b *box) error {
 		Stdout:     logw,
 		Stderr:     logw,
 		Init:       true,
+		UID:        int(b.spec.User.UID),
+		GID:        int(b.spec.User.GID),
+	}
+	for _, g := range b.spec.User.AdditionalGids {
+		proc.AdditionalGroups = append(proc.AdditionalGroups, int(g))
 	}
 	err = b.ctr.Run(proc)
 	portalEnd.Close() // the portal holds it now; EOF on conn must mean the portal is gone
@@ -760,4 +767,69 @@ func (e *Engine) Stats(ctx context.Context, id sandbox.ID) (sandbox.Stats, error
 	}
 	st.DiskBytes = disk
 	return st, nil
+}
+
+// DialSandbox connects to TCP port on 127.0.0.1 inside the running
+// sandbox id's network namespace, as a process in it would: the socket is
+// created on an OS thread that has joined the namespace of the sandbox's
+// init for just that call. It returns an error wrapping sandbox.ErrNotFound
+// for an unknown sandbox, sandbox.ErrConflict when it is not running, and
+// the dial's error (connection refused when nothing listens).
+func (e *Engine) DialSandbox(ctx context.Context, id sandbox.ID, port int) (net.Conn, error) {
+	b := e.lock(id)
+	if b == nil {
+		return nil, notFound(id)
+	}
+	if b.leftover || !b.running() || b.proc == nil {
+		b.mu.Unlock()
+		return nil, fmt.Errorf("sandbox %s is not running: %w", id, sandbox.ErrConflict)
+	}
+	pid, err := b.proc.Pid()
+	b.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w: %w", id, err, sandbox.ErrConflict)
+	}
+	nsFile, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: network namespace: %w: %w", id, err, sandbox.ErrConflict)
+	}
+	defer nsFile.Close()
+	return dialInNetns(ctx, nsFile, fmt.Sprintf("127.0.0.1:%d", port))
+}
+
+// dialInNetns dials addr from the network namespace ns. A socket belongs
+// to the namespace of the thread that creates it, so the dial runs on a
+// locked OS thread moved into ns and back; a thread that cannot get back
+// is never unlocked, so the Go runtime retires it.
+func dialInNetns(ctx context.Context, ns *os.File, addr string) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		self, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, err}
+			return
+		}
+		defer self.Close()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, fmt.Errorf("joining the sandbox's network: %w", err)}
+			return
+		}
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp4", addr)
+		if serr := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); serr != nil {
+			ch <- result{c, err} // the thread stays locked and dies with this goroutine
+			return
+		}
+		runtime.UnlockOSThread()
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
 }

@@ -32,7 +32,22 @@ func checkSpec(s sandbox.Spec) error {
 	if !path.IsAbs(s.Workdir) {
 		return bad("workdir %q is not an absolute path", s.Workdir)
 	}
+	for _, l := range s.Root.Layers {
+		if fi, err := os.Stat(l); !filepath.IsAbs(l) || err != nil || !fi.IsDir() {
+			return bad("layer %s: need an absolute path to a directory", l)
+		}
+	}
 	for _, m := range s.Root.Mounts {
+		if m.Beneath != "" {
+			if !filepath.IsAbs(m.Beneath) || !strings.HasPrefix(filepath.Clean(m.Source)+"/", filepath.Clean(m.Beneath)+"/") {
+				return bad("volume %s: not inside its root %s", m.Source, m.Beneath)
+			}
+			for _, im := range imageMounts(s.Root.Mounts) {
+				if strings.HasPrefix(path.Clean(m.Target)+"/", path.Clean(im.Target)+"/") {
+					return bad("volume target %s is inside the image's read-only %s: choose another path", m.Target, im.Target)
+				}
+			}
+		}
 		if !filepath.IsAbs(m.Source) || !path.IsAbs(m.Target) || path.Clean(m.Target) == "/" {
 			return bad("mount %s:%s: need absolute host and sandbox paths, not the root", m.Source, m.Target)
 		}
@@ -61,14 +76,39 @@ func checkSpec(s sandbox.Spec) error {
 	return nil
 }
 
-// buildRootFS lays out the writable part of the root file system: the
-// image's directories, links and files, /etc/hostname and the workdir.
-// Mount points are left to libcontainer, which creates them.
-func buildRootFS(rootfs string, s sandbox.Spec, hostname string) error {
-	if err := os.MkdirAll(rootfs, 0o755); err != nil {
+// buildRootFS assembles the root file system at rootfs, inside the
+// sandbox's directory dir: an overlay of the image's layers under dir/upper
+// when it has layers, else a plain directory; then the image's directories,
+// links and files, /etc/hostname and the workdir, all written inside the
+// root without following any symlink out of it; then the volumes, mounted
+// through file descriptors. Image mounts are left to libcontainer, which
+// creates their mount points.
+func buildRootFS(dir, rootfs string, s sandbox.Spec, hostname string) error {
+	if len(s.Root.Layers) > 0 {
+		if err := mountOverlay(dir, rootfs, s.Root.Layers); err != nil {
+			return err
+		}
+	} else {
+		if err := os.MkdirAll(rootfs, 0o755); err != nil {
+			return err
+		}
+		if len(volumes(s.Root.Mounts)) > 0 {
+			if err := bindSelf(rootfs); err != nil {
+				return err
+			}
+		}
+	}
+	r, err := openRoot(rootfs)
+	if err != nil {
 		return err
 	}
+	defer r.Close()
+	workdir := strings.TrimPrefix(path.Clean(s.Workdir), "/")
 	for _, d := range s.Root.Dirs {
+		existed := r.isDir(d)
+		if existed && len(s.Root.Layers) > 0 {
+			continue // the image's own directory keeps its mode and owner
+		}
 		mode := fs.FileMode(0o755)
 		switch path.Base(d) {
 		case "tmp":
@@ -76,51 +116,82 @@ func buildRootFS(rootfs string, s sandbox.Spec, hostname string) error {
 		case "root":
 			mode = 0o700
 		}
-		p := filepath.Join(rootfs, d)
-		if err := os.MkdirAll(p, 0o755); err != nil {
-			return err
+		if err := r.mkdir(d, mode); err != nil {
+			return fmt.Errorf("directory %s: %w", d, err)
 		}
-		if err := os.Chmod(p, mode); err != nil { // MkdirAll is subject to umask and drops the sticky bit
-			return err
+		if !existed && path.Clean(d) == workdir && s.User.UID != 0 {
+			// A workdir msb made belongs to the user the image runs as.
+			if err := r.chown(d, int(s.User.UID), int(s.User.GID)); err != nil {
+				return fmt.Errorf("directory %s: %w", d, err)
+			}
 		}
 	}
 	for _, l := range s.Root.Links {
-		p := filepath.Join(rootfs, l.Path)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
-		}
-		if err := os.Symlink(l.Target, p); err != nil {
-			return err
+		if err := r.symlink(l.Target, l.Path); err != nil {
+			return fmt.Errorf("link %s: %w", l.Path, err)
 		}
 	}
 	for _, f := range s.Root.Files {
-		if err := writeFile(filepath.Join(rootfs, f.Path), f.Content, fs.FileMode(f.Mode&0o7777)); err != nil {
-			return err
+		if err := r.writeFile(f.Path, f.Content, fs.FileMode(f.Mode&0o777)|modeBits(f.Mode)); err != nil {
+			return fmt.Errorf("file %s: %w", f.Path, err)
 		}
 	}
 	// The image cannot know the sandbox's name; /etc/hostname follows the
 	// UTS hostname when the image has an /etc.
-	if fi, err := os.Stat(filepath.Join(rootfs, "etc")); err == nil && fi.IsDir() {
-		if err := writeFile(filepath.Join(rootfs, "etc/hostname"), []byte(hostname+"\n"), 0o644); err != nil {
-			return err
+	if r.isDir("etc") {
+		if err := r.writeFile("etc/hostname", []byte(hostname+"\n"), 0o644); err != nil {
+			return fmt.Errorf("etc/hostname: %w", err)
 		}
 	}
-	if !underMount(s.Workdir, s.Root.Mounts) {
-		if err := os.MkdirAll(filepath.Join(rootfs, s.Workdir), 0o755); err != nil {
+	if !underMount(s.Workdir, s.Root.Mounts) && !r.isDir(workdir) {
+		if err := r.mkdir(workdir, 0); err != nil {
+			return fmt.Errorf("workdir %s: %w", s.Workdir, err)
+		}
+	}
+	for _, m := range volumes(s.Root.Mounts) {
+		if err := r.mountVolume(m); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func writeFile(p string, content []byte, mode fs.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return err
+// modeBits turns the setuid, setgid and sticky bits of a numeric mode into
+// their fs.FileMode flags.
+func modeBits(m uint32) fs.FileMode {
+	var out fs.FileMode
+	if m&0o4000 != 0 {
+		out |= fs.ModeSetuid
 	}
-	if err := os.WriteFile(p, content, mode); err != nil {
-		return err
+	if m&0o2000 != 0 {
+		out |= fs.ModeSetgid
 	}
-	return os.Chmod(p, mode)
+	if m&0o1000 != 0 {
+		out |= fs.ModeSticky
+	}
+	return out
+}
+
+// volumes are the mounts the engine makes itself (those with a Beneath
+// root); imageMounts the ones libcontainer makes.
+func volumes(ms []sandbox.Mount) []sandbox.Mount {
+	var out []sandbox.Mount
+	for _, m := range ms {
+		if m.Beneath != "" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func imageMounts(ms []sandbox.Mount) []sandbox.Mount {
+	var out []sandbox.Mount
+	for _, m := range ms {
+		if m.Beneath == "" {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 func underMount(p string, ms []sandbox.Mount) bool {
@@ -176,40 +247,131 @@ func removeSandboxDir(dir string) error {
 	return removeTree(dir, fi.Sys().(*syscall.Stat_t).Dev)
 }
 
+// removeTree deletes the directory tree at p without following symlinks
+// and without leaving the file system dev (a mount found there is an error,
+// never something to delete through). It works through directory handles,
+// holding one at a time and climbing back with "..", so neither the depth
+// of a tree a sandbox built nor the length of its paths can stop it.
 func removeTree(p string, dev uint64) error {
-	fi, err := os.Lstat(p)
-	if errors.Is(err, fs.ErrNotExist) {
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
 		return nil
-	} else if err != nil {
+	}
+	if errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) {
+		return os.Remove(p) // a file or a symlink: remove the entry itself
+	}
+	if err != nil {
 		return err
 	}
-	if fi.Sys().(*syscall.Stat_t).Dev != dev {
-		return fmt.Errorf("%s is on another file system (a leftover mount?); not removing it", p)
-	}
-	if fi.IsDir() {
-		if fi.Mode().Perm()&0o700 != 0o700 { // the sandbox may have chmod'ed it to 0
-			_ = os.Chmod(p, 0o700)
-		}
-		entries, err := os.ReadDir(p)
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	var stack []string // names from p down to the directory fd is
+	defer func() { unix.Close(fd) }()
+	for {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
 			return err
 		}
-		for _, e := range entries {
-			if err := removeTree(filepath.Join(p, e.Name()), dev); err != nil {
+		if st.Dev != dev {
+			return fmt.Errorf("%s is on another file system (a leftover mount?); not removing it", filepath.Join(append([]string{p}, stack...)...))
+		}
+		if st.Mode&0o700 != 0o700 { // the sandbox may have chmod'ed it to 0
+			unix.Fchmod(fd, 0o700)
+		}
+		child, err := emptyDir(fd, dev)
+		if err != nil {
+			return fmt.Errorf("remove %s: %w", filepath.Join(append([]string{p}, stack...)...), err)
+		}
+		if child != "" {
+			next, err := unix.Openat(fd, child, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err != nil {
 				return err
 			}
+			unix.Close(fd)
+			fd = next
+			stack = append(stack, child)
+			continue
+		}
+		// fd is empty now: climb and remove it from its parent.
+		if len(stack) == 0 {
+			unix.Close(fd)
+			fd = -1
+			if err := unix.Rmdir(p); err != nil && !errors.Is(err, unix.ENOENT) {
+				return err
+			}
+			return nil
+		}
+		parent, err := unix.Openat(fd, "..", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		unix.Close(fd)
+		fd = parent
+		name := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if err := unix.Unlinkat(fd, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
+			return err
 		}
 	}
-	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+}
+
+// emptyDir unlinks every non-directory entry of the directory fd and
+// returns the name of a subdirectory to descend into, or "" when fd is
+// empty. A subdirectory on another file system is an error.
+func emptyDir(fd int, dev uint64) (string, error) {
+	dup, err := unix.Dup(fd)
+	if err != nil {
+		return "", err
 	}
-	return nil
+	f := os.NewFile(uintptr(dup), "dir")
+	defer f.Close()
+	// Unlinking while reading may make the kernel skip entries: repeat
+	// whole passes until one finds nothing left.
+	for {
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return "", err
+		}
+		removed := 0
+		for {
+			names, err := f.Readdirnames(512)
+			for _, name := range names {
+				var st unix.Stat_t
+				if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+					if errors.Is(err, unix.ENOENT) {
+						continue
+					}
+					return "", err
+				}
+				if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+					if st.Dev != dev {
+						return "", fmt.Errorf("%s is on another file system (a leftover mount?); not removing it", name)
+					}
+					return name, nil
+				}
+				if err := unix.Unlinkat(fd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+					return "", err
+				}
+				removed++
+			}
+			if errors.Is(err, io.EOF) || len(names) == 0 {
+				break
+			}
+			if err != nil {
+				return "", err
+			}
+		}
+		if removed == 0 {
+			return "", nil
+		}
+	}
 }
 
 // diskUsage is the apparent size of the files in the writable layer: the
 // rootfs directory, not crossing into other file systems and not counting
 // the mount points of bind-mounted host paths.
 func diskUsage(rootfs string, ms []sandbox.Mount) (uint64, error) {
+	if _, err := os.Stat(filepath.Join(filepath.Dir(rootfs), "upper")); err == nil {
+		// An overlay: what the sandbox wrote is its upper directory.
+		rootfs, ms = filepath.Join(filepath.Dir(rootfs), "upper"), nil
+	}
 	skip := map[string]bool{filepath.Join(rootfs, portalPath): true}
 	for _, m := range ms {
 		skip[filepath.Join(rootfs, m.Target)] = true
@@ -222,8 +384,13 @@ func diskUsage(rootfs string, ms []sandbox.Mount) (uint64, error) {
 	var total uint64
 	err = filepath.WalkDir(rootfs, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
-				return nil // the sandbox changes its files while we walk
+			// The sandbox changes its files while we walk, and may build
+			// paths longer than the kernel accepts: count what can be seen.
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) || errors.Is(err, unix.ENAMETOOLONG) {
+				if d != nil && d.IsDir() {
+					return filepath.SkipDir
+				}
+				return nil
 			}
 			return err
 		}

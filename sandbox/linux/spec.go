@@ -62,6 +62,12 @@ func ociSpec(id sandbox.ID, s sandbox.Spec, rootfs, portalBinary, cgroupParent s
 		Permitted:   dockerCaps,
 		Inheritable: dockerCaps,
 	}
+	p.User = specs.User{UID: s.User.UID, GID: s.User.GID, AdditionalGids: s.User.AdditionalGids}
+	if s.User.UID != 0 {
+		// As Docker does: a non-root user holds no capabilities, only
+		// the bounding set caps what setuid programs could regain.
+		p.Capabilities.Effective, p.Capabilities.Permitted, p.Capabilities.Inheritable = nil, nil, nil
+	}
 	if oomAdjust {
 		score := initOOMScore
 		p.OOMScoreAdj = &score
@@ -69,7 +75,9 @@ func ociSpec(id sandbox.ID, s sandbox.Spec, rootfs, portalBinary, cgroupParent s
 
 	// Example mounts cgroupfs at /sys/fs/cgroup; with a cgroup namespace the
 	// sandbox sees only its own cgroups there, read-only.
-	oci.Mounts = append(oci.Mounts, bindMounts(s.Root.Mounts)...)
+	// Volumes (mounts with a Beneath root) are already in the root: the
+	// engine mounted them itself, through file descriptors.
+	oci.Mounts = append(oci.Mounts, bindMounts(imageMounts(s.Root.Mounts))...)
 	oci.Mounts = append(oci.Mounts, specs.Mount{
 		Destination: portalPath,
 		Type:        "bind",

@@ -387,7 +387,7 @@ func (s *suite) testREPL(t *testing.T) {
 func (s *suite) testProcesses(t *testing.T) {
 	e := s.e
 	id := s.start(t, e, "procs", nil)
-	out := mustSh(t, e, id, "sleep 100 & for p in /proc/[0-9]*; do echo ${p#/proc/} $(tr '\\0' ' ' < $p/cmdline); done")
+	out := mustSh(t, e, id, "sleep 100 & sleep 0.3; for p in /proc/[0-9]*; do echo ${p#/proc/} $(tr '\\0' ' ' < $p/cmdline); done")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	var sawInit, sawSleep bool
 	for _, l := range lines {

@@ -1,0 +1,299 @@
+// Package audit keeps msb's audit log: one row in SQLite (audit_events) per
+// authenticated call that changed something (sandbox start, stop, exec, key
+// changes) and per refused call (401, 403, 429). An event holds who (key id
+// and label), where (namespace, sandbox, remote address), what (method) and
+// how it ended; never the key text, code, commands or their output.
+//
+// Events are written by one goroutine through a bounded buffer, so the
+// request path never waits for SQLite. If the buffer ever overflows, the
+// events that did not fit are counted, logged and recorded as one "dropped"
+// event: none is lost silently. Close flushes what is buffered.
+package audit
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Outcomes of an event.
+const (
+	OK              = "ok"
+	Error           = "error"
+	Unauthenticated = "unauthenticated" // 401
+	Forbidden       = "forbidden"       // 403
+	RateLimited     = "rate_limited"    // 429
+	Dropped         = "dropped"         // events lost to a full buffer
+)
+
+// Event is one audit record.
+type Event struct {
+	Time      time.Time `json:"time"`
+	KeyID     string    `json:"key_id"`
+	KeyLabel  string    `json:"key_label"`
+	Namespace string    `json:"namespace"`
+	Method    string    `json:"method"`
+	Sandbox   string    `json:"sandbox"`
+	Outcome   string    `json:"outcome"`
+	Code      int64     `json:"code"`
+	Detail    string    `json:"detail"`
+	Remote    string    `json:"remote"`
+}
+
+// DefaultRetention is how long events are kept unless configured.
+const DefaultRetention = 90 * 24 * time.Hour
+
+// DefaultBuffer is how many events may wait for the writer.
+const DefaultBuffer = 8192
+
+// maxField bounds every text field of an event.
+const maxField = 256
+
+// Options configure a Writer.
+type Options struct {
+	Retention time.Duration    // events older than this are pruned; 0: DefaultRetention
+	Buffer    int              // 0: DefaultBuffer
+	Now       func() time.Time // nil: time.Now
+	Log       *slog.Logger     // nil: slog.Default()
+	// PruneEvery is how often old events are pruned (and once at start);
+	// 0: an hour, or the retention if shorter.
+	PruneEvery time.Duration
+}
+
+// Writer appends events to the audit log from one goroutine.
+type Writer struct {
+	db      *sql.DB
+	opts    Options
+	ch      chan Event
+	dropped atomic.Int64
+	done    chan struct{}
+	closed  chan struct{}
+	once    sync.Once
+	mu      sync.RWMutex // Record holds it shared; Close exclusively, to close ch
+	stopped bool
+}
+
+// NewWriter starts the writer on db (opened by config/sqlite).
+func NewWriter(db *sql.DB, opts Options) *Writer {
+	if opts.Retention <= 0 {
+		opts.Retention = DefaultRetention
+	}
+	if opts.Buffer <= 0 {
+		opts.Buffer = DefaultBuffer
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.PruneEvery <= 0 {
+		opts.PruneEvery = min(time.Hour, opts.Retention)
+	}
+	w := &Writer{db: db, opts: opts, ch: make(chan Event, opts.Buffer), done: make(chan struct{}), closed: make(chan struct{})}
+	go w.run()
+	return w
+}
+
+// Record queues e without waiting; a zero Time is set to now. If the
+// buffer is full the event is counted as dropped (see the package comment).
+func (w *Writer) Record(e Event) {
+	if e.Time.IsZero() {
+		e.Time = w.opts.Now()
+	}
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	if w.stopped {
+		w.dropped.Add(1)
+		return
+	}
+	select {
+	case w.ch <- e:
+	default:
+		w.dropped.Add(1)
+	}
+}
+
+// Dropped returns how many events were dropped and not yet reported.
+func (w *Writer) Dropped() int64 { return w.dropped.Load() }
+
+// Close writes every queued event and stops the writer.
+func (w *Writer) Close() error {
+	w.once.Do(func() {
+		w.mu.Lock()
+		w.stopped = true
+		close(w.ch)
+		w.mu.Unlock()
+		<-w.closed
+	})
+	return nil
+}
+
+const batchSize = 256
+
+func (w *Writer) run() {
+	defer close(w.closed)
+	ctx := context.Background()
+	w.prune(ctx)
+	tick := time.NewTicker(w.opts.PruneEvery)
+	defer tick.Stop()
+	batch := make([]Event, 0, batchSize)
+	for {
+		select {
+		case e, ok := <-w.ch:
+			if !ok {
+				w.reportDropped(ctx)
+				return
+			}
+			batch = append(batch[:0], e)
+		drain:
+			for len(batch) < batchSize {
+				select {
+				case e, ok := <-w.ch:
+					if !ok {
+						break drain
+					}
+					batch = append(batch, e)
+				default:
+					break drain
+				}
+			}
+			w.write(ctx, batch)
+			w.reportDropped(ctx)
+		case <-tick.C:
+			w.prune(ctx)
+		}
+	}
+}
+
+// reportDropped logs and records events lost to a full buffer.
+func (w *Writer) reportDropped(ctx context.Context) {
+	n := w.dropped.Swap(0)
+	if n == 0 {
+		return
+	}
+	w.opts.Log.Error("audit log buffer overflowed: events were dropped", "dropped", n)
+	w.write(ctx, []Event{{Time: w.opts.Now(), Outcome: Dropped, Method: "audit",
+		Detail: fmt.Sprintf("%d audit events were dropped: the audit buffer was full", n)}})
+}
+
+func clip(s string) string {
+	if len(s) > maxField {
+		return s[:maxField]
+	}
+	return s
+}
+
+// write stores events in one transaction; on failure it logs how many were lost.
+func (w *Writer) write(ctx context.Context, events []Event) {
+	if err := Append(ctx, w.db, events...); err != nil {
+		w.opts.Log.Error("write audit events: they are lost", "count", len(events), "err", err)
+	}
+}
+
+// Append writes events to db at once, in one transaction. The writer uses
+// it; so can a command-line tool that changes keys without a server.
+func Append(ctx context.Context, db *sql.DB, events ...Event) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	stmt, err := tx.PrepareContext(ctx, `INSERT INTO audit_events
+		(time, key_id, key_label, namespace, method, sandbox, outcome, code, detail, remote)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	defer stmt.Close()
+	for _, e := range events {
+		if _, err := stmt.ExecContext(ctx, e.Time.UnixMilli(), clip(e.KeyID), clip(e.KeyLabel), clip(e.Namespace), clip(e.Method),
+			clip(e.Sandbox), clip(e.Outcome), e.Code, clip(e.Detail), clip(e.Remote)); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+func (w *Writer) prune(ctx context.Context) {
+	n, err := Prune(ctx, w.db, w.opts.Now().Add(-w.opts.Retention))
+	if err != nil {
+		w.opts.Log.Warn("prune audit events", "err", err)
+	} else if n > 0 {
+		w.opts.Log.Info("pruned old audit events", "count", n, "retention", w.opts.Retention.String())
+	}
+}
+
+// Prune deletes the events older than before and says how many.
+func Prune(ctx context.Context, db *sql.DB, before time.Time) (int64, error) {
+	res, err := db.ExecContext(ctx, `DELETE FROM audit_events WHERE time < ?`, before.UnixMilli())
+	if err != nil {
+		return 0, fmt.Errorf("prune audit events: %w", err)
+	}
+	return res.RowsAffected()
+}
+
+// Filter selects events; zero fields select everything.
+type Filter struct {
+	KeyID     string    // a key id or a prefix of one
+	Namespace string    // exactly this namespace
+	Since     time.Time // at or after
+	// Visible limits the events to those of namespaces a key with this
+	// claim may see ("" or "*": all). Events of no namespace (a refused key)
+	// are visible only to "*".
+	Visible string
+	Limit   int // newest first, at most this many; 0: 1000
+}
+
+// List returns the events f selects, newest first.
+func List(ctx context.Context, db *sql.DB, f Filter) ([]Event, error) {
+	var where []string
+	var args []any
+	if f.KeyID != "" {
+		where = append(where, `substr(key_id, 1, ?) = ?`)
+		args = append(args, len(f.KeyID), f.KeyID)
+	}
+	if f.Namespace != "" {
+		where = append(where, `namespace = ?`)
+		args = append(args, f.Namespace)
+	}
+	if !f.Since.IsZero() {
+		where = append(where, `time >= ?`)
+		args = append(args, f.Since.UnixMilli())
+	}
+	if f.Visible != "" && f.Visible != "*" {
+		where = append(where, `namespace = ?`)
+		args = append(args, f.Visible)
+	}
+	q := `SELECT time, key_id, key_label, namespace, method, sandbox, outcome, code, detail, remote FROM audit_events`
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, ` AND `)
+	}
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 1000
+	}
+	q += ` ORDER BY time DESC, id DESC LIMIT ?`
+	args = append(args, limit)
+	rows, err := db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list audit events: %w", err)
+	}
+	defer rows.Close()
+	out := []Event{}
+	for rows.Next() {
+		var e Event
+		var t int64
+		if err := rows.Scan(&t, &e.KeyID, &e.KeyLabel, &e.Namespace, &e.Method, &e.Sandbox, &e.Outcome, &e.Code, &e.Detail, &e.Remote); err != nil {
+			return nil, fmt.Errorf("list audit events: %w", err)
+		}
+		e.Time = time.UnixMilli(t).UTC()
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,75 @@
+package auth
+
+import (
+	"context"
+	"time"
+
+	"github.com/msb-dev/msb/auth/ratelimit"
+)
+
+// Limits enforces keys' rate limits (in memory: a token bucket per key,
+// plus a second, lower one for sandbox.start) and usage limits (in the
+// registry, so they hold across restarts).
+type Limits struct {
+	Defaults Defaults
+	Registry *Registry
+	buckets  *ratelimit.Limiter
+}
+
+// NewLimits returns the limits of the keys in reg, with the server's
+// default rates for keys that have none of their own; now is the clock of
+// the buckets (nil: time.Now).
+func NewLimits(reg *Registry, defaults Defaults, now func() time.Time) *Limits {
+	return &Limits{Defaults: defaults, Registry: reg, buckets: ratelimit.New(now)}
+}
+
+// startSuffix keys a key's sandbox.start bucket apart from its main one.
+const startSuffix = "\x00start"
+
+// Allow takes one call from p's bucket, and for sandbox.start (start) from
+// its start bucket too. It returns the state of the bucket that decided,
+// and a *RateLimitError when the call must wait.
+func (l *Limits) Allow(p Principal, start bool) (ratelimit.Status, error) {
+	r := effective(p.Rate, l.Defaults.Rate)
+	if r.IsZero() {
+		return ratelimit.Status{}, nil
+	}
+	if start {
+		// A start refused by its own bucket takes nothing from the main one.
+		if sr := effective(p.StartRate, l.Defaults.StartRate); !sr.IsZero() {
+			if sst := l.buckets.Peek(p.KeyID+startSuffix, sr); !sst.Allowed {
+				return sst, &RateLimitError{RetryAfter: sst.RetryAfter, Limit: sr, Start: true}
+			}
+		}
+	}
+	st := l.buckets.Take(p.KeyID, r)
+	if !st.Allowed {
+		return st, &RateLimitError{RetryAfter: st.RetryAfter, Limit: r}
+	}
+	if start {
+		sr := effective(p.StartRate, l.Defaults.StartRate)
+		if sr.IsZero() {
+			return st, nil
+		}
+		sst := l.buckets.Take(p.KeyID+startSuffix, sr)
+		if !sst.Allowed {
+			return sst, &RateLimitError{RetryAfter: sst.RetryAfter, Limit: sr, Start: true}
+		}
+		return sst, nil
+	}
+	return st, nil
+}
+
+// Status reports p's main bucket without taking from it.
+func (l *Limits) Status(p Principal) ratelimit.Status {
+	r := effective(p.Rate, l.Defaults.Rate)
+	if r.IsZero() {
+		return ratelimit.Status{}
+	}
+	return l.buckets.Peek(p.KeyID, r)
+}
+
+// Use counts one call of p's key; ErrUsageLimit once its uses are spent.
+func (l *Limits) Use(ctx context.Context, p Principal) error {
+	return l.Registry.Use(ctx, p.KeyID, p.MaxUses)
+}

@@ -1,0 +1,212 @@
+package main_test
+
+// MCP on /mcp, driven by the official Go SDK's client over Streamable HTTP
+// against the real msb binary with real sandboxes.
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// mcpBearer adds an API key to every request of the MCP client.
+type mcpBearer struct{ key string }
+
+func (b mcpBearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	if b.key != "" {
+		r.Header.Set("Authorization", "Bearer "+b.key)
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// mcpConnect opens an MCP session to s with key ("" for none).
+func (s *msbServer) mcpConnect(key string) (*sdk.ClientSession, error) {
+	s.t.Helper()
+	client := sdk.NewClient(&sdk.Implementation{Name: "msb-integration-test", Version: "1"}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cs, err := client.Connect(ctx, &sdk.StreamableClientTransport{
+		Endpoint:   s.URL + "/mcp",
+		HTTPClient: &http.Client{Transport: mcpBearer{key}},
+		MaxRetries: -1,
+	}, nil)
+	if err == nil {
+		s.t.Cleanup(func() { cs.Close() })
+	}
+	return cs, err
+}
+
+func (s *msbServer) mustMCPConnect(key string) *sdk.ClientSession {
+	s.t.Helper()
+	cs, err := s.mcpConnect(key)
+	if err != nil {
+		s.t.Fatalf("MCP connect: %v\nserver output:\n%s", err, s.out)
+	}
+	return cs
+}
+
+// mcpTool calls a tool and returns its text and isError.
+func (s *msbServer) mcpTool(cs *sdk.ClientSession, name string, args map[string]any) (string, bool) {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := cs.CallTool(ctx, &sdk.CallToolParams{Name: name, Arguments: args})
+	if err != nil {
+		s.t.Fatalf("%s: %v\nserver output:\n%s", name, err, s.out)
+	}
+	var b strings.Builder
+	for _, c := range res.Content {
+		if tc, ok := c.(*sdk.TextContent); ok {
+			b.WriteString(tc.Text)
+		}
+	}
+	return b.String(), res.IsError
+}
+
+func TestMCPAuthentication(t *testing.T) {
+	home := newHome(t)
+	srv := startServer(t, home)
+
+	t.Run("no key", func(t *testing.T) {
+		resp, err := http.Post(srv.URL+"/mcp", "application/json", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"tools/list"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") != "Bearer" || !strings.Contains(string(body), "API key is required") {
+			t.Errorf("POST /mcp without a key: %d %q %s", resp.StatusCode, resp.Header.Get("WWW-Authenticate"), body)
+		}
+		if _, err := srv.mcpConnect(""); err == nil {
+			t.Error("the MCP client connected without a key")
+		}
+	})
+
+	t.Run("other namespace", func(t *testing.T) {
+		cs := srv.mustMCPConnect(keygen(t, home, "--namespace", "team-a"))
+		text, isErr := srv.mcpTool(cs, "sandbox_start", map[string]any{"sandbox": "intruder", "namespace": "team-b"})
+		if !isErr || !strings.Contains(text, "permission denied") || !strings.Contains(text, `API key for namespace "team-a" cannot access namespace "team-b"`) {
+			t.Errorf("start in another namespace: isError %v, %q", isErr, text)
+		}
+		text, isErr = srv.mcpTool(cs, "sandbox_run_command", map[string]any{"sandbox": "intruder", "namespace": "team-b", "command": "id"})
+		if !isErr || !strings.Contains(text, "permission denied") {
+			t.Errorf("command in another namespace: isError %v, %q", isErr, text)
+		}
+		// Nothing was started there.
+		var m metricsResult
+		srv.mustCall(keygen(t, home), "sandbox.metrics.get", map[string]any{"namespace": "team-b"}, &m)
+		if len(m.Sandboxes) != 0 {
+			t.Errorf("a denied start left sandboxes: %+v", m.Sandboxes)
+		}
+	})
+}
+
+func TestMCPSandboxLifecycle(t *testing.T) {
+	home := newHome(t)
+	srv := startServer(t, home)
+	cs := srv.mustMCPConnect(keygen(t, home, "--namespace", "mcp"))
+	ctx := context.Background()
+
+	tools, err := cs.ListTools(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tool := range tools.Tools {
+		names = append(names, tool.Name)
+	}
+	slices.Sort(names)
+	if want := []string{"sandbox_get_metrics", "sandbox_run_code", "sandbox_run_command", "sandbox_start", "sandbox_stop"}; !slices.Equal(names, want) {
+		t.Errorf("tools %v, want %v", names, want)
+	}
+	prompts, err := cs.ListPrompts(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names = names[:0]
+	for _, p := range prompts.Prompts {
+		names = append(names, p.Name)
+	}
+	slices.Sort(names)
+	if want := []string{"create_node_sandbox", "create_python_sandbox"}; !slices.Equal(names, want) {
+		t.Errorf("prompts %v, want %v", names, want)
+	}
+
+	box := map[string]any{"sandbox": "assistant", "namespace": "mcp"}
+	with := func(extra map[string]any) map[string]any {
+		out := map[string]any{"sandbox": "assistant", "namespace": "mcp"}
+		for k, v := range extra {
+			out[k] = v
+		}
+		return out
+	}
+	text, isErr := srv.mcpTool(cs, "sandbox_start", with(map[string]any{"config": map[string]any{
+		"image": "microsandbox/python", "memory": 256, "cpus": 1, "envs": []string{"GREETING=hello"}}}))
+	if isErr || !strings.Contains(text, "Sandbox assistant started successfully") {
+		t.Fatalf("start: isError %v, %q", isErr, text)
+	}
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			srv.call(keygen(t, home), "sandbox.stop", box)
+		}
+	})
+
+	text, isErr = srv.mcpTool(cs, "sandbox_run_code", with(map[string]any{"language": "python", "code": "print(6*7)"}))
+	if isErr || text != "status: success\nstdout:\n42\n" {
+		t.Errorf("run_code: isError %v, %q", isErr, text)
+	}
+	// The interpreter lives on between calls.
+	srv.mcpTool(cs, "sandbox_run_code", with(map[string]any{"language": "python", "code": "x = 6"}))
+	text, isErr = srv.mcpTool(cs, "sandbox_run_code", with(map[string]any{"language": "python", "code": "print(x * 7)\n1/0"}))
+	if isErr || !strings.Contains(text, "status: error") || !strings.Contains(text, "stdout:\n42\n") || !strings.Contains(text, "ZeroDivisionError") {
+		t.Errorf("run_code raising: isError %v, %q", isErr, text)
+	}
+
+	text, isErr = srv.mcpTool(cs, "sandbox_run_command", with(map[string]any{"command": "sh", "args": []string{"-c", "echo $GREETING; echo oops >&2; exit 3"}, "timeout": 30}))
+	if isErr || text != "exit code: 3\nstdout:\nhello\nstderr:\noops\n" {
+		t.Errorf("run_command: isError %v, %q", isErr, text)
+	}
+
+	text, isErr = srv.mcpTool(cs, "sandbox_get_metrics", map[string]any{"namespace": "*"})
+	if isErr || !strings.Contains(text, "assistant (namespace mcp): running") || !strings.Contains(text, "MiB") {
+		t.Errorf("metrics: isError %v, %q", isErr, text)
+	}
+
+	text, isErr = srv.mcpTool(cs, "sandbox_stop", box)
+	if isErr || text != "Sandbox assistant stopped successfully" {
+		t.Errorf("stop: isError %v, %q", isErr, text)
+	}
+	stopped = true
+	text, isErr = srv.mcpTool(cs, "sandbox_get_metrics", map[string]any{"namespace": "mcp", "sandbox": "assistant"})
+	if isErr || !strings.Contains(text, "assistant (namespace mcp): stopped") {
+		t.Errorf("metrics after stop: isError %v, %q", isErr, text)
+	}
+	text, isErr = srv.mcpTool(cs, "sandbox_run_code", with(map[string]any{"language": "python", "code": "print(1)"}))
+	if !isErr {
+		t.Errorf("run_code in a stopped sandbox succeeded: %q", text)
+	}
+}
+
+func TestMCPDevMode(t *testing.T) {
+	srv := startServer(t, newHome(t), "--dev")
+	cs := srv.mustMCPConnect("")
+	box := map[string]any{"sandbox": "devbox", "namespace": "default"}
+	if text, isErr := srv.mcpTool(cs, "sandbox_start", box); isErr {
+		t.Fatalf("start: %s", text)
+	}
+	text, isErr := srv.mcpTool(cs, "sandbox_run_code", map[string]any{"sandbox": "devbox", "namespace": "default", "language": "python", "code": "print(6*7)"})
+	if isErr || !strings.Contains(text, "42") {
+		t.Errorf("run_code: isError %v, %q", isErr, text)
+	}
+	if text, isErr := srv.mcpTool(cs, "sandbox_stop", box); isErr {
+		t.Errorf("stop: %s", text)
+	}
+}

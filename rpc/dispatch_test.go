@@ -1,0 +1,199 @@
+package rpc_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/msb-dev/msb/auth"
+	"github.com/msb-dev/msb/auth/audit"
+	"github.com/msb-dev/msb/auth/ratelimit"
+	"github.com/msb-dev/msb/config/sqlite"
+	"github.com/msb-dev/msb/namespace"
+	"github.com/msb-dev/msb/rpc"
+	"github.com/msb-dev/msb/sandbox"
+)
+
+// Every method of the server's table states its scope explicitly.
+func TestEveryMethodHasAScope(t *testing.T) {
+	tables := []rpc.Methods{rpc.SandboxMethods(sandbox.Unavailable{Reason: "test"}), rpc.KeyMethods(&auth.Manager{}), rpc.AuditMethods(nil)}
+	want := map[string]auth.Scope{
+		"sandbox.start": auth.ScopeSandboxCreate, "sandbox.stop": auth.ScopeSandboxDelete,
+		"sandbox.metrics.get": auth.ScopeSandboxRead, "sandbox.repl.run": auth.ScopeSandboxExec,
+		"sandbox.command.run": auth.ScopeSandboxExec, "keys.create": auth.ScopeKeysManage, "keys.list": auth.ScopeKeysManage,
+		"keys.revoke": auth.ScopeKeysManage, "keys.rotate": auth.ScopeKeysManage, "keys.limit": auth.ScopeKeysManage,
+		"audit.list": auth.ScopeAuditRead,
+	}
+	n := 0
+	for _, table := range tables {
+		for name, m := range table {
+			n++
+			if m.Scope != want[name] {
+				t.Errorf("%s: scope %q, want %q", name, m.Scope, want[name])
+			}
+		}
+	}
+	if n != len(want) {
+		t.Errorf("%d methods, want %d", n, len(want))
+	}
+}
+
+type recorder struct {
+	mu     sync.Mutex
+	events []audit.Event
+}
+
+func (r *recorder) Record(e audit.Event) { r.mu.Lock(); r.events = append(r.events, e); r.mu.Unlock() }
+
+// Other protocols call Invoke: the scope, namespace and rate checks and the
+// audit apply to them exactly as to JSON-RPC, and a context without a caller
+// may do nothing.
+func TestInvokeCannotBypassChecks(t *testing.T) {
+	dir := t.TempDir()
+	db, err := sqlite.Open(context.Background(), filepath.Join(dir, "msb.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	signer, _, _ := auth.LoadOrCreateSigner(filepath.Join(dir, "server.key"), false)
+	reg := auth.NewRegistry(db, filepath.Join(dir, "keys.changed"), nil)
+	t.Cleanup(func() { reg.Close() })
+	issuer := &auth.Issuer{Signer: signer, Registry: reg}
+	read, _ := auth.ParseScopes([]string{"sandbox:read"})
+	key, _, err := issuer.Issue(context.Background(), auth.IssueOptions{Namespace: "team-a", Scopes: read, Rate: ratelimit.Rate{N: 3, Per: time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := 0
+	methods := rpc.Methods{
+		"t.read":    {Scope: auth.ScopeSandboxRead, Namespaced: true, Handle: func(context.Context, *rpc.Call) (any, error) { ran++; return "ok", nil }},
+		"t.exec":    {Scope: auth.ScopeSandboxExec, Changes: true, Namespaced: true, Handle: func(context.Context, *rpc.Call) (any, error) { ran++; return "ok", nil }},
+		"t.noscope": {Handle: func(context.Context, *rpc.Call) (any, error) { ran++; return "ok", nil }},
+	}
+	rec := &recorder{}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv := rpc.NewServer(methods, &auth.Authenticator{Signer: signer, Registry: reg}, quiet,
+		rpc.WithLimits(auth.NewLimits(reg, auth.Defaults{Rate: ratelimit.Rate{N: 600, Per: time.Minute}}, nil)), rpc.WithAudit(rec))
+
+	// No caller in the context: nothing runs.
+	for _, m := range []string{"t.read", "t.exec", "t.noscope"} {
+		if _, err := srv.Invoke(context.Background(), m, json.RawMessage(`{"namespace":"team-a"}`)); !errors.Is(err, auth.ErrForbidden) {
+			t.Fatalf("Invoke(%s) without a caller: %v", m, err)
+		}
+	}
+	// Through Mount, as MCP is served.
+	type result struct {
+		err    error
+		header http.Header
+	}
+	var got []result
+	srv.Mount("/proto", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		method := r.URL.Query().Get("m")
+		_, err := srv.Invoke(r.Context(), method, json.RawMessage(`{"namespace":"`+r.URL.Query().Get("ns")+`","sandbox":"s1"}`))
+		w.WriteHeader(200)
+		got = append(got, result{err, w.Header().Clone()})
+	}))
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	get := func(m, ns string) result {
+		req, _ := http.NewRequest("GET", hs.URL+"/proto?m="+m+"&ns="+ns, nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		r := got[len(got)-1]
+		r.header = resp.Header
+		return r
+	}
+	if r := get("t.read", "team-a"); r.err != nil || r.header.Get("X-Ratelimit-Remaining") != "2" {
+		t.Fatalf("allowed call: %v %v", r.err, r.header)
+	}
+	if r := get("t.exec", "team-a"); !errors.Is(r.err, auth.ErrForbidden) || !strings.Contains(r.err.Error(), "sandbox:exec") {
+		t.Fatalf("missing scope through Invoke: %v", r.err)
+	}
+	if r := get("t.read", "team-b"); r.err == nil || !errors.Is(r.err, namespace.ErrForbidden) {
+		// Every call takes from the bucket (3 an hour), refused or not.
+		t.Fatalf("other namespace through Invoke: %v", r.err)
+	}
+	r := get("t.read", "team-a")
+	var rl *auth.RateLimitError
+	if !errors.As(r.err, &rl) || r.header.Get("Retry-After") == "" {
+		t.Fatalf("over the rate through Invoke: %v %v", r.err, r.header)
+	}
+	if ran != 1 {
+		t.Fatalf("handlers ran %d times, want 1", ran)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	outcomes := map[string]int{}
+	for _, e := range rec.events {
+		outcomes[e.Outcome]++
+		if e.KeyID != "" && (e.Namespace == "" || e.Sandbox != "s1" || e.Remote != "127.0.0.1") {
+			t.Errorf("audit event without its namespace, sandbox or remote address: %+v", e)
+		}
+	}
+	// The three calls without a caller, then the exec refusal, the namespace
+	// refusal and the rate refusal; the allowed read is not audited.
+	if outcomes[audit.Forbidden] != 5 || outcomes[audit.RateLimited] != 1 || outcomes[audit.OK] != 0 {
+		t.Fatalf("audit events %+v", rec.events)
+	}
+}
+
+// A flood of refused requests cannot flood the audit log: 401s are recorded
+// up to a budget, and the next event recorded counts those left out.
+func TestRefusalFloodIsSampled(t *testing.T) {
+	dir := t.TempDir()
+	db, err := sqlite.Open(context.Background(), filepath.Join(dir, "msb.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	signer, _, _ := auth.LoadOrCreateSigner(filepath.Join(dir, "server.key"), false)
+	reg := auth.NewRegistry(db, filepath.Join(dir, "keys.changed"), nil)
+	t.Cleanup(func() { reg.Close() })
+	rec := &recorder{}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	hs := httptest.NewServer(rpc.NewServer(rpc.Methods{}, &auth.Authenticator{Signer: signer, Registry: reg}, quiet, rpc.WithAudit(rec)))
+	defer hs.Close()
+	refuse := func() {
+		req, _ := http.NewRequest("POST", hs.URL+rpc.RPCPath, strings.NewReader(`{"jsonrpc":"2.0","method":"x","id":1}`))
+		req.Header.Set("Authorization", "Bearer msb_not-a-key")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("status %d, want 401", resp.StatusCode)
+		}
+	}
+	const flood = 200
+	for range flood {
+		refuse()
+	}
+	rec.mu.Lock()
+	n := len(rec.events)
+	rec.mu.Unlock()
+	if n < 60 || n > 70 {
+		t.Fatalf("%d of %d refusals audited, want about 60 (the budget)", n, flood)
+	}
+	time.Sleep(1100 * time.Millisecond) // one more event's worth of budget
+	refuse()
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	last := rec.events[len(rec.events)-1]
+	if last.Outcome != audit.Unauthenticated || !strings.Contains(last.Detail, "more like it") {
+		t.Fatalf("event after the flood: %+v", last)
+	}
+}

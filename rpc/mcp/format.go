@@ -1,0 +1,189 @@
+package mcp
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+// The tool results are text for an assistant to read. Each formatter reads
+// the JSON-RPC result as CONTRACT.md defines it; a result it cannot read is
+// shown as its JSON, so nothing is ever lost.
+
+// maxStreamText bounds the stdout or stderr text of one result: an
+// assistant's context is far smaller than the 16 MiB a call may return.
+// Past it the middle is cut, keeping the start and the end (where errors
+// and tracebacks are).
+const maxStreamText = 128 << 10
+
+type outputLine struct {
+	Stream string `json:"stream"`
+	Text   string `json:"text"`
+}
+
+func formatMessage(_, result json.RawMessage) string {
+	var msg string
+	if json.Unmarshal(result, &msg) != nil {
+		return string(result)
+	}
+	return msg
+}
+
+func formatStart(args, result json.RawMessage) string {
+	var a struct {
+		Sandbox   string `json:"sandbox"`
+		Namespace string `json:"namespace"`
+	}
+	json.Unmarshal(args, &a)
+	return fmt.Sprintf("%s (namespace %q).\nIt keeps running until you call sandbox_stop with sandbox %q and namespace %q: do so when you are done.",
+		strings.TrimSuffix(formatMessage(args, result), "."), a.Namespace, a.Sandbox, a.Namespace)
+}
+
+func formatCode(_, result json.RawMessage) string {
+	var r struct {
+		Status   string       `json:"status"`
+		Language string       `json:"language"`
+		Output   []outputLine `json:"output"`
+	}
+	if json.Unmarshal(result, &r) != nil || r.Status == "" {
+		return string(result)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "status: %s", r.Status)
+	switch r.Status {
+	case "error":
+		b.WriteString(" (the code raised an error; see stderr)")
+	case "timeout":
+		b.WriteString(" (the code was interrupted when the timeout passed)")
+	}
+	b.WriteByte('\n')
+	writeOutput(&b, r.Output)
+	return b.String()
+}
+
+func formatCommand(_, result json.RawMessage) string {
+	var r struct {
+		ExitCode *int         `json:"exit_code"`
+		Output   []outputLine `json:"output"`
+	}
+	if json.Unmarshal(result, &r) != nil || r.ExitCode == nil {
+		return string(result)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "exit code: %d", *r.ExitCode)
+	switch *r.ExitCode {
+	case 0:
+		b.WriteString(" (success)")
+	case 124:
+		b.WriteString(" (killed: the timeout passed)")
+	case 127:
+		b.WriteString(" (command not found)")
+	}
+	b.WriteByte('\n')
+	writeOutput(&b, r.Output)
+	return b.String()
+}
+
+// writeOutput writes stdout, then stderr, each under its name; a stream
+// that wrote nothing is left out.
+func writeOutput(b *strings.Builder, lines []outputLine) {
+	var stdout, stderr strings.Builder
+	for _, l := range lines {
+		s := &stdout
+		if l.Stream == "stderr" {
+			s = &stderr
+		}
+		s.WriteString(l.Text)
+		s.WriteByte('\n')
+	}
+	if stdout.Len() == 0 && stderr.Len() == 0 {
+		b.WriteString("(no output)\n")
+		return
+	}
+	for _, s := range []struct {
+		name string
+		text string
+	}{{"stdout", stdout.String()}, {"stderr", stderr.String()}} {
+		if s.text != "" {
+			fmt.Fprintf(b, "%s:\n%s", s.name, clip(s.text))
+		}
+	}
+}
+
+// clip shortens s to about maxStreamText bytes by cutting out its middle.
+func clip(s string) string {
+	if len(s) <= maxStreamText {
+		return s
+	}
+	head, tail := s[:maxStreamText/2], s[len(s)-maxStreamText/2:]
+	// Cut at line ends, so that no line (or character) is split.
+	if i := strings.LastIndexByte(head, '\n'); i >= 0 {
+		head = head[:i+1]
+	}
+	if i := strings.IndexByte(tail, '\n'); i >= 0 {
+		tail = tail[i+1:]
+	}
+	return fmt.Sprintf("%s[... %d bytes left out: write large output to a file and read it in parts ...]\n%s",
+		head, len(s)-len(head)-len(tail), tail)
+}
+
+func formatMetrics(args, result json.RawMessage) string {
+	var r struct {
+		Sandboxes []struct {
+			Namespace   string   `json:"namespace"`
+			Name        string   `json:"name"`
+			Running     bool     `json:"running"`
+			CPUUsage    *float64 `json:"cpu_usage"`
+			MemoryUsage *int64   `json:"memory_usage"`
+			DiskUsage   *int64   `json:"disk_usage"`
+		} `json:"sandboxes"`
+	}
+	if json.Unmarshal(result, &r) != nil || r.Sandboxes == nil {
+		return string(result)
+	}
+	if len(r.Sandboxes) == 0 {
+		var a struct {
+			Namespace string `json:"namespace"`
+			Sandbox   string `json:"sandbox"`
+		}
+		json.Unmarshal(args, &a)
+		switch {
+		case a.Sandbox != "":
+			return fmt.Sprintf("No sandbox %q in namespace %q.", a.Sandbox, a.Namespace)
+		case a.Namespace == "*":
+			return "No sandboxes."
+		}
+		return fmt.Sprintf("No sandboxes in namespace %q.", a.Namespace)
+	}
+	var b strings.Builder
+	running := 0
+	for _, s := range r.Sandboxes {
+		if s.Running {
+			running++
+		}
+	}
+	noun := "sandboxes"
+	if len(r.Sandboxes) == 1 {
+		noun = "sandbox"
+	}
+	fmt.Fprintf(&b, "%d %s, %d running:\n", len(r.Sandboxes), noun, running)
+	for _, s := range r.Sandboxes {
+		fmt.Fprintf(&b, "- %s (namespace %s): ", s.Name, s.Namespace)
+		if !s.Running {
+			b.WriteString("stopped\n")
+			continue
+		}
+		b.WriteString("running")
+		if s.CPUUsage != nil {
+			fmt.Fprintf(&b, ", CPU %.1f%%", *s.CPUUsage)
+		}
+		if s.MemoryUsage != nil {
+			fmt.Fprintf(&b, ", memory %d MiB", *s.MemoryUsage)
+		}
+		if s.DiskUsage != nil {
+			fmt.Fprintf(&b, ", disk %d bytes written", *s.DiskUsage)
+		}
+		b.WriteByte('\n')
+	}
+	return b.String()
+}

@@ -1,0 +1,338 @@
+package image_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/image"
+	"github.com/msb-dev/msb/sandbox/sandboxtest"
+)
+
+func newStore(t *testing.T) *image.Store {
+	t.Helper()
+	s, err := image.NewStore(filepath.Join(t.TempDir(), "images"), image.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func layerDigest(t *testing.T, l v1.Layer) string {
+	t.Helper()
+	d, err := l.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.String()
+}
+
+// layered is a three-layer image: files, then whiteouts, an opaque
+// directory and links, then a config with env, workdir and user.
+func layered(t *testing.T) (v1.Image, []v1.Layer) {
+	base := sandboxtest.Layer(t,
+		sandboxtest.Dir("etc"),
+		sandboxtest.File("etc/passwd", "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n", 0o644),
+		sandboxtest.File("etc/group", "root:x:0:\napp:x:1000:\nextra:x:2000:app\n", 0o644),
+		sandboxtest.File("etc/keep", "keep\n", 0o644),
+		sandboxtest.File("etc/gone", "gone\n", 0o644),
+		sandboxtest.Dir("opq"),
+		sandboxtest.File("opq/old", "old\n", 0o644),
+		sandboxtest.Entry{Name: "bin/suid", Body: "#!/bin/sh\n", Mode: 0o4755, UID: 1000, GID: 2000},
+	)
+	top := sandboxtest.Layer(t,
+		sandboxtest.Whiteout("etc/gone"),
+		sandboxtest.Opaque("opq"),
+		sandboxtest.File("opq/new", "new\n", 0o600),
+		sandboxtest.Symlink("etc/abs", "/etc/keep"),
+		sandboxtest.Symlink("etc/rel", "keep"),
+		sandboxtest.File("data/orig", "linked\n", 0o640),
+		sandboxtest.Hardlink("data/hard", "data/orig"),
+	)
+	img := sandboxtest.Image(t, v1.Config{
+		Env:        []string{"FROM_IMAGE=yes", "PATH=/bin"},
+		WorkingDir: "/srv/app",
+		User:       "app",
+	}, base, top)
+	return img, []v1.Layer{base, top}
+}
+
+func TestPullLayeredImage(t *testing.T) {
+	reg := sandboxtest.NewRegistry(t)
+	img, layers := layered(t)
+	ref := reg.Push(t, "test/layered:1", img)
+	s := newStore(t)
+
+	var last image.Progress
+	rec, err := s.Pull(context.Background(), ref, func(p image.Progress) { last = p })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last.Layers != 2 || last.LayersDone != 2 || last.BytesDone != last.Bytes || last.Bytes == 0 {
+		t.Errorf("last progress = %+v", last)
+	}
+	if rec.Name != ref || !strings.HasPrefix(rec.Digest, "sha256:") || len(rec.Layers) != 2 || rec.Size() == 0 {
+		t.Errorf("record = %+v", rec)
+	}
+	simg, err := s.Image(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if simg.Workdir != "/srv/app" || simg.User.UID != 1000 || simg.User.GID != 1000 ||
+		len(simg.User.AdditionalGids) != 1 || simg.User.AdditionalGids[0] != 2000 {
+		t.Errorf("image = %+v", simg)
+	}
+	env := strings.Join(simg.Env, " ")
+	if !strings.Contains(env, "FROM_IMAGE=yes") || !strings.Contains(env, "PATH=/bin") || !strings.Contains(env, "HOME=/home/app") {
+		t.Errorf("env = %v", simg.Env)
+	}
+
+	// The layers in overlayfs form...
+	top := simg.Root.Layers[1]
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(top, "etc/gone"), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != 0 {
+		t.Errorf("whiteout of etc/gone: %+v, %v", st, err)
+	}
+	buf := make([]byte, 8)
+	if n, err := unix.Lgetxattr(filepath.Join(top, "opq"), "trusted.overlay.opaque", buf); err != nil || string(buf[:n]) != "y" {
+		t.Errorf("opaque opq: %q, %v", buf[:n], err)
+	}
+	if err := unix.Lstat(filepath.Join(simg.Root.Layers[0], "bin/suid"), &st); err != nil || st.Mode&0o7777 != 0o4755 || st.Uid != 1000 || st.Gid != 2000 {
+		t.Errorf("bin/suid: mode %o uid %d gid %d, %v", st.Mode&0o7777, st.Uid, st.Gid, err)
+	}
+	var a, b unix.Stat_t
+	if unix.Lstat(filepath.Join(top, "data/orig"), &a) != nil || unix.Lstat(filepath.Join(top, "data/hard"), &b) != nil || a.Ino != b.Ino {
+		t.Error("data/hard is not a hard link of data/orig")
+	}
+
+	// ...and what a sandbox sees through the overlay.
+	merged := mountOverlay(t, simg.Root.Layers)
+	for p, want := range map[string]string{"etc/keep": "keep\n", "opq/new": "new\n", "etc/abs": "", "etc/rel": "keep\n", "data/hard": "linked\n"} {
+		data, err := os.ReadFile(filepath.Join(merged, p))
+		if p == "etc/abs" { // absolute: points into the sandbox's root, not the host's
+			if target, err := os.Readlink(filepath.Join(merged, p)); err != nil || target != "/etc/keep" {
+				t.Errorf("etc/abs -> %q, %v", target, err)
+			}
+			continue
+		}
+		if err != nil || string(data) != want {
+			t.Errorf("%s = %q, %v; want %q", p, data, err, want)
+		}
+	}
+	for _, p := range []string{"etc/gone", "opq/old"} {
+		if _, err := os.Lstat(filepath.Join(merged, p)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s is visible through the overlay (err %v): whiteout not honoured", p, err)
+		}
+	}
+
+	// Pulled again: every layer is cached, nothing downloaded.
+	before := reg.BlobGets(layerDigest(t, layers[0])) + reg.BlobGets(layerDigest(t, layers[1]))
+	if _, err := s.Pull(context.Background(), ref, nil); err != nil {
+		t.Fatal(err)
+	}
+	if after := reg.BlobGets(layerDigest(t, layers[0])) + reg.BlobGets(layerDigest(t, layers[1])); after != before {
+		t.Errorf("second pull downloaded %d layer blobs", after-before)
+	}
+}
+
+func mountOverlay(t *testing.T, layers []string) string {
+	t.Helper()
+	dir := t.TempDir()
+	merged := filepath.Join(dir, "merged")
+	os.Mkdir(merged, 0o755)
+	lower := make([]string, len(layers))
+	for i, l := range layers {
+		lower[len(layers)-1-i] = l
+	}
+	if err := unix.Mount("overlay", merged, "overlay", unix.MS_RDONLY, "lowerdir="+strings.Join(lower, ":")); err != nil {
+		t.Fatalf("mount overlay: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(merged, unix.MNT_DETACH) })
+	return merged
+}
+
+func TestTamperedLayerIsRefused(t *testing.T) {
+	reg := sandboxtest.NewRegistry(t)
+	good := sandboxtest.Layer(t, sandboxtest.File("a", strings.Repeat("a", 4096), 0o644))
+	bad := sandboxtest.Layer(t, sandboxtest.File("b", strings.Repeat("b", 4096), 0o644))
+	ref := reg.Push(t, "test/tampered:1", sandboxtest.Image(t, v1.Config{}, good, bad))
+	reg.Tamper(layerDigest(t, bad))
+	s := newStore(t)
+	_, err := s.Pull(context.Background(), ref, nil)
+	if !errors.Is(err, sandbox.ErrInvalidArgument) || !strings.Contains(err.Error(), "failed verification") || !strings.Contains(err.Error(), layerDigest(t, bad)) {
+		t.Fatalf("pull of a tampered image = %v; want a verification failure naming the layer", err)
+	}
+	bd, _ := bad.DiffID()
+	if _, err := os.Stat(filepath.Join(s.Dir(), "layers", bd.Hex)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the tampered layer was cached: %v", err)
+	}
+	if tmp, _ := os.ReadDir(filepath.Join(s.Dir(), "tmp")); len(tmp) != 0 {
+		t.Errorf("downloads left in tmp: %v", tmp)
+	}
+	if list, _ := s.List(); len(list) != 0 {
+		t.Errorf("a tampered image was recorded: %+v", list)
+	}
+}
+
+func TestCacheWorksOffline(t *testing.T) {
+	reg := sandboxtest.NewRegistry(t)
+	ref := reg.Push(t, "test/offline:1", sandboxtest.Image(t, v1.Config{}, sandboxtest.Layer(t, sandboxtest.File("f", "x", 0o644))))
+	s := newStore(t)
+	if _, err := s.Get(context.Background(), ref); err != nil {
+		t.Fatal(err)
+	}
+	reg.Close()
+	rec, err := s.Get(context.Background(), ref)
+	if err != nil {
+		t.Fatalf("cached image with the registry down: %v", err)
+	}
+	if !rec.LastUsed.After(rec.Pulled) && !rec.LastUsed.Equal(rec.Pulled) {
+		t.Errorf("last used %v before pulled %v", rec.LastUsed, rec.Pulled)
+	}
+	// By digest too.
+	if _, err := s.Get(context.Background(), strings.Split(ref, ":1")[0]+"@"+rec.Digest); err != nil {
+		t.Errorf("cached image by digest: %v", err)
+	}
+	_, err = s.Get(context.Background(), reg.Host+"/test/other:1")
+	if !errors.Is(err, sandbox.ErrUnavailable) || !strings.Contains(err.Error(), "cannot reach the registry") {
+		t.Errorf("uncached image with the registry down = %v", err)
+	}
+}
+
+func TestConcurrentGetsPullOnce(t *testing.T) {
+	reg := sandboxtest.NewRegistry(t)
+	l := sandboxtest.Layer(t, sandboxtest.File("f", strings.Repeat("x", 100000), 0o644))
+	ref := reg.Push(t, "test/once:1", sandboxtest.Image(t, v1.Config{}, l))
+	reg.SlowBlobs(300 * time.Millisecond)
+	s := newStore(t)
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = s.Get(context.Background(), ref)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := reg.BlobGets(layerDigest(t, l)); n != 1 {
+		t.Errorf("layer downloaded %d times by 4 concurrent starts, want 1", n)
+	}
+}
+
+func TestPullErrors(t *testing.T) {
+	reg := sandboxtest.NewRegistry(t)
+	img := sandboxtest.Image(t, v1.Config{}, sandboxtest.Layer(t, sandboxtest.File("f", "x", 0o644)))
+	reg.Push(t, "test/app:1", img)
+	other := reg.PushIndex(t, "test/foreign:1",
+		sandboxtest.Platformed{Platform: v1.Platform{OS: "linux", Architecture: "s390x"}, Image: img},
+		sandboxtest.Platformed{Platform: v1.Platform{OS: "windows", Architecture: "amd64"}, Image: img})
+	multi := reg.PushIndex(t, "test/multi:1",
+		sandboxtest.Platformed{Platform: v1.Platform{OS: "linux", Architecture: "s390x"}, Image: sandboxtest.Image(t, v1.Config{}, sandboxtest.Layer(t, sandboxtest.File("wrong", "x", 0o644)))},
+		sandboxtest.Platformed{Platform: v1.Platform{OS: "linux", Architecture: runtime.GOARCH}, Image: img})
+
+	// An endpoint that wants credentials.
+	authSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		w.Write([]byte(`{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`))
+	}))
+	defer authSrv.Close()
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close()
+
+	s := newStore(t)
+	for _, c := range []struct {
+		ref   string
+		class error
+		want  string
+	}{
+		{reg.Host + "/test/app:2", sandbox.ErrInvalidArgument, "was not found"},
+		{reg.Host + "/test/none:1", sandbox.ErrInvalidArgument, "was not found"},
+		{other, sandbox.ErrInvalidArgument, "no build for this server's platform"},
+		{strings.TrimPrefix(authSrv.URL, "http://") + "/private/app:1", sandbox.ErrInvalidArgument, "docker login"},
+		{strings.TrimPrefix(closed.URL, "http://") + "/test/app:1", sandbox.ErrUnavailable, "cannot reach the registry"},
+		{"UPPER/case", sandbox.ErrInvalidArgument, "not a valid image reference"},
+	} {
+		_, err := s.Pull(context.Background(), c.ref, nil)
+		if !errors.Is(err, c.class) || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), c.ref) {
+			t.Errorf("pull %s = %v; want %v naming it and saying %q", c.ref, err, c.class, c.want)
+		}
+	}
+	rec, err := s.Pull(context.Background(), multi, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	simg, _ := s.Image(rec)
+	if _, err := os.Stat(filepath.Join(simg.Root.Layers[0], "f")); err != nil {
+		t.Errorf("multi-platform image resolved to the wrong platform: %v", err)
+	}
+}
+
+func TestRemoveAndPrune(t *testing.T) {
+	reg := sandboxtest.NewRegistry(t)
+	shared := sandboxtest.Layer(t, sandboxtest.File("shared", "s", 0o644))
+	own := sandboxtest.Layer(t, sandboxtest.File("own", "o", 0o644))
+	a := reg.Push(t, "test/a:1", sandboxtest.Image(t, v1.Config{}, shared, own))
+	b := reg.Push(t, "test/b:1", sandboxtest.Image(t, v1.Config{}, shared))
+	s := newStore(t)
+	for _, ref := range []string{a, b} {
+		if _, err := s.Pull(context.Background(), ref, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := reg.BlobGets(layerDigest(t, shared)); n != 1 {
+		t.Errorf("shared layer downloaded %d times", n)
+	}
+	if _, err := s.Remove(reg.Host + "/test/missing:1"); !errors.Is(err, sandbox.ErrNotFound) {
+		t.Errorf("remove missing = %v", err)
+	}
+	if _, err := s.Remove(a); err != nil {
+		t.Fatal(err)
+	}
+	n, freed, err := s.Prune()
+	if err != nil || n != 1 || freed != 1 {
+		t.Errorf("prune = %d layers, %d bytes, %v; want the one layer only a used", n, freed, err)
+	}
+	sd, _ := shared.DiffID()
+	od, _ := own.DiffID()
+	if _, err := os.Stat(filepath.Join(s.Dir(), "layers", sd.Hex)); err != nil {
+		t.Errorf("layer b still uses was pruned: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(s.Dir(), "layers", od.Hex)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("unused layer kept: %v", err)
+	}
+	if list, _ := s.List(); len(list) != 1 || list[0].Name != b {
+		t.Errorf("list = %+v", list)
+	}
+}
+
+func TestResolverAliasToImage(t *testing.T) {
+	reg := sandboxtest.NewRegistry(t)
+	ref := reg.Push(t, "test/aliased:1", sandboxtest.Image(t, v1.Config{WorkingDir: "/w"}, sandboxtest.Layer(t, sandboxtest.File("f", "x", 0o644))))
+	r := image.Resolver{Aliases: map[string]string{"microsandbox/python": image.HostName, "mine": ref}, Store: newStore(t)}
+	img, err := r.Resolve(context.Background(), "mine")
+	if err != nil || img.Ref != "mine" || len(img.Root.Layers) != 1 || img.Workdir != "/w" {
+		t.Errorf("Resolve(mine) = %+v, %v", img, err)
+	}
+	if img, err := r.Resolve(context.Background(), "microsandbox/python"); err != nil || len(img.Root.Layers) != 0 || len(img.Root.Mounts) == 0 {
+		t.Errorf("host alias = %+v, %v", img, err)
+	}
+}

@@ -1,0 +1,256 @@
+package linux
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
+	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/sandbox"
+)
+
+// maxMountData is the kernel's limit on a mount's option string (a page).
+const maxMountData = 4096
+
+// mountOverlay mounts the image's layers (lowest first) read-only under
+// the sandbox's writable upper directory at rootfs, in the host's mount
+// namespace, and makes the mount private so nothing under it propagates.
+// Delete (removeSandboxDir) unmounts it, also after a crash.
+func mountOverlay(dir, rootfs string, layers []string) error {
+	upper, work := filepath.Join(dir, "upper"), filepath.Join(dir, "work")
+	for _, d := range []string{upper, work, rootfs} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return err
+		}
+	}
+	lower := make([]string, len(layers))
+	for i, l := range layers {
+		if strings.ContainsAny(l, ":,") {
+			return fmt.Errorf("layer directory %q contains ':' or ','", l)
+		}
+		lower[len(layers)-1-i] = l // overlayfs lists the top layer first
+	}
+	opts := "lowerdir=" + strings.Join(lower, ":") + ",upperdir=" + upper + ",workdir=" + work
+	if len(opts) >= maxMountData {
+		return fmt.Errorf("the image has too many layers (%d) to mount: %w", len(layers), sandbox.ErrInvalidArgument)
+	}
+	if err := unix.Mount("overlay", rootfs, "overlay", unix.MS_NODEV, opts); err != nil {
+		return fmt.Errorf("mounting the image's overlay: %w", err)
+	}
+	if err := unix.Mount("", rootfs, "", unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("making the overlay private: %w", err)
+	}
+	return nil
+}
+
+// bindSelf turns the plain rootfs directory into a private mount, so that
+// volume mounts made under it on the host propagate nowhere.
+func bindSelf(rootfs string) error {
+	if err := unix.Mount(rootfs, rootfs, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind-mounting the root: %w", err)
+	}
+	if err := unix.Mount("", rootfs, "", unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("making the root private: %w", err)
+	}
+	return nil
+}
+
+// inRoot does file operations inside a sandbox's root without ever leaving
+// it: paths are resolved as if the root were "/", so a symlink an image
+// planted (say /etc/hostname -> /etc/shadow) points into the sandbox's
+// root, never at the host.
+type inRoot struct {
+	root *os.File
+}
+
+func openRoot(rootfs string) (*inRoot, error) {
+	f, err := os.OpenFile(rootfs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &inRoot{root: f}, nil
+}
+
+func (r *inRoot) Close() error { return r.root.Close() }
+
+// mkdirAll creates p and its parents inside the root and returns a handle.
+func (r *inRoot) mkdirAll(p string) (*os.File, error) {
+	return pathrs.MkdirAllHandle(r.root, p, 0o755)
+}
+
+// mkdir creates directory p (and parents) and sets its mode.
+func (r *inRoot) mkdir(p string, mode fs.FileMode) error {
+	h, err := r.mkdirAll(p)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	if mode == 0 {
+		return nil
+	}
+	f, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Chmod(mode)
+}
+
+// writeFile replaces whatever is at p with a regular file.
+func (r *inRoot) writeFile(p string, content []byte, mode fs.FileMode) error {
+	parent, err := r.mkdirAll(path.Dir(p))
+	if err != nil {
+		return err
+	}
+	defer parent.Close()
+	base := path.Base(p)
+	pfd := int(parent.Fd())
+	if err := unlinkAny(pfd, base); err != nil {
+		return err
+	}
+	fd, err := unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(mode.Perm()))
+	if err != nil {
+		return err
+	}
+	f := os.NewFile(uintptr(fd), p)
+	defer f.Close()
+	if _, err := f.Write(content); err != nil {
+		return err
+	}
+	return f.Chmod(mode)
+}
+
+// symlink replaces whatever is at p with a symlink to target.
+func (r *inRoot) symlink(target, p string) error {
+	parent, err := r.mkdirAll(path.Dir(p))
+	if err != nil {
+		return err
+	}
+	defer parent.Close()
+	if err := unlinkAny(int(parent.Fd()), path.Base(p)); err != nil {
+		return err
+	}
+	return unix.Symlinkat(target, int(parent.Fd()), path.Base(p))
+}
+
+// chown sets the owner of p, without following a final symlink.
+func (r *inRoot) chown(p string, uid, gid int) error {
+	parent, err := r.mkdirAll(path.Dir(p))
+	if err != nil {
+		return err
+	}
+	defer parent.Close()
+	return unix.Fchownat(int(parent.Fd()), path.Base(p), uid, gid, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// isDir reports whether p resolves to a directory inside the root.
+func (r *inRoot) isDir(p string) bool {
+	h, err := pathrs.OpenatInRoot(r.root, p)
+	if err != nil {
+		return false
+	}
+	defer h.Close()
+	fi, err := h.Stat()
+	return err == nil && fi.IsDir()
+}
+
+// unlinkAny removes a file or empty directory; a missing one is fine.
+func unlinkAny(dirfd int, name string) error {
+	err := unix.Unlinkat(dirfd, name, 0)
+	if errors.Is(err, unix.EISDIR) {
+		err = unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+	}
+	if err == nil || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	return err
+}
+
+// mountVolume bind-mounts a volume into the sandbox's root on the host,
+// entirely through file descriptors: the source is opened beneath its
+// volume root with openat2(RESOLVE_BENEATH), which refuses any symlink or
+// ".." leading out of it at this very moment (whatever was checked
+// before), cloned with open_tree, made nosuid, nodev (and read-only) with
+// mount_setattr, and moved onto the target, resolved inside the root. It
+// returns an error wrapping sandbox.ErrInvalidArgument when the source
+// leads out of its root.
+func (r *inRoot) mountVolume(m sandbox.Mount) error {
+	rel, err := filepath.Rel(m.Beneath, m.Source)
+	if err != nil || !filepath.IsLocal(rel) && rel != "." {
+		return fmt.Errorf("volume %s: not inside %s: %w", m.Source, m.Beneath, sandbox.ErrInvalidArgument)
+	}
+	rootfd, err := unix.Open(m.Beneath, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("volume root %s: %w", m.Beneath, err)
+	}
+	defer unix.Close(rootfd)
+	src, err := unix.Openat2(rootfd, rel, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ELOOP) {
+		return fmt.Errorf("volume %s: a symlink or \"..\" leads out of the volume root: %w", m.Source, sandbox.ErrInvalidArgument)
+	}
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", m.Source, err)
+	}
+	defer unix.Close(src)
+	var st unix.Stat_t
+	if err := unix.Fstat(src, &st); err != nil {
+		return fmt.Errorf("volume %s: %w", m.Source, err)
+	}
+	isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
+	if !isDir && st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("volume %s is neither a directory nor a file: %w", m.Source, sandbox.ErrInvalidArgument)
+	}
+
+	tree, err := unix.OpenTree(src, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	if err != nil {
+		return fmt.Errorf("volume %s: open_tree: %w", m.Source, err)
+	}
+	defer unix.Close(tree)
+	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
+	if m.ReadOnly {
+		attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
+	}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, attr); err != nil {
+		return fmt.Errorf("volume %s: mount_setattr: %w", m.Source, err)
+	}
+
+	var target *os.File
+	if isDir {
+		target, err = r.mkdirAll(m.Target)
+	} else {
+		target, err = r.fileTarget(m.Target)
+	}
+	if err != nil {
+		return fmt.Errorf("volume target %s: %w", m.Target, err)
+	}
+	defer target.Close()
+	if err := unix.MoveMount(tree, "", int(target.Fd()), "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
+		return fmt.Errorf("volume %s: move_mount onto %s: %w", m.Source, m.Target, err)
+	}
+	return nil
+}
+
+// fileTarget returns a handle on a file at p inside the root, creating an
+// empty one if needed, for a file volume to be mounted on.
+func (r *inRoot) fileTarget(p string) (*os.File, error) {
+	parent, err := r.mkdirAll(path.Dir(p))
+	if err != nil {
+		return nil, err
+	}
+	defer parent.Close()
+	fd, err := unix.Openat(int(parent.Fd()), path.Base(p), unix.O_WRONLY|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	unix.Close(fd)
+	return pathrs.OpenatInRoot(r.root, p)
+}
