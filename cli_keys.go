@@ -62,7 +62,7 @@ var operator = auth.FullAccess("cli")
 // auditCLI records a key change made at the command line, so the audit log
 // shows every key change, not only those made over the API.
 func auditCLI(ctx context.Context, db *sql.DB, method, namespace, detail string) {
-	err := audit.Append(ctx, db, audit.Event{Time: time.Now(), KeyID: "cli", Method: method, Namespace: namespace,
+	err := audit.Append(ctx, db, audit.Event{Time: time.Now(), KeyID: "cli", KeyNamespace: "*", Method: method, Namespace: namespace,
 		Outcome: audit.OK, Detail: detail, Remote: "local"})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "warning: could not record the change in the audit log:", err)

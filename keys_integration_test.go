@@ -430,6 +430,15 @@ func TestAuditLog(t *testing.T) {
 		}
 	}
 	srv.wantError(teamAuditor, "audit.list", map[string]any{"namespace": "team-b"}, 403, -32004, "team-b")
+	// team-b's auditor does not see what team-a's key tried in team-b: that
+	// would show it another tenant's key id, label and address.
+	teamBAuditor := keygen(t, home, "--namespace", "team-b", "--scope", "audit:read")
+	srv.mustCall(teamBAuditor, "audit.list", map[string]any{}, &viaAPI)
+	for _, e := range viaAPI.Events {
+		if e["key_id"] == keyID(t, team) {
+			t.Fatalf("team-b's auditor sees team-a's key: %v", e)
+		}
+	}
 
 	srv.Stop() // flushes the audit buffer
 	events := auditEvents(t, home)
@@ -459,16 +468,18 @@ func TestAuditLog(t *testing.T) {
 			t.Fatalf("--key %s shows %v", id[:8], e)
 		}
 	}
-	// Two refusals touched team-b: the stop above and the team-a auditor's
-	// audit.list; nothing else did.
+	// In team-b: two refusals (team-a's stop and the team-a auditor's
+	// audit.list) and the keygen of team-b's auditor; nothing else.
 	teamB := auditEvents(t, home, "--namespace", "team-b")
-	if len(teamB) != 2 {
-		t.Fatalf("--namespace team-b: want 2 events, got %v", teamB)
-	}
+	outcomes := map[string]int{}
 	for _, e := range teamB {
-		if e["namespace"] != "team-b" || e["outcome"] != "forbidden" {
+		if e["namespace"] != "team-b" {
 			t.Fatalf("--namespace team-b shows %v", e)
 		}
+		outcomes[e["outcome"].(string)]++
+	}
+	if len(teamB) != 3 || outcomes["forbidden"] != 2 || find(teamB, map[string]any{"method": "cli: keygen"}) == nil {
+		t.Fatalf("--namespace team-b: %v", teamB)
 	}
 	sqlExec(t, home, `INSERT INTO audit_events (time, key_id, method, outcome) VALUES (?, 'old-key', 'sandbox.start', 'ok')`,
 		time.Now().Add(-2*time.Hour).UnixMilli())

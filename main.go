@@ -196,7 +196,7 @@ func (s *server) run(ctx context.Context) error {
 		rpcOpts = append(rpcOpts, rpc.WithLimits(auth.NewLimits(registry, keyDefaults(cfg), nil)), rpc.WithAudit(auditLog))
 	}
 	handler := rpc.NewServer(serverMethods(manager, db, signer, registry, cfg), authn, log, rpcOpts...)
-	handler.Mount(mcp.Path, mcp.NewHandler(handler, &mcp.Options{Logger: log}))
+	handler.Mount(mcp.Path, mcp.NewHandler(handler, &mcp.Options{Logger: log}), mcp.CallsTool)
 
 	ln, err := net.Listen("tcp", cfg.Addr())
 	if err != nil {

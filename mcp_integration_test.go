@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -86,6 +87,33 @@ func TestMCPAuthentication(t *testing.T) {
 		}
 		if _, err := srv.mcpConnect(""); err == nil {
 			t.Error("the MCP client connected without a key")
+		}
+	})
+
+	t.Run("rate limit", func(t *testing.T) {
+		// The protocol's own messages take from the key's rate, as calls do.
+		key := keygen(t, home, "--rate", "3/h")
+		post := func() (*http.Response, string) {
+			req, _ := http.NewRequest(http.MethodPost, srv.URL+"/mcp", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"tools/list"}`))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", "Bearer "+key)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			return resp, string(body)
+		}
+		for i := range 3 {
+			resp, body := post()
+			if resp.StatusCode != http.StatusOK || !strings.Contains(body, "sandbox_start") || resp.Header.Get("X-RateLimit-Remaining") != strconv.Itoa(2-i) {
+				t.Fatalf("tools/list %d: %d %v %s", i, resp.StatusCode, resp.Header, body)
+			}
+		}
+		resp, body := post()
+		if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || !strings.Contains(body, "-32005") {
+			t.Fatalf("tools/list over the rate: %d %v %s", resp.StatusCode, resp.Header, body)
 		}
 	})
 

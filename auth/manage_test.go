@@ -470,3 +470,34 @@ func TestGraceKeyCannotOutliveItself(t *testing.T) {
 		t.Fatalf("child outliving the grace: %v", err)
 	}
 }
+
+// Last use is written at most once a minute per key, not on every call,
+// and the uses counted in between go with it.
+func TestLastUsedAtMostOnceAMinute(t *testing.T) {
+	clk := newClock(t0)
+	h := newHome(t, clk)
+	ctx := context.Background()
+	key, k := h.issue(t, auth.IssueOptions{})
+	lastUsed := func() time.Time {
+		t.Helper()
+		h.reg.Close() // waits for the writes in flight
+		got, err := h.reg.Find(ctx, k.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.LastUsed
+	}
+	if !lastUsed().IsZero() {
+		t.Fatal("a key never used has a last use")
+	}
+	for _, c := range []struct {
+		at   time.Duration
+		want time.Duration
+	}{{0, 0}, {30 * time.Second, 0}, {59 * time.Second, 0}, {61 * time.Second, 61 * time.Second}, {90 * time.Second, 61 * time.Second}} {
+		clk.Set(t0.Add(c.at))
+		principal(t, h, key)
+		if got := lastUsed(); !got.Equal(t0.Add(c.want)) {
+			t.Fatalf("after a call at +%s: last used %v, want +%s", c.at, got, c.want)
+		}
+	}
+}

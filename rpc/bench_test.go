@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +13,6 @@ import (
 	"github.com/msb-dev/msb/auth"
 	"github.com/msb-dev/msb/auth/audit"
 	"github.com/msb-dev/msb/auth/ratelimit"
-	"github.com/msb-dev/msb/config/sqlite"
 	"github.com/msb-dev/msb/rpc"
 )
 
@@ -43,18 +41,7 @@ func newStack(tb testing.TB, authenticated bool) (string, string) {
 		tb.Cleanup(srv.Close)
 		return srv.URL, ""
 	}
-	dir := tb.TempDir()
-	db, err := sqlite.Open(context.Background(), filepath.Join(dir, "msb.db"))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { db.Close() })
-	signer, _, err := auth.LoadOrCreateSigner(filepath.Join(dir, "server.key"), false)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	reg := auth.NewRegistry(db, filepath.Join(dir, "keys.changed"), nil)
-	tb.Cleanup(func() { reg.Close() })
+	db, signer, reg := keyStore(tb)
 	key, _, err := (&auth.Issuer{Signer: signer, Registry: reg}).Issue(context.Background(),
 		auth.IssueOptions{Namespace: "bench", Rate: ratelimit.Rate{N: ratelimit.MaxN, Per: time.Second}})
 	if err != nil {

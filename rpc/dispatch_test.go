@@ -2,6 +2,7 @@ package rpc_test
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"io"
@@ -47,6 +48,25 @@ func TestEveryMethodHasAScope(t *testing.T) {
 	}
 }
 
+// keyStore returns a real SQLite database in a temporary directory, a
+// signing key, and the key registry on that database.
+func keyStore(tb testing.TB) (*sql.DB, *auth.Signer, *auth.Registry) {
+	tb.Helper()
+	dir := tb.TempDir()
+	db, err := sqlite.Open(context.Background(), filepath.Join(dir, "msb.db"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { db.Close() })
+	signer, _, err := auth.LoadOrCreateSigner(filepath.Join(dir, "server.key"), false)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	reg := auth.NewRegistry(db, filepath.Join(dir, "keys.changed"), nil)
+	tb.Cleanup(func() { reg.Close() })
+	return db, signer, reg
+}
+
 type recorder struct {
 	mu     sync.Mutex
 	events []audit.Event
@@ -58,15 +78,7 @@ func (r *recorder) Record(e audit.Event) { r.mu.Lock(); r.events = append(r.even
 // audit apply to them exactly as to JSON-RPC, and a context without a caller
 // may do nothing.
 func TestInvokeCannotBypassChecks(t *testing.T) {
-	dir := t.TempDir()
-	db, err := sqlite.Open(context.Background(), filepath.Join(dir, "msb.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	signer, _, _ := auth.LoadOrCreateSigner(filepath.Join(dir, "server.key"), false)
-	reg := auth.NewRegistry(db, filepath.Join(dir, "keys.changed"), nil)
-	t.Cleanup(func() { reg.Close() })
+	_, signer, reg := keyStore(t)
 	issuer := &auth.Issuer{Signer: signer, Registry: reg}
 	read, _ := auth.ParseScopes([]string{"sandbox:read"})
 	key, _, err := issuer.Issue(context.Background(), auth.IssueOptions{Namespace: "team-a", Scopes: read, Rate: ratelimit.Rate{N: 3, Per: time.Hour}})
@@ -101,7 +113,7 @@ func TestInvokeCannotBypassChecks(t *testing.T) {
 		_, err := srv.Invoke(r.Context(), method, json.RawMessage(`{"namespace":"`+r.URL.Query().Get("ns")+`","sandbox":"s1"}`))
 		w.WriteHeader(200)
 		got = append(got, result{err, w.Header().Clone()})
-	}))
+	}), nil)
 	hs := httptest.NewServer(srv)
 	defer hs.Close()
 	get := func(m, ns string) result {
@@ -153,15 +165,7 @@ func TestInvokeCannotBypassChecks(t *testing.T) {
 // A flood of refused requests cannot flood the audit log: 401s are recorded
 // up to a budget, and the next event recorded counts those left out.
 func TestRefusalFloodIsSampled(t *testing.T) {
-	dir := t.TempDir()
-	db, err := sqlite.Open(context.Background(), filepath.Join(dir, "msb.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	signer, _, _ := auth.LoadOrCreateSigner(filepath.Join(dir, "server.key"), false)
-	reg := auth.NewRegistry(db, filepath.Join(dir, "keys.changed"), nil)
-	t.Cleanup(func() { reg.Close() })
+	_, signer, reg := keyStore(t)
 	rec := &recorder{}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	hs := httptest.NewServer(rpc.NewServer(rpc.Methods{}, &auth.Authenticator{Signer: signer, Registry: reg}, quiet, rpc.WithAudit(rec)))

@@ -1,9 +1,14 @@
 package rpc
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
+
+	"github.com/sourcegraph/jsonrpc2"
 
 	"github.com/msb-dev/msb/auth"
 )
@@ -14,7 +19,13 @@ import (
 // PrincipalFrom. Other protocols (MCP) are mounted this way; the calls they
 // make through Invoke are rate-limited, checked and audited like JSON-RPC
 // calls, and their responses carry the same X-RateLimit-* headers.
-func (s *Server) Mount(path string, h http.Handler) {
+//
+// invokes reports whether a POST body holds a call that h makes through
+// Invoke (an MCP tools/call), which takes from the key's rate there. Every
+// other POST (the protocol's own messages, such as MCP's initialize and
+// tools/list) takes one call from the rate here. With invokes nil, every
+// POST is charged here.
+func (s *Server) Mount(path string, h http.Handler, invokes func(body []byte) bool) {
 	s.mux.Handle(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		principal, err := s.authenticate(r)
 		if err != nil {
@@ -23,6 +34,27 @@ func (s *Server) Mount(path string, h http.Handler) {
 		}
 		st := &reqState{remote: r.RemoteAddr}
 		w = s.headerWriter(w, principal, st)
+		if s.limits != nil && s.auth != nil && r.Method == http.MethodPost {
+			// The protocol's own messages (initialize, tools/list, ...) take
+			// from the key's rate like any call; the calls made through
+			// Invoke are charged there, once.
+			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+			if err != nil {
+				writeJSON(w, http.StatusRequestEntityTooLarge, errorResponse(nullID, jsonrpc2.CodeInvalidRequest,
+					fmt.Sprintf("request body is larger than %d MiB", MaxBodyBytes>>20)))
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			if invokes == nil || !invokes(body) {
+				rs, err := s.limits.Allow(principal, false)
+				st.setRate(rs, err)
+				if err != nil {
+					code, status, _ := classify(err)
+					writeJSON(w, status, errorResponse(nullID, code, err.Error()))
+					return
+				}
+			}
+		}
 		h.ServeHTTP(w, r.WithContext(withPrincipal(r.Context(), principal, s.auth == nil, st)))
 	}))
 }

@@ -146,12 +146,13 @@ func host(addr string) string {
 // are never recorded.
 func (s *Server) record(v principalValue, method string, call *Call, err error) {
 	e := audit.Event{
-		KeyID:     v.p.KeyID,
-		KeyLabel:  v.p.Label,
-		Namespace: call.auditNamespace,
-		Method:    truncate(method),
-		Outcome:   audit.OK,
-		Detail:    call.auditDetail,
+		KeyID:        v.p.KeyID,
+		KeyLabel:     v.p.Label,
+		KeyNamespace: v.p.Namespace,
+		Namespace:    call.auditNamespace,
+		Method:       truncate(method),
+		Outcome:      audit.OK,
+		Detail:       call.auditDetail,
 	}
 	if v.st != nil {
 		e.Remote = host(v.st.remote)

@@ -36,7 +36,10 @@ type Event struct {
 	Time      time.Time `json:"time"`
 	KeyID     string    `json:"key_id"`
 	KeyLabel  string    `json:"key_label"`
-	Namespace string    `json:"namespace"`
+	// KeyNamespace is the claim of the caller's key ("*" for the operator,
+	// "" when no key was identified); Namespace is the one acted on.
+	KeyNamespace string `json:"key_namespace"`
+	Namespace    string `json:"namespace"`
 	Method    string    `json:"method"`
 	Sandbox   string    `json:"sandbox"`
 	Outcome   string    `json:"outcome"`
@@ -205,14 +208,14 @@ func Append(ctx context.Context, db *sql.DB, events ...Event) error {
 	}
 	defer tx.Rollback()
 	stmt, err := tx.PrepareContext(ctx, `INSERT INTO audit_events
-		(time, key_id, key_label, namespace, method, sandbox, outcome, code, detail, remote)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		(time, key_id, key_label, key_namespace, namespace, method, sandbox, outcome, code, detail, remote)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		return err
 	}
 	defer stmt.Close()
 	for _, e := range events {
-		if _, err := stmt.ExecContext(ctx, e.Time.UnixMilli(), clip(e.KeyID), clip(e.KeyLabel), clip(e.Namespace), clip(e.Method),
+		if _, err := stmt.ExecContext(ctx, e.Time.UnixMilli(), clip(e.KeyID), clip(e.KeyLabel), clip(e.KeyNamespace), clip(e.Namespace), clip(e.Method),
 			clip(e.Sandbox), clip(e.Outcome), e.Code, clip(e.Detail), clip(e.Remote)); err != nil {
 			return err
 		}
@@ -243,9 +246,11 @@ type Filter struct {
 	KeyID     string    // a key id or a prefix of one
 	Namespace string    // exactly this namespace
 	Since     time.Time // at or after
-	// Visible limits the events to those of namespaces a key with this
-	// claim may see ("" or "*": all). Events of no namespace (a refused key)
-	// are visible only to "*".
+	// Visible limits the events to those a key with this claim may see
+	// ("" or "*": all): what keys of that namespace, or the operator's,
+	// did in it. Events of no namespace (a refused key) and what another
+	// tenant's key tried there are visible only to "*": they would show
+	// one tenant the key ids, labels and addresses of another.
 	Visible string
 	Limit   int // newest first, at most this many; 0: 1000
 }
@@ -267,10 +272,10 @@ func List(ctx context.Context, db *sql.DB, f Filter) ([]Event, error) {
 		args = append(args, f.Since.UnixMilli())
 	}
 	if f.Visible != "" && f.Visible != "*" {
-		where = append(where, `namespace = ?`)
-		args = append(args, f.Visible)
+		where = append(where, `namespace = ? AND key_namespace IN (?, '*')`)
+		args = append(args, f.Visible, f.Visible)
 	}
-	q := `SELECT time, key_id, key_label, namespace, method, sandbox, outcome, code, detail, remote FROM audit_events`
+	q := `SELECT time, key_id, key_label, key_namespace, namespace, method, sandbox, outcome, code, detail, remote FROM audit_events`
 	if len(where) > 0 {
 		q += ` WHERE ` + strings.Join(where, ` AND `)
 	}
@@ -289,7 +294,7 @@ func List(ctx context.Context, db *sql.DB, f Filter) ([]Event, error) {
 	for rows.Next() {
 		var e Event
 		var t int64
-		if err := rows.Scan(&t, &e.KeyID, &e.KeyLabel, &e.Namespace, &e.Method, &e.Sandbox, &e.Outcome, &e.Code, &e.Detail, &e.Remote); err != nil {
+		if err := rows.Scan(&t, &e.KeyID, &e.KeyLabel, &e.KeyNamespace, &e.Namespace, &e.Method, &e.Sandbox, &e.Outcome, &e.Code, &e.Detail, &e.Remote); err != nil {
 			return nil, fmt.Errorf("list audit events: %w", err)
 		}
 		e.Time = time.UnixMilli(t).UTC()

@@ -56,22 +56,25 @@ func TestWriterFlushesOnClose(t *testing.T) {
 	for i := 0; i < 1000; i++ {
 		w.Record(audit.Event{KeyID: "k1", KeyLabel: "ci", Namespace: "team-a", Method: "sandbox.start", Sandbox: "s", Outcome: audit.OK, Remote: "127.0.0.1"})
 	}
-	w.Record(audit.Event{Time: t0.Add(time.Second), KeyID: "k2", Namespace: "team-b", Method: "sandbox.stop", Outcome: audit.Forbidden, Code: -32004, Detail: "no"})
+	w.Record(audit.Event{Time: t0.Add(time.Second), KeyID: "k2", KeyNamespace: "team-b", Namespace: "team-b", Method: "sandbox.stop", Outcome: audit.Forbidden, Code: -32004, Detail: "no"})
+	// What a team-a key tried in team-b, and what the operator did there.
+	w.Record(audit.Event{Time: t0.Add(time.Second), KeyID: "a1", KeyNamespace: "team-a", Namespace: "team-b", Method: "sandbox.stop", Outcome: audit.Forbidden, Code: -32004})
+	w.Record(audit.Event{Time: t0.Add(time.Second), KeyID: "cli", KeyNamespace: "*", Namespace: "team-b", Method: "cli: keygen", Outcome: audit.OK})
 	w.Close()
 	w.Close()                            // twice is fine
 	w.Record(audit.Event{KeyID: "late"}) // after Close: counted, not a panic
-	if n := count(t, db); n != 1001 {
-		t.Fatalf("%d events written, want 1001", n)
+	if n := count(t, db); n != 1003 {
+		t.Fatalf("%d events written, want 1003", n)
 	}
 	ctx := context.Background()
 	all, err := audit.List(ctx, db, audit.Filter{Limit: 5000})
-	if err != nil || len(all) != 1001 {
+	if err != nil || len(all) != 1003 {
 		t.Fatalf("List: %d, %v", len(all), err)
 	}
-	if e := all[0]; e.KeyID != "k2" || e.Outcome != audit.Forbidden || e.Code != -32004 || !e.Time.Equal(t0.Add(time.Second)) {
+	if e := all[2]; e.KeyID != "k2" || e.KeyNamespace != "team-b" || e.Outcome != audit.Forbidden || e.Code != -32004 || !e.Time.Equal(t0.Add(time.Second)) {
 		t.Fatalf("newest event = %+v", e)
 	}
-	if e := all[1]; e.KeyLabel != "ci" || e.Sandbox != "s" || e.Remote != "127.0.0.1" || !e.Time.Equal(t0) {
+	if e := all[3]; e.KeyLabel != "ci" || e.Sandbox != "s" || e.Remote != "127.0.0.1" || !e.Time.Equal(t0) {
 		t.Fatalf("event = %+v", e)
 	}
 	for _, c := range []struct {
@@ -81,9 +84,10 @@ func TestWriterFlushesOnClose(t *testing.T) {
 		{audit.Filter{KeyID: "k2"}, 1},
 		{audit.Filter{KeyID: "k"}, 1000}, // a prefix; default limit 1000
 		{audit.Filter{Namespace: "team-a", Limit: 2000}, 1000},
-		{audit.Filter{Visible: "team-b"}, 1},
+		{audit.Filter{Visible: "team-b"}, 2}, // k2 and the operator, not team-a's a1
+		{audit.Filter{Namespace: "team-b"}, 3},
 		{audit.Filter{Visible: "team-b", Namespace: "team-a"}, 0},
-		{audit.Filter{Since: t0.Add(500 * time.Millisecond)}, 1},
+		{audit.Filter{Since: t0.Add(500 * time.Millisecond)}, 3},
 		{audit.Filter{Limit: 3}, 3},
 	} {
 		got, err := audit.List(ctx, db, c.f)

@@ -96,6 +96,15 @@ func NewHandler(inv Invoker, opts *Options) http.Handler {
 	})
 }
 
+// CallsTool reports whether an MCP message (a POST body) is a tools/call,
+// whose sandbox method is rate-limited when it runs (see rpc.Server.Mount).
+func CallsTool(body []byte) bool {
+	var msg struct {
+		Method string `json:"method"`
+	}
+	return json.Unmarshal(body, &msg) == nil && msg.Method == "tools/call"
+}
+
 // plainJSONClient reports whether an Accept header is absent or accepts
 // JSON but not event streams.
 func plainJSONClient(accept []string) bool {
@@ -143,8 +152,10 @@ func newServer(inv Invoker, log, sdkLog *slog.Logger, version string) *sdk.Serve
 	s := sdk.NewServer(&sdk.Implementation{Name: "msb", Title: "msb sandboxes", Version: version}, &sdk.ServerOptions{
 		Instructions: instructions,
 		Logger:       sdkLog,
-		// No logging capability: msb sends no log messages to clients.
-		Capabilities: &sdk.ServerCapabilities{},
+		// No logging capability: msb sends no log messages to clients. The
+		// tool and prompt lists never change (and a stateless server could
+		// not say so), so listChanged stays off.
+		Capabilities: &sdk.ServerCapabilities{Tools: &sdk.ToolCapabilities{}, Prompts: &sdk.PromptCapabilities{}},
 	})
 	for _, t := range tools {
 		s.AddTool(t.tool(), handler(inv, log, t))

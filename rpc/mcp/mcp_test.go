@@ -170,7 +170,7 @@ func newStack(t *testing.T, dev bool) *stack {
 		}
 	}
 	server := rpc.NewServer(rpc.SandboxMethods(st.m), authn, log)
-	server.Mount(mcp.Path, mcp.NewHandler(server, &mcp.Options{Logger: log, Version: "test"}))
+	server.Mount(mcp.Path, mcp.NewHandler(server, &mcp.Options{Logger: log, Version: "test"}), mcp.CallsTool)
 	srv := httptest.NewServer(server)
 	t.Cleanup(srv.Close)
 	st.url = srv.URL + mcp.Path
@@ -239,6 +239,13 @@ func TestListToolsAndPrompts(t *testing.T) {
 	st := newStack(t, false)
 	cs := mustConnect(t, st.url, st.issue("*"), "")
 	ctx := context.Background()
+	init := cs.InitializeResult()
+	if caps := init.Capabilities; caps.Tools == nil || caps.Prompts == nil || caps.Tools.ListChanged || caps.Prompts.ListChanged || caps.Logging != nil {
+		t.Errorf("capabilities %+v: want tools and prompts, without listChanged or logging", caps)
+	}
+	if !strings.Contains(init.Instructions, "sandbox_stop") {
+		t.Errorf("instructions do not say to stop sandboxes: %q", init.Instructions)
+	}
 	tools, err := cs.ListTools(ctx, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -1,14 +1,17 @@
 // The official MCP TypeScript client against a running msb server, over
 // Streamable HTTP: no key is refused, then with MSB_API_KEY it lists tools
 // and prompts, starts a sandbox, runs Python and a command, and stops it.
+// With MSB_OTHER_KEY (a key for another namespace) it also checks that such a
+// key's tool call on the sandbox fails with a clear denial.
 // Any failure exits non-zero with a message saying what went wrong.
 //
-//   MSB_SERVER_URL=http://127.0.0.1:5555 MSB_API_KEY=msb_... node client.mjs
+//   MSB_SERVER_URL=http://127.0.0.1:5555 MSB_API_KEY=msb_... [MSB_OTHER_KEY=msb_...] node client.mjs
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 
 const base = process.env.MSB_SERVER_URL || "http://127.0.0.1:5555";
 const key = process.env.MSB_API_KEY || "";
+const otherKey = process.env.MSB_OTHER_KEY || "";
 const url = new URL("/mcp", base);
 const namespace = "default";
 const sandbox = `ts-client-${process.pid}`;
@@ -35,7 +38,8 @@ function text(result) {
 }
 
 async function call(client, name, args, { wantError = false } = {}) {
-  const result = await client.callTool({ name, arguments: args });
+  // A cold sandbox start can take longer than the SDK's 60s default.
+  const result = await client.callTool({ name, arguments: args }, undefined, { timeout: 100_000 });
   const out = text(result);
   if (Boolean(result.isError) !== wantError) {
     fail(`${name}: isError=${Boolean(result.isError)}, want ${wantError}: ${out}`);
@@ -76,8 +80,8 @@ async function main() {
   let started = false;
   let failure;
   try {
+    started = true; // from the moment it is asked for: a start that fails half-way is stopped too
     const start = await call(client, "sandbox_start", { ...target, config: { image: "microsandbox/python", memory: 256, cpus: 1 } });
-    started = true;
     if (!start.includes(`Sandbox ${sandbox} started successfully`)) fail(`start said ${start}`);
 
     const code = await call(client, "sandbox_run_code", { ...target, language: "python", code: "print(6*7)" });
@@ -88,6 +92,17 @@ async function main() {
 
     const metrics = await call(client, "sandbox_get_metrics", { namespace: "*" });
     if (!metrics.includes(`${sandbox} (namespace ${namespace}): running`)) fail(`metrics gave ${JSON.stringify(metrics)}`);
+
+    if (otherKey) {
+      // A key for another namespace reaches the server but not the sandbox.
+      const other = await connect(otherKey);
+      try {
+        const denied = await call(other, "sandbox_run_code", { ...target, language: "python", code: "print(1)" }, { wantError: true });
+        if (!/permission denied/.test(denied) || !denied.includes(`"${namespace}"`)) fail(`denial said ${JSON.stringify(denied)}`);
+      } finally {
+        await other.close();
+      }
+    }
   } catch (err) {
     failure = err;
   }

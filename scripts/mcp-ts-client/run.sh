@@ -34,7 +34,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 echo "mcp-ts-client: installing @modelcontextprotocol/sdk"
-(cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
+(cd "$here" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error)
 
 echo "mcp-ts-client: building msb"
 (cd "$repo" && go build -tags netgo,osusergo -ldflags '-extldflags "-static"' -o "$work/msb" .)
@@ -54,6 +54,10 @@ done
 [ -n "$address" ] || { echo "mcp-ts-client: msb server did not start within 30s" >&2; exit 1; }
 echo "mcp-ts-client: msb server at $address"
 
-key="$("$work/msb" server keygen --namespace default --expire 1h 2>/dev/null)"
+# keygen prints the key alone on stdout, and its details on stderr.
+key="$("$work/msb" server keygen --namespace default --expire 1h --name mcp-ts 2>>"$work/keygen.log")" ||
+  { echo "mcp-ts-client: keygen failed:" >&2; cat "$work/keygen.log" >&2; exit 1; }
+other="$("$work/msb" server keygen --namespace other --expire 1h --name mcp-ts-other 2>>"$work/keygen.log")" ||
+  { echo "mcp-ts-client: keygen failed:" >&2; cat "$work/keygen.log" >&2; exit 1; }
 
-MSB_SERVER_URL="$address" MSB_API_KEY="$key" node "$here/client.mjs"
+MSB_SERVER_URL="$address" MSB_API_KEY="$key" MSB_OTHER_KEY="$other" node "$here/client.mjs"

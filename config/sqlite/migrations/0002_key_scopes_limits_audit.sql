@@ -17,7 +17,8 @@ CREATE TABLE audit_events (
     time      INTEGER NOT NULL,            -- unix milliseconds
     key_id    TEXT NOT NULL DEFAULT '',
     key_label TEXT NOT NULL DEFAULT '',
-    namespace TEXT NOT NULL DEFAULT '',
+    key_namespace TEXT NOT NULL DEFAULT '',    -- the caller's claim: "*", a namespace, '' if unknown
+    namespace TEXT NOT NULL DEFAULT '',        -- the namespace acted on
     method    TEXT NOT NULL DEFAULT '',
     sandbox   TEXT NOT NULL DEFAULT '',
     outcome   TEXT NOT NULL,               -- ok | error | unauthenticated | forbidden | rate_limited | dropped
