@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/msb-dev/msb/sandbox/image"
+	"github.com/msb-dev/msb/sandbox/linux"
 )
 
 func pullCommand() *cli.Command {
@@ -46,7 +47,11 @@ func openImages() (*image.Store, error) {
 	if err := cfg.EnsureHome(); err != nil {
 		return nil, err
 	}
-	return image.NewStore(cfg.ImageDir(), image.StoreOptions{})
+	return image.NewStore(cfg.ImageDir(), image.StoreOptions{
+		// Whatever server runs them, sandboxes record their layers in
+		// their directories; prune keeps those.
+		InUse: func() ([]string, error) { return linux.LayersInUse(cfg.SandboxDir()) },
+	})
 }
 
 func pullImage(c *cli.Context) error {

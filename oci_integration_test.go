@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -324,6 +325,42 @@ func TestPortForward(t *testing.T) {
 	srv = startServer(t, home)
 	srv.mustCall(key, "sandbox.start", map[string]any{"namespace": "web", "sandbox": "httpd"}, nil)
 	srv.Stop()
+	assertNoLeftovers(t, home)
+}
+
+// TestPortFreedWhenSandboxDies kills a sandbox's init behind the server's
+// back: its host port must be freed without a stop, for another sandbox to
+// take, and the sandbox must start again afterwards.
+func TestPortFreedWhenSandboxDies(t *testing.T) {
+	home := newHome(t)
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	port := freePort(t)
+	ports := map[string]any{"ports": []string{fmt.Sprintf("%d:8080", port)}}
+	box := srv.sandbox(key, "web", "fragile", ports)
+	pids := sandboxPids(home)
+	if len(pids) != 1 {
+		t.Fatalf("portal pids: %v", pids)
+	}
+	if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// The server closes the port when it sees the init exit.
+	for {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			ln.Close()
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	other := srv.sandbox(key, "web", "other", ports)
+	other.stop()
+	srv.sandbox(key, "web", "fragile", ports)
+	if r := box.run("true"); !r.Success {
+		t.Errorf("after restart: %+v", r)
+	}
+	box.stop()
 	assertNoLeftovers(t, home)
 }
 

@@ -304,11 +304,42 @@ func (s *Service) Start(ctx context.Context, id ID, cfg *Config) error {
 	started = true
 	b.ports = forwarders
 	s.serveForwarders(id, forwarders)
+	s.freePortsOnExit(ctx, id, b)
 	if script := startScript(norm); script != "" {
 		s.background(id, b, ExecRequest{Command: norm.Shell, Args: []string{"-c", script}})
 	}
 	s.opts.Log.Info("sandbox started", "sandbox", id.String(), "image", norm.Image, "memory_mib", norm.Memory, "cpus", norm.CPUs)
 	return nil
+}
+
+// freePortsOnExit closes the host ports of the sandbox b holds (b.mu held)
+// as soon as its init exits, when the engine can tell: a sandbox that dies
+// on its own must not keep them from other sandboxes until it is stopped
+// or started again. A stop or a new start that came first wins.
+func (s *Service) freePortsOnExit(ctx context.Context, id ID, b *box) {
+	w, ok := s.opts.Engine.(ExitWatcher)
+	if !ok || len(b.ports) == 0 {
+		return
+	}
+	exited, err := w.Exited(ctx, id)
+	if err != nil {
+		// Not running any more: free the ports at once.
+		closed := make(chan struct{})
+		close(closed)
+		exited = closed
+	}
+	ports := b.ports
+	go func() {
+		<-exited
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if len(b.ports) == 0 || b.ports[0] != ports[0] {
+			return // stopped, or started again, meanwhile
+		}
+		closeForwarders(b.ports)
+		b.ports = nil
+		s.opts.Log.Warn("sandbox stopped on its own; its host ports are free", "sandbox", id.String())
+	}()
 }
 
 // engineError turns an engine failure into what a client should read. The

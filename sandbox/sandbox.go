@@ -226,6 +226,17 @@ type Dialer interface {
 	DialSandbox(ctx context.Context, id ID, port int) (net.Conn, error)
 }
 
+// ExitWatcher tells when a running sandbox's init exits, whatever the
+// cause (stopped, killed, crashed). Engines that have it let the Service
+// free what a sandbox that dies on its own holds, such as its host ports,
+// at once rather than at its next start or stop.
+type ExitWatcher interface {
+	// Exited returns a channel closed when the init of the sandbox's
+	// current run exits. ErrConflict if the sandbox is not running,
+	// ErrNotFound if it does not exist.
+	Exited(ctx context.Context, id ID) (<-chan struct{}, error)
+}
+
 // Engine is everything the Service needs from an isolation engine.
 type Engine interface {
 	Runtime

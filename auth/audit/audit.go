@@ -33,19 +33,19 @@ const (
 
 // Event is one audit record.
 type Event struct {
-	Time      time.Time `json:"time"`
-	KeyID     string    `json:"key_id"`
-	KeyLabel  string    `json:"key_label"`
+	Time     time.Time `json:"time"`
+	KeyID    string    `json:"key_id"`
+	KeyLabel string    `json:"key_label"`
 	// KeyNamespace is the claim of the caller's key ("*" for the operator,
 	// "" when no key was identified); Namespace is the one acted on.
 	KeyNamespace string `json:"key_namespace"`
 	Namespace    string `json:"namespace"`
-	Method    string    `json:"method"`
-	Sandbox   string    `json:"sandbox"`
-	Outcome   string    `json:"outcome"`
-	Code      int64     `json:"code"`
-	Detail    string    `json:"detail"`
-	Remote    string    `json:"remote"`
+	Method       string `json:"method"`
+	Sandbox      string `json:"sandbox"`
+	Outcome      string `json:"outcome"`
+	Code         int64  `json:"code"`
+	Detail       string `json:"detail"`
+	Remote       string `json:"remote"`
 }
 
 // DefaultRetention is how long events are kept unless configured.

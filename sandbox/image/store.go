@@ -29,7 +29,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/klauspost/compress/zstd"
-	"github.com/moby/sys/mountinfo"
 
 	"github.com/msb-dev/msb/sandbox"
 )
@@ -93,6 +92,7 @@ type Progress struct {
 //	layers/<hex>/        a layer unpacked, named by the hex of its diff ID
 //	tmp/                 downloads and unpacks in progress
 //	lock                 flock serialising changes between msb processes
+//	pull.lock            flock held shared by pulls, exclusively by Prune
 //
 // A layer is stored once, whatever the number of images and sandboxes
 // using it. Blobs are verified against their digests before a byte of them
@@ -103,6 +103,7 @@ type Store struct {
 	keychain authn.Keychain
 	platform v1.Platform
 	now      func() time.Time
+	inUse    func() ([]string, error)
 
 	mu    sync.Mutex
 	pulls map[string]*pullCall // in flight, by canonical name
@@ -123,6 +124,10 @@ type StoreOptions struct {
 	// default linux and the host's architecture.
 	Platform *v1.Platform
 	Now      func() time.Time
+	// InUse lists the layer directories that sandboxes use now, whatever
+	// the process running them; Prune keeps those layers even when no
+	// image record names them. Without it Prune knows of no sandbox.
+	InUse func() ([]string, error)
 }
 
 // NewStore returns the store in dir, creating it. Errors are the
@@ -133,7 +138,7 @@ func NewStore(dir string, opts StoreOptions) (*Store, error) {
 			return nil, fmt.Errorf("image store: %w", err)
 		}
 	}
-	s := &Store{dir: dir, keychain: opts.Keychain, now: opts.Now, pulls: map[string]*pullCall{}}
+	s := &Store{dir: dir, keychain: opts.Keychain, now: opts.Now, inUse: opts.InUse, pulls: map[string]*pullCall{}}
 	if s.keychain == nil {
 		s.keychain = authn.DefaultKeychain
 	}
@@ -194,12 +199,21 @@ func loopbackRegistry(host string) bool {
 }
 
 // lock takes the store's cross-process lock; the returned func releases it.
-func (s *Store) lock() (func(), error) {
-	f, err := os.OpenFile(filepath.Join(s.dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+func (s *Store) lock() (func(), error) { return s.flock("lock", syscall.LOCK_EX) }
+
+// pullLock is held shared by every pull from its first look at the layers
+// until it has recorded the image, and exclusively by Prune: a layer a pull
+// has stored but not yet recorded is never pruned, whatever process pulls.
+func (s *Store) pullLock(how int) (func(), error) { return s.flock("pull.lock", how) }
+
+// flock takes the flock how (LOCK_SH or LOCK_EX) on the file name of the
+// store; the returned func releases it.
+func (s *Store) flock(name string, how int) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(s.dir, name), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("image store lock: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+	if err := syscall.Flock(int(f.Fd()), how); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("image store lock: %w", err)
 	}
@@ -266,26 +280,31 @@ func (s *Store) List() ([]Record, error) {
 	return out, nil
 }
 
-// lookup finds the record of a parsed reference: by name, or for a digest
-// reference by digest in the same repository. It also checks that every
-// layer is still on disk.
+// find finds the record of a parsed reference in db: by name, or for a
+// digest reference by digest in the same repository.
+func find(db map[string]Record, r name.Reference) (Record, bool) {
+	if rec, ok := db[r.Name()]; ok {
+		return rec, true
+	}
+	if d, isDigest := r.(name.Digest); isDigest {
+		for _, c := range db {
+			cr, err := name.ParseReference(c.Name)
+			if err == nil && cr.Context().Name() == d.Context().Name() && (c.Digest == d.DigestStr() || c.Manifest == d.DigestStr()) {
+				return c, true
+			}
+		}
+	}
+	return Record{}, false
+}
+
+// lookup finds the record of a parsed reference, as find does, and checks
+// that every layer is still on disk.
 func (s *Store) lookup(r name.Reference) (Record, bool, error) {
 	db, err := s.read()
 	if err != nil {
 		return Record{}, false, err
 	}
-	rec, ok := db[r.Name()]
-	if !ok {
-		if d, isDigest := r.(name.Digest); isDigest {
-			for _, c := range db {
-				cr, err := name.ParseReference(c.Name)
-				if err == nil && cr.Context().Name() == d.Context().Name() && (c.Digest == d.DigestStr() || c.Manifest == d.DigestStr()) {
-					rec, ok = c, true
-					break
-				}
-			}
-		}
-	}
+	rec, ok := find(db, r)
 	if !ok {
 		return Record{}, false, nil
 	}
@@ -311,10 +330,26 @@ func (s *Store) Get(ctx context.Context, ref string) (Record, error) {
 		s.touch(rec.Name)
 		return rec, nil
 	}
+	return s.pullOnce(ctx, ref, r)
+}
+
+// pullOnce pulls ref, the reference r, for a Get that did not find it in
+// the cache, or waits for the pull of it already under way.
+func (s *Store) pullOnce(ctx context.Context, ref string, r name.Reference) (Record, error) {
 	key := r.Name()
 	s.mu.Lock()
 	c, ok := s.pulls[key]
 	if !ok {
+		// A pull that ended since the caller looked has recorded the
+		// image before leaving s.pulls: use it rather than pull again.
+		rec, cached, err := s.lookup(r)
+		if err != nil || cached {
+			s.mu.Unlock()
+			if cached {
+				s.touch(rec.Name)
+			}
+			return rec, err
+		}
 		c = &pullCall{done: make(chan struct{})}
 		s.pulls[key] = c
 		go func() {
@@ -333,7 +368,8 @@ func (s *Store) Get(ctx context.Context, ref string) (Record, error) {
 	case <-c.done:
 		return c.rec, c.err
 	case <-ctx.Done():
-		return Record{}, fmt.Errorf("image %q: gave up waiting for the pull: %w", ref, ctx.Err())
+		return Record{}, sandbox.Errorf(sandbox.ErrUnavailable,
+			"image %q: gave up waiting for its pull (the request was cancelled or timed out); the pull goes on in the background: try again shortly", ref)
 	}
 }
 
@@ -352,7 +388,8 @@ func (s *Store) touch(key string) {
 // multi-platform image, the host platform's image), stores its layers and
 // records it, replacing an earlier pull of the same reference. progress,
 // if not nil, is called as bytes arrive, from several goroutines but never
-// concurrently. Errors wrap sandbox.ErrInvalidArgument when the reference
+// concurrently. A Prune, in any process, waits until the pull has recorded
+// the image. Errors wrap sandbox.ErrInvalidArgument when the reference
 // is wrong (bad syntax, no such image or tag, access refused, no image for
 // this platform, a tampered layer) and sandbox.ErrUnavailable when the
 // registry cannot be reached or fails; each says what to do.
@@ -361,6 +398,11 @@ func (s *Store) Pull(ctx context.Context, ref string, progress func(Progress)) (
 	if err != nil {
 		return Record{}, err
 	}
+	unlock, err := s.pullLock(syscall.LOCK_SH)
+	if err != nil {
+		return Record{}, err
+	}
+	defer unlock()
 	opts := []remote.Option{
 		remote.WithContext(ctx),
 		remote.WithAuthFromKeychain(s.keychain),
@@ -396,6 +438,12 @@ func (s *Store) Pull(ctx context.Context, ref string, progress func(Progress)) (
 	cfg, err := img.ConfigFile()
 	if err != nil {
 		return Record{}, pullError(ref, r, err)
+	}
+	if (cfg.OS != "" && cfg.OS != s.platform.OS) || (cfg.Architecture != "" && cfg.Architecture != s.platform.Architecture) {
+		// A single-platform image for another platform would only fail
+		// later, with "exec format error".
+		p := v1.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant}
+		return Record{}, s.noPlatform(ref, []string{p.String()})
 	}
 	layers, err := img.Layers()
 	if err != nil {
@@ -484,7 +532,12 @@ func (s *Store) pickPlatform(ref string, im *v1.IndexManifest) (v1.Hash, error) 
 			have = append(have, p.String())
 		}
 	}
-	return v1.Hash{}, sandbox.Errorf(sandbox.ErrInvalidArgument,
+	return v1.Hash{}, s.noPlatform(ref, have)
+}
+
+// noPlatform says that image ref has builds for the platforms have only.
+func (s *Store) noPlatform(ref string, have []string) error {
+	return sandbox.Errorf(sandbox.ErrInvalidArgument,
 		"image %q has no build for this server's platform %s (it has: %s): use an image built for %s",
 		ref, s.platform.String(), strings.Join(have, ", "), s.platform.String())
 }
@@ -696,8 +749,10 @@ func pullError(ref string, r name.Reference, err error) error {
 	return sandbox.Errorf(sandbox.ErrUnavailable, "image %q: pulling from %s failed: %v", ref, reg, err)
 }
 
-// Remove forgets the image ref names (its layers stay until Prune). Errors
-// wrap sandbox.ErrNotFound when no such image was pulled.
+// Remove forgets the image ref names, found as a sandbox start finds it
+// (by tag, or repository@digest), and returns its record; its layers stay
+// until Prune. Errors wrap sandbox.ErrInvalidArgument for a malformed
+// reference and sandbox.ErrNotFound when no such image was pulled.
 func (s *Store) Remove(ref string) (Record, error) {
 	r, err := ParseReference(ref)
 	if err != nil {
@@ -706,20 +761,27 @@ func (s *Store) Remove(ref string) (Record, error) {
 	var rec Record
 	err = s.update(func(db map[string]Record) error {
 		var ok bool
-		if rec, ok = db[r.Name()]; !ok {
+		if rec, ok = find(db, r); !ok {
 			return sandbox.Errorf(sandbox.ErrNotFound, "image %q is not in the cache: see `msb image list`", ref)
 		}
-		delete(db, r.Name())
+		delete(db, rec.Name)
 		return nil
 	})
 	return rec, err
 }
 
 // Prune deletes the layers no image uses and downloads left by pulls that
-// died, and returns how many layers it deleted and the bytes freed. A
-// layer still mounted by a sandbox (its image removed while it runs) is
-// kept for a later prune.
+// died, and returns how many layers it deleted and the bytes freed. It
+// waits for the pulls under way (in any process) to record their images,
+// and keeps the layers StoreOptions.InUse reports (a sandbox running on an
+// image removed meanwhile) for a later prune. Errors are the underlying
+// file system errors and those of InUse.
 func (s *Store) Prune() (int, int64, error) {
+	unpull, err := s.pullLock(syscall.LOCK_EX)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer unpull()
 	unlock, err := s.lock()
 	if err != nil {
 		return 0, 0, err
@@ -735,9 +797,15 @@ func (s *Store) Prune() (int, int64, error) {
 			used[strings.TrimPrefix(l.DiffID, "sha256:")] = true
 		}
 	}
-	mounted, err := mountedLayers(filepath.Join(s.dir, "layers"))
-	if err != nil {
-		return 0, 0, err
+	if s.inUse != nil {
+		dirs, err := s.inUse()
+		if err != nil {
+			return 0, 0, fmt.Errorf("image store: finding the layers sandboxes use: %w", err)
+		}
+		for _, d := range dirs {
+			// By name alone: a layer is kept however its path was spelt.
+			used[filepath.Base(d)] = true
+		}
 	}
 	layers := filepath.Join(s.dir, "layers")
 	entries, err := os.ReadDir(layers)
@@ -748,8 +816,8 @@ func (s *Store) Prune() (int, int64, error) {
 	var freed int64
 	for _, e := range entries {
 		hexName := strings.TrimSuffix(e.Name(), ".size")
-		if used[hexName] || mounted[hexName] || !e.IsDir() {
-			if !e.IsDir() && !used[hexName] && !mounted[hexName] {
+		if used[hexName] || !e.IsDir() {
+			if !e.IsDir() && !used[hexName] {
 				os.Remove(filepath.Join(layers, e.Name())) // a size file without its layer
 			}
 			continue
@@ -762,37 +830,11 @@ func (s *Store) Prune() (int, int64, error) {
 		n++
 		freed += size
 	}
-	// Pulls hold no lock while they download: only stale leftovers go.
+	// No pull runs while Prune holds the pull lock: all of tmp/ is left
+	// by pulls that died.
 	tmps, _ := os.ReadDir(filepath.Join(s.dir, "tmp"))
 	for _, e := range tmps {
-		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > time.Hour {
-			os.RemoveAll(filepath.Join(s.dir, "tmp", e.Name()))
-		}
+		os.RemoveAll(filepath.Join(s.dir, "tmp", e.Name()))
 	}
 	return n, freed, nil
-}
-
-// mountedLayers lists the layers (by directory name) that an overlay mount
-// on this host uses as a lower directory.
-func mountedLayers(layersDir string) (map[string]bool, error) {
-	infos, err := mountinfo.GetMounts(mountinfo.FSTypeFilter("overlay"))
-	if err != nil {
-		return nil, fmt.Errorf("reading mounts: %w", err)
-	}
-	out := map[string]bool{}
-	prefix := layersDir + "/"
-	for _, m := range infos {
-		for _, opt := range strings.Split(m.VFSOptions, ",") {
-			lower, ok := strings.CutPrefix(opt, "lowerdir=")
-			if !ok {
-				continue
-			}
-			for _, d := range strings.Split(lower, ":") {
-				if rest, ok := strings.CutPrefix(d, prefix); ok {
-					out[strings.SplitN(rest, "/", 2)[0]] = true
-				}
-			}
-		}
-	}
-	return out, nil
 }

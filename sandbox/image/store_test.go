@@ -8,12 +8,14 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/sandbox"
@@ -334,5 +336,211 @@ func TestResolverAliasToImage(t *testing.T) {
 	}
 	if img, err := r.Resolve(context.Background(), "microsandbox/python"); err != nil || len(img.Root.Layers) != 0 || len(img.Root.Mounts) == 0 {
 		t.Errorf("host alias = %+v, %v", img, err)
+	}
+}
+
+// flockWaiting reports whether some process waits for a flock on a file
+// of dir, as /proc/locks shows it.
+func flockWaiting(t *testing.T, dir string) bool {
+	t.Helper()
+	inodes := map[string]bool{}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		var st unix.Stat_t
+		if unix.Lstat(filepath.Join(dir, e.Name()), &st) == nil {
+			inodes[strconv.FormatUint(st.Ino, 10)] = true
+		}
+	}
+	data, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 7 || f[1] != "->" || f[2] != "FLOCK" {
+			continue
+		}
+		if parts := strings.Split(f[6], ":"); len(parts) == 3 && inodes[parts[2]] {
+			return true
+		}
+	}
+	return false
+}
+
+// TestPruneWaitsForPulls runs a prune (as `msb image prune` does, in
+// another process: another Store on the same directory) while a pull has
+// stored one layer and still downloads the next: the stored layer is not
+// yet recorded, and must not be pruned.
+func TestPruneWaitsForPulls(t *testing.T) {
+	reg := sandboxtest.NewRegistry(t)
+	first := sandboxtest.Layer(t, sandboxtest.File("first", "1", 0o644))
+	second := sandboxtest.Layer(t, sandboxtest.File("second", "2", 0o644))
+	ref := reg.Push(t, "test/racy:1", sandboxtest.Image(t, v1.Config{}, first, second))
+	release := reg.Hold(t, layerDigest(t, second))
+	dir := filepath.Join(t.TempDir(), "images")
+	server, err := image.NewStore(dir, image.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := image.NewStore(dir, image.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	pulled := make(chan error, 1)
+	go func() {
+		_, err := server.Pull(context.Background(), ref, nil)
+		pulled <- err
+	}()
+	fd, _ := first.DiffID()
+	firstDir := filepath.Join(dir, "layers", fd.Hex)
+	for {
+		if _, err := os.Stat(firstDir); err == nil {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	pruned := make(chan error, 1)
+	go func() {
+		_, _, err := cli.Prune()
+		pruned <- err
+	}()
+	// Let the pull finish once the prune has run or waits for it.
+	var pruneErr error
+	pruneDone := false
+	for !pruneDone && !flockWaiting(t, dir) {
+		select {
+		case pruneErr = <-pruned:
+			pruneDone = true
+		case <-time.After(time.Millisecond):
+		}
+	}
+	release()
+	if err := <-pulled; err != nil {
+		t.Fatal(err)
+	}
+	if !pruneDone {
+		pruneErr = <-pruned
+	}
+	if pruneErr != nil {
+		t.Fatal(pruneErr)
+	}
+	if _, err := os.Stat(firstDir); err != nil {
+		t.Errorf("a prune deleted a layer a pull had just stored: %v", err)
+	}
+	reg.Close()
+	if _, err := server.Get(context.Background(), ref); err != nil {
+		t.Errorf("the image pulled during a prune does not start from the cache: %v", err)
+	}
+}
+
+func TestPullForeignSingleArch(t *testing.T) {
+	reg := sandboxtest.NewRegistry(t)
+	l := sandboxtest.Layer(t, sandboxtest.File("f", "x", 0o644))
+	img := sandboxtest.Image(t, v1.Config{}, l)
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.Architecture = "s390x"
+	if runtime.GOARCH == "s390x" {
+		cf.Architecture = "riscv64"
+	}
+	foreign, err := mutate.ConfigFile(img, cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.Push(t, "test/foreign-single:1", foreign)
+	s := newStore(t)
+	_, err = s.Pull(context.Background(), ref, nil)
+	if !errors.Is(err, sandbox.ErrInvalidArgument) || !strings.Contains(err.Error(), "no build for this server's platform") ||
+		!strings.Contains(err.Error(), "linux/"+cf.Architecture) || !strings.Contains(err.Error(), ref) {
+		t.Errorf("pull of an image for linux/%s only = %v; want a platform error naming both", cf.Architecture, err)
+	}
+	if list, _ := s.List(); len(list) != 0 {
+		t.Errorf("a foreign image was recorded: %+v", list)
+	}
+}
+
+func TestGetGivesUpWaiting(t *testing.T) {
+	reg := sandboxtest.NewRegistry(t)
+	l := sandboxtest.Layer(t, sandboxtest.File("f", "x", 0o644))
+	ref := reg.Push(t, "test/held:1", sandboxtest.Image(t, v1.Config{}, l))
+	release := reg.Hold(t, layerDigest(t, l))
+	s := newStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // a client that went away while the layer downloads
+	_, err := s.Get(ctx, ref)
+	if !errors.Is(err, sandbox.ErrUnavailable) || !strings.Contains(err.Error(), "gave up waiting") || !strings.Contains(err.Error(), ref) {
+		t.Errorf("Get with its context ended during the pull = %v; want ErrUnavailable saying so", err)
+	}
+	release()
+	if _, err := s.Get(context.Background(), ref); err != nil {
+		t.Errorf("Get after the pull went on: %v", err)
+	}
+}
+
+func TestRemoveByReference(t *testing.T) {
+	reg := sandboxtest.NewRegistry(t)
+	ref := reg.Push(t, "test/rm:1", sandboxtest.Image(t, v1.Config{}, sandboxtest.Layer(t, sandboxtest.File("f", "x", 0o644))))
+	s := newStore(t)
+	rec, err := s.Pull(context.Background(), ref, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byDigest := strings.TrimSuffix(ref, ":1") + "@" + rec.Digest
+	if _, err := s.Remove(reg.Host + "/test/other@" + rec.Digest); !errors.Is(err, sandbox.ErrNotFound) {
+		t.Errorf("remove by digest in another repository = %v, want ErrNotFound", err)
+	}
+	got, err := s.Remove(byDigest)
+	if err != nil || got.Name != ref {
+		t.Fatalf("remove %s = %+v, %v; want the record of %s", byDigest, got, err, ref)
+	}
+	if list, _ := s.List(); len(list) != 0 {
+		t.Errorf("still listed after remove: %+v", list)
+	}
+}
+
+// TestWhiteoutEdgeCases: a whiteout and an entry of the same name in one
+// layer (either order) hide only the lower layer's entry; AUFS metadata
+// entries (.wh..wh.plnk and what is under it) are not files of the image.
+func TestWhiteoutEdgeCases(t *testing.T) {
+	reg := sandboxtest.NewRegistry(t)
+	lower := sandboxtest.Layer(t,
+		sandboxtest.Dir("foo"), sandboxtest.File("foo/old", "old\n", 0o644),
+		sandboxtest.Dir("bar"), sandboxtest.File("bar/old", "old\n", 0o644),
+		sandboxtest.File("plnk", "kept\n", 0o644),
+	)
+	upper := sandboxtest.Layer(t,
+		sandboxtest.Whiteout("foo"), sandboxtest.Dir("foo"), sandboxtest.File("foo/new", "new\n", 0o644),
+		sandboxtest.Dir("bar"), sandboxtest.File("bar/new", "new\n", 0o644), sandboxtest.Whiteout("bar"),
+		sandboxtest.Dir(".wh..wh.plnk"), sandboxtest.File(".wh..wh.plnk/123.456", "aufs\n", 0o644),
+		sandboxtest.File(".wh..wh.aufs", "", 0o644),
+	)
+	ref := reg.Push(t, "test/wh:1", sandboxtest.Image(t, v1.Config{}, lower, upper))
+	s := newStore(t)
+	rec, err := s.Pull(context.Background(), ref, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	simg, err := s.Image(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	merged := mountOverlay(t, simg.Root.Layers)
+	for _, p := range []string{"foo/new", "bar/new", "plnk"} {
+		if _, err := os.Stat(filepath.Join(merged, p)); err != nil {
+			t.Errorf("%s is missing: %v", p, err)
+		}
+	}
+	for _, p := range []string{"foo/old", "bar/old", ".wh.plnk", ".wh..wh.plnk", ".wh.aufs", ".wh..wh.aufs"} {
+		if _, err := os.Lstat(filepath.Join(merged, p)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s is visible through the overlay (err %v)", p, err)
+		}
+	}
+	if ents, _ := os.ReadDir(simg.Root.Layers[1]); len(ents) != 2 {
+		t.Errorf("upper layer holds %v, want foo and bar only", ents)
 	}
 }

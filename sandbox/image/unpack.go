@@ -15,9 +15,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Names of the OCI whiteout markers inside a layer.
+// Names of the OCI whiteout markers inside a layer. Other names starting
+// with metaPrefix (AUFS's .wh..wh.plnk, .wh..wh.aufs) are the layer tool's
+// own bookkeeping, never files of the image.
 const (
 	whiteoutPrefix = ".wh."
+	metaPrefix     = ".wh..wh."
 	opaqueMarker   = ".wh..wh..opq"
 )
 
@@ -28,8 +31,11 @@ var errUnsafe = errors.New("unsafe layer entry")
 // unpackLayer writes the tar stream r into dir, an empty directory, in the
 // form overlayfs reads as a lower layer: a whiteout ".wh.NAME" becomes a
 // character device 0:0 named NAME, an opaque marker becomes the
-// trusted.overlay.opaque xattr of its directory. Modes (setuid bits
-// included), ownership and modification times are kept.
+// trusted.overlay.opaque xattr of its directory. A whiteout and an entry of
+// the same name in one layer hide only the lower layers' entry: a directory
+// becomes opaque. Other ".wh..wh." entries, and everything under them, are
+// skipped. Modes (setuid bits included), ownership and modification times
+// are kept.
 //
 // The unpacker never follows a symlink on the host: every parent directory
 // is opened with openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS) from dir, so
@@ -152,6 +158,9 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 		return nil // the layer root keeps the mode msb gives it
 	}
 	parentRel, base := path.Dir(rel), path.Base(rel)
+	if isMeta(rel) {
+		return nil
+	}
 
 	if base == opaqueMarker {
 		fd, err := u.openDir(parentRel, true)
@@ -159,7 +168,7 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 			return err
 		}
 		defer unix.Close(fd)
-		if err := unix.Fsetxattr(fd, "trusted.overlay.opaque", []byte("y"), 0); err != nil {
+		if err := setOpaque(fd); err != nil {
 			return fmt.Errorf("layer: mark %s opaque: %w", parentRel, err)
 		}
 		return nil
@@ -174,7 +183,17 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 		if name == "" || name == "." || name == ".." {
 			return fmt.Errorf("layer whiteout %q names nothing: %w", hdr.Name, errUnsafe)
 		}
-		if err := removeAt(parent, name); err != nil {
+		// A whiteout hides the lower layers' entry only; one this layer
+		// made already stays, and a directory no longer merges with theirs.
+		var st unix.Stat_t
+		if err := unix.Fstatat(parent, name, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
+			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+				if err := opaqueAt(parent, name); err != nil {
+					return fmt.Errorf("layer: whiteout %s: %w", rel, err)
+				}
+			}
+			return nil
+		} else if !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("layer: whiteout %s: %w", rel, err)
 		}
 		if err := unix.Mknodat(parent, name, unix.S_IFCHR, 0); err != nil {
@@ -187,13 +206,22 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		var st unix.Stat_t
+		whiteout := false
 		if err := unix.Fstatat(parent, base, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			whiteout = st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == 0
 			if err := removeAt(parent, base); err != nil {
 				return fmt.Errorf("layer: replace %s: %w", rel, err)
 			}
 		}
 		if err := unix.Mkdirat(parent, base, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("layer: create %s: %w", rel, err)
+		}
+		if whiteout {
+			// ".wh.NAME" then "NAME/": the lower layers' NAME is deleted,
+			// so nothing of it may show through this directory.
+			if err := opaqueAt(parent, base); err != nil {
+				return fmt.Errorf("layer: mark %s opaque: %w", rel, err)
+			}
 		}
 	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old archives still use TypeRegA
 		if err := removeAt(parent, base); err != nil {
@@ -272,6 +300,34 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 		_ = unix.UtimesNanoAt(parent, base, ts, unix.AT_SYMLINK_NOFOLLOW)
 	}
 	return nil
+}
+
+// isMeta reports whether rel is, or lies under, a layer tool's metadata
+// entry (".wh..wh.NAME", the opaque marker excepted).
+func isMeta(rel string) bool {
+	comps := strings.Split(rel, "/")
+	for i, c := range comps {
+		if strings.HasPrefix(c, metaPrefix) && !(i == len(comps)-1 && c == opaqueMarker) {
+			return true
+		}
+	}
+	return false
+}
+
+// setOpaque marks the directory open as fd (O_RDONLY) opaque to overlayfs.
+func setOpaque(fd int) error {
+	return unix.Fsetxattr(fd, "trusted.overlay.opaque", []byte("y"), 0)
+}
+
+// opaqueAt marks the directory name in dirfd opaque, never following a
+// symlink.
+func opaqueAt(dirfd int, name string) error {
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return setOpaque(fd)
 }
 
 func accessTime(hdr *tar.Header) time.Time {

@@ -87,6 +87,8 @@ var (
 	_ sandbox.Engine  = (*Engine)(nil)
 	_ sandbox.Spawner = (*Engine)(nil)
 	_ sandbox.Dialer  = (*Engine)(nil)
+
+	_ sandbox.ExitWatcher = (*Engine)(nil)
 )
 
 // box is one sandbox this Engine knows: created by it, or found on disk
@@ -767,6 +769,21 @@ func (e *Engine) Stats(ctx context.Context, id sandbox.ID) (sandbox.Stats, error
 	}
 	st.DiskBytes = disk
 	return st, nil
+}
+
+// Exited returns a channel closed when the portal (the init) of the running
+// sandbox id exits. It returns an error wrapping sandbox.ErrNotFound for an
+// unknown sandbox and sandbox.ErrConflict when it is not running.
+func (e *Engine) Exited(ctx context.Context, id sandbox.ID) (<-chan struct{}, error) {
+	b := e.lock(id)
+	if b == nil {
+		return nil, notFound(id)
+	}
+	defer b.mu.Unlock()
+	if b.leftover || !b.running() {
+		return nil, fmt.Errorf("sandbox %s is not running: %w", id, sandbox.ErrConflict)
+	}
+	return b.done, nil
 }
 
 // DialSandbox connects to TCP port on 127.0.0.1 inside the running

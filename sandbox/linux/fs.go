@@ -33,8 +33,12 @@ func checkSpec(s sandbox.Spec) error {
 		return bad("workdir %q is not an absolute path", s.Workdir)
 	}
 	for _, l := range s.Root.Layers {
-		if fi, err := os.Stat(l); !filepath.IsAbs(l) || err != nil || !fi.IsDir() {
-			return bad("layer %s: need an absolute path to a directory", l)
+		if !filepath.IsAbs(l) {
+			return fmt.Errorf("layer %s: need an absolute path", l) // a bug of msb's: logged, never shown
+		}
+		// No host path in what the client reads.
+		if fi, err := os.Stat(l); err != nil || !fi.IsDir() {
+			return bad("the image's layers are missing from the cache (pruned while the sandbox started?): pull the image again with `msb pull IMAGE`, then start the sandbox again")
 		}
 	}
 	for _, m := range s.Root.Mounts {
@@ -85,6 +89,9 @@ func checkSpec(s sandbox.Spec) error {
 // creates their mount points.
 func buildRootFS(dir, rootfs string, s sandbox.Spec, hostname string) error {
 	if len(s.Root.Layers) > 0 {
+		if err := recordLayers(dir, s.Root.Layers); err != nil {
+			return err
+		}
 		if err := mountOverlay(dir, rootfs, s.Root.Layers); err != nil {
 			return err
 		}

@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -20,8 +21,10 @@ const maxMountData = 4096
 
 // mountOverlay mounts the image's layers (lowest first) read-only under
 // the sandbox's writable upper directory at rootfs, in the host's mount
-// namespace, and makes the mount private so nothing under it propagates.
-// Delete (removeSandboxDir) unmounts it, also after a crash.
+// namespace. rootfs is made a private mount of its own first, so that the
+// overlay, born private under it, never propagates to peer namespaces even
+// where / is shared. Delete (removeSandboxDir) unmounts both, also after a
+// crash.
 func mountOverlay(dir, rootfs string, layers []string) error {
 	upper, work := filepath.Join(dir, "upper"), filepath.Join(dir, "work")
 	for _, d := range []string{upper, work, rootfs} {
@@ -40,13 +43,71 @@ func mountOverlay(dir, rootfs string, layers []string) error {
 	if len(opts) >= maxMountData {
 		return fmt.Errorf("the image has too many layers (%d) to mount: %w", len(layers), sandbox.ErrInvalidArgument)
 	}
+	if err := bindSelf(rootfs); err != nil {
+		return err
+	}
 	if err := unix.Mount("overlay", rootfs, "overlay", unix.MS_NODEV, opts); err != nil {
 		return fmt.Errorf("mounting the image's overlay: %w", err)
 	}
-	if err := unix.Mount("", rootfs, "", unix.MS_PRIVATE, ""); err != nil {
-		return fmt.Errorf("making the overlay private: %w", err)
+	return nil
+}
+
+// layersFile, in a sandbox's directory, lists the image layers its overlay
+// is made of. It is written before the overlay is mounted and goes with the
+// directory, after the overlay is unmounted.
+const layersFile = "layers.json"
+
+// recordLayers writes the list of the sandbox's layers into its directory
+// dir, for LayersInUse.
+func recordLayers(dir string, layers []string) error {
+	data, err := json.Marshal(layers)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, layersFile+".tmp")
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("recording the image's layers: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, layersFile)); err != nil {
+		return fmt.Errorf("recording the image's layers: %w", err)
 	}
 	return nil
+}
+
+// LayersInUse lists the image layer directories that the sandboxes in
+// sandboxDir (a Config's SandboxDir) are made of: those of every sandbox
+// whose directory is there, whichever process runs it, and those a crashed
+// server left until they are cleaned up. An image store keeps these layers
+// when it prunes. It reads files only, so it works from any process and
+// mount namespace. Errors are the file system's, or say which sandbox's
+// record is damaged.
+func LayersInUse(sandboxDir string) ([]string, error) {
+	entries, err := os.ReadDir(sandboxDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(sandboxDir, e.Name(), layersFile))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // no image layers, or deleted meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		var layers []string
+		if err := json.Unmarshal(data, &layers); err != nil {
+			return nil, fmt.Errorf("sandbox %s: its layer list is damaged: %w", e.Name(), err)
+		}
+		out = append(out, layers...)
+	}
+	return out, nil
 }
 
 // bindSelf turns the plain rootfs directory into a private mount, so that
@@ -239,18 +300,56 @@ func (r *inRoot) mountVolume(m sandbox.Mount) error {
 	return nil
 }
 
-// fileTarget returns a handle on a file at p inside the root, creating an
-// empty one if needed, for a file volume to be mounted on.
+// fileTarget returns an O_PATH handle on the regular file at p inside the
+// root, creating an empty one if there is none, for a file volume to be
+// mounted on. Whatever else the image has there (a fifo, whose open would
+// block, a device, a symlink, a directory) is refused with an error
+// wrapping sandbox.ErrInvalidArgument; nothing at p is ever opened for I/O.
 func (r *inRoot) fileTarget(p string) (*os.File, error) {
 	parent, err := r.mkdirAll(path.Dir(p))
 	if err != nil {
 		return nil, err
 	}
 	defer parent.Close()
-	fd, err := unix.Openat(int(parent.Fd()), path.Base(p), unix.O_WRONLY|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	pfd, base := int(parent.Fd()), path.Base(p)
+	fd, err := unix.Openat(pfd, base, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		var created int
+		created, err = unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+		if err == nil {
+			unix.Close(created)
+			fd, err = unix.Openat(pfd, base, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
-	unix.Close(fd)
-	return pathrs.OpenatInRoot(r.root, p)
+	f := os.NewFile(uintptr(fd), p)
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("the image has a %s there, not a regular file, to mount a file volume on: choose another path: %w", fileKind(fi.Mode()), sandbox.ErrInvalidArgument)
+	}
+	return f, nil
+}
+
+// fileKind names the type of a file for a person.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		return "fifo"
+	case m&fs.ModeSymlink != 0:
+		return "symlink"
+	case m.IsDir():
+		return "directory"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	case m&fs.ModeDevice != 0:
+		return "device"
+	}
+	return "special file"
 }

@@ -25,7 +25,7 @@ import (
 
 // Registry is an OCI registry (go-containerregistry's pkg/registry) on a
 // loopback port, for tests: it counts the blob downloads it serves and can
-// corrupt chosen blobs on the way out.
+// corrupt chosen blobs on the way out or hold them back.
 type Registry struct {
 	srv  *httptest.Server
 	Host string // 127.0.0.1:PORT
@@ -33,12 +33,13 @@ type Registry struct {
 	mu       sync.Mutex
 	blobGets map[string]int // by digest
 	tamper   map[string]bool
+	held     map[string]chan struct{}
 	delay    time.Duration
 }
 
 // NewRegistry starts a registry that stops when the test ends.
 func NewRegistry(t testing.TB) *Registry {
-	r := &Registry{blobGets: map[string]int{}, tamper: map[string]bool{}}
+	r := &Registry{blobGets: map[string]int{}, tamper: map[string]bool{}, held: map[string]chan struct{}{}}
 	inner := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		i := strings.Index(req.URL.Path, "/blobs/sha256:")
@@ -49,10 +50,17 @@ func NewRegistry(t testing.TB) *Registry {
 		digest := req.URL.Path[i+len("/blobs/"):]
 		r.mu.Lock()
 		r.blobGets[digest]++
-		bad, delay := r.tamper[digest], r.delay
+		bad, delay, held := r.tamper[digest], r.delay, r.held[digest]
 		r.mu.Unlock()
 		if delay > 0 {
 			time.Sleep(delay)
+		}
+		if held != nil {
+			select {
+			case <-held:
+			case <-req.Context().Done():
+				return
+			}
 		}
 		if !bad {
 			inner.ServeHTTP(w, req)
@@ -98,6 +106,20 @@ func (r *Registry) Tamper(digest string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.tamper[digest] = true
+}
+
+// Hold makes downloads of the blob digest wait until release is called (at
+// the latest when the test ends), so that a test can act while a pull is
+// halfway through.
+func (r *Registry) Hold(t testing.TB, digest string) (release func()) {
+	ch := make(chan struct{})
+	r.mu.Lock()
+	r.held[digest] = ch
+	r.mu.Unlock()
+	var once sync.Once
+	release = func() { once.Do(func() { close(ch) }) }
+	t.Cleanup(release)
+	return release
 }
 
 // SlowBlobs delays every blob download by d, so that concurrent pulls
