@@ -249,13 +249,22 @@ func TestServerLifecycle(t *testing.T) {
 		t.Fatalf("status after stop:\n%s", out)
 	}
 
-	// Detached start and stop.
-	out, errOut, err = msb(t, home, "server", "start", "--detach", "--port", "0")
-	if err != nil || !strings.Contains(out, "running in the background") {
-		t.Fatalf("detach: %v %s %s", err, out, errOut)
+	// Detached start and stop, however --detach is spelled: the server it
+	// starts must not detach again.
+	for _, flag := range []string{"--detach", "--detach=1"} {
+		out, errOut, err = msb(t, home, "server", "start", flag, "--port", "0")
+		if err != nil || !strings.Contains(out, "running in the background") {
+			t.Fatalf("%s: %v %s %s", flag, err, out, errOut)
+		}
+		if out, _, err := msb(t, home, "server", "stop"); err != nil {
+			t.Fatalf("stop detached: %v %s", err, out)
+		}
 	}
-	if out, _, err := msb(t, home, "server", "stop"); err != nil {
-		t.Fatalf("stop detached: %v %s", err, out)
+
+	// --key already replaces the signing key: with --reset-key it is refused.
+	_, errOut, err = msb(t, home, "server", "start", "--port", "0", "--key", strings.Repeat("k", 40), "--reset-key")
+	if err == nil || !strings.Contains(errOut, "cannot be combined") {
+		t.Fatalf("--key with --reset-key: %v %q", err, errOut)
 	}
 }
 

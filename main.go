@@ -124,10 +124,10 @@ func startServer(c *cli.Context) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	if c.Bool("key") && c.Bool("reset-key") {
+	if c.IsSet("key") && c.Bool("reset-key") {
 		return errors.New("--key and --reset-key cannot be combined: --key already replaces the signing key")
 	}
-	if c.Bool("detach") {
+	if c.Bool("detach") && os.Getenv(detachedEnv) == "" {
 		return detach(cfg)
 	}
 	s := &server{cfg: cfg, key: c.String("key"), resetKey: c.Bool("reset-key"), out: os.Stdout}
@@ -414,6 +414,9 @@ func detach(cfg config.Config) error {
 		return err
 	}
 	cmd := exec.Command(exe, args...)
+	// The marker, not the arguments, keeps the child from detaching again
+	// (--detach has many spellings: --detach=1, -detach=t, ...).
+	cmd.Env = append(os.Environ(), detachedEnv+"=1")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	os.Remove(cfg.StatePath())
@@ -440,6 +443,9 @@ func detach(cfg config.Config) error {
 		}
 	}
 }
+
+// detachedEnv marks the server process that --detach started.
+const detachedEnv = "MSB_DETACHED"
 
 func stopServer(c *cli.Context) error {
 	cfg, err := loadConfig()

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -199,5 +200,101 @@ func TestRefusalFloodIsSampled(t *testing.T) {
 	last := rec.events[len(rec.events)-1]
 	if last.Outcome != audit.Unauthenticated || !strings.Contains(last.Detail, "more like it") {
 		t.Fatalf("event after the flood: %+v", last)
+	}
+}
+
+// In development mode a web page cannot drive the server: cross-origin
+// browser requests and requests under a non-loopback Host (DNS rebinding)
+// are refused; tools without those headers, and servers with keys, are not
+// affected.
+func TestDevModeRefusesBrowsersAndRebinding(t *testing.T) {
+	methods := rpc.Methods{"t.ping": {Handle: func(context.Context, *rpc.Call) (any, error) { return "pong", nil }}}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	dev := httptest.NewServer(rpc.NewServer(methods, nil, quiet))
+	defer dev.Close()
+	_, signer, reg := keyStore(t)
+	keyed := httptest.NewServer(rpc.NewServer(methods, &auth.Authenticator{Signer: signer, Registry: reg}, quiet))
+	defer keyed.Close()
+	post := func(url string, headers map[string]string) (int, string) {
+		req, _ := http.NewRequest(http.MethodPost, url+rpc.RPCPath, strings.NewReader(`{"jsonrpc":"2.0","method":"t.ping","id":1}`))
+		req.Header.Set("Content-Type", "text/plain") // what a page may send without a preflight
+		for k, v := range headers {
+			if k == "Host" {
+				req.Host = v
+			} else {
+				req.Header.Set(k, v)
+			}
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	for _, c := range []struct {
+		name    string
+		url     string
+		headers map[string]string
+		status  int
+		want    string
+	}{
+		{"plain tool", dev.URL, nil, 200, "pong"},
+		{"localhost", dev.URL, map[string]string{"Host": "localhost:5555"}, 200, "pong"},
+		{"same-origin page", dev.URL, map[string]string{"Sec-Fetch-Site": "same-origin"}, 200, "pong"},
+		{"cross-site page", dev.URL, map[string]string{"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}, 403, "cross-origin"},
+		{"old browser, other origin", dev.URL, map[string]string{"Origin": "https://evil.example"}, 403, "cross-origin"},
+		{"rebinding", dev.URL, map[string]string{"Host": "evil.example:5555", "Origin": "http://evil.example:5555"}, 403, "loopback"},
+		{"with keys, other host", keyed.URL, map[string]string{"Host": "msb.internal"}, 401, "API key is required"},
+	} {
+		status, body := post(c.url, c.headers)
+		if status != c.status || !strings.Contains(body, c.want) {
+			t.Errorf("%s: %d %s; want %d with %q", c.name, status, body, c.status, c.want)
+		}
+	}
+}
+
+// A batch's answer is bounded: once its responses pass
+// MaxBatchResponseBytes, its remaining calls are not run and say why.
+func TestBatchResponseIsBounded(t *testing.T) {
+	big := strings.Repeat("x", 20<<20)
+	ran := 0
+	methods := rpc.Methods{"t.big": {Handle: func(context.Context, *rpc.Call) (any, error) { ran++; return big, nil }}}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	hs := httptest.NewServer(rpc.NewServer(methods, nil, quiet))
+	defer hs.Close()
+	var batch []string
+	for i := range 6 {
+		batch = append(batch, fmt.Sprintf(`{"jsonrpc":"2.0","method":"t.big","id":%d}`, i))
+	}
+	batch = append(batch, `{"jsonrpc":"2.0","method":"t.big"}`) // a notification past the budget: not run
+	resp, err := http.Post(hs.URL+rpc.RPCPath, "application/json", strings.NewReader("["+strings.Join(batch, ",")+"]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out []struct {
+		Result *string `json:"result"`
+		Error  *struct {
+			Code    int    `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+		ID int `json:"id"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	want := (rpc.MaxBatchResponseBytes + len(big)) / len(big) // calls run before the budget is passed
+	if ran != want || len(out) != 6 {
+		t.Fatalf("ran %d calls, answered %d; want %d run, 6 answered", ran, len(out), want)
+	}
+	for i, r := range out {
+		if r.ID != i {
+			t.Fatalf("response %d has id %d", i, r.ID)
+		}
+		if i < want && (r.Result == nil || len(*r.Result) != len(big)) || i >= want && (r.Error == nil || !strings.Contains(r.Error.Message, "not run")) {
+			t.Fatalf("response %d: result? %v error %+v", i, r.Result != nil, r.Error)
+		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -36,6 +37,10 @@ import (
 const (
 	MaxBodyBytes = 10 << 20 // larger bodies get 413
 	MaxBatch     = 100      // calls in one batch
+	// MaxBatchResponseBytes bounds what the server holds for one batch's
+	// answer: once its responses pass it, the batch's remaining calls are
+	// not run (each output of a sandbox call may be up to 16 MiB).
+	MaxBatchResponseBytes = 48 << 20
 )
 
 // Paths served.
@@ -82,6 +87,7 @@ type Server struct {
 	audit   Auditor       // nil: no audit log
 	log     *slog.Logger
 	mux     *http.ServeMux
+	handler http.Handler // mux, behind the development mode's guards
 
 	// Refusals that cost the caller nothing (401s, 429s) are audited at
 	// most at refusalAuditRate per source; the rest are counted into the
@@ -127,11 +133,50 @@ func NewServer(methods Methods, auth Authenticator, log *slog.Logger, opts ...Op
 	}
 	s.mux.HandleFunc(RPCPath, s.serveRPC)
 	s.mux.HandleFunc(HealthPath, s.serveHealth)
+	s.handler = s.mux
+	if auth == nil {
+		// Without a key, the only thing between a web page in the
+		// operator's browser and the sandboxes is the browser's own
+		// rules: refuse cross-origin browser requests (CSRF), and requests
+		// that reached a loopback listener under another host name (DNS
+		// rebinding), which would let a page read the answers too.
+		cop := http.NewCrossOriginProtection()
+		cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusForbidden, errorResponse(nullID, CodeForbidden,
+				"cross-origin browser requests are refused in development mode"))
+		}))
+		s.handler = loopbackHostOnly(cop.Handler(s.mux))
+	}
 	return s
 }
 
+// loopbackHostOnly refuses a request that arrived on a loopback address
+// with a Host header that is not a loopback name or address.
+func loopbackHostOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok && isLoopback(local.String()) && !isLoopback(r.Host) {
+			writeJSON(w, http.StatusForbidden, errorResponse(nullID, CodeForbidden,
+				fmt.Sprintf("Host %q is not a loopback name: in development mode msb answers only to localhost, 127.0.0.1 or [::1]", truncate(r.Host))))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// isLoopback reports whether hostport (a host, with or without a port)
+// names this machine's loopback: localhost or a loopback address.
+func isLoopback(hostport string) bool {
+	h := host(hostport)
+	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
 // ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
 
 func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -224,23 +269,49 @@ func (s *Server) serveBatch(ctx context.Context, w http.ResponseWriter, body []b
 			fmt.Sprintf("batch of %d requests is too large: send at most %d", len(items), MaxBatch)))
 		return
 	}
-	var out []*response
+	// Responses are kept encoded, so their size is known as they come.
+	var out []json.RawMessage
+	size := 0
+	add := func(resp *response) {
+		data, err := json.Marshal(resp)
+		if err != nil {
+			data, _ = json.Marshal(errorResponse(resp.ID, jsonrpc2.CodeInternalError, s.internal(ctx, "encode response", err)))
+		}
+		out = append(out, data)
+		size += len(data) + 1
+	}
 	for _, item := range items {
 		var req request
 		if err := json.Unmarshal(item, &req); err != nil {
 			// A batch element that is valid JSON but not a request object.
-			out = append(out, errorResponse(nullID, jsonrpc2.CodeInvalidRequest, "batch element is not a JSON-RPC request object"))
+			add(errorResponse(nullID, jsonrpc2.CodeInvalidRequest, "batch element is not a JSON-RPC request object"))
+			continue
+		}
+		if size > MaxBatchResponseBytes {
+			if req.ID != nil && validID(req.ID) {
+				add(errorResponse(req.ID, jsonrpc2.CodeInvalidRequest, fmt.Sprintf(
+					"not run: this batch's responses passed %d MiB before this call; send it again on its own or in a smaller batch", MaxBatchResponseBytes>>20)))
+			}
 			continue
 		}
 		if resp, _ := s.call(ctx, req); resp != nil {
-			out = append(out, resp)
+			add(resp)
 		}
 	}
 	if len(out) == 0 {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	writeJSON(w, http.StatusOK, out)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	w.Write([]byte{'['})
+	for i, data := range out {
+		if i > 0 {
+			w.Write([]byte{','})
+		}
+		w.Write(data)
+	}
+	w.Write([]byte("]\n"))
 }
 
 // call runs one request and returns its response (nil for a notification)
@@ -303,9 +374,11 @@ func (s *Server) deny(w http.ResponseWriter, r *http.Request, err error) {
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", "Bearer")
 	}
-	s.log.Info("request denied", "path", r.URL.Path, "remote", r.RemoteAddr, "reason", msg)
-	if s.audit != nil {
-		if ok, skipped := s.sampleRefusal("unauthenticated"); ok {
+	// Refusals cost the sender nothing, so neither the log nor the audit
+	// log records every one of a flood.
+	if ok, skipped := s.sampleRefusal("unauthenticated"); ok {
+		s.log.Info("request denied", "path", r.URL.Path, "remote", r.RemoteAddr, "reason", msg, "not_logged_before", skipped)
+		if s.audit != nil {
 			e := audit.Event{Outcome: outcome(status), Code: code, Detail: withSkipped(msg, skipped), Remote: host(r.RemoteAddr)}
 			if id, ok := s.auth.(identifier); ok && status == http.StatusUnauthorized {
 				e.KeyID, e.KeyLabel = id.Identify(r.Context(), KeyFromRequest(r))
