@@ -147,7 +147,7 @@ func TestKeyManagementAPI(t *testing.T) {
 	}
 	srv.mustCall(mgr, "keys.create", map[string]any{"label": "child", "scopes": []string{"sandbox:read"}, "expire": "1h"}, &created)
 	if !strings.HasPrefix(created.Key, "msb_") || created.Namespace != "team-a" || len(created.Scopes) != 1 ||
-		created.Rate != "100/m" || created.MaxUses != 1000 {
+		created.Rate != "100/m" || created.MaxUses != 1000-11 { // the caller's uses left: 11 calls so far, this one too
 		t.Fatalf("keys.create = %+v", created)
 	}
 	srv.allowed(created.Key, "team-a")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -567,6 +568,154 @@ func TestSandboxDiesOnItsOwn(t *testing.T) {
 	srv.wantError(key, "sandbox.command.run", box.params(map[string]any{"command": "true"}), 200, -32001, "")
 	// Starting it again brings it back, rather than claiming it already runs.
 	srv.sandbox(key, "default", "fragile", nil)
+	if c := box.run("true"); !c.Success {
+		t.Fatalf("after restart: %+v", c)
+	}
+	box.stop()
+	assertNoLeftovers(t, home)
+}
+
+// TestSandboxCannotLowerOOMScore checks that nothing in a sandbox can make
+// itself immune to the OOM killer: with oom_score_adj -1000 everywhere, the
+// memory cgroup's killer finds no victim and host memory pressure falls on
+// host processes instead.
+func TestSandboxCannotLowerOOMScore(t *testing.T) {
+	home := newHome(t)
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	box := srv.sandbox(key, "oom", "box", nil)
+	// The command itself, a child that forks at once, and the portal.
+	c := box.sh(`echo -1000 > /proc/self/oom_score_adj; cat /proc/self/oom_score_adj
+sh -c 'echo -1000 > /proc/self/oom_score_adj; cat /proc/self/oom_score_adj'
+cat /proc/1/oom_score_adj`)
+	scores := strings.Fields(text(c.Output, "stdout"))
+	if len(scores) != 3 {
+		t.Fatalf("scores: %+v", c)
+	}
+	for i, s := range scores {
+		var n int
+		if _, err := fmt.Sscan(s, &n); err != nil || n < 0 {
+			t.Errorf("oom_score_adj %d is %q, want >= 0 (output %q)", i, s, text(c.Output, ""))
+		}
+	}
+	box.stop()
+}
+
+// TestSandboxTimeoutKillsDetached checks that a command's timeout also
+// kills what it started in a new session that its parent then left: such a
+// process is reparented to the portal and is no longer in the command's
+// process group nor among its descendants.
+func TestSandboxTimeoutKillsDetached(t *testing.T) {
+	home := newHome(t)
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	box := srv.sandbox(key, "tree", "box", nil)
+	var r commandResult
+	srv.mustCall(key, "sandbox.command.run", box.params(map[string]any{
+		"command": "sh", "args": []string{"-c", `setsid sh -c "sleep 1000 &" ; sleep 1000`}, "timeout": 1}), &r)
+	if r.ExitCode != 124 || r.Success {
+		t.Fatalf("timed-out command: %+v", r)
+	}
+	ps := box.sh(`for f in /proc/[0-9]*/stat; do cat $f; echo; done`)
+	for _, line := range strings.Split(text(ps.Output, "stdout"), "\n") {
+		// A zombie is already dead and about to be reaped.
+		if strings.Contains(line, "(sleep) ") && !strings.Contains(line, "(sleep) Z") {
+			t.Errorf("survived the timeout: %s", line)
+		}
+	}
+	box.stop()
+	assertNoLeftovers(t, home)
+}
+
+// serverCPU returns the CPU time the process pid has used itself.
+func serverCPU(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	var utime, stime int64
+	fmt.Sscan(f[11], &utime)
+	fmt.Sscan(f[12], &stime)
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
+}
+
+// TestBackgroundOutputStopsAtLogCap checks that once a background command
+// has filled the sandbox's log, its output stops reaching the server: a
+// command printing forever must cost the sandbox's CPU quota, not the
+// server's CPU.
+func TestBackgroundOutputStopsAtLogCap(t *testing.T) {
+	home := newHome(t)
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	box := srv.sandbox(key, "flood", "box", map[string]any{"exec": `yes "$(head -c 60000 /dev/zero | tr '\0' x)"`})
+	logPath := filepath.Join(home, "logs", "sandboxes", "flood", "box.log")
+	for i := 0; ; i++ {
+		data, _ := os.ReadFile(logPath)
+		if strings.Contains(string(data[max(0, len(data)-4096):]), "further output is discarded") {
+			break
+		}
+		if i == 1200 {
+			t.Fatalf("the log never reached its cap (%d bytes)", len(data))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	pid := srv.cmd.Process.Pid
+	before := serverCPU(t, pid)
+	time.Sleep(2 * time.Second)
+	used := serverCPU(t, pid) - before
+	t.Logf("server CPU in the 2s after the log was full: %v", used)
+	if used > 200*time.Millisecond {
+		t.Errorf("the server used %v of CPU in 2s after the log was full: output is still forwarded", used)
+	}
+	if fi, err := os.Stat(logPath); err != nil || fi.Size() > 64<<20+8<<10 {
+		t.Errorf("log: %v %v", fi.Size(), err)
+	}
+	box.stop()
+}
+
+// TestCrashRecoveryWithStuckLeftover checks that a sandbox left by a
+// crashed server that cannot be cleaned up (here: a host process holds its
+// cgroup) does not keep the next server from starting; the others are
+// cleaned, it is recorded stopped, and it starts again once freed.
+func TestCrashRecoveryWithStuckLeftover(t *testing.T) {
+	home := newHome(t)
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	for _, name := range []string{"ok", "stuck"} {
+		srv.sandbox(key, "crash", name, map[string]any{"exec": "sleep 1000"})
+	}
+	// A host process in the sandbox's pids cgroup: it outlives the
+	// sandbox's PID namespace and keeps the cgroup from being removed.
+	holder := exec.Command("sleep", "1000")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { holder.Process.Kill(); holder.Wait() }()
+	procs := fmt.Sprintf("/sys/fs/cgroup/pids/msb/%s/crash.stuck/cgroup.procs", cgroupOf(home))
+	if err := os.WriteFile(procs, []byte(fmt.Sprint(holder.Process.Pid)), 0); err != nil {
+		t.Fatal(err)
+	}
+	srv.Kill9()
+
+	srv = startServer(t, home)
+	if out := srv.out.String(); !strings.Contains(out, "cannot clean up") || !strings.Contains(out, "crash/stuck") {
+		t.Errorf("the failed cleanup is not in the server log:\n%s", srv.out)
+	}
+	var m metricsResult
+	srv.mustCall(key, "sandbox.metrics.get", map[string]any{"namespace": "crash"}, &m)
+	if len(m.Sandboxes) != 2 || m.Sandboxes[0].Running || m.Sandboxes[1].Running {
+		t.Fatalf("after a crash: %s", mustJSON(m))
+	}
+	if _, err := os.Stat(filepath.Join(home, "sandboxes", "crash.ok")); err == nil {
+		t.Error("the other leftover was not cleaned up")
+	}
+	// Once the holder is gone, the stuck sandbox starts again.
+	holder.Process.Kill()
+	holder.Wait()
+	box := &sb{srv: srv, key: key, ns: "crash", name: "stuck"}
+	srv.mustCall(key, "sandbox.start", box.params(nil), nil)
 	if c := box.run("true"); !c.Success {
 		t.Fatalf("after restart: %+v", c)
 	}

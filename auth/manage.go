@@ -193,10 +193,11 @@ type Rotation struct {
 }
 
 // Rotate replaces key id with a new key of the same label, namespace,
-// scopes and limits, and the same lifetime from now (capped at the caller's
-// expiry). The old key keeps working for grace (0: it is revoked at once).
-// Errors match ErrKeyNotFound, ErrForbidden (the old key has rights the
-// caller lacks) or ErrInvalidArgument.
+// scopes, limits and uses spent, and the same lifetime from now (the
+// lifetime and uses left capped at the caller's). The old key keeps
+// working for grace (0: it is revoked at once). Errors match
+// ErrKeyNotFound, ErrForbidden (the old key has rights the caller lacks)
+// or ErrInvalidArgument.
 func (m *Manager) Rotate(ctx context.Context, caller Principal, id string, grace time.Duration) (Rotation, error) {
 	if grace < 0 {
 		return Rotation{}, fmt.Errorf("%w: grace must be 0 (revoke at once) or a positive duration", ErrInvalidArgument)
@@ -220,6 +221,16 @@ func (m *Manager) Rotate(ctx context.Context, caller Principal, id string, grace
 	if !caller.Expires.IsZero() {
 		if left := caller.Expires.Sub(m.now().Truncate(time.Second)).Truncate(time.Second); o.Expire > left {
 			o.Expire = 0 // inherit the caller's expiry
+		}
+	}
+	if !caller.Unlimited && caller.MaxUses > 0 && o.MaxUses > 0 {
+		// As with the expiry: the new key gets at most what the caller has.
+		left, err := m.usesLeft(ctx, caller)
+		if err != nil {
+			return Rotation{}, err
+		}
+		if left > 0 && o.MaxUses-o.Uses > left {
+			o.MaxUses = o.Uses + left
 		}
 	}
 	opts, err := m.grant(ctx, caller, o)

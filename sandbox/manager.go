@@ -47,9 +47,6 @@ const (
 	MinMemory      = 32 // MiB
 )
 
-// maxLogBytes caps one sandbox's background log.
-const maxLogBytes = 64 << 20
-
 // ServiceOptions configure a Service.
 type ServiceOptions struct {
 	Engine   Engine
@@ -132,7 +129,12 @@ func (s *Service) lookup(id ID) (*box, bool) {
 // Recover cleans up after a server that did not stop cleanly: every sandbox
 // the engine still holds is deleted (the portal's connection died with the
 // old server, so none can be adopted) and every record still marked running
-// is marked stopped.
+// is marked stopped. A leftover that cannot be deleted (a busy mount, a
+// cgroup something on the host still holds) is only logged: it must not
+// keep the server, and every other sandbox, from starting. Its record says
+// stopped, and the engine retries the cleanup when it is started again.
+// Recover returns an error when the engine cannot list what it holds or the
+// store cannot be read or written.
 func (s *Service) Recover(ctx context.Context) error {
 	left, err := s.opts.Engine.Recover(ctx)
 	if err != nil {
@@ -140,18 +142,20 @@ func (s *Service) Recover(ctx context.Context) error {
 	}
 	for _, st := range left {
 		if err := s.opts.Engine.Delete(ctx, st.ID); err != nil {
-			return fmt.Errorf("recover sandbox %s: %w", st.ID, err)
+			s.opts.Log.Error("cannot clean up a sandbox left by an earlier server; it stays stopped, and starting it retries the cleanup",
+				"sandbox", st.ID.String(), "err", err)
+			continue
 		}
 		s.opts.Log.Info("cleaned up a sandbox left by an earlier server", "sandbox", st.ID.String())
 	}
 	recs, err := s.opts.Store.List(ctx, namespace.All)
 	if err != nil {
-		return err
+		return fmt.Errorf("recover sandboxes: %w", err)
 	}
 	for _, r := range recs {
 		if r.State == StateRunning {
 			if err := s.opts.Store.MarkStopped(ctx, r.ID, s.opts.Now()); err != nil {
-				return err
+				return fmt.Errorf("recover sandbox %s: %w", r.ID, err)
 			}
 		}
 	}
@@ -280,8 +284,10 @@ func (s *Service) Start(ctx context.Context, id ID, cfg *Config) error {
 	eng := s.opts.Engine
 	// A sandbox the engine still holds (stopped by a crash inside it) is
 	// replaced: its record says stopped, so its leftovers are garbage.
+	// This is also where the cleanup of a leftover Recover could not
+	// delete is retried.
 	if err := eng.Delete(ctx, id); err != nil {
-		return fmt.Errorf("start sandbox %s: clean up earlier run: %w", id, err)
+		return s.engineError("start", id, fmt.Errorf("clean up earlier run: %w", err))
 	}
 	if err := eng.Create(ctx, id, spec); err != nil {
 		eng.Delete(context.WithoutCancel(ctx), id)
@@ -399,9 +405,11 @@ func (s *Service) background(id ID, b *box, req ExecRequest) {
 			if full {
 				return
 			}
-			if written+int64(len(text))+1 > maxLogBytes {
+			// The portal stops at MaxLog already; this bounds the
+			// file whatever the portal sends.
+			if written+int64(len(text))+1 > MaxLog {
 				full = true
-				text = fmt.Sprintf("[msb] log reached %d MiB; further output is discarded", maxLogBytes>>20)
+				text = LogCutNotice
 			}
 			n, _ := f.WriteString(text + "\n")
 			written += int64(n)

@@ -251,3 +251,13 @@ const MaxOutput = 16 << 20
 
 // OutputCutNotice is the stderr line appended when output hit MaxOutput.
 var OutputCutNotice = fmt.Sprintf("[msb] output exceeded %d MiB; the rest was discarded", MaxOutput>>20)
+
+// MaxLog caps the output of a sandbox's background command (its exec or
+// start script), which goes to the sandbox's log. Past it the portal stops
+// forwarding that output and keeps discarding it, so the command runs on
+// (a service that logs a lot must not block on a full pipe) but printing
+// forever costs only the sandbox's CPU quota, not the server's CPU.
+const MaxLog = 64 << 20
+
+// LogCutNotice is the line the log gets when the output hit MaxLog.
+var LogCutNotice = fmt.Sprintf("[msb] log reached %d MiB; further output is discarded", MaxLog>>20)

@@ -9,7 +9,8 @@
 // IPC, UTS, cgroup and network namespaces; its network namespace has only a
 // loopback interface. Its cgroups (v1, driven through cgroupfs, never
 // systemd) live under /<CgroupParent>/<namespace>.<name> and cap memory
-// (with memory+swap equal to it, so no swap), CPU quota and process count.
+// (with memory+swap equal to it, so no swap, where the kernel accounts
+// swap), CPU quota and process count.
 // Processes run as root of the sandbox with Docker's default capability set,
 // no_new_privs, runc's masked and read-only paths, and a read-only /sys.
 //
@@ -37,17 +38,20 @@
 // /.msb/msb and started as `/.msb/msb portal`. The server talks to it over a
 // unix socketpair whose other end is the portal's file descriptor 3; every
 // command and REPL evaluation goes through that connection (package
-// sandbox/portal). The init runs with oom_score_adj -1000 so that a sandbox
-// exceeding its memory limit loses the user's process, never the portal
-// (when the server lacks CAP_SYS_RESOURCE, as inside some containers, the
-// init keeps the server's score and the portal only raises its children).
+// sandbox/portal). The init gets the server's oom_score_adj but never less
+// than 0: the init's score is the floor below which nothing in the sandbox
+// can lower its own, and at -1000 the memory cgroup's OOM killer could kill
+// nothing there. The portal raises the score of every process it starts
+// instead, so that a sandbox out of memory loses the user's processes first.
 //
 // The portal also gets, as file descriptor 4, the open tasks file of a
 // child pids cgroup ("user") limited to a little less than the sandbox's
 // pids. A portal that moves the thread it forks from into it (by writing
 // "0") keeps a reserve of pids for its own threads: a Go program that
 // cannot create a thread aborts, and a fork bomb must not take the portal
-// with it.
+// with it. As file descriptor 5 it gets the same cgroup's directory, as a
+// detached bind mount from which ".." leads nowhere, to make one child
+// cgroup per command: a timeout then kills everything the command started.
 //
 // A stopped sandbox keeps its root file system; starting it again creates
 // a fresh container (libcontainer runs one init per container) on it.

@@ -71,7 +71,7 @@ type Engine struct {
 	mu    sync.Mutex      // guards boxes only; never held across slow work
 	boxes map[string]*box // by ID.Key()
 
-	oomAdjust bool // the init can get oom_score_adj -1000
+	host hostLimits // what the host lets every sandbox have
 }
 
 // portalClient is what the engine uses of a portal.Client.
@@ -112,7 +112,9 @@ type box struct {
 // New returns an Engine keeping its state in cfg's directories, creating
 // them if needed. It returns an error wrapping sandbox.ErrInvalidArgument
 // when a path is missing or relative or the portal binary is not a file,
-// and the underlying error when a directory cannot be created.
+// sandbox.ErrUnavailable when the server's own OOM score would make its
+// sandboxes immune to the OOM killer (see initOOMScore), and the underlying
+// error when a directory cannot be created.
 func New(cfg Config) (*Engine, error) {
 	if cfg.CgroupParent == "" {
 		cfg.CgroupParent = DefaultCgroupParent
@@ -133,10 +135,14 @@ func New(cfg Config) (*Engine, error) {
 			return nil, fmt.Errorf("linux engine: %w", err)
 		}
 	}
+	host, err := probeHost()
+	if err != nil {
+		return nil, err
+	}
 	return &Engine{
-		cfg:       cfg,
-		boxes:     map[string]*box{},
-		oomAdjust: canLowerOOMScore(),
+		cfg:   cfg,
+		boxes: map[string]*box{},
+		host:  host,
 	}, nil
 }
 
@@ -265,7 +271,7 @@ func (e *Engine) create(b *box) error {
 	if err := buildRootFS(b.dir, rootfs, b.spec, hostname); err != nil {
 		return fmt.Errorf("sandbox %s: building root file system: %w", b.id, err)
 	}
-	oci := ociSpec(b.id, b.spec, rootfs, e.cfg.PortalBinary, e.cfg.CgroupParent, e.oomAdjust)
+	oci := ociSpec(b.id, b.spec, rootfs, e.cfg.PortalBinary, e.cfg.CgroupParent, e.host)
 	cfg, err := libcontainerConfig(oci)
 	if err != nil {
 		return fmt.Errorf("sandbox %s: %w: %w", b.id, err, sandbox.ErrInvalidArgument)
@@ -362,7 +368,7 @@ func (e *Engine) start(ctx context.Context, b *box) error {
 		return fmt.Errorf("sandbox %s: %w: %w", b.id, err, sandbox.ErrUnavailable)
 	}
 	extra := []*os.File{portalEnd} // fd 3 in the portal
-	tasks, err := userPidsCgroup(e.cgroupPath(b.id.Key()), b.spec.Pids)
+	tasks, tree, err := userPidsCgroup(e.cgroupPath(b.id.Key()), b.spec.Pids)
 	if err != nil {
 		portalEnd.Close()
 		conn.Close()
@@ -372,6 +378,10 @@ func (e *Engine) start(ctx context.Context, b *box) error {
 	if tasks != nil {
 		extra = append(extra, tasks) // fd 4 in the portal
 		defer tasks.Close()
+	}
+	if tree != nil {
+		extra = append(extra, tree) // fd 5 in the portal
+		defer tree.Close()
 	}
 	proc := &libcontainer.Process{
 		Args:       []string{portalPath, portalRole},

@@ -466,26 +466,40 @@ func pidsReserve(pids int) int {
 // thread it forks commands from into that cgroup (by writing "0"), so every
 // process it starts is born there and the rest of the portal keeps the
 // reserve. The open file carries the server's permission; nothing inside
-// the sandbox can open it. It returns nil, nil without a cgroup v1 pids
-// hierarchy.
-func userPidsCgroup(cgroupPath string, pids int) (*os.File, error) {
+// the sandbox can open it.
+//
+// It also returns the cgroup's directory as a detached bind mount (nil
+// when the kernel cannot make one), which the portal gets as file
+// descriptor 5 to make one child cgroup per command: a process cannot
+// leave its cgroup (the sandbox's cgroup file system is read-only), so a
+// timeout can kill everything a command started, even what left its
+// process group and parent. A detached mount, not a plain directory, so
+// that ".." from it cannot climb to the host's cgroups: the root of a
+// mount that is attached nowhere is its own parent.
+//
+// It returns nil, nil, nil without a cgroup v1 pids hierarchy.
+func userPidsCgroup(cgroupPath string, pids int) (tasks, tree *os.File, err error) {
 	mnt, err := cgroups.FindCgroupMountpoint("", "pids")
 	if err != nil {
-		return nil, nil
+		return nil, nil, nil
 	}
 	dir := filepath.Join(mnt, cgroupPath, "user")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("user pids cgroup: %w", err)
+		return nil, nil, fmt.Errorf("user pids cgroup: %w", err)
 	}
 	limit := strconv.Itoa(pids - pidsReserve(pids))
 	if err := os.WriteFile(filepath.Join(dir, "pids.max"), []byte(limit), 0); err != nil {
-		return nil, fmt.Errorf("user pids cgroup: %w", err)
+		return nil, nil, fmt.Errorf("user pids cgroup: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, "tasks"), os.O_WRONLY, 0)
+	tasks, err = os.OpenFile(filepath.Join(dir, "tasks"), os.O_WRONLY, 0)
 	if err != nil {
-		return nil, fmt.Errorf("user pids cgroup: %w", err)
+		return nil, nil, fmt.Errorf("user pids cgroup: %w", err)
 	}
-	return f, nil
+	// Without open_tree (Linux < 5.2) the portal kills by process tree.
+	if fd, err := unix.OpenTree(unix.AT_FDCWD, dir, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC); err == nil {
+		tree = os.NewFile(uintptr(fd), "user-pids-cgroup-tree")
+	}
+	return tasks, tree, nil
 }
 
 // logLimit bounds portal.log: the portal logs its own failures there, and a

@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 
+	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -18,13 +20,92 @@ import (
 
 // Paths of the portal inside every sandbox.
 const (
-	portalDir    = "/.msb"
-	portalPath   = portalDir + "/msb"
-	portalRole   = "portal"
-	cpuPeriodUS  = 100_000 // CFS period; quota = CPUs × period
-	nofileLimit  = 65536
-	initOOMScore = -1000 // the portal never loses to the OOM killer
+	portalDir   = "/.msb"
+	portalPath  = portalDir + "/msb"
+	portalRole  = "portal"
+	cpuPeriodUS = 100_000 // CFS period; quota = CPUs × period
+	nofileLimit = 65536
 )
+
+// oomScoreMin is OOM_SCORE_ADJ_MIN: a process with this oom_score_adj is
+// never chosen by the OOM killer.
+const oomScoreMin = -1000
+
+// hostLimits is what the host lets the engine set on every sandbox, probed
+// once by New.
+type hostLimits struct {
+	// oomScore is the init's oom_score_adj, never below 0 (see
+	// initOOMScore).
+	oomScore int
+	// swap says whether the memory cgroup can limit memory+swap.
+	swap bool
+}
+
+// probeHost finds the hostLimits of this host. It returns an error when
+// sandboxes could not be protected from making themselves immune to the
+// OOM killer.
+func probeHost() (hostLimits, error) {
+	score, err := initOOMScore()
+	if err != nil {
+		return hostLimits{}, err
+	}
+	return hostLimits{oomScore: score, swap: swapAccounting()}, nil
+}
+
+// initOOMScore returns the oom_score_adj every sandbox's init gets: the
+// server's own, but never below 0. The kernel lets any process lower its
+// score down to a floor (oom_score_adj_min) that is set only by a writer
+// holding CAP_SYS_RESOURCE and inherited by every child; a sandbox's
+// processes lack that capability, so their floor is whatever the init was
+// given. An init below 0 would let code in the sandbox go below 0 too, and
+// at -1000 the memory cgroup's OOM killer could kill nothing in it. Writing
+// the score (runc does it in the init, with the server's capabilities) also
+// pins the floor there when the server holds CAP_SYS_RESOURCE; raising a
+// score takes no privilege, so the write works without it too.
+//
+// A server that runs at -1000 itself without CAP_SYS_RESOURCE cannot raise
+// the floor it passes on, so it gets an error naming the fix: it may lower
+// its own score (as dockerd does, -999) only with that capability.
+func initOOMScore() (int, error) {
+	data, err := os.ReadFile("/proc/self/oom_score_adj")
+	if err != nil {
+		return 0, fmt.Errorf("linux engine: reading the server's OOM score: %w", err)
+	}
+	own, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		return 0, fmt.Errorf("linux engine: the server's OOM score %q: %w", data, err)
+	}
+	if own <= oomScoreMin && !hasCapSysResource() {
+		return 0, fmt.Errorf("linux engine: the server runs with oom_score_adj %d but without CAP_SYS_RESOURCE, so code in its sandboxes could make itself immune to the OOM killer; run it with a higher score or with that capability: %w",
+			own, sandbox.ErrUnavailable)
+	}
+	return max(own, 0), nil
+}
+
+// swapAccounting reports whether runc can limit the sandbox's memory+swap.
+// On cgroup v1 that takes a kernel that accounts swap (memory.memsw.* files,
+// missing when it was built or booted without swap accounting), and runc
+// fails every start when it cannot write the limit it was given. On cgroup
+// v2 runc converts memory+swap = memory to memory.swap.max = 0 and skips
+// that file when the kernel has no swap accounting, so the limit is always
+// safe to give.
+func swapAccounting() bool {
+	if cgroups.IsCgroup2UnifiedMode() {
+		return true
+	}
+	mnt, err := cgroups.FindCgroupMountpoint("", "memory")
+	if err != nil {
+		return false
+	}
+	return memswAt(mnt)
+}
+
+// memswAt reports whether the cgroup v1 memory hierarchy mounted at mnt
+// accounts swap.
+func memswAt(mnt string) bool {
+	_, err := os.Stat(filepath.Join(mnt, "memory.memsw.limit_in_bytes"))
+	return err == nil
+}
 
 // dockerCaps is Docker's default capability set: enough for package
 // managers and ordinary root tasks, none of the ones that reach the host
@@ -39,10 +120,10 @@ var dockerCaps = []string{
 // /proc, /dev, /sys mounts, masked and read-only paths, default-deny device
 // cgroup) tightened and filled in from the sandbox's Spec.
 //
-// oomAdjust says whether the init gets oom_score_adj -1000; lowering it
-// takes CAP_SYS_RESOURCE, which a server running inside a container may
-// lack, and then the init keeps the server's own score.
-func ociSpec(id sandbox.ID, s sandbox.Spec, rootfs, portalBinary, cgroupParent string, oomAdjust bool) *specs.Spec {
+// host says what the host allows: the init's OOM score, and whether swap
+// can be limited. Without swap accounting only memory is: on a host that
+// also has swap, a sandbox's pages may then go to swap uncounted.
+func ociSpec(id sandbox.ID, s sandbox.Spec, rootfs, portalBinary, cgroupParent string, host hostLimits) *specs.Spec {
 	oci := specconv.Example()
 	oci.Root = &specs.Root{Path: rootfs, Readonly: false}
 	oci.Hostname = s.Hostname
@@ -68,10 +149,8 @@ func ociSpec(id sandbox.ID, s sandbox.Spec, rootfs, portalBinary, cgroupParent s
 		// the bounding set caps what setuid programs could regain.
 		p.Capabilities.Effective, p.Capabilities.Permitted, p.Capabilities.Inheritable = nil, nil, nil
 	}
-	if oomAdjust {
-		score := initOOMScore
-		p.OOMScoreAdj = &score
-	}
+	score := host.oomScore
+	p.OOMScoreAdj = &score
 
 	// Example mounts cgroupfs at /sys/fs/cgroup; with a cgroup namespace the
 	// sandbox sees only its own cgroups there, read-only.
@@ -100,15 +179,18 @@ func ociSpec(id sandbox.ID, s sandbox.Spec, rootfs, portalBinary, cgroupParent s
 	quota := int64(s.CPUs) * cpuPeriodUS
 	period := uint64(cpuPeriodUS)
 	pids := int64(s.Pids)
-	l.Resources.Memory = &specs.LinuxMemory{Limit: &mem, Swap: &mem}
+	l.Resources.Memory = &specs.LinuxMemory{Limit: &mem}
+	if host.swap {
+		l.Resources.Memory.Swap = &mem
+	}
 	l.Resources.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period}
 	l.Resources.Pids = &specs.LinuxPids{Limit: &pids}
 	return oci
 }
 
-// canLowerOOMScore reports whether this process holds CAP_SYS_RESOURCE,
-// needed to set a negative oom_score_adj.
-func canLowerOOMScore() bool {
+// hasCapSysResource reports whether this process holds CAP_SYS_RESOURCE,
+// needed to lower an OOM score below its floor and to set the floor.
+func hasCapSysResource() bool {
 	data, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return false

@@ -377,8 +377,9 @@ func (c *Client) RunCode(ctx context.Context, lang sandbox.Language, code string
 }
 
 // Spawn runs a long-lived background command (a sandbox's `exec` or
-// `scripts.start`), calling out for every line it prints, uncapped, until
-// it exits or ctx ends, and returns its exit code. out runs on the
+// `scripts.start`), calling out for every line it prints until it exits
+// or ctx ends, and returns its exit code. An honest portal stops sending
+// lines past sandbox.MaxLog, with sandbox.LogCutNotice as the last one. out runs on the
 // client's reader goroutine, so it must return quickly and must not call
 // the Client: a slow out stalls every call on this sandbox, which is what
 // keeps memory bounded without dropping lines. Like Exec, a command that

@@ -13,7 +13,16 @@
 // When the engine passes the tasks file of the sandbox's "user" pids cgroup
 // as file descriptor 4, the portal moves the one thread it forks from into
 // it: everything the user runs is born there, and a fork bomb cannot take
-// the pids the portal itself needs to keep answering.
+// the pids the portal itself needs to keep answering. When the engine also
+// passes that cgroup's directory as file descriptor 5, every command gets a
+// cgroup of its own below it, which no process can leave: a timeout or a
+// cancel kills everything the command started, even processes that left
+// its session and lost their parent.
+//
+// A background command's output (a sandbox's exec or start script) goes to
+// the sandbox's log; past sandbox.MaxLog the portal keeps draining it but
+// stops sending it, so a command that prints forever costs the sandbox's
+// CPU quota, not the server's.
 //
 // Why this shape:
 //

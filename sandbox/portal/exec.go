@@ -95,13 +95,26 @@ func lookPath(file, path, dir string) (string, error) {
 type child struct {
 	pid    int
 	exited <-chan syscall.WaitStatus
-	outs   []*os.File // stdout, stderr
+	outs   []*os.File  // stdout, stderr
+	cg     *callCgroup // nil: none
+}
+
+// kill kills the child and everything it started: by its cgroup when it
+// has one, then by process group and descendants, which finds nothing more
+// unless the child could not be started in its cgroup.
+func (c *child) kill() {
+	if c.cg != nil {
+		if err := c.cg.kill(); err != nil {
+			logf("killing a command by its cgroup: %v", err)
+		}
+	}
+	killTree(0, c.pid)
 }
 
 // startChild starts argv in its own process group (so that it and its
-// children can be signalled as one), with stdin from /dev/null and extra
-// files at fd 3 and up.
-func (s *server) startChild(path string, argv, env []string, dir string, extra ...*os.File) (*child, error) {
+// children can be signalled as one) and, when cg is not nil, in that
+// cgroup, with stdin from /dev/null and extra files at fd 3 and up.
+func (s *server) startChild(cg *callCgroup, path string, argv, env []string, dir string, extra ...*os.File) (*child, error) {
 	stdin, err := os.Open(os.DevNull)
 	if err != nil {
 		// An image without /dev/null still gets an empty stdin.
@@ -130,19 +143,23 @@ func (s *server) startChild(path string, argv, env []string, dir string, extra .
 	for _, f := range extra {
 		files = append(files, f.Fd())
 	}
+	var into *os.File
+	if cg != nil {
+		into = cg.tasks
+	}
 	pid, exited, err := s.reaper.start(path, argv, &syscall.ProcAttr{
 		Dir:   dir,
 		Env:   env,
 		Files: files,
 		Sys:   &syscall.SysProcAttr{Setpgid: true},
-	})
+	}, into)
 	if err != nil {
 		outR.Close()
 		errR.Close()
 		return nil, err
 	}
 	s.track(pid, true)
-	return &child{pid: pid, exited: exited, outs: []*os.File{outR, errR}}, nil
+	return &child{pid: pid, exited: exited, outs: []*os.File{outR, errR}, cg: cg}, nil
 }
 
 // pump reads f line by line until EOF or until f is closed.
@@ -159,11 +176,12 @@ func pump(f *os.File, emit func(string)) {
 	sp.flush()
 }
 
-// runCommand runs req (exec or spawn), sending its lines as they come, and
-// returns the final frame. Failing to start is a result, as in a shell:
-// 127 when the command is not found, 126 when it cannot be run.
-func (s *server) runCommand(ctx context.Context, req request, capped bool) event {
-	sk := s.newSink(req.ID, capped)
+// runCommand runs req (exec, or spawn when background), sending its lines
+// as they come, and returns the final frame. Failing to start is a result,
+// as in a shell: 127 when the command is not found, 126 when it cannot be
+// run.
+func (s *server) runCommand(ctx context.Context, req request, background bool) event {
+	sk := s.newSink(req.ID, background)
 	fail := func(code int, format string, a ...any) event {
 		sk.note(fmt.Sprintf(format, a...))
 		return event{ID: req.ID, Done: true, ExitCode: code}
@@ -186,7 +204,12 @@ func (s *server) runCommand(ctx context.Context, req request, capped bool) event
 	case err != nil:
 		return fail(127, "msb: command %q not found", req.Command)
 	}
-	c, err := s.startChild(path, append([]string{req.Command}, req.Args...), env, dir)
+	cg := s.cgroups.create()
+	if cg != nil {
+		// Not removed while processes the command left behind run.
+		defer cg.release()
+	}
+	c, err := s.startChild(cg, path, append([]string{req.Command}, req.Args...), env, dir)
 	switch {
 	case errors.Is(err, syscall.ENOENT):
 		// Found but execve says ENOENT: a script whose interpreter is missing.
@@ -217,10 +240,10 @@ func (s *server) runCommand(ctx context.Context, req request, capped bool) event
 	case ws = <-c.exited:
 	case <-timeout:
 		timedOut = true
-		killTree(0, c.pid)
+		c.kill()
 		ws = <-c.exited
 	case <-ctx.Done():
-		killTree(0, c.pid)
+		c.kill()
 		ws = <-c.exited
 	}
 	drained := make(chan struct{})

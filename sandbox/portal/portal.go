@@ -32,13 +32,19 @@ func Main() {
 		os.Exit(2)
 	}
 	userCgroup := userCgroupFile()
+	var calls *callCgroups
+	if userCgroup != nil {
+		if dir := callCgroupsFile(); dir != nil {
+			calls = &callCgroups{dir: dir}
+		}
+	}
 	// Outside a PID namespace (tests, or an engine without one) orphans
 	// would escape to the host's init; as a subreaper they come to the
 	// portal, as they do when it is PID 1, so it reaps and finally kills
 	// them.
 	const prSetChildSubreaper = 36 // linux/prctl.h
 	syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0)
-	os.Exit(serve(conn, userCgroup))
+	os.Exit(serve(conn, userCgroup, calls))
 }
 
 // cgroupV1Magic is CGROUP_SUPER_MAGIC, the file system type of cgroup v1.
@@ -65,10 +71,11 @@ func logf(format string, a ...any) {
 
 // server is the portal's state: one per sandbox.
 type server struct {
-	out    *frameWriter
-	reaper *reaper
-	env    []string // the sandbox's default environment
-	cwd    string   // the sandbox's default working directory
+	out     *frameWriter
+	reaper  *reaper
+	cgroups *callCgroups // nil: commands get no cgroup of their own
+	env     []string     // the sandbox's default environment
+	cwd     string       // the sandbox's default working directory
 
 	mu      sync.Mutex
 	calls   map[uint64]context.CancelFunc
@@ -80,7 +87,8 @@ type server struct {
 }
 
 // serve handles frames from conn until EOF and returns the exit status.
-func serve(conn io.ReadWriter, userCgroup *os.File) int {
+// calls may be nil: commands then get no cgroup of their own.
+func serve(conn io.ReadWriter, userCgroup *os.File, calls *callCgroups) int {
 	cwd, err := os.Getwd()
 	if err != nil {
 		cwd = "/"
@@ -88,6 +96,7 @@ func serve(conn io.ReadWriter, userCgroup *os.File) int {
 	s := &server{
 		out:     &frameWriter{w: conn},
 		reaper:  newReaper(userCgroup),
+		cgroups: calls,
 		env:     os.Environ(),
 		cwd:     cwd,
 		calls:   make(map[uint64]context.CancelFunc),
@@ -171,9 +180,9 @@ func (s *server) handle(req request) {
 		var res event
 		switch req.Op {
 		case opExec:
-			res = s.runCommand(ctx, req, true)
-		case opSpawn:
 			res = s.runCommand(ctx, req, false)
+		case opSpawn:
+			res = s.runCommand(ctx, req, true)
 		case opRepl:
 			res = s.runCode(ctx, req)
 		}
@@ -183,18 +192,27 @@ func (s *server) handle(req request) {
 
 // sink sends the lines of one call, applying the output cap in the portal
 // too: the client caps again, but an honest portal should not make the
-// server drop a flood it could have dropped itself.
+// server drop a flood it could have dropped itself. Past the cap lines are
+// read and dropped here, inside the sandbox, so that a command printing
+// forever costs the server nothing.
 type sink struct {
 	mu  sync.Mutex
 	id  uint64
 	out *frameWriter
-	cap *outputCap // nil: not capped (spawn)
+	cap outputCap
+	// logCut says the call is a background command whose output goes to
+	// the sandbox's log: the cut is noted at once, as the log's last line
+	// for as long as the command runs, rather than when the call ends.
+	logCut bool
 }
 
-func (s *server) newSink(id uint64, capped bool) *sink {
-	sk := &sink{id: id, out: s.out}
-	if capped {
-		sk.cap = &outputCap{maxBytes: sandbox.MaxOutput, maxLines: maxLines}
+// newSink returns the sink of call id: capped at sandbox.MaxOutput, or at
+// sandbox.MaxLog for a background command (forLog).
+func (s *server) newSink(id uint64, forLog bool) *sink {
+	sk := &sink{id: id, out: s.out, logCut: forLog}
+	sk.cap = outputCap{maxBytes: sandbox.MaxOutput, maxLines: maxLines}
+	if forLog {
+		sk.cap = outputCap{maxBytes: sandbox.MaxLog, maxLines: maxLogLines}
 	}
 	return sk
 }
@@ -202,7 +220,13 @@ func (s *server) newSink(id uint64, capped bool) *sink {
 func (sk *sink) line(stream sandbox.Stream, text string) {
 	sk.mu.Lock()
 	defer sk.mu.Unlock()
-	if sk.cap != nil && !sk.cap.admit(text) {
+	if sk.cap.cut {
+		return
+	}
+	if !sk.cap.admit(text) {
+		if sk.logCut {
+			sk.out.send(event{ID: sk.id, Stream: sandbox.Stderr, Text: sandbox.LogCutNotice})
+		}
 		return
 	}
 	sk.out.send(event{ID: sk.id, Stream: stream, Text: text})
@@ -216,8 +240,10 @@ func (sk *sink) note(text string) {
 	sk.out.send(event{ID: sk.id, Stream: sandbox.Stderr, Text: text})
 }
 
+// cut reports whether the output was cut and the caller still has to say
+// so.
 func (sk *sink) cut() bool {
 	sk.mu.Lock()
 	defer sk.mu.Unlock()
-	return sk.cap != nil && sk.cap.cut
+	return sk.cap.cut && !sk.logCut
 }

@@ -423,7 +423,7 @@ func TestSpawnStreams(t *testing.T) {
 		t.Errorf("first line arrived after %v of %v: not streamed", firstAt.Sub(start), total)
 	}
 
-	// Spawned output is not capped.
+	// Spawned output is not capped at MaxOutput.
 	n := 0
 	code, err = p.Spawn(context.Background(), sh(`head -c 20000000 /dev/zero | tr '\0' 'a' | fold -w 10000`), func(l sandbox.Line) { n += len(l.Text) + 1 })
 	if err != nil || code != 0 {
@@ -441,6 +441,30 @@ func TestSpawnStreams(t *testing.T) {
 		t.Errorf("err = %v, want context.Canceled", err)
 	}
 	waitGone(t, "sleep\x00"+s, 3*time.Second)
+}
+
+// TestSpawnStopsForwardingAtLogCap checks that a background command's
+// output past sandbox.MaxLog is dropped in the portal, after one notice,
+// while the command itself runs on: its pipe keeps being drained.
+func TestSpawnStopsForwardingAtLogCap(t *testing.T) {
+	p := newPortal(t)
+	var n, lines int
+	var last sandbox.Line
+	total := sandbox.MaxLog + 8<<20
+	code, err := p.Spawn(context.Background(), sh(fmt.Sprintf(`head -c %d /dev/zero | tr '\0' 'a' | fold -w 9999`, total)), func(l sandbox.Line) {
+		n += len(l.Text) + 1
+		lines++
+		last = l
+	})
+	if err != nil || code != 0 {
+		t.Fatalf("spawn flood: code %d err %v", code, err)
+	}
+	if last != errl(sandbox.LogCutNotice) {
+		t.Errorf("last line %q, want the log cut notice", last)
+	}
+	if n > sandbox.MaxLog+len(sandbox.LogCutNotice)+1 || n < sandbox.MaxLog-10000 {
+		t.Errorf("forwarded %d bytes in %d lines, want %d and the notice", n, lines, sandbox.MaxLog)
+	}
 }
 
 func TestConcurrentCalls(t *testing.T) {
@@ -570,5 +594,64 @@ func TestUserPidsCgroup(t *testing.T) {
 	}
 	if strings.Contains(string(own), ":pids:"+name+"\n") {
 		t.Errorf("the portal's main thread moved into the user cgroup")
+	}
+}
+
+// TestCallCgroupKillsDetached checks that, given the user pids cgroup's
+// directory as fd 5 too (as the Linux engine passes it), a command runs in
+// a cgroup of its own, and a timeout kills what it started even after
+// that left the command's session and lost its parent.
+func TestCallCgroupKillsDetached(t *testing.T) {
+	dir := filepath.Join("/sys/fs/cgroup/pids", fmt.Sprintf("msb-portal-test-%d", rand.Int64()))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatalf("no cgroup v1 pids hierarchy to test with: %v", err)
+	}
+	t.Cleanup(func() {
+		for range 50 {
+			if os.Remove(dir) == nil {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Errorf("cannot remove %s", dir)
+	})
+	tasks, err := os.OpenFile(filepath.Join(dir, "tasks"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startPortal(t, "/usr/bin:/bin", tasks, d)
+	tasks.Close()
+	d.Close()
+	t.Cleanup(func() {
+		// Idle call cgroups stay until the portal exits; the engine
+		// removes them with the sandbox's.
+		subs, _ := filepath.Glob(filepath.Join(dir, "call-*"))
+		for _, s := range subs {
+			os.Remove(s)
+		}
+	})
+
+	res := p.exec(t, sandbox.ExecRequest{Command: "cat", Args: []string{"/proc/self/cgroup"}})
+	if !strings.Contains(texts(res.Output), ":pids:/"+filepath.Base(dir)+"/call-") {
+		t.Errorf("command not in a call cgroup:\n%s", texts(res.Output))
+	}
+	s := uniqueSleep(100)
+	res = p.exec(t, sandbox.ExecRequest{
+		Command: "sh",
+		Args:    []string{"-c", fmt.Sprintf(`setsid sh -c "sleep %[1]s &"; sleep %[1]s`, s)},
+		Timeout: 700 * time.Millisecond,
+	})
+	if !res.TimedOut {
+		t.Fatalf("not timed out: %+v", res)
+	}
+	if pids := processesWithArg("sleep\x00" + s); len(pids) > 0 {
+		t.Errorf("processes survived the timeout: %v", pids)
+		for _, pid := range pids {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
 	}
 }

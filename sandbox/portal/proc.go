@@ -17,21 +17,50 @@ import (
 // of the processes the portal is waiting for. So one SIGCHLD-driven loop
 // reaps everything and hands each status to whoever registered its pid.
 type reaper struct {
-	mu      sync.Mutex
-	waiters map[int]chan syscall.WaitStatus
-	forks   chan func() // run on the forking thread
+	mu         sync.Mutex
+	waiters    map[int]chan syscall.WaitStatus
+	forks      chan func() // run on the forking thread
+	home       *os.File    // tasks file of the user pids cgroup; nil: none
+	childScore string      // oom_score_adj of every child; "" leaves it as inherited
+}
+
+// childOOMBonus is how much higher than the portal's own oom_score_adj the
+// portal sets the score of every process it starts, so that a sandbox out
+// of memory loses the user's processes before the portal (the kernel adds
+// this many thousandths of the memory limit to a process's size when it
+// chooses). A process may lower its score again, but not below the floor
+// the engine set with the portal's own score, which is never below 0: so
+// nothing in the sandbox can become harder to kill than the portal, nor
+// immune. On host-wide memory pressure, too, sandboxed code goes before
+// the host's processes of the same size.
+const childOOMBonus = 300
+
+// childOOMScore returns the oom_score_adj for the portal's children, or ""
+// when the portal's own cannot be read.
+func childOOMScore() string {
+	data, err := os.ReadFile("/proc/self/oom_score_adj")
+	if err != nil {
+		return ""
+	}
+	own, err := strconv.Atoi(string(bytes.TrimSpace(data)))
+	if err != nil {
+		return ""
+	}
+	return strconv.Itoa(min(own+childOOMBonus, 1000))
 }
 
 // newReaper starts the reap loop and the forking thread. When userCgroup is
 // not nil (the tasks file of the sandbox's "user" pids cgroup, which the
 // engine hands over as fd 4), the forking thread moves itself there before
 // its first fork. Every process the portal starts is then born in that
-// cgroup, so a fork bomb exhausts the user's pids, not the reserve the rest
-// of the portal's threads need to keep answering.
+// cgroup (or in a call's cgroup below it), so a fork bomb exhausts the
+// user's pids, not the reserve the rest of the portal's threads need to
+// keep answering.
 func newReaper(userCgroup *os.File) *reaper {
 	r := &reaper{
-		waiters: make(map[int]chan syscall.WaitStatus),
-		forks:   make(chan func()),
+		waiters:    make(map[int]chan syscall.WaitStatus),
+		forks:      make(chan func()),
+		childScore: childOOMScore(),
 	}
 	go func() {
 		// Never unlocked: the thread must stay in the cgroup and serve
@@ -41,8 +70,10 @@ func newReaper(userCgroup *os.File) *reaper {
 			// "0" in a cgroup v1 tasks file means the writing thread.
 			if _, err := userCgroup.Write([]byte("0")); err != nil {
 				logf("cannot move the forking thread to the user pids cgroup: %v", err)
+				userCgroup.Close()
+			} else {
+				r.home = userCgroup
 			}
-			userCgroup.Close()
 		}
 		for f := range r.forks {
 			f()
@@ -79,8 +110,12 @@ func (r *reaper) reap() {
 
 // start forks and execs a child and registers it, both under the lock the
 // reap loop holds, so a child that exits at once cannot be reaped before
-// anyone waits for it. The returned channel receives its exit status.
-func (r *reaper) start(path string, argv []string, attr *syscall.ProcAttr) (int, <-chan syscall.WaitStatus, error) {
+// anyone waits for it. With into (the tasks file of a call's cgroup) the
+// child is born in that cgroup: the forking thread moves there for the
+// fork and back to the user cgroup after it, so that it never keeps a
+// finished call's cgroup from being removed. The returned channel receives
+// its exit status.
+func (r *reaper) start(path string, argv []string, attr *syscall.ProcAttr, into *os.File) (int, <-chan syscall.WaitStatus, error) {
 	var (
 		pid int
 		err error
@@ -89,6 +124,19 @@ func (r *reaper) start(path string, argv []string, attr *syscall.ProcAttr) (int,
 	done := make(chan struct{})
 	r.forks <- func() {
 		defer close(done)
+		if into != nil && r.home != nil {
+			// On failure the child is born in the user cgroup, and only
+			// killTree can find what it starts.
+			if _, err := into.Write([]byte("0")); err != nil {
+				logf("cannot move the forking thread to a command's cgroup: %v", err)
+			} else {
+				defer func() {
+					if _, err := r.home.Write([]byte("0")); err != nil {
+						logf("cannot move the forking thread back to the user pids cgroup: %v", err)
+					}
+				}()
+			}
+		}
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		pid, err = syscall.ForkExec(path, argv, attr)
@@ -100,10 +148,12 @@ func (r *reaper) start(path string, argv []string, attr *syscall.ProcAttr) (int,
 	if err != nil {
 		return 0, nil, err
 	}
-	// The engine starts the portal with oom_score_adj -1000 so that the
-	// kernel never picks it; its children must be fair game instead.
-	// Raising the score needs no privilege.
-	_ = os.WriteFile("/proc/"+strconv.Itoa(pid)+"/oom_score_adj", []byte("0"), 0)
+	// Raising a score needs no privilege. A child that forks before this
+	// leaves a grandchild at the portal's score, which is no lower than
+	// anything in the sandbox can go anyway.
+	if r.childScore != "" {
+		_ = os.WriteFile("/proc/"+strconv.Itoa(pid)+"/oom_score_adj", []byte(r.childScore), 0)
+	}
 	return pid, ch, nil
 }
 

@@ -122,7 +122,7 @@ func (s *server) startInterp(lang sandbox.Language) (*interp, error) {
 		return nil, err
 	}
 	defer recW.Close()
-	c, err := s.startChild(path, argv, s.env, s.cwd, ctlR, recW)
+	c, err := s.startChild(nil, path, argv, s.env, s.cwd, ctlR, recW)
 	if err != nil {
 		ctlW.Close()
 		recR.Close()
@@ -277,7 +277,7 @@ func (s *server) runCode(ctx context.Context, req request) event {
 	if lang != sandbox.Python && lang != sandbox.Node {
 		return event{ID: req.ID, Done: true, Invalid: true, Error: fmt.Sprintf("unknown language %q", req.Language)}
 	}
-	sk := s.newSink(req.ID, true)
+	sk := s.newSink(req.ID, false)
 	// The timeout counts from the request, not from when the interpreter
 	// is free: the caller sees the whole call, and the client's own bound
 	// on how long a call may take relies on it.

@@ -64,6 +64,9 @@ const (
 	// costs a header on top of its text, so a flood of empty lines would
 	// otherwise cost the server far more than MaxOutput.
 	maxLines = 1 << 20
+	// maxLogLines bounds the lines of a background command's output as
+	// maxLines does a call's, in the same proportion to its byte cap.
+	maxLogLines = maxLines * (sandbox.MaxLog / sandbox.MaxOutput)
 	// trailerSlack lets the notices the portal appends after cutting
 	// (cut, timeout, interpreter restarted) through the client's own cap.
 	trailerSlack = 4 << 10
