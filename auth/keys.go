@@ -13,6 +13,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -181,7 +182,7 @@ type Authenticator struct {
 	// signing key cannot change while the server runs, so an entry stays
 	// true; expiry is checked on every use and revocation by the registry.
 	mu       sync.RWMutex
-	verified map[string]verifiedToken
+	verified map[[sha256.Size]byte]verifiedToken
 }
 
 type verifiedToken struct {
@@ -207,30 +208,34 @@ func (a *Authenticator) Authenticate(ctx context.Context, key string) (Principal
 	if len(key) > maxKeyLen || !strings.HasPrefix(key, Prefix) {
 		return Principal{}, ErrInvalidKey
 	}
-	token, _, ok := splitKey(key)
-	if !ok {
-		return Principal{}, ErrInvalidKey
-	}
 	now := time.Now
 	if a.Now != nil {
 		now = a.Now
 	}
-	hash := hashKey(key)
+	// A key seen before is found by its hash alone: its checksum and
+	// signature were checked when it was remembered.
+	sum := sha256.Sum256([]byte(key))
 	a.mu.RLock()
-	tok, ok := a.verified[hash]
+	tok, ok := a.verified[sum]
 	a.mu.RUnlock()
 	if !ok {
+		token, _, ok := splitKey(key)
+		if !ok {
+			return Principal{}, ErrInvalidKey
+		}
 		var err error
 		if tok, err = a.verify(token, now); err != nil {
 			return Principal{}, err
 		}
 		a.mu.Lock()
 		if a.verified == nil || len(a.verified) >= maxVerified {
-			a.verified = make(map[string]verifiedToken)
+			a.verified = make(map[[sha256.Size]byte]verifiedToken)
 		}
-		a.verified[hash] = tok
+		a.verified[sum] = tok
 		a.mu.Unlock()
 	}
+	var hash [2 * sha256.Size]byte
+	hex.Encode(hash[:], sum[:])
 	if !tok.expires.IsZero() && !now().Before(tok.expires) {
 		return Principal{}, ErrExpired
 	}
@@ -241,7 +246,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, key string) (Principal
 	if err != nil {
 		return Principal{}, err
 	}
-	if !hmac.Equal([]byte(k.hash), []byte(hash)) || k.SigningKeyID != a.Signer.ID() || k.Namespace != tok.namespace || k.Scopes != tok.scopes {
+	if !hmac.Equal([]byte(k.hash), hash[:]) || k.SigningKeyID != a.Signer.ID() || k.Namespace != tok.namespace || k.Scopes != tok.scopes {
 		return Principal{}, ErrInvalidKey
 	}
 	if k.RevokedAt(now()) {

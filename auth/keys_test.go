@@ -862,3 +862,26 @@ func equalStrings(a, b []string) bool {
 	}
 	return true
 }
+
+// A registry watching the change file through an open descriptor still
+// notices a revocation when the file was deleted and made again.
+func TestRevokeSeenAfterChangeFileDeleted(t *testing.T) {
+	h := newHome(t, nil)
+	ctx := context.Background()
+	key, k := h.issue(t, auth.IssueOptions{})
+	if _, err := h.authn.Authenticate(ctx, key); err != nil { // watches the file
+		t.Fatal(err)
+	}
+	if err := os.Remove(h.changes); err != nil { // made by NewRegistry
+		t.Fatal(err)
+	}
+	if _, err := h.authn.Authenticate(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	_, cli := h.openRegistry(t)
+	if _, err := cli.Revoke(ctx, k.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err := h.authn.Authenticate(ctx, key)
+	wantAuthErr(t, err, auth.ErrRevoked, key)
+}

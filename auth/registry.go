@@ -97,8 +97,12 @@ type Registry struct {
 	now     func() time.Time
 	changes string // the change file
 
-	mu       sync.RWMutex
-	seen     fileSig              // change file as of the last invalidation
+	mu   sync.RWMutex
+	seen fileSig // change file as of the last invalidation
+	// watch is the change file as last opened by path: an fstat of it
+	// costs no path lookup. It is reopened when a look by path finds
+	// another file there (after announce replaced it).
+	watch    *os.File
 	gen      uint64               // bumped on every invalidation
 	cache    map[string]Key       // by id
 	lastSeen map[string]time.Time // last-used writes, per key
@@ -120,6 +124,11 @@ func NewRegistry(db *sql.DB, changes string, now func() time.Time) *Registry {
 	if now == nil {
 		now = time.Now
 	}
+	// With the file there from the start, lookups can watch it by
+	// descriptor at once (errors surface when announce writes it).
+	if f, err := os.OpenFile(changes, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600); err == nil {
+		f.Close()
+	}
 	return &Registry{db: db, now: now, changes: changes, seen: fileSig{ino: ^uint64(0)},
 		cache: map[string]Key{}, lastSeen: map[string]time.Time{}}
 }
@@ -128,6 +137,12 @@ func NewRegistry(db *sql.DB, changes string, now func() time.Time) *Registry {
 func (r *Registry) Close() error {
 	r.pending.Wait()
 	r.flushUses(context.Background())
+	r.mu.Lock()
+	if r.watch != nil {
+		r.watch.Close()
+		r.watch = nil
+	}
+	r.mu.Unlock()
 	return nil
 }
 
@@ -369,7 +384,19 @@ const maxChangeFile = 64 << 10
 func (r *Registry) announce() error {
 	fi, err := os.Stat(r.changes)
 	if err == nil && fi.Size() > maxChangeFile {
-		// Start over with a new, shorter file: a new inode and a smaller size.
+		// Start over with a new, shorter file: a new inode and a smaller
+		// size. The old file grows once more first, so that registries
+		// watching it through an open descriptor notice, look by path, and
+		// find the new one.
+		if f, err := os.OpenFile(r.changes, os.O_WRONLY|os.O_APPEND, 0o600); err == nil {
+			_, err = fmt.Fprintf(f, "%d replaced\n", r.now().UnixNano())
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return fmt.Errorf("announce key change: %w", err)
+			}
+		}
 		tmp := r.changes + ".tmp"
 		if err := os.WriteFile(tmp, []byte("reset\n"), 0o600); err != nil {
 			return fmt.Errorf("announce key change: %w", err)
@@ -395,24 +422,42 @@ func (r *Registry) announce() error {
 
 // checkChanges drops the cache if the change file moved since the last look.
 func (r *Registry) checkChanges() {
-	var sig fileSig
 	var st syscall.Stat_t
+	r.mu.RLock()
+	fast := r.watch != nil && syscall.Fstat(int(r.watch.Fd()), &st) == nil && st.Nlink > 0 && (fileSig{ino: st.Ino, size: st.Size}) == r.seen
+	r.mu.RUnlock()
+	if fast {
+		return
+	}
+	// The watched file changed, or none is watched yet: look by path,
+	// which also finds a file that replaced it, and watch that one.
+	var sig fileSig
 	if err := syscall.Stat(r.changes, &st); err == nil {
 		sig = fileSig{ino: st.Ino, size: st.Size}
 	}
-	r.mu.RLock()
-	same := sig == r.seen
-	r.mu.RUnlock()
-	if same {
-		return
+	if sig.ino == 0 {
+		r.mu.RLock()
+		same := sig == r.seen // still no file
+		r.mu.RUnlock()
+		if same {
+			return
+		}
 	}
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	if sig.ino != 0 && (r.watch == nil || syscall.Fstat(int(r.watch.Fd()), &st) != nil || st.Ino != sig.ino) {
+		if f, err := os.Open(r.changes); err == nil {
+			if r.watch != nil {
+				r.watch.Close()
+			}
+			r.watch = f
+		}
+	}
 	if sig != r.seen {
 		clear(r.cache)
 		r.gen++
 		r.seen = sig
 	}
-	r.mu.Unlock()
 }
 
 // lookup returns the key with id, from memory unless the database changed.

@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
-# Measures what authentication costs on a trivial JSON-RPC call: the same
-# call through the real HTTP stack in development mode (no key) and with a
-# key checked against a real SQLite registry, with the key's rate limit,
-# scope check, usage count and the audit log on, in one run. auth-audited
-# is a call that changes something, so each one is also written to the audit
-# log. Prints ns/op of each and the throughput ratios against dev mode.
+# Measures what authentication costs on a trivial JSON-RPC call, through the
+# real HTTP stack, in one run:
+#   dev              development mode: no key
+#   auth             a key checked against a real SQLite registry
+#   limited          the same, with the key's rate limit, scope check, usage
+#                    count and the audit log on
+#   limited-audited  the same for a call that changes something, so each one
+#                    is also written to the audit log
+# Prints the median ns/op of each and the throughput of each against dev.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-count=${COUNT:-6}
+count=${COUNT:-8}
 out=$(go test ./rpc/ -run '^$' -bench 'BenchmarkRequestPath' -benchtime "${BENCHTIME:-2s}" -count "$count")
 echo "$out" | grep -E '^Benchmark'
 echo "$out" | awk '
-  /RequestPath\/dev(-[0-9]+)?[ \t]/          { dev += $3; nd++ }
-  /RequestPath\/auth(-[0-9]+)?[ \t]/         { au += $3; na++ }
-  /RequestPath\/auth-audited(-[0-9]+)?[ \t]/ { ad += $3; nw++ }
+  /^BenchmarkRequestPath\// {
+    name = $1; sub(/^BenchmarkRequestPath\//, "", name); sub(/-[0-9]+$/, "", name)
+    v[name] = v[name] " " $3
+  }
+  function median(list,   a, n, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
   END {
-    if (nd == 0 || na == 0 || nw == 0) { print "no benchmark results"; exit 1 }
-    d = dev / nd; a = au / na; w = ad / nw
-    printf "dev          mean: %.0f ns/op\nauth         mean: %.0f ns/op\nauth-audited mean: %.0f ns/op\n", d, a, w
-    printf "throughput with auth         = %.1f%% of dev mode (cost %.1f%%)\n", 100 * d / a, 100 * (1 - d / a)
-    printf "throughput with auth+audited = %.1f%% of dev mode (cost %.1f%%)\n", 100 * d / w, 100 * (1 - d / w)
+    split("dev auth limited limited-audited", names, " ")
+    for (i = 1; i <= 4; i++) if (!(names[i] in v)) { print "no results for " names[i]; exit 1 }
+    d = median(v["dev"])
+    for (i = 1; i <= 4; i++) {
+      m = median(v[names[i]])
+      printf "%-16s median %6.0f ns/op   throughput %5.1f%% of dev (cost %4.1f%%)\n", names[i], m, 100 * d / m, 100 * (1 - d / m)
+    }
   }'

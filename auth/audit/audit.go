@@ -139,6 +139,10 @@ func (w *Writer) Close() error {
 
 const batchSize = 256
 
+// batchLinger is how long the writer waits for more events before it
+// writes a batch; Close writes at once.
+const batchLinger = 10 * time.Millisecond
+
 func (w *Writer) run() {
 	defer close(w.closed)
 	ctx := context.Background()
@@ -154,6 +158,9 @@ func (w *Writer) run() {
 				return
 			}
 			batch = append(batch[:0], e)
+			// Gather what comes within batchLinger into one transaction: a
+			// busy server then pays for a commit per batch, not per event.
+			linger := time.NewTimer(batchLinger)
 		drain:
 			for len(batch) < batchSize {
 				select {
@@ -162,10 +169,11 @@ func (w *Writer) run() {
 						break drain
 					}
 					batch = append(batch, e)
-				default:
+				case <-linger.C:
 					break drain
 				}
 			}
+			linger.Stop()
 			w.write(ctx, batch)
 			w.reportDropped(ctx)
 		case <-tick.C:
