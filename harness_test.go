@@ -5,6 +5,8 @@ package main_test
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -147,6 +149,15 @@ func (s *msbServer) Stop() {
 		s.cmd.Process.Kill()
 		<-s.exited
 		s.t.Errorf("server did not stop within 60s of SIGTERM:\n%s", s.out)
+		return
+	}
+	// A server that stopped cleanly leaves no cgroup behind, not even the
+	// empty parent of its home's sandboxes.
+	if os.Geteuid() == 0 {
+		sum := sha256.Sum256([]byte(s.home))
+		if left, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*/msb", hex.EncodeToString(sum[:6]))); len(left) > 0 {
+			s.t.Errorf("cgroups left after a clean stop: %v\n%s", left, s.out)
+		}
 	}
 }
 

@@ -304,7 +304,14 @@ func (s *server) sandboxes(ctx context.Context, db *sql.DB, log *slog.Logger) (s
 	if err := svc.Recover(ctx); err != nil {
 		return nil, nil, err
 	}
-	return svc, svc.Close, nil
+	closeAll := func(ctx context.Context) error {
+		err := svc.Close(ctx)
+		if cerr := engine.Close(); cerr != nil {
+			log.Warn("sandbox cgroups left for the next start to clean", "err", cerr)
+		}
+		return err
+	}
+	return svc, closeAll, nil
 }
 
 // hostMemoryMiB is the machine's memory, the most one sandbox may ask for.

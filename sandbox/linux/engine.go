@@ -20,6 +20,7 @@ import (
 	// to set device rules".
 	_ "github.com/opencontainers/cgroups/devices"
 
+	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"golang.org/x/sys/unix"
@@ -147,6 +148,26 @@ func New(cfg Config) (*Engine, error) {
 }
 
 func (e *Engine) cgroupPath(key string) string { return "/" + e.cfg.CgroupParent + "/" + key }
+
+// Close removes the engine's cgroup parent from every hierarchy once the
+// sandboxes are gone, so a server that stops leaves no empty cgroups
+// behind. A parent that still holds a sandbox (one that could not be
+// deleted) stays, for the next server's recovery; its error is returned.
+// Only the parent's last component is removed: the levels above it may be
+// shared with other servers.
+func (e *Engine) Close() error {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", e.cfg.CgroupParent))
+	if d := filepath.Join("/sys/fs/cgroup", e.cfg.CgroupParent); cgroups.IsCgroup2UnifiedMode() {
+		dirs = append(dirs, d)
+	}
+	var errs []error
+	for _, d := range dirs {
+		if err := os.Remove(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
+		}
+	}
+	return errors.Join(errs...)
+}
 
 func notFound(id sandbox.ID) error { return fmt.Errorf("sandbox %s: %w", id, sandbox.ErrNotFound) }
 
