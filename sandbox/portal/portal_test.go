@@ -554,13 +554,14 @@ func TestOrphansAreReaped(t *testing.T) {
 	}
 }
 
-// TestUserPidsCgroup checks that, given the user pids cgroup's tasks file
-// as fd 4 (as the Linux engine passes it), the portal starts every process
-// in that cgroup while the portal itself stays out of it.
-func TestUserPidsCgroup(t *testing.T) {
+// testPidsCgroup makes a cgroup v1 pids cgroup for a test, removed when
+// the test ends, and returns its directory and its tasks file open for
+// writing.
+func testPidsCgroup(t *testing.T) (string, *os.File) {
+	t.Helper()
 	dir := filepath.Join("/sys/fs/cgroup/pids", fmt.Sprintf("msb-portal-test-%d", rand.Int64()))
 	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Skipf("no cgroup v1 pids hierarchy to test with: %v", err)
+		t.Fatalf("no cgroup v1 pids hierarchy to test with: %v", err)
 	}
 	t.Cleanup(func() {
 		// The portal has exited by now (cleanups run last-in first-out),
@@ -577,6 +578,14 @@ func TestUserPidsCgroup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return dir, tasks
+}
+
+// TestUserPidsCgroup checks that, given the user pids cgroup's tasks file
+// as fd 4 (as the Linux engine passes it), the portal starts every process
+// in that cgroup while the portal itself stays out of it.
+func TestUserPidsCgroup(t *testing.T) {
+	dir, tasks := testPidsCgroup(t)
 	p := startPortal(t, "/usr/bin:/bin", tasks)
 	tasks.Close()
 	name := "/" + filepath.Base(dir)
@@ -602,23 +611,7 @@ func TestUserPidsCgroup(t *testing.T) {
 // a cgroup of its own, and a timeout kills what it started even after
 // that left the command's session and lost its parent.
 func TestCallCgroupKillsDetached(t *testing.T) {
-	dir := filepath.Join("/sys/fs/cgroup/pids", fmt.Sprintf("msb-portal-test-%d", rand.Int64()))
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatalf("no cgroup v1 pids hierarchy to test with: %v", err)
-	}
-	t.Cleanup(func() {
-		for range 50 {
-			if os.Remove(dir) == nil {
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		t.Errorf("cannot remove %s", dir)
-	})
-	tasks, err := os.OpenFile(filepath.Join(dir, "tasks"), os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, tasks := testPidsCgroup(t)
 	d, err := os.Open(dir)
 	if err != nil {
 		t.Fatal(err)
