@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"syscall"
@@ -127,7 +128,9 @@ func startServer(c *cli.Context) error {
 	if c.IsSet("key") && c.Bool("reset-key") {
 		return errors.New("--key and --reset-key cannot be combined: --key already replaces the signing key")
 	}
-	if c.Bool("detach") && os.Getenv(detachedEnv) == "" {
+	detached := os.Getenv(detachedEnv) != ""
+	os.Unsetenv(detachedEnv) // not for what this server starts
+	if c.Bool("detach") && !detached {
 		return detach(cfg)
 	}
 	s := &server{cfg: cfg, key: c.String("key"), resetKey: c.Bool("reset-key"), out: os.Stdout}
@@ -196,7 +199,7 @@ func (s *server) run(ctx context.Context) error {
 		rpcOpts = append(rpcOpts, rpc.WithLimits(auth.NewLimits(registry, keyDefaults(cfg), nil)), rpc.WithAudit(auditLog))
 	}
 	handler := rpc.NewServer(serverMethods(manager, db, signer, registry, cfg), authn, log, rpcOpts...)
-	handler.Mount(mcp.Path, mcp.NewHandler(handler, &mcp.Options{Logger: log}), mcp.CallsTool)
+	handler.Mount(mcp.Path, mcp.NewHandler(handler, &mcp.Options{Logger: log}))
 
 	ln, err := net.Listen("tcp", cfg.Addr())
 	if err != nil {
@@ -279,6 +282,7 @@ func (s *server) sandboxes(ctx context.Context, db *sql.DB, log *slog.Logger) (s
 		SandboxDir:   s.cfg.SandboxDir(),
 		PortalBinary: exe,
 		CgroupParent: "msb/" + hex.EncodeToString(sum[:6]),
+		LayerLock:    filepath.Join(s.cfg.ImageDir(), image.PullLockFile),
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("start the sandbox engine: %w", err)

@@ -117,6 +117,46 @@ func TestMCPAuthentication(t *testing.T) {
 		}
 	})
 
+	t.Run("every message charged once", func(t *testing.T) {
+		key := keygen(t, home, "--rate", "5/h")
+		remaining := func(body string) (int, string) {
+			t.Helper()
+			req, _ := http.NewRequest(http.MethodPost, srv.URL+"/mcp", strings.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", "Bearer "+key)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			n, _ := strconv.Atoi(resp.Header.Get("X-RateLimit-Remaining"))
+			if resp.StatusCode == http.StatusTooManyRequests {
+				return -1, string(data)
+			}
+			return n, string(data)
+		}
+		// A tool call that runs is charged once, not twice.
+		if n, body := remaining(`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"sandbox_get_metrics","arguments":{"namespace":"*"}}}`); n != 4 {
+			t.Fatalf("tools/call: remaining %d, want 4: %s", n, body)
+		}
+		// One the server refuses before running it is charged too.
+		if n, body := remaining(`{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"no_such_tool","arguments":{}}}`); n != 3 {
+			t.Fatalf("unknown tool: remaining %d, want 3: %s", n, body)
+		}
+		// A field spelt in another case fools nothing.
+		if n, body := remaining(`{"jsonrpc":"2.0","id":3,"method":"tools/list","Method":"tools/call"}`); n != 2 {
+			t.Fatalf("case trick: remaining %d, want 2: %s", n, body)
+		}
+		// A batch costs one call per message.
+		if n, body := remaining(`[{"jsonrpc":"2.0","id":4,"method":"ping"},{"jsonrpc":"2.0","id":5,"method":"ping"}]`); n != 0 {
+			t.Fatalf("batch of two: remaining %d, want 0: %s", n, body)
+		}
+		if n, body := remaining(`{"jsonrpc":"2.0","id":6,"method":"ping"}`); n != -1 {
+			t.Fatalf("ping with no calls left: remaining %d, want 429: %s", n, body)
+		}
+	})
+
 	t.Run("other namespace", func(t *testing.T) {
 		cs := srv.mustMCPConnect(keygen(t, home, "--namespace", "team-a"))
 		text, isErr := srv.mcpTool(cs, "sandbox_start", map[string]any{"sandbox": "intruder", "namespace": "team-b"})

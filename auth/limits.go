@@ -60,6 +60,20 @@ func (l *Limits) Allow(p Principal, start bool) (ratelimit.Status, error) {
 	return st, nil
 }
 
+// AllowStart takes one call from p's sandbox.start bucket only, for a
+// start whose call was already taken from the main bucket.
+func (l *Limits) AllowStart(p Principal) (ratelimit.Status, error) {
+	sr := effective(p.StartRate, l.Defaults.StartRate)
+	if effective(p.Rate, l.Defaults.Rate).IsZero() || sr.IsZero() {
+		return l.Status(p), nil
+	}
+	sst := l.buckets.Take(p.KeyID+startSuffix, sr)
+	if !sst.Allowed {
+		return sst, &RateLimitError{RetryAfter: sst.RetryAfter, Limit: sr, Start: true}
+	}
+	return sst, nil
+}
+
 // Status reports p's main bucket without taking from it.
 func (l *Limits) Status(p Principal) ratelimit.Status {
 	r := effective(p.Rate, l.Defaults.Rate)

@@ -114,7 +114,7 @@ func TestInvokeCannotBypassChecks(t *testing.T) {
 		_, err := srv.Invoke(r.Context(), method, json.RawMessage(`{"namespace":"`+r.URL.Query().Get("ns")+`","sandbox":"s1"}`))
 		w.WriteHeader(200)
 		got = append(got, result{err, w.Header().Clone()})
-	}), nil)
+	}))
 	hs := httptest.NewServer(srv)
 	defer hs.Close()
 	get := func(m, ns string) result {

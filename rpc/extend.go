@@ -17,15 +17,15 @@ import (
 // authentication as the JSON-RPC endpoint: a request without a valid key
 // gets the same 401 as /api/v1/rpc, and h finds the caller with
 // PrincipalFrom. Other protocols (MCP) are mounted this way; the calls they
-// make through Invoke are rate-limited, checked and audited like JSON-RPC
-// calls, and their responses carry the same X-RateLimit-* headers.
+// make through Invoke are checked and audited like JSON-RPC calls, and
+// their responses carry the same X-RateLimit-* headers.
 //
-// invokes reports whether a POST body holds a call that h makes through
-// Invoke (an MCP tools/call), which takes from the key's rate there. Every
-// other POST (the protocol's own messages, such as MCP's initialize and
-// tools/list) takes one call from the rate here. With invokes nil, every
-// POST is charged here.
-func (s *Server) Mount(path string, h http.Handler, invokes func(body []byte) bool) {
+// Every message a POST carries (one, or each element of a JSON array)
+// takes one call from the key's rate here, before h reads it, whatever h
+// then makes of it: the protocol's own messages (MCP's initialize,
+// tools/list, ping), calls h refuses itself, and calls it makes through
+// Invoke, which are not charged again.
+func (s *Server) Mount(path string, h http.Handler) {
 	s.mux.Handle(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		principal, err := s.authenticate(r)
 		if err != nil {
@@ -35,9 +35,6 @@ func (s *Server) Mount(path string, h http.Handler, invokes func(body []byte) bo
 		st := &reqState{remote: r.RemoteAddr}
 		w = s.headerWriter(w, principal, st)
 		if s.limits != nil && s.auth != nil && r.Method == http.MethodPost {
-			// The protocol's own messages (initialize, tools/list, ...) take
-			// from the key's rate like any call; the calls made through
-			// Invoke are charged there, once.
 			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 			if err != nil {
 				writeJSON(w, http.StatusRequestEntityTooLarge, errorResponse(nullID, jsonrpc2.CodeInvalidRequest,
@@ -45,18 +42,36 @@ func (s *Server) Mount(path string, h http.Handler, invokes func(body []byte) bo
 				return
 			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
-			if invokes == nil || !invokes(body) {
+			n := messages(body)
+			for range n {
 				rs, err := s.limits.Allow(principal, false)
 				st.setRate(rs, err)
 				if err != nil {
+					v := principalValue{principal, false, st}
+					if s.audit != nil {
+						s.record(v, "mcp: "+path, &Call{Principal: principal}, err)
+					}
 					code, status, _ := classify(err)
 					writeJSON(w, status, errorResponse(nullID, code, err.Error()))
 					return
 				}
 			}
+			st.prepay(n)
 		}
 		h.ServeHTTP(w, r.WithContext(withPrincipal(r.Context(), principal, s.auth == nil, st)))
 	}))
+}
+
+// messages is how many messages a POST body holds: the elements of a JSON
+// array, else one.
+func messages(body []byte) int {
+	if b := bytes.TrimLeft(body, " \t\r\n"); len(b) > 0 && b[0] == '[' {
+		var items []json.RawMessage
+		if json.Unmarshal(b, &items) == nil && len(items) > 0 {
+			return len(items)
+		}
+	}
+	return 1
 }
 
 // PrincipalFrom returns the authenticated caller of a request served by

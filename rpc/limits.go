@@ -25,6 +25,25 @@ type reqState struct {
 	rate       ratelimit.Status
 	rated      bool
 	retryAfter time.Duration
+	prepaid    int // calls already taken from the key's rate (by Mount)
+}
+
+// prepay notes that n calls of the request were taken from the rate.
+func (st *reqState) prepay(n int) {
+	st.mu.Lock()
+	st.prepaid += n
+	st.mu.Unlock()
+}
+
+// usePrepaid takes one prepaid call, if any is left.
+func (st *reqState) usePrepaid() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.prepaid == 0 {
+		return false
+	}
+	st.prepaid--
+	return true
 }
 
 func (st *reqState) setRate(rs ratelimit.Status, err error) {

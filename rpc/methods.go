@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/msb-dev/msb/auth"
+	"github.com/msb-dev/msb/auth/ratelimit"
 	"github.com/msb-dev/msb/namespace"
 )
 
@@ -126,8 +127,18 @@ func (s *Server) dispatch(ctx context.Context, name string, params json.RawMessa
 func (s *Server) authorizeAndRun(ctx context.Context, v principalValue, name string, m Method, ok bool, call *Call) (any, error) {
 	limited := s.limits != nil && !v.dev
 	if limited {
-		st, err := s.limits.Allow(v.p, ok && m.StartBucket)
-		if v.st != nil {
+		var st ratelimit.Status
+		var err error
+		rated := true
+		switch {
+		case v.st == nil || !v.st.usePrepaid():
+			st, err = s.limits.Allow(v.p, ok && m.StartBucket)
+		case ok && m.StartBucket:
+			st, err = s.limits.AllowStart(v.p) // the main bucket was paid by Mount
+		default:
+			rated = false // paid by Mount
+		}
+		if v.st != nil && rated {
 			v.st.setRate(st, err)
 		}
 		if err != nil {

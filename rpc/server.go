@@ -59,6 +59,9 @@ type Limiter interface {
 	// Allow takes one call from p's rate budget (and from its sandbox.start
 	// budget when start is set); the error matches auth.ErrRateLimited.
 	Allow(p auth.Principal, start bool) (ratelimit.Status, error)
+	// AllowStart takes one call from p's sandbox.start budget only, for a
+	// call whose main budget was already taken.
+	AllowStart(p auth.Principal) (ratelimit.Status, error)
 	// Status reports p's budget without taking from it.
 	Status(p auth.Principal) ratelimit.Status
 	// Use counts one use of p's key; auth.ErrUsageLimit once they are spent.
@@ -289,7 +292,7 @@ func (s *Server) serveBatch(ctx context.Context, w http.ResponseWriter, body []b
 		}
 		if size > MaxBatchResponseBytes {
 			if req.ID != nil && validID(req.ID) {
-				add(errorResponse(req.ID, jsonrpc2.CodeInvalidRequest, fmt.Sprintf(
+				add(errorResponse(req.ID, jsonrpc2.CodeInternalError, fmt.Sprintf(
 					"not run: this batch's responses passed %d MiB before this call; send it again on its own or in a smaller batch", MaxBatchResponseBytes>>20)))
 			}
 			continue

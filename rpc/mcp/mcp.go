@@ -96,15 +96,6 @@ func NewHandler(inv Invoker, opts *Options) http.Handler {
 	})
 }
 
-// CallsTool reports whether an MCP message (a POST body) is a tools/call,
-// whose sandbox method is rate-limited when it runs (see rpc.Server.Mount).
-func CallsTool(body []byte) bool {
-	var msg struct {
-		Method string `json:"method"`
-	}
-	return json.Unmarshal(body, &msg) == nil && msg.Method == "tools/call"
-}
-
 // plainJSONClient reports whether an Accept header is absent or accepts
 // JSON but not event streams.
 func plainJSONClient(accept []string) bool {

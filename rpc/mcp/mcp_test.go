@@ -170,7 +170,7 @@ func newStack(t *testing.T, dev bool) *stack {
 		}
 	}
 	server := rpc.NewServer(rpc.SandboxMethods(st.m), authn, log)
-	server.Mount(mcp.Path, mcp.NewHandler(server, &mcp.Options{Logger: log, Version: "test"}), mcp.CallsTool)
+	server.Mount(mcp.Path, mcp.NewHandler(server, &mcp.Options{Logger: log, Version: "test"}))
 	srv := httptest.NewServer(server)
 	t.Cleanup(srv.Close)
 	st.url = srv.URL + mcp.Path

@@ -204,7 +204,12 @@ func (s *Store) lock() (func(), error) { return s.flock("lock", syscall.LOCK_EX)
 // pullLock is held shared by every pull from its first look at the layers
 // until it has recorded the image, and exclusively by Prune: a layer a pull
 // has stored but not yet recorded is never pruned, whatever process pulls.
-func (s *Store) pullLock(how int) (func(), error) { return s.flock("pull.lock", how) }
+func (s *Store) pullLock(how int) (func(), error) { return s.flock(PullLockFile, how) }
+
+// PullLockFile, in the store's directory, is the lock Prune holds
+// exclusively. Anything about to use layers (a sandbox engine recording and
+// mounting them) holds it shared meanwhile, so they are not pruned under it.
+const PullLockFile = "pull.lock"
 
 // flock takes the flock how (LOCK_SH or LOCK_EX) on the file name of the
 // store; the returned func releases it.

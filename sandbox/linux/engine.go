@@ -51,6 +51,11 @@ type Config struct {
 	// CgroupParent is the cgroup holding the sandboxes' cgroups; default
 	// DefaultCgroupParent.
 	CgroupParent string
+	// LayerLock, if set, is a file (the image store's pull lock) locked
+	// shared while a sandbox records its image layers and mounts them:
+	// the store prunes layers only under it exclusively, after reading
+	// which layers sandboxes use (LayersInUse).
+	LayerLock string
 }
 
 // MaybeInit runs libcontainer's container setup when the process was
@@ -289,7 +294,7 @@ func (e *Engine) create(b *box) error {
 	if err := os.Mkdir(b.dir, 0o700); err != nil {
 		return fmt.Errorf("sandbox %s: %w", b.id, err)
 	}
-	if err := buildRootFS(b.dir, rootfs, b.spec, hostname); err != nil {
+	if err := buildRootFS(b.dir, rootfs, b.spec, hostname, e.cfg.LayerLock); err != nil {
 		return fmt.Errorf("sandbox %s: building root file system: %w", b.id, err)
 	}
 	oci := ociSpec(b.id, b.spec, rootfs, e.cfg.PortalBinary, e.cfg.CgroupParent, e.host)

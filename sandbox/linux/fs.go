@@ -80,6 +80,33 @@ func checkSpec(s sandbox.Spec) error {
 	return nil
 }
 
+// mountLayers records the sandbox's layers in dir and mounts them as the
+// overlay at rootfs, holding layerLock (if set) shared meanwhile, so that a
+// prune, which holds it exclusively, either sees the record or has finished
+// and the missing layers are found here.
+func mountLayers(dir, rootfs string, layers []string, layerLock string) error {
+	if layerLock != "" {
+		f, err := os.OpenFile(layerLock, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return fmt.Errorf("image layer lock: %w", err)
+		}
+		defer f.Close()
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH); err != nil {
+			return fmt.Errorf("image layer lock: %w", err)
+		}
+	}
+	if err := recordLayers(dir, layers); err != nil {
+		return err
+	}
+	for _, l := range layers {
+		if fi, err := os.Stat(l); err != nil || !fi.IsDir() {
+			os.Remove(filepath.Join(dir, layersFile))
+			return fmt.Errorf("the image's layers are missing from the cache (pruned after the sandbox was created?): pull the image again with `msb pull IMAGE`, then start the sandbox again: %w", sandbox.ErrInvalidArgument)
+		}
+	}
+	return mountOverlay(dir, rootfs, layers)
+}
+
 // buildRootFS assembles the root file system at rootfs, inside the
 // sandbox's directory dir: an overlay of the image's layers under dir/upper
 // when it has layers, else a plain directory; then the image's directories,
@@ -87,12 +114,9 @@ func checkSpec(s sandbox.Spec) error {
 // root without following any symlink out of it; then the volumes, mounted
 // through file descriptors. Image mounts are left to libcontainer, which
 // creates their mount points.
-func buildRootFS(dir, rootfs string, s sandbox.Spec, hostname string) error {
+func buildRootFS(dir, rootfs string, s sandbox.Spec, hostname, layerLock string) error {
 	if len(s.Root.Layers) > 0 {
-		if err := recordLayers(dir, s.Root.Layers); err != nil {
-			return err
-		}
-		if err := mountOverlay(dir, rootfs, s.Root.Layers); err != nil {
+		if err := mountLayers(dir, rootfs, s.Root.Layers, layerLock); err != nil {
 			return err
 		}
 	} else {

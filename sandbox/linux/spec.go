@@ -27,10 +27,6 @@ const (
 	nofileLimit = 65536
 )
 
-// oomScoreMin is OOM_SCORE_ADJ_MIN: a process with this oom_score_adj is
-// never chosen by the OOM killer.
-const oomScoreMin = -1000
-
 // hostLimits is what the host lets the engine set on every sandbox, probed
 // once by New.
 type hostLimits struct {
@@ -63,7 +59,7 @@ func probeHost() (hostLimits, error) {
 // pins the floor there when the server holds CAP_SYS_RESOURCE; raising a
 // score takes no privilege, so the write works without it too.
 //
-// A server that runs at -1000 itself without CAP_SYS_RESOURCE cannot raise
+// A server that runs below 0 itself without CAP_SYS_RESOURCE cannot raise
 // the floor it passes on, so it gets an error naming the fix: it may lower
 // its own score (as dockerd does, -999) only with that capability.
 func initOOMScore() (int, error) {
@@ -75,8 +71,11 @@ func initOOMScore() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("linux engine: the server's OOM score %q: %w", data, err)
 	}
-	if own <= oomScoreMin && !hasCapSysResource() {
-		return 0, fmt.Errorf("linux engine: the server runs with oom_score_adj %d but without CAP_SYS_RESOURCE, so code in its sandboxes could make itself immune to the OOM killer; run it with a higher score or with that capability: %w",
+	if own < 0 && !hasCapSysResource() {
+		// Without the capability the init's score can be raised to 0 but
+		// not the floor it inherits, so code in the sandbox could go back
+		// below 0 (down to immunity at -1000).
+		return 0, fmt.Errorf("linux engine: the server runs with oom_score_adj %d but without CAP_SYS_RESOURCE, so code in its sandboxes could lower its own OOM score below 0; run it with a score of 0 or more, or with that capability: %w",
 			own, sandbox.ErrUnavailable)
 	}
 	return max(own, 0), nil
