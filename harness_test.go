@@ -182,7 +182,13 @@ type rpcResponse struct {
 // status and raw body.
 func (s *msbServer) post(body string, headers map[string]string) (int, []byte, http.Header) {
 	s.t.Helper()
-	req, err := http.NewRequest(http.MethodPost, s.URL+"/api/v1/rpc", strings.NewReader(body))
+	return s.postTo("/api/v1/rpc", body, headers)
+}
+
+// postTo is post to another path of the server (such as /mcp).
+func (s *msbServer) postTo(path, body string, headers map[string]string) (int, []byte, http.Header) {
+	s.t.Helper()
+	req, err := http.NewRequest(http.MethodPost, s.URL+path, strings.NewReader(body))
 	if err != nil {
 		s.t.Fatal(err)
 	}

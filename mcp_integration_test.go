@@ -5,7 +5,6 @@ package main_test
 
 import (
 	"context"
-	"io"
 	"net/http"
 	"slices"
 	"strconv"
@@ -76,14 +75,9 @@ func TestMCPAuthentication(t *testing.T) {
 	srv := startServer(t, home)
 
 	t.Run("no key", func(t *testing.T) {
-		resp, err := http.Post(srv.URL+"/mcp", "application/json", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"tools/list"}`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") != "Bearer" || !strings.Contains(string(body), "API key is required") {
-			t.Errorf("POST /mcp without a key: %d %q %s", resp.StatusCode, resp.Header.Get("WWW-Authenticate"), body)
+		status, body, hdr := srv.postTo("/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`, nil)
+		if status != http.StatusUnauthorized || hdr.Get("WWW-Authenticate") != "Bearer" || !strings.Contains(string(body), "API key is required") {
+			t.Errorf("POST /mcp without a key: %d %q %s", status, hdr.Get("WWW-Authenticate"), body)
 		}
 		if _, err := srv.mcpConnect(""); err == nil {
 			t.Error("the MCP client connected without a key")
@@ -93,27 +87,16 @@ func TestMCPAuthentication(t *testing.T) {
 	t.Run("rate limit", func(t *testing.T) {
 		// The protocol's own messages take from the key's rate, as calls do.
 		key := keygen(t, home, "--rate", "3/h")
-		post := func() (*http.Response, string) {
-			req, _ := http.NewRequest(http.MethodPost, srv.URL+"/mcp", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"tools/list"}`))
-			req.Header.Set("Content-Type", "application/json")
-			req.Header.Set("Authorization", "Bearer "+key)
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			return resp, string(body)
-		}
+		list := `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`
 		for i := range 3 {
-			resp, body := post()
-			if resp.StatusCode != http.StatusOK || !strings.Contains(body, "sandbox_start") || resp.Header.Get("X-RateLimit-Remaining") != strconv.Itoa(2-i) {
-				t.Fatalf("tools/list %d: %d %v %s", i, resp.StatusCode, resp.Header, body)
+			status, body, hdr := srv.postTo("/mcp", list, bearer(key))
+			if status != http.StatusOK || !strings.Contains(string(body), "sandbox_start") || hdr.Get("X-RateLimit-Remaining") != strconv.Itoa(2-i) {
+				t.Fatalf("tools/list %d: %d %v %s", i, status, hdr, body)
 			}
 		}
-		resp, body := post()
-		if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || !strings.Contains(body, "-32005") {
-			t.Fatalf("tools/list over the rate: %d %v %s", resp.StatusCode, resp.Header, body)
+		status, body, hdr := srv.postTo("/mcp", list, bearer(key))
+		if status != http.StatusTooManyRequests || hdr.Get("Retry-After") == "" || !strings.Contains(string(body), "-32005") {
+			t.Fatalf("tools/list over the rate: %d %v %s", status, hdr, body)
 		}
 	})
 
@@ -121,19 +104,11 @@ func TestMCPAuthentication(t *testing.T) {
 		key := keygen(t, home, "--rate", "5/h")
 		remaining := func(body string) (int, string) {
 			t.Helper()
-			req, _ := http.NewRequest(http.MethodPost, srv.URL+"/mcp", strings.NewReader(body))
-			req.Header.Set("Content-Type", "application/json")
-			req.Header.Set("Authorization", "Bearer "+key)
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			data, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			n, _ := strconv.Atoi(resp.Header.Get("X-RateLimit-Remaining"))
-			if resp.StatusCode == http.StatusTooManyRequests {
+			status, data, hdr := srv.postTo("/mcp", body, bearer(key))
+			if status == http.StatusTooManyRequests {
 				return -1, string(data)
 			}
+			n, _ := strconv.Atoi(hdr.Get("X-RateLimit-Remaining"))
 			return n, string(data)
 		}
 		// A tool call that runs is charged once, not twice.

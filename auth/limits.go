@@ -47,21 +47,14 @@ func (l *Limits) Allow(p Principal, start bool) (ratelimit.Status, error) {
 		return st, &RateLimitError{RetryAfter: st.RetryAfter, Limit: r}
 	}
 	if start {
-		sr := effective(p.StartRate, l.Defaults.StartRate)
-		if sr.IsZero() {
-			return st, nil
-		}
-		sst := l.buckets.Take(p.KeyID+startSuffix, sr)
-		if !sst.Allowed {
-			return sst, &RateLimitError{RetryAfter: sst.RetryAfter, Limit: sr, Start: true}
-		}
-		return sst, nil
+		return l.AllowStart(p)
 	}
 	return st, nil
 }
 
 // AllowStart takes one call from p's sandbox.start bucket only, for a
-// start whose call was already taken from the main bucket.
+// start whose call was already taken from the main bucket. Without a start
+// rate it reports the main bucket.
 func (l *Limits) AllowStart(p Principal) (ratelimit.Status, error) {
 	sr := effective(p.StartRate, l.Defaults.StartRate)
 	if effective(p.Rate, l.Defaults.Rate).IsZero() || sr.IsZero() {

@@ -39,6 +39,10 @@ type CreateOptions struct {
 	StartRate ratelimit.Rate
 	MaxUses   int64 // 0: the caller's remaining uses (unlimited, for an unlimited caller)
 	Uses      int64 // uses already spent (rotation carries them over)
+	// capped cuts an expiry or a number of uses beyond the caller's down
+	// to the caller's, instead of refusing it: a rotation keeps what it
+	// can of the old key.
+	capped bool
 }
 
 func (m *Manager) now() time.Time {
@@ -108,6 +112,8 @@ func (m *Manager) grant(ctx context.Context, caller Principal, o CreateOptions) 
 		}
 		if opts.Expire == 0 {
 			opts.ExpiresAt = caller.Expires
+		} else if opts.Expire > left && o.capped {
+			opts.ExpiresAt = caller.Expires
 		} else if opts.Expire > left {
 			return opts, Forbiddenf("cannot give a key a later expiry than your own (%s): ask for at most %ds", caller.Expires.UTC().Format(time.RFC3339), int64(left/time.Second))
 		} else {
@@ -134,6 +140,8 @@ func (m *Manager) grant(ctx context.Context, caller Principal, o CreateOptions) 
 		case left <= 0:
 			return opts, Forbiddenf("cannot give a key uses: your key has none left")
 		case opts.MaxUses == 0:
+			opts.MaxUses = opts.Uses + left
+		case opts.MaxUses-opts.Uses > left && o.capped:
 			opts.MaxUses = opts.Uses + left
 		case opts.MaxUses-opts.Uses > left:
 			return opts, Forbiddenf("cannot give a key %d uses: your key has %d left", opts.MaxUses-opts.Uses, left)
@@ -214,24 +222,9 @@ func (m *Manager) Rotate(ctx context.Context, caller Principal, id string, grace
 		return Rotation{}, fmt.Errorf("%w: key %s has no uses left: create a new key instead", ErrInvalidArgument, old.ID)
 	}
 	o := CreateOptions{Namespace: old.Namespace, Label: old.Label, Scopes: old.Scopes, Rate: old.Rate, StartRate: old.StartRate,
-		MaxUses: old.MaxUses, Uses: old.Uses}
+		MaxUses: old.MaxUses, Uses: old.Uses, capped: true}
 	if !old.Expires.IsZero() {
 		o.Expire = old.Expires.Sub(old.Created).Truncate(time.Second)
-	}
-	if !caller.Expires.IsZero() {
-		if left := caller.Expires.Sub(m.now().Truncate(time.Second)).Truncate(time.Second); o.Expire > left {
-			o.Expire = 0 // inherit the caller's expiry
-		}
-	}
-	if !caller.Unlimited && caller.MaxUses > 0 && o.MaxUses > 0 {
-		// As with the expiry: the new key gets at most what the caller has.
-		left, err := m.usesLeft(ctx, caller)
-		if err != nil {
-			return Rotation{}, err
-		}
-		if left > 0 && o.MaxUses-o.Uses > left {
-			o.MaxUses = o.Uses + left
-		}
 	}
 	opts, err := m.grant(ctx, caller, o)
 	if err != nil {

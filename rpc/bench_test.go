@@ -12,6 +12,7 @@ import (
 
 	"github.com/msb-dev/msb/auth"
 	"github.com/msb-dev/msb/auth/audit"
+	"github.com/msb-dev/msb/auth/authtest"
 	"github.com/msb-dev/msb/auth/ratelimit"
 	"github.com/msb-dev/msb/rpc"
 )
@@ -50,7 +51,7 @@ func newStack(tb testing.TB, mode stack) (string, string) {
 		tb.Cleanup(srv.Close)
 		return srv.URL, ""
 	}
-	db, signer, reg := keyStore(tb)
+	db, signer, reg := authtest.KeyStore(tb)
 	key, _, err := (&auth.Issuer{Signer: signer, Registry: reg}).Issue(context.Background(),
 		auth.IssueOptions{Namespace: "bench", Rate: ratelimit.Rate{N: ratelimit.MaxN, Per: time.Second}})
 	if err != nil {

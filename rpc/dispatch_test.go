@@ -2,7 +2,6 @@ package rpc_test
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -18,8 +16,8 @@ import (
 
 	"github.com/msb-dev/msb/auth"
 	"github.com/msb-dev/msb/auth/audit"
+	"github.com/msb-dev/msb/auth/authtest"
 	"github.com/msb-dev/msb/auth/ratelimit"
-	"github.com/msb-dev/msb/config/sqlite"
 	"github.com/msb-dev/msb/namespace"
 	"github.com/msb-dev/msb/rpc"
 	"github.com/msb-dev/msb/sandbox"
@@ -49,25 +47,6 @@ func TestEveryMethodHasAScope(t *testing.T) {
 	}
 }
 
-// keyStore returns a real SQLite database in a temporary directory, a
-// signing key, and the key registry on that database.
-func keyStore(tb testing.TB) (*sql.DB, *auth.Signer, *auth.Registry) {
-	tb.Helper()
-	dir := tb.TempDir()
-	db, err := sqlite.Open(context.Background(), filepath.Join(dir, "msb.db"))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { db.Close() })
-	signer, _, err := auth.LoadOrCreateSigner(filepath.Join(dir, "server.key"), false)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	reg := auth.NewRegistry(db, filepath.Join(dir, "keys.changed"), nil)
-	tb.Cleanup(func() { reg.Close() })
-	return db, signer, reg
-}
-
 type recorder struct {
 	mu     sync.Mutex
 	events []audit.Event
@@ -79,7 +58,7 @@ func (r *recorder) Record(e audit.Event) { r.mu.Lock(); r.events = append(r.even
 // audit apply to them exactly as to JSON-RPC, and a context without a caller
 // may do nothing.
 func TestInvokeCannotBypassChecks(t *testing.T) {
-	_, signer, reg := keyStore(t)
+	_, signer, reg := authtest.KeyStore(t)
 	issuer := &auth.Issuer{Signer: signer, Registry: reg}
 	read, _ := auth.ParseScopes([]string{"sandbox:read"})
 	key, _, err := issuer.Issue(context.Background(), auth.IssueOptions{Namespace: "team-a", Scopes: read, Rate: ratelimit.Rate{N: 3, Per: time.Hour}})
@@ -166,7 +145,7 @@ func TestInvokeCannotBypassChecks(t *testing.T) {
 // A flood of refused requests cannot flood the audit log: 401s are recorded
 // up to a budget, and the next event recorded counts those left out.
 func TestRefusalFloodIsSampled(t *testing.T) {
-	_, signer, reg := keyStore(t)
+	_, signer, reg := authtest.KeyStore(t)
 	rec := &recorder{}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	hs := httptest.NewServer(rpc.NewServer(rpc.Methods{}, &auth.Authenticator{Signer: signer, Registry: reg}, quiet, rpc.WithAudit(rec)))
@@ -212,7 +191,7 @@ func TestDevModeRefusesBrowsersAndRebinding(t *testing.T) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	dev := httptest.NewServer(rpc.NewServer(methods, nil, quiet))
 	defer dev.Close()
-	_, signer, reg := keyStore(t)
+	_, signer, reg := authtest.KeyStore(t)
 	keyed := httptest.NewServer(rpc.NewServer(methods, &auth.Authenticator{Signer: signer, Registry: reg}, quiet))
 	defer keyed.Close()
 	post := func(url string, headers map[string]string) (int, string) {

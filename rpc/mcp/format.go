@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+
+	"github.com/msb-dev/msb/sandbox"
 )
 
 // The tool results are text for an assistant to read. Each formatter reads
@@ -15,11 +17,6 @@ import (
 // Past it the middle is cut, keeping the start and the end (where errors
 // and tracebacks are).
 const maxStreamText = 128 << 10
-
-type outputLine struct {
-	Stream string `json:"stream"`
-	Text   string `json:"text"`
-}
 
 func formatMessage(_, result json.RawMessage) string {
 	var msg string
@@ -41,9 +38,9 @@ func formatStart(args, result json.RawMessage) string {
 
 func formatCode(_, result json.RawMessage) string {
 	var r struct {
-		Status   string       `json:"status"`
-		Language string       `json:"language"`
-		Output   []outputLine `json:"output"`
+		Status   string         `json:"status"`
+		Language string         `json:"language"`
+		Output   []sandbox.Line `json:"output"`
 	}
 	if json.Unmarshal(result, &r) != nil || r.Status == "" {
 		return string(result)
@@ -63,8 +60,8 @@ func formatCode(_, result json.RawMessage) string {
 
 func formatCommand(_, result json.RawMessage) string {
 	var r struct {
-		ExitCode *int         `json:"exit_code"`
-		Output   []outputLine `json:"output"`
+		ExitCode *int           `json:"exit_code"`
+		Output   []sandbox.Line `json:"output"`
 	}
 	if json.Unmarshal(result, &r) != nil || r.ExitCode == nil {
 		return string(result)
@@ -86,11 +83,11 @@ func formatCommand(_, result json.RawMessage) string {
 
 // writeOutput writes stdout, then stderr, each under its name; a stream
 // that wrote nothing is left out.
-func writeOutput(b *strings.Builder, lines []outputLine) {
+func writeOutput(b *strings.Builder, lines []sandbox.Line) {
 	var stdout, stderr strings.Builder
 	for _, l := range lines {
 		s := &stdout
-		if l.Stream == "stderr" {
+		if l.Stream == sandbox.Stderr {
 			s = &stderr
 		}
 		s.WriteString(l.Text)
@@ -129,14 +126,7 @@ func clip(s string) string {
 
 func formatMetrics(args, result json.RawMessage) string {
 	var r struct {
-		Sandboxes []struct {
-			Namespace   string   `json:"namespace"`
-			Name        string   `json:"name"`
-			Running     bool     `json:"running"`
-			CPUUsage    *float64 `json:"cpu_usage"`
-			MemoryUsage *int64   `json:"memory_usage"`
-			DiskUsage   *int64   `json:"disk_usage"`
-		} `json:"sandboxes"`
+		Sandboxes []sandbox.Metrics `json:"sandboxes"`
 	}
 	if json.Unmarshal(result, &r) != nil || r.Sandboxes == nil {
 		return string(result)

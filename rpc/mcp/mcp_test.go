@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -19,7 +18,7 @@ import (
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/msb-dev/msb/auth"
-	"github.com/msb-dev/msb/config/sqlite"
+	"github.com/msb-dev/msb/auth/authtest"
 	"github.com/msb-dev/msb/rpc"
 	"github.com/msb-dev/msb/rpc/mcp"
 	"github.com/msb-dev/msb/sandbox"
@@ -148,18 +147,7 @@ func newStack(t *testing.T, dev bool) *stack {
 	log := slog.New(slog.NewTextHandler(st.logBuf, nil))
 	var authn rpc.Authenticator
 	if !dev {
-		dir := t.TempDir()
-		db, err := sqlite.Open(context.Background(), filepath.Join(dir, "msb.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { db.Close() })
-		signer, _, err := auth.LoadOrCreateSigner(filepath.Join(dir, "server.key"), false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		reg := auth.NewRegistry(db, filepath.Join(dir, "keys.changed"), nil)
-		t.Cleanup(func() { reg.Close() })
+		_, signer, reg := authtest.KeyStore(t)
 		authn = &auth.Authenticator{Signer: signer, Registry: reg}
 		st.issue = func(ns string) string {
 			key, _, err := (&auth.Issuer{Signer: signer, Registry: reg}).Issue(context.Background(), auth.IssueOptions{Namespace: ns})

@@ -75,20 +75,10 @@ func crashServer(cfgJSON string) {
 // the next server must find the remains with Recover and delete them.
 func TestServerCrash(t *testing.T) {
 	home := t.TempDir()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := linux.Config{
-		StateDir:     filepath.Join(home, "run", "engine"),
-		SandboxDir:   filepath.Join(home, "sandboxes"),
-		PortalBinary: exe,
-		CgroupParent: "msb-crash-" + strconv.Itoa(os.Getpid()),
-	}
-	t.Cleanup(func() { removeCgroupParent(t, cfg.CgroupParent) })
+	cfg := testConfig(t, home, "msb-crash")
 	cfgJSON, _ := json.Marshal(cfg)
 
-	server := exec.Command(exe, "-test.run=^$")
+	server := exec.Command(cfg.PortalBinary, "-test.run=^$") // this test binary, also the portal
 	server.Env = append(os.Environ(), crashServerEnv+"="+string(cfgJSON))
 	server.Stderr = os.Stderr
 	out, err := server.StdoutPipe()
@@ -165,17 +155,7 @@ func TestEngine(t *testing.T) {
 		t.Fatal("the Linux engine needs root: run the tests as root")
 	}
 	home := t.TempDir() // stands for the msb home: the canary goes here
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := linux.Config{
-		StateDir:     filepath.Join(home, "run", "engine"),
-		SandboxDir:   filepath.Join(home, "sandboxes"),
-		PortalBinary: exe,
-		CgroupParent: "msb-test-" + strconv.Itoa(os.Getpid()),
-	}
-	t.Cleanup(func() { removeCgroupParent(t, cfg.CgroupParent) })
+	cfg := testConfig(t, home, "msb-test")
 	root, err := image.Host()
 	if err != nil {
 		t.Fatal(err)
@@ -232,6 +212,25 @@ func leftovers(t *testing.T, cfg linux.Config, id sandbox.ID) []string {
 	}
 	cgs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", cfg.CgroupParent, id.Key()))
 	return append(left, cgs...)
+}
+
+// testConfig returns the configuration of an engine keeping its state in
+// home, with a cgroup parent of its own (prefix and the test's pid) that is
+// removed when the test ends.
+func testConfig(t *testing.T, home, prefix string) linux.Config {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := linux.Config{
+		StateDir:     filepath.Join(home, "run", "engine"),
+		SandboxDir:   filepath.Join(home, "sandboxes"),
+		PortalBinary: exe,
+		CgroupParent: prefix + "-" + strconv.Itoa(os.Getpid()),
+	}
+	t.Cleanup(func() { removeCgroupParent(t, cfg.CgroupParent) })
+	return cfg
 }
 
 func removeCgroupParent(t *testing.T, parent string) {

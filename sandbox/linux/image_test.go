@@ -22,17 +22,7 @@ import (
 // newEngine returns an engine keeping its state in home.
 func newEngine(t *testing.T, home, cgroupPrefix string) (*linux.Engine, linux.Config) {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := linux.Config{
-		StateDir:     filepath.Join(home, "run", "engine"),
-		SandboxDir:   filepath.Join(home, "sandboxes"),
-		PortalBinary: exe,
-		CgroupParent: cgroupPrefix + "-" + strconv.Itoa(os.Getpid()),
-	}
-	t.Cleanup(func() { removeCgroupParent(t, cfg.CgroupParent) })
+	cfg := testConfig(t, home, cgroupPrefix)
 	e, err := linux.New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -23,17 +22,7 @@ import (
 // mount is left after Delete, nor after Recover of a crashed engine.
 func TestOverlayVolumesAndDial(t *testing.T) {
 	home := t.TempDir()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := linux.Config{
-		StateDir:     filepath.Join(home, "run", "engine"),
-		SandboxDir:   filepath.Join(home, "sandboxes"),
-		PortalBinary: exe,
-		CgroupParent: "msb-overlay-" + strconv.Itoa(os.Getpid()),
-	}
-	t.Cleanup(func() { removeCgroupParent(t, cfg.CgroupParent) })
+	cfg := testConfig(t, home, "msb-overlay")
 	e, err := linux.New(cfg)
 	if err != nil {
 		t.Fatal(err)
