@@ -24,6 +24,7 @@ import (
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/config/sqlite"
 	"github.com/msb-dev/msb/duration"
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/rpc"
 	"github.com/msb-dev/msb/sandbox"
 )
@@ -37,7 +38,7 @@ func serverMethods(sandboxes sandbox.Manager, db *sql.DB, signer *auth.Signer, r
 		// keys made then would outlive dev mode with full rights.
 		for name, m := range keys {
 			m.Handle = func(context.Context, *rpc.Call) (any, error) {
-				return nil, auth.Forbiddenf("%s is not available in development mode (--dev): restart the server without --dev, or use `msb server keygen`", name)
+				return nil, errdefs.Forbiddenf("%s is not available in development mode (--dev): restart the server without --dev, or use `msb server keygen`", name)
 			}
 			keys[name] = m
 		}

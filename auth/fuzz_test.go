@@ -10,6 +10,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/msb-dev/msb/auth"
+	"github.com/msb-dev/msb/errdefs"
 )
 
 // FuzzAuthenticate: Authenticate never panics, and no string other than an
@@ -78,7 +79,7 @@ func FuzzAuthenticate(f *testing.F) {
 				known = true
 			}
 		}
-		if !known || !errors.Is(err, auth.ErrUnauthenticated) {
+		if !known || !errors.Is(err, errdefs.ErrUnauthenticated) {
 			t.Fatalf("Authenticate(%q) error %v (%T) is not one of the four causes", key, err, err)
 		}
 		if len(key) > 24 && strings.Contains(err.Error(), key) {

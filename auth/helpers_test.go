@@ -17,6 +17,7 @@ import (
 
 	"github.com/msb-dev/msb/auth"
 	"github.com/msb-dev/msb/config/sqlite"
+	"github.com/msb-dev/msb/errdefs"
 )
 
 // clock is an injectable, race-safe clock.
@@ -178,7 +179,7 @@ func rawToken(tb testing.TB, header, claims map[string]any, secret []byte) strin
 var authErrors = []error{auth.ErrKeyRequired, auth.ErrInvalidKey, auth.ErrExpired, auth.ErrRevoked}
 
 // wantAuthErr asserts err is exactly the sentinel want (and no other of the
-// four causes), matches ErrUnauthenticated, and does not echo the key.
+// four causes), matches errdefs.ErrUnauthenticated, and does not echo the key.
 func wantAuthErr(tb testing.TB, err, want error, key string) {
 	tb.Helper()
 	if err == nil {
@@ -187,8 +188,8 @@ func wantAuthErr(tb testing.TB, err, want error, key string) {
 	if err != want { //nolint:errorlint // the contract is the sentinel itself
 		tb.Fatalf("Authenticate error = %q (%T), want exactly %q", err, err, want)
 	}
-	if !errors.Is(err, auth.ErrUnauthenticated) {
-		tb.Fatalf("errors.Is(%q, ErrUnauthenticated) = false", err)
+	if !errors.Is(err, errdefs.ErrUnauthenticated) {
+		tb.Fatalf("errors.Is(%q, errdefs.ErrUnauthenticated) = false", err)
 	}
 	for _, other := range authErrors {
 		if other != want && errors.Is(err, other) {

@@ -26,6 +26,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/msb-dev/msb/auth/ratelimit"
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/namespace"
 )
 
@@ -80,20 +81,20 @@ func (is *Issuer) Issue(ctx context.Context, opts IssueOptions) (string, Key, er
 		return "", Key{}, err
 	}
 	if opts.Expire < 0 || opts.Expire%time.Second != 0 {
-		return "", Key{}, fmt.Errorf("expiry must be a positive whole number of seconds")
+		return "", Key{}, errdefs.Invalidf("expiry must be a positive whole number of seconds")
 	}
 	if opts.Scopes == 0 {
 		opts.Scopes = AllScopes
 	}
 	if opts.Scopes&^AllScopes != 0 {
-		return "", Key{}, fmt.Errorf("%w: unknown scopes", ErrInvalidArgument)
+		return "", Key{}, fmt.Errorf("%w: unknown scopes", errdefs.ErrInvalid)
 	}
 	if opts.MaxUses < 0 || opts.Uses < 0 {
-		return "", Key{}, fmt.Errorf("%w: max uses must be 0 (unlimited) or more", ErrInvalidArgument)
+		return "", Key{}, fmt.Errorf("%w: max uses must be 0 (unlimited) or more", errdefs.ErrInvalid)
 	}
 	if !utf8.ValidString(opts.Label) || utf8.RuneCountInString(opts.Label) > MaxLabelLen ||
 		strings.ContainsFunc(opts.Label, func(r rune) bool { return !unicode.IsPrint(r) }) {
-		return "", Key{}, fmt.Errorf("label must be at most %d printable characters", MaxLabelLen)
+		return "", Key{}, errdefs.Invalidf("label must be at most %d printable characters", MaxLabelLen)
 	}
 	now := time.Now
 	if is.Now != nil {
@@ -198,7 +199,7 @@ const maxVerified = 10000
 const maxKeyLen = 4096
 
 // Authenticate verifies key and returns who it belongs to. Every error
-// matches ErrUnauthenticated and is one of ErrKeyRequired, ErrInvalidKey
+// matches errdefs.ErrUnauthenticated and is one of ErrKeyRequired, ErrInvalidKey
 // (also for a key whose checksum does not match), ErrExpired, ErrRevoked,
 // except a failure of the registry itself.
 func (a *Authenticator) Authenticate(ctx context.Context, key string) (Principal, error) {

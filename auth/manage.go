@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/auth/ratelimit"
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/namespace"
 )
 
@@ -66,13 +67,13 @@ func (m *Manager) limit(what string, want, caller, def ratelimit.Rate) (ratelimi
 		return caller, nil
 	}
 	if c := effective(caller, def); !c.IsZero() && want.Exceeds(c) {
-		return ratelimit.Rate{}, Forbiddenf("cannot give a key a %s of %s: your key's is %s, and a key cannot grant more than it has", what, want.Describe(), c.Describe())
+		return ratelimit.Rate{}, errdefs.Forbiddenf("cannot give a key a %s of %s: your key's is %s, and a key cannot grant more than it has", what, want.Describe(), c.Describe())
 	}
 	return want, nil
 }
 
-// Create issues a key for caller. Errors match ErrForbidden (more rights
-// than the caller has), ErrInvalidArgument or namespace.ErrInvalidName.
+// Create issues a key for caller. Errors match errdefs.ErrForbidden (more rights
+// than the caller has), errdefs.ErrInvalid or namespace.ErrInvalidName.
 func (m *Manager) Create(ctx context.Context, caller Principal, o CreateOptions) (string, Key, error) {
 	opts, err := m.grant(ctx, caller, o)
 	if err != nil {
@@ -91,16 +92,16 @@ func (m *Manager) grant(ctx context.Context, caller Principal, o CreateOptions) 
 		return opts, err
 	}
 	if !namespace.Covers(caller.Namespace, opts.Namespace) {
-		return opts, Forbiddenf("API key for namespace %q cannot create a key for namespace %q: only for its own", caller.Namespace, opts.Namespace)
+		return opts, errdefs.Forbiddenf("API key for namespace %q cannot create a key for namespace %q: only for its own", caller.Namespace, opts.Namespace)
 	}
 	if opts.Scopes == 0 {
 		opts.Scopes = caller.Scopes
 	}
 	if !caller.Scopes.Covers(opts.Scopes) {
-		return opts, Forbiddenf("cannot grant scopes %s: your key has only %s", opts.Scopes, caller.Scopes)
+		return opts, errdefs.Forbiddenf("cannot grant scopes %s: your key has only %s", opts.Scopes, caller.Scopes)
 	}
 	if opts.Expire < 0 {
-		return opts, fmt.Errorf("%w: expiry must be positive", ErrInvalidArgument)
+		return opts, fmt.Errorf("%w: expiry must be positive", errdefs.ErrInvalid)
 	}
 	issued := m.now().Truncate(time.Second)
 	if !caller.Expires.IsZero() {
@@ -115,7 +116,7 @@ func (m *Manager) grant(ctx context.Context, caller Principal, o CreateOptions) 
 		} else if opts.Expire > left && o.capped {
 			opts.ExpiresAt = caller.Expires
 		} else if opts.Expire > left {
-			return opts, Forbiddenf("cannot give a key a later expiry than your own (%s): ask for at most %ds", caller.Expires.UTC().Format(time.RFC3339), int64(left/time.Second))
+			return opts, errdefs.Forbiddenf("cannot give a key a later expiry than your own (%s): ask for at most %ds", caller.Expires.UTC().Format(time.RFC3339), int64(left/time.Second))
 		} else {
 			opts.ExpiresAt = issued.Add(opts.Expire)
 		}
@@ -138,13 +139,13 @@ func (m *Manager) grant(ctx context.Context, caller Principal, o CreateOptions) 
 		}
 		switch {
 		case left <= 0:
-			return opts, Forbiddenf("cannot give a key uses: your key has none left")
+			return opts, errdefs.Forbiddenf("cannot give a key uses: your key has none left")
 		case opts.MaxUses == 0:
 			opts.MaxUses = opts.Uses + left
 		case opts.MaxUses-opts.Uses > left && o.capped:
 			opts.MaxUses = opts.Uses + left
 		case opts.MaxUses-opts.Uses > left:
-			return opts, Forbiddenf("cannot give a key %d uses: your key has %d left", opts.MaxUses-opts.Uses, left)
+			return opts, errdefs.Forbiddenf("cannot give a key %d uses: your key has %d left", opts.MaxUses-opts.Uses, left)
 		}
 	}
 	return opts, nil
@@ -184,7 +185,7 @@ func (m *Manager) target(ctx context.Context, caller Principal, id string) (Key,
 }
 
 // Revoke revokes a key of caller's namespaces at once. Errors match
-// ErrKeyNotFound or ErrForbidden.
+// ErrKeyNotFound or errdefs.ErrForbidden.
 func (m *Manager) Revoke(ctx context.Context, caller Principal, id string) (Key, error) {
 	k, err := m.target(ctx, caller, id)
 	if err != nil {
@@ -204,11 +205,11 @@ type Rotation struct {
 // scopes, limits and uses spent, and the same lifetime from now (the
 // lifetime and uses left capped at the caller's). The old key keeps
 // working for grace (0: it is revoked at once). Errors match
-// ErrKeyNotFound, ErrForbidden (the old key has rights the caller lacks)
-// or ErrInvalidArgument.
+// ErrKeyNotFound, errdefs.ErrForbidden (the old key has rights the caller lacks)
+// or errdefs.ErrInvalid.
 func (m *Manager) Rotate(ctx context.Context, caller Principal, id string, grace time.Duration) (Rotation, error) {
 	if grace < 0 {
-		return Rotation{}, fmt.Errorf("%w: grace must be 0 (revoke at once) or a positive duration", ErrInvalidArgument)
+		return Rotation{}, fmt.Errorf("%w: grace must be 0 (revoke at once) or a positive duration", errdefs.ErrInvalid)
 	}
 	old, err := m.target(ctx, caller, id)
 	if err != nil {
@@ -216,10 +217,10 @@ func (m *Manager) Rotate(ctx context.Context, caller Principal, id string, grace
 	}
 	now := m.Registry.now()
 	if old.RevokedAt(now) {
-		return Rotation{}, fmt.Errorf("%w: key %s is revoked: create a new key instead", ErrInvalidArgument, old.ID)
+		return Rotation{}, fmt.Errorf("%w: key %s is revoked: create a new key instead", errdefs.ErrInvalid, old.ID)
 	}
 	if old.MaxUses > 0 && old.Uses >= old.MaxUses {
-		return Rotation{}, fmt.Errorf("%w: key %s has no uses left: create a new key instead", ErrInvalidArgument, old.ID)
+		return Rotation{}, fmt.Errorf("%w: key %s has no uses left: create a new key instead", errdefs.ErrInvalid, old.ID)
 	}
 	o := CreateOptions{Namespace: old.Namespace, Label: old.Label, Scopes: old.Scopes, Rate: old.Rate, StartRate: old.StartRate,
 		MaxUses: old.MaxUses, Uses: old.Uses, capped: true}
@@ -245,15 +246,15 @@ func (m *Manager) Rotate(ctx context.Context, caller Principal, id string, grace
 }
 
 // SetLimits changes the limits of a key of caller's namespaces, within the
-// caller's own limits. Errors match ErrKeyNotFound, ErrForbidden or
-// ErrInvalidArgument.
+// caller's own limits. Errors match ErrKeyNotFound, errdefs.ErrForbidden or
+// errdefs.ErrInvalid.
 func (m *Manager) SetLimits(ctx context.Context, caller Principal, id string, l LimitChange) (Key, error) {
 	k, err := m.target(ctx, caller, id)
 	if err != nil {
 		return Key{}, err
 	}
 	if !caller.Scopes.Covers(k.Scopes) {
-		return Key{}, Forbiddenf("cannot change key %s: it has scopes (%s) your key lacks", k.ID, k.Scopes)
+		return Key{}, errdefs.Forbiddenf("cannot change key %s: it has scopes (%s) your key lacks", k.ID, k.Scopes)
 	}
 	check := func(what string, want *ratelimit.Rate, callerRate, def ratelimit.Rate) error {
 		if want == nil || caller.Unlimited {
@@ -261,7 +262,7 @@ func (m *Manager) SetLimits(ctx context.Context, caller Principal, id string, l 
 		}
 		c := effective(callerRate, def)
 		if w := effective(*want, def); !c.IsZero() && !w.IsZero() && w.Exceeds(c) {
-			return Forbiddenf("cannot give a key a %s of %s: your key's is %s, and a key cannot grant more than it has", what, w.Describe(), c.Describe())
+			return errdefs.Forbiddenf("cannot give a key a %s of %s: your key's is %s, and a key cannot grant more than it has", what, w.Describe(), c.Describe())
 		}
 		return nil
 	}
@@ -277,7 +278,7 @@ func (m *Manager) SetLimits(ctx context.Context, caller Principal, id string, l 
 			return Key{}, err
 		}
 		if *l.MaxUses == 0 || *l.MaxUses-k.Uses > left {
-			return Key{}, Forbiddenf("cannot give key %s more than %d further uses: that is what your key has left", k.ID, max(left, 0))
+			return Key{}, errdefs.Forbiddenf("cannot give key %s more than %d further uses: that is what your key has left", k.ID, max(left, 0))
 		}
 	}
 	return m.Registry.SetLimits(ctx, k.ID, l)

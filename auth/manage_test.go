@@ -14,6 +14,7 @@ import (
 
 	"github.com/msb-dev/msb/auth"
 	"github.com/msb-dev/msb/auth/ratelimit"
+	"github.com/msb-dev/msb/errdefs"
 )
 
 func TestParseScopes(t *testing.T) {
@@ -36,7 +37,7 @@ func TestParseScopes(t *testing.T) {
 	}
 	for _, bad := range [][]string{{"sandbox:write"}, {"SANDBOX:READ"}, {"sandbox:read", "root"}, {strings.Repeat("x", 1000)}} {
 		_, err := auth.ParseScopes(bad)
-		if !errors.Is(err, auth.ErrInvalidArgument) || !strings.Contains(err.Error(), "sandbox:read") || len(err.Error()) > 300 {
+		if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "sandbox:read") || len(err.Error()) > 300 {
 			t.Errorf("ParseScopes(%.40q) error = %v", bad, err)
 		}
 	}
@@ -184,8 +185,8 @@ func TestNoPrivilegeEscalation(t *testing.T) {
 		"more uses":         {MaxUses: 101},
 	} {
 		_, _, err := m.Create(ctx, caller, o)
-		if !errors.Is(err, auth.ErrForbidden) {
-			t.Errorf("%s: Create error = %v, want ErrForbidden", name, err)
+		if !errors.Is(err, errdefs.ErrForbidden) {
+			t.Errorf("%s: Create error = %v, want errdefs.ErrForbidden", name, err)
 		}
 	}
 	// Unset options inherit the caller's; narrower ones are kept.
@@ -209,7 +210,7 @@ func TestNoPrivilegeEscalation(t *testing.T) {
 	// A caller on the server's default rate may not exceed the default.
 	plainKey, _ := h.issue(t, auth.IssueOptions{})
 	plain := principal(t, h, plainKey)
-	if _, _, err := m.Create(ctx, plain, auth.CreateOptions{Rate: ratelimit.Rate{N: 601, Per: time.Minute}}); !errors.Is(err, auth.ErrForbidden) {
+	if _, _, err := m.Create(ctx, plain, auth.CreateOptions{Rate: ratelimit.Rate{N: 601, Per: time.Minute}}); !errors.Is(err, errdefs.ErrForbidden) {
 		t.Fatalf("above the default rate: %v", err)
 	}
 	// The operator may.
@@ -231,15 +232,15 @@ func TestNoPrivilegeEscalation(t *testing.T) {
 		}
 	}
 	_, strong := h.issue(t, auth.IssueOptions{Namespace: "team-a"}) // every scope
-	if _, err := m.Rotate(ctx, caller, strong.ID, 0); !errors.Is(err, auth.ErrForbidden) {
+	if _, err := m.Rotate(ctx, caller, strong.ID, 0); !errors.Is(err, errdefs.ErrForbidden) {
 		t.Fatalf("rotate a key with more scopes: %v", err)
 	}
 	fast := ratelimit.Rate{N: 1000, Per: time.Second}
-	if _, err := m.SetLimits(ctx, caller, k.ID, auth.LimitChange{Rate: &fast}); !errors.Is(err, auth.ErrForbidden) {
+	if _, err := m.SetLimits(ctx, caller, k.ID, auth.LimitChange{Rate: &fast}); !errors.Is(err, errdefs.ErrForbidden) {
 		t.Fatalf("raise a rate above the caller's: %v", err)
 	}
 	unlimited := int64(0)
-	if _, err := m.SetLimits(ctx, caller, k.ID, auth.LimitChange{MaxUses: &unlimited}); !errors.Is(err, auth.ErrForbidden) {
+	if _, err := m.SetLimits(ctx, caller, k.ID, auth.LimitChange{MaxUses: &unlimited}); !errors.Is(err, errdefs.ErrForbidden) {
 		t.Fatalf("lift max uses of a limited caller: %v", err)
 	}
 	list, err := m.List(ctx, caller)
@@ -327,7 +328,7 @@ func TestUsageLimitPersists(t *testing.T) {
 		t.Fatalf("third use after reopening: %v", err)
 	}
 	err := limits2.Use(ctx, p)
-	if err != auth.ErrUsageLimit || !errors.Is(err, auth.ErrUnauthenticated) || err.Error() == "" { //nolint:errorlint
+	if err != auth.ErrUsageLimit || !errors.Is(err, errdefs.ErrUnauthenticated) || err.Error() == "" { //nolint:errorlint
 		t.Fatalf("fourth use: %v", err)
 	}
 	if err := limits.Use(ctx, p); err != auth.ErrUsageLimit { //nolint:errorlint
@@ -383,7 +384,7 @@ func TestLimitsBuckets(t *testing.T) {
 		t.Fatalf("last call: %+v %v", st, err)
 	}
 	_, err = l.Allow(p, false)
-	if !errors.As(err, &rl) || rl.Start || rl.RetryAfter != 20*time.Second || !errors.Is(err, auth.ErrRateLimited) {
+	if !errors.As(err, &rl) || rl.Start || rl.RetryAfter != 20*time.Second || !errors.Is(err, errdefs.ErrRateLimited) {
 		t.Fatalf("over the main bucket: %v", err)
 	}
 	if st := l.Status(p); st.Remaining != 0 || st.Limit != 3 {
@@ -407,7 +408,7 @@ func TestUsesCannotMultiply(t *testing.T) {
 	if err != nil || child.MaxUses != 2 {
 		t.Fatalf("child of a key with 2 uses left: %+v, %v", child, err)
 	}
-	if _, _, err := m.Create(ctx, caller, auth.CreateOptions{MaxUses: 3}); !errors.Is(err, auth.ErrForbidden) || !strings.Contains(err.Error(), "2 left") {
+	if _, _, err := m.Create(ctx, caller, auth.CreateOptions{MaxUses: 3}); !errors.Is(err, errdefs.ErrForbidden) || !strings.Contains(err.Error(), "2 left") {
 		t.Fatalf("child with more uses than are left: %v", err)
 	}
 	for range 2 {
@@ -415,7 +416,7 @@ func TestUsesCannotMultiply(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, _, err := m.Create(ctx, caller, auth.CreateOptions{}); !errors.Is(err, auth.ErrForbidden) {
+	if _, _, err := m.Create(ctx, caller, auth.CreateOptions{}); !errors.Is(err, errdefs.ErrForbidden) {
 		t.Fatalf("child of a spent key: %v", err)
 	}
 
@@ -441,7 +442,7 @@ func TestUsesCannotMultiply(t *testing.T) {
 			t.Fatalf("use %d of the rotated key: %v", i, err)
 		}
 	}
-	if _, err := m.Rotate(ctx, auth.FullAccess("cli"), r.New.ID, 0); !errors.Is(err, auth.ErrInvalidArgument) {
+	if _, err := m.Rotate(ctx, auth.FullAccess("cli"), r.New.ID, 0); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Fatalf("rotating a spent key: %v", err)
 	}
 }
@@ -466,7 +467,7 @@ func TestGraceKeyCannotOutliveItself(t *testing.T) {
 	if err != nil || !child.Expires.Equal(t0.Add(time.Hour)) {
 		t.Fatalf("child of a key in grace: %+v, %v", child, err)
 	}
-	if _, _, err := m.Create(ctx, p, auth.CreateOptions{Expire: 2 * time.Hour}); !errors.Is(err, auth.ErrForbidden) {
+	if _, _, err := m.Create(ctx, p, auth.CreateOptions{Expire: 2 * time.Hour}); !errors.Is(err, errdefs.ErrForbidden) {
 		t.Fatalf("child outliving the grace: %v", err)
 	}
 }

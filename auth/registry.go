@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/auth/ratelimit"
+	"github.com/msb-dev/msb/errdefs"
 )
 
 // Key is one API key as the registry records it. The key text itself is
@@ -265,7 +266,7 @@ func (r *Registry) findIn(ctx context.Context, id string, in func(Key) bool) (Ke
 	case 1:
 		return matches[0], nil
 	}
-	return Key{}, fmt.Errorf("%w: %d keys start with %s: give more of the id", ErrInvalidArgument, len(matches), quoteID(id))
+	return Key{}, fmt.Errorf("%w: %d keys start with %s: give more of the id", errdefs.ErrInvalid, len(matches), quoteID(id))
 }
 
 func quoteID(id string) string {
@@ -311,14 +312,14 @@ type LimitChange struct {
 
 // SetLimits changes the limits of the key with id (or a unique prefix) and
 // returns it as changed; a running server applies them on its next call.
-// Errors wrap ErrKeyNotFound or ErrInvalidArgument.
+// Errors wrap ErrKeyNotFound or errdefs.ErrInvalid.
 func (r *Registry) SetLimits(ctx context.Context, id string, l LimitChange) (Key, error) {
 	k, err := r.Find(ctx, id)
 	if err != nil {
 		return Key{}, err
 	}
 	if l.MaxUses != nil && *l.MaxUses < 0 {
-		return Key{}, fmt.Errorf("%w: max uses must be 0 (unlimited) or more", ErrInvalidArgument)
+		return Key{}, fmt.Errorf("%w: max uses must be 0 (unlimited) or more", errdefs.ErrInvalid)
 	}
 	if l.Rate != nil {
 		k.Rate = *l.Rate

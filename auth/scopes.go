@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/msb-dev/msb/errdefs"
 )
 
 // Scope names one kind of access a key may be granted. Every JSON-RPC
@@ -52,7 +54,7 @@ func ScopeNames() []string {
 
 // ParseScopes reads scope names; an entry may also hold several separated by
 // commas or spaces. No names, or "*" among them, means every scope. Errors
-// wrap ErrInvalidArgument and name the unknown scope.
+// wrap errdefs.ErrInvalid and name the unknown scope.
 func ParseScopes(names []string) (Scopes, error) {
 	var set Scopes
 	seen := false
@@ -69,7 +71,7 @@ func ParseScopes(names []string) (Scopes, error) {
 				if len(q) > 32 {
 					q = q[:32] + "..."
 				}
-				return 0, fmt.Errorf("%w: unknown scope %s: use %s, or * for all", ErrInvalidArgument, strconv.Quote(q), strings.Join(ScopeNames(), ", "))
+				return 0, fmt.Errorf("%w: unknown scope %s: use %s, or * for all", errdefs.ErrInvalid, strconv.Quote(q), strings.Join(ScopeNames(), ", "))
 			}
 			set |= b
 		}

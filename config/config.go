@@ -22,6 +22,7 @@ import (
 
 	"github.com/msb-dev/msb/auth/ratelimit"
 	"github.com/msb-dev/msb/duration"
+	"github.com/msb-dev/msb/errdefs"
 )
 
 // Defaults of the settings a user is most likely to change.
@@ -87,7 +88,7 @@ func (c *Config) Retention() time.Duration {
 }
 
 // ErrInvalid is wrapped by every error Validate and Load return for bad settings.
-var ErrInvalid = errors.New("invalid configuration")
+var ErrInvalid = errdefs.New(errdefs.Invalid, "invalid configuration")
 
 // DefaultImages is the alias table written into a new config file: the SDKs'
 // default images run on the built-in host image until OCI images are set.

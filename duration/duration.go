@@ -3,16 +3,17 @@
 package duration
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"strconv"
 	"time"
+
+	"github.com/msb-dev/msb/errdefs"
 )
 
 // ErrInvalid is wrapped by every error Parse returns, so callers can map a
 // bad duration to an invalid-params error with errors.Is.
-var ErrInvalid = errors.New("invalid duration")
+var ErrInvalid = errdefs.New(errdefs.Invalid, "invalid duration")
 
 const (
 	day   = 24 * time.Hour

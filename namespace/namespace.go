@@ -4,9 +4,9 @@
 package namespace
 
 import (
-	"errors"
-	"fmt"
 	"strconv"
+
+	"github.com/msb-dev/msb/errdefs"
 )
 
 // All is the claim of a key that may act on every namespace, and the
@@ -18,26 +18,13 @@ const MaxLen = 63
 
 var (
 	// ErrInvalidName is wrapped by errors for malformed sandbox names,
-	// namespace names, claims and method targets.
-	ErrInvalidName = errors.New("invalid name")
+	// namespace names, claims and method targets (class Invalid).
+	ErrInvalidName = errdefs.New(errdefs.Invalid, "invalid name")
 
-	// ErrForbidden is wrapped by errors for a namespace outside a key's claim.
-	ErrForbidden = errors.New("forbidden")
+	// ErrForbidden is wrapped by errors for a namespace outside a key's
+	// claim (class Forbidden).
+	ErrForbidden = errdefs.New(errdefs.Forbidden, "namespace not allowed")
 )
-
-// wrapped carries a complete, client-facing message while still matching
-// its sentinel under errors.Is.
-type wrapped struct {
-	msg string
-	err error
-}
-
-func (e *wrapped) Error() string { return e.msg }
-func (e *wrapped) Unwrap() error { return e.err }
-
-func errorf(sentinel error, format string, args ...any) error {
-	return &wrapped{msg: fmt.Sprintf(format, args...), err: sentinel}
-}
 
 // quote quotes s for a message: %q escaping stops control characters from
 // forging log lines, and the cut stops a huge parameter from flooding them.
@@ -56,7 +43,7 @@ const nameRule = "use 1-63 letters, digits, '-' or '_', starting with a letter o
 // what s is in the message. It returns an error wrapping ErrInvalidName.
 func ValidateName(kind, s string) error {
 	if !validName(s) {
-		return errorf(ErrInvalidName, "invalid %s name %s: %s", kind, quote(s), nameRule)
+		return errdefs.Wrapf(ErrInvalidName, "invalid %s name %s: %s", kind, quote(s), nameRule)
 	}
 	return nil
 }
@@ -83,7 +70,7 @@ func ValidateClaim(claim string) error {
 	if claim == All || validName(claim) {
 		return nil
 	}
-	return errorf(ErrInvalidName, "invalid namespace claim %s: use %q for all namespaces, or %s",
+	return errdefs.Wrapf(ErrInvalidName, "invalid namespace claim %s: use %q for all namespaces, or %s",
 		quote(claim), All, nameRule)
 }
 
@@ -100,10 +87,10 @@ func Authorize(claim, ns string) error {
 	case Covers(claim, ns):
 		return nil
 	case ns == All:
-		return errorf(ErrForbidden, "API key for namespace %s cannot access all namespaces: it may only list its own namespace",
+		return errdefs.Wrapf(ErrForbidden, "API key for namespace %s cannot access all namespaces: it may only list its own namespace",
 			quote(claim))
 	default:
-		return errorf(ErrForbidden, "API key for namespace %s cannot access namespace %s", quote(claim), quote(ns))
+		return errdefs.Wrapf(ErrForbidden, "API key for namespace %s cannot access namespace %s", quote(claim), quote(ns))
 	}
 }
 
@@ -115,7 +102,7 @@ func ValidateTarget(ns string, allowAll bool) error {
 		if allowAll {
 			return nil
 		}
-		return errorf(ErrInvalidName, "namespace %q is only allowed in sandbox.metrics.get", All)
+		return errdefs.Wrapf(ErrInvalidName, "namespace %q is only allowed in sandbox.metrics.get", All)
 	}
 	return ValidateName("namespace", ns)
 }

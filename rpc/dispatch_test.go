@@ -18,6 +18,7 @@ import (
 	"github.com/msb-dev/msb/auth/audit"
 	"github.com/msb-dev/msb/auth/authtest"
 	"github.com/msb-dev/msb/auth/ratelimit"
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/namespace"
 	"github.com/msb-dev/msb/rpc"
 	"github.com/msb-dev/msb/sandbox"
@@ -78,7 +79,7 @@ func TestInvokeCannotBypassChecks(t *testing.T) {
 
 	// No caller in the context: nothing runs.
 	for _, m := range []string{"t.read", "t.exec", "t.noscope"} {
-		if _, err := srv.Invoke(context.Background(), m, json.RawMessage(`{"namespace":"team-a"}`)); !errors.Is(err, auth.ErrForbidden) {
+		if _, err := srv.Invoke(context.Background(), m, json.RawMessage(`{"namespace":"team-a"}`)); !errors.Is(err, errdefs.ErrForbidden) {
 			t.Fatalf("Invoke(%s) without a caller: %v", m, err)
 		}
 	}
@@ -111,7 +112,7 @@ func TestInvokeCannotBypassChecks(t *testing.T) {
 	if r := get("t.read", "team-a"); r.err != nil || r.header.Get("X-Ratelimit-Remaining") != "2" {
 		t.Fatalf("allowed call: %v %v", r.err, r.header)
 	}
-	if r := get("t.exec", "team-a"); !errors.Is(r.err, auth.ErrForbidden) || !strings.Contains(r.err.Error(), "sandbox:exec") {
+	if r := get("t.exec", "team-a"); !errors.Is(r.err, errdefs.ErrForbidden) || !strings.Contains(r.err.Error(), "sandbox:exec") {
 		t.Fatalf("missing scope through Invoke: %v", r.err)
 	}
 	if r := get("t.read", "team-b"); r.err == nil || !errors.Is(r.err, namespace.ErrForbidden) {

@@ -6,14 +6,10 @@ import (
 
 	"github.com/sourcegraph/jsonrpc2"
 
-	"github.com/msb-dev/msb/auth"
-	"github.com/msb-dev/msb/auth/ratelimit"
-	"github.com/msb-dev/msb/duration"
-	"github.com/msb-dev/msb/namespace"
-	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/errdefs"
 )
 
-// Error codes of CONTRACT.md beyond JSON-RPC 2.0's own.
+// Error codes of the JSON-RPC API beyond JSON-RPC 2.0's own (docs/api.md).
 const (
 	CodeConflict        = -32001
 	CodeUnauthenticated = -32002
@@ -22,44 +18,40 @@ const (
 	CodeRateLimited     = -32005
 )
 
-// Errors of the JSON-RPC layer itself.
-var (
-	errInvalidParams  = errors.New("invalid params")
-	errMethodNotFound = errors.New("method not found")
-)
+// errInvalidParams starts the messages of params the JSON-RPC layer itself
+// refuses (not an object, unknown field, wrong type).
+var errInvalidParams = errdefs.New(errdefs.Invalid, "invalid params")
 
-// errorClasses maps every error class msb knows to its JSON-RPC code and
-// HTTP status. Errors of these classes carry a message written for the
-// client; anything else is internal and only its reference is shown.
-var errorClasses = []struct {
-	err    error
+// errMethodNotFound is the one error of the JSON-RPC layer that is not a
+// class of errdefs: an unknown method has its own code.
+var errMethodNotFound = errors.New("method not found")
+
+// classCodes maps every error class to its JSON-RPC code and HTTP status:
+// the only place the JSON-RPC front-end decides what an error is. A class
+// whose message is written for the client has show set; an Internal error
+// is logged and only a reference goes to the client.
+var classCodes = map[errdefs.Class]struct {
 	code   int64
 	status int
+	show   bool
 }{
-	{errMethodNotFound, jsonrpc2.CodeMethodNotFound, http.StatusOK},
-	{auth.ErrUnauthenticated, CodeUnauthenticated, http.StatusUnauthorized},
-	{auth.ErrRateLimited, CodeRateLimited, http.StatusTooManyRequests}, // *auth.RateLimitError: Retry-After
-	{auth.ErrForbidden, CodeForbidden, http.StatusForbidden},           // missing scope, key beyond the caller's reach
-	{namespace.ErrForbidden, CodeForbidden, http.StatusForbidden},
-	{auth.ErrInvalidArgument, jsonrpc2.CodeInvalidParams, http.StatusOK},
-	{auth.ErrKeyNotFound, CodeNotFound, http.StatusOK},
-	{ratelimit.ErrInvalid, jsonrpc2.CodeInvalidParams, http.StatusOK},
-	{duration.ErrInvalid, jsonrpc2.CodeInvalidParams, http.StatusOK},
-	{namespace.ErrInvalidName, jsonrpc2.CodeInvalidParams, http.StatusOK},
-	{errInvalidParams, jsonrpc2.CodeInvalidParams, http.StatusOK},
-	{sandbox.ErrInvalidArgument, jsonrpc2.CodeInvalidParams, http.StatusOK},
-	{sandbox.ErrNotFound, CodeNotFound, http.StatusOK},
-	{sandbox.ErrConflict, CodeConflict, http.StatusOK},
-	{sandbox.ErrUnavailable, jsonrpc2.CodeInternalError, http.StatusOK},
+	errdefs.Invalid:         {jsonrpc2.CodeInvalidParams, http.StatusOK, true},
+	errdefs.NotFound:        {CodeNotFound, http.StatusOK, true},
+	errdefs.Conflict:        {CodeConflict, http.StatusOK, true},
+	errdefs.Exhausted:       {CodeConflict, http.StatusOK, true},
+	errdefs.Unauthenticated: {CodeUnauthenticated, http.StatusUnauthorized, true},
+	errdefs.Forbidden:       {CodeForbidden, http.StatusForbidden, true},
+	errdefs.RateLimited:     {CodeRateLimited, http.StatusTooManyRequests, true},
+	errdefs.Unavailable:     {jsonrpc2.CodeInternalError, http.StatusOK, true},
+	errdefs.Internal:        {jsonrpc2.CodeInternalError, http.StatusOK, false},
 }
 
-// classify returns the code and status for err, and whether err is one of
-// the known classes (whose message may be shown to the client).
+// classify returns the code and status for err, and whether its message
+// may be shown to the client.
 func classify(err error) (code int64, status int, known bool) {
-	for _, c := range errorClasses {
-		if errors.Is(err, c.err) {
-			return c.code, c.status, true
-		}
+	if errors.Is(err, errMethodNotFound) {
+		return jsonrpc2.CodeMethodNotFound, http.StatusOK, true
 	}
-	return jsonrpc2.CodeInternalError, http.StatusOK, false
+	c := classCodes[errdefs.Classify(err)]
+	return c.code, c.status, c.show
 }

@@ -57,7 +57,7 @@ type Authenticator interface {
 // Limiter enforces keys' rate and usage limits; *auth.Limits is the real one.
 type Limiter interface {
 	// Allow takes one call from p's rate budget (and from its sandbox.start
-	// budget when start is set); the error matches auth.ErrRateLimited.
+	// budget when start is set); the error matches errdefs.ErrRateLimited.
 	Allow(p auth.Principal, start bool) (ratelimit.Status, error)
 	// AllowStart takes one call from p's sandbox.start budget only, for a
 	// call whose main budget was already taken.

@@ -5,6 +5,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/namespace"
 )
 
@@ -17,11 +18,11 @@ const (
 )
 
 // normalize validates cfg and fills in the defaults, so two configs that
-// mean the same compare equal. Errors wrap ErrInvalidArgument and say which
+// mean the same compare equal. Errors wrap errdefs.ErrInvalid and say which
 // field is wrong and what would be right.
 func (s *Service) normalize(cfg Config) (Config, error) {
 	bad := func(format string, args ...any) (Config, error) {
-		return Config{}, Errorf(ErrInvalidArgument, "config."+format, args...)
+		return Config{}, errdefs.Invalidf("config."+format, args...)
 	}
 	if cfg.Image == "" {
 		cfg.Image = DefaultImage

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/namespace"
 )
 
@@ -26,7 +27,7 @@ type Image struct {
 }
 
 // Resolver turns an image reference from sandbox.start into an Image.
-// Unknown or unusable references are ErrInvalidArgument naming the reference.
+// Unknown or unusable references are errdefs.ErrInvalid naming the reference.
 type Resolver interface {
 	Resolve(ctx context.Context, ref string) (Image, error)
 }
@@ -177,7 +178,7 @@ func (s *Service) Close(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.stop(ctx, id, false); err != nil && !errors.Is(err, ErrNotFound) {
+			if err := s.stop(ctx, id, false); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()
@@ -199,7 +200,7 @@ func (s *Service) Start(ctx context.Context, id ID, cfg *Config) error {
 		switch {
 		case err == nil:
 			cfg = &rec.Config
-		case errors.Is(err, ErrNotFound):
+		case errors.Is(err, errdefs.ErrNotFound):
 			cfg = &Config{}
 		default:
 			return err
@@ -217,7 +218,7 @@ func (s *Service) Start(ctx context.Context, id ID, cfg *Config) error {
 			if reflect.DeepEqual(b.cfg, norm) {
 				return nil
 			}
-			return Errorf(ErrConflict, "sandbox %q is already running with a different config: stop it first, or start it with the same config", id.Name)
+			return errdefs.Conflictf("sandbox %q is already running with a different config: stop it first, or start it with the same config", id.Name)
 		}
 		// It died on its own (its init was killed): release what is left
 		// and start it afresh.
@@ -229,7 +230,7 @@ func (s *Service) Start(ctx context.Context, id ID, cfg *Config) error {
 	for _, dep := range norm.DependsOn {
 		d, ok := s.lookup(ID{Namespace: id.Namespace, Name: dep})
 		if !ok || !d.running.Load() {
-			return Errorf(ErrConflict, "sandbox %q depends on %q, which is not running in namespace %q: start %q first", id.Name, dep, id.Namespace, dep)
+			return errdefs.Conflictf("sandbox %q depends on %q, which is not running in namespace %q: start %q first", id.Name, dep, id.Namespace, dep)
 		}
 	}
 	img, err := s.opts.Images.Resolve(ctx, norm.Image)
@@ -353,14 +354,14 @@ func (s *Service) freePortsOnExit(ctx context.Context, id ID, b *box) {
 // missing, conflicting) stay as the engine worded them; anything else is an
 // internal failure whose detail (host paths included) only goes to the log.
 func (s *Service) engineError(op string, id ID, err error) error {
-	for _, class := range []error{ErrInvalidArgument, ErrNotFound, ErrConflict} {
+	for _, class := range []error{errdefs.ErrInvalid, errdefs.ErrNotFound, errdefs.ErrConflict} {
 		if errors.Is(err, class) {
 			return err
 		}
 	}
 	ref := fmt.Sprintf("%x", s.opts.Now().UnixNano()&0xffffffffff)
 	s.opts.Log.Error(op+" sandbox failed", "sandbox", id.String(), "ref", ref, "err", err)
-	return Errorf(ErrUnavailable, "%s sandbox %q failed in the sandbox engine; the server log has the details (ref %s)", op, id.Name, ref)
+	return errdefs.Unavailablef("%s sandbox %q failed in the sandbox engine; the server log has the details (ref %s)", op, id.Name, ref)
 }
 
 func startScript(cfg Config) string {
@@ -468,7 +469,7 @@ func (s *Service) release(ctx context.Context, id ID, b *box) error {
 	b.ports = nil
 	eng := s.opts.Engine
 	err := eng.Stop(ctx, id)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, errdefs.ErrNotFound) {
 		err = nil
 	}
 	if derr := eng.Delete(ctx, id); err == nil {
@@ -502,7 +503,7 @@ func (s *Service) running(ctx context.Context, id ID) (*box, error) {
 	if _, err := s.opts.Store.Get(ctx, id); err != nil {
 		return nil, err
 	}
-	return nil, Errorf(ErrConflict, "sandbox %q in namespace %q is not running: start it with sandbox.start", id.Name, id.Namespace)
+	return nil, errdefs.Conflictf("sandbox %q in namespace %q is not running: start it with sandbox.start", id.Name, id.Namespace)
 }
 
 // RunCode implements Manager.
@@ -513,8 +514,8 @@ func (s *Service) RunCode(ctx context.Context, id ID, lang Language, code string
 	}
 	res, err := s.opts.Engine.RunCode(ctx, id, lang, code, timeout)
 	if err != nil {
-		if errors.Is(err, ErrInvalidArgument) {
-			return ReplResult{}, Errorf(ErrInvalidArgument, "%v (image %q)", err, b.cfg.Image)
+		if errors.Is(err, errdefs.ErrInvalid) {
+			return ReplResult{}, errdefs.Invalidf("%v (image %q)", err, b.cfg.Image)
 		}
 		return ReplResult{}, s.callError(id, b, err)
 	}
@@ -538,7 +539,7 @@ func (s *Service) Exec(ctx context.Context, id ID, req ExecRequest) (ExecResult,
 // conflict, not an internal error.
 func (s *Service) callError(id ID, b *box, err error) error {
 	if !b.running.Load() {
-		return Errorf(ErrConflict, "sandbox %q was stopped during the call", id.Name)
+		return errdefs.Conflictf("sandbox %q was stopped during the call", id.Name)
 	}
 	return s.engineError("run in", id, err)
 }
@@ -550,7 +551,7 @@ func (s *Service) Metrics(ctx context.Context, ns, name string) ([]Metrics, erro
 			return nil, err
 		}
 		if ns == namespace.All {
-			return nil, Errorf(ErrInvalidArgument, "give a namespace with a sandbox name, not %q", ns)
+			return nil, errdefs.Invalidf("give a namespace with a sandbox name, not %q", ns)
 		}
 	}
 	recs, err := s.opts.Store.List(ctx, ns)
@@ -569,7 +570,7 @@ func (s *Service) Metrics(ctx context.Context, ns, name string) ([]Metrics, erro
 		out = append(out, m)
 	}
 	if name != "" && len(out) == 0 {
-		return nil, Errorf(ErrNotFound, "sandbox %q not found in namespace %q", name, ns)
+		return nil, errdefs.NotFoundf("sandbox %q not found in namespace %q", name, ns)
 	}
 	return out, nil
 }

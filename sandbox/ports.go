@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/msb-dev/msb/errdefs"
 )
 
 // portSpec is one "host:guest" of config.ports.
@@ -48,7 +50,7 @@ type forwarder struct {
 }
 
 // listenPorts opens the host side of every port forward. A host port in
-// use is ErrConflict; everything opened is closed again on failure.
+// use is errdefs.ErrConflict; everything opened is closed again on failure.
 func (s *Service) listenPorts(ports []portSpec) ([]*forwarder, error) {
 	var out []*forwarder
 	for _, p := range ports {
@@ -57,12 +59,12 @@ func (s *Service) listenPorts(ports []portSpec) ([]*forwarder, error) {
 		if err != nil {
 			closeForwarders(out)
 			if errors.Is(err, syscall.EADDRINUSE) {
-				return nil, Errorf(ErrConflict, "config.ports: host port %d is already in use on %s: choose another host port", p.Host, s.opts.PortBind)
+				return nil, errdefs.Conflictf("config.ports: host port %d is already in use on %s: choose another host port", p.Host, s.opts.PortBind)
 			}
 			if errors.Is(err, syscall.EACCES) {
-				return nil, Errorf(ErrConflict, "config.ports: the server may not listen on %s: choose a host port of 1024 or more", addr)
+				return nil, errdefs.Conflictf("config.ports: the server may not listen on %s: choose a host port of 1024 or more", addr)
 			}
-			return nil, Errorf(ErrConflict, "config.ports: cannot listen on %s: %v", addr, err)
+			return nil, errdefs.Conflictf("config.ports: cannot listen on %s: %v", addr, err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		out = append(out, &forwarder{ln: ln, spec: p, ctx: ctx, stop: cancel, conns: map[net.Conn]struct{}{}})

@@ -120,18 +120,18 @@ type Stats struct {
 // Every method takes the sandbox's ID; none blocks calls on other sandboxes.
 type Runtime interface {
 	// Create prepares the sandbox (root file system, cgroups) without
-	// running anything in it. ErrConflict if it already exists.
+	// running anything in it. errdefs.ErrConflict if it already exists.
 	Create(ctx context.Context, id ID, spec Spec) error
 	// Start starts the sandbox's init (the portal) and waits until it
-	// answers. ErrNotFound if it was never created.
+	// answers. errdefs.ErrNotFound if it was never created.
 	Start(ctx context.Context, id ID) error
 	// Stop kills every process in the sandbox. Stopping a stopped sandbox
-	// is not an error; ErrNotFound if it does not exist.
+	// is not an error; errdefs.ErrNotFound if it does not exist.
 	Stop(ctx context.Context, id ID) error
 	// Delete releases everything the sandbox holds: processes, cgroups,
 	// mounts and its directory. Deleting a missing sandbox is not an error.
 	Delete(ctx context.Context, id ID) error
-	// Inspect reports the sandbox's state. ErrNotFound if it does not exist.
+	// Inspect reports the sandbox's state. errdefs.ErrNotFound if it does not exist.
 	Inspect(ctx context.Context, id ID) (Status, error)
 	// Recover lists the sandboxes this engine holds that the current
 	// process did not create (left by a server that died). The caller then
@@ -174,7 +174,7 @@ type ExecResult struct {
 	Output   []Line
 }
 
-// Executor runs commands inside a running sandbox. ErrConflict if the
+// Executor runs commands inside a running sandbox. errdefs.ErrConflict if the
 // sandbox is not running. A command that cannot be started is a result, as
 // in a shell: exit code 127 (not found) or 126 (not executable) with a
 // stderr line naming it.
@@ -208,20 +208,20 @@ type ReplResult struct {
 }
 
 // REPL evaluates code in a live interpreter kept per sandbox and language.
-// ErrConflict if the sandbox is not running; ErrInvalidArgument naming the
+// errdefs.ErrConflict if the sandbox is not running; errdefs.ErrInvalid naming the
 // interpreter if the image does not have it.
 type REPL interface {
 	RunCode(ctx context.Context, id ID, lang Language, code string, timeout time.Duration) (ReplResult, error)
 }
 
-// StatsReader samples a sandbox's resource use. ErrConflict if it is not running.
+// StatsReader samples a sandbox's resource use. errdefs.ErrConflict if it is not running.
 type StatsReader interface {
 	Stats(ctx context.Context, id ID) (Stats, error)
 }
 
 // Dialer connects to a TCP port inside a running sandbox's own network,
 // as a process inside it would connect to 127.0.0.1. Engines that have it
-// support port forwards. ErrConflict if the sandbox is not running.
+// support port forwards. errdefs.ErrConflict if the sandbox is not running.
 type Dialer interface {
 	DialSandbox(ctx context.Context, id ID, port int) (net.Conn, error)
 }
@@ -232,8 +232,8 @@ type Dialer interface {
 // at once rather than at its next start or stop.
 type ExitWatcher interface {
 	// Exited returns a channel closed when the init of the sandbox's
-	// current run exits. ErrConflict if the sandbox is not running,
-	// ErrNotFound if it does not exist.
+	// current run exits. errdefs.ErrConflict if the sandbox is not running,
+	// errdefs.ErrNotFound if it does not exist.
 	Exited(ctx context.Context, id ID) (<-chan struct{}, error)
 }
 

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/msb-dev/msb/errdefs"
 )
 
 // Record is what the server remembers of a sandbox, running or stopped.
@@ -85,12 +87,12 @@ func scanRecord(sc interface{ Scan(...any) error }) (Record, error) {
 	return r, nil
 }
 
-// Get returns the record of id. Errors wrap ErrNotFound when there is none.
+// Get returns the record of id. Errors wrap errdefs.ErrNotFound when there is none.
 func (s *Store) Get(ctx context.Context, id ID) (Record, error) {
 	r, err := scanRecord(s.db.QueryRowContext(ctx, `SELECT `+recordColumns+` FROM sandboxes WHERE namespace = ? AND name = ?`,
 		id.Namespace, id.Name))
 	if errors.Is(err, sql.ErrNoRows) {
-		return Record{}, Errorf(ErrNotFound, "sandbox %q not found in namespace %q: start it with sandbox.start and a config", id.Name, id.Namespace)
+		return Record{}, errdefs.NotFoundf("sandbox %q not found in namespace %q: start it with sandbox.start and a config", id.Name, id.Namespace)
 	}
 	if err != nil {
 		return Record{}, fmt.Errorf("read sandbox %s: %w", id, err)

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/msb-dev/msb/errdefs"
 )
 
 // Unavailable is a Manager for a server that has no isolation engine: every
-// call fails with ErrUnavailable and Reason, never with a fake success.
+// call fails with errdefs.ErrUnavailable and Reason, never with a fake success.
 type Unavailable struct {
 	Reason string
 }
@@ -16,26 +18,26 @@ func (u Unavailable) fail(id ID) error {
 	if err := id.Validate(); err != nil {
 		return err
 	}
-	return Errorf(ErrUnavailable, "no sandbox runtime is available: %s", u.Reason)
+	return errdefs.Unavailablef("no sandbox runtime is available: %s", u.Reason)
 }
 
-// Start fails with ErrUnavailable.
+// Start fails with errdefs.ErrUnavailable.
 func (u Unavailable) Start(ctx context.Context, id ID, cfg *Config) error { return u.fail(id) }
 
-// Stop fails with ErrUnavailable.
+// Stop fails with errdefs.ErrUnavailable.
 func (u Unavailable) Stop(ctx context.Context, id ID) error { return u.fail(id) }
 
-// Metrics fails with ErrUnavailable.
+// Metrics fails with errdefs.ErrUnavailable.
 func (u Unavailable) Metrics(ctx context.Context, ns, name string) ([]Metrics, error) {
-	return nil, fmt.Errorf("%w: no sandbox runtime is available: %s", ErrUnavailable, u.Reason)
+	return nil, fmt.Errorf("%w: no sandbox runtime is available: %s", errdefs.ErrUnavailable, u.Reason)
 }
 
-// RunCode fails with ErrUnavailable.
+// RunCode fails with errdefs.ErrUnavailable.
 func (u Unavailable) RunCode(ctx context.Context, id ID, lang Language, code string, timeout time.Duration) (ReplResult, error) {
 	return ReplResult{}, u.fail(id)
 }
 
-// Exec fails with ErrUnavailable.
+// Exec fails with errdefs.ErrUnavailable.
 func (u Unavailable) Exec(ctx context.Context, id ID, req ExecRequest) (ExecResult, error) {
 	return ExecResult{}, u.fail(id)
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/errdefs"
 )
 
 // maxVolumes and maxPorts bound what one config may ask for.
@@ -90,13 +92,13 @@ func (s *Service) namespaceRoots(ns string) []string {
 
 // resolveVolume turns a volume into a mount of a host directory (or file)
 // inside one of the namespace's volume roots, creating a missing
-// directory. The rules, each named in its error (ErrInvalidArgument):
+// directory. The rules, each named in its error (errdefs.ErrInvalid):
 // the host path is relative to the namespace's first root or inside one of
 // its roots; nothing on the way, symlinks included, leads out of that
 // root. The engine checks the last rule again when it mounts.
 func (s *Service) resolveVolume(ns string, v volumeSpec) (Mount, error) {
 	bad := func(format string, args ...any) (Mount, error) {
-		return Mount{}, Errorf(ErrInvalidArgument, "config.volumes: %q: "+format, append([]any{v.String()}, args...)...)
+		return Mount{}, errdefs.Invalidf("config.volumes: %q: "+format, append([]any{v.String()}, args...)...)
 	}
 	roots := s.namespaceRoots(ns)
 	if len(roots) == 0 {

@@ -5,17 +5,18 @@
 package ratelimit
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/msb-dev/msb/errdefs"
 )
 
 // ErrInvalid is wrapped by every error Parse returns.
-var ErrInvalid = errors.New("invalid rate")
+var ErrInvalid = errdefs.New(errdefs.Invalid, "invalid rate")
 
 // Rate is at most N calls per Per, with bursts of up to N. The zero Rate
 // means "not set" (callers fall back to a default).

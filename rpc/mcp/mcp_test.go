@@ -19,6 +19,7 @@ import (
 
 	"github.com/msb-dev/msb/auth"
 	"github.com/msb-dev/msb/auth/authtest"
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/rpc"
 	"github.com/msb-dev/msb/rpc/mcp"
 	"github.com/msb-dev/msb/sandbox"
@@ -59,7 +60,7 @@ func (m *fakeManager) Stop(ctx context.Context, id sandbox.ID) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.running[id] {
-		return sandbox.Errorf(sandbox.ErrNotFound, "sandbox %s not found", id)
+		return errdefs.NotFoundf("sandbox %s not found", id)
 	}
 	m.running[id] = false
 	return nil

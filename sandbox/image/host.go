@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 )
 
@@ -33,7 +34,7 @@ const caCerts = "/etc/ssl/certs"
 // minimal generated /etc (users root and nobody, localhost, no DNS); the
 // host's CA certificates, read-only; and empty writable /tmp (1777),
 // /workspace and /root. Nothing else of the host is visible. It returns an
-// error wrapping sandbox.ErrUnavailable when the host has no /usr, and the
+// error wrapping errdefs.ErrUnavailable when the host has no /usr, and the
 // underlying error when the host's layout cannot be read.
 func Host() (sandbox.RootFS, error) {
 	return hostFrom("/")
@@ -44,7 +45,7 @@ func Host() (sandbox.RootFS, error) {
 func hostFrom(root string) (sandbox.RootFS, error) {
 	usr := filepath.Join(root, "usr")
 	if fi, err := os.Stat(usr); err != nil || !fi.IsDir() {
-		return sandbox.RootFS{}, fmt.Errorf("host image: %s is not a directory: %w", usr, sandbox.ErrUnavailable)
+		return sandbox.RootFS{}, fmt.Errorf("host image: %s is not a directory: %w", usr, errdefs.ErrUnavailable)
 	}
 	rfs := sandbox.RootFS{
 		Mounts: []sandbox.Mount{{Source: usr, Target: "/usr", ReadOnly: true}},

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 )
 
@@ -96,7 +97,7 @@ func TestResolver(t *testing.T) {
 		}
 	}
 	for _, ref := range []string{"alpine:3.20", "odd", "microsandbox/node"} {
-		if _, err := r.Resolve(context.Background(), ref); !errors.Is(err, sandbox.ErrInvalidArgument) || !strings.Contains(err.Error(), ref) {
+		if _, err := r.Resolve(context.Background(), ref); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), ref) {
 			t.Errorf("Resolve(%q) = %v, want ErrInvalidArgument naming it", ref, err)
 		}
 	}

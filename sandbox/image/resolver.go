@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 )
 
@@ -41,10 +42,10 @@ var _ sandbox.Resolver = Resolver{}
 // Resolve returns the image a reference names, following Aliases (a
 // ":latest" tag is ignored when looking an alias up). A reference that is
 // not the host image is pulled through Store, or taken from its cache. It
-// returns an error wrapping sandbox.ErrInvalidArgument, naming the
+// returns an error wrapping errdefs.ErrInvalid, naming the
 // reference and the fix, for a reference that cannot name an image (and,
 // without a Store, for anything but the host image); the errors of
-// Store.Get for a failed pull; and one wrapping sandbox.ErrUnavailable
+// Store.Get for a failed pull; and one wrapping errdefs.ErrUnavailable
 // when the host image cannot be built on this host.
 func (r Resolver) Resolve(ctx context.Context, ref string) (sandbox.Image, error) {
 	target, ok := r.Aliases[ref]
@@ -56,8 +57,7 @@ func (r Resolver) Resolve(ctx context.Context, ref string) (sandbox.Image, error
 	}
 	if target != HostName {
 		if r.Store == nil {
-			return sandbox.Image{}, sandbox.Errorf(sandbox.ErrInvalidArgument,
-				"image %q is not available on this server: it runs the built-in %q image and its aliases; an operator can map the name to it in the [images] table of config.toml (%q = %q)",
+			return sandbox.Image{}, errdefs.Invalidf("image %q is not available on this server: it runs the built-in %q image and its aliases; an operator can map the name to it in the [images] table of config.toml (%q = %q)",
 				ref, HostName, ref, HostName)
 		}
 		rec, err := r.Store.Get(ctx, target)
@@ -85,7 +85,7 @@ func (r Resolver) Resolve(ctx context.Context, ref string) (sandbox.Image, error
 // layers, plus a generated /etc/hosts and /etc/resolv.conf (as Docker
 // writes them), its environment (with a default PATH and HOME when the
 // image sets none), working directory and user. It returns an error
-// wrapping sandbox.ErrInvalidArgument when the image's User names a user
+// wrapping errdefs.ErrInvalid when the image's User names a user
 // or group its /etc/passwd or /etc/group lacks.
 func (s *Store) Image(rec Record) (sandbox.Image, error) {
 	layers := make([]string, len(rec.Layers))
@@ -94,7 +94,7 @@ func (s *Store) Image(rec Record) (sandbox.Image, error) {
 	}
 	user, home, err := resolveUser(layers, rec.Config.User)
 	if err != nil {
-		return sandbox.Image{}, sandbox.Errorf(sandbox.ErrInvalidArgument, "image %q: %v", rec.Name, err)
+		return sandbox.Image{}, errdefs.Invalidf("image %q: %v", rec.Name, err)
 	}
 	env := append([]string(nil), rec.Config.Env...)
 	if !hasEnv(env, "PATH") {

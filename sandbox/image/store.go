@@ -30,7 +30,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/klauspost/compress/zstd"
 
-	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/errdefs"
 )
 
 // pullTimeout bounds one pull shared by several sandbox starts.
@@ -171,15 +171,15 @@ func (s *Store) layerDir(diffID string) string {
 // ParseReference parses an image reference as Docker does: a bare name is
 // on Docker Hub under library/, a missing tag is :latest. Registries on a
 // loopback address are spoken to over plain HTTP. Errors wrap
-// sandbox.ErrInvalidArgument.
+// errdefs.ErrInvalid.
 func ParseReference(ref string) (name.Reference, error) {
 	r, err := name.ParseReference(ref)
 	if err != nil {
-		return nil, sandbox.Errorf(sandbox.ErrInvalidArgument, "image %q is not a valid image reference (such as alpine:3.20 or ghcr.io/org/app@sha256:...): %v", ref, err)
+		return nil, errdefs.Invalidf("image %q is not a valid image reference (such as alpine:3.20 or ghcr.io/org/app@sha256:...): %v", ref, err)
 	}
 	if loopbackRegistry(r.Context().RegistryStr()) {
 		if r, err = name.ParseReference(ref, name.Insecure); err != nil {
-			return nil, sandbox.Errorf(sandbox.ErrInvalidArgument, "image %q: %v", ref, err)
+			return nil, errdefs.Invalidf("image %q: %v", ref, err)
 		}
 	}
 	return r, nil
@@ -373,8 +373,7 @@ func (s *Store) pullOnce(ctx context.Context, ref string, r name.Reference) (Rec
 	case <-c.done:
 		return c.rec, c.err
 	case <-ctx.Done():
-		return Record{}, sandbox.Errorf(sandbox.ErrUnavailable,
-			"image %q: gave up waiting for its pull (the request was cancelled or timed out); the pull goes on in the background: try again shortly", ref)
+		return Record{}, errdefs.Unavailablef("image %q: gave up waiting for its pull (the request was cancelled or timed out); the pull goes on in the background: try again shortly", ref)
 	}
 }
 
@@ -394,9 +393,9 @@ func (s *Store) touch(key string) {
 // records it, replacing an earlier pull of the same reference. progress,
 // if not nil, is called as bytes arrive, from several goroutines but never
 // concurrently. A Prune, in any process, waits until the pull has recorded
-// the image. Errors wrap sandbox.ErrInvalidArgument when the reference
+// the image. Errors wrap errdefs.ErrInvalid when the reference
 // is wrong (bad syntax, no such image or tag, access refused, no image for
-// this platform, a tampered layer) and sandbox.ErrUnavailable when the
+// this platform, a tampered layer) and errdefs.ErrUnavailable when the
 // registry cannot be reached or fails; each says what to do.
 func (s *Store) Pull(ctx context.Context, ref string, progress func(Progress)) (Record, error) {
 	r, err := ParseReference(ref)
@@ -455,7 +454,7 @@ func (s *Store) Pull(ctx context.Context, ref string, progress func(Progress)) (
 		return Record{}, pullError(ref, r, err)
 	}
 	if len(layers) != len(cfg.RootFS.DiffIDs) {
-		return Record{}, sandbox.Errorf(sandbox.ErrInvalidArgument, "image %q is malformed: its manifest lists %d layers but its config %d", ref, len(layers), len(cfg.RootFS.DiffIDs))
+		return Record{}, errdefs.Invalidf("image %q is malformed: its manifest lists %d layers but its config %d", ref, len(layers), len(cfg.RootFS.DiffIDs))
 	}
 	rec := Record{
 		Name:     r.Name(),
@@ -542,8 +541,7 @@ func (s *Store) pickPlatform(ref string, im *v1.IndexManifest) (v1.Hash, error) 
 
 // noPlatform says that image ref has builds for the platforms have only.
 func (s *Store) noPlatform(ref string, have []string) error {
-	return sandbox.Errorf(sandbox.ErrInvalidArgument,
-		"image %q has no build for this server's platform %s (it has: %s): use an image built for %s",
+	return errdefs.Invalidf("image %q has no build for this server's platform %s (it has: %s): use an image built for %s",
 		ref, s.platform.String(), strings.Join(have, ", "), s.platform.String())
 }
 
@@ -600,10 +598,10 @@ func (s *Store) fetchLayer(ctx context.Context, ref string, r name.Reference, l 
 	blobPath := filepath.Join(tmp, "blob")
 	want, err := v1.NewHash(lr.Digest)
 	if err != nil {
-		return 0, sandbox.Errorf(sandbox.ErrInvalidArgument, "image %q: layer digest %q: %v", ref, lr.Digest, err)
+		return 0, errdefs.Invalidf("image %q: layer digest %q: %v", ref, lr.Digest, err)
 	}
 	if want.Algorithm != "sha256" {
-		return 0, sandbox.Errorf(sandbox.ErrInvalidArgument, "image %q: layer %s uses an unsupported digest algorithm", ref, lr.Digest)
+		return 0, errdefs.Invalidf("image %q: layer %s uses an unsupported digest algorithm", ref, lr.Digest)
 	}
 
 	// 1. Download, hashing as it comes.
@@ -649,7 +647,7 @@ func (s *Store) fetchLayer(ctx context.Context, ref string, r name.Reference, l 
 	defer blob.Close()
 	tarStream, closeTar, err := decompress(blob)
 	if err != nil {
-		return 0, sandbox.Errorf(sandbox.ErrInvalidArgument, "image %q: layer %s: %v", ref, lr.Digest, err)
+		return 0, errdefs.Invalidf("image %q: layer %s: %v", ref, lr.Digest, err)
 	}
 	defer closeTar()
 	dh := sha256.New()
@@ -660,12 +658,12 @@ func (s *Store) fetchLayer(ctx context.Context, ref string, r name.Reference, l 
 	}
 	if err != nil {
 		if errors.Is(err, errUnsafe) {
-			return 0, sandbox.Errorf(sandbox.ErrInvalidArgument, "image %q: layer %s is refused: %v", ref, lr.Digest, err)
+			return 0, errdefs.Invalidf("image %q: layer %s is refused: %v", ref, lr.Digest, err)
 		}
 		return 0, fmt.Errorf("image %q: unpacking layer %s: %w", ref, lr.Digest, err)
 	}
 	if got := "sha256:" + hex.EncodeToString(dh.Sum(nil)); got != lr.DiffID {
-		return 0, sandbox.Errorf(sandbox.ErrInvalidArgument, "image %q: layer %s unpacks to %s, not the %s its config names: the image is corrupt or tampered with; it was not cached", ref, lr.Digest, got, lr.DiffID)
+		return 0, errdefs.Invalidf("image %q: layer %s unpacks to %s, not the %s its config names: the image is corrupt or tampered with; it was not cached", ref, lr.Digest, got, lr.DiffID)
 	}
 
 	// 3. Publish. Another pull may have stored the same layer meanwhile.
@@ -681,8 +679,7 @@ func (s *Store) fetchLayer(ctx context.Context, ref string, r name.Reference, l 
 }
 
 func tampered(ref, want, got string) error {
-	return sandbox.Errorf(sandbox.ErrInvalidArgument,
-		"image %q: layer %s failed verification (the registry sent content with digest %s): it is corrupt or tampered with, and was refused and not cached",
+	return errdefs.Invalidf("image %q: layer %s failed verification (the registry sent content with digest %s): it is corrupt or tampered with, and was refused and not cached",
 		ref, want, got)
 }
 
@@ -726,7 +723,7 @@ func decompress(r io.Reader) (io.Reader, func(), error) {
 func pullError(ref string, r name.Reference, err error) error {
 	reg := r.Context().RegistryStr()
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return sandbox.Errorf(sandbox.ErrUnavailable, "image %q: the pull from %s was cancelled or timed out: try again", ref, reg)
+		return errdefs.Unavailablef("image %q: the pull from %s was cancelled or timed out: try again", ref, reg)
 	}
 	var terr *transport.Error
 	if errors.As(err, &terr) {
@@ -736,28 +733,28 @@ func pullError(ref string, r name.Reference, err error) error {
 		}
 		switch {
 		case terr.StatusCode == 404 || codes[transport.ManifestUnknownErrorCode] || codes[transport.NameUnknownErrorCode]:
-			return sandbox.Errorf(sandbox.ErrInvalidArgument, "image %q was not found on %s: check the repository name and the tag", ref, reg)
+			return errdefs.Invalidf("image %q was not found on %s: check the repository name and the tag", ref, reg)
 		case terr.StatusCode == 401 || terr.StatusCode == 403 || codes[transport.UnauthorizedErrorCode] || codes[transport.DeniedErrorCode]:
-			return sandbox.Errorf(sandbox.ErrInvalidArgument, "image %q: %s refused access (HTTP %d): the image does not exist or needs credentials; log in with `docker login %s` (msb reads ~/.docker/config.json)", ref, reg, terr.StatusCode, reg)
+			return errdefs.Invalidf("image %q: %s refused access (HTTP %d): the image does not exist or needs credentials; log in with `docker login %s` (msb reads ~/.docker/config.json)", ref, reg, terr.StatusCode, reg)
 		case terr.StatusCode == 429 || codes[transport.TooManyRequestsErrorCode]:
-			return sandbox.Errorf(sandbox.ErrUnavailable, "image %q: %s is rate-limiting pulls: wait and try again, or log in to raise the limit", ref, reg)
+			return errdefs.Unavailablef("image %q: %s is rate-limiting pulls: wait and try again, or log in to raise the limit", ref, reg)
 		default:
-			return sandbox.Errorf(sandbox.ErrUnavailable, "image %q: %s failed (HTTP %d): try again later", ref, reg, terr.StatusCode)
+			return errdefs.Unavailablef("image %q: %s failed (HTTP %d): try again later", ref, reg, terr.StatusCode)
 		}
 	}
 	var uerr *url.Error
 	var nerr net.Error
 	var oerr *net.OpError
 	if errors.As(err, &uerr) || errors.As(err, &oerr) || errors.As(err, &nerr) {
-		return sandbox.Errorf(sandbox.ErrUnavailable, "image %q: cannot reach the registry %s (%v): check the network, DNS or proxy; images pulled before still start from the cache", ref, reg, err)
+		return errdefs.Unavailablef("image %q: cannot reach the registry %s (%v): check the network, DNS or proxy; images pulled before still start from the cache", ref, reg, err)
 	}
-	return sandbox.Errorf(sandbox.ErrUnavailable, "image %q: pulling from %s failed: %v", ref, reg, err)
+	return errdefs.Unavailablef("image %q: pulling from %s failed: %v", ref, reg, err)
 }
 
 // Remove forgets the image ref names, found as a sandbox start finds it
 // (by tag, or repository@digest), and returns its record; its layers stay
-// until Prune. Errors wrap sandbox.ErrInvalidArgument for a malformed
-// reference and sandbox.ErrNotFound when no such image was pulled.
+// until Prune. Errors wrap errdefs.ErrInvalid for a malformed
+// reference and errdefs.ErrNotFound when no such image was pulled.
 func (s *Store) Remove(ref string) (Record, error) {
 	r, err := ParseReference(ref)
 	if err != nil {
@@ -767,7 +764,7 @@ func (s *Store) Remove(ref string) (Record, error) {
 	err = s.update(func(db map[string]Record) error {
 		var ok bool
 		if rec, ok = find(db, r); !ok {
-			return sandbox.Errorf(sandbox.ErrNotFound, "image %q is not in the cache: see `msb image list`", ref)
+			return errdefs.NotFoundf("image %q is not in the cache: see `msb image list`", ref)
 		}
 		delete(db, rec.Name)
 		return nil

@@ -18,7 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"golang.org/x/sys/unix"
 
-	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox/image"
 	"github.com/msb-dev/msb/sandbox/sandboxtest"
 )
@@ -173,7 +173,7 @@ func TestTamperedLayerIsRefused(t *testing.T) {
 	reg.Tamper(layerDigest(t, bad))
 	s := newStore(t)
 	_, err := s.Pull(context.Background(), ref, nil)
-	if !errors.Is(err, sandbox.ErrInvalidArgument) || !strings.Contains(err.Error(), "failed verification") || !strings.Contains(err.Error(), layerDigest(t, bad)) {
+	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "failed verification") || !strings.Contains(err.Error(), layerDigest(t, bad)) {
 		t.Fatalf("pull of a tampered image = %v; want a verification failure naming the layer", err)
 	}
 	bd, _ := bad.DiffID()
@@ -208,7 +208,7 @@ func TestCacheWorksOffline(t *testing.T) {
 		t.Errorf("cached image by digest: %v", err)
 	}
 	_, err = s.Get(context.Background(), reg.Host+"/test/other:1")
-	if !errors.Is(err, sandbox.ErrUnavailable) || !strings.Contains(err.Error(), "cannot reach the registry") {
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "cannot reach the registry") {
 		t.Errorf("uncached image with the registry down = %v", err)
 	}
 }
@@ -266,12 +266,12 @@ func TestPullErrors(t *testing.T) {
 		class error
 		want  string
 	}{
-		{reg.Host + "/test/app:2", sandbox.ErrInvalidArgument, "was not found"},
-		{reg.Host + "/test/none:1", sandbox.ErrInvalidArgument, "was not found"},
-		{other, sandbox.ErrInvalidArgument, "no build for this server's platform"},
-		{strings.TrimPrefix(authSrv.URL, "http://") + "/private/app:1", sandbox.ErrInvalidArgument, "docker login"},
-		{strings.TrimPrefix(closed.URL, "http://") + "/test/app:1", sandbox.ErrUnavailable, "cannot reach the registry"},
-		{"UPPER/case", sandbox.ErrInvalidArgument, "not a valid image reference"},
+		{reg.Host + "/test/app:2", errdefs.ErrInvalid, "was not found"},
+		{reg.Host + "/test/none:1", errdefs.ErrInvalid, "was not found"},
+		{other, errdefs.ErrInvalid, "no build for this server's platform"},
+		{strings.TrimPrefix(authSrv.URL, "http://") + "/private/app:1", errdefs.ErrInvalid, "docker login"},
+		{strings.TrimPrefix(closed.URL, "http://") + "/test/app:1", errdefs.ErrUnavailable, "cannot reach the registry"},
+		{"UPPER/case", errdefs.ErrInvalid, "not a valid image reference"},
 	} {
 		_, err := s.Pull(context.Background(), c.ref, nil)
 		if !errors.Is(err, c.class) || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), c.ref) {
@@ -303,7 +303,7 @@ func TestRemoveAndPrune(t *testing.T) {
 	if n := reg.BlobGets(layerDigest(t, shared)); n != 1 {
 		t.Errorf("shared layer downloaded %d times", n)
 	}
-	if _, err := s.Remove(reg.Host + "/test/missing:1"); !errors.Is(err, sandbox.ErrNotFound) {
+	if _, err := s.Remove(reg.Host + "/test/missing:1"); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("remove missing = %v", err)
 	}
 	if _, err := s.Remove(a); err != nil {
@@ -455,7 +455,7 @@ func TestPullForeignSingleArch(t *testing.T) {
 	ref := reg.Push(t, "test/foreign-single:1", foreign)
 	s := newStore(t)
 	_, err = s.Pull(context.Background(), ref, nil)
-	if !errors.Is(err, sandbox.ErrInvalidArgument) || !strings.Contains(err.Error(), "no build for this server's platform") ||
+	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "no build for this server's platform") ||
 		!strings.Contains(err.Error(), "linux/"+cf.Architecture) || !strings.Contains(err.Error(), ref) {
 		t.Errorf("pull of an image for linux/%s only = %v; want a platform error naming both", cf.Architecture, err)
 	}
@@ -473,7 +473,7 @@ func TestGetGivesUpWaiting(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // a client that went away while the layer downloads
 	_, err := s.Get(ctx, ref)
-	if !errors.Is(err, sandbox.ErrUnavailable) || !strings.Contains(err.Error(), "gave up waiting") || !strings.Contains(err.Error(), ref) {
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "gave up waiting") || !strings.Contains(err.Error(), ref) {
 		t.Errorf("Get with its context ended during the pull = %v; want ErrUnavailable saying so", err)
 	}
 	release()
@@ -491,7 +491,7 @@ func TestRemoveByReference(t *testing.T) {
 		t.Fatal(err)
 	}
 	byDigest := strings.TrimSuffix(ref, ":1") + "@" + rec.Digest
-	if _, err := s.Remove(reg.Host + "/test/other@" + rec.Digest); !errors.Is(err, sandbox.ErrNotFound) {
+	if _, err := s.Remove(reg.Host + "/test/other@" + rec.Digest); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("remove by digest in another repository = %v, want ErrNotFound", err)
 	}
 	got, err := s.Remove(byDigest)

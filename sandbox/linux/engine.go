@@ -25,6 +25,7 @@ import (
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"golang.org/x/sys/unix"
 
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/portal"
 )
@@ -116,9 +117,9 @@ type box struct {
 }
 
 // New returns an Engine keeping its state in cfg's directories, creating
-// them if needed. It returns an error wrapping sandbox.ErrInvalidArgument
+// them if needed. It returns an error wrapping errdefs.ErrInvalid
 // when a path is missing or relative or the portal binary is not a file,
-// sandbox.ErrUnavailable when the server's own OOM score would make its
+// errdefs.ErrUnavailable when the server's own OOM score would make its
 // sandboxes immune to the OOM killer (see initOOMScore), and the underlying
 // error when a directory cannot be created.
 func New(cfg Config) (*Engine, error) {
@@ -127,14 +128,14 @@ func New(cfg Config) (*Engine, error) {
 	}
 	for name, p := range map[string]string{"StateDir": cfg.StateDir, "SandboxDir": cfg.SandboxDir, "PortalBinary": cfg.PortalBinary} {
 		if !filepath.IsAbs(p) {
-			return nil, fmt.Errorf("linux engine: %s %q must be an absolute path: %w", name, p, sandbox.ErrInvalidArgument)
+			return nil, fmt.Errorf("linux engine: %s %q must be an absolute path: %w", name, p, errdefs.ErrInvalid)
 		}
 	}
 	if strings.Contains(cfg.CgroupParent, "..") || strings.HasPrefix(cfg.CgroupParent, "/") {
-		return nil, fmt.Errorf("linux engine: cgroup parent %q must be a relative path: %w", cfg.CgroupParent, sandbox.ErrInvalidArgument)
+		return nil, fmt.Errorf("linux engine: cgroup parent %q must be a relative path: %w", cfg.CgroupParent, errdefs.ErrInvalid)
 	}
 	if fi, err := os.Stat(cfg.PortalBinary); err != nil || !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("linux engine: portal binary %q is not a file: %w", cfg.PortalBinary, sandbox.ErrInvalidArgument)
+		return nil, fmt.Errorf("linux engine: portal binary %q is not a file: %w", cfg.PortalBinary, errdefs.ErrInvalid)
 	}
 	for _, d := range []string{cfg.StateDir, cfg.SandboxDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -174,10 +175,10 @@ func (e *Engine) Close() error {
 	return errors.Join(errs...)
 }
 
-func notFound(id sandbox.ID) error { return fmt.Errorf("sandbox %s: %w", id, sandbox.ErrNotFound) }
+func notFound(id sandbox.ID) error { return fmt.Errorf("sandbox %s: %w", id, errdefs.ErrNotFound) }
 
 func leftoverErr(id sandbox.ID) error {
-	return fmt.Errorf("sandbox %s was left by an earlier server process and must be deleted first: %w", id, sandbox.ErrConflict)
+	return fmt.Errorf("sandbox %s was left by an earlier server process and must be deleted first: %w", id, errdefs.ErrConflict)
 }
 
 // lock returns the sandbox's box, locked, or nil when this Engine does not
@@ -243,14 +244,14 @@ func (e *Engine) forget(b *box) {
 // Create prepares the sandbox: its root file system under SandboxDir
 // (spec.Root's directories, links and files; /etc/hostname set to the
 // sandbox's hostname) and its libcontainer container in StateDir. Nothing
-// runs until Start. It returns an error wrapping sandbox.ErrInvalidArgument
-// for a bad ID or spec, sandbox.ErrConflict when the sandbox already exists
-// (or an earlier server left it behind), and sandbox.ErrUnavailable when the
+// runs until Start. It returns an error wrapping errdefs.ErrInvalid
+// for a bad ID or spec, errdefs.ErrConflict when the sandbox already exists
+// (or an earlier server left it behind), and errdefs.ErrUnavailable when the
 // container cannot be set up.
 func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) error {
 	key := id.Key()
 	if id.Namespace == "" || id.Name == "" || !validKey(key) {
-		return fmt.Errorf("sandbox %s: bad sandbox ID: %w", id, sandbox.ErrInvalidArgument)
+		return fmt.Errorf("sandbox %s: bad sandbox ID: %w", id, errdefs.ErrInvalid)
 	}
 	if spec.Workdir == "" {
 		spec.Workdir = "/"
@@ -265,7 +266,7 @@ func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) e
 	e.mu.Lock()
 	if e.boxes[key] != nil {
 		e.mu.Unlock()
-		return fmt.Errorf("sandbox %s already exists: %w", id, sandbox.ErrConflict)
+		return fmt.Errorf("sandbox %s already exists: %w", id, errdefs.ErrConflict)
 	}
 	if e.onDisk(key) {
 		e.mu.Unlock()
@@ -300,7 +301,7 @@ func (e *Engine) create(b *box) error {
 	oci := ociSpec(b.id, b.spec, rootfs, e.cfg.PortalBinary, e.cfg.CgroupParent, e.host)
 	cfg, err := libcontainerConfig(oci)
 	if err != nil {
-		return fmt.Errorf("sandbox %s: %w: %w", b.id, err, sandbox.ErrInvalidArgument)
+		return fmt.Errorf("sandbox %s: %w: %w", b.id, err, errdefs.ErrInvalid)
 	}
 	b.config = cfg
 	return e.newContainer(b)
@@ -309,7 +310,7 @@ func (e *Engine) create(b *box) error {
 func (e *Engine) newContainer(b *box) error {
 	ctr, err := libcontainer.Create(e.cfg.StateDir, b.id.Key(), b.config)
 	if err != nil {
-		return fmt.Errorf("sandbox %s: creating container: %w: %w", b.id, err, sandbox.ErrUnavailable)
+		return fmt.Errorf("sandbox %s: creating container: %w: %w", b.id, err, errdefs.ErrUnavailable)
 	}
 	b.ctr = ctr
 	b.proc, b.done, b.client = nil, nil, nil
@@ -343,9 +344,9 @@ func (b *box) running() bool {
 
 // Start starts the sandbox's portal as its init and waits until it answers
 // a ping. A stopped sandbox starts again with the files it had. It returns
-// an error wrapping sandbox.ErrNotFound for an unknown sandbox,
-// sandbox.ErrConflict when it is already running (or was left by an
-// earlier server), and sandbox.ErrUnavailable when the portal does not
+// an error wrapping errdefs.ErrNotFound for an unknown sandbox,
+// errdefs.ErrConflict when it is already running (or was left by an
+// earlier server), and errdefs.ErrUnavailable when the portal does not
 // start or answer; the portal's log is quoted in that error.
 func (e *Engine) Start(ctx context.Context, id sandbox.ID) error {
 	b := e.lock(id)
@@ -360,7 +361,7 @@ func (e *Engine) Start(ctx context.Context, id sandbox.ID) error {
 		return leftoverErr(id)
 	}
 	if b.running() {
-		return fmt.Errorf("sandbox %s is already running: %w", id, sandbox.ErrConflict)
+		return fmt.Errorf("sandbox %s is already running: %w", id, errdefs.ErrConflict)
 	}
 	if b.done != nil || b.ctr == nil {
 		// libcontainer runs one init per container: after a stop, start
@@ -376,7 +377,7 @@ func (e *Engine) Start(ctx context.Context, id sandbox.ID) error {
 func (e *Engine) start(ctx context.Context, b *box) error {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("sandbox %s: socketpair: %w: %w", b.id, err, sandbox.ErrUnavailable)
+		return fmt.Errorf("sandbox %s: socketpair: %w: %w", b.id, err, errdefs.ErrUnavailable)
 	}
 	portalEnd := os.NewFile(uintptr(fds[0]), "portal")
 	serverEnd := os.NewFile(uintptr(fds[1]), "server")
@@ -384,14 +385,14 @@ func (e *Engine) start(ctx context.Context, b *box) error {
 	serverEnd.Close()
 	if err != nil {
 		portalEnd.Close()
-		return fmt.Errorf("sandbox %s: %w: %w", b.id, err, sandbox.ErrUnavailable)
+		return fmt.Errorf("sandbox %s: %w: %w", b.id, err, errdefs.ErrUnavailable)
 	}
 	logPath := filepath.Join(b.dir, "portal.log")
 	logw, err := openBoundedLog(logPath)
 	if err != nil {
 		portalEnd.Close()
 		conn.Close()
-		return fmt.Errorf("sandbox %s: %w: %w", b.id, err, sandbox.ErrUnavailable)
+		return fmt.Errorf("sandbox %s: %w: %w", b.id, err, errdefs.ErrUnavailable)
 	}
 	extra := []*os.File{portalEnd} // fd 3 in the portal
 	tasks, tree, err := userPidsCgroup(e.cgroupPath(b.id.Key()), b.spec.Pids)
@@ -399,7 +400,7 @@ func (e *Engine) start(ctx context.Context, b *box) error {
 		portalEnd.Close()
 		conn.Close()
 		logw.Close()
-		return fmt.Errorf("sandbox %s: %w: %w", b.id, err, sandbox.ErrUnavailable)
+		return fmt.Errorf("sandbox %s: %w: %w", b.id, err, errdefs.ErrUnavailable)
 	}
 	if tasks != nil {
 		extra = append(extra, tasks) // fd 4 in the portal
@@ -429,7 +430,7 @@ func (e *Engine) start(ctx context.Context, b *box) error {
 		conn.Close()
 		logw.Close()
 		e.teardownContainer(b)
-		return fmt.Errorf("sandbox %s: starting portal: %w: %w", b.id, err, sandbox.ErrUnavailable)
+		return fmt.Errorf("sandbox %s: starting portal: %w: %w", b.id, err, errdefs.ErrUnavailable)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -449,7 +450,7 @@ func (e *Engine) start(ctx context.Context, b *box) error {
 		if msg != "" {
 			msg = "; portal log: " + msg
 		}
-		return fmt.Errorf("sandbox %s: portal did not answer: %w%s: %w", b.id, err, msg, sandbox.ErrUnavailable)
+		return fmt.Errorf("sandbox %s: portal did not answer: %w%s: %w", b.id, err, msg, errdefs.ErrUnavailable)
 	}
 	return nil
 }
@@ -486,8 +487,8 @@ func (e *Engine) teardownContainer(b *box) {
 
 // Stop kills every process in the sandbox and releases its cgroups; its
 // files stay until Delete. Stopping a stopped sandbox does nothing. It
-// returns an error wrapping sandbox.ErrNotFound for an unknown sandbox, and
-// sandbox.ErrUnavailable when a sandbox left by an earlier server cannot be
+// returns an error wrapping errdefs.ErrNotFound for an unknown sandbox, and
+// errdefs.ErrUnavailable when a sandbox left by an earlier server cannot be
 // killed.
 func (e *Engine) Stop(ctx context.Context, id sandbox.ID) error {
 	b := e.lockOrAdopt(id)
@@ -497,7 +498,7 @@ func (e *Engine) Stop(ctx context.Context, id sandbox.ID) error {
 	defer b.mu.Unlock()
 	if b.leftover {
 		if err := e.killLeftover(b.id.Key()); err != nil {
-			return fmt.Errorf("sandbox %s: %w: %w", id, err, sandbox.ErrUnavailable)
+			return fmt.Errorf("sandbox %s: %w: %w", id, err, errdefs.ErrUnavailable)
 		}
 		return nil
 	}
@@ -513,7 +514,7 @@ func (e *Engine) Stop(ctx context.Context, id sandbox.ID) error {
 // cgroups, libcontainer state, its directory and any mount left under it.
 // Deleting a missing sandbox is not an error; sandboxes left by an earlier
 // server are deleted the same way. It returns an error wrapping
-// sandbox.ErrUnavailable when something cannot be released (the sandbox
+// errdefs.ErrUnavailable when something cannot be released (the sandbox
 // stays known, so Delete can be retried).
 func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 	b := e.lockOrAdopt(id)
@@ -546,7 +547,7 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("sandbox %s: delete: %w: %w", id, errors.Join(errs...), sandbox.ErrUnavailable)
+		return fmt.Errorf("sandbox %s: delete: %w: %w", id, errors.Join(errs...), errdefs.ErrUnavailable)
 	}
 	e.forget(b)
 	return nil
@@ -581,7 +582,7 @@ func (e *Engine) killLeftover(key string) error {
 }
 
 // Inspect reports the sandbox's state, including a sandbox left by an
-// earlier server. It returns an error wrapping sandbox.ErrNotFound when the
+// earlier server. It returns an error wrapping errdefs.ErrNotFound when the
 // sandbox does not exist.
 func (e *Engine) Inspect(ctx context.Context, id sandbox.ID) (sandbox.Status, error) {
 	b := e.lock(id)
@@ -635,13 +636,13 @@ func (e *Engine) leftoverStatus(id sandbox.ID) (sandbox.Status, bool) {
 // Engine did not create: those of a server process that died. They are not
 // re-adopted (their portals exited with the server's connection); the
 // caller deletes them with Delete. It returns an error wrapping
-// sandbox.ErrUnavailable when the directories cannot be read.
+// errdefs.ErrUnavailable when the directories cannot be read.
 func (e *Engine) Recover(ctx context.Context) ([]sandbox.Status, error) {
 	keys := map[string]bool{}
 	for _, d := range []string{e.cfg.StateDir, e.cfg.SandboxDir} {
 		entries, err := os.ReadDir(d)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("recover: %w: %w", err, sandbox.ErrUnavailable)
+			return nil, fmt.Errorf("recover: %w: %w", err, errdefs.ErrUnavailable)
 		}
 		for _, en := range entries {
 			if en.IsDir() {
@@ -683,7 +684,7 @@ func (e *Engine) client(id sandbox.ID) (portalClient, *box, error) {
 		return nil, nil, leftoverErr(id)
 	}
 	if !b.running() {
-		return nil, nil, fmt.Errorf("sandbox %s is not running: %w", id, sandbox.ErrConflict)
+		return nil, nil, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrConflict)
 	}
 	return b.client, b, nil
 }
@@ -695,7 +696,7 @@ func callErr(b *box, what string, err error) error {
 	done := b.done
 	b.mu.Unlock()
 	exited := false
-	if errors.Is(err, sandbox.ErrUnavailable) {
+	if errors.Is(err, errdefs.ErrUnavailable) {
 		// A closed connection usually means the portal is gone: give the
 		// init a moment to be reaped.
 		select {
@@ -718,13 +719,13 @@ func callErr(b *box, what string, err error) error {
 	if msg != "" {
 		msg = " (portal log: " + msg + ")"
 	}
-	return fmt.Errorf("sandbox %s stopped during %s%s: %w", b.id, what, msg, sandbox.ErrConflict)
+	return fmt.Errorf("sandbox %s stopped during %s%s: %w", b.id, what, msg, errdefs.ErrConflict)
 }
 
 // Exec runs a command in the sandbox through its portal. It returns an
-// error wrapping sandbox.ErrNotFound for an unknown sandbox,
-// sandbox.ErrConflict when the sandbox is not running (or stops during the
-// call), and sandbox.ErrUnavailable when the portal fails. A command that
+// error wrapping errdefs.ErrNotFound for an unknown sandbox,
+// errdefs.ErrConflict when the sandbox is not running (or stops during the
+// call), and errdefs.ErrUnavailable when the portal fails. A command that
 // cannot be started is a result (exit code 127 or 126), not an error.
 func (e *Engine) Exec(ctx context.Context, id sandbox.ID, req sandbox.ExecRequest) (sandbox.ExecResult, error) {
 	c, b, err := e.client(id)
@@ -754,10 +755,10 @@ func (e *Engine) Spawn(ctx context.Context, id sandbox.ID, req sandbox.ExecReque
 }
 
 // RunCode evaluates code in the sandbox's live interpreter for lang,
-// through its portal. It returns an error wrapping sandbox.ErrNotFound for
-// an unknown sandbox, sandbox.ErrConflict when the sandbox is not running
+// through its portal. It returns an error wrapping errdefs.ErrNotFound for
+// an unknown sandbox, errdefs.ErrConflict when the sandbox is not running
 // (or stops during the call), and the portal's error otherwise
-// (sandbox.ErrInvalidArgument when the image has no such interpreter).
+// (errdefs.ErrInvalid when the image has no such interpreter).
 func (e *Engine) RunCode(ctx context.Context, id sandbox.ID, lang sandbox.Language, code string, timeout time.Duration) (sandbox.ReplResult, error) {
 	c, b, err := e.client(id)
 	if err != nil {
@@ -772,8 +773,8 @@ func (e *Engine) RunCode(ctx context.Context, id sandbox.ID, lang sandbox.Langua
 
 // Stats samples the sandbox's cgroups (CPU time, memory charged) and the
 // size of its writable layer. It returns an error wrapping
-// sandbox.ErrNotFound for an unknown sandbox, sandbox.ErrConflict when it is
-// not running, and sandbox.ErrUnavailable when the cgroups cannot be read.
+// errdefs.ErrNotFound for an unknown sandbox, errdefs.ErrConflict when it is
+// not running, and errdefs.ErrUnavailable when the cgroups cannot be read.
 func (e *Engine) Stats(ctx context.Context, id sandbox.ID) (sandbox.Stats, error) {
 	b := e.lock(id)
 	if b == nil {
@@ -784,7 +785,7 @@ func (e *Engine) Stats(ctx context.Context, id sandbox.ID) (sandbox.Stats, error
 	}
 	if b.leftover || !b.running() || b.ctr == nil {
 		b.mu.Unlock()
-		return sandbox.Stats{}, fmt.Errorf("sandbox %s is not running: %w", id, sandbox.ErrConflict)
+		return sandbox.Stats{}, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrConflict)
 	}
 	ctr, mounts := b.ctr, b.spec.Root.Mounts
 	b.mu.Unlock()
@@ -793,7 +794,7 @@ func (e *Engine) Stats(ctx context.Context, id sandbox.ID) (sandbox.Stats, error
 	cs, err := ctr.Stats()
 	if err != nil {
 		// A Stop racing with us removes the cgroups we are reading.
-		return sandbox.Stats{}, callErr(b, "reading cgroups", fmt.Errorf("%w: %w", err, sandbox.ErrUnavailable))
+		return sandbox.Stats{}, callErr(b, "reading cgroups", fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable))
 	}
 	if cg := cs.CgroupStats; cg != nil {
 		st.CPUTime = time.Duration(cg.CpuStats.CpuUsage.TotalUsage)
@@ -801,15 +802,15 @@ func (e *Engine) Stats(ctx context.Context, id sandbox.ID) (sandbox.Stats, error
 	}
 	disk, err := diskUsage(filepath.Join(b.dir, "rootfs"), mounts)
 	if err != nil {
-		return sandbox.Stats{}, fmt.Errorf("sandbox %s: measuring disk use: %w: %w", id, err, sandbox.ErrUnavailable)
+		return sandbox.Stats{}, fmt.Errorf("sandbox %s: measuring disk use: %w: %w", id, err, errdefs.ErrUnavailable)
 	}
 	st.DiskBytes = disk
 	return st, nil
 }
 
 // Exited returns a channel closed when the portal (the init) of the running
-// sandbox id exits. It returns an error wrapping sandbox.ErrNotFound for an
-// unknown sandbox and sandbox.ErrConflict when it is not running.
+// sandbox id exits. It returns an error wrapping errdefs.ErrNotFound for an
+// unknown sandbox and errdefs.ErrConflict when it is not running.
 func (e *Engine) Exited(ctx context.Context, id sandbox.ID) (<-chan struct{}, error) {
 	b := e.lock(id)
 	if b == nil {
@@ -817,7 +818,7 @@ func (e *Engine) Exited(ctx context.Context, id sandbox.ID) (<-chan struct{}, er
 	}
 	defer b.mu.Unlock()
 	if b.leftover || !b.running() {
-		return nil, fmt.Errorf("sandbox %s is not running: %w", id, sandbox.ErrConflict)
+		return nil, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrConflict)
 	}
 	return b.done, nil
 }
@@ -825,8 +826,8 @@ func (e *Engine) Exited(ctx context.Context, id sandbox.ID) (<-chan struct{}, er
 // DialSandbox connects to TCP port on 127.0.0.1 inside the running
 // sandbox id's network namespace, as a process in it would: the socket is
 // created on an OS thread that has joined the namespace of the sandbox's
-// init for just that call. It returns an error wrapping sandbox.ErrNotFound
-// for an unknown sandbox, sandbox.ErrConflict when it is not running, and
+// init for just that call. It returns an error wrapping errdefs.ErrNotFound
+// for an unknown sandbox, errdefs.ErrConflict when it is not running, and
 // the dial's error (connection refused when nothing listens).
 func (e *Engine) DialSandbox(ctx context.Context, id sandbox.ID, port int) (net.Conn, error) {
 	b := e.lock(id)
@@ -835,16 +836,16 @@ func (e *Engine) DialSandbox(ctx context.Context, id sandbox.ID, port int) (net.
 	}
 	if b.leftover || !b.running() || b.proc == nil {
 		b.mu.Unlock()
-		return nil, fmt.Errorf("sandbox %s is not running: %w", id, sandbox.ErrConflict)
+		return nil, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrConflict)
 	}
 	pid, err := b.proc.Pid()
 	b.mu.Unlock()
 	if err != nil {
-		return nil, fmt.Errorf("sandbox %s: %w: %w", id, err, sandbox.ErrConflict)
+		return nil, fmt.Errorf("sandbox %s: %w: %w", id, err, errdefs.ErrConflict)
 	}
 	nsFile, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
 	if err != nil {
-		return nil, fmt.Errorf("sandbox %s: network namespace: %w: %w", id, err, sandbox.ErrConflict)
+		return nil, fmt.Errorf("sandbox %s: network namespace: %w: %w", id, err, errdefs.ErrConflict)
 	}
 	defer nsFile.Close()
 	return dialInNetns(ctx, nsFile, fmt.Sprintf("127.0.0.1:%d", port))

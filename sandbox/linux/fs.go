@@ -18,13 +18,14 @@ import (
 	"github.com/opencontainers/cgroups"
 	"golang.org/x/sys/unix"
 
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 )
 
 // checkSpec rejects a Spec the engine cannot build safely.
 func checkSpec(s sandbox.Spec) error {
 	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), sandbox.ErrInvalidArgument)
+		return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), errdefs.ErrInvalid)
 	}
 	if s.MemoryMiB <= 0 || s.CPUs <= 0 || s.Pids <= 0 {
 		return bad("memory (%d MiB), cpus (%d) and pids (%d) must be positive", s.MemoryMiB, s.CPUs, s.Pids)
@@ -101,7 +102,7 @@ func mountLayers(dir, rootfs string, layers []string, layerLock string) error {
 	for _, l := range layers {
 		if fi, err := os.Stat(l); err != nil || !fi.IsDir() {
 			os.Remove(filepath.Join(dir, layersFile))
-			return fmt.Errorf("the image's layers are missing from the cache (pruned after the sandbox was created?): pull the image again with `msb pull IMAGE`, then start the sandbox again: %w", sandbox.ErrInvalidArgument)
+			return fmt.Errorf("the image's layers are missing from the cache (pruned after the sandbox was created?): pull the image again with `msb pull IMAGE`, then start the sandbox again: %w", errdefs.ErrInvalid)
 		}
 	}
 	return mountOverlay(dir, rootfs, layers)

@@ -13,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
 
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/image"
 	"github.com/msb-dev/msb/sandbox/linux"
@@ -167,7 +168,7 @@ func TestMissingLayerMessage(t *testing.T) {
 	e, cfg := newEngine(t, home, "msb-missing")
 	id := sandbox.ID{Namespace: "gone", Name: "a"}
 	err := e.Create(context.Background(), id, imageSpec([]string{filepath.Join(home, "images", "layers", "0123abcd")}))
-	if !errors.Is(err, sandbox.ErrInvalidArgument) || strings.Contains(err.Error(), home) || !strings.Contains(err.Error(), "msb pull") {
+	if !errors.Is(err, errdefs.ErrInvalid) || strings.Contains(err.Error(), home) || !strings.Contains(err.Error(), "msb pull") {
 		t.Errorf("Create with a missing layer = %v; want ErrInvalidArgument saying to pull again, without host paths", err)
 	}
 	if left := leftovers(t, cfg, id); len(left) > 0 {
@@ -213,7 +214,7 @@ func TestFileVolumeTargets(t *testing.T) {
 			} else if data, _ := os.ReadFile(filepath.Join(cfg.SandboxDir, id.Key(), "rootfs", c.target)); string(data) != "volume\n" {
 				t.Errorf("file volume on %s reads %q", c.target, data)
 			}
-		} else if !errors.Is(err, sandbox.ErrInvalidArgument) || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "regular file") {
+		} else if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "regular file") {
 			t.Errorf("file volume on the image's %s at %s = %v; want ErrInvalidArgument naming it", c.want, c.target, err)
 		}
 		if err := e.Delete(ctx, id); err != nil {

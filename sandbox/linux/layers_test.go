@@ -8,7 +8,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/errdefs"
 )
 
 // A layer pruned between a sandbox's create and its start is found missing
@@ -19,7 +19,7 @@ func TestMountLayersPrunedMeanwhile(t *testing.T) {
 	lock := filepath.Join(t.TempDir(), "pull.lock")
 	layer := filepath.Join(t.TempDir(), "0123abcd")
 	err := mountLayers(dir, rootfs, []string{layer}, lock)
-	if !errors.Is(err, sandbox.ErrInvalidArgument) || !strings.Contains(err.Error(), "msb pull") || strings.Contains(err.Error(), layer) {
+	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "msb pull") || strings.Contains(err.Error(), layer) {
 		t.Fatalf("missing layer: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, layersFile)); !errors.Is(err, os.ErrNotExist) {

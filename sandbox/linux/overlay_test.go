@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/image"
 	"github.com/msb-dev/msb/sandbox/linux"
@@ -88,7 +89,7 @@ func TestOverlayVolumesAndDial(t *testing.T) {
 	if string(got) != "pong" {
 		t.Errorf("through DialSandbox: %q", got)
 	}
-	if _, err := e.DialSandbox(ctx, sandbox.ID{Namespace: "ovl", Name: "none"}, 7000); !errors.Is(err, sandbox.ErrNotFound) {
+	if _, err := e.DialSandbox(ctx, sandbox.ID{Namespace: "ovl", Name: "none"}, 7000); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("DialSandbox of a missing sandbox = %v", err)
 	}
 
@@ -96,7 +97,7 @@ func TestOverlayVolumesAndDial(t *testing.T) {
 	os.Rename(filepath.Join(volRoot, "data"), filepath.Join(volRoot, "data.old"))
 	os.Symlink("/etc", filepath.Join(volRoot, "data"))
 	id2 := sandbox.ID{Namespace: "ovl", Name: "b"}
-	if err := e.Create(ctx, id2, spec); !errors.Is(err, sandbox.ErrInvalidArgument) || !strings.Contains(err.Error(), "leads out") {
+	if err := e.Create(ctx, id2, spec); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "leads out") {
 		t.Errorf("Create with a volume swapped for a symlink = %v, want refused", err)
 	}
 	if left := leftovers(t, cfg, id2); len(left) > 0 {

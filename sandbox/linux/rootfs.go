@@ -13,6 +13,7 @@ import (
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"golang.org/x/sys/unix"
 
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 )
 
@@ -41,7 +42,7 @@ func mountOverlay(dir, rootfs string, layers []string) error {
 	}
 	opts := "lowerdir=" + strings.Join(lower, ":") + ",upperdir=" + upper + ",workdir=" + work
 	if len(opts) >= maxMountData {
-		return fmt.Errorf("the image has too many layers (%d) to mount: %w", len(layers), sandbox.ErrInvalidArgument)
+		return fmt.Errorf("the image has too many layers (%d) to mount: %w", len(layers), errdefs.ErrInvalid)
 	}
 	if err := bindSelf(rootfs); err != nil {
 		return err
@@ -239,12 +240,12 @@ func unlinkAny(dirfd int, name string) error {
 // ".." leading out of it at this very moment (whatever was checked
 // before), cloned with open_tree, made nosuid, nodev (and read-only) with
 // mount_setattr, and moved onto the target, resolved inside the root. It
-// returns an error wrapping sandbox.ErrInvalidArgument when the source
+// returns an error wrapping errdefs.ErrInvalid when the source
 // leads out of its root.
 func (r *inRoot) mountVolume(m sandbox.Mount) error {
 	rel, err := filepath.Rel(m.Beneath, m.Source)
 	if err != nil || !filepath.IsLocal(rel) && rel != "." {
-		return fmt.Errorf("volume %s: not inside %s: %w", m.Source, m.Beneath, sandbox.ErrInvalidArgument)
+		return fmt.Errorf("volume %s: not inside %s: %w", m.Source, m.Beneath, errdefs.ErrInvalid)
 	}
 	rootfd, err := unix.Open(m.Beneath, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -256,7 +257,7 @@ func (r *inRoot) mountVolume(m sandbox.Mount) error {
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
 	})
 	if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ELOOP) {
-		return fmt.Errorf("volume %s: a symlink or \"..\" leads out of the volume root: %w", m.Source, sandbox.ErrInvalidArgument)
+		return fmt.Errorf("volume %s: a symlink or \"..\" leads out of the volume root: %w", m.Source, errdefs.ErrInvalid)
 	}
 	if err != nil {
 		return fmt.Errorf("volume %s: %w", m.Source, err)
@@ -268,7 +269,7 @@ func (r *inRoot) mountVolume(m sandbox.Mount) error {
 	}
 	isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
 	if !isDir && st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("volume %s is neither a directory nor a file: %w", m.Source, sandbox.ErrInvalidArgument)
+		return fmt.Errorf("volume %s is neither a directory nor a file: %w", m.Source, errdefs.ErrInvalid)
 	}
 
 	tree, err := unix.OpenTree(src, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
@@ -304,7 +305,7 @@ func (r *inRoot) mountVolume(m sandbox.Mount) error {
 // root, creating an empty one if there is none, for a file volume to be
 // mounted on. Whatever else the image has there (a fifo, whose open would
 // block, a device, a symlink, a directory) is refused with an error
-// wrapping sandbox.ErrInvalidArgument; nothing at p is ever opened for I/O.
+// wrapping errdefs.ErrInvalid; nothing at p is ever opened for I/O.
 func (r *inRoot) fileTarget(p string) (*os.File, error) {
 	parent, err := r.mkdirAll(path.Dir(p))
 	if err != nil {
@@ -332,7 +333,7 @@ func (r *inRoot) fileTarget(p string) (*os.File, error) {
 	}
 	if !fi.Mode().IsRegular() {
 		f.Close()
-		return nil, fmt.Errorf("the image has a %s there, not a regular file, to mount a file volume on: choose another path: %w", fileKind(fi.Mode()), sandbox.ErrInvalidArgument)
+		return nil, fmt.Errorf("the image has a %s there, not a regular file, to mount a file volume on: choose another path: %w", fileKind(fi.Mode()), errdefs.ErrInvalid)
 	}
 	return f, nil
 }

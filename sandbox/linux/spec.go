@@ -15,6 +15,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 )
 
@@ -76,7 +77,7 @@ func initOOMScore() (int, error) {
 		// not the floor it inherits, so code in the sandbox could go back
 		// below 0 (down to immunity at -1000).
 		return 0, fmt.Errorf("linux engine: the server runs with oom_score_adj %d but without CAP_SYS_RESOURCE, so code in its sandboxes could lower its own OOM score below 0; run it with a score of 0 or more, or with that capability: %w",
-			own, sandbox.ErrUnavailable)
+			own, errdefs.ErrUnavailable)
 	}
 	return max(own, 0), nil
 }

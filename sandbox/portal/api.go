@@ -12,13 +12,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 )
 
 // ErrClosed is what every call returns once the connection to the portal is
 // gone: closed by Close, ended by the sandbox, or dropped because the
 // portal sent something no honest portal sends. Such errors also match
-// sandbox.ErrUnavailable.
+// errdefs.ErrUnavailable.
 var ErrClosed = errors.New("portal connection closed")
 
 // closedError carries why the connection closed.
@@ -27,7 +28,7 @@ type closedError struct{ reason string }
 func (e *closedError) Error() string { return "portal connection closed: " + e.reason }
 
 func (e *closedError) Is(target error) bool {
-	return target == ErrClosed || target == sandbox.ErrUnavailable
+	return target == ErrClosed || target == errdefs.ErrUnavailable
 }
 
 // answerGrace is how long past a call's own timeout the client waits for
@@ -241,7 +242,7 @@ func (c *Client) wait(ctx context.Context, cl *call, limit time.Duration) (event
 	case <-ctx.Done():
 		err = ctx.Err()
 	case <-overrun:
-		err = fmt.Errorf("the sandbox's portal did not answer within %s of the call's timeout: %w", answerGrace, sandbox.ErrUnavailable)
+		err = fmt.Errorf("the sandbox's portal did not answer within %s of the call's timeout: %w", answerGrace, errdefs.ErrUnavailable)
 	}
 	c.forget(cl)
 	// Best effort, and never blocking the caller: if the portal stopped
@@ -259,9 +260,9 @@ func finalError(op string, ev event) error {
 		msg = msg[:maxErrorText] + "..."
 	}
 	if ev.Invalid {
-		return fmt.Errorf("%s: %s: %w", op, msg, sandbox.ErrInvalidArgument)
+		return fmt.Errorf("%s: %s: %w", op, msg, errdefs.ErrInvalid)
 	}
-	return fmt.Errorf("%s: %s: %w", op, msg, sandbox.ErrUnavailable)
+	return fmt.Errorf("%s: %s: %w", op, msg, errdefs.ErrUnavailable)
 }
 
 // collector stores a capped call's lines. The cap is enforced here, on the
@@ -315,8 +316,8 @@ func (c *Client) Ping(ctx context.Context) error {
 // (exit code 127 or 126 and a stderr line), not an error; so is one killed
 // by req.Timeout (sandbox.ExitTimeout, TimedOut). Errors: ctx's error when
 // ctx ends first (the command is then killed), an error matching ErrClosed
-// and sandbox.ErrUnavailable when the connection is gone or the portal
-// misbehaved, or sandbox.ErrUnavailable when the portal could not run it.
+// and errdefs.ErrUnavailable when the connection is gone or the portal
+// misbehaved, or errdefs.ErrUnavailable when the portal could not run it.
 func (c *Client) Exec(ctx context.Context, req sandbox.ExecRequest) (sandbox.ExecResult, error) {
 	co := newCollector()
 	ev, err := c.do(ctx, request{
@@ -346,14 +347,14 @@ func (c *Client) do(ctx context.Context, req request, limit time.Duration, onLin
 // call to the next. Output is capped at sandbox.MaxOutput. Code that
 // raises, or makes the interpreter exit, is a ReplError result; code still
 // running after timeout (when positive) is interrupted and is a
-// ReplTimeout result. Errors: sandbox.ErrInvalidArgument for an unknown
+// ReplTimeout result. Errors: errdefs.ErrInvalid for an unknown
 // language or when the image has no interpreter for it (the message names
 // it); ctx's error when ctx ends first; an error matching ErrClosed and
-// sandbox.ErrUnavailable when the connection is gone or the portal
-// misbehaved; sandbox.ErrUnavailable when the interpreter could not start.
+// errdefs.ErrUnavailable when the connection is gone or the portal
+// misbehaved; errdefs.ErrUnavailable when the interpreter could not start.
 func (c *Client) RunCode(ctx context.Context, lang sandbox.Language, code string, timeout time.Duration) (sandbox.ReplResult, error) {
 	if lang != sandbox.Python && lang != sandbox.Node {
-		return sandbox.ReplResult{}, fmt.Errorf("portal: unknown language %q: %w", lang, sandbox.ErrInvalidArgument)
+		return sandbox.ReplResult{}, fmt.Errorf("portal: unknown language %q: %w", lang, errdefs.ErrInvalid)
 	}
 	limit := time.Duration(0)
 	if timeout > 0 {
@@ -385,7 +386,7 @@ func (c *Client) RunCode(ctx context.Context, lang sandbox.Language, code string
 // keeps memory bounded without dropping lines. Like Exec, a command that
 // cannot start is exit code 127 or 126. Errors: ctx's error when ctx ends
 // (the command is then killed); an error matching ErrClosed and
-// sandbox.ErrUnavailable when the connection is gone or the portal
+// errdefs.ErrUnavailable when the connection is gone or the portal
 // misbehaved.
 func (c *Client) Spawn(ctx context.Context, req sandbox.ExecRequest, out func(sandbox.Line)) (int, error) {
 	if out == nil {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/portal"
 )
@@ -168,7 +169,7 @@ func TestClientRejectsBadFrames(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			_, err := c.RunCode(ctx, sandbox.Python, "1", 0)
-			if !errors.Is(err, portal.ErrClosed) || !errors.Is(err, sandbox.ErrUnavailable) {
+			if !errors.Is(err, portal.ErrClosed) || !errors.Is(err, errdefs.ErrUnavailable) {
 				t.Fatalf("err = %v, want ErrClosed and ErrUnavailable", err)
 			}
 			t.Log(err)
@@ -188,7 +189,7 @@ func TestClientIgnoresStrayFramesAndBoundsErrors(t *testing.T) {
 		w.Write(frame(map[string]any{"id": id, "done": true, "error": strings.Repeat("e", 100000), "invalid": true}))
 	})
 	_, err := c.Exec(context.Background(), sandbox.ExecRequest{Command: "x"})
-	if !errors.Is(err, sandbox.ErrInvalidArgument) || len(err.Error()) > 2000 {
+	if !errors.Is(err, errdefs.ErrInvalid) || len(err.Error()) > 2000 {
 		t.Errorf("err (%d bytes) = %.200v", len(err.Error()), err)
 	}
 }

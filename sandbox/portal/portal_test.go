@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/portal"
 )
@@ -510,7 +511,7 @@ func TestPortalExitsWhenConnectionCloses(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("portal did not exit")
 	}
-	if err := p.Ping(context.Background()); !errors.Is(err, portal.ErrClosed) || !errors.Is(err, sandbox.ErrUnavailable) {
+	if err := p.Ping(context.Background()); !errors.Is(err, portal.ErrClosed) || !errors.Is(err, errdefs.ErrUnavailable) {
 		t.Errorf("ping after close: %v, want ErrClosed and ErrUnavailable", err)
 	}
 }
@@ -518,15 +519,15 @@ func TestPortalExitsWhenConnectionCloses(t *testing.T) {
 func TestMissingInterpreter(t *testing.T) {
 	p := startPortal(t, t.TempDir())
 	_, err := p.RunCode(context.Background(), sandbox.Python, "print(1)", 0)
-	if !errors.Is(err, sandbox.ErrInvalidArgument) || !strings.Contains(err.Error(), `python interpreter "python3" is not installed in this sandbox's image`) {
+	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), `python interpreter "python3" is not installed in this sandbox's image`) {
 		t.Errorf("err = %v", err)
 	}
 	_, err = p.RunCode(context.Background(), sandbox.Node, "1", 0)
-	if !errors.Is(err, sandbox.ErrInvalidArgument) || !strings.Contains(err.Error(), `"node"`) {
+	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), `"node"`) {
 		t.Errorf("err = %v", err)
 	}
 	_, err = p.RunCode(context.Background(), "ruby", "1", 0)
-	if !errors.Is(err, sandbox.ErrInvalidArgument) {
+	if !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("unknown language: err = %v", err)
 	}
 }

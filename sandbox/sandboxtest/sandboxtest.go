@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 )
 
@@ -172,14 +173,14 @@ func (s *suite) testLifecycle(t *testing.T) {
 		t.Fatalf("Create: %v", err)
 	}
 	defer e.Delete(context.Background(), id)
-	if err := e.Create(ctx(t), id, spec); !errors.Is(err, sandbox.ErrConflict) {
+	if err := e.Create(ctx(t), id, spec); !errors.Is(err, errdefs.ErrConflict) {
 		t.Errorf("second Create = %v, want ErrConflict", err)
 	}
 	st, err := e.Inspect(ctx(t), id)
 	if err != nil || st.State != sandbox.StateCreated || st.ID != id {
 		t.Errorf("Inspect after Create = %+v, %v; want created", st, err)
 	}
-	if _, err := e.Exec(ctx(t), id, sandbox.ExecRequest{Command: "true"}); !errors.Is(err, sandbox.ErrConflict) {
+	if _, err := e.Exec(ctx(t), id, sandbox.ExecRequest{Command: "true"}); !errors.Is(err, errdefs.ErrConflict) {
 		t.Errorf("Exec before Start = %v, want ErrConflict", err)
 	}
 	if err := e.Start(ctx(t), id); err != nil {
@@ -191,7 +192,7 @@ func (s *suite) testLifecycle(t *testing.T) {
 	if err != nil || st.State != sandbox.StateRunning || st.Pid <= 0 || st.Started.IsZero() {
 		t.Errorf("Inspect after Start = %+v, %v; want running with a pid", st, err)
 	}
-	if err := e.Start(ctx(t), id); !errors.Is(err, sandbox.ErrConflict) {
+	if err := e.Start(ctx(t), id); !errors.Is(err, errdefs.ErrConflict) {
 		t.Errorf("second Start = %v, want ErrConflict", err)
 	}
 
@@ -219,10 +220,10 @@ func (s *suite) testLifecycle(t *testing.T) {
 	if err != nil || st.State != sandbox.StateStopped {
 		t.Errorf("Inspect after Stop = %+v, %v; want stopped", st, err)
 	}
-	if _, err := e.Exec(ctx(t), id, sandbox.ExecRequest{Command: "true"}); !errors.Is(err, sandbox.ErrConflict) {
+	if _, err := e.Exec(ctx(t), id, sandbox.ExecRequest{Command: "true"}); !errors.Is(err, errdefs.ErrConflict) {
 		t.Errorf("Exec after Stop = %v, want ErrConflict", err)
 	}
-	if _, err := e.Stats(ctx(t), id); !errors.Is(err, sandbox.ErrConflict) {
+	if _, err := e.Stats(ctx(t), id); !errors.Is(err, errdefs.ErrConflict) {
 		t.Errorf("Stats after Stop = %v, want ErrConflict", err)
 	}
 	if err := e.Start(ctx(t), id); err != nil {
@@ -240,7 +241,7 @@ func (s *suite) testLifecycle(t *testing.T) {
 		t.Fatalf("Delete: %v", err)
 	}
 	t.Logf("timing: stop+delete %v", time.Since(t3))
-	if _, err := e.Inspect(ctx(t), id); !errors.Is(err, sandbox.ErrNotFound) {
+	if _, err := e.Inspect(ctx(t), id); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("Inspect after Delete = %v, want ErrNotFound", err)
 	}
 	if err := e.Delete(ctx(t), id); err != nil {
@@ -275,22 +276,22 @@ func (s *suite) testLifecycle(t *testing.T) {
 func (s *suite) testErrors(t *testing.T) {
 	e := s.e
 	id := s.id("nosuch")
-	if err := e.Start(ctx(t), id); !errors.Is(err, sandbox.ErrNotFound) {
+	if err := e.Start(ctx(t), id); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("Start unknown = %v, want ErrNotFound", err)
 	}
-	if err := e.Stop(ctx(t), id); !errors.Is(err, sandbox.ErrNotFound) {
+	if err := e.Stop(ctx(t), id); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("Stop unknown = %v, want ErrNotFound", err)
 	}
-	if _, err := e.Inspect(ctx(t), id); !errors.Is(err, sandbox.ErrNotFound) {
+	if _, err := e.Inspect(ctx(t), id); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("Inspect unknown = %v, want ErrNotFound", err)
 	}
-	if _, err := e.Exec(ctx(t), id, sandbox.ExecRequest{Command: "true"}); !errors.Is(err, sandbox.ErrNotFound) {
+	if _, err := e.Exec(ctx(t), id, sandbox.ExecRequest{Command: "true"}); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("Exec unknown = %v, want ErrNotFound", err)
 	}
-	if _, err := e.RunCode(ctx(t), id, sandbox.Python, "1", time.Second); !errors.Is(err, sandbox.ErrNotFound) {
+	if _, err := e.RunCode(ctx(t), id, sandbox.Python, "1", time.Second); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("RunCode unknown = %v, want ErrNotFound", err)
 	}
-	if _, err := e.Stats(ctx(t), id); !errors.Is(err, sandbox.ErrNotFound) {
+	if _, err := e.Stats(ctx(t), id); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("Stats unknown = %v, want ErrNotFound", err)
 	}
 	if err := e.Delete(ctx(t), id); err != nil {
@@ -298,7 +299,7 @@ func (s *suite) testErrors(t *testing.T) {
 	}
 	bad := s.h.Spec()
 	bad.MemoryMiB = 0
-	if err := e.Create(ctx(t), s.id("badspec"), bad); !errors.Is(err, sandbox.ErrInvalidArgument) {
+	if err := e.Create(ctx(t), s.id("badspec"), bad); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("Create with 0 MiB = %v, want ErrInvalidArgument", err)
 	}
 	s.assertNoLeftovers(t, s.id("badspec"))
@@ -332,7 +333,7 @@ func (s *suite) testExec(t *testing.T) {
 	// A command that cannot be started is either an ErrInvalidArgument or,
 	// as a shell reports it, exit code 127 with a line naming it.
 	res, err = e.Exec(ctx(t), id, sandbox.ExecRequest{Command: "no-such-command-msb"})
-	if !errors.Is(err, sandbox.ErrInvalidArgument) &&
+	if !errors.Is(err, errdefs.ErrInvalid) &&
 		(err != nil || res.ExitCode != 127 || !strings.Contains(text(res.Output, sandbox.Stderr), "no-such-command-msb")) {
 		t.Errorf("missing command = %+v, %v; want ErrInvalidArgument or exit 127", res, err)
 	}
@@ -592,7 +593,7 @@ func waitAlive(t *testing.T, e sandbox.Engine, id sandbox.ID, after string) {
 		if err == nil && res.ExitCode == 0 && text(res.Output, sandbox.Stdout) == "alive\n" {
 			return
 		}
-		if errors.Is(err, sandbox.ErrConflict) {
+		if errors.Is(err, errdefs.ErrConflict) {
 			t.Fatalf("sandbox died after %s: %v", after, err)
 		}
 		if time.Now().After(deadline) {
@@ -709,7 +710,7 @@ func (s *suite) testRecover(t *testing.T) {
 	if _, err := second.Exec(ctx(t), running, sandbox.ExecRequest{Command: "true"}); err == nil {
 		t.Errorf("a recovered sandbox accepted Exec without being started")
 	}
-	if err := second.Create(ctx(t), running, s.h.Spec()); !errors.Is(err, sandbox.ErrConflict) {
+	if err := second.Create(ctx(t), running, s.h.Spec()); !errors.Is(err, errdefs.ErrConflict) {
 		t.Errorf("Create over a leftover = %v, want ErrConflict", err)
 	}
 	for _, id := range []sandbox.ID{running, created} {
