@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/auth"
-	"github.com/msb-dev/msb/config/sqlite"
+	"github.com/msb-dev/msb/storage"
 	"github.com/msb-dev/msb/errdefs"
 )
 
@@ -80,19 +80,26 @@ func newHome(tb testing.TB, clk *clock) *home {
 	return h
 }
 
-// openRegistry opens the home's database again, with its own *sql.DB and
-// its own Registry on the same change file, as another process would.
+// openRegistry opens the home's database again, with its own connections
+// and its own Registry on the same change file, as another process would.
+// It also returns a raw connection to the database file, through which
+// tests change rows behind the registry's back, as an attacker with the
+// file (or another tool) would.
 func (h *home) openRegistry(tb testing.TB) (*sql.DB, *auth.Registry) {
 	tb.Helper()
-	db, err := sqlite.Open(context.Background(), h.dbPath)
+	db, err := storage.Open(context.Background(), h.dbPath)
 	if err != nil {
-		tb.Fatalf("sqlite.Open: %v", err)
+		tb.Fatalf("storage.Open: %v", err)
+	}
+	raw, err := sql.Open("sqlite", "file:"+h.dbPath+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		tb.Fatal(err)
 	}
 	reg := auth.NewRegistry(db, h.changes, h.now)
 	// Cleanups run last-registered first: wait for last-used writes, then close.
-	tb.Cleanup(func() { db.Close() })
+	tb.Cleanup(func() { db.Close(); raw.Close() })
 	tb.Cleanup(func() { reg.Close() })
-	return db, reg
+	return raw, reg
 }
 
 // authenticator returns a fresh Authenticator (empty verified-token memory)

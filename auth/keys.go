@@ -142,7 +142,7 @@ func (is *Issuer) Issue(ctx context.Context, opts IssueOptions) (string, Key, er
 	}
 	text := withChecksum(Prefix + signed)
 	k.Prefix = text[:PrefixLen]
-	k.hash = hashKey(text)
+	k.Hash = hashKey(text)
 	if err := is.Registry.Add(ctx, k); err != nil {
 		return "", Key{}, err
 	}
@@ -247,7 +247,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, key string) (Principal
 	if err != nil {
 		return Principal{}, err
 	}
-	if !hmac.Equal([]byte(k.hash), hash[:]) || k.SigningKeyID != a.Signer.ID() || k.Namespace != tok.namespace || k.Scopes != tok.scopes {
+	if !hmac.Equal([]byte(k.Hash), hash[:]) || k.SigningKeyID != a.Signer.ID() || k.Namespace != tok.namespace || k.Scopes != tok.scopes {
 		return Principal{}, ErrInvalidKey
 	}
 	if k.RevokedAt(now()) {
@@ -286,7 +286,7 @@ func (a *Authenticator) Identify(ctx context.Context, key string) (id, label str
 		return "", ""
 	}
 	k, err := a.Registry.lookup(ctx, claims.ID)
-	if err != nil || !hmac.Equal([]byte(k.hash), []byte(hashKey(key))) {
+	if err != nil || !hmac.Equal([]byte(k.Hash), []byte(hashKey(key))) {
 		return "", ""
 	}
 	return k.ID, k.Label

@@ -235,7 +235,7 @@ func (m *Manager) Rotate(ctx context.Context, caller Principal, id string, grace
 	if err != nil {
 		return Rotation{}, err
 	}
-	if _, err := m.Registry.db.ExecContext(ctx, `UPDATE api_keys SET replaced_by = ? WHERE id = ?`, nk.ID, old.ID); err != nil {
+	if err := m.Registry.store.SetKeyReplacedBy(ctx, old.ID, nk.ID); err != nil {
 		return Rotation{}, fmt.Errorf("rotate key %s: %w", old.ID, err)
 	}
 	old.ReplacedBy = nk.ID

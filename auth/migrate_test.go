@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/auth"
-	"github.com/msb-dev/msb/config/sqlite"
+	"github.com/msb-dev/msb/storage"
 )
 
 // A database made before scopes, limits and checksums (migration 0001 only),
@@ -27,7 +27,7 @@ func TestKeyFromBeforeScopesSurvivesMigration(t *testing.T) {
 	}
 
 	// The database as the first release left it.
-	init, err := os.ReadFile("../config/sqlite/migrations/0001_init.sql")
+	init, err := os.ReadFile("../storage/migrations/0001_init.sql")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestKeyFromBeforeScopesSurvivesMigration(t *testing.T) {
 	}
 	old.Close()
 
-	db, err := sqlite.Open(ctx, h.dbPath) // applies 0002 and later
+	db, err := storage.Open(ctx, h.dbPath) // applies 0002 and later
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,9 +3,7 @@ package auth
 import (
 	"context"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -39,7 +37,9 @@ type Key struct {
 	MaxUses    int64          // 0: unlimited
 	Uses       int64          // calls made, as recorded so far
 	ReplacedBy string         // the key that replaced this one by rotation
-	hash       string
+	// Hash is the hex SHA-256 of the key text: how the registry
+	// recognises a key without storing it.
+	Hash string
 }
 
 // PrefixLen is how many leading characters of a key the registry keeps.
@@ -84,7 +84,32 @@ func hashKey(key string) string {
 // lastUsedEvery bounds how often a key's last-used time is written.
 const lastUsedEvery = time.Minute
 
-// Registry records API keys in SQLite. Lookups on the request path are
+// KeyStore is where the registry keeps keys; storage.DB is the real one
+// (SQLite). Methods return errors wrapping ErrKeyNotFound for an unknown id.
+type KeyStore interface {
+	// AddKey records a newly issued key.
+	AddKey(ctx context.Context, k Key) error
+	// Key returns the key with id.
+	Key(ctx context.Context, id string) (Key, error)
+	// KeysWithPrefix returns the keys whose id starts with prefix.
+	KeysWithPrefix(ctx context.Context, prefix string) ([]Key, error)
+	// Keys returns every key, oldest first.
+	Keys(ctx context.Context) ([]Key, error)
+	// RevokeKey makes key id stop working at t, unless it stops earlier.
+	RevokeKey(ctx context.Context, id string, t time.Time) error
+	// SetKeyReplacedBy records that key id was rotated to key by.
+	SetKeyReplacedBy(ctx context.Context, id, by string) error
+	// SetKeyLimits sets a key's rates (zero: the server's) and max uses (0: unlimited).
+	SetKeyLimits(ctx context.Context, id string, rate, startRate ratelimit.Rate, maxUses int64) error
+	// UseKey counts one use of a key with a usage limit, atomically, and
+	// reports false (counting nothing) when its uses are spent.
+	UseKey(ctx context.Context, id string) (bool, error)
+	// TouchKey adds uses counted in memory and, unless zero, sets the
+	// last-used time.
+	TouchKey(ctx context.Context, id string, lastUsed time.Time, uses int64) error
+}
+
+// Registry records API keys in a KeyStore. Lookups on the request path are
 // served from memory. Every change to a key's validity (revocation) is also
 // announced by appending to a small change file next to the database; before
 // each lookup the registry stats that file (one syscall, no lock shared with
@@ -94,7 +119,7 @@ const lastUsedEvery = time.Minute
 // PRAGMA data_version does the same job but costs a read transaction per
 // request: it halved the throughput of a trivial call.)
 type Registry struct {
-	db      *sql.DB
+	store   KeyStore
 	now     func() time.Time
 	changes string // the change file
 
@@ -118,10 +143,10 @@ type fileSig struct {
 	size int64
 }
 
-// NewRegistry returns a registry on db (opened by config/sqlite). changes is
+// NewRegistry returns a registry on store. changes is
 // the change file shared by every process using db (created on demand); now
 // is the clock, nil meaning time.Now.
-func NewRegistry(db *sql.DB, changes string, now func() time.Time) *Registry {
+func NewRegistry(store KeyStore, changes string, now func() time.Time) *Registry {
 	if now == nil {
 		now = time.Now
 	}
@@ -130,7 +155,7 @@ func NewRegistry(db *sql.DB, changes string, now func() time.Time) *Registry {
 	if f, err := os.OpenFile(changes, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600); err == nil {
 		f.Close()
 	}
-	return &Registry{db: db, now: now, changes: changes, seen: fileSig{ino: ^uint64(0)},
+	return &Registry{store: store, now: now, changes: changes, seen: fileSig{ino: ^uint64(0)},
 		cache: map[string]Key{}, lastSeen: map[string]time.Time{}}
 }
 
@@ -147,88 +172,11 @@ func (r *Registry) Close() error {
 	return nil
 }
 
-func ms(t time.Time) sql.NullInt64 {
-	if t.IsZero() {
-		return sql.NullInt64{}
-	}
-	return sql.NullInt64{Int64: t.UnixMilli(), Valid: true}
-}
-
-func fromMS(n sql.NullInt64) time.Time {
-	if !n.Valid {
-		return time.Time{}
-	}
-	return time.UnixMilli(n.Int64)
-}
-
 // Add records a newly issued key.
-func (r *Registry) Add(ctx context.Context, k Key) error {
-	_, err := r.db.ExecContext(ctx, `INSERT INTO api_keys
-		(id, label, namespace, key_prefix, key_hash, signing_key_id, created_at, expires_at,
-		 scopes, rate_limit, start_rate_limit, max_uses, uses)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		k.ID, k.Label, k.Namespace, k.Prefix, k.hash, k.SigningKeyID, k.Created.UnixMilli(), ms(k.Expires),
-		k.Scopes.String(), k.Rate.String(), k.StartRate.String(), nullInt(k.MaxUses), k.Uses)
-	if err != nil {
-		return fmt.Errorf("record API key: %w", err)
-	}
-	return nil
-}
-
-const keyColumns = `id, label, namespace, key_prefix, key_hash, signing_key_id, created_at, expires_at, last_used_at, revoked_at,
-	scopes, rate_limit, start_rate_limit, max_uses, uses, replaced_by`
-
-func nullInt(n int64) sql.NullInt64 { return sql.NullInt64{Int64: n, Valid: n > 0} }
-
-type scanner interface{ Scan(...any) error }
-
-func scanKey(s scanner) (Key, error) {
-	var k Key
-	var created int64
-	var expires, lastUsed, revoked, maxUses sql.NullInt64
-	var scopes, rate, startRate string
-	var replacedBy sql.NullString
-	if err := s.Scan(&k.ID, &k.Label, &k.Namespace, &k.Prefix, &k.hash, &k.SigningKeyID, &created, &expires, &lastUsed, &revoked,
-		&scopes, &rate, &startRate, &maxUses, &k.Uses, &replacedBy); err != nil {
-		return Key{}, err
-	}
-	k.Created = time.UnixMilli(created)
-	k.Expires, k.LastUsed, k.Revoked = fromMS(expires), fromMS(lastUsed), fromMS(revoked)
-	k.MaxUses, k.ReplacedBy = maxUses.Int64, replacedBy.String
-	var err error
-	if k.Scopes, err = ParseScopes([]string{scopes}); err != nil {
-		return Key{}, fmt.Errorf("key %s: scopes: %w", k.ID, err)
-	}
-	if rate != "" {
-		if k.Rate, err = ratelimit.Parse(rate); err != nil {
-			return Key{}, fmt.Errorf("key %s: %w", k.ID, err)
-		}
-	}
-	if startRate != "" {
-		if k.StartRate, err = ratelimit.Parse(startRate); err != nil {
-			return Key{}, fmt.Errorf("key %s: %w", k.ID, err)
-		}
-	}
-	return k, nil
-}
+func (r *Registry) Add(ctx context.Context, k Key) error { return r.store.AddKey(ctx, k) }
 
 // List returns every key, oldest first.
-func (r *Registry) List(ctx context.Context) ([]Key, error) {
-	rows, err := r.db.QueryContext(ctx, `SELECT `+keyColumns+` FROM api_keys ORDER BY created_at, id`)
-	if err != nil {
-		return nil, fmt.Errorf("list API keys: %w", err)
-	}
-	defer rows.Close()
-	var keys []Key
-	for rows.Next() {
-		k, err := scanKey(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list API keys: %w", err)
-		}
-		keys = append(keys, k)
-	}
-	return keys, rows.Err()
-}
+func (r *Registry) List(ctx context.Context) ([]Key, error) { return r.store.Keys(ctx) }
 
 // Find returns the key with id, or with a unique prefix of it (as `keys
 // list` shows). Errors wrap ErrKeyNotFound when none matches.
@@ -242,23 +190,15 @@ func (r *Registry) findIn(ctx context.Context, id string, in func(Key) bool) (Ke
 	if id == "" {
 		return Key{}, fmt.Errorf("%w: give the key id shown by `msb server keys list`", ErrKeyNotFound)
 	}
-	rows, err := r.db.QueryContext(ctx, `SELECT `+keyColumns+` FROM api_keys WHERE substr(id, 1, ?) = ?`, len(id), id)
+	keys, err := r.store.KeysWithPrefix(ctx, id)
 	if err != nil {
-		return Key{}, fmt.Errorf("find API key: %w", err)
+		return Key{}, err
 	}
-	defer rows.Close()
 	var matches []Key
-	for rows.Next() {
-		k, err := scanKey(rows)
-		if err != nil {
-			return Key{}, fmt.Errorf("find API key: %w", err)
-		}
+	for _, k := range keys {
 		if in == nil || in(k) {
 			matches = append(matches, k)
 		}
-	}
-	if err := rows.Err(); err != nil {
-		return Key{}, fmt.Errorf("find API key: %w", err)
 	}
 	switch len(matches) {
 	case 0:
@@ -293,9 +233,8 @@ func (r *Registry) revokeAt(ctx context.Context, k Key, t time.Time) (Key, error
 		return k, nil
 	}
 	k.Revoked = t
-	if _, err := r.db.ExecContext(ctx, `UPDATE api_keys SET revoked_at = ? WHERE id = ? AND (revoked_at IS NULL OR revoked_at > ?)`,
-		t.UnixMilli(), k.ID, t.UnixMilli()); err != nil {
-		return Key{}, fmt.Errorf("revoke API key: %w", err)
+	if err := r.store.RevokeKey(ctx, k.ID, t); err != nil {
+		return Key{}, err
 	}
 	if err := r.announce(); err != nil {
 		return Key{}, err
@@ -331,9 +270,8 @@ func (r *Registry) SetLimits(ctx context.Context, id string, l LimitChange) (Key
 		k.MaxUses = *l.MaxUses
 	}
 	r.flushUses(ctx)
-	if _, err := r.db.ExecContext(ctx, `UPDATE api_keys SET rate_limit = ?, start_rate_limit = ?, max_uses = ? WHERE id = ?`,
-		k.Rate.String(), k.StartRate.String(), nullInt(k.MaxUses), k.ID); err != nil {
-		return Key{}, fmt.Errorf("set key limits: %w", err)
+	if err := r.store.SetKeyLimits(ctx, k.ID, k.Rate, k.StartRate, k.MaxUses); err != nil {
+		return Key{}, err
 	}
 	if err := r.announce(); err != nil {
 		return Key{}, err
@@ -354,13 +292,11 @@ func (r *Registry) Use(ctx context.Context, id string, maxUses int64) error {
 		c.(*atomic.Int64).Add(1)
 		return nil
 	}
-	res, err := r.db.ExecContext(ctx, `UPDATE api_keys SET uses = uses + 1 WHERE id = ? AND (max_uses IS NULL OR uses < max_uses)`, id)
+	ok, err := r.store.UseKey(ctx, id)
 	if err != nil {
-		return fmt.Errorf("count key use: %w", err)
+		return err
 	}
-	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("count key use: %w", err)
-	} else if n == 0 {
+	if !ok {
 		return ErrUsageLimit
 	}
 	return nil
@@ -370,7 +306,7 @@ func (r *Registry) Use(ctx context.Context, id string, maxUses int64) error {
 func (r *Registry) flushUses(ctx context.Context) {
 	r.uses.Range(func(id, c any) bool {
 		if n := c.(*atomic.Int64).Swap(0); n > 0 {
-			if _, err := r.db.ExecContext(ctx, `UPDATE api_keys SET uses = uses + ? WHERE id = ?`, n, id); err != nil {
+			if err := r.store.TouchKey(ctx, id.(string), time.Time{}, n); err != nil {
 				slog.Warn("record key uses", "key_id", id, "err", err)
 			}
 		}
@@ -471,12 +407,9 @@ func (r *Registry) lookup(ctx context.Context, id string) (Key, error) {
 	if ok {
 		return k, nil
 	}
-	k, err := scanKey(r.db.QueryRowContext(ctx, `SELECT `+keyColumns+` FROM api_keys WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return Key{}, ErrKeyNotFound
-	}
+	k, err := r.store.Key(ctx, id)
 	if err != nil {
-		return Key{}, fmt.Errorf("key registry: %w", err)
+		return Key{}, err
 	}
 	r.mu.Lock()
 	// A row read before an invalidation may be stale: cache only if none happened.
@@ -513,7 +446,7 @@ func (r *Registry) touch(id string) {
 		if c, ok := r.uses.Load(id); ok {
 			n = c.(*atomic.Int64).Swap(0)
 		}
-		if _, err := r.db.ExecContext(ctx, `UPDATE api_keys SET last_used_at = ?, uses = uses + ? WHERE id = ?`, now.UnixMilli(), n, id); err != nil {
+		if err := r.store.TouchKey(ctx, id, now, n); err != nil {
 			slog.Warn("record key use", "key_id", id, "err", err)
 		}
 	}()

@@ -22,13 +22,24 @@ import (
 // namespace checks, usage count), not work. bench.change is the same but
 // marked as changing something, so every call is also audited.
 var noop = rpc.Methods{
-	"bench.noop": {Scope: auth.ScopeSandboxRead, Namespaced: true, Handle: func(ctx context.Context, c *rpc.Call) (any, error) {
+	"bench.noop": rpc.Method[rpc.Ref]{Scope: auth.ScopeSandboxRead, Target: rpc.TargetNamespaceOrAll, Handle: func(ctx context.Context, c *rpc.Call, p rpc.Ref) (any, error) {
 		return "ok", nil
 	}},
-	"bench.change": {Scope: auth.ScopeSandboxExec, Changes: true, Namespaced: true, Handle: func(ctx context.Context, c *rpc.Call) (any, error) {
+	"bench.change": rpc.Method[rpc.Ref]{Scope: auth.ScopeSandboxExec, Changes: true, Target: rpc.TargetSandbox, Handle: func(ctx context.Context, c *rpc.Call, p rpc.Ref) (any, error) {
 		return "ok", nil
 	}},
 }
+
+// keyGate is the gate of a server with keys: authn, limits and an audit
+// log (nil: none).
+func keyGate(signer *auth.Signer, reg *auth.Registry, limits *auth.Limits, auditor interface{ Record(audit.Event) }) *auth.Gate {
+	if limits == nil {
+		limits = auth.NewLimits(reg, auth.Defaults{}, nil)
+	}
+	return auth.NewGate(&auth.KeyPolicy{Authn: &auth.Authenticator{Signer: signer, Registry: reg}, Limits: limits, Auditor: auditor}, rpc.Code)
+}
+
+func devGate() *auth.Gate { return auth.NewGate(auth.DevPolicy{}, rpc.Code) }
 
 // stack is what newStack serves in front of the methods.
 type stack int
@@ -41,32 +52,35 @@ const (
 
 // newStack serves noop on a loopback port, with authentication backed by a
 // real SQLite registry (and, for full, rate limits and the audit log), and
-// returns its URL and a key. The key's rate is high enough never to refuse
-// a call, so every call pays for the bucket.
+// returns its URL and a key. For full, the key's rate is high enough never
+// to refuse a call, so every call pays for the bucket; for keysOnly it has
+// none, and the server no default, so no call pays for one.
 func newStack(tb testing.TB, mode stack) (string, string) {
 	tb.Helper()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if mode == devMode {
-		srv := httptest.NewServer(rpc.NewServer(noop, nil, quiet))
+		srv := httptest.NewServer(rpc.NewServer(noop, devGate(), quiet))
 		tb.Cleanup(srv.Close)
 		return srv.URL, ""
 	}
 	db, signer, reg := authtest.KeyStore(tb)
-	key, _, err := (&auth.Issuer{Signer: signer, Registry: reg}).Issue(context.Background(),
-		auth.IssueOptions{Namespace: "bench", Rate: ratelimit.Rate{N: ratelimit.MaxN, Per: time.Second}})
+	opts := auth.IssueOptions{Namespace: "bench"}
+	if mode == full {
+		opts.Rate = ratelimit.Rate{N: ratelimit.MaxN, Per: time.Second}
+	}
+	key, _, err := (&auth.Issuer{Signer: signer, Registry: reg}).Issue(context.Background(), opts)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	if mode == keysOnly {
-		srv := httptest.NewServer(rpc.NewServer(noop, &auth.Authenticator{Signer: signer, Registry: reg}, quiet))
+		srv := httptest.NewServer(rpc.NewServer(noop, keyGate(signer, reg, nil, nil), quiet))
 		tb.Cleanup(srv.Close)
 		return srv.URL, key
 	}
 	auditLog := audit.NewWriter(db, audit.Options{Log: quiet})
 	tb.Cleanup(func() { auditLog.Close() })
 	limits := auth.NewLimits(reg, auth.Defaults{Rate: ratelimit.Rate{N: 600, Per: time.Minute}, StartRate: ratelimit.Rate{N: 60, Per: time.Minute}}, nil)
-	srv := httptest.NewServer(rpc.NewServer(noop, &auth.Authenticator{Signer: signer, Registry: reg}, quiet,
-		rpc.WithLimits(limits), rpc.WithAudit(auditLog)))
+	srv := httptest.NewServer(rpc.NewServer(noop, keyGate(signer, reg, limits, auditLog), quiet))
 	tb.Cleanup(srv.Close)
 	return srv.URL, key
 }

@@ -27,6 +27,7 @@ import (
 // Every method of the server's table states its scope explicitly.
 func TestEveryMethodHasAScope(t *testing.T) {
 	tables := []rpc.Methods{rpc.SandboxMethods(sandbox.Unavailable{Reason: "test"}), rpc.KeyMethods(&auth.Manager{}), rpc.AuditMethods(nil)}
+	scope := func(table rpc.Methods, name string) auth.Scope { s, _ := table.Scope(name); return s }
 	want := map[string]auth.Scope{
 		"sandbox.start": auth.ScopeSandboxCreate, "sandbox.stop": auth.ScopeSandboxDelete,
 		"sandbox.metrics.get": auth.ScopeSandboxRead, "sandbox.repl.run": auth.ScopeSandboxExec,
@@ -36,10 +37,10 @@ func TestEveryMethodHasAScope(t *testing.T) {
 	}
 	n := 0
 	for _, table := range tables {
-		for name, m := range table {
+		for name := range table {
 			n++
-			if m.Scope != want[name] {
-				t.Errorf("%s: scope %q, want %q", name, m.Scope, want[name])
+			if got := scope(table, name); got != want[name] {
+				t.Errorf("%s: scope %q, want %q", name, got, want[name])
 			}
 		}
 	}
@@ -47,6 +48,10 @@ func TestEveryMethodHasAScope(t *testing.T) {
 		t.Errorf("%d methods, want %d", n, len(want))
 	}
 }
+
+type authedFunc func(http.ResponseWriter, *http.Request, *auth.Caller)
+
+func (f authedFunc) ServeAuthed(w http.ResponseWriter, r *http.Request, c *auth.Caller) { f(w, r, c) }
 
 type recorder struct {
 	mu     sync.Mutex
@@ -67,19 +72,19 @@ func TestInvokeCannotBypassChecks(t *testing.T) {
 		t.Fatal(err)
 	}
 	ran := 0
+	handle := func(context.Context, *rpc.Call, rpc.Ref) (any, error) { ran++; return "ok", nil }
 	methods := rpc.Methods{
-		"t.read":    {Scope: auth.ScopeSandboxRead, Namespaced: true, Handle: func(context.Context, *rpc.Call) (any, error) { ran++; return "ok", nil }},
-		"t.exec":    {Scope: auth.ScopeSandboxExec, Changes: true, Namespaced: true, Handle: func(context.Context, *rpc.Call) (any, error) { ran++; return "ok", nil }},
-		"t.noscope": {Handle: func(context.Context, *rpc.Call) (any, error) { ran++; return "ok", nil }},
+		"t.read":    rpc.Method[rpc.Ref]{Scope: auth.ScopeSandboxRead, Target: rpc.TargetSandbox, Handle: handle},
+		"t.exec":    rpc.Method[rpc.Ref]{Scope: auth.ScopeSandboxExec, Changes: true, Target: rpc.TargetSandbox, Handle: handle},
+		"t.noscope": rpc.Method[rpc.Ref]{Handle: handle},
 	}
 	rec := &recorder{}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv := rpc.NewServer(methods, &auth.Authenticator{Signer: signer, Registry: reg}, quiet,
-		rpc.WithLimits(auth.NewLimits(reg, auth.Defaults{Rate: ratelimit.Rate{N: 600, Per: time.Minute}}, nil)), rpc.WithAudit(rec))
+	srv := rpc.NewServer(methods, keyGate(signer, reg, auth.NewLimits(reg, auth.Defaults{Rate: ratelimit.Rate{N: 600, Per: time.Minute}}, nil), rec), quiet)
 
-	// No caller in the context: nothing runs.
+	// No caller: nothing runs.
 	for _, m := range []string{"t.read", "t.exec", "t.noscope"} {
-		if _, err := srv.Invoke(context.Background(), m, json.RawMessage(`{"namespace":"team-a"}`)); !errors.Is(err, errdefs.ErrForbidden) {
+		if _, err := srv.Invoke(context.Background(), nil, m, json.RawMessage(`{"namespace":"team-a","sandbox":"s1"}`)); !errors.Is(err, errdefs.ErrForbidden) {
 			t.Fatalf("Invoke(%s) without a caller: %v", m, err)
 		}
 	}
@@ -89,9 +94,9 @@ func TestInvokeCannotBypassChecks(t *testing.T) {
 		header http.Header
 	}
 	var got []result
-	srv.Mount("/proto", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv.Mount("/proto", authedFunc(func(w http.ResponseWriter, r *http.Request, caller *auth.Caller) {
 		method := r.URL.Query().Get("m")
-		_, err := srv.Invoke(r.Context(), method, json.RawMessage(`{"namespace":"`+r.URL.Query().Get("ns")+`","sandbox":"s1"}`))
+		_, err := srv.Invoke(r.Context(), caller, method, json.RawMessage(`{"namespace":"`+r.URL.Query().Get("ns")+`","sandbox":"s1"}`))
 		w.WriteHeader(200)
 		got = append(got, result{err, w.Header().Clone()})
 	}))
@@ -149,7 +154,7 @@ func TestRefusalFloodIsSampled(t *testing.T) {
 	_, signer, reg := authtest.KeyStore(t)
 	rec := &recorder{}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	hs := httptest.NewServer(rpc.NewServer(rpc.Methods{}, &auth.Authenticator{Signer: signer, Registry: reg}, quiet, rpc.WithAudit(rec)))
+	hs := httptest.NewServer(rpc.NewServer(rpc.Methods{}, keyGate(signer, reg, nil, rec), quiet))
 	defer hs.Close()
 	refuse := func() {
 		req, _ := http.NewRequest("POST", hs.URL+rpc.RPCPath, strings.NewReader(`{"jsonrpc":"2.0","method":"x","id":1}`))
@@ -188,12 +193,12 @@ func TestRefusalFloodIsSampled(t *testing.T) {
 // are refused; tools without those headers, and servers with keys, are not
 // affected.
 func TestDevModeRefusesBrowsersAndRebinding(t *testing.T) {
-	methods := rpc.Methods{"t.ping": {Handle: func(context.Context, *rpc.Call) (any, error) { return "pong", nil }}}
+	methods := rpc.Methods{"t.ping": rpc.Method[struct{}]{Handle: func(context.Context, *rpc.Call, struct{}) (any, error) { return "pong", nil }}}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	dev := httptest.NewServer(rpc.NewServer(methods, nil, quiet))
+	dev := httptest.NewServer(rpc.NewServer(methods, devGate(), quiet))
 	defer dev.Close()
 	_, signer, reg := authtest.KeyStore(t)
-	keyed := httptest.NewServer(rpc.NewServer(methods, &auth.Authenticator{Signer: signer, Registry: reg}, quiet))
+	keyed := httptest.NewServer(rpc.NewServer(methods, keyGate(signer, reg, nil, nil), quiet))
 	defer keyed.Close()
 	post := func(url string, headers map[string]string) (int, string) {
 		req, _ := http.NewRequest(http.MethodPost, url+rpc.RPCPath, strings.NewReader(`{"jsonrpc":"2.0","method":"t.ping","id":1}`))
@@ -240,9 +245,9 @@ func TestDevModeRefusesBrowsersAndRebinding(t *testing.T) {
 func TestBatchResponseIsBounded(t *testing.T) {
 	big := strings.Repeat("x", 20<<20)
 	ran := 0
-	methods := rpc.Methods{"t.big": {Handle: func(context.Context, *rpc.Call) (any, error) { ran++; return big, nil }}}
+	methods := rpc.Methods{"t.big": rpc.Method[struct{}]{Handle: func(context.Context, *rpc.Call, struct{}) (any, error) { ran++; return big, nil }}}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	hs := httptest.NewServer(rpc.NewServer(methods, nil, quiet))
+	hs := httptest.NewServer(rpc.NewServer(methods, devGate(), quiet))
 	defer hs.Close()
 	var batch []string
 	for i := range 6 {

@@ -2,7 +2,6 @@ package rpc
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"strings"
 	"time"
@@ -20,18 +19,18 @@ import (
 func KeyMethods(m *auth.Manager) Methods {
 	h := keyHandlers{m}
 	return Methods{
-		"keys.create": {Scope: auth.ScopeKeysManage, Changes: true, Handle: h.create},
-		"keys.list":   {Scope: auth.ScopeKeysManage, Handle: h.list},
-		"keys.revoke": {Scope: auth.ScopeKeysManage, Changes: true, Handle: h.revoke},
-		"keys.rotate": {Scope: auth.ScopeKeysManage, Changes: true, Handle: h.rotate},
-		"keys.limit":  {Scope: auth.ScopeKeysManage, Changes: true, Handle: h.limit},
+		"keys.create": Method[createParams]{Scope: auth.ScopeKeysManage, Changes: true, Handle: h.create},
+		"keys.list":   Method[struct{}]{Scope: auth.ScopeKeysManage, Handle: h.list},
+		"keys.revoke": Method[idParam]{Scope: auth.ScopeKeysManage, Changes: true, Handle: h.revoke},
+		"keys.rotate": Method[rotateParams]{Scope: auth.ScopeKeysManage, Changes: true, Handle: h.rotate},
+		"keys.limit":  Method[limitParams]{Scope: auth.ScopeKeysManage, Changes: true, Handle: h.limit},
 	}
 }
 
-// AuditMethods returns audit.list (scope audit:read), reading db.
-func AuditMethods(db *sql.DB) Methods {
-	return Methods{"audit.list": {Scope: auth.ScopeAuditRead, Handle: func(ctx context.Context, c *Call) (any, error) {
-		return auditList(ctx, db, c)
+// AuditMethods returns audit.list (scope audit:read), reading events.
+func AuditMethods(events audit.Store) Methods {
+	return Methods{"audit.list": Method[auditParams]{Scope: auth.ScopeAuditRead, Handle: func(ctx context.Context, c *Call, p auditParams) (any, error) {
+		return auditList(ctx, events, c, p)
 	}}}
 }
 
@@ -84,19 +83,17 @@ func parseRate(field, s string) (ratelimit.Rate, error) {
 	return r, nil
 }
 
-func (h keyHandlers) create(ctx context.Context, c *Call) (any, error) {
-	var p struct {
-		Namespace string   `json:"namespace"`
-		Label     string   `json:"label"`
-		Scopes    []string `json:"scopes"`
-		Expire    string   `json:"expire"`
-		Rate      string   `json:"rate"`
-		StartRate string   `json:"start_rate"`
-		MaxUses   int64    `json:"max_uses"`
-	}
-	if err := c.Decode(&p); err != nil {
-		return nil, err
-	}
+type createParams struct {
+	Namespace string   `json:"namespace"`
+	Label     string   `json:"label"`
+	Scopes    []string `json:"scopes"`
+	Expire    string   `json:"expire"`
+	Rate      string   `json:"rate"`
+	StartRate string   `json:"start_rate"`
+	MaxUses   int64    `json:"max_uses"`
+}
+
+func (h keyHandlers) create(ctx context.Context, c *Call, p createParams) (any, error) {
 	o := auth.CreateOptions{Namespace: p.Namespace, Label: p.Label, MaxUses: p.MaxUses}
 	c.Audit(p.Namespace, "")
 	var err error
@@ -119,7 +116,7 @@ func (h keyHandlers) create(ctx context.Context, c *Call) (any, error) {
 	if p.MaxUses < 0 {
 		return nil, fmt.Errorf("%w: \"max_uses\" must be 0 (unlimited) or more", errInvalidParams)
 	}
-	text, k, err := h.m.Create(ctx, c.Principal, o)
+	text, k, err := h.m.Create(ctx, c.Principal(), o)
 	if err != nil {
 		return nil, err
 	}
@@ -130,11 +127,8 @@ func (h keyHandlers) create(ctx context.Context, c *Call) (any, error) {
 	}{text, h.view(k)}, nil
 }
 
-func (h keyHandlers) list(ctx context.Context, c *Call) (any, error) {
-	if err := c.Decode(&struct{}{}); err != nil {
-		return nil, err
-	}
-	keys, err := h.m.List(ctx, c.Principal)
+func (h keyHandlers) list(ctx context.Context, c *Call, _ struct{}) (any, error) {
+	keys, err := h.m.List(ctx, c.Principal())
 	if err != nil {
 		return nil, err
 	}
@@ -156,16 +150,12 @@ func (p idParam) check() error {
 	return nil
 }
 
-func (h keyHandlers) revoke(ctx context.Context, c *Call) (any, error) {
-	var p idParam
-	if err := c.Decode(&p); err != nil {
-		return nil, err
-	}
+func (h keyHandlers) revoke(ctx context.Context, c *Call, p idParam) (any, error) {
 	if err := p.check(); err != nil {
 		return nil, err
 	}
 	c.Audit("", "key "+truncate(p.ID))
-	k, err := h.m.Revoke(ctx, c.Principal, p.ID)
+	k, err := h.m.Revoke(ctx, c.Principal(), p.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -173,14 +163,12 @@ func (h keyHandlers) revoke(ctx context.Context, c *Call) (any, error) {
 	return h.view(k), nil
 }
 
-func (h keyHandlers) rotate(ctx context.Context, c *Call) (any, error) {
-	var p struct {
-		idParam
-		Grace string `json:"grace"`
-	}
-	if err := c.Decode(&p); err != nil {
-		return nil, err
-	}
+type rotateParams struct {
+	idParam
+	Grace string `json:"grace"`
+}
+
+func (h keyHandlers) rotate(ctx context.Context, c *Call, p rotateParams) (any, error) {
 	if err := p.check(); err != nil {
 		return nil, err
 	}
@@ -189,7 +177,7 @@ func (h keyHandlers) rotate(ctx context.Context, c *Call) (any, error) {
 		return nil, fmt.Errorf("\"grace\": %w", err)
 	}
 	c.Audit("", "key "+truncate(p.ID))
-	r, err := h.m.Rotate(ctx, c.Principal, p.ID, grace)
+	r, err := h.m.Rotate(ctx, c.Principal(), p.ID, grace)
 	if err != nil {
 		return nil, err
 	}
@@ -218,16 +206,14 @@ func ParseGrace(s string) (time.Duration, error) {
 	return duration.Parse(s)
 }
 
-func (h keyHandlers) limit(ctx context.Context, c *Call) (any, error) {
-	var p struct {
-		idParam
-		Rate      *string `json:"rate"`       // "default": the server's
-		StartRate *string `json:"start_rate"` // "default": the server's
-		MaxUses   *int64  `json:"max_uses"`   // 0: unlimited
-	}
-	if err := c.Decode(&p); err != nil {
-		return nil, err
-	}
+type limitParams struct {
+	idParam
+	Rate      *string `json:"rate"`       // "default": the server's
+	StartRate *string `json:"start_rate"` // "default": the server's
+	MaxUses   *int64  `json:"max_uses"`   // 0: unlimited
+}
+
+func (h keyHandlers) limit(ctx context.Context, c *Call, p limitParams) (any, error) {
 	if err := p.check(); err != nil {
 		return nil, err
 	}
@@ -251,7 +237,7 @@ func (h keyHandlers) limit(ctx context.Context, c *Call) (any, error) {
 	}
 	l.MaxUses = p.MaxUses
 	c.Audit("", "key "+truncate(p.ID))
-	k, err := h.m.SetLimits(ctx, c.Principal, p.ID, l)
+	k, err := h.m.SetLimits(ctx, c.Principal(), p.ID, l)
 	if err != nil {
 		return nil, err
 	}
@@ -268,22 +254,20 @@ func ParseLimit(s string) (ratelimit.Rate, error) {
 	return ratelimit.Parse(s)
 }
 
-func auditList(ctx context.Context, db *sql.DB, c *Call) (any, error) {
-	var p struct {
-		Key       string `json:"key"`
-		Namespace string `json:"namespace"`
-		Since     string `json:"since"`
-		Limit     int    `json:"limit"`
-	}
-	if err := c.Decode(&p); err != nil {
-		return nil, err
-	}
-	f := audit.Filter{KeyID: p.Key, Namespace: p.Namespace, Visible: c.Principal.Namespace, Limit: p.Limit}
+type auditParams struct {
+	Key       string `json:"key"`
+	Namespace string `json:"namespace"`
+	Since     string `json:"since"`
+	Limit     int    `json:"limit"`
+}
+
+func auditList(ctx context.Context, events audit.Store, c *Call, p auditParams) (any, error) {
+	f := audit.Filter{KeyID: p.Key, Namespace: p.Namespace, Visible: c.Principal().Namespace, Limit: p.Limit}
 	if p.Namespace != "" {
 		if err := namespace.ValidateName("namespace", p.Namespace); err != nil {
 			return nil, err
 		}
-		if err := namespace.Authorize(c.Principal.Namespace, p.Namespace); err != nil {
+		if err := namespace.Authorize(c.Principal().Namespace, p.Namespace); err != nil {
 			return nil, err
 		}
 	}
@@ -297,9 +281,9 @@ func auditList(ctx context.Context, db *sql.DB, c *Call) (any, error) {
 	if p.Limit < 0 || p.Limit > 10000 {
 		return nil, fmt.Errorf("%w: \"limit\" must be from 1 to 10000 (0: 1000)", errInvalidParams)
 	}
-	events, err := audit.List(ctx, db, f)
+	list, err := events.ListEvents(ctx, f)
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"events": events}, nil
+	return map[string]any{"events": list}, nil
 }

@@ -7,74 +7,130 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/auth"
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 )
 
 // MaxTimeout bounds the timeout a client may ask of one call.
 const MaxTimeout = 24 * time.Hour
 
-// SandboxMethods returns the sandbox.* methods of CONTRACT.md, served by m.
+// SandboxMethods returns the sandbox.* methods of docs/api.md, served by m.
 func SandboxMethods(m sandbox.Manager) Methods {
 	return Methods{
-		"sandbox.start": {Scope: auth.ScopeSandboxCreate, Changes: true, StartBucket: true, Namespaced: true,
-			Handle: func(ctx context.Context, c *Call) (any, error) { return start(ctx, m, c) }},
-		"sandbox.stop": {Scope: auth.ScopeSandboxDelete, Changes: true, Namespaced: true,
-			Handle: func(ctx context.Context, c *Call) (any, error) { return stop(ctx, m, c) }},
-		"sandbox.metrics.get": {Scope: auth.ScopeSandboxRead, Namespaced: true, AllowAll: true,
-			Handle: func(ctx context.Context, c *Call) (any, error) { return metrics(ctx, m, c) }},
-		"sandbox.repl.run": {Scope: auth.ScopeSandboxExec, Changes: true, Namespaced: true,
-			Handle: func(ctx context.Context, c *Call) (any, error) { return replRun(ctx, m, c) }},
-		"sandbox.command.run": {Scope: auth.ScopeSandboxExec, Changes: true, Namespaced: true,
-			Handle: func(ctx context.Context, c *Call) (any, error) { return commandRun(ctx, m, c) }},
+		"sandbox.start": Method[startParams]{Scope: auth.ScopeSandboxCreate, Changes: true, Start: true, Target: TargetSandbox,
+			Handle: func(ctx context.Context, c *Call, p startParams) (any, error) { return start(ctx, m, c, p) }},
+		"sandbox.stop": Method[Ref]{Scope: auth.ScopeSandboxDelete, Changes: true, Target: TargetSandbox,
+			Handle: func(ctx context.Context, c *Call, p Ref) (any, error) { return stop(ctx, m, c) }},
+		"sandbox.metrics.get": Method[Ref]{Scope: auth.ScopeSandboxRead, Target: TargetNamespaceOrAll,
+			Handle: func(ctx context.Context, c *Call, p Ref) (any, error) { return metrics(ctx, m, c) }},
+		"sandbox.repl.run": Method[replParams]{Scope: auth.ScopeSandboxExec, Changes: true, Target: TargetSandbox,
+			Handle: func(ctx context.Context, c *Call, p replParams) (any, error) { return replRun(ctx, m, c, p) }},
+		"sandbox.command.run": Method[commandParams]{Scope: auth.ScopeSandboxExec, Changes: true, Target: TargetSandbox,
+			Handle: func(ctx context.Context, c *Call, p commandParams) (any, error) { return commandRun(ctx, m, c, p) }},
 	}
 }
 
-type target struct {
-	Sandbox   string `json:"sandbox"`
-	Namespace string `json:"namespace"`
+// Config is sandbox.start's config as the wire carries it.
+type Config struct {
+	Image     string            `json:"image,omitempty"`
+	Memory    int               `json:"memory,omitempty"` // MiB
+	CPUs      int               `json:"cpus,omitempty"`
+	Volumes   []string          `json:"volumes,omitempty"` // host:guest[:ro]
+	Ports     []string          `json:"ports,omitempty"`   // host:guest
+	Envs      []string          `json:"envs,omitempty"`
+	DependsOn []string          `json:"depends_on,omitempty"`
+	Workdir   string            `json:"workdir,omitempty"`
+	Shell     string            `json:"shell,omitempty"`
+	Scripts   map[string]string `json:"scripts,omitempty"`
+	Exec      string            `json:"exec,omitempty"`
 }
 
-func (t target) id() sandbox.ID { return sandbox.ID{Namespace: t.Namespace, Name: t.Sandbox} }
+// domain maps the wire config onto the domain's. Errors are of class
+// Invalid and name the field.
+func (c Config) domain() (sandbox.Config, error) {
+	d := sandbox.Config{Image: c.Image, Memory: c.Memory, CPUs: c.CPUs, Envs: c.Envs, DependsOn: c.DependsOn,
+		Workdir: c.Workdir, Shell: c.Shell, Scripts: c.Scripts, Exec: c.Exec}
+	for _, s := range c.Volumes {
+		v, err := sandbox.ParseVolume(s)
+		if err != nil {
+			return sandbox.Config{}, errdefs.Invalidf("config.volumes: %v", err)
+		}
+		d.Volumes = append(d.Volumes, v)
+	}
+	for _, s := range c.Ports {
+		p, err := sandbox.ParsePort(s)
+		if err != nil {
+			return sandbox.Config{}, errdefs.Invalidf("config.ports: %v", err)
+		}
+		d.Ports = append(d.Ports, p)
+	}
+	return d, nil
+}
 
-func start(ctx context.Context, m sandbox.Manager, c *Call) (any, error) {
-	var p struct {
-		target
-		Config *sandbox.Config `json:"config"`
+type startParams struct {
+	Ref
+	Config *Config `json:"config"`
+}
+
+func start(ctx context.Context, m sandbox.Manager, c *Call, p startParams) (any, error) {
+	var cfg *sandbox.Config
+	if p.Config != nil {
+		d, err := p.Config.domain()
+		if err != nil {
+			return nil, err
+		}
+		cfg = &d
 	}
-	if err := c.Decode(&p); err != nil {
+	if err := m.Start(ctx, c.ID, cfg); err != nil {
 		return nil, err
 	}
-	if err := m.Start(ctx, p.id(), p.Config); err != nil {
-		return nil, err
-	}
-	return fmt.Sprintf("Sandbox %s started successfully", p.Sandbox), nil
+	return fmt.Sprintf("Sandbox %s started successfully", c.ID.Name()), nil
 }
 
 func stop(ctx context.Context, m sandbox.Manager, c *Call) (any, error) {
-	var p target
-	if err := c.Decode(&p); err != nil {
+	if err := m.Stop(ctx, c.ID); err != nil {
 		return nil, err
 	}
-	if err := m.Stop(ctx, p.id()); err != nil {
-		return nil, err
-	}
-	return fmt.Sprintf("Sandbox %s stopped successfully", p.Sandbox), nil
+	return fmt.Sprintf("Sandbox %s stopped successfully", c.ID.Name()), nil
+}
+
+// SandboxMetrics is one sandbox's entry in sandbox.metrics.get. The
+// pointers are null for a sandbox that is not running.
+type SandboxMetrics struct {
+	Namespace   string   `json:"namespace"`
+	Name        string   `json:"name"`
+	Running     bool     `json:"running"`
+	CPUUsage    *float64 `json:"cpu_usage"`
+	MemoryUsage *int64   `json:"memory_usage"`
+	DiskUsage   *int64   `json:"disk_usage"`
+}
+
+// MetricsResult is the result of sandbox.metrics.get.
+type MetricsResult struct {
+	Sandboxes []SandboxMetrics `json:"sandboxes"`
 }
 
 func metrics(ctx context.Context, m sandbox.Manager, c *Call) (any, error) {
-	var p target
-	if err := c.Decode(&p); err != nil {
-		return nil, err
+	var list []sandbox.Metrics
+	if !c.ID.IsZero() {
+		one, err := m.SandboxMetrics(ctx, c.ID)
+		if err != nil {
+			return nil, err
+		}
+		list = []sandbox.Metrics{one}
+	} else {
+		// c.Namespace, not the params': "*" was narrowed to the key's namespace.
+		var err error
+		if list, err = m.Metrics(ctx, c.Namespace); err != nil {
+			return nil, err
+		}
 	}
-	// c.Namespace, not p.Namespace: "*" was narrowed to the key's namespace.
-	list, err := m.Metrics(ctx, c.Namespace, p.Sandbox)
-	if err != nil {
-		return nil, err
+	out := MetricsResult{Sandboxes: make([]SandboxMetrics, 0, len(list))}
+	for _, s := range list {
+		out.Sandboxes = append(out.Sandboxes, SandboxMetrics{Namespace: s.ID.Namespace(), Name: s.ID.Name(), Running: s.Running,
+			CPUUsage: s.CPUUsage, MemoryUsage: s.MemoryUsage, DiskUsage: s.DiskUsage})
 	}
-	if list == nil {
-		list = []sandbox.Metrics{}
-	}
-	return map[string]any{"sandboxes": list}, nil
+	return out, nil
 }
 
 // timeout converts the optional seconds param.
@@ -97,16 +153,35 @@ var languages = map[string]sandbox.Language{
 	"javascript": sandbox.Node,
 }
 
-func replRun(ctx context.Context, m sandbox.Manager, c *Call) (any, error) {
-	var p struct {
-		target
-		Language string   `json:"language"`
-		Code     *string  `json:"code"`
-		Timeout  *float64 `json:"timeout"`
+// Line is one line of output as the wire carries it.
+type Line struct {
+	Stream string `json:"stream"`
+	Text   string `json:"text"`
+}
+
+func lines(l []sandbox.Line) []Line {
+	out := make([]Line, len(l))
+	for i, x := range l {
+		out[i] = Line{Stream: string(x.Stream), Text: x.Text}
 	}
-	if err := c.Decode(&p); err != nil {
-		return nil, err
-	}
+	return out
+}
+
+type replParams struct {
+	Ref
+	Language string   `json:"language"`
+	Code     *string  `json:"code"`
+	Timeout  *float64 `json:"timeout"`
+}
+
+// ReplResult is the result of sandbox.repl.run.
+type ReplResult struct {
+	Status   string `json:"status"`
+	Language string `json:"language"`
+	Output   []Line `json:"output"`
+}
+
+func replRun(ctx context.Context, m sandbox.Manager, c *Call, p replParams) (any, error) {
 	lang, ok := languages[p.Language]
 	if !ok {
 		return nil, fmt.Errorf("%w: unsupported language %q: use python, nodejs, node or javascript", errInvalidParams, truncate(p.Language))
@@ -118,23 +193,30 @@ func replRun(ctx context.Context, m sandbox.Manager, c *Call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	res, err := m.RunCode(ctx, p.id(), lang, *p.Code, d)
+	res, err := m.RunCode(ctx, c.ID, lang, *p.Code, d)
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"status": res.Status, "language": p.Language, "output": lines(res.Output)}, nil
+	return ReplResult{Status: string(res.Status), Language: p.Language, Output: lines(res.Output)}, nil
 }
 
-func commandRun(ctx context.Context, m sandbox.Manager, c *Call) (any, error) {
-	var p struct {
-		target
-		Command string   `json:"command"`
-		Args    []string `json:"args"`
-		Timeout *float64 `json:"timeout"`
-	}
-	if err := c.Decode(&p); err != nil {
-		return nil, err
-	}
+type commandParams struct {
+	Ref
+	Command string   `json:"command"`
+	Args    []string `json:"args"`
+	Timeout *float64 `json:"timeout"`
+}
+
+// CommandResult is the result of sandbox.command.run.
+type CommandResult struct {
+	Command  string   `json:"command"`
+	Args     []string `json:"args"`
+	ExitCode int      `json:"exit_code"`
+	Success  bool     `json:"success"`
+	Output   []Line   `json:"output"`
+}
+
+func commandRun(ctx context.Context, m sandbox.Manager, c *Call, p commandParams) (any, error) {
 	if p.Command == "" {
 		return nil, fmt.Errorf("%w: \"command\" is required", errInvalidParams)
 	}
@@ -145,22 +227,9 @@ func commandRun(ctx context.Context, m sandbox.Manager, c *Call) (any, error) {
 	if p.Args == nil {
 		p.Args = []string{}
 	}
-	res, err := m.Exec(ctx, p.id(), sandbox.ExecRequest{Command: p.Command, Args: p.Args, Timeout: d})
+	res, err := m.Exec(ctx, c.ID, sandbox.ExecRequest{Command: p.Command, Args: p.Args, Timeout: d})
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{
-		"command":   p.Command,
-		"args":      p.Args,
-		"exit_code": res.ExitCode,
-		"success":   res.ExitCode == 0,
-		"output":    lines(res.Output),
-	}, nil
-}
-
-func lines(l []sandbox.Line) []sandbox.Line {
-	if l == nil {
-		return []sandbox.Line{}
-	}
-	return l
+	return CommandResult{Command: p.Command, Args: p.Args, ExitCode: res.ExitCode, Success: res.ExitCode == 0, Output: lines(res.Output)}, nil
 }

@@ -1,12 +1,14 @@
-// Package rpc serves msb's wire API: JSON-RPC 2.0 over HTTP on /api/v1/rpc
-// and the health check on /api/v1/health, exactly as CONTRACT.md describes.
+// Package rpc serves msb's JSON-RPC front-end: JSON-RPC 2.0 over HTTP on
+// /api/v1/rpc and the health check on /api/v1/health, as docs/api.md
+// describes.
 //
 // Every call passes through one path: authentication of the HTTP request,
-// then (Server.dispatch) the key's rate limit, the method table, the scope
-// the method needs, the namespace check for every namespaced method, the
-// key's usage limit, then the handler; calls that change something and
-// calls refused are audited. No method can skip a step, because handlers
-// only ever receive an already-authorized Call.
+// then (Server.dispatch) the method table, one strict decode of the params,
+// and the auth.Gate (rate limit, scope, namespace, usage limit), then the
+// handler; the Gate audits calls that change something and calls refused.
+// No method can skip a step, because handlers only ever receive an
+// already-authorized Call. The wire types of each method live beside it
+// (sandbox.go, keys.go, audit.go) and map onto the domain's.
 package rpc
 
 import (
@@ -22,15 +24,12 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/sourcegraph/jsonrpc2"
 
 	"github.com/msb-dev/msb/auth"
-	"github.com/msb-dev/msb/auth/audit"
-	"github.com/msb-dev/msb/auth/ratelimit"
+	"github.com/msb-dev/msb/errdefs"
 )
 
 // Limits on what a client may send.
@@ -49,95 +48,26 @@ const (
 	HealthPath = "/api/v1/health"
 )
 
-// Authenticator verifies an API key; *auth.Authenticator is the real one.
-type Authenticator interface {
-	Authenticate(ctx context.Context, key string) (auth.Principal, error)
-}
-
-// Limiter enforces keys' rate and usage limits; *auth.Limits is the real one.
-type Limiter interface {
-	// Allow takes one call from p's rate budget (and from its sandbox.start
-	// budget when start is set); the error matches errdefs.ErrRateLimited.
-	Allow(p auth.Principal, start bool) (ratelimit.Status, error)
-	// AllowStart takes one call from p's sandbox.start budget only, for a
-	// call whose main budget was already taken.
-	AllowStart(p auth.Principal) (ratelimit.Status, error)
-	// Status reports p's budget without taking from it.
-	Status(p auth.Principal) ratelimit.Status
-	// Use counts one use of p's key; auth.ErrUsageLimit once they are spent.
-	Use(ctx context.Context, p auth.Principal) error
-}
-
-// Auditor records audit events without waiting; *audit.Writer is the real one.
-type Auditor interface {
-	Record(audit.Event)
-}
-
-// Option configures a Server.
-type Option func(*Server)
-
-// WithLimits enforces per-key rate and usage limits (not in development mode).
-func WithLimits(l Limiter) Option { return func(s *Server) { s.limits = l } }
-
-// WithAudit records calls that change something and refused calls.
-func WithAudit(a Auditor) Option { return func(s *Server) { s.audit = a } }
-
 // Server is the HTTP handler of the API.
 type Server struct {
 	methods Methods
-	auth    Authenticator // nil: development mode, no authentication
-	limits  Limiter       // nil: no limits
-	audit   Auditor       // nil: no audit log
+	gate    *auth.Gate
 	log     *slog.Logger
 	mux     *http.ServeMux
 	handler http.Handler // mux, behind the development mode's guards
-
-	// Refusals that cost the caller nothing (401s, 429s) are audited at
-	// most at refusalAuditRate per source; the rest are counted into the
-	// next event recorded, so a flood can neither fill the database nor
-	// crowd out the events of real changes.
-	refusals *ratelimit.Limiter
-	skipped  sync.Map // source -> *atomic.Int64
 }
 
-// refusalAuditRate bounds the audit events of 401s (all together) and of
-// 429s (per key).
-var refusalAuditRate = ratelimit.Rate{N: 60, Per: time.Minute}
-
-// sampleRefusal reports whether a refusal from source goes into the audit
-// log and, if so, how many were left out before it.
-func (s *Server) sampleRefusal(source string) (record bool, skipped int64) {
-	c, _ := s.skipped.LoadOrStore(source, new(atomic.Int64))
-	n := c.(*atomic.Int64)
-	if !s.refusals.Take(source, refusalAuditRate).Allowed {
-		n.Add(1)
-		return false, 0
-	}
-	return true, n.Swap(0)
-}
-
-// withSkipped notes in an audit detail how many like events were left out.
-func withSkipped(detail string, skipped int64) string {
-	if skipped == 0 {
-		return detail
-	}
-	return fmt.Sprintf("%s (and %d more like it, not recorded one by one)", detail, skipped)
-}
-
-// NewServer returns the API handler. With auth nil every request is
-// allowed with full rights (development mode).
-func NewServer(methods Methods, auth Authenticator, log *slog.Logger, opts ...Option) *Server {
+// NewServer returns the API handler of methods, whose callers gate
+// admits.
+func NewServer(methods Methods, gate *auth.Gate, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{methods: methods, auth: auth, log: log, mux: http.NewServeMux(), refusals: ratelimit.New(nil)}
-	for _, o := range opts {
-		o(s)
-	}
+	s := &Server{methods: methods, gate: gate, log: log, mux: http.NewServeMux()}
 	s.mux.HandleFunc(RPCPath, s.serveRPC)
 	s.mux.HandleFunc(HealthPath, s.serveHealth)
 	s.handler = s.mux
-	if auth == nil {
+	if gate.Policy.Dev() {
 		// Without a key, the only thing between a web page in the
 		// operator's browser and the sandboxes is the browser's own
 		// rules: refuse cross-origin browser requests (CSRF), and requests
@@ -215,60 +145,64 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusMethodNotAllowed, errorResponse(nullID, jsonrpc2.CodeInvalidRequest, "use POST for JSON-RPC calls"))
 		return
 	}
-	principal, err := s.authenticate(r)
+	caller, err := s.authenticate(r, "")
 	if err != nil {
 		s.deny(w, r, err)
 		return
 	}
-	st := &reqState{remote: r.RemoteAddr}
-	w = s.headerWriter(w, principal, st)
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			writeJSON(w, http.StatusRequestEntityTooLarge, errorResponse(nullID, jsonrpc2.CodeInvalidRequest,
+			s.respond(w, caller, http.StatusRequestEntityTooLarge, errorResponse(nullID, jsonrpc2.CodeInvalidRequest,
 				fmt.Sprintf("request body is larger than %d MiB", MaxBodyBytes>>20)))
 			return
 		}
-		writeJSON(w, http.StatusBadRequest, errorResponse(nullID, jsonrpc2.CodeParseError, "could not read the request body"))
+		s.respond(w, caller, http.StatusBadRequest, errorResponse(nullID, jsonrpc2.CodeParseError, "could not read the request body"))
 		return
 	}
-	ctx := withPrincipal(r.Context(), principal, s.auth == nil, st)
-
+	ctx := r.Context()
 	trimmed := bytes.TrimLeft(body, " \t\r\n")
 	if len(trimmed) > 0 && trimmed[0] == '[' {
-		s.serveBatch(ctx, w, trimmed)
+		s.serveBatch(ctx, w, caller, trimmed)
 		return
 	}
 	var req request
 	if err := json.Unmarshal(body, &req); err != nil {
 		if json.Valid(body) {
-			writeJSON(w, http.StatusOK, errorResponse(nullID, jsonrpc2.CodeInvalidRequest, "the body must be a JSON-RPC request object or an array of them"))
+			s.respond(w, caller, http.StatusOK, errorResponse(nullID, jsonrpc2.CodeInvalidRequest, "the body must be a JSON-RPC request object or an array of them"))
 			return
 		}
-		writeJSON(w, http.StatusOK, parseError())
+		s.respond(w, caller, http.StatusOK, parseError())
 		return
 	}
-	resp, status := s.call(ctx, req)
+	resp, status := s.call(ctx, caller, req)
 	if resp == nil {
+		s.setRateHeaders(w.Header(), caller, http.StatusNoContent)
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	writeJSON(w, status, resp)
+	s.respond(w, caller, status, resp)
 }
 
-func (s *Server) serveBatch(ctx context.Context, w http.ResponseWriter, body []byte) {
+// respond writes a response to caller with its rate-limit headers.
+func (s *Server) respond(w http.ResponseWriter, caller *auth.Caller, status int, v any) {
+	s.setRateHeaders(w.Header(), caller, status)
+	writeJSON(w, status, v)
+}
+
+func (s *Server) serveBatch(ctx context.Context, w http.ResponseWriter, caller *auth.Caller, body []byte) {
 	var items []json.RawMessage
 	if err := json.Unmarshal(body, &items); err != nil {
-		writeJSON(w, http.StatusOK, parseError())
+		s.respond(w, caller, http.StatusOK, parseError())
 		return
 	}
 	if len(items) == 0 {
-		writeJSON(w, http.StatusOK, errorResponse(nullID, jsonrpc2.CodeInvalidRequest, "empty batch: send at least one request"))
+		s.respond(w, caller, http.StatusOK, errorResponse(nullID, jsonrpc2.CodeInvalidRequest, "empty batch: send at least one request"))
 		return
 	}
 	if len(items) > MaxBatch {
-		writeJSON(w, http.StatusOK, errorResponse(nullID, jsonrpc2.CodeInvalidRequest,
+		s.respond(w, caller, http.StatusOK, errorResponse(nullID, jsonrpc2.CodeInvalidRequest,
 			fmt.Sprintf("batch of %d requests is too large: send at most %d", len(items), MaxBatch)))
 		return
 	}
@@ -297,10 +231,11 @@ func (s *Server) serveBatch(ctx context.Context, w http.ResponseWriter, body []b
 			}
 			continue
 		}
-		if resp, _ := s.call(ctx, req); resp != nil {
+		if resp, _ := s.call(ctx, caller, req); resp != nil {
 			add(resp)
 		}
 	}
+	s.setRateHeaders(w.Header(), caller, http.StatusOK)
 	if len(out) == 0 {
 		w.WriteHeader(http.StatusNoContent)
 		return
@@ -319,7 +254,7 @@ func (s *Server) serveBatch(ctx context.Context, w http.ResponseWriter, body []b
 
 // call runs one request and returns its response (nil for a notification)
 // and the HTTP status it would have alone.
-func (s *Server) call(ctx context.Context, req request) (*response, int) {
+func (s *Server) call(ctx context.Context, caller *auth.Caller, req request) (*response, int) {
 	id := req.ID
 	notification := id == nil
 	if notification {
@@ -336,8 +271,8 @@ func (s *Server) call(ctx context.Context, req request) (*response, int) {
 	}
 	method := *req.Method
 	started := time.Now()
-	result, err := s.dispatch(ctx, method, req.Params)
-	principal, _ := principalFrom(ctx)
+	result, err := s.dispatch(ctx, caller, method, req.Params)
+	principal := caller.Principal
 	if err != nil {
 		code, status, known := classify(err)
 		msg := err.Error()
@@ -358,16 +293,23 @@ func (s *Server) call(ctx context.Context, req request) (*response, int) {
 }
 
 // internal logs an unexpected error with a reference and returns the
-// message the client sees, which carries only the reference.
+// message the client sees: what failed, when the error says it safely
+// (an errdefs.Error of class Internal with a message), and the reference.
 func (s *Server) internal(ctx context.Context, what string, err error) string {
 	ref := make([]byte, 6)
 	rand.Read(ref)
 	r := hex.EncodeToString(ref)
 	s.log.Error("internal error", "ref", r, "in", truncate(what), "err", err)
-	return fmt.Sprintf("internal server error (ref %s): the server log has the details", r)
+	msg := "internal server error"
+	var e *errdefs.Error
+	if errors.As(err, &e) && e.Class == errdefs.Internal && e.Msg != "" {
+		msg = e.Msg
+	}
+	return fmt.Sprintf("%s (ref %s): the server log has the details", msg, r)
 }
 
-// deny answers a request whose authentication failed.
+// deny answers a request whose authentication failed (the Gate audited
+// it).
 func (s *Server) deny(w http.ResponseWriter, r *http.Request, err error) {
 	code, status, known := classify(err)
 	msg := err.Error()
@@ -377,32 +319,12 @@ func (s *Server) deny(w http.ResponseWriter, r *http.Request, err error) {
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", "Bearer")
 	}
-	// Refusals cost the sender nothing, so neither the log nor the audit
-	// log records every one of a flood.
-	if ok, skipped := s.sampleRefusal("unauthenticated"); ok {
-		s.log.Info("request denied", "path", r.URL.Path, "remote", r.RemoteAddr, "reason", msg, "not_logged_before", skipped)
-		if s.audit != nil {
-			e := audit.Event{Outcome: outcome(status), Code: code, Detail: withSkipped(msg, skipped), Remote: host(r.RemoteAddr)}
-			if id, ok := s.auth.(identifier); ok && status == http.StatusUnauthorized {
-				e.KeyID, e.KeyLabel = id.Identify(r.Context(), KeyFromRequest(r))
-			}
-			s.audit.Record(e)
-		}
-	}
 	writeJSON(w, status, errorResponse(nullID, code, msg))
 }
 
-// identifier is the optional ability of an Authenticator to name the key a
-// refused request carried (expired, revoked), for the audit log.
-type identifier interface {
-	Identify(ctx context.Context, key string) (id, label string)
-}
-
-func (s *Server) authenticate(r *http.Request) (auth.Principal, error) {
-	if s.auth == nil {
-		return auth.FullAccess("dev"), nil
-	}
-	return s.auth.Authenticate(r.Context(), KeyFromRequest(r))
+// authenticate returns the caller of r, through the Gate.
+func (s *Server) authenticate(r *http.Request, method string) (*auth.Caller, error) {
+	return s.gate.Authenticate(r.Context(), KeyFromRequest(r), host(r.RemoteAddr), method)
 }
 
 // KeyFromRequest returns the API key a request carries: the x-api-key

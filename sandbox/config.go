@@ -1,26 +1,161 @@
 package sandbox
 
 import (
+	"fmt"
+	"maps"
 	"path"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/namespace"
 )
 
-// Limits on what one config may hold; the body limit bounds the rest.
+// Config is how a sandbox is to run: the one domain form that every
+// front-end maps its wire format onto, and that the store keeps in a
+// record format of its own. Zero fields take the defaults (Normalize).
+type Config struct {
+	Image     string // image reference or alias; default DefaultImage
+	Memory    int    // MiB; default DefaultMemory
+	CPUs      int    // default DefaultCPUs
+	Volumes   []Volume
+	Ports     []Port
+	Envs      []string // KEY=VALUE
+	DependsOn []string // sandboxes of the same namespace that must run first
+	Workdir   string   // absolute; default the image's, else DefaultWorkdir
+	Shell     string   // default DefaultShell
+	Scripts   map[string]string
+	Exec      string // run in the background at start, instead of Scripts["start"]
+}
+
+// Volume is a host directory (or file) inside the namespace's volume
+// roots, bind-mounted into the sandbox.
+type Volume struct {
+	Host     string // relative to the namespace's first volume root, or absolute inside one of its roots
+	Guest    string // absolute path inside the sandbox
+	ReadOnly bool
+}
+
+// String renders the volume as "host:guest[:ro]".
+func (v Volume) String() string {
+	if v.ReadOnly {
+		return v.Host + ":" + v.Guest + ":ro"
+	}
+	return v.Host + ":" + v.Guest
+}
+
+// Port forwards a host port to a port on the sandbox's own loopback.
+type Port struct {
+	Host, Guest int
+}
+
+// String renders the port forward as "host:guest".
+func (p Port) String() string { return strconv.Itoa(p.Host) + ":" + strconv.Itoa(p.Guest) }
+
+// Defaults applied to a config that leaves a field out.
+const (
+	DefaultImage   = "microsandbox/python"
+	DefaultMemory  = 512 // MiB
+	DefaultCPUs    = 1
+	DefaultWorkdir = "/workspace"
+	DefaultShell   = "/bin/sh"
+	MinMemory      = 32 // MiB
+)
+
+// Limits on what one config may hold; the request body limit bounds the rest.
 const (
 	maxEnvs      = 1024
 	maxScripts   = 64
 	maxScriptLen = 1 << 20
 	maxImageRef  = 512
+	maxVolumes   = 64
+	maxPorts     = 64
 )
 
-// normalize validates cfg and fills in the defaults, so two configs that
-// mean the same compare equal. Errors wrap errdefs.ErrInvalid and say which
-// field is wrong and what would be right.
-func (s *Service) normalize(cfg Config) (Config, error) {
+// Bounds are what this server lets one config ask for.
+type Bounds struct {
+	MaxCPUs   int // 0: no bound
+	MaxMemory int // MiB; 0: no bound
+	// AllowPrivilegedPorts lets port forwards use host ports below 1024.
+	AllowPrivilegedPorts bool
+	// NoPorts says the engine cannot forward ports at all.
+	NoPorts bool
+}
+
+// ParseVolume reads a volume written "host:guest" or "host:guest:ro" (or
+// ":rw"). Errors say which rule it breaks; Normalize checks the rest.
+func ParseVolume(s string) (Volume, error) {
+	parts := strings.Split(s, ":")
+	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
+		return Volume{}, fmt.Errorf("%.100q is not host:guest or host:guest:ro", s)
+	}
+	v := Volume{Host: parts[0], Guest: parts[1]}
+	if len(parts) == 3 {
+		switch parts[2] {
+		case "ro":
+			v.ReadOnly = true
+		case "rw":
+		default:
+			return Volume{}, fmt.Errorf("%.100q: the mode must be ro or rw, not %q", s, parts[2])
+		}
+	}
+	return v, nil
+}
+
+// ParsePort reads a port forward written "host:guest".
+func ParsePort(s string) (Port, error) {
+	h, g, ok := strings.Cut(s, ":")
+	hp, herr := strconv.Atoi(h)
+	gp, gerr := strconv.Atoi(g)
+	if !ok || herr != nil || gerr != nil {
+		return Port{}, fmt.Errorf("%.64q is not host:guest, such as 8080:80", s)
+	}
+	return Port{Host: hp, Guest: gp}, nil
+}
+
+// reservedGuest reports whether a sandbox path belongs to msb or the
+// kernel and may not be covered by a volume or be the working directory.
+func reservedGuest(p string) bool {
+	for _, r := range []string{"/.msb", "/proc", "/sys", "/dev"} {
+		if p == r || strings.HasPrefix(p, r+"/") {
+			return true
+		}
+	}
+	return p == "/"
+}
+
+// normalizeVolume checks one volume's syntax and puts it in canonical form.
+func normalizeVolume(v Volume) (Volume, error) {
+	s := v.String()
+	if strings.ContainsAny(v.Host+v.Guest, "\x00\n") {
+		return Volume{}, fmt.Errorf("%.100q contains a control character", s)
+	}
+	if v.Host == "" || v.Guest == "" {
+		return Volume{}, fmt.Errorf("%.100q is not host:guest or host:guest:ro", s)
+	}
+	for _, c := range strings.Split(v.Host, "/") {
+		if c == ".." {
+			return Volume{}, fmt.Errorf("%.100q: the host path may not contain \"..\"", s)
+		}
+	}
+	if !path.IsAbs(v.Guest) {
+		return Volume{}, fmt.Errorf("%.100q: the sandbox path must be absolute, such as /data", s)
+	}
+	v.Guest = path.Clean(v.Guest)
+	if reservedGuest(v.Guest) {
+		return Volume{}, fmt.Errorf("%.100q: the sandbox path %s is reserved: use another, such as /data", s, v.Guest)
+	}
+	v.Host = path.Clean(v.Host)
+	return v, nil
+}
+
+// Normalize validates cfg against b and fills in the defaults, so that two
+// configs that mean the same compare equal (Equal). It is a pure function
+// of its arguments. Errors are of class Invalid and say which field is
+// wrong and what would be right.
+func Normalize(cfg Config, b Bounds) (Config, error) {
 	bad := func(format string, args ...any) (Config, error) {
 		return Config{}, errdefs.Invalidf("config."+format, args...)
 	}
@@ -33,52 +168,49 @@ func (s *Service) normalize(cfg Config) (Config, error) {
 	if cfg.Memory == 0 {
 		cfg.Memory = DefaultMemory
 	}
-	if cfg.Memory < MinMemory || (s.opts.MaxMemMB > 0 && cfg.Memory > s.opts.MaxMemMB) {
-		return bad("memory %d MiB is out of range: use %d to %d", cfg.Memory, MinMemory, s.opts.MaxMemMB)
+	if cfg.Memory < MinMemory || (b.MaxMemory > 0 && cfg.Memory > b.MaxMemory) {
+		return bad("memory %d MiB is out of range: use %d to %d", cfg.Memory, MinMemory, b.MaxMemory)
 	}
 	if cfg.CPUs == 0 {
 		cfg.CPUs = DefaultCPUs
 	}
-	if cfg.CPUs < 1 || (s.opts.MaxCPUs > 0 && cfg.CPUs > s.opts.MaxCPUs) {
-		return bad("cpus %d is out of range: use 1 to %d", cfg.CPUs, s.opts.MaxCPUs)
+	if cfg.CPUs < 1 || (b.MaxCPUs > 0 && cfg.CPUs > b.MaxCPUs) {
+		return bad("cpus %d is out of range: use 1 to %d", cfg.CPUs, b.MaxCPUs)
 	}
 	if len(cfg.Volumes) > maxVolumes {
 		return bad("volumes: %d volumes is too many: use at most %d", len(cfg.Volumes), maxVolumes)
 	}
+	cfg.Volumes = slices.Clone(cfg.Volumes)
 	guests := map[string]bool{}
 	for i, v := range cfg.Volumes {
-		spec, err := parseVolume(v)
+		v, err := normalizeVolume(v)
 		if err != nil {
 			return bad("volumes: %v", err)
 		}
-		if guests[spec.Guest] {
-			return bad("volumes: the sandbox path %s is used twice", spec.Guest)
+		if guests[v.Guest] {
+			return bad("volumes: the sandbox path %s is used twice", v.Guest)
 		}
-		guests[spec.Guest] = true
-		cfg.Volumes[i] = spec.String()
+		guests[v.Guest] = true
+		cfg.Volumes[i] = v
 	}
 	if len(cfg.Ports) > maxPorts {
 		return bad("ports: %d port forwards is too many: use at most %d", len(cfg.Ports), maxPorts)
 	}
 	hostPorts := map[int]bool{}
-	for i, p := range cfg.Ports {
-		spec, err := parsePort(p)
-		if err != nil {
-			return bad("ports: %v", err)
+	for _, p := range cfg.Ports {
+		if p.Host < 1 || p.Host > 65535 || p.Guest < 1 || p.Guest > 65535 {
+			return bad("ports: %q: ports must be 1 to 65535", p.String())
 		}
-		if spec.Host < 1024 && !s.opts.AllowPrivilegedPorts {
-			return bad("ports: %q: host ports below 1024 need the operator's permission (allow_privileged_ports in config.toml): use 1024 or more", p)
+		if p.Host < 1024 && !b.AllowPrivilegedPorts {
+			return bad("ports: %q: host ports below 1024 need the operator's permission (allow_privileged_ports in config.toml): use 1024 or more", p.String())
 		}
-		if hostPorts[spec.Host] {
-			return bad("ports: host port %d is used twice", spec.Host)
+		if hostPorts[p.Host] {
+			return bad("ports: host port %d is used twice", p.Host)
 		}
-		hostPorts[spec.Host] = true
-		cfg.Ports[i] = spec.String()
+		hostPorts[p.Host] = true
 	}
-	if len(cfg.Ports) > 0 {
-		if _, ok := s.opts.Engine.(Dialer); !ok {
-			return bad("ports: this server's sandbox engine cannot forward ports; remove \"ports\"")
-		}
+	if len(cfg.Ports) > 0 && b.NoPorts {
+		return bad("ports: this server's sandbox engine cannot forward ports; remove \"ports\"")
 	}
 	if len(cfg.Envs) > maxEnvs {
 		return bad("envs: %d variables is too many: use at most %d", len(cfg.Envs), maxEnvs)
@@ -104,10 +236,7 @@ func (s *Service) normalize(cfg Config) (Config, error) {
 			return bad("workdir %.64q must be an absolute path, such as /workspace", cfg.Workdir)
 		}
 		cfg.Workdir = path.Clean(cfg.Workdir)
-		if cfg.Workdir == "/" || cfg.Workdir == "/.msb" || strings.HasPrefix(cfg.Workdir, "/.msb/") ||
-			cfg.Workdir == "/proc" || strings.HasPrefix(cfg.Workdir, "/proc/") ||
-			cfg.Workdir == "/sys" || strings.HasPrefix(cfg.Workdir, "/sys/") ||
-			cfg.Workdir == "/dev" || strings.HasPrefix(cfg.Workdir, "/dev/") {
+		if reservedGuest(cfg.Workdir) {
 			return bad("workdir %q is reserved: use a directory such as /workspace", cfg.Workdir)
 		}
 	}
@@ -133,6 +262,7 @@ func (s *Service) normalize(cfg Config) (Config, error) {
 	if len(cfg.Exec) > maxScriptLen || strings.ContainsRune(cfg.Exec, 0) {
 		return bad("exec must be at most 1 MiB of text")
 	}
+	// Empty and absent mean the same.
 	if len(cfg.Scripts) == 0 {
 		cfg.Scripts = nil
 	}
@@ -149,4 +279,20 @@ func (s *Service) normalize(cfg Config) (Config, error) {
 		cfg.Ports = nil
 	}
 	return cfg, nil
+}
+
+// Equal reports whether two normalized configs are the same.
+func (c Config) Equal(o Config) bool {
+	return c.Image == o.Image && c.Memory == o.Memory && c.CPUs == o.CPUs &&
+		slices.Equal(c.Volumes, o.Volumes) && slices.Equal(c.Ports, o.Ports) &&
+		slices.Equal(c.Envs, o.Envs) && slices.Equal(c.DependsOn, o.DependsOn) &&
+		c.Workdir == o.Workdir && c.Shell == o.Shell && maps.Equal(c.Scripts, o.Scripts) && c.Exec == o.Exec
+}
+
+// startScript is what a sandbox runs in the background when it starts.
+func (c Config) startScript() string {
+	if c.Exec != "" {
+		return c.Exec
+	}
+	return c.Scripts["start"]
 }

@@ -3,11 +3,9 @@ package sandbox
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -15,32 +13,11 @@ import (
 	"github.com/msb-dev/msb/errdefs"
 )
 
-// portSpec is one "host:guest" of config.ports.
-type portSpec struct {
-	Host, Guest int
-}
-
-func (p portSpec) String() string { return strconv.Itoa(p.Host) + ":" + strconv.Itoa(p.Guest) }
-
-// parsePort checks one port forward and puts it in canonical form.
-func parsePort(p string) (portSpec, error) {
-	h, g, ok := strings.Cut(p, ":")
-	hp, herr := strconv.Atoi(h)
-	gp, gerr := strconv.Atoi(g)
-	if !ok || herr != nil || gerr != nil {
-		return portSpec{}, fmt.Errorf("%.64q is not host:guest, such as 8080:80", p)
-	}
-	if hp < 1 || hp > 65535 || gp < 1 || gp > 65535 {
-		return portSpec{}, fmt.Errorf("%.64q: ports must be 1 to 65535", p)
-	}
-	return portSpec{Host: hp, Guest: gp}, nil
-}
-
 // forwarder listens on one host port and forwards every connection to a
 // port inside a sandbox.
 type forwarder struct {
 	ln    net.Listener
-	spec  portSpec
+	spec  Port
 	dial  func(ctx context.Context) (net.Conn, error)
 	ctx   context.Context
 	stop  context.CancelFunc
@@ -51,7 +28,7 @@ type forwarder struct {
 
 // listenPorts opens the host side of every port forward. A host port in
 // use is errdefs.ErrConflict; everything opened is closed again on failure.
-func (s *Service) listenPorts(ports []portSpec) ([]*forwarder, error) {
+func (s *Service) listenPorts(ports []Port) ([]*forwarder, error) {
 	var out []*forwarder
 	for _, p := range ports {
 		addr := net.JoinHostPort(s.opts.PortBind, strconv.Itoa(p.Host))

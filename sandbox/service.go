@@ -2,49 +2,231 @@ package sandbox
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/msb-dev/msb/errdefs"
+	"github.com/msb-dev/msb/namespace"
 )
 
-// Config is a sandbox's configuration as sandbox.start receives it.
-type Config struct {
-	Image     string            `json:"image,omitempty"`
-	Memory    int               `json:"memory,omitempty"` // MiB
-	CPUs      int               `json:"cpus,omitempty"`
-	Volumes   []string          `json:"volumes,omitempty"`
-	Ports     []string          `json:"ports,omitempty"`
-	Envs      []string          `json:"envs,omitempty"`
-	DependsOn []string          `json:"depends_on,omitempty"`
-	Workdir   string            `json:"workdir,omitempty"`
-	Shell     string            `json:"shell,omitempty"`
-	Scripts   map[string]string `json:"scripts,omitempty"`
-	Exec      string            `json:"exec,omitempty"`
-}
-
-// Metrics is one sandbox's entry in sandbox.metrics.get. The pointers are
-// null for a sandbox that is not running.
-type Metrics struct {
-	Namespace   string   `json:"namespace"`
-	Name        string   `json:"name"`
-	Running     bool     `json:"running"`
-	CPUUsage    *float64 `json:"cpu_usage"`
-	MemoryUsage *int64   `json:"memory_usage"`
-	DiskUsage   *int64   `json:"disk_usage"`
-}
-
-// Manager is what the API layer (JSON-RPC, CLI) asks of sandboxes. Each
-// method's namespace has already been authorized by the caller; names are
-// validated here. Errors wrap the sentinels of errors.go.
+// Manager is what the front-ends ask of sandboxes. Each method's namespace
+// has already been authorized by the caller, and an ID is valid by
+// construction (ParseID). Errors are of the classes of errdefs.
 type Manager interface {
 	// Start starts the sandbox, or does nothing if it runs with the same
 	// config. cfg nil reuses the config it was last started with.
 	Start(ctx context.Context, id ID, cfg *Config) error
 	// Stop stops the sandbox and releases what it holds; its record stays.
 	Stop(ctx context.Context, id ID) error
-	// Metrics lists the sandboxes of namespace ns ("*": all), or only the
-	// one named name when name is not empty.
-	Metrics(ctx context.Context, ns, name string) ([]Metrics, error)
+	// Metrics lists the sandboxes of namespace ns ("*": all).
+	Metrics(ctx context.Context, ns string) ([]Metrics, error)
+	// SandboxMetrics reports one sandbox.
+	SandboxMetrics(ctx context.Context, id ID) (Metrics, error)
 	// RunCode evaluates code in the sandbox's live interpreter for lang.
 	RunCode(ctx context.Context, id ID, lang Language, code string, timeout time.Duration) (ReplResult, error)
 	// Exec runs a command in the sandbox.
 	Exec(ctx context.Context, id ID, req ExecRequest) (ExecResult, error)
+}
+
+// Metrics is one sandbox's resource use. The pointers are nil for a
+// sandbox that is not running.
+type Metrics struct {
+	ID          ID
+	Running     bool
+	CPUUsage    *float64 // percent of one CPU since the previous sample
+	MemoryUsage *int64   // MiB
+	DiskUsage   *int64   // bytes
+}
+
+// Image is a resolved image: what a sandbox's root is made of.
+type Image struct {
+	Ref     string // as the user wrote it
+	Root    RootFS
+	Env     []string // the image's environment, under the user's envs
+	Workdir string   // the image's working directory, under the user's workdir
+	User    User     // the image's user
+}
+
+// Resolver turns an image reference from a config into an Image.
+// Unknown or unusable references are errors of class Invalid naming the
+// reference.
+type Resolver interface {
+	Resolve(ctx context.Context, ref string) (Image, error)
+}
+
+// ServiceOptions configure a Service.
+type ServiceOptions struct {
+	Engine   Engine
+	Store    Store
+	Images   Resolver
+	LogDir   string // background logs: LogDir/<namespace>/<name>.log
+	Pids     int    // pids limit of every sandbox
+	MaxCPUs  int    // most CPUs one sandbox may ask for
+	MaxMemMB int    // most memory one sandbox may ask for, MiB
+	Log      *slog.Logger
+	Now      func() time.Time
+
+	// VolumeRoots are the host directories volumes may come from; each
+	// namespace ns gets <root>/<ns> of each, created on demand, and a
+	// relative host path resolves in the first. None: no volumes.
+	VolumeRoots []string
+	// PortBind is the address port forwards listen on; default 127.0.0.1.
+	PortBind string
+	// AllowPrivilegedPorts lets port forwards use host ports below 1024.
+	AllowPrivilegedPorts bool
+}
+
+// Service is the sandbox Manager and the one owner of every sandbox's
+// state: it validates requests, keeps the records, drives the engine, and
+// learns from the engine (ExitWatcher) when a sandbox dies on its own.
+// Calls on different sandboxes never wait on each other: each sandbox has
+// its own lock, held only by start and stop.
+type Service struct {
+	opts   ServiceOptions
+	bounds Bounds
+
+	mu    sync.Mutex
+	boxes map[ID]*box
+}
+
+// box is the live state of one sandbox in this server process.
+type box struct {
+	mu      sync.Mutex  // serialises start and stop of this sandbox
+	running atomic.Bool // set by start, cleared by release; read without mu
+	exited  <-chan struct{}
+	cfg     Config // normalized config it runs with
+	started time.Time
+	stopBg  context.CancelFunc // ends the background command's log writer
+	bgDone  chan struct{}
+	ports   []*forwarder // host ports forwarded into the sandbox
+
+	sampleMu sync.Mutex
+	lastCPU  time.Duration
+	lastAt   time.Time
+}
+
+// alive reports whether the sandbox runs: started, and its init has not
+// exited (the engine's report, read without waiting for the watcher).
+func (b *box) alive() bool {
+	if !b.running.Load() {
+		return false
+	}
+	select {
+	case <-b.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// NewService returns a Service. Call Recover before serving.
+func NewService(opts ServiceOptions) *Service {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.PortBind == "" {
+		opts.PortBind = "127.0.0.1"
+	}
+	_, canDial := opts.Engine.(Dialer)
+	return &Service{opts: opts, boxes: map[ID]*box{}, bounds: Bounds{
+		MaxCPUs: opts.MaxCPUs, MaxMemory: opts.MaxMemMB, AllowPrivilegedPorts: opts.AllowPrivilegedPorts, NoPorts: !canDial,
+	}}
+}
+
+func (s *Service) box(id ID) *box {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.boxes[id]
+	if !ok {
+		b = &box{}
+		s.boxes[id] = b
+	}
+	return b
+}
+
+func (s *Service) lookup(id ID) (*box, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.boxes[id]
+	return b, ok
+}
+
+// Recover cleans up after a server that did not stop cleanly: every sandbox
+// the engine still holds is deleted (the portal's connection died with the
+// old server, so none can be adopted) and every record still marked running
+// is marked stopped. A leftover that cannot be deleted (a busy mount, a
+// cgroup something on the host still holds) is only logged: it must not
+// keep the server, and every other sandbox, from starting. Its record says
+// stopped, and the engine retries the cleanup when it is started again.
+// Recover returns an error when the engine cannot list what it holds or the
+// store cannot be read or written.
+func (s *Service) Recover(ctx context.Context) error {
+	left, err := s.opts.Engine.Recover(ctx)
+	if err != nil {
+		return fmt.Errorf("recover sandboxes: %w", err)
+	}
+	for _, st := range left {
+		if err := s.opts.Engine.Delete(ctx, st.ID); err != nil {
+			s.opts.Log.Error("cannot clean up a sandbox left by an earlier server; it stays stopped, and starting it retries the cleanup",
+				"sandbox", st.ID.String(), "err", err)
+			continue
+		}
+		s.opts.Log.Info("cleaned up a sandbox left by an earlier server", "sandbox", st.ID.String())
+	}
+	recs, err := s.opts.Store.Sandboxes(ctx, namespace.All)
+	if err != nil {
+		return fmt.Errorf("recover sandboxes: %w", err)
+	}
+	for _, r := range recs {
+		if r.State == StateRunning {
+			if err := s.opts.Store.MarkSandboxStopped(ctx, r.ID, s.opts.Now()); err != nil {
+				return fmt.Errorf("recover sandbox %s: %w", r.ID, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Close stops every running sandbox, as a server shutdown does.
+func (s *Service) Close(ctx context.Context) error {
+	s.mu.Lock()
+	ids := make([]ID, 0, len(s.boxes))
+	for id := range s.boxes {
+		ids = append(ids, id)
+	}
+	s.mu.Unlock()
+	var errs []error
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for _, id := range ids {
+		wg.Go(func() {
+			if err := s.stop(ctx, id, false); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// engineError describes an engine failure for the client, in the one
+// place that does. The classes that describe the request or the sandbox's
+// state (invalid, missing, conflicting) stay as the engine worded them;
+// anything else is an internal failure: the front-end logs its detail
+// (host paths included) with a reference and shows only what failed.
+func engineError(op string, id ID, err error) error {
+	switch errdefs.Classify(err) {
+	case errdefs.Invalid, errdefs.NotFound, errdefs.Conflict, errdefs.Exhausted:
+		return err
+	}
+	return &errdefs.Error{Class: errdefs.Internal, Msg: fmt.Sprintf("%s sandbox %q failed in the sandbox engine", op, id.Name()), Err: err}
 }

@@ -2,7 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/msb-dev/msb/errdefs"
@@ -14,30 +13,28 @@ type Unavailable struct {
 	Reason string
 }
 
-func (u Unavailable) fail(id ID) error {
-	if err := id.Validate(); err != nil {
-		return err
-	}
+func (u Unavailable) fail() error {
 	return errdefs.Unavailablef("no sandbox runtime is available: %s", u.Reason)
 }
 
 // Start fails with errdefs.ErrUnavailable.
-func (u Unavailable) Start(ctx context.Context, id ID, cfg *Config) error { return u.fail(id) }
+func (u Unavailable) Start(context.Context, ID, *Config) error { return u.fail() }
 
 // Stop fails with errdefs.ErrUnavailable.
-func (u Unavailable) Stop(ctx context.Context, id ID) error { return u.fail(id) }
+func (u Unavailable) Stop(context.Context, ID) error { return u.fail() }
 
 // Metrics fails with errdefs.ErrUnavailable.
-func (u Unavailable) Metrics(ctx context.Context, ns, name string) ([]Metrics, error) {
-	return nil, fmt.Errorf("%w: no sandbox runtime is available: %s", errdefs.ErrUnavailable, u.Reason)
-}
+func (u Unavailable) Metrics(context.Context, string) ([]Metrics, error) { return nil, u.fail() }
+
+// SandboxMetrics fails with errdefs.ErrUnavailable.
+func (u Unavailable) SandboxMetrics(context.Context, ID) (Metrics, error) { return Metrics{}, u.fail() }
 
 // RunCode fails with errdefs.ErrUnavailable.
-func (u Unavailable) RunCode(ctx context.Context, id ID, lang Language, code string, timeout time.Duration) (ReplResult, error) {
-	return ReplResult{}, u.fail(id)
+func (u Unavailable) RunCode(context.Context, ID, Language, string, time.Duration) (ReplResult, error) {
+	return ReplResult{}, u.fail()
 }
 
 // Exec fails with errdefs.ErrUnavailable.
-func (u Unavailable) Exec(ctx context.Context, id ID, req ExecRequest) (ExecResult, error) {
-	return ExecResult{}, u.fail(id)
+func (u Unavailable) Exec(context.Context, ID, ExecRequest) (ExecResult, error) {
+	return ExecResult{}, u.fail()
 }

@@ -13,72 +13,6 @@ import (
 	"github.com/msb-dev/msb/errdefs"
 )
 
-// maxVolumes and maxPorts bound what one config may ask for.
-const (
-	maxVolumes = 64
-	maxPorts   = 64
-)
-
-// volumeSpec is one "host:guest[:ro]" of config.volumes.
-type volumeSpec struct {
-	Host, Guest string
-	ReadOnly    bool
-}
-
-func (v volumeSpec) String() string {
-	if v.ReadOnly {
-		return v.Host + ":" + v.Guest + ":ro"
-	}
-	return v.Host + ":" + v.Guest
-}
-
-// reservedGuest reports whether a sandbox path belongs to msb or the
-// kernel and may not be covered by a volume.
-func reservedGuest(p string) bool {
-	for _, r := range []string{"/.msb", "/proc", "/sys", "/dev"} {
-		if p == r || strings.HasPrefix(p, r+"/") {
-			return true
-		}
-	}
-	return p == "/"
-}
-
-// parseVolume checks the syntax of one volume and puts it in canonical
-// form. Errors say which rule the spec breaks.
-func parseVolume(v string) (volumeSpec, error) {
-	parts := strings.Split(v, ":")
-	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
-		return volumeSpec{}, fmt.Errorf("%.100q is not host:guest or host:guest:ro", v)
-	}
-	spec := volumeSpec{Host: parts[0], Guest: parts[1]}
-	if len(parts) == 3 {
-		switch parts[2] {
-		case "ro":
-			spec.ReadOnly = true
-		case "rw":
-		default:
-			return volumeSpec{}, fmt.Errorf("%.100q: the mode must be ro or rw, not %q", v, parts[2])
-		}
-	}
-	if strings.ContainsAny(v, "\x00\n") {
-		return volumeSpec{}, fmt.Errorf("%.100q contains a control character", v)
-	}
-	for _, c := range strings.Split(spec.Host, "/") {
-		if c == ".." {
-			return volumeSpec{}, fmt.Errorf("%.100q: the host path may not contain \"..\"", v)
-		}
-	}
-	if !path.IsAbs(spec.Guest) {
-		return volumeSpec{}, fmt.Errorf("%.100q: the sandbox path must be absolute, such as /data", v)
-	}
-	spec.Guest = path.Clean(spec.Guest)
-	if reservedGuest(spec.Guest) {
-		return volumeSpec{}, fmt.Errorf("%.100q: the sandbox path %s is reserved: use another, such as /data", v, spec.Guest)
-	}
-	spec.Host = path.Clean(spec.Host)
-	return spec, nil
-}
-
 // namespaceRoots are the directories namespace ns may share: <root>/<ns>
 // for every configured volume root. The first is where relative host
 // paths resolve.
@@ -96,7 +30,7 @@ func (s *Service) namespaceRoots(ns string) []string {
 // the host path is relative to the namespace's first root or inside one of
 // its roots; nothing on the way, symlinks included, leads out of that
 // root. The engine checks the last rule again when it mounts.
-func (s *Service) resolveVolume(ns string, v volumeSpec) (Mount, error) {
+func (s *Service) resolveVolume(ns string, v Volume) (Mount, error) {
 	bad := func(format string, args ...any) (Mount, error) {
 		return Mount{}, errdefs.Invalidf("config.volumes: %q: "+format, append([]any{v.String()}, args...)...)
 	}

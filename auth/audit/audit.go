@@ -1,4 +1,4 @@
-// Package audit keeps msb's audit log: one row in SQLite (audit_events) per
+// Package audit keeps msb's audit log: one record in the Store per
 // authenticated call that changed something (sandbox start, stop, exec, key
 // changes) and per refused call (401, 403, 429). An event holds who (key id
 // and label), where (namespace, sandbox, remote address), what (method) and
@@ -12,10 +12,8 @@ package audit
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,8 +52,8 @@ const DefaultRetention = 90 * 24 * time.Hour
 // DefaultBuffer is how many events may wait for the writer.
 const DefaultBuffer = 8192
 
-// maxField bounds every text field of an event.
-const maxField = 256
+// MaxField bounds every text field of an event; stores cut longer ones.
+const MaxField = 256
 
 // Options configure a Writer.
 type Options struct {
@@ -68,9 +66,19 @@ type Options struct {
 	PruneEvery time.Duration
 }
 
+// Store is where audit events live; storage.DB is the real one (SQLite).
+type Store interface {
+	// AppendEvents writes events at once, all or none.
+	AppendEvents(ctx context.Context, events ...Event) error
+	// PruneEvents deletes the events older than before and says how many.
+	PruneEvents(ctx context.Context, before time.Time) (int64, error)
+	// ListEvents returns the events f selects, newest first.
+	ListEvents(ctx context.Context, f Filter) ([]Event, error)
+}
+
 // Writer appends events to the audit log from one goroutine.
 type Writer struct {
-	db      *sql.DB
+	store   Store
 	opts    Options
 	ch      chan Event
 	dropped atomic.Int64
@@ -81,8 +89,8 @@ type Writer struct {
 	stopped bool
 }
 
-// NewWriter starts the writer on db (opened by config/sqlite).
-func NewWriter(db *sql.DB, opts Options) *Writer {
+// NewWriter starts the writer on store.
+func NewWriter(store Store, opts Options) *Writer {
 	if opts.Retention <= 0 {
 		opts.Retention = DefaultRetention
 	}
@@ -98,7 +106,7 @@ func NewWriter(db *sql.DB, opts Options) *Writer {
 	if opts.PruneEvery <= 0 {
 		opts.PruneEvery = min(time.Hour, opts.Retention)
 	}
-	w := &Writer{db: db, opts: opts, ch: make(chan Event, opts.Buffer), done: make(chan struct{}), closed: make(chan struct{})}
+	w := &Writer{store: store, opts: opts, ch: make(chan Event, opts.Buffer), done: make(chan struct{}), closed: make(chan struct{})}
 	go w.run()
 	return w
 }
@@ -193,60 +201,20 @@ func (w *Writer) reportDropped(ctx context.Context) {
 		Detail: fmt.Sprintf("%d audit events were dropped: the audit buffer was full", n)}})
 }
 
-func clip(s string) string {
-	if len(s) > maxField {
-		return s[:maxField]
-	}
-	return s
-}
-
 // write stores events in one transaction; on failure it logs how many were lost.
 func (w *Writer) write(ctx context.Context, events []Event) {
-	if err := Append(ctx, w.db, events...); err != nil {
+	if err := w.store.AppendEvents(ctx, events...); err != nil {
 		w.opts.Log.Error("write audit events: they are lost", "count", len(events), "err", err)
 	}
 }
 
-// Append writes events to db at once, in one transaction. The writer uses
-// it; so can a command-line tool that changes keys without a server.
-func Append(ctx context.Context, db *sql.DB, events ...Event) error {
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	stmt, err := tx.PrepareContext(ctx, `INSERT INTO audit_events
-		(time, key_id, key_label, key_namespace, namespace, method, sandbox, outcome, code, detail, remote)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-	if err != nil {
-		return err
-	}
-	defer stmt.Close()
-	for _, e := range events {
-		if _, err := stmt.ExecContext(ctx, e.Time.UnixMilli(), clip(e.KeyID), clip(e.KeyLabel), clip(e.KeyNamespace), clip(e.Namespace), clip(e.Method),
-			clip(e.Sandbox), clip(e.Outcome), e.Code, clip(e.Detail), clip(e.Remote)); err != nil {
-			return err
-		}
-	}
-	return tx.Commit()
-}
-
 func (w *Writer) prune(ctx context.Context) {
-	n, err := Prune(ctx, w.db, w.opts.Now().Add(-w.opts.Retention))
+	n, err := w.store.PruneEvents(ctx, w.opts.Now().Add(-w.opts.Retention))
 	if err != nil {
 		w.opts.Log.Warn("prune audit events", "err", err)
 	} else if n > 0 {
 		w.opts.Log.Info("pruned old audit events", "count", n, "retention", w.opts.Retention.String())
 	}
-}
-
-// Prune deletes the events older than before and says how many.
-func Prune(ctx context.Context, db *sql.DB, before time.Time) (int64, error) {
-	res, err := db.ExecContext(ctx, `DELETE FROM audit_events WHERE time < ?`, before.UnixMilli())
-	if err != nil {
-		return 0, fmt.Errorf("prune audit events: %w", err)
-	}
-	return res.RowsAffected()
 }
 
 // Filter selects events; zero fields select everything.
@@ -261,52 +229,4 @@ type Filter struct {
 	// one tenant the key ids, labels and addresses of another.
 	Visible string
 	Limit   int // newest first, at most this many; 0: 1000
-}
-
-// List returns the events f selects, newest first.
-func List(ctx context.Context, db *sql.DB, f Filter) ([]Event, error) {
-	var where []string
-	var args []any
-	if f.KeyID != "" {
-		where = append(where, `substr(key_id, 1, ?) = ?`)
-		args = append(args, len(f.KeyID), f.KeyID)
-	}
-	if f.Namespace != "" {
-		where = append(where, `namespace = ?`)
-		args = append(args, f.Namespace)
-	}
-	if !f.Since.IsZero() {
-		where = append(where, `time >= ?`)
-		args = append(args, f.Since.UnixMilli())
-	}
-	if f.Visible != "" && f.Visible != "*" {
-		where = append(where, `namespace = ? AND key_namespace IN (?, '*')`)
-		args = append(args, f.Visible, f.Visible)
-	}
-	q := `SELECT time, key_id, key_label, key_namespace, namespace, method, sandbox, outcome, code, detail, remote FROM audit_events`
-	if len(where) > 0 {
-		q += ` WHERE ` + strings.Join(where, ` AND `)
-	}
-	limit := f.Limit
-	if limit <= 0 {
-		limit = 1000
-	}
-	q += ` ORDER BY time DESC, id DESC LIMIT ?`
-	args = append(args, limit)
-	rows, err := db.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list audit events: %w", err)
-	}
-	defer rows.Close()
-	out := []Event{}
-	for rows.Next() {
-		var e Event
-		var t int64
-		if err := rows.Scan(&t, &e.KeyID, &e.KeyLabel, &e.KeyNamespace, &e.Namespace, &e.Method, &e.Sandbox, &e.Outcome, &e.Code, &e.Detail, &e.Remote); err != nil {
-			return nil, fmt.Errorf("list audit events: %w", err)
-		}
-		e.Time = time.UnixMilli(t).UTC()
-		out = append(out, e)
-	}
-	return out, rows.Err()
 }

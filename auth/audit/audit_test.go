@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/auth/audit"
-	"github.com/msb-dev/msb/config/sqlite"
+	"github.com/msb-dev/msb/storage"
 )
 
 type clock struct {
@@ -30,20 +30,33 @@ func (c *clock) Set(t time.Time) {
 
 var t0 = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 
-func openDB(t *testing.T) *sql.DB {
+// testDB is a real audit store, and a second, raw connection to its file
+// for the checks and for holding its write lock.
+type testDB struct {
+	*storage.DB
+	raw *sql.DB
+}
+
+func openDB(t *testing.T) testDB {
 	t.Helper()
-	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "msb.db"))
+	path := filepath.Join(t.TempDir(), "msb.db")
+	db, err := storage.Open(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	return db
+	raw, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	return testDB{db, raw}
 }
 
-func count(t *testing.T, db *sql.DB) int {
+func count(t *testing.T, db testDB) int {
 	t.Helper()
 	var n int
-	if err := db.QueryRow(`SELECT count(*) FROM audit_events`).Scan(&n); err != nil {
+	if err := db.raw.QueryRow(`SELECT count(*) FROM audit_events`).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n
@@ -67,7 +80,7 @@ func TestWriterFlushesOnClose(t *testing.T) {
 		t.Fatalf("%d events written, want 1003", n)
 	}
 	ctx := context.Background()
-	all, err := audit.List(ctx, db, audit.Filter{Limit: 5000})
+	all, err := db.ListEvents(ctx, audit.Filter{Limit: 5000})
 	if err != nil || len(all) != 1003 {
 		t.Fatalf("List: %d, %v", len(all), err)
 	}
@@ -90,7 +103,7 @@ func TestWriterFlushesOnClose(t *testing.T) {
 		{audit.Filter{Since: t0.Add(500 * time.Millisecond)}, 3},
 		{audit.Filter{Limit: 3}, 3},
 	} {
-		got, err := audit.List(ctx, db, c.f)
+		got, err := db.ListEvents(ctx, c.f)
 		if err != nil || len(got) != c.want {
 			t.Errorf("List(%+v) = %d events, %v; want %d", c.f, len(got), err, c.want)
 		}
@@ -101,7 +114,7 @@ func TestPruneByRetention(t *testing.T) {
 	db := openDB(t)
 	clk := &clock{t: t0}
 	ctx := context.Background()
-	if err := audit.Append(ctx, db,
+	if err := db.AppendEvents(ctx,
 		audit.Event{Time: t0.Add(-100 * 24 * time.Hour), Method: "old", Outcome: audit.OK},
 		audit.Event{Time: t0.Add(-91 * 24 * time.Hour), Method: "old", Outcome: audit.OK},
 		audit.Event{Time: t0.Add(-89 * 24 * time.Hour), Method: "recent", Outcome: audit.OK},
@@ -112,7 +125,7 @@ func TestPruneByRetention(t *testing.T) {
 	w := audit.NewWriter(db, audit.Options{Now: clk.Now})
 	w.Record(audit.Event{Method: "now", Outcome: audit.OK})
 	w.Close()
-	got, _ := audit.List(ctx, db, audit.Filter{})
+	got, _ := db.ListEvents(ctx, audit.Filter{})
 	if len(got) != 2 || got[0].Method != "now" || got[1].Method != "recent" {
 		t.Fatalf("after pruning: %+v", got)
 	}
@@ -123,7 +136,7 @@ func TestPruneByRetention(t *testing.T) {
 	w.Record(audit.Event{Method: "later", Outcome: audit.OK})
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		got, _ = audit.List(ctx, db, audit.Filter{})
+		got, _ = db.ListEvents(ctx, audit.Filter{})
 		if len(got) == 1 && got[0].Method == "later" {
 			break
 		}
@@ -144,7 +157,7 @@ func TestOverflowIsCountedAndRecorded(t *testing.T) {
 		return logBuf.Write(p)
 	}), nil))
 	// Hold the database so the writer blocks, then overflow a tiny buffer.
-	tx, err := db.Begin()
+	tx, err := db.raw.Begin()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +173,7 @@ func TestOverflowIsCountedAndRecorded(t *testing.T) {
 	}
 	tx.Rollback()
 	w.Close()
-	got, _ := audit.List(context.Background(), db, audit.Filter{})
+	got, _ := db.ListEvents(context.Background(), audit.Filter{})
 	var written, dropped int
 	for _, e := range got {
 		if e.Outcome == audit.Dropped {

@@ -5,20 +5,19 @@ package authtest
 
 import (
 	"context"
-	"database/sql"
 	"path/filepath"
 	"testing"
 
 	"github.com/msb-dev/msb/auth"
-	"github.com/msb-dev/msb/config/sqlite"
+	"github.com/msb-dev/msb/storage"
 )
 
 // KeyStore returns a real SQLite database in a temporary directory, a
 // signing key, and the key registry on that database.
-func KeyStore(tb testing.TB) (*sql.DB, *auth.Signer, *auth.Registry) {
+func KeyStore(tb testing.TB) (*storage.DB, *auth.Signer, *auth.Registry) {
 	tb.Helper()
 	dir := tb.TempDir()
-	db, err := sqlite.Open(context.Background(), filepath.Join(dir, "msb.db"))
+	db, err := storage.Open(context.Background(), filepath.Join(dir, "msb.db"))
 	if err != nil {
 		tb.Fatal(err)
 	}

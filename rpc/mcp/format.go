@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/msb-dev/msb/rpc"
 	"github.com/msb-dev/msb/sandbox"
 )
 
@@ -38,9 +39,9 @@ func formatStart(args, result json.RawMessage) string {
 
 func formatCode(_, result json.RawMessage) string {
 	var r struct {
-		Status   string         `json:"status"`
-		Language string         `json:"language"`
-		Output   []sandbox.Line `json:"output"`
+		Status   string     `json:"status"`
+		Language string     `json:"language"`
+		Output   []rpc.Line `json:"output"`
 	}
 	if json.Unmarshal(result, &r) != nil || r.Status == "" {
 		return string(result)
@@ -60,8 +61,8 @@ func formatCode(_, result json.RawMessage) string {
 
 func formatCommand(_, result json.RawMessage) string {
 	var r struct {
-		ExitCode *int           `json:"exit_code"`
-		Output   []sandbox.Line `json:"output"`
+		ExitCode *int       `json:"exit_code"`
+		Output   []rpc.Line `json:"output"`
 	}
 	if json.Unmarshal(result, &r) != nil || r.ExitCode == nil {
 		return string(result)
@@ -83,11 +84,11 @@ func formatCommand(_, result json.RawMessage) string {
 
 // writeOutput writes stdout, then stderr, each under its name; a stream
 // that wrote nothing is left out.
-func writeOutput(b *strings.Builder, lines []sandbox.Line) {
+func writeOutput(b *strings.Builder, lines []rpc.Line) {
 	var stdout, stderr strings.Builder
 	for _, l := range lines {
 		s := &stdout
-		if l.Stream == sandbox.Stderr {
+		if l.Stream == string(sandbox.Stderr) {
 			s = &stderr
 		}
 		s.WriteString(l.Text)
@@ -126,7 +127,7 @@ func clip(s string) string {
 
 func formatMetrics(args, result json.RawMessage) string {
 	var r struct {
-		Sandboxes []sandbox.Metrics `json:"sandboxes"`
+		Sandboxes []rpc.SandboxMetrics `json:"sandboxes"`
 	}
 	if json.Unmarshal(result, &r) != nil || r.Sandboxes == nil {
 		return string(result)

@@ -20,18 +20,18 @@ import (
 
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/msb-dev/msb/auth"
 	"github.com/msb-dev/msb/rpc"
 )
 
 // Path is where msb serves MCP.
 const Path = "/mcp"
 
-// Invoker runs JSON-RPC methods as the caller found in the context;
-// *rpc.Server is the real one.
+// Invoker runs JSON-RPC methods as a caller; *rpc.Server is the real one.
 type Invoker interface {
 	// Invoke runs method with params through the method table and its
 	// authorization checks.
-	Invoke(ctx context.Context, method string, params json.RawMessage) (any, error)
+	Invoke(ctx context.Context, caller *auth.Caller, method string, params json.RawMessage) (any, error)
 	// ErrorCode classifies an error of Invoke: its JSON-RPC code and the
 	// message a client may see.
 	ErrorCode(ctx context.Context, method string, err error) (int64, string)
@@ -48,14 +48,13 @@ type Options struct {
 
 // NewHandler returns the MCP endpoint: tools and prompts served over
 // Streamable HTTP. It must be mounted with rpc.Server.Mount, which
-// authenticates each request and puts the caller in its context; a tool
-// call whose context has no caller fails.
+// authenticates each request and hands it the caller.
 //
 // The handler is stateless: every POST stands alone, with its own caller,
 // and needs no session (so a client may POST a single tools/call without
 // initializing), and answers are plain JSON rather than event streams. GET
 // and DELETE, which only serve sessions, answer 405.
-func NewHandler(inv Invoker, opts *Options) http.Handler {
+func NewHandler(inv Invoker, opts *Options) rpc.AuthedHandler {
 	var o Options
 	if opts != nil {
 		o = *opts
@@ -80,11 +79,13 @@ func NewHandler(inv Invoker, opts *Options) http.Handler {
 		MaxRequestBodyBytes:          rpc.MaxBodyBytes,
 		PropagateRequestCancellation: true,
 	})
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// The SDK hands tool handlers the request's values but not its
-		// cancellation; keep the request context so that a client that hangs
-		// up stops its call, as on /api/v1/rpc.
-		r = r.WithContext(context.WithValue(r.Context(), requestKey{}, r.Context()))
+	return authedFunc(func(w http.ResponseWriter, r *http.Request, caller *auth.Caller) {
+		// The SDK calls tool handlers with a context of its own that keeps
+		// the request's values: the caller rides there, from this request
+		// to its tool handlers and nowhere else. It does not keep the
+		// request's cancellation, so the request context rides along too,
+		// so that a client that hangs up stops its call, as on /api/v1/rpc.
+		r = r.WithContext(context.WithValue(r.Context(), requestKey{}, request{r.Context(), caller}))
 		if r.Method == http.MethodPost && plainJSONClient(r.Header.Values("Accept")) {
 			// The SDK wants a POST to accept both JSON and event streams.
 			// The answer is always JSON here, so a plain client that asks
@@ -108,6 +109,23 @@ func plainJSONClient(accept []string) bool {
 
 type requestKey struct{}
 
+// request is what a tool handler needs of the HTTP request that carried
+// its call.
+type request struct {
+	ctx    context.Context
+	caller *auth.Caller
+}
+
+type authedFunc func(http.ResponseWriter, *http.Request, *auth.Caller)
+
+func (f authedFunc) ServeAuthed(w http.ResponseWriter, r *http.Request, c *auth.Caller) { f(w, r, c) }
+
+// callerOf returns the caller of the request that carried a tool call.
+func callerOf(ctx context.Context) *auth.Caller {
+	req, _ := ctx.Value(requestKey{}).(request)
+	return req.caller
+}
+
 // minLevel is a slog.Handler that drops records below min.
 type minLevel struct {
 	slog.Handler
@@ -130,11 +148,11 @@ func (h minLevel) WithGroup(name string) slog.Handler {
 // when the HTTP request that carried the call ends.
 func callContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(ctx)
-	req, ok := ctx.Value(requestKey{}).(context.Context)
+	req, ok := ctx.Value(requestKey{}).(request)
 	if !ok {
 		return ctx, cancel
 	}
-	stop := context.AfterFunc(req, cancel)
+	stop := context.AfterFunc(req.ctx, cancel)
 	return ctx, func() { stop(); cancel() }
 }
 

@@ -66,22 +66,35 @@ func (m *fakeManager) Stop(ctx context.Context, id sandbox.ID) error {
 	return nil
 }
 
-func (m *fakeManager) Metrics(ctx context.Context, ns, name string) ([]sandbox.Metrics, error) {
+func (m *fakeManager) Metrics(ctx context.Context, ns string) ([]sandbox.Metrics, error) {
 	m.record("metrics " + ns)
+	return m.metrics(func(id sandbox.ID) bool { return ns == "*" || id.Namespace() == ns }), nil
+}
+
+func (m *fakeManager) SandboxMetrics(ctx context.Context, id sandbox.ID) (sandbox.Metrics, error) {
+	m.record("metrics " + id.String())
+	out := m.metrics(func(x sandbox.ID) bool { return x == id })
+	if len(out) == 0 {
+		return sandbox.Metrics{}, errdefs.NotFoundf("sandbox %q not found in namespace %q", id.Name(), id.Namespace())
+	}
+	return out[0], nil
+}
+
+func (m *fakeManager) metrics(match func(sandbox.ID) bool) []sandbox.Metrics {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	cpu, mem, disk := 1.5, int64(34), int64(4096)
 	var out []sandbox.Metrics
 	for id, running := range m.running {
-		if (ns == "*" || id.Namespace == ns) && (name == "" || id.Name == name) {
-			e := sandbox.Metrics{Namespace: id.Namespace, Name: id.Name, Running: running}
+		if match(id) {
+			e := sandbox.Metrics{ID: id, Running: running}
 			if running {
 				e.CPUUsage, e.MemoryUsage, e.DiskUsage = &cpu, &mem, &disk
 			}
 			out = append(out, e)
 		}
 	}
-	return out, nil
+	return out
 }
 
 func (m *fakeManager) RunCode(ctx context.Context, id sandbox.ID, lang sandbox.Language, code string, timeout time.Duration) (sandbox.ReplResult, error) {
@@ -146,10 +159,10 @@ func newStack(t *testing.T, dev bool) *stack {
 	t.Helper()
 	st := &stack{m: &fakeManager{}, logBuf: &syncBuffer{}}
 	log := slog.New(slog.NewTextHandler(st.logBuf, nil))
-	var authn rpc.Authenticator
+	gate := auth.NewGate(auth.DevPolicy{}, rpc.Code)
 	if !dev {
 		_, signer, reg := authtest.KeyStore(t)
-		authn = &auth.Authenticator{Signer: signer, Registry: reg}
+		gate = auth.NewGate(&auth.KeyPolicy{Authn: &auth.Authenticator{Signer: signer, Registry: reg}, Limits: auth.NewLimits(reg, auth.Defaults{}, nil)}, rpc.Code)
 		st.issue = func(ns string) string {
 			key, _, err := (&auth.Issuer{Signer: signer, Registry: reg}).Issue(context.Background(), auth.IssueOptions{Namespace: ns})
 			if err != nil {
@@ -158,7 +171,7 @@ func newStack(t *testing.T, dev bool) *stack {
 			return key
 		}
 	}
-	server := rpc.NewServer(rpc.SandboxMethods(st.m), authn, log)
+	server := rpc.NewServer(rpc.SandboxMethods(st.m), gate, log)
 	server.Mount(mcp.Path, mcp.NewHandler(server, &mcp.Options{Logger: log, Version: "test"}))
 	srv := httptest.NewServer(server)
 	t.Cleanup(srv.Close)

@@ -41,8 +41,8 @@ func handler(inv Invoker, log *slog.Logger, t tool) sdk.ToolHandler {
 		ctx, cancel := callContext(ctx)
 		defer cancel()
 		started := time.Now()
-		principal, ok := rpc.PrincipalFrom(ctx)
-		if !ok {
+		caller := callerOf(ctx)
+		if caller == nil {
 			// Only reachable if the handler was not mounted with
 			// rpc.Server.Mount: refuse rather than run unauthenticated.
 			log.Error("mcp tool call without an authenticated caller", "tool", t.name)
@@ -52,17 +52,17 @@ func handler(inv Invoker, log *slog.Logger, t tool) sdk.ToolHandler {
 		if len(bytes.TrimSpace(args)) == 0 || bytes.Equal(bytes.TrimSpace(args), []byte("null")) {
 			args = json.RawMessage("{}")
 		}
-		result, err := inv.Invoke(ctx, t.method, args)
+		result, err := inv.Invoke(ctx, caller, t.method, args)
 		if err == nil {
 			var data []byte
 			if data, err = json.Marshal(result); err == nil {
-				log.Info("mcp", "tool", t.name, "key_id", principal.KeyID, "ms", time.Since(started).Milliseconds())
+				log.Info("mcp", "tool", t.name, "key_id", caller.Principal.KeyID, "ms", time.Since(started).Milliseconds())
 				return &sdk.CallToolResult{Content: []sdk.Content{&sdk.TextContent{Text: t.format(args, data)}}}, nil
 			}
 			err = fmt.Errorf("encode result of %s: %w", t.method, err)
 		}
 		code, msg := inv.ErrorCode(ctx, t.method, err)
-		log.Info("mcp", "tool", t.name, "key_id", principal.KeyID, "code", code, "ms", time.Since(started).Milliseconds())
+		log.Info("mcp", "tool", t.name, "key_id", caller.Principal.KeyID, "code", code, "ms", time.Since(started).Milliseconds())
 		return failure(t.name, code, msg), nil
 	}
 }

@@ -1,12 +1,12 @@
-package image
+package image_test
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/msb-dev/msb/sandbox/image"
 	"github.com/msb-dev/msb/sandbox/sandboxtest"
 )
 
@@ -17,20 +17,17 @@ import (
 func TestPullOnceAfterPullEnded(t *testing.T) {
 	reg := sandboxtest.NewRegistry(t)
 	ref := reg.Push(t, "test/race:1", sandboxtest.Image(t, v1.Config{}, sandboxtest.Layer(t, sandboxtest.File("f", "x", 0o644))))
-	s, err := NewStore(filepath.Join(t.TempDir(), "images"), StoreOptions{})
+	s := newStore(t)
+	r, err := image.ParseReference(ref)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := ParseReference(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.pullOnce(context.Background(), ref, r); err != nil {
+	if _, err := image.PullOnce(s, context.Background(), ref, r); err != nil {
 		t.Fatal(err)
 	}
 	gets := reg.BlobGets("")
 	reg.Close()
-	rec, err := s.pullOnce(context.Background(), ref, r)
+	rec, err := image.PullOnce(s, context.Background(), ref, r)
 	if err != nil || rec.Name != ref {
 		t.Errorf("pullOnce of an image a pull just recorded = %+v, %v; want it from the cache", rec, err)
 	}

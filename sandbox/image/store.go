@@ -88,7 +88,7 @@ type Progress struct {
 // Store keeps OCI images pulled from registries under one directory of the
 // msb home:
 //
-//	images.json          one Record per pulled reference
+//	(records)            one Record per pulled reference, in the RecordStore
 //	layers/<hex>/        a layer unpacked, named by the hex of its diff ID
 //	tmp/                 downloads and unpacks in progress
 //	lock                 flock serialising changes between msb processes
@@ -100,6 +100,7 @@ type Progress struct {
 // tampered or corrupted layer is refused and never cached.
 type Store struct {
 	dir      string
+	records  RecordStore
 	keychain authn.Keychain
 	platform v1.Platform
 	now      func() time.Time
@@ -115,8 +116,24 @@ type pullCall struct {
 	err  error
 }
 
-// StoreOptions configure a Store. The zero value is the default.
+// RecordStore keeps the records of pulled images; storage.DB is the real
+// one (SQLite). Names are canonical references (Record.Name).
+type RecordStore interface {
+	// ImageRecords returns every record.
+	ImageRecords(ctx context.Context) ([]Record, error)
+	// PutImageRecord records r, replacing a record of the same name.
+	PutImageRecord(ctx context.Context, r Record) error
+	// DeleteImageRecord forgets the record of name; a missing one is not an error.
+	DeleteImageRecord(ctx context.Context, name string) error
+	// TouchImageRecord sets the last-used time of the record of name, if any.
+	TouchImageRecord(ctx context.Context, name string, t time.Time) error
+}
+
+// StoreOptions configure a Store. Records is required; the other fields'
+// zero values are the defaults.
 type StoreOptions struct {
+	// Records is where the image records live.
+	Records RecordStore
 	// Keychain finds registry credentials; default authn.DefaultKeychain
 	// (~/.docker/config.json and its credential helpers).
 	Keychain authn.Keychain
@@ -130,15 +147,19 @@ type StoreOptions struct {
 	InUse func() ([]string, error)
 }
 
-// NewStore returns the store in dir, creating it. Errors are the
-// underlying file system errors.
+// NewStore returns the store in dir, creating it. Records an earlier msb
+// kept in dir/images.json are moved into opts.Records once. Errors are the
+// underlying file system and record store errors.
 func NewStore(dir string, opts StoreOptions) (*Store, error) {
+	if opts.Records == nil {
+		return nil, errors.New("image store: no record store")
+	}
 	for _, d := range []string{dir, filepath.Join(dir, "layers"), filepath.Join(dir, "tmp")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("image store: %w", err)
 		}
 	}
-	s := &Store{dir: dir, keychain: opts.Keychain, now: opts.Now, inUse: opts.InUse, pulls: map[string]*pullCall{}}
+	s := &Store{dir: dir, records: opts.Records, keychain: opts.Keychain, now: opts.Now, inUse: opts.InUse, pulls: map[string]*pullCall{}}
 	if s.keychain == nil {
 		s.keychain = authn.DefaultKeychain
 	}
@@ -150,7 +171,40 @@ func NewStore(dir string, opts StoreOptions) (*Store, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	if err := s.importJSON(); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// importJSON moves the records of images.json, where msb kept them before
+// they lived in the state database, into the record store, and renames the
+// file so that it is done once. Records already in the store win.
+func (s *Store) importJSON() error {
+	path := filepath.Join(s.dir, "images.json")
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("image store: %w", err)
+	}
+	old := map[string]Record{}
+	if err := json.Unmarshal(data, &old); err != nil {
+		return fmt.Errorf("image store: %s is damaged (move it away to start with an empty cache): %w", path, err)
+	}
+	have, err := s.read()
+	if err != nil {
+		return err
+	}
+	for name, rec := range old {
+		if _, ok := have[name]; !ok {
+			if err := s.records.PutImageRecord(context.Background(), rec); err != nil {
+				return fmt.Errorf("image store: import %s: %w", name, err)
+			}
+		}
+	}
+	return os.Rename(path, path+".imported")
 }
 
 func hostPlatform() v1.Platform {
@@ -225,50 +279,17 @@ func (s *Store) flock(name string, how int) (func(), error) {
 	return func() { f.Close() }, nil
 }
 
-func (s *Store) dbPath() string { return filepath.Join(s.dir, "images.json") }
-
+// read returns every record, by name.
 func (s *Store) read() (map[string]Record, error) {
-	data, err := os.ReadFile(s.dbPath())
-	if errors.Is(err, fs.ErrNotExist) {
-		return map[string]Record{}, nil
-	}
+	recs, err := s.records.ImageRecords(context.Background())
 	if err != nil {
 		return nil, fmt.Errorf("image store: %w", err)
 	}
-	db := map[string]Record{}
-	if err := json.Unmarshal(data, &db); err != nil {
-		return nil, fmt.Errorf("image store: %s is damaged: %w", s.dbPath(), err)
+	db := make(map[string]Record, len(recs))
+	for _, r := range recs {
+		db[r.Name] = r
 	}
 	return db, nil
-}
-
-func (s *Store) write(db map[string]Record) error {
-	data, err := json.MarshalIndent(db, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := s.dbPath() + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("image store: %w", err)
-	}
-	return os.Rename(tmp, s.dbPath())
-}
-
-// update applies fn to the records under the cross-process lock.
-func (s *Store) update(fn func(db map[string]Record) error) error {
-	unlock, err := s.lock()
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	db, err := s.read()
-	if err != nil {
-		return err
-	}
-	if err := fn(db); err != nil {
-		return err
-	}
-	return s.write(db)
 }
 
 // List returns the pulled images, by name.
@@ -379,13 +400,7 @@ func (s *Store) pullOnce(ctx context.Context, ref string, r name.Reference) (Rec
 
 // touch records that an image was used now; failures only cost the date.
 func (s *Store) touch(key string) {
-	_ = s.update(func(db map[string]Record) error {
-		if rec, ok := db[key]; ok {
-			rec.LastUsed = s.now().UTC()
-			db[key] = rec
-		}
-		return nil
-	})
+	_ = s.records.TouchImageRecord(context.Background(), key, s.now().UTC())
 }
 
 // Pull fetches ref from its registry (credentials from the keychain; for a
@@ -512,11 +527,10 @@ func (s *Store) Pull(ctx context.Context, ref string, progress func(Progress)) (
 	if err := errors.Join(errs...); err != nil {
 		return Record{}, err
 	}
-	err = s.update(func(db map[string]Record) error {
-		db[rec.Name] = rec
-		return nil
-	})
-	return rec, err
+	if err := s.records.PutImageRecord(ctx, rec); err != nil {
+		return Record{}, fmt.Errorf("image store: record %s: %w", rec.Name, err)
+	}
+	return rec, nil
 }
 
 // pickPlatform chooses the host platform's image from an index, or says
@@ -760,16 +774,23 @@ func (s *Store) Remove(ref string) (Record, error) {
 	if err != nil {
 		return Record{}, err
 	}
-	var rec Record
-	err = s.update(func(db map[string]Record) error {
-		var ok bool
-		if rec, ok = find(db, r); !ok {
-			return errdefs.NotFoundf("image %q is not in the cache: see `msb image list`", ref)
-		}
-		delete(db, rec.Name)
-		return nil
-	})
-	return rec, err
+	unlock, err := s.lock()
+	if err != nil {
+		return Record{}, err
+	}
+	defer unlock()
+	db, err := s.read()
+	if err != nil {
+		return Record{}, err
+	}
+	rec, ok := find(db, r)
+	if !ok {
+		return Record{}, errdefs.NotFoundf("image %q is not in the cache: see `msb image list`", ref)
+	}
+	if err := s.records.DeleteImageRecord(context.Background(), rec.Name); err != nil {
+		return Record{}, fmt.Errorf("image store: %w", err)
+	}
+	return rec, nil
 }
 
 // Prune deletes the layers no image uses and downloads left by pulls that

@@ -21,11 +21,27 @@ import (
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox/image"
 	"github.com/msb-dev/msb/sandbox/sandboxtest"
+	"github.com/msb-dev/msb/storage"
 )
 
 func newStore(t *testing.T) *image.Store {
 	t.Helper()
-	s, err := image.NewStore(filepath.Join(t.TempDir(), "images"), image.StoreOptions{})
+	return openStore(t, filepath.Join(t.TempDir(), "images"))
+}
+
+// openStore opens the image store in dir with its records in a real state
+// database next to it, as a server or a CLI command of that home does.
+func openStore(t *testing.T, dir string) *image.Store {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	db, err := storage.Open(context.Background(), filepath.Join(filepath.Dir(dir), "msb.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	s, err := image.NewStore(dir, image.StoreOptions{Records: db})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -378,14 +394,7 @@ func TestPruneWaitsForPulls(t *testing.T) {
 	ref := reg.Push(t, "test/racy:1", sandboxtest.Image(t, v1.Config{}, first, second))
 	release := reg.Hold(t, layerDigest(t, second))
 	dir := filepath.Join(t.TempDir(), "images")
-	server, err := image.NewStore(dir, image.StoreOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := image.NewStore(dir, image.StoreOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	server, cli := openStore(t, dir), openStore(t, dir)
 
 	pulled := make(chan error, 1)
 	go func() {

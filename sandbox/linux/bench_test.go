@@ -11,6 +11,7 @@ import (
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/image"
 	"github.com/msb-dev/msb/sandbox/linux"
+	"github.com/msb-dev/msb/sandbox/sandboxtest"
 )
 
 // BenchmarkLifecycle measures one sandbox's whole life, phase by phase:
@@ -45,7 +46,7 @@ func BenchmarkLifecycle(b *testing.B) {
 	ctx := context.Background()
 	var create, start, execTrue, remove time.Duration
 	for i := 0; b.Loop(); i++ {
-		id := sandbox.ID{Namespace: "bench", Name: "s" + strconv.Itoa(i)}
+		id := sandboxtest.ID(b, "bench", "s"+strconv.Itoa(i))
 		t0 := time.Now()
 		if err := e.Create(ctx, id, spec); err != nil {
 			b.Fatal(err)

@@ -250,7 +250,7 @@ func (e *Engine) forget(b *box) {
 // container cannot be set up.
 func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) error {
 	key := id.Key()
-	if id.Namespace == "" || id.Name == "" || !validKey(key) {
+	if id.IsZero() || !validKey(key) {
 		return fmt.Errorf("sandbox %s: bad sandbox ID: %w", id, errdefs.ErrInvalid)
 	}
 	if spec.Workdir == "" {
@@ -289,7 +289,7 @@ func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) e
 func (e *Engine) create(b *box) error {
 	hostname := b.spec.Hostname
 	if hostname == "" {
-		hostname = b.id.Name
+		hostname = b.id.Name()
 	}
 	rootfs := filepath.Join(b.dir, "rootfs")
 	if err := os.Mkdir(b.dir, 0o700); err != nil {
@@ -658,11 +658,10 @@ func (e *Engine) Recover(ctx context.Context) ([]sandbox.Status, error) {
 		if b != nil && !b.leftover {
 			continue
 		}
-		ns, name, ok := strings.Cut(key, ".")
-		if !ok {
+		id, err := sandbox.ParseKey(key)
+		if err != nil {
 			continue // not ours: sandbox keys are always namespace.name
 		}
-		id := sandbox.ID{Namespace: ns, Name: name}
 		if st, ok := e.leftoverStatus(id); ok {
 			out = append(out, st)
 		}

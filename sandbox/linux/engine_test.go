@@ -39,7 +39,7 @@ func TestMain(m *testing.M) {
 // and waits to be killed; its value is the engine's Config as JSON.
 const crashServerEnv = "MSB_TEST_CRASH_SERVER"
 
-var crashID = sandbox.ID{Namespace: "crash", Name: "victim"}
+var crashID, _ = sandbox.ParseID("crash", "victim")
 
 func crashServer(cfgJSON string) {
 	fail := func(err error) { fmt.Fprintln(os.Stderr, "crash server:", err); os.Exit(1) }

@@ -82,7 +82,7 @@ func TestPruneKeepsSandboxLayers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := sandbox.ID{Namespace: "prune", Name: "a"}
+	id := sandboxtest.ID(t, "prune", "a")
 	if err := e.Create(ctx, id, imageSpec(img.Root.Layers)); err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +141,7 @@ func TestOverlayStaysPrivate(t *testing.T) {
 
 	e, _ := newEngine(t, filepath.Join(shared, "home"), "msb-private")
 	ctx := context.Background()
-	id := sandbox.ID{Namespace: "prop", Name: "a"}
+	id := sandboxtest.ID(t, "prop", "a")
 	vol := sandbox.Mount{Source: filepath.Join(base, "vol", "data"), Target: "/data", Beneath: filepath.Join(base, "vol")}
 	if err := e.Create(ctx, id, imageSpec([]string{filepath.Join(base, "layer")}, vol)); err != nil {
 		t.Fatal(err)
@@ -166,7 +166,7 @@ func TestOverlayStaysPrivate(t *testing.T) {
 func TestMissingLayerMessage(t *testing.T) {
 	home := t.TempDir()
 	e, cfg := newEngine(t, home, "msb-missing")
-	id := sandbox.ID{Namespace: "gone", Name: "a"}
+	id := sandboxtest.ID(t, "gone", "a")
 	err := e.Create(context.Background(), id, imageSpec([]string{filepath.Join(home, "images", "layers", "0123abcd")}))
 	if !errors.Is(err, errdefs.ErrInvalid) || strings.Contains(err.Error(), home) || !strings.Contains(err.Error(), "msb pull") {
 		t.Errorf("Create with a missing layer = %v; want ErrInvalidArgument saying to pull again, without host paths", err)
@@ -205,7 +205,7 @@ func TestFileVolumeTargets(t *testing.T) {
 		{"/etc/link", "symlink"},
 		{"/etc/fifo", "fifo"},
 	} {
-		id := sandbox.ID{Namespace: "filevol", Name: "v" + strconv.Itoa(i)}
+		id := sandboxtest.ID(t, "filevol", "v"+strconv.Itoa(i))
 		vol := sandbox.Mount{Source: filepath.Join(volRoot, "conf"), Target: c.target, Beneath: volRoot}
 		err := e.Create(ctx, id, imageSpec([]string{layer}, vol))
 		if c.want == "" {

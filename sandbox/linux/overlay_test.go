@@ -13,6 +13,7 @@ import (
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/image"
 	"github.com/msb-dev/msb/sandbox/linux"
+	"github.com/msb-dev/msb/sandbox/sandboxtest"
 )
 
 // TestOverlayVolumesAndDial runs a sandbox whose root is an overlay of two
@@ -52,7 +53,7 @@ func TestOverlayVolumesAndDial(t *testing.T) {
 		sandbox.Mount{Source: filepath.Join(volRoot, "data"), Target: "/data", Beneath: volRoot})
 	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 256, CPUs: 1, Pids: 128}
 	ctx := context.Background()
-	id := sandbox.ID{Namespace: "ovl", Name: "a"}
+	id := sandboxtest.ID(t, "ovl", "a")
 	if err := e.Create(ctx, id, spec); err != nil {
 		t.Fatal(err)
 	}
@@ -89,14 +90,14 @@ func TestOverlayVolumesAndDial(t *testing.T) {
 	if string(got) != "pong" {
 		t.Errorf("through DialSandbox: %q", got)
 	}
-	if _, err := e.DialSandbox(ctx, sandbox.ID{Namespace: "ovl", Name: "none"}, 7000); !errors.Is(err, errdefs.ErrNotFound) {
+	if _, err := e.DialSandbox(ctx, sandboxtest.ID(t, "ovl", "none"), 7000); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("DialSandbox of a missing sandbox = %v", err)
 	}
 
 	// Validated, then swapped for a symlink out: refused when mounting.
 	os.Rename(filepath.Join(volRoot, "data"), filepath.Join(volRoot, "data.old"))
 	os.Symlink("/etc", filepath.Join(volRoot, "data"))
-	id2 := sandbox.ID{Namespace: "ovl", Name: "b"}
+	id2 := sandboxtest.ID(t, "ovl", "b")
 	if err := e.Create(ctx, id2, spec); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "leads out") {
 		t.Errorf("Create with a volume swapped for a symlink = %v, want refused", err)
 	}
@@ -115,7 +116,7 @@ func TestOverlayVolumesAndDial(t *testing.T) {
 	// Recover finds the sandbox and Delete unmounts everything.
 	os.Remove(filepath.Join(volRoot, "data"))
 	os.Rename(filepath.Join(volRoot, "data.old"), filepath.Join(volRoot, "data"))
-	id3 := sandbox.ID{Namespace: "ovl", Name: "c"}
+	id3 := sandboxtest.ID(t, "ovl", "c")
 	if err := e.Create(ctx, id3, spec); err != nil {
 		t.Fatal(err)
 	}

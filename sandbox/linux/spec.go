@@ -128,7 +128,7 @@ func ociSpec(id sandbox.ID, s sandbox.Spec, rootfs, portalBinary, cgroupParent s
 	oci.Root = &specs.Root{Path: rootfs, Readonly: false}
 	oci.Hostname = s.Hostname
 	if oci.Hostname == "" {
-		oci.Hostname = id.Name
+		oci.Hostname = id.Name()
 	}
 
 	p := oci.Process

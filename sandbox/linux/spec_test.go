@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/sandboxtest"
 )
 
 // TestSpecNeverLowersOOMScore checks that the init is never given a
@@ -22,7 +23,7 @@ func TestSpecNeverLowersOOMScore(t *testing.T) {
 	if host.oomScore < 0 {
 		t.Errorf("probed init OOM score %d, want >= 0", host.oomScore)
 	}
-	id := sandbox.ID{Namespace: "ns", Name: "box"}
+	id := sandboxtest.ID(t, "ns", "box")
 	oci := ociSpec(id, sandbox.Spec{MemoryMiB: 64, CPUs: 1, Pids: 64}, "/r", "/msb", "msb", host)
 	if p := oci.Process.OOMScoreAdj; p == nil || *p < 0 || *p != host.oomScore {
 		t.Errorf("init oom_score_adj %v, want %d set explicitly (it pins the floor)", p, host.oomScore)
@@ -46,7 +47,7 @@ func TestSpecSwapOnlyWithSwapAccounting(t *testing.T) {
 		t.Error("swap accounting not found in a hierarchy with memory.memsw files")
 	}
 
-	id := sandbox.ID{Namespace: "ns", Name: "box"}
+	id := sandboxtest.ID(t, "ns", "box")
 	spec := sandbox.Spec{MemoryMiB: 64, CPUs: 1, Pids: 64}
 	mem := int64(64 << 20)
 	for _, swap := range []bool{false, true} {

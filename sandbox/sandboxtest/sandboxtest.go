@@ -87,12 +87,12 @@ func ctx(t *testing.T) context.Context {
 	return c
 }
 
-func (s *suite) id(name string) sandbox.ID { return sandbox.ID{Namespace: s.ns, Name: name} }
+func (s *suite) id(t *testing.T, name string) sandbox.ID { return ID(t, s.ns, name) }
 
 // start creates and starts a sandbox on e, deleting it when the test ends.
 func (s *suite) start(t *testing.T, e sandbox.Engine, name string, adjust func(*sandbox.Spec)) sandbox.ID {
 	t.Helper()
-	id := s.id(name)
+	id := s.id(t, name)
 	spec := s.h.Spec()
 	if adjust != nil {
 		adjust(&spec)
@@ -165,7 +165,7 @@ func (s *suite) assertNoLeftovers(t *testing.T, id sandbox.ID) {
 
 func (s *suite) testLifecycle(t *testing.T) {
 	e := s.e
-	id := s.id("life")
+	id := s.id(t, "life")
 	spec := s.h.Spec()
 
 	t0 := time.Now()
@@ -202,8 +202,8 @@ func (s *suite) testLifecycle(t *testing.T) {
 	if res.ExitCode != 0 {
 		t.Errorf("true: exit %d", res.ExitCode)
 	}
-	if got := strings.TrimSpace(mustSh(t, e, id, "hostname")); got != id.Name {
-		t.Errorf("hostname = %q, want %q", got, id.Name)
+	if got := strings.TrimSpace(mustSh(t, e, id, "hostname")); got != id.Name() {
+		t.Errorf("hostname = %q, want %q", got, id.Name())
 	}
 
 	// Files survive a stop and a start.
@@ -250,7 +250,7 @@ func (s *suite) testLifecycle(t *testing.T) {
 	s.assertNoLeftovers(t, id)
 
 	// Delete straight from running, without Stop.
-	id2 := s.id("life2")
+	id2 := s.id(t, "life2")
 	if err := e.Create(ctx(t), id2, spec); err != nil {
 		t.Fatalf("Create: %v", err)
 	}
@@ -275,7 +275,7 @@ func (s *suite) testLifecycle(t *testing.T) {
 
 func (s *suite) testErrors(t *testing.T) {
 	e := s.e
-	id := s.id("nosuch")
+	id := s.id(t, "nosuch")
 	if err := e.Start(ctx(t), id); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("Start unknown = %v, want ErrNotFound", err)
 	}
@@ -299,10 +299,10 @@ func (s *suite) testErrors(t *testing.T) {
 	}
 	bad := s.h.Spec()
 	bad.MemoryMiB = 0
-	if err := e.Create(ctx(t), s.id("badspec"), bad); !errors.Is(err, errdefs.ErrInvalid) {
+	if err := e.Create(ctx(t), s.id(t, "badspec"), bad); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("Create with 0 MiB = %v, want ErrInvalidArgument", err)
 	}
-	s.assertNoLeftovers(t, s.id("badspec"))
+	s.assertNoLeftovers(t, s.id(t, "badspec"))
 }
 
 func (s *suite) testExec(t *testing.T) {
@@ -640,7 +640,7 @@ func (s *suite) testParallel(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- s.lifecycleOnce(e, s.id("par"+strconv.Itoa(i)), i)
+			errs <- s.lifecycleOnce(e, s.id(t, "par"+strconv.Itoa(i)), i)
 		}()
 	}
 	wg.Wait()
@@ -652,7 +652,7 @@ func (s *suite) testParallel(t *testing.T) {
 	}
 	t.Logf("timing: %d sandboxes create+start+python+delete in parallel: %v", n, time.Since(t0))
 	for i := range n {
-		s.assertNoLeftovers(t, s.id("par"+strconv.Itoa(i)))
+		s.assertNoLeftovers(t, s.id(t, "par"+strconv.Itoa(i)))
 	}
 }
 
@@ -684,7 +684,7 @@ func (s *suite) lifecycleOnce(e sandbox.Engine, id sandbox.ID, i int) (err error
 func (s *suite) testRecover(t *testing.T) {
 	first := s.h.NewEngine(t)
 	running := s.start(t, first, "crash-running", nil)
-	created := s.id("crash-created")
+	created := s.id(t, "crash-created")
 	if err := first.Create(ctx(t), created, s.h.Spec()); err != nil {
 		t.Fatal(err)
 	}
@@ -732,4 +732,15 @@ func (s *suite) testRecover(t *testing.T) {
 	if _, err := first.Exec(ctx(t), running, sandbox.ExecRequest{Command: "true"}); err == nil {
 		t.Errorf("Exec on a sandbox deleted by another engine succeeded")
 	}
+}
+
+// ID returns the ID of sandbox name in namespace ns, failing the test if
+// either name is invalid.
+func ID(tb testing.TB, ns, name string) sandbox.ID {
+	tb.Helper()
+	id, err := sandbox.ParseID(ns, name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return id
 }

@@ -1,9 +1,3 @@
-// Package sandbox defines what a sandbox is (ID, Config, Status) and the
-// small interfaces an isolation engine implements (Runtime, Executor, REPL,
-// StatsReader). The Linux engine built on runc's libcontainer lives in
-// sandbox/linux; the in-sandbox agent and its wire protocol in sandbox/portal;
-// the conformance suite every engine must pass in sandbox/sandboxtest.
-// Nothing here knows about JSON-RPC: the rpc package calls the Service.
 package sandbox
 
 import (
@@ -12,20 +6,6 @@ import (
 	"net"
 	"time"
 )
-
-// ID names one sandbox: a name unique inside a namespace. Both parts are
-// validated by the namespace package before an ID reaches an engine.
-type ID struct {
-	Namespace string
-	Name      string
-}
-
-// String renders the ID as "namespace/name", for messages and logs.
-func (id ID) String() string { return id.Namespace + "/" + id.Name }
-
-// Key renders the ID as one token usable as a file or container name.
-// Names cannot contain '.', so "namespace.name" is unambiguous.
-func (id ID) Key() string { return id.Namespace + "." + id.Name }
 
 // Mount is a bind mount from the host into a sandbox.
 type Mount struct {
@@ -227,9 +207,9 @@ type Dialer interface {
 }
 
 // ExitWatcher tells when a running sandbox's init exits, whatever the
-// cause (stopped, killed, crashed). Engines that have it let the Service
-// free what a sandbox that dies on its own holds, such as its host ports,
-// at once rather than at its next start or stop.
+// cause (stopped, killed, crashed): how the Service learns that a sandbox
+// died on its own, so that it frees what it held (its host ports) and
+// records it stopped at once.
 type ExitWatcher interface {
 	// Exited returns a channel closed when the init of the sandbox's
 	// current run exits. errdefs.ErrConflict if the sandbox is not running,
@@ -238,11 +218,13 @@ type ExitWatcher interface {
 }
 
 // Engine is everything the Service needs from an isolation engine.
+// Spawner and Dialer are optional abilities, found by type assertion.
 type Engine interface {
 	Runtime
 	Executor
 	REPL
 	StatsReader
+	ExitWatcher
 }
 
 // MaxOutput caps the output of one call (command or REPL evaluation). Past

@@ -1,4 +1,4 @@
-package sqlite_test
+package storage_test
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/msb-dev/msb/config/sqlite"
+	"github.com/msb-dev/msb/storage"
 )
 
 // migrationVersions reads the version numbers of the migration files on disk.
@@ -34,12 +34,12 @@ func migrationVersions(t *testing.T) []int {
 
 func appliedVersions(t *testing.T, ctx context.Context, path string) []int {
 	t.Helper()
-	db, err := sqlite.Open(ctx, path)
+	db, err := storage.Open(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	rows, err := db.QueryContext(ctx, `SELECT version FROM schema_migrations ORDER BY version`)
+	rows, err := db.SQL().QueryContext(ctx, `SELECT version FROM schema_migrations ORDER BY version`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func appliedVersions(t *testing.T, ctx context.Context, path string) []int {
 func TestOpenCreatesPrivateFile(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "msb.db")
-	db, err := sqlite.Open(ctx, path)
+	db, err := storage.Open(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func TestOpenCreatesPrivateFile(t *testing.T) {
 		t.Fatalf("database mode %o, want 0600", fi.Mode().Perm())
 	}
 	// Write something so the WAL exists; it must be as private as the database.
-	if _, err := db.ExecContext(ctx, `INSERT INTO api_keys (id, namespace, key_prefix, key_hash, signing_key_id, created_at) VALUES ('a', '*', 'p', 'h', 's', 1)`); err != nil {
+	if _, err := db.SQL().ExecContext(ctx, `INSERT INTO api_keys (id, namespace, key_prefix, key_hash, signing_key_id, created_at) VALUES ('a', '*', 'p', 'h', 's', 1)`); err != nil {
 		t.Fatal(err)
 	}
 	for _, suffix := range []string{"-wal", "-shm"} {
@@ -91,7 +91,7 @@ func TestOpenCreatesPrivateFile(t *testing.T) {
 func TestOpenFixesLoosenedMode(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "msb.db")
-	db, err := sqlite.Open(ctx, path)
+	db, err := storage.Open(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +99,7 @@ func TestOpenFixesLoosenedMode(t *testing.T) {
 	if err := os.Chmod(path, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	db, err = sqlite.Open(ctx, path)
+	db, err = storage.Open(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +111,7 @@ func TestOpenFixesLoosenedMode(t *testing.T) {
 
 func TestPragmas(t *testing.T) {
 	ctx := context.Background()
-	db, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "msb.db"))
+	db, err := storage.Open(ctx, filepath.Join(t.TempDir(), "msb.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func TestPragmas(t *testing.T) {
 	// Check several pooled connections at once: the settings must hold on
 	// every connection, not just the first.
 	for i := 0; i < 4; i++ {
-		conn, err := db.Conn(ctx)
+		conn, err := db.SQL().Conn(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -149,12 +149,12 @@ func TestPragmas(t *testing.T) {
 
 func TestForeignKeysEnforced(t *testing.T) {
 	ctx := context.Background()
-	db, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "msb.db"))
+	db, err := storage.Open(ctx, filepath.Join(t.TempDir(), "msb.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	conn, err := db.Conn(ctx)
+	conn, err := db.SQL().Conn(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,11 +181,11 @@ func TestMigrationsIdempotent(t *testing.T) {
 		t.Fatalf("schema_migrations = %v, want %v", first, want)
 	}
 	// Data written between opens survives the second open's migrations.
-	db, err := sqlite.Open(ctx, path)
+	db, err := storage.Open(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.ExecContext(ctx, `INSERT INTO sandboxes (namespace, name, config, state, created_at) VALUES ('ns', 'box', '{}', 'stopped', 1)`); err != nil {
+	if _, err := db.SQL().ExecContext(ctx, `INSERT INTO sandboxes (namespace, name, config, state, created_at) VALUES ('ns', 'box', '{}', 'stopped', 1)`); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()
@@ -193,19 +193,19 @@ func TestMigrationsIdempotent(t *testing.T) {
 	if !reflect.DeepEqual(second, want) {
 		t.Fatalf("after a second open schema_migrations = %v, want %v", second, want)
 	}
-	db, err = sqlite.Open(ctx, path)
+	db, err = storage.Open(ctx, path)
 	if err != nil {
 		t.Fatalf("third open: %v", err)
 	}
 	defer db.Close()
 	var n int
-	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM sandboxes`).Scan(&n); err != nil || n != 1 {
+	if err := db.SQL().QueryRowContext(ctx, `SELECT count(*) FROM sandboxes`).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("sandboxes rows after reopen = %d, %v; want 1", n, err)
 	}
 	// The tables the migrations promise.
 	for _, table := range []string{"api_keys", "sandboxes", "schema_migrations"} {
 		var name string
-		if err := db.QueryRowContext(ctx, `SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?`, table).Scan(&name); err != nil {
+		if err := db.SQL().QueryRowContext(ctx, `SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?`, table).Scan(&name); err != nil {
 			t.Fatalf("table %s: %v", table, err)
 		}
 	}
@@ -218,7 +218,7 @@ func TestConcurrentOpens(t *testing.T) {
 	errs := make(chan error, 4)
 	for i := 0; i < 4; i++ {
 		go func() {
-			db, err := sqlite.Open(ctx, path)
+			db, err := storage.Open(ctx, path)
 			if err == nil {
 				db.Close()
 			}
@@ -236,7 +236,7 @@ func TestConcurrentOpens(t *testing.T) {
 }
 
 func TestOpenMissingDirectory(t *testing.T) {
-	_, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "no", "such", "msb.db"))
+	_, err := storage.Open(context.Background(), filepath.Join(t.TempDir(), "no", "such", "msb.db"))
 	if err == nil {
 		t.Fatal("Open in a missing directory succeeded")
 	}

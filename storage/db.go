@@ -1,13 +1,15 @@
-// Package sqlite opens msb's state database, one SQLite file in the msb home
-// (modernc.org/sqlite: pure Go, no server), and brings its schema up to date
-// with the numbered migrations embedded from migrations/. Each migration runs
-// in its own transaction. WAL lets the CLI (keygen, keys revoke) write while
-// a server reads; foreign keys are enforced; writers wait for each other
-// instead of failing with SQLITE_BUSY.
+// Package storage keeps msb's state in one SQLite file in the msb home
+// (modernc.org/sqlite: pure Go, no server). It is the only package that
+// speaks SQL: it implements the small store interfaces that the domain
+// packages declare (auth.KeyStore, audit.Store, sandbox.Store,
+// image.RecordStore), so they never see a query and a second backend
+// would only have to implement those.
 //
-// The queries themselves live with their domain: auth keeps the key
-// registry, sandbox the sandbox records.
-package sqlite
+// Open brings the schema up to date with the numbered migrations embedded
+// from migrations/, each in its own transaction. WAL lets the CLI (keygen,
+// keys revoke) write while a server reads; foreign keys are enforced;
+// writers wait for each other instead of failing with SQLITE_BUSY.
+package storage
 
 import (
 	"context"
@@ -21,6 +23,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
@@ -28,9 +31,14 @@ import (
 //go:embed migrations/*.sql
 var migrations embed.FS
 
+// DB is msb's state database.
+type DB struct {
+	db *sql.DB
+}
+
 // Open opens (creating if needed, mode 0600) the database at path and
 // applies every pending migration.
-func Open(ctx context.Context, path string) (*sql.DB, error) {
+func Open(ctx context.Context, path string) (*DB, error) {
 	// Create the file ourselves so it is never world-readable; SQLite gives
 	// its -wal and -shm files the same mode.
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
@@ -54,7 +62,26 @@ func Open(ctx context.Context, path string) (*sql.DB, error) {
 		db.Close()
 		return nil, fmt.Errorf("migrate database %s: %w", path, err)
 	}
-	return db, nil
+	return &DB{db: db}, nil
+}
+
+// Close closes the database.
+func (d *DB) Close() error { return d.db.Close() }
+
+// nullTime stores a time as unix milliseconds, the zero time as NULL.
+func nullTime(t time.Time) sql.NullInt64 {
+	if t.IsZero() {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: t.UnixMilli(), Valid: true}
+}
+
+// timeOf reads what nullTime stored.
+func timeOf(n sql.NullInt64) time.Time {
+	if !n.Valid {
+		return time.Time{}
+	}
+	return time.UnixMilli(n.Int64)
 }
 
 func migrate(ctx context.Context, db *sql.DB) error {

@@ -1,0 +1,227 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/msb-dev/msb/errdefs"
+)
+
+// Start implements Manager.
+func (s *Service) Start(ctx context.Context, id ID, cfg *Config) error {
+	if cfg == nil {
+		// No config: the one it last ran with, else every default.
+		rec, err := s.opts.Store.Sandbox(ctx, id)
+		switch {
+		case err == nil:
+			cfg = &rec.Config
+		case errors.Is(err, errdefs.ErrNotFound):
+			cfg = &Config{}
+		default:
+			return err
+		}
+	}
+	norm, err := Normalize(*cfg, s.bounds)
+	if err != nil {
+		return err
+	}
+	b := s.box(id)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.running.Load() {
+		if b.alive() {
+			if b.cfg.Equal(norm) {
+				return nil
+			}
+			return errdefs.Conflictf("sandbox %q is already running with a different config: stop it first, or start it with the same config", id.Name())
+		}
+		// It died on its own and its watcher has not released it yet:
+		// release what is left and start it afresh.
+		s.opts.Log.Warn("sandbox had stopped on its own; starting it again", "sandbox", id.String())
+		if err := s.release(ctx, id, b); err != nil {
+			return engineError("start", id, err)
+		}
+	}
+	for _, dep := range norm.DependsOn {
+		depID, _ := ParseID(id.Namespace(), dep) // Normalize checked the name
+		d, ok := s.lookup(depID)
+		if !ok || !d.alive() {
+			return errdefs.Conflictf("sandbox %q depends on %q, which is not running in namespace %q: start %q first", id.Name(), dep, id.Namespace(), dep)
+		}
+	}
+	img, err := s.opts.Images.Resolve(ctx, norm.Image)
+	if err != nil {
+		return err
+	}
+	root := img.Root
+	root.Mounts = append([]Mount(nil), root.Mounts...)
+	for _, v := range norm.Volumes {
+		m, err := s.resolveVolume(id.Namespace(), v)
+		if err != nil {
+			return err
+		}
+		root.Mounts = append(root.Mounts, m)
+	}
+	// The host ports are taken before the sandbox starts, so that a port
+	// in use fails the start at once.
+	forwarders, err := s.listenPorts(norm.Ports)
+	if err != nil {
+		return err
+	}
+	started := false
+	defer func() {
+		if !started {
+			closeForwarders(forwarders)
+		}
+	}()
+	spec := Spec{
+		Root:      root,
+		Env:       mergeEnv(img.Env, norm.Envs),
+		Workdir:   norm.Workdir,
+		MemoryMiB: norm.Memory,
+		CPUs:      norm.CPUs,
+		Pids:      s.opts.Pids,
+		Hostname:  id.Name(),
+		User:      img.User,
+	}
+	if spec.Workdir == "" {
+		spec.Workdir = img.Workdir
+	}
+	if spec.Workdir == "" {
+		spec.Workdir = DefaultWorkdir
+	}
+	spec.Root.Dirs = append(append([]string(nil), spec.Root.Dirs...), strings.TrimPrefix(spec.Workdir, "/"))
+
+	eng := s.opts.Engine
+	// A sandbox the engine still holds (stopped by a crash inside it) is
+	// replaced: its record says stopped, so its leftovers are garbage.
+	// This is also where the cleanup of a leftover Recover could not
+	// delete is retried.
+	if err := eng.Delete(ctx, id); err != nil {
+		return engineError("start", id, fmt.Errorf("clean up earlier run: %w", err))
+	}
+	fail := func(err error) error {
+		eng.Delete(context.WithoutCancel(ctx), id)
+		return engineError("start", id, err)
+	}
+	if err := eng.Create(ctx, id, spec); err != nil {
+		return fail(err)
+	}
+	if err := eng.Start(ctx, id); err != nil {
+		return fail(err)
+	}
+	exited, err := eng.Exited(ctx, id)
+	if err != nil {
+		return fail(err)
+	}
+	now := s.opts.Now()
+	if err := s.opts.Store.PutSandbox(ctx, Record{ID: id, Config: norm, State: StateRunning, Created: now, Started: now}); err != nil {
+		eng.Delete(context.WithoutCancel(ctx), id)
+		return err
+	}
+	b.cfg, b.started, b.exited = norm, now, exited
+	b.sampleMu.Lock()
+	b.lastCPU, b.lastAt = 0, now
+	b.sampleMu.Unlock()
+	b.ports = forwarders
+	b.running.Store(true)
+	started = true
+	s.serveForwarders(id, forwarders)
+	go s.watch(id, b, exited)
+	if script := norm.startScript(); script != "" {
+		s.background(id, b, ExecRequest{Command: norm.Shell, Args: []string{"-c", script}})
+	}
+	s.opts.Log.Info("sandbox started", "sandbox", id.String(), "image", norm.Image, "memory_mib", norm.Memory, "cpus", norm.CPUs)
+	return nil
+}
+
+// watch waits for the init of the run that exited belongs to and, if the
+// sandbox died on its own (no stop or new start came first), releases it:
+// its host ports, background log and engine state are freed at once, not
+// at its next start or stop, and its record says stopped.
+func (s *Service) watch(id ID, b *box, exited <-chan struct{}) {
+	<-exited
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.running.Load() || b.exited != exited {
+		return // stopped, or started again, meanwhile
+	}
+	if err := s.release(context.Background(), id, b); err != nil {
+		s.opts.Log.Error("release a sandbox that stopped on its own", "sandbox", id.String(), "err", err)
+		return
+	}
+	s.opts.Log.Warn("sandbox stopped on its own; what it held is released", "sandbox", id.String())
+}
+
+// Stop implements Manager.
+func (s *Service) Stop(ctx context.Context, id ID) error {
+	return s.stop(ctx, id, true)
+}
+
+func (s *Service) stop(ctx context.Context, id ID, mustExist bool) error {
+	b, ok := s.lookup(id)
+	if !ok {
+		if !mustExist {
+			return nil
+		}
+		// Known from an earlier server run: already stopped.
+		_, err := s.opts.Store.Sandbox(ctx, id)
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.running.Load() {
+		return nil
+	}
+	if err := s.release(ctx, id, b); err != nil {
+		return engineError("stop", id, err)
+	}
+	s.opts.Log.Info("sandbox stopped", "sandbox", id.String())
+	return nil
+}
+
+// release stops the sandbox b holds and frees everything: processes,
+// engine state, host ports, its background log writer, and records it
+// stopped. The caller holds b.mu.
+func (s *Service) release(ctx context.Context, id ID, b *box) error {
+	// Not ctx: a stop that began must finish, even if the client goes away.
+	ctx = context.WithoutCancel(ctx)
+	b.running.Store(false)
+	closeForwarders(b.ports)
+	b.ports = nil
+	eng := s.opts.Engine
+	err := eng.Stop(ctx, id)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		err = nil
+	}
+	if derr := eng.Delete(ctx, id); err == nil {
+		err = derr
+	}
+	if b.stopBg != nil {
+		b.stopBg()
+		<-b.bgDone
+		b.stopBg, b.bgDone = nil, nil
+	}
+	if serr := s.opts.Store.MarkSandboxStopped(ctx, id, s.opts.Now()); err == nil {
+		err = serr
+	}
+	return err
+}
+
+// mergeEnv returns base overridden by over, by variable name, in order.
+func mergeEnv(base, over []string) []string {
+	out := make([]string, 0, len(base)+len(over))
+	index := map[string]int{}
+	for _, kv := range append(append([]string(nil), base...), over...) {
+		k, _, _ := strings.Cut(kv, "=")
+		if i, ok := index[k]; ok {
+			out[i] = kv
+			continue
+		}
+		index[k] = len(out)
+		out = append(out, kv)
+	}
+	return out
+}

@@ -1,0 +1,7 @@
+package storage
+
+import "database/sql"
+
+// SQL exposes the database to this package's tests, which check the
+// schema and the files themselves.
+func (d *DB) SQL() *sql.DB { return d.db }
