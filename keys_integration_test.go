@@ -6,7 +6,6 @@ package main_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
@@ -19,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/msb-dev/msb/config/sqlite"
+	_ "modernc.org/sqlite"
 )
 
 // callH makes one call and also returns the response headers.
@@ -46,7 +45,8 @@ func mustMSB(t *testing.T, home string, args ...string) (string, string) {
 
 func openDB(t *testing.T, home string) *sql.DB {
 	t.Helper()
-	db, err := sqlite.Open(context.Background(), filepath.Join(home, "msb.db"))
+	// A raw connection, as another tool (or an attacker with the file) has.
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(home, "msb.db")+"?_pragma=busy_timeout(10000)")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -296,17 +296,24 @@ func (g *Gate) Charge(c *Caller, a *Action) error {
 	return err
 }
 
-// Authorize decides whether c may do a: its scope, its namespace
-// (a.Namespace is narrowed when "*"), and its key's usage limit, which it
-// counts. A refusal is of class Forbidden, Invalid (a malformed namespace)
-// or Unauthenticated (uses spent).
-func (g *Gate) Authorize(ctx context.Context, c *Caller, a *Action) error {
+// Authorize decides whether c may do a: its scope, then the front-end's
+// own check of the request (validate, if not nil: a caller without the
+// scope learns nothing of what is wrong with its request), then its
+// namespace (a.Namespace is narrowed when "*"), then its key's usage
+// limit, which it counts. A refusal is of class Forbidden, Invalid (a
+// malformed namespace) or Unauthenticated (uses spent), or validate's.
+func (g *Gate) Authorize(ctx context.Context, c *Caller, a *Action, validate func() error) error {
 	scope := a.Scope
 	if scope == "" {
 		scope = ScopeAll
 	}
 	if !c.Principal.Scopes.Has(scope) {
 		return MissingScope(a.Name, scope)
+	}
+	if validate != nil {
+		if err := validate(); err != nil {
+			return err
+		}
 	}
 	if a.Namespaced {
 		if err := namespace.ValidateTarget(a.Namespace, a.AllowAll); err != nil {

@@ -48,6 +48,9 @@ type Config struct {
 	// "host" (the built-in image) or, later, an OCI image reference.
 	Images map[string]string `toml:"images"`
 
+	// Engine names the sandbox engine (see sandbox/engine); default "linux".
+	Engine string `toml:"engine"`
+
 	// Sandbox defaults.
 	SandboxPids int `toml:"sandbox_pids"`
 
@@ -106,6 +109,7 @@ func Default(home string) Config {
 		Host:        DefaultHost,
 		Port:        DefaultPort,
 		Images:      DefaultImages(),
+		Engine:      "linux",
 		SandboxPids: 1024,
 
 		RateLimit:      DefaultRateLimit,
@@ -217,6 +221,9 @@ func (c *Config) Validate() error {
 	if c.PortBind != "" && net.ParseIP(c.PortBind) == nil && c.PortBind != "localhost" {
 		return fmt.Errorf("%w: port_bind_address %q is not an IP address, such as 127.0.0.1", ErrInvalid, c.PortBind)
 	}
+	if c.Engine == "" {
+		return fmt.Errorf("%w: engine is empty: use \"linux\"", ErrInvalid)
+	}
 	if c.SandboxPids < 16 {
 		return fmt.Errorf("%w: sandbox_pids %d is too low: use at least 16", ErrInvalid, c.SandboxPids)
 	}
@@ -310,6 +317,9 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 
 # host = "127.0.0.1"
 # port = 5555
+
+# The sandbox engine: "linux" (namespaces, cgroups and libcontainer).
+# engine = "linux"
 
 # Default rate limits of API keys made without --rate / --start-rate
 # (calls per s, m, h or d; sandbox.start has its own, lower bucket), and how

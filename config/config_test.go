@@ -38,6 +38,7 @@ func TestDefault(t *testing.T) {
 		Port:        5555,
 		Images:      map[string]string{"microsandbox/python": "host", "microsandbox/node": "host"},
 		SandboxPids: 1024,
+		Engine:      "linux",
 
 		RateLimit:      "600/m",
 		StartRateLimit: "60/m",

@@ -264,6 +264,7 @@ type auditParams struct {
 func auditList(ctx context.Context, events audit.Store, c *Call, p auditParams) (any, error) {
 	f := audit.Filter{KeyID: p.Key, Namespace: p.Namespace, Visible: c.Principal().Namespace, Limit: p.Limit}
 	if p.Namespace != "" {
+		c.Audit(p.Namespace, "")
 		if err := namespace.ValidateName("namespace", p.Namespace); err != nil {
 			return nil, err
 		}

@@ -222,13 +222,12 @@ func (s *Server) dispatch(ctx context.Context, caller *auth.Caller, name string,
 		return nil, decodeErr
 	}
 	call := &Call{Caller: caller, action: a}
+	var check func() error
 	if spec.target != TargetNone {
-		if err := checkRef(spec.target, ref); err != nil {
-			return nil, err
-		}
 		a.Namespaced, a.AllowAll = true, spec.target == TargetNamespaceOrAll
+		check = func() error { return checkRef(spec.target, ref) }
 	}
-	if err := s.gate.Authorize(ctx, caller, a); err != nil {
+	if err := s.gate.Authorize(ctx, caller, a, check); err != nil {
 		return nil, err
 	}
 	if spec.target != TargetNone {
@@ -258,7 +257,7 @@ func checkRef(t Target, ref *Ref) error {
 	if err := namespace.ValidateName("sandbox", *ref.Sandbox); err != nil {
 		return err
 	}
-	if *ref.Namespace == namespace.All {
+	if t == TargetNamespaceOrAll && *ref.Namespace == namespace.All {
 		return errdefs.Invalidf("give a namespace with a sandbox name, not %q", namespace.All)
 	}
 	return nil

@@ -18,6 +18,7 @@ import (
 	"github.com/msb-dev/msb/sandbox/image"
 	"github.com/msb-dev/msb/sandbox/linux"
 	"github.com/msb-dev/msb/sandbox/sandboxtest"
+	"github.com/msb-dev/msb/storage"
 )
 
 // newEngine returns an engine keeping its state in home.
@@ -67,8 +68,14 @@ func TestPruneKeepsSandboxLayers(t *testing.T) {
 	e, cfg := newEngine(t, home, "msb-prune")
 	reg := sandboxtest.NewRegistry(t)
 	ref := reg.Push(t, "test/inuse:1", sandboxtest.Image(t, v1.Config{}, sandboxtest.Layer(t, sandboxtest.File("etc/inuse", "x", 0o644))))
+	db, err := storage.Open(context.Background(), filepath.Join(home, "msb.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
 	store, err := image.NewStore(filepath.Join(home, "images"), image.StoreOptions{
-		InUse: func() ([]string, error) { return linux.LayersInUse(cfg.SandboxDir) },
+		Records: db,
+		InUse:   func() ([]string, error) { return linux.LayersInUse(cfg.SandboxDir) },
 	})
 	if err != nil {
 		t.Fatal(err)

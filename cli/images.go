@@ -1,6 +1,7 @@
-package main
+package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -13,8 +14,9 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/msb-dev/msb/sandbox/engine"
 	"github.com/msb-dev/msb/sandbox/image"
-	"github.com/msb-dev/msb/sandbox/linux"
+	"github.com/msb-dev/msb/storage"
 )
 
 func pullCommand() *cli.Command {
@@ -38,30 +40,42 @@ func imageCommand() *cli.Command {
 	}
 }
 
-// openImages opens the image cache of the msb home.
-func openImages() (*image.Store, error) {
+// openImages opens the image cache of the msb home; close the database
+// when done.
+func openImages(ctx context.Context) (*image.Store, *storage.DB, error) {
 	cfg, err := loadConfig()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := cfg.EnsureHome(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return image.NewStore(cfg.ImageDir(), image.StoreOptions{
+	db, err := storage.Open(ctx, cfg.DBPath())
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := image.NewStore(cfg.ImageDir(), image.StoreOptions{
+		Records: db,
 		// Whatever server runs them, sandboxes record their layers in
 		// their directories; prune keeps those.
-		InUse: func() ([]string, error) { return linux.LayersInUse(cfg.SandboxDir()) },
+		InUse: func() ([]string, error) { return engine.LayersInUse(cfg.Engine, cfg.SandboxDir()) },
 	})
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	return store, db, nil
 }
 
 func pullImage(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return errors.New("give one image: msb pull IMAGE")
 	}
-	store, err := openImages()
+	store, db, err := openImages(c.Context)
 	if err != nil {
 		return err
 	}
+	defer db.Close()
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	bar := &progressBar{w: os.Stderr, tty: isTerminal(os.Stderr)}
@@ -132,10 +146,11 @@ func humanBytes(n int64) string {
 }
 
 func listImages(c *cli.Context) error {
-	store, err := openImages()
+	store, db, err := openImages(c.Context)
 	if err != nil {
 		return err
 	}
+	defer db.Close()
 	list, err := store.List()
 	if err != nil {
 		return err
@@ -161,10 +176,11 @@ func removeImage(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return errors.New("give one image: msb image rm IMAGE")
 	}
-	store, err := openImages()
+	store, db, err := openImages(c.Context)
 	if err != nil {
 		return err
 	}
+	defer db.Close()
 	rec, err := store.Remove(c.Args().First())
 	if err != nil {
 		return err
@@ -174,10 +190,11 @@ func removeImage(c *cli.Context) error {
 }
 
 func pruneImages(c *cli.Context) error {
-	store, err := openImages()
+	store, db, err := openImages(c.Context)
 	if err != nil {
 		return err
 	}
+	defer db.Close()
 	n, freed, err := store.Prune()
 	if err != nil {
 		return err

@@ -1,16 +1,14 @@
-package main
+package cli
 
 // The key and audit commands: keygen, keys list|revoke|rotate|limit, audit.
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"maps"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -21,49 +19,19 @@ import (
 	"github.com/msb-dev/msb/auth"
 	"github.com/msb-dev/msb/auth/audit"
 	"github.com/msb-dev/msb/auth/ratelimit"
-	"github.com/msb-dev/msb/config"
-	"github.com/msb-dev/msb/config/sqlite"
 	"github.com/msb-dev/msb/duration"
-	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/rpc"
-	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/server"
+	"github.com/msb-dev/msb/storage"
 )
-
-// serverMethods is the server's one method table: sandboxes, keys, audit.
-func serverMethods(sandboxes sandbox.Manager, db *sql.DB, signer *auth.Signer, registry *auth.Registry, cfg *config.Config) rpc.Methods {
-	methods := rpc.SandboxMethods(sandboxes)
-	keys := rpc.KeyMethods(keyManager(signer, registry, cfg))
-	if cfg.Dev {
-		// Without authentication anyone on the machine is the operator:
-		// keys made then would outlive dev mode with full rights.
-		for name, m := range keys {
-			m.Handle = func(context.Context, *rpc.Call) (any, error) {
-				return nil, errdefs.Forbiddenf("%s is not available in development mode (--dev): restart the server without --dev, or use `msb server keygen`", name)
-			}
-			keys[name] = m
-		}
-	}
-	maps.Copy(methods, keys)
-	maps.Copy(methods, rpc.AuditMethods(db))
-	return methods
-}
-
-func keyDefaults(cfg *config.Config) auth.Defaults {
-	rate, start := cfg.Rates()
-	return auth.Defaults{Rate: rate, StartRate: start}
-}
-
-func keyManager(signer *auth.Signer, registry *auth.Registry, cfg *config.Config) *auth.Manager {
-	return &auth.Manager{Issuer: &auth.Issuer{Signer: signer, Registry: registry}, Registry: registry, Defaults: keyDefaults(cfg)}
-}
 
 // operator is who the CLI acts as: the machine's operator, with full rights.
 var operator = auth.FullAccess("cli")
 
 // auditCLI records a key change made at the command line, so the audit log
 // shows every key change, not only those made over the API.
-func auditCLI(ctx context.Context, db *sql.DB, method, namespace, detail string) {
-	err := audit.Append(ctx, db, audit.Event{Time: time.Now(), KeyID: "cli", KeyNamespace: "*", Method: method, Namespace: namespace,
+func auditCLI(ctx context.Context, db audit.Store, method, namespace, detail string) {
+	err := db.AppendEvents(ctx, audit.Event{Time: time.Now(), KeyID: "cli", KeyNamespace: "*", Method: method, Namespace: namespace,
 		Outcome: audit.OK, Detail: detail, Remote: "local"})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "warning: could not record the change in the audit log:", err)
@@ -105,26 +73,25 @@ func keygenCommand() *cli.Command {
 
 // openHome opens (creating if needed) the home's signing key and database
 // for a command that writes keys.
-func openHome(ctx context.Context) (config.Config, *auth.Signer, *sql.DB, error) {
+func openHome(ctx context.Context) (*server.Home, error) {
 	cfg, err := loadConfig()
 	if err != nil {
-		return cfg, nil, nil, err
+		return nil, err
 	}
 	if err := cfg.Validate(); err != nil {
-		return cfg, nil, nil, err
+		return nil, err
 	}
-	if err := cfg.EnsureHome(); err != nil {
-		return cfg, nil, nil, err
-	}
-	signer, _, err := auth.LoadOrCreateSigner(cfg.KeyPath(), false)
+	return server.OpenHome(ctx, cfg)
+}
+
+// openExistingHome opens the home of a command that reads keys or audit
+// events, which exist only once a key was made or a server ran.
+func openExistingHome(ctx context.Context) (*server.Home, error) {
+	cfg, err := loadConfig()
 	if err != nil {
-		return cfg, nil, nil, err
+		return nil, err
 	}
-	db, err := sqlite.Open(ctx, cfg.DBPath())
-	if err != nil {
-		return cfg, nil, nil, err
-	}
-	return cfg, signer, db, nil
+	return server.OpenExistingHome(ctx, cfg)
 }
 
 func parseRateFlag(c *cli.Context, name string) (ratelimit.Rate, error) {
@@ -161,17 +128,16 @@ func keygen(c *cli.Context) error {
 	if o.MaxUses < 0 {
 		return errors.New("--max-uses must be 0 (unlimited) or more")
 	}
-	cfg, signer, db, err := openHome(c.Context)
+	home, err := openHome(c.Context)
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	registry := auth.NewRegistry(db, cfg.KeyChangesPath(), nil)
-	key, rec, err := keyManager(signer, registry, &cfg).Create(c.Context, operator, o)
+	defer home.Close()
+	key, rec, err := home.Keys().Create(c.Context, operator, o)
 	if err != nil {
 		return err
 	}
-	auditCLI(c.Context, db, "cli: keygen", rec.Namespace, "created key "+rec.ID)
+	auditCLI(c.Context, home.DB, "cli: keygen", rec.Namespace, "created key "+rec.ID)
 	// The key alone goes to stdout so `KEY=$(msb server keygen)` works.
 	fmt.Fprintln(os.Stderr, "API key created. It is shown only this once: store it now.")
 	describeKey(os.Stderr, rec)
@@ -244,11 +210,7 @@ const (
 )
 
 func listKeys(c *cli.Context) error {
-	cfg, err := loadConfig()
-	if err != nil {
-		return err
-	}
-	keys, signer, db, err := openKeys(c.Context, &cfg)
+	home, err := openExistingHome(c.Context)
 	if errors.Is(err, os.ErrNotExist) {
 		fmt.Println("no API keys yet: create one with `msb server keygen`")
 		return nil
@@ -256,8 +218,9 @@ func listKeys(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	list, err := keys.List(c.Context)
+	defer home.Close()
+	signer := home.Signer
+	list, err := home.Registry.List(c.Context)
 	if err != nil {
 		return err
 	}
@@ -317,20 +280,16 @@ func revokeKey(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return errors.New("give the id of the key to revoke (see `msb server keys list`)")
 	}
-	cfg, err := loadConfig()
+	home, err := openExistingHome(c.Context)
+	if err != nil {
+		return fmt.Errorf("no key registry in this msb home: %w", err)
+	}
+	defer home.Close()
+	k, err := home.Registry.Revoke(c.Context, strings.TrimSpace(c.Args().First()))
 	if err != nil {
 		return err
 	}
-	keys, _, db, err := openKeys(c.Context, &cfg)
-	if err != nil {
-		return fmt.Errorf("no key registry in %s: %w", cfg.Home, err)
-	}
-	defer db.Close()
-	k, err := keys.Revoke(c.Context, strings.TrimSpace(c.Args().First()))
-	if err != nil {
-		return err
-	}
-	auditCLI(c.Context, db, "cli: keys revoke", k.Namespace, "revoked key "+k.ID)
+	auditCLI(c.Context, home.DB, "cli: keys revoke", k.Namespace, "revoked key "+k.ID)
 	fmt.Printf("key %s revoked\n", k.ID)
 	return nil
 }
@@ -349,17 +308,16 @@ func rotateKey(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("--grace: %w (or 0 to revoke the old key at once)", err)
 	}
-	cfg, signer, db, err := openHome(c.Context)
+	home, err := openHome(c.Context)
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	registry := auth.NewRegistry(db, cfg.KeyChangesPath(), nil)
-	r, err := keyManager(signer, registry, &cfg).Rotate(c.Context, operator, strings.TrimSpace(c.Args().First()), grace)
+	defer home.Close()
+	r, err := home.Keys().Rotate(c.Context, operator, strings.TrimSpace(c.Args().First()), grace)
 	if err != nil {
 		return err
 	}
-	auditCLI(c.Context, db, "cli: keys rotate", r.New.Namespace, fmt.Sprintf("rotated key %s to %s, grace %s", r.Old.ID, r.New.ID, grace))
+	auditCLI(c.Context, home.DB, "cli: keys rotate", r.New.Namespace, fmt.Sprintf("rotated key %s to %s, grace %s", r.Old.ID, r.New.ID, grace))
 	fmt.Fprintf(os.Stderr, "API key %s rotated. The new key is shown only this once: store it now.\n", r.Old.ID)
 	describeKey(os.Stderr, r.New)
 	if grace == 0 {
@@ -419,17 +377,16 @@ func limitKey(c *cli.Context) error {
 		}
 		l.MaxUses = &maxUses
 	}
-	cfg, signer, db, err := openHome(c.Context)
+	home, err := openHome(c.Context)
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	registry := auth.NewRegistry(db, cfg.KeyChangesPath(), nil)
-	k, err := keyManager(signer, registry, &cfg).SetLimits(c.Context, operator, strings.TrimSpace(c.Args().First()), l)
+	defer home.Close()
+	k, err := home.Keys().SetLimits(c.Context, operator, strings.TrimSpace(c.Args().First()), l)
 	if err != nil {
 		return err
 	}
-	auditCLI(c.Context, db, "cli: keys limit", k.Namespace, "changed limits of key "+k.ID)
+	auditCLI(c.Context, home.DB, "cli: keys limit", k.Namespace, "changed limits of key "+k.ID)
 	fmt.Printf("key %s: %s\n", k.ID, limits(k))
 	return nil
 }
@@ -471,12 +428,12 @@ func showAudit(c *cli.Context) error {
 	if _, err := os.Stat(cfg.DBPath()); err != nil {
 		return fmt.Errorf("no msb database in %s yet: start the server first", cfg.Home)
 	}
-	db, err := sqlite.Open(c.Context, cfg.DBPath())
+	db, err := storage.Open(c.Context, cfg.DBPath())
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	events, err := audit.List(c.Context, db, f)
+	events, err := db.ListEvents(c.Context, f)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,349 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/msb-dev/msb/auth"
+	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/server"
+)
+
+// Main runs the msb command line with args (os.Args) and returns the
+// process's exit code.
+func Main(args []string) int {
+	if err := newApp().Run(args); err != nil {
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) {
+			if msg := err.Error(); msg != "" {
+				fmt.Fprintln(os.Stderr, "msb:", msg)
+			}
+			return ec.ExitCode()
+		}
+		fmt.Fprintln(os.Stderr, "msb:", err)
+		return 1
+	}
+	return 0
+}
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:  "msb",
+		Usage: "a self-hosted sandbox server for untrusted code",
+		Commands: []*cli.Command{{
+			Name:  "server",
+			Usage: "run and manage the msb server",
+			Subcommands: []*cli.Command{
+				startCommand(),
+				{Name: "stop", Usage: "stop the running server", Action: stopServer},
+				{Name: "status", Usage: "show whether a server runs, where, and how it authenticates", Action: status},
+				keygenCommand(),
+				keysCommand(),
+				auditCommand(),
+				logCommand(),
+			},
+		}, pullCommand(), imageCommand()},
+	}
+}
+
+// loadConfig returns the configuration of the msb home, before flags.
+func loadConfig() (config.Config, error) {
+	home, err := config.HomeFromEnv()
+	if err != nil {
+		return config.Config{}, err
+	}
+	return config.Load(home)
+}
+
+func startCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "start",
+		Usage: "start the server",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "host", Usage: "address to listen on", Value: config.DefaultHost},
+			&cli.IntFlag{Name: "port", Usage: "port to listen on (0: any free port)", Value: config.DefaultPort},
+			&cli.BoolFlag{Name: "dev", Usage: "development mode: no authentication (loopback only)"},
+			&cli.StringFlag{Name: "key", Usage: "use this signing key (at least 32 characters) and save it"},
+			&cli.BoolFlag{Name: "reset-key", Usage: "make a new signing key: every earlier API key stops working"},
+			&cli.BoolFlag{Name: "detach", Usage: "run in the background; logs go to <home>/logs/server.log"},
+			&cli.StringFlag{Name: "tls-cert", Usage: "serve HTTPS with this certificate (PEM)"},
+			&cli.StringFlag{Name: "tls-key", Usage: "private key of --tls-cert (PEM)"},
+		},
+		Action: startServer,
+	}
+}
+
+func startServer(c *cli.Context) error {
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	if c.IsSet("host") {
+		cfg.Host = c.String("host")
+	}
+	if c.IsSet("port") {
+		cfg.Port = c.Int("port")
+	}
+	if c.IsSet("tls-cert") {
+		cfg.TLSCert = c.String("tls-cert")
+	}
+	if c.IsSet("tls-key") {
+		cfg.TLSKey = c.String("tls-key")
+	}
+	cfg.Dev = c.Bool("dev")
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if c.IsSet("key") && c.Bool("reset-key") {
+		return errors.New("--key and --reset-key cannot be combined: --key already replaces the signing key")
+	}
+	detached := os.Getenv(detachedEnv) != ""
+	os.Unsetenv(detachedEnv) // not for what this server starts
+	if c.Bool("detach") && !detached {
+		return detach(cfg)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	srv, err := server.New(ctx, cfg, server.Options{SigningKey: c.String("key"), ResetKey: c.Bool("reset-key"), Out: os.Stdout})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	return srv.Run(ctx)
+}
+
+// detach starts the server in the background, waits until it serves, and
+// returns.
+func detach(cfg config.Config) error {
+	if err := cfg.EnsureHome(); err != nil {
+		return err
+	}
+	if server.Running(cfg) {
+		return server.ErrRunning(cfg)
+	}
+	if err := os.MkdirAll(cfg.LogDir(), 0o700); err != nil {
+		return err
+	}
+	logPath := cfg.Path("logs", "server.log")
+	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("open server log: %w", err)
+	}
+	defer logFile.Close()
+	var args []string
+	for _, a := range os.Args[1:] {
+		if a != "--detach" && a != "-detach" && a != "--detach=true" {
+			args = append(args, a)
+		}
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(exe, args...)
+	// The marker, not the arguments, keeps the child from detaching again
+	// (--detach has many spellings: --detach=1, -detach=t, ...).
+	cmd.Env = append(os.Environ(), detachedEnv+"=1")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	os.Remove(cfg.StatePath())
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start server in the background: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case <-exited:
+			return fmt.Errorf("the server exited at start; see %s", logPath)
+		case <-deadline:
+			return fmt.Errorf("the server did not start within 30s; see %s", logPath)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if info, err := server.ReadInfo(cfg); err == nil && info.Pid == cmd.Process.Pid {
+			fmt.Printf("msb server running in the background on %s (pid %d; log: %s)\n", info.Address, info.Pid, logPath)
+			if info.Dev {
+				fmt.Println("WARNING: development mode: authentication is OFF")
+			}
+			return nil
+		}
+	}
+}
+
+// detachedEnv marks the server process that --detach started.
+const detachedEnv = "MSB_DETACHED"
+
+func stopServer(c *cli.Context) error {
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	info, err := server.ReadInfo(cfg)
+	if err != nil || !server.Running(cfg) {
+		return errors.New("no msb server is running for this home")
+	}
+	if err := syscall.Kill(info.Pid, syscall.SIGTERM); err != nil {
+		return fmt.Errorf("stop server (pid %d): %w", info.Pid, err)
+	}
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if !server.Running(cfg) {
+			fmt.Printf("msb server stopped (pid %d)\n", info.Pid)
+			return nil
+		}
+	}
+	return fmt.Errorf("server (pid %d) is still stopping after 60s", info.Pid)
+}
+
+func status(c *cli.Context) error {
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	info, err := server.ReadInfo(cfg)
+	if err != nil || !server.Running(cfg) {
+		fmt.Println("server:         not running")
+	} else {
+		fmt.Println("server:         running")
+		fmt.Printf("address:        %s\n", info.Address)
+		fmt.Printf("pid:            %d\n", info.Pid)
+		if info.Dev {
+			fmt.Println("authentication: OFF (development mode)")
+		} else {
+			fmt.Println("authentication: required")
+		}
+	}
+	active := 0
+	if home, err := server.OpenExistingHome(c.Context, cfg); err == nil {
+		defer home.Close()
+		list, err := home.Registry.List(c.Context)
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		for _, k := range list {
+			if k.Status(now, home.Signer.ID()) == auth.StatusActive {
+				active++
+			}
+		}
+	}
+	fmt.Printf("active keys:    %d\n", active)
+	return nil
+}
+
+func logCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "log",
+		Usage:     "print the output of a sandbox's exec or start script",
+		ArgsUsage: "SANDBOX",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "namespace", Usage: "the sandbox's namespace", Value: "default"},
+			&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing as the log grows"},
+			&cli.IntFlag{Name: "tail", Usage: "print only the last N lines (0: all)"},
+		},
+		Action: printLog,
+	}
+}
+
+func printLog(c *cli.Context) error {
+	if c.NArg() == 0 {
+		return errors.New("give the sandbox's name: msb server log SANDBOX --namespace NS")
+	}
+	ns, follow, tail := c.String("namespace"), c.Bool("follow"), c.Int("tail")
+	if c.NArg() > 1 {
+		// urfave/cli stops at the first argument; the usage puts flags after it.
+		fs := flag.NewFlagSet("log", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		fs.StringVar(&ns, "namespace", ns, "")
+		fs.BoolVar(&follow, "follow", follow, "")
+		fs.BoolVar(&follow, "f", follow, "")
+		fs.IntVar(&tail, "tail", tail, "")
+		if err := fs.Parse(c.Args().Tail()); err != nil {
+			return fmt.Errorf("msb server log: %w", err)
+		}
+		if fs.NArg() > 0 {
+			return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		}
+	}
+	id, err := sandbox.ParseID(ns, c.Args().First())
+	if err != nil {
+		return err
+	}
+	if tail < 0 {
+		return errors.New("--tail must be 0 or more")
+	}
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	path := sandbox.LogPath(cfg.SandboxLogDir(), id)
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("no log for sandbox %q in namespace %q: it has no exec or start script, or never started", id.Name(), id.Namespace())
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	out := bufio.NewWriter(os.Stdout)
+	if n := tail; n > 0 {
+		ring := make([]string, 0, n)
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			if len(ring) == n {
+				ring = ring[1:]
+			}
+			ring = append(ring, sc.Text())
+		}
+		for _, l := range ring {
+			fmt.Fprintln(out, l)
+		}
+	} else if _, err := io.Copy(out, f); err != nil {
+		return err
+	}
+	out.Flush()
+	if !follow {
+		return nil
+	}
+	// Follow: print what is appended; start over if the log is replaced
+	// (the sandbox was started again).
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := f.Read(buf)
+		if n > 0 {
+			os.Stdout.Write(buf[:n])
+			continue
+		}
+		if err != nil && err != io.EOF {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+		if fi, err := os.Stat(path); err == nil {
+			if cur, err := f.Stat(); err == nil && !os.SameFile(fi, cur) {
+				f.Close()
+				if f, err = os.Open(path); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,114 @@
+// Package engine finds a sandbox engine by the name the configuration gives
+// (engine = "linux"). It is the only package besides the engines
+// themselves that imports them: the server asks it for an engine by name,
+// and a second engine (gVisor, a microVM) is one more entry in drivers.
+package engine
+
+import (
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sort"
+
+	"github.com/msb-dev/msb/errdefs"
+	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/linux"
+	"github.com/msb-dev/msb/sandbox/portal"
+)
+
+// Default is the engine a configuration without one uses.
+const Default = "linux"
+
+// Options locate what an engine keeps on the host.
+type Options struct {
+	StateDir   string // the engine's own state, <home>/run/engine
+	SandboxDir string // one directory per sandbox, <home>/sandboxes
+	// PortalBinary is the static msb binary run inside every sandbox as
+	// its agent (normally msb's own executable).
+	PortalBinary string
+	// CgroupParent holds the sandboxes' cgroups of this home.
+	CgroupParent string
+	// LayerLock is the image store's pull lock, held shared while a
+	// sandbox records and mounts its layers.
+	LayerLock string
+	Log       *slog.Logger
+}
+
+// Engine is an opened engine: what the sandbox service drives, and what
+// the server releases when it stops.
+type Engine interface {
+	sandbox.Engine
+	// Close releases what the engine holds for all its sandboxes (their
+	// cgroup parent) once they are gone.
+	Close() error
+}
+
+// driver is one engine msb can run.
+type driver struct {
+	open func(Options) (Engine, error)
+	// layersInUse lists the image layer directories the sandboxes in
+	// sandboxDir use, whatever process runs them, so that image prune
+	// keeps them.
+	layersInUse func(sandboxDir string) ([]string, error)
+}
+
+var drivers = map[string]driver{
+	"linux": {
+		open: func(o Options) (Engine, error) {
+			return linux.New(linux.Config{StateDir: o.StateDir, SandboxDir: o.SandboxDir, PortalBinary: o.PortalBinary,
+				CgroupParent: o.CgroupParent, LayerLock: o.LayerLock})
+		},
+		layersInUse: linux.LayersInUse,
+	},
+}
+
+// Names lists the engines msb has.
+func Names() []string {
+	names := slices.Collect(maps.Keys(drivers))
+	sort.Strings(names)
+	return names
+}
+
+func find(name string) (driver, error) {
+	d, ok := drivers[name]
+	if !ok {
+		return driver{}, errdefs.Invalidf("unknown sandbox engine %q: use one of %v", name, Names())
+	}
+	return d, nil
+}
+
+// Open opens the engine called name. Errors are of class Invalid for an
+// unknown name, else the engine's own.
+func Open(name string, o Options) (Engine, error) {
+	d, err := find(name)
+	if err != nil {
+		return nil, err
+	}
+	e, err := d.open(o)
+	if err != nil {
+		return nil, fmt.Errorf("start the %s sandbox engine: %w", name, err)
+	}
+	return e, nil
+}
+
+// LayersInUse lists the image layers the sandboxes of engine name use.
+func LayersInUse(name, sandboxDir string) ([]string, error) {
+	d, err := find(name)
+	if err != nil {
+		return nil, err
+	}
+	return d.layersInUse(sandboxDir)
+}
+
+// Reexec lets the msb binary play the roles engines run it in, and never
+// returns when it does: the Linux engine's container setup (`msb init`,
+// which libcontainer re-executes) and, inside every sandbox, the portal
+// (`/.msb/msb portal` as PID 1). Call it first thing, before any other
+// package's work: from an init function of package main.
+func Reexec(args []string, pid int) {
+	linux.MaybeInit()
+	if len(args) > 1 && args[1] == "portal" && pid == 1 {
+		portal.Main()
+	}
+}

@@ -1,0 +1,315 @@
+// Package server is msb's composition root: it builds one server from a
+// configuration (home, keys, state database, sandbox engine and service,
+// the front-ends) and runs it. The CLI's `msb server start` is New, Run and
+// Close; so is every in-process test.
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/msb-dev/msb/auth"
+	"github.com/msb-dev/msb/auth/audit"
+	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/rpc"
+	"github.com/msb-dev/msb/rpc/mcp"
+	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/engine"
+	"github.com/msb-dev/msb/sandbox/image"
+)
+
+// Options configure a server beyond its configuration.
+type Options struct {
+	// SigningKey, if set, replaces the home's signing key (at least 32
+	// characters) and is saved; ResetKey makes a new one. Either makes
+	// every earlier key stop working.
+	SigningKey string
+	ResetKey   bool
+	// PortalBinary is the static msb binary run inside sandboxes; default
+	// this process's executable.
+	PortalBinary string
+	// Out gets the lines a person starting the server reads (address,
+	// warnings); nil: discarded.
+	Out io.Writer
+	// Log is the server's log; nil: text to stderr.
+	Log *slog.Logger
+}
+
+// Server is one msb server: built by New, serving from Run until its
+// context ends, released by Close.
+type Server struct {
+	cfg  config.Config
+	log  *slog.Logger
+	out  io.Writer
+	lock *os.File
+	home *Home
+
+	sandboxes sandbox.Manager
+	closeSvc  func(context.Context) error // stops every sandbox and the engine
+	audit     *audit.Writer
+	handler   *rpc.Server
+	ln        net.Listener
+	url       string
+	closed    bool
+}
+
+// New builds the server of cfg: it takes the home's lock (one server per
+// home), opens its signing key, state database and key registry, cleans
+// up after a server that crashed, and listens. It returns an error wrapping
+// config.ErrInvalid for a bad configuration, and says what to do for a home
+// already served or a port in use.
+func New(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.SigningKey != "" && opts.ResetKey {
+		return nil, errors.New("--key and --reset-key cannot be combined: --key already replaces the signing key")
+	}
+	s := &Server{cfg: cfg, log: opts.Log, out: opts.Out}
+	if s.log == nil {
+		s.log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	if s.out == nil {
+		s.out = io.Discard
+	}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if err := cfg.EnsureHome(); err != nil {
+		return nil, err
+	}
+	if s.lock, err = lockHome(cfg); err != nil {
+		return nil, err
+	}
+	signer, err := s.signer(opts)
+	if err != nil {
+		return nil, err
+	}
+	if s.home, err = openHome(ctx, cfg, signer); err != nil {
+		return nil, err
+	}
+	if wrote, err := cfg.WriteDefaultFile(); err != nil {
+		return nil, err
+	} else if wrote {
+		s.log.Info("wrote default config with the image alias table", "path", cfg.Path(config.FileName))
+	}
+	if err := s.openSandboxes(ctx, opts.PortalBinary); err != nil {
+		return nil, err
+	}
+
+	var policy auth.Policy = auth.DevPolicy{}
+	if !cfg.Dev {
+		s.audit = audit.NewWriter(s.home.DB, audit.Options{Retention: cfg.Retention(), Log: s.log})
+		policy = &auth.KeyPolicy{
+			Authn:   &auth.Authenticator{Signer: signer, Registry: s.home.Registry},
+			Limits:  auth.NewLimits(s.home.Registry, KeyDefaults(cfg), nil),
+			Auditor: s.audit,
+		}
+	}
+	gate := auth.NewGate(policy, rpc.Code)
+	gate.Log = s.log
+	s.handler = rpc.NewServer(methods(s.sandboxes, s.home, policy.Dev()), gate, s.log)
+	s.handler.Mount(mcp.Path, mcp.NewHandler(s.handler, &mcp.Options{Logger: s.log}))
+
+	if s.ln, err = net.Listen("tcp", cfg.Addr()); err != nil {
+		return nil, fmt.Errorf("listen on %s: %w (is another program using the port? choose one with --port)", cfg.Addr(), err)
+	}
+	scheme := "http"
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("load TLS certificate: %w", err)
+		}
+		s.ln = tls.NewListener(s.ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+		scheme = "https"
+	}
+	s.url = scheme + "://" + s.ln.Addr().String()
+	return s, nil
+}
+
+// URL is where the server listens, e.g. http://127.0.0.1:5555.
+func (s *Server) URL() string { return s.url }
+
+// Handler is the server's HTTP handler (for tests that skip the listener).
+func (s *Server) Handler() http.Handler { return s.handler }
+
+func (s *Server) signer(opts Options) (*auth.Signer, error) {
+	path := s.cfg.KeyPath()
+	if opts.SigningKey != "" {
+		return auth.SetSigner(path, opts.SigningKey)
+	}
+	signer, created, err := auth.LoadOrCreateSigner(path, opts.ResetKey)
+	if err != nil {
+		return nil, err
+	}
+	if created && opts.ResetKey {
+		fmt.Fprintln(s.out, "new signing key made: every API key made before no longer works")
+	} else if created {
+		fmt.Fprintf(s.out, "new signing key saved to %s\n", path)
+	}
+	return signer, nil
+}
+
+// openSandboxes builds the sandbox service on the configured engine, after
+// cleaning up whatever a crashed server left. Without the engine (not
+// root, say) the server still runs, and sandbox methods say why they
+// cannot work.
+func (s *Server) openSandboxes(ctx context.Context, portalBinary string) error {
+	s.closeSvc = func(context.Context) error { return nil }
+	if os.Geteuid() != 0 {
+		reason := "msb must run as root to create sandboxes (namespaces, cgroups and mounts need it)"
+		s.log.Warn("sandboxes disabled", "reason", reason)
+		s.sandboxes = sandbox.Unavailable{Reason: reason}
+		return nil
+	}
+	if portalBinary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find the msb binary: %w", err)
+		}
+		portalBinary = exe
+	}
+	// One cgroup subtree per home, so servers with different homes never meet.
+	sum := sha256.Sum256([]byte(s.cfg.Home))
+	eng, err := engine.Open(s.cfg.Engine, engine.Options{
+		StateDir:     s.cfg.EngineDir(),
+		SandboxDir:   s.cfg.SandboxDir(),
+		PortalBinary: portalBinary,
+		CgroupParent: "msb/" + hex.EncodeToString(sum[:6]),
+		LayerLock:    filepath.Join(s.cfg.ImageDir(), image.PullLockFile),
+		Log:          s.log,
+	})
+	if err != nil {
+		return err
+	}
+	images, err := image.NewStore(s.cfg.ImageDir(), image.StoreOptions{Records: s.home.DB})
+	if err != nil {
+		eng.Close()
+		return err
+	}
+	svc := sandbox.NewService(sandbox.ServiceOptions{
+		Engine:   eng,
+		Store:    s.home.DB,
+		Images:   image.Resolver{Aliases: s.cfg.Images, Store: images},
+		LogDir:   s.cfg.SandboxLogDir(),
+		Pids:     s.cfg.SandboxPids,
+		MaxCPUs:  runtime.NumCPU(),
+		MaxMemMB: hostMemoryMiB(),
+		Log:      s.log,
+
+		VolumeRoots:          s.cfg.Volumes(),
+		PortBind:             s.cfg.PortBind,
+		AllowPrivilegedPorts: s.cfg.AllowPrivilegedPorts,
+	})
+	if err := svc.Recover(ctx); err != nil {
+		eng.Close()
+		return err
+	}
+	s.sandboxes = svc
+	s.closeSvc = func(ctx context.Context) error {
+		err := svc.Close(ctx)
+		if cerr := eng.Close(); cerr != nil {
+			s.log.Warn("sandbox cgroups left for the next start to clean", "err", cerr)
+		}
+		return err
+	}
+	return nil
+}
+
+// hostMemoryMiB is the machine's memory, the most one sandbox may ask for.
+func hostMemoryMiB() int {
+	var info syscall.Sysinfo_t
+	if err := syscall.Sysinfo(&info); err != nil {
+		return 0
+	}
+	return int(uint64(info.Totalram) * uint64(info.Unit) >> 20)
+}
+
+// Run serves until ctx ends, then shuts down gracefully: no new
+// connections, calls in flight finish (for up to 30 s), every sandbox is
+// stopped. It writes server.json and the pid file while it serves.
+func (s *Server) Run(ctx context.Context) error {
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	info := Info{Pid: os.Getpid(), Address: s.url, Dev: s.cfg.Dev, Started: time.Now().UTC()}
+	if err := writeInfo(&s.cfg, info); err != nil {
+		return err
+	}
+	defer os.Remove(s.cfg.PidPath())
+	defer os.Remove(s.cfg.StatePath())
+	if s.cfg.Dev {
+		fmt.Fprintf(s.out, "WARNING: development mode: authentication is OFF; anyone who can reach %s can run code\n", s.url)
+	}
+	fmt.Fprintf(s.out, "msb server listening on %s\n", s.url)
+	if !s.cfg.Dev {
+		fmt.Fprintln(s.out, "authentication: required (create a key with `msb server keygen`)")
+	}
+	s.log.Info("server started", "address", s.url, "dev", s.cfg.Dev, "home", s.cfg.Home)
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(s.ln) }()
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down: finishing calls in flight")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		s.log.Warn("shutdown", "err", err)
+	}
+	return nil
+}
+
+// Close stops every sandbox and releases everything the server holds: the
+// engine's cgroups, the audit log (flushed), the database, the home's
+// lock. It may be called after a failed New, and more than once.
+func (s *Server) Close() error {
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	var errs []error
+	if s.closeSvc != nil {
+		s.log.Info("stopping sandboxes")
+		if err := s.closeSvc(context.Background()); err != nil {
+			s.log.Error("stop sandboxes", "err", err)
+			errs = append(errs, err)
+		}
+	}
+	if s.audit != nil {
+		s.audit.Close() // after the HTTP server's shutdown: flushes every event
+	}
+	if s.home != nil {
+		errs = append(errs, s.home.Close())
+	}
+	if s.lock != nil {
+		s.lock.Close()
+		s.log.Info("server stopped")
+	}
+	return errors.Join(errs...)
+}
