@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/auth"
-	"github.com/msb-dev/msb/storage"
 	"github.com/msb-dev/msb/errdefs"
+	"github.com/msb-dev/msb/storage"
 )
 
 // clock is an injectable, race-safe clock.
