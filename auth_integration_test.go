@@ -65,7 +65,7 @@ func TestAuthCauses(t *testing.T) {
 	// Expiry: a 2s key works, then stops.
 	short := keygen(t, home, "--expire", "2s")
 	srv.allowed(short, "default")
-	time.Sleep(3 * time.Second)
+	srv.Advance(3 * time.Second)
 	srv.unauthorized(short, "API key has expired")
 
 	// Revocation on the running server takes effect at once.
@@ -78,6 +78,9 @@ func TestAuthCauses(t *testing.T) {
 	srv.unauthorized(victim, "API key has been revoked")
 	srv.allowed(key, "default") // others unaffected
 
+	// The CLI keeps the real clock, which Advance did not move: the short
+	// key's record says what the passing of those seconds would.
+	sqlExec(t, home, `UPDATE api_keys SET expires_at = ? WHERE id = ?`, time.Now().Add(-time.Second).UnixMilli(), keyID(t, short))
 	list, _, err := msb(t, home, "server", "keys", "list")
 	if err != nil {
 		t.Fatal(err)
@@ -222,7 +225,7 @@ func TestRestartAndResetKey(t *testing.T) {
 
 func TestServerLifecycle(t *testing.T) {
 	home := newHome(t)
-	srv := startServer(t, home)
+	srv := startProcess(t, home)
 	keygen(t, home)
 
 	// A second start while one runs is refused.

@@ -1,15 +1,20 @@
 package main_test
 
 // The integration harness: builds the real msb binary once (static, as the
-// README builds it) and drives it in a temporary home over HTTP on loopback.
+// README builds it), then runs servers in a temporary home either in this
+// process (server.New, Run, Close: most tests) or as the built binary (the
+// tests of the process itself: signals, pid files, crashes), and drives
+// them over HTTP on loopback. The CLI commands always run the binary.
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +24,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/server"
 )
 
 var msbBin string
@@ -58,14 +66,43 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-// msbServer is one running `msb server start`.
+// msbServer is one running server: a process (cmd) or in this process
+// (srv).
 type msbServer struct {
 	t      testing.TB
 	home   string
 	cmd    *exec.Cmd
+	srv    *server.Server
+	cancel context.CancelFunc
 	out    *syncBuffer
 	URL    string
 	exited chan struct{}
+	// clock is the in-process server's clock: the real time plus an
+	// offset that Advance moves, so that a test reaches an expiry
+	// without waiting for it.
+	clock *offsetClock
+}
+
+// offsetClock is the real clock moved forward by a test.
+type offsetClock struct {
+	mu     sync.Mutex
+	offset time.Duration
+}
+
+func (c *offsetClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.offset)
+}
+
+// Advance moves the in-process server's clock forward by d.
+func (s *msbServer) Advance(d time.Duration) {
+	if s.clock == nil {
+		s.t.Fatal("Advance needs a server started with startServer")
+	}
+	s.clock.mu.Lock()
+	s.clock.offset += d
+	s.clock.mu.Unlock()
 }
 
 func newHome(t testing.TB) string {
@@ -98,9 +135,78 @@ func keygen(t testing.TB, home string, args ...string) string {
 	return key
 }
 
-// startServer starts the server on a free loopback port and waits until it
-// serves. It is stopped (SIGTERM) when the test ends.
+// startServer starts a server in this process, on a free loopback port,
+// with the configuration `msb server start --port 0 args...` would have in
+// home. It is stopped when the test ends.
 func startServer(t testing.TB, home string, args ...string) *msbServer {
+	t.Helper()
+	cfg, err := config.Load(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Port = 0
+	var opts server.Options
+	clock := &offsetClock{}
+	for i := 0; i < len(args); i++ {
+		switch args[i] {
+		case "--dev":
+			cfg.Dev = true
+		case "--reset-key":
+			opts.ResetKey = true
+		case "--key":
+			i++
+			opts.SigningKey = args[i]
+		case "--clock-offset": // not a flag of msb: the server's clock starts this far ahead
+			i++
+			d, err := time.ParseDuration(args[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			clock.offset = d
+		default:
+			t.Fatalf("startServer: unknown argument %q", args[i])
+		}
+	}
+	s := &msbServer{t: t, home: home, out: &syncBuffer{}, exited: make(chan struct{}), clock: clock}
+	opts.PortalBinary, opts.Out, opts.Now = msbBin, s.out, s.clock.Now
+	opts.Log = slog.New(slog.NewTextHandler(s.out, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := server.New(ctx, cfg, opts)
+	if err != nil {
+		cancel()
+		t.Fatalf("server.New: %v\n%s", err, s.out)
+	}
+	s.srv, s.cancel, s.URL = srv, cancel, srv.URL()
+	go func() {
+		if err := srv.Run(ctx); err != nil {
+			t.Errorf("server.Run: %v", err)
+		}
+		srv.Close()
+		close(s.exited)
+	}()
+	t.Cleanup(s.Stop)
+	// Run writes server.json before it serves; the CLI reads it.
+	waitFor(t, func() bool {
+		info, err := server.ReadInfo(cfg)
+		return err == nil && info.Address == s.URL
+	})
+	return s
+}
+
+// waitFor polls cond until it holds, failing the test after 30 s.
+func waitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 30s")
+		}
+	}
+}
+
+// startProcess starts `msb server start --port 0 args...` as a process of
+// the built binary and waits until it serves. It is stopped (SIGTERM) when
+// the test ends.
+func startProcess(t testing.TB, home string, args ...string) *msbServer {
 	t.Helper()
 	s := &msbServer{t: t, home: home, out: &syncBuffer{}, exited: make(chan struct{})}
 	s.cmd = exec.Command(msbBin, append([]string{"server", "start", "--port", "0"}, args...)...)
@@ -135,20 +241,26 @@ func startServer(t testing.TB, home string, args ...string) *msbServer {
 	}
 }
 
-// Stop sends SIGTERM and waits for the server to exit.
+// Stop stops the server as SIGTERM does and waits until it is gone.
 func (s *msbServer) Stop() {
 	select {
 	case <-s.exited:
 		return
 	default:
 	}
-	s.cmd.Process.Signal(syscall.SIGTERM)
+	if s.cmd == nil {
+		s.cancel()
+	} else {
+		s.cmd.Process.Signal(syscall.SIGTERM)
+	}
 	select {
 	case <-s.exited:
 	case <-time.After(60 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.exited
-		s.t.Errorf("server did not stop within 60s of SIGTERM:\n%s", s.out)
+		if s.cmd != nil {
+			s.cmd.Process.Kill()
+			<-s.exited
+		}
+		s.t.Errorf("server did not stop within 60s:\n%s", s.out)
 		return
 	}
 	// A server that stopped cleanly leaves no cgroup behind, not even the
@@ -161,8 +273,12 @@ func (s *msbServer) Stop() {
 	}
 }
 
-// Kill9 kills the server without warning, as a crash would.
+// Kill9 kills the server without warning, as a crash would. Only a
+// server started with startProcess can be killed.
 func (s *msbServer) Kill9() {
+	if s.cmd == nil {
+		s.t.Fatal("Kill9 needs a server started with startProcess")
+	}
 	s.cmd.Process.Kill()
 	<-s.exited
 }

@@ -240,7 +240,7 @@ func TestRotateCLI(t *testing.T) {
 	if !strings.Contains(list, "(rotated)") || strings.Count(list, "runner") != 2 {
 		t.Fatalf("keys list during grace:\n%s", list)
 	}
-	time.Sleep(3500 * time.Millisecond)
+	srv.Advance(3500 * time.Millisecond)
 	srv.unauthorized(old, "API key has been revoked")
 	srv.allowed(fresh, "ci")
 
@@ -252,7 +252,7 @@ func TestRotateCLI(t *testing.T) {
 	}
 	srv.unauthorized(fresh, "API key has been revoked")
 	srv.allowed(newer, "ci")
-	if _, errOut, err := msb(t, home, "server", "keys", "rotate", id); err == nil || !strings.Contains(errOut, "revoked") {
+	if _, errOut, err := msb(t, home, "server", "keys", "rotate", keyID(t, fresh)); err == nil || !strings.Contains(errOut, "revoked") {
 		t.Fatalf("rotating a revoked key: %v %s", err, errOut)
 	}
 }
@@ -539,8 +539,7 @@ func TestAuditPruning(t *testing.T) {
 	if err := os.WriteFile(cfgPath, append([]byte("audit_retention = \"1s\"\n"), cfg...), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(1500 * time.Millisecond)
-	srv = startServer(t, home)
+	srv = startServer(t, home, "--clock-offset", "1500ms")
 	srv.unauthorized("msb_nope2", "invalid API key")
 	srv.Stop()
 	events := auditEvents(t, home)

@@ -59,7 +59,7 @@ func TestOCIImageSandbox(t *testing.T) {
 		WorkingDir: "/srv/app",
 	})
 	home := newHome(t)
-	srv := startServer(t, home)
+	srv := startProcess(t, home)
 	key := keygen(t, home)
 
 	t0 := time.Now()
@@ -131,7 +131,7 @@ func TestOCIImageSandbox(t *testing.T) {
 	// A server killed with a sandbox running leaves its overlay mounted;
 	// the next server unmounts it.
 	srv.Kill9()
-	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	mounts, _ := os.ReadFile("/proc/thread-self/mountinfo")
 	if !strings.Contains(string(mounts), filepath.Join(home, "sandboxes")) {
 		t.Log("note: no overlay mount seen after the crash")
 	}
@@ -277,7 +277,7 @@ func TestPortForward(t *testing.T) {
 	reg := sandboxtest.NewRegistry(t)
 	ref, _ := busyboxImage(t, reg, "test/httpd:1", v1.Config{Env: []string{"PATH=/bin"}})
 	home := newHome(t)
-	srv := startServer(t, home)
+	srv := startProcess(t, home)
 	key := keygen(t, home)
 	port := freePort(t)
 

@@ -397,7 +397,8 @@ func TestSandboxLifecycle(t *testing.T) {
 	}
 
 	// The exec command's output is in the sandbox's log.
-	time.Sleep(500 * time.Millisecond)
+	logPath := filepath.Join(home, "logs", "sandboxes", "team", "web.log")
+	waitFor(t, func() bool { data, _ := os.ReadFile(logPath); return strings.Contains(string(data), "bye") })
 	out, errOut, err := msb(t, home, "server", "log", "web", "--namespace", "team")
 	if err != nil || !strings.Contains(out, "started in /workspace") || !strings.Contains(out, "oops") || !strings.Contains(out, "bye") {
 		t.Fatalf("log: %v %s %s", err, out, errOut)
@@ -439,9 +440,11 @@ func assertNoLeftovers(t *testing.T, home string) {
 	if entries, _ := os.ReadDir(filepath.Join(home, "sandboxes")); len(entries) > 0 {
 		t.Errorf("sandbox directories left: %v", entries)
 	}
-	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	// This thread's, not /proc/self's: libcontainer may leave the
+	// process's main thread parked in a sandbox's mount namespace.
+	mounts, _ := os.ReadFile("/proc/thread-self/mountinfo")
 	if strings.Contains(string(mounts), home) {
-		t.Errorf("mounts left under %s", home)
+		t.Errorf("mounts left under %s:\n%s", home, grepLines(string(mounts), home))
 	}
 	if pids := sandboxPids(home); len(pids) > 0 {
 		t.Errorf("sandbox processes left: %v", pids)
@@ -501,7 +504,7 @@ func TestSandboxesInParallel(t *testing.T) {
 
 func TestCrashRecovery(t *testing.T) {
 	home := newHome(t)
-	srv := startServer(t, home)
+	srv := startProcess(t, home)
 	key := keygen(t, home)
 	for _, name := range []string{"a", "b"} {
 		srv.sandbox(key, "crash", name, map[string]any{"exec": "sleep 1000"})
@@ -563,7 +566,13 @@ func TestSandboxDiesOnItsOwn(t *testing.T) {
 	if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
+	// The server learns of the death from the engine once the kernel has
+	// reaped the init.
+	waitFor(t, func() bool {
+		var m metricsResult
+		srv.mustCall(key, "sandbox.metrics.get", box.params(nil), &m)
+		return len(m.Sandboxes) == 1 && !m.Sandboxes[0].Running
+	})
 	// A call on it fails as a state conflict, not an internal error.
 	srv.wantError(key, "sandbox.command.run", box.params(map[string]any{"command": "true"}), 200, -32001, "")
 	// Starting it again brings it back, rather than claiming it already runs.
@@ -647,7 +656,7 @@ func serverCPU(t *testing.T, pid int) time.Duration {
 // server's CPU.
 func TestBackgroundOutputStopsAtLogCap(t *testing.T) {
 	home := newHome(t)
-	srv := startServer(t, home)
+	srv := startProcess(t, home)
 	key := keygen(t, home)
 	box := srv.sandbox(key, "flood", "box", map[string]any{"exec": `yes "$(head -c 60000 /dev/zero | tr '\0' x)"`})
 	logPath := filepath.Join(home, "logs", "sandboxes", "flood", "box.log")
@@ -681,7 +690,7 @@ func TestBackgroundOutputStopsAtLogCap(t *testing.T) {
 // cleaned, it is recorded stopped, and it starts again once freed.
 func TestCrashRecoveryWithStuckLeftover(t *testing.T) {
 	home := newHome(t)
-	srv := startServer(t, home)
+	srv := startProcess(t, home)
 	key := keygen(t, home)
 	for _, name := range []string{"ok", "stuck"} {
 		srv.sandbox(key, "crash", name, map[string]any{"exec": "sleep 1000"})
@@ -721,4 +730,15 @@ func TestCrashRecoveryWithStuckLeftover(t *testing.T) {
 	}
 	box.stop()
 	assertNoLeftovers(t, home)
+}
+
+// grepLines returns the lines of text that contain s.
+func grepLines(text, s string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, s) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -200,9 +200,10 @@ type Gate struct {
 }
 
 // NewGate returns the gate of policy p; code gives the audit code of an
-// error (see Gate.Code).
-func NewGate(p Policy, code func(error) int64) *Gate {
-	return &Gate{Policy: p, Code: code, refusals: ratelimit.New(nil)}
+// error (see Gate.Code); now is the clock of its refusal sampling (nil:
+// time.Now).
+func NewGate(p Policy, code func(error) int64, now func() time.Time) *Gate {
+	return &Gate{Policy: p, Code: code, refusals: ratelimit.New(now)}
 }
 
 // refusalRate bounds the audit events of 401s (all together) and of 429s

@@ -36,10 +36,10 @@ func keyGate(signer *auth.Signer, reg *auth.Registry, limits *auth.Limits, audit
 	if limits == nil {
 		limits = auth.NewLimits(reg, auth.Defaults{}, nil)
 	}
-	return auth.NewGate(&auth.KeyPolicy{Authn: &auth.Authenticator{Signer: signer, Registry: reg}, Limits: limits, Auditor: auditor}, rpc.Code)
+	return auth.NewGate(&auth.KeyPolicy{Authn: &auth.Authenticator{Signer: signer, Registry: reg}, Limits: limits, Auditor: auditor}, rpc.Code, nil)
 }
 
-func devGate() *auth.Gate { return auth.NewGate(auth.DevPolicy{}, rpc.Code) }
+func devGate() *auth.Gate { return auth.NewGate(auth.DevPolicy{}, rpc.Code, nil) }
 
 // stack is what newStack serves in front of the methods.
 type stack int

@@ -53,6 +53,16 @@ type authedFunc func(http.ResponseWriter, *http.Request, *auth.Caller)
 
 func (f authedFunc) ServeAuthed(w http.ResponseWriter, r *http.Request, c *auth.Caller) { f(w, r, c) }
 
+// testClock is a clock the test moves.
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *testClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+
+func (c *testClock) Advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+
 type recorder struct {
 	mu     sync.Mutex
 	events []audit.Event
@@ -154,7 +164,10 @@ func TestRefusalFloodIsSampled(t *testing.T) {
 	_, signer, reg := authtest.KeyStore(t)
 	rec := &recorder{}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	hs := httptest.NewServer(rpc.NewServer(rpc.Methods{}, keyGate(signer, reg, nil, rec), quiet))
+	clock := &testClock{t: time.Now()}
+	gate := auth.NewGate(&auth.KeyPolicy{Authn: &auth.Authenticator{Signer: signer, Registry: reg}, Limits: auth.NewLimits(reg, auth.Defaults{}, nil), Auditor: rec},
+		rpc.Code, clock.Now)
+	hs := httptest.NewServer(rpc.NewServer(rpc.Methods{}, gate, quiet))
 	defer hs.Close()
 	refuse := func() {
 		req, _ := http.NewRequest("POST", hs.URL+rpc.RPCPath, strings.NewReader(`{"jsonrpc":"2.0","method":"x","id":1}`))
@@ -178,7 +191,7 @@ func TestRefusalFloodIsSampled(t *testing.T) {
 	if n < 60 || n > 70 {
 		t.Fatalf("%d of %d refusals audited, want about 60 (the budget)", n, flood)
 	}
-	time.Sleep(1100 * time.Millisecond) // one more event's worth of budget
+	clock.Advance(1100 * time.Millisecond) // one more event's worth of budget
 	refuse()
 	rec.mu.Lock()
 	defer rec.mu.Unlock()

@@ -23,6 +23,7 @@ type Home struct {
 	Signer   *auth.Signer
 	DB       *storage.DB
 	Registry *auth.Registry
+	now      func() time.Time
 }
 
 // OpenHome opens (creating if needed) the home of cfg, with its signing
@@ -35,7 +36,7 @@ func OpenHome(ctx context.Context, cfg config.Config) (*Home, error) {
 	if err != nil {
 		return nil, err
 	}
-	return openHome(ctx, cfg, signer)
+	return openHome(ctx, cfg, signer, nil)
 }
 
 // OpenExistingHome opens a home that already has a signing key and a
@@ -49,15 +50,17 @@ func OpenExistingHome(ctx context.Context, cfg config.Config) (*Home, error) {
 	if _, err := os.Stat(cfg.DBPath()); err != nil {
 		return nil, err
 	}
-	return openHome(ctx, cfg, signer)
+	return openHome(ctx, cfg, signer, nil)
 }
 
-func openHome(ctx context.Context, cfg config.Config, signer *auth.Signer) (*Home, error) {
+// openHome opens the home's database and key registry; now is the clock
+// (nil: time.Now).
+func openHome(ctx context.Context, cfg config.Config, signer *auth.Signer, now func() time.Time) (*Home, error) {
 	db, err := storage.Open(ctx, cfg.DBPath())
 	if err != nil {
 		return nil, err
 	}
-	return &Home{Config: cfg, Signer: signer, DB: db, Registry: auth.NewRegistry(db, cfg.KeyChangesPath(), nil)}, nil
+	return &Home{Config: cfg, Signer: signer, DB: db, Registry: auth.NewRegistry(db, cfg.KeyChangesPath(), now), now: now}, nil
 }
 
 // Close waits for the registry's pending writes and closes the database.
@@ -74,7 +77,8 @@ func KeyDefaults(cfg config.Config) auth.Defaults {
 
 // Keys returns the key manager of the home.
 func (h *Home) Keys() *auth.Manager {
-	return &auth.Manager{Issuer: &auth.Issuer{Signer: h.Signer, Registry: h.Registry}, Registry: h.Registry, Defaults: KeyDefaults(h.Config)}
+	return &auth.Manager{Issuer: &auth.Issuer{Signer: h.Signer, Registry: h.Registry, Now: h.now}, Registry: h.Registry,
+		Defaults: KeyDefaults(h.Config), Now: h.now}
 }
 
 // Info describes the running server, in server.json of its home, for

@@ -46,6 +46,9 @@ type Options struct {
 	Out io.Writer
 	// Log is the server's log; nil: text to stderr.
 	Log *slog.Logger
+	// Now is the clock of keys, limits, the audit log and sandboxes;
+	// nil: time.Now. Tests move it to reach an expiry without waiting.
+	Now func() time.Time
 }
 
 // Server is one msb server: built by New, serving from Run until its
@@ -100,7 +103,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err e
 	if err != nil {
 		return nil, err
 	}
-	if s.home, err = openHome(ctx, cfg, signer); err != nil {
+	if s.home, err = openHome(ctx, cfg, signer, opts.Now); err != nil {
 		return nil, err
 	}
 	if wrote, err := cfg.WriteDefaultFile(); err != nil {
@@ -108,20 +111,20 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err e
 	} else if wrote {
 		s.log.Info("wrote default config with the image alias table", "path", cfg.Path(config.FileName))
 	}
-	if err := s.openSandboxes(ctx, opts.PortalBinary); err != nil {
+	if err := s.openSandboxes(ctx, opts.PortalBinary, opts.Now); err != nil {
 		return nil, err
 	}
 
 	var policy auth.Policy = auth.DevPolicy{}
 	if !cfg.Dev {
-		s.audit = audit.NewWriter(s.home.DB, audit.Options{Retention: cfg.Retention(), Log: s.log})
+		s.audit = audit.NewWriter(s.home.DB, audit.Options{Retention: cfg.Retention(), Log: s.log, Now: opts.Now})
 		policy = &auth.KeyPolicy{
-			Authn:   &auth.Authenticator{Signer: signer, Registry: s.home.Registry},
-			Limits:  auth.NewLimits(s.home.Registry, KeyDefaults(cfg), nil),
+			Authn:   &auth.Authenticator{Signer: signer, Registry: s.home.Registry, Now: opts.Now},
+			Limits:  auth.NewLimits(s.home.Registry, KeyDefaults(cfg), opts.Now),
 			Auditor: s.audit,
 		}
 	}
-	gate := auth.NewGate(policy, rpc.Code)
+	gate := auth.NewGate(policy, rpc.Code, opts.Now)
 	gate.Log = s.log
 	s.handler = rpc.NewServer(methods(s.sandboxes, s.home, policy.Dev()), gate, s.log)
 	s.handler.Mount(mcp.Path, mcp.NewHandler(s.handler, &mcp.Options{Logger: s.log}))
@@ -169,7 +172,7 @@ func (s *Server) signer(opts Options) (*auth.Signer, error) {
 // cleaning up whatever a crashed server left. Without the engine (not
 // root, say) the server still runs, and sandbox methods say why they
 // cannot work.
-func (s *Server) openSandboxes(ctx context.Context, portalBinary string) error {
+func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now func() time.Time) error {
 	s.closeSvc = func(context.Context) error { return nil }
 	if os.Geteuid() != 0 {
 		reason := "msb must run as root to create sandboxes (namespaces, cgroups and mounts need it)"
@@ -211,6 +214,7 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string) error {
 		MaxCPUs:  runtime.NumCPU(),
 		MaxMemMB: hostMemoryMiB(),
 		Log:      s.log,
+		Now:      now,
 
 		VolumeRoots:          s.cfg.Volumes(),
 		PortBind:             s.cfg.PortBind,

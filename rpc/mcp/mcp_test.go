@@ -159,10 +159,10 @@ func newStack(t *testing.T, dev bool) *stack {
 	t.Helper()
 	st := &stack{m: &fakeManager{}, logBuf: &syncBuffer{}}
 	log := slog.New(slog.NewTextHandler(st.logBuf, nil))
-	gate := auth.NewGate(auth.DevPolicy{}, rpc.Code)
+	gate := auth.NewGate(auth.DevPolicy{}, rpc.Code, nil)
 	if !dev {
 		_, signer, reg := authtest.KeyStore(t)
-		gate = auth.NewGate(&auth.KeyPolicy{Authn: &auth.Authenticator{Signer: signer, Registry: reg}, Limits: auth.NewLimits(reg, auth.Defaults{}, nil)}, rpc.Code)
+		gate = auth.NewGate(&auth.KeyPolicy{Authn: &auth.Authenticator{Signer: signer, Registry: reg}, Limits: auth.NewLimits(reg, auth.Defaults{}, nil)}, rpc.Code, nil)
 		st.issue = func(ns string) string {
 			key, _, err := (&auth.Issuer{Signer: signer, Registry: reg}).Issue(context.Background(), auth.IssueOptions{Namespace: ns})
 			if err != nil {

@@ -403,11 +403,18 @@ func TestPruneWaitsForPulls(t *testing.T) {
 	}()
 	fd, _ := first.DiffID()
 	firstDir := filepath.Join(dir, "layers", fd.Hex)
-	for {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
 		if _, err := os.Stat(firstDir); err == nil {
 			break
 		}
-		time.Sleep(time.Millisecond)
+		select {
+		case err := <-pulled:
+			t.Fatalf("the pull ended before storing its first layer: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the pull never stored its first layer")
+		}
 	}
 
 	pruned := make(chan error, 1)

@@ -198,7 +198,7 @@ func leftovers(t *testing.T, cfg linux.Config, id sandbox.ID) []string {
 			left = append(left, d)
 		}
 	}
-	f, err := os.Open("/proc/self/mountinfo")
+	f, err := os.Open("/proc/thread-self/mountinfo")
 	if err != nil {
 		t.Fatal(err)
 	}

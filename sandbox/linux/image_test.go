@@ -41,7 +41,7 @@ func imageSpec(layers []string, mounts ...sandbox.Mount) sandbox.Spec {
 // mountsUnder lists the mounts (mount point and type) at or below dir.
 func mountsUnder(t *testing.T, dir string) []string {
 	t.Helper()
-	f, err := os.Open("/proc/self/mountinfo")
+	f, err := os.Open("/proc/thread-self/mountinfo")
 	if err != nil {
 		t.Fatal(err)
 	}

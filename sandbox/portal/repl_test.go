@@ -3,6 +3,8 @@ package portal_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -278,9 +280,12 @@ func splitRaw(lines []sandbox.Line, rawTexts ...string) (printed, raw []sandbox.
 
 func TestPythonDiesBetweenCalls(t *testing.T) {
 	p := newPortal(t)
-	res := p.run(t, sandbox.Python, "import os, threading\nthreading.Timer(0.2, lambda: os._exit(5)).start()\nx = 1", 0)
+	res := p.run(t, sandbox.Python, "import os, threading\nthreading.Timer(0.2, lambda: os._exit(5)).start()\nx = 1\nprint(os.getpid())", 0)
 	wantStatus(t, res, sandbox.ReplSuccess)
-	time.Sleep(600 * time.Millisecond)
+	if len(res.Output) != 1 {
+		t.Fatalf("output:\n%s", texts(res.Output))
+	}
+	waitReaped(t, res.Output[0].Text)
 	res = p.run(t, sandbox.Python, "print('x' in globals())", 0)
 	wantStatus(t, res, sandbox.ReplSuccess)
 	if len(res.Output) != 2 || !strings.Contains(res.Output[0].Text, "exited with code 5 since the last call") || res.Output[1] != out("False") {
@@ -304,10 +309,10 @@ func TestReplTimeoutCountsQueueing(t *testing.T) {
 	p.run(t, sandbox.Python, "import time", 0)
 	first := make(chan sandbox.ReplResult, 1)
 	go func() {
-		res, _ := p.RunCode(context.Background(), sandbox.Python, "time.sleep(3); print('first')", 0)
+		res, _ := p.RunCode(context.Background(), sandbox.Python, "open('started', 'w').close(); time.sleep(3); print('first')", 0)
 		first <- res
 	}()
-	time.Sleep(300 * time.Millisecond)
+	waitFile(t, filepath.Join(p.dir, "started"))
 	res := p.run(t, sandbox.Python, "print('second')", 500*time.Millisecond)
 	select {
 	case <-first:
@@ -318,5 +323,31 @@ func TestReplTimeoutCountsQueueing(t *testing.T) {
 	equalLines(t, res.Output, []sandbox.Line{errl("[msb] timed out after 500ms waiting for an earlier call to the python interpreter to finish; the code did not run")})
 	if got := <-first; fmt.Sprint(got.Output) != fmt.Sprint([]sandbox.Line{out("first")}) {
 		t.Errorf("first call: %+v", got)
+	}
+}
+
+// waitReaped waits (at most 10 s) until the process pid is gone and reaped.
+func waitReaped(t *testing.T, pid string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join("/proc", pid)); err != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %s still there after 10s", pid)
+		}
+	}
+}
+
+// waitFile waits (at most 10 s) until path exists.
+func waitFile(t *testing.T, path string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never appeared", path)
+		}
 	}
 }

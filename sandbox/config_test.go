@@ -1,0 +1,118 @@
+package sandbox_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/msb-dev/msb/errdefs"
+	"github.com/msb-dev/msb/sandbox"
+)
+
+func TestNormalizeDefaults(t *testing.T) {
+	got, err := sandbox.Normalize(sandbox.Config{Scripts: map[string]string{}, Envs: []string{}}, sandbox.Bounds{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := sandbox.Config{Image: sandbox.DefaultImage, Memory: sandbox.DefaultMemory, CPUs: sandbox.DefaultCPUs, Shell: sandbox.DefaultShell}
+	if !got.Equal(want) || got.Scripts != nil || got.Envs != nil {
+		t.Fatalf("Normalize of an empty config = %+v, want %+v", got, want)
+	}
+}
+
+func TestNormalizeCanonicalForms(t *testing.T) {
+	got, err := sandbox.Normalize(sandbox.Config{
+		Volumes: []sandbox.Volume{{Host: "data/./x", Guest: "/data/"}},
+		Workdir: "/srv/app/../app",
+	}, sandbox.Bounds{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Volumes[0] != (sandbox.Volume{Host: "data/x", Guest: "/data"}) || got.Workdir != "/srv/app" {
+		t.Fatalf("not canonical: %+v", got)
+	}
+	again, _ := sandbox.Normalize(got, sandbox.Bounds{})
+	if !again.Equal(got) {
+		t.Fatal("Normalize is not idempotent")
+	}
+}
+
+func TestNormalizeRefuses(t *testing.T) {
+	bounds := sandbox.Bounds{MaxCPUs: 2, MaxMemory: 1024}
+	for _, c := range []struct {
+		name string
+		cfg  sandbox.Config
+		b    sandbox.Bounds
+		want string
+	}{
+		{"image with space", sandbox.Config{Image: "a b"}, bounds, "config.image"},
+		{"image too long", sandbox.Config{Image: strings.Repeat("a", 513)}, bounds, "config.image"},
+		{"memory too low", sandbox.Config{Memory: 8}, bounds, "config.memory 8 MiB is out of range: use 32 to 1024"},
+		{"memory too high", sandbox.Config{Memory: 2048}, bounds, "config.memory"},
+		{"negative memory", sandbox.Config{Memory: -1}, bounds, "config.memory"},
+		{"cpus too many", sandbox.Config{CPUs: 3}, bounds, "config.cpus 3 is out of range: use 1 to 2"},
+		{"negative cpus", sandbox.Config{CPUs: -1}, bounds, "config.cpus"},
+		{"volume to /proc", sandbox.Config{Volumes: []sandbox.Volume{{Host: "d", Guest: "/proc/x"}}}, bounds, "reserved"},
+		{"volume to /", sandbox.Config{Volumes: []sandbox.Volume{{Host: "d", Guest: "/"}}}, bounds, "reserved"},
+		{"volume with ..", sandbox.Config{Volumes: []sandbox.Volume{{Host: "../etc", Guest: "/x"}}}, bounds, `may not contain ".."`},
+		{"relative guest", sandbox.Config{Volumes: []sandbox.Volume{{Host: "d", Guest: "x"}}}, bounds, "must be absolute"},
+		{"guest twice", sandbox.Config{Volumes: []sandbox.Volume{{Host: "a", Guest: "/x"}, {Host: "b", Guest: "/x/"}}}, bounds, "used twice"},
+		{"port out of range", sandbox.Config{Ports: []sandbox.Port{{Host: 70000, Guest: 80}}}, bounds, "1 to 65535"},
+		{"privileged port", sandbox.Config{Ports: []sandbox.Port{{Host: 80, Guest: 80}}}, bounds, "allow_privileged_ports"},
+		{"host port twice", sandbox.Config{Ports: []sandbox.Port{{Host: 8080, Guest: 80}, {Host: 8080, Guest: 81}}}, bounds, "used twice"},
+		{"no ports on this engine", sandbox.Config{Ports: []sandbox.Port{{Host: 8080, Guest: 80}}}, sandbox.Bounds{NoPorts: true}, "cannot forward ports"},
+		{"env without =", sandbox.Config{Envs: []string{"A"}}, bounds, "not KEY=VALUE"},
+		{"env with NUL", sandbox.Config{Envs: []string{"A=\x00"}}, bounds, "not KEY=VALUE"},
+		{"bad dependency", sandbox.Config{DependsOn: []string{"-x"}}, bounds, "depends_on"},
+		{"dependency twice", sandbox.Config{DependsOn: []string{"a", "a"}}, bounds, "listed twice"},
+		{"relative workdir", sandbox.Config{Workdir: "work"}, bounds, "config.workdir"},
+		{"workdir in /dev", sandbox.Config{Workdir: "/dev/shm"}, bounds, "reserved"},
+		{"relative shell", sandbox.Config{Shell: "sh"}, bounds, "config.shell"},
+		{"script without a name", sandbox.Config{Scripts: map[string]string{"": "x"}}, bounds, "config.scripts"},
+		{"exec too long", sandbox.Config{Exec: strings.Repeat("x", 1<<20+1)}, bounds, "config.exec"},
+	} {
+		_, err := sandbox.Normalize(c.cfg, c.b)
+		if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want class Invalid containing %q", c.name, err, c.want)
+		}
+	}
+}
+
+func TestParseVolumeAndPort(t *testing.T) {
+	v, err := sandbox.ParseVolume("data:/data:ro")
+	if err != nil || v != (sandbox.Volume{Host: "data", Guest: "/data", ReadOnly: true}) || v.String() != "data:/data:ro" {
+		t.Fatalf("ParseVolume = %+v, %v", v, err)
+	}
+	for _, bad := range []string{"data", ":/x", "a:b:c:d", "a:/b:rx"} {
+		if _, err := sandbox.ParseVolume(bad); err == nil {
+			t.Errorf("ParseVolume(%q) succeeded", bad)
+		}
+	}
+	p, err := sandbox.ParsePort("8080:80")
+	if err != nil || p != (sandbox.Port{Host: 8080, Guest: 80}) || p.String() != "8080:80" {
+		t.Fatalf("ParsePort = %+v, %v", p, err)
+	}
+	for _, bad := range []string{"8080", "a:80", "80:b", ""} {
+		if _, err := sandbox.ParsePort(bad); err == nil {
+			t.Errorf("ParsePort(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestParseID(t *testing.T) {
+	id, err := sandbox.ParseID("team-a", "box_1")
+	if err != nil || id.Namespace() != "team-a" || id.Name() != "box_1" || id.Key() != "team-a.box_1" {
+		t.Fatalf("ParseID = %v, %v", id, err)
+	}
+	if back, err := sandbox.ParseKey(id.Key()); err != nil || back != id {
+		t.Fatalf("ParseKey(Key) = %v, %v", back, err)
+	}
+	for _, c := range [][2]string{{"", "a"}, {"a", ""}, {"*", "a"}, {"a", "b.c"}, {"a", strings.Repeat("x", 64)}, {"-a", "b"}} {
+		if _, err := sandbox.ParseID(c[0], c[1]); !errors.Is(err, errdefs.ErrInvalid) {
+			t.Errorf("ParseID(%q, %q) = %v, want class Invalid", c[0], c[1], err)
+		}
+	}
+	if !(sandbox.ID{}).IsZero() {
+		t.Error("zero ID is not zero")
+	}
+}

@@ -1,0 +1,251 @@
+package sandboxtest
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/msb-dev/msb/errdefs"
+	"github.com/msb-dev/msb/sandbox"
+)
+
+// Memory is an in-memory sandbox.Engine: sandboxes are records in a map and
+// commands are answered by a function, so that the sandbox service's own
+// logic (lifecycle, errors, records, exits) is tested without root. It
+// keeps to the Runtime contract the conformance suite checks of real
+// engines: error classes, idempotent Stop and Delete, Recover of what an
+// earlier engine left.
+type Memory struct {
+	// Commands answers commands; nil: a command "exit" with one argument
+	// N exits with code N, anything else prints its command line on stdout.
+	Commands func(id sandbox.ID, req sandbox.ExecRequest) (sandbox.ExecResult, error)
+	// Fail, if set, is asked before every lifecycle call (op is "create",
+	// "start", "stop" or "delete"); an error it returns is the call's.
+	Fail func(op string, id sandbox.ID) error
+
+	mu    sync.Mutex
+	boxes map[sandbox.ID]*memBox
+	left  []sandbox.ID // held by "an earlier engine": Recover lists them
+	calls []string
+	cpu   time.Duration
+}
+
+type memBox struct {
+	spec    sandbox.Spec
+	state   sandbox.State
+	exited  chan struct{}
+	started time.Time
+}
+
+var _ sandbox.Engine = (*Memory)(nil)
+
+// NewMemory returns an empty in-memory engine.
+func NewMemory() *Memory { return &Memory{boxes: map[sandbox.ID]*memBox{}} }
+
+// Leave makes ids look left behind by a crashed server: Recover lists
+// them and Delete removes them.
+func (m *Memory) Leave(ids ...sandbox.ID) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, id := range ids {
+		m.left = append(m.left, id)
+		m.boxes[id] = &memBox{state: sandbox.StateStopped}
+	}
+}
+
+// Die makes the running sandbox id die on its own, as a crash inside it
+// (or the OOM killer) would.
+func (m *Memory) Die(id sandbox.ID) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if b := m.boxes[id]; b != nil && b.state == sandbox.StateRunning {
+		b.state = sandbox.StateStopped
+		close(b.exited)
+	}
+}
+
+// Calls lists the lifecycle calls made, as "op namespace/name".
+func (m *Memory) Calls() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.calls)
+}
+
+// Spec returns the spec sandbox id was created with.
+func (m *Memory) Spec(id sandbox.ID) (sandbox.Spec, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.boxes[id]
+	if !ok {
+		return sandbox.Spec{}, false
+	}
+	return b.spec, true
+}
+
+// AddCPU adds to the CPU time every running sandbox reports.
+func (m *Memory) AddCPU(d time.Duration) {
+	m.mu.Lock()
+	m.cpu += d
+	m.mu.Unlock()
+}
+
+func (m *Memory) begin(op string, id sandbox.ID) error {
+	m.calls = append(m.calls, op+" "+id.String())
+	if m.Fail != nil {
+		return m.Fail(op, id)
+	}
+	return nil
+}
+
+// Create implements sandbox.Runtime.
+func (m *Memory) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.begin("create", id); err != nil {
+		return err
+	}
+	if _, ok := m.boxes[id]; ok {
+		return fmt.Errorf("sandbox %s already exists: %w", id, errdefs.ErrConflict)
+	}
+	m.boxes[id] = &memBox{spec: spec, state: sandbox.StateCreated}
+	return nil
+}
+
+// Start implements sandbox.Runtime.
+func (m *Memory) Start(ctx context.Context, id sandbox.ID) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.begin("start", id); err != nil {
+		return err
+	}
+	b, ok := m.boxes[id]
+	switch {
+	case !ok:
+		return fmt.Errorf("sandbox %s: %w", id, errdefs.ErrNotFound)
+	case b.state == sandbox.StateRunning:
+		return fmt.Errorf("sandbox %s is already running: %w", id, errdefs.ErrConflict)
+	}
+	b.state, b.exited, b.started = sandbox.StateRunning, make(chan struct{}), time.Now()
+	return nil
+}
+
+// Stop implements sandbox.Runtime.
+func (m *Memory) Stop(ctx context.Context, id sandbox.ID) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.begin("stop", id); err != nil {
+		return err
+	}
+	b, ok := m.boxes[id]
+	if !ok {
+		return fmt.Errorf("sandbox %s: %w", id, errdefs.ErrNotFound)
+	}
+	if b.state == sandbox.StateRunning {
+		close(b.exited)
+	}
+	b.state = sandbox.StateStopped
+	return nil
+}
+
+// Delete implements sandbox.Runtime.
+func (m *Memory) Delete(ctx context.Context, id sandbox.ID) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.begin("delete", id); err != nil {
+		return err
+	}
+	if b, ok := m.boxes[id]; ok && b.state == sandbox.StateRunning {
+		close(b.exited)
+	}
+	delete(m.boxes, id)
+	m.left = slices.DeleteFunc(m.left, func(x sandbox.ID) bool { return x == id })
+	return nil
+}
+
+// Inspect implements sandbox.Runtime.
+func (m *Memory) Inspect(ctx context.Context, id sandbox.ID) (sandbox.Status, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.boxes[id]
+	if !ok {
+		return sandbox.Status{}, fmt.Errorf("sandbox %s: %w", id, errdefs.ErrNotFound)
+	}
+	return sandbox.Status{ID: id, State: b.state, Started: b.started}, nil
+}
+
+// Recover implements sandbox.Runtime.
+func (m *Memory) Recover(ctx context.Context) ([]sandbox.Status, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []sandbox.Status
+	for _, id := range m.left {
+		out = append(out, sandbox.Status{ID: id, State: sandbox.StateStopped})
+	}
+	return out, nil
+}
+
+// Exited implements sandbox.ExitWatcher.
+func (m *Memory) Exited(ctx context.Context, id sandbox.ID) (<-chan struct{}, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.boxes[id]
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("sandbox %s: %w", id, errdefs.ErrNotFound)
+	case b.state != sandbox.StateRunning:
+		return nil, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrConflict)
+	}
+	return b.exited, nil
+}
+
+func (m *Memory) running(id sandbox.ID) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.boxes[id]
+	switch {
+	case !ok:
+		return fmt.Errorf("sandbox %s: %w", id, errdefs.ErrNotFound)
+	case b.state != sandbox.StateRunning:
+		return fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrConflict)
+	}
+	return nil
+}
+
+// Exec implements sandbox.Executor.
+func (m *Memory) Exec(ctx context.Context, id sandbox.ID, req sandbox.ExecRequest) (sandbox.ExecResult, error) {
+	if err := m.running(id); err != nil {
+		return sandbox.ExecResult{}, err
+	}
+	if m.Commands != nil {
+		return m.Commands(id, req)
+	}
+	if req.Command == "exit" && len(req.Args) == 1 {
+		var code int
+		fmt.Sscan(req.Args[0], &code)
+		return sandbox.ExecResult{ExitCode: code}, nil
+	}
+	line := strings.Join(append([]string{req.Command}, req.Args...), " ")
+	return sandbox.ExecResult{Output: []sandbox.Line{{Stream: sandbox.Stdout, Text: line}}}, nil
+}
+
+// RunCode implements sandbox.REPL: the code is echoed on stdout.
+func (m *Memory) RunCode(ctx context.Context, id sandbox.ID, lang sandbox.Language, code string, timeout time.Duration) (sandbox.ReplResult, error) {
+	if err := m.running(id); err != nil {
+		return sandbox.ReplResult{}, err
+	}
+	return sandbox.ReplResult{Status: sandbox.ReplSuccess, Output: []sandbox.Line{{Stream: sandbox.Stdout, Text: code}}}, nil
+}
+
+// Stats implements sandbox.StatsReader: the CPU time AddCPU gave, 1 MiB
+// of memory, no disk.
+func (m *Memory) Stats(ctx context.Context, id sandbox.ID) (sandbox.Stats, error) {
+	if err := m.running(id); err != nil {
+		return sandbox.Stats{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return sandbox.Stats{CPUTime: m.cpu, MemoryBytes: 1 << 20, Sampled: time.Now()}, nil
+}

@@ -1,0 +1,283 @@
+package sandbox_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/msb-dev/msb/errdefs"
+	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/sandboxtest"
+	"github.com/msb-dev/msb/storage"
+)
+
+// hostImage resolves every reference to an empty root, as the built-in
+// image resolver does for its aliases.
+type hostImage struct{}
+
+func (hostImage) Resolve(ctx context.Context, ref string) (sandbox.Image, error) {
+	if ref == "nosuch" {
+		return sandbox.Image{}, errdefs.Invalidf("image %q is not available", ref)
+	}
+	return sandbox.Image{Ref: ref, Env: []string{"PATH=/usr/bin", "A=image"}, Workdir: "/srv"}, nil
+}
+
+type fixture struct {
+	svc   *sandbox.Service
+	eng   *sandboxtest.Memory
+	store *storage.DB
+	ctx   context.Context
+}
+
+// newService is a Service on the in-memory engine and a real state
+// database in a temporary directory.
+func newService(t *testing.T, eng *sandboxtest.Memory) fixture {
+	t.Helper()
+	ctx := context.Background()
+	db, err := storage.Open(ctx, filepath.Join(t.TempDir(), "msb.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	svc := sandbox.NewService(sandbox.ServiceOptions{
+		Engine: eng, Store: db, Images: hostImage{}, LogDir: t.TempDir(), Pids: 64, MaxCPUs: 2, MaxMemMB: 4096,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err := svc.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close(context.Background()) })
+	return fixture{svc, eng, db, ctx}
+}
+
+func count(calls []string, call string) int {
+	n := 0
+	for _, c := range calls {
+		if c == call {
+			n++
+		}
+	}
+	return n
+}
+
+func TestStartIsIdempotentAndRefusesAnotherConfig(t *testing.T) {
+	f := newService(t, sandboxtest.NewMemory())
+	id := sandboxtest.ID(t, "ns", "box")
+	cfg := &sandbox.Config{Memory: 256, Envs: []string{"A=user"}}
+	if err := f.svc.Start(f.ctx, id, cfg); err != nil {
+		t.Fatal(err)
+	}
+	// The same config, spelt with its defaults: nothing happens.
+	if err := f.svc.Start(f.ctx, id, &sandbox.Config{Memory: 256, Envs: []string{"A=user"}, CPUs: 1, Image: sandbox.DefaultImage}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(f.eng.Calls(), "start "+id.String()); n != 1 {
+		t.Fatalf("engine started %d times, want 1: %v", n, f.eng.Calls())
+	}
+	err := f.svc.Start(f.ctx, id, &sandbox.Config{Memory: 512})
+	if !errors.Is(err, errdefs.ErrConflict) || !strings.Contains(err.Error(), "different config") {
+		t.Fatalf("start with another config: %v", err)
+	}
+	spec, _ := f.eng.Spec(id)
+	if !slices.Equal(spec.Env, []string{"PATH=/usr/bin", "A=user"}) || spec.Workdir != "/srv" || spec.MemoryMiB != 256 || spec.Hostname != "box" {
+		t.Fatalf("spec %+v: want the image's env overridden by the user's, the image's workdir, the config's memory", spec)
+	}
+}
+
+func TestStartWithoutConfigReusesTheLastOne(t *testing.T) {
+	f := newService(t, sandboxtest.NewMemory())
+	id := sandboxtest.ID(t, "ns", "box")
+	if err := f.svc.Start(f.ctx, id, &sandbox.Config{Memory: 300}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.Stop(f.ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.Start(f.ctx, id, nil); err != nil {
+		t.Fatal(err)
+	}
+	if spec, _ := f.eng.Spec(id); spec.MemoryMiB != 300 {
+		t.Fatalf("restart without config: memory %d, want the last config's 300", spec.MemoryMiB)
+	}
+	rec, err := f.store.Sandbox(f.ctx, id)
+	if err != nil || rec.State != sandbox.StateRunning || rec.Config.Memory != 300 {
+		t.Fatalf("record %+v, %v", rec, err)
+	}
+}
+
+func TestCallsOnMissingAndStoppedSandboxes(t *testing.T) {
+	f := newService(t, sandboxtest.NewMemory())
+	missing := sandboxtest.ID(t, "ns", "nosuch")
+	if _, err := f.svc.Exec(f.ctx, missing, sandbox.ExecRequest{Command: "true"}); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("exec in a sandbox never started: %v", err)
+	}
+	if err := f.svc.Stop(f.ctx, missing); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("stop of a sandbox never started: %v", err)
+	}
+	if _, err := f.svc.SandboxMetrics(f.ctx, missing); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("metrics of a sandbox never started: %v", err)
+	}
+	id := sandboxtest.ID(t, "ns", "box")
+	if err := f.svc.Start(f.ctx, id, &sandbox.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := f.svc.Exec(f.ctx, id, sandbox.ExecRequest{Command: "exit", Args: []string{"3"}})
+	if err != nil || res.ExitCode != 3 {
+		t.Fatalf("exec: %+v, %v", res, err)
+	}
+	if err := f.svc.Stop(f.ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.Stop(f.ctx, id); err != nil {
+		t.Fatalf("second stop: %v", err)
+	}
+	_, err = f.svc.RunCode(f.ctx, id, sandbox.Python, "1", 0)
+	if !errors.Is(err, errdefs.ErrConflict) || !strings.Contains(err.Error(), "not running") {
+		t.Fatalf("code in a stopped sandbox: %v", err)
+	}
+	m, err := f.svc.SandboxMetrics(f.ctx, id)
+	if err != nil || m.Running || m.CPUUsage != nil {
+		t.Fatalf("metrics of a stopped sandbox: %+v, %v", m, err)
+	}
+}
+
+// waitState polls the store until the sandbox's record has state want.
+func waitState(t *testing.T, f fixture, id sandbox.ID, want sandbox.State) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if rec, err := f.store.Sandbox(f.ctx, id); err == nil && rec.State == want {
+			return
+		}
+	}
+	t.Fatalf("sandbox %s never recorded %s", id, want)
+}
+
+// The service learns from the engine that a sandbox died on its own: the
+// sandbox is not running for any call at once, its record says stopped,
+// what it held is released, and it starts again.
+func TestSandboxThatDiesIsReleased(t *testing.T) {
+	f := newService(t, sandboxtest.NewMemory())
+	id := sandboxtest.ID(t, "ns", "box")
+	if err := f.svc.Start(f.ctx, id, &sandbox.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	f.eng.Die(id)
+	if _, err := f.svc.Exec(f.ctx, id, sandbox.ExecRequest{Command: "true"}); !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("exec after the sandbox died: %v", err)
+	}
+	waitState(t, f, id, sandbox.StateStopped)
+	if err := f.svc.Start(f.ctx, id, &sandbox.Config{}); err != nil {
+		t.Fatalf("start after death: %v", err)
+	}
+	if _, err := f.svc.Exec(f.ctx, id, sandbox.ExecRequest{Command: "true"}); err != nil {
+		t.Fatalf("exec after restart: %v", err)
+	}
+}
+
+func TestDependsOn(t *testing.T) {
+	f := newService(t, sandboxtest.NewMemory())
+	db, app := sandboxtest.ID(t, "ns", "db"), sandboxtest.ID(t, "ns", "app")
+	err := f.svc.Start(f.ctx, app, &sandbox.Config{DependsOn: []string{"db"}})
+	if !errors.Is(err, errdefs.ErrConflict) || !strings.Contains(err.Error(), `start "db" first`) {
+		t.Fatalf("start before its dependency: %v", err)
+	}
+	if err := f.svc.Start(f.ctx, db, &sandbox.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.Start(f.ctx, app, &sandbox.Config{DependsOn: []string{"db"}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// An engine failure is an internal error that says what failed and keeps
+// the engine's detail for the log only; the half-made sandbox is deleted.
+// Errors that describe the request keep their class and words.
+func TestEngineFailures(t *testing.T) {
+	eng := sandboxtest.NewMemory()
+	cause := errors.New("mount /var/lib/secret-host-path: permission denied")
+	eng.Fail = func(op string, id sandbox.ID) error {
+		if op == "start" && id.Name() == "broken" {
+			return cause
+		}
+		return nil
+	}
+	f := newService(t, eng)
+	id := sandboxtest.ID(t, "ns", "broken")
+	err := f.svc.Start(f.ctx, id, &sandbox.Config{})
+	var e *errdefs.Error
+	if !errors.As(err, &e) || e.Class != errdefs.Internal || !strings.Contains(e.Msg, `start sandbox "broken" failed`) ||
+		strings.Contains(e.Msg, "secret-host-path") || !errors.Is(err, cause) {
+		t.Fatalf("engine failure: %#v", err)
+	}
+	if calls := eng.Calls(); calls[len(calls)-1] != "delete "+id.String() {
+		t.Fatalf("half-made sandbox not deleted: %v", calls)
+	}
+	if _, err := f.store.Sandbox(f.ctx, id); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("a sandbox that never started was recorded: %v", err)
+	}
+	if err := f.svc.Start(f.ctx, id, &sandbox.Config{Image: "nosuch"}); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "nosuch") {
+		t.Fatalf("unknown image: %v", err)
+	}
+	if err := f.svc.Start(f.ctx, id, &sandbox.Config{Memory: 1 << 20}); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "config.memory") {
+		t.Fatalf("too much memory: %v", err)
+	}
+}
+
+// Recover deletes what a crashed server left and marks its sandboxes
+// stopped; Close stops every sandbox.
+func TestRecoverAndClose(t *testing.T) {
+	eng := sandboxtest.NewMemory()
+	f := newService(t, eng)
+	id := sandboxtest.ID(t, "ns", "box")
+	if err := f.svc.Start(f.ctx, id, &sandbox.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	// A new server on the same database, after a crash: the engine holds
+	// what the old one left.
+	next := sandboxtest.NewMemory()
+	next.Leave(id)
+	svc := sandbox.NewService(sandbox.ServiceOptions{Engine: next, Store: f.store, Images: hostImage{}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err := svc.Recover(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(next.Calls(), "delete "+id.String()) {
+		t.Fatalf("leftover not deleted: %v", next.Calls())
+	}
+	if rec, _ := f.store.Sandbox(f.ctx, id); rec.State != sandbox.StateStopped {
+		t.Fatalf("record after recovery: %s", rec.State)
+	}
+	if err := f.svc.Close(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := eng.Inspect(f.ctx, id); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("sandbox still held after Close: %v", err)
+	}
+}
+
+// CPU use is a percentage of one CPU over the time since the previous
+// sample, and never negative.
+func TestMetricsCPU(t *testing.T) {
+	eng := sandboxtest.NewMemory()
+	f := newService(t, eng)
+	id := sandboxtest.ID(t, "ns", "box")
+	if err := f.svc.Start(f.ctx, id, &sandbox.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	f.svc.SandboxMetrics(f.ctx, id)
+	time.Sleep(50 * time.Millisecond)
+	eng.AddCPU(25 * time.Millisecond)
+	m, err := f.svc.SandboxMetrics(f.ctx, id)
+	if err != nil || !m.Running || m.CPUUsage == nil || *m.CPUUsage <= 0 || *m.CPUUsage > 50 || *m.MemoryUsage != 1 {
+		t.Fatalf("metrics %+v, %v", m, err)
+	}
+	list, err := f.svc.Metrics(f.ctx, "*")
+	if err != nil || len(list) != 1 || list[0].ID != id {
+		t.Fatalf("Metrics(*) = %+v, %v", list, err)
+	}
+}
