@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 
 	"github.com/msb-dev/msb/auth"
@@ -65,6 +66,7 @@ type Method[P any] struct {
 // Handler is what the method table holds: a Method of any params type.
 type Handler interface {
 	describe() methodSpec
+	paramsType() reflect.Type
 	decode(params json.RawMessage) (any, *Ref, error)
 	run(ctx context.Context, c *Call, params any) (any, error)
 }
@@ -271,3 +273,26 @@ func (e *methodNotFound) Is(target error) bool { return target == errMethodNotFo
 func (e *methodNotFound) Error() string {
 	return fmt.Sprintf("method %q not found", truncate(e.name))
 }
+
+// MethodInfo describes one method of a table, for documentation and for
+// tests that walk every method.
+type MethodInfo struct {
+	Name   string
+	Scope  auth.Scope
+	Params reflect.Type // the struct its params decode into
+}
+
+// Describe lists the methods of ms, by name.
+func (ms Methods) Describe() []MethodInfo {
+	out := make([]MethodInfo, 0, len(ms))
+	for name, m := range ms {
+		out = append(out, MethodInfo{Name: name, Scope: m.describe().scope, Params: m.paramsType()})
+	}
+	slices.SortFunc(out, func(a, b MethodInfo) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+func (m Method[P]) paramsType() reflect.Type { return reflect.TypeFor[P]() }
+
+// Methods returns the server's method table.
+func (s *Server) Methods() Methods { return s.methods }

@@ -317,3 +317,6 @@ func (s *Server) Close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// RPC is the server's JSON-RPC front-end.
+func (s *Server) RPC() *rpc.Server { return s.handler }
