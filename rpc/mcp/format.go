@@ -10,7 +10,7 @@ import (
 )
 
 // The tool results are text for an assistant to read. Each formatter reads
-// the JSON-RPC result as CONTRACT.md defines it; a result it cannot read is
+// the JSON-RPC result as docs/api.md defines it; a result it cannot read is
 // shown as its JSON, so nothing is ever lost.
 
 // maxStreamText bounds the stdout or stderr text of one result: an

@@ -79,7 +79,7 @@ func failure(tool string, code int64, msg string) *sdk.CallToolResult {
 	return res
 }
 
-// errorKinds names the JSON-RPC error codes of CONTRACT.md for an assistant.
+// errorKinds names the JSON-RPC error codes of docs/api.md for an assistant.
 var errorKinds = map[int64]struct{ what, hint string }{
 	jsonrpc2.CodeInvalidParams: {"invalid arguments", "Check the arguments against the tool's input schema."},
 	jsonrpc2.CodeInternalError: {"internal error", "The server could not do this: the message says why, or gives a reference for the server's log."},
@@ -91,7 +91,7 @@ var errorKinds = map[int64]struct{ what, hint string }{
 }
 
 // Argument schemas shared by the tools. Names and types are those of the
-// JSON-RPC params (CONTRACT.md).
+// JSON-RPC params (docs/api.md).
 const namePattern = `^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`
 
 func sandboxArg(what string) *jsonschema.Schema {
