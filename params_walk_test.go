@@ -123,7 +123,9 @@ func TestNoUserInputIsAnInternalError(t *testing.T) {
 		}
 	}
 	codes := map[int]int{}
-	defer func() { t.Logf("%d calls over %d methods; answers by code (0: success): %v", len(bodies), len(methods), codes) }()
+	defer func() {
+		t.Logf("%d calls over %d methods; answers by code (0: success): %v", len(bodies), len(methods), codes)
+	}()
 	for _, body := range bodies {
 		status, data, _ := srv.post(body, bearer(key))
 		var r rpcResponse
