@@ -78,7 +78,7 @@ func (s *Service) Start(ctx context.Context, id ID, cfg *Config) error {
 	}()
 	spec := Spec{
 		Root:      root,
-		Env:       mergeEnv(img.Env, norm.Envs),
+		Env:       MergeEnv(img.Env, norm.Envs),
 		Workdir:   norm.Workdir,
 		MemoryMiB: norm.Memory,
 		CPUs:      norm.CPUs,
@@ -210,8 +210,10 @@ func (s *Service) release(ctx context.Context, id ID, b *box) error {
 	return err
 }
 
-// mergeEnv returns base overridden by over, by variable name, in order.
-func mergeEnv(base, over []string) []string {
+// MergeEnv returns base overridden by over, by variable name: a later
+// KEY=VALUE wins, as it would in a shell, and the order of first
+// appearance is kept.
+func MergeEnv(base, over []string) []string {
 	out := make([]string, 0, len(base)+len(over))
 	index := map[string]int{}
 	for _, kv := range append(append([]string(nil), base...), over...) {

@@ -20,23 +20,6 @@ import (
 // keep them open, and a call must not last as long as they do.
 const pipeGrace = 200 * time.Millisecond
 
-// mergeEnv overlays extra on base; a later KEY=VALUE wins, as it would in
-// a shell, and the order of first appearance is kept.
-func mergeEnv(base, extra []string) []string {
-	idx := make(map[string]int)
-	var out []string
-	for _, kv := range append(append([]string(nil), base...), extra...) {
-		k, _, _ := strings.Cut(kv, "=")
-		if i, ok := idx[k]; ok {
-			out[i] = kv
-			continue
-		}
-		idx[k] = len(out)
-		out = append(out, kv)
-	}
-	return out
-}
-
 func lookupEnv(env []string, key string) string {
 	for i := len(env) - 1; i >= 0; i-- {
 		if k, v, ok := strings.Cut(env[i], "="); ok && k == key {
@@ -186,7 +169,7 @@ func (s *server) runCommand(ctx context.Context, req request, background bool) e
 		sk.note(fmt.Sprintf(format, a...))
 		return event{ID: req.ID, Done: true, ExitCode: code}
 	}
-	env := mergeEnv(s.env, req.Env)
+	env := sandbox.MergeEnv(s.env, req.Env)
 	dir := req.Workdir
 	if dir == "" {
 		dir = s.cwd
