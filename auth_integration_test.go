@@ -29,6 +29,7 @@ func (s *msbServer) unauthorized(key, want string) {
 }
 
 func TestAuthCauses(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	key := keygen(t, home)
@@ -120,6 +121,7 @@ func signingKey(t *testing.T, home string) []byte {
 }
 
 func TestForgedTokens(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	key := keygen(t, home)
@@ -158,6 +160,7 @@ func TestForgedTokens(t *testing.T) {
 }
 
 func TestNamespaces(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	team := keygen(t, home, "--namespace", "team-a")
@@ -192,6 +195,7 @@ func TestNamespaces(t *testing.T) {
 }
 
 func TestRestartAndResetKey(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	key := keygen(t, home)
@@ -224,6 +228,7 @@ func TestRestartAndResetKey(t *testing.T) {
 }
 
 func TestServerLifecycle(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startProcess(t, home)
 	keygen(t, home)
@@ -272,6 +277,7 @@ func TestServerLifecycle(t *testing.T) {
 }
 
 func TestDevMode(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home, "--dev")
 	if !strings.Contains(srv.out.String(), "authentication is OFF") {

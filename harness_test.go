@@ -172,6 +172,13 @@ func startServer(t testing.TB, home string, args ...string) *msbServer {
 	opts.Log = slog.New(slog.NewTextHandler(s.out, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := server.New(ctx, cfg, opts)
+	// The home's lock is a flock: a process another test forks at the
+	// moment an earlier server of this home closed it holds a duplicate
+	// of the lock's descriptor until it execs. Give that a moment.
+	for deadline := time.Now().Add(2 * time.Second); err != nil && strings.Contains(err.Error(), "already running") && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		srv, err = server.New(ctx, cfg, opts)
+	}
 	if err != nil {
 		cancel()
 		t.Fatalf("server.New: %v\n%s", err, s.out)

@@ -68,6 +68,7 @@ var allScopes = []string{"sandbox:create", "sandbox:read", "sandbox:exec", "sand
 // TestScopesPerMethod: every method is allowed with its own scope alone and
 // refused (403 naming the scope) with every scope but its own.
 func TestScopesPerMethod(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	only := map[string]string{}
@@ -109,6 +110,7 @@ func TestScopesPerMethod(t *testing.T) {
 }
 
 func TestKeyManagementAPI(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	mgr := keygen(t, home, "--namespace", "team-a", "--scope", "keys:manage", "--scope", "sandbox:read",
@@ -218,6 +220,7 @@ func mustResult(t *testing.T, data []byte) json.RawMessage {
 }
 
 func TestRotateCLI(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	old := keygen(t, home, "--namespace", "ci", "--name", "runner", "--scope", "sandbox:read", "--rate", "50/m")
@@ -275,6 +278,7 @@ func rateHeaders(t *testing.T, hdr http.Header) (limit, remaining, reset int64) 
 }
 
 func TestRateLimits(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	// The server's default rate, from config.toml.
 	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte("rate_limit = \"4/m\"\nstart_rate_limit = \"2/m\"\n[images]\n\"microsandbox/python\" = \"host\"\n"), 0o600); err != nil {
@@ -345,6 +349,7 @@ func TestRateLimits(t *testing.T) {
 }
 
 func TestMaxUses(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	key := keygen(t, home, "--max-uses", "2", "--name", "twice")
@@ -394,6 +399,7 @@ func find(events []map[string]any, want map[string]any) map[string]any {
 }
 
 func TestAuditLog(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	key := keygen(t, home, "--name", "auditor-test")
@@ -523,6 +529,7 @@ func TestAuditLog(t *testing.T) {
 }
 
 func TestAuditPruning(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	srv.unauthorized("msb_nope", "invalid API key")
@@ -549,6 +556,7 @@ func TestAuditPruning(t *testing.T) {
 }
 
 func TestKeyChecksumAndLegacyKeys(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	key := keygen(t, home, "--name", "legacy")
 	// A key issued before the checksum: "msb_<JWT>", recorded by its hash.
@@ -568,6 +576,7 @@ func TestKeyChecksumAndLegacyKeys(t *testing.T) {
 }
 
 func TestKeysListWarnings(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	soon := keygen(t, home, "--expire", "3d", "--name", "soon")
 	idle := keygen(t, home, "--name", "idle")

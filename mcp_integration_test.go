@@ -71,6 +71,7 @@ func (s *msbServer) mcpTool(cs *sdk.ClientSession, name string, args map[string]
 }
 
 func TestMCPAuthentication(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 
@@ -152,6 +153,7 @@ func TestMCPAuthentication(t *testing.T) {
 }
 
 func TestMCPSandboxLifecycle(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	cs := srv.mustMCPConnect(keygen(t, home, "--namespace", "mcp"))
@@ -239,6 +241,7 @@ func TestMCPSandboxLifecycle(t *testing.T) {
 }
 
 func TestMCPDevMode(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, newHome(t), "--dev")
 	cs := srv.mustMCPConnect("")
 	box := map[string]any{"sandbox": "devbox", "namespace": "default"}

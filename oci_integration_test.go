@@ -53,6 +53,7 @@ func digestOf(t *testing.T, l v1.Layer) string {
 }
 
 func TestOCIImageSandbox(t *testing.T) {
+	t.Parallel()
 	reg := sandboxtest.NewRegistry(t)
 	ref, layers := busyboxImage(t, reg, "test/busybox:1", v1.Config{
 		Env:        []string{"FROM_IMAGE=yes", "OVERRIDDEN=image", "PATH=/bin"},
@@ -140,6 +141,7 @@ func TestOCIImageSandbox(t *testing.T) {
 }
 
 func TestOCIImageUserAndPullOnce(t *testing.T) {
+	t.Parallel()
 	reg := sandboxtest.NewRegistry(t)
 	ref, layers := busyboxImage(t, reg, "test/user:1", v1.Config{User: "app", Env: []string{"PATH=/bin"}})
 	reg.SlowBlobs(300 * time.Millisecond)
@@ -173,6 +175,7 @@ func TestOCIImageUserAndPullOnce(t *testing.T) {
 }
 
 func TestOCITamperedImageRefused(t *testing.T) {
+	t.Parallel()
 	reg := sandboxtest.NewRegistry(t)
 	ref, layers := busyboxImage(t, reg, "test/tampered:1", v1.Config{})
 	reg.Tamper(digestOf(t, layers[1]))
@@ -191,6 +194,7 @@ func TestOCITamperedImageRefused(t *testing.T) {
 }
 
 func TestImageCLI(t *testing.T) {
+	t.Parallel()
 	reg := sandboxtest.NewRegistry(t)
 	ref, _ := busyboxImage(t, reg, "test/cli:1", v1.Config{})
 	home := newHome(t)
@@ -211,6 +215,7 @@ func TestImageCLI(t *testing.T) {
 }
 
 func TestVolumes(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	key := keygen(t, home)
@@ -274,6 +279,7 @@ func freePort(t *testing.T) int {
 }
 
 func TestPortForward(t *testing.T) {
+	t.Parallel()
 	reg := sandboxtest.NewRegistry(t)
 	ref, _ := busyboxImage(t, reg, "test/httpd:1", v1.Config{Env: []string{"PATH=/bin"}})
 	home := newHome(t)
@@ -332,6 +338,7 @@ func TestPortForward(t *testing.T) {
 // back: its host port must be freed without a stop, for another sandbox to
 // take, and the sandbox must start again afterwards.
 func TestPortFreedWhenSandboxDies(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	key := keygen(t, home)

@@ -75,6 +75,7 @@ func clone(m map[string]any) map[string]any {
 // answers a class the client can act on (-32602, -32001, -32003, ...),
 // never -32603 and never a 5xx.
 func TestNoUserInputIsAnInternalError(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	// A rate high enough that every call reaches its method.
@@ -147,6 +148,7 @@ func TestNoUserInputIsAnInternalError(t *testing.T) {
 // keys.create with a label that is too long, or not printable, is invalid
 // params, not an internal error (a defect of the label check).
 func TestKeyLabelIsValidated(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	key := keygen(t, home)

@@ -8,6 +8,7 @@ import (
 )
 
 func TestJSONRPCWire(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	key := keygen(t, home)

@@ -116,6 +116,7 @@ func (b *sb) stop() {
 }
 
 func TestSandboxCodeAndCommands(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	key := keygen(t, home)
@@ -216,6 +217,7 @@ func TestSandboxCodeAndCommands(t *testing.T) {
 }
 
 func TestSandboxIsolation(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte("sandbox_pids = 64\n[images]\n\"microsandbox/python\" = \"host\"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -341,6 +343,7 @@ except OSError as e:
 }
 
 func TestSandboxLifecycle(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	key := keygen(t, home)
@@ -463,6 +466,7 @@ func assertNoLeftovers(t *testing.T, home string) {
 }
 
 func TestSandboxesInParallel(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	key := keygen(t, home)
@@ -503,6 +507,7 @@ func TestSandboxesInParallel(t *testing.T) {
 }
 
 func TestCrashRecovery(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startProcess(t, home)
 	key := keygen(t, home)
@@ -555,6 +560,7 @@ func sandboxPids(home string) []int {
 }
 
 func TestSandboxDiesOnItsOwn(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	key := keygen(t, home)
@@ -589,6 +595,7 @@ func TestSandboxDiesOnItsOwn(t *testing.T) {
 // memory cgroup's killer finds no victim and host memory pressure falls on
 // host processes instead.
 func TestSandboxCannotLowerOOMScore(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	key := keygen(t, home)
@@ -615,6 +622,7 @@ cat /proc/1/oom_score_adj`)
 // process is reparented to the portal and is no longer in the command's
 // process group nor among its descendants.
 func TestSandboxTimeoutKillsDetached(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startServer(t, home)
 	key := keygen(t, home)
@@ -655,6 +663,7 @@ func serverCPU(t *testing.T, pid int) time.Duration {
 // command printing forever must cost the sandbox's CPU quota, not the
 // server's CPU.
 func TestBackgroundOutputStopsAtLogCap(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startProcess(t, home)
 	key := keygen(t, home)
@@ -689,6 +698,7 @@ func TestBackgroundOutputStopsAtLogCap(t *testing.T) {
 // cgroup) does not keep the next server from starting; the others are
 // cleaned, it is recorded stopped, and it starts again once freed.
 func TestCrashRecoveryWithStuckLeftover(t *testing.T) {
+	t.Parallel()
 	home := newHome(t)
 	srv := startProcess(t, home)
 	key := keygen(t, home)
