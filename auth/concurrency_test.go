@@ -15,6 +15,7 @@ import (
 // Revoke has returned, no call that starts afterwards may succeed with the
 // victim, and the other key must keep working. Run with -race.
 func TestConcurrentAuthenticateAndRevoke(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	ctx := context.Background()
 	_, cli := h.openRegistry(t)

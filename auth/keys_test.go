@@ -23,6 +23,7 @@ import (
 var t0 = time.Date(2030, 6, 1, 12, 0, 0, 0, time.UTC)
 
 func TestIssueThenAuthenticate(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	ctx := context.Background()
 	for _, opts := range []auth.IssueOptions{
@@ -73,6 +74,7 @@ func TestIssueThenAuthenticate(t *testing.T) {
 }
 
 func TestKeysAreDistinct(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, newClock(t0)) // same clock, same options: only randomness differs
 	seenKey, seenID := map[string]bool{}, map[string]bool{}
 	for i := 0; i < 20; i++ {
@@ -85,6 +87,7 @@ func TestKeysAreDistinct(t *testing.T) {
 }
 
 func TestKeyFormat(t *testing.T) {
+	t.Parallel()
 	clk := newClock(t0.Add(1500 * time.Millisecond)) // iat must be whole seconds
 	h := newHome(t, clk)
 	issued := t0.Add(time.Second)
@@ -145,6 +148,7 @@ func TestKeyFormat(t *testing.T) {
 // A sub-second expiry cannot be represented in the JWT's exp (whole
 // seconds), so Issue refuses it rather than record a different expiry.
 func TestSubSecondExpiryRecordMatchesToken(t *testing.T) {
+	t.Parallel()
 	clk := newClock(t0)
 	h := newHome(t, clk)
 	_, _, err := h.issuer.Issue(context.Background(), auth.IssueOptions{Expire: 1500 * time.Millisecond})
@@ -170,6 +174,7 @@ func TestSubSecondExpiryRecordMatchesToken(t *testing.T) {
 }
 
 func TestRegistryNeverStoresKey(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	ctx := context.Background()
 	var keys []string
@@ -269,6 +274,7 @@ func mustID(t *testing.T, h *home, key string) string {
 }
 
 func TestAuthenticateErrors(t *testing.T) {
+	t.Parallel()
 	clk := newClock(t0)
 	h := newHome(t, clk)
 	ctx := context.Background()
@@ -342,6 +348,7 @@ func TestAuthenticateErrors(t *testing.T) {
 // character of the signature) still verifies as a JWT; it is not the issued
 // key text and must not be accepted as it.
 func TestNonCanonicalSpellingRefused(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	key, _ := h.issue(t, auth.IssueOptions{})
 	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -374,6 +381,7 @@ func register(t *testing.T, h *home, tok, id, ns string) {
 }
 
 func TestForeignAlgorithmsRefused(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	ctx := context.Background()
 	secret := h.secret(t)
@@ -438,6 +446,7 @@ func TestForeignAlgorithmsRefused(t *testing.T) {
 // Even recorded in the registry, a token whose claims are malformed (no
 // jti, a namespace claim that is not a valid claim) is refused.
 func TestRegisteredTokenWithBadClaimsRefused(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	ctx := context.Background()
 	secret := h.secret(t)
@@ -476,6 +485,7 @@ func TestRegisteredTokenWithBadClaimsRefused(t *testing.T) {
 // someone who read server.key could make) are still refused: the registry
 // must hold the exact key.
 func TestSignedButNotIssuedRefused(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	ctx := context.Background()
 	key, k := h.issue(t, auth.IssueOptions{Namespace: "team-a"})
@@ -515,6 +525,7 @@ func TestSignedButNotIssuedRefused(t *testing.T) {
 // The registry's record of a key's namespace is checked against the claim:
 // a row edited to another namespace makes the key invalid.
 func TestNamespaceClaimMustMatchRegistry(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	ctx := context.Background()
 	key, k := h.issue(t, auth.IssueOptions{Namespace: "team-a"})
@@ -541,6 +552,7 @@ func TestNamespaceClaimMustMatchRegistry(t *testing.T) {
 // Authenticate agrees with Key.Status: a record whose signing key id is not
 // the server's is invalid even if the signature checks out.
 func TestSigningKeyIDMustMatchRegistry(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	ctx := context.Background()
 	key, k := h.issue(t, auth.IssueOptions{})
@@ -557,6 +569,7 @@ func TestSigningKeyIDMustMatchRegistry(t *testing.T) {
 }
 
 func TestIssueRefusesBadOptions(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	ctx := context.Background()
 	for _, ns := range []string{"bad name", "../x", "a/b", "-lead", strings.Repeat("a", 64), "**", "ns\n", "é"} {
@@ -581,6 +594,7 @@ func TestIssueRefusesBadOptions(t *testing.T) {
 }
 
 func TestExpiryWithInjectedClock(t *testing.T) {
+	t.Parallel()
 	clk := newClock(t0)
 	h := newHome(t, clk)
 	ctx := context.Background()
@@ -637,6 +651,7 @@ func TestExpiryWithInjectedClock(t *testing.T) {
 }
 
 func TestRevokeSeenByOtherRegistry(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	ctx := context.Background()
 	cached, kc := h.issue(t, auth.IssueOptions{Label: "cached"})
@@ -700,6 +715,7 @@ func TestRevokeSeenByOtherRegistry(t *testing.T) {
 // When the change file grows past its limit, announce replaces it with a
 // new, shorter file; a registry that saw the long one must still notice.
 func TestRevokeSeenAcrossChangeFileReset(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	ctx := context.Background()
 	key, k := h.issue(t, auth.IssueOptions{})
@@ -732,6 +748,7 @@ func TestRevokeSeenAcrossChangeFileReset(t *testing.T) {
 }
 
 func TestRevokeByPrefix(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	ctx := context.Background()
 	ids := map[string]string{} // id -> key
@@ -823,6 +840,7 @@ func TestRevokeByPrefix(t *testing.T) {
 }
 
 func TestRevokeUsesRegistryClock(t *testing.T) {
+	t.Parallel()
 	clk := newClock(t0)
 	h := newHome(t, clk)
 	ctx := context.Background()
@@ -866,6 +884,7 @@ func equalStrings(a, b []string) bool {
 // A registry watching the change file through an open descriptor still
 // notices a revocation when the file was deleted and made again.
 func TestRevokeSeenAfterChangeFileDeleted(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	ctx := context.Background()
 	key, k := h.issue(t, auth.IssueOptions{})

@@ -18,6 +18,7 @@ import (
 )
 
 func TestParseScopes(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		in   []string
 		want string
@@ -54,6 +55,7 @@ func TestParseScopes(t *testing.T) {
 }
 
 func TestScopesInTokenAndRegistry(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	ctx := context.Background()
 	scopes, _ := auth.ParseScopes([]string{"sandbox:read", "sandbox:exec"})
@@ -83,6 +85,7 @@ func TestScopesInTokenAndRegistry(t *testing.T) {
 }
 
 func TestChecksum(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	ctx := context.Background()
 	key, _ := h.issue(t, auth.IssueOptions{})
@@ -125,6 +128,7 @@ func TestChecksum(t *testing.T) {
 
 // Keys issued before the checksum ("msb_<JWT>") keep working.
 func TestLegacyKeyWithoutChecksum(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	ctx := context.Background()
 	key, k := h.issue(t, auth.IssueOptions{Namespace: "old"})
@@ -163,6 +167,7 @@ func principal(t *testing.T, h *home, key string) auth.Principal {
 }
 
 func TestNoPrivilegeEscalation(t *testing.T) {
+	t.Parallel()
 	clk := newClock(t0)
 	h := newHome(t, clk)
 	m := manager(h)
@@ -255,6 +260,7 @@ func TestNoPrivilegeEscalation(t *testing.T) {
 }
 
 func TestRotateWithGrace(t *testing.T) {
+	t.Parallel()
 	clk := newClock(t0)
 	h := newHome(t, clk)
 	m := manager(h)
@@ -311,6 +317,7 @@ func TestRotateWithGrace(t *testing.T) {
 }
 
 func TestUsageLimitPersists(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	ctx := context.Background()
 	key, k := h.issue(t, auth.IssueOptions{MaxUses: 3})
@@ -362,6 +369,7 @@ func TestUsageLimitPersists(t *testing.T) {
 }
 
 func TestLimitsBuckets(t *testing.T) {
+	t.Parallel()
 	clk := newClock(t0)
 	h := newHome(t, clk)
 	key, _ := h.issue(t, auth.IssueOptions{Rate: ratelimit.Rate{N: 3, Per: time.Minute}})
@@ -395,6 +403,7 @@ func TestLimitsBuckets(t *testing.T) {
 // A key's children and rotations get at most the uses it has left, so a
 // limited key cannot multiply its uses by creating or rotating keys.
 func TestUsesCannotMultiply(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	m := manager(h)
 	ctx := context.Background()
@@ -450,6 +459,7 @@ func TestUsesCannotMultiply(t *testing.T) {
 // A rotated key in its grace period is a key that expires when the grace
 // ends: it cannot make a key that outlives it.
 func TestGraceKeyCannotOutliveItself(t *testing.T) {
+	t.Parallel()
 	clk := newClock(t0)
 	h := newHome(t, clk)
 	m := manager(h)
@@ -475,6 +485,7 @@ func TestGraceKeyCannotOutliveItself(t *testing.T) {
 // Last use is written at most once a minute per key, not on every call,
 // and the uses counted in between go with it.
 func TestLastUsedAtMostOnceAMinute(t *testing.T) {
+	t.Parallel()
 	clk := newClock(t0)
 	h := newHome(t, clk)
 	ctx := context.Background()

@@ -18,6 +18,7 @@ import (
 // holding a key issued then, is migrated on open, and the key keeps working
 // with every scope and no limits.
 func TestKeyFromBeforeScopesSurvivesMigration(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	dir := t.TempDir()
 	h := &home{keyPath: filepath.Join(dir, "server.key"), dbPath: filepath.Join(dir, "msb.db"), changes: filepath.Join(dir, "keys.changed")}

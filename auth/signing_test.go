@@ -23,6 +23,7 @@ func fileMode(t *testing.T, path string) os.FileMode {
 }
 
 func TestSigningKeyCreated(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "server.key")
 	s, created, err := auth.LoadOrCreateSigner(path, false)
@@ -75,6 +76,7 @@ func TestSigningKeyCreated(t *testing.T) {
 }
 
 func TestLoadSignerMissing(t *testing.T) {
+	t.Parallel()
 	_, err := auth.LoadSigner(filepath.Join(t.TempDir(), "server.key"))
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("LoadSigner(missing) = %v, want an error wrapping os.ErrNotExist", err)
@@ -82,6 +84,7 @@ func TestLoadSignerMissing(t *testing.T) {
 }
 
 func TestSigningKeyModeFixedOnLoad(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "server.key")
 	s, _, err := auth.LoadOrCreateSigner(path, false)
 	if err != nil {
@@ -111,6 +114,7 @@ func TestSigningKeyModeFixedOnLoad(t *testing.T) {
 }
 
 func TestSigningKeyTooShortRefused(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "server.key")
 	short := "tooshort-secret\n"
 	if err := os.WriteFile(path, []byte(short), 0o600); err != nil {
@@ -149,6 +153,7 @@ func TestSigningKeyTooShortRefused(t *testing.T) {
 }
 
 func TestSetSigner(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "server.key")
 	for _, bad := range []string{"", "s3cr3tXYZ", strings.Repeat("q", auth.MinSigningKeyLen-1), "  " + strings.Repeat("q", auth.MinSigningKeyLen-1) + "  "} {
@@ -219,6 +224,7 @@ func TestSetSigner(t *testing.T) {
 }
 
 func TestResetSigningKeyInvalidatesKeys(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	ctx := context.Background()
 	oldKey, _ := h.issue(t, auth.IssueOptions{Label: "old"})

@@ -15,6 +15,7 @@ import (
 // ended: it must use what that pull stored, not pull again (here the
 // registry is gone, so a second pull would fail).
 func TestPullOnceAfterPullEnded(t *testing.T) {
+	t.Parallel()
 	reg := sandboxtest.NewRegistry(t)
 	ref := reg.Push(t, "test/race:1", sandboxtest.Image(t, v1.Config{}, sandboxtest.Layer(t, sandboxtest.File("f", "x", 0o644))))
 	s := newStore(t)

@@ -13,6 +13,7 @@ import (
 )
 
 func TestHostFrom(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	for _, d := range []string{"usr/bin", "usr/lib", "lib64", "etc/ssl/certs", "root/.pyenv"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
@@ -74,12 +75,14 @@ func TestHostFrom(t *testing.T) {
 }
 
 func TestHostFromWithoutUsr(t *testing.T) {
+	t.Parallel()
 	if _, err := hostFrom(t.TempDir()); err == nil {
 		t.Error("a host without /usr gave an image")
 	}
 }
 
 func TestHostEnv(t *testing.T) {
+	t.Parallel()
 	env := strings.Join(HostEnv(), "\n")
 	for _, want := range []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8"} {
 		if !strings.Contains(env, want) {
@@ -89,6 +92,7 @@ func TestHostEnv(t *testing.T) {
 }
 
 func TestResolver(t *testing.T) {
+	t.Parallel()
 	r := Resolver{Aliases: map[string]string{"microsandbox/python": HostName, "odd": "docker.io/library/alpine"}}
 	for _, ref := range []string{"microsandbox/python", "microsandbox/python:latest", HostName} {
 		img, err := r.Resolve(context.Background(), ref)

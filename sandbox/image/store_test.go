@@ -88,6 +88,7 @@ func layered(t *testing.T) (v1.Image, []v1.Layer) {
 }
 
 func TestPullLayeredImage(t *testing.T) {
+	t.Parallel()
 	reg := sandboxtest.NewRegistry(t)
 	img, layers := layered(t)
 	ref := reg.Push(t, "test/layered:1", img)
@@ -182,6 +183,7 @@ func mountOverlay(t *testing.T, layers []string) string {
 }
 
 func TestTamperedLayerIsRefused(t *testing.T) {
+	t.Parallel()
 	reg := sandboxtest.NewRegistry(t)
 	good := sandboxtest.Layer(t, sandboxtest.File("a", strings.Repeat("a", 4096), 0o644))
 	bad := sandboxtest.Layer(t, sandboxtest.File("b", strings.Repeat("b", 4096), 0o644))
@@ -205,6 +207,7 @@ func TestTamperedLayerIsRefused(t *testing.T) {
 }
 
 func TestCacheWorksOffline(t *testing.T) {
+	t.Parallel()
 	reg := sandboxtest.NewRegistry(t)
 	ref := reg.Push(t, "test/offline:1", sandboxtest.Image(t, v1.Config{}, sandboxtest.Layer(t, sandboxtest.File("f", "x", 0o644))))
 	s := newStore(t)
@@ -230,6 +233,7 @@ func TestCacheWorksOffline(t *testing.T) {
 }
 
 func TestConcurrentGetsPullOnce(t *testing.T) {
+	t.Parallel()
 	reg := sandboxtest.NewRegistry(t)
 	l := sandboxtest.Layer(t, sandboxtest.File("f", strings.Repeat("x", 100000), 0o644))
 	ref := reg.Push(t, "test/once:1", sandboxtest.Image(t, v1.Config{}, l))
@@ -256,6 +260,7 @@ func TestConcurrentGetsPullOnce(t *testing.T) {
 }
 
 func TestPullErrors(t *testing.T) {
+	t.Parallel()
 	reg := sandboxtest.NewRegistry(t)
 	img := sandboxtest.Image(t, v1.Config{}, sandboxtest.Layer(t, sandboxtest.File("f", "x", 0o644)))
 	reg.Push(t, "test/app:1", img)
@@ -305,6 +310,7 @@ func TestPullErrors(t *testing.T) {
 }
 
 func TestRemoveAndPrune(t *testing.T) {
+	t.Parallel()
 	reg := sandboxtest.NewRegistry(t)
 	shared := sandboxtest.Layer(t, sandboxtest.File("shared", "s", 0o644))
 	own := sandboxtest.Layer(t, sandboxtest.File("own", "o", 0o644))
@@ -343,6 +349,7 @@ func TestRemoveAndPrune(t *testing.T) {
 }
 
 func TestResolverAliasToImage(t *testing.T) {
+	t.Parallel()
 	reg := sandboxtest.NewRegistry(t)
 	ref := reg.Push(t, "test/aliased:1", sandboxtest.Image(t, v1.Config{WorkingDir: "/w"}, sandboxtest.Layer(t, sandboxtest.File("f", "x", 0o644))))
 	r := image.Resolver{Aliases: map[string]string{"microsandbox/python": image.HostName, "mine": ref}, Store: newStore(t)}
@@ -388,6 +395,7 @@ func flockWaiting(t *testing.T, dir string) bool {
 // stored one layer and still downloads the next: the stored layer is not
 // yet recorded, and must not be pruned.
 func TestPruneWaitsForPulls(t *testing.T) {
+	t.Parallel()
 	reg := sandboxtest.NewRegistry(t)
 	first := sandboxtest.Layer(t, sandboxtest.File("first", "1", 0o644))
 	second := sandboxtest.Layer(t, sandboxtest.File("second", "2", 0o644))
@@ -452,6 +460,7 @@ func TestPruneWaitsForPulls(t *testing.T) {
 }
 
 func TestPullForeignSingleArch(t *testing.T) {
+	t.Parallel()
 	reg := sandboxtest.NewRegistry(t)
 	l := sandboxtest.Layer(t, sandboxtest.File("f", "x", 0o644))
 	img := sandboxtest.Image(t, v1.Config{}, l)
@@ -481,6 +490,7 @@ func TestPullForeignSingleArch(t *testing.T) {
 }
 
 func TestGetGivesUpWaiting(t *testing.T) {
+	t.Parallel()
 	reg := sandboxtest.NewRegistry(t)
 	l := sandboxtest.Layer(t, sandboxtest.File("f", "x", 0o644))
 	ref := reg.Push(t, "test/held:1", sandboxtest.Image(t, v1.Config{}, l))
@@ -499,6 +509,7 @@ func TestGetGivesUpWaiting(t *testing.T) {
 }
 
 func TestRemoveByReference(t *testing.T) {
+	t.Parallel()
 	reg := sandboxtest.NewRegistry(t)
 	ref := reg.Push(t, "test/rm:1", sandboxtest.Image(t, v1.Config{}, sandboxtest.Layer(t, sandboxtest.File("f", "x", 0o644))))
 	s := newStore(t)
@@ -523,6 +534,7 @@ func TestRemoveByReference(t *testing.T) {
 // layer (either order) hide only the lower layer's entry; AUFS metadata
 // entries (.wh..wh.plnk and what is under it) are not files of the image.
 func TestWhiteoutEdgeCases(t *testing.T) {
+	t.Parallel()
 	reg := sandboxtest.NewRegistry(t)
 	lower := sandboxtest.Layer(t,
 		sandboxtest.Dir("foo"), sandboxtest.File("foo/old", "old\n", 0o644),

@@ -35,6 +35,7 @@ func tarOf(t *testing.T, entries ...tarEntry) *bytes.Reader {
 // TestUnpackRefusesEscapes feeds layers that try to write outside their
 // directory; each must fail with errUnsafe and leave the outside untouched.
 func TestUnpackRefusesEscapes(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name    string
 		entries []tarEntry
@@ -80,6 +81,7 @@ func TestUnpackRefusesEscapes(t *testing.T) {
 }
 
 func TestEscapes(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		dir, target string
 		want        bool

@@ -94,6 +94,7 @@ func heapWatch(f func()) uint64 {
 }
 
 func TestClientCapsAFloodingPortal(t *testing.T) {
+	// Not parallel: it measures the process's heap.
 	const frames = 96 // 96 MiB of output
 	c := fakePortal(t, func(id uint64, w net.Conn) {
 		f := frame(map[string]any{"id": id, "stream": "stdout", "text": strings.Repeat("z", 1<<20-1)})
@@ -125,6 +126,7 @@ func TestClientCapsAFloodingPortal(t *testing.T) {
 }
 
 func TestClientCapsEmptyLineFlood(t *testing.T) {
+	// Not parallel: it measures the process's heap.
 	if testing.Short() {
 		t.Skip("sends a million frames")
 	}
@@ -152,6 +154,7 @@ func TestClientCapsEmptyLineFlood(t *testing.T) {
 }
 
 func TestClientRejectsBadFrames(t *testing.T) {
+	t.Parallel()
 	cases := map[string]func(id uint64) []byte{
 		"too large": func(id uint64) []byte { return []byte(strings.Repeat("x", 64<<20)) },
 		"not json":  func(id uint64) []byte { return []byte("{\"id\":1,\"stream\":\n") },
@@ -182,6 +185,7 @@ func TestClientRejectsBadFrames(t *testing.T) {
 }
 
 func TestClientIgnoresStrayFramesAndBoundsErrors(t *testing.T) {
+	t.Parallel()
 	c := fakePortal(t, func(id uint64, w net.Conn) {
 		w.Write(frame(map[string]any{"id": id + 1000, "stream": "stdout", "text": "not yours"}))
 		w.Write(frame(map[string]any{"id": id + 1000, "done": true}))
@@ -195,6 +199,7 @@ func TestClientIgnoresStrayFramesAndBoundsErrors(t *testing.T) {
 }
 
 func TestClientSilentPortal(t *testing.T) {
+	t.Parallel()
 	c := fakePortal(t, func(uint64, net.Conn) {})
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()

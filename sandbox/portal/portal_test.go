@@ -180,6 +180,7 @@ func waitGone(t *testing.T, arg string, within time.Duration) {
 }
 
 func TestPing(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	for range 3 {
 		if err := p.Ping(context.Background()); err != nil {
@@ -189,6 +190,7 @@ func TestPing(t *testing.T) {
 }
 
 func TestExecExitCodeAndOutput(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	res := p.exec(t, sh("echo one; echo two; exit 3"))
 	if res.ExitCode != 3 || res.TimedOut {
@@ -213,6 +215,7 @@ func TestExecExitCodeAndOutput(t *testing.T) {
 }
 
 func TestExecArgsVerbatim(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	args := []string{"a b", "$HOME", "*", "", "it's", `"q"`, "; echo injected"}
 	res := p.exec(t, sandbox.ExecRequest{Command: "printf", Args: append([]string{`%s\n`}, args...)})
@@ -224,6 +227,7 @@ func TestExecArgsVerbatim(t *testing.T) {
 }
 
 func TestExecEnvAndWorkdir(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	res := p.exec(t, sh(`echo "$MSB_TEST_DEFAULT"; pwd`))
 	equalLines(t, res.Output, []sandbox.Line{out("portal-env"), out(p.dir)})
@@ -254,6 +258,7 @@ func TestExecEnvAndWorkdir(t *testing.T) {
 }
 
 func TestExecCannotRun(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	res := p.exec(t, sandbox.ExecRequest{Command: "no-such-command-msb", Args: []string{"x"}})
 	if res.ExitCode != 127 {
@@ -278,6 +283,7 @@ func TestExecCannotRun(t *testing.T) {
 }
 
 func TestExecTimeoutKillsWholeTree(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	s := uniqueSleep(100)
 	start := time.Now()
@@ -305,6 +311,7 @@ func TestExecTimeoutKillsWholeTree(t *testing.T) {
 }
 
 func TestExecSimpleTimeout(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	s := uniqueSleep(100)
 	start := time.Now()
@@ -322,6 +329,7 @@ func TestExecSimpleTimeout(t *testing.T) {
 }
 
 func TestExecBackgroundChildDoesNotHoldCall(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	s := uniqueSleep(30)
 	start := time.Now()
@@ -347,6 +355,7 @@ func TestExecBackgroundChildDoesNotHoldCall(t *testing.T) {
 }
 
 func TestExecCancelKills(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	s := uniqueSleep(100)
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -371,6 +380,7 @@ func outputBytes(lines []sandbox.Line) int {
 }
 
 func TestExecOutputFloodIsCut(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	res := p.exec(t, sh(`head -c 40000000 /dev/zero | tr '\0' 'a' | fold -w 1000; echo done >&2`))
 	if res.ExitCode != 0 {
@@ -391,6 +401,7 @@ func TestExecOutputFloodIsCut(t *testing.T) {
 }
 
 func TestExecLongLinesAreSplit(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	res := p.exec(t, sh(`head -c 200000 /dev/zero | tr '\0' 'b'`))
 	var lens []int
@@ -403,6 +414,7 @@ func TestExecLongLinesAreSplit(t *testing.T) {
 }
 
 func TestSpawnStreams(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	var got []sandbox.Line
 	var firstAt time.Time
@@ -448,6 +460,7 @@ func TestSpawnStreams(t *testing.T) {
 // output past sandbox.MaxLog is dropped in the portal, after one notice,
 // while the command itself runs on: its pipe keeps being drained.
 func TestSpawnStopsForwardingAtLogCap(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	var n, lines int
 	var last sandbox.Line
@@ -469,6 +482,7 @@ func TestSpawnStopsForwardingAtLogCap(t *testing.T) {
 }
 
 func TestConcurrentCalls(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	p.run(t, sandbox.Python, "import time", 0) // start the interpreter first
 	start := time.Now()
@@ -500,6 +514,7 @@ func TestConcurrentCalls(t *testing.T) {
 }
 
 func TestPortalExitsWhenConnectionCloses(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	p.run(t, sandbox.Python, "x = 1", 0)
 	p.Close()
@@ -517,6 +532,7 @@ func TestPortalExitsWhenConnectionCloses(t *testing.T) {
 }
 
 func TestMissingInterpreter(t *testing.T) {
+	t.Parallel()
 	p := startPortal(t, t.TempDir())
 	_, err := p.RunCode(context.Background(), sandbox.Python, "print(1)", 0)
 	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), `python interpreter "python3" is not installed in this sandbox's image`) {
@@ -533,6 +549,7 @@ func TestMissingInterpreter(t *testing.T) {
 }
 
 func TestOrphansAreReaped(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	s := uniqueSleep(0)
 	res := p.exec(t, sh(fmt.Sprintf("sleep %s & echo $!", s)))
@@ -586,6 +603,7 @@ func testPidsCgroup(t *testing.T) (string, *os.File) {
 // as fd 4 (as the Linux engine passes it), the portal starts every process
 // in that cgroup while the portal itself stays out of it.
 func TestUserPidsCgroup(t *testing.T) {
+	t.Parallel()
 	dir, tasks := testPidsCgroup(t)
 	p := startPortal(t, "/usr/bin:/bin", tasks)
 	tasks.Close()
@@ -612,6 +630,7 @@ func TestUserPidsCgroup(t *testing.T) {
 // a cgroup of its own, and a timeout kills what it started even after
 // that left the command's session and lost its parent.
 func TestCallCgroupKillsDetached(t *testing.T) {
+	t.Parallel()
 	dir, tasks := testPidsCgroup(t)
 	d, err := os.Open(dir)
 	if err != nil {

@@ -30,6 +30,7 @@ func hasLine(lines []sandbox.Line, stream sandbox.Stream, substr string) bool {
 }
 
 func TestPythonState(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	res := p.run(t, sandbox.Python, "x = 1\ndef f(n):\n    return n * 10", 0)
 	wantStatus(t, res, sandbox.ReplSuccess)
@@ -44,6 +45,7 @@ func TestPythonState(t *testing.T) {
 }
 
 func TestPythonOutputOrder(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	res := p.run(t, sandbox.Python, `import sys, os, subprocess
 print("a")
@@ -72,6 +74,7 @@ print("partial", end="")`, 0)
 }
 
 func TestPythonException(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	res := p.run(t, sandbox.Python, "print('before')\ndef g():\n    return 1 / 0\ng()", 0)
 	wantStatus(t, res, sandbox.ReplError)
@@ -97,6 +100,7 @@ func TestPythonException(t *testing.T) {
 }
 
 func TestPythonTimeout(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	p.run(t, sandbox.Python, "import time\nx = 41", 0)
 	start := time.Now()
@@ -126,6 +130,7 @@ func TestPythonTimeout(t *testing.T) {
 }
 
 func TestPythonExit(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	p.run(t, sandbox.Python, "x = 1", 0)
 	res := p.run(t, sandbox.Python, "import sys\nprint('bye')\nsys.exit(3)", 0)
@@ -147,6 +152,7 @@ func TestPythonExit(t *testing.T) {
 }
 
 func TestNodeState(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	res := p.run(t, sandbox.Node, "let a = 1; const b = 2; var c = 3; function f() { return a + b + c }", 0)
 	wantStatus(t, res, sandbox.ReplSuccess)
@@ -158,6 +164,7 @@ func TestNodeState(t *testing.T) {
 }
 
 func TestNodeOutputOrder(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	res := p.run(t, sandbox.Node, `console.log('o1'); console.error('e1'); console.log('o2'); console.warn('e2')
 process.stdout.write('raw\n')
@@ -169,6 +176,7 @@ require('child_process').execSync('echo sub', {stdio: 'inherit'})`, 0)
 }
 
 func TestNodeErrors(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	res := p.run(t, sandbox.Node, "console.log('before'); throw new Error('boom')", 0)
 	wantStatus(t, res, sandbox.ReplError)
@@ -193,6 +201,7 @@ func TestNodeErrors(t *testing.T) {
 }
 
 func TestNodeAsync(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	res := p.run(t, sandbox.Node, "new Promise(r => setTimeout(() => { console.log('late'); r() }, 200))", 0)
 	wantStatus(t, res, sandbox.ReplSuccess)
@@ -208,6 +217,7 @@ func TestNodeAsync(t *testing.T) {
 }
 
 func TestNodeTimeout(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	p.run(t, sandbox.Node, "let kept = 'yes'", 0)
 	start := time.Now()
@@ -228,6 +238,7 @@ func TestNodeTimeout(t *testing.T) {
 }
 
 func TestNodeExit(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	p.run(t, sandbox.Node, "var gone = 1", 0)
 	res := p.run(t, sandbox.Node, "process.exit(4)", 0)
@@ -240,6 +251,7 @@ func TestNodeExit(t *testing.T) {
 }
 
 func TestReplOutputFloodIsCut(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	res := p.run(t, sandbox.Python, "for i in range(40000):\n    print('y' * 999)\nprint('done')", 0)
 	wantStatus(t, res, sandbox.ReplSuccess)
@@ -254,6 +266,7 @@ func TestReplOutputFloodIsCut(t *testing.T) {
 }
 
 func TestReplCancel(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	p.run(t, sandbox.Python, "import time\nx = 7", 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -279,6 +292,7 @@ func splitRaw(lines []sandbox.Line, rawTexts ...string) (printed, raw []sandbox.
 }
 
 func TestPythonDiesBetweenCalls(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	res := p.run(t, sandbox.Python, "import os, threading\nthreading.Timer(0.2, lambda: os._exit(5)).start()\nx = 1\nprint(os.getpid())", 0)
 	wantStatus(t, res, sandbox.ReplSuccess)
@@ -294,6 +308,7 @@ func TestPythonDiesBetweenCalls(t *testing.T) {
 }
 
 func TestPythonCorruptedChannel(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	res := p.run(t, sandbox.Python, "import os\nos.write(4, b'garbage\\n')\nimport time\ntime.sleep(5)", 0)
 	wantStatus(t, res, sandbox.ReplError)
@@ -305,6 +320,7 @@ func TestPythonCorruptedChannel(t *testing.T) {
 }
 
 func TestReplTimeoutCountsQueueing(t *testing.T) {
+	t.Parallel()
 	p := newPortal(t)
 	p.run(t, sandbox.Python, "import time", 0)
 	first := make(chan sandbox.ReplResult, 1)

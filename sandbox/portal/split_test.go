@@ -43,6 +43,7 @@ func FuzzSplitter(f *testing.F) {
 }
 
 func TestEncodedLen(t *testing.T) {
+	t.Parallel()
 	for _, s := range []string{"", "plain text", "\x01\x02\x1f", "tab\there\nnl", `quote " back \`, "<html>&amp;", "é ü 日本", "\xff\xfe bad", "\u2028\u2029", strings.Repeat("\x00", 100)} {
 		enc, err := json.Marshal(s)
 		if err != nil {
