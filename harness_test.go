@@ -12,6 +12,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -147,6 +148,7 @@ func startServer(t testing.TB, home string, args ...string) *msbServer {
 	cfg.Port = 0
 	var opts server.Options
 	clock := &offsetClock{}
+	portal := msbBin
 	for i := 0; i < len(args); i++ {
 		switch args[i] {
 		case "--dev":
@@ -156,6 +158,9 @@ func startServer(t testing.TB, home string, args ...string) *msbServer {
 		case "--key":
 			i++
 			opts.SigningKey = args[i]
+		case "--portal": // not a flag of msb: the binary run inside sandboxes
+			i++
+			portal = args[i]
 		case "--clock-offset": // not a flag of msb: the server's clock starts this far ahead
 			i++
 			d, err := time.ParseDuration(args[i])
@@ -168,7 +173,7 @@ func startServer(t testing.TB, home string, args ...string) *msbServer {
 		}
 	}
 	s := &msbServer{t: t, home: home, out: &syncBuffer{}, exited: make(chan struct{}), clock: clock}
-	opts.PortalBinary, opts.Out, opts.Now = msbBin, s.out, s.clock.Now
+	opts.PortalBinary, opts.Out, opts.Now = portal, s.out, s.clock.Now
 	opts.Log = slog.New(slog.NewTextHandler(s.out, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := server.New(ctx, cfg, opts)
@@ -380,4 +385,13 @@ func (s *msbServer) wantError(key, method string, params any, status, code int, 
 		s.t.Fatalf("%s: got HTTP %d, code %d, %q; want HTTP %d, code %d, message containing %q",
 			method, gotStatus, r.Error.Code, r.Error.Message, status, code, want)
 	}
+}
+
+// exitCode is the exit code of a command that failed (0 for none).
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	return 0
 }

@@ -240,7 +240,7 @@ func TestRotateCLI(t *testing.T) {
 	srv.wantError(fresh, "sandbox.metrics.get", map[string]any{"namespace": "other"}, 403, -32004, "other")
 	srv.wantError(fresh, "keys.list", map[string]any{}, 403, -32004, "keys:manage")
 	list, _ := mustMSB(t, home, "server", "keys", "list")
-	if !strings.Contains(list, "(rotated)") || strings.Count(list, "runner") != 2 {
+	if !strings.Contains(list, " rotated") || strings.Count(list, "runner") != 2 {
 		t.Fatalf("keys list during grace:\n%s", list)
 	}
 	srv.Advance(3500 * time.Millisecond)

@@ -31,8 +31,9 @@ type Policy interface {
 	Status(p Principal) ratelimit.Status
 	// Use counts one use of p's key: ErrUsageLimit once they are spent.
 	Use(ctx context.Context, p Principal) error
-	// Record queues an audit event.
-	Record(e audit.Event)
+	// Record queues an audit event and returns a channel closed once it
+	// is written.
+	Record(e audit.Event) <-chan struct{}
 	// Dev reports development mode: no keys, so no key management, and a
 	// server that must guard itself against web pages.
 	Dev() bool
@@ -43,7 +44,13 @@ type Policy interface {
 type KeyPolicy struct {
 	Authn   *Authenticator
 	Limits  *Limits
-	Auditor interface{ Record(audit.Event) }
+	Auditor Auditor
+}
+
+// Auditor records audit events; *audit.Writer is the real one.
+type Auditor interface {
+	// Record queues e and returns a channel closed once it is written.
+	Record(e audit.Event) <-chan struct{}
 }
 
 // Authenticate implements Policy.
@@ -71,11 +78,15 @@ func (k *KeyPolicy) Status(p Principal) ratelimit.Status { return k.Limits.Statu
 func (k *KeyPolicy) Use(ctx context.Context, p Principal) error { return k.Limits.Use(ctx, p) }
 
 // Record implements Policy.
-func (k *KeyPolicy) Record(e audit.Event) {
-	if k.Auditor != nil {
-		k.Auditor.Record(e)
+func (k *KeyPolicy) Record(e audit.Event) <-chan struct{} {
+	if k.Auditor == nil {
+		return closed
 	}
+	return k.Auditor.Record(e)
 }
+
+// closed is a channel that is closed.
+var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // Dev implements Policy: false.
 func (k *KeyPolicy) Dev() bool { return false }
@@ -105,7 +116,7 @@ func (DevPolicy) Status(Principal) ratelimit.Status { return ratelimit.Status{} 
 func (DevPolicy) Use(context.Context, Principal) error { return nil }
 
 // Record implements Policy: no audit log.
-func (DevPolicy) Record(audit.Event) {}
+func (DevPolicy) Record(audit.Event) <-chan struct{} { return closed }
 
 // Dev implements Policy: true.
 func (DevPolicy) Dev() bool { return true }
@@ -231,25 +242,44 @@ func WithSkipped(detail string, skipped int64) string {
 }
 
 // Authenticate returns the caller a request's key makes. A refusal is
-// audited (sampled); method names what the request asked for, if known.
-func (g *Gate) Authenticate(ctx context.Context, key, remote, method string) (*Caller, error) {
+// audited (sampled); what, if not nil, is asked then what the request
+// asked for (a method name, or "").
+func (g *Gate) Authenticate(ctx context.Context, key, remote string, what func() string) (*Caller, error) {
 	p, err := g.Policy.Authenticate(ctx, key)
 	if err == nil {
 		return &Caller{Principal: p, Remote: remote}, nil
+	}
+	method := ""
+	if what != nil {
+		method = what()
 	}
 	if ok, skipped := g.Sample("unauthenticated"); ok {
 		log := g.Log
 		if log == nil {
 			log = slog.Default()
 		}
-		log.Info("request denied", "remote", remote, "reason", refusalDetail(err), "not_logged_before", skipped)
+		log.Info("request denied", "remote", remote, "method", truncate(method), "reason", refusalDetail(err), "not_logged_before", skipped)
 		e := audit.Event{Method: truncate(method), Outcome: Outcome(err), Code: g.Code(err), Detail: WithSkipped(refusalDetail(err), skipped), Remote: remote}
 		if errdefs.Is(err, errdefs.Unauthenticated) {
 			e.KeyID, e.KeyLabel = g.Policy.Identify(ctx, key)
 		}
-		g.Policy.Record(e)
+		g.record(e)
 	}
 	return nil, err
+}
+
+// auditWait bounds how long a call waits for its audit event to be
+// written before it is answered: a database stuck for longer must not
+// stop every call (the event is still written when it can be).
+const auditWait = 5 * time.Second
+
+// record writes e to the audit log and waits until it is written, so that
+// the call it records is answered only after a read of the log can see it.
+func (g *Gate) record(e audit.Event) {
+	select {
+	case <-g.Policy.Record(e):
+	case <-time.After(auditWait):
+	}
 }
 
 // refusalDetail is what an audit record keeps of a refusal: msb's own
@@ -360,7 +390,7 @@ func (g *Gate) Done(c *Caller, a Action, err error) {
 			e.Detail = WithSkipped(e.Detail, skipped)
 		}
 	}
-	g.Policy.Record(e)
+	g.record(e)
 }
 
 // Refused reports whether err refused a call (401, 403, 429) rather than

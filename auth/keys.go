@@ -253,6 +253,11 @@ func (a *Authenticator) Authenticate(ctx context.Context, key string) (Principal
 	if k.RevokedAt(now()) {
 		return Principal{}, ErrRevoked
 	}
+	// A key with no uses left is refused at once, before its rate is
+	// looked at: waiting for the bucket would only delay the same 401.
+	if a.Registry.isSpent(k) {
+		return Principal{}, ErrUsageLimit
+	}
 	a.Registry.touch(k.ID)
 	expires := k.Expires
 	if !k.Revoked.IsZero() && (expires.IsZero() || k.Revoked.Before(expires)) {

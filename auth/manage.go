@@ -222,6 +222,16 @@ func (m *Manager) Rotate(ctx context.Context, caller Principal, id string, grace
 	if old.MaxUses > 0 && old.Uses >= old.MaxUses {
 		return Rotation{}, fmt.Errorf("%w: key %s has no uses left: create a new key instead", errdefs.ErrInvalid, old.ID)
 	}
+	if !old.Revoked.IsZero() {
+		// In its grace period: a second rotation would make a second live
+		// successor of one key.
+		succ := old.ReplacedBy
+		if succ == "" {
+			succ = "another key"
+		}
+		return Rotation{}, errdefs.Conflictf("key %s was already rotated to %s and works only until %s: rotate %s instead, or revoke %s to end its grace now",
+			old.ID, succ, old.Revoked.UTC().Format(time.RFC3339), succ, old.ID)
+	}
 	o := CreateOptions{Namespace: old.Namespace, Label: old.Label, Scopes: old.Scopes, Rate: old.Rate, StartRate: old.StartRate,
 		MaxUses: old.MaxUses, Uses: old.Uses, capped: true}
 	if !old.Expires.IsZero() {

@@ -52,6 +52,9 @@ const (
 	StatusRevoked = "revoked"
 	StatusInvalid = "invalid (signing key reset)"
 	StatusSpent   = "usage limit reached"
+	// StatusRotated is a key replaced by rotation that keeps working
+	// until its grace period ends (Revoked).
+	StatusRotated = "rotated"
 )
 
 // Status says whether the key still works at now with the given signing key.
@@ -65,6 +68,8 @@ func (k Key) Status(now time.Time, signingKeyID string) string {
 		return StatusExpired
 	case k.MaxUses > 0 && k.Uses >= k.MaxUses:
 		return StatusSpent
+	case !k.Revoked.IsZero():
+		return StatusRotated
 	}
 	return StatusActive
 }
@@ -102,8 +107,9 @@ type KeyStore interface {
 	// SetKeyLimits sets a key's rates (zero: the server's) and max uses (0: unlimited).
 	SetKeyLimits(ctx context.Context, id string, rate, startRate ratelimit.Rate, maxUses int64) error
 	// UseKey counts one use of a key with a usage limit, atomically, and
-	// reports false (counting nothing) when its uses are spent.
-	UseKey(ctx context.Context, id string) (bool, error)
+	// returns its uses then; it reports false (counting nothing) when its
+	// uses are spent.
+	UseKey(ctx context.Context, id string) (uses int64, ok bool, err error)
 	// TouchKey adds uses counted in memory and, unless zero, sets the
 	// last-used time.
 	TouchKey(ctx context.Context, id string, lastUsed time.Time, uses int64) error
@@ -134,6 +140,7 @@ type Registry struct {
 	lastSeen map[string]time.Time // last-used writes, per key
 	pending  sync.WaitGroup       // last-used writes in flight
 	uses     sync.Map             // key id -> *atomic.Int64: uses not yet written
+	spent    map[string]bool      // keys whose uses ran out since the last invalidation
 }
 
 // fileSig identifies a version of the change file: appends grow it, and it
@@ -156,7 +163,7 @@ func NewRegistry(store KeyStore, changes string, now func() time.Time) *Registry
 		f.Close()
 	}
 	return &Registry{store: store, now: now, changes: changes, seen: fileSig{ino: ^uint64(0)},
-		cache: map[string]Key{}, lastSeen: map[string]time.Time{}}
+		cache: map[string]Key{}, lastSeen: map[string]time.Time{}, spent: map[string]bool{}}
 }
 
 // Close waits for pending last-used writes. It does not close the database.
@@ -292,9 +299,15 @@ func (r *Registry) Use(ctx context.Context, id string, maxUses int64) error {
 		c.(*atomic.Int64).Add(1)
 		return nil
 	}
-	ok, err := r.store.UseKey(ctx, id)
+	uses, ok, err := r.store.UseKey(ctx, id)
 	if err != nil {
 		return err
+	}
+	if !ok || uses >= maxUses {
+		// Spent: the next call is refused at authentication.
+		r.mu.Lock()
+		r.spent[id] = true
+		r.mu.Unlock()
 	}
 	if !ok {
 		return ErrUsageLimit
@@ -392,6 +405,7 @@ func (r *Registry) checkChanges() {
 	}
 	if sig != r.seen {
 		clear(r.cache)
+		clear(r.spent)
 		r.gen++
 		r.seen = sig
 	}
@@ -418,6 +432,20 @@ func (r *Registry) lookup(ctx context.Context, id string) (Key, error) {
 	}
 	r.mu.Unlock()
 	return k, nil
+}
+
+// isSpent reports whether k has no uses left, as far as this registry
+// knows: from its record, or from a use refused since.
+func (r *Registry) isSpent(k Key) bool {
+	if k.MaxUses <= 0 {
+		return false
+	}
+	if k.Uses >= k.MaxUses {
+		return true
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.spent[k.ID]
 }
 
 // touch records that key id was used, at most once per lastUsedEvery, off

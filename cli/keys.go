@@ -242,11 +242,12 @@ func listKeys(c *cli.Context) error {
 			uses += fmt.Sprintf("/%d", k.MaxUses)
 		}
 		st := k.Status(now, signer.ID())
-		if st == auth.StatusActive && !k.Revoked.IsZero() {
-			st = "active until " + k.Revoked.UTC().Format(time.RFC3339) + " (rotated)"
+		ends := k.Expires
+		if st == auth.StatusRotated && (ends.IsZero() || k.Revoked.Before(ends)) {
+			ends = k.Revoked // when its grace ends
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, label, k.Namespace, k.Scopes,
-			k.Created.UTC().Format(time.RFC3339), expiry(k.Expires), lastUsed, uses, st)
+			k.Created.UTC().Format(time.RFC3339), expiry(ends), lastUsed, uses, st)
 		if st != auth.StatusActive {
 			continue
 		}

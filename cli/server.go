@@ -213,7 +213,8 @@ func status(c *cli.Context) error {
 		return err
 	}
 	info, err := server.ReadInfo(cfg)
-	if err != nil || !server.Running(cfg) {
+	running := err == nil && server.Running(cfg)
+	if !running {
 		fmt.Println("server:         not running")
 	} else {
 		fmt.Println("server:         running")
@@ -240,8 +241,16 @@ func status(c *cli.Context) error {
 		}
 	}
 	fmt.Printf("active keys:    %d\n", active)
+	if !running {
+		// As `systemctl status` does, so that scripts can test it.
+		return cli.Exit("", exitNotRunning)
+	}
 	return nil
 }
+
+// exitNotRunning is the exit code of `msb server status` when no server
+// runs, as systemctl's for an inactive unit.
+const exitNotRunning = 3
 
 func logCommand() *cli.Command {
 	return &cli.Command{

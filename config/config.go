@@ -8,6 +8,8 @@
 package config
 
 import (
+	"reflect"
+
 	"bytes"
 	"errors"
 	"fmt"
@@ -17,6 +19,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/BurntSushi/toml"
 
@@ -53,6 +57,9 @@ type Config struct {
 
 	// Sandbox defaults.
 	SandboxPids int `toml:"sandbox_pids"`
+	// MaxTimeout is the longest timeout a command or evaluation may have
+	// (a duration such as "24h"); a longer one is cut to it.
+	MaxTimeout string `toml:"max_timeout"`
 
 	// VolumeRoots are the host directories sandboxes' volumes may come
 	// from; namespace ns gets <root>/<ns> of each. Default: <home>/volumes.
@@ -70,8 +77,9 @@ type Config struct {
 	AuditRetention string `toml:"audit_retention"`
 }
 
-// Defaults of the key limits and the audit log.
+// Defaults of the key limits, the audit log and calls.
 const (
+	DefaultMaxTimeout     = "24h"
 	DefaultRateLimit      = "600/m"
 	DefaultStartRateLimit = "60/m"
 	DefaultAuditRetention = "90d"
@@ -82,6 +90,12 @@ func (c *Config) Rates() (rate, start ratelimit.Rate) {
 	rate, _ = ratelimit.Parse(c.RateLimit)
 	start, _ = ratelimit.Parse(c.StartRateLimit)
 	return rate, start
+}
+
+// CallTimeout returns the longest timeout of a call; call it after Validate.
+func (c *Config) CallTimeout() time.Duration {
+	d, _ := duration.Parse(c.MaxTimeout)
+	return d
 }
 
 // Retention returns how long audit events are kept; call it after Validate.
@@ -111,6 +125,7 @@ func Default(home string) Config {
 		Images:      DefaultImages(),
 		Engine:      "linux",
 		SandboxPids: 1024,
+		MaxTimeout:  DefaultMaxTimeout,
 
 		RateLimit:      DefaultRateLimit,
 		StartRateLimit: DefaultStartRateLimit,
@@ -153,14 +168,20 @@ func (c *Config) loadFile() error {
 	if err != nil {
 		return fmt.Errorf("read config: %w", err)
 	}
-	// The file's table replaces the defaults' so an operator can remove an alias.
+	// The file's table replaces the defaults', so an operator can remove
+	// an alias; a file without one keeps them.
 	c.Images = nil
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(c)
 	if err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrInvalid, path, err)
 	}
-	if md.IsDefined("images") && md.Type("images") != "Hash" {
+	if !md.IsDefined("images") {
+		c.Images = DefaultImages()
+	} else if md.Type("images") != "Hash" {
 		return fmt.Errorf("%w: %s: images must be a table of aliases, such as [images] \"microsandbox/python\" = \"host\"", ErrInvalid, path)
+	}
+	if err := checkAliases(path, data, c.Images); err != nil {
+		return err
 	}
 	if undecoded := md.Undecoded(); len(undecoded) > 0 {
 		keys := make([]string, len(undecoded))
@@ -173,6 +194,66 @@ func (c *Config) loadFile() error {
 		c.Images = map[string]string{}
 	}
 	return nil
+}
+
+// settings are the names of the top-level settings of config.toml.
+func settings() map[string]bool {
+	out := map[string]bool{}
+	t := reflect.TypeOf(Config{})
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("toml"), ","); name != "" && name != "-" && name != "images" {
+			out[name] = true
+		}
+	}
+	return out
+}
+
+// checkAliases refuses image aliases that are not: a setting written after
+// the [images] table (TOML puts it inside the table), or a value that is
+// no image reference. The error names the line, so that the operator can
+// move it above [images] or fix it.
+func checkAliases(path string, data []byte, aliases map[string]string) error {
+	known := settings()
+	for alias, target := range aliases {
+		why := ""
+		switch {
+		case known[alias]:
+			why = fmt.Sprintf("%q is a setting, but it is inside the [images] table, where it would be an image alias: move it above [images]", alias)
+		case target != "host" && !validImageRef(target):
+			why = fmt.Sprintf("image alias %q maps to %q, which is not an image reference (such as \"host\" or \"python:3.12-slim\")", alias, target)
+		default:
+			continue
+		}
+		return fmt.Errorf("%w: %s:%d: %s", ErrInvalid, path, aliasLine(data, alias), why)
+	}
+	return nil
+}
+
+// validImageRef reports whether s reads as an image reference.
+func validImageRef(s string) bool {
+	_, err := name.ParseReference(s)
+	return err == nil
+}
+
+// aliasLine finds the line of key alias inside the file's [images] table
+// (0 when it cannot tell).
+func aliasLine(data []byte, alias string) int {
+	in := false
+	for i, line := range strings.Split(string(data), "\n") {
+		l := strings.TrimSpace(line)
+		if strings.HasPrefix(l, "[") {
+			in = l == "[images]"
+			continue
+		}
+		k, _, ok := strings.Cut(l, "=")
+		if !in || !ok {
+			continue
+		}
+		if k = strings.TrimSpace(k); k == alias || k == strconv.Quote(alias) || k == "'"+alias+"'" {
+			return i + 1
+		}
+	}
+	return 0
 }
 
 func (c *Config) loadEnv(getenv func(string) string) error {
@@ -232,6 +313,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := ratelimit.Parse(c.StartRateLimit); err != nil {
 		return fmt.Errorf("%w: start_rate_limit: %v", ErrInvalid, err)
+	}
+	if _, err := duration.Parse(c.MaxTimeout); err != nil {
+		return fmt.Errorf("%w: max_timeout: %v", ErrInvalid, err)
 	}
 	if _, err := duration.Parse(c.AuditRetention); err != nil {
 		return fmt.Errorf("%w: audit_retention: %v", ErrInvalid, err)
@@ -327,6 +411,10 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # rate_limit = "600/m"
 # start_rate_limit = "60/m"
 # audit_retention = "90d"
+
+# The longest timeout a command or code evaluation may ask for; a longer one
+# (the Go SDK sends nanoseconds) is cut to it.
+# max_timeout = "24h"
 
 # Volumes ("host:guest[:ro]") come from <root>/<namespace> of these roots
 # (default: <home>/volumes); a relative host path resolves in the first.

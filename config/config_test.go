@@ -2,6 +2,7 @@ package config_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -39,6 +40,7 @@ func TestDefault(t *testing.T) {
 		Images:      map[string]string{"microsandbox/python": "host", "microsandbox/node": "host"},
 		SandboxPids: 1024,
 		Engine:      "linux",
+		MaxTimeout:  "24h",
 
 		RateLimit:      "600/m",
 		StartRateLimit: "60/m",
@@ -122,16 +124,51 @@ sandbox_pids = 64
 		t.Fatal(err)
 	}
 
-	// A file without [images] accepts no image names rather than panicking
-	// on a nil map.
+	// A file without [images] keeps the built-in aliases (the SDKs'
+	// default images), rather than dropping them.
 	writeConfig(t, home, "port = 6001\n")
 	c, err = config.Load(home)
-	if err != nil || c.Port != 6001 || c.Images == nil || len(c.Images) != 0 {
+	if err != nil || c.Port != 6001 || !reflect.DeepEqual(c.Images, config.DefaultImages()) {
 		t.Fatalf("Load(no images) = %+v, %v", c, err)
+	}
+	// An empty [images] table removes every alias.
+	writeConfig(t, home, "port = 6001\n[images]\n")
+	if c, err = config.Load(home); err != nil || c.Images == nil || len(c.Images) != 0 {
+		t.Fatalf("Load(empty images) = %+v, %v", c, err)
 	}
 	// Settings the file leaves out keep their defaults.
 	if c.Host != config.DefaultHost || c.SandboxPids != 1024 {
 		t.Fatalf("defaults lost: %+v", c)
+	}
+}
+
+// A setting appended to the generated file lands in its [images] table:
+// it is an error naming the line, not a silent image alias; so is an
+// alias whose value is no image reference.
+func TestAliasThatIsASetting(t *testing.T) {
+	clearEnv(t)
+	home := t.TempDir()
+	c := config.Default(home)
+	if _, err := c.WriteDefaultFile(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(home, config.FileName)
+	generated, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Count(string(generated), "\n")
+	for _, c := range []struct{ appended, want string }{
+		{"rate_limit = \"10/m\"\n", fmt.Sprintf("config.toml:%d: \"rate_limit\" is a setting, but it is inside the [images] table", lines+1)},
+		{"\"my/img\" = \"Not A Reference\"\n", fmt.Sprintf("config.toml:%d: image alias \"my/img\" maps to \"Not A Reference\"", lines+1)},
+	} {
+		if err := os.WriteFile(path, append(append([]byte(nil), generated...), c.appended...), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := config.Load(home)
+		if !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("appended %q: error %v, want one containing %q", c.appended, err, c.want)
+		}
 	}
 }
 

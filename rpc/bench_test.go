@@ -32,7 +32,7 @@ var noop = rpc.Methods{
 
 // keyGate is the gate of a server with keys: authn, limits and an audit
 // log (nil: none).
-func keyGate(signer *auth.Signer, reg *auth.Registry, limits *auth.Limits, auditor interface{ Record(audit.Event) }) *auth.Gate {
+func keyGate(signer *auth.Signer, reg *auth.Registry, limits *auth.Limits, auditor auth.Auditor) *auth.Gate {
 	if limits == nil {
 		limits = auth.NewLimits(reg, auth.Defaults{}, nil)
 	}

@@ -68,7 +68,14 @@ type recorder struct {
 	events []audit.Event
 }
 
-func (r *recorder) Record(e audit.Event) { r.mu.Lock(); r.events = append(r.events, e); r.mu.Unlock() }
+func (r *recorder) Record(e audit.Event) <-chan struct{} {
+	r.mu.Lock()
+	r.events = append(r.events, e)
+	r.mu.Unlock()
+	done := make(chan struct{})
+	close(done)
+	return done
+}
 
 // Other protocols call Invoke: the scope, namespace and rate checks and the
 // audit apply to them exactly as to JSON-RPC, and a context without a caller

@@ -32,9 +32,9 @@ type AuthedHandler interface {
 // Invoke, which are not charged again.
 func (s *Server) Mount(path string, h AuthedHandler) {
 	s.mux.Handle(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		caller, err := s.authenticate(r, "")
+		caller, err := s.gate.Authenticate(r.Context(), KeyFromRequest(r), host(r.RemoteAddr), func() string { return "mcp: " + path })
 		if err != nil {
-			s.deny(w, r, err)
+			s.deny(w, r, nullID, err)
 			return
 		}
 		w = &headerWriter{ResponseWriter: w, s: s, caller: caller}

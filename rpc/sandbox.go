@@ -11,9 +11,6 @@ import (
 	"github.com/msb-dev/msb/sandbox"
 )
 
-// MaxTimeout bounds the timeout a client may ask of one call.
-const MaxTimeout = 24 * time.Hour
-
 // SandboxMethods returns the sandbox.* methods of docs/api.md, served by m.
 func SandboxMethods(m sandbox.Manager) Methods {
 	return Methods{
@@ -133,16 +130,21 @@ func metrics(ctx context.Context, m sandbox.Manager, c *Call) (any, error) {
 	return out, nil
 }
 
-// timeout converts the optional seconds param.
+// timeout converts the optional seconds param. Any positive number is
+// taken (the upstream Go SDK sends nanoseconds: 30 s arrives as
+// 30000000000); the service cuts one above the server's maximum to it.
 func timeout(seconds *float64) (time.Duration, error) {
 	if seconds == nil {
 		return 0, nil
 	}
 	s := *seconds
-	if math.IsNaN(s) || s <= 0 || s > MaxTimeout.Seconds() {
-		return 0, fmt.Errorf("%w: \"timeout\" must be a number of seconds above 0 and at most %d", errInvalidParams, int(MaxTimeout.Seconds()))
+	if math.IsNaN(s) || s <= 0 {
+		return 0, fmt.Errorf("%w: \"timeout\" must be a number of seconds above 0 (longer than the server's maximum is cut to it)", errInvalidParams)
 	}
-	return time.Duration(s * float64(time.Second)), nil
+	if s >= float64(math.MaxInt64)/float64(time.Second) {
+		return math.MaxInt64, nil
+	}
+	return max(time.Duration(s*float64(time.Second)), 1), nil
 }
 
 // Language names clients send, and the interpreter each selects.

@@ -145,9 +145,16 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusMethodNotAllowed, errorResponse(nullID, jsonrpc2.CodeInvalidRequest, "use POST for JSON-RPC calls"))
 		return
 	}
-	caller, err := s.authenticate(r, "")
+	// A refused request still gets its own id back, and its audit record
+	// the method it asked for, when its body (read only that far) says.
+	refusedID := nullID
+	caller, err := s.gate.Authenticate(r.Context(), KeyFromRequest(r), host(r.RemoteAddr), func() string {
+		id, method := peekRequest(w, r)
+		refusedID = id
+		return method
+	})
 	if err != nil {
-		s.deny(w, r, err)
+		s.deny(w, r, refusedID, err)
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
@@ -308,9 +315,32 @@ func (s *Server) internal(ctx context.Context, what string, err error) string {
 	return fmt.Sprintf("%s (ref %s): the server log has the details", msg, r)
 }
 
+// maxPeek bounds what is read of an unauthenticated request's body.
+const maxPeek = 64 << 10
+
+// peekRequest reads the id and method of a JSON-RPC request body from a
+// request that will be refused, reading at most maxPeek bytes of it. A
+// body that is not one request (a batch, not JSON, too long) gives a null
+// id and no method.
+func peekRequest(w http.ResponseWriter, r *http.Request) (json.RawMessage, string) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPeek))
+	if err != nil {
+		return nullID, ""
+	}
+	var req request
+	if json.Unmarshal(body, &req) != nil || req.ID == nil || !validID(req.ID) {
+		return nullID, ""
+	}
+	method := ""
+	if req.Method != nil {
+		method = *req.Method
+	}
+	return req.ID, method
+}
+
 // deny answers a request whose authentication failed (the Gate audited
-// it).
-func (s *Server) deny(w http.ResponseWriter, r *http.Request, err error) {
+// it), with id, the request's id when known.
+func (s *Server) deny(w http.ResponseWriter, r *http.Request, id json.RawMessage, err error) {
 	code, status, known := classify(err)
 	msg := err.Error()
 	if !known {
@@ -319,12 +349,7 @@ func (s *Server) deny(w http.ResponseWriter, r *http.Request, err error) {
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", "Bearer")
 	}
-	writeJSON(w, status, errorResponse(nullID, code, msg))
-}
-
-// authenticate returns the caller of r, through the Gate.
-func (s *Server) authenticate(r *http.Request, method string) (*auth.Caller, error) {
-	return s.gate.Authenticate(r.Context(), KeyFromRequest(r), host(r.RemoteAddr), method)
+	writeJSON(w, status, errorResponse(id, code, msg))
 }
 
 // KeyFromRequest returns the API key a request carries: the x-api-key

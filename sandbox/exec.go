@@ -25,7 +25,7 @@ func (s *Service) RunCode(ctx context.Context, id ID, lang Language, code string
 	if err != nil {
 		return ReplResult{}, err
 	}
-	res, err := s.opts.Engine.RunCode(ctx, id, lang, code, timeout)
+	res, err := s.opts.Engine.RunCode(ctx, id, lang, code, min(timeout, s.opts.MaxTimeout))
 	if err != nil {
 		if errdefs.Is(err, errdefs.Invalid) {
 			return ReplResult{}, errdefs.Wrapf(err, "%v (image %q)", err, b.cfg.Image)
@@ -41,6 +41,7 @@ func (s *Service) Exec(ctx context.Context, id ID, req ExecRequest) (ExecResult,
 	if err != nil {
 		return ExecResult{}, err
 	}
+	req.Timeout = min(req.Timeout, s.opts.MaxTimeout)
 	res, err := s.opts.Engine.Exec(ctx, id, req)
 	if err != nil {
 		return ExecResult{}, s.callError(id, b, err)

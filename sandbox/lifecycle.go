@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/msb-dev/msb/errdefs"
 )
@@ -95,6 +96,10 @@ func (s *Service) Start(ctx context.Context, id ID, cfg *Config) error {
 	spec.Root.Dirs = append(append([]string(nil), spec.Root.Dirs...), strings.TrimPrefix(spec.Workdir, "/"))
 
 	eng := s.opts.Engine
+	// The CPU baseline is the sandbox's creation: its first sample then
+	// spreads its start-up CPU over its whole life, not over the instant
+	// between its start and the sample.
+	created := time.Now()
 	// A sandbox the engine still holds (stopped by a crash inside it) is
 	// replaced: its record says stopped, so its leftovers are garbage.
 	// This is also where the cleanup of a leftover Recover could not
@@ -123,7 +128,7 @@ func (s *Service) Start(ctx context.Context, id ID, cfg *Config) error {
 	}
 	b.cfg, b.started, b.exited = norm, now, exited
 	b.sampleMu.Lock()
-	b.lastCPU, b.lastAt = 0, now
+	b.lastCPU, b.lastAt, b.cpus = 0, created, norm.CPUs
 	b.sampleMu.Unlock()
 	b.ports = forwarders
 	b.running.Store(true)

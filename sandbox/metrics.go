@@ -34,7 +34,9 @@ func (s *Service) metrics(ctx context.Context, id ID) Metrics {
 }
 
 // sample fills the live figures of m. CPU is the percentage of one CPU used
-// since the previous sample (or since start, for the first).
+// since the previous sample (or since the sandbox was created, for the
+// first), never more than its CPUs allow: clocks read at slightly
+// different moments must not report 110% of one CPU.
 func (s *Service) sample(ctx context.Context, id ID, b *box, m *Metrics) {
 	st, err := s.opts.Engine.Stats(ctx, id)
 	if err != nil {
@@ -48,7 +50,7 @@ func (s *Service) sample(ctx context.Context, id ID, b *box, m *Metrics) {
 	elapsed := st.Sampled.Sub(b.lastAt)
 	var cpu float64
 	if elapsed > 0 && st.CPUTime >= b.lastCPU {
-		cpu = float64(st.CPUTime-b.lastCPU) / float64(elapsed) * 100
+		cpu = min(float64(st.CPUTime-b.lastCPU)/float64(elapsed)*100, float64(b.cpus)*100)
 	}
 	b.lastCPU, b.lastAt = st.CPUTime, st.Sampled
 	b.sampleMu.Unlock()

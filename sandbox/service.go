@@ -58,6 +58,10 @@ type Resolver interface {
 	Resolve(ctx context.Context, ref string) (Image, error)
 }
 
+// DefaultMaxTimeout is the longest a command or evaluation may be given
+// unless the server says otherwise.
+const DefaultMaxTimeout = 24 * time.Hour
+
 // ServiceOptions configure a Service.
 type ServiceOptions struct {
 	Engine   Engine
@@ -69,6 +73,9 @@ type ServiceOptions struct {
 	MaxMemMB int    // most memory one sandbox may ask for, MiB
 	Log      *slog.Logger
 	Now      func() time.Time
+	// MaxTimeout bounds the timeout of one command or evaluation: a longer
+	// one is cut to it. 0: DefaultMaxTimeout.
+	MaxTimeout time.Duration
 
 	// VolumeRoots are the host directories volumes may come from; each
 	// namespace ns gets <root>/<ns> of each, created on demand, and a
@@ -107,6 +114,7 @@ type box struct {
 	sampleMu sync.Mutex
 	lastCPU  time.Duration
 	lastAt   time.Time
+	cpus     int // what the CPU percentage is capped at, /100
 }
 
 // alive reports whether the sandbox runs: started, and its init has not
@@ -133,6 +141,9 @@ func NewService(opts ServiceOptions) *Service {
 	}
 	if opts.PortBind == "" {
 		opts.PortBind = "127.0.0.1"
+	}
+	if opts.MaxTimeout <= 0 {
+		opts.MaxTimeout = DefaultMaxTimeout
 	}
 	_, canDial := opts.Engine.(Dialer)
 	return &Service{opts: opts, boxes: map[ID]*box{}, bounds: Bounds{

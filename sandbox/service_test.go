@@ -261,7 +261,8 @@ func TestRecoverAndClose(t *testing.T) {
 }
 
 // CPU use is a percentage of one CPU over the time since the previous
-// sample, and never negative.
+// sample (for the first, since the sandbox was created), never more than
+// its CPUs allow.
 func TestMetricsCPU(t *testing.T) {
 	eng := sandboxtest.NewMemory()
 	f := newService(t, eng)
@@ -269,7 +270,12 @@ func TestMetricsCPU(t *testing.T) {
 	if err := f.svc.Start(f.ctx, id, &sandbox.Config{}); err != nil {
 		t.Fatal(err)
 	}
-	f.svc.SandboxMetrics(f.ctx, id)
+	// Start-up CPU far beyond what one CPU could have done since: the
+	// first sample is capped at 100%.
+	eng.AddCPU(time.Second)
+	if m, err := f.svc.SandboxMetrics(f.ctx, id); err != nil || *m.CPUUsage > 100 || *m.CPUUsage < 99 {
+		t.Fatalf("first sample after a start: %v%%, %v; want 100", *m.CPUUsage, err)
+	}
 	time.Sleep(50 * time.Millisecond)
 	eng.AddCPU(25 * time.Millisecond)
 	m, err := f.svc.SandboxMetrics(f.ctx, id)
@@ -279,5 +285,42 @@ func TestMetricsCPU(t *testing.T) {
 	list, err := f.svc.Metrics(f.ctx, "*")
 	if err != nil || len(list) != 1 || list[0].ID != id {
 		t.Fatalf("Metrics(*) = %+v, %v", list, err)
+	}
+}
+
+// countingStore counts the store calls the service makes.
+type countingStore struct {
+	sandbox.Store
+	gets, lists int
+}
+
+func (c *countingStore) Sandbox(ctx context.Context, id sandbox.ID) (sandbox.Record, error) {
+	c.gets++
+	return c.Store.Sandbox(ctx, id)
+}
+
+func (c *countingStore) Sandboxes(ctx context.Context, ns string) ([]sandbox.Record, error) {
+	c.lists++
+	return c.Store.Sandboxes(ctx, ns)
+}
+
+// The metrics of one sandbox look that sandbox up, not its whole
+// namespace (which cost 6-9 ms with 1,400 records).
+func TestSandboxMetricsLooksUpOne(t *testing.T) {
+	eng := sandboxtest.NewMemory()
+	f := newService(t, eng)
+	counting := &countingStore{Store: f.store}
+	svc := sandbox.NewService(sandbox.ServiceOptions{Engine: eng, Store: counting, Images: hostImage{}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	id := sandboxtest.ID(t, "ns", "box")
+	if err := svc.Start(f.ctx, id, &sandbox.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close(f.ctx)
+	counting.gets, counting.lists = 0, 0
+	if _, err := svc.SandboxMetrics(f.ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if counting.lists != 0 || counting.gets != 1 {
+		t.Fatalf("one sandbox's metrics: %d lookups, %d listings; want 1 lookup", counting.gets, counting.lists)
 	}
 }

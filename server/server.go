@@ -216,6 +216,7 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		Log:      s.log,
 		Now:      now,
 
+		MaxTimeout:           s.cfg.CallTimeout(),
 		VolumeRoots:          s.cfg.Volumes(),
 		PortBind:             s.cfg.PortBind,
 		AllowPrivilegedPorts: s.cfg.AllowPrivilegedPorts,

@@ -138,16 +138,16 @@ func (d *DB) SetKeyLimits(ctx context.Context, id string, rate, startRate rateli
 }
 
 // UseKey implements auth.KeyStore: one use, atomically, unless they are spent.
-func (d *DB) UseKey(ctx context.Context, id string) (bool, error) {
-	res, err := d.db.ExecContext(ctx, `UPDATE api_keys SET uses = uses + 1 WHERE id = ? AND (max_uses IS NULL OR uses < max_uses)`, id)
-	if err != nil {
-		return false, fmt.Errorf("count key use: %w", err)
+func (d *DB) UseKey(ctx context.Context, id string) (int64, bool, error) {
+	var uses int64
+	err := d.db.QueryRowContext(ctx, `UPDATE api_keys SET uses = uses + 1 WHERE id = ? AND (max_uses IS NULL OR uses < max_uses) RETURNING uses`, id).Scan(&uses)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, nil
 	}
-	n, err := res.RowsAffected()
 	if err != nil {
-		return false, fmt.Errorf("count key use: %w", err)
+		return 0, false, fmt.Errorf("count key use: %w", err)
 	}
-	return n > 0, nil
+	return uses, true, nil
 }
 
 // TouchKey implements auth.KeyStore.

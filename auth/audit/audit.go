@@ -4,8 +4,12 @@
 // and label), where (namespace, sandbox, remote address), what (method) and
 // how it ended; never the key text, code, commands or their output.
 //
-// Events are written by one goroutine through a bounded buffer, so the
-// request path never waits for SQLite. If the buffer ever overflows, the
+// Events are written by one goroutine through a bounded buffer, in one
+// transaction per batch of whatever is queued (a group commit). Record
+// returns when the event is queued and gives a channel closed once it is
+// written, which a front-end waits on before it answers the call: a read
+// of the audit log (audit.list, `msb server audit`) sees every event of
+// every call answered before it began. If the buffer ever overflows, the
 // events that did not fit are counted, logged and recorded as one "dropped"
 // event: none is lost silently. Close flushes what is buffered.
 package audit
@@ -80,7 +84,7 @@ type Store interface {
 type Writer struct {
 	store   Store
 	opts    Options
-	ch      chan Event
+	ch      chan queued
 	dropped atomic.Int64
 	done    chan struct{}
 	closed  chan struct{}
@@ -106,14 +110,26 @@ func NewWriter(store Store, opts Options) *Writer {
 	if opts.PruneEvery <= 0 {
 		opts.PruneEvery = min(time.Hour, opts.Retention)
 	}
-	w := &Writer{store: store, opts: opts, ch: make(chan Event, opts.Buffer), done: make(chan struct{}), closed: make(chan struct{})}
+	w := &Writer{store: store, opts: opts, ch: make(chan queued, opts.Buffer), done: make(chan struct{}), closed: make(chan struct{})}
 	go w.run()
 	return w
 }
 
-// Record queues e without waiting; a zero Time is set to now. If the
-// buffer is full the event is counted as dropped (see the package comment).
-func (w *Writer) Record(e Event) {
+// queued is an event waiting for the writer, and the channel it closes
+// once the event is written (or lost).
+type queued struct {
+	e       Event
+	written chan struct{}
+}
+
+// closedChan is what Record returns for an event it could not queue.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// Record queues e without waiting for the database; a zero Time is set to
+// now. It returns a channel closed once e is written (or its write
+// failed, which is logged). If the buffer is full the event is counted as
+// dropped (see the package comment) and the channel is already closed.
+func (w *Writer) Record(e Event) <-chan struct{} {
 	if e.Time.IsZero() {
 		e.Time = w.opts.Now()
 	}
@@ -121,12 +137,15 @@ func (w *Writer) Record(e Event) {
 	defer w.mu.RUnlock()
 	if w.stopped {
 		w.dropped.Add(1)
-		return
+		return closedChan
 	}
+	q := queued{e, make(chan struct{})}
 	select {
-	case w.ch <- e:
+	case w.ch <- q:
+		return q.written
 	default:
 		w.dropped.Add(1)
+		return closedChan
 	}
 }
 
@@ -147,42 +166,45 @@ func (w *Writer) Close() error {
 
 const batchSize = 256
 
-// batchLinger is how long the writer waits for more events before it
-// writes a batch; Close writes at once.
-const batchLinger = 10 * time.Millisecond
-
 func (w *Writer) run() {
 	defer close(w.closed)
 	ctx := context.Background()
 	w.prune(ctx)
 	tick := time.NewTicker(w.opts.PruneEvery)
 	defer tick.Stop()
-	batch := make([]Event, 0, batchSize)
+	batch := make([]queued, 0, batchSize)
+	events := make([]Event, 0, batchSize)
 	for {
 		select {
-		case e, ok := <-w.ch:
+		case q, ok := <-w.ch:
 			if !ok {
 				w.reportDropped(ctx)
 				return
 			}
-			batch = append(batch[:0], e)
-			// Gather what comes within batchLinger into one transaction: a
-			// busy server then pays for a commit per batch, not per event.
-			linger := time.NewTimer(batchLinger)
+			// One transaction for what is queued now: a busy server pays
+			// for a commit per batch, not per event, and no event waits
+			// for more to come.
+			batch = append(batch[:0], q)
 		drain:
 			for len(batch) < batchSize {
 				select {
-				case e, ok := <-w.ch:
+				case q, ok := <-w.ch:
 					if !ok {
 						break drain
 					}
-					batch = append(batch, e)
-				case <-linger.C:
+					batch = append(batch, q)
+				default:
 					break drain
 				}
 			}
-			linger.Stop()
-			w.write(ctx, batch)
+			events = events[:0]
+			for _, q := range batch {
+				events = append(events, q.e)
+			}
+			w.write(ctx, events)
+			for _, q := range batch {
+				close(q.written)
+			}
 			w.reportDropped(ctx)
 		case <-tick.C:
 			w.prune(ctx)

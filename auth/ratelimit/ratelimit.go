@@ -149,11 +149,18 @@ func (l *Limiter) bucket(key string, r Rate) *bucket {
 	return b.(*bucket)
 }
 
-// refill brings b up to now at rate r; a changed rate keeps the tokens
-// left, capped at the new size.
+// refill brings b up to now at rate r. A rate raised (more calls, or a
+// bigger burst) takes effect with a full bucket of its new size, as an
+// operator who raised it expects; a rate lowered keeps the tokens left,
+// capped at the new size, so that lowering a rate never refills it.
 func (b *bucket) refill(r Rate, now time.Time) {
 	if b.rate != r {
+		raised := r.Exceeds(b.rate)
 		b.rate = r
+		if raised {
+			b.tokens, b.last = float64(r.N), now
+			return
+		}
 	}
 	if el := now.Sub(b.last); el > 0 {
 		b.tokens += float64(r.N) * float64(el) / float64(r.Per)

@@ -104,8 +104,8 @@ func namespaceArg() *jsonschema.Schema {
 }
 
 func timeoutArg(what string) *jsonschema.Schema {
-	return &jsonschema.Schema{Type: "number", ExclusiveMinimum: jsonschema.Ptr(0.0), Maximum: jsonschema.Ptr(rpc.MaxTimeout.Seconds()),
-		Description: "Optional. Seconds after which " + what + ". Without it the call waits until the work finishes."}
+	return &jsonschema.Schema{Type: "number", ExclusiveMinimum: jsonschema.Ptr(0.0),
+		Description: "Optional. Seconds after which " + what + " (longer than the server's maximum, 24 hours unless configured, is cut to it). Without it the call waits until the work finishes."}
 }
 
 func stringList(desc string) *jsonschema.Schema {

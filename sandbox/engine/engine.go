@@ -57,7 +57,7 @@ var drivers = map[string]driver{
 	"linux": {
 		open: func(o Options) (Engine, error) {
 			return linux.New(linux.Config{StateDir: o.StateDir, SandboxDir: o.SandboxDir, PortalBinary: o.PortalBinary,
-				CgroupParent: o.CgroupParent, LayerLock: o.LayerLock})
+				CgroupParent: o.CgroupParent, LayerLock: o.LayerLock, Log: o.Log})
 		},
 		layersInUse: linux.LayersInUse,
 	},

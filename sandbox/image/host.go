@@ -25,6 +25,10 @@ const HostName = "host"
 // bind-mounted read-only.
 var hostTopDirs = []string{"bin", "sbin", "lib", "lib32", "lib64", "libx32"}
 
+// aliasDir holds the host image's names for host commands, such as
+// python for python3; it is the last directory of the image's PATH.
+const aliasDir = "opt/msb/bin"
+
 // caCerts holds only public certificates, so it is the one piece of the
 // host's /etc a sandbox sees.
 const caCerts = "/etc/ssl/certs"
@@ -69,6 +73,15 @@ func hostFrom(root string) (sandbox.RootFS, error) {
 			rfs.Mounts = append(rfs.Mounts, sandbox.Mount{Source: p, Target: "/" + name, ReadOnly: true})
 		}
 	}
+	// The SDKs' examples run `python` (their image is python:latest); the
+	// host may only have python3. Names for it, inside the sandbox only,
+	// in a directory of msb's own at the end of PATH, so a real python of
+	// the host is found first.
+	for name, target := range map[string]string{"python": "python3", "pip": "pip3"} {
+		if fi, err := os.Stat(filepath.Join(usr, "bin", target)); err == nil && fi.Mode().IsRegular() {
+			rfs.Links = append(rfs.Links, sandbox.Link{Path: aliasDir + "/" + name, Target: "/usr/bin/" + target})
+		}
+	}
 	certs := filepath.Join(root, caCerts)
 	if fi, err := os.Stat(certs); err == nil && fi.IsDir() {
 		rfs.Mounts = append(rfs.Mounts, sandbox.Mount{Source: certs, Target: caCerts, ReadOnly: true})
@@ -98,7 +111,7 @@ func etcFiles() []sandbox.File {
 // UTF-8 locale that needs no locale files.
 func HostEnv() []string {
 	return []string{
-		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/" + aliasDir,
 		"HOME=/root",
 		"LANG=C.UTF-8",
 	}

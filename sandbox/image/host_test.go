@@ -29,6 +29,10 @@ func TestHostFrom(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "etc/shadow"), []byte("root:secret"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The host has python3 but neither python nor pip3.
+	if err := os.WriteFile(filepath.Join(root, "usr/bin/python3"), []byte("#!"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 
 	rfs, err := hostFrom(root)
 	if err != nil {
@@ -53,7 +57,7 @@ func TestHostFrom(t *testing.T) {
 	for _, l := range rfs.Links {
 		links[l.Path] = l.Target
 	}
-	if links["bin"] != "usr/bin" || links["lib"] != "usr/lib" || len(links) != 2 {
+	if links["bin"] != "usr/bin" || links["lib"] != "usr/lib" || links["opt/msb/bin/python"] != "/usr/bin/python3" || len(links) != 3 {
 		t.Errorf("links = %+v", rfs.Links)
 	}
 	files := map[string]string{}
@@ -84,7 +88,7 @@ func TestHostFromWithoutUsr(t *testing.T) {
 func TestHostEnv(t *testing.T) {
 	t.Parallel()
 	env := strings.Join(HostEnv(), "\n")
-	for _, want := range []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8"} {
+	for _, want := range []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/msb/bin\n", "HOME=/root", "LANG=C.UTF-8"} {
 		if !strings.Contains(env, want) {
 			t.Errorf("HostEnv lacks %s", want)
 		}

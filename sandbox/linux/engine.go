@@ -2,9 +2,11 @@ package linux
 
 import (
 	"context"
+	"debug/elf"
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -52,6 +54,12 @@ type Config struct {
 	// CgroupParent is the cgroup holding the sandboxes' cgroups; default
 	// DefaultCgroupParent.
 	CgroupParent string
+	// AllowDynamicPortal runs a dynamically linked portal in OCI images
+	// anyway: for tests whose images carry the host's C library.
+	AllowDynamicPortal bool
+	// Log gets the engine's warnings (a portal binary that cannot run in
+	// images); nil: slog.Default().
+	Log *slog.Logger `json:"-"`
 	// LayerLock, if set, is a file (the image store's pull lock) locked
 	// shared while a sandbox records its image layers and mounts them:
 	// the store prunes layers only under it exclusively, after reading
@@ -79,6 +87,29 @@ type Engine struct {
 	boxes map[string]*box // by ID.Key()
 
 	host hostLimits // what the host lets every sandbox have
+	// dynamicPortal is set when the portal binary needs the host's C
+	// library, so it cannot run inside an OCI image's root.
+	dynamicPortal bool
+}
+
+// buildStatic is the README's command that builds msb as it must be built
+// to run inside any image.
+const buildStatic = `go build -tags netgo,osusergo -ldflags '-extldflags "-static"' -o msb .`
+
+// needsLoader reports whether the ELF binary at path is dynamically linked
+// (it names a program interpreter, the C library's loader).
+func needsLoader(path string) (bool, error) {
+	f, err := elf.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // portalClient is what the engine uses of a portal.Client.
@@ -146,10 +177,22 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	dynamic, err := needsLoader(cfg.PortalBinary)
+	if err != nil {
+		return nil, fmt.Errorf("linux engine: portal binary %q: %w", cfg.PortalBinary, err)
+	}
+	if dynamic {
+		log := cfg.Log
+		if log == nil {
+			log = slog.Default()
+		}
+		log.Warn("this msb binary is dynamically linked: it runs sandboxes of the host image, but not of OCI images, which lack the host's C library; build it statically: " + buildStatic)
+	}
 	return &Engine{
-		cfg:   cfg,
-		boxes: map[string]*box{},
-		host:  host,
+		cfg:           cfg,
+		boxes:         map[string]*box{},
+		host:          host,
+		dynamicPortal: dynamic,
 	}, nil
 }
 
@@ -260,6 +303,7 @@ func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) e
 		return fmt.Errorf("sandbox %s: %w", id, err)
 	}
 
+
 	b := &box{id: id, dir: filepath.Join(e.cfg.SandboxDir, key), spec: spec}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -362,6 +406,9 @@ func (e *Engine) Start(ctx context.Context, id sandbox.ID) error {
 	}
 	if b.running() {
 		return fmt.Errorf("sandbox %s is already running: %w", id, errdefs.ErrConflict)
+	}
+	if len(b.spec.Root.Layers) > 0 && e.dynamicPortal && !e.cfg.AllowDynamicPortal {
+		return errdefs.Invalidf("this msb server is a dynamically linked build, which cannot run inside an OCI image (it needs the host's C library): use the built-in host image (microsandbox/python), or build msb statically with %s and restart it", buildStatic)
 	}
 	if b.done != nil || b.ctr == nil {
 		// libcontainer runs one init per container: after a stop, start

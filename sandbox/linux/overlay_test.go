@@ -25,6 +25,7 @@ import (
 func TestOverlayVolumesAndDial(t *testing.T) {
 	home := t.TempDir()
 	cfg := testConfig(t, home, "msb-overlay")
+	cfg.AllowDynamicPortal = true // the host's userland is mounted in
 	e, err := linux.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -136,5 +137,28 @@ func TestOverlayVolumesAndDial(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(filepath.Join(volRoot, "data", "f")); string(data) != "v\n" {
 		t.Errorf("recovery's cleanup touched the volume's data: %q", data)
+	}
+}
+
+// A dynamically linked portal (this test binary) cannot run inside an
+// image's root: the start says so, and how to build msb, instead of an
+// internal error; the host image still works.
+func TestDynamicPortalRefusesImages(t *testing.T) {
+	home := t.TempDir()
+	e, err := linux.New(testConfig(t, home, "msb-dynamic"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer := filepath.Join(home, "layer")
+	os.MkdirAll(filepath.Join(layer, "etc"), 0o755)
+	ctx := context.Background()
+	id := sandboxtest.ID(t, "dyn", "img")
+	if err := e.Create(ctx, id, sandbox.Spec{Root: sandbox.RootFS{Layers: []string{layer}}, Workdir: "/", MemoryMiB: 64, CPUs: 1, Pids: 64}); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Delete(ctx, id)
+	err = e.Start(ctx, id)
+	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "statically") || !strings.Contains(err.Error(), "-static") {
+		t.Fatalf("start of an image with a dynamic portal: %v", err)
 	}
 }

@@ -273,7 +273,7 @@ type collector struct {
 }
 
 func newCollector() *collector {
-	return &collector{cap: outputCap{maxBytes: sandbox.MaxOutput + trailerSlack, maxLines: maxLines + 16}}
+	return &collector{cap: outputCap{maxBytes: sandbox.MaxOutput + trailerSlack, maxLines: maxLines + 16, perLine: lineEnvelope}}
 }
 
 func (co *collector) add(l sandbox.Line) {

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/msb-dev/msb/sandbox"
+	"golang.org/x/sys/unix"
 )
 
 // Main is the entry point of `msb portal`, the sandbox's init: it serves
@@ -55,8 +56,14 @@ const cgroupV1Magic = 0x27e0eb
 // is checked so that some other inherited descriptor (or one the Go runtime
 // opened itself) is never written to.
 func userCgroupFile() *os.File {
+	// A cgroup file open for writing: a descriptor some runtime left open
+	// without close-on-exec (Go's own keeps cgroup CPU files open to size
+	// GOMAXPROCS) is on the same file system, but read-only.
 	var st syscall.Statfs_t
 	if err := syscall.Fstatfs(4, &st); err != nil || st.Type != cgroupV1Magic {
+		return nil
+	}
+	if fl, err := unix.FcntlInt(4, unix.F_GETFL, 0); err != nil || fl&unix.O_ACCMODE != unix.O_WRONLY {
 		return nil
 	}
 	syscall.CloseOnExec(4)
@@ -210,9 +217,9 @@ type sink struct {
 // sandbox.MaxLog for a background command (forLog).
 func (s *server) newSink(id uint64, forLog bool) *sink {
 	sk := &sink{id: id, out: s.out, logCut: forLog}
-	sk.cap = outputCap{maxBytes: sandbox.MaxOutput, maxLines: maxLines}
+	sk.cap = outputCap{maxBytes: sandbox.MaxOutput, maxLines: maxLines, perLine: lineEnvelope}
 	if forLog {
-		sk.cap = outputCap{maxBytes: sandbox.MaxLog, maxLines: maxLogLines}
+		sk.cap = outputCap{maxBytes: sandbox.MaxLog, maxLines: maxLogLines, perLine: 1}
 	}
 	return sk
 }

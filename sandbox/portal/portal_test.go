@@ -3,6 +3,7 @@ package portal_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -371,12 +372,32 @@ func TestExecCancelKills(t *testing.T) {
 	}
 }
 
+// outputBytes is what lines weigh in a reply: each line's text (plain
+// here) and the JSON around it.
 func outputBytes(lines []sandbox.Line) int {
 	n := 0
 	for _, l := range lines {
-		n += len(l.Text) + 1
+		n += len(l.Text) + len(`{"stream":"stdout","text":""},`)
 	}
 	return n
+}
+
+// A flood of empty lines is cut by what it weighs in the reply, JSON
+// included: the reply stays about 16 MiB, not three times that.
+func TestExecEmptyLinesCutByReplySize(t *testing.T) {
+	t.Parallel()
+	p := newPortal(t)
+	res := p.exec(t, sh(`yes '' | head -n 3000000`))
+	data, err := json.Marshal(res.Output)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data) > sandbox.MaxOutput+64<<10 || len(data) < sandbox.MaxOutput-64<<10 {
+		t.Errorf("output of %d lines is %d bytes of JSON, want about %d", len(res.Output), len(data), sandbox.MaxOutput)
+	}
+	if got := lastLine(res.Output); got != errl(sandbox.OutputCutNotice) {
+		t.Errorf("last line %q, want the cut notice", got)
+	}
 }
 
 func TestExecOutputFloodIsCut(t *testing.T) {

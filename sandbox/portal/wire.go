@@ -72,11 +72,15 @@ const (
 	trailerSlack = 4 << 10
 )
 
-// outputCap counts the output of one call. A line costs its text plus the
-// newline it had; once the cap is hit every later line is dropped, so the
-// output is a prefix of what was printed.
+// outputCap counts the output of one call. A line costs what it adds to
+// what carries it: its text as JSON escapes it, plus perLine (for a call's
+// reply, the JSON of the line around it, lineEnvelope; for a log, its
+// newline), so that the cap bounds the encoded reply whatever the lines'
+// lengths. Once the cap is hit every later line is dropped, so the output
+// is a prefix of what was printed.
 type outputCap struct {
 	maxBytes, maxLines int
+	perLine            int
 	bytes, lines       int
 	cut                bool
 }
@@ -85,7 +89,7 @@ func (c *outputCap) admit(text string) bool {
 	if c.cut {
 		return false
 	}
-	cost := encodedLen(text) + 1
+	cost := encodedLen(text) + c.perLine
 	if c.bytes+cost > c.maxBytes || c.lines+1 > c.maxLines {
 		c.cut = true
 		return false
@@ -94,6 +98,10 @@ func (c *outputCap) admit(text string) bool {
 	c.lines++
 	return true
 }
+
+// lineEnvelope is what one line of output adds to a reply beyond its
+// text: {"stream":"stdout","text":""} and the comma that separates it.
+const lineEnvelope = len(`{"stream":"stdout","text":""},`)
 
 // encodedLen is the length of text once encoding/json has escaped it (with
 // its default HTML escaping), which is what the output costs the server to
