@@ -303,7 +303,6 @@ func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) e
 		return fmt.Errorf("sandbox %s: %w", id, err)
 	}
 
-
 	b := &box{id: id, dir: filepath.Join(e.cfg.SandboxDir, key), spec: spec}
 	b.mu.Lock()
 	defer b.mu.Unlock()
