@@ -6,14 +6,19 @@ package main
 
 import (
 	"os"
+	"runtime"
 
 	"github.com/msb-dev/msb/cli"
 	"github.com/msb-dev/msb/sandbox/engine"
 )
 
 func init() {
-	// The same binary is also the engine's container init and, inside
-	// every sandbox, the portal; neither role may run any of the CLI.
+	// The main goroutine keeps the main thread to itself, so that no code
+	// that changes a thread's namespaces or credentials ever runs on the
+	// thread that /proc/self and the process's identity follow.
+	runtime.LockOSThread()
+	// The same binary is also, inside every sandbox, its init and portal;
+	// neither role may run any of the CLI.
 	engine.Reexec(os.Args, os.Getpid())
 }
 

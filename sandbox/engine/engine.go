@@ -102,10 +102,12 @@ func LayersInUse(name, sandboxDir string) ([]string, error) {
 }
 
 // Reexec lets the msb binary play the roles engines run it in, and never
-// returns when it does: the Linux engine's container setup (`msb init`,
-// which libcontainer re-executes) and, inside every sandbox, the portal
-// (`/.msb/msb portal` as PID 1). Call it first thing, before any other
-// package's work: from an init function of package main.
+// returns when it does: inside every sandbox of the Linux engine, its init
+// (`msb portal` as PID 1, which builds the sandbox around itself and then
+// serves as its portal, in the same process) and, when the binary is linked
+// with cgo, the portal the init executes once it has set the sandbox up.
+// Call it first thing, before any other package's work: from an init
+// function of package main.
 func Reexec(args []string, pid int) {
 	linux.MaybeInit()
 	if len(args) > 1 && args[1] == "portal" && pid == 1 {
