@@ -51,12 +51,19 @@
 //
 // # Files
 //
-// The root file system is <SandboxDir>/<key>/rootfs. For an image with
-// layers (sandbox.RootFS.Layers) it is an overlay: the layers read-only
-// below, <key>/upper (the sandbox's writes) above; otherwise a plain
-// directory. Everything the engine writes into a root (directories, links,
-// /etc files) is resolved inside it, so an image's symlinks can never
-// redirect it to the host. The image's host paths (RootFS.Mounts without
+// A sandbox's root file system is an overlay, mounted by its init: the
+// image's layers (sandbox.RootFS.Layers) read-only below and
+// <SandboxDir>/<key>/upper (the sandbox's writes) above. A root without
+// image layers (the host image) has one lower layer instead, a template
+// the engine builds once per distinct content in
+// <SandboxDir>/.template-<hash> (the root's generated directories, links
+// and files, and its mount points): a start then makes a handful of inodes
+// on the host, not one per entry, which on a file system that allocates
+// inodes slowly after many deletions (ext4 without a journal) is most of
+// the cost of a start. Everything the engine writes into a root
+// (directories, links, /etc files, /etc/hostname) is resolved inside it
+// (openat2 RESOLVE_IN_ROOT), so an image's symlinks can never redirect it
+// to the host. The image's host paths (RootFS.Mounts without
 // Beneath) are bind-mounted nosuid and nodev. Volumes (Mounts with Beneath)
 // are resolved by the server beneath their volume root (openat2
 // RESOLVE_BENEATH) at create and again at start, cloned into detached

@@ -75,6 +75,11 @@ type Engine struct {
 	host hostLimits // what the host lets every sandbox have
 	cg   *cgroups
 	l    *launcher
+	// templates are the lower layers of roots without image layers.
+	templates *templates
+	// mountPoint is where every sandbox's init mounts its root, in its
+	// own mount namespace: an empty directory.
+	mountPoint string
 	// dynamicPortal is set when the portal binary needs the host's C
 	// library, so it cannot run inside an OCI image's root.
 	dynamicPortal bool
@@ -127,6 +132,7 @@ type box struct {
 	gone     bool       // deleted: the map no longer holds this box
 	leftover bool       // left by an earlier engine: only Stop, Inspect and Delete work
 	spec     sandbox.Spec
+	template string      // the root's lower layer, for a spec without image layers
 	built    bool        // the root has what Spec.Root writes into it
 	proc     *os.Process // the init (the portal), while started
 	client   portalClient
@@ -187,6 +193,12 @@ func New(cfg Config) (*Engine, error) {
 	}
 	cg.removeStalePools()
 	host.swap = cg.swap
+	tmpl := &templates{dir: cfg.SandboxDir, built: map[string]string{}}
+	tmpl.clean()
+	mountPoint := filepath.Join(cfg.SandboxDir, ".root")
+	if err := os.Mkdir(mountPoint, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("linux engine: %w", err)
+	}
 	l, err := newLauncher(cfg.PortalBinary, cg)
 	if err != nil {
 		return nil, fmt.Errorf("linux engine: %w", err)
@@ -197,6 +209,8 @@ func New(cfg Config) (*Engine, error) {
 		host:          host,
 		cg:            cg,
 		l:             l,
+		templates:     tmpl,
+		mountPoint:    mountPoint,
 		dynamicPortal: dynamic,
 	}, nil
 }
@@ -337,6 +351,13 @@ func (e *Engine) create(b *box) error {
 	if err := prepareRoot(b.dir, b.spec.Root.Layers, e.cfg.LayerLock); err != nil {
 		return fmt.Errorf("sandbox %s: root file system: %w", b.id, err)
 	}
+	if len(b.spec.Root.Layers) == 0 {
+		t, err := e.templates.get(b.spec)
+		if err != nil {
+			return fmt.Errorf("sandbox %s: %w", b.id, err)
+		}
+		b.template = t
+	}
 	// A volume's host path is resolved again, through descriptors, when
 	// the sandbox starts; one that leads out of its root already is
 	// refused now.
@@ -470,11 +491,7 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	}
 	mine = append(mine, logW)
 	logPath := filepath.Join(b.dir, "portal.log")
-	logw, err := openBoundedLog(logPath)
-	if err != nil {
-		logR.Close()
-		return unavailable("log", err)
-	}
+	logw := openBoundedLog(logPath)
 	logDone := make(chan struct{})
 	go func() {
 		io.Copy(logw, logR)
@@ -629,7 +646,10 @@ func socketPair(name string) (*os.File, net.Conn, error) {
 func (e *Engine) initConfig(b *box) *initConfig {
 	s := b.spec
 	c := &initConfig{
-		Root:     filepath.Join(b.dir, "rootfs"),
+		Root:     e.mountPoint,
+		Layers:   s.Root.Layers,
+		Upper:    filepath.Join(b.dir, "upper"),
+		Work:     filepath.Join(b.dir, "work"),
 		Binds:    bindOrder(imageMounts(s.Root.Mounts)),
 		Hostname: s.Hostname,
 		Workdir:  s.Workdir,
@@ -640,14 +660,19 @@ func (e *Engine) initConfig(b *box) *initConfig {
 		Env:      s.Env,
 		CgroupV2: e.cg.v2,
 	}
-	if len(s.Root.Layers) > 0 {
-		c.Layers, c.Upper, c.Work = s.Root.Layers, filepath.Join(b.dir, "upper"), filepath.Join(b.dir, "work")
+	if b.template != "" {
+		c.Layers = []string{b.template}
 	}
 	for _, h := range e.cg.v1 {
 		c.Cgroups = append(c.Cgroups, cgroupMount{Dir: filepath.Base(h.mount), Opts: h.opts})
 	}
 	if !b.built {
-		c.Build = &rootBuild{Dirs: s.Root.Dirs, Links: s.Root.Links, Files: s.Root.Files, Layered: len(s.Root.Layers) > 0}
+		// The image's entries (in the template already, without layers),
+		// /etc/hostname and the workdir.
+		c.Build = &rootBuild{Layered: true}
+		if b.template == "" {
+			c.Build.Dirs, c.Build.Links, c.Build.Files = s.Root.Dirs, s.Root.Links, s.Root.Files
+		}
 		for _, m := range s.Root.Mounts {
 			c.Build.Mounts = append(c.Build.Mounts, m.Target)
 		}
@@ -957,7 +982,6 @@ func (e *Engine) Stats(ctx context.Context, id sandbox.ID) (sandbox.Stats, error
 		b.mu.Unlock()
 		return sandbox.Stats{}, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrConflict)
 	}
-	mounts := b.spec.Root.Mounts
 	b.mu.Unlock()
 
 	st := sandbox.Stats{Sampled: time.Now()}
@@ -967,7 +991,7 @@ func (e *Engine) Stats(ctx context.Context, id sandbox.ID) (sandbox.Stats, error
 		return sandbox.Stats{}, callErr(b, "reading cgroups", fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable))
 	}
 	st.CPUTime, st.MemoryBytes = cpu, mem
-	disk, err := diskUsage(filepath.Join(b.dir, "rootfs"), mounts)
+	disk, err := diskUsage(filepath.Join(b.dir, "upper"))
 	if err != nil {
 		return sandbox.Stats{}, fmt.Errorf("sandbox %s: measuring disk use: %w: %w", id, err, errdefs.ErrUnavailable)
 	}

@@ -206,7 +206,7 @@ func TestEngine(t *testing.T) {
 		},
 		Home: home,
 		WritableDir: func(id sandbox.ID) string {
-			return filepath.Join(cfg.SandboxDir, id.Key(), "rootfs")
+			return filepath.Join(cfg.SandboxDir, id.Key(), "upper")
 		},
 		Leftovers: func(id sandbox.ID) []string {
 			return leftovers(t, cfg, id)

@@ -80,15 +80,20 @@ func checkSpec(s sandbox.Spec) error {
 }
 
 // prepareRoot makes the directories of a sandbox's root file system in
-// its directory dir: rootfs, and for an image with layers the overlay's
-// upper and work directories. The layers it will be made of are recorded
-// there first, holding layerLock (if set) shared meanwhile, so that a
-// prune, which holds it exclusively, either sees the record or has
-// finished and the missing layers are found here. The root itself is
-// built by the sandbox's init, inside its own mount namespace.
+// its directory dir: the overlay's upper and work directories. An image's
+// layers are recorded there first, holding layerLock (if set) shared
+// meanwhile, so that a prune, which holds it exclusively, either sees the
+// record or has finished and the missing layers are found here. The root
+// itself is mounted and built by the sandbox's init, inside its own mount
+// namespace.
 func prepareRoot(dir string, layers []string, layerLock string) error {
 	if len(layers) == 0 {
-		return os.Mkdir(filepath.Join(dir, "rootfs"), 0o755)
+		for _, d := range []string{"upper", "work"} {
+			if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	var opts int
 	for _, l := range layers {
@@ -119,7 +124,7 @@ func prepareRoot(dir string, layers []string, layerLock string) error {
 			return fmt.Errorf("the image's layers are missing from the cache (pruned after the sandbox was created?): pull the image again with `msb pull IMAGE`, then start the sandbox again: %w", errdefs.ErrInvalid)
 		}
 	}
-	for _, d := range []string{"upper", "work", "rootfs"} {
+	for _, d := range []string{"upper", "work"} {
 		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
 			return err
 		}
@@ -327,17 +332,11 @@ func emptyDir(fd int, dev uint64) (string, error) {
 }
 
 // diskUsage is the apparent size of the files in the writable layer: the
-// rootfs directory, not crossing into other file systems and not counting
-// the mount points of bind-mounted host paths.
-func diskUsage(rootfs string, ms []sandbox.Mount) (uint64, error) {
-	if _, err := os.Stat(filepath.Join(filepath.Dir(rootfs), "upper")); err == nil {
-		// An overlay: what the sandbox wrote is its upper directory.
-		rootfs, ms = filepath.Join(filepath.Dir(rootfs), "upper"), nil
-	}
-	skip := map[string]bool{}
-	for _, m := range ms {
-		skip[filepath.Join(rootfs, m.Target)] = true
-	}
+// overlay's upper directory, which holds what the sandbox wrote, not
+// crossing into other file systems. (Mounts live in the sandbox's mount
+// namespace only: here their mount points are empty.)
+func diskUsage(upper string) (uint64, error) {
+	rootfs := upper
 	root, err := os.Lstat(rootfs)
 	if err != nil {
 		return 0, err
@@ -355,12 +354,6 @@ func diskUsage(rootfs string, ms []sandbox.Mount) (uint64, error) {
 				return nil
 			}
 			return err
-		}
-		if skip[p] {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
 		}
 		fi, err := d.Info()
 		if err != nil {
@@ -384,25 +377,28 @@ func diskUsage(rootfs string, ms []sandbox.Mount) (uint64, error) {
 // sandbox must not fill the host's disk through it.
 const logLimit = 1 << 20
 
-// boundedLog writes to a file until it holds logLimit bytes, then discards.
+// boundedLog writes to a file until it holds logLimit bytes, then
+// discards. The file is made (truncated) on the first write: most portals
+// never write a line, and a start then makes no file for it.
 type boundedLog struct {
-	mu sync.Mutex
-	f  *os.File
-	n  int64
+	mu   sync.Mutex
+	path string
+	f    *os.File
+	err  error
+	n    int64
 }
 
-func openBoundedLog(p string) (*boundedLog, error) {
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	return &boundedLog{f: f}, nil
+func openBoundedLog(p string) *boundedLog {
+	return &boundedLog{path: p}
 }
 
 func (l *boundedLog) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if room := logLimit - l.n; room > 0 {
+	if l.f == nil && l.err == nil {
+		l.f, l.err = os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	}
+	if room := logLimit - l.n; room > 0 && l.f != nil {
 		q := p
 		if int64(len(q)) > room {
 			q = q[:room]
@@ -413,7 +409,14 @@ func (l *boundedLog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (l *boundedLog) Close() error { return l.f.Close() }
+func (l *boundedLog) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil
+	}
+	return l.f.Close()
+}
 
 // logTail returns the gist of a log for an error message: from the first
 // Go crash line if there is one (its goroutine dump is long and says

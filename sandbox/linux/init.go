@@ -41,14 +41,14 @@ const (
 // initConfig is what the server hands a sandbox's init on initFD, as
 // JSON: everything it needs to build the sandbox around itself.
 type initConfig struct {
-	// Root is the host path of the root's mount point:
-	// <SandboxDir>/<key>/rootfs. Without Layers it is the root itself, a
-	// plain directory; with Layers an overlay of them is mounted on it,
-	// with Upper (the sandbox's writes) and Work.
+	// Root is the host path of the root's mount point (the same empty
+	// directory for every sandbox: each mounts its root there in its own
+	// mount namespace). The root is an overlay of Layers, read-only, under
+	// Upper (the sandbox's writes), with Work the overlay's work directory.
 	Root   string   `json:"root"`
-	Layers []string `json:"layers,omitempty"` // lowest first
-	Upper  string   `json:"upper,omitempty"`
-	Work   string   `json:"work,omitempty"`
+	Layers []string `json:"layers"` // lowest first
+	Upper  string   `json:"upper"`
+	Work   string   `json:"work"`
 	// Build is set on a sandbox's first start: what to write into its root.
 	Build *rootBuild `json:"build,omitempty"`
 	// Binds are the image's host paths, parents first.
@@ -120,6 +120,8 @@ func MaybeInit() {
 	// Credentials, namespaces and the working directory are the main
 	// thread's business from here on; nothing else may run on it.
 	runtime.LockOSThread()
+	// Executed from /proc/self/fd/N, the process is called N.
+	unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&[]byte(portalArgv0 + "\x00")[0])), 0, 0, 0)
 	syscall.CloseOnExec(initFD)
 	status := os.NewFile(initFD, "init")
 	err := runInit(status)
@@ -221,12 +223,8 @@ func (c *initConfig) setup() error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("making / private: %w", err)
 	}
-	if len(c.Layers) > 0 {
-		if err := mountOverlay(c.Root, c.Upper, c.Work, c.Layers); err != nil {
-			return err
-		}
-	} else if err := unix.Mount(c.Root, c.Root, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("bind-mounting the root: %w", err)
+	if err := mountOverlay(c.Root, c.Upper, c.Work, c.Layers); err != nil {
+		return err
 	}
 	r, err := openRoot(c.Root)
 	if err != nil {
@@ -277,8 +275,8 @@ func (c *initConfig) setup() error {
 	return nil
 }
 
-// mountOverlay mounts the image's layers (lowest first) read-only under
-// the sandbox's writable upper directory at root.
+// mountOverlay mounts the layers (lowest first) read-only under the
+// sandbox's writable upper directory at root.
 func mountOverlay(root, upper, work string, layers []string) error {
 	lower := make([]string, len(layers))
 	for i, l := range layers {
@@ -591,7 +589,7 @@ func (r *inRoot) build(b *rootBuild, hostname, workdir string, user sandbox.User
 	}
 	// The image cannot know the sandbox's name; /etc/hostname follows the
 	// UTS hostname when the image has an /etc.
-	if r.isDir("etc") {
+	if hostname != "" && r.isDir("etc") {
 		if err := r.writeFile("etc/hostname", []byte(hostname+"\n"), 0o644); err != nil {
 			return fmt.Errorf("etc/hostname: %w", err)
 		}

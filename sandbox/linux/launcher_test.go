@@ -155,6 +155,9 @@ func TestCredentials(t *testing.T) {
 	if got := mustRun(t, e, root, `tr '\0' ' ' < /proc/1/cmdline; echo; id -u; id -G`); got != "msb portal \n0\n0\n" {
 		t.Errorf("pid 1, uid and groups inside: %q", got)
 	}
+	if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); string(comm) != "msb\n" {
+		t.Errorf("the portal's name on the host: %q", comm)
+	}
 
 	nobody := sandboxtest.ID(t, "creds", "nobody")
 	spec := hostSpec(t)

@@ -8,8 +8,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
+	"strings"
 
-	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/errdefs"
@@ -78,9 +79,11 @@ func LayersInUse(sandboxDir string) ([]string, error) {
 }
 
 // inRoot does file operations inside a sandbox's root without ever leaving
-// it: paths are resolved as if the root were "/", so a symlink an image
-// planted (say /etc/hostname -> /etc/shadow) points into the sandbox's
-// root, never at the host.
+// it: paths are resolved as if the root were "/" (openat2 with
+// RESOLVE_IN_ROOT, so the kernel itself keeps every symlink and ".." in),
+// and final components are never followed, so a symlink an image planted
+// (say /etc/hostname -> /etc/shadow) points into the sandbox's root, never
+// at the host.
 type inRoot struct {
 	root *os.File
 }
@@ -95,9 +98,53 @@ func openRoot(rootfs string) (*inRoot, error) {
 
 func (r *inRoot) Close() error { return r.root.Close() }
 
-// mkdirAll creates p and its parents inside the root and returns a handle.
+// open opens p resolved inside the root.
+func (r *inRoot) open(p string, flags uint64) (int, error) {
+	return unix.Openat2(int(r.root.Fd()), p, &unix.OpenHow{
+		Flags:   flags | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
+	})
+}
+
+// mkdirAll creates p and its parents inside the root and returns a handle
+// (O_PATH) on it.
 func (r *inRoot) mkdirAll(p string) (*os.File, error) {
-	return pathrs.MkdirAllHandle(r.root, p, 0o755)
+	p = strings.TrimPrefix(path.Clean("/"+p), "/")
+	if p == "" {
+		p = "."
+	}
+	const dirFlags = unix.O_PATH | unix.O_DIRECTORY
+	fd, err := r.open(p, dirFlags)
+	if err == nil {
+		return os.NewFile(uintptr(fd), p), nil
+	}
+	if !errors.Is(err, unix.ENOENT) {
+		return nil, err
+	}
+	// Each prefix is resolved from the root again, and a missing
+	// directory is made in its parent's handle by its name alone.
+	parent, err := r.open(".", dirFlags)
+	if err != nil {
+		return nil, err
+	}
+	parts := strings.Split(p, "/")
+	for i, part := range parts {
+		prefix := strings.Join(parts[:i+1], "/")
+		fd, err := r.open(prefix, dirFlags)
+		if errors.Is(err, unix.ENOENT) {
+			if err := unix.Mkdirat(parent, part, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+				unix.Close(parent)
+				return nil, fmt.Errorf("%s: %w", prefix, err)
+			}
+			fd, err = r.open(prefix, dirFlags)
+		}
+		unix.Close(parent)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", prefix, err)
+		}
+		parent = fd
+	}
+	return os.NewFile(uintptr(parent), p), nil
 }
 
 // mkdir creates directory p (and parents) and sets its mode.
@@ -110,7 +157,8 @@ func (r *inRoot) mkdir(p string, mode fs.FileMode) error {
 	if mode == 0 {
 		return nil
 	}
-	f, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	// The handle is O_PATH; the same directory is reopened through it.
+	f, err := os.OpenFile("/proc/self/fd/"+strconv.Itoa(int(h.Fd())), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
@@ -167,13 +215,12 @@ func (r *inRoot) chown(p string, uid, gid int) error {
 
 // isDir reports whether p resolves to a directory inside the root.
 func (r *inRoot) isDir(p string) bool {
-	h, err := pathrs.OpenatInRoot(r.root, p)
+	fd, err := r.open(p, unix.O_PATH|unix.O_DIRECTORY)
 	if err != nil {
 		return false
 	}
-	defer h.Close()
-	fi, err := h.Stat()
-	return err == nil && fi.IsDir()
+	unix.Close(fd)
+	return true
 }
 
 // unlinkAny removes a file or empty directory; a missing one is fine.
