@@ -217,15 +217,20 @@ func New(cfg Config) (*Engine, error) {
 
 // Close removes the cgroups made ahead for sandboxes and the engine's
 // cgroup parent from every hierarchy once the sandboxes are gone, so a
-// server that stops leaves no empty cgroups behind, and frees the portal
-// binary's copy. A parent that still holds a sandbox (one that could not be
-// deleted) stays, for the next server's recovery; its error is returned.
-// Only the parent's last component is removed: the levels above it may be
-// shared with other servers. The Engine must not be used afterwards.
+// server that stops leaves no empty cgroups behind, removes the files its
+// sandboxes shared (root templates, their mount point) when no sandbox is
+// left in SandboxDir, and frees the portal binary's copy. A parent that
+// still holds a sandbox (one that could not be deleted) stays, for the
+// next server's recovery; its error is returned. Only the parent's last
+// component is removed: the levels above it may be shared with other
+// servers. The Engine must not be used afterwards.
 func (e *Engine) Close() error {
 	err := e.cg.drain()
 	if perr := e.cg.removeParent(); err == nil {
 		err = perr
+	}
+	if e.templates.clean() {
+		os.Remove(e.mountPoint)
 	}
 	e.l.close()
 	return err
@@ -654,7 +659,7 @@ func (e *Engine) initConfig(b *box) *initConfig {
 		Hostname: s.Hostname,
 		Workdir:  s.Workdir,
 		User:     s.User,
-		Caps:     capMask(dockerCaps),
+		Caps:     e.l.caps,
 		NoFile:   e.host.nofile,
 		OOMScore: e.host.oomScore,
 		Env:      s.Env,

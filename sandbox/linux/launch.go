@@ -30,6 +30,20 @@ func capMask(caps []int) uint64 {
 	return m
 }
 
+// sandboxCaps are the capabilities root in a sandbox has: Docker's set.
+// On a cgroup v2 host, which has no device cgroup to restrict which device
+// nodes may be opened (runc loads an eBPF program for that), CAP_MKNOD is
+// left out instead, so that no device node can be made: the root's
+// overlay, volumes and /dev/shm are nodev, and the sandbox's /dev holds
+// only the harmless nodes the init makes.
+func sandboxCaps(cgroupV2 bool) uint64 {
+	m := capMask(dockerCaps)
+	if cgroupV2 {
+		m &^= 1 << unix.CAP_MKNOD
+	}
+	return m
+}
+
 // sandboxCloneFlags are the namespaces every sandbox gets: PID, mount, UTS
 // (its hostname), IPC, network (loopback only) and cgroup.
 const sandboxCloneFlags = unix.CLONE_NEWPID | unix.CLONE_NEWNS | unix.CLONE_NEWUTS |
@@ -45,6 +59,7 @@ type launcher struct {
 	exe     *os.File // the sealed memfd
 	exePath string   // /proc/self/fd/N
 	devNull *os.File // the init's stdin
+	caps    uint64   // the sandboxes' bounding set
 	cg      *cgroups
 	reqs    chan spawnReq
 	// home are the tasks files of the server's own v1 cgroups, where a
@@ -73,7 +88,7 @@ func newLauncher(binary string, cg *cgroups) (*launcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("copying %s into memory: %w", binary, err)
 	}
-	l := &launcher{exe: exe, exePath: "/proc/self/fd/" + strconv.Itoa(int(exe.Fd())), cg: cg, reqs: make(chan spawnReq)}
+	l := &launcher{exe: exe, exePath: "/proc/self/fd/" + strconv.Itoa(int(exe.Fd())), caps: sandboxCaps(cg.v2), cg: cg, reqs: make(chan spawnReq)}
 	if l.devNull, err = os.Open(os.DevNull); err != nil {
 		l.close()
 		return nil, err
@@ -126,7 +141,10 @@ func sealedCopy(binary string) (*os.File, error) {
 	return os.NewFile(uintptr(hi), "msb-memfd"), nil
 }
 
+// close ends the spawner thread and frees the memfd; the launcher must not
+// be used afterwards.
 func (l *launcher) close() {
+	close(l.reqs) // the spawner goroutine returns, locked: its thread ends
 	if l.exe != nil {
 		l.exe.Close()
 	}
@@ -134,7 +152,6 @@ func (l *launcher) close() {
 		l.devNull.Close()
 	}
 	closeAll(l.home)
-	// The spawner thread stays, idle: it holds nothing but itself.
 }
 
 // startSpawner starts a spawner thread and waits until it is ready.
@@ -165,7 +182,7 @@ func (l *launcher) startSpawner() error {
 // the server's other threads ever gets these credentials.
 func (l *launcher) spawnerThread(ready chan<- error) {
 	runtime.LockOSThread() // never unlocked
-	if err := prepareSpawnerThread(capMask(dockerCaps)); err != nil {
+	if err := prepareSpawnerThread(l.caps); err != nil {
 		ready <- fmt.Errorf("preparing the spawner thread: %w", err)
 		return
 	}

@@ -22,7 +22,7 @@ func TestInitNeverLowersOOMScore(t *testing.T) {
 	if host.oomScore < 0 {
 		t.Errorf("probed init OOM score %d, want >= 0", host.oomScore)
 	}
-	e := &Engine{host: host, cg: &cgroups{}}
+	e := &Engine{host: host, cg: &cgroups{}, l: &launcher{}}
 	b := &box{dir: "/d", spec: sandbox.Spec{MemoryMiB: 64, CPUs: 1, Pids: 64}}
 	if c := e.initConfig(b); c.OOMScore < 0 || c.OOMScore != host.oomScore {
 		t.Errorf("init oom_score_adj %d, want %d (it pins the floor)", c.OOMScore, host.oomScore)

@@ -86,10 +86,8 @@ func (t *templates) get(s sandbox.Spec) (string, error) {
 	final := filepath.Join(t.dir, name)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if dir, ok := t.built[name]; ok {
-		return dir, nil
-	}
-	// Made by an earlier server (a template is renamed into place whole).
+	// Made by this engine, or an earlier server (a template is renamed
+	// into place whole), and not removed since.
 	if fi, err := os.Lstat(final); err == nil && fi.IsDir() {
 		t.built[name] = final
 		return final, nil
@@ -150,11 +148,14 @@ func buildTemplate(dir string, c templateContent) error {
 }
 
 // clean removes templates being built by processes that are gone and, when
-// no sandbox is on disk, every template: they are rebuilt on demand.
-func (t *templates) clean() {
+// no sandbox is on disk, every template: they are rebuilt on demand. It
+// reports whether it removed them all.
+func (t *templates) clean() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	entries, err := os.ReadDir(t.dir)
 	if err != nil {
-		return
+		return false
 	}
 	inUse := false
 	for _, e := range entries {
@@ -171,6 +172,10 @@ func (t *templates) clean() {
 			removeTree(filepath.Join(t.dir, n), dev)
 		}
 	}
+	if !inUse {
+		t.built = map[string]string{}
+	}
+	return !inUse
 }
 
 // devOf returns the device of the file system p is on.
