@@ -80,6 +80,7 @@ type Engine struct {
 	// mountPoint is where every sandbox's init mounts its root, in its
 	// own mount namespace: an empty directory.
 	mountPoint string
+	trash      *trash
 	// dynamicPortal is set when the portal binary needs the host's C
 	// library, so it cannot run inside an OCI image's root.
 	dynamicPortal bool
@@ -193,6 +194,8 @@ func New(cfg Config) (*Engine, error) {
 	}
 	cg.removeStalePools()
 	host.swap = cg.swap
+	bin := &trash{dir: cfg.SandboxDir}
+	bin.empty()
 	tmpl := &templates{dir: cfg.SandboxDir, built: map[string]string{}}
 	tmpl.clean()
 	mountPoint := filepath.Join(cfg.SandboxDir, ".root")
@@ -211,6 +214,7 @@ func New(cfg Config) (*Engine, error) {
 		l:             l,
 		templates:     tmpl,
 		mountPoint:    mountPoint,
+		trash:         bin,
 		dynamicPortal: dynamic,
 	}, nil
 }
@@ -225,6 +229,7 @@ func New(cfg Config) (*Engine, error) {
 // component is removed: the levels above it may be shared with other
 // servers. The Engine must not be used afterwards.
 func (e *Engine) Close() error {
+	e.trash.wait()
 	err := e.cg.drain()
 	if perr := e.cg.removeParent(); err == nil {
 		err = perr
@@ -781,7 +786,11 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 	if err := os.RemoveAll(filepath.Join(e.cfg.StateDir, key)); err != nil {
 		errs = append(errs, err)
 	}
-	if err := removeSandboxDir(b.dir); err != nil {
+	remove := removeSandboxDir
+	if !b.leftover {
+		remove = e.trash.discard
+	}
+	if err := remove(b.dir); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/moby/sys/mountinfo"
@@ -212,6 +213,56 @@ func removeSandboxDir(dir string) error {
 		return err
 	}
 	return removeTree(dir, fi.Sys().(*syscall.Stat_t).Dev)
+}
+
+// trashPrefix starts the names of sandbox directories being removed in
+// the background; no sandbox key starts with a dot.
+const trashPrefix = ".trash-"
+
+// trash removes the directories of deleted sandboxes off the request
+// path: a sandbox's directory is renamed out of its name at once (one
+// rename) and removed by a goroutine. Only directories of sandboxes this
+// engine ran go there: nothing is mounted on the host for them, so no
+// mount check is needed (a leftover of an earlier version may have mounts,
+// and goes through removeSandboxDir).
+type trash struct {
+	dir string // SandboxDir
+	seq atomic.Uint64
+	wg  sync.WaitGroup
+}
+
+// discard moves the sandbox directory dir into the trash and removes it in
+// the background. The image layers it records stop counting as used at
+// once. It returns an error when dir can be neither moved nor removed.
+func (t *trash) discard(dir string) error {
+	os.Remove(filepath.Join(dir, layersFile))
+	to := filepath.Join(t.dir, fmt.Sprintf("%s%s-%d-%d", trashPrefix, filepath.Base(dir), os.Getpid(), t.seq.Add(1)))
+	if err := os.Rename(dir, to); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return removeSandboxDir(dir)
+	}
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		removeTree(to, devOf(t.dir))
+	}()
+	return nil
+}
+
+// wait waits for the removals under way.
+func (t *trash) wait() { t.wg.Wait() }
+
+// empty removes what an earlier server left in the trash.
+func (t *trash) empty() {
+	entries, _ := os.ReadDir(t.dir)
+	dev := devOf(t.dir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), trashPrefix) {
+			removeTree(filepath.Join(t.dir, e.Name()), dev)
+		}
+	}
 }
 
 // removeTree deletes the directory tree at p without following symlinks

@@ -147,21 +147,21 @@ func runInit(status *os.File) error {
 	if err := json.Unmarshal(data, &c); err != nil {
 		return fmt.Errorf("configuration: %w", err)
 	}
-	// Without cgo, Go changes a credential on all of its threads at once;
-	// a binary linked with cgo cannot (the C library has threads of its
-	// own), so there the main thread alone gets the sandbox's credentials
-	// and executes the portal afresh, leaving every other thread behind.
-	_, _, errno := syscall.AllThreadsSyscall(unix.SYS_GETPID, 0, 0, 0)
-	allThreads := errno == 0
+	// Without cgo, Go changes a credential or a namespace on all of its
+	// threads at once; a binary linked with cgo cannot (the C library has
+	// threads of its own), so there the main thread alone gets the
+	// sandbox's credentials and namespace, and executes the portal afresh,
+	// leaving every other thread behind.
+	allThreads := true
 	if c.CgroupV2 {
-		if err := unshareCgroupNS(allThreads); err != nil {
+		if err := unshareCgroupNS(&allThreads); err != nil {
 			return err
 		}
 	}
 	if err := c.setup(); err != nil {
 		return err
 	}
-	if err := c.dropPrivileges(allThreads); err != nil {
+	if err := c.dropPrivileges(&allThreads); err != nil {
 		return err
 	}
 	if err := os.Chdir(c.Workdir); err != nil {
@@ -188,16 +188,25 @@ func runInit(status *os.File) error {
 	return errors.New("the portal returned")
 }
 
+// onAllThreads makes a system call on every thread of the process, or, in
+// a binary linked with cgo, where Go cannot, on the calling thread alone
+// and clears *allThreads.
+func onAllThreads(allThreads *bool, trap, a1, a2, a3 uintptr) syscall.Errno {
+	if *allThreads {
+		_, _, errno := syscall.AllThreadsSyscall(trap, a1, a2, a3)
+		if errno != syscall.ENOTSUP {
+			return errno
+		}
+		*allThreads = false
+	}
+	_, _, errno := syscall.RawSyscall(trap, a1, a2, a3)
+	return errno
+}
+
 // unshareCgroupNS gives the init a cgroup namespace rooted at the cgroup
 // it was cloned into (cgroup v2 hosts).
-func unshareCgroupNS(allThreads bool) error {
-	var errno syscall.Errno
-	if allThreads {
-		_, _, errno = syscall.AllThreadsSyscall(unix.SYS_UNSHARE, unix.CLONE_NEWCGROUP, 0, 0)
-	} else {
-		_, _, errno = syscall.RawSyscall(unix.SYS_UNSHARE, unix.CLONE_NEWCGROUP, 0, 0)
-	}
-	if errno != 0 {
+func unshareCgroupNS(allThreads *bool) error {
+	if errno := onAllThreads(allThreads, unix.SYS_UNSHARE, unix.CLONE_NEWCGROUP, 0, 0); errno != 0 {
 		return fmt.Errorf("cgroup namespace: %w", errno)
 	}
 	return nil
@@ -479,21 +488,23 @@ func loopbackUp() error {
 }
 
 // dropPrivileges gives the sandbox's user and capabilities to every
-// thread (allThreads), or to the calling thread alone, which then executes
-// the portal afresh. The bounding set and no_new_privs came with the clone.
-// As Docker does, root keeps Docker's default set and any other user
-// none: its inheritable set too, which setuid leaves as it was.
-func (c *initConfig) dropPrivileges(allThreads bool) error {
+// thread, or to the calling thread alone (see onAllThreads), which then
+// executes the portal afresh. The bounding set, no_new_privs and an empty
+// list of supplementary groups came with the clone. As Docker does, root
+// keeps Docker's default set and any other user none: its inheritable set
+// too, which setuid leaves as it was.
+func (c *initConfig) dropPrivileges(allThreads *bool) error {
 	u := c.User
 	groups := make([]int, len(u.AdditionalGids))
 	for i, g := range u.AdditionalGids {
 		groups[i] = int(g)
 	}
 	// The syscall package changes these on every thread, with or without
-	// cgo. Supplementary groups are set even when empty: the server's
-	// must not come along.
-	if err := syscall.Setgroups(groups); err != nil {
-		return fmt.Errorf("setgroups: %w", err)
+	// cgo.
+	if cur, err := unix.Getgroups(); err != nil || len(groups) > 0 || len(cur) > 0 {
+		if err := syscall.Setgroups(groups); err != nil {
+			return fmt.Errorf("setgroups: %w", err)
+		}
 	}
 	if u.GID != 0 {
 		if err := syscall.Setresgid(int(u.GID), int(u.GID), int(u.GID)); err != nil {
@@ -515,12 +526,7 @@ func (c *initConfig) dropPrivileges(allThreads bool) error {
 		v := uint32(caps >> (32 * i))
 		data[i] = unix.CapUserData{Effective: v, Permitted: v, Inheritable: v}
 	}
-	var errno syscall.Errno
-	if allThreads {
-		_, _, errno = syscall.AllThreadsSyscall(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0)
-	} else {
-		_, _, errno = syscall.RawSyscall(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0)
-	}
+	errno := onAllThreads(allThreads, unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0)
 	runtime.KeepAlive(&hdr)
 	runtime.KeepAlive(&data)
 	if errno != 0 {

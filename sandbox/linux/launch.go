@@ -235,8 +235,8 @@ func writeZero(files []*os.File) error {
 }
 
 // prepareSpawnerThread gives the calling thread a full inheritable set,
-// then drops from its bounding set every capability not in keep, and sets
-// no_new_privs.
+// then drops from its bounding set every capability not in keep, sets
+// no_new_privs and clears its supplementary groups.
 func prepareSpawnerThread(keep uint64) error {
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData
@@ -261,6 +261,11 @@ func prepareSpawnerThread(keep uint64) error {
 	}
 	if _, _, e := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); e != 0 {
 		return fmt.Errorf("no_new_privs: %w", e)
+	}
+	// No supplementary groups: the server's must not come along, and the
+	// init of a sandbox whose user has none need not clear them.
+	if _, _, e := syscall.RawSyscall(unix.SYS_SETGROUPS, 0, 0, 0); e != 0 {
+		return fmt.Errorf("setgroups: %w", e)
 	}
 	return nil
 }
