@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"slices"
 	"sort"
 
@@ -107,10 +108,18 @@ func LayersInUse(name, sandboxDir string) ([]string, error) {
 // serves as its portal, in the same process) and, when the binary is linked
 // with cgo, the portal the init executes once it has set the sandbox up.
 // Call it first thing, before any other package's work: from an init
-// function of package main.
+// function of package main. This package's own init calls it too.
 func Reexec(args []string, pid int) {
 	linux.MaybeInit()
 	if len(args) > 1 && args[1] == "portal" && pid == 1 {
 		portal.Main()
 	}
 }
+
+// init plays the sandbox roles as soon as the packages they need (the
+// engines and the portal) are initialised: before those only the server
+// and the CLI need (SQLite, the MCP SDK, the CLI library, image
+// registries), whose initialisation would cost every sandbox start about a
+// millisecond of CPU and the portal their memory. main's init, which calls
+// Reexec after every package, then finds nothing to do.
+func init() { Reexec(os.Args, os.Getpid()) }

@@ -44,10 +44,11 @@ func sandboxCaps(cgroupV2 bool) uint64 {
 	return m
 }
 
-// sandboxCloneFlags are the namespaces every sandbox gets: PID, mount, UTS
-// (its hostname), IPC, network (loopback only) and cgroup.
+// sandboxCloneFlags are the namespaces every sandbox gets at clone: PID,
+// mount, UTS (its hostname), IPC and cgroup. Its network namespace
+// (loopback only) is one made ahead, or a new one (CLONE_NEWNET).
 const sandboxCloneFlags = unix.CLONE_NEWPID | unix.CLONE_NEWNS | unix.CLONE_NEWUTS |
-	unix.CLONE_NEWIPC | unix.CLONE_NEWNET | unix.CLONE_NEWCGROUP
+	unix.CLONE_NEWIPC | unix.CLONE_NEWCGROUP
 
 // launcher starts sandbox inits. The init is the portal binary, copied
 // once into a sealed memfd (so nothing can change it under a running
@@ -61,6 +62,7 @@ type launcher struct {
 	devNull *os.File // the init's stdin
 	caps    uint64   // the sandboxes' bounding set
 	cg      *cgroups
+	netns   *netnsPool
 	reqs    chan spawnReq
 	// home are the tasks files of the server's own v1 cgroups, where a
 	// spawner thread returns after every clone.
@@ -69,6 +71,7 @@ type launcher struct {
 
 type spawnReq struct {
 	tasks []*os.File // the sandbox's v1 tasks files, to step into
+	netns *os.File   // a network namespace to step into; nil: a new one
 	attr  *os.ProcAttr
 	res   chan spawnRes
 }
@@ -88,7 +91,8 @@ func newLauncher(binary string, cg *cgroups) (*launcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("copying %s into memory: %w", binary, err)
 	}
-	l := &launcher{exe: exe, exePath: "/proc/self/fd/" + strconv.Itoa(int(exe.Fd())), caps: sandboxCaps(cg.v2), cg: cg, reqs: make(chan spawnReq)}
+	l := &launcher{exe: exe, exePath: "/proc/self/fd/" + strconv.Itoa(int(exe.Fd())), caps: sandboxCaps(cg.v2), cg: cg,
+		netns: newNetnsPool(defaultNetnsPool), reqs: make(chan spawnReq)}
 	if l.devNull, err = os.Open(os.DevNull); err != nil {
 		l.close()
 		return nil, err
@@ -145,6 +149,7 @@ func sealedCopy(binary string) (*os.File, error) {
 // be used afterwards.
 func (l *launcher) close() {
 	close(l.reqs) // the spawner goroutine returns, locked: its thread ends
+	l.netns.close()
 	if l.exe != nil {
 		l.exe.Close()
 	}
@@ -177,6 +182,8 @@ func (l *launcher) startSpawner() error {
 //     for root) while its bounding set is already final.
 //   - no_new_privs, inherited by every thread of the init: the portal's
 //     seccomp filter, installed on all its threads, needs it.
+//   - the network namespace: the thread joins one made ahead (netnsPool)
+//     for the clone, and returns to the server's.
 //
 // The Go runtime never clones new threads from a locked one, so none of
 // the server's other threads ever gets these credentials.
@@ -186,22 +193,39 @@ func (l *launcher) spawnerThread(ready chan<- error) {
 		ready <- fmt.Errorf("preparing the spawner thread: %w", err)
 		return
 	}
+	hostNet, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		ready <- fmt.Errorf("the server's network namespace: %w", err)
+		return
+	}
+	defer hostNet.Close()
 	ready <- nil
 	for r := range l.reqs {
 		var res spawnRes
+		inNet := r.netns != nil && unix.Setns(int(r.netns.Fd()), unix.CLONE_NEWNET) == nil
+		if !inNet {
+			r.attr.Sys.Cloneflags |= unix.CLONE_NEWNET
+		}
 		if err := writeZero(r.tasks); err != nil {
 			res.err = fmt.Errorf("entering the sandbox's cgroups: %w", err)
 		} else {
 			res.p, res.err = os.StartProcess(l.exePath, []string{portalArgv0, portalRole}, r.attr)
 		}
-		if err := writeZero(l.home); err != nil {
+		err := writeZero(l.home)
+		if inNet {
+			if nerr := unix.Setns(int(hostNet.Fd()), unix.CLONE_NEWNET); nerr != nil && err == nil {
+				err = fmt.Errorf("network namespace: %w", nerr)
+			}
+		}
+		if err != nil {
 			// A thread that cannot go home must start nothing else; ending
-			// it (locked) ends its membership of the sandbox's cgroups.
+			// it (locked) ends its membership of the sandbox's cgroups and
+			// namespace.
 			if res.err == nil {
 				res.p.Kill()
 				res.p.Wait()
 			}
-			r.res <- spawnRes{err: fmt.Errorf("the spawner thread could not leave a sandbox's cgroups: %w", err)}
+			r.res <- spawnRes{err: fmt.Errorf("the spawner thread could not leave a sandbox's cgroups or network: %w", err)}
 			if err := l.startSpawner(); err != nil {
 				go func() {
 					for r := range l.reqs {
@@ -216,9 +240,12 @@ func (l *launcher) spawnerThread(ready chan<- error) {
 }
 
 // spawn starts an init with attr, born in the cgroups whose tasks files
-// are given.
+// are given and in a network namespace of its own.
 func (l *launcher) spawn(tasks []*os.File, attr *os.ProcAttr) (*os.Process, error) {
-	r := spawnReq{tasks: tasks, attr: attr, res: make(chan spawnRes, 1)}
+	r := spawnReq{tasks: tasks, netns: l.netns.take(), attr: attr, res: make(chan spawnRes, 1)}
+	if r.netns != nil {
+		defer r.netns.Close()
+	}
 	l.reqs <- r
 	res := <-r.res
 	return res.p, res.err

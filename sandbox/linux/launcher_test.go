@@ -370,3 +370,29 @@ func TestCgroupsPreparedAhead(t *testing.T) {
 		t.Errorf("cgroups left after Close: %v", left)
 	}
 }
+
+// TestNetworkNamespaces checks that every sandbox gets a network namespace
+// of its own, never the host's nor another sandbox's, also when they come
+// from the namespaces made ahead, and with only its loopback, up.
+func TestNetworkNamespaces(t *testing.T) {
+	e, _ := newEngine(t, t.TempDir(), "msb-netns")
+	var st syscall.Stat_t
+	if err := syscall.Stat("/proc/self/ns/net", &st); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[uint64]string{st.Ino: "the host"}
+	for i := range 6 {
+		id := sandboxtest.ID(t, "netns", "n"+strconv.Itoa(i))
+		pid := startBox(t, e, id, hostSpec(t))
+		if err := syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st); err != nil {
+			t.Fatal(err)
+		}
+		if other, ok := seen[st.Ino]; ok {
+			t.Errorf("sandbox %s is in the network namespace of %s", id, other)
+		}
+		seen[st.Ino] = id.String()
+		if got := mustRun(t, e, id, "ls /sys/class/net; cat /sys/class/net/lo/operstate /sys/class/net/lo/flags"); got != "lo\nunknown\n0x9\n" {
+			t.Errorf("network of %s: %q", id, got)
+		}
+	}
+}
