@@ -401,18 +401,17 @@ func (c *cgroups) setLimits(key string, l limits) error {
 // that key are removed first; when they cannot be (a process still holds
 // them), take fails.
 func (c *cgroups) take(key string, l limits) error {
-	if err := c.removeSet(key); err != nil {
-		return fmt.Errorf("cgroups of an earlier run are still in use: %w", err)
-	}
 	name := c.pop()
-	if name != "" {
-		if err := c.rename(name, key); err != nil {
+	if name == "" || c.rename(name, key) != nil {
+		// No ready set, or one could not be renamed: cgroups of that name
+		// are there already (a rename never replaces one), left by a run
+		// that crashed, or a ready set was removed under us.
+		if name != "" {
 			c.removeSet(name)
-			c.removeSet(key)
-			name = ""
 		}
-	}
-	if name == "" {
+		if err := c.removeSet(key); err != nil {
+			return fmt.Errorf("cgroups of an earlier run are still in use: %w", err)
+		}
 		if err := c.makeSet(key); err != nil {
 			return err
 		}
@@ -438,10 +437,15 @@ func (c *cgroups) pop() string {
 	return name
 }
 
-// rename renames the set from to to in every hierarchy.
+// rename renames the set from to to in every hierarchy. On a failure the
+// hierarchies renamed already are renamed back.
 func (c *cgroups) rename(from, to string) error {
-	for _, mnt := range c.mounts() {
+	mnts := c.mounts()
+	for i, mnt := range mnts {
 		if err := os.Rename(c.dir(mnt, from), c.dir(mnt, to)); err != nil {
+			for _, done := range mnts[:i] {
+				os.Rename(c.dir(done, to), c.dir(done, from))
+			}
 			return err
 		}
 	}

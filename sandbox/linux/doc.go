@@ -20,19 +20,23 @@
 // Start clones the sandbox's init straight into its new namespaces from a
 // spawner thread of the server (launcher): an OS thread kept for that
 // alone, whose bounding set is already the sandbox's and which has
-// no_new_privs, so that the init inherits both. Before each clone the
-// spawner moves itself into the sandbox's cgroups by writing "0" to their
-// v1 tasks files, and back afterwards: the init is born in its cgroups
-// (and its cgroup namespace rooted there) without the grace-period wait
-// that moving a process into a v1 cgroup costs after a quiet spell. The
-// cgroups themselves are made ahead of time, ready with their device
-// rules: a start renames one ready set to the sandbox's key and writes its
-// limits. (On a cgroup v2 host the init is cloned into its cgroup with
-// CLONE_INTO_CGROUP instead.)
+// no_new_privs and no supplementary groups, so that the init inherits
+// them. Before each clone the spawner moves itself into the sandbox's
+// cgroups by writing "0" to their v1 tasks files, and back afterwards: the
+// init is born in its cgroups (and its cgroup namespace rooted there)
+// without the grace-period wait that moving a process into a v1 cgroup
+// costs after a quiet spell. (On a cgroup v2 host the init is cloned into
+// its cgroup with CLONE_INTO_CGROUP instead.) What can be made ahead of
+// time is: cgroup sets, ready with their device rules and the portal's
+// user pids cgroup (a start renames one to the sandbox's key and writes
+// its limits), and network namespaces with their loopback up (the spawner
+// joins one for the clone), both refilled in the background.
 //
 // The init is the portal binary, msb itself: copied once, when the engine
 // starts, into a sealed memfd, and executed from it as `msb portal` with
-// an empty environment. It reads its configuration from a socket, builds
+// an empty environment. msb plays that role from the init function of
+// sandbox/engine, before the packages only the server and the CLI need are
+// initialised. It reads its configuration from a socket, builds
 // the sandbox around itself inside its own mount namespace (MaybeInit,
 // init.go): it makes / private, mounts the root (the overlay of the
 // image's layers, or a bind of the sandbox's directory), writes the

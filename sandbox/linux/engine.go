@@ -196,7 +196,7 @@ func New(cfg Config) (*Engine, error) {
 	host.swap = cg.swap
 	bin := &trash{dir: cfg.SandboxDir}
 	bin.empty()
-	tmpl := &templates{dir: cfg.SandboxDir, built: map[string]string{}}
+	tmpl := &templates{dir: cfg.SandboxDir}
 	tmpl.clean()
 	mountPoint := filepath.Join(cfg.SandboxDir, ".root")
 	if err := os.Mkdir(mountPoint, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {

@@ -30,9 +30,8 @@ import (
 type templates struct {
 	dir string // SandboxDir
 
-	mu    sync.Mutex
-	built map[string]string // hash of the content -> directory
-	seq   int
+	mu  sync.Mutex // serialises builds and cleaning
+	seq int
 }
 
 // templatePrefix starts the names of templates in SandboxDir; no sandbox
@@ -89,7 +88,6 @@ func (t *templates) get(s sandbox.Spec) (string, error) {
 	// Made by this engine, or an earlier server (a template is renamed
 	// into place whole), and not removed since.
 	if fi, err := os.Lstat(final); err == nil && fi.IsDir() {
-		t.built[name] = final
 		return final, nil
 	}
 	t.seq++
@@ -104,7 +102,6 @@ func (t *templates) get(s sandbox.Spec) (string, error) {
 			return "", fmt.Errorf("root template: %w", err)
 		}
 	}
-	t.built[name] = final
 	return final, nil
 }
 
@@ -171,9 +168,6 @@ func (t *templates) clean() bool {
 			strings.HasPrefix(n, templatePrefix) && !inUse {
 			removeTree(filepath.Join(t.dir, n), dev)
 		}
-	}
-	if !inUse {
-		t.built = map[string]string{}
 	}
 	return !inUse
 }
