@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -546,8 +547,11 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	}
 
 	attr := &os.ProcAttr{
-		Dir:   "/",
-		Env:   []string{initEnv + "=1"},
+		Dir: "/",
+		// The portal's Go runtime would size itself from the CPUs of the
+		// cgroup it sees at exec, before its cgroup namespace is in place:
+		// the host's root. It gets the sandbox's CPU quota instead.
+		Env:   []string{initEnv + "=1", "GOMAXPROCS=" + strconv.Itoa(max(1, min(b.spec.CPUs, runtime.NumCPU())))},
 		Files: files,
 		Sys:   &syscall.SysProcAttr{Cloneflags: sandboxCloneFlags},
 	}

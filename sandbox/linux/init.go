@@ -24,8 +24,9 @@ import (
 
 // The init's command line and environment. The init is the portal binary
 // itself, started as `msb portal` (its name in the sandbox's process list)
-// with nothing in its environment but initEnv, so that nothing of the
-// sandbox's environment (GODEBUG, GOGC, ...) steers its Go runtime.
+// with nothing in its environment but initEnv and GOMAXPROCS, so that
+// nothing of the sandbox's environment (GODEBUG, GOGC, ...) steers its Go
+// runtime; the sandbox's own replaces them once the sandbox is built.
 const (
 	portalArgv0 = "msb"
 	portalRole  = "portal"
