@@ -201,10 +201,15 @@ func memAvailable(tb testing.TB) int64 {
 // crun (Debian's 1.8.1 refuses this host's hybrid cgroup layout) runs
 // under `unshare -m` with /sys/fs/cgroup/unified unmounted in that private
 // mount namespace; without crun its figures are 0. MSB_BENCH_ROUNDS,
-// MSB_BENCH_STARTS and MSB_BENCH_IDLE (the largest N) scale the run. Run it
-// with scripts/bench-sandbox.sh (root).
+// MSB_BENCH_STARTS and MSB_BENCH_IDLE (the largest N) scale the run;
+// MSB_BENCH_BINARY runs another msb binary as the server (an earlier
+// version, to compare). Run it with scripts/bench-sandbox.sh (root).
 func BenchmarkSandbox(b *testing.B) {
 	home := b.TempDir()
+	if other := os.Getenv("MSB_BENCH_BINARY"); other != "" {
+		defer func(bin string) { msbBin = bin }(msbBin)
+		msbBin = other
+	}
 	srv := startProcess(b, home, "--dev")
 	pid := srv.cmd.Process.Pid
 	c := newRPCClient(srv.URL)
