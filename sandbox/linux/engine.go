@@ -529,8 +529,8 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	if err != nil {
 		return unavailable("init config", err)
 	}
-	// The init reads its configuration once it runs; a pipe's worth is
-	// written at once, more by a goroutine meanwhile.
+	// The init reads its configuration once it runs: what the socket's
+	// buffer surely holds is written now, more by a goroutine meanwhile.
 	writeConfig := func() error {
 		_, err := status.Write(data)
 		if err == nil {
