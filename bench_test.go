@@ -211,6 +211,11 @@ func BenchmarkSandbox(b *testing.B) {
 		msbBin = other
 	}
 	srv := startProcess(b, home, "--dev")
+	b.Cleanup(func() {
+		if b.Failed() {
+			b.Logf("server errors:\n%s", grepLines(srv.out.String(), "level=ERROR"))
+		}
+	})
 	pid := srv.cmd.Process.Pid
 	c := newRPCClient(srv.URL)
 	must := func(method string, params map[string]any) json.RawMessage {

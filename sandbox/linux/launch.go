@@ -209,7 +209,7 @@ func (l *launcher) spawnerThread(ready chan<- error) {
 		if err := writeZero(r.tasks); err != nil {
 			res.err = fmt.Errorf("entering the sandbox's cgroups: %w", err)
 		} else {
-			res.p, res.err = os.StartProcess(l.exePath, []string{portalArgv0, portalRole}, r.attr)
+			res.p, res.err = l.startInit(r.attr)
 		}
 		err := writeZero(l.home)
 		if inNet {
@@ -236,6 +236,20 @@ func (l *launcher) spawnerThread(ready chan<- error) {
 			return
 		}
 		r.res <- res
+	}
+}
+
+// startInit clones and executes the init. Under heavy process churn,
+// executing /proc/self/fd/N has been seen to fail now and then with
+// EACCES while N was the sealed memfd, intact, and to succeed at once when
+// tried again (Linux 6.18, a thousand sandboxes starting); a child that
+// failed to execute has exited and left nothing, so it is tried again.
+func (l *launcher) startInit(attr *os.ProcAttr) (*os.Process, error) {
+	for try := 1; ; try++ {
+		p, err := os.StartProcess(l.exePath, []string{portalArgv0, portalRole}, attr)
+		if err == nil || try == 3 || !errors.Is(err, unix.EACCES) {
+			return p, err
+		}
 	}
 }
 
