@@ -2,6 +2,7 @@ package linux
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -65,6 +66,9 @@ type cgroups struct {
 	// statistics from; "" when the host lacks one.
 	memory, cpu, cpuacct, pids, devices, cpuset string
 	swap                                        bool // memory+swap can be limited
+	// perSet: each set gets its cpuset and device rules written, rather
+	// than from the parent.
+	perSet bool
 
 	mu        sync.Mutex
 	pool      []string // names of ready sets
@@ -193,8 +197,10 @@ func (c *cgroups) dir(mnt, name string) string { return filepath.Join(mnt, c.par
 
 // setup creates the parent cgroup in every hierarchy. A new cpuset cgroup
 // has no CPUs and no memory nodes, which makes it unusable: each level
-// made here gets its parent's. On cgroup v2 the parent's ancestors
-// delegate the memory, cpu and pids controllers down to it.
+// made here gets its parent's, and the parent's children get its own
+// (cgroup.clone_children). The parent's device rules are the sandboxes':
+// a new devices cgroup starts with its parent's. On cgroup v2 the parent's
+// ancestors delegate the memory, cpu and pids controllers down to it.
 func (c *cgroups) setup() error {
 	for _, mnt := range c.mounts() {
 		p := mnt
@@ -217,9 +223,23 @@ func (c *cgroups) setup() error {
 				}
 			}
 		}
-		if c.v2 {
+		switch {
+		case c.v2:
 			if err := enableControllers(p); err != nil {
 				return err
+			}
+		case mnt == c.cpuset:
+			if os.WriteFile(filepath.Join(p, "cgroup.clone_children"), []byte("1"), 0) != nil {
+				c.perSet = true
+			}
+		case mnt == c.devices:
+			// Set by an earlier engine, the rules cannot be written again
+			// while the parent has children; nor can they when children an
+			// older version left have rules of their own: then every set
+			// gets its own.
+			list, err := os.ReadFile(filepath.Join(p, "devices.list"))
+			if err != nil || bytes.Contains(list, []byte("a *:* rwm")) && writeDeviceRules(p) != nil {
+				c.perSet = true
 			}
 		}
 	}
@@ -285,8 +305,9 @@ var deviceRules = []string{
 const userCgroup = "user"
 
 // makeSet creates the cgroups of one sandbox, named name, with what every
-// sandbox shares: cpuset, device rules and the user pids child. Limits
-// come with the sandbox (setLimits). A failure removes what was made.
+// sandbox shares: cpuset and device rules (the parent's, see setup) and
+// the user pids child. Limits come with the sandbox (setLimits). A failure
+// removes what was made.
 func (c *cgroups) makeSet(name string) error {
 	for _, mnt := range c.mounts() {
 		d := c.dir(mnt, name)
@@ -297,12 +318,11 @@ func (c *cgroups) makeSet(name string) error {
 		var err error
 		switch {
 		case c.v2:
-		case mnt == c.cpuset:
+		case mnt == c.cpuset && c.perSet:
 			err = inheritCpuset(filepath.Dir(d), d)
-		case mnt == c.devices:
+		case mnt == c.devices && c.perSet:
 			err = writeDeviceRules(d)
-		}
-		if err == nil && mnt == c.pids && !c.v2 {
+		case mnt == c.pids:
 			err = os.Mkdir(filepath.Join(d, userCgroup), 0o755)
 		}
 		if err != nil {

@@ -358,6 +358,11 @@ func TestCgroupsPreparedAhead(t *testing.T) {
 	if !strings.HasSuffix(inside, strconv.Itoa(128<<20)+"\n128\n100000\n") {
 		t.Errorf("limits seen inside:\n%s", inside)
 	}
+	// The device rules hold: root inside may make a node for the host's
+	// disk in its /dev (not nodev), but not open it.
+	if got := mustRun(t, e, id, "mknod /dev/sdx b 8 0 && (head -c 1 /dev/sdx || echo refused); head -c 1 /dev/zero | wc -c"); got != "refused\n1\n" {
+		t.Errorf("devices inside: %q", got)
+	}
 
 	if err := e.Delete(context.Background(), id); err != nil {
 		t.Fatal(err)
@@ -394,5 +399,35 @@ func TestNetworkNamespaces(t *testing.T) {
 		if got := mustRun(t, e, id, "ls /sys/class/net; cat /sys/class/net/lo/operstate /sys/class/net/lo/flags"); got != "lo\nunknown\n0x9\n" {
 			t.Errorf("network of %s: %q", id, got)
 		}
+	}
+}
+
+// TestDeviceRulesBesideOldSandboxes starts an engine whose cgroup parent
+// already holds a sandbox's cgroup of an earlier version, with device
+// rules of its own: the parent's rules cannot be changed then, and every
+// sandbox must still get runc's rules.
+func TestDeviceRulesBesideOldSandboxes(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), "msb-olddev")
+	old := filepath.Join("/sys/fs/cgroup/devices", cfg.CgroupParent, "old.box")
+	if err := os.MkdirAll(old, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(old) })
+	if err := os.WriteFile(filepath.Join(old, "devices.deny"), []byte("a"), 0); err != nil {
+		t.Fatal(err)
+	}
+	e, err := linux.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	id := sandboxtest.ID(t, "olddev", "a")
+	startBox(t, e, id, hostSpec(t))
+	rules, _ := os.ReadFile(filepath.Join("/sys/fs/cgroup/devices", cfg.CgroupParent, id.Key(), "devices.list"))
+	if strings.Contains(string(rules), "a *:* rwm") || !strings.Contains(string(rules), "c 1:3 rwm") {
+		t.Errorf("device rules of the sandbox:\n%s", rules)
+	}
+	if got := mustRun(t, e, id, "head -c 1 /dev/zero | wc -c; mknod /dev/sdx b 8 0 && (head -c 1 /dev/sdx || echo refused)"); !strings.HasSuffix(got, "1\nrefused\n") {
+		t.Errorf("devices inside: %q", got)
 	}
 }
