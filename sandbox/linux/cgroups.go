@@ -54,10 +54,10 @@ func (h hierarchy) has(controller string) bool {
 //
 // Sets for sandboxes are made ahead of time: a few empty, ready cgroup
 // sets (named .pool-<pid>-<n>) wait under the parent with their device
-// rules, cpuset and the portal's user pids child in place, and a start
-// renames one to the sandbox's key (cgroup v1 renames within a parent) and
-// writes its limits. A background refill keeps the pool full, so the
-// mkdirs and rule writes are off the start path.
+// rules and cpuset (inherited from the parent) and the portal's user pids
+// child in place, and a start renames one to the sandbox's key (cgroup v1
+// renames within a parent) and writes its limits. A background refill
+// keeps the pool full, so the mkdirs are off the start path.
 type cgroups struct {
 	v2     bool        // the host runs cgroup v2 only
 	v1     []hierarchy // cgroup v1 hierarchies (none on a v2 host)
@@ -76,7 +76,6 @@ type cgroups struct {
 	seq       int
 	refilling bool
 	closed    bool
-	refillErr error // logged once
 	refilled  chan struct{}
 }
 
@@ -498,8 +497,8 @@ func (c *cgroups) refill() {
 			err := c.makeSet(name)
 			c.mu.Lock()
 			if err != nil {
-				// The start path makes its own sets meanwhile.
-				c.refillErr = err
+				// The start path makes its own sets meanwhile (and says
+				// why it cannot, if it cannot either).
 				c.refilling = false
 				c.mu.Unlock()
 				return
