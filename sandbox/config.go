@@ -28,6 +28,23 @@ type Config struct {
 	Shell     string   // default DefaultShell
 	Scripts   map[string]string
 	Exec      string // run in the background at start, instead of Scripts["start"]
+
+	// Command is run in the background at start, as an argv without a
+	// shell (an image's entrypoint and cmd), instead of Exec.
+	Command []string
+	// User runs the sandbox's processes: a user of the image, or
+	// uid[:gid]; "": the image's.
+	User    string
+	Rlimits []Rlimit          // of every process of the sandbox
+	Labels  map[string]string // the client's, kept and filtered on
+	Tmpfs   []Tmpfs           // memory-backed directories
+	Lifecycle
+}
+
+// Tmpfs is a memory-backed directory of a sandbox, charged to its memory.
+type Tmpfs struct {
+	Guest   string // absolute path inside the sandbox
+	SizeMiB int    // 0: half the sandbox's memory
 }
 
 // Volume is a host directory (or file) inside the namespace's volume

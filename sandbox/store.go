@@ -7,9 +7,13 @@ import (
 
 // Record is what the server remembers of a sandbox, running or stopped.
 type Record struct {
-	ID      ID
+	ID ID
+	// UUID names this sandbox for as long as it exists; a sandbox of the
+	// same name made after this one was removed gets another.
+	UUID    string
 	Config  Config // normalized
 	State   State
+	Failure string // why its last start failed (State failed)
 	Created time.Time
 	Started time.Time
 	Stopped time.Time
