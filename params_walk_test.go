@@ -14,7 +14,9 @@ var validParams = map[string]map[string]any{
 	"sandbox.start": {"namespace": "walk", "sandbox": "box", "config": map[string]any{
 		"image": "microsandbox/python", "memory": 256, "cpus": 1, "volumes": []string{"data:/data"}, "ports": []string{},
 		"envs": []string{"A=1"}, "depends_on": []string{}, "workdir": "/workspace", "shell": "/bin/sh",
-		"scripts": map[string]string{"start": "true"}, "exec": "true",
+		"scripts": map[string]string{"start": "true"}, "exec": "true", "user": "root", "labels": map[string]string{"a": "b"},
+		"rlimits":   []map[string]any{{"resource": "nofile", "soft": 256, "hard": 256}},
+		"lifecycle": map[string]any{"ephemeral": false, "max_duration_secs": 600, "idle_timeout_secs": 300},
 	}},
 	"sandbox.stop":        {"namespace": "walk", "sandbox": "box"},
 	"sandbox.metrics.get": {"namespace": "walk", "sandbox": "box"},

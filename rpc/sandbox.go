@@ -40,13 +40,53 @@ type Config struct {
 	Shell     string            `json:"shell,omitempty"`
 	Scripts   map[string]string `json:"scripts,omitempty"`
 	Exec      string            `json:"exec,omitempty"`
+	Command   []string          `json:"command,omitempty"` // argv, instead of exec
+	User      string            `json:"user,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Rlimits   []Rlimit          `json:"rlimits,omitempty"`
+	Lifecycle *Lifecycle        `json:"lifecycle,omitempty"`
+}
+
+// Rlimit is a resource limit of every process of a sandbox.
+type Rlimit struct {
+	Resource string `json:"resource"`
+	Soft     uint64 `json:"soft"`
+	Hard     uint64 `json:"hard"`
+}
+
+// Lifecycle bounds a sandbox's life, in the v1 API's terms.
+type Lifecycle struct {
+	Ephemeral       bool    `json:"ephemeral"`
+	MaxDurationSecs float64 `json:"max_duration_secs"`
+	IdleTimeoutSecs float64 `json:"idle_timeout_secs"`
+}
+
+// seconds converts a non-negative number of seconds of field.
+func seconds(field string, s float64) (time.Duration, error) {
+	if math.IsNaN(s) || s < 0 || s > sandbox.MaxLifetime.Seconds() {
+		return 0, errdefs.Invalidf("config.lifecycle.%s %v is out of range: use 0 (none) to %d", field, s, int64(sandbox.MaxLifetime.Seconds()))
+	}
+	return time.Duration(s * float64(time.Second)), nil
 }
 
 // domain maps the wire config onto the domain's. Errors are of class
 // Invalid and name the field.
 func (c Config) domain() (sandbox.Config, error) {
 	d := sandbox.Config{Image: c.Image, Memory: c.Memory, CPUs: c.CPUs, Envs: c.Envs, DependsOn: c.DependsOn,
-		Workdir: c.Workdir, Shell: c.Shell, Scripts: c.Scripts, Exec: c.Exec}
+		Workdir: c.Workdir, Shell: c.Shell, Scripts: c.Scripts, Exec: c.Exec, Command: c.Command, User: c.User, Labels: c.Labels}
+	for _, l := range c.Rlimits {
+		d.Rlimits = append(d.Rlimits, sandbox.Rlimit{Resource: l.Resource, Soft: l.Soft, Hard: l.Hard})
+	}
+	if l := c.Lifecycle; l != nil {
+		var err error
+		d.Ephemeral = l.Ephemeral
+		if d.MaxDuration, err = seconds("max_duration_secs", l.MaxDurationSecs); err != nil {
+			return sandbox.Config{}, err
+		}
+		if d.IdleTimeout, err = seconds("idle_timeout_secs", l.IdleTimeoutSecs); err != nil {
+			return sandbox.Config{}, err
+		}
+	}
 	for _, s := range c.Volumes {
 		v, err := sandbox.ParseVolume(s)
 		if err != nil {

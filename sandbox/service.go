@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,11 +52,12 @@ type Image struct {
 	User    User     // the image's user
 }
 
-// Resolver turns an image reference from a config into an Image.
-// Unknown or unusable references are errors of class Invalid naming the
-// reference.
+// Resolver turns an image reference from a config into an Image. user,
+// if not "", runs the sandbox instead of the image's own user: a name of
+// the image's /etc/passwd, or uid[:gid]. Unknown or unusable references
+// and users are errors of class Invalid naming them.
 type Resolver interface {
-	Resolve(ctx context.Context, ref string) (Image, error)
+	Resolve(ctx context.Context, ref, user string) (Image, error)
 }
 
 // DefaultMaxTimeout is the longest a command or evaluation may be given
@@ -76,6 +78,9 @@ type ServiceOptions struct {
 	// MaxTimeout bounds the timeout of one command or evaluation: a longer
 	// one is cut to it. 0: DefaultMaxTimeout.
 	MaxTimeout time.Duration
+	// EphemeralGrace is how long a stopped ephemeral sandbox stays listed
+	// before it is removed; 0: sandbox.EphemeralGrace.
+	EphemeralGrace time.Duration
 
 	// VolumeRoots are the host directories volumes may come from; each
 	// namespace ns gets <root>/<ns> of each, created on demand, and a
@@ -103,7 +108,13 @@ type Service struct {
 // box is the live state of one sandbox in this server process.
 type box struct {
 	mu      sync.Mutex  // serialises start and stop of this sandbox
+	gone    bool        // removed: the map no longer holds this box
 	running atomic.Bool // set by start, cleared by release; read without mu
+	// phase is StateStarting or StateStopping while a start or stop is
+	// under way, else "" (the record says).
+	phase   atomic.Value
+	run     uint64        // counts the starts: timers of an earlier run do nothing
+	timers  []*time.Timer // of this run (max duration, idle timeout)
 	exited  <-chan struct{}
 	cfg     Config // normalized config it runs with
 	started time.Time
@@ -145,6 +156,9 @@ func NewService(opts ServiceOptions) *Service {
 	if opts.MaxTimeout <= 0 {
 		opts.MaxTimeout = DefaultMaxTimeout
 	}
+	if opts.EphemeralGrace <= 0 {
+		opts.EphemeralGrace = EphemeralGrace
+	}
 	_, canDial := opts.Engine.(Dialer)
 	return &Service{opts: opts, boxes: map[ID]*box{}, bounds: Bounds{
 		MaxCPUs: opts.MaxCPUs, MaxMemory: opts.MaxMemMB, AllowPrivilegedPorts: opts.AllowPrivilegedPorts, NoPorts: !canDial,
@@ -160,6 +174,37 @@ func (s *Service) box(id ID) *box {
 		s.boxes[id] = b
 	}
 	return b
+}
+
+// lockBox returns the box of id, locked, making one if needed; a box
+// removed meanwhile is never returned.
+func (s *Service) lockBox(id ID) *box {
+	for {
+		b := s.box(id)
+		b.mu.Lock()
+		if !b.gone {
+			return b
+		}
+		b.mu.Unlock()
+	}
+}
+
+// forget removes the sandbox b holds (b.mu held, not running) for good:
+// its record, its log and its box.
+func (s *Service) forget(ctx context.Context, id ID, b *box) error {
+	if err := s.opts.Store.DeleteSandbox(ctx, id); err != nil {
+		return err
+	}
+	if err := os.Remove(LogPath(s.opts.LogDir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.opts.Log.Warn("remove the log of a removed sandbox", "sandbox", id.String(), "err", err)
+	}
+	b.gone = true
+	s.mu.Lock()
+	if s.boxes[id] == b {
+		delete(s.boxes, id)
+	}
+	s.mu.Unlock()
+	return nil
 }
 
 func (s *Service) lookup(id ID) (*box, bool) {
@@ -196,7 +241,13 @@ func (s *Service) Recover(ctx context.Context) error {
 		return fmt.Errorf("recover sandboxes: %w", err)
 	}
 	for _, r := range recs {
-		if r.State == StateRunning {
+		switch {
+		case r.Config.Ephemeral && r.State != StateFailed:
+			// Nobody polls for its stop across a restart: remove it now.
+			if err := s.opts.Store.DeleteSandbox(ctx, r.ID); err != nil {
+				return fmt.Errorf("recover sandbox %s: %w", r.ID, err)
+			}
+		case r.State == StateRunning:
 			if err := s.opts.Store.MarkSandboxStopped(ctx, r.ID, s.opts.Now()); err != nil {
 				return fmt.Errorf("recover sandbox %s: %w", r.ID, err)
 			}

@@ -21,7 +21,7 @@ import (
 // image resolver does for its aliases.
 type hostImage struct{}
 
-func (hostImage) Resolve(ctx context.Context, ref string) (sandbox.Image, error) {
+func (hostImage) Resolve(ctx context.Context, ref, user string) (sandbox.Image, error) {
 	if ref == "nosuch" {
 		return sandbox.Image{}, errdefs.Invalidf("image %q is not available", ref)
 	}
@@ -47,7 +47,7 @@ func newService(t *testing.T, eng *sandboxtest.Memory) fixture {
 	t.Cleanup(func() { db.Close() })
 	svc := sandbox.NewService(sandbox.ServiceOptions{
 		Engine: eng, Store: db, Images: hostImage{}, LogDir: t.TempDir(), Pids: 64, MaxCPUs: 2, MaxMemMB: 4096,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), EphemeralGrace: 20 * time.Millisecond,
 	})
 	if err := svc.Recover(ctx); err != nil {
 		t.Fatal(err)
@@ -218,8 +218,12 @@ func TestEngineFailures(t *testing.T) {
 	if calls := eng.Calls(); calls[len(calls)-1] != "delete "+id.String() {
 		t.Fatalf("half-made sandbox not deleted: %v", calls)
 	}
-	if _, err := f.store.Sandbox(f.ctx, id); !errors.Is(err, errdefs.ErrNotFound) {
-		t.Fatalf("a sandbox that never started was recorded: %v", err)
+	// The failed start is recorded, for a client that asks, with what
+	// failed and not the engine's detail.
+	rec, err := f.svc.Get(f.ctx, id)
+	if err != nil || rec.State != sandbox.StateFailed || !strings.Contains(rec.Failure, "failed in the sandbox engine") ||
+		strings.Contains(rec.Failure, "secret-host-path") || rec.UUID == "" {
+		t.Fatalf("record of a failed start: %+v, %v", rec, err)
 	}
 	if err := f.svc.Start(f.ctx, id, &sandbox.Config{Image: "nosuch"}); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "nosuch") {
 		t.Fatalf("unknown image: %v", err)
@@ -323,4 +327,126 @@ func TestSandboxMetricsLooksUpOne(t *testing.T) {
 	if counting.lists != 0 || counting.gets != 1 {
 		t.Fatalf("one sandbox's metrics: %d lookups, %d listings; want 1 lookup", counting.gets, counting.lists)
 	}
+}
+
+// A sandbox's UUID stays for its life, across stops and starts; a
+// sandbox of the same name made after a removal gets another.
+func TestUUIDAndRemove(t *testing.T) {
+	f := newService(t, sandboxtest.NewMemory())
+	id := sandboxtest.ID(t, "ns", "box")
+	if err := f.svc.Start(f.ctx, id, &sandbox.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	first, err := f.svc.Get(f.ctx, id)
+	if err != nil || first.UUID == "" || first.State != sandbox.StateRunning {
+		t.Fatalf("Get = %+v, %v", first, err)
+	}
+	if byUUID, err := f.svc.GetByUUID(f.ctx, "ns", first.UUID); err != nil || byUUID.ID != id {
+		t.Fatalf("GetByUUID = %+v, %v", byUUID, err)
+	}
+	if _, err := f.svc.GetByUUID(f.ctx, "other", first.UUID); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("GetByUUID in another namespace: %v", err)
+	}
+	f.svc.Stop(f.ctx, id)
+	f.svc.Start(f.ctx, id, nil)
+	if again, _ := f.svc.Get(f.ctx, id); again.UUID != first.UUID {
+		t.Fatalf("UUID changed across a restart: %s, %s", first.UUID, again.UUID)
+	}
+	if err := f.svc.Remove(f.ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Get(f.ctx, id); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("Get after Remove: %v", err)
+	}
+	if err := f.svc.Remove(f.ctx, id); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("second Remove: %v", err)
+	}
+	if _, err := f.eng.Inspect(f.ctx, id); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("removed sandbox still held by the engine: %v", err)
+	}
+	if err := f.svc.Start(f.ctx, id, &sandbox.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if fresh, _ := f.svc.Get(f.ctx, id); fresh.UUID == first.UUID || fresh.UUID == "" {
+		t.Fatalf("a new sandbox of the same name kept the UUID %s", fresh.UUID)
+	}
+}
+
+func TestListPagesAndLabels(t *testing.T) {
+	f := newService(t, sandboxtest.NewMemory())
+	for i, name := range []string{"a", "b", "c", "d", "e"} {
+		labels := map[string]string{"team": "x"}
+		if i%2 == 1 {
+			labels["team"] = "y"
+		}
+		if err := f.svc.Start(f.ctx, sandboxtest.ID(t, "ns", name), &sandbox.Config{Labels: labels}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.svc.Start(f.ctx, sandboxtest.ID(t, "other", "z"), &sandbox.Config{})
+	var names []string
+	cursor := ""
+	for range 10 {
+		page, next, err := f.svc.List(f.ctx, "ns", sandbox.ListOptions{Limit: 2, After: cursor})
+		if err != nil || len(page) > 2 {
+			t.Fatalf("List = %v, %q, %v", page, next, err)
+		}
+		for _, r := range page {
+			names = append(names, r.ID.Name())
+		}
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	if strings.Join(names, ",") != "a,b,c,d,e" {
+		t.Fatalf("pages gave %v", names)
+	}
+	page, next, err := f.svc.List(f.ctx, "ns", sandbox.ListOptions{Labels: map[string]string{"team": "y"}})
+	if err != nil || next != "" || len(page) != 2 || page[0].ID.Name() != "b" || page[1].ID.Name() != "d" {
+		t.Fatalf("List by label = %v, %q, %v", page, next, err)
+	}
+	if _, _, err := f.svc.List(f.ctx, "ns", sandbox.ListOptions{After: "%%%"}); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Fatalf("bad cursor: %v", err)
+	}
+}
+
+// An ephemeral sandbox is removed once it stopped (after its grace, while
+// which it is listed as stopped); a max duration stops a sandbox.
+func TestEphemeralAndMaxDuration(t *testing.T) {
+	f := newService(t, sandboxtest.NewMemory())
+	eph := sandboxtest.ID(t, "ns", "eph")
+	if err := f.svc.Start(f.ctx, eph, &sandbox.Config{Lifecycle: sandbox.Lifecycle{Ephemeral: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.Stop(f.ctx, eph); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := f.svc.Get(f.ctx, eph); err != nil || rec.State != sandbox.StateStopped {
+		t.Fatalf("an ephemeral sandbox right after its stop: %+v, %v", rec, err)
+	}
+	waitGone(t, f, eph)
+
+	short := sandboxtest.ID(t, "ns", "short")
+	if err := f.svc.Start(f.ctx, short, &sandbox.Config{Lifecycle: sandbox.Lifecycle{MaxDuration: 50 * time.Millisecond}}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, f, short, sandbox.StateStopped)
+	// A dead ephemeral sandbox goes too.
+	dies := sandboxtest.ID(t, "ns", "dies")
+	if err := f.svc.Start(f.ctx, dies, &sandbox.Config{Lifecycle: sandbox.Lifecycle{Ephemeral: true}}); err != nil {
+		t.Fatal(err)
+	}
+	f.eng.Die(dies)
+	waitGone(t, f, dies)
+}
+
+func waitGone(t *testing.T, f fixture, id sandbox.ID) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if _, err := f.store.Sandbox(f.ctx, id); errors.Is(err, errdefs.ErrNotFound) {
+			return
+		}
+	}
+	t.Fatalf("sandbox %s never removed", id)
 }

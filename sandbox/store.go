@@ -24,10 +24,17 @@ type Record struct {
 // without touching stored rows.
 type Store interface {
 	// PutSandbox records a sandbox as started with r.Config at r.Started
-	// (keeping its creation time if it is known).
+	// (keeping its creation time and UUID if it is known).
 	PutSandbox(ctx context.Context, r Record) error
 	// MarkSandboxStopped records that the sandbox stopped at t.
 	MarkSandboxStopped(ctx context.Context, id ID, t time.Time) error
+	// MarkSandboxFailed records that the sandbox's start failed at t, why.
+	MarkSandboxFailed(ctx context.Context, id ID, why string, t time.Time) error
+	// DeleteSandbox forgets the sandbox; a missing one is not an error.
+	DeleteSandbox(ctx context.Context, id ID) error
+	// SandboxByUUID returns the record of namespace ns with UUID uuid;
+	// class NotFound when there is none.
+	SandboxByUUID(ctx context.Context, ns, uuid string) (Record, error)
 	// Sandbox returns the record of id; an error of class NotFound when
 	// there is none.
 	Sandbox(ctx context.Context, id ID) (Record, error)

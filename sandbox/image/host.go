@@ -90,6 +90,12 @@ func hostFrom(root string) (sandbox.RootFS, error) {
 	return rfs, nil
 }
 
+// The users and groups of the host image.
+const (
+	hostPasswd = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+	hostGroup  = "root:x:0:\nnogroup:x:65534:\n"
+)
+
 // etcFiles is the generated /etc: just enough for libc, Python and Node to
 // resolve users, localhost and the (absent) network.
 func etcFiles() []sandbox.File {
@@ -97,8 +103,8 @@ func etcFiles() []sandbox.File {
 		return sandbox.File{Path: path, Mode: 0o644, Content: []byte(content)}
 	}
 	return []sandbox.File{
-		f("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
-		f("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
+		f("etc/passwd", hostPasswd),
+		f("etc/group", hostGroup),
 		f("etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
 		f("etc/resolv.conf", "# msb: this sandbox has no network, only loopback.\n"),
 		f("etc/nsswitch.conf", "passwd: files\ngroup: files\nshadow: files\nhosts: files\nnetworks: files\nprotocols: files\nservices: files\n"),

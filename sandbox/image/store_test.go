@@ -105,7 +105,7 @@ func TestPullLayeredImage(t *testing.T) {
 	if rec.Name != ref || !strings.HasPrefix(rec.Digest, "sha256:") || len(rec.Layers) != 2 || rec.Size() == 0 {
 		t.Errorf("record = %+v", rec)
 	}
-	simg, err := s.Image(rec)
+	simg, err := s.Image(rec, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,7 +303,7 @@ func TestPullErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	simg, _ := s.Image(rec)
+	simg, _ := s.Image(rec, "")
 	if _, err := os.Stat(filepath.Join(simg.Root.Layers[0], "f")); err != nil {
 		t.Errorf("multi-platform image resolved to the wrong platform: %v", err)
 	}
@@ -353,11 +353,11 @@ func TestResolverAliasToImage(t *testing.T) {
 	reg := sandboxtest.NewRegistry(t)
 	ref := reg.Push(t, "test/aliased:1", sandboxtest.Image(t, v1.Config{WorkingDir: "/w"}, sandboxtest.Layer(t, sandboxtest.File("f", "x", 0o644))))
 	r := image.Resolver{Aliases: map[string]string{"microsandbox/python": image.HostName, "mine": ref}, Store: newStore(t)}
-	img, err := r.Resolve(context.Background(), "mine")
+	img, err := r.Resolve(context.Background(), "mine", "")
 	if err != nil || img.Ref != "mine" || len(img.Root.Layers) != 1 || img.Workdir != "/w" {
 		t.Errorf("Resolve(mine) = %+v, %v", img, err)
 	}
-	if img, err := r.Resolve(context.Background(), "microsandbox/python"); err != nil || len(img.Root.Layers) != 0 || len(img.Root.Mounts) == 0 {
+	if img, err := r.Resolve(context.Background(), "microsandbox/python", ""); err != nil || len(img.Root.Layers) != 0 || len(img.Root.Mounts) == 0 {
 		t.Errorf("host alias = %+v, %v", img, err)
 	}
 }
@@ -553,7 +553,7 @@ func TestWhiteoutEdgeCases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	simg, err := s.Image(rec)
+	simg, err := s.Image(rec, "")
 	if err != nil {
 		t.Fatal(err)
 	}

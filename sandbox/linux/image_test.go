@@ -85,7 +85,7 @@ func TestPruneKeepsSandboxLayers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := store.Image(rec)
+	img, err := store.Image(rec, "")
 	if err != nil {
 		t.Fatal(err)
 	}
