@@ -594,3 +594,68 @@ func TestKeysListWarnings(t *testing.T) {
 		t.Errorf("warning about a fine key:\n%s", errOut)
 	}
 }
+
+// A key cannot multiply its budget by minting children: a child's calls
+// count against its own limits and against every ancestor's rate and
+// uses. (A key with rate 10/m and 20 uses once minted 6 children that
+// together made 64 calls.)
+func TestKeyFamilyShareTheBudget(t *testing.T) {
+	t.Parallel()
+	home := newHome(t)
+	srv := startServer(t, home)
+	parent := keygen(t, home, "--rate", "10/m", "--max-uses", "20", "--scope", "keys:manage,sandbox:read")
+	var children []string
+	for range 6 {
+		var made struct{ Key string }
+		status, r := srv.call(parent, "keys.create", map[string]any{"scopes": []string{"sandbox:read", "keys:manage"}})
+		if status != 200 || r.Error != nil || json.Unmarshal(r.Result, &made) != nil {
+			break // the family's budget may already be spent
+		}
+		children = append(children, made.Key)
+	}
+	if len(children) == 0 {
+		t.Fatal("no child key could be made")
+	}
+	// A grandchild too.
+	var grand struct{ Key string }
+	if status, r := srv.call(children[0], "keys.create", map[string]any{}); status == 200 && r.Error == nil {
+		json.Unmarshal(r.Result, &grand)
+		children = append(children, grand.Key)
+	}
+	made := len(children) + 1 // every keys.create was a call of the family
+	ok := 0
+	for round := 0; round < 20; round++ {
+		for _, k := range append([]string{parent}, children...) {
+			if status, r := srv.call(k, "sandbox.metrics.get", map[string]any{"namespace": "*"}); status == 200 && r.Error == nil {
+				ok++
+			}
+		}
+	}
+	if total := made + ok; total > 11 { // 10 a minute, and a token that may refill meanwhile
+		t.Fatalf("the family made %d calls with a key of 10/m and 20 uses", total)
+	}
+	// A child's own refusal names the family.
+	srv.wantError(children[len(children)-1], "sandbox.metrics.get", map[string]any{"namespace": "*"}, 429, -32005, "made from")
+}
+
+// The uses of a key are shared with the keys made from it.
+func TestKeyFamilyShareTheUses(t *testing.T) {
+	t.Parallel()
+	home := newHome(t)
+	srv := startServer(t, home)
+	parent := keygen(t, home, "--max-uses", "8", "--scope", "keys:manage,sandbox:read")
+	var child struct{ Key string }
+	srv.mustCall(parent, "keys.create", map[string]any{"max_uses": 5}, &child) // use 1 of the parent's 8
+	ok := 0
+	for range 20 {
+		for _, k := range []string{parent, child.Key} {
+			if status, r := srv.call(k, "sandbox.metrics.get", map[string]any{"namespace": "*"}); status == 200 && r.Error == nil {
+				ok++
+			}
+		}
+	}
+	if ok != 7 {
+		t.Fatalf("parent and child made %d calls after the create, want the parent's 7 uses left", ok)
+	}
+	srv.wantError(child.Key, "sandbox.metrics.get", map[string]any{"namespace": "*"}, 401, -32002, "usage limit reached")
+}

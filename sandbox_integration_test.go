@@ -752,3 +752,21 @@ func grepLines(text, s string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// A sandbox that makes its agent crash (SIGQUIT makes a Go program dump
+// every goroutine and exit) gets a short message, not the dump.
+func TestAgentCrashIsAShortMessage(t *testing.T) {
+	t.Parallel()
+	home := newHome(t)
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	box := srv.sandbox(key, "crash", "quit", nil)
+	status, r := srv.call(key, "sandbox.command.run", box.params(map[string]any{"command": "sh", "args": []string{"-c", "kill -QUIT 1; sleep 10"}}))
+	if status != 200 || r.Error == nil || r.Error.Code != -32001 {
+		t.Fatalf("call during the agent's crash: HTTP %d, %+v", status, r.Error)
+	}
+	t.Logf("message: %q", r.Error.Message)
+	if strings.Contains(r.Error.Message, "goroutine") || strings.Count(r.Error.Message, "\n") > 0 || len(r.Error.Message) > 400 {
+		t.Fatalf("the client got the agent's dump: %q", r.Error.Message)
+	}
+}

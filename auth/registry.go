@@ -37,6 +37,9 @@ type Key struct {
 	MaxUses    int64          // 0: unlimited
 	Uses       int64          // calls made, as recorded so far
 	ReplacedBy string         // the key that replaced this one by rotation
+	// Parent is the key this one was made from ("": by the operator):
+	// its calls count against the parent's rate and uses too.
+	Parent string
 	// Hash is the hex SHA-256 of the key text: how the registry
 	// recognises a key without storing it.
 	Hash string

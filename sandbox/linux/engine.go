@@ -759,10 +759,13 @@ func callErr(b *box, what string, err error) error {
 	if !exited {
 		return fmt.Errorf("sandbox %s: %s: %w", b.id, what, err)
 	}
-	// The portal's last words say whether it was killed or crashed.
-	msg := logTail(filepath.Join(b.dir, "portal.log"))
+	// The portal's last words say whether it was killed or crashed: the
+	// client gets their first line, the server's log all of them.
+	logPath := filepath.Join(b.dir, "portal.log")
+	msg := lastWords(logPath)
 	if msg != "" {
-		msg = " (portal log: " + msg + ")"
+		slog.Warn("sandbox stopped during a call", "sandbox", b.id.String(), "call", what, "portal_log", logTail(logPath))
+		msg = " (the sandbox's agent said: " + msg + ")"
 	}
 	return fmt.Errorf("sandbox %s stopped during %s%s: %w", b.id, what, msg, errdefs.ErrConflict)
 }
