@@ -106,10 +106,19 @@ func (s *msbServer) Advance(d time.Duration) {
 	s.clock.mu.Unlock()
 }
 
+// newHome makes a home whose config lets images come from the tests'
+// registries, on loopback.
 func newHome(t testing.TB) string {
 	t.Helper()
-	return t.TempDir()
+	home := t.TempDir()
+	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(testConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return home
 }
+
+// testConfig is the config.toml of the tests' homes.
+const testConfig = "# the tests' registries run on loopback\nregistries = [\"127.0.0.1\"]\n"
 
 // msb runs an msb command in home and returns stdout, stderr and the error.
 func msb(t testing.TB, home string, args ...string) (string, string, error) {

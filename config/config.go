@@ -48,6 +48,11 @@ type Config struct {
 	TLSCert string `toml:"tls_cert"`
 	TLSKey  string `toml:"tls_key"`
 
+	// Registries are the registries images may be pulled from ("host",
+	// "host:port", "*.domain"); nil: the public ones. Loopback and private
+	// addresses need a registry listed by its exact host.
+	Registries []string `toml:"registries"`
+
 	// Images maps image names used in sandbox.start to what they run:
 	// "host" (the built-in image) or, later, an OCI image reference.
 	Images map[string]string `toml:"images"`
@@ -423,6 +428,14 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # 1024 need allow_privileged_ports.
 # port_bind_address = "127.0.0.1"
 # allow_privileged_ports = false
+
+# The registries images may be pulled from: "host", "host:port" or
+# "*.domain". Default: the public registries (docker.io, ghcr.io, quay.io,
+# gcr.io, *.pkg.dev, registry.k8s.io, public.ecr.aws, mcr.microsoft.com,
+# registry.gitlab.com). A pull never reaches a loopback, private or
+# link-local address, nor this server's own, unless its host is listed here
+# exactly, e.g. registries = ["docker.io", "registry.internal:5000"].
+# registries = ["docker.io", "ghcr.io"]
 
 # Image aliases: the image names sandbox.start accepts, and what each runs.
 # "host" is the built-in image: this machine's /usr, /bin and /lib, read-only,

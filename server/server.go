@@ -200,7 +200,12 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 	if err != nil {
 		return err
 	}
-	images, err := image.NewStore(s.cfg.ImageDir(), image.StoreOptions{Records: s.home.DB})
+	registries, err := image.NewRegistries(s.cfg.Registries)
+	if err != nil {
+		eng.Close()
+		return fmt.Errorf("config.toml: %w", err)
+	}
+	images, err := image.NewStore(s.cfg.ImageDir(), image.StoreOptions{Records: s.home.DB, Registries: &registries})
 	if err != nil {
 		eng.Close()
 		return err

@@ -73,9 +73,11 @@ func TestPruneKeepsSandboxLayers(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
+	registries, _ := image.NewRegistries([]string{"127.0.0.1"}) // the test registry
 	store, err := image.NewStore(filepath.Join(home, "images"), image.StoreOptions{
-		Records: db,
-		InUse:   func() ([]string, error) { return linux.LayersInUse(cfg.SandboxDir) },
+		Records:    db,
+		Registries: &registries,
+		InUse:      func() ([]string, error) { return linux.LayersInUse(cfg.SandboxDir) },
 	})
 	if err != nil {
 		t.Fatal(err)
