@@ -102,10 +102,10 @@ type Store struct {
 	dir        string
 	records    RecordStore
 	registries Registries
-	keychain authn.Keychain
-	platform v1.Platform
-	now      func() time.Time
-	inUse    func() ([]string, error)
+	keychain   authn.Keychain
+	platform   v1.Platform
+	now        func() time.Time
+	inUse      func() ([]string, error)
 
 	mu    sync.Mutex
 	pulls map[string]*pullCall // in flight, by canonical name
