@@ -33,9 +33,15 @@ type RateLimitError struct {
 	Start      bool // the sandbox.start bucket
 	// Family marks a refusal by the bucket of a key this one descends from.
 	Family bool
+	// InFlight, when set, is the bound on calls under way at once that
+	// the call would have passed (not a rate).
+	InFlight int
 }
 
 func (e *RateLimitError) Error() string {
+	if e.InFlight > 0 {
+		return fmt.Sprintf("this API key already has %d calls under way, the most it may: retry when one has finished (max_calls_per_key in config.toml)", e.InFlight)
+	}
 	what := "rate limit"
 	if e.Start {
 		what = "sandbox.start rate limit"

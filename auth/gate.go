@@ -187,6 +187,8 @@ type Action struct {
 	// Detail is the audit record's detail (such as the id of a key acted
 	// on), set by the handler. Never secrets, code or output.
 	Detail string
+
+	held bool // it holds one of its key's calls in flight (Charge)
 }
 
 // Gate is the one path every call of every front-end takes: rate limit,
@@ -201,6 +203,11 @@ type Gate struct {
 	// Log gets one line per refused authentication, sampled like their
 	// audit events; nil: slog.Default().
 	Log *slog.Logger
+	// MaxInFlight bounds the calls of one key under way at once (0: no
+	// bound), so that one key cannot hold every worker, connection and
+	// buffer of the server.
+	MaxInFlight int
+	inFlight    sync.Map // key id -> *atomic.Int64
 
 	// Refusals that cost the caller nothing (401s, 429s) are audited at
 	// most at refusalRate per source; the rest are counted into the next
@@ -313,6 +320,19 @@ func (g *Gate) Prepay(c *Caller, n int) error {
 // from the sandbox.start bucket for a start). Every call is charged,
 // whatever then becomes of it. A refusal is of class RateLimited.
 func (g *Gate) Charge(c *Caller, a *Action) error {
+	if g.MaxInFlight > 0 && !c.Principal.Unlimited {
+		v, _ := g.inFlight.LoadOrStore(c.Principal.KeyID, new(atomic.Int64))
+		n := v.(*atomic.Int64)
+		if n.Add(1) > int64(g.MaxInFlight) {
+			n.Add(-1)
+			err := &RateLimitError{RetryAfter: time.Second, InFlight: g.MaxInFlight}
+			c.mu.Lock()
+			c.retryAfter = max(c.retryAfter, err.RetryAfter)
+			c.mu.Unlock()
+			return err
+		}
+		a.held = true
+	}
 	var rs ratelimit.Status
 	var err error
 	switch {
@@ -364,6 +384,11 @@ func (g *Gate) Authorize(ctx context.Context, c *Caller, a *Action, validate fun
 // refused or failed): actions that change something, and refusals, are
 // audited.
 func (g *Gate) Done(c *Caller, a Action, err error) {
+	if a.held {
+		if v, ok := g.inFlight.Load(c.Principal.KeyID); ok {
+			v.(*atomic.Int64).Add(-1)
+		}
+	}
 	refused := Refused(err)
 	if !a.Changes && !refused {
 		return

@@ -60,6 +60,13 @@ type Config struct {
 	// Engine names the sandbox engine (see sandbox/engine); default "linux".
 	Engine string `toml:"engine"`
 
+	// Connections: at most MaxConnections open at once, and
+	// MaxConnectionsPerAddress from one remote address; at most
+	// MaxCallsPerKey calls of one API key at once.
+	MaxConnections           int `toml:"max_connections"`
+	MaxConnectionsPerAddress int `toml:"max_connections_per_address"`
+	MaxCallsPerKey           int `toml:"max_calls_per_key"`
+
 	// Sandbox defaults.
 	SandboxPids int `toml:"sandbox_pids"`
 	// MaxTimeout is the longest timeout a command or evaluation may have
@@ -130,7 +137,11 @@ func Default(home string) Config {
 		Images:      DefaultImages(),
 		Engine:      "linux",
 		SandboxPids: 1024,
-		MaxTimeout:  DefaultMaxTimeout,
+
+		MaxConnections:           8192,
+		MaxConnectionsPerAddress: 512,
+		MaxCallsPerKey:           32,
+		MaxTimeout:               DefaultMaxTimeout,
 
 		RateLimit:      DefaultRateLimit,
 		StartRateLimit: DefaultStartRateLimit,
@@ -307,6 +318,12 @@ func (c *Config) Validate() error {
 	if c.PortBind != "" && net.ParseIP(c.PortBind) == nil && c.PortBind != "localhost" {
 		return fmt.Errorf("%w: port_bind_address %q is not an IP address, such as 127.0.0.1", ErrInvalid, c.PortBind)
 	}
+	if c.MaxConnections < 16 || c.MaxConnectionsPerAddress < 1 || c.MaxConnectionsPerAddress > c.MaxConnections {
+		return fmt.Errorf("%w: max_connections %d and max_connections_per_address %d: use at least 16, and at least 1 per address but no more than in all", ErrInvalid, c.MaxConnections, c.MaxConnectionsPerAddress)
+	}
+	if c.MaxCallsPerKey < 1 {
+		return fmt.Errorf("%w: max_calls_per_key %d: use at least 1", ErrInvalid, c.MaxCallsPerKey)
+	}
 	if c.Engine == "" {
 		return fmt.Errorf("%w: engine is empty: use \"linux\"", ErrInvalid)
 	}
@@ -416,6 +433,13 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # rate_limit = "600/m"
 # start_rate_limit = "60/m"
 # audit_retention = "90d"
+
+# Connections open at once, in all and from one address, and calls of one
+# API key under way at once; past them connections are closed at once and
+# calls answered 429.
+# max_connections = 8192
+# max_connections_per_address = 512
+# max_calls_per_key = 32
 
 # The longest timeout a command or code evaluation may ask for; a longer one
 # (the Go SDK sends nanoseconds) is cut to it.

@@ -42,6 +42,10 @@ func TestDefault(t *testing.T) {
 		Engine:      "linux",
 		MaxTimeout:  "24h",
 
+		MaxConnections:           8192,
+		MaxConnectionsPerAddress: 512,
+		MaxCallsPerKey:           32,
+
 		RateLimit:      "600/m",
 		StartRateLimit: "60/m",
 		AuditRetention: "90d",

@@ -96,6 +96,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err e
 	if err := cfg.EnsureHome(); err != nil {
 		return nil, err
 	}
+	s.log.Info("file descriptor limit", "nofile", raiseFileLimit())
 	if s.lock, err = lockHome(cfg); err != nil {
 		return nil, err
 	}
@@ -125,13 +126,14 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err e
 		}
 	}
 	gate := auth.NewGate(policy, rpc.Code, opts.Now)
-	gate.Log = s.log
+	gate.Log, gate.MaxInFlight = s.log, cfg.MaxCallsPerKey
 	s.handler = rpc.NewServer(methods(s.sandboxes, s.home, policy.Dev()), gate, s.log)
 	s.handler.Mount(mcp.Path, mcp.NewHandler(s.handler, &mcp.Options{Logger: s.log}))
 
 	if s.ln, err = net.Listen("tcp", cfg.Addr()); err != nil {
 		return nil, fmt.Errorf("listen on %s: %w (is another program using the port? choose one with --port)", cfg.Addr(), err)
 	}
+	s.ln = newLimitListener(s.ln, cfg.MaxConnections, cfg.MaxConnectionsPerAddress, s.log)
 	scheme := "http"
 	if cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -255,7 +257,7 @@ func hostMemoryMiB() int {
 // stopped. It writes server.json and the pid file while it serves.
 func (s *Server) Run(ctx context.Context) error {
 	srv := &http.Server{
-		Handler:           s.handler,
+		Handler:           withBodyDeadline(s.handler),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
