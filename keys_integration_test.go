@@ -246,6 +246,10 @@ func TestRotateCLI(t *testing.T) {
 	srv.Advance(3500 * time.Millisecond)
 	srv.unauthorized(old, "API key has been revoked")
 	srv.allowed(fresh, "ci")
+	// Once its grace ended (on the server's clock), the old key cannot be
+	// rotated again.
+	admin := keygen(t, home, "--scope", "keys:manage")
+	srv.wantError(admin, "keys.rotate", map[string]any{"id": id}, 200, -32602, "is revoked")
 
 	// Without --grace: the old key is revoked at once.
 	out, errOut = mustMSB(t, home, "server", "keys", "rotate", keyID(t, fresh))
@@ -658,4 +662,29 @@ func TestKeyFamilyShareTheUses(t *testing.T) {
 		t.Fatalf("parent and child made %d calls after the create, want the parent's 7 uses left", ok)
 	}
 	srv.wantError(child.Key, "sandbox.metrics.get", map[string]any{"namespace": "*"}, 401, -32002, "usage limit reached")
+}
+
+// A key that may not make a call learns nothing of what else is wrong with
+// it: another namespace, or a scope it lacks, is refused as such even when
+// the params are malformed too, and the audit log records the refusal and
+// its target.
+func TestRefusalBeforeParamErrors(t *testing.T) {
+	t.Parallel()
+	home := newHome(t)
+	srv := startServer(t, home)
+	team := keygen(t, home, "--namespace", "team-a", "--scope", "sandbox:read,sandbox:create")
+	reader := keygen(t, home, "--namespace", "team-a", "--scope", "sandbox:read")
+	bad := map[string]any{"namespace": "team-b", "sandbox": "s1", "config": map[string]any{"memory": "lots", "no_such": 1}}
+	srv.wantError(team, "sandbox.start", bad, 403, -32004, "team-b")
+	bad["namespace"] = "team-a"
+	srv.wantError(reader, "sandbox.start", bad, 403, -32004, "sandbox:create")
+	srv.wantError(team, "sandbox.start", bad, 200, -32602, "config.memory") // allowed: now it may learn
+	admin := keygen(t, home, "--scope", "audit:read")
+	var got struct {
+		Events []map[string]any `json:"events"`
+	}
+	srv.mustCall(admin, "audit.list", map[string]any{}, &got)
+	if find(got.Events, map[string]any{"key_id": keyID(t, team), "outcome": "forbidden", "namespace": "team-b", "sandbox": "s1"}) == nil {
+		t.Fatalf("the cross-namespace probe is not in the audit log as a refusal: %v", got.Events)
+	}
 }

@@ -6,12 +6,18 @@ package main
 
 import (
 	"os"
+	"runtime"
 
 	"github.com/msb-dev/msb/cli"
 	"github.com/msb-dev/msb/sandbox/engine"
 )
 
 func init() {
+	// The main goroutine keeps the main thread: a goroutine that moves
+	// its thread into a sandbox's namespaces and ends without giving it
+	// back (libcontainer does) then never parks the main thread there,
+	// where /proc/self would show that namespace for the server's life.
+	runtime.LockOSThread()
 	// The same binary is also the engine's container init and, inside
 	// every sandbox, the portal; neither role may run any of the CLI.
 	engine.Reexec(os.Args, os.Getpid())

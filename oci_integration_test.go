@@ -353,14 +353,13 @@ func TestPortFreedWhenSandboxDies(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The server closes the port when it sees the init exit.
-	for {
+	waitFor(t, func() bool {
 		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err == nil {
 			ln.Close()
-			break
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return err == nil
+	})
 	other := srv.sandbox(key, "web", "other", ports)
 	other.stop()
 	srv.sandbox(key, "web", "fragile", ports)

@@ -318,10 +318,12 @@ except OSError as e:
 		t.Fatalf("python after OOM: %+v", r)
 	}
 
-	// A fork bomb is contained by the pids limit and ended by the timeout.
+	// A fork bomb is contained by the pids limit and ended by the timeout. The
+	// shell forks once, before the bomb starts, then execs its sleep: once the
+	// bomb fills the pids limit it could fork nothing more.
 	var fb commandResult
 	srv.mustCall(key, "sandbox.command.run", box.params(map[string]any{
-		"command": "sh", "args": []string{"-c", "bomb() { bomb | bomb & }; bomb; sleep 30"}, "timeout": 3}), &fb)
+		"command": "sh", "args": []string{"-c", "bomb() { bomb | bomb & }; bomb & exec sleep 30"}, "timeout": 3}), &fb)
 	if fb.ExitCode != 124 {
 		t.Fatalf("fork bomb: %+v", fb)
 	}

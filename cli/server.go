@@ -103,11 +103,9 @@ func startServer(c *cli.Context) error {
 		cfg.TLSKey = c.String("tls-key")
 	}
 	cfg.Dev = c.Bool("dev")
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	if c.IsSet("key") && c.Bool("reset-key") {
-		return errors.New("--key and --reset-key cannot be combined: --key already replaces the signing key")
+	opts := server.Options{SigningKey: c.String("key"), ResetKey: c.Bool("reset-key"), Out: os.Stdout}
+	if err := server.Check(cfg, opts); err != nil {
+		return err // before a --detach, which could only say "see the log"
 	}
 	detached := os.Getenv(detachedEnv) != ""
 	os.Unsetenv(detachedEnv) // not for what this server starts
@@ -116,7 +114,7 @@ func startServer(c *cli.Context) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	srv, err := server.New(ctx, cfg, server.Options{SigningKey: c.String("key"), ResetKey: c.Bool("reset-key"), Out: os.Stdout})
+	srv, err := server.New(ctx, cfg, opts)
 	if err != nil {
 		return err
 	}

@@ -8,21 +8,21 @@
 package config
 
 import (
-	"reflect"
-
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-
 	"github.com/BurntSushi/toml"
+	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/msb-dev/msb/auth/ratelimit"
 	"github.com/msb-dev/msb/duration"
@@ -67,6 +67,13 @@ type Config struct {
 	MaxConnectionsPerAddress int `toml:"max_connections_per_address"`
 	MaxCallsPerKey           int `toml:"max_calls_per_key"`
 
+	// Per sandbox: the most memory (MiB) and CPUs one may ask for; 0:
+	// half the host's memory, and every CPU.
+	MaxMemory int `toml:"max_memory"`
+	MaxCPUs   int `toml:"max_cpus"`
+	// Quotas bound what each namespace's running sandboxes hold together.
+	Quotas Quotas `toml:"quotas"`
+
 	// Sandbox defaults.
 	SandboxPids int `toml:"sandbox_pids"`
 	// MaxTimeout is the longest timeout a command or evaluation may have
@@ -87,6 +94,28 @@ type Config struct {
 	RateLimit      string `toml:"rate_limit"`
 	StartRateLimit string `toml:"start_rate_limit"`
 	AuditRetention string `toml:"audit_retention"`
+}
+
+// Quota bounds what the running sandboxes of one namespace hold together;
+// 0: no bound.
+type Quota struct {
+	Sandboxes int `toml:"sandboxes"`
+	Memory    int `toml:"memory"` // MiB
+	CPUs      int `toml:"cpus"`
+}
+
+// Quotas are the quota of every namespace, and of some namespaces their own.
+type Quotas struct {
+	Quota
+	Namespaces map[string]Quota `toml:"namespaces"`
+}
+
+// Of returns the quota of namespace ns.
+func (q Quotas) Of(ns string) Quota {
+	if own, ok := q.Namespaces[ns]; ok {
+		return own
+	}
+	return q.Quota
 }
 
 // Defaults of the key limits, the audit log and calls.
@@ -230,7 +259,9 @@ func settings() map[string]bool {
 // move it above [images] or fix it.
 func checkAliases(path string, data []byte, aliases map[string]string) error {
 	known := settings()
-	for alias, target := range aliases {
+	names := slices.Sorted(maps.Keys(aliases))
+	for _, alias := range names {
+		target := aliases[alias]
 		why := ""
 		switch {
 		case known[alias]:
@@ -240,7 +271,11 @@ func checkAliases(path string, data []byte, aliases map[string]string) error {
 		default:
 			continue
 		}
-		return fmt.Errorf("%w: %s:%d: %s", ErrInvalid, path, aliasLine(data, alias), why)
+		where := path
+		if n := aliasLine(data, alias); n > 0 {
+			where = fmt.Sprintf("%s:%d", path, n)
+		}
+		return fmt.Errorf("%w: %s: %s", ErrInvalid, where, why)
 	}
 	return nil
 }
@@ -321,6 +356,20 @@ func (c *Config) Validate() error {
 	if c.MaxConnections < 16 || c.MaxConnectionsPerAddress < 1 || c.MaxConnectionsPerAddress > c.MaxConnections {
 		return fmt.Errorf("%w: max_connections %d and max_connections_per_address %d: use at least 16, and at least 1 per address but no more than in all", ErrInvalid, c.MaxConnections, c.MaxConnectionsPerAddress)
 	}
+	if c.MaxMemory < 0 || c.MaxCPUs < 0 {
+		return fmt.Errorf("%w: max_memory %d and max_cpus %d must be 0 (the host's) or more", ErrInvalid, c.MaxMemory, c.MaxCPUs)
+	}
+	for ns, q := range c.Quotas.Namespaces {
+		if !validNamespace(ns) {
+			return fmt.Errorf("%w: quotas.namespaces: %q is not a namespace name", ErrInvalid, ns)
+		}
+		if q.Sandboxes < 0 || q.Memory < 0 || q.CPUs < 0 {
+			return fmt.Errorf("%w: quotas.namespaces.%s: quotas must be 0 (no bound) or more", ErrInvalid, ns)
+		}
+	}
+	if q := c.Quotas; q.Sandboxes < 0 || q.Memory < 0 || q.CPUs < 0 {
+		return fmt.Errorf("%w: quotas: quotas must be 0 (no bound) or more", ErrInvalid)
+	}
 	if c.MaxCallsPerKey < 1 {
 		return fmt.Errorf("%w: max_calls_per_key %d: use at least 1", ErrInvalid, c.MaxCallsPerKey)
 	}
@@ -348,6 +397,21 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// validNamespace reports whether s is a namespace name (as the namespace
+// package checks them; config stays below it).
+func validNamespace(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for i, c := range s {
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || c != '-' && c != '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // IsLoopback reports whether host names only the local machine.
@@ -460,6 +524,21 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # link-local address, nor this server's own, unless its host is listed here
 # exactly, e.g. registries = ["docker.io", "registry.internal:5000"].
 # registries = ["docker.io", "ghcr.io"]
+
+# The most memory (MiB) and CPUs one sandbox may ask for (0: half the
+# host's memory, every CPU).
+# max_memory = 4096
+# max_cpus = 2
+
+# Quotas: what the running sandboxes of one namespace hold together (0: no
+# bound); a start past one is refused, naming it. A table, so it must come
+# after the settings above and before [images]:
+# [quotas]
+# sandboxes = 20
+# memory = 16384    # MiB
+# cpus = 8
+# [quotas.namespaces.team-a]
+# sandboxes = 50
 
 # Image aliases: the image names sandbox.start accepts, and what each runs.
 # "host" is the built-in image: this machine's /usr, /bin and /lib, read-only,

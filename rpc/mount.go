@@ -32,9 +32,15 @@ type AuthedHandler interface {
 // Invoke, which are not charged again.
 func (s *Server) Mount(path string, h AuthedHandler) {
 	s.mux.Handle(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		caller, err := s.gate.Authenticate(r.Context(), KeyFromRequest(r), host(r.RemoteAddr), func() string { return "mcp: " + path })
+		refusedID := nullID // a refused JSON-RPC message still gets its id back
+		caller, err := s.gate.Authenticate(r.Context(), KeyFromRequest(r), host(r.RemoteAddr), func() string {
+			if r.Method == http.MethodPost {
+				refusedID, _ = peekRequest(w, r)
+			}
+			return "mcp: " + path
+		})
 		if err != nil {
-			s.deny(w, r, nullID, err)
+			s.deny(w, r, refusedID, err)
 			return
 		}
 		w = &headerWriter{ResponseWriter: w, s: s, caller: caller}

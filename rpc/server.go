@@ -8,7 +8,8 @@
 // handler; the Gate audits calls that change something and calls refused.
 // No method can skip a step, because handlers only ever receive an
 // already-authorized Call. The wire types of each method live beside it
-// (sandbox.go, keys.go, audit.go) and map onto the domain's.
+// (sandbox.go; keys.go, which also has audit.list) and map onto the
+// domain's.
 package rpc
 
 import (
@@ -58,8 +59,12 @@ type Server struct {
 }
 
 // NewServer returns the API handler of methods, whose callers gate
-// admits.
+// admits. It panics on a table that is wrong in itself (a programming
+// error, found when the server is built rather than at its first call).
 func NewServer(methods Methods, gate *auth.Gate, log *slog.Logger) *Server {
+	if err := methods.check(); err != nil {
+		panic(err)
+	}
 	if log == nil {
 		log = slog.Default()
 	}
@@ -151,6 +156,9 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 	caller, err := s.gate.Authenticate(r.Context(), KeyFromRequest(r), host(r.RemoteAddr), func() string {
 		id, method := peekRequest(w, r)
 		refusedID = id
+		if _, known := s.methods[method]; !known && method != "" {
+			return "unknown method " + method // quoted by the Gate if it is not plain text
+		}
 		return method
 	})
 	if err != nil {

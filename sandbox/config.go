@@ -156,6 +156,9 @@ func normalizeVolume(v Volume) (Volume, error) {
 	if strings.ContainsAny(v.Host+v.Guest, "\x00\n") {
 		return Volume{}, fmt.Errorf("%.100q contains a control character", s)
 	}
+	if strings.Contains(v.Host+v.Guest, ":") {
+		return Volume{}, fmt.Errorf("%.100q: paths of volumes may not contain ':'", s)
+	}
 	if v.Host == "" || v.Guest == "" {
 		return Volume{}, fmt.Errorf("%.100q is not host:guest or host:guest:ro", s)
 	}

@@ -56,6 +56,7 @@ func TestNormalizeRefuses(t *testing.T) {
 		{"volume to /", sandbox.Config{Volumes: []sandbox.Volume{{Host: "d", Guest: "/"}}}, bounds, "reserved"},
 		{"volume with ..", sandbox.Config{Volumes: []sandbox.Volume{{Host: "../etc", Guest: "/x"}}}, bounds, `may not contain ".."`},
 		{"relative guest", sandbox.Config{Volumes: []sandbox.Volume{{Host: "d", Guest: "x"}}}, bounds, "must be absolute"},
+		{"colon in a host path", sandbox.Config{Volumes: []sandbox.Volume{{Host: "a:b", Guest: "/x"}}}, bounds, "may not contain ':'"},
 		{"guest twice", sandbox.Config{Volumes: []sandbox.Volume{{Host: "a", Guest: "/x"}, {Host: "b", Guest: "/x/"}}}, bounds, "used twice"},
 		{"port out of range", sandbox.Config{Ports: []sandbox.Port{{Host: 70000, Guest: 80}}}, bounds, "1 to 65535"},
 		{"privileged port", sandbox.Config{Ports: []sandbox.Port{{Host: 80, Guest: 80}}}, bounds, "allow_privileged_ports"},

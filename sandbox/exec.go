@@ -28,7 +28,10 @@ func (s *Service) RunCode(ctx context.Context, id ID, lang Language, code string
 	res, err := s.opts.Engine.RunCode(ctx, id, lang, code, min(timeout, s.opts.MaxTimeout))
 	if err != nil {
 		if errdefs.Is(err, errdefs.Invalid) {
-			return ReplResult{}, errdefs.Wrapf(err, "%v (image %q)", err, b.cfg.Image)
+			b.mu.Lock()
+			image := b.cfg.Image
+			b.mu.Unlock()
+			return ReplResult{}, errdefs.Wrapf(err, "%v (image %q)", err, image)
 		}
 		return ReplResult{}, s.callError(id, b, err)
 	}

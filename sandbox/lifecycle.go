@@ -48,9 +48,15 @@ func (s *Service) Start(ctx context.Context, id ID, cfg *Config) error {
 	if !known {
 		rec = Record{ID: id, UUID: uuid.NewString(), Created: s.opts.Now()}
 	}
+	if err := s.quotas.reserve(id.Namespace(), norm); err != nil {
+		return err
+	}
 	b.phase.Store(StateStarting)
 	err = s.start(ctx, id, b, rec, norm)
 	b.phase.Store(State(""))
+	if err != nil {
+		s.quotas.free(id.Namespace(), norm)
+	}
 	if err != nil && !errdefs.Is(err, errdefs.Invalid) {
 		// Recorded so that a client that asked for it sees it failed, and why.
 		now := s.opts.Now()
@@ -137,7 +143,8 @@ func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Con
 	eng := s.opts.Engine
 	// The CPU baseline is the sandbox's creation: its first sample then
 	// spreads its start-up CPU over its whole life, not over the instant
-	// between its start and the sample.
+	// between its start and the sample. The real clock, not opts.Now: the
+	// engine's samples are timed by it.
 	created := time.Now()
 	// A sandbox the engine still holds (stopped by a crash inside it) is
 	// replaced: its record says stopped, so its leftovers are garbage.
@@ -166,7 +173,8 @@ func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Con
 		eng.Delete(context.WithoutCancel(ctx), id)
 		return err
 	}
-	b.cfg, b.started, b.exited = norm, now, exited
+	b.cfg, b.started = norm, now
+	b.exited.Store(exited)
 	b.run++
 	if norm.MaxDuration > 0 {
 		run := b.run
@@ -197,7 +205,7 @@ func (s *Service) watch(id ID, b *box, exited <-chan struct{}) {
 	<-exited
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if !b.running.Load() || b.exited != exited {
+	if !b.running.Load() || b.exited.Load() != exited {
 		return // stopped, or started again, meanwhile
 	}
 	if err := s.release(context.Background(), id, b); err != nil {
@@ -246,10 +254,13 @@ func (s *Service) release(ctx context.Context, id ID, b *box) error {
 		t.Stop()
 	}
 	b.timers = nil
-	if b.running.Load() && b.cfg.Ephemeral {
-		// Kept a while as stopped, for a client polling for the stop.
-		run := b.run
-		time.AfterFunc(s.opts.EphemeralGrace, func() { s.reap(id, b, run) })
+	if b.running.Load() {
+		s.quotas.free(id.Namespace(), b.cfg)
+		if b.cfg.Ephemeral {
+			// Kept a while as stopped, for a client polling for the stop.
+			run := b.run
+			time.AfterFunc(s.opts.EphemeralGrace, func() { s.reap(id, b, run) })
+		}
 	}
 	b.running.Store(false)
 	closeForwarders(b.ports)

@@ -81,6 +81,9 @@ type ServiceOptions struct {
 	// EphemeralGrace is how long a stopped ephemeral sandbox stays listed
 	// before it is removed; 0: sandbox.EphemeralGrace.
 	EphemeralGrace time.Duration
+	// Quotas bound what each namespace's running sandboxes hold; nil: no
+	// bound.
+	Quotas Quotas
 
 	// VolumeRoots are the host directories volumes may come from; each
 	// namespace ns gets <root>/<ns> of each, created on demand, and a
@@ -100,6 +103,7 @@ type ServiceOptions struct {
 type Service struct {
 	opts   ServiceOptions
 	bounds Bounds
+	quotas quotas
 
 	mu    sync.Mutex
 	boxes map[ID]*box
@@ -112,10 +116,12 @@ type box struct {
 	running atomic.Bool // set by start, cleared by release; read without mu
 	// phase is StateStarting or StateStopping while a start or stop is
 	// under way, else "" (the record says).
-	phase   atomic.Value
-	run     uint64        // counts the starts: timers of an earlier run do nothing
-	timers  []*time.Timer // of this run (max duration, idle timeout)
-	exited  <-chan struct{}
+	phase  atomic.Value
+	run    uint64        // counts the starts: timers of an earlier run do nothing
+	timers []*time.Timer // of this run (max duration, idle timeout)
+	// exited is the engine's report of the current run's end (a
+	// <-chan struct{}), read without mu.
+	exited  atomic.Value
 	cfg     Config // normalized config it runs with
 	started time.Time
 	stopBg  context.CancelFunc // ends the background command's log writer
@@ -134,8 +140,9 @@ func (b *box) alive() bool {
 	if !b.running.Load() {
 		return false
 	}
+	exited, _ := b.exited.Load().(<-chan struct{})
 	select {
-	case <-b.exited:
+	case <-exited:
 		return false
 	default:
 		return true
@@ -160,7 +167,7 @@ func NewService(opts ServiceOptions) *Service {
 		opts.EphemeralGrace = EphemeralGrace
 	}
 	_, canDial := opts.Engine.(Dialer)
-	return &Service{opts: opts, boxes: map[ID]*box{}, bounds: Bounds{
+	return &Service{opts: opts, boxes: map[ID]*box{}, quotas: quotas{of: opts.Quotas}, bounds: Bounds{
 		MaxCPUs: opts.MaxCPUs, MaxMemory: opts.MaxMemMB, AllowPrivilegedPorts: opts.AllowPrivilegedPorts, NoPorts: !canDial,
 	}}
 }

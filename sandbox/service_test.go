@@ -450,3 +450,73 @@ func waitGone(t *testing.T, f fixture, id sandbox.ID) {
 	}
 	t.Fatalf("sandbox %s never removed", id)
 }
+
+// A namespace's running sandboxes stay within its quota: a start past it
+// is refused naming the quota, and what a stop (or a death) frees can be
+// used again; other namespaces are not affected.
+func TestNamespaceQuota(t *testing.T) {
+	eng := sandboxtest.NewMemory()
+	db := newService(t, eng).store
+	svc := sandbox.NewService(sandbox.ServiceOptions{Engine: eng, Store: db, Images: hostImage{}, MaxMemMB: 4096, MaxCPUs: 8,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Quotas: func(ns string) sandbox.Quota {
+			return map[string]sandbox.Quota{"small": {Sandboxes: 2, MemoryMiB: 768, CPUs: 3}}[ns]
+		}})
+	defer svc.Close(context.Background())
+	ctx := context.Background()
+	a, b, c := sandboxtest.ID(t, "small", "a"), sandboxtest.ID(t, "small", "b"), sandboxtest.ID(t, "small", "c")
+	if err := svc.Start(ctx, a, &sandbox.Config{Memory: 512}); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Start(ctx, b, &sandbox.Config{Memory: 512}); !errors.Is(err, errdefs.ErrExhausted) || !strings.Contains(err.Error(), "quotas.memory") {
+		t.Fatalf("start past the memory quota: %v", err)
+	}
+	if err := svc.Start(ctx, b, &sandbox.Config{Memory: 256, CPUs: 3}); !errors.Is(err, errdefs.ErrExhausted) || !strings.Contains(err.Error(), "quotas.cpus") {
+		t.Fatalf("start past the CPU quota: %v", err)
+	}
+	if err := svc.Start(ctx, b, &sandbox.Config{Memory: 256}); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Start(ctx, c, &sandbox.Config{Memory: 32}); !errors.Is(err, errdefs.ErrExhausted) || !strings.Contains(err.Error(), "quotas.sandboxes") {
+		t.Fatalf("start past the sandbox quota: %v", err)
+	}
+	if u, q := svc.Usage("small"); u != (sandbox.Usage{Sandboxes: 2, MemoryMiB: 768, CPUs: 2}) || q.Sandboxes != 2 {
+		t.Fatalf("usage %+v of quota %+v", u, q)
+	}
+	if err := svc.Start(ctx, sandboxtest.ID(t, "big", "c"), &sandbox.Config{Memory: 2048}); err != nil {
+		t.Fatalf("another namespace: %v", err)
+	}
+	svc.Stop(ctx, a)
+	eng.Die(b)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if err := svc.Start(ctx, c, &sandbox.Config{Memory: 768, CPUs: 3}); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("what a stop and a death freed cannot be used again: %v", err)
+		}
+	}
+}
+
+// The first CPU sample spreads what the sandbox used since its creation
+// over that whole time: a start that took 200 ms and 100 ms of CPU reads
+// about 50%, not 100% (the capped figure of start-up CPU over the instant
+// between the start and the sample).
+func TestFirstCPUSampleFromCreation(t *testing.T) {
+	eng := sandboxtest.NewMemory()
+	eng.AddCPU(100 * time.Millisecond) // what its start will have used
+	eng.Fail = func(op string, id sandbox.ID) error {
+		if op == "start" {
+			time.Sleep(200 * time.Millisecond)
+		}
+		return nil
+	}
+	f := newService(t, eng)
+	id := sandboxtest.ID(t, "ns", "box")
+	if err := f.svc.Start(f.ctx, id, &sandbox.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := f.svc.SandboxMetrics(f.ctx, id)
+	if err != nil || m.CPUUsage == nil || *m.CPUUsage > 60 || *m.CPUUsage < 20 {
+		t.Fatalf("first sample %v%%, %v; want about 50", *m.CPUUsage, err)
+	}
+}

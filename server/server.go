@@ -75,11 +75,8 @@ type Server struct {
 // config.ErrInvalid for a bad configuration, and says what to do for a home
 // already served or a port in use.
 func New(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err error) {
-	if err := cfg.Validate(); err != nil {
+	if err := Check(cfg, opts); err != nil {
 		return nil, err
-	}
-	if opts.SigningKey != "" && opts.ResetKey {
-		return nil, errors.New("--key and --reset-key cannot be combined: --key already replaces the signing key")
 	}
 	s := &Server{cfg: cfg, log: opts.Log, out: opts.Out}
 	if s.log == nil {
@@ -145,6 +142,21 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err e
 	}
 	s.url = scheme + "://" + s.ln.Addr().String()
 	return s, nil
+}
+
+// Check says what is wrong with a configuration and options before a
+// server is built from them (New checks them again).
+func Check(cfg config.Config, opts Options) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if opts.SigningKey != "" && opts.ResetKey {
+		return errors.New("--key and --reset-key cannot be combined: --key already replaces the signing key")
+	}
+	if _, err := image.NewRegistries(cfg.Registries); err != nil {
+		return fmt.Errorf("config.toml: %w", err)
+	}
+	return nil
 }
 
 // URL is where the server listens, e.g. http://127.0.0.1:5555.
@@ -218,10 +230,14 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		Images:   image.Resolver{Aliases: s.cfg.Images, Store: images},
 		LogDir:   s.cfg.SandboxLogDir(),
 		Pids:     s.cfg.SandboxPids,
-		MaxCPUs:  runtime.NumCPU(),
-		MaxMemMB: hostMemoryMiB(),
-		Log:      s.log,
-		Now:      now,
+		MaxCPUs:  orDefault(s.cfg.MaxCPUs, runtime.NumCPU()),
+		MaxMemMB: orDefault(s.cfg.MaxMemory, hostMemoryMiB()/2),
+		Quotas: func(ns string) sandbox.Quota {
+			q := s.cfg.Quotas.Of(ns)
+			return sandbox.Quota{Sandboxes: q.Sandboxes, MemoryMiB: q.Memory, CPUs: q.CPUs}
+		},
+		Log: s.log,
+		Now: now,
 
 		MaxTimeout:           s.cfg.CallTimeout(),
 		VolumeRoots:          s.cfg.Volumes(),
@@ -243,7 +259,15 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 	return nil
 }
 
-// hostMemoryMiB is the machine's memory, the most one sandbox may ask for.
+// orDefault is v, or def when v is 0.
+func orDefault(v, def int) int {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// hostMemoryMiB is the machine's memory.
 func hostMemoryMiB() int {
 	var info syscall.Sysinfo_t
 	if err := syscall.Sysinfo(&info); err != nil {

@@ -138,16 +138,20 @@ func (d *DB) SetKeyLimits(ctx context.Context, id string, rate, startRate rateli
 }
 
 // UseKey implements auth.KeyStore: one use, atomically, unless they are spent.
-func (d *DB) UseKey(ctx context.Context, id string) (int64, bool, error) {
+func (d *DB) UseKey(ctx context.Context, id string) (left int64, ok bool, err error) {
 	var uses int64
-	err := d.db.QueryRowContext(ctx, `UPDATE api_keys SET uses = uses + 1 WHERE id = ? AND (max_uses IS NULL OR uses < max_uses) RETURNING uses`, id).Scan(&uses)
+	var maxUses sql.NullInt64
+	err = d.db.QueryRowContext(ctx, `UPDATE api_keys SET uses = uses + 1 WHERE id = ? AND (max_uses IS NULL OR uses < max_uses) RETURNING uses, max_uses`, id).Scan(&uses, &maxUses)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, false, nil
 	}
 	if err != nil {
 		return 0, false, fmt.Errorf("count key use: %w", err)
 	}
-	return uses, true, nil
+	if !maxUses.Valid {
+		return 1, true, nil // unlimited: never spent
+	}
+	return maxUses.Int64 - uses, true, nil
 }
 
 // TouchKey implements auth.KeyStore.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/msb-dev/msb/errdefs"
@@ -205,7 +206,10 @@ func (d *DB) Sandboxes(ctx context.Context, ns string) ([]sandbox.Record, error)
 	for rows.Next() {
 		r, err := scanSandbox(rows)
 		if err != nil {
-			return nil, fmt.Errorf("list sandboxes: %w", err)
+			// One unreadable record must not hide the others, nor keep
+			// the server from starting: it is left out, and said.
+			slog.Error("a stored sandbox record cannot be read; it is left out", "err", err)
+			continue
 		}
 		out = append(out, r)
 	}

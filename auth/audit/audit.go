@@ -136,7 +136,9 @@ func (w *Writer) Record(e Event) <-chan struct{} {
 	w.mu.RLock()
 	defer w.mu.RUnlock()
 	if w.stopped {
-		w.dropped.Add(1)
+		// A call that outlived the server's shutdown: its event cannot be
+		// written any more, but it is not lost silently.
+		w.opts.Log.Error("audit event after the audit log closed: not written", "method", e.Method, "key_id", e.KeyID, "outcome", e.Outcome)
 		return closedChan
 	}
 	q := queued{e, make(chan struct{})}

@@ -17,9 +17,6 @@ import (
 	"github.com/msb-dev/msb/sandbox/portal"
 )
 
-// Default is the engine a configuration without one uses.
-const Default = "linux"
-
 // Options locate what an engine keeps on the host.
 type Options struct {
 	StateDir   string // the engine's own state, <home>/run/engine

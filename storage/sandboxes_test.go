@@ -1,0 +1,44 @@
+package storage_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/storage"
+)
+
+// Records round-trip through their stored format, and one that cannot be
+// read (damaged, or written by a newer msb) hides no other and keeps no
+// listing from working.
+func TestSandboxRecords(t *testing.T) {
+	ctx := context.Background()
+	db, err := storage.Open(ctx, filepath.Join(t.TempDir(), "msb.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	id, _ := sandbox.ParseID("ns", "box")
+	cfg := sandbox.Config{Image: "microsandbox/python", Memory: 256, CPUs: 1, Shell: "/bin/sh",
+		Volumes: []sandbox.Volume{{Host: "data", Guest: "/data", ReadOnly: true}}, Ports: []sandbox.Port{{Host: 8080, Guest: 80}},
+		Command: []string{"sleep", "1"}, User: "1000:1000", Labels: map[string]string{"a": "b"},
+		Rlimits:   []sandbox.Rlimit{{Resource: "nofile", Soft: 64, Hard: 128}},
+		Lifecycle: sandbox.Lifecycle{Ephemeral: true, MaxDuration: time.Minute, IdleTimeout: time.Second}}
+	now := time.UnixMilli(time.Now().UnixMilli())
+	if err := db.PutSandbox(ctx, sandbox.Record{ID: id, UUID: "u-1", Config: cfg, State: sandbox.StateRunning, Created: now, Started: now}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := db.Sandbox(ctx, id)
+	if err != nil || !got.Config.Equal(cfg) || got.UUID != "u-1" || got.State != sandbox.StateRunning || !got.Started.Equal(now) {
+		t.Fatalf("round trip: %+v, %v", got, err)
+	}
+	if _, err := db.SQL().ExecContext(ctx, `INSERT INTO sandboxes (namespace, name, uuid, config, state, created_at) VALUES ('ns', 'newer', 'u-2', '{"v":99}', 'stopped', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	list, err := db.Sandboxes(ctx, "ns")
+	if err != nil || len(list) != 1 || list[0].ID != id {
+		t.Fatalf("list with an unreadable record: %+v, %v", list, err)
+	}
+}
