@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/msb-dev/msb/sandbox/logfile"
 )
@@ -20,9 +21,10 @@ func LogPath(logDir string, id ID) string {
 	return logfile.Path(logDir, id.Namespace(), id.Name())
 }
 
-// LogOptions are the bounds of a sandbox's log, for every writer of it.
-func (s *Service) LogOptions() logfile.Options {
-	return logfile.Options{Max: MaxLog, CutNotice: strings.TrimPrefix(LogCutNotice, "[msb] "), Now: s.opts.Now}
+// LogOptions are the bounds of a sandbox's log (MaxLog a run), for every
+// writer of it; now is the clock of its entries.
+func LogOptions(now func() time.Time) logfile.Options {
+	return logfile.Options{Max: MaxLog, CutNotice: strings.TrimPrefix(LogCutNotice, "[msb] "), Now: now}
 }
 
 // background runs the sandbox's start command with its output in the
@@ -33,7 +35,7 @@ func (s *Service) background(id ID, b *box, req ExecRequest) {
 		s.opts.Log.Warn("engine cannot run background commands", "sandbox", id.String())
 		return
 	}
-	w, err := logfile.Create(LogPath(s.opts.LogDir, id), s.LogOptions())
+	w, err := logfile.Create(LogPath(s.opts.LogDir, id), LogOptions(s.opts.Now))
 	if err != nil {
 		s.opts.Log.Error("sandbox log", "sandbox", id.String(), "err", err)
 		return

@@ -68,7 +68,9 @@ func (u UnavailableSessions) List(context.Context, sandbox.ID, string) ([]sandbo
 }
 
 // Mkdir fails with class Unavailable.
-func (u UnavailableSessions) Mkdir(context.Context, sandbox.ID, string, uint32) error { return u.fail() }
+func (u UnavailableSessions) Mkdir(context.Context, sandbox.ID, string, uint32) error {
+	return u.fail()
+}
 
 // Remove fails with class Unavailable.
 func (u UnavailableSessions) Remove(context.Context, sandbox.ID, string, bool) error { return u.fail() }
@@ -77,7 +79,9 @@ func (u UnavailableSessions) Remove(context.Context, sandbox.ID, string, bool) e
 func (u UnavailableSessions) Copy(context.Context, sandbox.ID, string, string) error { return u.fail() }
 
 // Rename fails with class Unavailable.
-func (u UnavailableSessions) Rename(context.Context, sandbox.ID, string, string) error { return u.fail() }
+func (u UnavailableSessions) Rename(context.Context, sandbox.ID, string, string) error {
+	return u.fail()
+}
 
 var (
 	_ Service          = Unavailable{}

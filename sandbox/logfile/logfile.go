@@ -485,3 +485,22 @@ func Text(e Entry) string {
 func (c Cursor) String() string {
 	return strconv.FormatUint(c.Run, 10) + ":" + strconv.FormatUint(c.Offset, 10)
 }
+
+// Dir is the logs of every sandbox under one directory, by namespace and
+// name, as their writers and readers find them.
+type Dir struct {
+	Root    string
+	Options Options
+}
+
+// Open returns a reader of the log of sandbox name of namespace ns; the
+// error wraps os.ErrNotExist when it has none.
+func (d Dir) Open(ns, name string) (*Reader, error) {
+	return Open(Path(d.Root, ns, name))
+}
+
+// Append returns a writer adding to the current run of the log of
+// sandbox name of namespace ns.
+func (d Dir) Append(ns, name string) (*Writer, error) {
+	return Append(Path(d.Root, ns, name), d.Options)
+}
