@@ -8,6 +8,8 @@
 #
 #   scripts/v1-sdk-client/run.sh [--keep-going]
 #
+# V1_CLIENT=bench.mjs runs the benchmark instead (scripts/bench-v1.sh).
+#
 # The SDK's native addon declares node >= 22 but loads on node 20: npm ci
 # installs it because package.json names it (npm skips it as the SDK's
 # optional dependency on node 20); package-lock.json records the addons of
@@ -70,4 +72,4 @@ other="$("$work/msb" server keygen --namespace other --expire 1h --name v1-sdk-o
   { echo "v1-sdk-client: keygen failed:" >&2; cat "$work/keygen.log" >&2; exit 1; }
 
 MSB_API_URL="$address" MSB_API_KEY="$key" OTHER_NS_KEY="$other" MSB_TEST_IMAGE="${MSB_TEST_IMAGE:-host}" \
-  CONFORMANCE_TMP="$work/tmp" node "$here/client.mjs" "$@"
+  MSB_SERVER_PID="$pid" CONFORMANCE_TMP="$work/tmp" node "$here/${V1_CLIENT:-client.mjs}" "$@"
