@@ -34,28 +34,17 @@ var classCodes = map[errdefs.Class]struct {
 	errdefs.Internal:        {http.StatusInternalServerError, "internal_error", false},
 }
 
-// The codes of the v1 API that the SDKs map to typed errors.
+// The codes that refine a class's on some routes: the SDKs map them to
+// typed errors (SandboxNotFoundError, VolumeNotFoundError,
+// SandboxFsOpsError, SandboxAlreadyExistsError, InvalidConfigError).
 const (
-	codeSandboxNotFound    = "sandbox_not_found"
-	codeVolumeNotFound     = "volume_not_found"
-	codeFileNotFound       = "volume_file_not_found"
-	codeNameExists         = "name_already_exists"
-	codeInvalidRequest     = "invalid_request"
-	codeInvalidConfig      = "invalid_sandbox_config"
-	codeInvalidVolumePath  = "invalid_volume_path"
-	codeInvalidTransition  = "invalid_state_transition"
-	codeMethodNotAllowed   = "method_not_allowed"
-	codeRouteNotFound      = "not_found"
-	codeInternal           = "internal_error"
-	codeUnavailable        = "unavailable"
-	codeForbidden          = "forbidden"
-	codeRateLimited        = "rate_limited"
-	codeInvalidAPIKey      = "invalid_api_key"
-	codeQuotaExceeded      = "quota_exceeded"
-	codeSandboxNotRunning  = codeInvalidTransition
-	codeRequestTooLarge    = codeInvalidRequest
-	codeVolumeInUse        = codeInvalidTransition
-	codeDefaultVolumeFixed = codeInvalidRequest
+	codeSandboxNotFound   = "sandbox_not_found"
+	codeVolumeNotFound    = "volume_not_found"
+	codeFileNotFound      = "volume_file_not_found"
+	codeNameExists        = "name_already_exists"
+	codeInvalidRequest    = "invalid_request"
+	codeInvalidConfig     = "invalid_sandbox_config"
+	codeInvalidVolumePath = "invalid_volume_path"
 )
 
 // codedError gives an error a code of its own (and, if set, a status),
