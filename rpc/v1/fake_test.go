@@ -33,6 +33,8 @@ type fakeService struct {
 	startFail error
 	// starts counts calls of Start.
 	starts int
+	// getFail, if set, makes Get fail with it.
+	getFail error
 }
 
 func newFakeService() *fakeService {
@@ -106,6 +108,9 @@ func (f *fakeService) Exec(context.Context, sandbox.ID, sandbox.ExecRequest) (sa
 func (f *fakeService) Get(ctx context.Context, id sandbox.ID) (sandbox.Record, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.getFail != nil {
+		return sandbox.Record{}, f.getFail
+	}
 	if r := f.boxes[id]; r != nil {
 		return *r, nil
 	}

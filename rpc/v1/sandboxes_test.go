@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/msb-dev/msb/auth/audit"
+	"github.com/msb-dev/msb/errdefs"
 	v1 "github.com/msb-dev/msb/rpc/v1"
 	"github.com/msb-dev/msb/sandbox"
 )
@@ -377,12 +378,24 @@ func TestCreateRefusals(t *testing.T) {
 	}
 }
 
-// A server without a sandbox runtime still authenticates, and says why.
-func TestUnavailable(t *testing.T) {
+// Error classes map through the one table: an internal error's detail is
+// logged, and the client gets a reference; an unavailable service says why.
+func TestErrorClasses(t *testing.T) {
 	e := newEnv(t)
-	_ = e
+	e.svc.getFail = fmt.Errorf("open /var/lib/secret/path: %w", errAny)
+	r := e.do("GET", "/v1/sandboxes/by-name/box", e.key, nil)
+	e.want(r, 500, "internal_error")
+	if strings.Contains(string(r.body), "/var/lib") || !strings.Contains(string(r.body), "ref ") {
+		t.Fatalf("internal error shown as %s", r.body)
+	}
+	e.svc.getFail = errdefs.Unavailablef("the engine is down")
+	r = e.do("GET", "/v1/sandboxes/by-name/box", e.key, nil)
+	e.want(r, 503, "unavailable")
+	if !strings.Contains(string(r.body), "the engine is down") {
+		t.Fatalf("unavailable shown as %s", r.body)
+	}
 	u := v1.Unavailable{Unavailable: sandbox.Unavailable{Reason: "not root"}}
-	if _, err := u.Get(t.Context(), mustID(t, "a", "b")); err == nil || !strings.Contains(err.Error(), "not root") {
+	if _, err := u.Get(t.Context(), mustID(t, "a", "b")); !errdefs.Is(err, errdefs.Unavailable) || !strings.Contains(err.Error(), "not root") {
 		t.Fatalf("Unavailable.Get: %v", err)
 	}
 }

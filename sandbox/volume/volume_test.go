@@ -218,3 +218,28 @@ func TestVolumeEscapes(t *testing.T) {
 		}
 	}
 }
+
+// FuzzClean: a path either is refused or stays inside the volume: relative,
+// without "..", "." or empty parts.
+func FuzzClean(f *testing.F) {
+	for _, s := range []string{"", "/", "a/b", "../x", "a/../../b", "./a//b/", "a\x00b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		rel, err := volume.Clean(p)
+		if err != nil {
+			return
+		}
+		if rel == "." {
+			return
+		}
+		if strings.HasPrefix(rel, "/") {
+			t.Fatalf("%q cleans to an absolute %q", p, rel)
+		}
+		for _, part := range strings.Split(rel, "/") {
+			if part == ".." || part == "." || part == "" {
+				t.Fatalf("%q cleans to %q", p, rel)
+			}
+		}
+	})
+}
