@@ -119,8 +119,8 @@ type route struct {
 	serve             func(c *Call)
 }
 
-// Call is one admitted request: who makes it, in which namespace, and the
-// Action the Gate audits when it is reported.
+// Call is one request of a route: who makes it, in which namespace, and
+// the Action the Gate admits (Call.admit) and audits (Call.report).
 type Call struct {
 	h      *Handler
 	w      http.ResponseWriter
@@ -132,7 +132,6 @@ type Call struct {
 	NS string
 	// args are the route's path parameters (a name or an id).
 	args     []string
-	admitted bool
 	reported bool
 }
 
@@ -186,11 +185,7 @@ func (c *Call) admit(validate func() error) error {
 	if err := c.h.gate.Charge(c.caller, &c.action); err != nil {
 		return err
 	}
-	if err := c.h.gate.Authorize(c.r.Context(), c.caller, &c.action, validate); err != nil {
-		return err
-	}
-	c.admitted = true
-	return nil
+	return c.h.gate.Authorize(c.r.Context(), c.caller, &c.action, validate)
 }
 
 // report tells the Gate how the call ended, which audits it (changes and
