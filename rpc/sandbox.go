@@ -45,6 +45,13 @@ type Config struct {
 	Labels    map[string]string `json:"labels,omitempty"`
 	Rlimits   []Rlimit          `json:"rlimits,omitempty"`
 	Lifecycle *Lifecycle        `json:"lifecycle,omitempty"`
+	Tmpfs     []Tmpfs           `json:"tmpfs,omitempty"`
+}
+
+// Tmpfs is a memory-backed directory of a sandbox.
+type Tmpfs struct {
+	Path    string `json:"path"`
+	SizeMiB int    `json:"size_mib,omitempty"` // 0: half the sandbox's memory
 }
 
 // Rlimit is a resource limit of every process of a sandbox.
@@ -76,6 +83,9 @@ func (c Config) domain() (sandbox.Config, error) {
 		Workdir: c.Workdir, Shell: c.Shell, Scripts: c.Scripts, Exec: c.Exec, Command: c.Command, User: c.User, Labels: c.Labels}
 	for _, l := range c.Rlimits {
 		d.Rlimits = append(d.Rlimits, sandbox.Rlimit{Resource: l.Resource, Soft: l.Soft, Hard: l.Hard})
+	}
+	for _, t := range c.Tmpfs {
+		d.Tmpfs = append(d.Tmpfs, sandbox.Tmpfs{Guest: t.Path, SizeMiB: t.SizeMiB})
 	}
 	if l := c.Lifecycle; l != nil {
 		var err error

@@ -57,6 +57,9 @@ type Spec struct {
 	Pids      int
 	Hostname  string
 	User      User // who the sandbox's processes run as; zero: root
+	// Tmpfs are memory-backed directories mounted over the root, charged
+	// to the sandbox's memory.
+	Tmpfs []Tmpfs
 }
 
 // User is a numeric user inside a sandbox, resolved from an image's config.

@@ -131,6 +131,7 @@ func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Con
 		Pids:      s.opts.Pids,
 		Hostname:  id.Name(),
 		User:      img.User,
+		Tmpfs:     norm.Tmpfs,
 	}
 	if spec.Workdir == "" {
 		spec.Workdir = img.Workdir

@@ -26,9 +26,12 @@ import (
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/rpc"
 	"github.com/msb-dev/msb/rpc/mcp"
+	v1 "github.com/msb-dev/msb/rpc/v1"
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/engine"
 	"github.com/msb-dev/msb/sandbox/image"
+	"github.com/msb-dev/msb/sandbox/logfile"
+	"github.com/msb-dev/msb/sandbox/volume"
 )
 
 // Options configure a server beyond its configuration.
@@ -126,6 +129,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err e
 	gate.Log, gate.MaxInFlight = s.log, cfg.MaxCallsPerKey
 	s.handler = rpc.NewServer(methods(s.sandboxes, s.home, policy.Dev()), gate, s.log)
 	s.handler.Mount(mcp.Path, mcp.NewHandler(s.handler, &mcp.Options{Logger: s.log}))
+	s.handler.Handle(v1.Prefix, s.v1API(gate, opts.Now))
 
 	if s.ln, err = net.Listen("tcp", cfg.Addr()); err != nil {
 		return nil, fmt.Errorf("listen on %s: %w (is another program using the port? choose one with --port)", cfg.Addr(), err)
@@ -267,7 +271,40 @@ func orDefault(v, def int) int {
 	return v
 }
 
-// hostMemoryMiB is the machine's memory.
+// v1API is the v1 API (today's microsandbox SDKs) on the server's sandbox
+// service, volumes and logs.
+func (s *Server) v1API(gate *auth.Gate, now func() time.Time) *v1.Handler {
+	if now == nil {
+		now = time.Now
+	}
+	var svc v1.Service
+	var sessions sandbox.Sessions
+	switch m := s.sandboxes.(type) {
+	case sandbox.Unavailable:
+		svc, sessions = v1.Unavailable{Unavailable: m}, v1.UnavailableSessions{Reason: m.Reason}
+	default:
+		lc, ok := m.(v1.Service)
+		if !ok {
+			lc = v1.Unavailable{Unavailable: sandbox.Unavailable{Reason: "this build's sandbox service cannot look sandboxes up by id or list them"}}
+		}
+		svc = lc
+		// Sessions are a value of their own: sandbox.Sessions and
+		// sandbox.Lifecycles have methods of one name and two signatures.
+		if p, ok := m.(interface{ Sessions() sandbox.Sessions }); ok {
+			sessions = p.Sessions()
+		} else {
+			sessions = v1.UnavailableSessions{Reason: "this build's sandbox service cannot stream processes or reach files"}
+		}
+	}
+	vols := &volume.Store{Meta: s.cfg.Path("meta", "volumes"), Now: now}
+	if roots := s.cfg.Volumes(); len(roots) > 0 {
+		vols.Root = roots[0]
+	}
+	logs := logfile.Dir{Root: s.cfg.SandboxLogDir(), Options: sandbox.LogOptions(now)}
+	return v1.New(gate, svc, sessions, vols, logs, s.log)
+}
+
+// hostMemoryMiB is the machine's memory, the most one sandbox may ask for.
 func hostMemoryMiB() int {
 	var info syscall.Sysinfo_t
 	if err := syscall.Sysinfo(&info); err != nil {

@@ -41,6 +41,12 @@ type sandboxConfigV1 struct {
 	Ephemeral   bool              `json:"ephemeral,omitempty"`
 	MaxDuration int64             `json:"max_duration_ms,omitempty"`
 	IdleTimeout int64             `json:"idle_timeout_ms,omitempty"`
+	Tmpfs       []tmpfsV2         `json:"tmpfs,omitempty"`
+}
+
+type tmpfsV2 struct {
+	Guest   string `json:"guest"`
+	SizeMiB int    `json:"size_mib,omitempty"`
 }
 
 type rlimitV2 struct {
@@ -58,6 +64,9 @@ func encodeConfig(c sandbox.Config) ([]byte, error) {
 		MaxDuration: c.MaxDuration.Milliseconds(), IdleTimeout: c.IdleTimeout.Milliseconds()}
 	for _, l := range c.Rlimits {
 		r.Rlimits = append(r.Rlimits, rlimitV2{l.Resource, l.Soft, l.Hard})
+	}
+	for _, t := range c.Tmpfs {
+		r.Tmpfs = append(r.Tmpfs, tmpfsV2{t.Guest, t.SizeMiB})
 	}
 	for _, v := range c.Volumes {
 		r.Volumes = append(r.Volumes, v.String())
@@ -84,6 +93,9 @@ func decodeConfig(data string) (sandbox.Config, error) {
 	c.IdleTimeout = time.Duration(r.IdleTimeout) * time.Millisecond
 	for _, l := range r.Rlimits {
 		c.Rlimits = append(c.Rlimits, sandbox.Rlimit{Resource: l.Resource, Soft: l.Soft, Hard: l.Hard})
+	}
+	for _, t := range r.Tmpfs {
+		c.Tmpfs = append(c.Tmpfs, sandbox.Tmpfs{Guest: t.Guest, SizeMiB: t.SizeMiB})
 	}
 	for _, s := range r.Volumes {
 		v, err := sandbox.ParseVolume(s)
