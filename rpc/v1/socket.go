@@ -169,9 +169,11 @@ func (s *session) serve() {
 	// A frame is one binary message; one over the limit closes the socket.
 	s.ws.SetReadLimit(agent.MaxFrame + 4)
 	hello := agent.Prologue(idMin, idMax)
+	// Upstream's times are durations on the guest's CLOCK_BOOTTIME: a
+	// sandbox has no kernel of its own to boot (0), and its "boot" is its
+	// start, so readiness is the time since then.
 	hello, _ = agent.AppendFrame(hello, 0, 0, agent.TypeReady, agent.Ready{
-		BootTimeNs: uint64(s.startedAt.UnixNano()), InitTimeNs: uint64(s.startedAt.UnixNano()),
-		ReadyTimeNs: uint64(s.h.now().UnixNano()), AgentVersion: agentVersion})
+		ReadyTimeNs: uint64(max(s.h.now().Sub(s.startedAt), 0)), AgentVersion: agentVersion})
 	if err := s.send(hello); err != nil {
 		return
 	}
