@@ -510,6 +510,10 @@ const ExecRole = "portal-exec"
 // successful exec) and exits with status 127. It never returns.
 func ExecMain() {
 	status := os.NewFile(3, "status")
+	var st unix.Stat_t
+	if unix.Fstat(3, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		status = os.Stderr // not run by a portal: nobody reads fd 3
+	}
 	fail := func(stage string, err error) {
 		fmt.Fprintf(status, "%d %s", int(errnoOf(err)), stage)
 		os.Exit(127)
@@ -575,7 +579,9 @@ func ExecMain() {
 			fail("setuid", e)
 		}
 	}
-	syscall.CloseOnExec(3)
+	if status != os.Stderr {
+		syscall.CloseOnExec(3)
+	}
 	fail("exec", syscall.Exec(args[0], args[sep+1:], os.Environ()))
 }
 
