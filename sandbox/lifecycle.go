@@ -127,6 +127,7 @@ func (s *Service) Start(ctx context.Context, id ID, cfg *Config) error {
 		return err
 	}
 	b.cfg, b.started, b.exited = norm, now, exited
+	b.lastActive.Store(now.UnixNano())
 	b.sampleMu.Lock()
 	b.lastCPU, b.lastAt, b.cpus = 0, created, norm.CPUs
 	b.sampleMu.Unlock()
