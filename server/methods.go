@@ -10,9 +10,18 @@ import (
 	"github.com/msb-dev/msb/sandbox"
 )
 
-// methods is the server's one JSON-RPC method table: sandboxes, keys, audit.
-func methods(sandboxes sandbox.Manager, home *Home, dev bool) rpc.Methods {
+// sandboxService is what the front-ends ask of sandboxes: the Service, or
+// sandbox.Unavailable when the server has no engine.
+type sandboxService interface {
+	sandbox.Manager
+	sandbox.Sessions
+}
+
+// methods is the server's one JSON-RPC method table: sandboxes and their
+// files, keys, audit.
+func methods(sandboxes sandboxService, home *Home, dev bool) rpc.Methods {
 	all := rpc.SandboxMethods(sandboxes)
+	maps.Copy(all, rpc.FileMethods(sandboxes))
 	keys := rpc.KeyMethods(home.Keys())
 	if dev {
 		// Without authentication anyone on the machine is the operator:

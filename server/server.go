@@ -60,7 +60,7 @@ type Server struct {
 	lock *os.File
 	home *Home
 
-	sandboxes sandbox.Manager
+	sandboxes sandboxService
 	closeSvc  func(context.Context) error // stops every sandbox and the engine
 	audit     *audit.Writer
 	handler   *rpc.Server
