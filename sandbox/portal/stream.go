@@ -39,6 +39,7 @@ type session struct {
 	pty      *os.File // the terminal's master side, for a TTY process
 	kill     func()   // kills the process and everything it started
 	detached bool     // the client stopped following: output is dropped
+	doomed   bool     // detached with kill, maybe before the process started
 }
 
 func newSession(id uint64, window, inLimit int64) *session {
@@ -73,6 +74,7 @@ func (ss *session) resize(rows, cols uint16) {
 func (ss *session) detach(kill bool) {
 	ss.mu.Lock()
 	ss.detached = true
+	ss.doomed = ss.doomed || kill
 	k := ss.kill
 	ss.mu.Unlock()
 	ss.out.close()
@@ -298,9 +300,9 @@ func (s *server) runStream(ctx context.Context, req request, ss *session) event 
 	if req.TTY {
 		ss.pty = input
 	}
-	detached := ss.detached
+	doomed := ss.doomed
 	ss.mu.Unlock()
-	if detached {
+	if doomed {
 		c.kill() // detached with kill before it started
 	}
 	s.out.send(event{ID: req.ID, Started: true, Pid: pid, Credit: stdinWindow})
@@ -376,7 +378,8 @@ func (s *server) runStream(ctx context.Context, req request, ss *session) event 
 }
 
 // feed writes the client's input to the process until the input ends or
-// the session does, granting the client credit as it goes. A write that
+// the session does (then its stdin is closed, or its terminal hung up),
+// granting the client credit as it goes. A write that
 // fails (the process closed its stdin) is reported once; later input is
 // dropped, still granting credit, so that the client never waits for it.
 // On a terminal the end of the input never comes (the reader ignores
@@ -387,6 +390,7 @@ func (s *server) feed(ss *session, w *os.File) {
 	for {
 		p, eof, ok := ss.in.pop(context.Background())
 		if !ok {
+			w.Close()
 			return
 		}
 		if eof {

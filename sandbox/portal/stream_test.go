@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -394,3 +395,28 @@ func TestStreamAbandonedLeaksNothing(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+
+// Closing a process without killing it leaves it running, with its stdin
+// closed.
+func TestStreamCloseWithoutKill(t *testing.T) {
+	t.Parallel()
+	p := newPortal(t)
+	marker := filepath.Join(t.TempDir(), "marker")
+	proc, err := p.Stream(context.Background(), shSpec("cat >/dev/null; sleep 0.2; echo eof > "+marker), false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := proc.Stdin(context.Background(), []byte("some input\n")); err != nil {
+		t.Fatal(err)
+	}
+	proc.Close()
+	<-proc.Done()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if data, err := os.ReadFile(marker); err == nil && string(data) == "eof\n" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the process closed without kill never saw the end of its input")
+		}
+	}
+}

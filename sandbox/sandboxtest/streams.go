@@ -2,6 +2,7 @@ package sandboxtest
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -320,6 +321,8 @@ func (s *suite) testStreams(t *testing.T) {
 	}
 	s.checkHeap(t, "streaming 64 MiB to a slow consumer", peak)
 
+	s.abandon(t, st, id)
+
 	// A stopped sandbox streams nothing.
 	if err := e.Stop(ctx(t), id); err != nil {
 		t.Fatal(err)
@@ -327,6 +330,71 @@ func (s *suite) testStreams(t *testing.T) {
 	if _, err := st.Stream(ctx(t), id, sandbox.ExecSpec{Command: "true"}, true, nil); !errors.Is(err, errdefs.ErrConflict) {
 		t.Errorf("Stream in a stopped sandbox: %v, want ErrConflict", err)
 	}
+}
+
+// abandon checks that sessions a client abandons mid-stream (a process
+// that prints forever, on pipes and on a terminal; a file read given up
+// half-way) leave no goroutine, no descriptor and no process behind.
+func (s *suite) abandon(t *testing.T, st sandbox.Streamer, id sandbox.ID) {
+	fs := s.fileSystem(t)
+	mustSh(t, s.e, id, "true")
+	time.Sleep(100 * time.Millisecond)
+	goroutines, fds := runtime.NumGoroutine(), openFDs(t)
+	marker := fmt.Sprintf("1000.%06d", rand.IntN(1000000))
+	for _, tty := range []bool{false, true} {
+		started := make(chan struct{})
+		var once sync.Once
+		p, err := st.Stream(ctx(t), id, sandbox.ExecSpec{Command: "sh", Args: []string{"-c", "sleep " + marker + " & yes"}, TTY: tty}, true, func(ev sandbox.ExecEvent) {
+			if ev.Kind == sandbox.EventStdout {
+				once.Do(func() { close(started) })
+				time.Sleep(time.Millisecond)
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-started:
+		case <-time.After(30 * time.Second):
+			t.Fatal("yes printed nothing")
+		}
+		p.Close()
+		<-p.Done()
+	}
+	f, err := fs.Open(ctx(t), id, "/dev/zero", sandbox.OpenOptions{Read: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, cancel := context.WithTimeout(ctx(t), 300*time.Millisecond)
+	_, err = f.ReadTo(c, 0, -1, writerFunc(func(p []byte) (int, error) { time.Sleep(time.Millisecond); return len(p), nil }))
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("read of /dev/zero given up: %v, want the deadline", err)
+	}
+	if err := f.Close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		out := mustSh(t, s.e, id, "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '; echo")
+		g, fd := runtime.NumGoroutine(), openFDs(t)
+		if !strings.Contains(out, marker) && !strings.Contains(out, "yes ") && g <= goroutines && fd <= fds {
+			return
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("after abandoned sessions: %d goroutines (was %d), %d descriptors (was %d), processes %q\n%s",
+				g, goroutines, fd, fds, out, buf[:runtime.Stack(buf, true)])
+		}
+	}
+}
+
+// openFDs counts this process's open descriptors.
+func openFDs(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }
 
 // HeapPeak runs f and returns the peak of the process's heap while it ran.
