@@ -42,11 +42,12 @@
 // operations (sandbox.FileSystem): the portal runs them inside the
 // sandbox, so every path resolves in the sandbox's root, and the
 // connection's per-call credit windows keep a slow consumer from growing
-// the server's memory or holding up the sandbox's other calls. The init
-// gets the server's oom_score_adj but never less
-// than 0: the init's score is the floor below which nothing in the sandbox
-// can lower its own, and at -1000 the memory cgroup's OOM killer could kill
-// nothing there. The portal raises the score of every process it starts
+// the server's memory or holding up the sandbox's other calls.
+//
+// The init gets the server's oom_score_adj but never less than 0: the
+// init's score is the floor below which nothing in the sandbox can lower
+// its own, and at -1000 the memory cgroup's OOM killer could kill nothing
+// there. The portal raises the score of every process it starts
 // instead, so that a sandbox out of memory loses the user's processes first.
 //
 // The portal also gets, as file descriptor 4, the open tasks file of a
