@@ -36,6 +36,7 @@ type session struct {
 
 	mu       sync.Mutex
 	pgid     int      // the process group, while the process runs
+	pending  int      // a signal that came before the process started
 	pty      *os.File // the terminal's master side, for a TTY process
 	kill     func()   // kills the process and everything it started
 	detached bool     // the client stopped following: output is dropped
@@ -50,13 +51,18 @@ func newSession(id uint64, window, inLimit int64) *session {
 	return ss
 }
 
-// signal sends sig to the process's group; before the process starts
-// and after it ended there is nothing to signal.
+// signal sends sig to the process's group. One that comes before the
+// process started is sent as it starts; after it ended there is nothing
+// to signal.
 func (ss *session) signal(sig int) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if ss.pgid > 1 && sig > 0 && sig < 65 {
+	switch {
+	case sig <= 0 || sig > 64:
+	case ss.pgid > 1:
 		_ = syscall.Kill(-ss.pgid, syscall.Signal(sig))
+	case ss.kill == nil:
+		ss.pending = sig
 	}
 }
 
@@ -228,6 +234,9 @@ func (s *server) runStream(ctx context.Context, req request, ss *session) event 
 		}
 		childFiles = []*os.File{slave, slave, slave}
 		input, outs, kinds = master, []*os.File{master}, []byte{dataStdout}
+		ss.mu.Lock()
+		ss.pty = master // a resize may come before the process starts
+		ss.mu.Unlock()
 	} else {
 		var pipes [3][2]*os.File
 		for i := range pipes {
@@ -245,6 +254,9 @@ func (s *server) runStream(ctx context.Context, req request, ss *session) event 
 		input, outs, kinds = pipes[0][1], []*os.File{pipes[1][0], pipes[2][0]}, []byte{dataStdout, dataStderr}
 	}
 	closeOurs := func() {
+		ss.mu.Lock()
+		ss.pty = nil
+		ss.mu.Unlock()
 		input.Close()
 		for _, f := range outs {
 			f.Close()
@@ -297,13 +309,12 @@ func (s *server) runStream(ctx context.Context, req request, ss *session) event 
 
 	ss.mu.Lock()
 	ss.pgid, ss.kill = pid, c.kill
-	if req.TTY {
-		ss.pty = input
-	}
-	doomed := ss.doomed
+	doomed, pending := ss.doomed, ss.pending
 	ss.mu.Unlock()
 	if doomed {
 		c.kill() // detached with kill before it started
+	} else if pending != 0 {
+		_ = syscall.Kill(-pid, syscall.Signal(pending))
 	}
 	s.out.send(event{ID: req.ID, Started: true, Pid: pid, Credit: stdinWindow})
 
@@ -356,7 +367,7 @@ func (s *server) runStream(ctx context.Context, req request, ss *session) event 
 		ws = <-exited
 	}
 	ss.mu.Lock()
-	ss.pgid, ss.pty = 0, nil // its pid may be reused from now on
+	ss.pgid = 0 // its pid may be reused from now on
 	ss.mu.Unlock()
 	over.Store(true)
 	for _, f := range outs {

@@ -185,6 +185,15 @@ func TestStreamSignalAndTimeout(t *testing.T) {
 	}
 	waitGone(t, "sleep\x00"+s, 3*time.Second) // the group got it
 
+	// A signal sent at once, before the process may have started, is not
+	// lost; nor is a resize.
+	proc, r = p.stream(t, sandbox.ExecSpec{Command: "sleep", Args: []string{s}, TTY: true, Rows: 10, Cols: 10})
+	proc.Resize(20, 30)
+	proc.Signal(int(syscall.SIGINT))
+	if last := wait(t, proc, r); last.Code != -1 || last.Signal != int(syscall.SIGINT) {
+		t.Errorf("signalled at once: %+v", last)
+	}
+
 	start := time.Now()
 	proc, r = p.stream(t, sandbox.ExecSpec{Command: "sleep", Args: []string{s}, Timeout: 300 * time.Millisecond})
 	last = wait(t, proc, r)
