@@ -70,7 +70,7 @@ func (r *Recorder) Kinds() string {
 	return strings.Join(ks, " ")
 }
 
-// First and Last return the first and the last event so far.
+// First returns the first event so far.
 func (r *Recorder) First() sandbox.ExecEvent { return r.at(0) }
 
 // Last returns the last event so far.
