@@ -176,6 +176,7 @@ func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Con
 	}
 	b.cfg, b.started = norm, now
 	b.exited.Store(exited)
+	b.lastActive.Store(now.UnixNano())
 	b.run++
 	if norm.MaxDuration > 0 {
 		run := b.run

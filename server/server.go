@@ -63,7 +63,7 @@ type Server struct {
 	lock *os.File
 	home *Home
 
-	sandboxes sandbox.Manager
+	sandboxes sandbox.API
 	closeSvc  func(context.Context) error // stops every sandbox and the engine
 	audit     *audit.Writer
 	handler   *rpc.Server
@@ -277,31 +277,12 @@ func (s *Server) v1API(gate *auth.Gate, now func() time.Time) *v1.Handler {
 	if now == nil {
 		now = time.Now
 	}
-	var svc v1.Service
-	var sessions sandbox.Sessions
-	switch m := s.sandboxes.(type) {
-	case sandbox.Unavailable:
-		svc, sessions = v1.Unavailable{Unavailable: m}, v1.UnavailableSessions{Reason: m.Reason}
-	default:
-		lc, ok := m.(v1.Service)
-		if !ok {
-			lc = v1.Unavailable{Unavailable: sandbox.Unavailable{Reason: "this build's sandbox service cannot look sandboxes up by id or list them"}}
-		}
-		svc = lc
-		// Sessions are a value of their own: sandbox.Sessions and
-		// sandbox.Lifecycles have methods of one name and two signatures.
-		if p, ok := m.(interface{ Sessions() sandbox.Sessions }); ok {
-			sessions = p.Sessions()
-		} else {
-			sessions = v1.UnavailableSessions{Reason: "this build's sandbox service cannot stream processes or reach files"}
-		}
-	}
 	vols := &volume.Store{Meta: s.cfg.Path("meta", "volumes"), Now: now}
 	if roots := s.cfg.Volumes(); len(roots) > 0 {
 		vols.Root = roots[0]
 	}
 	logs := logfile.Dir{Root: s.cfg.SandboxLogDir(), Options: sandbox.LogOptions(now)}
-	return v1.New(gate, svc, sessions, vols, logs, s.log)
+	return v1.New(gate, s.sandboxes, s.sandboxes.Sessions(), vols, logs, s.log)
 }
 
 // hostMemoryMiB is the machine's memory, the most one sandbox may ask for.

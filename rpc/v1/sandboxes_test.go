@@ -394,7 +394,7 @@ func TestErrorClasses(t *testing.T) {
 	if !strings.Contains(string(r.body), "the engine is down") {
 		t.Fatalf("unavailable shown as %s", r.body)
 	}
-	u := v1.Unavailable{Unavailable: sandbox.Unavailable{Reason: "not root"}}
+	u := sandbox.Unavailable{Reason: "not root"}
 	if _, err := u.Get(t.Context(), mustID(t, "a", "b")); !errdefs.Is(err, errdefs.Unavailable) || !strings.Contains(err.Error(), "not root") {
 		t.Fatalf("Unavailable.Get: %v", err)
 	}

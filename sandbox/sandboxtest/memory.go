@@ -26,11 +26,13 @@ type Memory struct {
 	// "start", "stop" or "delete"); an error it returns is the call's.
 	Fail func(op string, id sandbox.ID) error
 
-	mu    sync.Mutex
-	boxes map[sandbox.ID]*memBox
-	left  []sandbox.ID // held by "an earlier engine": Recover lists them
-	calls []string
-	cpu   time.Duration
+	mu       sync.Mutex
+	boxes    map[sandbox.ID]*memBox
+	left     []sandbox.ID // held by "an earlier engine": Recover lists them
+	calls    []string
+	cpu      time.Duration
+	streamed []sandbox.ExecSpec
+	pid      int
 }
 
 type memBox struct {
@@ -38,6 +40,7 @@ type memBox struct {
 	state   sandbox.State
 	exited  chan struct{}
 	started time.Time
+	files   map[string]*memNode // by clean absolute path; made on first use
 }
 
 var _ sandbox.Engine = (*Memory)(nil)
