@@ -139,6 +139,9 @@ type box struct {
 	// lastActive is when the sandbox last saw a call or was started, in
 	// Unix nanoseconds of the service's clock (lastActivity).
 	lastActive atomic.Int64
+	// inFlight counts the calls under way (exec, code, file transfers,
+	// streamed processes until they end): a sandbox with one is not idle.
+	inFlight atomic.Int64
 
 	sampleMu sync.Mutex
 	lastCPU  time.Duration
