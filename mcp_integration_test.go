@@ -168,7 +168,7 @@ func TestMCPSandboxLifecycle(t *testing.T) {
 		names = append(names, tool.Name)
 	}
 	slices.Sort(names)
-	if want := []string{"sandbox_get_metrics", "sandbox_run_code", "sandbox_run_command", "sandbox_start", "sandbox_stop"}; !slices.Equal(names, want) {
+	if want := []string{"sandbox_get_metrics", "sandbox_run_code", "sandbox_run_command", "sandbox_start", "sandbox_stop", "sandbox_update_network"}; !slices.Equal(names, want) {
 		t.Errorf("tools %v, want %v", names, want)
 	}
 	prompts, err := cs.ListPrompts(ctx, nil)

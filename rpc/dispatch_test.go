@@ -31,7 +31,8 @@ func TestEveryMethodHasAScope(t *testing.T) {
 	want := map[string]auth.Scope{
 		"sandbox.start": auth.ScopeSandboxCreate, "sandbox.stop": auth.ScopeSandboxDelete,
 		"sandbox.metrics.get": auth.ScopeSandboxRead, "sandbox.repl.run": auth.ScopeSandboxExec,
-		"sandbox.command.run": auth.ScopeSandboxExec, "keys.create": auth.ScopeKeysManage, "keys.list": auth.ScopeKeysManage,
+		"sandbox.command.run": auth.ScopeSandboxExec, "sandbox.network.update": auth.ScopeSandboxCreate,
+		"keys.create": auth.ScopeKeysManage, "keys.list": auth.ScopeKeysManage,
 		"keys.revoke": auth.ScopeKeysManage, "keys.rotate": auth.ScopeKeysManage, "keys.limit": auth.ScopeKeysManage,
 		"audit.list": auth.ScopeAuditRead,
 	}

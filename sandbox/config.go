@@ -40,6 +40,9 @@ type Config struct {
 	Rlimits []Rlimit          // of every process of the sandbox
 	Labels  map[string]string // the client's, kept and filtered on
 	Lifecycle
+	// Network is its outbound network; the zero value leaves it to the
+	// namespace's default (none unless the operator changed it).
+	Network Network
 }
 
 // Volume is a host directory (or file) inside the namespace's volume
@@ -106,6 +109,8 @@ type Bounds struct {
 	AllowPrivilegedPorts bool
 	// NoPorts says the engine cannot forward ports at all.
 	NoPorts bool
+	// NoNetwork says the engine cannot give sandboxes network.
+	NoNetwork bool
 }
 
 // ParseVolume reads a volume written "host:guest" or "host:guest:ro" (or
@@ -335,6 +340,14 @@ func Normalize(cfg Config, b Bounds) (Config, error) {
 	if cfg.IdleTimeout < 0 || cfg.IdleTimeout > MaxLifetime {
 		return bad("lifecycle.idle_timeout %v is out of range: use 0 (none) to %v", cfg.IdleTimeout, MaxLifetime)
 	}
+	net, err := NormalizeNetwork(cfg.Network, "config.network")
+	if err != nil {
+		return Config{}, err
+	}
+	if net.Mode == NetworkOn && b.NoNetwork {
+		return bad("network: this server's sandbox engine cannot give sandboxes network; leave network out")
+	}
+	cfg.Network = net
 	// Empty and absent mean the same.
 	if len(cfg.Scripts) == 0 {
 		cfg.Scripts = nil
@@ -391,7 +404,7 @@ func (c Config) Equal(o Config) bool {
 		slices.Equal(c.Envs, o.Envs) && slices.Equal(c.DependsOn, o.DependsOn) &&
 		c.Workdir == o.Workdir && c.Shell == o.Shell && maps.Equal(c.Scripts, o.Scripts) && c.Exec == o.Exec &&
 		slices.Equal(c.Command, o.Command) && c.User == o.User && slices.Equal(c.Rlimits, o.Rlimits) &&
-		maps.Equal(c.Labels, o.Labels) && c.Lifecycle == o.Lifecycle
+		maps.Equal(c.Labels, o.Labels) && c.Lifecycle == o.Lifecycle && c.Network.Equal(o.Network)
 }
 
 // background is what a sandbox runs in the background when it starts, if

@@ -12,6 +12,7 @@ import (
 
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/namespace"
+	"github.com/msb-dev/msb/sandbox/network"
 )
 
 // Manager is what the front-ends ask of sandboxes. Each method's namespace
@@ -31,6 +32,19 @@ type Manager interface {
 	RunCode(ctx context.Context, id ID, lang Language, code string, timeout time.Duration) (ReplResult, error)
 	// Exec runs a command in the sandbox.
 	Exec(ctx context.Context, id ID, req ExecRequest) (ExecResult, error)
+	// SetNetwork changes the sandbox's network (its mode, rules and
+	// limits): at once when it runs, and for its next starts.
+	SetNetwork(ctx context.Context, id ID, n Network) (NetworkUpdate, error)
+}
+
+// NetworkUpdate is the outcome of Manager.SetNetwork.
+type NetworkUpdate struct {
+	// Network is what the sandbox has now, or will have at its next
+	// start: the namespace's defaults filled in. Mode NetworkNone: no
+	// network.
+	Network Network
+	// Running: the sandbox runs, and the change took effect at once.
+	Running bool
 }
 
 // Metrics is one sandbox's resource use. The pointers are nil for a
@@ -41,6 +55,8 @@ type Metrics struct {
 	CPUUsage    *float64 // percent of one CPU since the previous sample
 	MemoryUsage *int64   // MiB
 	DiskUsage   *int64   // bytes
+	// Network are the counters of its network, nil when it runs without.
+	Network *NetworkStats
 }
 
 // Image is a resolved image: what a sandbox's root is made of.
@@ -93,6 +109,19 @@ type ServiceOptions struct {
 	PortBind string
 	// AllowPrivilegedPorts lets port forwards use host ports below 1024.
 	AllowPrivilegedPorts bool
+
+	// Network gives the operator's network bounds of each namespace;
+	// nil: DefaultNetworkBounds for all.
+	Network func(namespace string) NetworkBounds
+	// NetDialer dials what sandboxes' networks allow, and NetResolver
+	// answers their DNS; nil: a net.Dialer and the host's resolver.
+	NetDialer   network.Dialer
+	NetResolver network.Resolver
+	// OnNetworkDenial, if set, is told of sandboxes' refused network
+	// attempts, at most once a second per sandbox (NetworkDenial). It is
+	// called with a lock held and must not block (the audit log's Record
+	// does not).
+	OnNetworkDenial func(NetworkDenial)
 }
 
 // Service is the sandbox Manager and the one owner of every sandbox's
@@ -127,6 +156,10 @@ type box struct {
 	stopBg  context.CancelFunc // ends the background command's log writer
 	bgDone  chan struct{}
 	ports   []*forwarder // host ports forwarded into the sandbox
+	// net is the network it runs with (nil: none), and denials reports
+	// what that network refuses.
+	net     *effectiveNetwork
+	denials *denials
 
 	sampleMu sync.Mutex
 	lastCPU  time.Duration
@@ -166,9 +199,13 @@ func NewService(opts ServiceOptions) *Service {
 	if opts.EphemeralGrace <= 0 {
 		opts.EphemeralGrace = EphemeralGrace
 	}
+	if opts.Network == nil {
+		opts.Network = func(string) NetworkBounds { return DefaultNetworkBounds() }
+	}
 	_, canDial := opts.Engine.(Dialer)
+	_, canNet := opts.Engine.(Networker)
 	return &Service{opts: opts, boxes: map[ID]*box{}, quotas: quotas{of: opts.Quotas}, bounds: Bounds{
-		MaxCPUs: opts.MaxCPUs, MaxMemory: opts.MaxMemMB, AllowPrivilegedPorts: opts.AllowPrivilegedPorts, NoPorts: !canDial,
+		MaxCPUs: opts.MaxCPUs, MaxMemory: opts.MaxMemMB, AllowPrivilegedPorts: opts.AllowPrivilegedPorts, NoPorts: !canDial, NoNetwork: !canNet,
 	}}
 }
 

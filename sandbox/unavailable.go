@@ -38,3 +38,8 @@ func (u Unavailable) RunCode(context.Context, ID, Language, string, time.Duratio
 func (u Unavailable) Exec(context.Context, ID, ExecRequest) (ExecResult, error) {
 	return ExecResult{}, u.fail()
 }
+
+// SetNetwork fails with errdefs.ErrUnavailable.
+func (u Unavailable) SetNetwork(context.Context, ID, Network) (NetworkUpdate, error) {
+	return NetworkUpdate{}, u.fail()
+}
