@@ -24,7 +24,7 @@ import (
 // netHome makes a home whose server resolves and dials for sandboxes in
 // the world w only, with extra appended to its config.toml (settings of
 // [network], then other tables).
-func netHome(t *testing.T, w *networktest.World, extra string) string {
+func netHome(t testing.TB, w *networktest.World, extra string) string {
 	t.Helper()
 	home := newHome(t)
 	cfg := testConfig + fmt.Sprintf("[network]\ndns = [%q]\ninterface = %q\n", w.DNS().String(), w.HostIf) + extra
