@@ -772,3 +772,49 @@ func TestAgentCrashIsAShortMessage(t *testing.T) {
 		t.Fatalf("the client got the agent's dump: %q", r.Error.Message)
 	}
 }
+
+// TestSandboxConfigFields starts real sandboxes with the config fields of
+// the v1 API through sandbox.start: user, command, tmpfs, max duration.
+func TestSandboxConfigFields(t *testing.T) {
+	t.Parallel()
+	home := newHome(t)
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	box := srv.sandbox(key, "cfg", "fields", map[string]any{
+		"image": "host", "memory": 128, "user": "1000:1001",
+		"command": []string{"sh", "-c", "id -u > /tmp/who; sleep 600"},
+		"tmpfs":   []map[string]any{{"path": "/scratch", "size_mib": 8}},
+		"labels":  map[string]string{"team": "a"},
+	})
+	if c := box.run("id", "-u"); strings.TrimSpace(text(c.Output, "stdout")) != "1000" {
+		t.Fatalf("id -u: %+v", c)
+	}
+	if c := box.run("id", "-g"); strings.TrimSpace(text(c.Output, "stdout")) != "1001" {
+		t.Fatalf("id -g: %+v", c)
+	}
+	waitFor(t, func() bool { return strings.TrimSpace(text(box.run("cat", "/tmp/who").Output, "stdout")) == "1000" })
+	// The tmpfs is there, writable by the user, and holds no more than its size.
+	if c := box.sh("grep ' /scratch ' /proc/mounts"); !strings.Contains(text(c.Output, "stdout"), "tmpfs") {
+		t.Fatalf("no tmpfs at /scratch: %+v", c)
+	}
+	if c := box.sh("head -c 4194304 /dev/zero > /scratch/a"); !c.Success {
+		t.Fatalf("4 MiB into an 8 MiB tmpfs: %+v", c)
+	}
+	if c := box.sh("head -c 8388608 /dev/zero > /scratch/b"); c.Success || !strings.Contains(text(c.Output, "stderr"), "No space left") {
+		t.Fatalf("8 more MiB into an 8 MiB tmpfs: %+v", c)
+	}
+	// Refused tmpfs configs name the field.
+	srv.wantError(key, "sandbox.start", map[string]any{"namespace": "cfg", "sandbox": "bad",
+		"config": map[string]any{"memory": 64, "tmpfs": []map[string]any{{"path": "/s", "size_mib": 65}}}}, 200, -32602, "config.tmpfs")
+	box.stop()
+
+	// A max duration stops the sandbox on its own.
+	short := srv.sandbox(key, "cfg", "short", map[string]any{"image": "host", "lifecycle": map[string]any{"max_duration_secs": 1}})
+	waitFor(t, func() bool {
+		status, resp := srv.call(key, "sandbox.command.run", short.params(map[string]any{"command": "true"}))
+		return status == 200 && resp.Error != nil && strings.Contains(resp.Error.Message, "not running")
+	})
+	// The stop that follows releases everything.
+	waitFor(t, func() bool { entries, _ := os.ReadDir(filepath.Join(home, "sandboxes")); return len(entries) == 0 })
+	assertNoLeftovers(t, home)
+}

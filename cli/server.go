@@ -18,6 +18,7 @@ import (
 	"github.com/msb-dev/msb/auth"
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/logfile"
 	"github.com/msb-dev/msb/server"
 )
 
@@ -296,61 +297,59 @@ func printLog(c *cli.Context) error {
 		return err
 	}
 	path := sandbox.LogPath(cfg.SandboxLogDir(), id)
-	f, err := os.Open(path)
+	r, err := logfile.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("no log for sandbox %q in namespace %q: it has no exec or start script, or never started", id.Name(), id.Namespace())
 	}
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer r.Close()
 	out := bufio.NewWriter(os.Stdout)
-	if n := tail; n > 0 {
-		ring := make([]string, 0, n)
-		sc := bufio.NewScanner(f)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			if len(ring) == n {
-				ring = ring[1:]
-			}
-			ring = append(ring, sc.Text())
-		}
-		for _, l := range ring {
-			fmt.Fprintln(out, l)
-		}
-	} else if _, err := io.Copy(out, f); err != nil {
-		return err
-	}
-	out.Flush()
-	if !follow {
-		return nil
-	}
-	// Follow: print what is appended; start over if the log is replaced
-	// (the sandbox was started again).
-	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	buf := make([]byte, 32<<10)
+	var ring []string
 	for {
-		n, err := f.Read(buf)
-		if n > 0 {
-			os.Stdout.Write(buf[:n])
+		e, _, ok, err := r.Next()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			break
+		}
+		if tail == 0 {
+			fmt.Fprintln(out, logfile.Text(e))
 			continue
 		}
-		if err != nil && err != io.EOF {
+		if len(ring) == tail {
+			ring = ring[1:]
+		}
+		ring = append(ring, logfile.Text(e))
+	}
+	for _, l := range ring {
+		fmt.Fprintln(out, l)
+	}
+	if err := out.Flush(); err != nil || !follow {
+		return err
+	}
+	// Follow: print what is appended, and the next run's entries when the
+	// sandbox is started again.
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	for {
+		e, _, ok, err := r.Next()
+		if err != nil {
+			return err
+		}
+		if ok {
+			fmt.Fprintln(out, logfile.Text(e))
+			continue
+		}
+		if err := out.Flush(); err != nil {
 			return err
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(200 * time.Millisecond):
-		}
-		if fi, err := os.Stat(path); err == nil {
-			if cur, err := f.Stat(); err == nil && !os.SameFile(fi, cur) {
-				f.Close()
-				if f, err = os.Open(path); err != nil {
-					return err
-				}
-			}
 		}
 	}
 }

@@ -138,3 +138,11 @@ func Code(err error) int64 {
 	code, _, _ := classify(err)
 	return code
 }
+
+// Handle serves h at pattern (an http.ServeMux pattern) on the server's
+// mux: behind development mode's guards, but not behind the JSON-RPC
+// endpoint's authentication. h authenticates and authorizes its requests
+// itself, through the same auth.Gate (the v1 API, rpc/v1).
+func (s *Server) Handle(pattern string, h http.Handler) {
+	s.mux.Handle(pattern, h)
+}

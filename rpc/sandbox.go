@@ -49,7 +49,14 @@ type Config struct {
 	Labels    map[string]string `json:"labels,omitempty"`
 	Rlimits   []Rlimit          `json:"rlimits,omitempty"`
 	Lifecycle *Lifecycle        `json:"lifecycle,omitempty"`
+	Tmpfs     []Tmpfs           `json:"tmpfs,omitempty"`
 	Network   *Network          `json:"network,omitempty"`
+}
+
+// Tmpfs is a memory-backed directory of a sandbox.
+type Tmpfs struct {
+	Path    string `json:"path"`
+	SizeMiB int    `json:"size_mib,omitempty"` // 0: half the sandbox's memory
 }
 
 // Network is a sandbox's outbound network as the wire carries it (in
@@ -122,6 +129,9 @@ func (c Config) domain() (sandbox.Config, error) {
 		Network: c.Network.domain()}
 	for _, l := range c.Rlimits {
 		d.Rlimits = append(d.Rlimits, sandbox.Rlimit{Resource: l.Resource, Soft: l.Soft, Hard: l.Hard})
+	}
+	for _, t := range c.Tmpfs {
+		d.Tmpfs = append(d.Tmpfs, sandbox.Tmpfs{Guest: t.Path, SizeMiB: t.SizeMiB})
 	}
 	if l := c.Lifecycle; l != nil {
 		var err error

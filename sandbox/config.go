@@ -39,10 +39,18 @@ type Config struct {
 	User    string
 	Rlimits []Rlimit          // of every process of the sandbox
 	Labels  map[string]string // the client's, kept and filtered on
+	Tmpfs   []Tmpfs           // memory-backed directories
 	Lifecycle
 	// Network is its outbound network; the zero value leaves it to the
 	// namespace's default (none unless the operator changed it).
 	Network Network
+}
+
+// Tmpfs is a memory-backed directory of a sandbox: what is written there
+// is charged to the sandbox's memory.
+type Tmpfs struct {
+	Guest   string // absolute path inside the sandbox
+	SizeMiB int    // 0: half the sandbox's memory
 }
 
 // Volume is a host directory (or file) inside the namespace's volume
@@ -225,6 +233,32 @@ func Normalize(cfg Config, b Bounds) (Config, error) {
 		guests[v.Guest] = true
 		cfg.Volumes[i] = v
 	}
+	if len(cfg.Tmpfs) > maxVolumes {
+		return bad("tmpfs: %d directories is too many: use at most %d", len(cfg.Tmpfs), maxVolumes)
+	}
+	cfg.Tmpfs = slices.Clone(cfg.Tmpfs)
+	for i, t := range cfg.Tmpfs {
+		if strings.ContainsAny(t.Guest, "\x00\n") || !path.IsAbs(t.Guest) {
+			return bad("tmpfs: %.100q is not an absolute path: use one such as /scratch", t.Guest)
+		}
+		t.Guest = path.Clean(t.Guest)
+		if reservedGuest(t.Guest) {
+			return bad("tmpfs: the sandbox path %s is reserved: use another, such as /scratch", t.Guest)
+		}
+		for g := range guests {
+			if g == t.Guest || strings.HasPrefix(g, t.Guest+"/") || strings.HasPrefix(t.Guest, g+"/") {
+				return bad("tmpfs: %s overlaps the mount at %s: use paths apart, such as /scratch and /data", t.Guest, g)
+			}
+		}
+		guests[t.Guest] = true
+		if t.SizeMiB < 0 || t.SizeMiB > cfg.Memory {
+			return bad("tmpfs: %s: size %d MiB is out of range: use 1 to the sandbox's memory (%d MiB), or 0 for half of it", t.Guest, t.SizeMiB, cfg.Memory)
+		}
+		if t.SizeMiB == 0 {
+			t.SizeMiB = max(cfg.Memory/2, 1)
+		}
+		cfg.Tmpfs[i] = t
+	}
 	if len(cfg.Ports) > maxPorts {
 		return bad("ports: %d port forwards is too many: use at most %d", len(cfg.Ports), maxPorts)
 	}
@@ -404,7 +438,7 @@ func (c Config) Equal(o Config) bool {
 		slices.Equal(c.Envs, o.Envs) && slices.Equal(c.DependsOn, o.DependsOn) &&
 		c.Workdir == o.Workdir && c.Shell == o.Shell && maps.Equal(c.Scripts, o.Scripts) && c.Exec == o.Exec &&
 		slices.Equal(c.Command, o.Command) && c.User == o.User && slices.Equal(c.Rlimits, o.Rlimits) &&
-		maps.Equal(c.Labels, o.Labels) && c.Lifecycle == o.Lifecycle && c.Network.Equal(o.Network)
+		maps.Equal(c.Labels, o.Labels) && slices.Equal(c.Tmpfs, o.Tmpfs) && c.Lifecycle == o.Lifecycle && c.Network.Equal(o.Network)
 }
 
 // background is what a sandbox runs in the background when it starts, if

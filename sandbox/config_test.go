@@ -2,6 +2,7 @@ package sandbox_test
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -24,11 +25,13 @@ func TestNormalizeCanonicalForms(t *testing.T) {
 	got, err := sandbox.Normalize(sandbox.Config{
 		Volumes: []sandbox.Volume{{Host: "data/./x", Guest: "/data/"}},
 		Workdir: "/srv/app/../app",
+		Tmpfs:   []sandbox.Tmpfs{{Guest: "/scratch/"}},
 	}, sandbox.Bounds{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Volumes[0] != (sandbox.Volume{Host: "data/x", Guest: "/data"}) || got.Workdir != "/srv/app" {
+	if got.Volumes[0] != (sandbox.Volume{Host: "data/x", Guest: "/data"}) || got.Workdir != "/srv/app" ||
+		got.Tmpfs[0] != (sandbox.Tmpfs{Guest: "/scratch", SizeMiB: sandbox.DefaultMemory / 2}) {
 		t.Fatalf("not canonical: %+v", got)
 	}
 	again, _ := sandbox.Normalize(got, sandbox.Bounds{})
@@ -71,6 +74,13 @@ func TestNormalizeRefuses(t *testing.T) {
 		{"relative shell", sandbox.Config{Shell: "sh"}, bounds, "config.shell"},
 		{"script without a name", sandbox.Config{Scripts: map[string]string{"": "x"}}, bounds, "config.scripts"},
 		{"exec too long", sandbox.Config{Exec: strings.Repeat("x", 1<<20+1)}, bounds, "config.exec"},
+		{"relative tmpfs", sandbox.Config{Tmpfs: []sandbox.Tmpfs{{Guest: "scratch"}}}, bounds, "config.tmpfs"},
+		{"tmpfs on /", sandbox.Config{Tmpfs: []sandbox.Tmpfs{{Guest: "/"}}}, bounds, "reserved"},
+		{"tmpfs in /.msb", sandbox.Config{Tmpfs: []sandbox.Tmpfs{{Guest: "/.msb/x"}}}, bounds, "reserved"},
+		{"tmpfs over a volume", sandbox.Config{Volumes: []sandbox.Volume{{Host: "d", Guest: "/data/x"}}, Tmpfs: []sandbox.Tmpfs{{Guest: "/data"}}}, bounds, "overlaps"},
+		{"tmpfs twice", sandbox.Config{Tmpfs: []sandbox.Tmpfs{{Guest: "/s"}, {Guest: "/s/"}}}, bounds, "overlaps"},
+		{"tmpfs larger than memory", sandbox.Config{Memory: 64, Tmpfs: []sandbox.Tmpfs{{Guest: "/s", SizeMiB: 65}}}, bounds, "out of range"},
+		{"negative tmpfs", sandbox.Config{Tmpfs: []sandbox.Tmpfs{{Guest: "/s", SizeMiB: -1}}}, bounds, "out of range"},
 		{"network rule", sandbox.Config{Network: sandbox.Network{Allow: []string{"*.*.org"}}}, bounds, "config.network.allow"},
 		{"network deny rule", sandbox.Config{Network: sandbox.Network{Deny: []string{"x.org:0"}}}, bounds, "config.network.deny"},
 		{"network rules without network", sandbox.Config{Network: sandbox.Network{Mode: sandbox.NetworkNone, Allow: []string{"x.org"}}}, bounds, "set enabled to true"},
@@ -123,6 +133,60 @@ func TestParseID(t *testing.T) {
 	}
 	if !(sandbox.ID{}).IsZero() {
 		t.Error("zero ID is not zero")
+	}
+}
+
+// TestConfigEqualSeesEveryField changes each field of a config in turn:
+// Equal must tell every change, so that a field added later and left out of
+// Equal fails here rather than making a restart with a new config a no-op.
+func TestConfigEqualSeesEveryField(t *testing.T) {
+	base := sandbox.Config{}
+	typ := reflect.TypeOf(base)
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		var changed sandbox.Config
+		v := reflect.ValueOf(&changed).Elem().Field(i)
+		if f.Anonymous {
+			// Embedded structs: every field of theirs in turn.
+			for j := range v.NumField() {
+				c := sandbox.Config{}
+				setAny(t, reflect.ValueOf(&c).Elem().Field(i).Field(j))
+				if c.Equal(base) {
+					t.Errorf("Equal ignores %s.%s", f.Name, v.Type().Field(j).Name)
+				}
+			}
+			continue
+		}
+		setAny(t, v)
+		if changed.Equal(base) {
+			t.Errorf("Equal ignores %s", f.Name)
+		}
+	}
+}
+
+// setAny sets v to a value other than its zero value.
+func setAny(t *testing.T, v reflect.Value) {
+	switch v.Kind() {
+	case reflect.String:
+		v.SetString("x")
+	case reflect.Int, reflect.Int64:
+		v.SetInt(1)
+	case reflect.Bool:
+		v.SetBool(true)
+	case reflect.Slice:
+		s := reflect.MakeSlice(v.Type(), 1, 1)
+		setAny(t, s.Index(0))
+		v.Set(s)
+	case reflect.Map:
+		m := reflect.MakeMap(v.Type())
+		m.SetMapIndex(reflect.ValueOf("k").Convert(v.Type().Key()), reflect.ValueOf("v").Convert(v.Type().Elem()))
+		v.Set(m)
+	case reflect.Struct:
+		setAny(t, v.Field(0))
+	case reflect.Uint64, reflect.Uint32:
+		v.SetUint(1)
+	default:
+		t.Fatalf("setAny: no value for a %s: extend the test", v.Type())
 	}
 }
 

@@ -59,6 +59,9 @@ type Spec struct {
 	Pids      int
 	Hostname  string
 	User      User // who the sandbox's processes run as; zero: root
+	// Tmpfs are memory-backed directories mounted over the root, charged
+	// to the sandbox's memory.
+	Tmpfs []Tmpfs
 	// Network, if set, is the sandbox's outbound network: an engine that
 	// is a Networker attaches it when the sandbox's init has started
 	// (before Start returns) and detaches it when the sandbox stops.

@@ -136,6 +136,7 @@ func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Con
 		Pids:      s.opts.Pids,
 		Hostname:  id.Name(),
 		User:      img.User,
+		Tmpfs:     norm.Tmpfs,
 	}
 	var denials *denials
 	if net != nil {
@@ -186,6 +187,7 @@ func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Con
 	b.cfg, b.started = norm, now
 	b.net, b.denials = net, denials
 	b.exited.Store(exited)
+	b.lastActive.Store(now.UnixNano())
 	b.run++
 	if norm.MaxDuration > 0 {
 		run := b.run

@@ -47,6 +47,15 @@ type NetworkUpdate struct {
 	Running bool
 }
 
+// API is what the front-ends (JSON-RPC, MCP, the v1 API) ask of
+// sandboxes: the Service, or Unavailable on a server without an engine.
+type API interface {
+	Manager
+	Lifecycles
+	// Sessions returns the streamed processes and file operations.
+	Sessions() Sessions
+}
+
 // Metrics is one sandbox's resource use. The pointers are nil for a
 // sandbox that is not running.
 type Metrics struct {
@@ -156,6 +165,9 @@ type box struct {
 	stopBg  context.CancelFunc // ends the background command's log writer
 	bgDone  chan struct{}
 	ports   []*forwarder // host ports forwarded into the sandbox
+	// lastActive is when the sandbox last saw a call or was started, in
+	// Unix nanoseconds of the service's clock (lastActivity).
+	lastActive atomic.Int64
 	// net is the network it runs with (nil: none), and denials reports
 	// what that network refuses.
 	net     *effectiveNetwork
@@ -331,8 +343,11 @@ func (s *Service) Close(ctx context.Context) error {
 // (host paths included) with a reference and shows only what failed.
 func engineError(op string, id ID, err error) error {
 	switch errdefs.Classify(err) {
-	case errdefs.Invalid, errdefs.NotFound, errdefs.Conflict, errdefs.Exhausted:
+	case errdefs.Invalid, errdefs.NotFound, errdefs.Conflict, errdefs.Exhausted,
+		errdefs.Forbidden: // a file the sandbox's own permissions refuse
 		return err
 	}
 	return &errdefs.Error{Class: errdefs.Internal, Msg: fmt.Sprintf("%s sandbox %q failed in the sandbox engine", op, id.Name()), Err: err}
 }
+
+var _ API = (*Service)(nil)

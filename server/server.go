@@ -26,9 +26,12 @@ import (
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/rpc"
 	"github.com/msb-dev/msb/rpc/mcp"
+	v1 "github.com/msb-dev/msb/rpc/v1"
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/engine"
 	"github.com/msb-dev/msb/sandbox/image"
+	"github.com/msb-dev/msb/sandbox/logfile"
+	"github.com/msb-dev/msb/sandbox/volume"
 )
 
 // Options configure a server beyond its configuration.
@@ -60,7 +63,7 @@ type Server struct {
 	lock *os.File
 	home *Home
 
-	sandboxes sandbox.Manager
+	sandboxes sandbox.API
 	closeSvc  func(context.Context) error // stops every sandbox and the engine
 	audit     *audit.Writer
 	handler   *rpc.Server
@@ -129,6 +132,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err e
 	gate.Log, gate.MaxInFlight = s.log, cfg.MaxCallsPerKey
 	s.handler = rpc.NewServer(methods(s.sandboxes, s.home, policy.Dev()), gate, s.log)
 	s.handler.Mount(mcp.Path, mcp.NewHandler(s.handler, &mcp.Options{Logger: s.log}))
+	s.handler.Handle(v1.Prefix, s.v1API(gate, opts.Now))
 
 	if s.ln, err = net.Listen("tcp", cfg.Addr()); err != nil {
 		return nil, fmt.Errorf("listen on %s: %w (is another program using the port? choose one with --port)", cfg.Addr(), err)
@@ -275,7 +279,21 @@ func orDefault(v, def int) int {
 	return v
 }
 
-// hostMemoryMiB is the machine's memory.
+// v1API is the v1 API (today's microsandbox SDKs) on the server's sandbox
+// service, volumes and logs.
+func (s *Server) v1API(gate *auth.Gate, now func() time.Time) *v1.Handler {
+	if now == nil {
+		now = time.Now
+	}
+	vols := &volume.Store{Meta: s.cfg.Path("meta", "volumes"), Now: now}
+	if roots := s.cfg.Volumes(); len(roots) > 0 {
+		vols.Root = roots[0]
+	}
+	logs := logfile.Dir{Root: s.cfg.SandboxLogDir(), Options: sandbox.LogOptions(now)}
+	return v1.New(gate, s.sandboxes, s.sandboxes.Sessions(), vols, logs, s.log)
+}
+
+// hostMemoryMiB is the machine's memory, the most one sandbox may ask for.
 func hostMemoryMiB() int {
 	var info syscall.Sysinfo_t
 	if err := syscall.Sysinfo(&info); err != nil {

@@ -42,8 +42,14 @@ type sandboxConfigV1 struct {
 	Ephemeral   bool              `json:"ephemeral,omitempty"`
 	MaxDuration int64             `json:"max_duration_ms,omitempty"`
 	IdleTimeout int64             `json:"idle_timeout_ms,omitempty"`
+	Tmpfs       []tmpfsV2         `json:"tmpfs,omitempty"`
 	// Version 3.
 	Network *networkV3 `json:"network,omitempty"`
+}
+
+type tmpfsV2 struct {
+	Guest   string `json:"guest"`
+	SizeMiB int    `json:"size_mib,omitempty"`
 }
 
 // networkV3 is a sandbox's network config; its rules are kept in the
@@ -72,6 +78,9 @@ func encodeConfig(c sandbox.Config) ([]byte, error) {
 		MaxDuration: c.MaxDuration.Milliseconds(), IdleTimeout: c.IdleTimeout.Milliseconds()}
 	for _, l := range c.Rlimits {
 		r.Rlimits = append(r.Rlimits, rlimitV2{l.Resource, l.Soft, l.Hard})
+	}
+	for _, t := range c.Tmpfs {
+		r.Tmpfs = append(r.Tmpfs, tmpfsV2{t.Guest, t.SizeMiB})
 	}
 	if n := c.Network; n.Mode != sandbox.NetworkDefault {
 		r.Network = &networkV3{Mode: string(n.Mode), Allow: n.Allow, Deny: n.Deny, Strict: n.Strict,
@@ -102,6 +111,9 @@ func decodeConfig(data string) (sandbox.Config, error) {
 	c.IdleTimeout = time.Duration(r.IdleTimeout) * time.Millisecond
 	for _, l := range r.Rlimits {
 		c.Rlimits = append(c.Rlimits, sandbox.Rlimit{Resource: l.Resource, Soft: l.Soft, Hard: l.Hard})
+	}
+	for _, t := range r.Tmpfs {
+		c.Tmpfs = append(c.Tmpfs, sandbox.Tmpfs{Guest: t.Guest, SizeMiB: t.SizeMiB})
 	}
 	if n := r.Network; n != nil {
 		c.Network = sandbox.Network{Mode: sandbox.NetworkMode(n.Mode), Allow: n.Allow, Deny: n.Deny, Strict: n.Strict,

@@ -26,6 +26,7 @@ func TestSandboxRecords(t *testing.T) {
 		Volumes: []sandbox.Volume{{Host: "data", Guest: "/data", ReadOnly: true}}, Ports: []sandbox.Port{{Host: 8080, Guest: 80}},
 		Command: []string{"sleep", "1"}, User: "1000:1000", Labels: map[string]string{"a": "b"},
 		Rlimits:   []sandbox.Rlimit{{Resource: "nofile", Soft: 64, Hard: 128}},
+		Tmpfs:     []sandbox.Tmpfs{{Guest: "/scratch", SizeMiB: 16}},
 		Lifecycle: sandbox.Lifecycle{Ephemeral: true, MaxDuration: time.Minute, IdleTimeout: time.Second},
 		Network: sandbox.Network{Mode: sandbox.NetworkOn, Allow: []string{"*.pypi.org:443"}, Deny: []string{"evil.test"}, Strict: true,
 			MaxConnections: 10, MaxBandwidth: 1 << 20}}

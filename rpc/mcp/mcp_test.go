@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -23,6 +24,7 @@ import (
 	"github.com/msb-dev/msb/rpc"
 	"github.com/msb-dev/msb/rpc/mcp"
 	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/sandboxtest"
 )
 
 // fakeManager records what the tools asked of the sandbox service.
@@ -145,6 +147,7 @@ type stack struct {
 	url    string
 	issue  func(namespace string) string
 	m      *fakeManager
+	files  *sandboxtest.Memory // the files of team-a/box, running
 	logBuf *syncBuffer
 }
 
@@ -181,7 +184,17 @@ func newStack(t *testing.T, dev bool) *stack {
 			return key
 		}
 	}
-	server := rpc.NewServer(rpc.SandboxMethods(st.m), gate, log)
+	st.files = sandboxtest.NewMemory()
+	box := sandboxtest.ID(t, "team-a", "box")
+	if err := st.files.Create(context.Background(), box, sandbox.Spec{Workdir: "/workspace"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.files.Start(context.Background(), box); err != nil {
+		t.Fatal(err)
+	}
+	methods := rpc.SandboxMethods(st.m)
+	maps.Copy(methods, rpc.FileMethods(st.files))
+	server := rpc.NewServer(methods, gate, log)
 	server.Mount(mcp.Path, mcp.NewHandler(server, &mcp.Options{Logger: log, Version: "test"}))
 	srv := httptest.NewServer(server)
 	t.Cleanup(srv.Close)
@@ -268,6 +281,9 @@ func TestListToolsAndPrompts(t *testing.T) {
 		"sandbox_run_code":       {"sandbox", "namespace", "language", "code"},
 		"sandbox_run_command":    {"sandbox", "namespace", "command"},
 		"sandbox_get_metrics":    {"namespace"},
+		"sandbox_read_file":      {"sandbox", "namespace", "path"},
+		"sandbox_write_file":     {"sandbox", "namespace", "path", "content"},
+		"sandbox_list_files":     {"sandbox", "namespace", "path"},
 		"sandbox_update_network": {"sandbox", "namespace", "network"},
 	}
 	if len(tools.Tools) != len(want) {
@@ -406,6 +422,44 @@ func TestToolsCallTheSandboxMethods(t *testing.T) {
 				t.Errorf("second stop: %v %q", isErr, text)
 			}
 		})
+	}
+}
+
+func TestFileTools(t *testing.T) {
+	st := newStack(t, false)
+	cs := mustConnect(t, st.url, st.issue("team-a"), "")
+	with := func(extra map[string]any) map[string]any {
+		out := map[string]any{"sandbox": "box", "namespace": "team-a"}
+		maps.Copy(out, extra)
+		return out
+	}
+	text, isErr := callTool(t, cs, "sandbox_write_file", with(map[string]any{"path": "main.py", "content": "print(42)\n", "mode": "755"}))
+	if isErr || text != "Wrote 10 bytes to main.py." {
+		t.Errorf("write: %v %q", isErr, text)
+	}
+	text, isErr = callTool(t, cs, "sandbox_write_file", with(map[string]any{"path": "/workspace/blob", "content": "AAEC", "encoding": "base64"}))
+	if isErr || text != "Wrote 3 bytes to /workspace/blob." {
+		t.Errorf("write base64: %v %q", isErr, text)
+	}
+	text, isErr = callTool(t, cs, "sandbox_read_file", with(map[string]any{"path": "/workspace/main.py"}))
+	if isErr || text != "/workspace/main.py (10 bytes):\nprint(42)\n" {
+		t.Errorf("read: %v %q", isErr, text)
+	}
+	text, isErr = callTool(t, cs, "sandbox_read_file", with(map[string]any{"path": "blob"}))
+	if isErr || text != "blob: 3 bytes of binary content, as base64:\nAAEC\n" {
+		t.Errorf("read binary: %v %q", isErr, text)
+	}
+	text, isErr = callTool(t, cs, "sandbox_list_files", with(map[string]any{"path": "/workspace"}))
+	if isErr || !strings.Contains(text, "2 entries in /workspace") || !strings.Contains(text, "file    0755         10  /workspace/main.py") {
+		t.Errorf("list: %v %q", isErr, text)
+	}
+	text, isErr = callTool(t, cs, "sandbox_read_file", with(map[string]any{"path": "/workspace/nope"}))
+	if !isErr || !strings.Contains(text, "not found") || !strings.Contains(text, "no such file") {
+		t.Errorf("read a missing file: %v %q", isErr, text)
+	}
+	text, isErr = callTool(t, cs, "sandbox_list_files", map[string]any{"sandbox": "box", "namespace": "team-b", "path": "/"})
+	if !isErr || !strings.Contains(text, "permission denied") {
+		t.Errorf("list in another namespace: %v %q", isErr, text)
 	}
 }
 

@@ -156,7 +156,13 @@ private, loopback and link-local addresses (cloud metadata) and the server's own
 	}
 }
 
-// tools are msb's MCP tools, one per sandbox.* method.
+// pathArg documents the path of a file tool.
+func pathArg(what string) *jsonschema.Schema {
+	return &jsonschema.Schema{Type: "string", MinLength: jsonschema.Ptr(1), Description: what +
+		" A path inside the sandbox; a relative one is taken from the sandbox's working directory (/workspace unless configured)."}
+}
+
+// tools are msb's MCP tools, one per sandbox.* method (and sandbox.fs.*).
 var tools = []tool{
 	{
 		name: "sandbox_start", method: "sandbox.start", title: "Start a sandbox",
@@ -233,5 +239,46 @@ Use namespace "*" for every namespace this API key can see, and add sandbox to a
 		}),
 		annotations: &sdk.ToolAnnotations{ReadOnlyHint: true, IdempotentHint: true, OpenWorldHint: jsonschema.Ptr(false)},
 		format:      formatMetrics,
+	},
+	{
+		name: "sandbox_read_file", method: "sandbox.fs.read", title: "Read a file in a sandbox",
+		description: `Read a file inside a running sandbox. Text comes back as it is; a binary file as base64.
+A large file is read in parts: give offset (bytes to skip) and length (bytes to read); the result says where to go on from.`,
+		schema: object([]string{"sandbox", "namespace", "path"}, map[string]*jsonschema.Schema{
+			"sandbox":   sandboxArg("Name of a running sandbox."),
+			"namespace": namespaceArg(),
+			"path":      pathArg("The file to read."),
+			"offset":    {Type: "integer", Minimum: jsonschema.Ptr(0.0), Description: "Optional. Bytes of the file to skip (default 0)."},
+			"length":    {Type: "integer", Minimum: jsonschema.Ptr(0.0), Description: "Optional. Most bytes to read (default: to the end, at most 16 MiB)."},
+			"encoding":  {Type: "string", Enum: []any{"utf-8", "base64"}, Description: `Optional. "utf-8" for text, "base64" for any bytes; without it, text when the file is text.`},
+		}),
+		annotations: &sdk.ToolAnnotations{ReadOnlyHint: true, IdempotentHint: true, OpenWorldHint: jsonschema.Ptr(false)},
+		format:      formatRead,
+	},
+	{
+		name: "sandbox_write_file", method: "sandbox.fs.write", title: "Write a file in a sandbox",
+		description: `Write a file inside a running sandbox: it is created, or replaced if it exists. Its directory must exist (make it with sandbox_run_command, "mkdir" with args ["-p", "<dir>"]).
+Use it to put code or data into the sandbox instead of quoting it through a shell command.`,
+		schema: object([]string{"sandbox", "namespace", "path", "content"}, map[string]*jsonschema.Schema{
+			"sandbox":   sandboxArg("Name of a running sandbox."),
+			"namespace": namespaceArg(),
+			"path":      pathArg("The file to write."),
+			"content":   {Type: "string", Description: `The whole content of the file: text, or base64 with encoding "base64".`},
+			"encoding":  {Type: "string", Enum: []any{"utf-8", "base64"}, Description: `Optional. "utf-8" (the default) or "base64" for binary content.`},
+			"mode":      {Types: []string{"integer", "string"}, Description: `Optional. Permissions of a new file, e.g. "755" for a script (default "644").`},
+		}),
+		annotations: &sdk.ToolAnnotations{IdempotentHint: true, DestructiveHint: jsonschema.Ptr(true), OpenWorldHint: jsonschema.Ptr(false)},
+		format:      formatWrite,
+	},
+	{
+		name: "sandbox_list_files", method: "sandbox.fs.list", title: "List a directory in a sandbox",
+		description: `List the files and directories in a directory inside a running sandbox, with their kind, size and permissions.`,
+		schema: object([]string{"sandbox", "namespace", "path"}, map[string]*jsonschema.Schema{
+			"sandbox":   sandboxArg("Name of a running sandbox."),
+			"namespace": namespaceArg(),
+			"path":      pathArg("The directory to list, e.g. \"/workspace\"."),
+		}),
+		annotations: &sdk.ToolAnnotations{ReadOnlyHint: true, IdempotentHint: true, OpenWorldHint: jsonschema.Ptr(false)},
+		format:      formatList,
 	},
 }

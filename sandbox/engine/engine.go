@@ -101,11 +101,16 @@ func LayersInUse(name, sandboxDir string) ([]string, error) {
 // Reexec lets the msb binary play the roles engines run it in, and never
 // returns when it does: the Linux engine's container setup (`msb init`,
 // which libcontainer re-executes) and, inside every sandbox, the portal
-// (`/.msb/msb portal` as PID 1). Call it first thing, before any other
-// package's work: from an init function of package main.
+// (`/.msb/msb portal` as PID 1) and the trampoline through which the
+// portal starts a command with resource limits (`msb portal-exec`). Call
+// it first thing, before any other package's work: from an init function
+// of package main.
 func Reexec(args []string, pid int) {
 	linux.MaybeInit()
 	if len(args) > 1 && args[1] == "portal" && pid == 1 {
 		portal.Main()
+	}
+	if len(args) > 1 && args[1] == portal.ExecRole {
+		portal.ExecMain()
 	}
 }

@@ -38,10 +38,16 @@
 // /.msb/msb and started as `/.msb/msb portal`. The server talks to it over a
 // unix socketpair whose other end is the portal's file descriptor 3; every
 // command and REPL evaluation goes through that connection (package
-// sandbox/portal). The init gets the server's oom_score_adj but never less
-// than 0: the init's score is the floor below which nothing in the sandbox
-// can lower its own, and at -1000 the memory cgroup's OOM killer could kill
-// nothing there. The portal raises the score of every process it starts
+// sandbox/portal), and so do streamed processes (sandbox.Streamer) and file
+// operations (sandbox.FileSystem): the portal runs them inside the
+// sandbox, so every path resolves in the sandbox's root, and the
+// connection's per-call credit windows keep a slow consumer from growing
+// the server's memory or holding up the sandbox's other calls.
+//
+// The init gets the server's oom_score_adj but never less than 0: the
+// init's score is the floor below which nothing in the sandbox can lower
+// its own, and at -1000 the memory cgroup's OOM killer could kill nothing
+// there. The portal raises the score of every process it starts
 // instead, so that a sandbox out of memory loses the user's processes first.
 //
 // The portal also gets, as file descriptor 4, the open tasks file of a

@@ -25,6 +25,9 @@ import (
 // engine runs from this very binary inside each sandbox.
 func TestMain(m *testing.M) {
 	linux.MaybeInit()
+	if len(os.Args) > 1 && os.Args[1] == portal.ExecRole {
+		portal.ExecMain()
+	}
 	if len(os.Args) > 1 && os.Args[1] == "portal" {
 		portal.Main()
 		os.Exit(0)

@@ -157,6 +157,10 @@ func ociSpec(id sandbox.ID, s sandbox.Spec, rootfs, portalBinary, cgroupParent s
 	// Volumes (mounts with a Beneath root) are already in the root: the
 	// engine mounted them itself, through file descriptors.
 	oci.Mounts = append(oci.Mounts, bindMounts(imageMounts(s.Root.Mounts))...)
+	for _, t := range s.Tmpfs {
+		oci.Mounts = append(oci.Mounts, specs.Mount{Destination: t.Guest, Type: "tmpfs", Source: "tmpfs",
+			Options: []string{"nosuid", "nodev", "mode=1777", "size=" + strconv.Itoa(t.SizeMiB) + "m"}})
+	}
 	oci.Mounts = append(oci.Mounts, specs.Mount{
 		Destination: portalPath,
 		Type:        "bind",

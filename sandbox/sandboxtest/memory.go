@@ -27,11 +27,13 @@ type Memory struct {
 	// "start", "stop" or "delete"); an error it returns is the call's.
 	Fail func(op string, id sandbox.ID) error
 
-	mu    sync.Mutex
-	boxes map[sandbox.ID]*memBox
-	left  []sandbox.ID // held by "an earlier engine": Recover lists them
-	calls []string
-	cpu   time.Duration
+	mu       sync.Mutex
+	boxes    map[sandbox.ID]*memBox
+	left     []sandbox.ID // held by "an earlier engine": Recover lists them
+	calls    []string
+	cpu      time.Duration
+	streamed []sandbox.ExecSpec
+	pid      int
 }
 
 type memBox struct {
@@ -39,6 +41,7 @@ type memBox struct {
 	state   sandbox.State
 	exited  chan struct{}
 	started time.Time
+	files   map[string]*memNode // by clean absolute path; made on first use
 	// net is the network attached while it runs, and denied counts what
 	// Deny refused on it.
 	net    *network.Config
