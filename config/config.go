@@ -165,7 +165,7 @@ type NetworkSettings struct {
 
 // DefaultNetworkConnections is a sandbox's cap of connections open at
 // once unless config.toml sets another.
-const DefaultNetworkConnections = 256
+const DefaultNetworkConnections = 64
 
 // NetworkBounds are the network settings of one namespace, resolved:
 // its own, else those of [network], else the defaults.
@@ -692,7 +692,7 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # allow = ["*"]                    # the most any sandbox's rules may allow
 # default_allow = ["*"]            # what "enabled" without "allow" reaches
 # exempt = ["10.1.2.3:5432"]       # private destinations sandboxes may reach
-# max_connections = 256            # per sandbox: cap and most it may ask
+# max_connections = 64             # per sandbox: cap and most it may ask
 # max_bandwidth = 0                # bytes/s each way per sandbox (0: none)
 # dns = ["192.0.2.53"]             # upstream DNS (default: the host's)
 # interface = "eth1"               # send sandboxes' traffic out of this device

@@ -60,7 +60,7 @@ const (
 	maxNetworkRules = 256
 	// DefaultNetworkConnections is a sandbox's cap of connections open at
 	// once unless the operator sets another.
-	DefaultNetworkConnections = 256
+	DefaultNetworkConnections = 64
 	maxNetworkConnections     = 65536
 )
 

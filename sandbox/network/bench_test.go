@@ -26,7 +26,7 @@ var (
 	benchConns = flag.Int("netbench.conns", 200, "connections per latency measurement")
 	benchOnly  = flag.String("netbench.only", "", "link or host: measure one path only (for profiling)")
 	benchPin   = flag.Bool("netbench.pin", false, "pin the client and server to CPU 0 and this process (the netstack) to CPU 1")
-	benchAB    = flag.String("netbench.ab", "", "tuning variants to compare, ';'-separated, each copy=N,snd=N,rcv=N,wnd=N,mtu=N")
+	benchAB    = flag.String("netbench.ab", "", "tuning variants to compare, ';'-separated, each copy=N,snd=N,rcv=N,sndmax=N,rcvmax=N,wnd=N,mtu=N,qdisc=N,bulk=N")
 )
 
 // variant is one link configuration under test.
@@ -57,6 +57,12 @@ func newVariant(t *testing.T, w *networktest.World, spec string, policy Policy) 
 				tuning.sndBuf.Default, tuning.sndBuf.Max = n, n
 			case "rcv":
 				tuning.rcvBuf.Default, tuning.rcvBuf.Max = n, n
+			case "sndmax":
+				tuning.sndBuf.Max = n
+			case "rcvmax":
+				tuning.rcvBuf.Max = n
+			case "bulk":
+				tuning.bulkCopies = n
 			case "wnd":
 				tuning.rcvWnd = n
 			case "mtu":

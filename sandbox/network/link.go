@@ -54,7 +54,8 @@ type Link struct {
 	dnsFlowSem chan struct{} // bounds DNS-over-UDP flows
 
 	tune    tuningParams
-	bufPool sync.Pool // copy buffers of tune.copyBuffer bytes
+	bufPool sync.Pool     // copy buffers of tune.copyBuffer bytes
+	bulk    chan struct{} // a slot per copy in bulk mode (tune.bulkCopies)
 }
 
 // Attach gives the network namespace ns (typically a sandbox's, opened
@@ -111,6 +112,7 @@ func Attach(ctx context.Context, ns *os.File, cfg Config) (*Link, error) {
 	l.host.get = cfg.HostAddrs
 	l.tune = tuning
 	l.bufPool.New = func() any { b := make([]byte, l.tune.copyBuffer); return &b }
+	l.bulk = make(chan struct{}, max(l.tune.bulkCopies, 1))
 	l.policy.Store(pol)
 	l.limits.Store(lim)
 	l.ctx, l.cancel = context.WithCancel(context.Background())

@@ -352,7 +352,8 @@ func closeWrite(c net.Conn) {
 // copy moves to the link's large buffers, read ahead on a second goroutine
 // so that the kernel's copy out of src runs in parallel with the copy
 // into dst (for the download direction, the netstack's work); it moves
-// back after src has been idle for bulkIdle.
+// back after src has been idle for bulkIdle. At most tune.bulkCopies
+// copies of a link are in bulk mode at once.
 func (l *Link) pipe(dst io.Writer, src net.Conn, up bool, check func([]byte) error, abort func()) error {
 	small := make([]byte, smallBuffer)
 	for {
@@ -369,7 +370,13 @@ func (l *Link) pipe(dst io.Writer, src net.Conn, up bool, check func([]byte) err
 			return rerr
 		}
 		if n == len(small) {
-			eof, err := l.bulk(dst, src, up, check, abort)
+			select {
+			case l.bulk <- struct{}{}:
+			default:
+				continue // the link's bulk copies are all busy: stay small
+			}
+			eof, err := l.copyBulk(dst, src, up, check, abort)
+			<-l.bulk
 			if err != nil || eof {
 				return err
 			}
@@ -383,9 +390,9 @@ const (
 	bulkIdle    = 100 * time.Millisecond
 )
 
-// bulk is pipe's bulk mode. It returns when src ends (eof), fails, or
+// copyBulk is pipe's bulk mode. It returns when src ends (eof), fails, or
 // has been idle for bulkIdle (neither).
-func (l *Link) bulk(dst io.Writer, src net.Conn, up bool, check func([]byte) error, abort func()) (eof bool, err error) {
+func (l *Link) copyBulk(dst io.Writer, src net.Conn, up bool, check func([]byte) error, abort func()) (eof bool, err error) {
 	type chunk struct {
 		b    *[]byte
 		n    int

@@ -23,16 +23,26 @@ type tuningParams struct {
 	// device: sending (a write to the device runs the sandbox kernel's
 	// receive path) then runs in parallel with the netstack's TCP work.
 	qdiscLen int
+	// bulkCopies bounds the copies (one per direction of a connection)
+	// of one link in bulk mode at once, each holding up to three
+	// copyBuffers; the others copy through their small buffer. It bounds
+	// the server's memory a sandbox can pin with many fast connections it
+	// does not read.
+	bulkCopies int
 }
 
 // tuning is copied into each Link at Attach.
 var tuning = tuningParams{
 	copyBuffer: 1 << 20,
 	rcvWnd:     1 << 20,
-	sndBuf:     tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 4 << 20, Max: 8 << 20},
-	rcvBuf:     tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20},
+	// At most 4 MiB each way (the prototype's maxima were 8): the
+	// netstack's buffers of a connection whose sandbox does not read, or
+	// whose destination does not, are the server's memory.
+	sndBuf:     tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 4 << 20, Max: 4 << 20},
+	rcvBuf:     tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20},
 	moderate:   true,
 	qdiscLen:   1000,
+	bulkCopies: 4,
 }
 
 // maxHandshakes bounds connections being set up at once (SYNs the handler
