@@ -25,8 +25,7 @@ func (s *Service) RunCode(ctx context.Context, id ID, lang Language, code string
 	if err != nil {
 		return ReplResult{}, err
 	}
-	s.touch(b)
-	defer s.touch(b)
+	defer s.busy(b)()
 	res, err := s.opts.Engine.RunCode(ctx, id, lang, code, min(timeout, s.opts.MaxTimeout))
 	if err != nil {
 		if errdefs.Is(err, errdefs.Invalid) {
@@ -46,8 +45,7 @@ func (s *Service) Exec(ctx context.Context, id ID, req ExecRequest) (ExecResult,
 	if err != nil {
 		return ExecResult{}, err
 	}
-	s.touch(b)
-	defer s.touch(b)
+	defer s.busy(b)()
 	req.Timeout = min(req.Timeout, s.opts.MaxTimeout)
 	res, err := s.opts.Engine.Exec(ctx, id, req)
 	if err != nil {

@@ -195,6 +195,9 @@ func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Con
 			s.expire(id, b, run, fmt.Sprintf("it ran for its max duration of %v", norm.MaxDuration))
 		}))
 	}
+	if norm.IdleTimeout > 0 {
+		b.timers = append(b.timers, s.watchIdle(id, b, b.run, norm.IdleTimeout))
+	}
 	b.sampleMu.Lock()
 	b.lastCPU, b.lastAt, b.cpus = 0, created, norm.CPUs
 	b.sampleMu.Unlock()
@@ -315,6 +318,36 @@ func (s *Service) expire(id ID, b *box, run uint64, why string) {
 		return
 	}
 	s.opts.Log.Info("sandbox stopped: "+why, "sandbox", id.String())
+}
+
+// watchIdle stops the sandbox once it had no call for idle: no exec, code,
+// file operation or streamed process under way or ended in that time. It
+// checks when the last activity would make it idle, and again after any
+// newer activity.
+func (s *Service) watchIdle(id ID, b *box, run uint64, idle time.Duration) *time.Timer {
+	var t *time.Timer
+	check := func() {
+		b.mu.Lock()
+		current := !b.gone && b.run == run && b.running.Load()
+		b.mu.Unlock()
+		if !current {
+			return
+		}
+		next := idle
+		if b.inFlight.Load() == 0 {
+			quiet := s.opts.Now().Sub(time.Unix(0, b.lastActive.Load()))
+			if quiet >= idle {
+				s.expire(id, b, run, fmt.Sprintf("it was idle for %v (idle timeout)", idle))
+				return
+			}
+			next = idle - quiet
+		}
+		t.Reset(next)
+	}
+	// Made stopped, so that check never runs before t is set.
+	t = time.AfterFunc(time.Hour, check)
+	t.Reset(idle)
+	return t
 }
 
 // reap removes a stopped ephemeral sandbox once its grace passed, unless

@@ -168,6 +168,9 @@ type box struct {
 	// lastActive is when the sandbox last saw a call or was started, in
 	// Unix nanoseconds of the service's clock (lastActivity).
 	lastActive atomic.Int64
+	// inFlight counts the calls under way (exec, code, file transfers,
+	// streamed processes until they end): a sandbox with one is not idle.
+	inFlight atomic.Int64
 	// net is the network it runs with (nil: none), and denials reports
 	// what that network refuses.
 	net     *effectiveNetwork

@@ -520,3 +520,36 @@ func TestFirstCPUSampleFromCreation(t *testing.T) {
 		t.Fatalf("first sample %v%%, %v; want about 50", *m.CPUUsage, err)
 	}
 }
+
+// An idle timeout stops a sandbox that had no call for that long: calls
+// keep it running, and so does a streamed process for as long as it runs.
+func TestIdleTimeout(t *testing.T) {
+	f := newService(t, sandboxtest.NewMemory())
+	id := sandboxtest.ID(t, "ns", "idle")
+	const idle = 300 * time.Millisecond
+	if err := f.svc.Start(f.ctx, id, &sandbox.Config{Lifecycle: sandbox.Lifecycle{IdleTimeout: idle}}); err != nil {
+		t.Fatal(err)
+	}
+	// Calls more often than the timeout, for three timeouts: it runs on.
+	for end := time.Now().Add(3 * idle); time.Now().Before(end); time.Sleep(idle / 4) {
+		if _, err := f.svc.Exec(f.ctx, id, sandbox.ExecRequest{Command: "true"}); err != nil {
+			t.Fatalf("exec on a sandbox kept busy: %v", err)
+		}
+	}
+	// A streamed process outlives the timeout: the sandbox still runs
+	// while it does.
+	p, err := f.svc.Sessions().Stream(f.ctx, id, sandbox.ExecSpec{Command: "sleep", Timeout: 3 * idle}, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * idle)
+	if rec, err := f.svc.Get(f.ctx, id); err != nil || rec.State != sandbox.StateRunning {
+		t.Fatalf("stopped while a process ran: %+v, %v", rec, err)
+	}
+	<-p.Done()
+	started := time.Now()
+	waitState(t, f, id, sandbox.StateStopped)
+	if quiet := time.Since(started); quiet < idle/2 {
+		t.Fatalf("stopped %v after its last call, before its idle timeout of %v", quiet, idle)
+	}
+}

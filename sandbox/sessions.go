@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/msb-dev/msb/errdefs"
@@ -22,6 +23,20 @@ func (s *Service) Sessions() Sessions { return sessions{s} }
 // touch records activity on the sandbox: a call, or a step of a
 // streamed process or file transfer.
 func (s *Service) touch(b *box) { b.lastActive.Store(s.opts.Now().UnixNano()) }
+
+// busy marks a call under way on the sandbox until the function it
+// returns is called (once): a sandbox is never idle while a call runs.
+func (s *Service) busy(b *box) (done func()) {
+	s.touch(b)
+	b.inFlight.Add(1)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.touch(b)
+			b.inFlight.Add(-1)
+		})
+	}
+}
 
 // lastActivity is when the sandbox id last saw a call (exec, code,
 // stream, file) or was started; the zero time for a sandbox this server
@@ -79,20 +94,26 @@ func (v sessions) Stream(ctx context.Context, id ID, spec ExecSpec, killOnClose 
 	if err != nil {
 		return nil, err
 	}
-	s.touch(b)
+	done := s.busy(b)
 	spec.Timeout = min(spec.Timeout, s.opts.MaxTimeout)
 	if events == nil {
 		events = func(ExecEvent) {}
 	}
 	p, err := st.Stream(ctx, id, spec, killOnClose, func(ev ExecEvent) {
 		if ev.Kind == EventExited || ev.Kind == EventFailed {
-			s.touch(b)
+			done()
 		}
 		events(ev)
 	})
 	if err != nil {
+		done()
 		return nil, s.callErr(id, b, err)
 	}
+	go func() {
+		// A process that ends without an event (the sandbox stopped).
+		<-p.Done()
+		done()
+	}()
 	return &process{s: s, id: id, b: b, p: p}, nil
 }
 
@@ -145,8 +166,7 @@ func (s *Service) files(ctx context.Context, id ID, call func(FileSystem, *box) 
 	if err != nil {
 		return err
 	}
-	s.touch(b)
-	defer s.touch(b)
+	defer s.busy(b)()
 	return s.callErr(id, b, call(fs, b))
 }
 
@@ -176,8 +196,7 @@ type fileHandle struct {
 }
 
 func (h *fileHandle) ReadTo(ctx context.Context, offset, n int64, w io.Writer) (int64, error) {
-	h.s.touch(h.b)
-	defer h.s.touch(h.b)
+	defer h.s.busy(h.b)()
 	var werr error
 	got, err := h.f.ReadTo(ctx, offset, n, writerFunc(func(p []byte) (int, error) {
 		k, err := w.Write(p)
@@ -191,8 +210,7 @@ func (h *fileHandle) ReadTo(ctx context.Context, offset, n int64, w io.Writer) (
 }
 
 func (h *fileHandle) WriteFrom(ctx context.Context, offset int64, r io.Reader) (int64, error) {
-	h.s.touch(h.b)
-	defer h.s.touch(h.b)
+	defer h.s.busy(h.b)()
 	var rerr error
 	got, err := h.f.WriteFrom(ctx, offset, readerFunc(func(p []byte) (int, error) {
 		k, err := r.Read(p)
