@@ -150,7 +150,8 @@ type NetworkSettings struct {
 	// ["*"], every public destination).
 	Allow *[]string `toml:"allow"`
 	// DefaultAllow is what a sandbox asking for network without rules
-	// reaches (default: Allow).
+	// reaches (default: Allow; a namespace that sets its own Allow and no
+	// DefaultAllow gets its own Allow, not [network]'s DefaultAllow).
 	DefaultAllow *[]string `toml:"default_allow"`
 	// Exempt are private, loopback, link-local or this host's addresses
 	// (CIDRs with optional ports) sandboxes may reach when their rules
@@ -179,7 +180,12 @@ type NetworkBounds struct {
 // Of returns the network settings of namespace ns.
 func (n Network) Of(ns string) NetworkBounds {
 	b := NetworkBounds{Permitted: true, MaxConnections: DefaultNetworkConnections}
-	for _, s := range []NetworkSettings{n.NetworkSettings, n.Namespaces[ns]} {
+	for i, s := range []NetworkSettings{n.NetworkSettings, n.Namespaces[ns]} {
+		if i == 1 && s.Allow != nil && s.DefaultAllow == nil {
+			// A namespace's own ceiling makes its own default: [network]'s
+			// default list may not fit within it.
+			b.DefaultAllow = nil
+		}
 		if s.Permitted != nil {
 			b.Permitted = *s.Permitted
 		}

@@ -473,6 +473,7 @@ func TestNetworkSettings(t *testing.T) {
 [network]
 default_enabled = true
 allow = ["*.pypi.org:443", "files.pythonhosted.org:443"]
+default_allow = ["*.pypi.org:443"]
 max_bandwidth = 1048576
 dns = ["192.0.2.53", "[2001:db8::53]:5353"]
 interface = "eth1"
@@ -492,7 +493,7 @@ permitted = false
 	}
 	def := c.Network.Of("other")
 	want := config.NetworkBounds{Permitted: true, DefaultEnabled: true, Allow: []string{"*.pypi.org:443", "files.pythonhosted.org:443"},
-		MaxConnections: config.DefaultNetworkConnections, MaxBandwidth: 1 << 20}
+		DefaultAllow: []string{"*.pypi.org:443"}, MaxConnections: config.DefaultNetworkConnections, MaxBandwidth: 1 << 20}
 	if !reflect.DeepEqual(def, want) {
 		t.Errorf("Of(other) = %+v, want %+v", def, want)
 	}
