@@ -153,6 +153,9 @@ type NetworkSettings struct {
 	// reaches (default: Allow; a namespace that sets its own Allow and no
 	// DefaultAllow gets its own Allow, not [network]'s DefaultAllow).
 	DefaultAllow *[]string `toml:"default_allow"`
+	// Deny are destinations refused to every sandbox, whatever its rules
+	// (the operator's own public networks, say).
+	Deny *[]string `toml:"deny"`
 	// Exempt are private, loopback, link-local or this host's addresses
 	// (CIDRs with optional ports) sandboxes may reach when their rules
 	// allow them; nothing else ever opens those.
@@ -171,10 +174,10 @@ const DefaultNetworkConnections = 64
 // NetworkBounds are the network settings of one namespace, resolved:
 // its own, else those of [network], else the defaults.
 type NetworkBounds struct {
-	Permitted, DefaultEnabled   bool
-	Allow, DefaultAllow, Exempt []string // Allow nil: every public destination
-	MaxConnections              int
-	MaxBandwidth                int64
+	Permitted, DefaultEnabled         bool
+	Allow, DefaultAllow, Deny, Exempt []string // Allow nil: every public destination
+	MaxConnections                    int
+	MaxBandwidth                      int64
 }
 
 // Of returns the network settings of namespace ns.
@@ -197,6 +200,9 @@ func (n Network) Of(ns string) NetworkBounds {
 		}
 		if s.DefaultAllow != nil {
 			b.DefaultAllow = append([]string{}, *s.DefaultAllow...)
+		}
+		if s.Deny != nil {
+			b.Deny = append([]string{}, *s.Deny...)
 		}
 		if s.Exempt != nil {
 			b.Exempt = append([]string{}, *s.Exempt...)
@@ -697,6 +703,7 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # default_enabled = false          # network for configs that do not say
 # allow = ["*"]                    # the most any sandbox's rules may allow
 # default_allow = ["*"]            # what "enabled" without "allow" reaches
+# deny = ["198.51.100.0/24"]       # refused to every sandbox, whatever its rules
 # exempt = ["10.1.2.3:5432"]       # private destinations sandboxes may reach
 # max_connections = 64             # per sandbox: cap and most it may ask
 # max_bandwidth = 0                # bytes/s each way per sandbox (0: none)

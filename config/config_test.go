@@ -479,6 +479,7 @@ dns = ["192.0.2.53", "[2001:db8::53]:5353"]
 interface = "eth1"
 [network.namespaces.team-a]
 allow = ["pypi.org:443"]
+deny = ["203.0.113.0/24"]
 exempt = []
 max_connections = 8
 [network.namespaces.closed]
@@ -498,7 +499,7 @@ permitted = false
 		t.Errorf("Of(other) = %+v, want %+v", def, want)
 	}
 	a := c.Network.Of("team-a")
-	want = config.NetworkBounds{Permitted: true, DefaultEnabled: true, Allow: []string{"pypi.org:443"}, Exempt: []string{},
+	want = config.NetworkBounds{Permitted: true, DefaultEnabled: true, Allow: []string{"pypi.org:443"}, Deny: []string{"203.0.113.0/24"}, Exempt: []string{},
 		MaxConnections: 8, MaxBandwidth: 1 << 20}
 	if !reflect.DeepEqual(a, want) {
 		t.Errorf("Of(team-a) = %+v, want %+v", a, want)

@@ -148,6 +148,9 @@ type NetworkBounds struct {
 	// DefaultAllow is what a sandbox that asks for network without an
 	// Allow list reaches; nil: Allow.
 	DefaultAllow []string
+	// Deny are destinations refused to every sandbox of the namespace,
+	// before its own rules are looked at.
+	Deny []string
 	// Exempt are the protected destinations (private, loopback,
 	// link-local, this host's addresses) the sandboxes may reach, as
 	// CIDRs or addresses with optional ports, when their Allow lets them.
@@ -175,7 +178,7 @@ func (b NetworkBounds) Check(prefix string) error {
 	for _, l := range []struct {
 		name    string
 		targets []string
-	}{{"allow", b.Allow}, {"default_allow", b.DefaultAllow}, {"exempt", b.Exempt}} {
+	}{{"allow", b.Allow}, {"default_allow", b.DefaultAllow}, {"deny", b.Deny}, {"exempt", b.Exempt}} {
 		if _, err := parseTargets(l.targets); err != nil {
 			return errdefs.Invalidf("%s.%s: %v", prefix, l.name, err)
 		}
@@ -251,6 +254,14 @@ func (b NetworkBounds) resolve(ns string, n Network) (*effectiveNetwork, error) 
 	ceiling, err := parseTargets(b.ceiling())
 	if err != nil {
 		return nil, fmt.Errorf("network bounds of namespace %q: %w", ns, err) // Check missed it: a bug
+	}
+	operator, err := parseTargets(b.Deny)
+	if err != nil {
+		return nil, fmt.Errorf("network bounds of namespace %q: %w", ns, err)
+	}
+	for _, r := range operator {
+		r.Action = network.Deny
+		e.policy.Rules = append(e.policy.Rules, r)
 	}
 	for _, t := range e.Deny {
 		r, err := network.ParseTarget(t)

@@ -127,7 +127,8 @@ func TestNetworkAtStart(t *testing.T) {
 func TestNetworkBounds(t *testing.T) {
 	f := newNetService(t, map[string]sandbox.NetworkBounds{
 		"pypi": {Permitted: true, DefaultOn: true, Allow: []string{"*.pypi.org:443", "files.pythonhosted.org:443", "203.0.113.0/24"},
-			DefaultAllow: []string{"*.pypi.org:443"}, Exempt: []string{"10.1.2.3:5432"}, MaxConnections: 8, MaxBandwidth: 1 << 20},
+			DefaultAllow: []string{"*.pypi.org:443"}, Deny: []string{"203.0.113.128/25"}, Exempt: []string{"10.1.2.3:5432"},
+			MaxConnections: 8, MaxBandwidth: 1 << 20},
 		"closed": {Permitted: false},
 	})
 	start := func(ns, name string, n sandbox.Network) error {
@@ -138,7 +139,7 @@ func TestNetworkBounds(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := f.eng.Network(sandboxtest.ID(t, "pypi", "default"))
-	if cfg == nil || !slices.Equal(rules(cfg.Policy), []string{"allow *.pypi.org:443"}) || cfg.Limits.MaxConns != 8 || cfg.Limits.UpBytesPerSec != 1<<20 {
+	if cfg == nil || !slices.Equal(rules(cfg.Policy), []string{"deny 203.0.113.128/25", "allow *.pypi.org:443"}) || cfg.Limits.MaxConns != 8 || cfg.Limits.UpBytesPerSec != 1<<20 {
 		t.Fatalf("default network: %+v", cfg)
 	}
 	if len(cfg.Exempt) != 1 || cfg.Exempt[0].Target() != "10.1.2.3/32:5432" {

@@ -21,7 +21,7 @@ import (
 func networkBounds(n config.Network, ns string) sandbox.NetworkBounds {
 	b := n.Of(ns)
 	return sandbox.NetworkBounds{Permitted: b.Permitted, DefaultOn: b.DefaultEnabled, Allow: b.Allow, DefaultAllow: b.DefaultAllow,
-		Exempt: b.Exempt, MaxConnections: b.MaxConnections, MaxBandwidth: b.MaxBandwidth}
+		Deny: b.Deny, Exempt: b.Exempt, MaxConnections: b.MaxConnections, MaxBandwidth: b.MaxBandwidth}
 }
 
 // checkNetwork checks the rules of [network] and of every
