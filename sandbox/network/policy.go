@@ -128,7 +128,7 @@ func (r Rule) validate() error {
 // '-' and '_' (internationalised names in their xn-- form), or "*." and
 // such a name.
 func validDomain(d string) error {
-	name := strings.TrimSuffix(strings.TrimPrefix(d, "*."), ".")
+	name := strings.TrimPrefix(d, "*.")
 	if len(name) == 0 || len(name) > 253 {
 		return fmt.Errorf("domain %.64q is not a name such as example.org or *.example.org", d)
 	}
