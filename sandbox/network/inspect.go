@@ -84,6 +84,9 @@ func (in *inspector) feed(p []byte) ([]string, error) {
 			}
 			if complete {
 				in.mode, in.classified, in.buf = modeOpaque, true, nil
+				if !validPresented(name) {
+					return out, errInspect
+				}
 				return append(out, name), nil
 			}
 			if len(in.buf) > maxHead {
@@ -276,7 +279,35 @@ func (in *inspector) parseHead(head []byte) (string, error) {
 	default:
 		in.mode = modeHead
 	}
-	return hostName(host), nil
+	name := hostName(host)
+	if !validPresented(name) {
+		return "", errInspect
+	}
+	return name, nil
+}
+
+// validPresented reports whether a name a connection presents is "" or a
+// DNS name (letters, digits, '-' and '_' in labels): anything else could
+// be read one way by the policy and another by the server it reaches.
+func validPresented(name string) bool {
+	if name == "" {
+		return true
+	}
+	if len(name) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(name, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // hostName strips the port and brackets from a Host value and normalises

@@ -306,8 +306,12 @@ func TestInspector(t *testing.T) {
 		}
 	}
 
-	// Ambiguous or oversized heads are refused.
+	// Ambiguous or oversized heads are refused, and names that are no
+	// DNS names.
 	for _, bad := range []string{
+		"GET / HTTP/1.1\r\nHost: evil.test#.allowed.test\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a..allowed.test\r\n\r\n",
+		"GET http://evil.test@x/ HTTP/1.1\r\nHost: x.allowed.test\r\n\r\n" + "GET / HTTP/1.1\r\nHost: e vil\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
 		"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a.test\r\n folded\r\n\r\n",
