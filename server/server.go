@@ -231,6 +231,11 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		eng.Close()
 		return err
 	}
+	if dev := s.cfg.Network.Interface; dev != "" {
+		if _, err := net.InterfaceByName(dev); err != nil {
+			s.log.Warn("network.interface of config.toml is not a device of this host (yet): sandboxes' connections fail until it is", "interface", dev, "err", err)
+		}
+	}
 	svc := sandbox.NewService(sandbox.ServiceOptions{
 		Engine:   eng,
 		Store:    s.home.DB,
