@@ -170,6 +170,13 @@ func startServer(t testing.TB, home string, args ...string) *msbServer {
 		case "--portal": // not a flag of msb: the binary run inside sandboxes
 			i++
 			portal = args[i]
+		case "--body-timeout": // not a flag of msb: how long a request's body may take
+			i++
+			d, err := time.ParseDuration(args[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts.BodyTimeout = d
 		case "--clock-offset": // not a flag of msb: the server's clock starts this far ahead
 			i++
 			d, err := time.ParseDuration(args[i])

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -817,4 +818,52 @@ func TestSandboxConfigFields(t *testing.T) {
 	// The stop that follows releases everything.
 	waitFor(t, func() bool { entries, _ := os.ReadDir(filepath.Join(home, "sandboxes")); return len(entries) == 0 })
 	assertNoLeftovers(t, home)
+}
+
+// TestNamespaceQuotasServed sets quotas in config.toml: a start past one is
+// refused naming it, and sandbox.metrics.get and `msb server status` show
+// each namespace's usage against its quota.
+func TestNamespaceQuotasServed(t *testing.T) {
+	t.Parallel()
+	home := newHome(t)
+	config := testConfig + "[quotas]\nsandboxes = 1\n[quotas.namespaces.big]\nsandboxes = 3\nmemory = 200\n"
+	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := startProcess(t, home)
+	key := keygen(t, home)
+	one := srv.sandbox(key, "small", "one", map[string]any{"image": "host", "memory": 64})
+	srv.wantError(key, "sandbox.start", map[string]any{"namespace": "small", "sandbox": "two", "config": map[string]any{"image": "host", "memory": 64}},
+		200, -32001, "quotas.sandboxes in config.toml")
+	big := srv.sandbox(key, "big", "a", map[string]any{"image": "host", "memory": 128})
+	srv.wantError(key, "sandbox.start", map[string]any{"namespace": "big", "sandbox": "b", "config": map[string]any{"image": "host", "memory": 128}},
+		200, -32001, "over its quota of 200 MiB (quotas.memory in config.toml)")
+
+	var m struct {
+		Quotas []struct {
+			Namespace string `json:"namespace"`
+			Sandboxes struct {
+				Used  int  `json:"used"`
+				Limit *int `json:"limit"`
+			} `json:"sandboxes"`
+			MemoryMiB struct {
+				Used  int  `json:"used"`
+				Limit *int `json:"limit"`
+			} `json:"memory_mib"`
+		} `json:"quotas"`
+	}
+	srv.mustCall(key, "sandbox.metrics.get", map[string]any{"namespace": "big"}, &m)
+	if len(m.Quotas) != 1 || m.Quotas[0].Namespace != "big" || m.Quotas[0].Sandboxes.Used != 1 || *m.Quotas[0].Sandboxes.Limit != 3 ||
+		m.Quotas[0].MemoryMiB.Used != 128 || *m.Quotas[0].MemoryMiB.Limit != 200 {
+		t.Fatalf("quotas of big: %s", mustJSON(m))
+	}
+	out, errOut, err := msb(t, home, "server", "status")
+	if err != nil || !regexp.MustCompile(`big\s+1 / 3\s+128 / 200\s+1 / -`).MatchString(out) ||
+		!regexp.MustCompile(`small\s+1 / 1\s+64 / -`).MatchString(out) {
+		t.Fatalf("status: %v\n%s%s", err, out, errOut)
+	}
+	// A stop frees the quota.
+	one.stop()
+	srv.sandbox(key, "small", "two", map[string]any{"image": "host", "memory": 64}).stop()
+	big.stop()
 }

@@ -7,10 +7,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -226,7 +229,8 @@ func status(c *cli.Context) error {
 		}
 	}
 	active := 0
-	if home, err := server.OpenExistingHome(c.Context, cfg); err == nil {
+	home, err := server.OpenExistingHome(c.Context, cfg)
+	if err == nil {
 		defer home.Close()
 		list, err := home.Registry.List(c.Context)
 		if err != nil {
@@ -240,11 +244,60 @@ func status(c *cli.Context) error {
 		}
 	}
 	fmt.Printf("active keys:    %d\n", active)
+	if running && home != nil {
+		if err := printNamespaces(c.Context, home, cfg); err != nil {
+			return err
+		}
+	}
 	if !running {
 		// As `systemctl status` does, so that scripts can test it.
 		return cli.Exit("", exitNotRunning)
 	}
 	return nil
+}
+
+// printNamespaces prints what the running sandboxes of each namespace
+// hold against its quota ("-": no bound).
+func printNamespaces(ctx context.Context, home *server.Home, cfg config.Config) error {
+	records, err := home.DB.Sandboxes(ctx, "*")
+	if err != nil {
+		return err
+	}
+	type usage struct{ sandboxes, memory, cpus int }
+	used := map[string]usage{}
+	running := 0
+	for _, r := range records {
+		if r.State != sandbox.StateRunning {
+			continue
+		}
+		running++
+		u := used[r.ID.Namespace()]
+		used[r.ID.Namespace()] = usage{u.sandboxes + 1, u.memory + r.Config.Memory, u.cpus + r.Config.CPUs}
+	}
+	names := slices.Sorted(maps.Keys(used))
+	for ns := range cfg.Quotas.Namespaces {
+		if _, ok := used[ns]; !ok {
+			names = append(names, ns)
+		}
+	}
+	slices.Sort(names)
+	fmt.Printf("running:        %d sandboxes\n", running)
+	if len(names) == 0 {
+		return nil
+	}
+	of := func(n, limit int) string {
+		if limit <= 0 {
+			return fmt.Sprintf("%d / -", n)
+		}
+		return fmt.Sprintf("%d / %d", n, limit)
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NAMESPACE\tSANDBOXES\tMEMORY (MiB)\tCPUS")
+	for _, ns := range names {
+		u, q := used[ns], cfg.Quotas.Of(ns)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", ns, of(u.sandboxes, q.Sandboxes), of(u.memory, q.Memory), of(u.cpus, q.CPUs))
+	}
+	return w.Flush()
 }
 
 // exitNotRunning is the exit code of `msb server status` when no server

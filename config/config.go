@@ -67,6 +67,9 @@ type Config struct {
 	MaxConnections           int `toml:"max_connections"`
 	MaxConnectionsPerAddress int `toml:"max_connections_per_address"`
 	MaxCallsPerKey           int `toml:"max_calls_per_key"`
+	// OutputMemory bounds, in MiB, the memory the output of calls under
+	// way (commands, code, file reads) holds on the server, together.
+	OutputMemory int `toml:"output_memory"`
 
 	// Per sandbox: the most memory (MiB) and CPUs one may ask for; 0:
 	// half the host's memory, and every CPU.
@@ -289,6 +292,7 @@ func Default(home string) Config {
 		MaxConnections:           8192,
 		MaxConnectionsPerAddress: 512,
 		MaxCallsPerKey:           32,
+		OutputMemory:             512,
 		MaxTimeout:               DefaultMaxTimeout,
 
 		RateLimit:      DefaultRateLimit,
@@ -489,6 +493,9 @@ func (c *Config) Validate() error {
 	if q := c.Quotas; q.Sandboxes < 0 || q.Memory < 0 || q.CPUs < 0 {
 		return fmt.Errorf("%w: quotas: quotas must be 0 (no bound) or more", ErrInvalid)
 	}
+	if c.OutputMemory < 64 {
+		return fmt.Errorf("%w: output_memory %d MiB: use at least 64 (two calls' output of 16 MiB, counted twice)", ErrInvalid, c.OutputMemory)
+	}
 	if err := c.Network.validate(); err != nil {
 		return err
 	}
@@ -657,6 +664,11 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # max_connections = 8192
 # max_connections_per_address = 512
 # max_calls_per_key = 32
+
+# The memory (MiB) the output of calls under way may hold on the server, all
+# calls together (a call's output is at most 16 MiB, counted twice: as held
+# and as encoded). A call that finds it in use has its output cut, and says so.
+# output_memory = 512
 
 # The longest timeout a command or code evaluation may ask for; a longer one
 # (the Go SDK sends nanoseconds) is cut to it.

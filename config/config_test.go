@@ -45,6 +45,7 @@ func TestDefault(t *testing.T) {
 		MaxConnections:           8192,
 		MaxConnectionsPerAddress: 512,
 		MaxCallsPerKey:           32,
+		OutputMemory:             512,
 
 		RateLimit:      "600/m",
 		StartRateLimit: "60/m",

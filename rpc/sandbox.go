@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/msb-dev/msb/auth"
@@ -211,9 +212,35 @@ type NetworkMetrics struct {
 	DNSQueries  uint64 `json:"dns_queries"`
 }
 
-// MetricsResult is the result of sandbox.metrics.get.
+// MetricsResult is the result of sandbox.metrics.get. Quotas is msb's:
+// the usage and quota of each namespace listed (of the one asked for,
+// even with no sandbox in it).
 type MetricsResult struct {
 	Sandboxes []SandboxMetrics `json:"sandboxes"`
+	Quotas    []NamespaceQuota `json:"quotas"`
+}
+
+// NamespaceQuota is what the running sandboxes of a namespace hold
+// together against its quota.
+type NamespaceQuota struct {
+	Namespace string     `json:"namespace"`
+	Sandboxes QuotaValue `json:"sandboxes"`
+	MemoryMiB QuotaValue `json:"memory_mib"`
+	CPUs      QuotaValue `json:"cpus"`
+}
+
+// QuotaValue is one quantity in use and its bound; Limit is null when
+// there is none.
+type QuotaValue struct {
+	Used  int  `json:"used"`
+	Limit *int `json:"limit"`
+}
+
+func quotaValue(used, limit int) QuotaValue {
+	if limit <= 0 {
+		return QuotaValue{Used: used}
+	}
+	return QuotaValue{Used: used, Limit: &limit}
 }
 
 func metrics(ctx context.Context, m sandbox.Manager, c *Call) (any, error) {
@@ -231,7 +258,11 @@ func metrics(ctx context.Context, m sandbox.Manager, c *Call) (any, error) {
 			return nil, err
 		}
 	}
-	out := MetricsResult{Sandboxes: make([]SandboxMetrics, 0, len(list))}
+	out := MetricsResult{Sandboxes: make([]SandboxMetrics, 0, len(list)), Quotas: []NamespaceQuota{}}
+	var namespaces []string
+	if c.Namespace != "*" {
+		namespaces = append(namespaces, c.Namespace)
+	}
 	for _, s := range list {
 		sm := SandboxMetrics{Namespace: s.ID.Namespace(), Name: s.ID.Name(), Running: s.Running,
 			CPUUsage: s.CPUUsage, MemoryUsage: s.MemoryUsage, DiskUsage: s.DiskUsage}
@@ -240,6 +271,14 @@ func metrics(ctx context.Context, m sandbox.Manager, c *Call) (any, error) {
 				BytesIn: n.BytesIn, BytesOut: n.BytesOut, DNSQueries: n.DNSQueries}
 		}
 		out.Sandboxes = append(out.Sandboxes, sm)
+		if !slices.Contains(namespaces, s.ID.Namespace()) {
+			namespaces = append(namespaces, s.ID.Namespace())
+		}
+	}
+	for _, ns := range namespaces {
+		u, q := m.Usage(ns)
+		out.Quotas = append(out.Quotas, NamespaceQuota{Namespace: ns, Sandboxes: quotaValue(u.Sandboxes, q.Sandboxes),
+			MemoryMiB: quotaValue(u.MemoryMiB, q.MemoryMiB), CPUs: quotaValue(u.CPUs, q.CPUs)})
 	}
 	return out, nil
 }

@@ -31,6 +31,7 @@ import (
 
 	"github.com/msb-dev/msb/auth"
 	"github.com/msb-dev/msb/errdefs"
+	"github.com/msb-dev/msb/sandbox"
 )
 
 // Limits on what a client may send.
@@ -176,7 +177,10 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 		s.respond(w, caller, http.StatusBadRequest, errorResponse(nullID, jsonrpc2.CodeParseError, "could not read the request body"))
 		return
 	}
-	ctx := r.Context()
+	// What the calls' results hold of the server's output budget is
+	// given back once the response is written.
+	ctx, release := sandbox.HoldOutput(r.Context())
+	defer release()
 	trimmed := bytes.TrimLeft(body, " \t\r\n")
 	if len(trimmed) > 0 && trimmed[0] == '[' {
 		s.serveBatch(ctx, w, caller, trimmed)

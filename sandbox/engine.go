@@ -260,6 +260,10 @@ const MaxOutput = 16 << 20
 // OutputCutNotice is the stderr line appended when output hit MaxOutput.
 var OutputCutNotice = fmt.Sprintf("[msb] output exceeded %d MiB; the rest was discarded", MaxOutput>>20)
 
+// OutputBudgetNotice is the stderr line appended when a call's output was
+// cut because the server's memory for call output was in use by others.
+const OutputBudgetNotice = "[msb] output cut: the server's memory for call output (output_memory in config.toml) is in use by other calls; retry, or write large output to a file and read it in parts with sandbox.fs.read"
+
 // MaxLog caps the output of a sandbox's background command (its exec or
 // start script), which goes to the sandbox's log. Past it the portal stops
 // forwarding that output and keeps discarding it, so the command runs on

@@ -26,6 +26,8 @@ func (s *Service) RunCode(ctx context.Context, id ID, lang Language, code string
 		return ReplResult{}, err
 	}
 	defer s.busy(b)()
+	ctx, release := holdOutput(ctx, s.output)
+	defer release()
 	res, err := s.opts.Engine.RunCode(ctx, id, lang, code, min(timeout, s.opts.MaxTimeout))
 	if err != nil {
 		if errdefs.Is(err, errdefs.Invalid) {
@@ -46,6 +48,8 @@ func (s *Service) Exec(ctx context.Context, id ID, req ExecRequest) (ExecResult,
 		return ExecResult{}, err
 	}
 	defer s.busy(b)()
+	ctx, release := holdOutput(ctx, s.output)
+	defer release()
 	req.Timeout = min(req.Timeout, s.opts.MaxTimeout)
 	res, err := s.opts.Engine.Exec(ctx, id, req)
 	if err != nil {

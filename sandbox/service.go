@@ -32,6 +32,9 @@ type Manager interface {
 	RunCode(ctx context.Context, id ID, lang Language, code string, timeout time.Duration) (ReplResult, error)
 	// Exec runs a command in the sandbox.
 	Exec(ctx context.Context, id ID, req ExecRequest) (ExecResult, error)
+	// Usage reports what the running sandboxes of namespace ns hold
+	// together, and its quota.
+	Usage(ns string) (Usage, Quota)
 	// SetNetwork changes the sandbox's network (its mode, rules and
 	// limits): at once when it runs, and for its next starts.
 	SetNetwork(ctx context.Context, id ID, n Network) (NetworkUpdate, error)
@@ -109,6 +112,10 @@ type ServiceOptions struct {
 	// Quotas bound what each namespace's running sandboxes hold; nil: no
 	// bound.
 	Quotas Quotas
+	// OutputMemory bounds the memory that the output of calls under way
+	// holds on the server, in bytes (OutputBudget); 0:
+	// DefaultOutputMemory.
+	OutputMemory int64
 
 	// VolumeRoots are the host directories volumes may come from; each
 	// namespace ns gets <root>/<ns> of each, created on demand, and a
@@ -142,6 +149,7 @@ type Service struct {
 	opts   ServiceOptions
 	bounds Bounds
 	quotas quotas
+	output *OutputBudget
 
 	mu    sync.Mutex
 	boxes map[ID]*box
@@ -214,12 +222,15 @@ func NewService(opts ServiceOptions) *Service {
 	if opts.EphemeralGrace <= 0 {
 		opts.EphemeralGrace = EphemeralGrace
 	}
+	if opts.OutputMemory <= 0 {
+		opts.OutputMemory = DefaultOutputMemory
+	}
 	if opts.Network == nil {
 		opts.Network = func(string) NetworkBounds { return DefaultNetworkBounds() }
 	}
 	_, canDial := opts.Engine.(Dialer)
 	_, canNet := opts.Engine.(Networker)
-	return &Service{opts: opts, boxes: map[ID]*box{}, quotas: quotas{of: opts.Quotas}, bounds: Bounds{
+	return &Service{opts: opts, boxes: map[ID]*box{}, quotas: quotas{of: opts.Quotas}, output: NewOutputBudget(opts.OutputMemory), bounds: Bounds{
 		MaxCPUs: opts.MaxCPUs, MaxMemory: opts.MaxMemMB, AllowPrivilegedPorts: opts.AllowPrivilegedPorts, NoPorts: !canDial, NoNetwork: !canNet,
 	}}
 }

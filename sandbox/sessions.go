@@ -197,8 +197,19 @@ type fileHandle struct {
 
 func (h *fileHandle) ReadTo(ctx context.Context, offset, n int64, w io.Writer) (int64, error) {
 	defer h.s.busy(h.b)()
+	// A front-end that holds what it reads until it answers (a JSON-RPC
+	// read) takes it from the output budget; one that streams it on (the
+	// v1 socket) does not.
+	held := heldByFrontEnd(ctx)
+	if held {
+		ctx, _ = holdOutput(ctx, h.s.output) // released by the front-end
+	}
 	var werr error
 	got, err := h.f.ReadTo(ctx, offset, n, writerFunc(func(p []byte) (int, error) {
+		if held && !TakeOutput(ctx, 2*int64(len(p))) {
+			werr = errdefs.Exhaustedf("the server's memory for call output (output_memory in config.toml) is in use by other calls: retry, or read in smaller parts (length)")
+			return 0, werr
+		}
 		k, err := w.Write(p)
 		werr = err
 		return k, err

@@ -43,6 +43,9 @@ func (u Unavailable) Exec(context.Context, ID, ExecRequest) (ExecResult, error) 
 	return ExecResult{}, u.fail()
 }
 
+// Usage reports nothing used and no quota: nothing runs.
+func (u Unavailable) Usage(string) (Usage, Quota) { return Usage{}, Quota{} }
+
 // Get fails with errdefs.ErrUnavailable.
 func (u Unavailable) Get(context.Context, ID) (Record, error) { return Record{}, u.fail() }
 

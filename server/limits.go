@@ -106,13 +106,13 @@ func remoteHost(a net.Addr) string {
 	return h
 }
 
-// withBodyDeadline gives every request's body BodyTimeout to arrive.
-func withBodyDeadline(h http.Handler) http.Handler {
+// withBodyDeadline gives every request's body timeout to arrive.
+func withBodyDeadline(h http.Handler, timeout time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Body != nil && r.Body != http.NoBody {
 			// Not every writer can (an HTTP/2 stream, a test recorder):
 			// then the server's own timeouts are all there is.
-			if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(BodyTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
+			if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(timeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
 				http.Error(w, "cannot set a read deadline", http.StatusInternalServerError)
 				return
 			}

@@ -52,6 +52,9 @@ type Options struct {
 	// Now is the clock of keys, limits, the audit log and sandboxes;
 	// nil: time.Now. Tests move it to reach an expiry without waiting.
 	Now func() time.Time
+	// BodyTimeout is how long a request's body may take to arrive; 0:
+	// BodyTimeout. Tests shorten it.
+	BodyTimeout time.Duration
 }
 
 // Server is one msb server: built by New, serving from Run until its
@@ -63,13 +66,14 @@ type Server struct {
 	lock *os.File
 	home *Home
 
-	sandboxes sandbox.API
-	closeSvc  func(context.Context) error // stops every sandbox and the engine
-	audit     *audit.Writer
-	handler   *rpc.Server
-	ln        net.Listener
-	url       string
-	closed    bool
+	sandboxes   sandbox.API
+	closeSvc    func(context.Context) error // stops every sandbox and the engine
+	audit       *audit.Writer
+	bodyTimeout time.Duration
+	handler     *rpc.Server
+	ln          net.Listener
+	url         string
+	closed      bool
 }
 
 // New builds the server of cfg: it takes the home's lock (one server per
@@ -81,7 +85,10 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err e
 	if err := Check(cfg, opts); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: opts.Log, out: opts.Out}
+	s := &Server{cfg: cfg, log: opts.Log, out: opts.Out, bodyTimeout: opts.BodyTimeout}
+	if s.bodyTimeout <= 0 {
+		s.bodyTimeout = BodyTimeout
+	}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
@@ -237,13 +244,14 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		}
 	}
 	svc := sandbox.NewService(sandbox.ServiceOptions{
-		Engine:   eng,
-		Store:    s.home.DB,
-		Images:   image.Resolver{Aliases: s.cfg.Images, Store: images},
-		LogDir:   s.cfg.SandboxLogDir(),
-		Pids:     s.cfg.SandboxPids,
-		MaxCPUs:  orDefault(s.cfg.MaxCPUs, runtime.NumCPU()),
-		MaxMemMB: orDefault(s.cfg.MaxMemory, hostMemoryMiB()/2),
+		Engine:       eng,
+		Store:        s.home.DB,
+		Images:       image.Resolver{Aliases: s.cfg.Images, Store: images},
+		LogDir:       s.cfg.SandboxLogDir(),
+		Pids:         s.cfg.SandboxPids,
+		MaxCPUs:      orDefault(s.cfg.MaxCPUs, runtime.NumCPU()),
+		MaxMemMB:     orDefault(s.cfg.MaxMemory, hostMemoryMiB()/2),
+		OutputMemory: int64(s.cfg.OutputMemory) << 20,
 		Quotas: func(ns string) sandbox.Quota {
 			q := s.cfg.Quotas.Of(ns)
 			return sandbox.Quota{Sandboxes: q.Sandboxes, MemoryMiB: q.Memory, CPUs: q.CPUs}
@@ -312,7 +320,7 @@ func hostMemoryMiB() int {
 // stopped. It writes server.json and the pid file while it serves.
 func (s *Server) Run(ctx context.Context) error {
 	srv := &http.Server{
-		Handler:           withBodyDeadline(s.handler),
+		Handler:           withBodyDeadline(s.handler, s.bodyTimeout),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,

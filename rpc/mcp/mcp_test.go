@@ -126,6 +126,10 @@ func (m *fakeManager) RunCode(ctx context.Context, id sandbox.ID, lang sandbox.L
 	return sandbox.ReplResult{Status: sandbox.ReplSuccess, Output: []sandbox.Line{{Stream: sandbox.Stdout, Text: "42"}}}, nil
 }
 
+func (m *fakeManager) Usage(string) (sandbox.Usage, sandbox.Quota) {
+	return sandbox.Usage{}, sandbox.Quota{}
+}
+
 func (m *fakeManager) Exec(ctx context.Context, id sandbox.ID, req sandbox.ExecRequest) (sandbox.ExecResult, error) {
 	m.record("exec " + id.String())
 	m.mu.Lock()

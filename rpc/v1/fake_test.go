@@ -101,6 +101,10 @@ func (f *fakeService) RunCode(context.Context, sandbox.ID, sandbox.Language, str
 	return sandbox.ReplResult{}, errdefs.Unavailablef("fake")
 }
 
+func (f *fakeService) Usage(string) (sandbox.Usage, sandbox.Quota) {
+	return sandbox.Usage{}, sandbox.Quota{}
+}
+
 func (f *fakeService) Exec(context.Context, sandbox.ID, sandbox.ExecRequest) (sandbox.ExecResult, error) {
 	return sandbox.ExecResult{}, errdefs.Unavailablef("fake")
 }

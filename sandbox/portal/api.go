@@ -351,25 +351,49 @@ func finalError(op string, ev event) error {
 }
 
 // collector stores a capped call's lines. The cap is enforced here, on the
-// server's side, because the portal may be hostile.
+// server's side, because the portal may be hostile. What it stores is
+// taken from the server's output budget (sandbox.TakeOutput) as it grows,
+// twice (held, then encoded), in steps of budgetStep.
 type collector struct {
-	cap   outputCap
-	lines []sandbox.Line
+	ctx      context.Context
+	cap      outputCap
+	lines    []sandbox.Line
+	reserved int // bytes of the budget taken and not yet used
+	starved  bool
 }
 
-func newCollector() *collector {
-	return &collector{cap: outputCap{maxBytes: sandbox.MaxOutput + trailerSlack, maxLines: maxLines + 16, perLine: lineEnvelope}}
+const budgetStep = 256 << 10
+
+func newCollector(ctx context.Context) *collector {
+	return &collector{ctx: ctx, cap: outputCap{maxBytes: sandbox.MaxOutput + trailerSlack, maxLines: maxLines + 16, perLine: lineEnvelope}}
 }
 
 func (co *collector) add(l sandbox.Line) {
-	if co.cap.admit(l.Text) {
-		co.lines = append(co.lines, l)
+	if co.starved {
+		return
 	}
+	before := co.cap.bytes
+	if !co.cap.admit(l.Text) {
+		return
+	}
+	need := 2 * (co.cap.bytes - before)
+	for co.reserved < need {
+		if !sandbox.TakeOutput(co.ctx, budgetStep) {
+			co.starved, co.cap.cut = true, true
+			return
+		}
+		co.reserved += budgetStep
+	}
+	co.reserved -= need
+	co.lines = append(co.lines, l)
 }
 
 // output is never nil: a call that printed nothing has an empty output,
 // which the wire contract renders as [] rather than null.
 func (co *collector) output() []sandbox.Line {
+	if co.starved {
+		return append(co.lines, sandbox.Line{Stream: sandbox.Stderr, Text: sandbox.OutputBudgetNotice})
+	}
 	if co.cap.cut {
 		return append(co.lines, sandbox.Line{Stream: sandbox.Stderr, Text: sandbox.OutputCutNotice})
 	}
@@ -404,7 +428,7 @@ func (c *Client) Ping(ctx context.Context) error {
 // and errdefs.ErrUnavailable when the connection is gone or the portal
 // misbehaved, or errdefs.ErrUnavailable when the portal could not run it.
 func (c *Client) Exec(ctx context.Context, req sandbox.ExecRequest) (sandbox.ExecResult, error) {
-	co := newCollector()
+	co := newCollector(ctx)
 	ev, err := c.do(ctx, request{
 		Op: opExec, Command: req.Command, Args: req.Args, Env: req.Env,
 		Workdir: req.Workdir, Timeout: req.Timeout,
@@ -445,7 +469,7 @@ func (c *Client) RunCode(ctx context.Context, lang sandbox.Language, code string
 	if timeout > 0 {
 		limit = timeout + interruptGrace
 	}
-	co := newCollector()
+	co := newCollector(ctx)
 	ev, err := c.do(ctx, request{Op: opRepl, Language: string(lang), Code: code, Timeout: timeout}, limit, co.add)
 	if err != nil {
 		return sandbox.ReplResult{}, fmt.Errorf("portal: run %s code: %w", lang, err)
