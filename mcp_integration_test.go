@@ -169,7 +169,7 @@ func TestMCPSandboxLifecycle(t *testing.T) {
 	}
 	slices.Sort(names)
 	if want := []string{"sandbox_get_metrics", "sandbox_list_files", "sandbox_read_file", "sandbox_run_code", "sandbox_run_command",
-		"sandbox_start", "sandbox_stop", "sandbox_write_file"}; !slices.Equal(names, want) {
+		"sandbox_start", "sandbox_stop", "sandbox_update_network", "sandbox_write_file"}; !slices.Equal(names, want) {
 		t.Errorf("tools %v, want %v", names, want)
 	}
 	prompts, err := cs.ListPrompts(ctx, nil)

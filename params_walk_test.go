@@ -17,7 +17,11 @@ var validParams = map[string]map[string]any{
 		"scripts": map[string]string{"start": "true"}, "exec": "true", "user": "root", "labels": map[string]string{"a": "b"},
 		"rlimits":   []map[string]any{{"resource": "nofile", "soft": 256, "hard": 256}},
 		"lifecycle": map[string]any{"ephemeral": false, "max_duration_secs": 600, "idle_timeout_secs": 300},
+		"network": map[string]any{"enabled": true, "allow": []string{"*.pypi.org:443"}, "deny": []string{"10.0.0.0/8"}, "strict": true,
+			"max_connections": 16, "max_bandwidth": 1 << 20},
 	}},
+	"sandbox.network.update": {"namespace": "walk", "sandbox": "box", "network": map[string]any{"enabled": true, "allow": []string{"pypi.org:443"},
+		"deny": []string{"evil.test"}, "strict": false, "max_connections": 4, "max_bandwidth": 1024}},
 	"sandbox.stop":        {"namespace": "walk", "sandbox": "box"},
 	"sandbox.metrics.get": {"namespace": "walk", "sandbox": "box"},
 	"sandbox.repl.run":    {"namespace": "walk", "sandbox": "box", "language": "python", "code": "print(1)", "timeout": 5},
@@ -113,18 +117,18 @@ func TestNoUserInputIsAnInternalError(t *testing.T) {
 			p := clone(base)
 			delete(p, name)
 			add(m.Name, p)
-			if name != "config" {
+			if name != "config" && name != "network" {
 				continue
 			}
 			for sub := range jsonFields(typ) {
 				for _, v := range hostile {
 					p := clone(base)
-					p["config"].(map[string]any)[sub] = v
+					p[name].(map[string]any)[sub] = v
 					add(m.Name, p)
 				}
 			}
 			p = clone(base)
-			p["config"].(map[string]any)["no_such_field"] = 1
+			p[name].(map[string]any)["no_such_field"] = 1
 			add(m.Name, p)
 		}
 	}

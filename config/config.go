@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -76,6 +77,9 @@ type Config struct {
 	MaxCPUs   int `toml:"max_cpus"`
 	// Quotas bound what each namespace's running sandboxes hold together.
 	Quotas Quotas `toml:"quotas"`
+	// Network is sandboxes' outbound network: defaults, ceilings per
+	// namespace, and how msb reaches out for them.
+	Network Network `toml:"network"`
 
 	// Sandbox defaults.
 	SandboxPids int `toml:"sandbox_pids"`
@@ -119,6 +123,121 @@ func (q Quotas) Of(ns string) Quota {
 		return own
 	}
 	return q.Quota
+}
+
+// Network is the [network] table: what sandboxes' outbound network may be,
+// for every namespace ([network]) and for some their own
+// ([network.namespaces.NAME], whose unset settings are those of
+// [network]), and how msb dials and resolves for them. Rule lists are
+// destinations as sandbox configs write them ("*.pypi.org:443",
+// "203.0.113.0/24"); the server checks them when it starts.
+type Network struct {
+	NetworkSettings
+	// DNS are the servers ("ip" or "ip:port") that answer sandboxes' DNS
+	// through msb; none: the host's resolver (/etc/resolv.conf).
+	DNS []string `toml:"dns"`
+	// Interface, if set, binds every connection msb makes for a sandbox
+	// to this network device.
+	Interface  string                     `toml:"interface"`
+	Namespaces map[string]NetworkSettings `toml:"namespaces"`
+}
+
+// NetworkSettings are the network settings of a namespace; nil is unset.
+type NetworkSettings struct {
+	// Permitted lets sandboxes have network at all (default true).
+	Permitted *bool `toml:"permitted"`
+	// DefaultEnabled gives network to sandboxes whose config does not
+	// say (default false: none).
+	DefaultEnabled *bool `toml:"default_enabled"`
+	// Allow is the ceiling: what any sandbox's rules may allow (default
+	// ["*"], every public destination).
+	Allow *[]string `toml:"allow"`
+	// DefaultAllow is what a sandbox asking for network without rules
+	// reaches (default: Allow; a namespace that sets its own Allow and no
+	// DefaultAllow gets its own Allow, not [network]'s DefaultAllow).
+	DefaultAllow *[]string `toml:"default_allow"`
+	// Deny are destinations refused to every sandbox, whatever its rules
+	// (the operator's own public networks, say).
+	Deny *[]string `toml:"deny"`
+	// Exempt are private, loopback, link-local or this host's addresses
+	// (CIDRs with optional ports) sandboxes may reach when their rules
+	// allow them; nothing else ever opens those.
+	Exempt *[]string `toml:"exempt"`
+	// MaxConnections per sandbox (default DefaultNetworkConnections) and
+	// MaxBandwidth in bytes per second each way (default 0): a sandbox's
+	// caps, and the most it may ask for; 0: no cap.
+	MaxConnections *int   `toml:"max_connections"`
+	MaxBandwidth   *int64 `toml:"max_bandwidth"`
+}
+
+// DefaultNetworkConnections is a sandbox's cap of connections open at
+// once unless config.toml sets another.
+const DefaultNetworkConnections = 64
+
+// NetworkBounds are the network settings of one namespace, resolved:
+// its own, else those of [network], else the defaults.
+type NetworkBounds struct {
+	Permitted, DefaultEnabled         bool
+	Allow, DefaultAllow, Deny, Exempt []string // Allow nil: every public destination
+	MaxConnections                    int
+	MaxBandwidth                      int64
+}
+
+// Of returns the network settings of namespace ns.
+func (n Network) Of(ns string) NetworkBounds {
+	b := NetworkBounds{Permitted: true, MaxConnections: DefaultNetworkConnections}
+	for i, s := range []NetworkSettings{n.NetworkSettings, n.Namespaces[ns]} {
+		if i == 1 && s.Allow != nil && s.DefaultAllow == nil {
+			// A namespace's own ceiling makes its own default: [network]'s
+			// default list may not fit within it.
+			b.DefaultAllow = nil
+		}
+		if s.Permitted != nil {
+			b.Permitted = *s.Permitted
+		}
+		if s.DefaultEnabled != nil {
+			b.DefaultEnabled = *s.DefaultEnabled
+		}
+		if s.Allow != nil {
+			b.Allow = append([]string{}, *s.Allow...)
+		}
+		if s.DefaultAllow != nil {
+			b.DefaultAllow = append([]string{}, *s.DefaultAllow...)
+		}
+		if s.Deny != nil {
+			b.Deny = append([]string{}, *s.Deny...)
+		}
+		if s.Exempt != nil {
+			b.Exempt = append([]string{}, *s.Exempt...)
+		}
+		if s.MaxConnections != nil {
+			b.MaxConnections = *s.MaxConnections
+		}
+		if s.MaxBandwidth != nil {
+			b.MaxBandwidth = *s.MaxBandwidth
+		}
+	}
+	return b
+}
+
+// DNSServers returns the DNS servers as addresses with ports (53 unless
+// given); call it after Validate.
+func (n Network) DNSServers() []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, s := range n.DNS {
+		out = append(out, parseDNSServer(s))
+	}
+	return out
+}
+
+func parseDNSServer(s string) netip.AddrPort {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		return netip.AddrPortFrom(a, 53)
+	}
+	return netip.AddrPort{}
 }
 
 // Defaults of the key limits, the audit log and calls.
@@ -377,6 +496,9 @@ func (c *Config) Validate() error {
 	if c.OutputMemory < 64 {
 		return fmt.Errorf("%w: output_memory %d MiB: use at least 64 (two calls' output of 16 MiB, counted twice)", ErrInvalid, c.OutputMemory)
 	}
+	if err := c.Network.validate(); err != nil {
+		return err
+	}
 	if c.MaxCallsPerKey < 1 {
 		return fmt.Errorf("%w: max_calls_per_key %d: use at least 1", ErrInvalid, c.MaxCallsPerKey)
 	}
@@ -401,6 +523,37 @@ func (c *Config) Validate() error {
 	for name, target := range c.Images {
 		if name == "" || target == "" {
 			return fmt.Errorf("%w: images: alias %q -> %q: both sides must be non-empty", ErrInvalid, name, target)
+		}
+	}
+	return nil
+}
+
+// validate checks what config can check of [network]; the server checks
+// its rules (sandbox.NetworkBounds.Check).
+func (n Network) validate() error {
+	for _, s := range n.DNS {
+		if ap := parseDNSServer(s); !ap.IsValid() || ap.Port() == 0 || ap.Addr().Zone() != "" {
+			return fmt.Errorf("%w: network.dns: %q is not an IP address with an optional port, such as 192.0.2.53 or [2001:db8::53]:53", ErrInvalid, s)
+		}
+	}
+	if len(n.Interface) >= 16 || strings.ContainsAny(n.Interface, "/ \x00") {
+		return fmt.Errorf("%w: network.interface: %q is not a network device name", ErrInvalid, n.Interface)
+	}
+	check := func(where string, s NetworkSettings) error {
+		if s.MaxConnections != nil && *s.MaxConnections < 0 || s.MaxBandwidth != nil && *s.MaxBandwidth < 0 {
+			return fmt.Errorf("%w: %s: max_connections and max_bandwidth must be 0 (no cap) or more", ErrInvalid, where)
+		}
+		return nil
+	}
+	if err := check("network", n.NetworkSettings); err != nil {
+		return err
+	}
+	for ns, s := range n.Namespaces {
+		if !validNamespace(ns) {
+			return fmt.Errorf("%w: network.namespaces: %q is not a namespace name", ErrInvalid, ns)
+		}
+		if err := check("network.namespaces."+ns, s); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -551,6 +704,25 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # cpus = 8
 # [quotas.namespaces.team-a]
 # sandboxes = 50
+
+# Outbound network of sandboxes. A sandbox has none unless its config asks
+# ("network": {"enabled": true, "allow": [...]}) or default_enabled says so;
+# msb answers its DNS and dials each connection its rules allow. Loopback,
+# private and link-local addresses (cloud metadata) and this host's own are
+# always refused, unless listed in exempt. A table, like [quotas]:
+# [network]
+# permitted = true                 # may sandboxes have network at all
+# default_enabled = false          # network for configs that do not say
+# allow = ["*"]                    # the most any sandbox's rules may allow
+# default_allow = ["*"]            # what "enabled" without "allow" reaches
+# deny = ["198.51.100.0/24"]       # refused to every sandbox, whatever its rules
+# exempt = ["10.1.2.3:5432"]       # private destinations sandboxes may reach
+# max_connections = 64             # per sandbox: cap and most it may ask
+# max_bandwidth = 0                # bytes/s each way per sandbox (0: none)
+# dns = ["192.0.2.53"]             # upstream DNS (default: the host's)
+# interface = "eth1"               # send sandboxes' traffic out of this device
+# [network.namespaces.team-a]      # unset settings are [network]'s
+# allow = ["pypi.org:443", "files.pythonhosted.org:443"]
 
 # Image aliases: the image names sandbox.start accepts, and what each runs.
 # "host" is the built-in image: this machine's /usr, /bin and /lib, read-only,

@@ -33,7 +33,8 @@ func TestEveryMethodHasAScope(t *testing.T) {
 		"sandbox.start": auth.ScopeSandboxCreate, "sandbox.stop": auth.ScopeSandboxDelete,
 		"sandbox.metrics.get": auth.ScopeSandboxRead, "sandbox.repl.run": auth.ScopeSandboxExec,
 		"sandbox.command.run": auth.ScopeSandboxExec, "sandbox.fs.read": auth.ScopeSandboxExec, "sandbox.fs.write": auth.ScopeSandboxExec,
-		"sandbox.fs.list": auth.ScopeSandboxExec, "keys.create": auth.ScopeKeysManage, "keys.list": auth.ScopeKeysManage,
+		"sandbox.fs.list": auth.ScopeSandboxExec, "sandbox.network.update": auth.ScopeSandboxCreate,
+		"keys.create": auth.ScopeKeysManage, "keys.list": auth.ScopeKeysManage,
 		"keys.revoke": auth.ScopeKeysManage, "keys.rotate": auth.ScopeKeysManage, "keys.limit": auth.ScopeKeysManage,
 		"audit.list": auth.ScopeAuditRead,
 	}

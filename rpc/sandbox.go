@@ -25,6 +25,10 @@ func SandboxMethods(m sandbox.Manager) Methods {
 			Handle: func(ctx context.Context, c *Call, p replParams) (any, error) { return replRun(ctx, m, c, p) }},
 		"sandbox.command.run": Method[commandParams]{Scope: auth.ScopeSandboxExec, Changes: true, Target: TargetSandbox,
 			Handle: func(ctx context.Context, c *Call, p commandParams) (any, error) { return commandRun(ctx, m, c, p) }},
+		// Changing what a sandbox may reach is starting it with another
+		// config, as far as rights go.
+		"sandbox.network.update": Method[networkParams]{Scope: auth.ScopeSandboxCreate, Changes: true, Target: TargetSandbox,
+			Handle: func(ctx context.Context, c *Call, p networkParams) (any, error) { return networkUpdate(ctx, m, c, p) }},
 	}
 }
 
@@ -47,12 +51,53 @@ type Config struct {
 	Rlimits   []Rlimit          `json:"rlimits,omitempty"`
 	Lifecycle *Lifecycle        `json:"lifecycle,omitempty"`
 	Tmpfs     []Tmpfs           `json:"tmpfs,omitempty"`
+	Network   *Network          `json:"network,omitempty"`
 }
 
 // Tmpfs is a memory-backed directory of a sandbox.
 type Tmpfs struct {
 	Path    string `json:"path"`
 	SizeMiB int    `json:"size_mib,omitempty"` // 0: half the sandbox's memory
+}
+
+// Network is a sandbox's outbound network as the wire carries it (in
+// sandbox.start's config and sandbox.network.update). Absent, or without
+// "enabled" and anything else: the namespace's default (none unless the
+// operator changed it).
+type Network struct {
+	// Enabled: true for network, false for none; absent with allow, deny,
+	// strict or a limit given: true.
+	Enabled *bool `json:"enabled,omitempty"`
+	// Allow and Deny list destinations: "*.pypi.org:443", "203.0.113.0/24",
+	// "tcp example.org:80,443", "*" (every public destination).
+	Allow []string `json:"allow,omitempty"`
+	Deny  []string `json:"deny,omitempty"`
+	// Strict: nothing but Allow (and with no Allow, nothing), instead of
+	// the namespace's default list when Allow is empty.
+	Strict         bool  `json:"strict,omitempty"`
+	MaxConnections int   `json:"max_connections,omitempty"`
+	MaxBandwidth   int64 `json:"max_bandwidth,omitempty"` // bytes per second, each way
+}
+
+func (n *Network) domain() sandbox.Network {
+	if n == nil {
+		return sandbox.Network{}
+	}
+	d := sandbox.Network{Allow: n.Allow, Deny: n.Deny, Strict: n.Strict, MaxConnections: n.MaxConnections, MaxBandwidth: n.MaxBandwidth}
+	switch {
+	case n.Enabled == nil:
+	case *n.Enabled:
+		d.Mode = sandbox.NetworkOn
+	default:
+		d.Mode = sandbox.NetworkNone
+	}
+	return d
+}
+
+// wireNetwork is the wire form of a sandbox's network.
+func wireNetwork(n sandbox.Network) Network {
+	on := n.Mode == sandbox.NetworkOn
+	return Network{Enabled: &on, Allow: n.Allow, Deny: n.Deny, Strict: n.Strict, MaxConnections: n.MaxConnections, MaxBandwidth: n.MaxBandwidth}
 }
 
 // Rlimit is a resource limit of every process of a sandbox.
@@ -81,7 +126,8 @@ func seconds(field string, s float64) (time.Duration, error) {
 // Invalid and name the field.
 func (c Config) domain() (sandbox.Config, error) {
 	d := sandbox.Config{Image: c.Image, Memory: c.Memory, CPUs: c.CPUs, Envs: c.Envs, DependsOn: c.DependsOn,
-		Workdir: c.Workdir, Shell: c.Shell, Scripts: c.Scripts, Exec: c.Exec, Command: c.Command, User: c.User, Labels: c.Labels}
+		Workdir: c.Workdir, Shell: c.Shell, Scripts: c.Scripts, Exec: c.Exec, Command: c.Command, User: c.User, Labels: c.Labels,
+		Network: c.Network.domain()}
 	for _, l := range c.Rlimits {
 		d.Rlimits = append(d.Rlimits, sandbox.Rlimit{Resource: l.Resource, Soft: l.Soft, Hard: l.Hard})
 	}
@@ -151,6 +197,19 @@ type SandboxMetrics struct {
 	CPUUsage    *float64 `json:"cpu_usage"`
 	MemoryUsage *int64   `json:"memory_usage"`
 	DiskUsage   *int64   `json:"disk_usage"`
+	// Network is there only for a running sandbox with network.
+	Network *NetworkMetrics `json:"network,omitempty"`
+}
+
+// NetworkMetrics are a running sandbox's network counters since it
+// started.
+type NetworkMetrics struct {
+	Connections uint64 `json:"connections"` // TCP connections and UDP flows made for it
+	Active      int64  `json:"active"`      // of them, open now
+	Denied      uint64 `json:"denied"`      // refused: connections, datagrams, DNS names
+	BytesIn     uint64 `json:"bytes_in"`    // to the sandbox
+	BytesOut    uint64 `json:"bytes_out"`   // from the sandbox
+	DNSQueries  uint64 `json:"dns_queries"`
 }
 
 // MetricsResult is the result of sandbox.metrics.get. Quotas is msb's:
@@ -205,8 +264,13 @@ func metrics(ctx context.Context, m sandbox.Manager, c *Call) (any, error) {
 		namespaces = append(namespaces, c.Namespace)
 	}
 	for _, s := range list {
-		out.Sandboxes = append(out.Sandboxes, SandboxMetrics{Namespace: s.ID.Namespace(), Name: s.ID.Name(), Running: s.Running,
-			CPUUsage: s.CPUUsage, MemoryUsage: s.MemoryUsage, DiskUsage: s.DiskUsage})
+		sm := SandboxMetrics{Namespace: s.ID.Namespace(), Name: s.ID.Name(), Running: s.Running,
+			CPUUsage: s.CPUUsage, MemoryUsage: s.MemoryUsage, DiskUsage: s.DiskUsage}
+		if n := s.Network; n != nil {
+			sm.Network = &NetworkMetrics{Connections: n.Connections, Active: n.Active, Denied: n.Denied,
+				BytesIn: n.BytesIn, BytesOut: n.BytesOut, DNSQueries: n.DNSQueries}
+		}
+		out.Sandboxes = append(out.Sandboxes, sm)
 		if !slices.Contains(namespaces, s.ID.Namespace()) {
 			namespaces = append(namespaces, s.ID.Namespace())
 		}
@@ -217,6 +281,37 @@ func metrics(ctx context.Context, m sandbox.Manager, c *Call) (any, error) {
 			MemoryMiB: quotaValue(u.MemoryMiB, q.MemoryMiB), CPUs: quotaValue(u.CPUs, q.CPUs)})
 	}
 	return out, nil
+}
+
+type networkParams struct {
+	Ref
+	Network *Network `json:"network"`
+}
+
+// NetworkResult is the result of sandbox.network.update: the network the
+// sandbox has now (or at its next start, when it is not running), with the
+// namespace's defaults filled in.
+type NetworkResult struct {
+	Sandbox string  `json:"sandbox"`
+	Running bool    `json:"running"` // the change took effect at once
+	Network Network `json:"network"`
+}
+
+func networkUpdate(ctx context.Context, m sandbox.Manager, c *Call, p networkParams) (any, error) {
+	if p.Network == nil {
+		return nil, fmt.Errorf("%w: \"network\" is required, such as {\"enabled\": true, \"allow\": [\"*.pypi.org:443\"]}", errInvalidParams)
+	}
+	n := p.Network.domain()
+	if n.Mode == sandbox.NetworkDefault {
+		// An update says what the sandbox gets: {} or {"strict": false}
+		// turns network on, as "enabled": true would.
+		n.Mode = sandbox.NetworkOn
+	}
+	up, err := m.SetNetwork(ctx, c.ID, n)
+	if err != nil {
+		return nil, err
+	}
+	return NetworkResult{Sandbox: c.ID.Name(), Running: up.Running, Network: wireNetwork(up.Network)}, nil
 }
 
 // timeout converts the optional seconds param. Any positive number is

@@ -41,6 +41,9 @@ type Config struct {
 	Labels  map[string]string // the client's, kept and filtered on
 	Tmpfs   []Tmpfs           // memory-backed directories
 	Lifecycle
+	// Network is its outbound network; the zero value leaves it to the
+	// namespace's default (none unless the operator changed it).
+	Network Network
 }
 
 // Tmpfs is a memory-backed directory of a sandbox: what is written there
@@ -114,6 +117,8 @@ type Bounds struct {
 	AllowPrivilegedPorts bool
 	// NoPorts says the engine cannot forward ports at all.
 	NoPorts bool
+	// NoNetwork says the engine cannot give sandboxes network.
+	NoNetwork bool
 }
 
 // ParseVolume reads a volume written "host:guest" or "host:guest:ro" (or
@@ -369,6 +374,14 @@ func Normalize(cfg Config, b Bounds) (Config, error) {
 	if cfg.IdleTimeout < 0 || cfg.IdleTimeout > MaxLifetime {
 		return bad("lifecycle.idle_timeout %v is out of range: use 0 (none) to %v", cfg.IdleTimeout, MaxLifetime)
 	}
+	net, err := NormalizeNetwork(cfg.Network, "config.network")
+	if err != nil {
+		return Config{}, err
+	}
+	if net.Mode == NetworkOn && b.NoNetwork {
+		return bad("network: this server's sandbox engine cannot give sandboxes network; leave network out")
+	}
+	cfg.Network = net
 	// Empty and absent mean the same.
 	if len(cfg.Scripts) == 0 {
 		cfg.Scripts = nil
@@ -425,7 +438,7 @@ func (c Config) Equal(o Config) bool {
 		slices.Equal(c.Envs, o.Envs) && slices.Equal(c.DependsOn, o.DependsOn) &&
 		c.Workdir == o.Workdir && c.Shell == o.Shell && maps.Equal(c.Scripts, o.Scripts) && c.Exec == o.Exec &&
 		slices.Equal(c.Command, o.Command) && c.User == o.User && slices.Equal(c.Rlimits, o.Rlimits) &&
-		maps.Equal(c.Labels, o.Labels) && slices.Equal(c.Tmpfs, o.Tmpfs) && c.Lifecycle == o.Lifecycle
+		maps.Equal(c.Labels, o.Labels) && slices.Equal(c.Tmpfs, o.Tmpfs) && c.Lifecycle == o.Lifecycle && c.Network.Equal(o.Network)
 }
 
 // background is what a sandbox runs in the background when it starts, if

@@ -81,6 +81,14 @@ func TestNormalizeRefuses(t *testing.T) {
 		{"tmpfs twice", sandbox.Config{Tmpfs: []sandbox.Tmpfs{{Guest: "/s"}, {Guest: "/s/"}}}, bounds, "overlaps"},
 		{"tmpfs larger than memory", sandbox.Config{Memory: 64, Tmpfs: []sandbox.Tmpfs{{Guest: "/s", SizeMiB: 65}}}, bounds, "out of range"},
 		{"negative tmpfs", sandbox.Config{Tmpfs: []sandbox.Tmpfs{{Guest: "/s", SizeMiB: -1}}}, bounds, "out of range"},
+		{"network rule", sandbox.Config{Network: sandbox.Network{Allow: []string{"*.*.org"}}}, bounds, "config.network.allow"},
+		{"network deny rule", sandbox.Config{Network: sandbox.Network{Deny: []string{"x.org:0"}}}, bounds, "config.network.deny"},
+		{"network rules without network", sandbox.Config{Network: sandbox.Network{Mode: sandbox.NetworkNone, Allow: []string{"x.org"}}}, bounds, "set enabled to true"},
+		{"network mode", sandbox.Config{Network: sandbox.Network{Mode: "maybe"}}, bounds, "config.network.mode"},
+		{"network connections", sandbox.Config{Network: sandbox.Network{MaxConnections: -1}}, bounds, "config.network.max_connections"},
+		{"network bandwidth", sandbox.Config{Network: sandbox.Network{MaxBandwidth: -1}}, bounds, "config.network.max_bandwidth"},
+		{"network rules too many", sandbox.Config{Network: sandbox.Network{Allow: make([]string, 257)}}, bounds, "too many"},
+		{"no network on this engine", sandbox.Config{Network: sandbox.Network{Mode: sandbox.NetworkOn}}, sandbox.Bounds{NoNetwork: true}, "cannot give sandboxes network"},
 	} {
 		_, err := sandbox.Normalize(c.cfg, c.b)
 		if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
@@ -179,5 +187,58 @@ func setAny(t *testing.T, v reflect.Value) {
 		v.SetUint(1)
 	default:
 		t.Fatalf("setAny: no value for a %s: extend the test", v.Type())
+	}
+}
+
+// Network rules are parsed, rewritten, sorted and deduplicated, so that
+// two configs asking for the same network compare equal; rules or limits
+// without a mode ask for network.
+func TestNormalizeNetwork(t *testing.T) {
+	got, err := sandbox.Normalize(sandbox.Config{Network: sandbox.Network{
+		Allow: []string{"files.pythonhosted.org:443", "*.PyPI.org:443", "files.pythonhosted.org:443", "::ffff:203.0.113.7"},
+		Deny:  []string{"TCP evil.test"},
+	}}, sandbox.Bounds{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := sandbox.Network{Mode: sandbox.NetworkOn, Allow: []string{"*.pypi.org:443", "203.0.113.7/32", "files.pythonhosted.org:443"}, Deny: []string{"tcp evil.test"}}
+	if !got.Network.Equal(want) {
+		t.Fatalf("network %+v, want %+v", got.Network, want)
+	}
+	again, _ := sandbox.Normalize(got, sandbox.Bounds{})
+	if !again.Equal(got) {
+		t.Fatal("Normalize is not idempotent")
+	}
+	for _, n := range []sandbox.Network{{}, {Mode: sandbox.NetworkNone}, {Mode: sandbox.NetworkOn}} {
+		got, err := sandbox.NormalizeNetwork(n, "network")
+		if err != nil || !got.Equal(n) {
+			t.Errorf("NormalizeNetwork(%+v) = %+v, %v", n, got, err)
+		}
+	}
+	if got, _ := sandbox.NormalizeNetwork(sandbox.Network{Strict: true}, "network"); got.Mode != sandbox.NetworkOn {
+		t.Errorf("strict without a mode: %+v", got)
+	}
+}
+
+func TestNetworkBoundsCheck(t *testing.T) {
+	if err := sandbox.DefaultNetworkBounds().Check("network"); err != nil {
+		t.Fatal(err)
+	}
+	good := sandbox.NetworkBounds{Permitted: true, Allow: []string{"*.pypi.org:443", "files.pythonhosted.org:443"}, DefaultAllow: []string{"*.pypi.org:443"}, Exempt: []string{"10.1.2.0/24:5432"}}
+	if err := good.Check("network"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		b    sandbox.NetworkBounds
+		want string
+	}{
+		{sandbox.NetworkBounds{Allow: []string{"x..org"}}, "network.namespaces.a.allow"},
+		{sandbox.NetworkBounds{Exempt: []string{"internal.example:80"}}, "only addresses can be exempt"},
+		{sandbox.NetworkBounds{Allow: []string{"*.pypi.org:443"}, DefaultAllow: []string{"*"}}, "not within"},
+		{sandbox.NetworkBounds{MaxConnections: -1}, "max_connections"},
+	} {
+		if err := c.b.Check("network.namespaces.a"); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want %q", c.b, err, c.want)
+		}
 	}
 }

@@ -29,6 +29,10 @@ func (s *Service) Start(ctx context.Context, id ID, cfg *Config) error {
 	if err != nil {
 		return err
 	}
+	eff, err := s.networkOf(id, norm.Network)
+	if err != nil {
+		return err
+	}
 	b := s.lockBox(id)
 	defer b.mu.Unlock()
 	if b.running.Load() {
@@ -52,7 +56,7 @@ func (s *Service) Start(ctx context.Context, id ID, cfg *Config) error {
 		return err
 	}
 	b.phase.Store(StateStarting)
-	err = s.start(ctx, id, b, rec, norm)
+	err = s.start(ctx, id, b, rec, norm, eff)
 	b.phase.Store(State(""))
 	if err != nil {
 		s.quotas.free(id.Namespace(), norm)
@@ -88,8 +92,9 @@ func failureText(err error) string {
 }
 
 // start starts the sandbox b holds (b.mu held) with the normalized config
-// norm, as the record rec (its UUID and creation kept).
-func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Config) error {
+// norm and its network net (nil: none), as the record rec (its UUID and
+// creation kept).
+func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Config, net *effectiveNetwork) error {
 	for _, dep := range norm.DependsOn {
 		depID, _ := ParseID(id.Namespace(), dep) // Normalize checked the name
 		d, ok := s.lookup(depID)
@@ -133,6 +138,11 @@ func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Con
 		User:      img.User,
 		Tmpfs:     norm.Tmpfs,
 	}
+	var denials *denials
+	if net != nil {
+		denials = s.newDenials(id)
+		spec.Network = s.linkConfig(net, denials)
+	}
 	if spec.Workdir == "" {
 		spec.Workdir = img.Workdir
 	}
@@ -175,6 +185,7 @@ func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Con
 		return err
 	}
 	b.cfg, b.started = norm, now
+	b.net, b.denials = net, denials
 	b.exited.Store(exited)
 	b.lastActive.Store(now.UnixNano())
 	b.run++
@@ -198,7 +209,7 @@ func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Con
 	if req, ok := norm.background(); ok {
 		s.background(id, b, req)
 	}
-	s.opts.Log.Info("sandbox started", "sandbox", id.String(), "image", norm.Image, "memory_mib", norm.Memory, "cpus", norm.CPUs)
+	s.opts.Log.Info("sandbox started", "sandbox", id.String(), "image", norm.Image, "memory_mib", norm.Memory, "cpus", norm.CPUs, "network", net != nil)
 	return nil
 }
 
@@ -270,6 +281,11 @@ func (s *Service) release(ctx context.Context, id ID, b *box) error {
 	b.running.Store(false)
 	closeForwarders(b.ports)
 	b.ports = nil
+	defer func() {
+		// After the engine closed the link: its last refusals are in.
+		b.denials.close()
+		b.net, b.denials = nil, nil
+	}()
 	eng := s.opts.Engine
 	err := eng.Stop(ctx, id)
 	if errors.Is(err, errdefs.ErrNotFound) {

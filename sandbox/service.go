@@ -12,6 +12,7 @@ import (
 
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/namespace"
+	"github.com/msb-dev/msb/sandbox/network"
 )
 
 // Manager is what the front-ends ask of sandboxes. Each method's namespace
@@ -34,6 +35,19 @@ type Manager interface {
 	// Usage reports what the running sandboxes of namespace ns hold
 	// together, and its quota.
 	Usage(ns string) (Usage, Quota)
+	// SetNetwork changes the sandbox's network (its mode, rules and
+	// limits): at once when it runs, and for its next starts.
+	SetNetwork(ctx context.Context, id ID, n Network) (NetworkUpdate, error)
+}
+
+// NetworkUpdate is the outcome of Manager.SetNetwork.
+type NetworkUpdate struct {
+	// Network is what the sandbox has now, or will have at its next
+	// start: the namespace's defaults filled in. Mode NetworkNone: no
+	// network.
+	Network Network
+	// Running: the sandbox runs, and the change took effect at once.
+	Running bool
 }
 
 // API is what the front-ends (JSON-RPC, MCP, the v1 API) ask of
@@ -53,6 +67,8 @@ type Metrics struct {
 	CPUUsage    *float64 // percent of one CPU since the previous sample
 	MemoryUsage *int64   // MiB
 	DiskUsage   *int64   // bytes
+	// Network are the counters of its network, nil when it runs without.
+	Network *NetworkStats
 }
 
 // Image is a resolved image: what a sandbox's root is made of.
@@ -109,6 +125,19 @@ type ServiceOptions struct {
 	PortBind string
 	// AllowPrivilegedPorts lets port forwards use host ports below 1024.
 	AllowPrivilegedPorts bool
+
+	// Network gives the operator's network bounds of each namespace;
+	// nil: DefaultNetworkBounds for all.
+	Network func(namespace string) NetworkBounds
+	// NetDialer dials what sandboxes' networks allow, and NetResolver
+	// answers their DNS; nil: a net.Dialer and the host's resolver.
+	NetDialer   network.Dialer
+	NetResolver network.Resolver
+	// OnNetworkDenial, if set, is told of sandboxes' refused network
+	// attempts, at most once a second per sandbox (NetworkDenial). It is
+	// called with a lock held and must not block (the audit log's Record
+	// does not).
+	OnNetworkDenial func(NetworkDenial)
 }
 
 // Service is the sandbox Manager and the one owner of every sandbox's
@@ -150,6 +179,10 @@ type box struct {
 	// inFlight counts the calls under way (exec, code, file transfers,
 	// streamed processes until they end): a sandbox with one is not idle.
 	inFlight atomic.Int64
+	// net is the network it runs with (nil: none), and denials reports
+	// what that network refuses.
+	net     *effectiveNetwork
+	denials *denials
 
 	sampleMu sync.Mutex
 	lastCPU  time.Duration
@@ -192,9 +225,13 @@ func NewService(opts ServiceOptions) *Service {
 	if opts.OutputMemory <= 0 {
 		opts.OutputMemory = DefaultOutputMemory
 	}
+	if opts.Network == nil {
+		opts.Network = func(string) NetworkBounds { return DefaultNetworkBounds() }
+	}
 	_, canDial := opts.Engine.(Dialer)
+	_, canNet := opts.Engine.(Networker)
 	return &Service{opts: opts, boxes: map[ID]*box{}, quotas: quotas{of: opts.Quotas}, output: NewOutputBudget(opts.OutputMemory), bounds: Bounds{
-		MaxCPUs: opts.MaxCPUs, MaxMemory: opts.MaxMemMB, AllowPrivilegedPorts: opts.AllowPrivilegedPorts, NoPorts: !canDial,
+		MaxCPUs: opts.MaxCPUs, MaxMemory: opts.MaxMemMB, AllowPrivilegedPorts: opts.AllowPrivilegedPorts, NoPorts: !canDial, NoNetwork: !canNet,
 	}}
 }
 

@@ -26,6 +26,9 @@ type Store interface {
 	// PutSandbox records a sandbox as started with r.Config at r.Started
 	// (keeping its creation time and UUID if it is known).
 	PutSandbox(ctx context.Context, r Record) error
+	// SetSandboxConfig replaces the config of the sandbox's record (its
+	// state and times stay); class NotFound when there is none.
+	SetSandboxConfig(ctx context.Context, id ID, cfg Config) error
 	// MarkSandboxStopped records that the sandbox stopped at t.
 	MarkSandboxStopped(ctx context.Context, id ID, t time.Time) error
 	// MarkSandboxFailed records that the sandbox's start failed at t, why.

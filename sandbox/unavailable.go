@@ -98,3 +98,8 @@ func (u unavailableSessions) Copy(context.Context, ID, string, string) error { r
 
 // Rename fails with errdefs.ErrUnavailable.
 func (u unavailableSessions) Rename(context.Context, ID, string, string) error { return u.fail() }
+
+// SetNetwork fails with errdefs.ErrUnavailable.
+func (u Unavailable) SetNetwork(context.Context, ID, Network) (NetworkUpdate, error) {
+	return NetworkUpdate{}, u.fail()
+}

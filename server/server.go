@@ -119,13 +119,16 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err e
 	} else if wrote {
 		s.log.Info("wrote default config with the image alias table", "path", cfg.Path(config.FileName))
 	}
+	if !cfg.Dev {
+		// Before the sandboxes: they record their refused network attempts.
+		s.audit = audit.NewWriter(s.home.DB, audit.Options{Retention: cfg.Retention(), Log: s.log, Now: opts.Now})
+	}
 	if err := s.openSandboxes(ctx, opts.PortalBinary, opts.Now); err != nil {
 		return nil, err
 	}
 
 	var policy auth.Policy = auth.DevPolicy{}
 	if !cfg.Dev {
-		s.audit = audit.NewWriter(s.home.DB, audit.Options{Retention: cfg.Retention(), Log: s.log, Now: opts.Now})
 		policy = &auth.KeyPolicy{
 			Authn:   &auth.Authenticator{Signer: signer, Registry: s.home.Registry, Now: opts.Now},
 			Limits:  auth.NewLimits(s.home.Registry, KeyDefaults(cfg), opts.Now),
@@ -167,7 +170,7 @@ func Check(cfg config.Config, opts Options) error {
 	if _, err := image.NewRegistries(cfg.Registries); err != nil {
 		return fmt.Errorf("config.toml: %w", err)
 	}
-	return nil
+	return checkNetwork(cfg.Network)
 }
 
 // URL is where the server listens, e.g. http://127.0.0.1:5555.
@@ -235,6 +238,11 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		eng.Close()
 		return err
 	}
+	if dev := s.cfg.Network.Interface; dev != "" {
+		if _, err := net.InterfaceByName(dev); err != nil {
+			s.log.Warn("network.interface of config.toml is not a device of this host (yet): sandboxes' connections fail until it is", "interface", dev, "err", err)
+		}
+	}
 	svc := sandbox.NewService(sandbox.ServiceOptions{
 		Engine:       eng,
 		Store:        s.home.DB,
@@ -255,6 +263,11 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		VolumeRoots:          s.cfg.Volumes(),
 		PortBind:             s.cfg.PortBind,
 		AllowPrivilegedPorts: s.cfg.AllowPrivilegedPorts,
+
+		Network:         func(ns string) sandbox.NetworkBounds { return networkBounds(s.cfg.Network, ns) },
+		NetDialer:       netDialer(s.cfg.Network),
+		NetResolver:     netResolver(s.cfg.Network),
+		OnNetworkDenial: denialSink(s.audit, s.log),
 	})
 	if err := svc.Recover(ctx); err != nil {
 		eng.Close()

@@ -19,7 +19,8 @@ var _ sandbox.Store = (*DB)(nil)
 // column): a format of its own, versioned, so that renaming a field of the
 // domain's sandbox.Config or of an API never changes stored rows. Version
 // 0 (rows written before the field existed) has the same shape; version 2
-// added the fields of the v1 API, absent from older rows.
+// added the fields of the v1 API, absent from older rows; version 3 the
+// network (absent: the namespace's default, as before it existed).
 type sandboxConfigV1 struct {
 	V         int               `json:"v"`
 	Image     string            `json:"image,omitempty"`
@@ -42,11 +43,24 @@ type sandboxConfigV1 struct {
 	MaxDuration int64             `json:"max_duration_ms,omitempty"`
 	IdleTimeout int64             `json:"idle_timeout_ms,omitempty"`
 	Tmpfs       []tmpfsV2         `json:"tmpfs,omitempty"`
+	// Version 3.
+	Network *networkV3 `json:"network,omitempty"`
 }
 
 type tmpfsV2 struct {
 	Guest   string `json:"guest"`
 	SizeMiB int    `json:"size_mib,omitempty"`
+}
+
+// networkV3 is a sandbox's network config; its rules are kept in the
+// text form of network.ParseTarget.
+type networkV3 struct {
+	Mode           string   `json:"mode"`
+	Allow          []string `json:"allow,omitempty"`
+	Deny           []string `json:"deny,omitempty"`
+	Strict         bool     `json:"strict,omitempty"`
+	MaxConnections int      `json:"max_connections,omitempty"`
+	MaxBandwidth   int64    `json:"max_bandwidth,omitempty"`
 }
 
 type rlimitV2 struct {
@@ -55,7 +69,7 @@ type rlimitV2 struct {
 	Hard     uint64 `json:"hard"`
 }
 
-const sandboxConfigVersion = 2
+const sandboxConfigVersion = 3
 
 func encodeConfig(c sandbox.Config) ([]byte, error) {
 	r := sandboxConfigV1{V: sandboxConfigVersion, Image: c.Image, Memory: c.Memory, CPUs: c.CPUs, Envs: c.Envs,
@@ -67,6 +81,10 @@ func encodeConfig(c sandbox.Config) ([]byte, error) {
 	}
 	for _, t := range c.Tmpfs {
 		r.Tmpfs = append(r.Tmpfs, tmpfsV2{t.Guest, t.SizeMiB})
+	}
+	if n := c.Network; n.Mode != sandbox.NetworkDefault {
+		r.Network = &networkV3{Mode: string(n.Mode), Allow: n.Allow, Deny: n.Deny, Strict: n.Strict,
+			MaxConnections: n.MaxConnections, MaxBandwidth: n.MaxBandwidth}
 	}
 	for _, v := range c.Volumes {
 		r.Volumes = append(r.Volumes, v.String())
@@ -96,6 +114,10 @@ func decodeConfig(data string) (sandbox.Config, error) {
 	}
 	for _, t := range r.Tmpfs {
 		c.Tmpfs = append(c.Tmpfs, sandbox.Tmpfs{Guest: t.Guest, SizeMiB: t.SizeMiB})
+	}
+	if n := r.Network; n != nil {
+		c.Network = sandbox.Network{Mode: sandbox.NetworkMode(n.Mode), Allow: n.Allow, Deny: n.Deny, Strict: n.Strict,
+			MaxConnections: n.MaxConnections, MaxBandwidth: n.MaxBandwidth}
 	}
 	for _, s := range r.Volumes {
 		v, err := sandbox.ParseVolume(s)
@@ -127,6 +149,22 @@ func (d *DB) PutSandbox(ctx context.Context, r sandbox.Record) error {
 		r.ID.Namespace(), r.ID.Name(), r.UUID, string(data), r.State, r.Failure, r.Created.UnixMilli(), nullTime(r.Started))
 	if err != nil {
 		return fmt.Errorf("record sandbox %s: %w", r.ID, err)
+	}
+	return nil
+}
+
+// SetSandboxConfig implements sandbox.Store.
+func (d *DB) SetSandboxConfig(ctx context.Context, id sandbox.ID, cfg sandbox.Config) error {
+	data, err := encodeConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("record the config of sandbox %s: %w", id, err)
+	}
+	res, err := d.db.ExecContext(ctx, `UPDATE sandboxes SET config = ? WHERE namespace = ? AND name = ?`, string(data), id.Namespace(), id.Name())
+	if err != nil {
+		return fmt.Errorf("record the config of sandbox %s: %w", id, err)
+	}
+	if n, err := res.RowsAffected(); err == nil && n == 0 {
+		return errdefs.NotFoundf("sandbox %q not found in namespace %q: start it with sandbox.start and a config", id.Name(), id.Namespace())
 	}
 	return nil
 }

@@ -174,6 +174,9 @@ func formatMetrics(args, result json.RawMessage) string {
 		if s.DiskUsage != nil {
 			fmt.Fprintf(&b, ", disk %d bytes written", *s.DiskUsage)
 		}
+		if n := s.Network; n != nil {
+			fmt.Fprintf(&b, ", network: %d connections (%d open), %d refused, %d bytes in, %d out", n.Connections, n.Active, n.Denied, n.BytesIn, n.BytesOut)
+		}
 		b.WriteByte('\n')
 	}
 	return b.String()
@@ -266,5 +269,31 @@ func formatList(args, result json.RawMessage) string {
 		}
 		fmt.Fprintf(&b, "%-7s %04o %10d  %s\n", e.Kind, e.Mode&0o7777, e.Size, e.Path)
 	}
+	return b.String()
+}
+
+func formatNetwork(_, result json.RawMessage) string {
+	var r rpc.NetworkResult
+	if json.Unmarshal(result, &r) != nil || r.Sandbox == "" || r.Network.Enabled == nil {
+		return string(result)
+	}
+	when := "from its next start"
+	if r.Running {
+		when = "now"
+	}
+	if !*r.Network.Enabled {
+		return fmt.Sprintf("Sandbox %s has no network %s.", r.Sandbox, when)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "Sandbox %s has network %s.\n", r.Sandbox, when)
+	if len(r.Network.Allow) == 0 {
+		b.WriteString("It may reach nothing (strict, with no allow list).\n")
+	} else {
+		fmt.Fprintf(&b, "It may reach: %s\n", strings.Join(r.Network.Allow, ", "))
+	}
+	if len(r.Network.Deny) > 0 {
+		fmt.Fprintf(&b, "Refused even so: %s\n", strings.Join(r.Network.Deny, ", "))
+	}
+	b.WriteString("Private, loopback and link-local addresses and the server's own are always refused.\n")
 	return b.String()
 }

@@ -82,6 +82,16 @@ func (m *fakeManager) SandboxMetrics(ctx context.Context, id sandbox.ID) (sandbo
 	return out[0], nil
 }
 
+func (m *fakeManager) SetNetwork(ctx context.Context, id sandbox.ID, n sandbox.Network) (sandbox.NetworkUpdate, error) {
+	m.record(fmt.Sprintf("network %s %s %q", id, n.Mode, n.Allow))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.running[id]; !ok {
+		return sandbox.NetworkUpdate{}, errdefs.NotFoundf("sandbox %s not found", id)
+	}
+	return sandbox.NetworkUpdate{Network: n, Running: m.running[id]}, nil
+}
+
 func (m *fakeManager) metrics(match func(sandbox.ID) bool) []sandbox.Metrics {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -270,14 +280,15 @@ func TestListToolsAndPrompts(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string][]string{
-		"sandbox_start":       {"sandbox", "namespace"},
-		"sandbox_stop":        {"sandbox", "namespace"},
-		"sandbox_run_code":    {"sandbox", "namespace", "language", "code"},
-		"sandbox_run_command": {"sandbox", "namespace", "command"},
-		"sandbox_get_metrics": {"namespace"},
-		"sandbox_read_file":   {"sandbox", "namespace", "path"},
-		"sandbox_write_file":  {"sandbox", "namespace", "path", "content"},
-		"sandbox_list_files":  {"sandbox", "namespace", "path"},
+		"sandbox_start":          {"sandbox", "namespace"},
+		"sandbox_stop":           {"sandbox", "namespace"},
+		"sandbox_run_code":       {"sandbox", "namespace", "language", "code"},
+		"sandbox_run_command":    {"sandbox", "namespace", "command"},
+		"sandbox_get_metrics":    {"namespace"},
+		"sandbox_read_file":      {"sandbox", "namespace", "path"},
+		"sandbox_write_file":     {"sandbox", "namespace", "path", "content"},
+		"sandbox_list_files":     {"sandbox", "namespace", "path"},
+		"sandbox_update_network": {"sandbox", "namespace", "network"},
 	}
 	if len(tools.Tools) != len(want) {
 		t.Errorf("got %d tools, want %d", len(tools.Tools), len(want))
@@ -309,7 +320,7 @@ func TestListToolsAndPrompts(t *testing.T) {
 		t.Errorf("sandbox_start does not tell the assistant to stop what it starts: %q", start.Description)
 	}
 	data, _ := json.Marshal(start.InputSchema)
-	for _, field := range []string{"image", "memory", "cpus", "envs"} {
+	for _, field := range []string{"image", "memory", "cpus", "envs", "network", "allow"} {
 		if !strings.Contains(string(data), `"`+field+`"`) {
 			t.Errorf("sandbox_start config schema lacks %s: %s", field, data)
 		}
@@ -392,6 +403,18 @@ func TestToolsCallTheSandboxMethods(t *testing.T) {
 			}
 			if calls := st.m.Calls(); !slices.Contains(calls, "metrics team-a") {
 				t.Errorf(`"*" from a team-a key was not narrowed to team-a: %v`, calls)
+			}
+
+			text, isErr = callTool(t, cs, "sandbox_update_network", with(map[string]any{"network": map[string]any{"allow": []string{"pypi.org:443"}}}))
+			if isErr || !strings.Contains(text, "Sandbox box has network now") || !strings.Contains(text, "It may reach: pypi.org:443") {
+				t.Errorf("update_network: %v %q", isErr, text)
+			}
+			if calls := st.m.Calls(); !slices.Contains(calls, `network team-a/box on ["pypi.org:443"]`) {
+				t.Errorf("network update reached the service as %v", calls)
+			}
+			text, isErr = callTool(t, cs, "sandbox_update_network", with(map[string]any{"network": map[string]any{"enabled": false}}))
+			if isErr || text != "Sandbox box has no network now." {
+				t.Errorf("update_network off: %v %q", isErr, text)
 			}
 
 			text, isErr = callTool(t, cs, "sandbox_stop", target)

@@ -109,6 +109,10 @@ func (f *fakeService) Exec(context.Context, sandbox.ID, sandbox.ExecRequest) (sa
 	return sandbox.ExecResult{}, errdefs.Unavailablef("fake")
 }
 
+func (f *fakeService) SetNetwork(context.Context, sandbox.ID, sandbox.Network) (sandbox.NetworkUpdate, error) {
+	return sandbox.NetworkUpdate{}, errdefs.Unavailablef("fake")
+}
+
 func (f *fakeService) Get(ctx context.Context, id sandbox.ID) (sandbox.Record, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -376,6 +376,11 @@ func TestCreateRefusals(t *testing.T) {
 	if e.svc.starts != 1 {
 		t.Fatalf("%d starts, want 1 (the accepted create)", e.svc.starts)
 	}
+	// Not mapped yet: whatever it says, a v1 sandbox has no network, not
+	// even when the operator makes network the default.
+	if r, err := e.svc.Get(t.Context(), mustID(t, "team", "ok")); err != nil || r.Config.Network.Mode != sandbox.NetworkNone {
+		t.Errorf("network of a v1 sandbox: %+v, %v", r.Config.Network, err)
+	}
 }
 
 // Error classes map through the one table: an internal error's detail is

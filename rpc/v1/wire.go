@@ -333,6 +333,10 @@ func (s Spec) config() (sandbox.Config, error) {
 			return cfg, err
 		}
 	}
+	// The v1 front-end does not map a spec's network onto msb's yet: its
+	// sandboxes have none, as the spec they echo says, whatever the
+	// namespace's default (config.toml's network.default_enabled).
+	cfg.Network = sandbox.Network{Mode: sandbox.NetworkNone}
 	if l := s.Lifecycle; l != nil {
 		for field, v := range map[string]*uint64{"lifecycle.max_duration_secs": l.MaxDurationSecs, "lifecycle.idle_timeout_secs": l.IdleTimeoutSecs} {
 			if v != nil && *v > maxSecs {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/network"
 )
 
 // hostWorkdir is where commands of the host image run by default.
@@ -122,7 +123,7 @@ func (s *Store) Image(rec Record, asUser string) (sandbox.Image, error) {
 		Layers: layers,
 		Files: []sandbox.File{
 			f("etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
-			f("etc/resolv.conf", "# msb: this sandbox has no network, only loopback.\n"),
+			f("etc/resolv.conf", string(network.DefaultResolvConf())),
 		},
 	}
 	wd := rec.Config.WorkingDir

@@ -29,6 +29,7 @@ import (
 
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/network"
 	"github.com/msb-dev/msb/sandbox/portal"
 )
 
@@ -145,6 +146,7 @@ type box struct {
 	client   portalClient
 	done     chan struct{} // closed when the portal has exited; nil before the first Start
 	started  time.Time
+	link     *network.Link // the sandbox's network while it runs with one (network.go)
 }
 
 // New returns an Engine keeping its state in cfg's directories, creating
@@ -486,6 +488,15 @@ func (e *Engine) start(ctx context.Context, b *box) error {
 	}()
 	client := portal.NewClient(conn)
 	b.proc, b.done, b.client, b.started = proc, done, client, time.Now()
+	pid, err := proc.Pid()
+	if err == nil {
+		err = e.attachNetwork(ctx, b, pid)
+	}
+	if err != nil {
+		e.kill(b)
+		e.teardownContainer(b)
+		return err
+	}
 
 	pctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
@@ -516,6 +527,7 @@ func (e *Engine) kill(b *box) {
 		// An init that survives SIGKILL this long is stuck in the kernel
 		// (D state); Destroy will report its cgroup as busy.
 	}
+	e.detachNetwork(b)
 	if b.client != nil {
 		b.client.Close()
 	}
@@ -836,9 +848,9 @@ func (e *Engine) Stats(ctx context.Context, id sandbox.ID) (sandbox.Stats, error
 		return sandbox.Stats{}, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrConflict)
 	}
 	ctr, mounts := b.ctr, b.spec.Root.Mounts
+	st := sandbox.Stats{Sampled: time.Now(), Network: networkStats(b)}
 	b.mu.Unlock()
 
-	st := sandbox.Stats{Sampled: time.Now()}
 	cs, err := ctr.Stats()
 	if err != nil {
 		// A Stop racing with us removes the cgroups we are reading.
