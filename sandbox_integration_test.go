@@ -783,10 +783,23 @@ func TestSandboxConfigFields(t *testing.T) {
 	key := keygen(t, home)
 	box := srv.sandbox(key, "cfg", "fields", map[string]any{
 		"image": "host", "memory": 128, "user": "1000:1001",
-		"command": []string{"sh", "-c", "id -u > /tmp/who; sleep 600"},
+		"command": []string{"sh", "-c", "id -u > /tmp/who; ulimit -n > /tmp/nofile; sleep 600"},
 		"tmpfs":   []map[string]any{{"path": "/scratch", "size_mib": 8}},
 		"labels":  map[string]string{"team": "a"},
+		"rlimits": []map[string]any{{"resource": "nofile", "soft": 64, "hard": 128}},
 	})
+	// The limits bind every process: commands, the background command,
+	// the interpreters.
+	if c := box.sh("ulimit -n; ulimit -Hn"); text(c.Output, "stdout") != "64\n128\n" {
+		t.Fatalf("ulimit in a command: %+v", c)
+	}
+	waitFor(t, func() bool { return strings.TrimSpace(text(box.run("cat", "/tmp/nofile").Output, "stdout")) == "64" })
+	if r := box.repl("python", "import resource\nprint(resource.getrlimit(resource.RLIMIT_NOFILE))", 0); text(r.Output, "stdout") != "(64, 128)\n" {
+		t.Fatalf("limits in the interpreter: %+v", r)
+	}
+	if r := box.repl("python", "x = 6 * 7\nprint(x)", 0); text(r.Output, "stdout") != "42\n" {
+		t.Fatalf("the interpreter after a limited start: %+v", r)
+	}
 	if c := box.run("id", "-u"); strings.TrimSpace(text(c.Output, "stdout")) != "1000" {
 		t.Fatalf("id -u: %+v", c)
 	}

@@ -62,6 +62,9 @@ type Spec struct {
 	// Tmpfs are memory-backed directories mounted over the root, charged
 	// to the sandbox's memory.
 	Tmpfs []Tmpfs
+	// Rlimits bind every process the sandbox's agent starts (commands,
+	// interpreters, the background command, streamed processes).
+	Rlimits []Rlimit
 	// Network, if set, is the sandbox's outbound network: an engine that
 	// is a Networker attaches it when the sandbox's init has started
 	// (before Start returns) and detaches it when the sandbox stops.

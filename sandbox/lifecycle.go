@@ -137,6 +137,7 @@ func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Con
 		Hostname:  id.Name(),
 		User:      img.User,
 		Tmpfs:     norm.Tmpfs,
+		Rlimits:   norm.Rlimits,
 	}
 	var denials *denials
 	if net != nil {

@@ -487,6 +487,7 @@ func (e *Engine) start(ctx context.Context, b *box) error {
 		close(done)
 	}()
 	client := portal.NewClient(conn)
+	client.SetRlimits(b.spec.Rlimits)
 	b.proc, b.done, b.client, b.started = proc, done, client, time.Now()
 	pid, err := proc.Pid()
 	if err == nil {

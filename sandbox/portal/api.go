@@ -50,6 +50,24 @@ type Client struct {
 	mu    sync.Mutex
 	calls map[uint64]*call
 	err   error // set once the connection is closed
+
+	rlimits []rlimit // of every process this client starts (SetRlimits)
+}
+
+// SetRlimits sets the resource limits of every process started through
+// the client from now on (the sandbox's own); a streamed process's own
+// limits go on top of them, never above their hard limits. Call it
+// before the client's first call.
+func (c *Client) SetRlimits(ls []sandbox.Rlimit) {
+	c.rlimits = wireRlimits(ls)
+}
+
+func wireRlimits(ls []sandbox.Rlimit) []rlimit {
+	var out []rlimit
+	for _, l := range ls {
+		out = append(out, rlimit{Resource: l.Resource, Soft: l.Soft, Hard: l.Hard})
+	}
+	return out
 }
 
 // call is one request waiting for its final frame. Lines arrive on the
@@ -430,7 +448,7 @@ func (c *Client) Ping(ctx context.Context) error {
 func (c *Client) Exec(ctx context.Context, req sandbox.ExecRequest) (sandbox.ExecResult, error) {
 	co := newCollector(ctx)
 	ev, err := c.do(ctx, request{
-		Op: opExec, Command: req.Command, Args: req.Args, Env: req.Env,
+		Op: opExec, Command: req.Command, Args: req.Args, Env: req.Env, Rlimits: c.rlimits,
 		Workdir: req.Workdir, Timeout: req.Timeout,
 	}, req.Timeout, co.add)
 	if err != nil {
@@ -470,7 +488,7 @@ func (c *Client) RunCode(ctx context.Context, lang sandbox.Language, code string
 		limit = timeout + interruptGrace
 	}
 	co := newCollector(ctx)
-	ev, err := c.do(ctx, request{Op: opRepl, Language: string(lang), Code: code, Timeout: timeout}, limit, co.add)
+	ev, err := c.do(ctx, request{Op: opRepl, Language: string(lang), Code: code, Timeout: timeout, Rlimits: c.rlimits}, limit, co.add)
 	if err != nil {
 		return sandbox.ReplResult{}, fmt.Errorf("portal: run %s code: %w", lang, err)
 	}
@@ -502,7 +520,7 @@ func (c *Client) Spawn(ctx context.Context, req sandbox.ExecRequest, out func(sa
 		out = func(sandbox.Line) {}
 	}
 	ev, err := c.do(ctx, request{
-		Op: opSpawn, Command: req.Command, Args: req.Args, Env: req.Env,
+		Op: opSpawn, Command: req.Command, Args: req.Args, Env: req.Env, Rlimits: c.rlimits,
 		Workdir: req.Workdir, Timeout: req.Timeout,
 	}, req.Timeout, out)
 	if err != nil {

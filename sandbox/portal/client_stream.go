@@ -279,8 +279,14 @@ func (c *Client) Stream(ctx context.Context, spec sandbox.ExecSpec, killOnClose 
 		Op: opStart, Command: spec.Command, Args: spec.Args, Env: spec.Env, Workdir: spec.Workdir,
 		User: spec.User, TTY: spec.TTY, Rows: spec.Rows, Cols: spec.Cols, Timeout: spec.Timeout, Window: procWindow,
 	}
-	for _, l := range spec.Rlimits {
-		req.Rlimits = append(req.Rlimits, rlimit{Resource: l.Resource, Soft: l.Soft, Hard: l.Hard})
+	if len(spec.Rlimits) > 0 {
+		var base []sandbox.Rlimit
+		for _, l := range c.rlimits {
+			base = append(base, sandbox.Rlimit{Resource: l.Resource, Soft: l.Soft, Hard: l.Hard})
+		}
+		req.Rlimits = wireRlimits(sandbox.MergeRlimits(base, spec.Rlimits))
+	} else {
+		req.Rlimits = c.rlimits
 	}
 	cl, err := c.startFlow(ctx, req, newFlow(procWindow, dataStdout, dataStderr))
 	if err != nil {

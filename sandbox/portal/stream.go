@@ -515,25 +515,35 @@ func parseRlimits(ls []rlimit) ([]string, error) {
 // between fork and exec to set them in the child alone.
 const ExecRole = "portal-exec"
 
-// ExecMain is the entry point of `msb portal-exec PATH CRED LIMIT... --
-// ARGV...`: it sets each LIMIT (name=soft:hard) on itself, then takes the
-// credentials CRED ("uid:gid:group,group", or "-" to keep its own; a
-// trailing "!" keeps the supplementary groups), in that order so that the
-// limits may be raised before privileges are dropped, and executes PATH
-// with ARGV and its own environment. When that fails it writes "ERRNO
-// STAGE" to file descriptor 3 (a pipe the portal reads; it closes on a
-// successful exec) and exits with status 127. It never returns.
+// ExecMain is the entry point of `msb portal-exec STATUSFD PATH CRED
+// LIMIT... -- ARGV...`: it sets each LIMIT (name=soft:hard) on itself,
+// then takes the credentials CRED ("uid:gid:group,group", or "-" to keep
+// its own; a trailing "!" keeps the supplementary groups), in that order
+// so that the limits may be raised before privileges are dropped, and
+// executes PATH with ARGV and its own environment. When that fails it
+// writes "ERRNO STAGE" to file descriptor STATUSFD (a pipe the portal
+// reads, after the command's own descriptors; it closes on a successful
+// exec) and exits with status 127. It never returns.
 func ExecMain() {
-	status := os.NewFile(3, "status")
+	fd := 3
+	if len(os.Args) > 2 {
+		if n, err := strconv.Atoi(os.Args[2]); err == nil && n >= 3 {
+			fd = n
+		}
+	}
+	status := os.NewFile(uintptr(fd), "status")
 	var st unix.Stat_t
-	if unix.Fstat(3, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
-		status = os.Stderr // not run by a portal: nobody reads fd 3
+	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		status = os.Stderr // not run by a portal: nobody reads it
 	}
 	fail := func(stage string, err error) {
 		fmt.Fprintf(status, "%d %s", int(errnoOf(err)), stage)
 		os.Exit(127)
 	}
-	args := os.Args[2:]
+	if len(os.Args) < 3 {
+		fail("args", syscall.EINVAL)
+	}
+	args := os.Args[3:]
 	sep := -1
 	for i, a := range args {
 		if a == "--" {
@@ -595,7 +605,7 @@ func ExecMain() {
 		}
 	}
 	if status != os.Stderr {
-		syscall.CloseOnExec(3)
+		syscall.CloseOnExec(fd)
 	}
 	fail("exec", syscall.Exec(args[0], args[sep+1:], os.Environ()))
 }
@@ -627,7 +637,8 @@ func (s *server) startLimited(path string, argv, limits []string, attr *syscall.
 		sys.Credential = nil
 	}
 	switched := cred != "-"
-	targv := append(append(append([]string{"msb", ExecRole, path, cred}, limits...), "--"), argv...)
+	statusFd := strconv.Itoa(len(a.Files) - 1) // after the command's own
+	targv := append(append(append([]string{"msb", ExecRole, statusFd, path, cred}, limits...), "--"), argv...)
 	// /proc/self/exe is the portal's own binary, whatever its path.
 	pid, exited, err := s.reaper.start("/proc/self/exe", targv, &a, into)
 	w.Close()
