@@ -14,6 +14,10 @@ var _ Lifecycles = (*Service)(nil)
 // or stop under way, or a run that just died (its watcher about to
 // record it).
 func (s *Service) live(r Record) Record {
+	if s.opts.Network != nil {
+		eff, err := s.networkOf(r.ID, r.Config.Network)
+		r.NetworkOn = err == nil && eff != nil
+	}
 	b, ok := s.lookup(r.ID)
 	if !ok {
 		return r

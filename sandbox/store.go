@@ -17,6 +17,10 @@ type Record struct {
 	Created time.Time
 	Started time.Time
 	Stopped time.Time
+	// NetworkOn says whether the sandbox has outbound network with its
+	// config in its namespace (Config.Network resolved against the
+	// namespace's settings); filled by the Service, not stored.
+	NetworkOn bool
 }
 
 // Store keeps sandbox records; storage.DB is the real one (SQLite), which

@@ -30,7 +30,7 @@ func FuzzCreateBody(f *testing.F) {
 			}
 			return
 		}
-		echo, err := json.Marshal(specOf("a", cfg))
+		echo, err := json.Marshal(specOf("a", cfg, false))
 		if err != nil {
 			t.Fatal(err)
 		}

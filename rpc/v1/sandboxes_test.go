@@ -348,7 +348,10 @@ func TestCreateRefusals(t *testing.T) {
 		{set("pull_policy", "always"), "pull_policy"},
 		{set("security_profile", "restricted"), "security_profile"},
 		{set("registry", map[string]any{"mode": "inline", "username": "u", "password": "p"}), "registry"},
-		{set("network.policy", map[string]any{"default_egress": "allow", "default_ingress": "deny", "rules": []any{}}), "network.policy"},
+		{set("network.policy", map[string]any{"default_egress": "deny", "default_ingress": "deny", "rules": []any{
+			map[string]any{"direction": "egress", "destination": map[string]any{"group": "metadata"}, "protocols": []any{}, "ports": []any{}, "action": "allow"}}}), "network.policy.rules[0].destination.group"},
+		{set("network.policy", map[string]any{"default_egress": "deny", "default_ingress": "deny", "rules": []any{
+			map[string]any{"direction": "ingress", "destination": map[string]any{"any": nil}, "protocols": []any{}, "ports": []any{}, "action": "allow"}}}), "network.policy.rules[0].direction"},
 		{set("network.secrets", map[string]any{"entries": []any{map[string]any{"env": "K"}}, "on_violation": map[string]any{"type": "block_and_log"}}), "network.secrets"},
 		{set("rlimits", []any{map[string]any{"resource": "bogus", "soft": 1, "hard": 1}}), "rlimits[0].resource"},
 		{set("env", []any{map[string]any{"key": "A=B", "value": "x"}}), "env[0]"},
@@ -363,7 +366,7 @@ func TestCreateRefusals(t *testing.T) {
 			t.Errorf("refusal does not name %s: %s", c.want, r.body)
 		}
 	}
-	// What msb does honour of the network: nothing but loopback.
+	// NetworkPolicy.none() with the SDK's empty secrets: no network.
 	e.want(e.do("POST", createPath, e.key, body("ok", set("network", map[string]any{"enabled": true, "strict": true,
 		"policy":  map[string]any{"default_egress": "deny", "default_ingress": "deny", "rules": []any{}},
 		"secrets": map[string]any{"entries": []any{}, "on_violation": map[string]any{"type": "block_and_log"}}}))), 200, "")
@@ -376,10 +379,8 @@ func TestCreateRefusals(t *testing.T) {
 	if e.svc.starts != 1 {
 		t.Fatalf("%d starts, want 1 (the accepted create)", e.svc.starts)
 	}
-	// Not mapped yet: whatever it says, a v1 sandbox has no network, not
-	// even when the operator makes network the default.
 	if r, err := e.svc.Get(t.Context(), mustID(t, "team", "ok")); err != nil || r.Config.Network.Mode != sandbox.NetworkNone {
-		t.Errorf("network of a v1 sandbox: %+v, %v", r.Config.Network, err)
+		t.Errorf("network of a v1 sandbox with NetworkPolicy.none(): %+v, %v", r.Config.Network, err)
 	}
 }
 

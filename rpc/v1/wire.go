@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -59,7 +60,7 @@ func sandboxJSON(rec sandbox.Record) Sandbox {
 	if !ok {
 		status = "stopped"
 	}
-	spec := specOf(rec.ID.Name(), rec.Config)
+	spec := specOf(rec.ID.Name(), rec.Config, rec.NetworkOn)
 	return Sandbox{
 		ID: rec.UUID, OrgID: rec.ID.Namespace(), Name: rec.ID.Name(), Slug: rec.ID.Name(), Status: status,
 		Spec: &spec, Ephemeral: rec.Config.Ephemeral, CreatedAt: timestamp(rec.Created),
@@ -329,14 +330,11 @@ func (s Spec) config() (sandbox.Config, error) {
 		}
 	}
 	if n := s.Network; n != nil {
-		if err := network(n); err != nil {
+		var err error
+		if cfg.Network, err = network(n); err != nil {
 			return cfg, err
 		}
 	}
-	// The v1 front-end does not map a spec's network onto msb's yet: its
-	// sandboxes have none, as the spec they echo says, whatever the
-	// namespace's default (config.toml's network.default_enabled).
-	cfg.Network = sandbox.Network{Mode: sandbox.NetworkNone}
 	if l := s.Lifecycle; l != nil {
 		for field, v := range map[string]*uint64{"lifecycle.max_duration_secs": l.MaxDurationSecs, "lifecycle.idle_timeout_secs": l.IdleTimeoutSecs} {
 			if v != nil && *v > maxSecs {
@@ -407,46 +405,209 @@ func mount(cfg *sandbox.Config, field string, raw json.RawMessage) error {
 	return nil
 }
 
-// network checks a spec's network against what msb's sandboxes have: no
-// network beyond their loopback. "enabled" is accepted either way and
-// reported as it is in effect (false); a policy that allows anything,
-// and secrets (which need a proxy that injects them), are refused.
-func network(n *Network) error {
-	if !isNull(n.Policy) {
-		var p struct {
-			DefaultEgress  string            `json:"default_egress"`
-			DefaultIngress string            `json:"default_ingress"`
-			Rules          []json.RawMessage `json:"rules"`
-		}
-		if err := decodeField("network.policy", n.Policy, &p); err != nil {
-			return err
-		}
-		if p.DefaultEgress != "deny" || p.DefaultIngress != "deny" || len(p.Rules) > 0 {
-			return invalidConfig("network.policy", "msb sandboxes have no network beyond their own loopback: only a policy that denies everything fits (NetworkPolicy.none())")
-		}
-	}
+// network maps a spec's network onto msb's. Without a policy, enabled
+// follows the namespace's network settings (config.toml's [network]: the
+// SDKs send enabled on every create), and disabled is none. A policy
+// becomes msb's lists: default_egress allow is every public destination,
+// deny is what its allow rules name and nothing else; rules by domain,
+// domain suffix, CIDR and the public group map one for one. msb refuses
+// loopback, private, link-local, metadata and host destinations whatever
+// a client asks (only the operator exempts some), so allowing one of
+// those groups is an error, and denying one is already so. Ingress is the
+// port forwards, which a policy does not change: ingress rules are
+// refused. strict (names checked against what the connection presents)
+// is what msb always does. Secrets are refused: msb does not rewrite a
+// sandbox's traffic.
+func network(n *Network) (sandbox.Network, error) {
+	var out sandbox.Network
 	if !isNull(n.Secrets) {
 		var sec struct {
 			Entries     []json.RawMessage `json:"entries"`
 			OnViolation json.RawMessage   `json:"on_violation"`
 		}
 		if err := decodeField("network.secrets", n.Secrets, &sec); err != nil {
-			return err
+			return out, err
 		}
 		if len(sec.Entries) > 0 {
-			return invalidConfig("network.secrets", "msb cannot inject secrets into a sandbox's traffic (it has no network): pass them with env instead")
+			return out, invalidConfig("network.secrets", "msb does not inject secrets into a sandbox's traffic: pass them with env instead")
 		}
 	}
-	if n.MaxConnections != nil && *n.MaxConnections < 0 {
-		return invalidConfig("network.max_connections", "must not be negative")
+	if n.MaxConnections != nil {
+		if *n.MaxConnections < 0 {
+			return out, invalidConfig("network.max_connections", "must not be negative")
+		}
+		out.MaxConnections = *n.MaxConnections
 	}
-	return nil
+	if !n.Enabled {
+		out.Mode = sandbox.NetworkNone
+		return out, nil
+	}
+	if isNull(n.Policy) {
+		return out, nil // the namespace's default
+	}
+	var p struct {
+		DefaultEgress  string       `json:"default_egress"`
+		DefaultIngress string       `json:"default_ingress"`
+		Rules          []PolicyRule `json:"rules"`
+	}
+	if err := decodeField("network.policy", n.Policy, &p); err != nil {
+		return out, err
+	}
+	out.Mode, out.Strict = sandbox.NetworkOn, true
+	switch p.DefaultEgress {
+	case "", "deny":
+	case "allow":
+		out.Allow = append(out.Allow, "*")
+	default:
+		return out, invalidConfig("network.policy.default_egress", "%.32q is not one of allow, deny", p.DefaultEgress)
+	}
+	if p.DefaultIngress != "" && p.DefaultIngress != "allow" && p.DefaultIngress != "deny" {
+		return out, invalidConfig("network.policy.default_ingress", "%.32q is not one of allow, deny", p.DefaultIngress)
+	}
+	for i, r := range p.Rules {
+		field := fmt.Sprintf("network.policy.rules[%d]", i)
+		targets, err := r.targets(field)
+		if err != nil {
+			return out, err
+		}
+		if r.Action == "allow" {
+			out.Allow = append(out.Allow, targets...)
+		} else {
+			out.Deny = append(out.Deny, targets...)
+		}
+	}
+	if len(out.Allow) == 0 {
+		out.Mode = sandbox.NetworkNone // nothing allowed: none, as msb reports it
+		out.Strict, out.Deny = false, nil
+	}
+	return out, nil
+}
+
+// PolicyRule is one rule of a spec's network policy, as upstream's
+// NetworkPolicy serialises it.
+type PolicyRule struct {
+	Direction   string                     `json:"direction"`
+	Destination map[string]json.RawMessage `json:"destination"`
+	Protocols   []string                   `json:"protocols"`
+	Ports       []struct {
+		Start uint16 `json:"start"`
+		End   uint16 `json:"end"`
+	} `json:"ports"`
+	Action string `json:"action"`
+}
+
+// targets renders r as msb's rule targets ("[tcp|udp] DEST[:PORTS]"), or
+// nil for a deny that msb makes anyway.
+func (r PolicyRule) targets(field string) ([]string, error) {
+	switch r.Action {
+	case "allow", "deny":
+	default:
+		return nil, invalidConfig(field+".action", "%.32q is not one of allow, deny", r.Action)
+	}
+	switch r.Direction {
+	case "egress", "any":
+	case "ingress":
+		return nil, invalidConfig(field+".direction", "msb has no inbound rules: a sandbox is reached through its port forwards only")
+	default:
+		return nil, invalidConfig(field+".direction", "%.32q is not one of egress, ingress, any", r.Direction)
+	}
+	if len(r.Destination) != 1 {
+		return nil, invalidConfig(field+".destination", "want one of any, cidr, domain, domain_suffix, group")
+	}
+	var dests []string
+	for kind, raw := range r.Destination {
+		var v string
+		if kind != "any" {
+			if err := json.Unmarshal(raw, &v); err != nil || v == "" {
+				return nil, invalidConfig(field+".destination."+kind, "must be a string")
+			}
+		}
+		switch kind {
+		case "any":
+			dests = []string{"*"}
+		case "cidr", "domain":
+			dests = []string{v}
+		case "domain_suffix":
+			v = strings.TrimPrefix(v, ".")
+			dests = []string{v, "*." + v}
+		case "group":
+			switch v {
+			case "public":
+				dests = []string{"*"}
+			case "loopback", "private", "link_local", "metadata", "multicast", "host":
+				if r.Action == "deny" {
+					return nil, nil // refused to every sandbox already
+				}
+				return nil, invalidConfig(field+".destination.group", "msb never lets a sandbox reach %s destinations (only the server's operator can exempt some, in config.toml)", v)
+			default:
+				return nil, invalidConfig(field+".destination.group", "%.32q is not one of public, loopback, private, link_local, metadata, multicast, host", v)
+			}
+		default:
+			return nil, invalidConfig(field+".destination", "%.32q is not one of any, cidr, domain, domain_suffix, group", kind)
+		}
+	}
+	proto := ""
+	switch len(r.Protocols) {
+	case 0:
+	case 1:
+		switch r.Protocols[0] {
+		case "tcp", "udp":
+			proto = r.Protocols[0] + " "
+		case "icmpv4", "icmpv6":
+			if r.Action == "deny" {
+				return nil, nil // msb carries no ICMP
+			}
+			return nil, invalidConfig(field+".protocols", "msb carries TCP and UDP only: a sandbox cannot ping")
+		default:
+			return nil, invalidConfig(field+".protocols", "%.32q is not one of tcp, udp, icmpv4, icmpv6", r.Protocols[0])
+		}
+	default:
+		// Both TCP and UDP: a rule of each. ICMP beside them is refused
+		// as above.
+		var out []string
+		for _, p := range r.Protocols {
+			one := r
+			one.Protocols = []string{p}
+			t, err := one.targets(field)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, t...)
+		}
+		return out, nil
+	}
+	ports := ""
+	for i, p := range r.Ports {
+		if p.Start == 0 || p.End < p.Start {
+			return nil, invalidConfig(fmt.Sprintf("%s.ports[%d]", field, i), "want 1 <= start <= end <= 65535")
+		}
+		if i > 0 {
+			ports += ","
+		}
+		if p.Start == p.End {
+			ports += strconv.Itoa(int(p.Start))
+		} else {
+			ports += fmt.Sprintf("%d-%d", p.Start, p.End)
+		}
+	}
+	out := make([]string, 0, len(dests))
+	for _, d := range dests {
+		t := proto + d
+		if ports != "" {
+			if strings.Contains(d, ":") {
+				t = proto + "[" + d + "]" // an IPv6 address or CIDR
+			}
+			t += ":" + ports
+		}
+		out = append(out, t)
+	}
+	return out, nil
 }
 
 // specOf is the spec a sandbox object echoes: the config as msb runs it,
 // in the create body's shape. It holds no secret (msb refuses secrets
 // and registry credentials at create).
-func specOf(name string, c sandbox.Config) Spec {
+func specOf(name string, c sandbox.Config, netOn bool) Spec {
 	img, _ := json.Marshal(Image{Type: "oci", Reference: c.Image})
 	s := Spec{
 		Name: name, Image: img,
@@ -454,7 +615,7 @@ func specOf(name string, c sandbox.Config) Spec {
 		Runtime: Runtime{Workdir: optString(c.Workdir), Shell: optString(c.Shell), Scripts: c.Scripts,
 			User: optString(c.User)},
 		Env: []EnvVar{}, Labels: c.Labels, Rlimits: []Rlimit{}, Mounts: []json.RawMessage{}, Patches: []json.RawMessage{},
-		Network:    &Network{Enabled: false},
+		Network:    &Network{Enabled: netOn, Strict: netOn},
 		Init:       json.RawMessage("null"),
 		PullPolicy: "if_missing", SecurityProfile: "default",
 		Lifecycle: &Lifecycle{Ephemeral: c.Ephemeral},
