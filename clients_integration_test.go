@@ -5,6 +5,7 @@ package main_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -178,6 +179,18 @@ func TestRefusedRequestKeepsIDAndMethod(t *testing.T) {
 	}
 	if n != 2 {
 		t.Fatalf("audit right after two refused calls: %+v", got.Events)
+	}
+	// A refused request cannot write raw text into the log: an unknown
+	// method's name is kept quoted.
+	srv.post(`{"jsonrpc":"2.0","method":"x\n2026-01-01 forged row\u001b[31m","id":1}`, nil)
+	srv.mustCall(admin, "audit.list", map[string]any{}, &got)
+	for _, e := range got.Events {
+		if strings.ContainsAny(e.Method, "\n\x1b") {
+			t.Fatalf("raw control characters in an audit record: %q", e.Method)
+		}
+	}
+	if !strings.Contains(fmt.Sprint(got.Events), `unknown method x\n2026`) {
+		t.Fatalf("the refused unknown method is not recorded, quoted: %+v", got.Events)
 	}
 }
 

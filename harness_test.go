@@ -109,10 +109,19 @@ func (s *msbServer) Advance(d time.Duration) {
 	s.clock.mu.Unlock()
 }
 
+// newHome makes a home whose config lets images come from the tests'
+// registries, on loopback.
 func newHome(t testing.TB) string {
 	t.Helper()
-	return t.TempDir()
+	home := t.TempDir()
+	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(testConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return home
 }
+
+// testConfig is the config.toml of the tests' homes.
+const testConfig = "# the tests' registries run on loopback\nregistries = [\"127.0.0.1\"]\n"
 
 // msb runs an msb command in home and returns stdout, stderr and the error.
 func msb(t testing.TB, home string, args ...string) (string, string, error) {
@@ -164,6 +173,13 @@ func startServer(t testing.TB, home string, args ...string) *msbServer {
 		case "--portal": // not a flag of msb: the binary run inside sandboxes
 			i++
 			portal = args[i]
+		case "--body-timeout": // not a flag of msb: how long a request's body may take
+			i++
+			d, err := time.ParseDuration(args[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts.BodyTimeout = d
 		case "--clock-offset": // not a flag of msb: the server's clock starts this far ahead
 			i++
 			d, err := time.ParseDuration(args[i])

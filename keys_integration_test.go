@@ -246,6 +246,10 @@ func TestRotateCLI(t *testing.T) {
 	srv.Advance(3500 * time.Millisecond)
 	srv.unauthorized(old, "API key has been revoked")
 	srv.allowed(fresh, "ci")
+	// Once its grace ended (on the server's clock), the old key cannot be
+	// rotated again.
+	admin := keygen(t, home, "--scope", "keys:manage")
+	srv.wantError(admin, "keys.rotate", map[string]any{"id": id}, 200, -32602, "is revoked")
 
 	// Without --grace: the old key is revoked at once.
 	out, errOut = mustMSB(t, home, "server", "keys", "rotate", keyID(t, fresh))
@@ -592,5 +596,95 @@ func TestKeysListWarnings(t *testing.T) {
 	}
 	if strings.Contains(errOut, keyID(t, fine)) {
 		t.Errorf("warning about a fine key:\n%s", errOut)
+	}
+}
+
+// A key cannot multiply its budget by minting children: a child's calls
+// count against its own limits and against every ancestor's rate and
+// uses. (A key with rate 10/m and 20 uses once minted 6 children that
+// together made 64 calls.)
+func TestKeyFamilyShareTheBudget(t *testing.T) {
+	t.Parallel()
+	home := newHome(t)
+	srv := startServer(t, home)
+	parent := keygen(t, home, "--rate", "10/m", "--max-uses", "20", "--scope", "keys:manage,sandbox:read")
+	var children []string
+	for range 6 {
+		var made struct{ Key string }
+		status, r := srv.call(parent, "keys.create", map[string]any{"scopes": []string{"sandbox:read", "keys:manage"}})
+		if status != 200 || r.Error != nil || json.Unmarshal(r.Result, &made) != nil {
+			break // the family's budget may already be spent
+		}
+		children = append(children, made.Key)
+	}
+	if len(children) == 0 {
+		t.Fatal("no child key could be made")
+	}
+	// A grandchild too.
+	var grand struct{ Key string }
+	if status, r := srv.call(children[0], "keys.create", map[string]any{}); status == 200 && r.Error == nil {
+		json.Unmarshal(r.Result, &grand)
+		children = append(children, grand.Key)
+	}
+	made := len(children) + 1 // every keys.create was a call of the family
+	ok := 0
+	for round := 0; round < 20; round++ {
+		for _, k := range append([]string{parent}, children...) {
+			if status, r := srv.call(k, "sandbox.metrics.get", map[string]any{"namespace": "*"}); status == 200 && r.Error == nil {
+				ok++
+			}
+		}
+	}
+	if total := made + ok; total > 11 { // 10 a minute, and a token that may refill meanwhile
+		t.Fatalf("the family made %d calls with a key of 10/m and 20 uses", total)
+	}
+	// A child's own refusal names the family.
+	srv.wantError(children[len(children)-1], "sandbox.metrics.get", map[string]any{"namespace": "*"}, 429, -32005, "made from")
+}
+
+// The uses of a key are shared with the keys made from it.
+func TestKeyFamilyShareTheUses(t *testing.T) {
+	t.Parallel()
+	home := newHome(t)
+	srv := startServer(t, home)
+	parent := keygen(t, home, "--max-uses", "8", "--scope", "keys:manage,sandbox:read")
+	var child struct{ Key string }
+	srv.mustCall(parent, "keys.create", map[string]any{"max_uses": 5}, &child) // use 1 of the parent's 8
+	ok := 0
+	for range 20 {
+		for _, k := range []string{parent, child.Key} {
+			if status, r := srv.call(k, "sandbox.metrics.get", map[string]any{"namespace": "*"}); status == 200 && r.Error == nil {
+				ok++
+			}
+		}
+	}
+	if ok != 7 {
+		t.Fatalf("parent and child made %d calls after the create, want the parent's 7 uses left", ok)
+	}
+	srv.wantError(child.Key, "sandbox.metrics.get", map[string]any{"namespace": "*"}, 401, -32002, "usage limit reached")
+}
+
+// A key that may not make a call learns nothing of what else is wrong with
+// it: another namespace, or a scope it lacks, is refused as such even when
+// the params are malformed too, and the audit log records the refusal and
+// its target.
+func TestRefusalBeforeParamErrors(t *testing.T) {
+	t.Parallel()
+	home := newHome(t)
+	srv := startServer(t, home)
+	team := keygen(t, home, "--namespace", "team-a", "--scope", "sandbox:read,sandbox:create")
+	reader := keygen(t, home, "--namespace", "team-a", "--scope", "sandbox:read")
+	bad := map[string]any{"namespace": "team-b", "sandbox": "s1", "config": map[string]any{"memory": "lots", "no_such": 1}}
+	srv.wantError(team, "sandbox.start", bad, 403, -32004, "team-b")
+	bad["namespace"] = "team-a"
+	srv.wantError(reader, "sandbox.start", bad, 403, -32004, "sandbox:create")
+	srv.wantError(team, "sandbox.start", bad, 200, -32602, "config.memory") // allowed: now it may learn
+	admin := keygen(t, home, "--scope", "audit:read")
+	var got struct {
+		Events []map[string]any `json:"events"`
+	}
+	srv.mustCall(admin, "audit.list", map[string]any{}, &got)
+	if find(got.Events, map[string]any{"key_id": keyID(t, team), "outcome": "forbidden", "namespace": "team-b", "sandbox": "s1"}) == nil {
+		t.Fatalf("the cross-namespace probe is not in the audit log as a refusal: %v", got.Events)
 	}
 }

@@ -168,7 +168,8 @@ func TestMCPSandboxLifecycle(t *testing.T) {
 		names = append(names, tool.Name)
 	}
 	slices.Sort(names)
-	if want := []string{"sandbox_get_metrics", "sandbox_run_code", "sandbox_run_command", "sandbox_start", "sandbox_stop"}; !slices.Equal(names, want) {
+	if want := []string{"sandbox_get_metrics", "sandbox_list_files", "sandbox_read_file", "sandbox_run_code", "sandbox_run_command",
+		"sandbox_start", "sandbox_stop", "sandbox_update_network", "sandbox_write_file"}; !slices.Equal(names, want) {
 		t.Errorf("tools %v, want %v", names, want)
 	}
 	prompts, err := cs.ListPrompts(ctx, nil)
@@ -218,6 +219,24 @@ func TestMCPSandboxLifecycle(t *testing.T) {
 	text, isErr = srv.mcpTool(cs, "sandbox_run_command", with(map[string]any{"command": "sh", "args": []string{"-c", "echo $GREETING; echo oops >&2; exit 3"}, "timeout": 30}))
 	if isErr || text != "exit code: 3\nstdout:\nhello\nstderr:\noops\n" {
 		t.Errorf("run_command: isError %v, %q", isErr, text)
+	}
+
+	// Files in and out, without a shell.
+	text, isErr = srv.mcpTool(cs, "sandbox_write_file", with(map[string]any{"path": "calc.py", "content": "print(2 ** 10)\n"}))
+	if isErr || text != "Wrote 15 bytes to calc.py." {
+		t.Errorf("write_file: isError %v, %q", isErr, text)
+	}
+	text, isErr = srv.mcpTool(cs, "sandbox_run_command", with(map[string]any{"command": "python3", "args": []string{"calc.py"}}))
+	if isErr || text != "exit code: 0 (success)\nstdout:\n1024\n" {
+		t.Errorf("running the file written: isError %v, %q", isErr, text)
+	}
+	text, isErr = srv.mcpTool(cs, "sandbox_read_file", with(map[string]any{"path": "/workspace/calc.py"}))
+	if isErr || text != "/workspace/calc.py (15 bytes):\nprint(2 ** 10)\n" {
+		t.Errorf("read_file: isError %v, %q", isErr, text)
+	}
+	text, isErr = srv.mcpTool(cs, "sandbox_list_files", with(map[string]any{"path": "/workspace"}))
+	if isErr || !strings.Contains(text, "1 entry in /workspace") || !strings.Contains(text, "/workspace/calc.py") {
+		t.Errorf("list_files: isError %v, %q", isErr, text)
 	}
 
 	text, isErr = srv.mcpTool(cs, "sandbox_get_metrics", map[string]any{"namespace": "*"})

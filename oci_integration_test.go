@@ -354,14 +354,13 @@ func TestPortFreedWhenSandboxDies(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The server closes the port when it sees the init exit.
-	for {
+	waitFor(t, func() bool {
 		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err == nil {
 			ln.Close()
-			break
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return err == nil
+	})
 	other := srv.sandbox(key, "web", "other", ports)
 	other.stop()
 	srv.sandbox(key, "web", "fragile", ports)
@@ -412,5 +411,25 @@ func BenchmarkImageStart(b *testing.B) {
 		cached := median(func() time.Duration { return timedStart("cached") })
 		b.ReportMetric(ms(cold), "cold_pull+start_p50_ms")
 		b.ReportMetric(ms(cached), "cached_start_p50_ms")
+	}
+}
+
+// A key that may start sandboxes cannot make the server a port scanner or
+// reach another tenant's forwarded port: a pull from a registry on
+// loopback (or a private network) is refused unless the operator listed it.
+func TestImagePullIsNotSSRF(t *testing.T) {
+	t.Parallel()
+	reg := sandboxtest.NewRegistry(t)
+	ref, _ := busyboxImage(t, reg, "internal/admin:1", v1.Config{})
+	pushed := reg.Requests()
+	home := t.TempDir() // the default config: public registries only
+	srv := startServer(t, home)
+	key := keygen(t, home, "--scope", "sandbox:create")
+	for _, image := range []string{ref, "127.0.0.1:22/internal/admin", "[::1]:22/x", "169.254.169.254/latest/meta-data"} {
+		srv.wantError(key, "sandbox.start", map[string]any{"namespace": "ssrf", "sandbox": "x", "config": map[string]any{"image": image}},
+			200, -32602, "registries in config.toml")
+	}
+	if n := reg.Requests() - pushed; n != 0 {
+		t.Fatalf("the refused pulls sent the registry %d requests", n)
 	}
 }

@@ -14,12 +14,21 @@ var validParams = map[string]map[string]any{
 	"sandbox.start": {"namespace": "walk", "sandbox": "box", "config": map[string]any{
 		"image": "microsandbox/python", "memory": 256, "cpus": 1, "volumes": []string{"data:/data"}, "ports": []string{},
 		"envs": []string{"A=1"}, "depends_on": []string{}, "workdir": "/workspace", "shell": "/bin/sh",
-		"scripts": map[string]string{"start": "true"}, "exec": "true",
+		"scripts": map[string]string{"start": "true"}, "exec": "true", "user": "root", "labels": map[string]string{"a": "b"},
+		"rlimits":   []map[string]any{{"resource": "nofile", "soft": 256, "hard": 256}},
+		"lifecycle": map[string]any{"ephemeral": false, "max_duration_secs": 600, "idle_timeout_secs": 300},
+		"network": map[string]any{"enabled": true, "allow": []string{"*.pypi.org:443"}, "deny": []string{"10.0.0.0/8"}, "strict": true,
+			"max_connections": 16, "max_bandwidth": 1 << 20},
 	}},
+	"sandbox.network.update": {"namespace": "walk", "sandbox": "box", "network": map[string]any{"enabled": true, "allow": []string{"pypi.org:443"},
+		"deny": []string{"evil.test"}, "strict": false, "max_connections": 4, "max_bandwidth": 1024}},
 	"sandbox.stop":        {"namespace": "walk", "sandbox": "box"},
 	"sandbox.metrics.get": {"namespace": "walk", "sandbox": "box"},
 	"sandbox.repl.run":    {"namespace": "walk", "sandbox": "box", "language": "python", "code": "print(1)", "timeout": 5},
 	"sandbox.command.run": {"namespace": "walk", "sandbox": "box", "command": "true", "args": []string{"x"}, "timeout": 5},
+	"sandbox.fs.read":     {"namespace": "walk", "sandbox": "box", "path": "/a", "offset": 1, "length": 2, "encoding": "utf-8"},
+	"sandbox.fs.write":    {"namespace": "walk", "sandbox": "box", "path": "/a", "content": "x", "encoding": "utf-8", "mode": "644"},
+	"sandbox.fs.list":     {"namespace": "walk", "sandbox": "box", "path": "/"},
 	"keys.create":         {"namespace": "walk", "label": "walk", "scopes": []string{"sandbox:read"}, "expire": "1d", "rate": "10/m", "start_rate": "1/m", "max_uses": 5},
 	"keys.list":           {},
 	"keys.revoke":         {"id": "0123456789abcdef"},
@@ -108,18 +117,18 @@ func TestNoUserInputIsAnInternalError(t *testing.T) {
 			p := clone(base)
 			delete(p, name)
 			add(m.Name, p)
-			if name != "config" {
+			if name != "config" && name != "network" {
 				continue
 			}
 			for sub := range jsonFields(typ) {
 				for _, v := range hostile {
 					p := clone(base)
-					p["config"].(map[string]any)[sub] = v
+					p[name].(map[string]any)[sub] = v
 					add(m.Name, p)
 				}
 			}
 			p = clone(base)
-			p["config"].(map[string]any)["no_such_field"] = 1
+			p[name].(map[string]any)["no_such_field"] = 1
 			add(m.Name, p)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -318,10 +319,12 @@ except OSError as e:
 		t.Fatalf("python after OOM: %+v", r)
 	}
 
-	// A fork bomb is contained by the pids limit and ended by the timeout.
+	// A fork bomb is contained by the pids limit and ended by the timeout. The
+	// shell forks once, before the bomb starts, then execs its sleep: once the
+	// bomb fills the pids limit it could fork nothing more.
 	var fb commandResult
 	srv.mustCall(key, "sandbox.command.run", box.params(map[string]any{
-		"command": "sh", "args": []string{"-c", "bomb() { bomb | bomb & }; bomb; sleep 30"}, "timeout": 3}), &fb)
+		"command": "sh", "args": []string{"-c", "bomb() { bomb | bomb & }; bomb & exec sleep 30"}, "timeout": 3}), &fb)
 	if fb.ExitCode != 124 {
 		t.Fatalf("fork bomb: %+v", fb)
 	}
@@ -761,4 +764,129 @@ func grepLines(text, s string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// A sandbox that makes its agent crash (SIGQUIT makes a Go program dump
+// every goroutine and exit) gets a short message, not the dump.
+func TestAgentCrashIsAShortMessage(t *testing.T) {
+	t.Parallel()
+	home := newHome(t)
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	box := srv.sandbox(key, "crash", "quit", nil)
+	status, r := srv.call(key, "sandbox.command.run", box.params(map[string]any{"command": "sh", "args": []string{"-c", "kill -QUIT 1; sleep 10"}}))
+	if status != 200 || r.Error == nil || r.Error.Code != -32001 {
+		t.Fatalf("call during the agent's crash: HTTP %d, %+v", status, r.Error)
+	}
+	t.Logf("message: %q", r.Error.Message)
+	if strings.Contains(r.Error.Message, "goroutine") || strings.Count(r.Error.Message, "\n") > 0 || len(r.Error.Message) > 400 {
+		t.Fatalf("the client got the agent's dump: %q", r.Error.Message)
+	}
+}
+
+// TestSandboxConfigFields starts real sandboxes with the config fields of
+// the v1 API through sandbox.start: user, command, tmpfs, max duration.
+func TestSandboxConfigFields(t *testing.T) {
+	t.Parallel()
+	home := newHome(t)
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	box := srv.sandbox(key, "cfg", "fields", map[string]any{
+		"image": "host", "memory": 128, "user": "1000:1001",
+		"command": []string{"sh", "-c", "id -u > /tmp/who; ulimit -n > /tmp/nofile; sleep 600"},
+		"tmpfs":   []map[string]any{{"path": "/scratch", "size_mib": 8}},
+		"labels":  map[string]string{"team": "a"},
+		"rlimits": []map[string]any{{"resource": "nofile", "soft": 64, "hard": 128}},
+	})
+	// The limits bind every process: commands, the background command,
+	// the interpreters.
+	if c := box.sh("ulimit -n; ulimit -Hn"); text(c.Output, "stdout") != "64\n128\n" {
+		t.Fatalf("ulimit in a command: %+v", c)
+	}
+	waitFor(t, func() bool { return strings.TrimSpace(text(box.run("cat", "/tmp/nofile").Output, "stdout")) == "64" })
+	if r := box.repl("python", "import resource\nprint(resource.getrlimit(resource.RLIMIT_NOFILE))", 0); text(r.Output, "stdout") != "(64, 128)\n" {
+		t.Fatalf("limits in the interpreter: %+v", r)
+	}
+	if r := box.repl("python", "x = 6 * 7\nprint(x)", 0); text(r.Output, "stdout") != "42\n" {
+		t.Fatalf("the interpreter after a limited start: %+v", r)
+	}
+	if c := box.run("id", "-u"); strings.TrimSpace(text(c.Output, "stdout")) != "1000" {
+		t.Fatalf("id -u: %+v", c)
+	}
+	if c := box.run("id", "-g"); strings.TrimSpace(text(c.Output, "stdout")) != "1001" {
+		t.Fatalf("id -g: %+v", c)
+	}
+	waitFor(t, func() bool { return strings.TrimSpace(text(box.run("cat", "/tmp/who").Output, "stdout")) == "1000" })
+	// The tmpfs is there, writable by the user, and holds no more than its size.
+	if c := box.sh("grep ' /scratch ' /proc/mounts"); !strings.Contains(text(c.Output, "stdout"), "tmpfs") {
+		t.Fatalf("no tmpfs at /scratch: %+v", c)
+	}
+	if c := box.sh("head -c 4194304 /dev/zero > /scratch/a"); !c.Success {
+		t.Fatalf("4 MiB into an 8 MiB tmpfs: %+v", c)
+	}
+	if c := box.sh("head -c 8388608 /dev/zero > /scratch/b"); c.Success || !strings.Contains(text(c.Output, "stderr"), "No space left") {
+		t.Fatalf("8 more MiB into an 8 MiB tmpfs: %+v", c)
+	}
+	// Refused tmpfs configs name the field.
+	srv.wantError(key, "sandbox.start", map[string]any{"namespace": "cfg", "sandbox": "bad",
+		"config": map[string]any{"memory": 64, "tmpfs": []map[string]any{{"path": "/s", "size_mib": 65}}}}, 200, -32602, "config.tmpfs")
+	box.stop()
+
+	// A max duration stops the sandbox on its own.
+	short := srv.sandbox(key, "cfg", "short", map[string]any{"image": "host", "lifecycle": map[string]any{"max_duration_secs": 1}})
+	waitFor(t, func() bool {
+		status, resp := srv.call(key, "sandbox.command.run", short.params(map[string]any{"command": "true"}))
+		return status == 200 && resp.Error != nil && strings.Contains(resp.Error.Message, "not running")
+	})
+	// The stop that follows releases everything.
+	waitFor(t, func() bool { _, err := os.Stat(filepath.Join(home, "sandboxes", "cfg.short")); return os.IsNotExist(err) })
+	assertNoLeftovers(t, home)
+}
+
+// TestNamespaceQuotasServed sets quotas in config.toml: a start past one is
+// refused naming it, and sandbox.metrics.get and `msb server status` show
+// each namespace's usage against its quota.
+func TestNamespaceQuotasServed(t *testing.T) {
+	t.Parallel()
+	home := newHome(t)
+	config := testConfig + "[quotas]\nsandboxes = 1\n[quotas.namespaces.big]\nsandboxes = 3\nmemory = 200\n"
+	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := startProcess(t, home)
+	key := keygen(t, home)
+	one := srv.sandbox(key, "small", "one", map[string]any{"image": "host", "memory": 64})
+	srv.wantError(key, "sandbox.start", map[string]any{"namespace": "small", "sandbox": "two", "config": map[string]any{"image": "host", "memory": 64}},
+		200, -32001, "quotas.sandboxes in config.toml")
+	big := srv.sandbox(key, "big", "a", map[string]any{"image": "host", "memory": 128})
+	srv.wantError(key, "sandbox.start", map[string]any{"namespace": "big", "sandbox": "b", "config": map[string]any{"image": "host", "memory": 128}},
+		200, -32001, "over its quota of 200 MiB (quotas.memory in config.toml)")
+
+	var m struct {
+		Quotas []struct {
+			Namespace string `json:"namespace"`
+			Sandboxes struct {
+				Used  int  `json:"used"`
+				Limit *int `json:"limit"`
+			} `json:"sandboxes"`
+			MemoryMiB struct {
+				Used  int  `json:"used"`
+				Limit *int `json:"limit"`
+			} `json:"memory_mib"`
+		} `json:"quotas"`
+	}
+	srv.mustCall(key, "sandbox.metrics.get", map[string]any{"namespace": "big"}, &m)
+	if len(m.Quotas) != 1 || m.Quotas[0].Namespace != "big" || m.Quotas[0].Sandboxes.Used != 1 || *m.Quotas[0].Sandboxes.Limit != 3 ||
+		m.Quotas[0].MemoryMiB.Used != 128 || *m.Quotas[0].MemoryMiB.Limit != 200 {
+		t.Fatalf("quotas of big: %s", mustJSON(m))
+	}
+	out, errOut, err := msb(t, home, "server", "status")
+	if err != nil || !regexp.MustCompile(`big\s+1 / 3\s+128 / 200\s+1 / -`).MatchString(out) ||
+		!regexp.MustCompile(`small\s+1 / 1\s+64 / -`).MatchString(out) {
+		t.Fatalf("status: %v\n%s%s", err, out, errOut)
+	}
+	// A stop frees the quota.
+	one.stop()
+	srv.sandbox(key, "small", "two", map[string]any{"image": "host", "memory": 64}).stop()
+	big.stop()
 }

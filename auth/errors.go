@@ -17,6 +17,9 @@ var (
 	ErrRevoked     = errdefs.New(errdefs.Unauthenticated, "API key has been revoked")
 	// ErrUsageLimit is the 401 of a key whose --max-uses are spent.
 	ErrUsageLimit = errdefs.New(errdefs.Unauthenticated, "API key usage limit reached: ask for a new key, or raise it with `msb server keys limit ID --max-uses N`")
+	// ErrFamilyUsageLimit is the 401 of a key whose uses are left but
+	// those of a key it was made from are spent.
+	ErrFamilyUsageLimit = errdefs.New(errdefs.Unauthenticated, "API key usage limit reached by the key it was made from: its uses are shared with that key's, which are spent")
 )
 
 // ErrKeyNotFound is returned by the registry for an unknown key id (class NotFound).
@@ -28,16 +31,28 @@ type RateLimitError struct {
 	RetryAfter time.Duration
 	Limit      ratelimit.Rate
 	Start      bool // the sandbox.start bucket
+	// Family marks a refusal by the bucket of a key this one descends from.
+	Family bool
+	// InFlight, when set, is the bound on calls under way at once that
+	// the call would have passed (not a rate).
+	InFlight int
 }
 
 func (e *RateLimitError) Error() string {
+	if e.InFlight > 0 {
+		return fmt.Sprintf("this API key already has %d calls under way, the most it may: retry when one has finished (max_calls_per_key in config.toml)", e.InFlight)
+	}
 	what := "rate limit"
 	if e.Start {
 		what = "sandbox.start rate limit"
 	}
+	whose := "this API key"
+	if e.Family {
+		whose = "the key this API key was made from, which its calls share"
+	}
 	secs := int64((e.RetryAfter + time.Second - 1) / time.Second)
-	return fmt.Sprintf("%s of this API key (%s) exceeded: retry in %ds, or ask for a higher limit (`msb server keys limit ID --rate N/m`)",
-		what, e.Limit.Describe(), secs)
+	return fmt.Sprintf("%s of %s (%s) exceeded: retry in %ds, or ask for a higher limit (`msb server keys limit ID --rate N/m`)",
+		what, whose, e.Limit.Describe(), secs)
 }
 
 // Is makes a *RateLimitError match errdefs.ErrRateLimited.

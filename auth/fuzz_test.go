@@ -3,6 +3,7 @@ package auth_test
 import (
 	"context"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -70,7 +71,7 @@ func FuzzAuthenticate(f *testing.F) {
 		if err == nil {
 			t.Fatalf("Authenticate(%q) succeeded for a string never issued: %+v", key, p)
 		}
-		if p != (auth.Principal{}) {
+		if !reflect.DeepEqual(p, auth.Principal{}) {
 			t.Fatalf("refusal returned a principal %+v", p)
 		}
 		known := false

@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"github.com/msb-dev/msb/auth/audit"
 	"github.com/msb-dev/msb/auth/ratelimit"
@@ -122,7 +125,7 @@ func (DevPolicy) Record(audit.Event) <-chan struct{} { return closed }
 func (DevPolicy) Dev() bool { return true }
 
 // Caller is one authenticated request's caller, as every front-end passes
-// it, by value, to the Gate: who it is, where from, and what its requests
+// it to the Gate: who it is, where from, and what its requests
 // told its rate (for the X-RateLimit-* headers of the response).
 type Caller struct {
 	Principal Principal
@@ -187,12 +190,14 @@ type Action struct {
 	// Detail is the audit record's detail (such as the id of a key acted
 	// on), set by the handler. Never secrets, code or output.
 	Detail string
+
+	held bool // it holds one of its key's calls in flight (Charge)
 }
 
 // Gate is the one path every call of every front-end takes: rate limit,
 // scope, namespace, usage limit; then the front-end runs the call and
 // reports its outcome, which the Gate audits. No front-end can skip a
-// step, because the only way to a handler is through Admit.
+// step, because the only way to a handler is through Charge and Authorize.
 type Gate struct {
 	Policy Policy
 	// Code is the code an audit record keeps of an error: the JSON-RPC
@@ -201,6 +206,11 @@ type Gate struct {
 	// Log gets one line per refused authentication, sampled like their
 	// audit events; nil: slog.Default().
 	Log *slog.Logger
+	// MaxInFlight bounds the calls of one key under way at once (0: no
+	// bound), so that one key cannot hold every worker, connection and
+	// buffer of the server.
+	MaxInFlight int
+	inFlight    sync.Map // key id -> *atomic.Int64
 
 	// Refusals that cost the caller nothing (401s, 429s) are audited at
 	// most at refusalRate per source; the rest are counted into the next
@@ -313,6 +323,19 @@ func (g *Gate) Prepay(c *Caller, n int) error {
 // from the sandbox.start bucket for a start). Every call is charged,
 // whatever then becomes of it. A refusal is of class RateLimited.
 func (g *Gate) Charge(c *Caller, a *Action) error {
+	if g.MaxInFlight > 0 && !c.Principal.Unlimited {
+		v, _ := g.inFlight.LoadOrStore(c.Principal.KeyID, new(atomic.Int64))
+		n := v.(*atomic.Int64)
+		if n.Add(1) > int64(g.MaxInFlight) {
+			n.Add(-1)
+			err := &RateLimitError{RetryAfter: time.Second, InFlight: g.MaxInFlight}
+			c.mu.Lock()
+			c.retryAfter = max(c.retryAfter, err.RetryAfter)
+			c.mu.Unlock()
+			return err
+		}
+		a.held = true
+	}
 	var rs ratelimit.Status
 	var err error
 	switch {
@@ -327,10 +350,10 @@ func (g *Gate) Charge(c *Caller, a *Action) error {
 	return err
 }
 
-// Authorize decides whether c may do a: its scope, then the front-end's
-// own check of the request (validate, if not nil: a caller without the
-// scope learns nothing of what is wrong with its request), then its
-// namespace (a.Namespace is narrowed when "*"), then its key's usage
+// Authorize decides whether c may do a: its scope, then its namespace
+// (a.Namespace is narrowed when "*"), then the front-end's own check of
+// the request (validate, if not nil: a caller that may not make the call
+// learns nothing of what is wrong with its request), then its key's usage
 // limit, which it counts. A refusal is of class Forbidden, Invalid (a
 // malformed namespace) or Unauthenticated (uses spent), or validate's.
 func (g *Gate) Authorize(ctx context.Context, c *Caller, a *Action, validate func() error) error {
@@ -341,11 +364,19 @@ func (g *Gate) Authorize(ctx context.Context, c *Caller, a *Action, validate fun
 	if !c.Principal.Scopes.Has(scope) {
 		return MissingScope(a.Name, scope)
 	}
+	if err := g.authorizeNamespace(c, a); err != nil {
+		return err
+	}
 	if validate != nil {
 		if err := validate(); err != nil {
 			return err
 		}
 	}
+	return g.Policy.Use(ctx, c.Principal)
+}
+
+// authorizeNamespace checks the namespace of a namespaced action.
+func (g *Gate) authorizeNamespace(c *Caller, a *Action) error {
 	if a.Namespaced {
 		if err := namespace.ValidateTarget(a.Namespace, a.AllowAll); err != nil {
 			return err
@@ -357,13 +388,18 @@ func (g *Gate) Authorize(ctx context.Context, c *Caller, a *Action, validate fun
 			return err
 		}
 	}
-	return g.Policy.Use(ctx, c.Principal)
+	return nil
 }
 
 // Done reports how an action ended (err nil: it succeeded, or it was
 // refused or failed): actions that change something, and refusals, are
 // audited.
 func (g *Gate) Done(c *Caller, a Action, err error) {
+	if a.held {
+		if v, ok := g.inFlight.Load(c.Principal.KeyID); ok {
+			v.(*atomic.Int64).Add(-1)
+		}
+	}
 	refused := Refused(err)
 	if !a.Changes && !refused {
 		return
@@ -419,10 +455,17 @@ func Outcome(err error) string {
 	return audit.Error
 }
 
-// truncate keeps client-chosen strings short in audit records.
+// truncate keeps client-chosen strings short and printable in audit
+// records: one that is not quite plain text is kept quoted, so that no
+// byte of it can forge a line or drive a terminal that prints the log.
 func truncate(s string) string {
 	if len(s) > 64 {
-		return s[:64] + "..."
+		s = strings.ToValidUTF8(s[:64], "") + "..."
+	}
+	for _, r := range s {
+		if !unicode.IsGraphic(r) || r == '"' || r == '\\' {
+			return strconv.QuoteToGraphic(s)
+		}
 	}
 	return s
 }

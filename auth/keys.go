@@ -61,6 +61,8 @@ type IssueOptions struct {
 	// Uses are uses already spent, carried over by rotation, so rotating a
 	// key never gives it fresh ones.
 	Uses int64
+	// Parent is the key the new one is made from ("": the operator's).
+	Parent string
 }
 
 // Issuer makes new keys and records them.
@@ -116,6 +118,7 @@ func (is *Issuer) Issue(ctx context.Context, opts IssueOptions) (string, Key, er
 		StartRate:    opts.StartRate,
 		MaxUses:      opts.MaxUses,
 		Uses:         opts.Uses,
+		Parent:       opts.Parent,
 	}
 	claims := Claims{Namespace: k.Namespace, RegisteredClaims: jwt.RegisteredClaims{
 		ID:       k.ID,
@@ -164,7 +167,21 @@ type Principal struct {
 	// Unlimited marks the operator (the CLI) and development mode: no rate
 	// or usage limit, so keys they make have whatever limits are asked for.
 	Unlimited bool
+	// Ancestors are the keys this one descends from, parent first: each
+	// call is charged to their rate and uses too.
+	Ancestors []Ancestor
 }
+
+// Ancestor is a key another descends from, as its limits need it.
+type Ancestor struct {
+	KeyID     string
+	Rate      ratelimit.Rate // zero: the server's default
+	StartRate ratelimit.Rate
+	MaxUses   int64
+}
+
+// maxAncestry bounds how far up a key's family is followed.
+const maxAncestry = 16
 
 // FullAccess is the principal of development mode and of the operator at
 // the command line: every namespace, every scope, no limits.
@@ -263,8 +280,23 @@ func (a *Authenticator) Authenticate(ctx context.Context, key string) (Principal
 	if !k.Revoked.IsZero() && (expires.IsZero() || k.Revoked.Before(expires)) {
 		expires = k.Revoked // a rotated key in its grace period
 	}
-	return Principal{KeyID: k.ID, Label: k.Label, Namespace: k.Namespace, Scopes: k.Scopes, Expires: expires,
-		Rate: k.Rate, StartRate: k.StartRate, MaxUses: k.MaxUses}, nil
+	p := Principal{KeyID: k.ID, Label: k.Label, Namespace: k.Namespace, Scopes: k.Scopes, Expires: expires,
+		Rate: k.Rate, StartRate: k.StartRate, MaxUses: k.MaxUses}
+	for parent := k.Parent; parent != "" && len(p.Ancestors) < maxAncestry; {
+		anc, err := a.Registry.lookup(ctx, parent)
+		if errors.Is(err, ErrKeyNotFound) {
+			break
+		}
+		if err != nil {
+			return Principal{}, err
+		}
+		if a.Registry.isSpent(anc) {
+			return Principal{}, ErrFamilyUsageLimit
+		}
+		p.Ancestors = append(p.Ancestors, Ancestor{KeyID: anc.ID, Rate: anc.Rate, StartRate: anc.StartRate, MaxUses: anc.MaxUses})
+		parent = anc.Parent
+	}
+	return p, nil
 }
 
 // Identify returns the id and label of the issued key that key is, even

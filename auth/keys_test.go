@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -52,7 +53,7 @@ func TestIssueThenAuthenticate(t *testing.T) {
 				t.Fatalf("Authenticate(issued key %+v) call %d: %v", opts, i, err)
 			}
 			want := auth.Principal{KeyID: k.ID, Label: opts.Label, Namespace: wantNS, Scopes: auth.AllScopes, Expires: k.Expires}
-			if p != want {
+			if !reflect.DeepEqual(p, want) {
 				t.Fatalf("Principal = %+v, want %+v", p, want)
 			}
 		}

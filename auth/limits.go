@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/msb-dev/msb/auth/ratelimit"
@@ -27,9 +28,25 @@ func NewLimits(reg *Registry, defaults Defaults, now func() time.Time) *Limits {
 const startSuffix = "\x00start"
 
 // Allow takes one call from p's bucket, and for sandbox.start (start) from
-// its start bucket too. It returns the state of the bucket that decided,
-// and a *RateLimitError when the call must wait.
+// its start bucket too; and the same from the buckets of every key p
+// descends from, so that a family of keys never calls faster than the key
+// it descends from. It returns the state of p's bucket that decided, and
+// a *RateLimitError when the call must wait.
 func (l *Limits) Allow(p Principal, start bool) (ratelimit.Status, error) {
+	for _, a := range p.Ancestors {
+		ap := Principal{KeyID: a.KeyID, Rate: a.Rate, StartRate: a.StartRate}
+		if st, err := l.allow(ap, start); err != nil {
+			var rl *RateLimitError
+			if errors.As(err, &rl) {
+				rl.Family = true
+			}
+			return st, err
+		}
+	}
+	return l.allow(p, start)
+}
+
+func (l *Limits) allow(p Principal, start bool) (ratelimit.Status, error) {
 	r := effective(p.Rate, l.Defaults.Rate)
 	if r.IsZero() {
 		return ratelimit.Status{}, nil
@@ -47,15 +64,24 @@ func (l *Limits) Allow(p Principal, start bool) (ratelimit.Status, error) {
 		return st, &RateLimitError{RetryAfter: st.RetryAfter, Limit: r}
 	}
 	if start {
-		return l.AllowStart(p)
+		return l.allowStart(p)
 	}
 	return st, nil
 }
 
-// AllowStart takes one call from p's sandbox.start bucket only, for a
-// start whose call was already taken from the main bucket. Without a start
-// rate it reports the main bucket.
+// AllowStart takes one call from p's sandbox.start bucket only (and its
+// ancestors'), for a start whose call was already taken from the main
+// bucket. Without a start rate it reports the main bucket.
 func (l *Limits) AllowStart(p Principal) (ratelimit.Status, error) {
+	for _, a := range p.Ancestors {
+		if st, err := l.allowStart(Principal{KeyID: a.KeyID, Rate: a.Rate, StartRate: a.StartRate}); err != nil {
+			return st, err
+		}
+	}
+	return l.allowStart(p)
+}
+
+func (l *Limits) allowStart(p Principal) (ratelimit.Status, error) {
 	sr := effective(p.StartRate, l.Defaults.StartRate)
 	if effective(p.Rate, l.Defaults.Rate).IsZero() || sr.IsZero() {
 		return l.Status(p), nil
@@ -76,7 +102,19 @@ func (l *Limits) Status(p Principal) ratelimit.Status {
 	return l.buckets.Peek(p.KeyID, r)
 }
 
-// Use counts one call of p's key; ErrUsageLimit once its uses are spent.
+// Use counts one call of p's key and of every key it descends from that
+// has a usage limit; ErrUsageLimit once p's uses are spent,
+// ErrFamilyUsageLimit once an ancestor's are.
 func (l *Limits) Use(ctx context.Context, p Principal) error {
+	for _, a := range p.Ancestors {
+		if a.MaxUses <= 0 {
+			continue
+		}
+		if err := l.Registry.Use(ctx, a.KeyID, a.MaxUses); errors.Is(err, ErrUsageLimit) {
+			return ErrFamilyUsageLimit
+		} else if err != nil {
+			return err
+		}
+	}
 	return l.Registry.Use(ctx, p.KeyID, p.MaxUses)
 }

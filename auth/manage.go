@@ -79,6 +79,10 @@ func (m *Manager) Create(ctx context.Context, caller Principal, o CreateOptions)
 	if err != nil {
 		return "", Key{}, err
 	}
+	if !caller.Unlimited {
+		// Its calls count against the caller's rate and uses too.
+		opts.Parent = caller.KeyID
+	}
 	return m.Issuer.Issue(ctx, opts)
 }
 
@@ -241,6 +245,7 @@ func (m *Manager) Rotate(ctx context.Context, caller Principal, id string, grace
 	if err != nil {
 		return Rotation{}, fmt.Errorf("rotate key %s: %w", old.ID, err)
 	}
+	opts.Parent = old.Parent // the successor stays in its family
 	text, nk, err := m.Issuer.Issue(ctx, opts)
 	if err != nil {
 		return Rotation{}, err

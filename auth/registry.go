@@ -37,6 +37,9 @@ type Key struct {
 	MaxUses    int64          // 0: unlimited
 	Uses       int64          // calls made, as recorded so far
 	ReplacedBy string         // the key that replaced this one by rotation
+	// Parent is the key this one was made from ("": by the operator):
+	// its calls count against the parent's rate and uses too.
+	Parent string
 	// Hash is the hex SHA-256 of the key text: how the registry
 	// recognises a key without storing it.
 	Hash string
@@ -107,9 +110,9 @@ type KeyStore interface {
 	// SetKeyLimits sets a key's rates (zero: the server's) and max uses (0: unlimited).
 	SetKeyLimits(ctx context.Context, id string, rate, startRate ratelimit.Rate, maxUses int64) error
 	// UseKey counts one use of a key with a usage limit, atomically, and
-	// returns its uses then; it reports false (counting nothing) when its
-	// uses are spent.
-	UseKey(ctx context.Context, id string) (uses int64, ok bool, err error)
+	// returns how many it has left then (as its record says now); it
+	// reports false (counting nothing) when its uses are spent.
+	UseKey(ctx context.Context, id string) (left int64, ok bool, err error)
 	// TouchKey adds uses counted in memory and, unless zero, sets the
 	// last-used time.
 	TouchKey(ctx context.Context, id string, lastUsed time.Time, uses int64) error
@@ -299,14 +302,20 @@ func (r *Registry) Use(ctx context.Context, id string, maxUses int64) error {
 		c.(*atomic.Int64).Add(1)
 		return nil
 	}
-	uses, ok, err := r.store.UseKey(ctx, id)
+	r.mu.RLock()
+	gen := r.gen
+	r.mu.RUnlock()
+	left, ok, err := r.store.UseKey(ctx, id)
 	if err != nil {
 		return err
 	}
-	if !ok || uses >= maxUses {
-		// Spent: the next call is refused at authentication.
+	if !ok || left <= 0 {
+		// Spent: the next call is refused at authentication. Unless the
+		// limits changed meanwhile (keys limit): then the record decides.
 		r.mu.Lock()
-		r.spent[id] = true
+		if r.gen == gen {
+			r.spent[id] = true
+		}
 		r.mu.Unlock()
 	}
 	if !ok {

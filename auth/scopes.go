@@ -16,7 +16,7 @@ type Scope string
 const (
 	ScopeSandboxCreate Scope = "sandbox:create" // sandbox.start
 	ScopeSandboxRead   Scope = "sandbox:read"   // sandbox.metrics.get, logs
-	ScopeSandboxExec   Scope = "sandbox:exec"   // sandbox.repl.run, sandbox.command.run
+	ScopeSandboxExec   Scope = "sandbox:exec"   // sandbox.repl.run, sandbox.command.run, sandbox.fs.*
 	ScopeSandboxDelete Scope = "sandbox:delete" // sandbox.stop
 	ScopeKeysManage    Scope = "keys:manage"    // keys.*
 	ScopeAuditRead     Scope = "audit:read"     // audit.list

@@ -1,6 +1,8 @@
 package auth
 
 import (
+	"io"
+
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -9,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // MinSigningKeyLen is the shortest signing key accepted from --key.
@@ -30,20 +34,33 @@ func newSigner(secret []byte) *Signer {
 	return &Signer{secret: secret, id: hex.EncodeToString(sum[:6])}
 }
 
-// LoadSigner reads the signing key at path. The error wraps os.ErrNotExist
-// when there is none yet.
+// LoadSigner reads the signing key at path, which must be a regular file:
+// a symlink there is refused, never followed (nor its target chmod'ed).
+// The error wraps os.ErrNotExist when there is none yet.
 func LoadSigner(path string) (*Signer, error) {
-	fi, err := os.Stat(path)
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if errors.Is(err, unix.ELOOP) {
+		return nil, fmt.Errorf("signing key %s is a symlink, which msb does not follow: replace it with the key file itself (or start with --reset-key)", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read signing key: %w", &os.PathError{Op: "open", Path: path, Err: err})
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	fi, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("read signing key: %w", err)
 	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("signing key %s is not a regular file: replace it with the key file (or start with --reset-key)", path)
+	}
 	if fi.Mode().Perm()&0o077 != 0 {
 		// Someone loosened it; a readable signing key lets anyone mint keys.
-		if err := os.Chmod(path, 0o600); err != nil {
+		if err := f.Chmod(0o600); err != nil {
 			return nil, fmt.Errorf("signing key %s is readable by others and cannot be fixed: %w", path, err)
 		}
 	}
-	data, err := os.ReadFile(path)
+	data, err := io.ReadAll(io.LimitReader(f, 64<<10))
 	if err != nil {
 		return nil, fmt.Errorf("read signing key: %w", err)
 	}

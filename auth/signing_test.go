@@ -283,3 +283,27 @@ func TestResetSigningKeyInvalidatesKeys(t *testing.T) {
 		t.Fatalf("StatusInvalid = %q", auth.StatusInvalid)
 	}
 }
+
+// A symlink where the signing key belongs is refused: neither followed
+// (its target used as the key) nor its target's mode changed.
+func TestSigningKeySymlinkRefused(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	target := filepath.Join(dir, "elsewhere")
+	if err := os.WriteFile(target, []byte(strings.Repeat("k", 64)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "server.key")
+	if err := os.Symlink(target, path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := auth.LoadSigner(path); err == nil || !strings.Contains(err.Error(), "symlink") {
+		t.Fatalf("LoadSigner through a symlink: %v", err)
+	}
+	if _, _, err := auth.LoadOrCreateSigner(path, false); err == nil {
+		t.Fatal("LoadOrCreateSigner through a symlink succeeded")
+	}
+	if fi, _ := os.Stat(target); fi.Mode().Perm() != 0o644 {
+		t.Fatalf("the symlink's target was chmod'ed to %o", fi.Mode().Perm())
+	}
+}

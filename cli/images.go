@@ -54,8 +54,14 @@ func openImages(ctx context.Context) (*image.Store, *storage.DB, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	registries, err := image.NewRegistries(cfg.Registries)
+	if err != nil {
+		db.Close()
+		return nil, nil, fmt.Errorf("config.toml: %w", err)
+	}
 	store, err := image.NewStore(cfg.ImageDir(), image.StoreOptions{
-		Records: db,
+		Records:    db,
+		Registries: &registries,
 		// Whatever server runs them, sandboxes record their layers in
 		// their directories; prune keeps those.
 		InUse: func() ([]string, error) { return engine.LayersInUse(cfg.Engine, cfg.SandboxDir()) },

@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/urfave/cli/v2"
 
@@ -452,6 +454,12 @@ func showAudit(c *cli.Context) error {
 	dash := func(s string) string {
 		if s == "" {
 			return "-"
+		}
+		// Whatever a record holds, it cannot drive the terminal.
+		for _, r := range s {
+			if !unicode.IsGraphic(r) {
+				return strconv.QuoteToGraphic(s)
+			}
 		}
 		return s
 	}

@@ -7,10 +7,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -18,6 +21,7 @@ import (
 	"github.com/msb-dev/msb/auth"
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/logfile"
 	"github.com/msb-dev/msb/server"
 )
 
@@ -103,11 +107,9 @@ func startServer(c *cli.Context) error {
 		cfg.TLSKey = c.String("tls-key")
 	}
 	cfg.Dev = c.Bool("dev")
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	if c.IsSet("key") && c.Bool("reset-key") {
-		return errors.New("--key and --reset-key cannot be combined: --key already replaces the signing key")
+	opts := server.Options{SigningKey: c.String("key"), ResetKey: c.Bool("reset-key"), Out: os.Stdout}
+	if err := server.Check(cfg, opts); err != nil {
+		return err // before a --detach, which could only say "see the log"
 	}
 	detached := os.Getenv(detachedEnv) != ""
 	os.Unsetenv(detachedEnv) // not for what this server starts
@@ -116,7 +118,7 @@ func startServer(c *cli.Context) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	srv, err := server.New(ctx, cfg, server.Options{SigningKey: c.String("key"), ResetKey: c.Bool("reset-key"), Out: os.Stdout})
+	srv, err := server.New(ctx, cfg, opts)
 	if err != nil {
 		return err
 	}
@@ -227,7 +229,8 @@ func status(c *cli.Context) error {
 		}
 	}
 	active := 0
-	if home, err := server.OpenExistingHome(c.Context, cfg); err == nil {
+	home, err := server.OpenExistingHome(c.Context, cfg)
+	if err == nil {
 		defer home.Close()
 		list, err := home.Registry.List(c.Context)
 		if err != nil {
@@ -241,11 +244,60 @@ func status(c *cli.Context) error {
 		}
 	}
 	fmt.Printf("active keys:    %d\n", active)
+	if running && home != nil {
+		if err := printNamespaces(c.Context, home, cfg); err != nil {
+			return err
+		}
+	}
 	if !running {
 		// As `systemctl status` does, so that scripts can test it.
 		return cli.Exit("", exitNotRunning)
 	}
 	return nil
+}
+
+// printNamespaces prints what the running sandboxes of each namespace
+// hold against its quota ("-": no bound).
+func printNamespaces(ctx context.Context, home *server.Home, cfg config.Config) error {
+	records, err := home.DB.Sandboxes(ctx, "*")
+	if err != nil {
+		return err
+	}
+	type usage struct{ sandboxes, memory, cpus int }
+	used := map[string]usage{}
+	running := 0
+	for _, r := range records {
+		if r.State != sandbox.StateRunning {
+			continue
+		}
+		running++
+		u := used[r.ID.Namespace()]
+		used[r.ID.Namespace()] = usage{u.sandboxes + 1, u.memory + r.Config.Memory, u.cpus + r.Config.CPUs}
+	}
+	names := slices.Sorted(maps.Keys(used))
+	for ns := range cfg.Quotas.Namespaces {
+		if _, ok := used[ns]; !ok {
+			names = append(names, ns)
+		}
+	}
+	slices.Sort(names)
+	fmt.Printf("running:        %d sandboxes\n", running)
+	if len(names) == 0 {
+		return nil
+	}
+	of := func(n, limit int) string {
+		if limit <= 0 {
+			return fmt.Sprintf("%d / -", n)
+		}
+		return fmt.Sprintf("%d / %d", n, limit)
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NAMESPACE\tSANDBOXES\tMEMORY (MiB)\tCPUS")
+	for _, ns := range names {
+		u, q := used[ns], cfg.Quotas.Of(ns)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", ns, of(u.sandboxes, q.Sandboxes), of(u.memory, q.Memory), of(u.cpus, q.CPUs))
+	}
+	return w.Flush()
 }
 
 // exitNotRunning is the exit code of `msb server status` when no server
@@ -298,61 +350,59 @@ func printLog(c *cli.Context) error {
 		return err
 	}
 	path := sandbox.LogPath(cfg.SandboxLogDir(), id)
-	f, err := os.Open(path)
+	r, err := logfile.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("no log for sandbox %q in namespace %q: it has no exec or start script, or never started", id.Name(), id.Namespace())
 	}
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer r.Close()
 	out := bufio.NewWriter(os.Stdout)
-	if n := tail; n > 0 {
-		ring := make([]string, 0, n)
-		sc := bufio.NewScanner(f)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			if len(ring) == n {
-				ring = ring[1:]
-			}
-			ring = append(ring, sc.Text())
-		}
-		for _, l := range ring {
-			fmt.Fprintln(out, l)
-		}
-	} else if _, err := io.Copy(out, f); err != nil {
-		return err
-	}
-	out.Flush()
-	if !follow {
-		return nil
-	}
-	// Follow: print what is appended; start over if the log is replaced
-	// (the sandbox was started again).
-	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	buf := make([]byte, 32<<10)
+	var ring []string
 	for {
-		n, err := f.Read(buf)
-		if n > 0 {
-			os.Stdout.Write(buf[:n])
+		e, _, ok, err := r.Next()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			break
+		}
+		if tail == 0 {
+			fmt.Fprintln(out, logfile.Text(e))
 			continue
 		}
-		if err != nil && err != io.EOF {
+		if len(ring) == tail {
+			ring = ring[1:]
+		}
+		ring = append(ring, logfile.Text(e))
+	}
+	for _, l := range ring {
+		fmt.Fprintln(out, l)
+	}
+	if err := out.Flush(); err != nil || !follow {
+		return err
+	}
+	// Follow: print what is appended, and the next run's entries when the
+	// sandbox is started again.
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	for {
+		e, _, ok, err := r.Next()
+		if err != nil {
+			return err
+		}
+		if ok {
+			fmt.Fprintln(out, logfile.Text(e))
+			continue
+		}
+		if err := out.Flush(); err != nil {
 			return err
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(200 * time.Millisecond):
-		}
-		if fi, err := os.Stat(path); err == nil {
-			if cur, err := f.Stat(); err == nil && !os.SameFile(fi, cur) {
-				f.Close()
-				if f, err = os.Open(path); err != nil {
-					return err
-				}
-			}
 		}
 	}
 }

@@ -8,21 +8,22 @@
 package config
 
 import (
-	"reflect"
-
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-
 	"github.com/BurntSushi/toml"
+	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/msb-dev/msb/auth/ratelimit"
 	"github.com/msb-dev/msb/duration"
@@ -48,12 +49,37 @@ type Config struct {
 	TLSCert string `toml:"tls_cert"`
 	TLSKey  string `toml:"tls_key"`
 
+	// Registries are the registries images may be pulled from ("host",
+	// "host:port", "*.domain"); nil: the public ones. Loopback and private
+	// addresses need a registry listed by its exact host.
+	Registries []string `toml:"registries"`
+
 	// Images maps image names used in sandbox.start to what they run:
 	// "host" (the built-in image) or, later, an OCI image reference.
 	Images map[string]string `toml:"images"`
 
 	// Engine names the sandbox engine (see sandbox/engine); default "linux".
 	Engine string `toml:"engine"`
+
+	// Connections: at most MaxConnections open at once, and
+	// MaxConnectionsPerAddress from one remote address; at most
+	// MaxCallsPerKey calls of one API key at once.
+	MaxConnections           int `toml:"max_connections"`
+	MaxConnectionsPerAddress int `toml:"max_connections_per_address"`
+	MaxCallsPerKey           int `toml:"max_calls_per_key"`
+	// OutputMemory bounds, in MiB, the memory the output of calls under
+	// way (commands, code, file reads) holds on the server, together.
+	OutputMemory int `toml:"output_memory"`
+
+	// Per sandbox: the most memory (MiB) and CPUs one may ask for; 0:
+	// half the host's memory, and every CPU.
+	MaxMemory int `toml:"max_memory"`
+	MaxCPUs   int `toml:"max_cpus"`
+	// Quotas bound what each namespace's running sandboxes hold together.
+	Quotas Quotas `toml:"quotas"`
+	// Network is sandboxes' outbound network: defaults, ceilings per
+	// namespace, and how msb reaches out for them.
+	Network Network `toml:"network"`
 
 	// Sandbox defaults.
 	SandboxPids int `toml:"sandbox_pids"`
@@ -75,6 +101,143 @@ type Config struct {
 	RateLimit      string `toml:"rate_limit"`
 	StartRateLimit string `toml:"start_rate_limit"`
 	AuditRetention string `toml:"audit_retention"`
+}
+
+// Quota bounds what the running sandboxes of one namespace hold together;
+// 0: no bound.
+type Quota struct {
+	Sandboxes int `toml:"sandboxes"`
+	Memory    int `toml:"memory"` // MiB
+	CPUs      int `toml:"cpus"`
+}
+
+// Quotas are the quota of every namespace, and of some namespaces their own.
+type Quotas struct {
+	Quota
+	Namespaces map[string]Quota `toml:"namespaces"`
+}
+
+// Of returns the quota of namespace ns.
+func (q Quotas) Of(ns string) Quota {
+	if own, ok := q.Namespaces[ns]; ok {
+		return own
+	}
+	return q.Quota
+}
+
+// Network is the [network] table: what sandboxes' outbound network may be,
+// for every namespace ([network]) and for some their own
+// ([network.namespaces.NAME], whose unset settings are those of
+// [network]), and how msb dials and resolves for them. Rule lists are
+// destinations as sandbox configs write them ("*.pypi.org:443",
+// "203.0.113.0/24"); the server checks them when it starts.
+type Network struct {
+	NetworkSettings
+	// DNS are the servers ("ip" or "ip:port") that answer sandboxes' DNS
+	// through msb; none: the host's resolver (/etc/resolv.conf).
+	DNS []string `toml:"dns"`
+	// Interface, if set, binds every connection msb makes for a sandbox
+	// to this network device.
+	Interface  string                     `toml:"interface"`
+	Namespaces map[string]NetworkSettings `toml:"namespaces"`
+}
+
+// NetworkSettings are the network settings of a namespace; nil is unset.
+type NetworkSettings struct {
+	// Permitted lets sandboxes have network at all (default true).
+	Permitted *bool `toml:"permitted"`
+	// DefaultEnabled gives network to sandboxes whose config does not
+	// say (default false: none).
+	DefaultEnabled *bool `toml:"default_enabled"`
+	// Allow is the ceiling: what any sandbox's rules may allow (default
+	// ["*"], every public destination).
+	Allow *[]string `toml:"allow"`
+	// DefaultAllow is what a sandbox asking for network without rules
+	// reaches (default: Allow; a namespace that sets its own Allow and no
+	// DefaultAllow gets its own Allow, not [network]'s DefaultAllow).
+	DefaultAllow *[]string `toml:"default_allow"`
+	// Deny are destinations refused to every sandbox, whatever its rules
+	// (the operator's own public networks, say).
+	Deny *[]string `toml:"deny"`
+	// Exempt are private, loopback, link-local or this host's addresses
+	// (CIDRs with optional ports) sandboxes may reach when their rules
+	// allow them; nothing else ever opens those.
+	Exempt *[]string `toml:"exempt"`
+	// MaxConnections per sandbox (default DefaultNetworkConnections) and
+	// MaxBandwidth in bytes per second each way (default 0): a sandbox's
+	// caps, and the most it may ask for; 0: no cap.
+	MaxConnections *int   `toml:"max_connections"`
+	MaxBandwidth   *int64 `toml:"max_bandwidth"`
+}
+
+// DefaultNetworkConnections is a sandbox's cap of connections open at
+// once unless config.toml sets another.
+const DefaultNetworkConnections = 64
+
+// NetworkBounds are the network settings of one namespace, resolved:
+// its own, else those of [network], else the defaults.
+type NetworkBounds struct {
+	Permitted, DefaultEnabled         bool
+	Allow, DefaultAllow, Deny, Exempt []string // Allow nil: every public destination
+	MaxConnections                    int
+	MaxBandwidth                      int64
+}
+
+// Of returns the network settings of namespace ns.
+func (n Network) Of(ns string) NetworkBounds {
+	b := NetworkBounds{Permitted: true, MaxConnections: DefaultNetworkConnections}
+	for i, s := range []NetworkSettings{n.NetworkSettings, n.Namespaces[ns]} {
+		if i == 1 && s.Allow != nil && s.DefaultAllow == nil {
+			// A namespace's own ceiling makes its own default: [network]'s
+			// default list may not fit within it.
+			b.DefaultAllow = nil
+		}
+		if s.Permitted != nil {
+			b.Permitted = *s.Permitted
+		}
+		if s.DefaultEnabled != nil {
+			b.DefaultEnabled = *s.DefaultEnabled
+		}
+		if s.Allow != nil {
+			b.Allow = append([]string{}, *s.Allow...)
+		}
+		if s.DefaultAllow != nil {
+			b.DefaultAllow = append([]string{}, *s.DefaultAllow...)
+		}
+		if s.Deny != nil {
+			b.Deny = append([]string{}, *s.Deny...)
+		}
+		if s.Exempt != nil {
+			b.Exempt = append([]string{}, *s.Exempt...)
+		}
+		if s.MaxConnections != nil {
+			b.MaxConnections = *s.MaxConnections
+		}
+		if s.MaxBandwidth != nil {
+			b.MaxBandwidth = *s.MaxBandwidth
+		}
+	}
+	return b
+}
+
+// DNSServers returns the DNS servers as addresses with ports (53 unless
+// given); call it after Validate.
+func (n Network) DNSServers() []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, s := range n.DNS {
+		out = append(out, parseDNSServer(s))
+	}
+	return out
+}
+
+func parseDNSServer(s string) netip.AddrPort {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		return netip.AddrPortFrom(a, 53)
+	}
+	return netip.AddrPort{}
 }
 
 // Defaults of the key limits, the audit log and calls.
@@ -125,7 +288,12 @@ func Default(home string) Config {
 		Images:      DefaultImages(),
 		Engine:      "linux",
 		SandboxPids: 1024,
-		MaxTimeout:  DefaultMaxTimeout,
+
+		MaxConnections:           8192,
+		MaxConnectionsPerAddress: 512,
+		MaxCallsPerKey:           32,
+		OutputMemory:             512,
+		MaxTimeout:               DefaultMaxTimeout,
 
 		RateLimit:      DefaultRateLimit,
 		StartRateLimit: DefaultStartRateLimit,
@@ -214,7 +382,9 @@ func settings() map[string]bool {
 // move it above [images] or fix it.
 func checkAliases(path string, data []byte, aliases map[string]string) error {
 	known := settings()
-	for alias, target := range aliases {
+	names := slices.Sorted(maps.Keys(aliases))
+	for _, alias := range names {
+		target := aliases[alias]
 		why := ""
 		switch {
 		case known[alias]:
@@ -224,7 +394,11 @@ func checkAliases(path string, data []byte, aliases map[string]string) error {
 		default:
 			continue
 		}
-		return fmt.Errorf("%w: %s:%d: %s", ErrInvalid, path, aliasLine(data, alias), why)
+		where := path
+		if n := aliasLine(data, alias); n > 0 {
+			where = fmt.Sprintf("%s:%d", path, n)
+		}
+		return fmt.Errorf("%w: %s: %s", ErrInvalid, where, why)
 	}
 	return nil
 }
@@ -302,6 +476,32 @@ func (c *Config) Validate() error {
 	if c.PortBind != "" && net.ParseIP(c.PortBind) == nil && c.PortBind != "localhost" {
 		return fmt.Errorf("%w: port_bind_address %q is not an IP address, such as 127.0.0.1", ErrInvalid, c.PortBind)
 	}
+	if c.MaxConnections < 16 || c.MaxConnectionsPerAddress < 1 || c.MaxConnectionsPerAddress > c.MaxConnections {
+		return fmt.Errorf("%w: max_connections %d and max_connections_per_address %d: use at least 16, and at least 1 per address but no more than in all", ErrInvalid, c.MaxConnections, c.MaxConnectionsPerAddress)
+	}
+	if c.MaxMemory < 0 || c.MaxCPUs < 0 {
+		return fmt.Errorf("%w: max_memory %d and max_cpus %d must be 0 (the host's) or more", ErrInvalid, c.MaxMemory, c.MaxCPUs)
+	}
+	for ns, q := range c.Quotas.Namespaces {
+		if !validNamespace(ns) {
+			return fmt.Errorf("%w: quotas.namespaces: %q is not a namespace name", ErrInvalid, ns)
+		}
+		if q.Sandboxes < 0 || q.Memory < 0 || q.CPUs < 0 {
+			return fmt.Errorf("%w: quotas.namespaces.%s: quotas must be 0 (no bound) or more", ErrInvalid, ns)
+		}
+	}
+	if q := c.Quotas; q.Sandboxes < 0 || q.Memory < 0 || q.CPUs < 0 {
+		return fmt.Errorf("%w: quotas: quotas must be 0 (no bound) or more", ErrInvalid)
+	}
+	if c.OutputMemory < 64 {
+		return fmt.Errorf("%w: output_memory %d MiB: use at least 64 (two calls' output of 16 MiB, counted twice)", ErrInvalid, c.OutputMemory)
+	}
+	if err := c.Network.validate(); err != nil {
+		return err
+	}
+	if c.MaxCallsPerKey < 1 {
+		return fmt.Errorf("%w: max_calls_per_key %d: use at least 1", ErrInvalid, c.MaxCallsPerKey)
+	}
 	if c.Engine == "" {
 		return fmt.Errorf("%w: engine is empty: use \"linux\"", ErrInvalid)
 	}
@@ -326,6 +526,52 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// validate checks what config can check of [network]; the server checks
+// its rules (sandbox.NetworkBounds.Check).
+func (n Network) validate() error {
+	for _, s := range n.DNS {
+		if ap := parseDNSServer(s); !ap.IsValid() || ap.Port() == 0 || ap.Addr().Zone() != "" {
+			return fmt.Errorf("%w: network.dns: %q is not an IP address with an optional port, such as 192.0.2.53 or [2001:db8::53]:53", ErrInvalid, s)
+		}
+	}
+	if len(n.Interface) >= 16 || strings.ContainsAny(n.Interface, "/ \x00") {
+		return fmt.Errorf("%w: network.interface: %q is not a network device name", ErrInvalid, n.Interface)
+	}
+	check := func(where string, s NetworkSettings) error {
+		if s.MaxConnections != nil && *s.MaxConnections < 0 || s.MaxBandwidth != nil && *s.MaxBandwidth < 0 {
+			return fmt.Errorf("%w: %s: max_connections and max_bandwidth must be 0 (no cap) or more", ErrInvalid, where)
+		}
+		return nil
+	}
+	if err := check("network", n.NetworkSettings); err != nil {
+		return err
+	}
+	for ns, s := range n.Namespaces {
+		if !validNamespace(ns) {
+			return fmt.Errorf("%w: network.namespaces: %q is not a namespace name", ErrInvalid, ns)
+		}
+		if err := check("network.namespaces."+ns, s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validNamespace reports whether s is a namespace name (as the namespace
+// package checks them; config stays below it).
+func validNamespace(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for i, c := range s {
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || c != '-' && c != '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // IsLoopback reports whether host names only the local machine.
@@ -412,6 +658,18 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # start_rate_limit = "60/m"
 # audit_retention = "90d"
 
+# Connections open at once, in all and from one address, and calls of one
+# API key under way at once; past them connections are closed at once and
+# calls answered 429.
+# max_connections = 8192
+# max_connections_per_address = 512
+# max_calls_per_key = 32
+
+# The memory (MiB) the output of calls under way may hold on the server, all
+# calls together (a call's output is at most 16 MiB, counted twice: as held
+# and as encoded). A call that finds it in use has its output cut, and says so.
+# output_memory = 512
+
 # The longest timeout a command or code evaluation may ask for; a longer one
 # (the Go SDK sends nanoseconds) is cut to it.
 # max_timeout = "24h"
@@ -423,6 +681,48 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # 1024 need allow_privileged_ports.
 # port_bind_address = "127.0.0.1"
 # allow_privileged_ports = false
+
+# The registries images may be pulled from: "host", "host:port" or
+# "*.domain". Default: the public registries (docker.io, ghcr.io, quay.io,
+# gcr.io, *.pkg.dev, registry.k8s.io, public.ecr.aws, mcr.microsoft.com,
+# registry.gitlab.com). A pull never reaches a loopback, private or
+# link-local address, nor this server's own, unless its host is listed here
+# exactly, e.g. registries = ["docker.io", "registry.internal:5000"].
+# registries = ["docker.io", "ghcr.io"]
+
+# The most memory (MiB) and CPUs one sandbox may ask for (0: half the
+# host's memory, every CPU).
+# max_memory = 4096
+# max_cpus = 2
+
+# Quotas: what the running sandboxes of one namespace hold together (0: no
+# bound); a start past one is refused, naming it. A table, so it must come
+# after the settings above and before [images]:
+# [quotas]
+# sandboxes = 20
+# memory = 16384    # MiB
+# cpus = 8
+# [quotas.namespaces.team-a]
+# sandboxes = 50
+
+# Outbound network of sandboxes. A sandbox has none unless its config asks
+# ("network": {"enabled": true, "allow": [...]}) or default_enabled says so;
+# msb answers its DNS and dials each connection its rules allow. Loopback,
+# private and link-local addresses (cloud metadata) and this host's own are
+# always refused, unless listed in exempt. A table, like [quotas]:
+# [network]
+# permitted = true                 # may sandboxes have network at all
+# default_enabled = false          # network for configs that do not say
+# allow = ["*"]                    # the most any sandbox's rules may allow
+# default_allow = ["*"]            # what "enabled" without "allow" reaches
+# deny = ["198.51.100.0/24"]       # refused to every sandbox, whatever its rules
+# exempt = ["10.1.2.3:5432"]       # private destinations sandboxes may reach
+# max_connections = 64             # per sandbox: cap and most it may ask
+# max_bandwidth = 0                # bytes/s each way per sandbox (0: none)
+# dns = ["192.0.2.53"]             # upstream DNS (default: the host's)
+# interface = "eth1"               # send sandboxes' traffic out of this device
+# [network.namespaces.team-a]      # unset settings are [network]'s
+# allow = ["pypi.org:443", "files.pythonhosted.org:443"]
 
 # Image aliases: the image names sandbox.start accepts, and what each runs.
 # "host" is the built-in image: this machine's /usr, /bin and /lib, read-only,

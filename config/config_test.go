@@ -42,6 +42,11 @@ func TestDefault(t *testing.T) {
 		Engine:      "linux",
 		MaxTimeout:  "24h",
 
+		MaxConnections:           8192,
+		MaxConnectionsPerAddress: 512,
+		MaxCallsPerKey:           32,
+		OutputMemory:             512,
+
 		RateLimit:      "600/m",
 		StartRateLimit: "60/m",
 		AuditRetention: "90d",
@@ -457,5 +462,81 @@ func TestHomeFromEnv(t *testing.T) {
 	t.Setenv("HOME", user)
 	if got, err := config.HomeFromEnv(); err != nil || got != filepath.Join(user, ".microsandbox") {
 		t.Fatalf("HomeFromEnv without MSB_HOME = %q, %v; want %q", got, err, filepath.Join(user, ".microsandbox"))
+	}
+}
+
+// [network] and [network.namespaces.NAME]: a namespace's unset settings
+// are those of [network], whose unset ones are the defaults.
+func TestNetworkSettings(t *testing.T) {
+	clearEnv(t)
+	home := t.TempDir()
+	writeConfig(t, home, `
+[network]
+default_enabled = true
+allow = ["*.pypi.org:443", "files.pythonhosted.org:443"]
+default_allow = ["*.pypi.org:443"]
+max_bandwidth = 1048576
+dns = ["192.0.2.53", "[2001:db8::53]:5353"]
+interface = "eth1"
+[network.namespaces.team-a]
+allow = ["pypi.org:443"]
+deny = ["203.0.113.0/24"]
+exempt = []
+max_connections = 8
+[network.namespaces.closed]
+permitted = false
+`)
+	c, err := config.Load(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	def := c.Network.Of("other")
+	want := config.NetworkBounds{Permitted: true, DefaultEnabled: true, Allow: []string{"*.pypi.org:443", "files.pythonhosted.org:443"},
+		DefaultAllow: []string{"*.pypi.org:443"}, MaxConnections: config.DefaultNetworkConnections, MaxBandwidth: 1 << 20}
+	if !reflect.DeepEqual(def, want) {
+		t.Errorf("Of(other) = %+v, want %+v", def, want)
+	}
+	a := c.Network.Of("team-a")
+	want = config.NetworkBounds{Permitted: true, DefaultEnabled: true, Allow: []string{"pypi.org:443"}, Deny: []string{"203.0.113.0/24"}, Exempt: []string{},
+		MaxConnections: 8, MaxBandwidth: 1 << 20}
+	if !reflect.DeepEqual(a, want) {
+		t.Errorf("Of(team-a) = %+v, want %+v", a, want)
+	}
+	if c.Network.Of("closed").Permitted {
+		t.Error("closed is permitted")
+	}
+	if got := c.Network.DNSServers(); len(got) != 2 || got[0].String() != "192.0.2.53:53" || got[1].String() != "[2001:db8::53]:5353" {
+		t.Errorf("DNS servers %v", got)
+	}
+	if c.Network.Interface != "eth1" {
+		t.Errorf("interface %q", c.Network.Interface)
+	}
+	// Without [network]: network on request, to every public destination.
+	if got := config.Default(home).Network.Of("x"); !got.Permitted || got.DefaultEnabled || got.Allow != nil || got.MaxConnections != config.DefaultNetworkConnections {
+		t.Errorf("default bounds %+v", got)
+	}
+	for _, bad := range []struct{ file, mention string }{
+		{"[network]\ndns = [\"resolver.example\"]\n", "network.dns"},
+		{"[network]\ndns = [\"192.0.2.1:0\"]\n", "network.dns"},
+		{"[network]\ninterface = \"a/b\"\n", "network.interface"},
+		{"[network]\nmax_connections = -1\n", "network:"},
+		{"[network.namespaces.\"-x\"]\nallow = []\n", "network.namespaces"},
+		{"[network.namespaces.a]\nmax_bandwidth = -5\n", "network.namespaces.a"},
+	} {
+		writeConfig(t, home, bad.file)
+		c, err := config.Load(home)
+		if err == nil {
+			err = c.Validate()
+		}
+		if !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), bad.mention) {
+			t.Errorf("%q: %v, want an error mentioning %q", bad.file, err, bad.mention)
+		}
+	}
+	writeConfig(t, home, "[network]\nallowed = true\n")
+	if _, err := config.Load(home); err == nil || !strings.Contains(err.Error(), "network.allowed") {
+		t.Errorf("unknown network setting: %v", err)
 	}
 }

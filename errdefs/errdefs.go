@@ -71,14 +71,6 @@ var (
 
 var sentinels = [...]error{ErrInternal, ErrInvalid, ErrNotFound, ErrConflict, ErrUnauthenticated, ErrForbidden, ErrRateLimited, ErrUnavailable, ErrExhausted}
 
-// Sentinel returns the sentinel of class c.
-func Sentinel(c Class) error {
-	if int(c) < len(sentinels) {
-		return sentinels[c]
-	}
-	return ErrInternal
-}
-
 // Error is an error of a class whose message is written for the client:
 // what went wrong and what to do. Err, if set, is the cause, kept for
 // errors.Is and errors.As (and logs) but not part of the message.

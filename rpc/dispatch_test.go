@@ -26,12 +26,15 @@ import (
 
 // Every method of the server's table states its scope explicitly.
 func TestEveryMethodHasAScope(t *testing.T) {
-	tables := []rpc.Methods{rpc.SandboxMethods(sandbox.Unavailable{Reason: "test"}), rpc.KeyMethods(&auth.Manager{}), rpc.AuditMethods(nil)}
+	tables := []rpc.Methods{rpc.SandboxMethods(sandbox.Unavailable{Reason: "test"}), rpc.FileMethods(sandbox.Unavailable{Reason: "test"}.Sessions()),
+		rpc.KeyMethods(&auth.Manager{}), rpc.AuditMethods(nil)}
 	scope := func(table rpc.Methods, name string) auth.Scope { s, _ := table.Scope(name); return s }
 	want := map[string]auth.Scope{
 		"sandbox.start": auth.ScopeSandboxCreate, "sandbox.stop": auth.ScopeSandboxDelete,
 		"sandbox.metrics.get": auth.ScopeSandboxRead, "sandbox.repl.run": auth.ScopeSandboxExec,
-		"sandbox.command.run": auth.ScopeSandboxExec, "keys.create": auth.ScopeKeysManage, "keys.list": auth.ScopeKeysManage,
+		"sandbox.command.run": auth.ScopeSandboxExec, "sandbox.fs.read": auth.ScopeSandboxExec, "sandbox.fs.write": auth.ScopeSandboxExec,
+		"sandbox.fs.list": auth.ScopeSandboxExec, "sandbox.network.update": auth.ScopeSandboxCreate,
+		"keys.create": auth.ScopeKeysManage, "keys.list": auth.ScopeKeysManage,
 		"keys.revoke": auth.ScopeKeysManage, "keys.rotate": auth.ScopeKeysManage, "keys.limit": auth.ScopeKeysManage,
 		"audit.list": auth.ScopeAuditRead,
 	}

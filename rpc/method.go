@@ -91,7 +91,7 @@ func (m Method[P]) decode(params json.RawMessage) (any, *Ref, error) {
 		ref = r.ref()
 	}
 	if m.Target != TargetNone && ref == nil {
-		panic(fmt.Sprintf("rpc: params %T of a method with a target do not embed rpc.Ref", p))
+		return nil, nil, fmt.Errorf("params %T of a method with a target do not embed rpc.Ref", p) // NewServer refuses such a table
 	}
 	return p, ref, nil
 }
@@ -191,9 +191,20 @@ func jsonType(t reflect.Type) string {
 // usage limit, then the handler runs; the Gate audits the outcome. Every
 // protocol comes through here (JSON-RPC, and others through Invoke), so
 // none can skip a check.
+//
+// A caller learns what is wrong with its params only once it may make the
+// call at all: a key without the scope, or for another namespace, is
+// refused as such (and audited so, with the target the params name) even
+// when its params are also malformed.
 func (s *Server) dispatch(ctx context.Context, caller *auth.Caller, name string, params json.RawMessage) (result any, err error) {
 	a := &auth.Action{Name: name}
-	defer func() { s.gate.Done(caller, *a, err) }()
+	defer func() {
+		if p := recover(); p != nil {
+			s.gate.Done(caller, *a, errdefs.New(errdefs.Internal, "the method panicked"))
+			panic(p)
+		}
+		s.gate.Done(caller, *a, err)
+	}()
 	m, ok := s.methods[name]
 	var decoded any
 	var ref *Ref
@@ -202,13 +213,13 @@ func (s *Server) dispatch(ctx context.Context, caller *auth.Caller, name string,
 	if ok {
 		spec = m.describe()
 		a.Scope, a.Changes, a.Start = spec.scope, spec.changes, spec.start
-		if decoded, ref, decodeErr = m.decode(params); decodeErr == nil && ref != nil {
-			if ref.Namespace != nil {
-				a.Namespace = *ref.Namespace
-			}
-			if ref.Sandbox != nil {
-				a.Sandbox = *ref.Sandbox
-			}
+		decoded, ref, decodeErr = m.decode(params)
+		if spec.target != TargetNone {
+			// The target is read leniently too, for the namespace check
+			// and the audit record of a call whose params are malformed.
+			ns, sb, named := target(params)
+			a.Namespace, a.Sandbox = ns, sb
+			a.Namespaced, a.AllowAll = named, spec.target == TargetNamespaceOrAll
 		}
 	}
 	if caller == nil {
@@ -220,18 +231,19 @@ func (s *Server) dispatch(ctx context.Context, caller *auth.Caller, name string,
 	if !ok {
 		return nil, &methodNotFound{name}
 	}
-	if decodeErr != nil {
-		return nil, decodeErr
-	}
-	call := &Call{Caller: caller, action: a}
-	var check func() error
-	if spec.target != TargetNone {
-		a.Namespaced, a.AllowAll = true, spec.target == TargetNamespaceOrAll
-		check = func() error { return checkRef(spec.target, ref) }
+	check := func() error {
+		if decodeErr != nil {
+			return decodeErr
+		}
+		if spec.target != TargetNone {
+			return checkRef(spec.target, ref)
+		}
+		return nil
 	}
 	if err := s.gate.Authorize(ctx, caller, a, check); err != nil {
 		return nil, err
 	}
+	call := &Call{Caller: caller, action: a}
 	if spec.target != TargetNone {
 		call.Namespace = a.Namespace
 		if ref.Sandbox != nil {
@@ -241,6 +253,22 @@ func (s *Server) dispatch(ctx context.Context, caller *auth.Caller, name string,
 		}
 	}
 	return m.run(ctx, call, decoded)
+}
+
+// target reads the namespace and sandbox params leniently, whatever else
+// the params hold; named reports whether a namespace string was there.
+func target(params json.RawMessage) (ns, sb string, named bool) {
+	var t struct {
+		Namespace, Sandbox json.RawMessage
+	}
+	if json.Unmarshal(params, &t) != nil {
+		return "", "", false
+	}
+	named = json.Unmarshal(t.Namespace, &ns) == nil && len(t.Namespace) > 0 && t.Namespace[0] == '"'
+	if len(t.Sandbox) > 0 && t.Sandbox[0] == '"' {
+		json.Unmarshal(t.Sandbox, &sb)
+	}
+	return ns, sb, named
 }
 
 // checkRef checks the names a call's params give before the Gate
@@ -293,6 +321,16 @@ func (ms Methods) Describe() []MethodInfo {
 }
 
 func (m Method[P]) paramsType() reflect.Type { return reflect.TypeFor[P]() }
+
+// check reports a method whose params cannot carry its target.
+func (ms Methods) check() error {
+	for name, m := range ms {
+		if m.describe().target != TargetNone && !reflect.PointerTo(m.paramsType()).Implements(reflect.TypeFor[refParams]()) {
+			return fmt.Errorf("rpc: method %s has a target, but its params %v do not embed rpc.Ref", name, m.paramsType())
+		}
+	}
+	return nil
+}
 
 // Methods returns the server's method table.
 func (s *Server) Methods() Methods { return s.methods }

@@ -32,9 +32,15 @@ type AuthedHandler interface {
 // Invoke, which are not charged again.
 func (s *Server) Mount(path string, h AuthedHandler) {
 	s.mux.Handle(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		caller, err := s.gate.Authenticate(r.Context(), KeyFromRequest(r), host(r.RemoteAddr), func() string { return "mcp: " + path })
+		refusedID := nullID // a refused JSON-RPC message still gets its id back
+		caller, err := s.gate.Authenticate(r.Context(), KeyFromRequest(r), host(r.RemoteAddr), func() string {
+			if r.Method == http.MethodPost {
+				refusedID, _ = peekRequest(w, r)
+			}
+			return "mcp: " + path
+		})
 		if err != nil {
-			s.deny(w, r, nullID, err)
+			s.deny(w, r, refusedID, err)
 			return
 		}
 		w = &headerWriter{ResponseWriter: w, s: s, caller: caller}
@@ -131,4 +137,12 @@ func (s *Server) ErrorCode(ctx context.Context, method string, err error) (int64
 func Code(err error) int64 {
 	code, _, _ := classify(err)
 	return code
+}
+
+// Handle serves h at pattern (an http.ServeMux pattern) on the server's
+// mux: behind development mode's guards, but not behind the JSON-RPC
+// endpoint's authentication. h authenticates and authorizes its requests
+// itself, through the same auth.Gate (the v1 API, rpc/v1).
+func (s *Server) Handle(pattern string, h http.Handler) {
+	s.mux.Handle(pattern, h)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/msb-dev/msb/auth"
@@ -24,6 +25,10 @@ func SandboxMethods(m sandbox.Manager) Methods {
 			Handle: func(ctx context.Context, c *Call, p replParams) (any, error) { return replRun(ctx, m, c, p) }},
 		"sandbox.command.run": Method[commandParams]{Scope: auth.ScopeSandboxExec, Changes: true, Target: TargetSandbox,
 			Handle: func(ctx context.Context, c *Call, p commandParams) (any, error) { return commandRun(ctx, m, c, p) }},
+		// Changing what a sandbox may reach is starting it with another
+		// config, as far as rights go.
+		"sandbox.network.update": Method[networkParams]{Scope: auth.ScopeSandboxCreate, Changes: true, Target: TargetSandbox,
+			Handle: func(ctx context.Context, c *Call, p networkParams) (any, error) { return networkUpdate(ctx, m, c, p) }},
 	}
 }
 
@@ -40,13 +45,105 @@ type Config struct {
 	Shell     string            `json:"shell,omitempty"`
 	Scripts   map[string]string `json:"scripts,omitempty"`
 	Exec      string            `json:"exec,omitempty"`
+	Command   []string          `json:"command,omitempty"` // argv, instead of exec
+	User      string            `json:"user,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Rlimits   []Rlimit          `json:"rlimits,omitempty"`
+	Lifecycle *Lifecycle        `json:"lifecycle,omitempty"`
+	Tmpfs     []Tmpfs           `json:"tmpfs,omitempty"`
+	Network   *Network          `json:"network,omitempty"`
+}
+
+// Tmpfs is a memory-backed directory of a sandbox.
+type Tmpfs struct {
+	Path    string `json:"path"`
+	SizeMiB int    `json:"size_mib,omitempty"` // 0: half the sandbox's memory
+}
+
+// Network is a sandbox's outbound network as the wire carries it (in
+// sandbox.start's config and sandbox.network.update). Absent, or without
+// "enabled" and anything else: the namespace's default (none unless the
+// operator changed it).
+type Network struct {
+	// Enabled: true for network, false for none; absent with allow, deny,
+	// strict or a limit given: true.
+	Enabled *bool `json:"enabled,omitempty"`
+	// Allow and Deny list destinations: "*.pypi.org:443", "203.0.113.0/24",
+	// "tcp example.org:80,443", "*" (every public destination).
+	Allow []string `json:"allow,omitempty"`
+	Deny  []string `json:"deny,omitempty"`
+	// Strict: nothing but Allow (and with no Allow, nothing), instead of
+	// the namespace's default list when Allow is empty.
+	Strict         bool  `json:"strict,omitempty"`
+	MaxConnections int   `json:"max_connections,omitempty"`
+	MaxBandwidth   int64 `json:"max_bandwidth,omitempty"` // bytes per second, each way
+}
+
+func (n *Network) domain() sandbox.Network {
+	if n == nil {
+		return sandbox.Network{}
+	}
+	d := sandbox.Network{Allow: n.Allow, Deny: n.Deny, Strict: n.Strict, MaxConnections: n.MaxConnections, MaxBandwidth: n.MaxBandwidth}
+	switch {
+	case n.Enabled == nil:
+	case *n.Enabled:
+		d.Mode = sandbox.NetworkOn
+	default:
+		d.Mode = sandbox.NetworkNone
+	}
+	return d
+}
+
+// wireNetwork is the wire form of a sandbox's network.
+func wireNetwork(n sandbox.Network) Network {
+	on := n.Mode == sandbox.NetworkOn
+	return Network{Enabled: &on, Allow: n.Allow, Deny: n.Deny, Strict: n.Strict, MaxConnections: n.MaxConnections, MaxBandwidth: n.MaxBandwidth}
+}
+
+// Rlimit is a resource limit of every process of a sandbox.
+type Rlimit struct {
+	Resource string `json:"resource"`
+	Soft     uint64 `json:"soft"`
+	Hard     uint64 `json:"hard"`
+}
+
+// Lifecycle bounds a sandbox's life, in the v1 API's terms.
+type Lifecycle struct {
+	Ephemeral       bool    `json:"ephemeral"`
+	MaxDurationSecs float64 `json:"max_duration_secs"`
+	IdleTimeoutSecs float64 `json:"idle_timeout_secs"`
+}
+
+// seconds converts a non-negative number of seconds of field.
+func seconds(field string, s float64) (time.Duration, error) {
+	if math.IsNaN(s) || s < 0 || s > sandbox.MaxLifetime.Seconds() {
+		return 0, errdefs.Invalidf("config.lifecycle.%s %v is out of range: use 0 (none) to %d", field, s, int64(sandbox.MaxLifetime.Seconds()))
+	}
+	return time.Duration(s * float64(time.Second)), nil
 }
 
 // domain maps the wire config onto the domain's. Errors are of class
 // Invalid and name the field.
 func (c Config) domain() (sandbox.Config, error) {
 	d := sandbox.Config{Image: c.Image, Memory: c.Memory, CPUs: c.CPUs, Envs: c.Envs, DependsOn: c.DependsOn,
-		Workdir: c.Workdir, Shell: c.Shell, Scripts: c.Scripts, Exec: c.Exec}
+		Workdir: c.Workdir, Shell: c.Shell, Scripts: c.Scripts, Exec: c.Exec, Command: c.Command, User: c.User, Labels: c.Labels,
+		Network: c.Network.domain()}
+	for _, l := range c.Rlimits {
+		d.Rlimits = append(d.Rlimits, sandbox.Rlimit{Resource: l.Resource, Soft: l.Soft, Hard: l.Hard})
+	}
+	for _, t := range c.Tmpfs {
+		d.Tmpfs = append(d.Tmpfs, sandbox.Tmpfs{Guest: t.Path, SizeMiB: t.SizeMiB})
+	}
+	if l := c.Lifecycle; l != nil {
+		var err error
+		d.Ephemeral = l.Ephemeral
+		if d.MaxDuration, err = seconds("max_duration_secs", l.MaxDurationSecs); err != nil {
+			return sandbox.Config{}, err
+		}
+		if d.IdleTimeout, err = seconds("idle_timeout_secs", l.IdleTimeoutSecs); err != nil {
+			return sandbox.Config{}, err
+		}
+	}
 	for _, s := range c.Volumes {
 		v, err := sandbox.ParseVolume(s)
 		if err != nil {
@@ -100,11 +197,50 @@ type SandboxMetrics struct {
 	CPUUsage    *float64 `json:"cpu_usage"`
 	MemoryUsage *int64   `json:"memory_usage"`
 	DiskUsage   *int64   `json:"disk_usage"`
+	// Network is there only for a running sandbox with network.
+	Network *NetworkMetrics `json:"network,omitempty"`
 }
 
-// MetricsResult is the result of sandbox.metrics.get.
+// NetworkMetrics are a running sandbox's network counters since it
+// started.
+type NetworkMetrics struct {
+	Connections uint64 `json:"connections"` // TCP connections and UDP flows made for it
+	Active      int64  `json:"active"`      // of them, open now
+	Denied      uint64 `json:"denied"`      // refused: connections, datagrams, DNS names
+	BytesIn     uint64 `json:"bytes_in"`    // to the sandbox
+	BytesOut    uint64 `json:"bytes_out"`   // from the sandbox
+	DNSQueries  uint64 `json:"dns_queries"`
+}
+
+// MetricsResult is the result of sandbox.metrics.get. Quotas is msb's:
+// the usage and quota of each namespace listed (of the one asked for,
+// even with no sandbox in it).
 type MetricsResult struct {
 	Sandboxes []SandboxMetrics `json:"sandboxes"`
+	Quotas    []NamespaceQuota `json:"quotas"`
+}
+
+// NamespaceQuota is what the running sandboxes of a namespace hold
+// together against its quota.
+type NamespaceQuota struct {
+	Namespace string     `json:"namespace"`
+	Sandboxes QuotaValue `json:"sandboxes"`
+	MemoryMiB QuotaValue `json:"memory_mib"`
+	CPUs      QuotaValue `json:"cpus"`
+}
+
+// QuotaValue is one quantity in use and its bound; Limit is null when
+// there is none.
+type QuotaValue struct {
+	Used  int  `json:"used"`
+	Limit *int `json:"limit"`
+}
+
+func quotaValue(used, limit int) QuotaValue {
+	if limit <= 0 {
+		return QuotaValue{Used: used}
+	}
+	return QuotaValue{Used: used, Limit: &limit}
 }
 
 func metrics(ctx context.Context, m sandbox.Manager, c *Call) (any, error) {
@@ -122,12 +258,60 @@ func metrics(ctx context.Context, m sandbox.Manager, c *Call) (any, error) {
 			return nil, err
 		}
 	}
-	out := MetricsResult{Sandboxes: make([]SandboxMetrics, 0, len(list))}
+	out := MetricsResult{Sandboxes: make([]SandboxMetrics, 0, len(list)), Quotas: []NamespaceQuota{}}
+	var namespaces []string
+	if c.Namespace != "*" {
+		namespaces = append(namespaces, c.Namespace)
+	}
 	for _, s := range list {
-		out.Sandboxes = append(out.Sandboxes, SandboxMetrics{Namespace: s.ID.Namespace(), Name: s.ID.Name(), Running: s.Running,
-			CPUUsage: s.CPUUsage, MemoryUsage: s.MemoryUsage, DiskUsage: s.DiskUsage})
+		sm := SandboxMetrics{Namespace: s.ID.Namespace(), Name: s.ID.Name(), Running: s.Running,
+			CPUUsage: s.CPUUsage, MemoryUsage: s.MemoryUsage, DiskUsage: s.DiskUsage}
+		if n := s.Network; n != nil {
+			sm.Network = &NetworkMetrics{Connections: n.Connections, Active: n.Active, Denied: n.Denied,
+				BytesIn: n.BytesIn, BytesOut: n.BytesOut, DNSQueries: n.DNSQueries}
+		}
+		out.Sandboxes = append(out.Sandboxes, sm)
+		if !slices.Contains(namespaces, s.ID.Namespace()) {
+			namespaces = append(namespaces, s.ID.Namespace())
+		}
+	}
+	for _, ns := range namespaces {
+		u, q := m.Usage(ns)
+		out.Quotas = append(out.Quotas, NamespaceQuota{Namespace: ns, Sandboxes: quotaValue(u.Sandboxes, q.Sandboxes),
+			MemoryMiB: quotaValue(u.MemoryMiB, q.MemoryMiB), CPUs: quotaValue(u.CPUs, q.CPUs)})
 	}
 	return out, nil
+}
+
+type networkParams struct {
+	Ref
+	Network *Network `json:"network"`
+}
+
+// NetworkResult is the result of sandbox.network.update: the network the
+// sandbox has now (or at its next start, when it is not running), with the
+// namespace's defaults filled in.
+type NetworkResult struct {
+	Sandbox string  `json:"sandbox"`
+	Running bool    `json:"running"` // the change took effect at once
+	Network Network `json:"network"`
+}
+
+func networkUpdate(ctx context.Context, m sandbox.Manager, c *Call, p networkParams) (any, error) {
+	if p.Network == nil {
+		return nil, fmt.Errorf("%w: \"network\" is required, such as {\"enabled\": true, \"allow\": [\"*.pypi.org:443\"]}", errInvalidParams)
+	}
+	n := p.Network.domain()
+	if n.Mode == sandbox.NetworkDefault {
+		// An update says what the sandbox gets: {} or {"strict": false}
+		// turns network on, as "enabled": true would.
+		n.Mode = sandbox.NetworkOn
+	}
+	up, err := m.SetNetwork(ctx, c.ID, n)
+	if err != nil {
+		return nil, err
+	}
+	return NetworkResult{Sandbox: c.ID.Name(), Running: up.Running, Network: wireNetwork(up.Network)}, nil
 }
 
 // timeout converts the optional seconds param. Any positive number is

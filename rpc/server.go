@@ -8,7 +8,8 @@
 // handler; the Gate audits calls that change something and calls refused.
 // No method can skip a step, because handlers only ever receive an
 // already-authorized Call. The wire types of each method live beside it
-// (sandbox.go, keys.go, audit.go) and map onto the domain's.
+// (sandbox.go; keys.go, which also has audit.list) and map onto the
+// domain's.
 package rpc
 
 import (
@@ -30,6 +31,7 @@ import (
 
 	"github.com/msb-dev/msb/auth"
 	"github.com/msb-dev/msb/errdefs"
+	"github.com/msb-dev/msb/sandbox"
 )
 
 // Limits on what a client may send.
@@ -58,8 +60,12 @@ type Server struct {
 }
 
 // NewServer returns the API handler of methods, whose callers gate
-// admits.
+// admits. It panics on a table that is wrong in itself (a programming
+// error, found when the server is built rather than at its first call).
 func NewServer(methods Methods, gate *auth.Gate, log *slog.Logger) *Server {
+	if err := methods.check(); err != nil {
+		panic(err)
+	}
 	if log == nil {
 		log = slog.Default()
 	}
@@ -151,6 +157,9 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 	caller, err := s.gate.Authenticate(r.Context(), KeyFromRequest(r), host(r.RemoteAddr), func() string {
 		id, method := peekRequest(w, r)
 		refusedID = id
+		if _, known := s.methods[method]; !known && method != "" {
+			return "unknown method " + method // quoted by the Gate if it is not plain text
+		}
 		return method
 	})
 	if err != nil {
@@ -168,7 +177,10 @@ func (s *Server) serveRPC(w http.ResponseWriter, r *http.Request) {
 		s.respond(w, caller, http.StatusBadRequest, errorResponse(nullID, jsonrpc2.CodeParseError, "could not read the request body"))
 		return
 	}
-	ctx := r.Context()
+	// What the calls' results hold of the server's output budget is
+	// given back once the response is written.
+	ctx, release := sandbox.HoldOutput(r.Context())
+	defer release()
 	trimmed := bytes.TrimLeft(body, " \t\r\n")
 	if len(trimmed) > 0 && trimmed[0] == '[' {
 		s.serveBatch(ctx, w, caller, trimmed)

@@ -3,10 +3,10 @@ package sandbox
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/msb-dev/msb/sandbox/logfile"
 )
 
 // Spawner runs a long-lived command in the background of a running sandbox
@@ -15,25 +15,27 @@ type Spawner interface {
 	Spawn(ctx context.Context, id ID, req ExecRequest, out func(Line)) (int, error)
 }
 
-// LogPath is where the background output of sandbox id goes.
+// LogPath is where the background output of sandbox id goes (the format
+// of sandbox/logfile).
 func LogPath(logDir string, id ID) string {
-	return filepath.Join(logDir, id.Namespace(), id.Name()+".log")
+	return logfile.Path(logDir, id.Namespace(), id.Name())
+}
+
+// LogOptions are the bounds of a sandbox's log (MaxLog a run), for every
+// writer of it; now is the clock of its entries.
+func LogOptions(now func() time.Time) logfile.Options {
+	return logfile.Options{Max: MaxLog, CutNotice: strings.TrimPrefix(LogCutNotice, "[msb] "), Now: now}
 }
 
 // background runs the sandbox's start command with its output in the
-// sandbox's log file.
+// sandbox's log, which starts a new run.
 func (s *Service) background(id ID, b *box, req ExecRequest) {
 	spawner, ok := s.opts.Engine.(Spawner)
 	if !ok {
 		s.opts.Log.Warn("engine cannot run background commands", "sandbox", id.String())
 		return
 	}
-	path := LogPath(s.opts.LogDir, id)
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		s.opts.Log.Error("sandbox log", "sandbox", id.String(), "err", err)
-		return
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	w, err := logfile.Create(LogPath(s.opts.LogDir, id), LogOptions(s.opts.Now))
 	if err != nil {
 		s.opts.Log.Error("sandbox log", "sandbox", id.String(), "err", err)
 		return
@@ -43,31 +45,25 @@ func (s *Service) background(id ID, b *box, req ExecRequest) {
 	b.stopBg, b.bgDone = cancel, done
 	go func() {
 		defer close(done)
-		defer f.Close()
-		var written int64
-		full := false
-		write := func(text string) {
-			if full {
-				return
+		defer w.Close()
+		w.Write(logfile.System, fmt.Sprintf("%s %s", req.Command, strings.Join(req.Args, " ")))
+		code, err := spawner.Spawn(ctx, id, req, func(l Line) {
+			source, text := logfile.Stdout, l.Text
+			switch {
+			case text == LogCutNotice: // the portal's own notice
+				source, text = logfile.System, strings.TrimPrefix(text, "[msb] ")
+			case l.Stream == Stderr:
+				source = logfile.Stderr
 			}
-			// The portal stops at MaxLog already; this bounds the
-			// file whatever the portal sends.
-			if written+int64(len(text))+1 > MaxLog {
-				full = true
-				text = LogCutNotice
-			}
-			n, _ := f.WriteString(text + "\n")
-			written += int64(n)
-		}
-		fmt.Fprintf(f, "[msb] %s: %s %s\n", s.opts.Now().UTC().Format(time.RFC3339), req.Command, strings.Join(req.Args, " "))
-		code, err := spawner.Spawn(ctx, id, req, func(l Line) { write(l.Text) })
+			w.Write(source, text)
+		})
 		switch {
 		case ctx.Err() != nil:
-			write("[msb] stopped with the sandbox")
+			w.Write(logfile.System, "stopped with the sandbox")
 		case err != nil:
-			write(fmt.Sprintf("[msb] could not run: %v", err))
+			w.Write(logfile.System, fmt.Sprintf("could not run: %v", err))
 		default:
-			write(fmt.Sprintf("[msb] exited with code %d", code))
+			w.Write(logfile.System, fmt.Sprintf("exited with code %d", code))
 		}
 	}()
 }

@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
+	"unicode/utf8"
 
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/namespace"
@@ -28,6 +30,27 @@ type Config struct {
 	Shell     string   // default DefaultShell
 	Scripts   map[string]string
 	Exec      string // run in the background at start, instead of Scripts["start"]
+
+	// Command is run in the background at start, as an argv without a
+	// shell (an image's entrypoint and cmd), instead of Exec.
+	Command []string
+	// User runs the sandbox's processes: a user of the image, or
+	// uid[:gid]; "": the image's.
+	User    string
+	Rlimits []Rlimit          // of every process of the sandbox
+	Labels  map[string]string // the client's, kept and filtered on
+	Tmpfs   []Tmpfs           // memory-backed directories
+	Lifecycle
+	// Network is its outbound network; the zero value leaves it to the
+	// namespace's default (none unless the operator changed it).
+	Network Network
+}
+
+// Tmpfs is a memory-backed directory of a sandbox: what is written there
+// is charged to the sandbox's memory.
+type Tmpfs struct {
+	Guest   string // absolute path inside the sandbox
+	SizeMiB int    // 0: half the sandbox's memory
 }
 
 // Volume is a host directory (or file) inside the namespace's volume
@@ -72,7 +95,19 @@ const (
 	maxImageRef  = 512
 	maxVolumes   = 64
 	maxPorts     = 64
+	maxArgs      = 4096
+	maxLabels    = 64
+	maxLabelKey  = 128
+	maxLabelVal  = 1024
+	// MaxLifetime bounds MaxDuration and IdleTimeout.
+	MaxLifetime = 366 * 24 * time.Hour
 )
+
+// Rlimits are the resources a Rlimit may name, as setrlimit(2) knows them.
+var Rlimits = map[string]int{
+	"cpu": 0, "fsize": 1, "data": 2, "stack": 3, "core": 4, "rss": 5, "nproc": 6, "nofile": 7,
+	"memlock": 8, "as": 9, "locks": 10, "sigpending": 11, "msgqueue": 12, "nice": 13, "rtprio": 14, "rttime": 15,
+}
 
 // Bounds are what this server lets one config ask for.
 type Bounds struct {
@@ -82,6 +117,8 @@ type Bounds struct {
 	AllowPrivilegedPorts bool
 	// NoPorts says the engine cannot forward ports at all.
 	NoPorts bool
+	// NoNetwork says the engine cannot give sandboxes network.
+	NoNetwork bool
 }
 
 // ParseVolume reads a volume written "host:guest" or "host:guest:ro" (or
@@ -131,6 +168,9 @@ func normalizeVolume(v Volume) (Volume, error) {
 	s := v.String()
 	if strings.ContainsAny(v.Host+v.Guest, "\x00\n") {
 		return Volume{}, fmt.Errorf("%.100q contains a control character", s)
+	}
+	if strings.Contains(v.Host+v.Guest, ":") {
+		return Volume{}, fmt.Errorf("%.100q: paths of volumes may not contain ':'", s)
 	}
 	if v.Host == "" || v.Guest == "" {
 		return Volume{}, fmt.Errorf("%.100q is not host:guest or host:guest:ro", s)
@@ -192,6 +232,32 @@ func Normalize(cfg Config, b Bounds) (Config, error) {
 		}
 		guests[v.Guest] = true
 		cfg.Volumes[i] = v
+	}
+	if len(cfg.Tmpfs) > maxVolumes {
+		return bad("tmpfs: %d directories is too many: use at most %d", len(cfg.Tmpfs), maxVolumes)
+	}
+	cfg.Tmpfs = slices.Clone(cfg.Tmpfs)
+	for i, t := range cfg.Tmpfs {
+		if strings.ContainsAny(t.Guest, "\x00\n") || !path.IsAbs(t.Guest) {
+			return bad("tmpfs: %.100q is not an absolute path: use one such as /scratch", t.Guest)
+		}
+		t.Guest = path.Clean(t.Guest)
+		if reservedGuest(t.Guest) {
+			return bad("tmpfs: the sandbox path %s is reserved: use another, such as /scratch", t.Guest)
+		}
+		for g := range guests {
+			if g == t.Guest || strings.HasPrefix(g, t.Guest+"/") || strings.HasPrefix(t.Guest, g+"/") {
+				return bad("tmpfs: %s overlaps the mount at %s: use paths apart, such as /scratch and /data", t.Guest, g)
+			}
+		}
+		guests[t.Guest] = true
+		if t.SizeMiB < 0 || t.SizeMiB > cfg.Memory {
+			return bad("tmpfs: %s: size %d MiB is out of range: use 1 to the sandbox's memory (%d MiB), or 0 for half of it", t.Guest, t.SizeMiB, cfg.Memory)
+		}
+		if t.SizeMiB == 0 {
+			t.SizeMiB = max(cfg.Memory/2, 1)
+		}
+		cfg.Tmpfs[i] = t
 	}
 	if len(cfg.Ports) > maxPorts {
 		return bad("ports: %d port forwards is too many: use at most %d", len(cfg.Ports), maxPorts)
@@ -262,6 +328,60 @@ func Normalize(cfg Config, b Bounds) (Config, error) {
 	if len(cfg.Exec) > maxScriptLen || strings.ContainsRune(cfg.Exec, 0) {
 		return bad("exec must be at most 1 MiB of text")
 	}
+	if len(cfg.Command) > 0 && cfg.Exec != "" {
+		return bad("command and exec are two ways to say what runs at start: give one")
+	}
+	size := 0
+	for _, a := range cfg.Command {
+		size += len(a)
+		if strings.ContainsRune(a, 0) {
+			return bad("command: %.64q contains a NUL byte", a)
+		}
+	}
+	if len(cfg.Command) > maxArgs || size > maxScriptLen || (len(cfg.Command) > 0 && cfg.Command[0] == "") {
+		return bad("command must be a program and at most %d arguments, 1 MiB in all", maxArgs-1)
+	}
+	if cfg.User != "" && !validUser(cfg.User) {
+		return bad("user %.64q is not a user name or uid[:gid]", cfg.User)
+	}
+	cfg.Rlimits = slices.Clone(cfg.Rlimits)
+	seenLimit := map[string]bool{}
+	for i, l := range cfg.Rlimits {
+		l.Resource = strings.ToLower(strings.TrimPrefix(strings.ToUpper(l.Resource), "RLIMIT_"))
+		if _, ok := Rlimits[l.Resource]; !ok {
+			return bad("rlimits: unknown resource %.32q: use one of cpu, fsize, data, stack, core, rss, nproc, nofile, memlock, as, locks, sigpending, msgqueue, nice, rtprio, rttime", l.Resource)
+		}
+		if l.Soft > l.Hard {
+			return bad("rlimits: %s: the soft limit %d is above the hard limit %d", l.Resource, l.Soft, l.Hard)
+		}
+		if seenLimit[l.Resource] {
+			return bad("rlimits: %s is given twice", l.Resource)
+		}
+		seenLimit[l.Resource] = true
+		cfg.Rlimits[i] = l
+	}
+	if len(cfg.Labels) > maxLabels {
+		return bad("labels: %d labels is too many: use at most %d", len(cfg.Labels), maxLabels)
+	}
+	for k, v := range cfg.Labels {
+		if k == "" || len(k) > maxLabelKey || len(v) > maxLabelVal || !utf8.ValidString(k+v) || strings.ContainsAny(k+v, "\x00\n") {
+			return bad("labels: %.64q = %.64q: a label is a name of 1 to %d and a value of at most %d characters, without NUL or newline", k, v, maxLabelKey, maxLabelVal)
+		}
+	}
+	if cfg.MaxDuration < 0 || cfg.MaxDuration > MaxLifetime {
+		return bad("lifecycle.max_duration %v is out of range: use 0 (none) to %v", cfg.MaxDuration, MaxLifetime)
+	}
+	if cfg.IdleTimeout < 0 || cfg.IdleTimeout > MaxLifetime {
+		return bad("lifecycle.idle_timeout %v is out of range: use 0 (none) to %v", cfg.IdleTimeout, MaxLifetime)
+	}
+	net, err := NormalizeNetwork(cfg.Network, "config.network")
+	if err != nil {
+		return Config{}, err
+	}
+	if net.Mode == NetworkOn && b.NoNetwork {
+		return bad("network: this server's sandbox engine cannot give sandboxes network; leave network out")
+	}
+	cfg.Network = net
 	// Empty and absent mean the same.
 	if len(cfg.Scripts) == 0 {
 		cfg.Scripts = nil
@@ -278,7 +398,37 @@ func Normalize(cfg Config, b Bounds) (Config, error) {
 	if len(cfg.Ports) == 0 {
 		cfg.Ports = nil
 	}
+	if len(cfg.Command) == 0 {
+		cfg.Command = nil
+	}
+	if len(cfg.Rlimits) == 0 {
+		cfg.Rlimits = nil
+	}
+	if len(cfg.Labels) == 0 {
+		cfg.Labels = nil
+	}
 	return cfg, nil
+}
+
+// validUser reports whether s reads as a user: a name as useradd allows
+// one, or uid, or uid:gid, or name:group.
+func validUser(s string) bool {
+	if len(s) > 64 {
+		return false
+	}
+	u, g, _ := strings.Cut(s, ":")
+	ok := func(p string) bool {
+		if p == "" {
+			return false
+		}
+		for _, c := range p {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+				return false
+			}
+		}
+		return true
+	}
+	return ok(u) && (g == "" && !strings.Contains(s, ":") || ok(g))
 }
 
 // Equal reports whether two normalized configs are the same.
@@ -286,13 +436,23 @@ func (c Config) Equal(o Config) bool {
 	return c.Image == o.Image && c.Memory == o.Memory && c.CPUs == o.CPUs &&
 		slices.Equal(c.Volumes, o.Volumes) && slices.Equal(c.Ports, o.Ports) &&
 		slices.Equal(c.Envs, o.Envs) && slices.Equal(c.DependsOn, o.DependsOn) &&
-		c.Workdir == o.Workdir && c.Shell == o.Shell && maps.Equal(c.Scripts, o.Scripts) && c.Exec == o.Exec
+		c.Workdir == o.Workdir && c.Shell == o.Shell && maps.Equal(c.Scripts, o.Scripts) && c.Exec == o.Exec &&
+		slices.Equal(c.Command, o.Command) && c.User == o.User && slices.Equal(c.Rlimits, o.Rlimits) &&
+		maps.Equal(c.Labels, o.Labels) && slices.Equal(c.Tmpfs, o.Tmpfs) && c.Lifecycle == o.Lifecycle && c.Network.Equal(o.Network)
 }
 
-// startScript is what a sandbox runs in the background when it starts.
-func (c Config) startScript() string {
-	if c.Exec != "" {
-		return c.Exec
+// background is what a sandbox runs in the background when it starts, if
+// anything: its command, else its exec or start script in its shell.
+func (c Config) background() (ExecRequest, bool) {
+	if len(c.Command) > 0 {
+		return ExecRequest{Command: c.Command[0], Args: slices.Clone(c.Command[1:])}, true
 	}
-	return c.Scripts["start"]
+	script := c.Exec
+	if script == "" {
+		script = c.Scripts["start"]
+	}
+	if script == "" {
+		return ExecRequest{}, false
+	}
+	return ExecRequest{Command: c.Shell, Args: []string{"-c", script}}, true
 }

@@ -2,6 +2,8 @@ package sandbox_test
 
 import (
 	"errors"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -24,11 +26,13 @@ func TestNormalizeCanonicalForms(t *testing.T) {
 	got, err := sandbox.Normalize(sandbox.Config{
 		Volumes: []sandbox.Volume{{Host: "data/./x", Guest: "/data/"}},
 		Workdir: "/srv/app/../app",
+		Tmpfs:   []sandbox.Tmpfs{{Guest: "/scratch/"}},
 	}, sandbox.Bounds{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Volumes[0] != (sandbox.Volume{Host: "data/x", Guest: "/data"}) || got.Workdir != "/srv/app" {
+	if got.Volumes[0] != (sandbox.Volume{Host: "data/x", Guest: "/data"}) || got.Workdir != "/srv/app" ||
+		got.Tmpfs[0] != (sandbox.Tmpfs{Guest: "/scratch", SizeMiB: sandbox.DefaultMemory / 2}) {
 		t.Fatalf("not canonical: %+v", got)
 	}
 	again, _ := sandbox.Normalize(got, sandbox.Bounds{})
@@ -56,6 +60,7 @@ func TestNormalizeRefuses(t *testing.T) {
 		{"volume to /", sandbox.Config{Volumes: []sandbox.Volume{{Host: "d", Guest: "/"}}}, bounds, "reserved"},
 		{"volume with ..", sandbox.Config{Volumes: []sandbox.Volume{{Host: "../etc", Guest: "/x"}}}, bounds, `may not contain ".."`},
 		{"relative guest", sandbox.Config{Volumes: []sandbox.Volume{{Host: "d", Guest: "x"}}}, bounds, "must be absolute"},
+		{"colon in a host path", sandbox.Config{Volumes: []sandbox.Volume{{Host: "a:b", Guest: "/x"}}}, bounds, "may not contain ':'"},
 		{"guest twice", sandbox.Config{Volumes: []sandbox.Volume{{Host: "a", Guest: "/x"}, {Host: "b", Guest: "/x/"}}}, bounds, "used twice"},
 		{"port out of range", sandbox.Config{Ports: []sandbox.Port{{Host: 70000, Guest: 80}}}, bounds, "1 to 65535"},
 		{"privileged port", sandbox.Config{Ports: []sandbox.Port{{Host: 80, Guest: 80}}}, bounds, "allow_privileged_ports"},
@@ -70,6 +75,21 @@ func TestNormalizeRefuses(t *testing.T) {
 		{"relative shell", sandbox.Config{Shell: "sh"}, bounds, "config.shell"},
 		{"script without a name", sandbox.Config{Scripts: map[string]string{"": "x"}}, bounds, "config.scripts"},
 		{"exec too long", sandbox.Config{Exec: strings.Repeat("x", 1<<20+1)}, bounds, "config.exec"},
+		{"relative tmpfs", sandbox.Config{Tmpfs: []sandbox.Tmpfs{{Guest: "scratch"}}}, bounds, "config.tmpfs"},
+		{"tmpfs on /", sandbox.Config{Tmpfs: []sandbox.Tmpfs{{Guest: "/"}}}, bounds, "reserved"},
+		{"tmpfs in /.msb", sandbox.Config{Tmpfs: []sandbox.Tmpfs{{Guest: "/.msb/x"}}}, bounds, "reserved"},
+		{"tmpfs over a volume", sandbox.Config{Volumes: []sandbox.Volume{{Host: "d", Guest: "/data/x"}}, Tmpfs: []sandbox.Tmpfs{{Guest: "/data"}}}, bounds, "overlaps"},
+		{"tmpfs twice", sandbox.Config{Tmpfs: []sandbox.Tmpfs{{Guest: "/s"}, {Guest: "/s/"}}}, bounds, "overlaps"},
+		{"tmpfs larger than memory", sandbox.Config{Memory: 64, Tmpfs: []sandbox.Tmpfs{{Guest: "/s", SizeMiB: 65}}}, bounds, "out of range"},
+		{"negative tmpfs", sandbox.Config{Tmpfs: []sandbox.Tmpfs{{Guest: "/s", SizeMiB: -1}}}, bounds, "out of range"},
+		{"network rule", sandbox.Config{Network: sandbox.Network{Allow: []string{"*.*.org"}}}, bounds, "config.network.allow"},
+		{"network deny rule", sandbox.Config{Network: sandbox.Network{Deny: []string{"x.org:0"}}}, bounds, "config.network.deny"},
+		{"network rules without network", sandbox.Config{Network: sandbox.Network{Mode: sandbox.NetworkNone, Allow: []string{"x.org"}}}, bounds, "set enabled to true"},
+		{"network mode", sandbox.Config{Network: sandbox.Network{Mode: "maybe"}}, bounds, "config.network.mode"},
+		{"network connections", sandbox.Config{Network: sandbox.Network{MaxConnections: -1}}, bounds, "config.network.max_connections"},
+		{"network bandwidth", sandbox.Config{Network: sandbox.Network{MaxBandwidth: -1}}, bounds, "config.network.max_bandwidth"},
+		{"network rules too many", sandbox.Config{Network: sandbox.Network{Allow: make([]string, 257)}}, bounds, "too many"},
+		{"no network on this engine", sandbox.Config{Network: sandbox.Network{Mode: sandbox.NetworkOn}}, sandbox.Bounds{NoNetwork: true}, "cannot give sandboxes network"},
 	} {
 		_, err := sandbox.Normalize(c.cfg, c.b)
 		if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
@@ -114,5 +134,125 @@ func TestParseID(t *testing.T) {
 	}
 	if !(sandbox.ID{}).IsZero() {
 		t.Error("zero ID is not zero")
+	}
+}
+
+// TestConfigEqualSeesEveryField changes each field of a config in turn:
+// Equal must tell every change, so that a field added later and left out of
+// Equal fails here rather than making a restart with a new config a no-op.
+func TestConfigEqualSeesEveryField(t *testing.T) {
+	base := sandbox.Config{}
+	typ := reflect.TypeOf(base)
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		var changed sandbox.Config
+		v := reflect.ValueOf(&changed).Elem().Field(i)
+		if f.Anonymous {
+			// Embedded structs: every field of theirs in turn.
+			for j := range v.NumField() {
+				c := sandbox.Config{}
+				setAny(t, reflect.ValueOf(&c).Elem().Field(i).Field(j))
+				if c.Equal(base) {
+					t.Errorf("Equal ignores %s.%s", f.Name, v.Type().Field(j).Name)
+				}
+			}
+			continue
+		}
+		setAny(t, v)
+		if changed.Equal(base) {
+			t.Errorf("Equal ignores %s", f.Name)
+		}
+	}
+}
+
+// setAny sets v to a value other than its zero value.
+func setAny(t *testing.T, v reflect.Value) {
+	switch v.Kind() {
+	case reflect.String:
+		v.SetString("x")
+	case reflect.Int, reflect.Int64:
+		v.SetInt(1)
+	case reflect.Bool:
+		v.SetBool(true)
+	case reflect.Slice:
+		s := reflect.MakeSlice(v.Type(), 1, 1)
+		setAny(t, s.Index(0))
+		v.Set(s)
+	case reflect.Map:
+		m := reflect.MakeMap(v.Type())
+		m.SetMapIndex(reflect.ValueOf("k").Convert(v.Type().Key()), reflect.ValueOf("v").Convert(v.Type().Elem()))
+		v.Set(m)
+	case reflect.Struct:
+		setAny(t, v.Field(0))
+	case reflect.Uint64, reflect.Uint32:
+		v.SetUint(1)
+	default:
+		t.Fatalf("setAny: no value for a %s: extend the test", v.Type())
+	}
+}
+
+// Network rules are parsed, rewritten, sorted and deduplicated, so that
+// two configs asking for the same network compare equal; rules or limits
+// without a mode ask for network.
+func TestNormalizeNetwork(t *testing.T) {
+	got, err := sandbox.Normalize(sandbox.Config{Network: sandbox.Network{
+		Allow: []string{"files.pythonhosted.org:443", "*.PyPI.org:443", "files.pythonhosted.org:443", "::ffff:203.0.113.7"},
+		Deny:  []string{"TCP evil.test"},
+	}}, sandbox.Bounds{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := sandbox.Network{Mode: sandbox.NetworkOn, Allow: []string{"*.pypi.org:443", "203.0.113.7/32", "files.pythonhosted.org:443"}, Deny: []string{"tcp evil.test"}}
+	if !got.Network.Equal(want) {
+		t.Fatalf("network %+v, want %+v", got.Network, want)
+	}
+	again, _ := sandbox.Normalize(got, sandbox.Bounds{})
+	if !again.Equal(got) {
+		t.Fatal("Normalize is not idempotent")
+	}
+	for _, n := range []sandbox.Network{{}, {Mode: sandbox.NetworkNone}, {Mode: sandbox.NetworkOn}} {
+		got, err := sandbox.NormalizeNetwork(n, "network")
+		if err != nil || !got.Equal(n) {
+			t.Errorf("NormalizeNetwork(%+v) = %+v, %v", n, got, err)
+		}
+	}
+	if got, _ := sandbox.NormalizeNetwork(sandbox.Network{Strict: true}, "network"); got.Mode != sandbox.NetworkOn {
+		t.Errorf("strict without a mode: %+v", got)
+	}
+}
+
+func TestNetworkBoundsCheck(t *testing.T) {
+	if err := sandbox.DefaultNetworkBounds().Check("network"); err != nil {
+		t.Fatal(err)
+	}
+	good := sandbox.NetworkBounds{Permitted: true, Allow: []string{"*.pypi.org:443", "files.pythonhosted.org:443"}, DefaultAllow: []string{"*.pypi.org:443"}, Exempt: []string{"10.1.2.0/24:5432"}}
+	if err := good.Check("network"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		b    sandbox.NetworkBounds
+		want string
+	}{
+		{sandbox.NetworkBounds{Allow: []string{"x..org"}}, "network.namespaces.a.allow"},
+		{sandbox.NetworkBounds{Exempt: []string{"internal.example:80"}}, "only addresses can be exempt"},
+		{sandbox.NetworkBounds{Allow: []string{"*.pypi.org:443"}, DefaultAllow: []string{"*"}}, "not within"},
+		{sandbox.NetworkBounds{MaxConnections: -1}, "max_connections"},
+	} {
+		if err := c.b.Check("network.namespaces.a"); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want %q", c.b, err, c.want)
+		}
+	}
+}
+
+// A call's limits go on top of its sandbox's, never above their hard limits.
+func TestMergeRlimits(t *testing.T) {
+	base := []sandbox.Rlimit{{Resource: "nofile", Soft: 64, Hard: 128}, {Resource: "nproc", Soft: 10, Hard: 10}}
+	got := sandbox.MergeRlimits(base, []sandbox.Rlimit{{Resource: "nofile", Soft: 100, Hard: 1024}, {Resource: "core", Soft: 0, Hard: 0}})
+	want := []sandbox.Rlimit{{Resource: "nofile", Soft: 100, Hard: 128}, {Resource: "nproc", Soft: 10, Hard: 10}, {Resource: "core"}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("MergeRlimits = %+v, want %+v", got, want)
+	}
+	if base[0].Hard != 128 || base[0].Soft != 64 {
+		t.Fatal("MergeRlimits changed its base")
 	}
 }

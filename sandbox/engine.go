@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"time"
+
+	"github.com/msb-dev/msb/sandbox/network"
 )
 
 // Mount is a bind mount from the host into a sandbox.
@@ -57,6 +59,17 @@ type Spec struct {
 	Pids      int
 	Hostname  string
 	User      User // who the sandbox's processes run as; zero: root
+	// Tmpfs are memory-backed directories mounted over the root, charged
+	// to the sandbox's memory.
+	Tmpfs []Tmpfs
+	// Rlimits bind every process the sandbox's agent starts (commands,
+	// interpreters, the background command, streamed processes).
+	Rlimits []Rlimit
+	// Network, if set, is the sandbox's outbound network: an engine that
+	// is a Networker attaches it when the sandbox's init has started
+	// (before Start returns) and detaches it when the sandbox stops.
+	// Nil: the sandbox has its own loopback only.
+	Network *network.Config
 }
 
 // User is a numeric user inside a sandbox, resolved from an image's config.
@@ -91,6 +104,9 @@ type Stats struct {
 	MemoryBytes uint64
 	// DiskBytes is the size of the sandbox's writable layer.
 	DiskBytes uint64
+	// Network are the counters of the sandbox's network; nil when it has
+	// none.
+	Network *NetworkStats
 	// Sampled is when the sample was taken.
 	Sampled time.Time
 }
@@ -217,8 +233,21 @@ type ExitWatcher interface {
 	Exited(ctx context.Context, id ID) (<-chan struct{}, error)
 }
 
+// Networker is an engine that gives sandboxes outbound network: it
+// attaches Spec.Network when a sandbox starts, detaches it when the
+// sandbox stops, and changes it on a running sandbox.
+type Networker interface {
+	// SetNetwork gives the running sandbox id the network cfg: a new one
+	// if it has none, else the policy and limits of cfg replace those of
+	// the one it has (live connections the new policy refuses are
+	// reset); nil detaches it. errdefs.ErrConflict if the sandbox is not
+	// running, errdefs.ErrNotFound if it does not exist.
+	SetNetwork(ctx context.Context, id ID, cfg *network.Config) error
+}
+
 // Engine is everything the Service needs from an isolation engine.
-// Spawner and Dialer are optional abilities, found by type assertion.
+// Spawner, Dialer and Networker are optional abilities, found by type
+// assertion.
 type Engine interface {
 	Runtime
 	Executor
@@ -233,6 +262,10 @@ const MaxOutput = 16 << 20
 
 // OutputCutNotice is the stderr line appended when output hit MaxOutput.
 var OutputCutNotice = fmt.Sprintf("[msb] output exceeded %d MiB; the rest was discarded", MaxOutput>>20)
+
+// OutputBudgetNotice is the stderr line appended when a call's output was
+// cut because the server's memory for call output was in use by others.
+const OutputBudgetNotice = "[msb] output cut: the server's memory for call output (output_memory in config.toml) is in use by other calls; retry, or write large output to a file and read it in parts with sandbox.fs.read"
 
 // MaxLog caps the output of a sandbox's background command (its exec or
 // start script), which goes to the sandbox's log. Past it the portal stops

@@ -25,10 +25,16 @@ func (s *Service) RunCode(ctx context.Context, id ID, lang Language, code string
 	if err != nil {
 		return ReplResult{}, err
 	}
+	defer s.busy(b)()
+	ctx, release := holdOutput(ctx, s.output)
+	defer release()
 	res, err := s.opts.Engine.RunCode(ctx, id, lang, code, min(timeout, s.opts.MaxTimeout))
 	if err != nil {
 		if errdefs.Is(err, errdefs.Invalid) {
-			return ReplResult{}, errdefs.Wrapf(err, "%v (image %q)", err, b.cfg.Image)
+			b.mu.Lock()
+			image := b.cfg.Image
+			b.mu.Unlock()
+			return ReplResult{}, errdefs.Wrapf(err, "%v (image %q)", err, image)
 		}
 		return ReplResult{}, s.callError(id, b, err)
 	}
@@ -41,6 +47,9 @@ func (s *Service) Exec(ctx context.Context, id ID, req ExecRequest) (ExecResult,
 	if err != nil {
 		return ExecResult{}, err
 	}
+	defer s.busy(b)()
+	ctx, release := holdOutput(ctx, s.output)
+	defer release()
 	req.Timeout = min(req.Timeout, s.opts.MaxTimeout)
 	res, err := s.opts.Engine.Exec(ctx, id, req)
 	if err != nil {

@@ -57,4 +57,5 @@ func (s *Service) sample(ctx context.Context, id ID, b *box, m *Metrics) {
 	mem := int64(st.MemoryBytes >> 20)
 	disk := int64(st.DiskBytes)
 	m.CPUUsage, m.MemoryUsage, m.DiskUsage = &cpu, &mem, &disk
+	m.Network = st.Network
 }

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/namespace"
+	"github.com/msb-dev/msb/sandbox/network"
 )
 
 // Manager is what the front-ends ask of sandboxes. Each method's namespace
@@ -30,6 +32,31 @@ type Manager interface {
 	RunCode(ctx context.Context, id ID, lang Language, code string, timeout time.Duration) (ReplResult, error)
 	// Exec runs a command in the sandbox.
 	Exec(ctx context.Context, id ID, req ExecRequest) (ExecResult, error)
+	// Usage reports what the running sandboxes of namespace ns hold
+	// together, and its quota.
+	Usage(ns string) (Usage, Quota)
+	// SetNetwork changes the sandbox's network (its mode, rules and
+	// limits): at once when it runs, and for its next starts.
+	SetNetwork(ctx context.Context, id ID, n Network) (NetworkUpdate, error)
+}
+
+// NetworkUpdate is the outcome of Manager.SetNetwork.
+type NetworkUpdate struct {
+	// Network is what the sandbox has now, or will have at its next
+	// start: the namespace's defaults filled in. Mode NetworkNone: no
+	// network.
+	Network Network
+	// Running: the sandbox runs, and the change took effect at once.
+	Running bool
+}
+
+// API is what the front-ends (JSON-RPC, MCP, the v1 API) ask of
+// sandboxes: the Service, or Unavailable on a server without an engine.
+type API interface {
+	Manager
+	Lifecycles
+	// Sessions returns the streamed processes and file operations.
+	Sessions() Sessions
 }
 
 // Metrics is one sandbox's resource use. The pointers are nil for a
@@ -40,6 +67,8 @@ type Metrics struct {
 	CPUUsage    *float64 // percent of one CPU since the previous sample
 	MemoryUsage *int64   // MiB
 	DiskUsage   *int64   // bytes
+	// Network are the counters of its network, nil when it runs without.
+	Network *NetworkStats
 }
 
 // Image is a resolved image: what a sandbox's root is made of.
@@ -51,11 +80,12 @@ type Image struct {
 	User    User     // the image's user
 }
 
-// Resolver turns an image reference from a config into an Image.
-// Unknown or unusable references are errors of class Invalid naming the
-// reference.
+// Resolver turns an image reference from a config into an Image. user,
+// if not "", runs the sandbox instead of the image's own user: a name of
+// the image's /etc/passwd, or uid[:gid]. Unknown or unusable references
+// and users are errors of class Invalid naming them.
 type Resolver interface {
-	Resolve(ctx context.Context, ref string) (Image, error)
+	Resolve(ctx context.Context, ref, user string) (Image, error)
 }
 
 // DefaultMaxTimeout is the longest a command or evaluation may be given
@@ -76,6 +106,16 @@ type ServiceOptions struct {
 	// MaxTimeout bounds the timeout of one command or evaluation: a longer
 	// one is cut to it. 0: DefaultMaxTimeout.
 	MaxTimeout time.Duration
+	// EphemeralGrace is how long a stopped ephemeral sandbox stays listed
+	// before it is removed; 0: sandbox.EphemeralGrace.
+	EphemeralGrace time.Duration
+	// Quotas bound what each namespace's running sandboxes hold; nil: no
+	// bound.
+	Quotas Quotas
+	// OutputMemory bounds the memory that the output of calls under way
+	// holds on the server, in bytes (OutputBudget); 0:
+	// DefaultOutputMemory.
+	OutputMemory int64
 
 	// VolumeRoots are the host directories volumes may come from; each
 	// namespace ns gets <root>/<ns> of each, created on demand, and a
@@ -85,6 +125,19 @@ type ServiceOptions struct {
 	PortBind string
 	// AllowPrivilegedPorts lets port forwards use host ports below 1024.
 	AllowPrivilegedPorts bool
+
+	// Network gives the operator's network bounds of each namespace;
+	// nil: DefaultNetworkBounds for all.
+	Network func(namespace string) NetworkBounds
+	// NetDialer dials what sandboxes' networks allow, and NetResolver
+	// answers their DNS; nil: a net.Dialer and the host's resolver.
+	NetDialer   network.Dialer
+	NetResolver network.Resolver
+	// OnNetworkDenial, if set, is told of sandboxes' refused network
+	// attempts, at most once a second per sandbox (NetworkDenial). It is
+	// called with a lock held and must not block (the audit log's Record
+	// does not).
+	OnNetworkDenial func(NetworkDenial)
 }
 
 // Service is the sandbox Manager and the one owner of every sandbox's
@@ -95,6 +148,8 @@ type ServiceOptions struct {
 type Service struct {
 	opts   ServiceOptions
 	bounds Bounds
+	quotas quotas
+	output *OutputBudget
 
 	mu    sync.Mutex
 	boxes map[ID]*box
@@ -103,13 +158,31 @@ type Service struct {
 // box is the live state of one sandbox in this server process.
 type box struct {
 	mu      sync.Mutex  // serialises start and stop of this sandbox
+	gone    bool        // removed: the map no longer holds this box
 	running atomic.Bool // set by start, cleared by release; read without mu
-	exited  <-chan struct{}
+	// phase is StateStarting or StateStopping while a start or stop is
+	// under way, else "" (the record says).
+	phase  atomic.Value
+	run    uint64        // counts the starts: timers of an earlier run do nothing
+	timers []*time.Timer // of this run (max duration, idle timeout)
+	// exited is the engine's report of the current run's end (a
+	// <-chan struct{}), read without mu.
+	exited  atomic.Value
 	cfg     Config // normalized config it runs with
 	started time.Time
 	stopBg  context.CancelFunc // ends the background command's log writer
 	bgDone  chan struct{}
 	ports   []*forwarder // host ports forwarded into the sandbox
+	// lastActive is when the sandbox last saw a call or was started, in
+	// Unix nanoseconds of the service's clock (lastActivity).
+	lastActive atomic.Int64
+	// inFlight counts the calls under way (exec, code, file transfers,
+	// streamed processes until they end): a sandbox with one is not idle.
+	inFlight atomic.Int64
+	// net is the network it runs with (nil: none), and denials reports
+	// what that network refuses.
+	net     *effectiveNetwork
+	denials *denials
 
 	sampleMu sync.Mutex
 	lastCPU  time.Duration
@@ -123,8 +196,9 @@ func (b *box) alive() bool {
 	if !b.running.Load() {
 		return false
 	}
+	exited, _ := b.exited.Load().(<-chan struct{})
 	select {
-	case <-b.exited:
+	case <-exited:
 		return false
 	default:
 		return true
@@ -145,9 +219,19 @@ func NewService(opts ServiceOptions) *Service {
 	if opts.MaxTimeout <= 0 {
 		opts.MaxTimeout = DefaultMaxTimeout
 	}
+	if opts.EphemeralGrace <= 0 {
+		opts.EphemeralGrace = EphemeralGrace
+	}
+	if opts.OutputMemory <= 0 {
+		opts.OutputMemory = DefaultOutputMemory
+	}
+	if opts.Network == nil {
+		opts.Network = func(string) NetworkBounds { return DefaultNetworkBounds() }
+	}
 	_, canDial := opts.Engine.(Dialer)
-	return &Service{opts: opts, boxes: map[ID]*box{}, bounds: Bounds{
-		MaxCPUs: opts.MaxCPUs, MaxMemory: opts.MaxMemMB, AllowPrivilegedPorts: opts.AllowPrivilegedPorts, NoPorts: !canDial,
+	_, canNet := opts.Engine.(Networker)
+	return &Service{opts: opts, boxes: map[ID]*box{}, quotas: quotas{of: opts.Quotas}, output: NewOutputBudget(opts.OutputMemory), bounds: Bounds{
+		MaxCPUs: opts.MaxCPUs, MaxMemory: opts.MaxMemMB, AllowPrivilegedPorts: opts.AllowPrivilegedPorts, NoPorts: !canDial, NoNetwork: !canNet,
 	}}
 }
 
@@ -160,6 +244,37 @@ func (s *Service) box(id ID) *box {
 		s.boxes[id] = b
 	}
 	return b
+}
+
+// lockBox returns the box of id, locked, making one if needed; a box
+// removed meanwhile is never returned.
+func (s *Service) lockBox(id ID) *box {
+	for {
+		b := s.box(id)
+		b.mu.Lock()
+		if !b.gone {
+			return b
+		}
+		b.mu.Unlock()
+	}
+}
+
+// forget removes the sandbox b holds (b.mu held, not running) for good:
+// its record, its log and its box.
+func (s *Service) forget(ctx context.Context, id ID, b *box) error {
+	if err := s.opts.Store.DeleteSandbox(ctx, id); err != nil {
+		return err
+	}
+	if err := os.Remove(LogPath(s.opts.LogDir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.opts.Log.Warn("remove the log of a removed sandbox", "sandbox", id.String(), "err", err)
+	}
+	b.gone = true
+	s.mu.Lock()
+	if s.boxes[id] == b {
+		delete(s.boxes, id)
+	}
+	s.mu.Unlock()
+	return nil
 }
 
 func (s *Service) lookup(id ID) (*box, bool) {
@@ -196,7 +311,13 @@ func (s *Service) Recover(ctx context.Context) error {
 		return fmt.Errorf("recover sandboxes: %w", err)
 	}
 	for _, r := range recs {
-		if r.State == StateRunning {
+		switch {
+		case r.Config.Ephemeral && r.State != StateFailed:
+			// Nobody polls for its stop across a restart: remove it now.
+			if err := s.opts.Store.DeleteSandbox(ctx, r.ID); err != nil {
+				return fmt.Errorf("recover sandbox %s: %w", r.ID, err)
+			}
+		case r.State == StateRunning:
 			if err := s.opts.Store.MarkSandboxStopped(ctx, r.ID, s.opts.Now()); err != nil {
 				return fmt.Errorf("recover sandbox %s: %w", r.ID, err)
 			}
@@ -236,8 +357,11 @@ func (s *Service) Close(ctx context.Context) error {
 // (host paths included) with a reference and shows only what failed.
 func engineError(op string, id ID, err error) error {
 	switch errdefs.Classify(err) {
-	case errdefs.Invalid, errdefs.NotFound, errdefs.Conflict, errdefs.Exhausted:
+	case errdefs.Invalid, errdefs.NotFound, errdefs.Conflict, errdefs.Exhausted,
+		errdefs.Forbidden: // a file the sandbox's own permissions refuse
 		return err
 	}
 	return &errdefs.Error{Class: errdefs.Internal, Msg: fmt.Sprintf("%s sandbox %q failed in the sandbox engine", op, id.Name()), Err: err}
 }
+
+var _ API = (*Service)(nil)

@@ -21,7 +21,7 @@ import (
 // image resolver does for its aliases.
 type hostImage struct{}
 
-func (hostImage) Resolve(ctx context.Context, ref string) (sandbox.Image, error) {
+func (hostImage) Resolve(ctx context.Context, ref, user string) (sandbox.Image, error) {
 	if ref == "nosuch" {
 		return sandbox.Image{}, errdefs.Invalidf("image %q is not available", ref)
 	}
@@ -47,7 +47,7 @@ func newService(t *testing.T, eng *sandboxtest.Memory) fixture {
 	t.Cleanup(func() { db.Close() })
 	svc := sandbox.NewService(sandbox.ServiceOptions{
 		Engine: eng, Store: db, Images: hostImage{}, LogDir: t.TempDir(), Pids: 64, MaxCPUs: 2, MaxMemMB: 4096,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), EphemeralGrace: 20 * time.Millisecond,
 	})
 	if err := svc.Recover(ctx); err != nil {
 		t.Fatal(err)
@@ -218,8 +218,12 @@ func TestEngineFailures(t *testing.T) {
 	if calls := eng.Calls(); calls[len(calls)-1] != "delete "+id.String() {
 		t.Fatalf("half-made sandbox not deleted: %v", calls)
 	}
-	if _, err := f.store.Sandbox(f.ctx, id); !errors.Is(err, errdefs.ErrNotFound) {
-		t.Fatalf("a sandbox that never started was recorded: %v", err)
+	// The failed start is recorded, for a client that asks, with what
+	// failed and not the engine's detail.
+	rec, err := f.svc.Get(f.ctx, id)
+	if err != nil || rec.State != sandbox.StateFailed || !strings.Contains(rec.Failure, "failed in the sandbox engine") ||
+		strings.Contains(rec.Failure, "secret-host-path") || rec.UUID == "" {
+		t.Fatalf("record of a failed start: %+v, %v", rec, err)
 	}
 	if err := f.svc.Start(f.ctx, id, &sandbox.Config{Image: "nosuch"}); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "nosuch") {
 		t.Fatalf("unknown image: %v", err)
@@ -322,5 +326,230 @@ func TestSandboxMetricsLooksUpOne(t *testing.T) {
 	}
 	if counting.lists != 0 || counting.gets != 1 {
 		t.Fatalf("one sandbox's metrics: %d lookups, %d listings; want 1 lookup", counting.gets, counting.lists)
+	}
+}
+
+// A sandbox's UUID stays for its life, across stops and starts; a
+// sandbox of the same name made after a removal gets another.
+func TestUUIDAndRemove(t *testing.T) {
+	f := newService(t, sandboxtest.NewMemory())
+	id := sandboxtest.ID(t, "ns", "box")
+	if err := f.svc.Start(f.ctx, id, &sandbox.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	first, err := f.svc.Get(f.ctx, id)
+	if err != nil || first.UUID == "" || first.State != sandbox.StateRunning {
+		t.Fatalf("Get = %+v, %v", first, err)
+	}
+	if byUUID, err := f.svc.GetByUUID(f.ctx, "ns", first.UUID); err != nil || byUUID.ID != id {
+		t.Fatalf("GetByUUID = %+v, %v", byUUID, err)
+	}
+	if _, err := f.svc.GetByUUID(f.ctx, "other", first.UUID); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("GetByUUID in another namespace: %v", err)
+	}
+	f.svc.Stop(f.ctx, id)
+	f.svc.Start(f.ctx, id, nil)
+	if again, _ := f.svc.Get(f.ctx, id); again.UUID != first.UUID {
+		t.Fatalf("UUID changed across a restart: %s, %s", first.UUID, again.UUID)
+	}
+	if err := f.svc.Remove(f.ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Get(f.ctx, id); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("Get after Remove: %v", err)
+	}
+	if err := f.svc.Remove(f.ctx, id); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("second Remove: %v", err)
+	}
+	if _, err := f.eng.Inspect(f.ctx, id); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("removed sandbox still held by the engine: %v", err)
+	}
+	if err := f.svc.Start(f.ctx, id, &sandbox.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if fresh, _ := f.svc.Get(f.ctx, id); fresh.UUID == first.UUID || fresh.UUID == "" {
+		t.Fatalf("a new sandbox of the same name kept the UUID %s", fresh.UUID)
+	}
+}
+
+func TestListPagesAndLabels(t *testing.T) {
+	f := newService(t, sandboxtest.NewMemory())
+	for i, name := range []string{"a", "b", "c", "d", "e"} {
+		labels := map[string]string{"team": "x"}
+		if i%2 == 1 {
+			labels["team"] = "y"
+		}
+		if err := f.svc.Start(f.ctx, sandboxtest.ID(t, "ns", name), &sandbox.Config{Labels: labels}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.svc.Start(f.ctx, sandboxtest.ID(t, "other", "z"), &sandbox.Config{})
+	var names []string
+	cursor := ""
+	for range 10 {
+		page, next, err := f.svc.List(f.ctx, "ns", sandbox.ListOptions{Limit: 2, After: cursor})
+		if err != nil || len(page) > 2 {
+			t.Fatalf("List = %v, %q, %v", page, next, err)
+		}
+		for _, r := range page {
+			names = append(names, r.ID.Name())
+		}
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	if strings.Join(names, ",") != "a,b,c,d,e" {
+		t.Fatalf("pages gave %v", names)
+	}
+	page, next, err := f.svc.List(f.ctx, "ns", sandbox.ListOptions{Labels: map[string]string{"team": "y"}})
+	if err != nil || next != "" || len(page) != 2 || page[0].ID.Name() != "b" || page[1].ID.Name() != "d" {
+		t.Fatalf("List by label = %v, %q, %v", page, next, err)
+	}
+	if _, _, err := f.svc.List(f.ctx, "ns", sandbox.ListOptions{After: "%%%"}); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Fatalf("bad cursor: %v", err)
+	}
+}
+
+// An ephemeral sandbox is removed once it stopped (after its grace, while
+// which it is listed as stopped); a max duration stops a sandbox.
+func TestEphemeralAndMaxDuration(t *testing.T) {
+	f := newService(t, sandboxtest.NewMemory())
+	eph := sandboxtest.ID(t, "ns", "eph")
+	if err := f.svc.Start(f.ctx, eph, &sandbox.Config{Lifecycle: sandbox.Lifecycle{Ephemeral: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.Stop(f.ctx, eph); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := f.svc.Get(f.ctx, eph); err != nil || rec.State != sandbox.StateStopped {
+		t.Fatalf("an ephemeral sandbox right after its stop: %+v, %v", rec, err)
+	}
+	waitGone(t, f, eph)
+
+	short := sandboxtest.ID(t, "ns", "short")
+	if err := f.svc.Start(f.ctx, short, &sandbox.Config{Lifecycle: sandbox.Lifecycle{MaxDuration: 50 * time.Millisecond}}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, f, short, sandbox.StateStopped)
+	// A dead ephemeral sandbox goes too.
+	dies := sandboxtest.ID(t, "ns", "dies")
+	if err := f.svc.Start(f.ctx, dies, &sandbox.Config{Lifecycle: sandbox.Lifecycle{Ephemeral: true}}); err != nil {
+		t.Fatal(err)
+	}
+	f.eng.Die(dies)
+	waitGone(t, f, dies)
+}
+
+func waitGone(t *testing.T, f fixture, id sandbox.ID) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if _, err := f.store.Sandbox(f.ctx, id); errors.Is(err, errdefs.ErrNotFound) {
+			return
+		}
+	}
+	t.Fatalf("sandbox %s never removed", id)
+}
+
+// A namespace's running sandboxes stay within its quota: a start past it
+// is refused naming the quota, and what a stop (or a death) frees can be
+// used again; other namespaces are not affected.
+func TestNamespaceQuota(t *testing.T) {
+	eng := sandboxtest.NewMemory()
+	db := newService(t, eng).store
+	svc := sandbox.NewService(sandbox.ServiceOptions{Engine: eng, Store: db, Images: hostImage{}, MaxMemMB: 4096, MaxCPUs: 8,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Quotas: func(ns string) sandbox.Quota {
+			return map[string]sandbox.Quota{"small": {Sandboxes: 2, MemoryMiB: 768, CPUs: 3}}[ns]
+		}})
+	defer svc.Close(context.Background())
+	ctx := context.Background()
+	a, b, c := sandboxtest.ID(t, "small", "a"), sandboxtest.ID(t, "small", "b"), sandboxtest.ID(t, "small", "c")
+	if err := svc.Start(ctx, a, &sandbox.Config{Memory: 512}); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Start(ctx, b, &sandbox.Config{Memory: 512}); !errors.Is(err, errdefs.ErrExhausted) || !strings.Contains(err.Error(), "quotas.memory") {
+		t.Fatalf("start past the memory quota: %v", err)
+	}
+	if err := svc.Start(ctx, b, &sandbox.Config{Memory: 256, CPUs: 3}); !errors.Is(err, errdefs.ErrExhausted) || !strings.Contains(err.Error(), "quotas.cpus") {
+		t.Fatalf("start past the CPU quota: %v", err)
+	}
+	if err := svc.Start(ctx, b, &sandbox.Config{Memory: 256}); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Start(ctx, c, &sandbox.Config{Memory: 32}); !errors.Is(err, errdefs.ErrExhausted) || !strings.Contains(err.Error(), "quotas.sandboxes") {
+		t.Fatalf("start past the sandbox quota: %v", err)
+	}
+	if u, q := svc.Usage("small"); u != (sandbox.Usage{Sandboxes: 2, MemoryMiB: 768, CPUs: 2}) || q.Sandboxes != 2 {
+		t.Fatalf("usage %+v of quota %+v", u, q)
+	}
+	if err := svc.Start(ctx, sandboxtest.ID(t, "big", "c"), &sandbox.Config{Memory: 2048}); err != nil {
+		t.Fatalf("another namespace: %v", err)
+	}
+	svc.Stop(ctx, a)
+	eng.Die(b)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if err := svc.Start(ctx, c, &sandbox.Config{Memory: 768, CPUs: 3}); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("what a stop and a death freed cannot be used again: %v", err)
+		}
+	}
+}
+
+// The first CPU sample spreads what the sandbox used since its creation
+// over that whole time: a start that took 200 ms and 100 ms of CPU reads
+// about 50%, not 100% (the capped figure of start-up CPU over the instant
+// between the start and the sample).
+func TestFirstCPUSampleFromCreation(t *testing.T) {
+	eng := sandboxtest.NewMemory()
+	eng.AddCPU(100 * time.Millisecond) // what its start will have used
+	eng.Fail = func(op string, id sandbox.ID) error {
+		if op == "start" {
+			time.Sleep(200 * time.Millisecond)
+		}
+		return nil
+	}
+	f := newService(t, eng)
+	id := sandboxtest.ID(t, "ns", "box")
+	if err := f.svc.Start(f.ctx, id, &sandbox.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := f.svc.SandboxMetrics(f.ctx, id)
+	if err != nil || m.CPUUsage == nil || *m.CPUUsage > 60 || *m.CPUUsage < 20 {
+		t.Fatalf("first sample %v%%, %v; want about 50", *m.CPUUsage, err)
+	}
+}
+
+// An idle timeout stops a sandbox that had no call for that long: calls
+// keep it running, and so does a streamed process for as long as it runs.
+func TestIdleTimeout(t *testing.T) {
+	f := newService(t, sandboxtest.NewMemory())
+	id := sandboxtest.ID(t, "ns", "idle")
+	const idle = 300 * time.Millisecond
+	if err := f.svc.Start(f.ctx, id, &sandbox.Config{Lifecycle: sandbox.Lifecycle{IdleTimeout: idle}}); err != nil {
+		t.Fatal(err)
+	}
+	// Calls more often than the timeout, for three timeouts: it runs on.
+	for end := time.Now().Add(3 * idle); time.Now().Before(end); time.Sleep(idle / 4) {
+		if _, err := f.svc.Exec(f.ctx, id, sandbox.ExecRequest{Command: "true"}); err != nil {
+			t.Fatalf("exec on a sandbox kept busy: %v", err)
+		}
+	}
+	// A streamed process outlives the timeout: the sandbox still runs
+	// while it does.
+	p, err := f.svc.Sessions().Stream(f.ctx, id, sandbox.ExecSpec{Command: "sleep", Timeout: 3 * idle}, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * idle)
+	if rec, err := f.svc.Get(f.ctx, id); err != nil || rec.State != sandbox.StateRunning {
+		t.Fatalf("stopped while a process ran: %+v, %v", rec, err)
+	}
+	<-p.Done()
+	started := time.Now()
+	waitState(t, f, id, sandbox.StateStopped)
+	if quiet := time.Since(started); quiet < idle/2 {
+		t.Fatalf("stopped %v after its last call, before its idle timeout of %v", quiet, idle)
 	}
 }

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"io"
+	"slices"
 	"time"
 )
 
@@ -173,4 +174,22 @@ type FileSystem interface {
 type Sessions interface {
 	Stream(ctx context.Context, id ID, spec ExecSpec, killOnClose bool, events func(ExecEvent)) (Process, error)
 	FileSystem
+}
+
+// MergeRlimits returns base with over's limits on top, by resource: a
+// sandbox's limits with a call's. A limit of over never goes above base's
+// hard limit for the same resource, so a call cannot lift what binds
+// every process of its sandbox.
+func MergeRlimits(base, over []Rlimit) []Rlimit {
+	out := slices.Clone(base)
+	for _, o := range over {
+		i := slices.IndexFunc(out, func(b Rlimit) bool { return b.Resource == o.Resource })
+		if i < 0 {
+			out = append(out, o)
+			continue
+		}
+		hard := out[i].Hard
+		out[i] = Rlimit{Resource: o.Resource, Soft: min(o.Soft, hard), Hard: min(o.Hard, hard)}
+	}
+	return out
 }

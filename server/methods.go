@@ -10,9 +10,11 @@ import (
 	"github.com/msb-dev/msb/sandbox"
 )
 
-// methods is the server's one JSON-RPC method table: sandboxes, keys, audit.
-func methods(sandboxes sandbox.Manager, home *Home, dev bool) rpc.Methods {
+// methods is the server's one JSON-RPC method table: sandboxes and their
+// files, keys, audit.
+func methods(sandboxes sandbox.API, home *Home, dev bool) rpc.Methods {
 	all := rpc.SandboxMethods(sandboxes)
+	maps.Copy(all, rpc.FileMethods(sandboxes.Sessions()))
 	keys := rpc.KeyMethods(home.Keys())
 	if dev {
 		// Without authentication anyone on the machine is the operator:

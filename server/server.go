@@ -26,9 +26,12 @@ import (
 	"github.com/msb-dev/msb/config"
 	"github.com/msb-dev/msb/rpc"
 	"github.com/msb-dev/msb/rpc/mcp"
+	v1 "github.com/msb-dev/msb/rpc/v1"
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/engine"
 	"github.com/msb-dev/msb/sandbox/image"
+	"github.com/msb-dev/msb/sandbox/logfile"
+	"github.com/msb-dev/msb/sandbox/volume"
 )
 
 // Options configure a server beyond its configuration.
@@ -49,6 +52,9 @@ type Options struct {
 	// Now is the clock of keys, limits, the audit log and sandboxes;
 	// nil: time.Now. Tests move it to reach an expiry without waiting.
 	Now func() time.Time
+	// BodyTimeout is how long a request's body may take to arrive; 0:
+	// BodyTimeout. Tests shorten it.
+	BodyTimeout time.Duration
 }
 
 // Server is one msb server: built by New, serving from Run until its
@@ -60,13 +66,14 @@ type Server struct {
 	lock *os.File
 	home *Home
 
-	sandboxes sandbox.Manager
-	closeSvc  func(context.Context) error // stops every sandbox and the engine
-	audit     *audit.Writer
-	handler   *rpc.Server
-	ln        net.Listener
-	url       string
-	closed    bool
+	sandboxes   sandbox.API
+	closeSvc    func(context.Context) error // stops every sandbox and the engine
+	audit       *audit.Writer
+	bodyTimeout time.Duration
+	handler     *rpc.Server
+	ln          net.Listener
+	url         string
+	closed      bool
 }
 
 // New builds the server of cfg: it takes the home's lock (one server per
@@ -75,13 +82,13 @@ type Server struct {
 // config.ErrInvalid for a bad configuration, and says what to do for a home
 // already served or a port in use.
 func New(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err error) {
-	if err := cfg.Validate(); err != nil {
+	if err := Check(cfg, opts); err != nil {
 		return nil, err
 	}
-	if opts.SigningKey != "" && opts.ResetKey {
-		return nil, errors.New("--key and --reset-key cannot be combined: --key already replaces the signing key")
+	s := &Server{cfg: cfg, log: opts.Log, out: opts.Out, bodyTimeout: opts.BodyTimeout}
+	if s.bodyTimeout <= 0 {
+		s.bodyTimeout = BodyTimeout
 	}
-	s := &Server{cfg: cfg, log: opts.Log, out: opts.Out}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
@@ -96,6 +103,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err e
 	if err := cfg.EnsureHome(); err != nil {
 		return nil, err
 	}
+	s.log.Info("file descriptor limit", "nofile", raiseFileLimit())
 	if s.lock, err = lockHome(cfg); err != nil {
 		return nil, err
 	}
@@ -111,13 +119,16 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err e
 	} else if wrote {
 		s.log.Info("wrote default config with the image alias table", "path", cfg.Path(config.FileName))
 	}
+	if !cfg.Dev {
+		// Before the sandboxes: they record their refused network attempts.
+		s.audit = audit.NewWriter(s.home.DB, audit.Options{Retention: cfg.Retention(), Log: s.log, Now: opts.Now})
+	}
 	if err := s.openSandboxes(ctx, opts.PortalBinary, opts.Now); err != nil {
 		return nil, err
 	}
 
 	var policy auth.Policy = auth.DevPolicy{}
 	if !cfg.Dev {
-		s.audit = audit.NewWriter(s.home.DB, audit.Options{Retention: cfg.Retention(), Log: s.log, Now: opts.Now})
 		policy = &auth.KeyPolicy{
 			Authn:   &auth.Authenticator{Signer: signer, Registry: s.home.Registry, Now: opts.Now},
 			Limits:  auth.NewLimits(s.home.Registry, KeyDefaults(cfg), opts.Now),
@@ -125,13 +136,15 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err e
 		}
 	}
 	gate := auth.NewGate(policy, rpc.Code, opts.Now)
-	gate.Log = s.log
+	gate.Log, gate.MaxInFlight = s.log, cfg.MaxCallsPerKey
 	s.handler = rpc.NewServer(methods(s.sandboxes, s.home, policy.Dev()), gate, s.log)
 	s.handler.Mount(mcp.Path, mcp.NewHandler(s.handler, &mcp.Options{Logger: s.log}))
+	s.handler.Handle(v1.Prefix, s.v1API(gate, opts.Now))
 
 	if s.ln, err = net.Listen("tcp", cfg.Addr()); err != nil {
 		return nil, fmt.Errorf("listen on %s: %w (is another program using the port? choose one with --port)", cfg.Addr(), err)
 	}
+	s.ln = newLimitListener(s.ln, cfg.MaxConnections, cfg.MaxConnectionsPerAddress, s.log)
 	scheme := "http"
 	if cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -143,6 +156,21 @@ func New(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err e
 	}
 	s.url = scheme + "://" + s.ln.Addr().String()
 	return s, nil
+}
+
+// Check says what is wrong with a configuration and options before a
+// server is built from them (New checks them again).
+func Check(cfg config.Config, opts Options) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if opts.SigningKey != "" && opts.ResetKey {
+		return errors.New("--key and --reset-key cannot be combined: --key already replaces the signing key")
+	}
+	if _, err := image.NewRegistries(cfg.Registries); err != nil {
+		return fmt.Errorf("config.toml: %w", err)
+	}
+	return checkNetwork(cfg.Network)
 }
 
 // URL is where the server listens, e.g. http://127.0.0.1:5555.
@@ -200,26 +228,46 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 	if err != nil {
 		return err
 	}
-	images, err := image.NewStore(s.cfg.ImageDir(), image.StoreOptions{Records: s.home.DB})
+	registries, err := image.NewRegistries(s.cfg.Registries)
+	if err != nil {
+		eng.Close()
+		return fmt.Errorf("config.toml: %w", err)
+	}
+	images, err := image.NewStore(s.cfg.ImageDir(), image.StoreOptions{Records: s.home.DB, Registries: &registries})
 	if err != nil {
 		eng.Close()
 		return err
 	}
+	if dev := s.cfg.Network.Interface; dev != "" {
+		if _, err := net.InterfaceByName(dev); err != nil {
+			s.log.Warn("network.interface of config.toml is not a device of this host (yet): sandboxes' connections fail until it is", "interface", dev, "err", err)
+		}
+	}
 	svc := sandbox.NewService(sandbox.ServiceOptions{
-		Engine:   eng,
-		Store:    s.home.DB,
-		Images:   image.Resolver{Aliases: s.cfg.Images, Store: images},
-		LogDir:   s.cfg.SandboxLogDir(),
-		Pids:     s.cfg.SandboxPids,
-		MaxCPUs:  runtime.NumCPU(),
-		MaxMemMB: hostMemoryMiB(),
-		Log:      s.log,
-		Now:      now,
+		Engine:       eng,
+		Store:        s.home.DB,
+		Images:       image.Resolver{Aliases: s.cfg.Images, Store: images},
+		LogDir:       s.cfg.SandboxLogDir(),
+		Pids:         s.cfg.SandboxPids,
+		MaxCPUs:      orDefault(s.cfg.MaxCPUs, runtime.NumCPU()),
+		MaxMemMB:     orDefault(s.cfg.MaxMemory, hostMemoryMiB()/2),
+		OutputMemory: int64(s.cfg.OutputMemory) << 20,
+		Quotas: func(ns string) sandbox.Quota {
+			q := s.cfg.Quotas.Of(ns)
+			return sandbox.Quota{Sandboxes: q.Sandboxes, MemoryMiB: q.Memory, CPUs: q.CPUs}
+		},
+		Log: s.log,
+		Now: now,
 
 		MaxTimeout:           s.cfg.CallTimeout(),
 		VolumeRoots:          s.cfg.Volumes(),
 		PortBind:             s.cfg.PortBind,
 		AllowPrivilegedPorts: s.cfg.AllowPrivilegedPorts,
+
+		Network:         func(ns string) sandbox.NetworkBounds { return networkBounds(s.cfg.Network, ns) },
+		NetDialer:       netDialer(s.cfg.Network),
+		NetResolver:     netResolver(s.cfg.Network),
+		OnNetworkDenial: denialSink(s.audit, s.log),
 	})
 	if err := svc.Recover(ctx); err != nil {
 		eng.Close()
@@ -236,6 +284,28 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 	return nil
 }
 
+// orDefault is v, or def when v is 0.
+func orDefault(v, def int) int {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// v1API is the v1 API (today's microsandbox SDKs) on the server's sandbox
+// service, volumes and logs.
+func (s *Server) v1API(gate *auth.Gate, now func() time.Time) *v1.Handler {
+	if now == nil {
+		now = time.Now
+	}
+	vols := &volume.Store{Meta: s.cfg.Path("meta", "volumes"), Now: now}
+	if roots := s.cfg.Volumes(); len(roots) > 0 {
+		vols.Root = roots[0]
+	}
+	logs := logfile.Dir{Root: s.cfg.SandboxLogDir(), Options: sandbox.LogOptions(now)}
+	return v1.New(gate, s.sandboxes, s.sandboxes.Sessions(), vols, logs, s.log)
+}
+
 // hostMemoryMiB is the machine's memory, the most one sandbox may ask for.
 func hostMemoryMiB() int {
 	var info syscall.Sysinfo_t
@@ -250,7 +320,7 @@ func hostMemoryMiB() int {
 // stopped. It writes server.json and the pid file while it serves.
 func (s *Server) Run(ctx context.Context) error {
 	srv := &http.Server{
-		Handler:           s.handler,
+		Handler:           withBodyDeadline(s.handler, s.bodyTimeout),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,

@@ -17,10 +17,10 @@ var _ auth.KeyStore = (*DB)(nil)
 func (d *DB) AddKey(ctx context.Context, k auth.Key) error {
 	_, err := d.db.ExecContext(ctx, `INSERT INTO api_keys
 		(id, label, namespace, key_prefix, key_hash, signing_key_id, created_at, expires_at,
-		 scopes, rate_limit, start_rate_limit, max_uses, uses)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		 scopes, rate_limit, start_rate_limit, max_uses, uses, parent)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		k.ID, k.Label, k.Namespace, k.Prefix, k.Hash, k.SigningKeyID, k.Created.UnixMilli(), nullTime(k.Expires),
-		k.Scopes.String(), k.Rate.String(), k.StartRate.String(), nullInt(k.MaxUses), k.Uses)
+		k.Scopes.String(), k.Rate.String(), k.StartRate.String(), nullInt(k.MaxUses), k.Uses, sql.NullString{String: k.Parent, Valid: k.Parent != ""})
 	if err != nil {
 		return fmt.Errorf("record API key: %w", err)
 	}
@@ -28,7 +28,7 @@ func (d *DB) AddKey(ctx context.Context, k auth.Key) error {
 }
 
 const keyColumns = `id, label, namespace, key_prefix, key_hash, signing_key_id, created_at, expires_at, last_used_at, revoked_at,
-	scopes, rate_limit, start_rate_limit, max_uses, uses, replaced_by`
+	scopes, rate_limit, start_rate_limit, max_uses, uses, replaced_by, parent`
 
 func nullInt(n int64) sql.NullInt64 { return sql.NullInt64{Int64: n, Valid: n > 0} }
 
@@ -39,14 +39,14 @@ func scanKey(s scanner) (auth.Key, error) {
 	var created int64
 	var expires, lastUsed, revoked, maxUses sql.NullInt64
 	var scopes, rate, startRate string
-	var replacedBy sql.NullString
+	var replacedBy, parent sql.NullString
 	if err := s.Scan(&k.ID, &k.Label, &k.Namespace, &k.Prefix, &k.Hash, &k.SigningKeyID, &created, &expires, &lastUsed, &revoked,
-		&scopes, &rate, &startRate, &maxUses, &k.Uses, &replacedBy); err != nil {
+		&scopes, &rate, &startRate, &maxUses, &k.Uses, &replacedBy, &parent); err != nil {
 		return auth.Key{}, err
 	}
 	k.Created = time.UnixMilli(created)
 	k.Expires, k.LastUsed, k.Revoked = timeOf(expires), timeOf(lastUsed), timeOf(revoked)
-	k.MaxUses, k.ReplacedBy = maxUses.Int64, replacedBy.String
+	k.MaxUses, k.ReplacedBy, k.Parent = maxUses.Int64, replacedBy.String, parent.String
 	var err error
 	if k.Scopes, err = auth.ParseScopes([]string{scopes}); err != nil {
 		return auth.Key{}, fmt.Errorf("key %s: scopes: %w", k.ID, err)
@@ -138,16 +138,20 @@ func (d *DB) SetKeyLimits(ctx context.Context, id string, rate, startRate rateli
 }
 
 // UseKey implements auth.KeyStore: one use, atomically, unless they are spent.
-func (d *DB) UseKey(ctx context.Context, id string) (int64, bool, error) {
+func (d *DB) UseKey(ctx context.Context, id string) (left int64, ok bool, err error) {
 	var uses int64
-	err := d.db.QueryRowContext(ctx, `UPDATE api_keys SET uses = uses + 1 WHERE id = ? AND (max_uses IS NULL OR uses < max_uses) RETURNING uses`, id).Scan(&uses)
+	var maxUses sql.NullInt64
+	err = d.db.QueryRowContext(ctx, `UPDATE api_keys SET uses = uses + 1 WHERE id = ? AND (max_uses IS NULL OR uses < max_uses) RETURNING uses, max_uses`, id).Scan(&uses, &maxUses)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, false, nil
 	}
 	if err != nil {
 		return 0, false, fmt.Errorf("count key use: %w", err)
 	}
-	return uses, true, nil
+	if !maxUses.Valid {
+		return 1, true, nil // unlimited: never spent
+	}
+	return maxUses.Int64 - uses, true, nil
 }
 
 // TouchKey implements auth.KeyStore.

@@ -1,6 +1,7 @@
 // Package audit keeps msb's audit log: one record in the Store per
 // authenticated call that changed something (sandbox start, stop, exec, key
-// changes) and per refused call (401, 403, 429). An event holds who (key id
+// changes), per refused call (401, 403, 429), and per sandbox and second
+// for network attempts a sandbox's policy refused. An event holds who (key id
 // and label), where (namespace, sandbox, remote address), what (method) and
 // how it ended; never the key text, code, commands or their output.
 //
@@ -31,7 +32,12 @@ const (
 	Forbidden       = "forbidden"       // 403
 	RateLimited     = "rate_limited"    // 429
 	Dropped         = "dropped"         // events lost to a full buffer
+	Refused         = "refused"         // a sandbox's network attempt its policy refused
 )
+
+// MethodNetwork is the method of the events of sandboxes' refused network
+// attempts, which no call made: the sandbox did.
+const MethodNetwork = "sandbox.network"
 
 // Event is one audit record.
 type Event struct {
@@ -136,7 +142,9 @@ func (w *Writer) Record(e Event) <-chan struct{} {
 	w.mu.RLock()
 	defer w.mu.RUnlock()
 	if w.stopped {
-		w.dropped.Add(1)
+		// A call that outlived the server's shutdown: its event cannot be
+		// written any more, but it is not lost silently.
+		w.opts.Log.Error("audit event after the audit log closed: not written", "method", e.Method, "key_id", e.KeyID, "outcome", e.Outcome)
 		return closedChan
 	}
 	q := queued{e, make(chan struct{})}

@@ -151,6 +151,30 @@ func TestLimiterRateChange(t *testing.T) {
 	}
 }
 
+// A raised rate takes effect with a full bucket of its new size, however
+// little time passed: an operator who raised a drained key's rate expects
+// its next call to go through.
+func TestLimiterRateRaised(t *testing.T) {
+	clk := &clock{t: time.Unix(1_700_000_000, 0)}
+	l := ratelimit.New(clk.Now)
+	slow := ratelimit.Rate{N: 1, Per: time.Hour}
+	if !l.Take("k", slow).Allowed || l.Take("k", slow).Allowed {
+		t.Fatal("a 1/h bucket did not drain after one call")
+	}
+	fast := ratelimit.Rate{N: 10, Per: time.Minute}
+	st := l.Take("k", fast)
+	if !st.Allowed || st.Remaining != 9 || st.Limit != 10 {
+		t.Fatalf("first call after the raise: %+v", st)
+	}
+	// Lowering it again does not refill it.
+	for range 9 {
+		l.Take("k", fast)
+	}
+	if st := l.Take("k", ratelimit.Rate{N: 5, Per: time.Minute}); st.Allowed {
+		t.Fatalf("a lowered rate refilled a drained bucket: %+v", st)
+	}
+}
+
 func TestLimiterConcurrent(t *testing.T) {
 	clk := &clock{t: time.Unix(1_700_000_000, 0)}
 	l := ratelimit.New(clk.Now)

@@ -174,7 +174,126 @@ func formatMetrics(args, result json.RawMessage) string {
 		if s.DiskUsage != nil {
 			fmt.Fprintf(&b, ", disk %d bytes written", *s.DiskUsage)
 		}
+		if n := s.Network; n != nil {
+			fmt.Fprintf(&b, ", network: %d connections (%d open), %d refused, %d bytes in, %d out", n.Connections, n.Active, n.Denied, n.BytesIn, n.BytesOut)
+		}
 		b.WriteByte('\n')
 	}
+	return b.String()
+}
+
+// maxListed bounds the entries a listing shows.
+const maxListed = 1000
+
+func formatRead(args, result json.RawMessage) string {
+	var r rpc.FileContent
+	if json.Unmarshal(result, &r) != nil || r.Encoding == "" {
+		return string(result)
+	}
+	var a struct {
+		Offset int64 `json:"offset"`
+	}
+	json.Unmarshal(args, &a)
+	where := ""
+	if a.Offset > 0 {
+		where = fmt.Sprintf(" from offset %d", a.Offset)
+	}
+	var b strings.Builder
+	switch {
+	case r.Length == 0 && a.Offset > 0:
+		fmt.Fprintf(&b, "%s: no bytes at offset %d (the file is shorter).\n", r.Path, a.Offset)
+	case r.Length == 0:
+		fmt.Fprintf(&b, "%s is empty.\n", r.Path)
+	case r.Encoding == "base64":
+		fmt.Fprintf(&b, "%s: %d bytes%s of binary content, as base64:\n", r.Path, r.Length, where)
+		if len(r.Content) > maxStreamText {
+			fmt.Fprintf(&b, "%s\n[... cut: the rest of these %d bytes is not shown; read less at a time, with offset and length ...]\n", r.Content[:maxStreamText], r.Length)
+			return b.String()
+		}
+		b.WriteString(r.Content)
+		b.WriteByte('\n')
+	default:
+		fmt.Fprintf(&b, "%s (%d bytes%s):\n", r.Path, r.Length, where)
+		text := r.Content
+		if len(text) > maxStreamText {
+			cut := maxStreamText
+			if i := strings.LastIndexByte(text[:cut], '\n'); i > 0 {
+				cut = i + 1
+			}
+			fmt.Fprintf(&b, "%s[... %d more bytes not shown: read them with offset %d ...]\n", text[:cut], len(text)-cut, a.Offset+int64(cut))
+			return b.String()
+		}
+		b.WriteString(text)
+		if !strings.HasSuffix(text, "\n") {
+			b.WriteByte('\n')
+		}
+	}
+	if r.Truncated {
+		fmt.Fprintf(&b, "[the file goes on: read the rest with offset %d]\n", a.Offset+int64(r.Length))
+	}
+	return b.String()
+}
+
+func formatWrite(_, result json.RawMessage) string {
+	var r rpc.WriteResult
+	if json.Unmarshal(result, &r) != nil || r.Path == "" {
+		return string(result)
+	}
+	return fmt.Sprintf("Wrote %d bytes to %s.", r.Written, r.Path)
+}
+
+func formatList(args, result json.RawMessage) string {
+	var r struct {
+		Entries []rpc.FileEntry `json:"entries"`
+	}
+	if json.Unmarshal(result, &r) != nil || r.Entries == nil {
+		return string(result)
+	}
+	var a struct {
+		Path string `json:"path"`
+	}
+	json.Unmarshal(args, &a)
+	if len(r.Entries) == 0 {
+		return fmt.Sprintf("%s is empty.", a.Path)
+	}
+	var b strings.Builder
+	noun := "entries"
+	if len(r.Entries) == 1 {
+		noun = "entry"
+	}
+	fmt.Fprintf(&b, "%d %s in %s (kind, permissions, size in bytes, path):\n", len(r.Entries), noun, a.Path)
+	for i, e := range r.Entries {
+		if i == maxListed {
+			fmt.Fprintf(&b, "[... %d more not shown: list a subdirectory, or use sandbox_run_command with ls or find ...]\n", len(r.Entries)-maxListed)
+			break
+		}
+		fmt.Fprintf(&b, "%-7s %04o %10d  %s\n", e.Kind, e.Mode&0o7777, e.Size, e.Path)
+	}
+	return b.String()
+}
+
+func formatNetwork(_, result json.RawMessage) string {
+	var r rpc.NetworkResult
+	if json.Unmarshal(result, &r) != nil || r.Sandbox == "" || r.Network.Enabled == nil {
+		return string(result)
+	}
+	when := "from its next start"
+	if r.Running {
+		when = "now"
+	}
+	if !*r.Network.Enabled {
+		return fmt.Sprintf("Sandbox %s has no network %s.", r.Sandbox, when)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "Sandbox %s has network %s.\n", r.Sandbox, when)
+	if len(r.Network.Allow) == 0 {
+		b.WriteString("It may reach nothing (strict, with no allow list).\n")
+	} else {
+		fmt.Fprintf(&b, "It may reach: %s\n", strings.Join(r.Network.Allow, ", "))
+	}
+	if len(r.Network.Deny) > 0 {
+		fmt.Fprintf(&b, "Refused even so: %s\n", strings.Join(r.Network.Deny, ", "))
+	}
+	b.WriteString("Private, loopback and link-local addresses and the server's own are always refused.\n")
 	return b.String()
 }

@@ -2,6 +2,7 @@ package mcp
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -28,10 +29,34 @@ func TestFormat(t *testing.T) {
 			"1 sandbox, 0 running:\n- b (namespace a): stopped\n"},
 		{"unknown shape", formatCode, `{}`, `{"something":"else"}`, `{"something":"else"}`},
 		{"message", formatMessage, `{}`, `"Sandbox x stopped successfully"`, "Sandbox x stopped successfully"},
+		{"read text", formatRead, `{}`, `{"path":"/w/a.py","content":"print(1)","encoding":"utf-8","length":8,"truncated":false}`,
+			"/w/a.py (8 bytes):\nprint(1)\n"},
+		{"read truncated", formatRead, `{"offset":10}`, `{"path":"a","content":"xy\n","encoding":"utf-8","length":3,"truncated":true}`,
+			"a (3 bytes from offset 10):\nxy\n[the file goes on: read the rest with offset 13]\n"},
+		{"read binary", formatRead, `{}`, `{"path":"b","content":"AAE=","encoding":"base64","length":2,"truncated":false}`,
+			"b: 2 bytes of binary content, as base64:\nAAE=\n"},
+		{"read empty", formatRead, `{}`, `{"path":"e","content":"","encoding":"utf-8","length":0,"truncated":false}`, "e is empty.\n"},
+		{"read past the end", formatRead, `{"offset":5}`, `{"path":"e","content":"","encoding":"utf-8","length":0,"truncated":false}`,
+			"e: no bytes at offset 5 (the file is shorter).\n"},
+		{"write", formatWrite, `{}`, `{"path":"/w/a.py","written":8}`, "Wrote 8 bytes to /w/a.py."},
+		{"list", formatList, `{"path":"/w"}`, `{"entries":[{"path":"/w/d","kind":"dir","size":4096,"mode":16877,"modified":"2030-01-01T00:00:00Z"},{"path":"/w/a.py","kind":"file","size":8,"mode":33188,"modified":"2030-01-01T00:00:00Z"}]}`,
+			"2 entries in /w (kind, permissions, size in bytes, path):\ndir     0755       4096  /w/d\nfile    0644          8  /w/a.py\n"},
+		{"list empty", formatList, `{"path":"/w"}`, `{"entries":[]}`, "/w is empty."},
 	} {
 		if got := c.format(json.RawMessage(c.args), json.RawMessage(c.result)); got != c.want {
 			t.Errorf("%s: got %q, want %q", c.name, got, c.want)
 		}
+	}
+}
+
+func TestFormatReadCutsLongText(t *testing.T) {
+	line := strings.Repeat("x", 99) + "\n"
+	content := strings.Repeat(line, 3000)
+	res, _ := json.Marshal(map[string]any{"path": "big", "content": content, "encoding": "utf-8", "length": len(content)})
+	got := formatRead(json.RawMessage(`{"offset":100}`), res)
+	shown := maxStreamText / 100 * 100
+	if len(got) > maxStreamText+200 || !strings.Contains(got, fmt.Sprintf("read them with offset %d", 100+shown)) {
+		t.Errorf("long read: %d bytes ending %q", len(got), got[len(got)-100:])
 	}
 }
 

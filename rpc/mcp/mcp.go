@@ -178,5 +178,6 @@ func newServer(inv Invoker, log, sdkLog *slog.Logger, version string) *sdk.Serve
 // instructions tell the assistant how the tools fit together.
 const instructions = `msb runs code in isolated Linux sandboxes (no network access).
 The usual flow: sandbox_start, then sandbox_run_code and sandbox_run_command as often as needed, then sandbox_stop.
+sandbox_write_file, sandbox_read_file and sandbox_list_files move files in and out of a running sandbox without going through a shell.
 Every call names the sandbox and its namespace; use "default" unless the user names another namespace (an API key may be limited to one namespace).
 A sandbox keeps running, holding memory and CPU, until it is stopped: always call sandbox_stop for every sandbox you started once you are done, also when something failed. sandbox_get_metrics with namespace "*" lists the sandboxes that exist.`

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -23,6 +24,7 @@ import (
 	"github.com/msb-dev/msb/rpc"
 	"github.com/msb-dev/msb/rpc/mcp"
 	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/sandboxtest"
 )
 
 // fakeManager records what the tools asked of the sandbox service.
@@ -80,6 +82,16 @@ func (m *fakeManager) SandboxMetrics(ctx context.Context, id sandbox.ID) (sandbo
 	return out[0], nil
 }
 
+func (m *fakeManager) SetNetwork(ctx context.Context, id sandbox.ID, n sandbox.Network) (sandbox.NetworkUpdate, error) {
+	m.record(fmt.Sprintf("network %s %s %q", id, n.Mode, n.Allow))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.running[id]; !ok {
+		return sandbox.NetworkUpdate{}, errdefs.NotFoundf("sandbox %s not found", id)
+	}
+	return sandbox.NetworkUpdate{Network: n, Running: m.running[id]}, nil
+}
+
 func (m *fakeManager) metrics(match func(sandbox.ID) bool) []sandbox.Metrics {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -114,6 +126,10 @@ func (m *fakeManager) RunCode(ctx context.Context, id sandbox.ID, lang sandbox.L
 	return sandbox.ReplResult{Status: sandbox.ReplSuccess, Output: []sandbox.Line{{Stream: sandbox.Stdout, Text: "42"}}}, nil
 }
 
+func (m *fakeManager) Usage(string) (sandbox.Usage, sandbox.Quota) {
+	return sandbox.Usage{}, sandbox.Quota{}
+}
+
 func (m *fakeManager) Exec(ctx context.Context, id sandbox.ID, req sandbox.ExecRequest) (sandbox.ExecResult, error) {
 	m.record("exec " + id.String())
 	m.mu.Lock()
@@ -135,6 +151,7 @@ type stack struct {
 	url    string
 	issue  func(namespace string) string
 	m      *fakeManager
+	files  *sandboxtest.Memory // the files of team-a/box, running
 	logBuf *syncBuffer
 }
 
@@ -171,7 +188,17 @@ func newStack(t *testing.T, dev bool) *stack {
 			return key
 		}
 	}
-	server := rpc.NewServer(rpc.SandboxMethods(st.m), gate, log)
+	st.files = sandboxtest.NewMemory()
+	box := sandboxtest.ID(t, "team-a", "box")
+	if err := st.files.Create(context.Background(), box, sandbox.Spec{Workdir: "/workspace"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.files.Start(context.Background(), box); err != nil {
+		t.Fatal(err)
+	}
+	methods := rpc.SandboxMethods(st.m)
+	maps.Copy(methods, rpc.FileMethods(st.files))
+	server := rpc.NewServer(methods, gate, log)
 	server.Mount(mcp.Path, mcp.NewHandler(server, &mcp.Options{Logger: log, Version: "test"}))
 	srv := httptest.NewServer(server)
 	t.Cleanup(srv.Close)
@@ -253,11 +280,15 @@ func TestListToolsAndPrompts(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string][]string{
-		"sandbox_start":       {"sandbox", "namespace"},
-		"sandbox_stop":        {"sandbox", "namespace"},
-		"sandbox_run_code":    {"sandbox", "namespace", "language", "code"},
-		"sandbox_run_command": {"sandbox", "namespace", "command"},
-		"sandbox_get_metrics": {"namespace"},
+		"sandbox_start":          {"sandbox", "namespace"},
+		"sandbox_stop":           {"sandbox", "namespace"},
+		"sandbox_run_code":       {"sandbox", "namespace", "language", "code"},
+		"sandbox_run_command":    {"sandbox", "namespace", "command"},
+		"sandbox_get_metrics":    {"namespace"},
+		"sandbox_read_file":      {"sandbox", "namespace", "path"},
+		"sandbox_write_file":     {"sandbox", "namespace", "path", "content"},
+		"sandbox_list_files":     {"sandbox", "namespace", "path"},
+		"sandbox_update_network": {"sandbox", "namespace", "network"},
 	}
 	if len(tools.Tools) != len(want) {
 		t.Errorf("got %d tools, want %d", len(tools.Tools), len(want))
@@ -289,7 +320,7 @@ func TestListToolsAndPrompts(t *testing.T) {
 		t.Errorf("sandbox_start does not tell the assistant to stop what it starts: %q", start.Description)
 	}
 	data, _ := json.Marshal(start.InputSchema)
-	for _, field := range []string{"image", "memory", "cpus", "envs"} {
+	for _, field := range []string{"image", "memory", "cpus", "envs", "network", "allow"} {
 		if !strings.Contains(string(data), `"`+field+`"`) {
 			t.Errorf("sandbox_start config schema lacks %s: %s", field, data)
 		}
@@ -374,6 +405,18 @@ func TestToolsCallTheSandboxMethods(t *testing.T) {
 				t.Errorf(`"*" from a team-a key was not narrowed to team-a: %v`, calls)
 			}
 
+			text, isErr = callTool(t, cs, "sandbox_update_network", with(map[string]any{"network": map[string]any{"allow": []string{"pypi.org:443"}}}))
+			if isErr || !strings.Contains(text, "Sandbox box has network now") || !strings.Contains(text, "It may reach: pypi.org:443") {
+				t.Errorf("update_network: %v %q", isErr, text)
+			}
+			if calls := st.m.Calls(); !slices.Contains(calls, `network team-a/box on ["pypi.org:443"]`) {
+				t.Errorf("network update reached the service as %v", calls)
+			}
+			text, isErr = callTool(t, cs, "sandbox_update_network", with(map[string]any{"network": map[string]any{"enabled": false}}))
+			if isErr || text != "Sandbox box has no network now." {
+				t.Errorf("update_network off: %v %q", isErr, text)
+			}
+
 			text, isErr = callTool(t, cs, "sandbox_stop", target)
 			if isErr || text != "Sandbox box stopped successfully" {
 				t.Errorf("stop: %v %q", isErr, text)
@@ -383,6 +426,44 @@ func TestToolsCallTheSandboxMethods(t *testing.T) {
 				t.Errorf("second stop: %v %q", isErr, text)
 			}
 		})
+	}
+}
+
+func TestFileTools(t *testing.T) {
+	st := newStack(t, false)
+	cs := mustConnect(t, st.url, st.issue("team-a"), "")
+	with := func(extra map[string]any) map[string]any {
+		out := map[string]any{"sandbox": "box", "namespace": "team-a"}
+		maps.Copy(out, extra)
+		return out
+	}
+	text, isErr := callTool(t, cs, "sandbox_write_file", with(map[string]any{"path": "main.py", "content": "print(42)\n", "mode": "755"}))
+	if isErr || text != "Wrote 10 bytes to main.py." {
+		t.Errorf("write: %v %q", isErr, text)
+	}
+	text, isErr = callTool(t, cs, "sandbox_write_file", with(map[string]any{"path": "/workspace/blob", "content": "AAEC", "encoding": "base64"}))
+	if isErr || text != "Wrote 3 bytes to /workspace/blob." {
+		t.Errorf("write base64: %v %q", isErr, text)
+	}
+	text, isErr = callTool(t, cs, "sandbox_read_file", with(map[string]any{"path": "/workspace/main.py"}))
+	if isErr || text != "/workspace/main.py (10 bytes):\nprint(42)\n" {
+		t.Errorf("read: %v %q", isErr, text)
+	}
+	text, isErr = callTool(t, cs, "sandbox_read_file", with(map[string]any{"path": "blob"}))
+	if isErr || text != "blob: 3 bytes of binary content, as base64:\nAAEC\n" {
+		t.Errorf("read binary: %v %q", isErr, text)
+	}
+	text, isErr = callTool(t, cs, "sandbox_list_files", with(map[string]any{"path": "/workspace"}))
+	if isErr || !strings.Contains(text, "2 entries in /workspace") || !strings.Contains(text, "file    0755         10  /workspace/main.py") {
+		t.Errorf("list: %v %q", isErr, text)
+	}
+	text, isErr = callTool(t, cs, "sandbox_read_file", with(map[string]any{"path": "/workspace/nope"}))
+	if !isErr || !strings.Contains(text, "not found") || !strings.Contains(text, "no such file") {
+		t.Errorf("read a missing file: %v %q", isErr, text)
+	}
+	text, isErr = callTool(t, cs, "sandbox_list_files", map[string]any{"sandbox": "box", "namespace": "team-b", "path": "/"})
+	if !isErr || !strings.Contains(text, "permission denied") {
+		t.Errorf("list in another namespace: %v %q", isErr, text)
 	}
 }
 

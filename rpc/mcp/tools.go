@@ -134,14 +134,39 @@ var configSchema = &jsonschema.Schema{
 		"depends_on": stringList("Sandboxes of the same namespace that must already be running."),
 		"volumes":    stringList(`Bind mounts "host:guest" (the server may refuse them).`),
 		"ports":      stringList(`Port forwards "host:guest" (the server may refuse them).`),
+		"network":    networkSchema("Optional. Outbound network. Without it the sandbox has none (unless the server's operator changed that default)."),
 	},
 }
 
-// tools are msb's MCP tools, one per sandbox.* method.
+// networkSchema documents a sandbox's network (sandbox.start's
+// config.network, sandbox.network.update's network).
+func networkSchema(what string) *jsonschema.Schema {
+	return &jsonschema.Schema{
+		Type: "object",
+		Description: what + ` The sandbox reaches only what "allow" lists, through the server, which also answers its DNS;
+private, loopback and link-local addresses (cloud metadata) and the server's own are always refused. Example for pip: {"enabled": true, "allow": ["pypi.org:443", "files.pythonhosted.org:443"]}.`,
+		Properties: map[string]*jsonschema.Schema{
+			"enabled":         {Type: "boolean", Description: "true for network, false for none."},
+			"allow":           stringList(`Destinations the sandbox may reach: "pypi.org:443", "*.example.org:443" (every name below example.org), "203.0.113.0/24", "tcp example.org:80,443", "*" (everything public). Without it: the server's default for the namespace. The server may refuse destinations its operator does not allow.`),
+			"deny":            stringList(`Destinations refused even if "allow" covers them, in the same form.`),
+			"strict":          {Type: "boolean", Description: `true: nothing but "allow" (without "allow", nothing), instead of the server's default list.`},
+			"max_connections": {Type: "integer", Minimum: jsonschema.Ptr(0.0), Description: "Connections open at once (0 or absent: the server's cap)."},
+			"max_bandwidth":   {Type: "integer", Minimum: jsonschema.Ptr(0.0), Description: "Bytes per second each way (0 or absent: the server's cap)."},
+		},
+	}
+}
+
+// pathArg documents the path of a file tool.
+func pathArg(what string) *jsonschema.Schema {
+	return &jsonschema.Schema{Type: "string", MinLength: jsonschema.Ptr(1), Description: what +
+		" A path inside the sandbox; a relative one is taken from the sandbox's working directory (/workspace unless configured)."}
+}
+
+// tools are msb's MCP tools, one per sandbox.* method (and sandbox.fs.*).
 var tools = []tool{
 	{
 		name: "sandbox_start", method: "sandbox.start", title: "Start a sandbox",
-		description: `Start an isolated Linux sandbox to run code and commands in (with sandbox_run_code and sandbox_run_command). It has no network access, and the files written in it are deleted when it stops.
+		description: `Start an isolated Linux sandbox to run code and commands in (with sandbox_run_code and sandbox_run_command). It has no network access unless config.network asks for it (and the server allows it), and the files written in it are deleted when it stops.
 Choose a short name and use the same sandbox and namespace in every later call. Starting a sandbox that already runs with the same config changes nothing, so it is safe to call again.
 A sandbox keeps running, holding memory and CPU, until it is stopped: you must call sandbox_stop for every sandbox you start once you are done with it, also when a step failed.`,
 		schema: object([]string{"sandbox", "namespace"}, map[string]*jsonschema.Schema{
@@ -193,6 +218,18 @@ Exit code 127 means the program was not found; a timeout kills the command and g
 		format:      formatCommand,
 	},
 	{
+		name: "sandbox_update_network", method: "sandbox.network.update", title: "Change what a sandbox may reach on the network",
+		description: `Change the outbound network of a sandbox started with sandbox_start: turn it on or off, or replace its allow and deny lists and limits. A running sandbox gets the change at once (its connections the new lists refuse are cut); the sandbox keeps it when started again.
+Ask only for what the task needs, e.g. {"enabled": true, "allow": ["pypi.org:443", "files.pythonhosted.org:443"]} for pip. The server refuses destinations its operator does not allow for the namespace, and always refuses private and link-local addresses.`,
+		schema: object([]string{"sandbox", "namespace", "network"}, map[string]*jsonschema.Schema{
+			"sandbox":   sandboxArg("Name of the sandbox."),
+			"namespace": namespaceArg(),
+			"network":   networkSchema(`The sandbox's network from now on; "enabled" defaults to true here.`),
+		}),
+		annotations: &sdk.ToolAnnotations{IdempotentHint: true, DestructiveHint: jsonschema.Ptr(false), OpenWorldHint: jsonschema.Ptr(false)},
+		format:      formatNetwork,
+	},
+	{
 		name: "sandbox_get_metrics", method: "sandbox.metrics.get", title: "List sandboxes and their resource use",
 		description: `List sandboxes with whether each is running and its CPU (percent of one CPU since the previous call), memory (MiB) and disk (bytes written) use. Stopped sandboxes the server remembers are listed too.
 Use namespace "*" for every namespace this API key can see, and add sandbox to ask about one. Useful to check that you stopped every sandbox you started.`,
@@ -202,5 +239,46 @@ Use namespace "*" for every namespace this API key can see, and add sandbox to a
 		}),
 		annotations: &sdk.ToolAnnotations{ReadOnlyHint: true, IdempotentHint: true, OpenWorldHint: jsonschema.Ptr(false)},
 		format:      formatMetrics,
+	},
+	{
+		name: "sandbox_read_file", method: "sandbox.fs.read", title: "Read a file in a sandbox",
+		description: `Read a file inside a running sandbox. Text comes back as it is; a binary file as base64.
+A large file is read in parts: give offset (bytes to skip) and length (bytes to read); the result says where to go on from.`,
+		schema: object([]string{"sandbox", "namespace", "path"}, map[string]*jsonschema.Schema{
+			"sandbox":   sandboxArg("Name of a running sandbox."),
+			"namespace": namespaceArg(),
+			"path":      pathArg("The file to read."),
+			"offset":    {Type: "integer", Minimum: jsonschema.Ptr(0.0), Description: "Optional. Bytes of the file to skip (default 0)."},
+			"length":    {Type: "integer", Minimum: jsonschema.Ptr(0.0), Description: "Optional. Most bytes to read (default: to the end, at most 16 MiB)."},
+			"encoding":  {Type: "string", Enum: []any{"utf-8", "base64"}, Description: `Optional. "utf-8" for text, "base64" for any bytes; without it, text when the file is text.`},
+		}),
+		annotations: &sdk.ToolAnnotations{ReadOnlyHint: true, IdempotentHint: true, OpenWorldHint: jsonschema.Ptr(false)},
+		format:      formatRead,
+	},
+	{
+		name: "sandbox_write_file", method: "sandbox.fs.write", title: "Write a file in a sandbox",
+		description: `Write a file inside a running sandbox: it is created, or replaced if it exists. Its directory must exist (make it with sandbox_run_command, "mkdir" with args ["-p", "<dir>"]).
+Use it to put code or data into the sandbox instead of quoting it through a shell command.`,
+		schema: object([]string{"sandbox", "namespace", "path", "content"}, map[string]*jsonschema.Schema{
+			"sandbox":   sandboxArg("Name of a running sandbox."),
+			"namespace": namespaceArg(),
+			"path":      pathArg("The file to write."),
+			"content":   {Type: "string", Description: `The whole content of the file: text, or base64 with encoding "base64".`},
+			"encoding":  {Type: "string", Enum: []any{"utf-8", "base64"}, Description: `Optional. "utf-8" (the default) or "base64" for binary content.`},
+			"mode":      {Types: []string{"integer", "string"}, Description: `Optional. Permissions of a new file, e.g. "755" for a script (default "644").`},
+		}),
+		annotations: &sdk.ToolAnnotations{IdempotentHint: true, DestructiveHint: jsonschema.Ptr(true), OpenWorldHint: jsonschema.Ptr(false)},
+		format:      formatWrite,
+	},
+	{
+		name: "sandbox_list_files", method: "sandbox.fs.list", title: "List a directory in a sandbox",
+		description: `List the files and directories in a directory inside a running sandbox, with their kind, size and permissions.`,
+		schema: object([]string{"sandbox", "namespace", "path"}, map[string]*jsonschema.Schema{
+			"sandbox":   sandboxArg("Name of a running sandbox."),
+			"namespace": namespaceArg(),
+			"path":      pathArg("The directory to list, e.g. \"/workspace\"."),
+		}),
+		annotations: &sdk.ToolAnnotations{ReadOnlyHint: true, IdempotentHint: true, OpenWorldHint: jsonschema.Ptr(false)},
+		format:      formatList,
 	},
 }

@@ -18,9 +18,6 @@ import (
 	"github.com/msb-dev/msb/sandbox/portal"
 )
 
-// Default is the engine a configuration without one uses.
-const Default = "linux"
-
 // Options locate what an engine keeps on the host.
 type Options struct {
 	StateDir   string // the engine's own state, <home>/run/engine
@@ -105,14 +102,19 @@ func LayersInUse(name, sandboxDir string) ([]string, error) {
 // Reexec lets the msb binary play the roles engines run it in, and never
 // returns when it does: inside every sandbox of the Linux engine, its init
 // (`msb portal` as PID 1, which builds the sandbox around itself and then
-// serves as its portal, in the same process) and, when the binary is linked
-// with cgo, the portal the init executes once it has set the sandbox up.
-// Call it first thing, before any other package's work: from an init
-// function of package main. This package's own init calls it too.
+// serves as its portal, in the same process), the portal the init executes
+// once it has set the sandbox up when the binary is linked with cgo, and
+// the trampoline through which the portal starts a command with resource
+// limits (`msb portal-exec`). Call it first thing, before any other
+// package's work: from an init function of package main. This package's
+// own init calls it too.
 func Reexec(args []string, pid int) {
 	linux.MaybeInit()
 	if len(args) > 1 && args[1] == "portal" && pid == 1 {
 		portal.Main()
+	}
+	if len(args) > 1 && args[1] == portal.ExecRole {
+		portal.ExecMain()
 	}
 }
 

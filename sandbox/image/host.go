@@ -14,6 +14,7 @@ import (
 
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/network"
 )
 
 // HostName is the name of the built-in image that reuses the host's userland.
@@ -90,18 +91,25 @@ func hostFrom(root string) (sandbox.RootFS, error) {
 	return rfs, nil
 }
 
+// The users and groups of the host image.
+const (
+	hostPasswd = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+	hostGroup  = "root:x:0:\nnogroup:x:65534:\n"
+)
+
 // etcFiles is the generated /etc: just enough for libc, Python and Node to
-// resolve users, localhost and the (absent) network.
+// resolve users, localhost and, when the sandbox has network, names
+// through msb's DNS.
 func etcFiles() []sandbox.File {
 	f := func(path, content string) sandbox.File {
 		return sandbox.File{Path: path, Mode: 0o644, Content: []byte(content)}
 	}
 	return []sandbox.File{
-		f("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
-		f("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
+		f("etc/passwd", hostPasswd),
+		f("etc/group", hostGroup),
 		f("etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
-		f("etc/resolv.conf", "# msb: this sandbox has no network, only loopback.\n"),
-		f("etc/nsswitch.conf", "passwd: files\ngroup: files\nshadow: files\nhosts: files\nnetworks: files\nprotocols: files\nservices: files\n"),
+		f("etc/resolv.conf", string(network.DefaultResolvConf())),
+		f("etc/nsswitch.conf", "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n"),
 		f("etc/hostname", "sandbox\n"),
 	}
 }

@@ -99,14 +99,25 @@ func TestResolver(t *testing.T) {
 	t.Parallel()
 	r := Resolver{Aliases: map[string]string{"microsandbox/python": HostName, "odd": "docker.io/library/alpine"}}
 	for _, ref := range []string{"microsandbox/python", "microsandbox/python:latest", HostName} {
-		img, err := r.Resolve(context.Background(), ref)
+		img, err := r.Resolve(context.Background(), ref, "")
 		if err != nil || img.Ref != ref || len(img.Root.Mounts) == 0 || img.Workdir != "/workspace" || len(img.Env) == 0 {
 			t.Errorf("Resolve(%q) = %+v, %v", ref, img, err)
 		}
 	}
 	for _, ref := range []string{"alpine:3.20", "odd", "microsandbox/node"} {
-		if _, err := r.Resolve(context.Background(), ref); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), ref) {
+		if _, err := r.Resolve(context.Background(), ref, ""); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), ref) {
 			t.Errorf("Resolve(%q) = %v, want ErrInvalidArgument naming it", ref, err)
 		}
+	}
+	// Another user than the image's: the host image knows root, nobody
+	// and any uid.
+	for user, want := range map[string]sandbox.User{"nobody": {UID: 65534, GID: 65534}, "1000:1000": {UID: 1000, GID: 1000}, "root": {}} {
+		img, err := r.Resolve(context.Background(), HostName, user)
+		if err != nil || img.User.UID != want.UID || img.User.GID != want.GID {
+			t.Errorf("Resolve(host, %q) = %+v, %v; want %+v", user, img.User, err, want)
+		}
+	}
+	if _, err := r.Resolve(context.Background(), HostName, "alice"); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "alice") {
+		t.Errorf("Resolve(host, alice) = %v, want class Invalid naming her", err)
 	}
 }

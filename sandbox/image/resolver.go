@@ -16,6 +16,7 @@ import (
 
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/network"
 )
 
 // hostWorkdir is where commands of the host image run by default.
@@ -47,7 +48,7 @@ var _ sandbox.Resolver = Resolver{}
 // without a Store, for anything but the host image); the errors of
 // Store.Get for a failed pull; and one wrapping errdefs.ErrUnavailable
 // when the host image cannot be built on this host.
-func (r Resolver) Resolve(ctx context.Context, ref string) (sandbox.Image, error) {
+func (r Resolver) Resolve(ctx context.Context, ref, user string) (sandbox.Image, error) {
 	target, ok := r.Aliases[ref]
 	if !ok {
 		target, ok = r.Aliases[strings.TrimSuffix(ref, ":latest")]
@@ -67,7 +68,7 @@ func (r Resolver) Resolve(ctx context.Context, ref string) (sandbox.Image, error
 			}
 			return sandbox.Image{}, err
 		}
-		img, err := r.Store.Image(rec)
+		img, err := r.Store.Image(rec, user)
 		if err != nil {
 			return sandbox.Image{}, err
 		}
@@ -78,21 +79,33 @@ func (r Resolver) Resolve(ctx context.Context, ref string) (sandbox.Image, error
 	if err != nil {
 		return sandbox.Image{}, fmt.Errorf("image %q: %w", ref, err)
 	}
-	return sandbox.Image{Ref: ref, Root: root, Env: HostEnv(), Workdir: hostWorkdir}, nil
+	img := sandbox.Image{Ref: ref, Root: root, Env: HostEnv(), Workdir: hostWorkdir}
+	if user != "" {
+		u, home, err := resolveUserIn(parseFields(hostPasswd), parseFields(hostGroup), user)
+		if err != nil {
+			return sandbox.Image{}, errdefs.Invalidf("image %q: %v", ref, err)
+		}
+		img.User = u
+		img.Env = sandbox.MergeEnv(img.Env, []string{"HOME=" + home})
+	}
+	return img, nil
 }
 
 // Image turns a pulled image into what a sandbox's root is made of: its
 // layers, plus a generated /etc/hosts and /etc/resolv.conf (as Docker
 // writes them), its environment (with a default PATH and HOME when the
 // image sets none), working directory and user. It returns an error
-// wrapping errdefs.ErrInvalid when the image's User names a user
-// or group its /etc/passwd or /etc/group lacks.
-func (s *Store) Image(rec Record) (sandbox.Image, error) {
+// wrapping errdefs.ErrInvalid when the user (asUser, else the image's
+// User) names a user or group its /etc/passwd or /etc/group lacks.
+func (s *Store) Image(rec Record, asUser string) (sandbox.Image, error) {
 	layers := make([]string, len(rec.Layers))
 	for i, l := range rec.Layers {
 		layers[i] = s.layerDir(l.DiffID)
 	}
-	user, home, err := resolveUser(layers, rec.Config.User)
+	if asUser == "" {
+		asUser = rec.Config.User
+	}
+	user, home, err := resolveUser(layers, asUser)
 	if err != nil {
 		return sandbox.Image{}, errdefs.Invalidf("image %q: %v", rec.Name, err)
 	}
@@ -110,7 +123,7 @@ func (s *Store) Image(rec Record) (sandbox.Image, error) {
 		Layers: layers,
 		Files: []sandbox.File{
 			f("etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
-			f("etc/resolv.conf", "# msb: this sandbox has no network, only loopback.\n"),
+			f("etc/resolv.conf", string(network.DefaultResolvConf())),
 		},
 	}
 	wd := rec.Config.WorkingDir
@@ -136,11 +149,16 @@ func resolveUser(layers []string, spec string) (sandbox.User, string, error) {
 	if spec == "" {
 		return sandbox.User{}, "/root", nil
 	}
+	return resolveUserIn(readImageFile(layers, "etc/passwd"), readImageFile(layers, "etc/group"), spec)
+}
+
+// resolveUserIn resolves spec (name or uid, then optionally :group or
+// :gid) against the fields of an /etc/passwd and an /etc/group, and
+// returns the user and their home.
+func resolveUserIn(passwd, group [][]string, spec string) (sandbox.User, string, error) {
 	userPart, groupPart, hasGroup := strings.Cut(spec, ":")
 	var u sandbox.User
 	home := "/"
-	passwd := readImageFile(layers, "etc/passwd")
-	group := readImageFile(layers, "etc/group")
 	found := false
 	if n, err := strconv.ParseUint(userPart, 10, 32); err == nil {
 		u.UID = uint32(n)
@@ -164,7 +182,7 @@ func resolveUser(layers []string, spec string) (sandbox.User, string, error) {
 			}
 		}
 		if !found {
-			return sandbox.User{}, "", fmt.Errorf("its config runs as user %q, which its /etc/passwd does not list", userPart)
+			return sandbox.User{}, "", fmt.Errorf("user %q is not in its /etc/passwd", userPart)
 		}
 	}
 	if hasGroup {
@@ -180,7 +198,7 @@ func resolveUser(layers []string, spec string) (sandbox.User, string, error) {
 				}
 			}
 			if !ok {
-				return sandbox.User{}, "", fmt.Errorf("its config runs as group %q, which its /etc/group does not list", groupPart)
+				return sandbox.User{}, "", fmt.Errorf("group %q is not in its /etc/group", groupPart)
 			}
 		}
 	} else {
@@ -205,6 +223,17 @@ func resolveUser(layers []string, spec string) (sandbox.User, string, error) {
 
 // readImageFile reads a colon-separated file of the image (topmost layer
 // first, stopping at a whiteout), never following a symlink on the host.
+// parseFields splits the lines of a passwd or group file into fields.
+func parseFields(text string) [][]string {
+	var out [][]string
+	for _, line := range strings.Split(text, "\n") {
+		if line != "" && !strings.HasPrefix(line, "#") {
+			out = append(out, strings.Split(line, ":"))
+		}
+	}
+	return out
+}
+
 func readImageFile(layers []string, rel string) [][]string {
 	for i := len(layers) - 1; i >= 0; i-- {
 		dirfd, err := unix.Open(layers[i], unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)

@@ -99,12 +99,13 @@ type Progress struct {
 // is unpacked, and the unpacked tar against the config's diff ID: a
 // tampered or corrupted layer is refused and never cached.
 type Store struct {
-	dir      string
-	records  RecordStore
-	keychain authn.Keychain
-	platform v1.Platform
-	now      func() time.Time
-	inUse    func() ([]string, error)
+	dir        string
+	records    RecordStore
+	registries Registries
+	keychain   authn.Keychain
+	platform   v1.Platform
+	now        func() time.Time
+	inUse      func() ([]string, error)
 
 	mu    sync.Mutex
 	pulls map[string]*pullCall // in flight, by canonical name
@@ -134,6 +135,8 @@ type RecordStore interface {
 type StoreOptions struct {
 	// Records is where the image records live.
 	Records RecordStore
+	// Registries are those pulls may talk to; nil: DefaultRegistries.
+	Registries *Registries
 	// Keychain finds registry credentials; default authn.DefaultKeychain
 	// (~/.docker/config.json and its credential helpers).
 	Keychain authn.Keychain
@@ -159,7 +162,14 @@ func NewStore(dir string, opts StoreOptions) (*Store, error) {
 			return nil, fmt.Errorf("image store: %w", err)
 		}
 	}
-	s := &Store{dir: dir, records: opts.Records, keychain: opts.Keychain, now: opts.Now, inUse: opts.InUse, pulls: map[string]*pullCall{}}
+	if opts.Registries == nil {
+		r, err := NewRegistries(nil)
+		if err != nil {
+			return nil, err
+		}
+		opts.Registries = &r
+	}
+	s := &Store{dir: dir, records: opts.Records, registries: *opts.Registries, keychain: opts.Keychain, now: opts.Now, inUse: opts.InUse, pulls: map[string]*pullCall{}}
 	if s.keychain == nil {
 		s.keychain = authn.DefaultKeychain
 	}
@@ -422,8 +432,12 @@ func (s *Store) Pull(ctx context.Context, ref string, progress func(Progress)) (
 		return Record{}, err
 	}
 	defer unlock()
+	if err := s.registries.Allowed(r.Context().RegistryStr()); err != nil {
+		return Record{}, fmt.Errorf("image %q: %w", ref, err)
+	}
 	opts := []remote.Option{
 		remote.WithContext(ctx),
+		remote.WithTransport(s.registries.Transport()),
 		remote.WithAuthFromKeychain(s.keychain),
 		remote.WithPlatform(s.platform),
 		remote.WithUserAgent("msb"),
@@ -736,6 +750,10 @@ func decompress(r io.Reader) (io.Reader, func(), error) {
 // can act on.
 func pullError(ref string, r name.Reference, err error) error {
 	reg := r.Context().RegistryStr()
+	var refused *errdefs.Error
+	if errors.As(err, &refused) && refused.Class == errdefs.Invalid {
+		return fmt.Errorf("image %q: %w", ref, refused) // the egress check's own words
+	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return errdefs.Unavailablef("image %q: the pull from %s was cancelled or timed out: try again", ref, reg)
 	}

@@ -3,8 +3,11 @@ package image_test
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -41,11 +44,86 @@ func openStore(t *testing.T, dir string) *image.Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	s, err := image.NewStore(dir, image.StoreOptions{Records: db})
+	return openStoreWith(t, dir, db, []string{"127.0.0.1"}) // the test registries
+}
+
+func openStoreWith(t *testing.T, dir string, db *storage.DB, registries []string) *image.Store {
+	t.Helper()
+	regs, err := image.NewRegistries(registries)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := image.NewStore(dir, image.StoreOptions{Records: db, Registries: &regs})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// A pull is a request the server makes for a tenant: one aimed at a
+// registry the operator did not list is refused before any connection,
+// and addresses on loopback or private networks are refused on every
+// connection, redirects included, unless listed.
+func TestPullEgressIsChecked(t *testing.T) {
+	t.Parallel()
+	reg := sandboxtest.NewRegistry(t)
+	ref := reg.Push(t, "internal/admin:1", sandboxtest.Image(t, v1.Config{}, sandboxtest.Layer(t, sandboxtest.File("f", "x", 0o644))))
+	dir := filepath.Join(t.TempDir(), "images")
+	os.MkdirAll(filepath.Dir(dir), 0o700)
+	db, err := storage.Open(context.Background(), filepath.Join(filepath.Dir(dir), "msb.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+
+	// Not listed (the defaults are public registries): refused, no request.
+	pushed := reg.Requests()
+	s := openStoreWith(t, dir, db, nil)
+	if _, err := s.Pull(context.Background(), ref, nil); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "registries in config.toml") {
+		t.Fatalf("pull from an unlisted registry: %v", err)
+	}
+	// Listed by a wildcard only: its loopback address is still refused.
+	s = openStoreWith(t, dir, db, []string{"*.0.0.1"})
+	if _, err := s.Pull(context.Background(), ref, nil); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "loopback") {
+		t.Fatalf("pull from a wildcard-listed loopback registry: %v", err)
+	}
+	if n := reg.Requests() - pushed; n != 0 {
+		t.Fatalf("the refused pulls sent the registry %d requests", n)
+	}
+
+	// A listed registry on 127.0.0.2 whose blobs redirect to a name of
+	// 127.0.0.1 (localhost), which is not listed: the redirect's dial is
+	// refused. (go-containerregistry itself refuses redirects to private
+	// IP literals; names are for msb's dialer to check.)
+	target, _ := url.Parse(reg.URL())
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	ln, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	front := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/blobs/") {
+			http.Redirect(w, r, strings.Replace(reg.URL(), "127.0.0.1", "localhost", 1)+r.URL.Path, http.StatusTemporaryRedirect)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	})}
+	go front.Serve(ln)
+	t.Cleanup(func() { front.Close() })
+	frontRef := strings.Replace(ref, reg.Host, ln.Addr().String(), 1)
+	s = openStoreWith(t, dir, db, []string{"127.0.0.2"})
+	if _, err := s.Pull(context.Background(), frontRef, nil); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "localhost resolves to 127.0.0.1, a loopback address") {
+		t.Fatalf("pull redirected to an unlisted loopback address: %v", err)
+	}
+	if n := reg.BlobGets(""); n != 0 {
+		t.Fatalf("the redirect reached the unlisted address: %d blob downloads", n)
+	}
+	s.Prune() // the manifest's pull left nothing to keep
+	// Listed explicitly: the same pull works.
+	s = openStoreWith(t, dir, db, []string{"127.0.0.2", "localhost"})
+	if _, err := s.Pull(context.Background(), frontRef, nil); err != nil {
+		t.Fatalf("pull from listed registries: %v", err)
+	}
 }
 
 func layerDigest(t *testing.T, l v1.Layer) string {
@@ -105,7 +183,7 @@ func TestPullLayeredImage(t *testing.T) {
 	if rec.Name != ref || !strings.HasPrefix(rec.Digest, "sha256:") || len(rec.Layers) != 2 || rec.Size() == 0 {
 		t.Errorf("record = %+v", rec)
 	}
-	simg, err := s.Image(rec)
+	simg, err := s.Image(rec, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,7 +381,7 @@ func TestPullErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	simg, _ := s.Image(rec)
+	simg, _ := s.Image(rec, "")
 	if _, err := os.Stat(filepath.Join(simg.Root.Layers[0], "f")); err != nil {
 		t.Errorf("multi-platform image resolved to the wrong platform: %v", err)
 	}
@@ -353,11 +431,11 @@ func TestResolverAliasToImage(t *testing.T) {
 	reg := sandboxtest.NewRegistry(t)
 	ref := reg.Push(t, "test/aliased:1", sandboxtest.Image(t, v1.Config{WorkingDir: "/w"}, sandboxtest.Layer(t, sandboxtest.File("f", "x", 0o644))))
 	r := image.Resolver{Aliases: map[string]string{"microsandbox/python": image.HostName, "mine": ref}, Store: newStore(t)}
-	img, err := r.Resolve(context.Background(), "mine")
+	img, err := r.Resolve(context.Background(), "mine", "")
 	if err != nil || img.Ref != "mine" || len(img.Root.Layers) != 1 || img.Workdir != "/w" {
 		t.Errorf("Resolve(mine) = %+v, %v", img, err)
 	}
-	if img, err := r.Resolve(context.Background(), "microsandbox/python"); err != nil || len(img.Root.Layers) != 0 || len(img.Root.Mounts) == 0 {
+	if img, err := r.Resolve(context.Background(), "microsandbox/python", ""); err != nil || len(img.Root.Layers) != 0 || len(img.Root.Mounts) == 0 {
 		t.Errorf("host alias = %+v, %v", img, err)
 	}
 }
@@ -553,7 +631,7 @@ func TestWhiteoutEdgeCases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	simg, err := s.Image(rec)
+	simg, err := s.Image(rec, "")
 	if err != nil {
 		t.Fatal(err)
 	}

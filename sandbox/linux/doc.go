@@ -5,7 +5,9 @@
 // # Design
 //
 // A sandbox has its own PID, mount, IPC, UTS, cgroup and network
-// namespaces; its network namespace has only a loopback interface. Its
+// namespaces; its network namespace has only a loopback interface, and an
+// outbound link to a netstack in the server when its spec has a network
+// (network.go, attached while its init builds the sandbox). Its
 // cgroups live under /<CgroupParent>/<namespace>.<name> in every cgroup v1
 // hierarchy (or the unified one on a cgroup v2 host) and cap memory (with
 // memory+swap equal to it, so no swap, where the kernel accounts swap),
@@ -83,12 +85,18 @@
 //
 // The server talks to the portal over a unix socketpair whose other end is
 // the portal's file descriptor 3; every command and REPL evaluation goes
-// through that connection (package sandbox/portal). The init gets the
-// server's oom_score_adj but never less than 0: the init's score is the
-// floor below which nothing in the sandbox can lower its own, and at -1000
-// the memory cgroup's OOM killer could kill nothing there. The portal
-// raises the score of every process it starts instead, so that a sandbox
-// out of memory loses the user's processes first.
+// through that connection (package sandbox/portal), and so do streamed
+// processes (sandbox.Streamer) and file operations (sandbox.FileSystem):
+// the portal runs them inside the sandbox, so every path resolves in the
+// sandbox's root, and the connection's per-call credit windows keep a slow
+// consumer from growing the server's memory or holding up the sandbox's
+// other calls.
+//
+// The init gets the server's oom_score_adj but never less than 0: the
+// init's score is the floor below which nothing in the sandbox can lower
+// its own, and at -1000 the memory cgroup's OOM killer could kill nothing
+// there. The portal raises the score of every process it starts
+// instead, so that a sandbox out of memory loses the user's processes first.
 //
 // The portal also gets, as file descriptor 4, the open tasks file of a
 // child pids cgroup ("user") limited to a little less than the sandbox's

@@ -23,6 +23,7 @@ import (
 
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/network"
 	"github.com/msb-dev/msb/sandbox/portal"
 )
 
@@ -140,7 +141,8 @@ type box struct {
 	client   portalClient
 	done     chan struct{} // closed when the portal has exited; nil before the first Start
 	started  time.Time
-	cgroups  bool // the sandbox's cgroups exist (from Start to Stop)
+	cgroups  bool          // the sandbox's cgroups exist (from Start to Stop)
+	link     *network.Link // the sandbox's network while it runs with one (network.go)
 }
 
 // New returns an Engine keeping its state in cfg's directories, creating
@@ -583,7 +585,14 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 		}
 		close(done)
 	}()
-	b.proc, b.done, b.client, b.started = proc, done, portal.NewClient(conn), time.Now()
+	client := portal.NewClient(conn)
+	client.SetRlimits(b.spec.Rlimits)
+	b.proc, b.done, b.client, b.started = proc, done, client, time.Now()
+	// The network namespace is there from the clone: its link goes in
+	// while the init builds the rest.
+	if err := e.attachNetwork(ctx, b, proc.Pid); err != nil {
+		return err
+	}
 
 	sctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
@@ -672,6 +681,7 @@ func (e *Engine) initConfig(b *box) *initConfig {
 		NoFile:   e.host.nofile,
 		OOMScore: e.host.oomScore,
 		Env:      s.Env,
+		Tmpfs:    s.Tmpfs,
 		CgroupV2: e.cg.v2,
 	}
 	if b.template != "" {
@@ -709,6 +719,7 @@ func (e *Engine) kill(b *box) {
 		// An init that survives SIGKILL this long is stuck in the kernel
 		// (D state); removing its cgroups will report them busy.
 	}
+	e.detachNetwork(b)
 	if b.client != nil {
 		b.client.Close()
 	}
@@ -927,10 +938,13 @@ func callErr(b *box, what string, err error) error {
 	if !exited {
 		return fmt.Errorf("sandbox %s: %s: %w", b.id, what, err)
 	}
-	// The portal's last words say whether it was killed or crashed.
-	msg := logTail(filepath.Join(b.dir, "portal.log"))
+	// The portal's last words say whether it was killed or crashed: the
+	// client gets their first line, the server's log all of them.
+	logPath := filepath.Join(b.dir, "portal.log")
+	msg := lastWords(logPath)
 	if msg != "" {
-		msg = " (portal log: " + msg + ")"
+		slog.Warn("sandbox stopped during a call", "sandbox", b.id.String(), "call", what, "portal_log", logTail(logPath))
+		msg = " (the sandbox's agent said: " + msg + ")"
 	}
 	return fmt.Errorf("sandbox %s stopped during %s%s: %w", b.id, what, msg, errdefs.ErrConflict)
 }
@@ -1000,9 +1014,9 @@ func (e *Engine) Stats(ctx context.Context, id sandbox.ID) (sandbox.Stats, error
 		b.mu.Unlock()
 		return sandbox.Stats{}, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrConflict)
 	}
+	st := sandbox.Stats{Sampled: time.Now(), Network: networkStats(b)}
 	b.mu.Unlock()
 
-	st := sandbox.Stats{Sampled: time.Now()}
 	cpu, mem, err := e.cg.stats(id.Key())
 	if err != nil {
 		// A Stop racing with us removes the cgroups we are reading.

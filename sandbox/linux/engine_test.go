@@ -31,6 +31,9 @@ var msbBin string
 // this very binary, and builds msb for the others.
 func TestMain(m *testing.M) {
 	linux.MaybeInit()
+	if len(os.Args) > 1 && os.Args[1] == portal.ExecRole {
+		portal.ExecMain()
+	}
 	if len(os.Args) > 1 && os.Args[1] == "portal" {
 		portal.Main()
 		os.Exit(0)

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"unicode"
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
@@ -472,6 +473,31 @@ func (l *boundedLog) Close() error {
 // logTail returns the gist of a log for an error message: from the first
 // Go crash line if there is one (its goroutine dump is long and says
 // less), else the last lines.
+// lastWords is the one line of the portal's log at p that says why it
+// ended (a panic's or fatal error's first line, else the last line), cut
+// to 160 bytes of printable text: what a client may read of it, never a
+// goroutine dump.
+func lastWords(p string) string {
+	tail := logTail(p)
+	line := tail
+	if i := strings.IndexByte(tail, '\n'); i >= 0 {
+		line = tail[:i]
+		if !strings.HasPrefix(tail, "panic:") && !strings.HasPrefix(tail, "fatal error:") && !strings.HasPrefix(tail, "runtime") {
+			line = tail[strings.LastIndexByte(tail, '\n')+1:]
+		}
+	}
+	line = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || !unicode.IsPrint(r) {
+			return -1
+		}
+		return r
+	}, strings.TrimSpace(line))
+	if len(line) > 160 {
+		line = strings.ToValidUTF8(line[:160], "") + "..."
+	}
+	return line
+}
+
 func logTail(p string) string {
 	const max = 2048
 	f, err := os.Open(p)

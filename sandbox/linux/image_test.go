@@ -75,9 +75,11 @@ func TestPruneKeepsSandboxLayers(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
+	registries, _ := image.NewRegistries([]string{"127.0.0.1"}) // the test registry
 	store, err := image.NewStore(filepath.Join(home, "images"), image.StoreOptions{
-		Records: db,
-		InUse:   func() ([]string, error) { return linux.LayersInUse(cfg.SandboxDir) },
+		Records:    db,
+		Registries: &registries,
+		InUse:      func() ([]string, error) { return linux.LayersInUse(cfg.SandboxDir) },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -87,7 +89,7 @@ func TestPruneKeepsSandboxLayers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := store.Image(rec)
+	img, err := store.Image(rec, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,6 +57,8 @@ type initConfig struct {
 	// Volumes are the targets of the detached mounts the server opened,
 	// one per descriptor from volumeFD0 on.
 	Volumes []volumeTarget `json:"volumes,omitempty"`
+	// Tmpfs are memory-backed directories, charged to the sandbox's memory.
+	Tmpfs []sandbox.Tmpfs `json:"tmpfs,omitempty"`
 	// Cgroups are the host's cgroup v1 hierarchies, mounted read-only at
 	// /sys/fs/cgroup as the sandbox's cgroup namespace shows them; with
 	// CgroupV2, the unified hierarchy is, in a cgroup namespace the init
@@ -257,6 +259,11 @@ func (c *initConfig) setup() error {
 	for i, v := range c.Volumes {
 		if err := r.attachVolume(volumeFD0+i, v); err != nil {
 			return err
+		}
+	}
+	for _, t := range c.Tmpfs {
+		if err := r.tmpfs(t); err != nil {
+			return fmt.Errorf("tmpfs %s: %w", t.Guest, err)
 		}
 	}
 	if err := c.mask(); err != nil {
@@ -632,6 +639,20 @@ func (r *inRoot) bind(m sandbox.Mount) error {
 		return err
 	}
 	return r.attach(tree, m.Target, st.Mode&unix.S_IFMT == unix.S_IFDIR)
+}
+
+// tmpfs mounts a tmpfs of the size asked at t.Guest, resolved inside the
+// root (made if missing), nosuid and nodev, writable by everyone as /tmp
+// is. The sandbox's init mounts it, so its pages are charged to the
+// sandbox's memory cgroup.
+func (r *inRoot) tmpfs(t sandbox.Tmpfs) error {
+	h, err := r.mkdirAll(t.Guest)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return unix.Mount("tmpfs", "/proc/self/fd/"+strconv.Itoa(int(h.Fd())), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV,
+		"mode=1777,size="+strconv.Itoa(t.SizeMiB)+"m")
 }
 
 // attachVolume moves the volume the server opened as descriptor fd (see

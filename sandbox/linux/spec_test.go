@@ -68,3 +68,22 @@ func TestSwapLimitOnlyWithSwapAccounting(t *testing.T) {
 		}
 	}
 }
+
+// What a client reads of a portal that crashed is one short line, never
+// its goroutine dump.
+func TestLastWordsOfACrash(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "portal.log")
+	dump := "some output\npanic: runtime error: index out of range [3] with length 2\n\ngoroutine 1 [running]:\nmain.main()\n\t/x.go:7 +0x1d\n"
+	if err := os.WriteFile(p, []byte(dump), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := lastWords(p); got != "panic: runtime error: index out of range [3] with length 2" {
+		t.Fatalf("last words of a panic: %q", got)
+	}
+	if err := os.WriteFile(p, []byte("line one\nkilled by \x1b[31msignal\x1b[0m 9\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := lastWords(p); got != "killed by [31msignal[0m 9" {
+		t.Fatalf("last words: %q", got)
+	}
+}

@@ -1,7 +1,6 @@
 package portal
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -51,10 +50,31 @@ type Client struct {
 	mu    sync.Mutex
 	calls map[uint64]*call
 	err   error // set once the connection is closed
+
+	rlimits []rlimit // of every process this client starts (SetRlimits)
+}
+
+// SetRlimits sets the resource limits of every process started through
+// the client from now on (the sandbox's own); a streamed process's own
+// limits go on top of them, never above their hard limits. Call it
+// before the client's first call.
+func (c *Client) SetRlimits(ls []sandbox.Rlimit) {
+	c.rlimits = wireRlimits(ls)
+}
+
+func wireRlimits(ls []sandbox.Rlimit) []rlimit {
+	var out []rlimit
+	for _, l := range ls {
+		out = append(out, rlimit{Resource: l.Resource, Soft: l.Soft, Hard: l.Hard})
+	}
+	return out
 }
 
 // call is one request waiting for its final frame. Lines arrive on the
-// reader goroutine; final is written before done is closed.
+// reader goroutine; final is written before done is closed. A
+// flow-controlled call (a streamed process, a file read or write) gets
+// its frames queued in flow instead, final included; a listing's entries
+// are collected in list.
 type call struct {
 	id      uint64
 	mu      sync.Mutex
@@ -63,6 +83,8 @@ type call struct {
 	done    chan struct{}
 	final   event
 	err     error
+	flow    *flow
+	list    *listing
 }
 
 func (cl *call) line(l sandbox.Line) {
@@ -90,13 +112,37 @@ func NewClient(conn io.ReadWriteCloser) *Client {
 // read is the only reader of the connection. Every frame is checked; the
 // first one that is too large, not JSON, or not a frame the protocol
 // allows closes the connection, because after it nothing the portal says
-// can be trusted.
+// can be trusted. It never waits for a caller: lines go to their callback
+// (which must be quick), everything else is queued, within what the
+// client granted the call.
 func (c *Client) read() {
-	sc := bufio.NewScanner(c.conn)
-	sc.Buffer(make([]byte, 64<<10), maxFrame)
-	for sc.Scan() {
+	fr := newFrameReader(c.conn, maxFrame)
+	for {
+		line, hdr, err := fr.next()
+		if err != nil {
+			reason := "the sandbox's portal closed the connection"
+			switch {
+			case errors.Is(err, errFrameTooLong):
+				reason = fmt.Sprintf("the sandbox's portal sent a frame larger than %d bytes", maxFrame)
+			case errors.Is(err, errDataTooLong):
+				reason = fmt.Sprintf("the sandbox's portal sent a data frame larger than %d bytes", maxData)
+			case errors.Is(err, io.ErrUnexpectedEOF):
+				reason = "the sandbox's portal closed the connection in the middle of a frame"
+			case !errors.Is(err, io.EOF):
+				reason = "reading from the sandbox's portal: " + err.Error()
+			}
+			c.fail(reason)
+			return
+		}
+		if hdr != nil {
+			if reason := c.data(fr, hdr); reason != "" {
+				c.fail(reason)
+				return
+			}
+			continue
+		}
 		var ev event
-		dec := json.NewDecoder(bytes.NewReader(sc.Bytes()))
+		dec := json.NewDecoder(bytes.NewReader(line))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&ev); err != nil {
 			c.fail(fmt.Sprintf("the sandbox's portal sent a malformed frame (%v)", err))
@@ -106,33 +152,85 @@ func (c *Client) read() {
 			c.fail("the sandbox's portal sent a malformed frame (trailing data)")
 			return
 		}
-		if !ev.Done && ev.Stream != sandbox.Stdout && ev.Stream != sandbox.Stderr {
-			c.fail(fmt.Sprintf("the sandbox's portal sent a line on an unknown stream %.40q", ev.Stream))
+		if reason := c.event(ev); reason != "" {
+			c.fail(reason)
 			return
 		}
-		c.mu.Lock()
-		cl := c.calls[ev.ID]
+	}
+}
+
+// data takes a data frame's payload to its call, or skips it when the
+// call is gone. It returns why the frame is not allowed, if it is not.
+func (c *Client) data(fr *frameReader, h *dataHeader) string {
+	c.mu.Lock()
+	cl := c.calls[h.id]
+	c.mu.Unlock()
+	if cl == nil {
+		if fr.skip(h) != nil {
+			return "the sandbox's portal closed the connection in the middle of a frame"
+		}
+		return "" // a late frame of an abandoned call
+	}
+	f := cl.flow
+	if f == nil || f.kinds&(1<<h.kind) == 0 {
+		return fmt.Sprintf("the sandbox's portal sent data of kind %d on a call that takes none", h.kind)
+	}
+	if !f.receive(h.len) {
+		return fmt.Sprintf("the sandbox's portal sent more data than the %d bytes it was granted", f.size)
+	}
+	p, err := fr.payload(h)
+	if err != nil {
+		return "the sandbox's portal closed the connection in the middle of a frame"
+	}
+	f.push(item{kind: h.kind, data: p})
+	return ""
+}
+
+// event takes a control frame to its call. It returns why the frame is
+// not allowed, if it is not.
+func (c *Client) event(ev event) string {
+	switch {
+	case ev.Done:
+	case ev.Stream != "":
+		if ev.Stream != sandbox.Stdout && ev.Stream != sandbox.Stderr {
+			return fmt.Sprintf("the sandbox's portal sent a line on an unknown stream %.40q", ev.Stream)
+		}
+	case ev.Started, ev.StdinError != "", ev.Credit != 0, ev.Entries != nil:
+		if ev.Credit < 0 || ev.Credit > maxCredit {
+			return fmt.Sprintf("the sandbox's portal granted %d bytes of credit", ev.Credit)
+		}
+	default:
+		return "the sandbox's portal sent a frame of no known kind"
+	}
+	if ev.Fail != nil && ev.Fail.Kind != "" && !failKinds[ev.Fail.Kind] {
+		return fmt.Sprintf("the sandbox's portal sent an unknown failure %.40q", ev.Fail.Kind)
+	}
+	c.mu.Lock()
+	cl := c.calls[ev.ID]
+	if ev.Done {
+		delete(c.calls, ev.ID)
+	}
+	c.mu.Unlock()
+	if cl == nil {
+		return "" // a late frame of an abandoned call
+	}
+	switch {
+	case cl.flow != nil:
+		if reason := cl.flow.event(ev); reason != "" {
+			return reason
+		}
 		if ev.Done {
-			delete(c.calls, ev.ID)
+			close(cl.done) // after the final item is queued
 		}
-		c.mu.Unlock()
-		if cl == nil {
-			continue // a late frame of an abandoned call
-		}
-		if ev.Done {
-			cl.final = ev
-			close(cl.done)
-			continue
-		}
+	case ev.Done:
+		cl.final = ev
+		close(cl.done)
+	case ev.Entries != nil && cl.list != nil:
+		cl.list.add(ev.Entries)
+	case ev.Stream != "":
 		cl.line(sandbox.Line{Stream: ev.Stream, Text: ev.Text})
 	}
-	reason := "the sandbox's portal closed the connection"
-	if err := sc.Err(); errors.Is(err, bufio.ErrTooLong) {
-		reason = fmt.Sprintf("the sandbox's portal sent a frame larger than %d bytes", maxFrame)
-	} else if err != nil {
-		reason = "reading from the sandbox's portal: " + err.Error()
-	}
-	c.fail(reason)
+	return ""
 }
 
 // fail closes the connection and fails every call in flight, once; it
@@ -190,7 +288,12 @@ func (c *Client) send(ctx context.Context, req request) error {
 	if err != nil {
 		return fmt.Errorf("portal: encoding request: %w", err)
 	}
-	frame = append(frame, '\n')
+	return c.sendFrame(ctx, append(frame, '\n'))
+}
+
+// sendFrame writes one whole frame. A write that does not finish by the
+// time ctx ends leaves a torn frame behind, so it closes the connection.
+func (c *Client) sendFrame(ctx context.Context, frame []byte) error {
 	var abandoned atomic.Bool
 	errc := make(chan error, 1)
 	go func() {
@@ -266,25 +369,49 @@ func finalError(op string, ev event) error {
 }
 
 // collector stores a capped call's lines. The cap is enforced here, on the
-// server's side, because the portal may be hostile.
+// server's side, because the portal may be hostile. What it stores is
+// taken from the server's output budget (sandbox.TakeOutput) as it grows,
+// twice (held, then encoded), in steps of budgetStep.
 type collector struct {
-	cap   outputCap
-	lines []sandbox.Line
+	ctx      context.Context
+	cap      outputCap
+	lines    []sandbox.Line
+	reserved int // bytes of the budget taken and not yet used
+	starved  bool
 }
 
-func newCollector() *collector {
-	return &collector{cap: outputCap{maxBytes: sandbox.MaxOutput + trailerSlack, maxLines: maxLines + 16, perLine: lineEnvelope}}
+const budgetStep = 256 << 10
+
+func newCollector(ctx context.Context) *collector {
+	return &collector{ctx: ctx, cap: outputCap{maxBytes: sandbox.MaxOutput + trailerSlack, maxLines: maxLines + 16, perLine: lineEnvelope}}
 }
 
 func (co *collector) add(l sandbox.Line) {
-	if co.cap.admit(l.Text) {
-		co.lines = append(co.lines, l)
+	if co.starved {
+		return
 	}
+	before := co.cap.bytes
+	if !co.cap.admit(l.Text) {
+		return
+	}
+	need := 2 * (co.cap.bytes - before)
+	for co.reserved < need {
+		if !sandbox.TakeOutput(co.ctx, budgetStep) {
+			co.starved, co.cap.cut = true, true
+			return
+		}
+		co.reserved += budgetStep
+	}
+	co.reserved -= need
+	co.lines = append(co.lines, l)
 }
 
 // output is never nil: a call that printed nothing has an empty output,
 // which the wire contract renders as [] rather than null.
 func (co *collector) output() []sandbox.Line {
+	if co.starved {
+		return append(co.lines, sandbox.Line{Stream: sandbox.Stderr, Text: sandbox.OutputBudgetNotice})
+	}
 	if co.cap.cut {
 		return append(co.lines, sandbox.Line{Stream: sandbox.Stderr, Text: sandbox.OutputCutNotice})
 	}
@@ -319,9 +446,9 @@ func (c *Client) Ping(ctx context.Context) error {
 // and errdefs.ErrUnavailable when the connection is gone or the portal
 // misbehaved, or errdefs.ErrUnavailable when the portal could not run it.
 func (c *Client) Exec(ctx context.Context, req sandbox.ExecRequest) (sandbox.ExecResult, error) {
-	co := newCollector()
+	co := newCollector(ctx)
 	ev, err := c.do(ctx, request{
-		Op: opExec, Command: req.Command, Args: req.Args, Env: req.Env,
+		Op: opExec, Command: req.Command, Args: req.Args, Env: req.Env, Rlimits: c.rlimits,
 		Workdir: req.Workdir, Timeout: req.Timeout,
 	}, req.Timeout, co.add)
 	if err != nil {
@@ -360,8 +487,8 @@ func (c *Client) RunCode(ctx context.Context, lang sandbox.Language, code string
 	if timeout > 0 {
 		limit = timeout + interruptGrace
 	}
-	co := newCollector()
-	ev, err := c.do(ctx, request{Op: opRepl, Language: string(lang), Code: code, Timeout: timeout}, limit, co.add)
+	co := newCollector(ctx)
+	ev, err := c.do(ctx, request{Op: opRepl, Language: string(lang), Code: code, Timeout: timeout, Rlimits: c.rlimits}, limit, co.add)
 	if err != nil {
 		return sandbox.ReplResult{}, fmt.Errorf("portal: run %s code: %w", lang, err)
 	}
@@ -393,7 +520,7 @@ func (c *Client) Spawn(ctx context.Context, req sandbox.ExecRequest, out func(sa
 		out = func(sandbox.Line) {}
 	}
 	ev, err := c.do(ctx, request{
-		Op: opSpawn, Command: req.Command, Args: req.Args, Env: req.Env,
+		Op: opSpawn, Command: req.Command, Args: req.Args, Env: req.Env, Rlimits: c.rlimits,
 		Workdir: req.Workdir, Timeout: req.Timeout,
 	}, req.Timeout, out)
 	if err != nil {

@@ -59,11 +59,16 @@ func callCgroupsFile() *os.File {
 	return os.NewFile(5, "user-pids-cgroup-dir")
 }
 
-// callCgroup is the cgroup of one command.
+// callCgroup is the cgroup of one command: a value per call, also when
+// the cgroup itself is reused, so that a kill of a call that is over can
+// never reach the next call's processes.
 type callCgroup struct {
 	parent *callCgroups
 	name   string
 	tasks  *os.File // open for writing: "0" moves the writing thread in
+
+	mu       sync.Mutex // held by kill until the cgroup is empty
+	released bool
 }
 
 // create returns an empty cgroup for a call: an idle one, or a new one. It
@@ -82,7 +87,7 @@ func (cs *callCgroups) create() *callCgroup {
 		cg := cs.idle[n-1]
 		cs.idle = cs.idle[:n-1]
 		cs.mu.Unlock()
-		return cg
+		return &callCgroup{parent: cs, name: cg.name, tasks: cg.tasks}
 	}
 	cs.next++
 	name := "call-" + strconv.FormatUint(cs.next, 10)
@@ -148,6 +153,11 @@ func (cg *callCgroup) pids() ([]int, error) {
 // when the cgroup cannot be read or does not empty within a few seconds
 // (a process stuck in the kernel).
 func (cg *callCgroup) kill() error {
+	cg.mu.Lock()
+	defer cg.mu.Unlock()
+	if cg.released {
+		return nil // the call is over: the cgroup may be another's now
+	}
 	self := os.Getpid()
 	for deadline := time.Now().Add(5 * time.Second); ; {
 		pids, err := cg.pids()
@@ -177,6 +187,11 @@ func (cg *callCgroup) kill() error {
 // removes it, or leaves it for a later sweep while processes the call left
 // in the background still run.
 func (cg *callCgroup) release() {
+	// After any kill under way, which must not find the next call's
+	// processes here; and no kill after.
+	cg.mu.Lock()
+	cg.released = true
+	cg.mu.Unlock()
 	cs := cg.parent
 	cs.sweep()
 	if pids, err := cg.pids(); err == nil && len(pids) == 0 {

@@ -3,6 +3,7 @@ package portal_test
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
@@ -50,8 +51,12 @@ func fakePortal(t *testing.T, behave func(id uint64, w net.Conn)) *portal.Client
 				ID uint64 `json:"id"`
 				Op string `json:"op"`
 			}
-			if json.Unmarshal(line, &req) != nil || req.Op == "cancel" {
+			if json.Unmarshal(line, &req) != nil {
 				continue
+			}
+			switch req.Op {
+			case "cancel", "credit", "detach", "signal", "resize":
+				continue // about a call in progress
 			}
 			go behave(req.ID, peer)
 		}
@@ -215,6 +220,82 @@ func TestClientSilentPortal(t *testing.T) {
 	}
 }
 
+// dataFrame is a data frame as the portal sends it.
+func dataFrame(id uint64, kind byte, n int) []byte {
+	b := make([]byte, 14+n)
+	binary.BigEndian.PutUint64(b[1:9], id)
+	b[9] = kind
+	binary.BigEndian.PutUint32(b[10:14], uint32(n))
+	return b
+}
+
+func TestClientRejectsBadStreamFrames(t *testing.T) {
+	t.Parallel()
+	for name, bad := range map[string]func(id uint64) []byte{
+		"data beyond the window": func(id uint64) []byte {
+			return append(dataFrame(id, 1, 200<<10), dataFrame(id, 2, 100<<10)...)
+		},
+		"data too long":       func(id uint64) []byte { return dataFrame(id, 1, 4<<20) },
+		"data of a file read": func(id uint64) []byte { return dataFrame(id, 4, 10) },
+		"started twice": func(id uint64) []byte {
+			return append(frame(map[string]any{"id": id, "started": true, "pid": 3}), frame(map[string]any{"id": id, "started": true})...)
+		},
+		"unknown failure": func(id uint64) []byte {
+			return frame(map[string]any{"id": id, "done": true, "fail": map[string]any{"kind": "pwned", "message": "x"}})
+		},
+		"negative credit":      func(id uint64) []byte { return frame(map[string]any{"id": id, "credit": -5}) },
+		"lines on a stream":    func(id uint64) []byte { return frame(map[string]any{"id": id, "stream": "stdout", "text": "x"}) },
+		"truncated data frame": func(id uint64) []byte { return dataFrame(id, 1, 100)[:50] },
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := fakePortal(t, func(id uint64, w net.Conn) {
+				w.Write(bad(id))
+				if name == "truncated data frame" {
+					w.Close()
+				}
+			})
+			release := make(chan struct{})
+			var last sandbox.ExecEvent
+			proc, err := c.Stream(context.Background(), sandbox.ExecSpec{Command: "x"}, false, func(ev sandbox.ExecEvent) {
+				if ev.Kind == sandbox.EventStdout {
+					<-release // takes nothing more: no credit comes back
+				}
+				last = ev
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for deadline := time.Now().Add(10 * time.Second); ; {
+				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+				err := c.Ping(ctx)
+				cancel()
+				if errors.Is(err, portal.ErrClosed) {
+					break
+				}
+				if time.Now().After(deadline) {
+					close(release)
+					t.Fatalf("ping: %v, want ErrClosed", err)
+				}
+			}
+			close(release)
+			select {
+			case <-proc.Done():
+			case <-time.After(10 * time.Second):
+				t.Fatal("no last event after the connection closed")
+			}
+			if last.Kind != sandbox.EventFailed && last.Kind != sandbox.EventExited {
+				t.Errorf("last event %+v", last)
+			}
+		})
+	}
+
+	// Data on a call that takes none (a buffered command) closes too.
+	c := fakePortal(t, func(id uint64, w net.Conn) { w.Write(dataFrame(id, 1, 10)) })
+	if _, err := c.Exec(context.Background(), sandbox.ExecRequest{Command: "x"}); !errors.Is(err, portal.ErrClosed) {
+		t.Errorf("data on an exec: %v, want ErrClosed", err)
+	}
+}
+
 // FuzzClientFrames feeds arbitrary bytes to a Client as the portal's side
 // of the connection: whatever they are, every call must end (with a
 // result or an error) and nothing may panic.
@@ -226,6 +307,8 @@ func FuzzClientFrames(f *testing.F) {
 	f.Add([]byte(`{"id":1}{"id":2}` + "\n"))
 	f.Add([]byte("\n\n\n"))
 	f.Add([]byte(`[1,2]` + "\n" + `null` + "\n"))
+	f.Add(append(dataFrame(1, 1, 3), `{"id":1,"done":true}`+"\n"...))
+	f.Add(append(dataFrame(9, 4, 3), `{"id":1,"done":true,"fail":{"errno":2,"message":"x"}}`+"\n"...))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ours, theirs := net.Pipe()
 		go func() {

@@ -40,11 +40,49 @@
 //     closes the connection and fails every call. Whatever the sandbox sends,
 //     the server's memory stays bounded.
 //
-// The wire protocol is newline-delimited JSON over the socket, multiplexed by
-// request id so that calls on one sandbox run concurrently. The client sends
+// The wire protocol is newline-delimited JSON control frames over the
+// socket, multiplexed by request id so that calls on one sandbox run
+// concurrently, beside binary data frames. The client sends
 // {"id":N,"op":"exec"|"repl"|"spawn"|"ping"|"cancel",...}; the portal answers
 // with any number of line events {"id":N,"stream":"stdout"|"stderr","text":T}
 // and one final {"id":N,"done":true,"exit_code":C,"timed_out":B,"status":S,"error":E}.
 // A cancel carries the id of the call to abandon; the portal kills its
 // processes (or interrupts the interpreter) and still sends the final frame.
+//
+// Bytes (a streamed process's output and input, file contents) travel in
+// data frames, never in JSON strings: [0x00][id u64][kind u8][len u32][len
+// bytes], big-endian, at most sandbox.MaxChunk bytes; no JSON frame starts
+// with a zero byte. Kinds: 1 stdout, 2 stderr (portal → client), 3 stdin
+// (client → portal; empty: end of input), 4 a file's chunk (both ways;
+// from the client, empty: end of a write).
+//
+// A streamed process ("op":"start": command, args, env, workdir, user,
+// tty, rows, cols, rlimits, timeout_ns, window) answers
+// {"started":true,"pid":P,"credit":W} or fails at once with
+// {"done":true,"fail":{"kind","errno","message"}}; then output data
+// frames and {"stdin_error":M}; last {"done":true,"exit_code":C} (-1 and
+// "signal" when a signal killed it; "timed_out"). On its id the client
+// sends stdin data frames, "credit" (n), "signal", "resize" (rows, cols)
+// and "detach" (kill): stop sending, close stdin, kill when asked.
+//
+// File operations are run by the portal inside the sandbox: "open" (path,
+// open flags, mode) answers a handle; "read" (handle, offset, n, window)
+// streams data frames and ends with {"done":true,"n":N}; "write" (handle,
+// offset) grants credit, takes data frames until an empty one, and ends
+// the same way; "close", "stat" (follow), "list" (entries in batches),
+// "mkdir" (mode), "remove" (recursive), "copy" and "rename" (path,
+// target). A failure is {"done":true,"fail":{"errno","message"}}.
+//
+// Flow control. Every stream of data frames is bounded by a window of
+// credit: the sender may send no more bytes on a call than the receiver
+// granted (a start's or read's "window", then "credit" frames as the
+// receiver consumes; the portal grants a process's stdin and a write the
+// same way with "credit" events). The portal stops reading a process's
+// pipes (or the file) while it has no credit, and queues the client's
+// input per call rather than waiting for a slow pipe or disk; the client
+// queues what arrives per call and never waits for a caller. So a slow
+// consumer costs at most a window of memory on either side, and never
+// holds up the other calls on the socket. A client that finds more data
+// than it granted closes the connection, as for any frame no honest
+// portal sends.
 package portal

@@ -97,7 +97,7 @@ func (c *child) kill() {
 // startChild starts argv in its own process group (so that it and its
 // children can be signalled as one) and, when cg is not nil, in that
 // cgroup, with stdin from /dev/null and extra files at fd 3 and up.
-func (s *server) startChild(cg *callCgroup, path string, argv, env []string, dir string, extra ...*os.File) (*child, error) {
+func (s *server) startChild(cg *callCgroup, path string, argv, env []string, dir string, limits []string, extra ...*os.File) (*child, error) {
 	stdin, err := os.Open(os.DevNull)
 	if err != nil {
 		// An image without /dev/null still gets an empty stdin.
@@ -130,12 +130,19 @@ func (s *server) startChild(cg *callCgroup, path string, argv, env []string, dir
 	if cg != nil {
 		into = cg.tasks
 	}
-	pid, exited, err := s.reaper.start(path, argv, &syscall.ProcAttr{
+	attr := &syscall.ProcAttr{
 		Dir:   dir,
 		Env:   env,
 		Files: files,
 		Sys:   &syscall.SysProcAttr{Setpgid: true},
-	}, into)
+	}
+	var pid int
+	var exited <-chan syscall.WaitStatus
+	if len(limits) == 0 {
+		pid, exited, err = s.reaper.start(path, argv, attr, into)
+	} else {
+		pid, exited, _, err = s.startLimited(path, argv, limits, attr, into)
+	}
 	if err != nil {
 		outR.Close()
 		errR.Close()
@@ -187,12 +194,16 @@ func (s *server) runCommand(ctx context.Context, req request, background bool) e
 	case err != nil:
 		return fail(127, "msb: command %q not found", req.Command)
 	}
+	limits, err := parseRlimits(req.Rlimits)
+	if err != nil {
+		return fail(126, "msb: %v", err)
+	}
 	cg := s.cgroups.create()
 	if cg != nil {
 		// Not removed while processes the command left behind run.
 		defer cg.release()
 	}
-	c, err := s.startChild(cg, path, append([]string{req.Command}, req.Args...), env, dir)
+	c, err := s.startChild(cg, path, append([]string{req.Command}, req.Args...), env, dir, limits)
 	switch {
 	case errors.Is(err, syscall.ENOENT):
 		// Found but execve says ENOENT: a script whose interpreter is missing.

@@ -1,9 +1,9 @@
 package portal
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -84,10 +84,13 @@ type server struct {
 	env     []string     // the sandbox's default environment
 	cwd     string       // the sandbox's default working directory
 
-	mu      sync.Mutex
-	calls   map[uint64]context.CancelFunc
-	groups  map[int]bool // process groups started and not yet finished
-	interps map[sandbox.Language]*interpSlot
+	files files // open file handles
+
+	mu       sync.Mutex
+	calls    map[uint64]context.CancelFunc
+	sessions map[uint64]*session // flow-controlled calls, by id
+	groups   map[int]bool        // process groups started and not yet finished
+	interps  map[sandbox.Language]*interpSlot
 	// seq numbers evaluations, so that a late sync marker of an earlier
 	// evaluation is never taken for the current one.
 	seq atomic.Uint64
@@ -101,21 +104,40 @@ func serve(conn io.ReadWriter, userCgroup *os.File, calls *callCgroups) int {
 		cwd = "/"
 	}
 	s := &server{
-		out:     &frameWriter{w: conn},
-		reaper:  newReaper(userCgroup),
-		cgroups: calls,
-		env:     os.Environ(),
-		cwd:     cwd,
-		calls:   make(map[uint64]context.CancelFunc),
-		groups:  make(map[int]bool),
-		interps: make(map[sandbox.Language]*interpSlot),
+		out:      &frameWriter{w: conn},
+		reaper:   newReaper(userCgroup),
+		cgroups:  calls,
+		env:      os.Environ(),
+		cwd:      cwd,
+		calls:    make(map[uint64]context.CancelFunc),
+		sessions: make(map[uint64]*session),
+		groups:   make(map[int]bool),
+		interps:  make(map[sandbox.Language]*interpSlot),
 	}
-	sc := bufio.NewScanner(conn)
-	sc.Buffer(make([]byte, 64<<10), maxRequest)
+	fr := newFrameReader(conn, maxRequest)
 	status := 0
-	for sc.Scan() {
+	for {
+		line, hdr, err := fr.next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			logf("reading requests, stopping: %v", err)
+			status = 3
+			break
+		}
+		if hdr != nil {
+			p, err := fr.payload(hdr)
+			if err != nil {
+				logf("reading requests, stopping: %v", err)
+				status = 3
+				break
+			}
+			s.input(hdr, p)
+			continue
+		}
 		var req request
-		if err := json.Unmarshal(sc.Bytes(), &req); err != nil {
+		if err := json.Unmarshal(line, &req); err != nil {
 			// The server is the only peer and is trusted; a frame it
 			// cannot have meant is a bug worth stopping for.
 			logf("malformed request, stopping: %v", err)
@@ -124,12 +146,30 @@ func serve(conn io.ReadWriter, userCgroup *os.File, calls *callCgroups) int {
 		}
 		s.handle(req)
 	}
-	if err := sc.Err(); err != nil {
-		logf("reading requests, stopping: %v", err)
-		status = 3
-	}
 	s.shutdown()
 	return status
+}
+
+// input routes a data frame from the client to its call, never waiting:
+// input for a call that is over (or never took any) is dropped.
+func (s *server) input(h *dataHeader, p []byte) {
+	ss := s.session(h.id)
+	if ss == nil || ss.in == nil {
+		return
+	}
+	if h.kind != ss.inKind || (len(p) == 0 && ss.tty) {
+		return // the wrong kind, or a terminal's end of input
+	}
+	if !ss.in.push(p) {
+		logf("call %d: the server sent more input than it was granted; dropping the call's input", h.id)
+		ss.in.close()
+	}
+}
+
+func (s *server) session(id uint64) *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions[id]
 }
 
 // shutdown kills everything the portal started. As PID 1 the kernel would
@@ -155,6 +195,9 @@ func (s *server) track(pgid int, live bool) {
 	}
 }
 
+// handle serves one control frame. Frames about a call in progress
+// (cancel, credit, signal, resize, detach) are served at once; a new call
+// runs on its own goroutine, so that the reader never waits.
 func (s *server) handle(req request) {
 	switch req.Op {
 	case opPing:
@@ -168,21 +211,61 @@ func (s *server) handle(req request) {
 			cancel()
 		}
 		return
-	case opExec, opSpawn, opRepl:
+	case opCredit, opSignal, opResize, opDetach:
+		ss := s.session(req.ID)
+		if ss == nil {
+			return // the call is over
+		}
+		switch req.Op {
+		case opCredit:
+			ss.out.add(req.N)
+		case opSignal:
+			ss.signal(req.Signal)
+		case opResize:
+			ss.resize(req.Rows, req.Cols)
+		case opDetach:
+			ss.detach(req.Kill)
+		}
+		return
+	case opExec, opSpawn, opRepl, opStart,
+		opOpen, opRead, opWrite, opClose, opStat, opList, opMkdir, opRemove, opCopy, opRename:
 	default:
 		s.out.send(event{ID: req.ID, Done: true, Error: fmt.Sprintf("portal: unknown operation %q", req.Op)})
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	// A session is registered before the call's goroutine starts: the
+	// client's next frames (credit, input) may come before it runs.
+	var ss *session
+	switch req.Op {
+	case opStart:
+		ss = newSession(req.ID, max(req.Window, 0), stdinWindow)
+		ss.tty, ss.inKind = req.TTY, dataStdin
+	case opRead:
+		ss = newSession(req.ID, max(req.Window, 0), 0)
+	case opWrite:
+		ss = newSession(req.ID, 0, writeWindow)
+		ss.inKind = dataFile
+	}
 	s.mu.Lock()
 	s.calls[req.ID] = cancel
+	if ss != nil {
+		s.sessions[req.ID] = ss
+	}
 	s.mu.Unlock()
 	go func() {
 		defer func() {
 			s.mu.Lock()
 			delete(s.calls, req.ID)
+			delete(s.sessions, req.ID)
 			s.mu.Unlock()
 			cancel()
+			if ss != nil {
+				ss.out.close()
+				if ss.in != nil {
+					ss.in.close()
+				}
+			}
 		}()
 		var res event
 		switch req.Op {
@@ -192,6 +275,18 @@ func (s *server) handle(req request) {
 			res = s.runCommand(ctx, req, true)
 		case opRepl:
 			res = s.runCode(ctx, req)
+		case opStart:
+			res = s.runStream(ctx, req, ss)
+		default:
+			res = s.runFile(ctx, req, ss)
+		}
+		if ss != nil {
+			ss.mu.Lock()
+			detached := ss.detached
+			ss.mu.Unlock()
+			if detached {
+				return // nobody waits for it
+			}
 		}
 		s.out.send(res)
 	}()

@@ -27,6 +27,9 @@ const roleEnv = "MSB_PORTAL_TEST_ROLE"
 // the "portal" role with one end of a socketpair as fd 3, exactly as the
 // engine starts `msb portal`, and talk to it with a Client.
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == portal.ExecRole {
+		portal.ExecMain()
+	}
 	if os.Getenv(roleEnv) == "portal" {
 		portal.Main()
 		return

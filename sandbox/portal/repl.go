@@ -106,8 +106,12 @@ func (s *server) interpreterCommand(lang sandbox.Language) (string, []string, er
 	return "", nil, fmt.Errorf("unknown language %q", lang)
 }
 
-func (s *server) startInterp(lang sandbox.Language) (*interp, error) {
+func (s *server) startInterp(lang sandbox.Language, rlimits []rlimit) (*interp, error) {
 	path, argv, err := s.interpreterCommand(lang)
+	if err != nil {
+		return nil, &invalidError{err}
+	}
+	limits, err := parseRlimits(rlimits)
 	if err != nil {
 		return nil, &invalidError{err}
 	}
@@ -122,7 +126,7 @@ func (s *server) startInterp(lang sandbox.Language) (*interp, error) {
 		return nil, err
 	}
 	defer recW.Close()
-	c, err := s.startChild(nil, path, argv, s.env, s.cwd, ctlR, recW)
+	c, err := s.startChild(nil, path, argv, s.env, s.cwd, limits, ctlR, recW)
 	if err != nil {
 		ctlW.Close()
 		recR.Close()
@@ -306,7 +310,7 @@ func (s *server) runCode(ctx context.Context, req request) event {
 		sl.ip = nil
 	}
 	if sl.ip == nil {
-		ip, err := s.startInterp(lang)
+		ip, err := s.startInterp(lang, req.Rlimits)
 		if err != nil {
 			var inv *invalidError
 			invalid := errors.As(err, &inv)

@@ -1,8 +1,11 @@
 package portal
 
 import (
+	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"io"
 	"sync"
 	"time"
@@ -18,9 +21,30 @@ const (
 	opSpawn  = "spawn"
 	opPing   = "ping"
 	opCancel = "cancel"
+
+	// A streamed process (start), and what the client sends on its id
+	// later: more output credit (also for read), a signal, a terminal
+	// size, and detach (stop following it, killing it when asked).
+	opStart  = "start"
+	opCredit = "credit"
+	opSignal = "signal"
+	opResize = "resize"
+	opDetach = "detach"
+
+	// File operations, run by the portal inside the sandbox's root.
+	opOpen   = "open"
+	opRead   = "read"
+	opWrite  = "write"
+	opClose  = "close"
+	opStat   = "stat"
+	opList   = "list"
+	opMkdir  = "mkdir"
+	opRemove = "remove"
+	opCopy   = "copy"
+	opRename = "rename"
 )
 
-// request is one client → portal frame.
+// request is one client → portal control frame.
 type request struct {
 	ID       uint64        `json:"id"`
 	Op       string        `json:"op"`
@@ -31,6 +55,69 @@ type request struct {
 	Timeout  time.Duration `json:"timeout_ns,omitempty"`
 	Language string        `json:"language,omitempty"`
 	Code     string        `json:"code,omitempty"`
+
+	// start
+	User    string   `json:"user,omitempty"`
+	TTY     bool     `json:"tty,omitempty"`
+	Rows    uint16   `json:"rows,omitempty"`
+	Cols    uint16   `json:"cols,omitempty"`
+	Rlimits []rlimit `json:"rlimits,omitempty"`
+	// Window is the output credit a start or a read begins with: how many
+	// bytes of data frames the portal may send before the client grants
+	// more (opCredit, N).
+	Window int64 `json:"window,omitempty"`
+	// N is the credit granted (opCredit), or the bytes to read (opRead;
+	// negative: to the end of the file).
+	N      int64 `json:"n,omitempty"`
+	Signal int   `json:"signal,omitempty"`
+	Kill   bool  `json:"kill,omitempty"` // detach: and kill the process
+
+	// files
+	Path      string     `json:"path,omitempty"`
+	Target    string     `json:"target,omitempty"` // copy and rename: the destination
+	Handle    uint64     `json:"handle,omitempty"`
+	Offset    int64      `json:"offset,omitempty"`
+	Open      *openFlags `json:"open,omitempty"`
+	Mode      uint32     `json:"mode,omitempty"`
+	Follow    bool       `json:"follow,omitempty"`
+	Recursive bool       `json:"recursive,omitempty"`
+}
+
+// rlimit is a sandbox.Rlimit on the wire.
+type rlimit struct {
+	Resource string `json:"resource"`
+	Soft     uint64 `json:"soft"`
+	Hard     uint64 `json:"hard"`
+}
+
+// openFlags are sandbox.OpenOptions on the wire.
+type openFlags struct {
+	Read      bool `json:"read,omitempty"`
+	Write     bool `json:"write,omitempty"`
+	Append    bool `json:"append,omitempty"`
+	Create    bool `json:"create,omitempty"`
+	Truncate  bool `json:"truncate,omitempty"`
+	Exclusive bool `json:"exclusive,omitempty"`
+}
+
+// failure says why a call failed: a process that could not start (Kind
+// set), or a file operation (Errno set, Kind empty).
+type failure struct {
+	Kind    string `json:"kind,omitempty"`
+	Errno   int    `json:"errno,omitempty"`
+	Message string `json:"message"`
+}
+
+// fileInfo is a sandbox.FileInfo on the wire; times are Unix nanoseconds.
+type fileInfo struct {
+	Path  string           `json:"path"`
+	Kind  sandbox.FileKind `json:"kind"`
+	Size  int64            `json:"size"`
+	Mode  uint32           `json:"mode"`
+	UID   uint32           `json:"uid"`
+	GID   uint32           `json:"gid"`
+	MTime int64            `json:"mtime"`
+	ATime int64            `json:"atime"`
 }
 
 // event is one portal → client frame: a line of output when Done is false,
@@ -47,6 +134,27 @@ type event struct {
 	// Invalid marks Error as the caller's fault (e.g. the image has no
 	// such interpreter), so the client can report ErrInvalidArgument.
 	Invalid bool `json:"invalid,omitempty"`
+
+	// Started: the streamed process runs, as Pid (in the sandbox's PID
+	// namespace).
+	Started bool `json:"started,omitempty"`
+	Pid     int  `json:"pid,omitempty"`
+	// Credit grants the client this many more bytes of input (stdin, or
+	// a file write's chunks).
+	Credit int64 `json:"credit,omitempty"`
+	// StdinError: writing the client's input to the process failed (it
+	// closed its stdin); later input is dropped.
+	StdinError string `json:"stdin_error,omitempty"`
+	// With Done: the process was killed by Signal (ExitCode is -1), or
+	// the call failed (Fail).
+	Signal int      `json:"signal,omitempty"`
+	Fail   *failure `json:"fail,omitempty"`
+	// Results of file operations: an open's handle, a stat, a batch of a
+	// list's entries, and the bytes a read or a write moved (with Done).
+	Handle  uint64     `json:"handle,omitempty"`
+	Info    *fileInfo  `json:"info,omitempty"`
+	Entries []fileInfo `json:"entries,omitempty"`
+	N       int64      `json:"n,omitempty"`
 }
 
 const (
@@ -206,4 +314,162 @@ func (f *frameWriter) send(v any) error {
 	}
 	_, f.err = f.w.Write(f.buf.Bytes())
 	return f.err
+}
+
+// Data frames carry bytes (process output and input, file contents)
+// beside the JSON control frames, without JSON's escaping: a frame that
+// starts with dataMarker (a byte no JSON frame starts with) is
+//
+//	[dataMarker][id: u64 BE][kind: u8][len: u32 BE][len bytes]
+//
+// and belongs to call id, like the control frames of that call.
+const (
+	dataMarker    = 0x00
+	dataHeaderLen = 1 + 8 + 1 + 4
+	// maxData bounds the payload of one data frame, both ways.
+	maxData = sandbox.MaxChunk
+)
+
+// The kinds of data frames.
+const (
+	dataStdout = 1 // portal → client: a streamed process's output (all of it on a TTY)
+	dataStderr = 2 // portal → client
+	dataStdin  = 3 // client → portal: input for the process; empty: end of input
+	dataFile   = 4 // both: a chunk of a file read, or of a file write (client → portal; empty: the end)
+)
+
+// Chunk sizes and flow-control windows. A window is how many bytes of
+// data frames one side may send on one call before the other side grants
+// more, after it has consumed them; it bounds what the receiver ever
+// holds for that call.
+const (
+	// outputChunk is the most of a process's output read (and sent) at
+	// once.
+	outputChunk = 32 << 10
+	// procWindow is the output window of a streamed process.
+	procWindow = 256 << 10
+	// fileChunk is the most of a file read or written in one data frame.
+	fileChunk = 1 << 20
+	// readWindow is the window of a file read.
+	readWindow = 4 << 20
+	// stdinWindow and writeWindow are the input windows the portal grants
+	// a process's stdin and a file write.
+	stdinWindow = 256 << 10
+	writeWindow = 4 << 20
+)
+
+// sendData writes one data frame.
+func (f *frameWriter) sendData(id uint64, kind byte, p []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return f.err
+	}
+	var hdr [dataHeaderLen]byte
+	putDataHeader(hdr[:], id, kind, len(p))
+	f.buf.Reset()
+	f.buf.Write(hdr[:])
+	f.buf.Write(p)
+	_, f.err = f.w.Write(f.buf.Bytes())
+	if f.buf.Cap() > 4*fileChunk {
+		f.buf = bytes.Buffer{} // a big frame's buffer is not kept
+	}
+	return f.err
+}
+
+func putDataHeader(b []byte, id uint64, kind byte, n int) {
+	b[0] = dataMarker
+	binary.BigEndian.PutUint64(b[1:9], id)
+	b[9] = kind
+	binary.BigEndian.PutUint32(b[10:14], uint32(n))
+}
+
+// dataFrame encodes a data frame.
+func dataFrame(id uint64, kind byte, p []byte) []byte {
+	b := make([]byte, dataHeaderLen+len(p))
+	putDataHeader(b, id, kind, len(p))
+	copy(b[dataHeaderLen:], p)
+	return b
+}
+
+// dataHeader is the header of a data frame.
+type dataHeader struct {
+	id   uint64
+	kind byte
+	len  int
+}
+
+// errFrameTooLong is a control frame longer than the reader's bound.
+var errFrameTooLong = errors.New("frame too long")
+
+// errDataTooLong is a data frame longer than maxData.
+var errDataTooLong = errors.New("data frame too long")
+
+// frameReader reads the frames of one connection: control frames (lines
+// of JSON, returned without their newline) and data frame headers, whose
+// payload the caller then reads from r (or skips) before the next frame.
+type frameReader struct {
+	r       *bufio.Reader
+	maxLine int
+	line    []byte
+}
+
+func newFrameReader(r io.Reader, maxLine int) *frameReader {
+	return &frameReader{r: bufio.NewReaderSize(r, 64<<10), maxLine: maxLine}
+}
+
+// next returns the next frame: a control frame's text (valid until the
+// next call), or a data frame's header. A last control frame without its
+// newline still counts. io.EOF at a frame boundary is the end.
+func (fr *frameReader) next() (line []byte, hdr *dataHeader, err error) {
+	b, err := fr.r.Peek(1)
+	if err != nil {
+		return nil, nil, err
+	}
+	if b[0] == dataMarker {
+		var h [dataHeaderLen]byte
+		if _, err := io.ReadFull(fr.r, h[:]); err != nil {
+			return nil, nil, io.ErrUnexpectedEOF
+		}
+		d := &dataHeader{id: binary.BigEndian.Uint64(h[1:9]), kind: h[9], len: int(binary.BigEndian.Uint32(h[10:14]))}
+		if d.len > maxData {
+			return nil, nil, errDataTooLong
+		}
+		return nil, d, nil
+	}
+	fr.line = fr.line[:0]
+	for {
+		chunk, err := fr.r.ReadSlice('\n')
+		if len(fr.line)+len(chunk) > fr.maxLine+1 {
+			return nil, nil, errFrameTooLong
+		}
+		fr.line = append(fr.line, chunk...)
+		switch {
+		case err == nil:
+			return fr.line[:len(fr.line)-1], nil, nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case errors.Is(err, io.EOF) && len(fr.line) > 0:
+			return fr.line, nil, nil
+		default:
+			return nil, nil, err
+		}
+	}
+}
+
+// payload reads the payload of a data frame into a new slice.
+func (fr *frameReader) payload(h *dataHeader) ([]byte, error) {
+	p := make([]byte, h.len)
+	if _, err := io.ReadFull(fr.r, p); err != nil {
+		return nil, io.ErrUnexpectedEOF
+	}
+	return p, nil
+}
+
+// skip discards the payload of a data frame.
+func (fr *frameReader) skip(h *dataHeader) error {
+	if _, err := fr.r.Discard(h.len); err != nil {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/network"
 )
 
 // Memory is an in-memory sandbox.Engine: sandboxes are records in a map and
@@ -26,11 +27,13 @@ type Memory struct {
 	// "start", "stop" or "delete"); an error it returns is the call's.
 	Fail func(op string, id sandbox.ID) error
 
-	mu    sync.Mutex
-	boxes map[sandbox.ID]*memBox
-	left  []sandbox.ID // held by "an earlier engine": Recover lists them
-	calls []string
-	cpu   time.Duration
+	mu       sync.Mutex
+	boxes    map[sandbox.ID]*memBox
+	left     []sandbox.ID // held by "an earlier engine": Recover lists them
+	calls    []string
+	cpu      time.Duration
+	streamed []sandbox.ExecSpec
+	pid      int
 }
 
 type memBox struct {
@@ -38,9 +41,17 @@ type memBox struct {
 	state   sandbox.State
 	exited  chan struct{}
 	started time.Time
+	files   map[string]*memNode // by clean absolute path; made on first use
+	// net is the network attached while it runs, and denied counts what
+	// Deny refused on it.
+	net    *network.Config
+	denied uint64
 }
 
-var _ sandbox.Engine = (*Memory)(nil)
+var (
+	_ sandbox.Engine    = (*Memory)(nil)
+	_ sandbox.Networker = (*Memory)(nil)
+)
 
 // NewMemory returns an empty in-memory engine.
 func NewMemory() *Memory { return &Memory{boxes: map[sandbox.ID]*memBox{}} }
@@ -62,7 +73,7 @@ func (m *Memory) Die(id sandbox.ID) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if b := m.boxes[id]; b != nil && b.state == sandbox.StateRunning {
-		b.state = sandbox.StateStopped
+		b.state, b.net = sandbox.StateStopped, nil
 		close(b.exited)
 	}
 }
@@ -129,6 +140,7 @@ func (m *Memory) Start(ctx context.Context, id sandbox.ID) error {
 		return fmt.Errorf("sandbox %s is already running: %w", id, errdefs.ErrConflict)
 	}
 	b.state, b.exited, b.started = sandbox.StateRunning, make(chan struct{}), time.Now()
+	b.net, b.denied = b.spec.Network, 0
 	return nil
 }
 
@@ -146,7 +158,7 @@ func (m *Memory) Stop(ctx context.Context, id sandbox.ID) error {
 	if b.state == sandbox.StateRunning {
 		close(b.exited)
 	}
-	b.state = sandbox.StateStopped
+	b.state, b.net = sandbox.StateStopped, nil
 	return nil
 }
 
@@ -240,12 +252,60 @@ func (m *Memory) RunCode(ctx context.Context, id sandbox.ID, lang sandbox.Langua
 }
 
 // Stats implements sandbox.StatsReader: the CPU time AddCPU gave, 1 MiB
-// of memory, no disk.
+// of memory, no disk, and for a sandbox with network the refusals Deny
+// reported.
 func (m *Memory) Stats(ctx context.Context, id sandbox.ID) (sandbox.Stats, error) {
 	if err := m.running(id); err != nil {
 		return sandbox.Stats{}, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return sandbox.Stats{CPUTime: m.cpu, MemoryBytes: 1 << 20, Sampled: time.Now()}, nil
+	st := sandbox.Stats{CPUTime: m.cpu, MemoryBytes: 1 << 20, Sampled: time.Now()}
+	if b := m.boxes[id]; b.net != nil {
+		st.Network = &sandbox.NetworkStats{Denied: b.denied}
+	}
+	return st, nil
+}
+
+// SetNetwork implements sandbox.Networker: it records cfg as the running
+// sandbox's network.
+func (m *Memory) SetNetwork(ctx context.Context, id sandbox.ID, cfg *network.Config) error {
+	if err := m.running(id); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.calls = append(m.calls, "network "+id.String())
+	m.boxes[id].net = cfg
+	return nil
+}
+
+// Network returns the network the running sandbox id has (nil: none):
+// its spec's, or the last SetNetwork gave.
+func (m *Memory) Network(id sandbox.ID) *network.Config {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if b := m.boxes[id]; b != nil {
+		return b.net
+	}
+	return nil
+}
+
+// Deny makes the running sandbox id's network refuse d, as a link would:
+// it is counted, and reported to the network's OnDeny. It reports false
+// when the sandbox has no network.
+func (m *Memory) Deny(id sandbox.ID, d network.Denial) bool {
+	m.mu.Lock()
+	b := m.boxes[id]
+	if b == nil || b.net == nil {
+		m.mu.Unlock()
+		return false
+	}
+	b.denied++
+	onDeny := b.net.OnDeny
+	m.mu.Unlock()
+	if onDeny != nil {
+		onDeny(d)
+	}
+	return true
 }

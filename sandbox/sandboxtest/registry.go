@@ -31,6 +31,7 @@ type Registry struct {
 	Host string // 127.0.0.1:PORT
 
 	mu       sync.Mutex
+	requests int
 	blobGets map[string]int // by digest
 	tamper   map[string]bool
 	held     map[string]chan struct{}
@@ -42,6 +43,9 @@ func NewRegistry(t testing.TB) *Registry {
 	r := &Registry{blobGets: map[string]int{}, tamper: map[string]bool{}, held: map[string]chan struct{}{}}
 	inner := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.mu.Lock()
+		r.requests++
+		r.mu.Unlock()
 		i := strings.Index(req.URL.Path, "/blobs/sha256:")
 		if req.Method != http.MethodGet || i < 0 {
 			inner.ServeHTTP(w, req)
@@ -82,6 +86,16 @@ func NewRegistry(t testing.TB) *Registry {
 	t.Cleanup(r.Close)
 	return r
 }
+
+// Requests is how many requests the registry was sent.
+func (r *Registry) Requests() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.requests
+}
+
+// URL is the registry's base URL.
+func (r *Registry) URL() string { return r.srv.URL }
 
 // Close stops the registry; pulls from it then fail to connect.
 func (r *Registry) Close() { r.srv.Close() }

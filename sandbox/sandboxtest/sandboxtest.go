@@ -1,7 +1,9 @@
 // Package sandboxtest is the conformance suite every sandbox.Engine must
-// pass: lifecycle and error classes, commands and REPLs, and the isolation
-// promises (processes, files, network, memory, process count, host
-// secrets), all against real sandboxes. An engine's own test calls Run with
+// pass: lifecycle and error classes, commands and REPLs, streamed
+// processes and file operations (sandbox.Streamer and sandbox.FileSystem,
+// which every engine must have), and the isolation promises (processes,
+// files, network, memory, process count, host secrets), all against real
+// sandboxes. An engine's own test calls Run with
 // a Harness that knows where that engine keeps things on the host.
 package sandboxtest
 
@@ -65,6 +67,8 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Memory", s.testMemory)
 	t.Run("ForkBomb", s.testForkBomb)
 	t.Run("Stats", s.testStats)
+	t.Run("Streams", s.testStreams)
+	t.Run("Files", s.testFiles)
 	t.Run("Parallel", s.testParallel)
 	t.Run("Recover", s.testRecover)
 }

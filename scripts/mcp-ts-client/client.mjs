@@ -66,7 +66,8 @@ async function main() {
   console.log(`ok  connected to ${info?.name} ${info?.version}`);
 
   const tools = (await client.listTools()).tools.map((t) => t.name).sort();
-  const want = ["sandbox_get_metrics", "sandbox_run_code", "sandbox_run_command", "sandbox_start", "sandbox_stop"];
+  const want = ["sandbox_get_metrics", "sandbox_list_files", "sandbox_read_file", "sandbox_run_code", "sandbox_run_command",
+    "sandbox_start", "sandbox_stop", "sandbox_update_network", "sandbox_write_file"];
   if (JSON.stringify(tools) !== JSON.stringify(want)) fail(`tools ${tools}, want ${want}`);
   console.log(`ok  tools: ${tools.join(", ")}`);
 
