@@ -839,7 +839,10 @@ func TestSandboxConfigFields(t *testing.T) {
 		return status == 200 && resp.Error != nil && strings.Contains(resp.Error.Message, "not running")
 	})
 	// The stop that follows releases everything.
-	waitFor(t, func() bool { _, err := os.Stat(filepath.Join(home, "sandboxes", "cfg.short")); return os.IsNotExist(err) })
+	waitFor(t, func() bool {
+		_, err := os.Stat(filepath.Join(home, "sandboxes", "cfg.short"))
+		return os.IsNotExist(err)
+	})
 	assertNoLeftovers(t, home)
 }
 
