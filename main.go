@@ -13,13 +13,12 @@ import (
 )
 
 func init() {
-	// The main goroutine keeps the main thread: a goroutine that moves
-	// its thread into a sandbox's namespaces and ends without giving it
-	// back (libcontainer does) then never parks the main thread there,
-	// where /proc/self would show that namespace for the server's life.
+	// The main goroutine keeps the main thread to itself, so that no code
+	// that changes a thread's namespaces or credentials ever runs on the
+	// thread that /proc/self and the process's identity follow.
 	runtime.LockOSThread()
-	// The same binary is also the engine's container init and, inside
-	// every sandbox, the portal; neither role may run any of the CLI.
+	// The same binary is also, inside every sandbox, its init and portal;
+	// neither role may run any of the CLI.
 	engine.Reexec(os.Args, os.Getpid())
 }
 

@@ -648,7 +648,7 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # host = "127.0.0.1"
 # port = 5555
 
-# The sandbox engine: "linux" (namespaces, cgroups and libcontainer).
+# The sandbox engine: "linux" (namespaces and cgroups).
 # engine = "linux"
 
 # Default rate limits of API keys made without --rate / --start-rate

@@ -318,11 +318,16 @@ func (s *Server) internal(ctx context.Context, what string, err error) string {
 	ref := make([]byte, 6)
 	rand.Read(ref)
 	r := hex.EncodeToString(ref)
-	s.log.Error("internal error", "ref", r, "in", truncate(what), "err", err)
 	msg := "internal server error"
 	var e *errdefs.Error
 	if errors.As(err, &e) && e.Class == errdefs.Internal && e.Msg != "" {
 		msg = e.Msg
+	}
+	// An Error's message is the client's; its cause is the log's.
+	if e != nil && e.Err != nil {
+		s.log.Error("internal error", "ref", r, "in", truncate(what), "err", err, "cause", e.Err)
+	} else {
+		s.log.Error("internal error", "ref", r, "in", truncate(what), "err", err)
 	}
 	return fmt.Sprintf("%s (ref %s): the server log has the details", msg, r)
 }

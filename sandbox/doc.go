@@ -4,7 +4,7 @@
 // StatsReader, ExitWatcher). The service decides; engines only do and
 // report.
 //
-// Below it: the Linux engine built on runc's libcontainer in sandbox/linux,
+// Below it: the Linux engine (namespaces, cgroups, its own launcher) in sandbox/linux,
 // found by name through sandbox/engine; the in-sandbox agent and its wire
 // protocol in sandbox/portal; OCI images in sandbox/image; the conformance
 // suite every engine must pass, and an in-memory engine for the service's

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"slices"
 	"sort"
 
@@ -99,12 +100,14 @@ func LayersInUse(name, sandboxDir string) ([]string, error) {
 }
 
 // Reexec lets the msb binary play the roles engines run it in, and never
-// returns when it does: the Linux engine's container setup (`msb init`,
-// which libcontainer re-executes) and, inside every sandbox, the portal
-// (`/.msb/msb portal` as PID 1) and the trampoline through which the
-// portal starts a command with resource limits (`msb portal-exec`). Call
-// it first thing, before any other package's work: from an init function
-// of package main.
+// returns when it does: inside every sandbox of the Linux engine, its init
+// (`msb portal` as PID 1, which builds the sandbox around itself and then
+// serves as its portal, in the same process), the portal the init executes
+// once it has set the sandbox up when the binary is linked with cgo, and
+// the trampoline through which the portal starts a command with resource
+// limits (`msb portal-exec`). Call it first thing, before any other
+// package's work: from an init function of package main. This package's
+// own init calls it too.
 func Reexec(args []string, pid int) {
 	linux.MaybeInit()
 	if len(args) > 1 && args[1] == "portal" && pid == 1 {
@@ -114,3 +117,11 @@ func Reexec(args []string, pid int) {
 		portal.ExecMain()
 	}
 }
+
+// init plays the sandbox roles as soon as the packages they need (the
+// engines and the portal) are initialised: before those only the server
+// and the CLI need (SQLite, the MCP SDK, the CLI library, image
+// registries), whose initialisation would cost every sandbox start about a
+// millisecond of CPU and the portal their memory. main's init, which calls
+// Reexec after every package, then finds nothing to do.
+func init() { Reexec(os.Args, os.Getpid()) }

@@ -4,7 +4,12 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sort"
 	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -14,14 +19,11 @@ import (
 	"github.com/msb-dev/msb/sandbox/sandboxtest"
 )
 
-// BenchmarkLifecycle measures one sandbox's whole life, phase by phase:
-// go test ./sandbox/linux -run '^$' -bench Lifecycle.
+// BenchmarkLifecycle measures one sandbox's whole life, phase by phase,
+// and reports each phase's median:
+// go test ./sandbox/linux -run '^$' -bench Lifecycle -benchtime 200x.
 func BenchmarkLifecycle(b *testing.B) {
 	home := b.TempDir()
-	exe, err := os.Executable()
-	if err != nil {
-		b.Fatal(err)
-	}
 	parent := "msb-bench-" + strconv.Itoa(os.Getpid())
 	defer func() {
 		dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", parent))
@@ -32,19 +34,20 @@ func BenchmarkLifecycle(b *testing.B) {
 	e, err := linux.New(linux.Config{
 		StateDir:     filepath.Join(home, "run"),
 		SandboxDir:   filepath.Join(home, "sandboxes"),
-		PortalBinary: exe,
+		PortalBinary: msbBin,
 		CgroupParent: parent,
 	})
 	if err != nil {
 		b.Fatal(err)
 	}
+	defer e.Close()
 	root, err := image.Host()
 	if err != nil {
 		b.Fatal(err)
 	}
 	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 512, CPUs: 1, Pids: 1024}
 	ctx := context.Background()
-	var create, start, execTrue, remove time.Duration
+	var create, start, execTrue, remove []time.Duration
 	for i := 0; b.Loop(); i++ {
 		id := sandboxtest.ID(b, "bench", "s"+strconv.Itoa(i))
 		t0 := time.Now()
@@ -66,11 +69,95 @@ func BenchmarkLifecycle(b *testing.B) {
 		if err := e.Delete(ctx, id); err != nil {
 			b.Fatal(err)
 		}
-		create, start, execTrue, remove = create+t1.Sub(t0), start+t2.Sub(t1), execTrue+t3.Sub(t2), remove+time.Since(t3)
+		create, start = append(create, t1.Sub(t0)), append(start, t2.Sub(t1))
+		execTrue, remove = append(execTrue, t3.Sub(t2)), append(remove, time.Since(t3))
 	}
-	n := float64(b.N)
-	b.ReportMetric(float64(create.Microseconds())/n/1000, "create-ms/op")
-	b.ReportMetric(float64(start.Microseconds())/n/1000, "start+ping-ms/op")
-	b.ReportMetric(float64(execTrue.Microseconds())/n/1000, "exec-true-ms/op")
-	b.ReportMetric(float64(remove.Microseconds())/n/1000, "stop+delete-ms/op")
+	b.ReportMetric(median(create), "create-ms")
+	b.ReportMetric(median(start), "start+ping-ms")
+	b.ReportMetric(median(execTrue), "exec-true-ms")
+	b.ReportMetric(median(remove), "stop+delete-ms")
+}
+
+// median returns the median of d in milliseconds.
+func median(d []time.Duration) float64 {
+	d = append([]time.Duration(nil), d...)
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	return float64(d[len(d)/2].Microseconds()) / 1000
+}
+
+// BenchmarkThroughput starts and stops sandboxes of the host image from
+// several goroutines at once and reports cold starts per second and the
+// CPU each start+stop costs the server and the sandboxes' processes
+// (getrusage of the process and of its reaped children, the inits):
+// go test ./sandbox/linux -run '^$' -bench Throughput -benchtime 400x.
+func BenchmarkThroughput(b *testing.B) {
+	home := b.TempDir()
+	parent := "msb-bench-" + strconv.Itoa(os.Getpid())
+	defer func() {
+		dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", parent))
+		for _, d := range dirs {
+			os.Remove(d)
+		}
+	}()
+	e, err := linux.New(linux.Config{
+		StateDir:     filepath.Join(home, "run"),
+		SandboxDir:   filepath.Join(home, "sandboxes"),
+		PortalBinary: msbBin,
+		CgroupParent: parent,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	root, err := image.Host()
+	if err != nil {
+		b.Fatal(err)
+	}
+	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 512, CPUs: 1, Pids: 1024}
+	ctx := context.Background()
+	workers := 2 * runtime.NumCPU()
+	var next atomic.Int64
+	// The server's CPU, and that of its reaped children: the inits and
+	// every process of theirs.
+	cpu := func() (server, inits time.Duration) {
+		var self, children syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &self)
+		syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children)
+		return time.Duration(self.Utime.Nano() + self.Stime.Nano()), time.Duration(children.Utime.Nano() + children.Stime.Nano())
+	}
+	b.ResetTimer()
+	t0 := time.Now()
+	s0, i0 := cpu()
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1)
+				if i > int64(b.N) {
+					return
+				}
+				id := sandboxtest.ID(b, "tput", "s"+strconv.FormatInt(i, 10))
+				if err := e.Create(ctx, id, spec); err != nil {
+					b.Error(err)
+					return
+				}
+				if err := e.Start(ctx, id); err != nil {
+					b.Error(err)
+				}
+				if err := e.Delete(ctx, id); err != nil {
+					b.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	wall := time.Since(t0)
+	s1, i1 := cpu()
+	perStart := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(b.N) / 1000 }
+	b.ReportMetric(float64(b.N)/wall.Seconds(), "starts/s")
+	b.ReportMetric(perStart(s1-s0+i1-i0), "cpu-ms/start+stop")
+	b.ReportMetric(perStart(s1-s0), "server-cpu-ms")
+	b.ReportMetric(perStart(i1-i0), "init-cpu-ms")
 }

@@ -1,48 +1,96 @@
-// Package linux is msb's Linux isolation engine: each sandbox is a container
-// run by runc's libcontainer, in process, without a runc binary.
+// Package linux is msb's Linux isolation engine: each sandbox is a tree of
+// processes in namespaces and cgroups of its own, started by msb itself,
+// without an external runtime or any C code.
 //
 // # Design
 //
-// A sandbox is described by an OCI runtime spec, built from
-// specconv.Example() and turned into libcontainer's config by
-// specconv.CreateLibcontainerConfig. Every sandbox has its own PID, mount,
-// IPC, UTS, cgroup and network namespaces; its network namespace has only a
-// loopback interface. Its cgroups (v1, driven through cgroupfs, never
-// systemd) live under /<CgroupParent>/<namespace>.<name> and cap memory
-// (with memory+swap equal to it, so no swap, where the kernel accounts
-// swap), CPU quota and process count.
-// Processes run as root of the sandbox with Docker's default capability set,
-// no_new_privs, runc's masked and read-only paths, and a read-only /sys.
+// A sandbox has its own PID, mount, IPC, UTS, cgroup and network
+// namespaces; its network namespace has only a loopback interface, and an
+// outbound link to a netstack in the server when its spec has a network
+// (network.go, attached while its init builds the sandbox). Its
+// cgroups live under /<CgroupParent>/<namespace>.<name> in every cgroup v1
+// hierarchy (or the unified one on a cgroup v2 host) and cap memory (with
+// memory+swap equal to it, so no swap, where the kernel accounts swap),
+// CPU quota and process count; its device cgroup allows only runc's
+// default devices. Processes run as root of the sandbox with Docker's
+// default capability set (an image's other user gets none), no_new_privs,
+// the portal's seccomp filter, runc's masked and read-only paths, and a
+// read-only /sys.
 //
-// The root file system is <SandboxDir>/<key>/rootfs. For an image with
-// layers (sandbox.RootFS.Layers) it is an overlay mounted by the engine in
-// the host's mount namespace: the layers read-only below, <key>/upper (the
-// sandbox's writes) above; otherwise a plain directory. Writes vanish on
-// Delete, which unmounts everything under <key> first (as does the Delete
-// of a sandbox found by Recover after a crash). Everything the engine
-// writes into a root (directories, links, /etc files) is resolved inside
-// it, so an image's symlinks can never redirect it to the host. The
-// image's host paths (RootFS.Mounts without Beneath) are bind-mounted by
-// libcontainer inside the sandbox's mount namespace only. Volumes (Mounts
-// with Beneath) are mounted by the engine before start, through file
-// descriptors (openat2 RESOLVE_BENEATH, open_tree, mount_setattr,
-// move_mount), onto a private mount of the root. Nothing else of the host
-// is visible.
+// # Starting a sandbox
+//
+// Start clones the sandbox's init straight into its new namespaces from a
+// spawner thread of the server (launcher): an OS thread kept for that
+// alone, whose bounding set is already the sandbox's and which has
+// no_new_privs and no supplementary groups, so that the init inherits
+// them. Before each clone the spawner moves itself into the sandbox's
+// cgroups by writing "0" to their v1 tasks files, and back afterwards: the
+// init is born in its cgroups (and its cgroup namespace rooted there)
+// without the grace-period wait that moving a process into a v1 cgroup
+// costs after a quiet spell. (On a cgroup v2 host the init is cloned into
+// its cgroup with CLONE_INTO_CGROUP instead.) What can be made ahead of
+// time is: cgroup sets, ready with their device rules and the portal's
+// user pids cgroup (a start renames one to the sandbox's key and writes
+// its limits), and network namespaces with their loopback up (the spawner
+// joins one for the clone), both refilled in the background.
+//
+// The init is the portal binary, msb itself: copied once, when the engine
+// starts, into a sealed memfd, and executed from it as `msb portal` with
+// an empty environment. msb plays that role from the init function of
+// sandbox/engine, before the packages only the server and the CLI need are
+// initialised. It reads its configuration from a socket, builds
+// the sandbox around itself inside its own mount namespace (MaybeInit,
+// init.go): it makes / private, mounts the root (the overlay of the
+// image's layers, or a bind of the sandbox's directory), writes the
+// image's directories, links and files into it on the first start, mounts
+// /proc, /dev, /sys and the sandbox's cgroups, the image's host paths and
+// the volumes, masks runc's paths, pivots into the root, brings up
+// loopback, sets the hostname, RLIMIT_NOFILE and its OOM score, drops to
+// the sandbox's user and capabilities on every thread, and then becomes
+// the portal in the same process: one exec per start. A binary linked
+// with cgo cannot change credentials on all its threads, so there the
+// init executes the portal once more from the one thread that has them.
+//
+// Nothing of a sandbox is ever mounted in the server's mount namespace, so
+// the server's mount table does not grow with the sandboxes (cloning a
+// mount namespace copies it) and a crash leaves no mount behind.
+//
+// # Files
+//
+// A sandbox's root file system is an overlay, mounted by its init: the
+// image's layers (sandbox.RootFS.Layers) read-only below and
+// <SandboxDir>/<key>/upper (the sandbox's writes) above. A root without
+// image layers (the host image) has one lower layer instead, a template
+// the engine builds once per distinct content in
+// <SandboxDir>/.template-<hash> (the root's generated directories, links
+// and files, and its mount points): a start then makes a handful of inodes
+// on the host, not one per entry, which on a file system that allocates
+// inodes slowly after many deletions (ext4 without a journal) is most of
+// the cost of a start. Everything the engine writes into a root
+// (directories, links, /etc files, /etc/hostname) is resolved inside it
+// (openat2 RESOLVE_IN_ROOT), so an image's symlinks can never redirect it
+// to the host. The image's host paths (RootFS.Mounts without
+// Beneath) are bind-mounted nosuid and nodev. Volumes (Mounts with Beneath)
+// are resolved by the server beneath their volume root (openat2
+// RESOLVE_BENEATH) at create and again at start, cloned into detached
+// mounts (open_tree, mount_setattr) and passed to the init as file
+// descriptors, which it moves onto their targets, resolved inside the
+// root. Nothing else of the host is visible. Writes vanish on Delete; a
+// stopped sandbox keeps its files and starts again on them.
 //
 // DialSandbox connects into a sandbox's network namespace from a locked OS
 // thread that joins it for the one dial; the server's port forwards use it.
 //
 // # The portal
 //
-// The sandbox's init is the msb binary itself, bind-mounted read-only at
-// /.msb/msb and started as `/.msb/msb portal`. The server talks to it over a
-// unix socketpair whose other end is the portal's file descriptor 3; every
-// command and REPL evaluation goes through that connection (package
-// sandbox/portal), and so do streamed processes (sandbox.Streamer) and file
-// operations (sandbox.FileSystem): the portal runs them inside the
-// sandbox, so every path resolves in the sandbox's root, and the
-// connection's per-call credit windows keep a slow consumer from growing
-// the server's memory or holding up the sandbox's other calls.
+// The server talks to the portal over a unix socketpair whose other end is
+// the portal's file descriptor 3; every command and REPL evaluation goes
+// through that connection (package sandbox/portal), and so do streamed
+// processes (sandbox.Streamer) and file operations (sandbox.FileSystem):
+// the portal runs them inside the sandbox, so every path resolves in the
+// sandbox's root, and the connection's per-call credit windows keep a slow
+// consumer from growing the server's memory or holding up the sandbox's
+// other calls.
 //
 // The init gets the server's oom_score_adj but never less than 0: the
 // init's score is the floor below which nothing in the sandbox can lower
@@ -52,24 +100,20 @@
 //
 // The portal also gets, as file descriptor 4, the open tasks file of a
 // child pids cgroup ("user") limited to a little less than the sandbox's
-// pids. A portal that moves the thread it forks from into it (by writing
-// "0") keeps a reserve of pids for its own threads: a Go program that
-// cannot create a thread aborts, and a fork bomb must not take the portal
-// with it. As file descriptor 5 it gets the same cgroup's directory, as a
-// detached bind mount from which ".." leads nowhere, to make one child
-// cgroup per command: a timeout then kills everything the command started.
-//
-// A stopped sandbox keeps its root file system; starting it again creates
-// a fresh container (libcontainer runs one init per container) on it.
+// pids, and as file descriptor 5 that cgroup's directory as a detached
+// bind mount (see cgroups.userPidsCgroup): a fork bomb cannot take the
+// portal's pids, and each command gets a cgroup of its own below it.
 //
 // # Recovery
 //
 // When the server dies, every portal sees EOF on its connection and exits;
 // the init of a PID namespace taking every other process of the sandbox with
-// it. Nothing is re-adopted: the next server's Recover lists what the dead
-// one left in StateDir and SandboxDir, and the caller deletes it.
+// it. Nothing is re-adopted: the next server's Recover lists the sandboxes
+// left in SandboxDir (a sandbox's init, if it still runs, is found in its
+// cgroups as the PID 1 of a namespace of its own), and the caller deletes
+// them: processes, cgroups, directory.
 //
-// A binary embedding this engine must call MaybeInit first thing in main (or
-// in an init function), since libcontainer re-executes the binary as
-// `<binary> init` to set up each container.
+// A binary embedding this engine must call MaybeInit first thing (msb does
+// it from an init function of package main, through sandbox/engine.Reexec),
+// since the engine runs the binary as every sandbox's init.
 package linux

@@ -3,28 +3,22 @@ package linux
 import (
 	"context"
 	"debug/elf"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
-	// Registers the cgo constructor that joins namespaces during
-	// `<binary> init`, before the Go runtime starts.
-	_ "github.com/opencontainers/runc/libcontainer/nsenter"
-	// Without it libcontainer fails with "cgroup manager is not configured
-	// to set device rules".
-	_ "github.com/opencontainers/cgroups/devices"
-
-	"github.com/opencontainers/cgroups"
-	"github.com/opencontainers/runc/libcontainer"
-	"github.com/opencontainers/runc/libcontainer/configs"
 	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/errdefs"
@@ -42,15 +36,17 @@ const startTimeout = 15 * time.Second
 
 // Config locates everything the engine keeps on the host.
 type Config struct {
-	// StateDir is libcontainer's state root, one directory per container,
-	// e.g. <msb home>/run/engine.
+	// StateDir is the engine's state directory, e.g. <msb home>/run/engine.
+	// The engine keeps nothing there any more (a sandbox's cgroups and
+	// directory are its state); what earlier versions left there is
+	// cleaned up with their sandboxes.
 	StateDir string
 	// SandboxDir holds one directory per sandbox (its rootfs and the
 	// portal's log), e.g. <msb home>/sandboxes.
 	SandboxDir string
-	// PortalBinary is the host path of the binary bind-mounted read-only
-	// at /.msb/msb and run as `/.msb/msb portal`; msb passes its own
-	// executable.
+	// PortalBinary is the host path of the binary run as every sandbox's
+	// init, which becomes its portal; msb passes its own executable. It is
+	// copied into memory once, when the engine starts.
 	PortalBinary string
 	// CgroupParent is the cgroup holding the sandboxes' cgroups; default
 	// DefaultCgroupParent.
@@ -62,25 +58,16 @@ type Config struct {
 	// images); nil: slog.Default().
 	Log *slog.Logger `json:"-"`
 	// LayerLock, if set, is a file (the image store's pull lock) locked
-	// shared while a sandbox records its image layers and mounts them:
-	// the store prunes layers only under it exclusively, after reading
-	// which layers sandboxes use (LayersInUse).
+	// shared while a sandbox records its image layers: the store prunes
+	// layers only under it exclusively, after reading which layers
+	// sandboxes use (LayersInUse).
 	LayerLock string
 }
 
-// MaybeInit runs libcontainer's container setup when the process was
-// started as `<binary> init` (libcontainer re-executes its own binary that
-// way for every sandbox) and never returns then; otherwise it returns at
-// once. Call it before anything else in main, or from an init function.
-func MaybeInit() {
-	if len(os.Args) > 1 && os.Args[1] == "init" {
-		libcontainer.Init() // never returns
-	}
-}
-
-// Engine runs sandboxes as libcontainer containers. It implements
-// sandbox.Engine. Calls on different sandboxes never wait on each other;
-// lifecycle calls on the same sandbox are serialised.
+// Engine runs sandboxes with an in-house launcher (see the package
+// documentation). It implements sandbox.Engine. Calls on different
+// sandboxes never wait on each other; lifecycle calls on the same sandbox
+// are serialised.
 type Engine struct {
 	cfg Config
 
@@ -88,6 +75,14 @@ type Engine struct {
 	boxes map[string]*box // by ID.Key()
 
 	host hostLimits // what the host lets every sandbox have
+	cg   *cgroups
+	l    *launcher
+	// templates are the lower layers of roots without image layers.
+	templates *templates
+	// mountPoint is where every sandbox's init mounts its root, in its
+	// own mount namespace: an empty directory.
+	mountPoint string
+	trash      *trash
 	// dynamicPortal is set when the portal binary needs the host's C
 	// library, so it cannot run inside an OCI image's root.
 	dynamicPortal bool
@@ -140,21 +135,24 @@ type box struct {
 	gone     bool       // deleted: the map no longer holds this box
 	leftover bool       // left by an earlier engine: only Stop, Inspect and Delete work
 	spec     sandbox.Spec
-	config   *configs.Config
-	ctr      *libcontainer.Container // nil after Stop, until the next Start
-	proc     *libcontainer.Process   // the portal, while started
+	template string      // the root's lower layer, for a spec without image layers
+	built    bool        // the root has what Spec.Root writes into it
+	proc     *os.Process // the init (the portal), while started
 	client   portalClient
 	done     chan struct{} // closed when the portal has exited; nil before the first Start
 	started  time.Time
+	cgroups  bool          // the sandbox's cgroups exist (from Start to Stop)
 	link     *network.Link // the sandbox's network while it runs with one (network.go)
 }
 
 // New returns an Engine keeping its state in cfg's directories, creating
-// them if needed. It returns an error wrapping errdefs.ErrInvalid
-// when a path is missing or relative or the portal binary is not a file,
-// errdefs.ErrUnavailable when the server's own OOM score would make its
-// sandboxes immune to the OOM killer (see initOOMScore), and the underlying
-// error when a directory cannot be created.
+// them if needed, with the sandboxes' parent cgroup made and the portal
+// binary copied into memory. It returns an error wrapping
+// errdefs.ErrInvalid when a path is missing or relative or the portal
+// binary is not a file, errdefs.ErrUnavailable when the server's own OOM
+// score would make its sandboxes immune to the OOM killer (see
+// initOOMScore), and the underlying error when a directory or a cgroup
+// cannot be created.
 func New(cfg Config) (*Engine, error) {
 	if cfg.CgroupParent == "" {
 		cfg.CgroupParent = DefaultCgroupParent
@@ -164,7 +162,7 @@ func New(cfg Config) (*Engine, error) {
 			return nil, fmt.Errorf("linux engine: %s %q must be an absolute path: %w", name, p, errdefs.ErrInvalid)
 		}
 	}
-	if strings.Contains(cfg.CgroupParent, "..") || strings.HasPrefix(cfg.CgroupParent, "/") {
+	if strings.Contains(cfg.CgroupParent, "..") || strings.HasPrefix(cfg.CgroupParent, "/") || strings.HasPrefix(filepath.Base(cfg.CgroupParent), ".") {
 		return nil, fmt.Errorf("linux engine: cgroup parent %q must be a relative path: %w", cfg.CgroupParent, errdefs.ErrInvalid)
 	}
 	if fi, err := os.Stat(cfg.PortalBinary); err != nil || !fi.Mode().IsRegular() {
@@ -190,34 +188,60 @@ func New(cfg Config) (*Engine, error) {
 		}
 		log.Warn("this msb binary is dynamically linked: it runs sandboxes of the host image, but not of OCI images, which lack the host's C library; build it statically: " + buildStatic)
 	}
+	cg, err := findCgroups(cfg.CgroupParent)
+	if err != nil {
+		return nil, fmt.Errorf("linux engine: cgroups: %w", err)
+	}
+	if err := cg.setup(); err != nil {
+		return nil, fmt.Errorf("linux engine: %w", err)
+	}
+	cg.removeStalePools()
+	host.swap = cg.swap
+	bin := &trash{dir: cfg.SandboxDir}
+	bin.empty()
+	tmpl := &templates{dir: cfg.SandboxDir}
+	tmpl.clean()
+	mountPoint := filepath.Join(cfg.SandboxDir, ".root")
+	if err := os.Mkdir(mountPoint, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("linux engine: %w", err)
+	}
+	l, err := newLauncher(cfg.PortalBinary, cg)
+	if err != nil {
+		return nil, fmt.Errorf("linux engine: %w", err)
+	}
 	return &Engine{
 		cfg:           cfg,
 		boxes:         map[string]*box{},
 		host:          host,
+		cg:            cg,
+		l:             l,
+		templates:     tmpl,
+		mountPoint:    mountPoint,
+		trash:         bin,
 		dynamicPortal: dynamic,
 	}, nil
 }
 
-func (e *Engine) cgroupPath(key string) string { return "/" + e.cfg.CgroupParent + "/" + key }
-
-// Close removes the engine's cgroup parent from every hierarchy once the
-// sandboxes are gone, so a server that stops leaves no empty cgroups
-// behind. A parent that still holds a sandbox (one that could not be
-// deleted) stays, for the next server's recovery; its error is returned.
-// Only the parent's last component is removed: the levels above it may be
-// shared with other servers.
+// Close removes the cgroups made ahead for sandboxes and the engine's
+// cgroup parent from every hierarchy once the sandboxes are gone, so a
+// server that stops leaves no empty cgroups behind, removes the files its
+// sandboxes shared (root templates, their mount point) when no sandbox is
+// left in SandboxDir, and frees the portal binary's copy. A parent that
+// still holds a sandbox (one that could not be deleted) stays, for the
+// next server's recovery; its error is returned. Only the parent's last
+// component is removed: the levels above it may be shared with other
+// servers. The Engine must not be used afterwards.
 func (e *Engine) Close() error {
-	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", e.cfg.CgroupParent))
-	if d := filepath.Join("/sys/fs/cgroup", e.cfg.CgroupParent); cgroups.IsCgroup2UnifiedMode() {
-		dirs = append(dirs, d)
+	e.trash.wait()
+	err := e.cg.drain()
+	if perr := e.cg.removeParent(); err == nil {
+		err = perr
 	}
-	var errs []error
-	for _, d := range dirs {
-		if err := os.Remove(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
-		}
+	if e.templates.clean() {
+		os.Remove(e.mountPoint)
 	}
-	return errors.Join(errs...)
+	e.l.close()
+	return err
 }
 
 func notFound(id sandbox.ID) error { return fmt.Errorf("sandbox %s: %w", id, errdefs.ErrNotFound) }
@@ -246,7 +270,7 @@ func (e *Engine) lock(id sandbox.ID) *box {
 
 // onDisk reports whether an earlier engine left anything of the sandbox.
 func (e *Engine) onDisk(key string) bool {
-	for _, p := range []string{filepath.Join(e.cfg.StateDir, key), filepath.Join(e.cfg.SandboxDir, key)} {
+	for _, p := range []string{filepath.Join(e.cfg.SandboxDir, key), filepath.Join(e.cfg.StateDir, key)} {
 		if _, err := os.Lstat(p); err == nil {
 			return true
 		}
@@ -286,13 +310,15 @@ func (e *Engine) forget(b *box) {
 	e.mu.Unlock()
 }
 
-// Create prepares the sandbox: its root file system under SandboxDir
-// (spec.Root's directories, links and files; /etc/hostname set to the
-// sandbox's hostname) and its libcontainer container in StateDir. Nothing
-// runs until Start. It returns an error wrapping errdefs.ErrInvalid
-// for a bad ID or spec, errdefs.ErrConflict when the sandbox already exists
-// (or an earlier server left it behind), and errdefs.ErrUnavailable when the
-// container cannot be set up.
+// Create prepares the sandbox: its directory under SandboxDir and, for an
+// image with layers, the record of the layers it uses. The root file
+// system is built by the sandbox's init at its first start, inside the
+// sandbox's own mount namespace; the sandbox's cgroups are made ahead of
+// time and given to it at start. Nothing runs until Start. It returns an
+// error wrapping errdefs.ErrInvalid for a bad ID or spec (a volume whose
+// host path leads out of its root included), errdefs.ErrConflict when the
+// sandbox already exists (or an earlier server left it behind), and the
+// file system's error when the directory cannot be made.
 func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) error {
 	key := id.Key()
 	if id.IsZero() || !validKey(key) {
@@ -300,6 +326,9 @@ func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) e
 	}
 	if spec.Workdir == "" {
 		spec.Workdir = "/"
+	}
+	if spec.Hostname == "" {
+		spec.Hostname = id.Name()
 	}
 	if err := checkSpec(spec); err != nil {
 		return fmt.Errorf("sandbox %s: %w", id, err)
@@ -321,9 +350,6 @@ func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) e
 	e.mu.Unlock()
 
 	if err := e.create(b); err != nil {
-		if ctr := b.ctr; ctr != nil {
-			_ = ctr.Destroy()
-		}
 		_ = removeSandboxDir(b.dir)
 		e.forget(b)
 		return err
@@ -332,37 +358,33 @@ func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) e
 }
 
 func (e *Engine) create(b *box) error {
-	hostname := b.spec.Hostname
-	if hostname == "" {
-		hostname = b.id.Name()
-	}
-	rootfs := filepath.Join(b.dir, "rootfs")
 	if err := os.Mkdir(b.dir, 0o700); err != nil {
 		return fmt.Errorf("sandbox %s: %w", b.id, err)
 	}
-	if err := buildRootFS(b.dir, rootfs, b.spec, hostname, e.cfg.LayerLock); err != nil {
-		return fmt.Errorf("sandbox %s: building root file system: %w", b.id, err)
+	if err := prepareRoot(b.dir, b.spec.Root.Layers, e.cfg.LayerLock); err != nil {
+		return fmt.Errorf("sandbox %s: root file system: %w", b.id, err)
 	}
-	oci := ociSpec(b.id, b.spec, rootfs, e.cfg.PortalBinary, e.cfg.CgroupParent, e.host)
-	cfg, err := libcontainerConfig(oci)
-	if err != nil {
-		return fmt.Errorf("sandbox %s: %w: %w", b.id, err, errdefs.ErrInvalid)
+	if len(b.spec.Root.Layers) == 0 {
+		t, err := e.templates.get(b.spec)
+		if err != nil {
+			return fmt.Errorf("sandbox %s: %w", b.id, err)
+		}
+		b.template = t
 	}
-	b.config = cfg
-	return e.newContainer(b)
-}
-
-func (e *Engine) newContainer(b *box) error {
-	ctr, err := libcontainer.Create(e.cfg.StateDir, b.id.Key(), b.config)
-	if err != nil {
-		return fmt.Errorf("sandbox %s: creating container: %w: %w", b.id, err, errdefs.ErrUnavailable)
+	// A volume's host path is resolved again, through descriptors, when
+	// the sandbox starts; one that leads out of its root already is
+	// refused now.
+	for _, m := range volumes(b.spec.Root.Mounts) {
+		v, _, err := openVolume(m)
+		if err != nil {
+			return fmt.Errorf("sandbox %s: %w", b.id, err)
+		}
+		v.Close()
 	}
-	b.ctr = ctr
-	b.proc, b.done, b.client = nil, nil, nil
 	return nil
 }
 
-// validKey: libcontainer accepts letters, digits and _+-. in container IDs.
+// validKey: letters, digits and _-. (a sandbox key is namespace.name).
 func validKey(key string) bool {
 	for _, c := range key {
 		switch {
@@ -371,7 +393,7 @@ func validKey(key string) bool {
 			return false
 		}
 	}
-	return key != ""
+	return key != "" && key[0] != '.'
 }
 
 // running reports whether the portal is up; b.mu must be held.
@@ -387,12 +409,15 @@ func (b *box) running() bool {
 	}
 }
 
-// Start starts the sandbox's portal as its init and waits until it answers
-// a ping. A stopped sandbox starts again with the files it had. It returns
-// an error wrapping errdefs.ErrNotFound for an unknown sandbox,
+// Start starts the sandbox's init, which builds the sandbox around itself
+// and becomes its portal, and waits until the portal answers a ping. A
+// stopped sandbox starts again with the files it had. It returns an error
+// wrapping errdefs.ErrNotFound for an unknown sandbox,
 // errdefs.ErrConflict when it is already running (or was left by an
-// earlier server), and errdefs.ErrUnavailable when the portal does not
-// start or answer; the portal's log is quoted in that error.
+// earlier server), errdefs.ErrInvalid when the sandbox cannot be built as
+// specified (a file volume over a directory of the image, say), and
+// errdefs.ErrUnavailable when the portal does not start or answer; the
+// portal's log is quoted in that error.
 func (e *Engine) Start(ctx context.Context, id sandbox.ID) error {
 	b := e.lock(id)
 	if b == nil {
@@ -411,106 +436,272 @@ func (e *Engine) Start(ctx context.Context, id sandbox.ID) error {
 	if len(b.spec.Root.Layers) > 0 && e.dynamicPortal && !e.cfg.AllowDynamicPortal {
 		return errdefs.Invalidf("this msb server is a dynamically linked build, which cannot run inside an OCI image (it needs the host's C library): use the built-in host image (microsandbox/python), or build msb statically with %s and restart it", buildStatic)
 	}
-	if b.done != nil || b.ctr == nil {
-		// libcontainer runs one init per container: after a stop, start
-		// afresh from the same config and root file system.
-		e.teardownContainer(b)
-		if err := e.newContainer(b); err != nil {
-			return err
-		}
+	if b.done != nil {
+		// The previous run is over: release what it held.
+		e.kill(b)
+		e.releaseCgroups(b)
 	}
 	return e.start(ctx, b)
 }
 
-func (e *Engine) start(ctx context.Context, b *box) error {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("sandbox %s: socketpair: %w: %w", b.id, err, errdefs.ErrUnavailable)
+// childFiles are the descriptors an init is started with, in order from
+// fd 0; the server closes its copies once the init holds them.
+type childFiles []*os.File
+
+func (fs childFiles) close() {
+	for _, f := range fs {
+		if f != nil {
+			f.Close()
+		}
 	}
-	portalEnd := os.NewFile(uintptr(fds[0]), "portal")
-	serverEnd := os.NewFile(uintptr(fds[1]), "server")
-	conn, err := net.FileConn(serverEnd)
-	serverEnd.Close()
-	if err != nil {
-		portalEnd.Close()
-		return fmt.Errorf("sandbox %s: %w: %w", b.id, err, errdefs.ErrUnavailable)
+}
+
+func (e *Engine) start(ctx context.Context, b *box) (err error) {
+	key := b.id.Key()
+	unavailable := func(what string, err error) error {
+		return fmt.Errorf("sandbox %s: %s: %w: %w", b.id, what, err, errdefs.ErrUnavailable)
 	}
+	if err := e.cg.take(key, specLimits(b.spec)); err != nil {
+		return unavailable("cgroups", err)
+	}
+	b.cgroups = true
+	var conn, status net.Conn
+	var mine childFiles // the init's copies, closed here once it has them
+	defer func() {
+		mine.close()
+		if err != nil {
+			if conn != nil {
+				conn.Close()
+			}
+			if status != nil {
+				status.Close()
+			}
+			e.kill(b)
+			e.releaseCgroups(b)
+		}
+	}()
+
+	tasks, tree, err := e.cg.userPidsCgroup(key)
+	if err != nil {
+		return unavailable("cgroups", err)
+	}
+	mine = append(mine, tasks, tree)
+	portalEnd, c, err := socketPair("portal")
+	if err != nil {
+		return unavailable("socketpair", err)
+	}
+	conn = c
+	mine = append(mine, portalEnd)
+	initEnd, s, err := socketPair("init")
+	if err != nil {
+		return unavailable("socketpair", err)
+	}
+	status = s
+	mine = append(mine, initEnd)
+	logR, logW, err := os.Pipe()
+	if err != nil {
+		return unavailable("pipe", err)
+	}
+	mine = append(mine, logW)
 	logPath := filepath.Join(b.dir, "portal.log")
-	logw, err := openBoundedLog(logPath)
-	if err != nil {
-		portalEnd.Close()
-		conn.Close()
-		return fmt.Errorf("sandbox %s: %w: %w", b.id, err, errdefs.ErrUnavailable)
-	}
-	extra := []*os.File{portalEnd} // fd 3 in the portal
-	tasks, tree, err := userPidsCgroup(e.cgroupPath(b.id.Key()), b.spec.Pids)
-	if err != nil {
-		portalEnd.Close()
-		conn.Close()
+	logw := openBoundedLog(logPath)
+	logDone := make(chan struct{})
+	go func() {
+		io.Copy(logw, logR)
+		logR.Close()
 		logw.Close()
-		return fmt.Errorf("sandbox %s: %w: %w", b.id, err, errdefs.ErrUnavailable)
+		close(logDone)
+	}()
+
+	cfg := e.initConfig(b)
+	files := childFiles{e.l.devNull, logW, logW, portalEnd, tasks, tree, initEnd}
+	for _, m := range volumes(b.spec.Root.Mounts) {
+		v, dir, err := openVolume(m)
+		if err != nil {
+			return fmt.Errorf("sandbox %s: %w", b.id, err)
+		}
+		mine = append(mine, v)
+		files = append(files, v)
+		cfg.Volumes = append(cfg.Volumes, volumeTarget{Target: m.Target, Dir: dir})
 	}
-	if tasks != nil {
-		extra = append(extra, tasks) // fd 4 in the portal
-		defer tasks.Close()
+	if len(files) >= exeFDMin {
+		return fmt.Errorf("sandbox %s: too many volumes: %w", b.id, errdefs.ErrInvalid)
 	}
-	if tree != nil {
-		extra = append(extra, tree) // fd 5 in the portal
-		defer tree.Close()
-	}
-	proc := &libcontainer.Process{
-		Args:       []string{portalPath, portalRole},
-		Env:        b.spec.Env,
-		Cwd:        b.spec.Workdir,
-		ExtraFiles: extra,
-		Stdout:     logw,
-		Stderr:     logw,
-		Init:       true,
-		UID:        int(b.spec.User.UID),
-		GID:        int(b.spec.User.GID),
-	}
-	for _, g := range b.spec.User.AdditionalGids {
-		proc.AdditionalGroups = append(proc.AdditionalGroups, int(g))
-	}
-	err = b.ctr.Run(proc)
-	portalEnd.Close() // the portal holds it now; EOF on conn must mean the portal is gone
+	data, err := json.Marshal(cfg)
 	if err != nil {
-		conn.Close()
-		logw.Close()
-		e.teardownContainer(b)
-		return fmt.Errorf("sandbox %s: starting portal: %w: %w", b.id, err, errdefs.ErrUnavailable)
+		return unavailable("init config", err)
 	}
+	// The init reads its configuration once it runs: what the socket's
+	// buffer surely holds is written now, more by a goroutine meanwhile.
+	writeConfig := func() error {
+		_, err := status.Write(data)
+		if err == nil {
+			err = status.(*net.UnixConn).CloseWrite()
+		}
+		return err
+	}
+	if len(data) <= 32<<10 {
+		if err := writeConfig(); err != nil {
+			return unavailable("init config", err)
+		}
+	} else {
+		go writeConfig()
+	}
+
+	attr := &os.ProcAttr{
+		Dir: "/",
+		// The portal's Go runtime would size itself from the CPUs of the
+		// cgroup it sees at exec, before its cgroup namespace is in place:
+		// the host's root. It gets the sandbox's CPU quota instead.
+		Env:   []string{initEnv + "=1", "GOMAXPROCS=" + strconv.Itoa(max(1, min(b.spec.CPUs, runtime.NumCPU())))},
+		Files: files,
+		Sys:   &syscall.SysProcAttr{Cloneflags: sandboxCloneFlags},
+	}
+	var cgTasks []*os.File
+	if e.cg.v2 {
+		dir, err := e.cg.dirFD(key)
+		if err != nil {
+			return unavailable("cgroups", err)
+		}
+		defer dir.Close()
+		attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, int(dir.Fd())
+	} else if cgTasks, err = e.cg.tasksFiles(key); err != nil {
+		return unavailable("cgroups", err)
+	}
+	proc, err := e.l.spawn(cgTasks, attr)
+	closeAll(cgTasks)
+	if err != nil {
+		return unavailable("starting the init", err)
+	}
+	mine.close() // the init holds them now; EOF on conn must mean the portal is gone
+	mine = nil
 	done := make(chan struct{})
 	go func() {
-		_, _ = proc.Wait() // reaps the init; cmd.Wait also drains its output into the log
-		logw.Close()
+		proc.Wait()
+		select { // every writer of the log is gone with the init's PID namespace
+		case <-logDone:
+		case <-time.After(time.Second):
+			logR.Close()
+		}
 		close(done)
 	}()
 	client := portal.NewClient(conn)
 	client.SetRlimits(b.spec.Rlimits)
 	b.proc, b.done, b.client, b.started = proc, done, client, time.Now()
-	pid, err := proc.Pid()
-	if err == nil {
-		err = e.attachNetwork(ctx, b, pid)
-	}
-	if err != nil {
-		e.kill(b)
-		e.teardownContainer(b)
+	// The network namespace is there from the clone: its link goes in
+	// while the init builds the rest.
+	if err := e.attachNetwork(ctx, b, proc.Pid); err != nil {
 		return err
 	}
 
-	pctx, cancel := context.WithTimeout(ctx, startTimeout)
+	sctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	if err := client.Ping(pctx); err != nil {
-		e.kill(b)
-		e.teardownContainer(b)
-		msg := logTail(logPath)
-		if msg != "" {
-			msg = "; portal log: " + msg
+	if err := waitInit(sctx, status); err != nil {
+		if errors.Is(err, errdefs.ErrInvalid) {
+			return fmt.Errorf("sandbox %s: %w", b.id, err)
 		}
-		return fmt.Errorf("sandbox %s: portal did not answer: %w%s: %w", b.id, err, msg, errdefs.ErrUnavailable)
+		return e.startErr(b, logPath, "set-up failed", err)
+	}
+	status.Close()
+	b.built = true
+	if err := b.client.Ping(sctx); err != nil {
+		return e.startErr(b, logPath, "portal did not answer", err)
 	}
 	return nil
+}
+
+// startErr is the error of a start that failed in the init or the portal,
+// with the portal's log.
+func (e *Engine) startErr(b *box, logPath, what string, err error) error {
+	e.kill(b)
+	msg := logTail(logPath)
+	if msg != "" {
+		msg = "; portal log: " + msg
+	}
+	return fmt.Errorf("sandbox %s: %s: %w%s: %w", b.id, what, err, msg, errdefs.ErrUnavailable)
+}
+
+// waitInit waits until the init has built the sandbox (it closes its end
+// of the status socket) or reports why it could not: an error wrapping
+// errdefs.ErrInvalid when the spec cannot be built.
+func waitInit(ctx context.Context, status net.Conn) error {
+	if dl, ok := ctx.Deadline(); ok {
+		status.SetReadDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { status.SetReadDeadline(time.Now()) })
+	defer stop()
+	data, err := io.ReadAll(io.LimitReader(status, 64<<10))
+	if err != nil {
+		return err
+	}
+	if len(data) == 0 {
+		return nil
+	}
+	var rep initReport
+	if err := json.Unmarshal(data, &rep); err != nil {
+		return fmt.Errorf("malformed report from the init: %q", data)
+	}
+	if rep.Invalid {
+		return fmt.Errorf("%s: %w", rep.Error, errdefs.ErrInvalid)
+	}
+	return errors.New(rep.Error)
+}
+
+// socketPair returns a connected pair of unix stream sockets: one end as a
+// file for a child, the other as a connection for the server.
+func socketPair(name string) (*os.File, net.Conn, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	child := os.NewFile(uintptr(fds[0]), name)
+	server := os.NewFile(uintptr(fds[1]), name+"-server")
+	conn, err := net.FileConn(server)
+	server.Close()
+	if err != nil {
+		child.Close()
+		return nil, nil, err
+	}
+	return child, conn, nil
+}
+
+// initConfig is what the sandbox's init needs to build it.
+func (e *Engine) initConfig(b *box) *initConfig {
+	s := b.spec
+	c := &initConfig{
+		Root:     e.mountPoint,
+		Layers:   s.Root.Layers,
+		Upper:    filepath.Join(b.dir, "upper"),
+		Work:     filepath.Join(b.dir, "work"),
+		Binds:    bindOrder(imageMounts(s.Root.Mounts)),
+		Hostname: s.Hostname,
+		Workdir:  s.Workdir,
+		User:     s.User,
+		Caps:     e.l.caps,
+		NoFile:   e.host.nofile,
+		OOMScore: e.host.oomScore,
+		Env:      s.Env,
+		Tmpfs:    s.Tmpfs,
+		CgroupV2: e.cg.v2,
+	}
+	if b.template != "" {
+		c.Layers = []string{b.template}
+	}
+	for _, h := range e.cg.v1 {
+		c.Cgroups = append(c.Cgroups, cgroupMount{Dir: filepath.Base(h.mount), Opts: h.opts})
+	}
+	if !b.built {
+		// The image's entries (in the template already, without layers),
+		// /etc/hostname and the workdir.
+		c.Build = &rootBuild{Layered: true}
+		if b.template == "" {
+			c.Build.Dirs, c.Build.Links, c.Build.Files = s.Root.Dirs, s.Root.Links, s.Root.Files
+		}
+		for _, m := range s.Root.Mounts {
+			c.Build.Mounts = append(c.Build.Mounts, m.Target)
+		}
+	}
+	return c
 }
 
 // kill stops the portal (and with it the whole PID namespace) and waits for
@@ -519,14 +710,14 @@ func (e *Engine) kill(b *box) {
 	if b.done == nil {
 		return
 	}
-	if b.running() && b.ctr != nil {
-		_ = b.ctr.Signal(unix.SIGKILL)
+	if b.running() && b.proc != nil {
+		_ = b.proc.Kill()
 	}
 	select {
 	case <-b.done:
 	case <-time.After(30 * time.Second):
 		// An init that survives SIGKILL this long is stuck in the kernel
-		// (D state); Destroy will report its cgroup as busy.
+		// (D state); removing its cgroups will report them busy.
 	}
 	e.detachNetwork(b)
 	if b.client != nil {
@@ -535,13 +726,17 @@ func (e *Engine) kill(b *box) {
 	b.client = nil
 }
 
-// teardownContainer releases the container's cgroups and state after its
-// init is gone; b.mu must be held. The root file system stays.
-func (e *Engine) teardownContainer(b *box) {
-	if b.ctr != nil {
-		_ = b.ctr.Destroy()
-		b.ctr = nil
+// releaseCgroups removes the cgroups of the sandbox's last run, whose init
+// is gone; b.mu must be held. The root file system stays.
+func (e *Engine) releaseCgroups(b *box) error {
+	if !b.cgroups {
+		return nil
 	}
+	if err := e.cg.removeSet(b.id.Key()); err != nil {
+		return err
+	}
+	b.cgroups = false
+	return nil
 }
 
 // Stop kills every process in the sandbox and releases its cgroups; its
@@ -556,7 +751,7 @@ func (e *Engine) Stop(ctx context.Context, id sandbox.ID) error {
 	}
 	defer b.mu.Unlock()
 	if b.leftover {
-		if err := e.killLeftover(b.id.Key()); err != nil {
+		if err := e.cg.killInit(b.id.Key()); err != nil {
 			return fmt.Errorf("sandbox %s: %w: %w", id, err, errdefs.ErrUnavailable)
 		}
 		return nil
@@ -565,16 +760,18 @@ func (e *Engine) Stop(ctx context.Context, id sandbox.ID) error {
 		return nil
 	}
 	e.kill(b)
-	e.teardownContainer(b)
+	if err := e.releaseCgroups(b); err != nil {
+		return fmt.Errorf("sandbox %s: %w: %w", id, err, errdefs.ErrUnavailable)
+	}
 	return nil
 }
 
 // Delete kills the sandbox and releases everything it holds: processes,
-// cgroups, libcontainer state, its directory and any mount left under it.
-// Deleting a missing sandbox is not an error; sandboxes left by an earlier
-// server are deleted the same way. It returns an error wrapping
-// errdefs.ErrUnavailable when something cannot be released (the sandbox
-// stays known, so Delete can be retried).
+// cgroups, its directory, and whatever an earlier version of the engine
+// kept for it (state, mounts on the host). Deleting a missing sandbox is
+// not an error; sandboxes left by an earlier server are deleted the same
+// way. It returns an error wrapping errdefs.ErrUnavailable when something
+// cannot be released (the sandbox stays known, so Delete can be retried).
 func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 	b := e.lockOrAdopt(id)
 	if b == nil {
@@ -582,27 +779,33 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 	}
 	defer b.mu.Unlock()
 	var errs []error
+	key := id.Key()
 	if b.leftover {
-		if err := e.killLeftover(id.Key()); err != nil {
+		if err := e.cg.killInit(key); err != nil {
 			errs = append(errs, err)
 		}
+		b.cgroups = true // whatever a crashed run left
 	} else {
 		e.kill(b)
-		if b.ctr != nil {
-			if err := b.ctr.Destroy(); err != nil {
-				errs = append(errs, err)
-			}
-			b.ctr = nil
+	}
+	if b.cgroups {
+		if err := e.cg.removeSet(key); err != nil {
+			errs = append(errs, err)
+		} else {
+			b.cgroups = false
+		}
+		if err := e.cg.removeLegacyUnified(key); err != nil {
+			errs = append(errs, err)
 		}
 	}
-	// Whatever libcontainer could not remove (or never recorded).
-	if err := os.RemoveAll(filepath.Join(e.cfg.StateDir, id.Key())); err != nil {
+	if err := os.RemoveAll(filepath.Join(e.cfg.StateDir, key)); err != nil {
 		errs = append(errs, err)
 	}
-	if err := removeCgroupDirs(e.cgroupPath(id.Key())); err != nil {
-		errs = append(errs, err)
+	remove := removeSandboxDir
+	if !b.leftover {
+		remove = e.trash.discard
 	}
-	if err := removeSandboxDir(b.dir); err != nil {
+	if err := remove(b.dir); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
@@ -610,34 +813,6 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 	}
 	e.forget(b)
 	return nil
-}
-
-// killLeftover kills and destroys a container an earlier engine started.
-func (e *Engine) killLeftover(key string) error {
-	ctr, err := libcontainer.Load(e.cfg.StateDir, key)
-	if errors.Is(err, libcontainer.ErrNotExist) {
-		return nil // created but never started: nothing runs
-	} else if err != nil {
-		return fmt.Errorf("loading container: %w", err)
-	}
-	if st, err := ctr.Status(); err == nil && st != libcontainer.Stopped {
-		if err := ctr.Signal(unix.SIGKILL); err != nil && !errors.Is(err, libcontainer.ErrNotRunning) {
-			return fmt.Errorf("killing container: %w", err)
-		}
-		// Not our child: poll until the kernel has torn it down.
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			st, err := ctr.Status()
-			if err != nil || st == libcontainer.Stopped {
-				break
-			}
-			if time.Now().After(deadline) {
-				return errors.New("container init survived SIGKILL for 30s")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	return ctr.Destroy()
 }
 
 // Inspect reports the sandbox's state, including a sandbox left by an
@@ -661,41 +836,32 @@ func (e *Engine) Inspect(ctx context.Context, id sandbox.ID) (sandbox.Status, er
 	st := sandbox.Status{ID: id, State: sandbox.StateCreated}
 	switch {
 	case b.running():
-		st.State, st.Started = sandbox.StateRunning, b.started
-		if pid, err := b.proc.Pid(); err == nil {
-			st.Pid = pid
-		}
-	case b.done != nil || b.ctr == nil:
+		st.State, st.Started, st.Pid = sandbox.StateRunning, b.started, b.proc.Pid
+	case b.done != nil:
 		st.State = sandbox.StateStopped
 	}
 	return st, nil
 }
 
 // leftoverStatus describes a sandbox found on disk that this Engine did not
-// create.
+// create: running while its init (found in its cgroups) lives.
 func (e *Engine) leftoverStatus(id sandbox.ID) (sandbox.Status, bool) {
 	if !e.onDisk(id.Key()) {
 		return sandbox.Status{}, false
 	}
 	st := sandbox.Status{ID: id, State: sandbox.StateStopped}
-	ctr, err := libcontainer.Load(e.cfg.StateDir, id.Key())
-	if err != nil {
-		return st, true
-	}
-	if s, err := ctr.State(); err == nil {
-		st.Started = s.Created
-		if cs, err := ctr.Status(); err == nil && cs != libcontainer.Stopped {
-			st.State, st.Pid = sandbox.StateRunning, s.InitProcessPid
-		}
+	if pid, started := e.cg.findInit(id.Key()); pid != 0 {
+		st.State, st.Pid, st.Started = sandbox.StateRunning, pid, started
 	}
 	return st, true
 }
 
-// Recover lists the sandboxes found in StateDir and SandboxDir that this
-// Engine did not create: those of a server process that died. They are not
-// re-adopted (their portals exited with the server's connection); the
-// caller deletes them with Delete. It returns an error wrapping
-// errdefs.ErrUnavailable when the directories cannot be read.
+// Recover lists the sandboxes found in SandboxDir (and in StateDir, for
+// earlier versions) that this Engine did not create: those of a server
+// process that died. They are not re-adopted (their portals exited with
+// the server's connection); the caller deletes them with Delete. It returns
+// an error wrapping errdefs.ErrUnavailable when the directories cannot be
+// read.
 func (e *Engine) Recover(ctx context.Context) ([]sandbox.Status, error) {
 	keys := map[string]bool{}
 	for _, d := range []string{e.cfg.StateDir, e.cfg.SandboxDir} {
@@ -844,24 +1010,20 @@ func (e *Engine) Stats(ctx context.Context, id sandbox.ID) (sandbox.Stats, error
 		}
 		return sandbox.Stats{}, notFound(id)
 	}
-	if b.leftover || !b.running() || b.ctr == nil {
+	if b.leftover || !b.running() {
 		b.mu.Unlock()
 		return sandbox.Stats{}, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrConflict)
 	}
-	ctr, mounts := b.ctr, b.spec.Root.Mounts
 	st := sandbox.Stats{Sampled: time.Now(), Network: networkStats(b)}
 	b.mu.Unlock()
 
-	cs, err := ctr.Stats()
+	cpu, mem, err := e.cg.stats(id.Key())
 	if err != nil {
 		// A Stop racing with us removes the cgroups we are reading.
 		return sandbox.Stats{}, callErr(b, "reading cgroups", fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable))
 	}
-	if cg := cs.CgroupStats; cg != nil {
-		st.CPUTime = time.Duration(cg.CpuStats.CpuUsage.TotalUsage)
-		st.MemoryBytes = cg.MemoryStats.Usage.Usage
-	}
-	disk, err := diskUsage(filepath.Join(b.dir, "rootfs"), mounts)
+	st.CPUTime, st.MemoryBytes = cpu, mem
+	disk, err := diskUsage(filepath.Join(b.dir, "upper"))
 	if err != nil {
 		return sandbox.Stats{}, fmt.Errorf("sandbox %s: measuring disk use: %w: %w", id, err, errdefs.ErrUnavailable)
 	}
@@ -899,11 +1061,8 @@ func (e *Engine) DialSandbox(ctx context.Context, id sandbox.ID, port int) (net.
 		b.mu.Unlock()
 		return nil, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrConflict)
 	}
-	pid, err := b.proc.Pid()
+	pid := b.proc.Pid
 	b.mu.Unlock()
-	if err != nil {
-		return nil, fmt.Errorf("sandbox %s: %w: %w", id, err, errdefs.ErrConflict)
-	}
 	nsFile, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s: network namespace: %w: %w", id, err, errdefs.ErrConflict)

@@ -20,9 +20,15 @@ import (
 	"github.com/msb-dev/msb/sandbox/sandboxtest"
 )
 
-// TestMain lets the test binary play the msb binary's other roles: the
-// container setup libcontainer re-executes, and the portal, which the
-// engine runs from this very binary inside each sandbox.
+// msbBin is msb itself, built as the README builds it: the init and portal
+// of the tests' sandboxes, as in production. (This test binary can play
+// them too, see TestMain, but it is linked with cgo, which takes the
+// engine's slower path; TestCgoPortal runs that one.)
+var msbBin string
+
+// TestMain lets the test binary play the msb binary's roles inside a
+// sandbox, the init and the portal, for the tests that run sandboxes of
+// this very binary, and builds msb for the others.
 func TestMain(m *testing.M) {
 	linux.MaybeInit()
 	if len(os.Args) > 1 && os.Args[1] == portal.ExecRole {
@@ -35,7 +41,21 @@ func TestMain(m *testing.M) {
 	if cfg := os.Getenv(crashServerEnv); cfg != "" {
 		crashServer(cfg)
 	}
-	os.Exit(m.Run())
+	dir, err := os.MkdirTemp("", "msb-linux-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	msbBin = filepath.Join(dir, "msb")
+	build := exec.Command("go", "build", "-tags", "netgo,osusergo", "-ldflags", `-extldflags "-static"`, "-o", msbBin, "github.com/msb-dev/msb")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build msb:", err)
+		os.Exit(2)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // crashServerEnv makes the test binary a server that starts one sandbox
@@ -81,7 +101,11 @@ func TestServerCrash(t *testing.T) {
 	cfg := testConfig(t, home, "msb-crash")
 	cfgJSON, _ := json.Marshal(cfg)
 
-	server := exec.Command(cfg.PortalBinary, "-test.run=^$") // this test binary, also the portal
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := exec.Command(exe, "-test.run=^$") // this test binary
 	server.Env = append(os.Environ(), crashServerEnv+"="+string(cfgJSON))
 	server.Stderr = os.Stderr
 	out, err := server.StdoutPipe()
@@ -101,6 +125,7 @@ func TestServerCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { next.Close() })
 	ctx := context.Background()
 	if st, err := next.Inspect(ctx, crashID); err != nil || st.State != sandbox.StateRunning {
 		t.Fatalf("sandbox of the live server: %+v, %v", st, err)
@@ -169,6 +194,7 @@ func TestEngine(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			t.Cleanup(func() { e.Close() })
 			return e
 		},
 		Spec: func() sandbox.Spec {
@@ -183,7 +209,7 @@ func TestEngine(t *testing.T) {
 		},
 		Home: home,
 		WritableDir: func(id sandbox.ID) string {
-			return filepath.Join(cfg.SandboxDir, id.Key(), "rootfs")
+			return filepath.Join(cfg.SandboxDir, id.Key(), "upper")
 		},
 		Leftovers: func(id sandbox.ID) []string {
 			return leftovers(t, cfg, id)
@@ -218,18 +244,14 @@ func leftovers(t *testing.T, cfg linux.Config, id sandbox.ID) []string {
 }
 
 // testConfig returns the configuration of an engine keeping its state in
-// home, with a cgroup parent of its own (prefix and the test's pid) that is
-// removed when the test ends.
+// home, running msb as its sandboxes' init, with a cgroup parent of its
+// own (prefix and the test's pid) that is removed when the test ends.
 func testConfig(t *testing.T, home, prefix string) linux.Config {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := linux.Config{
 		StateDir:     filepath.Join(home, "run", "engine"),
 		SandboxDir:   filepath.Join(home, "sandboxes"),
-		PortalBinary: exe,
+		PortalBinary: msbBin,
 		CgroupParent: prefix + "-" + strconv.Itoa(os.Getpid()),
 	}
 	t.Cleanup(func() { removeCgroupParent(t, cfg.CgroupParent) })

@@ -9,14 +9,13 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unicode"
 
 	"github.com/moby/sys/mountinfo"
-	"github.com/opencontainers/cgroups"
 	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/errdefs"
@@ -82,11 +81,32 @@ func checkSpec(s sandbox.Spec) error {
 	return nil
 }
 
-// mountLayers records the sandbox's layers in dir and mounts them as the
-// overlay at rootfs, holding layerLock (if set) shared meanwhile, so that a
-// prune, which holds it exclusively, either sees the record or has finished
-// and the missing layers are found here.
-func mountLayers(dir, rootfs string, layers []string, layerLock string) error {
+// prepareRoot makes the directories of a sandbox's root file system in
+// its directory dir: the overlay's upper and work directories. An image's
+// layers are recorded there first, holding layerLock (if set) shared
+// meanwhile, so that a prune, which holds it exclusively, either sees the
+// record or has finished and the missing layers are found here. The root
+// itself is mounted and built by the sandbox's init, inside its own mount
+// namespace.
+func prepareRoot(dir string, layers []string, layerLock string) error {
+	if len(layers) == 0 {
+		for _, d := range []string{"upper", "work"} {
+			if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var opts int
+	for _, l := range layers {
+		if strings.ContainsAny(l, ":,") {
+			return fmt.Errorf("layer directory %q contains ':' or ','", l)
+		}
+		opts += len(l) + 1
+	}
+	if opts+2*len(dir)+len("lowerdir=,upperdir=/upper,workdir=/work") >= maxMountData {
+		return fmt.Errorf("the image has too many layers (%d) to mount: %w", len(layers), errdefs.ErrInvalid)
+	}
 	if layerLock != "" {
 		f, err := os.OpenFile(layerLock, os.O_RDWR|os.O_CREATE, 0o600)
 		if err != nil {
@@ -106,83 +126,8 @@ func mountLayers(dir, rootfs string, layers []string, layerLock string) error {
 			return fmt.Errorf("the image's layers are missing from the cache (pruned after the sandbox was created?): pull the image again with `msb pull IMAGE`, then start the sandbox again: %w", errdefs.ErrInvalid)
 		}
 	}
-	return mountOverlay(dir, rootfs, layers)
-}
-
-// buildRootFS assembles the root file system at rootfs, inside the
-// sandbox's directory dir: an overlay of the image's layers under dir/upper
-// when it has layers, else a plain directory; then the image's directories,
-// links and files, /etc/hostname and the workdir, all written inside the
-// root without following any symlink out of it; then the volumes, mounted
-// through file descriptors. Image mounts are left to libcontainer, which
-// creates their mount points.
-func buildRootFS(dir, rootfs string, s sandbox.Spec, hostname, layerLock string) error {
-	if len(s.Root.Layers) > 0 {
-		if err := mountLayers(dir, rootfs, s.Root.Layers, layerLock); err != nil {
-			return err
-		}
-	} else {
-		if err := os.MkdirAll(rootfs, 0o755); err != nil {
-			return err
-		}
-		if len(volumes(s.Root.Mounts)) > 0 {
-			if err := bindSelf(rootfs); err != nil {
-				return err
-			}
-		}
-	}
-	r, err := openRoot(rootfs)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	workdir := strings.TrimPrefix(path.Clean(s.Workdir), "/")
-	for _, d := range s.Root.Dirs {
-		existed := r.isDir(d)
-		if existed && len(s.Root.Layers) > 0 {
-			continue // the image's own directory keeps its mode and owner
-		}
-		mode := fs.FileMode(0o755)
-		switch path.Base(d) {
-		case "tmp":
-			mode = 0o777 | fs.ModeSticky
-		case "root":
-			mode = 0o700
-		}
-		if err := r.mkdir(d, mode); err != nil {
-			return fmt.Errorf("directory %s: %w", d, err)
-		}
-		if !existed && path.Clean(d) == workdir && s.User.UID != 0 {
-			// A workdir msb made belongs to the user the image runs as.
-			if err := r.chown(d, int(s.User.UID), int(s.User.GID)); err != nil {
-				return fmt.Errorf("directory %s: %w", d, err)
-			}
-		}
-	}
-	for _, l := range s.Root.Links {
-		if err := r.symlink(l.Target, l.Path); err != nil {
-			return fmt.Errorf("link %s: %w", l.Path, err)
-		}
-	}
-	for _, f := range s.Root.Files {
-		if err := r.writeFile(f.Path, f.Content, fs.FileMode(f.Mode&0o777)|modeBits(f.Mode)); err != nil {
-			return fmt.Errorf("file %s: %w", f.Path, err)
-		}
-	}
-	// The image cannot know the sandbox's name; /etc/hostname follows the
-	// UTS hostname when the image has an /etc.
-	if r.isDir("etc") {
-		if err := r.writeFile("etc/hostname", []byte(hostname+"\n"), 0o644); err != nil {
-			return fmt.Errorf("etc/hostname: %w", err)
-		}
-	}
-	if !underMount(s.Workdir, s.Root.Mounts) && !r.isDir(workdir) {
-		if err := r.mkdir(workdir, 0); err != nil {
-			return fmt.Errorf("workdir %s: %w", s.Workdir, err)
-		}
-	}
-	for _, m := range volumes(s.Root.Mounts) {
-		if err := r.mountVolume(m); err != nil {
+	for _, d := range []string{"upper", "work"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
 			return err
 		}
 	}
@@ -205,8 +150,9 @@ func modeBits(m uint32) fs.FileMode {
 	return out
 }
 
-// volumes are the mounts the engine makes itself (those with a Beneath
-// root); imageMounts the ones libcontainer makes.
+// volumes are a user's mounts (those with a Beneath root), which the
+// server resolves and opens; imageMounts the image's, host paths the init
+// binds itself.
 func volumes(ms []sandbox.Mount) []sandbox.Mount {
 	var out []sandbox.Mount
 	for _, m := range ms {
@@ -225,16 +171,6 @@ func imageMounts(ms []sandbox.Mount) []sandbox.Mount {
 		}
 	}
 	return out
-}
-
-func underMount(p string, ms []sandbox.Mount) bool {
-	p = path.Clean(p) + "/"
-	for _, m := range ms {
-		if strings.HasPrefix(p, path.Clean(m.Target)+"/") {
-			return true
-		}
-	}
-	return false
 }
 
 // mountsUnder lists the mount points at or below dir in this process's
@@ -278,6 +214,56 @@ func removeSandboxDir(dir string) error {
 		return err
 	}
 	return removeTree(dir, fi.Sys().(*syscall.Stat_t).Dev)
+}
+
+// trashPrefix starts the names of sandbox directories being removed in
+// the background; no sandbox key starts with a dot.
+const trashPrefix = ".trash-"
+
+// trash removes the directories of deleted sandboxes off the request
+// path: a sandbox's directory is renamed out of its name at once (one
+// rename) and removed by a goroutine. Only directories of sandboxes this
+// engine ran go there: nothing is mounted on the host for them, so no
+// mount check is needed (a leftover of an earlier version may have mounts,
+// and goes through removeSandboxDir).
+type trash struct {
+	dir string // SandboxDir
+	seq atomic.Uint64
+	wg  sync.WaitGroup
+}
+
+// discard moves the sandbox directory dir into the trash and removes it in
+// the background. The image layers it records stop counting as used at
+// once. It returns an error when dir can be neither moved nor removed.
+func (t *trash) discard(dir string) error {
+	os.Remove(filepath.Join(dir, layersFile))
+	to := filepath.Join(t.dir, fmt.Sprintf("%s%s-%d-%d", trashPrefix, filepath.Base(dir), os.Getpid(), t.seq.Add(1)))
+	if err := os.Rename(dir, to); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return removeSandboxDir(dir)
+	}
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		removeTree(to, devOf(t.dir))
+	}()
+	return nil
+}
+
+// wait waits for the removals under way.
+func (t *trash) wait() { t.wg.Wait() }
+
+// empty removes what an earlier server left in the trash.
+func (t *trash) empty() {
+	entries, _ := os.ReadDir(t.dir)
+	dev := devOf(t.dir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), trashPrefix) {
+			removeTree(filepath.Join(t.dir, e.Name()), dev)
+		}
+	}
 }
 
 // removeTree deletes the directory tree at p without following symlinks
@@ -398,17 +384,11 @@ func emptyDir(fd int, dev uint64) (string, error) {
 }
 
 // diskUsage is the apparent size of the files in the writable layer: the
-// rootfs directory, not crossing into other file systems and not counting
-// the mount points of bind-mounted host paths.
-func diskUsage(rootfs string, ms []sandbox.Mount) (uint64, error) {
-	if _, err := os.Stat(filepath.Join(filepath.Dir(rootfs), "upper")); err == nil {
-		// An overlay: what the sandbox wrote is its upper directory.
-		rootfs, ms = filepath.Join(filepath.Dir(rootfs), "upper"), nil
-	}
-	skip := map[string]bool{filepath.Join(rootfs, portalPath): true}
-	for _, m := range ms {
-		skip[filepath.Join(rootfs, m.Target)] = true
-	}
+// overlay's upper directory, which holds what the sandbox wrote, not
+// crossing into other file systems. (Mounts live in the sandbox's mount
+// namespace only: here their mount points are empty.)
+func diskUsage(upper string) (uint64, error) {
+	rootfs := upper
 	root, err := os.Lstat(rootfs)
 	if err != nil {
 		return 0, err
@@ -426,12 +406,6 @@ func diskUsage(rootfs string, ms []sandbox.Mount) (uint64, error) {
 				return nil
 			}
 			return err
-		}
-		if skip[p] {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
 		}
 		fi, err := d.Info()
 		if err != nil {
@@ -451,106 +425,32 @@ func diskUsage(rootfs string, ms []sandbox.Mount) (uint64, error) {
 	return total, err
 }
 
-// removeCgroupDirs removes the cgroup directories of a sandbox whose
-// libcontainer state is gone (crash between creating cgroups and saving
-// state). Directories that still hold processes are left, and reported.
-func removeCgroupDirs(cgroupPath string) error {
-	mounts, err := cgroups.GetCgroupMounts(true)
-	if err != nil {
-		return err
-	}
-	var errs []error
-	seen := map[string]bool{}
-	for _, m := range mounts {
-		p := filepath.Join(m.Mountpoint, cgroupPath)
-		if seen[p] {
-			continue
-		}
-		seen[p] = true
-		if err := cgroups.RemovePath(p); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if cgroups.IsCgroup2HybridMode() {
-		if err := cgroups.RemovePath(filepath.Join("/sys/fs/cgroup/unified", cgroupPath)); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// pidsReserve is how many of a sandbox's pids are kept for the portal: a
-// Go program dies when it cannot create a thread, so a fork bomb must not
-// be able to take the portal's last pids.
-func pidsReserve(pids int) int {
-	return min(pids/4, 32)
-}
-
-// userPidsCgroup prepares the sandbox's "user" pids cgroup, a child of its
-// own limited to pids minus pidsReserve, and returns its tasks file open
-// for writing. The portal gets it as file descriptor 4: it moves the one
-// thread it forks commands from into that cgroup (by writing "0"), so every
-// process it starts is born there and the rest of the portal keeps the
-// reserve. The open file carries the server's permission; nothing inside
-// the sandbox can open it.
-//
-// It also returns the cgroup's directory as a detached bind mount (nil
-// when the kernel cannot make one), which the portal gets as file
-// descriptor 5 to make one child cgroup per command: a process cannot
-// leave its cgroup (the sandbox's cgroup file system is read-only), so a
-// timeout can kill everything a command started, even what left its
-// process group and parent. A detached mount, not a plain directory, so
-// that ".." from it cannot climb to the host's cgroups: the root of a
-// mount that is attached nowhere is its own parent.
-//
-// It returns nil, nil, nil without a cgroup v1 pids hierarchy.
-func userPidsCgroup(cgroupPath string, pids int) (tasks, tree *os.File, err error) {
-	mnt, err := cgroups.FindCgroupMountpoint("", "pids")
-	if err != nil {
-		return nil, nil, nil
-	}
-	dir := filepath.Join(mnt, cgroupPath, "user")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, nil, fmt.Errorf("user pids cgroup: %w", err)
-	}
-	limit := strconv.Itoa(pids - pidsReserve(pids))
-	if err := os.WriteFile(filepath.Join(dir, "pids.max"), []byte(limit), 0); err != nil {
-		return nil, nil, fmt.Errorf("user pids cgroup: %w", err)
-	}
-	tasks, err = os.OpenFile(filepath.Join(dir, "tasks"), os.O_WRONLY, 0)
-	if err != nil {
-		return nil, nil, fmt.Errorf("user pids cgroup: %w", err)
-	}
-	// Without open_tree (Linux < 5.2) the portal kills by process tree.
-	if fd, err := unix.OpenTree(unix.AT_FDCWD, dir, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC); err == nil {
-		tree = os.NewFile(uintptr(fd), "user-pids-cgroup-tree")
-	}
-	return tasks, tree, nil
-}
-
 // logLimit bounds portal.log: the portal logs its own failures there, and a
 // sandbox must not fill the host's disk through it.
 const logLimit = 1 << 20
 
-// boundedLog writes to a file until it holds logLimit bytes, then discards.
+// boundedLog writes to a file until it holds logLimit bytes, then
+// discards. The file is made (truncated) on the first write: most portals
+// never write a line, and a start then makes no file for it.
 type boundedLog struct {
-	mu sync.Mutex
-	f  *os.File
-	n  int64
+	mu   sync.Mutex
+	path string
+	f    *os.File
+	err  error
+	n    int64
 }
 
-func openBoundedLog(p string) (*boundedLog, error) {
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	return &boundedLog{f: f}, nil
+func openBoundedLog(p string) *boundedLog {
+	return &boundedLog{path: p}
 }
 
 func (l *boundedLog) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if room := logLimit - l.n; room > 0 {
+	if l.f == nil && l.err == nil {
+		l.f, l.err = os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	}
+	if room := logLimit - l.n; room > 0 && l.f != nil {
 		q := p
 		if int64(len(q)) > room {
 			q = q[:room]
@@ -561,7 +461,14 @@ func (l *boundedLog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (l *boundedLog) Close() error { return l.f.Close() }
+func (l *boundedLog) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil
+	}
+	return l.f.Close()
+}
 
 // logTail returns the gist of a log for an error message: from the first
 // Go crash line if there is one (its goroutine dump is long and says

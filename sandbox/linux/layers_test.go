@@ -15,10 +15,10 @@ import (
 // under the layer lock, with a message that names no host path, and the
 // sandbox's record of its layers goes with the failed start.
 func TestMountLayersPrunedMeanwhile(t *testing.T) {
-	dir, rootfs := t.TempDir(), filepath.Join(t.TempDir(), "rootfs")
+	dir := t.TempDir()
 	lock := filepath.Join(t.TempDir(), "pull.lock")
 	layer := filepath.Join(t.TempDir(), "0123abcd")
-	err := mountLayers(dir, rootfs, []string{layer}, lock)
+	err := prepareRoot(dir, []string{layer}, lock)
 	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "msb pull") || strings.Contains(err.Error(), layer) {
 		t.Fatalf("missing layer: %v", err)
 	}

@@ -113,11 +113,7 @@ func (e *Engine) SetNetwork(ctx context.Context, id sandbox.ID, cfg *network.Con
 	case cfg == nil:
 		e.detachNetwork(b)
 	case b.link == nil:
-		pid, err := b.proc.Pid()
-		if err != nil {
-			return fmt.Errorf("sandbox %s: %w: %w", id, err, errdefs.ErrConflict)
-		}
-		link, err := e.attachLink(ctx, b, pid, *cfg)
+		link, err := e.attachLink(ctx, b, b.proc.Pid, *cfg)
 		if err != nil {
 			return err
 		}

@@ -17,19 +17,19 @@ import (
 )
 
 // TestOverlayVolumesAndDial runs a sandbox whose root is an overlay of two
-// layers (with the host's userland mounted over it, since this test binary
-// is the portal and is linked dynamically), with a volume, and checks: the
-// overlay and the volume work, a port inside answers DialSandbox, a volume
-// swapped for a symlink after validation is refused at mount time, and no
-// mount is left after Delete, nor after Recover of a crashed engine.
+// layers (with the host's userland mounted over it, for sh and python3),
+// with a volume, and checks: the overlay and the volume work, a port
+// inside answers DialSandbox, a volume swapped for a symlink after
+// validation is refused, and nothing is left after Delete, nor after
+// Recover of a crashed engine.
 func TestOverlayVolumesAndDial(t *testing.T) {
 	home := t.TempDir()
 	cfg := testConfig(t, home, "msb-overlay")
-	cfg.AllowDynamicPortal = true // the host's userland is mounted in
 	e, err := linux.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { e.Close() })
 	low, high := filepath.Join(home, "l0"), filepath.Join(home, "l1")
 	for _, d := range []string{filepath.Join(low, "etc"), filepath.Join(high, "etc")} {
 		os.MkdirAll(d, 0o755)
@@ -113,20 +113,25 @@ func TestOverlayVolumesAndDial(t *testing.T) {
 		t.Errorf("left after Delete: %v", left)
 	}
 
-	// A crashed engine's overlay and volume mounts: a new engine's
-	// Recover finds the sandbox and Delete unmounts everything.
+	// A running sandbox of an engine that is gone for the next one (as
+	// after a crash): a new engine's Recover finds it running, and Delete
+	// kills it and leaves nothing.
 	os.Remove(filepath.Join(volRoot, "data"))
 	os.Rename(filepath.Join(volRoot, "data.old"), filepath.Join(volRoot, "data"))
 	id3 := sandboxtest.ID(t, "ovl", "c")
 	if err := e.Create(ctx, id3, spec); err != nil {
 		t.Fatal(err)
 	}
+	if err := e.Start(ctx, id3); err != nil {
+		t.Fatal(err)
+	}
 	next, err := linux.New(cfg) // sees id3 as left by a dead server
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { next.Close() })
 	left, err := next.Recover(ctx)
-	if err != nil || len(left) != 1 || left[0].ID != id3 {
+	if err != nil || len(left) != 1 || left[0].ID != id3 || left[0].State != sandbox.StateRunning {
 		t.Fatalf("Recover = %+v, %v", left, err)
 	}
 	if err := next.Delete(ctx, id3); err != nil {
@@ -145,10 +150,17 @@ func TestOverlayVolumesAndDial(t *testing.T) {
 // internal error; the host image still works.
 func TestDynamicPortalRefusesImages(t *testing.T) {
 	home := t.TempDir()
-	e, err := linux.New(testConfig(t, home, "msb-dynamic"))
+	cfg := testConfig(t, home, "msb-dynamic")
+	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.PortalBinary = exe
+	e, err := linux.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
 	layer := filepath.Join(home, "layer")
 	os.MkdirAll(filepath.Join(layer, "etc"), 0o755)
 	ctx := context.Background()

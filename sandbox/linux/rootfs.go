@@ -8,9 +8,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 
-	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/errdefs"
@@ -20,42 +20,9 @@ import (
 // maxMountData is the kernel's limit on a mount's option string (a page).
 const maxMountData = 4096
 
-// mountOverlay mounts the image's layers (lowest first) read-only under
-// the sandbox's writable upper directory at rootfs, in the host's mount
-// namespace. rootfs is made a private mount of its own first, so that the
-// overlay, born private under it, never propagates to peer namespaces even
-// where / is shared. Delete (removeSandboxDir) unmounts both, also after a
-// crash.
-func mountOverlay(dir, rootfs string, layers []string) error {
-	upper, work := filepath.Join(dir, "upper"), filepath.Join(dir, "work")
-	for _, d := range []string{upper, work, rootfs} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			return err
-		}
-	}
-	lower := make([]string, len(layers))
-	for i, l := range layers {
-		if strings.ContainsAny(l, ":,") {
-			return fmt.Errorf("layer directory %q contains ':' or ','", l)
-		}
-		lower[len(layers)-1-i] = l // overlayfs lists the top layer first
-	}
-	opts := "lowerdir=" + strings.Join(lower, ":") + ",upperdir=" + upper + ",workdir=" + work
-	if len(opts) >= maxMountData {
-		return fmt.Errorf("the image has too many layers (%d) to mount: %w", len(layers), errdefs.ErrInvalid)
-	}
-	if err := bindSelf(rootfs); err != nil {
-		return err
-	}
-	if err := unix.Mount("overlay", rootfs, "overlay", unix.MS_NODEV, opts); err != nil {
-		return fmt.Errorf("mounting the image's overlay: %w", err)
-	}
-	return nil
-}
-
 // layersFile, in a sandbox's directory, lists the image layers its overlay
-// is made of. It is written before the overlay is mounted and goes with the
-// directory, after the overlay is unmounted.
+// is made of. It is written when the sandbox is created and goes with its
+// directory.
 const layersFile = "layers.json"
 
 // recordLayers writes the list of the sandbox's layers into its directory
@@ -111,22 +78,12 @@ func LayersInUse(sandboxDir string) ([]string, error) {
 	return out, nil
 }
 
-// bindSelf turns the plain rootfs directory into a private mount, so that
-// volume mounts made under it on the host propagate nowhere.
-func bindSelf(rootfs string) error {
-	if err := unix.Mount(rootfs, rootfs, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("bind-mounting the root: %w", err)
-	}
-	if err := unix.Mount("", rootfs, "", unix.MS_PRIVATE, ""); err != nil {
-		return fmt.Errorf("making the root private: %w", err)
-	}
-	return nil
-}
-
 // inRoot does file operations inside a sandbox's root without ever leaving
-// it: paths are resolved as if the root were "/", so a symlink an image
-// planted (say /etc/hostname -> /etc/shadow) points into the sandbox's
-// root, never at the host.
+// it: paths are resolved as if the root were "/" (openat2 with
+// RESOLVE_IN_ROOT, so the kernel itself keeps every symlink and ".." in),
+// and final components are never followed, so a symlink an image planted
+// (say /etc/hostname -> /etc/shadow) points into the sandbox's root, never
+// at the host.
 type inRoot struct {
 	root *os.File
 }
@@ -141,9 +98,53 @@ func openRoot(rootfs string) (*inRoot, error) {
 
 func (r *inRoot) Close() error { return r.root.Close() }
 
-// mkdirAll creates p and its parents inside the root and returns a handle.
+// open opens p resolved inside the root.
+func (r *inRoot) open(p string, flags uint64) (int, error) {
+	return unix.Openat2(int(r.root.Fd()), p, &unix.OpenHow{
+		Flags:   flags | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
+	})
+}
+
+// mkdirAll creates p and its parents inside the root and returns a handle
+// (O_PATH) on it.
 func (r *inRoot) mkdirAll(p string) (*os.File, error) {
-	return pathrs.MkdirAllHandle(r.root, p, 0o755)
+	p = strings.TrimPrefix(path.Clean("/"+p), "/")
+	if p == "" {
+		p = "."
+	}
+	const dirFlags = unix.O_PATH | unix.O_DIRECTORY
+	fd, err := r.open(p, dirFlags)
+	if err == nil {
+		return os.NewFile(uintptr(fd), p), nil
+	}
+	if !errors.Is(err, unix.ENOENT) {
+		return nil, err
+	}
+	// Each prefix is resolved from the root again, and a missing
+	// directory is made in its parent's handle by its name alone.
+	parent, err := r.open(".", dirFlags)
+	if err != nil {
+		return nil, err
+	}
+	parts := strings.Split(p, "/")
+	for i, part := range parts {
+		prefix := strings.Join(parts[:i+1], "/")
+		fd, err := r.open(prefix, dirFlags)
+		if errors.Is(err, unix.ENOENT) {
+			if err := unix.Mkdirat(parent, part, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+				unix.Close(parent)
+				return nil, fmt.Errorf("%s: %w", prefix, err)
+			}
+			fd, err = r.open(prefix, dirFlags)
+		}
+		unix.Close(parent)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", prefix, err)
+		}
+		parent = fd
+	}
+	return os.NewFile(uintptr(parent), p), nil
 }
 
 // mkdir creates directory p (and parents) and sets its mode.
@@ -156,7 +157,8 @@ func (r *inRoot) mkdir(p string, mode fs.FileMode) error {
 	if mode == 0 {
 		return nil
 	}
-	f, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	// The handle is O_PATH; the same directory is reopened through it.
+	f, err := os.OpenFile("/proc/self/fd/"+strconv.Itoa(int(h.Fd())), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
@@ -213,13 +215,12 @@ func (r *inRoot) chown(p string, uid, gid int) error {
 
 // isDir reports whether p resolves to a directory inside the root.
 func (r *inRoot) isDir(p string) bool {
-	h, err := pathrs.OpenatInRoot(r.root, p)
+	fd, err := r.open(p, unix.O_PATH|unix.O_DIRECTORY)
 	if err != nil {
 		return false
 	}
-	defer h.Close()
-	fi, err := h.Stat()
-	return err == nil && fi.IsDir()
+	unix.Close(fd)
+	return true
 }
 
 // unlinkAny removes a file or empty directory; a missing one is fine.
@@ -234,22 +235,20 @@ func unlinkAny(dirfd int, name string) error {
 	return err
 }
 
-// mountVolume bind-mounts a volume into the sandbox's root on the host,
-// entirely through file descriptors: the source is opened beneath its
-// volume root with openat2(RESOLVE_BENEATH), which refuses any symlink or
-// ".." leading out of it at this very moment (whatever was checked
-// before), cloned with open_tree, made nosuid, nodev (and read-only) with
-// mount_setattr, and moved onto the target, resolved inside the root. It
-// returns an error wrapping errdefs.ErrInvalid when the source
-// leads out of its root.
-func (r *inRoot) mountVolume(m sandbox.Mount) error {
+// resolveVolume opens the host side of a volume beneath its volume root
+// with openat2(RESOLVE_BENEATH), which refuses any symlink or ".." leading
+// out of it at this very moment (whatever was checked before), and says
+// whether it is a directory (else it is a regular file). The result is an
+// O_PATH descriptor. It returns an error wrapping errdefs.ErrInvalid when
+// the source leads out of its root or is neither a directory nor a file.
+func resolveVolume(m sandbox.Mount) (fd int, dir bool, err error) {
 	rel, err := filepath.Rel(m.Beneath, m.Source)
 	if err != nil || !filepath.IsLocal(rel) && rel != "." {
-		return fmt.Errorf("volume %s: not inside %s: %w", m.Source, m.Beneath, errdefs.ErrInvalid)
+		return -1, false, fmt.Errorf("volume %s: not inside %s: %w", m.Source, m.Beneath, errdefs.ErrInvalid)
 	}
 	rootfd, err := unix.Open(m.Beneath, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("volume root %s: %w", m.Beneath, err)
+		return -1, false, fmt.Errorf("volume root %s: %w", m.Beneath, err)
 	}
 	defer unix.Close(rootfd)
 	src, err := unix.Openat2(rootfd, rel, &unix.OpenHow{
@@ -257,48 +256,50 @@ func (r *inRoot) mountVolume(m sandbox.Mount) error {
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
 	})
 	if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ELOOP) {
-		return fmt.Errorf("volume %s: a symlink or \"..\" leads out of the volume root: %w", m.Source, errdefs.ErrInvalid)
+		return -1, false, fmt.Errorf("volume %s: a symlink or \"..\" leads out of the volume root: %w", m.Source, errdefs.ErrInvalid)
 	}
 	if err != nil {
-		return fmt.Errorf("volume %s: %w", m.Source, err)
+		return -1, false, fmt.Errorf("volume %s: %w", m.Source, err)
 	}
-	defer unix.Close(src)
 	var st unix.Stat_t
 	if err := unix.Fstat(src, &st); err != nil {
-		return fmt.Errorf("volume %s: %w", m.Source, err)
+		unix.Close(src)
+		return -1, false, fmt.Errorf("volume %s: %w", m.Source, err)
 	}
-	isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
-	if !isDir && st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("volume %s is neither a directory nor a file: %w", m.Source, errdefs.ErrInvalid)
+	dir = st.Mode&unix.S_IFMT == unix.S_IFDIR
+	if !dir && st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(src)
+		return -1, false, fmt.Errorf("volume %s is neither a directory nor a file: %w", m.Source, errdefs.ErrInvalid)
 	}
+	return src, dir, nil
+}
 
-	tree, err := unix.OpenTree(src, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+// openVolume prepares a volume for the sandbox's init to mount, entirely
+// through file descriptors: the source is resolved beneath its volume root
+// (resolveVolume), cloned with open_tree into a detached mount, and made
+// nosuid, nodev (and read-only) with mount_setattr. The init moves it onto
+// its target, resolved inside the sandbox's root, in the sandbox's own
+// mount namespace. The detached mount is in no mount namespace meanwhile.
+// Errors are those of resolveVolume, or the kernel's.
+func openVolume(m sandbox.Mount) (tree *os.File, dir bool, err error) {
+	src, dir, err := resolveVolume(m)
 	if err != nil {
-		return fmt.Errorf("volume %s: open_tree: %w", m.Source, err)
+		return nil, false, err
 	}
-	defer unix.Close(tree)
+	defer unix.Close(src)
+	fd, err := unix.OpenTree(src, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	if err != nil {
+		return nil, false, fmt.Errorf("volume %s: open_tree: %w", m.Source, err)
+	}
 	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
 	if m.ReadOnly {
 		attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
 	}
-	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, attr); err != nil {
-		return fmt.Errorf("volume %s: mount_setattr: %w", m.Source, err)
+	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, attr); err != nil {
+		unix.Close(fd)
+		return nil, false, fmt.Errorf("volume %s: mount_setattr: %w", m.Source, err)
 	}
-
-	var target *os.File
-	if isDir {
-		target, err = r.mkdirAll(m.Target)
-	} else {
-		target, err = r.fileTarget(m.Target)
-	}
-	if err != nil {
-		return fmt.Errorf("volume target %s: %w", m.Target, err)
-	}
-	defer target.Close()
-	if err := unix.MoveMount(tree, "", int(target.Fd()), "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
-		return fmt.Errorf("volume %s: move_mount onto %s: %w", m.Source, m.Target, err)
-	}
-	return nil
+	return os.NewFile(uintptr(fd), "volume"), dir, nil
 }
 
 // fileTarget returns an O_PATH handle on the regular file at p inside the

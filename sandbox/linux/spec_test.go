@@ -6,16 +6,15 @@ import (
 	"testing"
 
 	"github.com/msb-dev/msb/sandbox"
-	"github.com/msb-dev/msb/sandbox/sandboxtest"
 )
 
-// TestSpecNeverLowersOOMScore checks that the init is never given a
+// TestInitNeverLowersOOMScore checks that the init is never given a
 // negative oom_score_adj, whatever the host allows: the score (and with
 // CAP_SYS_RESOURCE the floor) of the init is what every process in the
 // sandbox can go down to, and -1000 would make them immune to the OOM
 // killer. (A real sandbox shows it only on a host where the server holds
 // CAP_SYS_RESOURCE; TestSandboxCannotLowerOOMScore checks that end to end.)
-func TestSpecNeverLowersOOMScore(t *testing.T) {
+func TestInitNeverLowersOOMScore(t *testing.T) {
 	host, err := probeHost()
 	if err != nil {
 		t.Fatal(err)
@@ -23,19 +22,19 @@ func TestSpecNeverLowersOOMScore(t *testing.T) {
 	if host.oomScore < 0 {
 		t.Errorf("probed init OOM score %d, want >= 0", host.oomScore)
 	}
-	id := sandboxtest.ID(t, "ns", "box")
-	oci := ociSpec(id, sandbox.Spec{MemoryMiB: 64, CPUs: 1, Pids: 64}, "/r", "/msb", "msb", host)
-	if p := oci.Process.OOMScoreAdj; p == nil || *p < 0 || *p != host.oomScore {
-		t.Errorf("init oom_score_adj %v, want %d set explicitly (it pins the floor)", p, host.oomScore)
+	e := &Engine{host: host, cg: &cgroups{}, l: &launcher{}}
+	b := &box{dir: "/d", spec: sandbox.Spec{MemoryMiB: 64, CPUs: 1, Pids: 64}}
+	if c := e.initConfig(b); c.OOMScore < 0 || c.OOMScore != host.oomScore {
+		t.Errorf("init oom_score_adj %d, want %d (it pins the floor)", c.OOMScore, host.oomScore)
 	}
 }
 
-// TestSpecSwapOnlyWithSwapAccounting checks that the memory+swap limit is
-// given only when the host accounts swap: on a cgroup v1 host without it,
-// runc fails every start writing memory.memsw.limit_in_bytes. This host
-// cannot be made to lack swap accounting, so the probe is checked on a fake
-// memory hierarchy and the spec for both answers.
-func TestSpecSwapOnlyWithSwapAccounting(t *testing.T) {
+// TestSwapLimitOnlyWithSwapAccounting checks that the memory+swap limit is
+// written only when the host accounts swap: on a cgroup v1 host without
+// it, memory.memsw.limit_in_bytes does not exist. This host cannot be made
+// to lack swap accounting, so the probe is checked on a fake memory
+// hierarchy and the limits are written to fake cgroups for both answers.
+func TestSwapLimitOnlyWithSwapAccounting(t *testing.T) {
 	mnt := t.TempDir()
 	if memswAt(mnt) {
 		t.Error("swap accounting found in a hierarchy without memory.memsw files")
@@ -47,23 +46,25 @@ func TestSpecSwapOnlyWithSwapAccounting(t *testing.T) {
 		t.Error("swap accounting not found in a hierarchy with memory.memsw files")
 	}
 
-	id := sandboxtest.ID(t, "ns", "box")
-	spec := sandbox.Spec{MemoryMiB: 64, CPUs: 1, Pids: 64}
-	mem := int64(64 << 20)
 	for _, swap := range []bool{false, true} {
-		cfg, err := libcontainerConfig(ociSpec(id, spec, "/r", "/msb", "msb", hostLimits{swap: swap}))
-		if err != nil {
+		mem := t.TempDir()
+		c := &cgroups{parent: "p", memory: mem, swap: swap}
+		d := filepath.Join(mem, "p", "k")
+		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		r := cfg.Cgroups.Resources
-		if r.Memory != mem {
-			t.Errorf("swap %v: memory limit %d, want %d", swap, r.Memory, mem)
+		if err := c.setLimits("k", limits{memory: 64 << 20, cpus: 1, pids: 64}); err != nil {
+			t.Fatal(err)
 		}
+		if data, _ := os.ReadFile(filepath.Join(d, "memory.limit_in_bytes")); string(data) != "67108864" {
+			t.Errorf("swap %v: memory limit %q", swap, data)
+		}
+		data, err := os.ReadFile(filepath.Join(d, "memory.memsw.limit_in_bytes"))
 		switch {
-		case swap && r.MemorySwap != mem:
-			t.Errorf("with swap accounting: memory+swap %d, want %d", r.MemorySwap, mem)
-		case !swap && r.MemorySwap != 0:
-			t.Errorf("without swap accounting: memory+swap %d set; runc would fail to start", r.MemorySwap)
+		case swap && string(data) != "67108864":
+			t.Errorf("with swap accounting: memory+swap %q, %v", data, err)
+		case !swap && err == nil:
+			t.Errorf("without swap accounting: memory+swap %q written", data)
 		}
 	}
 }

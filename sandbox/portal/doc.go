@@ -1,9 +1,10 @@
 // Package portal is the agent that runs inside every sandbox, and the
 // client the server uses to talk to it.
 //
-// The msb binary is static and bind-mounted read-only into each sandbox,
-// where the engine starts it as the sandbox's init: `/.msb/msb portal`, PID 1
-// of the sandbox's PID namespace. The server keeps one end of a unix
+// The msb binary is the init of every sandbox: the engine starts it as
+// `msb portal`, PID 1 of the sandbox's PID namespace, from a sealed copy in
+// memory, and once it has built the sandbox around itself it serves as the
+// portal in the same process. The server keeps one end of a unix
 // socketpair; the portal gets the other as file descriptor 3 and serves
 // requests on it (run a command, evaluate code in a live interpreter, start a
 // background command, answer a ping). When the server goes away the socket

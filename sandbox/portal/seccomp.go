@@ -20,9 +20,9 @@ import (
 // what Docker's default profile denies to a container without
 // CAP_SYS_ADMIN, as a deny list so that ordinary programs keep working.
 //
-// The filter is built here rather than through libcontainer's seccomp
-// support because that needs libseccomp linked in (cgo and a build tag),
-// which the single static msb binary avoids. It is small enough to read.
+// The filter is built here rather than with libseccomp, which would need
+// cgo, which the single static msb binary avoids. It is small enough to
+// read.
 
 // deniedSyscalls fail with EPERM inside a sandbox.
 var deniedSyscalls = []uintptr{

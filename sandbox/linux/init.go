@@ -1,0 +1,701 @@
+package linux
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/errdefs"
+	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/portal"
+)
+
+// The init's command line and environment. The init is the portal binary
+// itself, started as `msb portal` (its name in the sandbox's process list)
+// with nothing in its environment but initEnv and GOMAXPROCS, so that
+// nothing of the sandbox's environment (GODEBUG, GOGC, ...) steers its Go
+// runtime; the sandbox's own replaces them once the sandbox is built.
+const (
+	portalArgv0 = "msb"
+	portalRole  = "portal"
+	initEnv     = "_MSB_SANDBOX_INIT"
+)
+
+// File descriptors of the init. 3 to 5 are the portal's (package portal).
+const (
+	initFD    = 6 // a socket: the initConfig in, a set-up error out
+	volumeFD0 = 7 // the first volume's detached mount; one per volume
+)
+
+// initConfig is what the server hands a sandbox's init on initFD, as
+// JSON: everything it needs to build the sandbox around itself.
+type initConfig struct {
+	// Root is the host path of the root's mount point (the same empty
+	// directory for every sandbox: each mounts its root there in its own
+	// mount namespace). The root is an overlay of Layers, read-only, under
+	// Upper (the sandbox's writes), with Work the overlay's work directory.
+	Root   string   `json:"root"`
+	Layers []string `json:"layers"` // lowest first
+	Upper  string   `json:"upper"`
+	Work   string   `json:"work"`
+	// Build is set on a sandbox's first start: what to write into its root.
+	Build *rootBuild `json:"build,omitempty"`
+	// Binds are the image's host paths, parents first.
+	Binds []sandbox.Mount `json:"binds,omitempty"`
+	// Volumes are the targets of the detached mounts the server opened,
+	// one per descriptor from volumeFD0 on.
+	Volumes []volumeTarget `json:"volumes,omitempty"`
+	// Tmpfs are memory-backed directories, charged to the sandbox's memory.
+	Tmpfs []sandbox.Tmpfs `json:"tmpfs,omitempty"`
+	// Cgroups are the host's cgroup v1 hierarchies, mounted read-only at
+	// /sys/fs/cgroup as the sandbox's cgroup namespace shows them; with
+	// CgroupV2, the unified hierarchy is, in a cgroup namespace the init
+	// makes itself (the sandbox is cloned into its cgroup, not born there).
+	Cgroups  []cgroupMount `json:"cgroups,omitempty"`
+	CgroupV2 bool          `json:"cgroup_v2,omitempty"`
+	Hostname string        `json:"hostname"`
+	Workdir  string        `json:"workdir"`
+	User     sandbox.User  `json:"user"`
+	// Caps are the capabilities root in the sandbox keeps (its bounding
+	// set is already that, from the thread that cloned it); a non-root
+	// user keeps none.
+	Caps     uint64   `json:"caps"`
+	NoFile   uint64   `json:"nofile"`
+	OOMScore int      `json:"oom_score"`
+	Env      []string `json:"env"`
+}
+
+// rootBuild is what the engine writes into a sandbox's root, resolved
+// inside it (so that an image's symlinks never lead to the host).
+type rootBuild struct {
+	Dirs  []string       `json:"dirs,omitempty"`
+	Links []sandbox.Link `json:"links,omitempty"`
+	Files []sandbox.File `json:"files,omitempty"`
+	// Layered: the root is an image's, whose own directories keep their
+	// mode and owner.
+	Layered bool `json:"layered,omitempty"`
+	// Mounts are the sandbox's mount targets: a workdir under one is not
+	// made in the root.
+	Mounts []string `json:"mounts,omitempty"`
+}
+
+type volumeTarget struct {
+	Target string `json:"target"`
+	Dir    bool   `json:"dir"`
+}
+
+// cgroupMount is one cgroup v1 hierarchy: its directory under
+// /sys/fs/cgroup and its mount options.
+type cgroupMount struct {
+	Dir  string `json:"dir"`
+	Opts string `json:"opts"`
+}
+
+// initReport is what a failed init sends back on initFD.
+type initReport struct {
+	Error   string `json:"error"`
+	Invalid bool   `json:"invalid,omitempty"`
+}
+
+// MaybeInit runs the set-up of a sandbox when the process is a sandbox's
+// init, and then serves as its portal: it never returns then. Otherwise it
+// returns at once. The engine starts the init as PID 1 of a new PID
+// namespace, with initEnv set and a configuration on initFD; call
+// MaybeInit before anything else in main (msb calls it from an init
+// function, through sandbox/engine.Reexec), so that the init runs none of
+// the binary's other code.
+func MaybeInit() {
+	if os.Getpid() != 1 || len(os.Args) != 2 || os.Args[1] != portalRole || os.Getenv(initEnv) != "1" {
+		return
+	}
+	// Credentials, namespaces and the working directory are the main
+	// thread's business from here on; nothing else may run on it.
+	runtime.LockOSThread()
+	// Executed from /proc/self/fd/N, the process is called N.
+	unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&[]byte(portalArgv0 + "\x00")[0])), 0, 0, 0)
+	syscall.CloseOnExec(initFD)
+	status := os.NewFile(initFD, "init")
+	err := runInit(status)
+	// runInit returns only when the set-up failed.
+	rep := initReport{Error: err.Error(), Invalid: errors.Is(err, errdefs.ErrInvalid)}
+	if rep.Invalid { // the server adds the class again
+		rep.Error = strings.TrimSuffix(rep.Error, ": "+errdefs.ErrInvalid.Error())
+	}
+	data, _ := json.Marshal(rep)
+	status.Write(data)
+	fmt.Fprintln(os.Stderr, "msb init:", err)
+	os.Exit(2)
+}
+
+// runInit builds the sandbox around this process, drops its privileges and
+// becomes the portal. It returns only on failure.
+func runInit(status *os.File) error {
+	data, err := io.ReadAll(status) // until the server's end is shut down
+	if err != nil {
+		return fmt.Errorf("reading the configuration: %w", err)
+	}
+	var c initConfig
+	if err := json.Unmarshal(data, &c); err != nil {
+		return fmt.Errorf("configuration: %w", err)
+	}
+	// Without cgo, Go changes a credential or a namespace on all of its
+	// threads at once; a binary linked with cgo cannot (the C library has
+	// threads of its own), so there the main thread alone gets the
+	// sandbox's credentials and namespace, and executes the portal afresh,
+	// leaving every other thread behind.
+	allThreads := true
+	if c.CgroupV2 {
+		if err := unshareCgroupNS(&allThreads); err != nil {
+			return err
+		}
+	}
+	if err := c.setup(); err != nil {
+		return err
+	}
+	if err := c.dropPrivileges(&allThreads); err != nil {
+		return err
+	}
+	if err := os.Chdir(c.Workdir); err != nil {
+		return fmt.Errorf("workdir %s: %w", c.Workdir, err)
+	}
+	env := make([]string, 0, len(c.Env))
+	for _, kv := range c.Env {
+		if k, _, ok := strings.Cut(kv, "="); ok && k != "" && k != initEnv {
+			env = append(env, kv)
+		}
+	}
+	if !allThreads {
+		// initFD closes on exec: the server sees the set-up done.
+		err := syscall.Exec("/proc/self/exe", []string{portalArgv0, portalRole}, env)
+		return fmt.Errorf("starting the portal: %w", err)
+	}
+	os.Clearenv()
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		os.Setenv(k, v)
+	}
+	status.Close() // the set-up is done
+	portal.Main()
+	return errors.New("the portal returned")
+}
+
+// onAllThreads makes a system call on every thread of the process, or, in
+// a binary linked with cgo, where Go cannot, on the calling thread alone
+// and clears *allThreads.
+func onAllThreads(allThreads *bool, trap, a1, a2, a3 uintptr) syscall.Errno {
+	if *allThreads {
+		_, _, errno := syscall.AllThreadsSyscall(trap, a1, a2, a3)
+		if errno != syscall.ENOTSUP {
+			return errno
+		}
+		*allThreads = false
+	}
+	_, _, errno := syscall.RawSyscall(trap, a1, a2, a3)
+	return errno
+}
+
+// unshareCgroupNS gives the init a cgroup namespace rooted at the cgroup
+// it was cloned into (cgroup v2 hosts).
+func unshareCgroupNS(allThreads *bool) error {
+	if errno := onAllThreads(allThreads, unix.SYS_UNSHARE, unix.CLONE_NEWCGROUP, 0, 0); errno != 0 {
+		return fmt.Errorf("cgroup namespace: %w", errno)
+	}
+	return nil
+}
+
+// Mount flags of the sandbox's kernel file systems, as runc mounts them.
+const nsd = unix.MS_NOSUID | unix.MS_NOEXEC | unix.MS_NODEV
+
+// maskedPaths and readonlyPaths are runc's (specconv.Example): kernel
+// files that tell about or act on the host.
+var (
+	maskedPaths = []string{"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+		"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"}
+	readonlyPaths = []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}
+)
+
+// setup builds the sandbox's file system inside this process's own mount
+// namespace, pivots into it and sets the rest of the sandbox's state that
+// takes privileges: loopback, hostname, limits, OOM score.
+func (c *initConfig) setup() error {
+	// This mount namespace is a copy of the server's, whose mounts may be
+	// shared with the host's: nothing mounted here may propagate there.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("making / private: %w", err)
+	}
+	if err := mountOverlay(c.Root, c.Upper, c.Work, c.Layers); err != nil {
+		return err
+	}
+	r, err := openRoot(c.Root)
+	if err != nil {
+		return fmt.Errorf("opening the root: %w", err)
+	}
+	defer r.Close()
+	if c.Build != nil {
+		if err := r.build(c.Build, c.Hostname, c.Workdir, c.User); err != nil {
+			return err
+		}
+	}
+	if err := c.kernelMounts(r); err != nil {
+		return err
+	}
+	for _, m := range c.Binds {
+		if err := r.bind(m); err != nil {
+			return fmt.Errorf("mount %s: %w", m.Target, err)
+		}
+	}
+	for i, v := range c.Volumes {
+		if err := r.attachVolume(volumeFD0+i, v); err != nil {
+			return err
+		}
+	}
+	for _, t := range c.Tmpfs {
+		if err := r.tmpfs(t); err != nil {
+			return fmt.Errorf("tmpfs %s: %w", t.Guest, err)
+		}
+	}
+	if err := c.mask(); err != nil {
+		return err
+	}
+	if err := pivot(r.root); err != nil {
+		return err
+	}
+	if err := loopbackUp(); err != nil {
+		return fmt.Errorf("loopback: %w", err)
+	}
+	if err := unix.Sethostname([]byte(c.Hostname)); err != nil {
+		return fmt.Errorf("hostname: %w", err)
+	}
+	if c.NoFile > 0 {
+		lim := unix.Rlimit{Cur: c.NoFile, Max: c.NoFile}
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+			return fmt.Errorf("RLIMIT_NOFILE: %w", err)
+		}
+	}
+	// Written with CAP_SYS_RESOURCE, the score is also the floor no
+	// process of the sandbox can go below (see initOOMScore).
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte(strconv.Itoa(c.OOMScore)), 0); err != nil {
+		return fmt.Errorf("oom_score_adj: %w", err)
+	}
+	return nil
+}
+
+// mountOverlay mounts the layers (lowest first) read-only under the
+// sandbox's writable upper directory at root.
+func mountOverlay(root, upper, work string, layers []string) error {
+	lower := make([]string, len(layers))
+	for i, l := range layers {
+		lower[len(layers)-1-i] = l // overlayfs lists the top layer first
+	}
+	opts := "lowerdir=" + strings.Join(lower, ":") + ",upperdir=" + upper + ",workdir=" + work
+	if err := unix.Mount("overlay", root, "overlay", unix.MS_NODEV, opts); err != nil {
+		return fmt.Errorf("mounting the image's overlay: %w", err)
+	}
+	return nil
+}
+
+// kernelMounts mounts what runc's example spec has: /proc, /dev (a tmpfs
+// with the standard device nodes), /dev/pts, /dev/shm, /dev/mqueue, a
+// read-only /sys and, read-only, the sandbox's own cgroups at
+// /sys/fs/cgroup.
+func (c *initConfig) kernelMounts(r *inRoot) error {
+	type mnt struct {
+		src, fstype string
+		flags       uintptr
+		data        string
+	}
+	top := []struct {
+		dir string
+		m   mnt
+	}{
+		{"proc", mnt{"proc", "proc", nsd, ""}},
+		{"dev", mnt{"tmpfs", "tmpfs", unix.MS_NOSUID | unix.MS_STRICTATIME, "mode=755,size=65536k"}},
+		{"sys", mnt{"sysfs", "sysfs", nsd | unix.MS_RDONLY, ""}},
+	}
+	for _, t := range top {
+		// Directly under the root, but what the sandbox left there on an
+		// earlier run (a symlink, say) is replaced: these are msb's.
+		fd, err := r.topDir(t.dir)
+		if err != nil {
+			return fmt.Errorf("mount point /%s: %w", t.dir, err)
+		}
+		err = unix.Mount(t.m.src, "/proc/self/fd/"+strconv.Itoa(fd), t.m.fstype, t.m.flags, t.m.data)
+		unix.Close(fd)
+		if err != nil {
+			return fmt.Errorf("mounting /%s: %w", t.dir, err)
+		}
+	}
+	// The rest is inside the fresh mounts above, which nothing else has
+	// touched: plain paths are safe there.
+	dev := filepath.Join(c.Root, "dev")
+	if err := devices(dev); err != nil {
+		return err
+	}
+	for _, m := range []struct {
+		dir string
+		m   mnt
+	}{
+		{"pts", mnt{"devpts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"}},
+		{"shm", mnt{"shm", "tmpfs", nsd, "mode=1777,size=65536k"}},
+		{"mqueue", mnt{"mqueue", "mqueue", nsd, ""}},
+	} {
+		d := filepath.Join(dev, m.dir)
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount(m.m.src, d, m.m.fstype, m.m.flags, m.m.data); err != nil {
+			return fmt.Errorf("mounting /dev/%s: %w", m.dir, err)
+		}
+	}
+	return c.cgroupMounts(filepath.Join(c.Root, "sys/fs/cgroup"))
+}
+
+// devices makes runc's default device nodes and links in the new /dev.
+func devices(dev string) error {
+	old := unix.Umask(0)
+	defer unix.Umask(old)
+	for _, d := range []struct {
+		name         string
+		major, minor uint32
+	}{{"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0}} {
+		if err := unix.Mknod(filepath.Join(dev, d.name), unix.S_IFCHR|0o666, int(unix.Mkdev(d.major, d.minor))); err != nil {
+			return fmt.Errorf("/dev/%s: %w", d.name, err)
+		}
+	}
+	links := [][2]string{{"/proc/self/fd", "fd"}, {"/proc/self/fd/0", "stdin"}, {"/proc/self/fd/1", "stdout"},
+		{"/proc/self/fd/2", "stderr"}, {"pts/ptmx", "ptmx"}}
+	if _, err := os.Stat("/proc/kcore"); err == nil {
+		links = append(links, [2]string{"/proc/kcore", "core"})
+	}
+	for _, l := range links {
+		if err := os.Symlink(l[0], filepath.Join(dev, l[1])); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cgroupMounts mounts the sandbox's cgroups read-only at dst, inside a
+// sysfs that is already there: a tmpfs with each v1 hierarchy, as runc
+// does (with links for co-mounted controllers), or the unified hierarchy.
+// Through the sandbox's cgroup namespace each shows only the sandbox's
+// own cgroups, whose limits programs read to size themselves.
+func (c *initConfig) cgroupMounts(dst string) error {
+	const ro = nsd | unix.MS_RDONLY
+	if c.CgroupV2 {
+		if err := unix.Mount("cgroup2", dst, "cgroup2", ro, ""); err != nil {
+			return fmt.Errorf("mounting /sys/fs/cgroup: %w", err)
+		}
+		return nil
+	}
+	if len(c.Cgroups) == 0 {
+		return nil
+	}
+	if err := unix.Mount("tmpfs", dst, "tmpfs", nsd, "mode=755"); err != nil {
+		return fmt.Errorf("mounting /sys/fs/cgroup: %w", err)
+	}
+	for _, h := range c.Cgroups {
+		d := filepath.Join(dst, h.Dir)
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount("cgroup", d, "cgroup", ro, h.Opts); err != nil {
+			return fmt.Errorf("mounting /sys/fs/cgroup/%s: %w", h.Dir, err)
+		}
+		if strings.Contains(h.Dir, ",") {
+			for _, ctrl := range strings.Split(h.Dir, ",") {
+				if err := os.Symlink(h.Dir, filepath.Join(dst, ctrl)); err != nil && !errors.Is(err, fs.ErrExist) {
+					return err
+				}
+			}
+		}
+	}
+	if err := unix.Mount("", dst, "", unix.MS_REMOUNT|unix.MS_BIND|ro, ""); err != nil {
+		return fmt.Errorf("read-only /sys/fs/cgroup: %w", err)
+	}
+	return nil
+}
+
+// mask hides runc's masked paths (an empty read-only tmpfs over a
+// directory, /dev/null over a file) and makes its read-only paths so.
+func (c *initConfig) mask() error {
+	null := filepath.Join(c.Root, "dev/null")
+	for _, p := range maskedPaths {
+		dst := filepath.Join(c.Root, p)
+		fi, err := os.Lstat(dst)
+		if err != nil {
+			continue // not on this kernel
+		}
+		if fi.IsDir() {
+			err = unix.Mount("tmpfs", dst, "tmpfs", unix.MS_RDONLY, "nr_blocks=1,nr_inodes=1")
+		} else {
+			err = unix.Mount(null, dst, "", unix.MS_BIND, "")
+		}
+		if err != nil {
+			return fmt.Errorf("masking %s: %w", p, err)
+		}
+	}
+	for _, p := range readonlyPaths {
+		dst := filepath.Join(c.Root, p)
+		if _, err := os.Lstat(dst); err != nil {
+			continue
+		}
+		if err := unix.Mount(dst, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("read-only %s: %w", p, err)
+		}
+		if err := unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|nsd, ""); err != nil {
+			return fmt.Errorf("read-only %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// pivot makes the root this process's "/", as runc does: pivot_root(".",
+// ".") stacks the old root under the new one, whence it is detached.
+func pivot(root *os.File) error {
+	if err := unix.Fchdir(int(root.Fd())); err != nil {
+		return fmt.Errorf("entering the root: %w", err)
+	}
+	if err := unix.PivotRoot(".", "."); err != nil {
+		return fmt.Errorf("pivot_root: %w", err)
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("detaching the host's root: %w", err)
+	}
+	return unix.Chdir("/")
+}
+
+// loopbackUp brings up lo, the only interface of the sandbox's network.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+// dropPrivileges gives the sandbox's user and capabilities to every
+// thread, or to the calling thread alone (see onAllThreads), which then
+// executes the portal afresh. The bounding set, no_new_privs and an empty
+// list of supplementary groups came with the clone. As Docker does, root
+// keeps Docker's default set and any other user none: its inheritable set
+// too, which setuid leaves as it was.
+func (c *initConfig) dropPrivileges(allThreads *bool) error {
+	u := c.User
+	groups := make([]int, len(u.AdditionalGids))
+	for i, g := range u.AdditionalGids {
+		groups[i] = int(g)
+	}
+	// The syscall package changes these on every thread, with or without
+	// cgo.
+	if cur, err := unix.Getgroups(); err != nil || len(groups) > 0 || len(cur) > 0 {
+		if err := syscall.Setgroups(groups); err != nil {
+			return fmt.Errorf("setgroups: %w", err)
+		}
+	}
+	if u.GID != 0 {
+		if err := syscall.Setresgid(int(u.GID), int(u.GID), int(u.GID)); err != nil {
+			return fmt.Errorf("setresgid: %w", err)
+		}
+	}
+	if u.UID != 0 {
+		if err := syscall.Setresuid(int(u.UID), int(u.UID), int(u.UID)); err != nil {
+			return fmt.Errorf("setresuid: %w", err)
+		}
+	}
+	caps := c.Caps
+	if u.UID != 0 {
+		caps = 0
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	for i := range data {
+		v := uint32(caps >> (32 * i))
+		data[i] = unix.CapUserData{Effective: v, Permitted: v, Inheritable: v}
+	}
+	errno := onAllThreads(allThreads, unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0)
+	runtime.KeepAlive(&hdr)
+	runtime.KeepAlive(&data)
+	if errno != 0 {
+		return fmt.Errorf("capset: %w", errno)
+	}
+	return nil
+}
+
+// topDir returns an O_PATH handle on the directory name directly under
+// the root, made if missing; anything else found there is replaced.
+func (r *inRoot) topDir(name string) (int, error) {
+	rfd := int(r.root.Fd())
+	var st unix.Stat_t
+	err := unix.Fstatat(rfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	if err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		if err := unix.Unlinkat(rfd, name, 0); err != nil {
+			return -1, err
+		}
+		err = unix.ENOENT
+	}
+	if errors.Is(err, unix.ENOENT) {
+		if err := unix.Mkdirat(rfd, name, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+			return -1, err
+		}
+	} else if err != nil {
+		return -1, err
+	}
+	return unix.Openat(rfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+}
+
+// build writes the image's directories, links and files into the root,
+// then /etc/hostname and the workdir, all resolved inside it.
+func (r *inRoot) build(b *rootBuild, hostname, workdir string, user sandbox.User) error {
+	wd := strings.TrimPrefix(path.Clean(workdir), "/")
+	for _, d := range b.Dirs {
+		existed := r.isDir(d)
+		if existed && b.Layered {
+			continue // the image's own directory keeps its mode and owner
+		}
+		mode := fs.FileMode(0o755)
+		switch path.Base(d) {
+		case "tmp":
+			mode = 0o777 | fs.ModeSticky
+		case "root":
+			mode = 0o700
+		}
+		if err := r.mkdir(d, mode); err != nil {
+			return fmt.Errorf("directory %s: %w", d, err)
+		}
+		if !existed && path.Clean(d) == wd && user.UID != 0 {
+			// A workdir msb made belongs to the user the image runs as.
+			if err := r.chown(d, int(user.UID), int(user.GID)); err != nil {
+				return fmt.Errorf("directory %s: %w", d, err)
+			}
+		}
+	}
+	for _, l := range b.Links {
+		if err := r.symlink(l.Target, l.Path); err != nil {
+			return fmt.Errorf("link %s: %w", l.Path, err)
+		}
+	}
+	for _, f := range b.Files {
+		if err := r.writeFile(f.Path, f.Content, fs.FileMode(f.Mode&0o777)|modeBits(f.Mode)); err != nil {
+			return fmt.Errorf("file %s: %w", f.Path, err)
+		}
+	}
+	// The image cannot know the sandbox's name; /etc/hostname follows the
+	// UTS hostname when the image has an /etc.
+	if hostname != "" && r.isDir("etc") {
+		if err := r.writeFile("etc/hostname", []byte(hostname+"\n"), 0o644); err != nil {
+			return fmt.Errorf("etc/hostname: %w", err)
+		}
+	}
+	if !underTarget(workdir, b.Mounts) && !r.isDir(wd) {
+		if err := r.mkdir(wd, 0); err != nil {
+			return fmt.Errorf("workdir %s: %w", workdir, err)
+		}
+	}
+	return nil
+}
+
+// bind mounts the host path m.Source at m.Target inside the root, nosuid
+// and nodev (nothing from the host may grant privileges inside), and
+// read-only if asked, through file descriptors: a detached copy of the
+// source made with open_tree, its flags set with mount_setattr, moved onto
+// the target resolved inside the root.
+func (r *inRoot) bind(m sandbox.Mount) error {
+	tree, err := unix.OpenTree(unix.AT_FDCWD, m.Source, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("open_tree %s: %w", m.Source, err)
+	}
+	defer unix.Close(tree)
+	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
+	if m.ReadOnly {
+		attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
+	}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, attr); err != nil {
+		return fmt.Errorf("mount_setattr: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(tree, &st); err != nil {
+		return err
+	}
+	return r.attach(tree, m.Target, st.Mode&unix.S_IFMT == unix.S_IFDIR)
+}
+
+// tmpfs mounts a tmpfs of the size asked at t.Guest, resolved inside the
+// root (made if missing), nosuid and nodev, writable by everyone as /tmp
+// is. The sandbox's init mounts it, so its pages are charged to the
+// sandbox's memory cgroup.
+func (r *inRoot) tmpfs(t sandbox.Tmpfs) error {
+	h, err := r.mkdirAll(t.Guest)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return unix.Mount("tmpfs", "/proc/self/fd/"+strconv.Itoa(int(h.Fd())), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV,
+		"mode=1777,size="+strconv.Itoa(t.SizeMiB)+"m")
+}
+
+// attachVolume moves the volume the server opened as descriptor fd (see
+// openVolume) onto its target in the root: a directory, made if missing,
+// or a regular file (what the image has there otherwise is refused with
+// an error wrapping errdefs.ErrInvalid).
+func (r *inRoot) attachVolume(fd int, v volumeTarget) error {
+	defer unix.Close(fd)
+	if err := r.attach(fd, v.Target, v.Dir); err != nil {
+		return fmt.Errorf("volume target %s: %w", v.Target, err)
+	}
+	return nil
+}
+
+// attach moves the detached mount tree onto target, resolved inside the
+// root: a directory (made if missing) or a regular file (made empty if
+// missing).
+func (r *inRoot) attach(tree int, target string, dir bool) error {
+	var h *os.File
+	var err error
+	if dir {
+		h, err = r.mkdirAll(target)
+	} else {
+		h, err = r.fileTarget(target)
+	}
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	if err := unix.MoveMount(tree, "", int(h.Fd()), "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
+		return fmt.Errorf("move_mount: %w", err)
+	}
+	return nil
+}
+
+// underTarget reports whether the sandbox path p is at or below one of the
+// mount targets.
+func underTarget(p string, targets []string) bool {
+	p = path.Clean(p) + "/"
+	for _, t := range targets {
+		if strings.HasPrefix(p, path.Clean(t)+"/") {
+			return true
+		}
+	}
+	return false
+}
