@@ -2,11 +2,14 @@ package main_test
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -213,4 +216,62 @@ func procStatusKiB(t *testing.T, pid int, field string) int {
 	}
 	t.Fatalf("no %s in /proc/%d/status", field, pid)
 	return 0
+}
+
+// TestTotalPidsCeiling reproduces the exhaustion of the host's process
+// table by many sandboxes together: the running sandboxes' pids limits
+// may add up to total_pids at most, so a start past it is refused with an
+// error naming the setting, every sandbox's fork bomb fails (EAGAIN) at
+// its own limit, and the server keeps answering. The same ceilings are on
+// the sandboxes' parent cgroup.
+func TestTotalPidsCeiling(t *testing.T) {
+	t.Parallel()
+	home := newHome(t)
+	config := testConfig + "sandbox_pids = 64\ntotal_pids = 150\ntotal_memory = 4096\n"
+	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	var hogs []*sb
+	for _, name := range []string{"hog1", "hog2"} {
+		hog := srv.sandbox(key, "ns", name, map[string]any{"image": "host", "memory": 64})
+		r := hog.sh(`for i in $(seq 200); do sleep 600 >/dev/null 2>&1 & done 2>&1; echo looped`)
+		if !strings.Contains(strings.ToLower(text(r.Output, "")), "fork") {
+			t.Fatalf("200 processes in a sandbox of 64 pids: %s", mustJSON(r))
+		}
+		hogs = append(hogs, hog)
+	}
+	srv.wantError(key, "sandbox.start", map[string]any{"namespace": "other", "sandbox": "third", "config": map[string]any{"image": "host", "memory": 64}},
+		200, -32001, "ceiling of 150 (total_pids in config.toml)")
+	start := time.Now()
+	for _, hog := range hogs {
+		if r := hog.run("echo", "alive"); text(r.Output, "stdout") != "alive\n" {
+			t.Fatalf("a sandbox at its pids limit: %s", mustJSON(r))
+		}
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("calls took %v with the sandboxes at their limits", d)
+	}
+	if v := parentCgroup(t, home, "pids", "pids.max"); v != "150" {
+		t.Fatalf("parent pids ceiling %q, want 150", v)
+	}
+	if v := parentCgroup(t, home, "memory", "memory.limit_in_bytes"); v != strconv.Itoa(4096<<20) {
+		t.Fatalf("parent memory ceiling %q, want %d", v, 4096<<20)
+	}
+	hogs[0].stop()
+	srv.sandbox(key, "other", "third", map[string]any{"image": "host", "memory": 64}).stop()
+	hogs[1].stop()
+}
+
+// parentCgroup reads file of the sandboxes' parent cgroup of the server
+// of home in the v1 hierarchy ctrl.
+func parentCgroup(t *testing.T, home, ctrl, file string) string {
+	t.Helper()
+	sum := sha256.Sum256([]byte(home))
+	data, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", ctrl, "msb", hex.EncodeToString(sum[:6]), file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(data))
 }

@@ -75,6 +75,11 @@ type Config struct {
 	// half the host's memory, and every CPU.
 	MaxMemory int `toml:"max_memory"`
 	MaxCPUs   int `toml:"max_cpus"`
+	// TotalPids and TotalMemory (MiB) bound what all the server's
+	// sandboxes hold together (ceilings on their parent cgroup); 0: half
+	// the host's process table, and three quarters of its memory.
+	TotalPids   int `toml:"total_pids"`
+	TotalMemory int `toml:"total_memory"`
 	// Quotas bound what each namespace's running sandboxes hold together.
 	Quotas Quotas `toml:"quotas"`
 	// Network is sandboxes' outbound network: defaults, ceilings per
@@ -482,6 +487,15 @@ func (c *Config) Validate() error {
 	if c.MaxMemory < 0 || c.MaxCPUs < 0 {
 		return fmt.Errorf("%w: max_memory %d and max_cpus %d must be 0 (the host's) or more", ErrInvalid, c.MaxMemory, c.MaxCPUs)
 	}
+	if c.TotalPids != 0 && c.TotalPids < 64 || c.TotalPids < 0 {
+		return fmt.Errorf("%w: total_pids %d: use 0 (half the host's process table) or at least 64", ErrInvalid, c.TotalPids)
+	}
+	if c.TotalPids > 0 && c.TotalPids < c.SandboxPids {
+		return fmt.Errorf("%w: total_pids %d is below sandbox_pids %d: no sandbox could start; raise total_pids", ErrInvalid, c.TotalPids, c.SandboxPids)
+	}
+	if c.TotalMemory != 0 && c.TotalMemory < 64 || c.TotalMemory < 0 {
+		return fmt.Errorf("%w: total_memory %d MiB: use 0 (three quarters of the host's memory) or at least 64", ErrInvalid, c.TotalMemory)
+	}
 	for ns, q := range c.Quotas.Namespaces {
 		if !validNamespace(ns) {
 			return fmt.Errorf("%w: quotas.namespaces: %q is not a namespace name", ErrInvalid, ns)
@@ -694,6 +708,17 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # host's memory, every CPU).
 # max_memory = 4096
 # max_cpus = 2
+
+# Ceilings on what all sandboxes hold together, whatever their namespace:
+# processes and threads, and memory (MiB). A start is refused when the
+# running sandboxes' sandbox_pids would add up to more than total_pids, so
+# forks fail (EAGAIN) at each sandbox's own limit and the host's process
+# table is never exhausted; the same ceiling is on their parent cgroup.
+# Memory past total_memory is reclaimed, then a process is OOM-killed.
+# 0: half of the host's process table (kernel.pid_max, threads-max) and
+# three quarters of its memory.
+# total_pids = 16384
+# total_memory = 18000
 
 # Quotas: what the running sandboxes of one namespace hold together (0: no
 # bound); a start past one is refused, naming it. A table, so it must come

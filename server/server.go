@@ -18,6 +18,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -224,6 +226,9 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		CgroupParent: "msb/" + hex.EncodeToString(sum[:6]),
 		LayerLock:    filepath.Join(s.cfg.ImageDir(), image.PullLockFile),
 		Log:          s.log,
+
+		TotalPids:      orDefault(s.cfg.TotalPids, hostPids()/2),
+		TotalMemoryMiB: orDefault(s.cfg.TotalMemory, hostMemoryMiB()*3/4),
 	})
 	if err != nil {
 		return err
@@ -313,6 +318,22 @@ func hostMemoryMiB() int {
 		return 0
 	}
 	return int(uint64(info.Totalram) * uint64(info.Unit) >> 20)
+}
+
+// hostPids is the size of the host's process table: the lower of
+// kernel.pid_max and kernel.threads-max (every thread takes a pid).
+func hostPids() int {
+	n := 0
+	for _, f := range []string{"/proc/sys/kernel/pid_max", "/proc/sys/kernel/threads-max"} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if v, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && v > 0 && (n == 0 || v < n) {
+			n = v
+		}
+	}
+	return n
 }
 
 // Run serves until ctx ends, then shuts down gracefully: no new

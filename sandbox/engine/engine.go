@@ -30,7 +30,11 @@ type Options struct {
 	// LayerLock is the image store's pull lock, held shared while a
 	// sandbox records and mounts its layers.
 	LayerLock string
-	Log       *slog.Logger
+	// TotalPids and TotalMemoryMiB bound what all the sandboxes hold
+	// together (the parent cgroup's ceilings); 0: no bound.
+	TotalPids      int
+	TotalMemoryMiB int
+	Log            *slog.Logger
 }
 
 // Engine is an opened engine: what the sandbox service drives, and what
@@ -55,7 +59,8 @@ var drivers = map[string]driver{
 	"linux": {
 		open: func(o Options) (Engine, error) {
 			return linux.New(linux.Config{StateDir: o.StateDir, SandboxDir: o.SandboxDir, PortalBinary: o.PortalBinary,
-				CgroupParent: o.CgroupParent, LayerLock: o.LayerLock, Log: o.Log})
+				CgroupParent: o.CgroupParent, LayerLock: o.LayerLock, Log: o.Log,
+				Ceilings: linux.Ceilings{Pids: o.TotalPids, MemoryMiB: o.TotalMemoryMiB}})
 		},
 		layersInUse: linux.LayersInUse,
 	},

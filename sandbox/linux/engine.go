@@ -57,6 +57,9 @@ type Config struct {
 	// Log gets the engine's warnings (a portal binary that cannot run in
 	// images); nil: slog.Default().
 	Log *slog.Logger `json:"-"`
+	// Ceilings bound what all the sandboxes hold together, on their
+	// parent cgroup; zero fields: none.
+	Ceilings Ceilings
 	// LayerLock, if set, is a file (the image store's pull lock) locked
 	// shared while a sandbox records its image layers: the store prunes
 	// layers only under it exclusively, after reading which layers
@@ -71,8 +74,11 @@ type Config struct {
 type Engine struct {
 	cfg Config
 
-	mu    sync.Mutex      // guards boxes only; never held across slow work
+	mu    sync.Mutex      // guards boxes and pids only; never held across slow work
 	boxes map[string]*box // by ID.Key()
+	// pids is what the running sandboxes' pids limits add up to, kept
+	// within cfg.Ceilings.Pids.
+	pids int
 
 	host hostLimits // what the host lets every sandbox have
 	cg   *cgroups
@@ -142,6 +148,7 @@ type box struct {
 	done     chan struct{} // closed when the portal has exited; nil before the first Start
 	started  time.Time
 	cgroups  bool          // the sandbox's cgroups exist (from Start to Stop)
+	pids     int           // what the box counts in Engine.pids
 	link     *network.Link // the sandbox's network while it runs with one (network.go)
 }
 
@@ -193,6 +200,9 @@ func New(cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("linux engine: cgroups: %w", err)
 	}
 	if err := cg.setup(); err != nil {
+		return nil, fmt.Errorf("linux engine: %w", err)
+	}
+	if err := cg.setCeilings(cfg.Ceilings); err != nil {
 		return nil, fmt.Errorf("linux engine: %w", err)
 	}
 	cg.removeStalePools()
@@ -461,7 +471,11 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	unavailable := func(what string, err error) error {
 		return fmt.Errorf("sandbox %s: %s: %w: %w", b.id, what, err, errdefs.ErrUnavailable)
 	}
+	if err := e.holdPids(b); err != nil {
+		return err
+	}
 	if err := e.cg.take(key, specLimits(b.spec)); err != nil {
+		e.releasePids(b)
 		return unavailable("cgroups", err)
 	}
 	b.cgroups = true
@@ -571,6 +585,11 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	proc, err := e.l.spawn(cgTasks, attr)
 	closeAll(cgTasks)
 	if err != nil {
+		if errors.Is(err, unix.EAGAIN) {
+			if cur, _, full := e.cg.pidsFull(); full {
+				return fmt.Errorf("sandbox %s: %w", b.id, errdefs.Exhaustedf("the server's sandboxes run %d processes together, its ceiling (total_pids in config.toml): stop sandboxes, or raise total_pids", cur))
+			}
+		}
 		return unavailable("starting the init", err)
 	}
 	mine.close() // the init holds them now; EOF on conn must mean the portal is gone
@@ -736,7 +755,35 @@ func (e *Engine) releaseCgroups(b *box) error {
 		return err
 	}
 	b.cgroups = false
+	e.releasePids(b)
 	return nil
+}
+
+// holdPids counts the pids limit of the sandbox b is starting in what the
+// running sandboxes hold, or returns an error of class Exhausted when that
+// would pass the server's ceiling. Admitting no more than the ceiling keeps
+// every sandbox's processes within its own limit, where its portal keeps
+// a reserve (pidsReserve): the ceiling on the parent cgroup is only the
+// kernel's backstop, at which any sandbox's portal could fail to make a
+// thread.
+func (e *Engine) holdPids(b *box) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	limit := e.cfg.Ceilings.Pids
+	if limit > 0 && e.pids+b.spec.Pids > limit {
+		return fmt.Errorf("sandbox %s: %w", b.id, errdefs.Exhaustedf("the running sandboxes may hold %d processes together, and this one %d more, over the server's ceiling of %d (total_pids in config.toml): stop a sandbox, or raise total_pids", e.pids, b.spec.Pids, limit))
+	}
+	e.pids += b.spec.Pids
+	b.pids = b.spec.Pids
+	return nil
+}
+
+// releasePids gives back what holdPids counted for b.
+func (e *Engine) releasePids(b *box) {
+	e.mu.Lock()
+	e.pids -= b.pids
+	e.mu.Unlock()
+	b.pids = 0
 }
 
 // Stop kills every process in the sandbox and releases its cgroups; its
@@ -793,6 +840,7 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 			errs = append(errs, err)
 		} else {
 			b.cgroups = false
+			e.releasePids(b)
 		}
 		if err := e.cg.removeLegacyUnified(key); err != nil {
 			errs = append(errs, err)
