@@ -459,6 +459,17 @@ func assertNoLeftovers(t *testing.T, home string) {
 	if pids := sandboxPids(home); len(pids) > 0 {
 		t.Errorf("sandbox processes left: %v", pids)
 	}
+	// A disk's loop device detaches itself once its last user is gone.
+	var loops []string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		loops = loopsUnder(home)
+		if len(loops) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(loops) > 0 {
+		t.Errorf("loop devices left attached to images under %s: %v", home, loops)
+	}
 	if entries, _ := os.ReadDir(filepath.Join(home, "run", "engine")); len(entries) > 0 {
 		t.Errorf("engine state left: %v", entries)
 	}

@@ -75,9 +75,14 @@ type Config struct {
 	// half the host's memory, and every CPU.
 	MaxMemory int `toml:"max_memory"`
 	MaxCPUs   int `toml:"max_cpus"`
+	// DefaultDisk is the disk (MiB) of a sandbox whose config has none;
+	// MaxDisk the most one may ask for (0: no bound but the host's free
+	// space at its start).
+	DefaultDisk int `toml:"default_disk"`
+	MaxDisk     int `toml:"max_disk"`
 	// TotalPids and TotalMemory (MiB) bound what all the server's
-	// sandboxes hold together (ceilings on their parent cgroup); 0: half
-	// the host's process table, and three quarters of its memory.
+	// sandboxes hold together (ceilings on their parent cgroup); 0: three
+	// quarters of the host's process table, and of its memory.
 	TotalPids   int `toml:"total_pids"`
 	TotalMemory int `toml:"total_memory"`
 	// Quotas bound what each namespace's running sandboxes hold together.
@@ -114,6 +119,7 @@ type Quota struct {
 	Sandboxes int `toml:"sandboxes"`
 	Memory    int `toml:"memory"` // MiB
 	CPUs      int `toml:"cpus"`
+	Disk      int `toml:"disk"` // MiB
 }
 
 // Quotas are the quota of every namespace, and of some namespaces their own.
@@ -293,6 +299,7 @@ func Default(home string) Config {
 		Images:      DefaultImages(),
 		Engine:      "linux",
 		SandboxPids: 1024,
+		DefaultDisk: 2048,
 
 		MaxConnections:           8192,
 		MaxConnectionsPerAddress: 512,
@@ -487,8 +494,11 @@ func (c *Config) Validate() error {
 	if c.MaxMemory < 0 || c.MaxCPUs < 0 {
 		return fmt.Errorf("%w: max_memory %d and max_cpus %d must be 0 (the host's) or more", ErrInvalid, c.MaxMemory, c.MaxCPUs)
 	}
+	if c.DefaultDisk < 64 || c.MaxDisk != 0 && c.MaxDisk < c.DefaultDisk {
+		return fmt.Errorf("%w: default_disk %d MiB and max_disk %d MiB: use a default of at least 64, and a maximum of 0 (none) or at least the default", ErrInvalid, c.DefaultDisk, c.MaxDisk)
+	}
 	if c.TotalPids != 0 && c.TotalPids < 64 || c.TotalPids < 0 {
-		return fmt.Errorf("%w: total_pids %d: use 0 (half the host's process table) or at least 64", ErrInvalid, c.TotalPids)
+		return fmt.Errorf("%w: total_pids %d: use 0 (three quarters of the host's process table) or at least 64", ErrInvalid, c.TotalPids)
 	}
 	if c.TotalPids > 0 && c.TotalPids < c.SandboxPids {
 		return fmt.Errorf("%w: total_pids %d is below sandbox_pids %d: no sandbox could start; raise total_pids", ErrInvalid, c.TotalPids, c.SandboxPids)
@@ -500,11 +510,11 @@ func (c *Config) Validate() error {
 		if !validNamespace(ns) {
 			return fmt.Errorf("%w: quotas.namespaces: %q is not a namespace name", ErrInvalid, ns)
 		}
-		if q.Sandboxes < 0 || q.Memory < 0 || q.CPUs < 0 {
+		if q.Sandboxes < 0 || q.Memory < 0 || q.CPUs < 0 || q.Disk < 0 {
 			return fmt.Errorf("%w: quotas.namespaces.%s: quotas must be 0 (no bound) or more", ErrInvalid, ns)
 		}
 	}
-	if q := c.Quotas; q.Sandboxes < 0 || q.Memory < 0 || q.CPUs < 0 {
+	if q := c.Quotas; q.Sandboxes < 0 || q.Memory < 0 || q.CPUs < 0 || q.Disk < 0 {
 		return fmt.Errorf("%w: quotas: quotas must be 0 (no bound) or more", ErrInvalid)
 	}
 	if c.OutputMemory < 64 {
@@ -709,15 +719,25 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # max_memory = 4096
 # max_cpus = 2
 
+# Each sandbox has a disk of its own (an ext4 image on a loop device) that
+# holds all it writes outside volumes and tmpfs: its root's changes, /tmp,
+# /workspace, /root. Past its size, or its inodes (64 per MiB), writes
+# fail with ENOSPC inside the sandbox. Configs ask with "disk" (MiB); these
+# are the size of a config that does not, and the most one may ask for
+# (0: no bound). Images are sparse: only what is written takes host space.
+# default_disk = 2048
+# max_disk = 16384
+
 # Ceilings on what all sandboxes hold together, whatever their namespace:
 # processes and threads, and memory (MiB). A start is refused when the
 # running sandboxes' sandbox_pids would add up to more than total_pids, so
 # forks fail (EAGAIN) at each sandbox's own limit and the host's process
 # table is never exhausted; the same ceiling is on their parent cgroup.
 # Memory past total_memory is reclaimed, then a process is OOM-killed.
-# 0: half of the host's process table (kernel.pid_max, threads-max) and
-# three quarters of its memory.
-# total_pids = 16384
+# 0: three quarters of the host's process table (the lower of kernel.pid_max
+# and kernel.threads-max), and of its memory. Lower sandbox_pids to run more
+# sandboxes under the same total_pids.
+# total_pids = 24576
 # total_memory = 18000
 
 # Quotas: what the running sandboxes of one namespace hold together (0: no
@@ -727,6 +747,7 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # sandboxes = 20
 # memory = 16384    # MiB
 # cpus = 8
+# disk = 20480      # MiB
 # [quotas.namespaces.team-a]
 # sandboxes = 50
 

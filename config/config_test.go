@@ -39,6 +39,7 @@ func TestDefault(t *testing.T) {
 		Port:        5555,
 		Images:      map[string]string{"microsandbox/python": "host", "microsandbox/node": "host"},
 		SandboxPids: 1024,
+		DefaultDisk: 2048,
 		Engine:      "linux",
 		MaxTimeout:  "24h",
 

@@ -132,6 +132,7 @@ func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Con
 		Env:       MergeEnv(img.Env, norm.Envs),
 		Workdir:   norm.Workdir,
 		MemoryMiB: norm.Memory,
+		DiskMiB:   norm.Disk,
 		CPUs:      norm.CPUs,
 		Pids:      s.opts.Pids,
 		Hostname:  id.Name(),
@@ -210,7 +211,7 @@ func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Con
 	if req, ok := norm.background(); ok {
 		s.background(id, b, req)
 	}
-	s.opts.Log.Info("sandbox started", "sandbox", id.String(), "image", norm.Image, "memory_mib", norm.Memory, "cpus", norm.CPUs, "network", net != nil)
+	s.opts.Log.Info("sandbox started", "sandbox", id.String(), "image", norm.Image, "memory_mib", norm.Memory, "cpus", norm.CPUs, "disk_mib", norm.Disk, "network", net != nil)
 	return nil
 }
 

@@ -227,7 +227,7 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		LayerLock:    filepath.Join(s.cfg.ImageDir(), image.PullLockFile),
 		Log:          s.log,
 
-		TotalPids:      orDefault(s.cfg.TotalPids, hostPids()/2),
+		TotalPids:      orDefault(s.cfg.TotalPids, hostPids()*3/4),
 		TotalMemoryMiB: orDefault(s.cfg.TotalMemory, hostMemoryMiB()*3/4),
 	})
 	if err != nil {
@@ -249,17 +249,19 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		}
 	}
 	svc := sandbox.NewService(sandbox.ServiceOptions{
-		Engine:       eng,
-		Store:        s.home.DB,
-		Images:       image.Resolver{Aliases: s.cfg.Images, Store: images},
-		LogDir:       s.cfg.SandboxLogDir(),
-		Pids:         s.cfg.SandboxPids,
-		MaxCPUs:      orDefault(s.cfg.MaxCPUs, runtime.NumCPU()),
-		MaxMemMB:     orDefault(s.cfg.MaxMemory, hostMemoryMiB()/2),
-		OutputMemory: int64(s.cfg.OutputMemory) << 20,
+		Engine:        eng,
+		Store:         s.home.DB,
+		Images:        image.Resolver{Aliases: s.cfg.Images, Store: images},
+		LogDir:        s.cfg.SandboxLogDir(),
+		Pids:          s.cfg.SandboxPids,
+		MaxCPUs:       orDefault(s.cfg.MaxCPUs, runtime.NumCPU()),
+		MaxMemMB:      orDefault(s.cfg.MaxMemory, hostMemoryMiB()/2),
+		DefaultDiskMB: s.cfg.DefaultDisk,
+		MaxDiskMB:     s.cfg.MaxDisk,
+		OutputMemory:  int64(s.cfg.OutputMemory) << 20,
 		Quotas: func(ns string) sandbox.Quota {
 			q := s.cfg.Quotas.Of(ns)
-			return sandbox.Quota{Sandboxes: q.Sandboxes, MemoryMiB: q.Memory, CPUs: q.CPUs}
+			return sandbox.Quota{Sandboxes: q.Sandboxes, MemoryMiB: q.Memory, CPUs: q.CPUs, DiskMiB: q.Disk}
 		},
 		Log: s.log,
 		Now: now,

@@ -85,6 +85,7 @@ type Engine struct {
 	l    *launcher
 	// templates are the lower layers of roots without image layers.
 	templates *templates
+	disks     *disks
 	// mountPoint is where every sandbox's init mounts its root, in its
 	// own mount namespace: an empty directory.
 	mountPoint string
@@ -148,6 +149,7 @@ type box struct {
 	done     chan struct{} // closed when the portal has exited; nil before the first Start
 	started  time.Time
 	cgroups  bool          // the sandbox's cgroups exist (from Start to Stop)
+	disk     *disk         // the sandbox's own file system, if its spec has a size
 	pids     int           // what the box counts in Engine.pids
 	link     *network.Link // the sandbox's network while it runs with one (network.go)
 }
@@ -211,6 +213,14 @@ func New(cfg Config) (*Engine, error) {
 	bin.empty()
 	tmpl := &templates{dir: cfg.SandboxDir}
 	tmpl.clean()
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	dsk, err := newDisks(cfg.SandboxDir, log)
+	if err != nil {
+		return nil, fmt.Errorf("linux engine: %w", err)
+	}
 	mountPoint := filepath.Join(cfg.SandboxDir, ".root")
 	if err := os.Mkdir(mountPoint, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("linux engine: %w", err)
@@ -226,6 +236,7 @@ func New(cfg Config) (*Engine, error) {
 		cg:            cg,
 		l:             l,
 		templates:     tmpl,
+		disks:         dsk,
 		mountPoint:    mountPoint,
 		trash:         bin,
 		dynamicPortal: dynamic,
@@ -249,6 +260,7 @@ func (e *Engine) Close() error {
 	}
 	if e.templates.clean() {
 		os.Remove(e.mountPoint)
+		e.disks.remove()
 	}
 	e.l.close()
 	return err
@@ -360,6 +372,8 @@ func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) e
 	e.mu.Unlock()
 
 	if err := e.create(b); err != nil {
+		b.disk.close(true)
+		b.disk = nil
 		_ = removeSandboxDir(b.dir)
 		e.forget(b)
 		return err
@@ -371,7 +385,12 @@ func (e *Engine) create(b *box) error {
 	if err := os.Mkdir(b.dir, 0o700); err != nil {
 		return fmt.Errorf("sandbox %s: %w", b.id, err)
 	}
-	if err := prepareRoot(b.dir, b.spec.Root.Layers, e.cfg.LayerLock); err != nil {
+	k, err := e.disks.create(b.dir, b.spec.DiskMiB)
+	if err != nil {
+		return fmt.Errorf("sandbox %s: %w", b.id, err)
+	}
+	b.disk = k
+	if err := prepareRoot(b.dir, b.upperDir(), b.spec.Root.Layers, e.cfg.LayerLock); err != nil {
 		return fmt.Errorf("sandbox %s: root file system: %w", b.id, err)
 	}
 	if len(b.spec.Root.Layers) == 0 {
@@ -404,6 +423,16 @@ func validKey(key string) bool {
 		}
 	}
 	return key != "" && key[0] != '.'
+}
+
+// upperDir is the directory holding the overlay's upper and work
+// directories: the sandbox's disk, where the init attaches it, or its
+// directory on the host when it has none.
+func (b *box) upperDir() string {
+	if b.disk != nil {
+		return filepath.Join(b.dir, "disk")
+	}
+	return b.dir
 }
 
 // running reports whether the portal is up; b.mu must be held.
@@ -537,6 +566,15 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 		mine = append(mine, v)
 		files = append(files, v)
 		cfg.Volumes = append(cfg.Volumes, volumeTarget{Target: m.Target, Dir: dir})
+	}
+	if b.disk != nil {
+		d, err := b.disk.clone()
+		if err != nil {
+			return unavailable("disk", err)
+		}
+		mine = append(mine, d)
+		cfg.DiskFD = len(files)
+		files = append(files, d)
 	}
 	if len(files) >= exeFDMin {
 		return fmt.Errorf("sandbox %s: too many volumes: %w", b.id, errdefs.ErrInvalid)
@@ -690,8 +728,8 @@ func (e *Engine) initConfig(b *box) *initConfig {
 	c := &initConfig{
 		Root:     e.mountPoint,
 		Layers:   s.Root.Layers,
-		Upper:    filepath.Join(b.dir, "upper"),
-		Work:     filepath.Join(b.dir, "work"),
+		Upper:    filepath.Join(b.upperDir(), "upper"),
+		Work:     filepath.Join(b.upperDir(), "work"),
 		Binds:    bindOrder(imageMounts(s.Root.Mounts)),
 		Hostname: s.Hostname,
 		Workdir:  s.Workdir,
@@ -705,6 +743,9 @@ func (e *Engine) initConfig(b *box) *initConfig {
 	}
 	if b.template != "" {
 		c.Layers = []string{b.template}
+	}
+	if b.disk != nil {
+		c.Disk = b.upperDir()
 	}
 	for _, h := range e.cg.v1 {
 		c.Cgroups = append(c.Cgroups, cgroupMount{Dir: filepath.Base(h.mount), Opts: h.opts})
@@ -846,6 +887,10 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 			errs = append(errs, err)
 		}
 	}
+	// Killed, the sandbox holds its disk no more: what it wrote last is
+	// dropped, not written back to an image about to be removed.
+	b.disk.close(true)
+	b.disk = nil
 	if err := os.RemoveAll(filepath.Join(e.cfg.StateDir, key)); err != nil {
 		errs = append(errs, err)
 	}
@@ -1071,7 +1116,13 @@ func (e *Engine) Stats(ctx context.Context, id sandbox.ID) (sandbox.Stats, error
 		return sandbox.Stats{}, callErr(b, "reading cgroups", fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable))
 	}
 	st.CPUTime, st.MemoryBytes = cpu, mem
-	disk, err := diskUsage(filepath.Join(b.dir, "upper"))
+	b.mu.Lock()
+	k := b.disk
+	var disk uint64
+	if k != nil {
+		disk, err = k.usage()
+	}
+	b.mu.Unlock()
 	if err != nil {
 		return sandbox.Stats{}, fmt.Errorf("sandbox %s: measuring disk use: %w: %w", id, err, errdefs.ErrUnavailable)
 	}

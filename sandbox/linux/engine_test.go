@@ -79,7 +79,7 @@ func crashServer(cfgJSON string) {
 		fail(err)
 	}
 	ctx := context.Background()
-	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 128, CPUs: 1, Pids: 64}
+	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 128, CPUs: 1, Pids: 64, DiskMiB: 256}
 	if err := e.Create(ctx, crashID, spec); err != nil {
 		fail(err)
 	}
@@ -188,6 +188,7 @@ func TestEngine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var eng *linux.Engine
 	sandboxtest.Run(t, sandboxtest.Harness{
 		NewEngine: func(t *testing.T) sandbox.Engine {
 			e, err := linux.New(cfg)
@@ -195,6 +196,7 @@ func TestEngine(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { e.Close() })
+			eng = e
 			return e
 		},
 		Spec: func() sandbox.Spec {
@@ -205,11 +207,12 @@ func TestEngine(t *testing.T) {
 				MemoryMiB: 512,
 				CPUs:      1,
 				Pids:      1024,
+				DiskMiB:   256,
 			}
 		},
 		Home: home,
 		WritableDir: func(id sandbox.ID) string {
-			return filepath.Join(cfg.SandboxDir, id.Key(), "upper")
+			return linux.WritableDir(eng, id)
 		},
 		Leftovers: func(id sandbox.ID) []string {
 			return leftovers(t, cfg, id)

@@ -50,6 +50,11 @@ type initConfig struct {
 	Layers []string `json:"layers"` // lowest first
 	Upper  string   `json:"upper"`
 	Work   string   `json:"work"`
+	// Disk, if set, is where the sandbox's disk (its detached mount, as
+	// descriptor DiskFD) is attached before the overlay is mounted: Upper
+	// and Work are on it.
+	Disk   string `json:"disk,omitempty"`
+	DiskFD int    `json:"disk_fd,omitempty"`
 	// Build is set on a sandbox's first start: what to write into its root.
 	Build *rootBuild `json:"build,omitempty"`
 	// Binds are the image's host paths, parents first.
@@ -234,6 +239,13 @@ func (c *initConfig) setup() error {
 	// shared with the host's: nothing mounted here may propagate there.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("making / private: %w", err)
+	}
+	if c.Disk != "" {
+		err := unix.MoveMount(c.DiskFD, "", unix.AT_FDCWD, c.Disk, unix.MOVE_MOUNT_F_EMPTY_PATH)
+		unix.Close(c.DiskFD)
+		if err != nil {
+			return fmt.Errorf("attaching the sandbox's disk: %w", err)
+		}
 	}
 	if err := mountOverlay(c.Root, c.Upper, c.Work, c.Layers); err != nil {
 		return err

@@ -1,0 +1,380 @@
+package linux
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/errdefs"
+)
+
+// A sandbox's disk is an ext4 file system of its own, in an image file
+// <SandboxDir>/<key>/disk.img on a loop device: everything the sandbox can
+// write (its overlay's upper layer, and so /tmp, /workspace, /root) is on
+// it, so writing past its size or its inode count fails with ENOSPC inside
+// the sandbox, for root too (no blocks are reserved, and no quota is there
+// to bypass), and nothing the sandbox does reaches the host's file system
+// beyond its own sparse image. The kernel of the machines msb runs on has
+// no project quotas (no CONFIG_QFMT_V2, no XFS quota), which would have
+// let sandboxes share one file system; see the README's "Limits and
+// quotas".
+//
+// An image is a sparse copy of a template made once per (size, inodes)
+// with mke2fs (no journal: the disk goes with the sandbox; no blocks
+// reserved), attached to a free loop device with LOOP_CONFIGURE and
+// LO_FLAGS_AUTOCLEAR, and mounted nosuid, nodev, noatime with the new
+// mount API (fsopen, fsmount): the mount is detached, attached in no mount
+// namespace, and the server holds it as a file descriptor for the
+// sandbox's life. At each start a clone of it (open_tree) is handed to the
+// init, which attaches it in the sandbox's own mount namespace under its
+// overlay. So nothing of a disk is ever in the host's mount table, usage
+// is one fstatfs, and when the server dies its disks go with the last
+// process that holds them: the loop device detaches itself, and only the
+// image file is left for Delete to remove.
+
+// diskTemplateDir, under SandboxDir, holds the disk templates.
+const diskTemplateDir = ".disks"
+
+// diskInodesPerMiB is a disk's inode count per MiB: one per 16 KiB, as
+// mke2fs gives by default.
+const diskInodesPerMiB = 64
+
+// disks makes sandbox disks from templates.
+type disks struct {
+	dir string // <SandboxDir>/.disks
+	mu  sync.Mutex
+	// ready are the templates made by this engine, by file name.
+	ready map[string]bool
+}
+
+// newDisks prepares the template directory, removing partial templates a
+// crash left, and detaches loop devices left attached to images under
+// sandboxDir (belt and braces: AUTOCLEAR detaches them once unused).
+func newDisks(sandboxDir string, log *slog.Logger) (*disks, error) {
+	d := &disks{dir: filepath.Join(sandboxDir, diskTemplateDir), ready: map[string]bool{}}
+	if err := os.MkdirAll(d.dir, 0o700); err != nil {
+		return nil, err
+	}
+	entries, _ := os.ReadDir(d.dir)
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".tmp") {
+			os.Remove(filepath.Join(d.dir, e.Name()))
+		}
+	}
+	if _, err := exec.LookPath("mke2fs"); err != nil {
+		log.Warn("mke2fs is not installed: sandboxes with a disk quota cannot start; install e2fsprogs (Debian: apt-get install e2fsprogs)")
+	}
+	clearLoops(sandboxDir)
+	return d, nil
+}
+
+// clearLoops detaches (or marks to detach once unused) the loop devices
+// whose backing file is under dir.
+func clearLoops(dir string) {
+	devs, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range devs {
+		data, err := os.ReadFile(f)
+		if err != nil || !strings.HasPrefix(strings.TrimSpace(string(data)), dir+"/") {
+			continue
+		}
+		dev := "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(f)))
+		fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		// On a device still in use this only sets AUTOCLEAR.
+		unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0)
+		unix.Close(fd)
+	}
+}
+
+// remove removes the templates (no sandbox is left).
+func (d *disks) remove() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	os.RemoveAll(d.dir)
+	d.ready = map[string]bool{}
+}
+
+// template returns the template image of a disk of mib MiB and inodes
+// inodes, making it if needed.
+func (d *disks) template(mib, inodes int) (string, error) {
+	name := fmt.Sprintf("ext4-%d-%d.img", mib, inodes)
+	p := filepath.Join(d.dir, name)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ready[name] {
+		return p, nil
+	}
+	if _, err := os.Stat(p); err == nil {
+		d.ready[name] = true
+		return p, nil
+	}
+	mke2fs, err := exec.LookPath("mke2fs")
+	if err != nil {
+		return "", fmt.Errorf("sandbox disks need mke2fs, which is not installed: install e2fsprogs (Debian: apt-get install e2fsprogs), or set disk = 0 in config.toml: %w", errdefs.ErrUnavailable)
+	}
+	tmp := p + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return "", err
+	}
+	err = f.Truncate(int64(mib) << 20)
+	f.Close()
+	if err != nil {
+		os.Remove(tmp)
+		return "", err
+	}
+	out, err := exec.Command(mke2fs, "-q", "-F", "-t", "ext4", "-m", "0", "-b", "4096",
+		"-O", "^has_journal,^resize_inode", "-E", "nodiscard,lazy_itable_init=1",
+		"-N", strconv.Itoa(inodes), tmp).CombinedOutput()
+	if err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("mke2fs: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		os.Remove(tmp)
+		return "", err
+	}
+	d.ready[name] = true
+	return p, nil
+}
+
+// disk is one sandbox's mounted disk.
+type disk struct {
+	mnt *os.File // the detached mount (fsmount)
+	// base is what the empty file system uses (its root, lost+found,
+	// metadata): usage is counted above it.
+	baseBytes uint64
+}
+
+// create makes the disk of a sandbox in its directory dir: a copy of the
+// template as dir/disk.img, on a loop device, mounted detached, with the
+// overlay's upper and work directories made in it. The empty directory
+// dir/disk is where the init attaches it.
+func (d *disks) create(dir string, mib int) (*disk, error) {
+	if mib <= 0 {
+		return nil, nil
+	}
+	inodes := mib * diskInodesPerMiB
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err == nil && st.Bavail*uint64(st.Bsize) < uint64(mib)<<20 {
+		return nil, errdefs.Unavailablef("the host's file system has %d MiB free, less than the sandbox's disk of %d MiB: free space on the host, or ask for a smaller disk", st.Bavail*uint64(st.Bsize)>>20, mib)
+	}
+	tmpl, err := d.template(mib, inodes)
+	if err != nil {
+		return nil, fmt.Errorf("disk template: %w", err)
+	}
+	img := filepath.Join(dir, "disk.img")
+	if err := copySparse(tmpl, img); err != nil {
+		return nil, fmt.Errorf("disk image: %w", err)
+	}
+	dev, err := attachLoop(img)
+	if err != nil {
+		return nil, fmt.Errorf("disk image: %w", err)
+	}
+	mnt, err := mountDisk(dev)
+	dev.Close() // the mount holds the device now; AUTOCLEAR detaches it when the mount goes
+	if err != nil {
+		return nil, err
+	}
+	k := &disk{mnt: mnt}
+	if err := unix.Fstatfs(int(mnt.Fd()), &st); err != nil {
+		k.close(false)
+		return nil, fmt.Errorf("disk: %w", err)
+	}
+	k.baseBytes = (st.Blocks - st.Bfree) * uint64(st.Bsize)
+	for _, sub := range []string{"upper", "work"} {
+		if err := unix.Mkdirat(int(mnt.Fd()), sub, 0o755); err != nil {
+			k.close(false)
+			return nil, fmt.Errorf("disk: %s: %w", sub, err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "disk"), 0o700); err != nil {
+		k.close(false)
+		return nil, err
+	}
+	return k, nil
+}
+
+// usage is how many bytes the sandbox's files take on its disk.
+func (k *disk) usage() (uint64, error) {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(k.mnt.Fd()), &st); err != nil {
+		return 0, err
+	}
+	used := (st.Blocks - st.Bfree) * uint64(st.Bsize)
+	if used < k.baseBytes {
+		return 0, nil
+	}
+	return used - k.baseBytes, nil
+}
+
+// clone returns a new detached copy of the disk's mount, for an init to
+// attach in its mount namespace.
+func (k *disk) clone() (*os.File, error) {
+	fd, err := unix.OpenTree(int(k.mnt.Fd()), "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	if err != nil {
+		return nil, fmt.Errorf("disk: open_tree: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "disk"), nil
+}
+
+// ext4's EXT4_IOC_SHUTDOWN (_IOR('X', 125, __u32)) with
+// EXT4_GOING_FLAGS_NOLOGFLUSH: the file system stops at once and its dirty
+// pages are dropped instead of written back (a deleted sandbox's disk
+// would otherwise cost a write-back of everything it wrote last: 100-200 ms
+// for 64 MiB).
+const ext4IocShutdown, ext4GoingNoLogFlush = 0x8004587d, 2
+
+// close releases the server's hold on the disk; with discard, its file
+// system is shut down first, its unwritten data dropped. The mount goes
+// once no sandbox process holds it either, and then the loop device.
+func (k *disk) close(discard bool) {
+	if k == nil || k.mnt == nil {
+		return
+	}
+	if discard {
+		if fd, err := unix.Openat(int(k.mnt.Fd()), ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+			flag := uint32(ext4GoingNoLogFlush)
+			unix.Syscall(unix.SYS_IOCTL, uintptr(fd), ext4IocShutdown, uintptr(unsafe.Pointer(&flag)))
+			unix.Close(fd)
+		}
+	}
+	k.mnt.Close()
+	k.mnt = nil
+}
+
+// mountDisk mounts the ext4 file system on the loop device dev, detached.
+func mountDisk(dev *os.File) (*os.File, error) {
+	fsfd, err := unix.Fsopen("ext4", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("disk: fsopen ext4: %w", err)
+	}
+	defer unix.Close(fsfd)
+	src := "/proc/self/fd/" + strconv.Itoa(int(dev.Fd()))
+	if target, err := os.Readlink(src); err == nil {
+		src = target
+	}
+	for _, o := range [][2]string{{"source", src}, {"errors", "remount-ro"}} {
+		if err := unix.FsconfigSetString(fsfd, o[0], o[1]); err != nil {
+			return nil, fmt.Errorf("disk: mount option %s=%s: %w", o[0], o[1], err)
+		}
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return nil, fmt.Errorf("disk: mounting %s: %w", src, err)
+	}
+	fd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOATIME)
+	if err != nil {
+		return nil, fmt.Errorf("disk: fsmount: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "disk-mount"), nil
+}
+
+// attachLoop binds file to a free loop device with LOOP_CONFIGURE (one
+// ioctl) and LO_FLAGS_AUTOCLEAR, so that the device detaches itself when
+// its last user (the mount) goes away, and returns the device open.
+func attachLoop(file string) (*os.File, error) {
+	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("loop devices: %w", err)
+	}
+	defer ctl.Close()
+	back, err := os.OpenFile(file, os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer back.Close()
+	for try := 0; try < 16; try++ {
+		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
+		if err != nil {
+			return nil, fmt.Errorf("LOOP_CTL_GET_FREE: %w", err)
+		}
+		dev := "/dev/loop" + strconv.Itoa(n)
+		lf, err := os.OpenFile(dev, os.O_RDWR|unix.O_CLOEXEC, 0)
+		if errors.Is(err, os.ErrNotExist) {
+			// devtmpfs may lag a device just added: make the node.
+			if err := unix.Mknod(dev, unix.S_IFBLK|0o660, int(unix.Mkdev(7, uint32(n)))); err != nil && !errors.Is(err, unix.EEXIST) {
+				return nil, err
+			}
+			lf, err = os.OpenFile(dev, os.O_RDWR|unix.O_CLOEXEC, 0)
+		}
+		if err != nil {
+			return nil, err
+		}
+		cfg := unix.LoopConfig{Fd: uint32(back.Fd())}
+		cfg.Info.Flags = unix.LO_FLAGS_AUTOCLEAR
+		copy(cfg.Info.File_name[:], file)
+		if err := unix.IoctlLoopConfigure(int(lf.Fd()), &cfg); err != nil {
+			lf.Close()
+			if errors.Is(err, unix.EBUSY) { // another attacher took it first
+				continue
+			}
+			return nil, fmt.Errorf("LOOP_CONFIGURE %s: %w", dev, err)
+		}
+		return lf, nil
+	}
+	return nil, errors.New("no free loop device after 16 tries")
+}
+
+// copySparse copies src to a new file dst, its data extents only
+// (SEEK_DATA, SEEK_HOLE, copy_file_range), or shares them (FICLONE) where
+// the file system can.
+func copySparse(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	if err := unix.IoctlFileClone(int(out.Fd()), int(in.Fd())); err == nil {
+		return nil
+	}
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	size := fi.Size()
+	if err := out.Truncate(size); err != nil {
+		return err
+	}
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break
+		} else if err != nil {
+			return err
+		}
+		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return err
+		}
+		for pos := data; pos < hole; {
+			ro, wo := pos, pos
+			n, err := unix.CopyFileRange(int(in.Fd()), &ro, int(out.Fd()), &wo, int(hole-pos), 0)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				return io.ErrUnexpectedEOF
+			}
+			pos += int64(n)
+		}
+		off = hole
+	}
+	return nil
+}
