@@ -24,6 +24,22 @@ func loopsUnder(dir string) []string {
 	return out
 }
 
+// waitLoopsGone waits a little for the loop devices of images under dir
+// (not under except) to detach, and returns those that stay.
+func waitLoopsGone(dir, except string) []string {
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var left []string
+		for _, l := range loopsUnder(dir) {
+			if except == "" || !strings.Contains(l, except+"/") {
+				left = append(left, l)
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
+		}
+	}
+}
+
 // diskUsage is a sandbox's disk_usage as sandbox.metrics.get reports it.
 func (b *sb) diskUsage() int64 {
 	b.srv.t.Helper()

@@ -161,3 +161,65 @@ func BenchmarkThroughput(b *testing.B) {
 	b.ReportMetric(perStart(s1-s0), "server-cpu-ms")
 	b.ReportMetric(perStart(i1-i0), "init-cpu-ms")
 }
+
+// BenchmarkDiskStart measures what a sandbox's own disk costs its start:
+// each round starts (Create + Start, as sandbox.start does) and deletes
+// one sandbox with a disk of 2 GiB and one without, in alternating order,
+// and reports the medians and their ratio:
+// go test ./sandbox/linux -run '^$' -bench DiskStart -benchtime 100x.
+func BenchmarkDiskStart(b *testing.B) {
+	home := b.TempDir()
+	parent := "msb-bench-" + strconv.Itoa(os.Getpid())
+	defer func() {
+		dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", parent))
+		for _, d := range dirs {
+			os.Remove(d)
+		}
+	}()
+	e, err := linux.New(linux.Config{
+		StateDir:     filepath.Join(home, "run"),
+		SandboxDir:   filepath.Join(home, "sandboxes"),
+		PortalBinary: msbBin,
+		CgroupParent: parent,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	root, err := image.Host()
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	variants := []struct {
+		name string
+		disk int
+	}{{"no-disk", 0}, {"disk", 2048}}
+	starts := make([][]time.Duration, len(variants))
+	deletes := make([][]time.Duration, len(variants))
+	for i := 0; b.Loop(); i++ {
+		for k := range variants {
+			v := (k + i) % len(variants) // alternate which goes first
+			spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 512, CPUs: 1, Pids: 1024, DiskMiB: variants[v].disk}
+			id := sandboxtest.ID(b, "bench", variants[v].name+strconv.Itoa(i))
+			t0 := time.Now()
+			if err := e.Create(ctx, id, spec); err != nil {
+				b.Fatal(err)
+			}
+			if err := e.Start(ctx, id); err != nil {
+				b.Fatal(err)
+			}
+			t1 := time.Now()
+			if err := e.Delete(ctx, id); err != nil {
+				b.Fatal(err)
+			}
+			starts[v] = append(starts[v], t1.Sub(t0))
+			deletes[v] = append(deletes[v], time.Since(t1))
+		}
+	}
+	for v, vr := range variants {
+		b.ReportMetric(median(starts[v]), vr.name+"-start-ms")
+		b.ReportMetric(median(deletes[v]), vr.name+"-delete-ms")
+	}
+	b.ReportMetric(median(starts[1])/median(starts[0]), "start-ratio")
+}

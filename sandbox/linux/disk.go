@@ -49,25 +49,43 @@ const diskTemplateDir = ".disks"
 // mke2fs gives by default.
 const diskInodesPerMiB = 64
 
-// disks makes sandbox disks from templates.
+// diskPoolSize is how many disks of each size asked for wait ready, made
+// in the background: a start then only renames an image into place.
+const diskPoolSize = 2
+
+// poolImagePrefix starts the names of ready disks' images in the template
+// directory.
+const poolImagePrefix = "pool-"
+
+// disks makes sandbox disks from templates, and keeps a few of each size
+// asked for ready.
 type disks struct {
 	dir string // <SandboxDir>/.disks
 	mu  sync.Mutex
 	// ready are the templates made by this engine, by file name.
 	ready map[string]bool
+	// pool are the disks ready by size (MiB), with their images in dir.
+	pool      map[int][]*disk
+	refilling map[int]bool
+	seq       int
+	closed    bool
+	wg        sync.WaitGroup
 }
 
 // newDisks prepares the template directory, removing partial templates a
 // crash left, and detaches loop devices left attached to images under
 // sandboxDir (belt and braces: AUTOCLEAR detaches them once unused).
 func newDisks(sandboxDir string, log *slog.Logger) (*disks, error) {
-	d := &disks{dir: filepath.Join(sandboxDir, diskTemplateDir), ready: map[string]bool{}}
+	d := &disks{dir: filepath.Join(sandboxDir, diskTemplateDir), ready: map[string]bool{},
+		pool: map[int][]*disk{}, refilling: map[int]bool{}}
 	if err := os.MkdirAll(d.dir, 0o700); err != nil {
 		return nil, err
 	}
+	// Partial templates, and ready disks of a server that died (their
+	// loop devices went with its descriptors).
 	entries, _ := os.ReadDir(d.dir)
 	for _, e := range entries {
-		if strings.HasSuffix(e.Name(), ".tmp") {
+		if strings.HasSuffix(e.Name(), ".tmp") || strings.HasPrefix(e.Name(), poolImagePrefix) {
 			os.Remove(filepath.Join(d.dir, e.Name()))
 		}
 	}
@@ -98,7 +116,24 @@ func clearLoops(dir string) {
 	}
 }
 
-// remove removes the templates (no sandbox is left).
+// drain stops refills and releases the ready disks.
+func (d *disks) drain() {
+	d.mu.Lock()
+	d.closed = true
+	d.mu.Unlock()
+	d.wg.Wait()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for mib, ks := range d.pool {
+		for _, k := range ks {
+			k.close(true)
+			os.Remove(k.img)
+		}
+		delete(d.pool, mib)
+	}
+}
+
+// remove removes the templates (no sandbox is left); drain first.
 func (d *disks) remove() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -153,6 +188,7 @@ func (d *disks) template(mib, inodes int) (string, error) {
 // disk is one sandbox's mounted disk.
 type disk struct {
 	mnt *os.File // the detached mount (fsmount)
+	img string   // its image, while it waits in the pool
 	// base is what the empty file system uses (its root, lost+found,
 	// metadata): usage is counted above it.
 	baseBytes uint64
@@ -166,16 +202,92 @@ func (d *disks) create(dir string, mib int) (*disk, error) {
 	if mib <= 0 {
 		return nil, nil
 	}
-	inodes := mib * diskInodesPerMiB
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err == nil && st.Bavail*uint64(st.Bsize) < uint64(mib)<<20 {
 		return nil, errdefs.Unavailablef("the host's file system has %d MiB free, less than the sandbox's disk of %d MiB: free space on the host, or ask for a smaller disk", st.Bavail*uint64(st.Bsize)>>20, mib)
 	}
-	tmpl, err := d.template(mib, inodes)
+	img := filepath.Join(dir, "disk.img")
+	k := d.pop(mib)
+	if k != nil {
+		// The loop device keeps the image open: a rename moves it.
+		if err := os.Rename(k.img, img); err != nil {
+			k.close(true)
+			os.Remove(k.img)
+			k = nil
+		}
+	}
+	d.refill(mib)
+	if k == nil {
+		var err error
+		if k, err = d.build(img, mib); err != nil {
+			return nil, err
+		}
+	}
+	k.img = ""
+	if err := os.Mkdir(filepath.Join(dir, "disk"), 0o700); err != nil {
+		k.close(false)
+		return nil, err
+	}
+	return k, nil
+}
+
+// pop returns a ready disk of mib MiB, or nil.
+func (d *disks) pop(mib int) *disk {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ks := d.pool[mib]
+	if len(ks) == 0 {
+		return nil
+	}
+	k := ks[len(ks)-1]
+	d.pool[mib] = ks[:len(ks)-1]
+	return k
+}
+
+// refill makes ready disks of mib MiB in the background until there are
+// diskPoolSize of them.
+func (d *disks) refill(mib int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed || d.refilling[mib] || len(d.pool[mib]) >= diskPoolSize {
+		return
+	}
+	d.refilling[mib] = true
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		for {
+			d.mu.Lock()
+			if d.closed || len(d.pool[mib]) >= diskPoolSize {
+				d.refilling[mib] = false
+				d.mu.Unlock()
+				return
+			}
+			d.seq++
+			img := filepath.Join(d.dir, fmt.Sprintf("%s%d-%d.img", poolImagePrefix, os.Getpid(), d.seq))
+			d.mu.Unlock()
+			k, err := d.build(img, mib)
+			d.mu.Lock()
+			if err != nil {
+				// Starts make their own meanwhile, and say why they cannot.
+				d.refilling[mib] = false
+				d.mu.Unlock()
+				os.Remove(img)
+				return
+			}
+			k.img = img
+			d.pool[mib] = append(d.pool[mib], k)
+			d.mu.Unlock()
+		}
+	}()
+}
+
+// build makes a disk of mib MiB with its image at img.
+func (d *disks) build(img string, mib int) (*disk, error) {
+	tmpl, err := d.template(mib, mib*diskInodesPerMiB)
 	if err != nil {
 		return nil, fmt.Errorf("disk template: %w", err)
 	}
-	img := filepath.Join(dir, "disk.img")
 	if err := copySparse(tmpl, img); err != nil {
 		return nil, fmt.Errorf("disk image: %w", err)
 	}
@@ -189,6 +301,7 @@ func (d *disks) create(dir string, mib int) (*disk, error) {
 		return nil, err
 	}
 	k := &disk{mnt: mnt}
+	var st unix.Statfs_t
 	if err := unix.Fstatfs(int(mnt.Fd()), &st); err != nil {
 		k.close(false)
 		return nil, fmt.Errorf("disk: %w", err)
@@ -199,10 +312,6 @@ func (d *disks) create(dir string, mib int) (*disk, error) {
 			k.close(false)
 			return nil, fmt.Errorf("disk: %s: %w", sub, err)
 		}
-	}
-	if err := os.Mkdir(filepath.Join(dir, "disk"), 0o700); err != nil {
-		k.close(false)
-		return nil, err
 	}
 	return k, nil
 }

@@ -254,6 +254,7 @@ func New(cfg Config) (*Engine, error) {
 // servers. The Engine must not be used afterwards.
 func (e *Engine) Close() error {
 	e.trash.wait()
+	e.disks.drain()
 	err := e.cg.drain()
 	if perr := e.cg.removeParent(); err == nil {
 		err = perr
