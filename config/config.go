@@ -85,6 +85,9 @@ type Config struct {
 	// quarters of the host's process table, and of its memory.
 	TotalPids   int `toml:"total_pids"`
 	TotalMemory int `toml:"total_memory"`
+	// UserNamespaces runs every sandbox in a user namespace of its own,
+	// its root an unprivileged range of host ids.
+	UserNamespaces bool `toml:"user_namespaces"`
 	// Quotas bound what each namespace's running sandboxes hold together.
 	Quotas Quotas `toml:"quotas"`
 	// Network is sandboxes' outbound network: defaults, ceilings per
@@ -300,6 +303,8 @@ func Default(home string) Config {
 		Engine:      "linux",
 		SandboxPids: 1024,
 		DefaultDisk: 2048,
+
+		UserNamespaces: true,
 
 		MaxConnections:           8192,
 		MaxConnectionsPerAddress: 512,
@@ -727,6 +732,12 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # (0: no bound). Images are sparse: only what is written takes host space.
 # default_disk = 2048
 # max_disk = 16384
+
+# Every sandbox runs in a user namespace of its own: its root is root inside
+# only, an unprivileged range of 65536 host ids outside (100000 + n*65536),
+# and what it writes is owned on the host by that range. Volumes' files are
+# owned from 100000 (root inside) up, and namespaces' volume roots are 0700.
+# user_namespaces = true
 
 # Ceilings on what all sandboxes hold together, whatever their namespace:
 # processes and threads, and memory (MiB). A start is refused when the

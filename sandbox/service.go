@@ -124,6 +124,10 @@ type ServiceOptions struct {
 	// namespace ns gets <root>/<ns> of each, created on demand, and a
 	// relative host path resolves in the first. None: no volumes.
 	VolumeRoots []string
+	// VolumeOwner is the host uid and gid of what msb makes in volumes
+	// (directories it creates for them): the owner of root's files there
+	// when sandboxes see volumes through idmapped mounts; 0: root.
+	VolumeOwner int
 	// PortBind is the address port forwards listen on; default 127.0.0.1.
 	PortBind string
 	// AllowPrivilegedPorts lets port forwards use host ports below 1024.

@@ -228,6 +228,7 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		Log:          s.log,
 
 		TotalPids:      orDefault(s.cfg.TotalPids, hostPids()*3/4),
+		UserNamespaces: s.cfg.UserNamespaces,
 		TotalMemoryMiB: orDefault(s.cfg.TotalMemory, hostMemoryMiB()*3/4),
 	})
 	if err != nil {
@@ -257,6 +258,7 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		MaxCPUs:       orDefault(s.cfg.MaxCPUs, runtime.NumCPU()),
 		MaxMemMB:      orDefault(s.cfg.MaxMemory, hostMemoryMiB()/2),
 		DefaultDiskMB: s.cfg.DefaultDisk,
+		VolumeOwner:   volumeOwner(s.cfg),
 		MaxDiskMB:     s.cfg.MaxDisk,
 		OutputMemory:  int64(s.cfg.OutputMemory) << 20,
 		Quotas: func(ns string) sandbox.Quota {
@@ -305,7 +307,7 @@ func (s *Server) v1API(gate *auth.Gate, now func() time.Time) *v1.Handler {
 	if now == nil {
 		now = time.Now
 	}
-	vols := &volume.Store{Meta: s.cfg.Path("meta", "volumes"), Now: now}
+	vols := &volume.Store{Meta: s.cfg.Path("meta", "volumes"), Now: now, Owner: volumeOwner(s.cfg)}
 	if roots := s.cfg.Volumes(); len(roots) > 0 {
 		vols.Root = roots[0]
 	}
@@ -320,6 +322,14 @@ func hostMemoryMiB() int {
 		return 0
 	}
 	return int(uint64(info.Totalram) * uint64(info.Unit) >> 20)
+}
+
+// volumeOwner is the host owner of what msb makes in volumes.
+func volumeOwner(c config.Config) int {
+	if c.UserNamespaces {
+		return engine.VolumeOwner
+	}
+	return 0
 }
 
 // hostPids is the size of the host's process table: the lower of

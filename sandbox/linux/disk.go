@@ -157,7 +157,7 @@ func (d *disks) template(mib, inodes int) (string, error) {
 	}
 	mke2fs, err := exec.LookPath("mke2fs")
 	if err != nil {
-		return "", fmt.Errorf("sandbox disks need mke2fs, which is not installed: install e2fsprogs (Debian: apt-get install e2fsprogs), or set disk = 0 in config.toml: %w", errdefs.ErrUnavailable)
+		return "", fmt.Errorf("sandbox disks need mke2fs, which is not installed: install e2fsprogs (Debian: apt-get install e2fsprogs): %w", errdefs.ErrUnavailable)
 	}
 	tmp := p + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC|unix.O_CLOEXEC, 0o600)

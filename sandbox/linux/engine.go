@@ -57,6 +57,9 @@ type Config struct {
 	// Log gets the engine's warnings (a portal binary that cannot run in
 	// images); nil: slog.Default().
 	Log *slog.Logger `json:"-"`
+	// UserNamespaces runs every sandbox in a user namespace of its own,
+	// its root an unprivileged host id (see userns.go).
+	UserNamespaces bool
 	// Ceilings bound what all the sandboxes hold together, on their
 	// parent cgroup; zero fields: none.
 	Ceilings Ceilings
@@ -86,6 +89,7 @@ type Engine struct {
 	// templates are the lower layers of roots without image layers.
 	templates *templates
 	disks     *disks
+	ids       *idmaps
 	// mountPoint is where every sandbox's init mounts its root, in its
 	// own mount namespace: an empty directory.
 	mountPoint string
@@ -150,6 +154,7 @@ type box struct {
 	started  time.Time
 	cgroups  bool          // the sandbox's cgroups exist (from Start to Stop)
 	disk     *disk         // the sandbox's own file system, if its spec has a size
+	slot     int           // its host id range (userns.go); 0: none, it runs as the host's root
 	pids     int           // what the box counts in Engine.pids
 	link     *network.Link // the sandbox's network while it runs with one (network.go)
 }
@@ -237,6 +242,7 @@ func New(cfg Config) (*Engine, error) {
 		l:             l,
 		templates:     tmpl,
 		disks:         dsk,
+		ids:           newIDMaps(),
 		mountPoint:    mountPoint,
 		trash:         bin,
 		dynamicPortal: dynamic,
@@ -264,6 +270,7 @@ func (e *Engine) Close() error {
 		e.disks.remove()
 	}
 	e.l.close()
+	e.ids.close()
 	return err
 }
 
@@ -375,6 +382,8 @@ func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) e
 	if err := e.create(b); err != nil {
 		b.disk.close(true)
 		b.disk = nil
+		e.ids.free(b.slot)
+		b.slot = 0
 		_ = removeSandboxDir(b.dir)
 		e.forget(b)
 		return err
@@ -391,6 +400,11 @@ func (e *Engine) create(b *box) error {
 		return fmt.Errorf("sandbox %s: %w", b.id, err)
 	}
 	b.disk = k
+	if e.cfg.UserNamespaces {
+		if b.slot, err = e.ids.take(); err != nil {
+			return fmt.Errorf("sandbox %s: %w", b.id, err)
+		}
+	}
 	if err := prepareRoot(b.dir, b.upperDir(), b.spec.Root.Layers, e.cfg.LayerLock); err != nil {
 		return fmt.Errorf("sandbox %s: root file system: %w", b.id, err)
 	}
@@ -405,7 +419,7 @@ func (e *Engine) create(b *box) error {
 	// the sandbox starts; one that leads out of its root already is
 	// refused now.
 	for _, m := range volumes(b.spec.Root.Mounts) {
-		v, _, err := openVolume(m)
+		v, _, err := openVolume(m, nil)
 		if err != nil {
 			return fmt.Errorf("sandbox %s: %w", b.id, err)
 		}
@@ -559,8 +573,35 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 
 	cfg := e.initConfig(b)
 	files := childFiles{e.l.devNull, logW, logW, portalEnd, tasks, tree, initEnd}
+	var userns, volUserns *os.File
+	if b.slot > 0 {
+		if userns, err = e.ids.userns(b.slot, false); err != nil {
+			return unavailable("user namespace", err)
+		}
+		if volUserns, err = e.ids.userns(b.slot, true); err != nil {
+			return unavailable("user namespace", err)
+		}
+		if err := e.cg.chownUserCgroup(key, hostID(b.slot)); err != nil {
+			return unavailable("cgroups", err)
+		}
+		// The image's host paths, idmapped, go first among the mounts
+		// the init attaches (parents first).
+		for _, m := range cfg.Binds {
+			fd, err := idmappedClone(-1, m.Source, userns, m.ReadOnly)
+			if err != nil {
+				return unavailable("image mount "+m.Target, err)
+			}
+			f := os.NewFile(uintptr(fd), "bind")
+			var st unix.Stat_t
+			unix.Fstat(fd, &st)
+			mine = append(mine, f)
+			files = append(files, f)
+			cfg.Volumes = append(cfg.Volumes, volumeTarget{Target: m.Target, Dir: st.Mode&unix.S_IFMT == unix.S_IFDIR})
+		}
+		cfg.Binds = nil
+	}
 	for _, m := range volumes(b.spec.Root.Mounts) {
-		v, dir, err := openVolume(m)
+		v, dir, err := openVolume(m, volUserns)
 		if err != nil {
 			return fmt.Errorf("sandbox %s: %w", b.id, err)
 		}
@@ -568,7 +609,22 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 		files = append(files, v)
 		cfg.Volumes = append(cfg.Volumes, volumeTarget{Target: m.Target, Dir: dir})
 	}
-	if b.disk != nil {
+	if b.slot > 0 {
+		upper := b.upperDir()
+		if b.disk != nil {
+			upper = "/proc/self/fd/" + strconv.Itoa(int(b.disk.mnt.Fd()))
+		}
+		root, err := mountRoot(cfg.Layers, filepath.Join(upper, "upper"), filepath.Join(upper, "work"), userns, hostID(b.slot))
+		if err != nil {
+			return unavailable("root file system", err)
+		}
+		mine = append(mine, root)
+		cfg.RootFD = len(files)
+		files = append(files, root)
+		cfg.Disk = ""
+		cfg.Userns = true
+	}
+	if b.disk != nil && b.slot == 0 {
 		d, err := b.disk.clone()
 		if err != nil {
 			return unavailable("disk", err)
@@ -610,6 +666,17 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 		Files: files,
 		Sys:   &syscall.SysProcAttr{Cloneflags: sandboxCloneFlags},
 	}
+	if b.slot > 0 {
+		// The user namespace comes first, and owns the others: a network
+		// namespace of its own too, so that its root may bring up
+		// loopback, mount sysfs and bind low ports there.
+		ids := []syscall.SysProcIDMap{{ContainerID: 0, HostID: hostID(b.slot), Size: idRange}}
+		attr.Sys.Cloneflags |= unix.CLONE_NEWUSER
+		attr.Sys.UidMappings, attr.Sys.GidMappings, attr.Sys.GidMappingsEnableSetgroups = ids, ids, true
+		// Cloned by the host's root, the init is nobody in its namespace
+		// until it takes the namespace's root, S on the host.
+		attr.Sys.Credential = &syscall.Credential{Uid: 0, Gid: 0}
+	}
 	var cgTasks []*os.File
 	if e.cg.v2 {
 		dir, err := e.cg.dirFD(key)
@@ -621,7 +688,7 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	} else if cgTasks, err = e.cg.tasksFiles(key); err != nil {
 		return unavailable("cgroups", err)
 	}
-	proc, err := e.l.spawn(cgTasks, attr)
+	proc, err := e.l.spawn(cgTasks, attr, b.slot > 0)
 	closeAll(cgTasks)
 	if err != nil {
 		if errors.Is(err, unix.EAGAIN) {
@@ -892,6 +959,10 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 	// dropped, not written back to an image about to be removed.
 	b.disk.close(true)
 	b.disk = nil
+	if len(errs) == 0 { // its processes are gone: its ids can go to another
+		e.ids.free(b.slot)
+		b.slot = 0
+	}
 	if err := os.RemoveAll(filepath.Join(e.cfg.StateDir, key)); err != nil {
 		errs = append(errs, err)
 	}

@@ -178,12 +178,19 @@ func TestServerCrash(t *testing.T) {
 	}
 }
 
-func TestEngine(t *testing.T) {
+func TestEngine(t *testing.T) { testEngine(t, false) }
+
+// TestEngineUserns runs the conformance suite with every sandbox in a user
+// namespace of its own.
+func TestEngineUserns(t *testing.T) { testEngine(t, true) }
+
+func testEngine(t *testing.T, userns bool) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the Linux engine needs root: run the tests as root")
 	}
 	home := t.TempDir() // stands for the msb home: the canary goes here
 	cfg := testConfig(t, home, "msb-test")
+	cfg.UserNamespaces = userns
 	root, err := image.Host()
 	if err != nil {
 		t.Fatal(err)

@@ -281,7 +281,7 @@ func resolveVolume(m sandbox.Mount) (fd int, dir bool, err error) {
 // its target, resolved inside the sandbox's root, in the sandbox's own
 // mount namespace. The detached mount is in no mount namespace meanwhile.
 // Errors are those of resolveVolume, or the kernel's.
-func openVolume(m sandbox.Mount) (tree *os.File, dir bool, err error) {
+func openVolume(m sandbox.Mount, userns *os.File) (tree *os.File, dir bool, err error) {
 	src, dir, err := resolveVolume(m)
 	if err != nil {
 		return nil, false, err
@@ -294,6 +294,11 @@ func openVolume(m sandbox.Mount) (tree *os.File, dir bool, err error) {
 	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
 	if m.ReadOnly {
 		attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
+	}
+	if userns != nil {
+		// Shown from the volume range to the sandbox's (userns.go).
+		attr.Attr_set |= unix.MOUNT_ATTR_IDMAP
+		attr.Userns_fd = uint64(userns.Fd())
 	}
 	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, attr); err != nil {
 		unix.Close(fd)
