@@ -302,6 +302,9 @@ func openVolume(m sandbox.Mount, userns *os.File) (tree *os.File, dir bool, err 
 	}
 	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, attr); err != nil {
 		unix.Close(fd)
+		if userns != nil {
+			return nil, false, fmt.Errorf("volume: %w", idmapErr(m.Source, err))
+		}
 		return nil, false, fmt.Errorf("volume %s: mount_setattr: %w", m.Source, err)
 	}
 	return os.NewFile(uintptr(fd), "volume"), dir, nil

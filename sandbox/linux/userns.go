@@ -164,7 +164,7 @@ func idmappedClone(fd int, path string, userns *os.File, readOnly bool) (int, er
 	}
 	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, attr); err != nil {
 		unix.Close(tree)
-		return -1, fmt.Errorf("idmapped mount of %s: %w", path, err)
+		return -1, idmapErr(path, err)
 	}
 	return tree, nil
 }
@@ -227,4 +227,12 @@ func (c *cgroups) chownUserCgroup(key string, owner int) error {
 		}
 	}
 	return nil
+}
+
+// idmapErr says what to do when a file system cannot be idmapped.
+func idmapErr(path string, err error) error {
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP) {
+		return fmt.Errorf("idmapped mount of %s: %w (its file system cannot be idmapped: keep msb's home and volume roots on ext4, XFS, btrfs or tmpfs, or set user_namespaces = false in config.toml)", path, err)
+	}
+	return fmt.Errorf("idmapped mount of %s: %w", path, err)
 }
