@@ -275,3 +275,60 @@ func parentCgroup(t *testing.T, home, ctrl, file string) string {
 	}
 	return strings.TrimSpace(string(data))
 }
+
+// TestTotalMemoryCeiling reproduces sandboxes that together ask for more
+// memory than the host has (each within max_memory): the ceiling on their
+// parent cgroup (total_memory) makes the kernel reclaim and then kill a
+// process of a sandbox, not of the host, and the server keeps answering.
+func TestTotalMemoryCeiling(t *testing.T) {
+	t.Parallel()
+	home := newHome(t)
+	config := testConfig + "total_memory = 300\n"
+	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	// Each holds 160 MiB, under its own limit of 256: together they pass
+	// the total of 300.
+	hold := "import time\nb = bytearray(160 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('holding', flush=True)\ntime.sleep(600)"
+	var boxes []*sb
+	for _, name := range []string{"m1", "m2"} {
+		b := srv.sandbox(key, "mem", name, map[string]any{"image": "host", "memory": 256})
+		srv.mustCall(key, "sandbox.command.run", b.params(map[string]any{"command": "sh",
+			"args": []string{"-c", "python3 -c \"$0\" > /tmp/out 2>&1 & echo $! > /tmp/pid", hold}}), nil)
+		boxes = append(boxes, b)
+	}
+	// Both have allocated, or one was killed on the way.
+	alive := 0
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+		alive = 0
+		done := 0
+		for _, b := range boxes {
+			out := text(b.sh("cat /tmp/out; kill -0 $(cat /tmp/pid) 2>/dev/null && echo running").Output, "stdout")
+			if strings.Contains(out, "running") {
+				alive++
+				if strings.Contains(out, "holding") {
+					done++
+				}
+			}
+		}
+		if alive < 2 || done == 2 {
+			break
+		}
+	}
+	if alive != 1 {
+		t.Fatalf("%d of two sandboxes holding 160 MiB each under a total of 300 MiB still run theirs, want 1", alive)
+	}
+	for _, b := range boxes {
+		if r := b.run("echo", "alive"); text(r.Output, "stdout") != "alive\n" {
+			t.Fatalf("a sandbox's agent after the OOM kill: %s", mustJSON(r))
+		}
+	}
+	if v := parentCgroup(t, home, "memory", "memory.limit_in_bytes"); v != strconv.Itoa(300<<20) {
+		t.Fatalf("parent memory ceiling %q", v)
+	}
+	for _, b := range boxes {
+		b.stop()
+	}
+}
