@@ -319,6 +319,7 @@ func (e *Engine) lockOrAdopt(id sandbox.ID) *box {
 		return nil
 	}
 	nb := &box{id: id, dir: filepath.Join(e.cfg.SandboxDir, key), leftover: true}
+	nb.slot = e.ids.reserve(nb.dir)
 	nb.mu.Lock()
 	e.mu.Lock()
 	if e.boxes[key] != nil { // lost a race; use the winner
@@ -402,6 +403,9 @@ func (e *Engine) create(b *box) error {
 	b.disk = k
 	if e.cfg.UserNamespaces {
 		if b.slot, err = e.ids.take(); err != nil {
+			return fmt.Errorf("sandbox %s: %w", b.id, err)
+		}
+		if err := writeSlot(b.dir, b.slot); err != nil {
 			return fmt.Errorf("sandbox %s: %w", b.id, err)
 		}
 	}
@@ -1053,6 +1057,9 @@ func (e *Engine) Recover(ctx context.Context) ([]sandbox.Status, error) {
 			continue // not ours: sandbox keys are always namespace.name
 		}
 		if st, ok := e.leftoverStatus(id); ok {
+			// Its ids stay its own until it is deleted: its processes
+			// may still run.
+			e.ids.reserve(filepath.Join(e.cfg.SandboxDir, key))
 			out = append(out, st)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -67,6 +68,31 @@ func (m *idmaps) take() (int, error) {
 		}
 	}
 	return 0, errdefs.Exhaustedf("every one of the server's %d user id ranges is in use: delete sandboxes first", maxSlots)
+}
+
+// slotFile, in a sandbox's directory, records its slot, so that the
+// slot of a sandbox a crashed server left stays taken until it is deleted.
+const slotFile = "slot"
+
+func writeSlot(dir string, slot int) error {
+	return os.WriteFile(filepath.Join(dir, slotFile), []byte(strconv.Itoa(slot)), 0o600)
+}
+
+// reserve marks as taken the slot recorded in the sandbox directory dir
+// (one a crashed server left) and returns it; 0 when there is none.
+func (m *idmaps) reserve(dir string) int {
+	data, err := os.ReadFile(filepath.Join(dir, slotFile))
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || n < 1 || n > maxSlots {
+		return 0
+	}
+	m.mu.Lock()
+	m.used[n] = true
+	m.mu.Unlock()
+	return n
 }
 
 func (m *idmaps) free(slot int) {
