@@ -157,6 +157,13 @@ except OSError as e:
 	if err != nil || !regexp.MustCompile(`disk\s+2 / -\s+\d+ / -\s+2 / -\s+160 / 400`).MatchString(out) {
 		t.Fatalf("status: %v\n%s%s", err, out, errOut)
 	}
+	// Writing more than the sandbox's memory to its disk is not an OOM:
+	// the page cache of the disk and of its image is reclaimable.
+	small := srv.sandbox(key, "disk2", "small", map[string]any{"image": "host", "memory": 64, "disk": 256})
+	if r := small.sh("head -c 157286400 /dev/zero > /workspace/big && sync && stat -c %s /workspace/big"); text(r.Output, "stdout") != "157286400\n" {
+		t.Fatalf("writing 150 MiB in a sandbox of 64 MiB: %s", mustJSON(r))
+	}
+	small.stop()
 	a.stop()
 	other.stop()
 	srv.Stop()
