@@ -70,6 +70,8 @@ type disks struct {
 	seq       int
 	closed    bool
 	wg        sync.WaitGroup
+	// loopMu serialises the engine's attachments of loop devices.
+	loopMu sync.Mutex
 }
 
 // newDisks prepares the template directory, removing partial templates a
@@ -291,7 +293,7 @@ func (d *disks) build(img string, mib int) (*disk, error) {
 	if err := copySparse(tmpl, img); err != nil {
 		return nil, fmt.Errorf("disk image: %w", err)
 	}
-	dev, err := attachLoop(img)
+	dev, err := attachLoop(img, &d.loopMu)
 	if err != nil {
 		return nil, fmt.Errorf("disk image: %w", err)
 	}
@@ -393,7 +395,7 @@ func mountDisk(dev *os.File) (*os.File, error) {
 // attachLoop binds file to a free loop device with LOOP_CONFIGURE (one
 // ioctl) and LO_FLAGS_AUTOCLEAR, so that the device detaches itself when
 // its last user (the mount) goes away, and returns the device open.
-func attachLoop(file string) (*os.File, error) {
+func attachLoop(file string, mu *sync.Mutex) (*os.File, error) {
 	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("loop devices: %w", err)
@@ -404,7 +406,12 @@ func attachLoop(file string) (*os.File, error) {
 		return nil, err
 	}
 	defer back.Close()
-	for try := 0; try < 16; try++ {
+	// LOOP_CTL_GET_FREE hands the same device to attachers that ask at
+	// once: this process's take turns, and another process's win is tried
+	// again with the next free one.
+	mu.Lock()
+	defer mu.Unlock()
+	for try := 0; try < 256; try++ {
 		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
 		if err != nil {
 			return nil, fmt.Errorf("LOOP_CTL_GET_FREE: %w", err)
@@ -433,7 +440,7 @@ func attachLoop(file string) (*os.File, error) {
 		}
 		return lf, nil
 	}
-	return nil, errors.New("no free loop device after 16 tries")
+	return nil, errors.New("no free loop device after 256 tries")
 }
 
 // copySparse copies src to a new file dst, its data extents only
