@@ -49,39 +49,37 @@ func volumeJSON(v volume.Info) Volume {
 	return out
 }
 
-func (h *Handler) listVolumes(c *Call) {
-	if err := c.admit(nil); err != nil {
-		c.fail(err)
-		return
-	}
-	def, err := h.vols.Default(c.NS)
+func (h *Handler) listVolumes(c *Call) { c.finish(h.volumeList(c)) }
+
+func (h *Handler) volumeList(c *Call) ([]Volume, error) {
+	def, err := h.defaultVolumeInfo(c)
 	if err != nil {
-		c.fail(err)
-		return
+		return nil, err
 	}
 	list, err := h.vols.List(c.NS)
 	if err != nil {
-		c.fail(err)
-		return
+		return nil, err
 	}
-	out := []Volume{volumeJSON(def)}
+	out := []Volume{def}
 	for _, v := range list {
 		out = append(out, volumeJSON(v))
 	}
-	c.finish(out, nil)
+	return out, nil
 }
 
-func (h *Handler) defaultVolume(c *Call) {
+func (h *Handler) defaultVolume(c *Call) { c.finish(h.defaultVolumeInfo(c)) }
+
+// defaultVolumeInfo admits a call that reads volumes and describes the
+// namespace's default volume.
+func (h *Handler) defaultVolumeInfo(c *Call) (Volume, error) {
 	if err := c.admit(nil); err != nil {
-		c.fail(err)
-		return
+		return Volume{}, err
 	}
 	def, err := h.vols.Default(c.NS)
 	if err != nil {
-		c.fail(err)
-		return
+		return Volume{}, err
 	}
-	c.finish(volumeJSON(def), nil)
+	return volumeJSON(def), nil
 }
 
 // createVolumeBody is the body of POST /v1/volumes.
