@@ -24,6 +24,7 @@ import (
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/network"
+	"github.com/msb-dev/msb/sandbox/network/netns"
 	"github.com/msb-dev/msb/sandbox/portal"
 )
 
@@ -1071,39 +1072,21 @@ func (e *Engine) DialSandbox(ctx context.Context, id sandbox.ID, port int) (net.
 	return dialInNetns(ctx, nsFile, fmt.Sprintf("127.0.0.1:%d", port))
 }
 
-// dialInNetns dials addr from the network namespace ns. A socket belongs
-// to the namespace of the thread that creates it, so the dial runs on a
-// locked OS thread moved into ns and back; a thread that cannot get back
-// is never unlocked, so the Go runtime retires it.
+// dialInNetns dials addr from the network namespace ns: a socket belongs
+// to the namespace of the thread that creates it (netns.Do).
 func dialInNetns(ctx context.Context, ns *os.File, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		self, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{nil, err}
-			return
-		}
-		defer self.Close()
-		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{nil, fmt.Errorf("joining the sandbox's network: %w", err)}
-			return
-		}
+	var c net.Conn
+	err := netns.Do(ns, func() error {
 		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp4", addr)
-		if serr := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); serr != nil {
-			ch <- result{c, err} // the thread stays locked and dies with this goroutine
-			return
+		var err error
+		c, err = d.DialContext(ctx, "tcp4", addr)
+		return err
+	})
+	if err != nil {
+		if c != nil {
+			c.Close()
 		}
-		runtime.UnlockOSThread()
-		ch <- result{c, err}
-	}()
-	r := <-ch
-	return r.c, r.err
+		return nil, fmt.Errorf("dial %s in the sandbox's network: %w", addr, err)
+	}
+	return c, nil
 }
