@@ -258,8 +258,13 @@ func (c *Client) fail(reason string) error {
 // finish by the time ctx ends leaves a torn frame behind, so it closes the
 // connection.
 func (c *Client) start(ctx context.Context, req request, onLine func(sandbox.Line)) (*call, error) {
+	return c.register(ctx, req, &call{onLine: onLine})
+}
+
+// register gives req and cl a new id, records cl and sends req.
+func (c *Client) register(ctx context.Context, req request, cl *call) (*call, error) {
 	req.ID = c.next.Add(1)
-	cl := &call{id: req.ID, onLine: onLine, done: make(chan struct{})}
+	cl.id, cl.done = req.ID, make(chan struct{})
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()

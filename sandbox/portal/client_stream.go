@@ -225,20 +225,7 @@ func (c *Client) control(req request) error {
 
 // startFlow registers a flow-controlled call and sends its request.
 func (c *Client) startFlow(ctx context.Context, req request, f *flow) (*call, error) {
-	req.ID = c.next.Add(1)
-	cl := &call{id: req.ID, flow: f, done: make(chan struct{})}
-	c.mu.Lock()
-	if c.err != nil {
-		c.mu.Unlock()
-		return nil, c.err
-	}
-	c.calls[req.ID] = cl
-	c.mu.Unlock()
-	if err := c.send(ctx, req); err != nil {
-		c.forget(cl)
-		return nil, err
-	}
-	return cl, nil
+	return c.register(ctx, req, &call{flow: f})
 }
 
 // abandon gives up on a call: later frames of it are dropped, and the

@@ -94,6 +94,29 @@ func (c *child) kill() {
 	killTree(0, c.pid)
 }
 
+// wait waits for the child to exit, killing it (and what it started) when
+// timeout (if positive) passes first, or ctx ends; timedOut says the
+// timeout killed it.
+func (c *child) wait(ctx context.Context, timeout time.Duration) (ws syscall.WaitStatus, timedOut bool) {
+	var expired <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		expired = t.C
+	}
+	select {
+	case ws = <-c.exited:
+	case <-expired:
+		timedOut = true
+		c.kill()
+		ws = <-c.exited
+	case <-ctx.Done():
+		c.kill()
+		ws = <-c.exited
+	}
+	return ws, timedOut
+}
+
 // startChild starts argv in its own process group (so that it and its
 // children can be signalled as one) and, when cg is not nil, in that
 // cgroup, with stdin from /dev/null and extra files at fd 3 and up.
@@ -222,24 +245,7 @@ func (s *server) runCommand(ctx context.Context, req request, background bool) e
 			pump(f, func(text string) { sk.line(stream, text) })
 		}()
 	}
-	var timeout <-chan time.Time
-	if req.Timeout > 0 {
-		t := time.NewTimer(req.Timeout)
-		defer t.Stop()
-		timeout = t.C
-	}
-	var ws syscall.WaitStatus
-	timedOut := false
-	select {
-	case ws = <-c.exited:
-	case <-timeout:
-		timedOut = true
-		c.kill()
-		ws = <-c.exited
-	case <-ctx.Done():
-		c.kill()
-		ws = <-c.exited
-	}
+	ws, timedOut := c.wait(ctx, req.Timeout)
 	drained := make(chan struct{})
 	go func() { wg.Wait(); close(drained) }()
 	select {

@@ -348,24 +348,7 @@ func (s *server) runStream(ctx context.Context, req request, ss *session) event 
 		s.feed(ss, input)
 	}()
 
-	var timeout <-chan time.Time
-	if req.Timeout > 0 {
-		t := time.NewTimer(req.Timeout)
-		defer t.Stop()
-		timeout = t.C
-	}
-	var ws syscall.WaitStatus
-	timedOut := false
-	select {
-	case ws = <-exited:
-	case <-timeout:
-		timedOut = true
-		c.kill()
-		ws = <-exited
-	case <-ctx.Done():
-		c.kill()
-		ws = <-exited
-	}
+	ws, timedOut := c.wait(ctx, req.Timeout)
 	ss.mu.Lock()
 	ss.pgid = 0 // its pid may be reused from now on
 	ss.mu.Unlock()
