@@ -38,6 +38,8 @@ type Manager interface {
 	// SetNetwork changes the sandbox's network (its mode, rules and
 	// limits): at once when it runs, and for its next starts.
 	SetNetwork(ctx context.Context, id ID, n Network) (NetworkUpdate, error)
+	// Pool reports the warm pool of each image; none without a pool.
+	Pool() []PoolStatus
 }
 
 // NetworkUpdate is the outcome of Manager.SetNetwork.

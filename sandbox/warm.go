@@ -26,8 +26,27 @@ type WarmPool interface {
 	// become one of spec (Poolable), and returns the engine's handle on
 	// it; false when none waits.
 	Take(image string, spec Spec) (handle string, ok bool)
+	// Status reports the pool of each image, by image.
+	Status() []PoolStatus
 	// Close stops refilling and deletes the sandboxes still waiting.
 	Close(ctx context.Context) error
+}
+
+// PoolStatus is what the warm pool of one image holds.
+type PoolStatus struct {
+	Image     string // as sandbox configs name it
+	Size      int    // sandboxes it keeps waiting
+	MemoryMiB int    // the memory they may hold together
+	Waiting   int    // started, ready to be taken
+	Starting  int    // being started
+}
+
+// Pool reports the warm pool of each image (none without a pool).
+func (s *Service) Pool() []PoolStatus {
+	if s.opts.Pool == nil {
+		return nil
+	}
+	return s.opts.Pool.Status()
 }
 
 // Poolable reports why a sandbox started with the spec pooled cannot

@@ -82,6 +82,9 @@ func TestPoolServesStarts(t *testing.T) {
 				h, spec.MemoryMiB, spec.Hostname, spec.Workdir, sandbox.WarmHostname)
 		}
 	}
+	if st := f.svc.Pool(); len(st) != 1 || st[0] != (sandbox.PoolStatus{Image: sandbox.DefaultImage, Size: 2, MemoryMiB: 128, Waiting: 2}) {
+		t.Errorf("Service.Pool = %+v", st)
+	}
 	id := sandboxtest.ID(t, "ns", "box")
 	cfg := &sandbox.Config{Memory: 256, CPUs: 2, Envs: []string{"A=user"}, Workdir: "/data",
 		Rlimits: []sandbox.Rlimit{{Resource: "nofile", Soft: 10, Hard: 10}}}

@@ -191,22 +191,15 @@ func (p *Pool) discard(handles []string) {
 	}
 }
 
-// Status is what one image's pool holds.
-type Status struct {
-	Image    string
-	Size     Size
-	Waiting  int // started, ready to be taken
-	Starting int
-}
-
-// Status reports every image's pool, by image.
-func (p *Pool) Status() []Status {
+// Status implements sandbox.WarmPool: every image's pool, by image.
+func (p *Pool) Status() []sandbox.PoolStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var out []Status
+	var out []sandbox.PoolStatus
 	for _, ref := range slices.Sorted(maps.Keys(p.pools)) {
 		ip := p.pools[ref]
-		out = append(out, Status{Image: ref, Size: ip.size, Waiting: len(ip.ready), Starting: ip.starting})
+		out = append(out, sandbox.PoolStatus{Image: ref, Size: ip.size.Sandboxes, MemoryMiB: ip.size.MemoryMiB,
+			Waiting: len(ip.ready), Starting: ip.starting})
 	}
 	return out
 }
