@@ -446,8 +446,10 @@ func assertNoLeftovers(t *testing.T, home string) {
 	// Names with a leading dot are the engine's files shared by all
 	// sandboxes (root templates, a mount point), which a clean stop
 	// removes (see msbServer.Stop); a sandbox's directory is its key.
+	// So are the sandboxes waiting in the running server's pool.
+	waiting := waitingPool(home)
 	for _, e := range func() []os.DirEntry { entries, _ := os.ReadDir(filepath.Join(home, "sandboxes")); return entries }() {
-		if !strings.HasPrefix(e.Name(), ".") {
+		if !strings.HasPrefix(e.Name(), ".") && !waiting[e.Name()] {
 			t.Errorf("sandbox directory left: %s", e.Name())
 		}
 	}
@@ -468,7 +470,7 @@ func assertNoLeftovers(t *testing.T, home string) {
 			// Cgroups made ahead for sandboxes to come belong to the
 			// running server, which removes them when it stops (a clean
 			// stop is checked to leave no cgroup at all).
-			if strings.HasPrefix(filepath.Base(m), ".pool-") {
+			if strings.HasPrefix(filepath.Base(m), ".pool-") || waiting[filepath.Base(m)] {
 				continue
 			}
 			if fi, err := os.Stat(m); err == nil && fi.IsDir() {
@@ -549,14 +551,18 @@ func cgroupOf(home string) string {
 }
 
 // sandboxPids returns the host pids of every process in home's sandboxes,
-// found by their cgroup.
+// found by their cgroup, but those waiting in the server's pool.
 func sandboxPids(home string) []int {
 	var pids []int
 	marker := "/msb/" + cgroupOf(home) + "/"
+	waiting := waitingPool(home)
 	files, _ := filepath.Glob("/proc/[0-9]*/cgroup")
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil || !strings.Contains(string(data), marker) {
+			continue
+		}
+		if _, rest, _ := strings.Cut(string(data), marker); waiting[strings.SplitN(rest, "\n", 2)[0]] {
 			continue
 		}
 		// A zombie is already dead; reaping it is the host init's job.
