@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -470,7 +471,9 @@ func TestWarmPoolOff(t *testing.T) {
 // taken: the next server on the same home removes every one of them
 // (processes, cgroups, directories) before its own pool fills, records
 // the taken one stopped, and starts it again; a clean stop then leaves
-// nothing.
+// nothing. A leftover that cannot be removed (a host process holds its
+// cgroup) does not keep the next server from starting, and is removed by
+// the pool's next start of a sandbox once it can be.
 func TestWarmPoolAfterCrash(t *testing.T) {
 	t.Parallel()
 	home := pooledHome(t, "")
@@ -478,8 +481,20 @@ func TestWarmPoolAfterCrash(t *testing.T) {
 	key := keygen(t, home)
 	srv.waitPoolFull(key, home)
 	srv.sandbox(key, "crash", "pooled", map[string]any{"exec": "sleep 7101"})
-	if h := waitHandle(t, home, "7101"); !strings.HasPrefix(h, fmt.Sprintf("warm-%d-", srv.cmd.Process.Pid)) {
-		t.Fatalf("the sandbox was not taken from the killed server's pool: %s\n%s", h, srv.out)
+	taken := waitHandle(t, home, "7101")
+	if !strings.HasPrefix(taken, fmt.Sprintf("warm-%d-", srv.cmd.Process.Pid)) {
+		t.Fatalf("the sandbox was not taken from the killed server's pool: %s\n%s", taken, srv.out)
+	}
+	// A host process in the taken sandbox's pids cgroup: it outlives the
+	// sandbox's PID namespace and keeps the cgroup from being removed.
+	holder := exec.Command("sleep", "1000")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { holder.Process.Kill(); holder.Wait() }()
+	procs := fmt.Sprintf("/sys/fs/cgroup/pids/msb/%s/%s/cgroup.procs", cgroupOf(home), taken)
+	if err := os.WriteFile(procs, []byte(fmt.Sprint(holder.Process.Pid)), 0); err != nil {
+		t.Fatal(err)
 	}
 	srv.waitPoolFull(key, home)
 	old := fmt.Sprintf("warm-%d-", srv.cmd.Process.Pid)
@@ -511,9 +526,15 @@ func TestWarmPoolAfterCrash(t *testing.T) {
 	}
 
 	next := startServer(t, home)
-	if d, c, p := leftDirs(), leftCgroups(), leftProcs(); len(d)+len(c)+len(p) > 0 || sleepsOnHost("7101") > 0 {
-		t.Fatalf("after the next server started: directories %v, cgroups %v, processes %v\n%s", d, c, p, next.out)
+	held := fmt.Sprintf("/sys/fs/cgroup/pids/msb/%s/%s", cgroupOf(home), taken)
+	if d, c, p := leftDirs(), leftCgroups(), leftProcs(); len(d) > 0 || len(c) != 1 || c[0] != held || len(p) != 1 || p[0] != holder.Process.Pid || sleepsOnHost("7101") > 0 {
+		t.Fatalf("after the next server started: directories %v, cgroups %v, processes %v; want only the held cgroup %s and its holder\n%s", d, c, p, held, next.out)
 	}
+	if !strings.Contains(next.out.String(), "cannot remove a pool's sandbox left by an earlier server") || !strings.Contains(next.out.String(), taken) {
+		t.Errorf("the failed removal is not in the server log:\n%s", next.out)
+	}
+	holder.Process.Kill()
+	holder.Wait()
 	var m metricsResult
 	next.mustCall(key, "sandbox.metrics.get", map[string]any{"namespace": "crash"}, &m)
 	if len(m.Sandboxes) != 1 || m.Sandboxes[0].Running {
@@ -527,6 +548,8 @@ func TestWarmPoolAfterCrash(t *testing.T) {
 	if h := waitHandle(t, home, "7101"); !strings.HasPrefix(h, fmt.Sprintf("warm-%d-", os.Getpid())) {
 		t.Errorf("restarted in %s", h)
 	}
+	// The refill after that start removed the held leftover, now free.
+	waitFor(t, func() bool { return len(leftCgroups()) == 0 })
 	next.Stop() // checks that no cgroup and no sandbox directory is left
 	assertNoLeftovers(t, home)
 	if n := sleepsOnHost("7101"); n > 0 {

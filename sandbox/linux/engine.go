@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -76,6 +77,11 @@ type Engine struct {
 	// warm are the sandboxes started ahead of time, by handle (pool.go).
 	warm    map[string]*box
 	warmSeq int
+	// staleMu serialises removeStaleWarm; staleWarm says its last run
+	// left something (a host process holds a cgroup, say), which every
+	// Prestart then tries again.
+	staleMu   sync.Mutex
+	staleWarm atomic.Bool
 
 	host hostLimits // what the host lets every sandbox have
 	cg   *cgroups

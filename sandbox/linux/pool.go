@@ -53,7 +53,8 @@ import (
 // Recovery: a server that dies leaves the directories and cgroups of its
 // pool's sandboxes, waiting or adopted, under handles of its own process
 // id. Recover kills what still runs in them and removes them
-// (removeStaleWarm) before it lists the sandboxes left by ID; the
+// (removeStaleWarm) before it lists the sandboxes left by ID (what it
+// cannot remove, every Prestart tries again until it is gone); the
 // caller's records of adopted ones say running, and the caller marks them
 // stopped as it does every record of a crashed server.
 
@@ -81,6 +82,9 @@ func (e *Engine) Prestart(ctx context.Context, spec sandbox.Spec) (string, error
 	}
 	if len(spec.Root.Layers) > 0 && e.dynamicPortal && !e.cfg.AllowDynamicPortal {
 		return "", errdefs.Invalidf("this msb server is a dynamically linked build, which cannot run inside an OCI image: build msb statically with %s", buildStatic)
+	}
+	if e.staleWarm.Load() {
+		e.removeStaleWarm()
 	}
 	e.mu.Lock()
 	e.warmSeq++
@@ -301,8 +305,13 @@ func (e *Engine) discardWarm() {
 // pool's sandboxes: directories and cgroups named by a handle of another
 // process (an engine of this process may hold the others, as the cgroup
 // sets made ahead, see removeStalePools). Whatever cannot be removed is
-// logged and tried again by the next Recover.
+// logged and tried again by the next Prestart (the pool's refills) and
+// the next Recover.
 func (e *Engine) removeStaleWarm() {
+	e.staleMu.Lock()
+	defer e.staleMu.Unlock()
+	failed := false
+	defer func() { e.staleWarm.Store(failed) }()
 	own := warmPrefix + strconv.Itoa(os.Getpid()) + "-"
 	found := map[string]bool{}
 	stale := func(name string) bool { return strings.HasPrefix(name, warmPrefix) && !strings.HasPrefix(name, own) }
@@ -333,7 +342,8 @@ func (e *Engine) removeStaleWarm() {
 			errs = append(errs, err)
 		}
 		if err := errors.Join(errs...); err != nil {
-			e.log().Warn("cannot remove a pool's sandbox left by an earlier server; the next start tries again", "handle", h, "err", err)
+			failed = true
+			e.log().Warn("cannot remove a pool's sandbox left by an earlier server; the pool's next start of a sandbox tries again", "handle", h, "err", err)
 			continue
 		}
 		e.log().Info("removed a pool's sandbox left by an earlier server", "handle", h)
