@@ -190,8 +190,9 @@ echo left-by-a > /data/app/f && echo a > /tmp/f && echo a > /workspace/f && echo
 	if want := fmt.Sprintf("a\n/data/app\nbox\n%d\n200000\nwritten\n", 200<<20); got != want {
 		t.Errorf("inside a pooled sandbox:\n%s\nwant\n%s", got, want)
 	}
-	if r := a.repl("python", "left_by_a = 42\nprint(left_by_a)", 0); text(r.Output, "stdout") != "42\n" {
-		t.Fatalf("repl: %+v", r)
+	// The interpreter, started after the sandbox was taken, has its config too.
+	if r := a.repl("python", "import os, socket\nleft_by_a = 42\nprint(left_by_a, os.environ.get('SECRET'), os.getcwd(), socket.gethostname())", 0); text(r.Output, "stdout") != "42 a /data/app box\n" {
+		t.Fatalf("repl in a pooled sandbox: %+v", r)
 	}
 	handleA := waitHandle(t, home, "7001")
 	if !strings.HasPrefix(handleA, "warm-") {
