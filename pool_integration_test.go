@@ -43,7 +43,7 @@ func pooledHome(t *testing.T, extra string) string {
 }
 
 // warmCgroups lists the memory cgroups of home's sandboxes that a pool
-// started (named by a handle, warm-<pid>-<n>), with their memory limits.
+// started (named by a handle, warm-<pid>-<token>-<n>), with their memory limits.
 func warmCgroups(home string) map[string]int64 {
 	out := map[string]int64{}
 	dirs, _ := filepath.Glob(fmt.Sprintf("/sys/fs/cgroup/memory/msb/%s/warm-*", cgroupOf(home)))
@@ -60,7 +60,7 @@ func warmCgroups(home string) map[string]int64 {
 
 // waitingPool names the sandboxes of home's pool that wait (or are
 // being started): their cgroups and directories are named by a handle
-// (warm-<pid>-<n>), and their memory is limited to the pool's share.
+// (warm-<pid>-<token>-<n>), and their memory is limited to the pool's share.
 func waitingPool(home string) map[string]bool {
 	out := map[string]bool{}
 	for h, limit := range warmCgroups(home) {

@@ -592,6 +592,9 @@ func (c *Config) Validate() error {
 	if err := c.Pool.validate(); err != nil {
 		return err
 	}
+	if share := c.Pool.Share(); c.MaxMemory > 0 && share > c.MaxMemory {
+		return fmt.Errorf("%w: pool.memory gives each waiting sandbox %d MiB, more than max_memory (%d MiB): lower pool.memory to at most %d", ErrInvalid, share, c.MaxMemory, c.MaxMemory*c.Pool.Sandboxes())
+	}
 	if c.MaxCallsPerKey < 1 {
 		return fmt.Errorf("%w: max_calls_per_key %d: use at least 1", ErrInvalid, c.MaxCallsPerKey)
 	}

@@ -585,6 +585,7 @@ func TestPoolSettings(t *testing.T) {
 		{"[pool.images]\n\"a\" = -1\n", "pool.images"},
 		{"[pool.images]\n\"a\" = 1001\n[pool]\nmemory = 100000\n", "more than 1000"},
 		{"[pool]\nsize = 3\n", "pool.size"},
+		{"max_memory = 100\n[pool]\nmemory = 400\n", "lower pool.memory to at most 200"},
 		{"[pool.images]\n\"a\" = \"two\"\n", config.FileName},
 	} {
 		writeConfig(t, home, bad.file)

@@ -2,6 +2,8 @@ package linux
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -60,8 +62,22 @@ import (
 
 var _ sandbox.Pooler = (*Engine)(nil)
 
-// warmPrefix starts every handle: "warm-<pid>-<n>".
+// warmPrefix starts every handle: "warm-<pid>-<token>-<n>".
 const warmPrefix = "warm-"
+
+// warmOwner is this process's part of its handles, "<pid>-<token>": the
+// token is random, so that a server whose process id is a dead one's (as
+// the first process of a container always is) never takes that server's
+// leftovers for its own sandboxes. Every engine of a process shares it:
+// a Recover never removes the sandboxes another engine of the same
+// process is running.
+var warmOwner = sync.OnceValue(func() string {
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(b[:])
+})
 
 // Prestart implements sandbox.Pooler: it creates and starts a sandbox of
 // spec under a new handle. It returns an error wrapping errdefs.ErrInvalid
@@ -88,7 +104,7 @@ func (e *Engine) Prestart(ctx context.Context, spec sandbox.Spec) (string, error
 	}
 	e.mu.Lock()
 	e.warmSeq++
-	handle := warmPrefix + strconv.Itoa(os.Getpid()) + "-" + strconv.Itoa(e.warmSeq)
+	handle := warmPrefix + warmOwner() + "-" + strconv.Itoa(e.warmSeq)
 	b := &box{handle: handle, dir: filepath.Join(e.cfg.SandboxDir, handle), spec: spec}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -312,7 +328,7 @@ func (e *Engine) removeStaleWarm() {
 	defer e.staleMu.Unlock()
 	failed := false
 	defer func() { e.staleWarm.Store(failed) }()
-	own := warmPrefix + strconv.Itoa(os.Getpid()) + "-"
+	own := warmPrefix + warmOwner() + "-"
 	found := map[string]bool{}
 	stale := func(name string) bool { return strings.HasPrefix(name, warmPrefix) && !strings.HasPrefix(name, own) }
 	if entries, err := os.ReadDir(e.cfg.SandboxDir); err == nil {

@@ -205,3 +205,50 @@ func TestPoolAfterCrash(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// What a dead server left under a handle that starts with this process's
+// id (a server restarted in a container is the same pid 1) is still a
+// leftover: Recover removes it, and the engine's own sandboxes start
+// under handles of their own.
+func TestPoolLeftoverOfTheSamePid(t *testing.T) {
+	e, cfg := newEngine(t, t.TempDir(), "msb-pool-pid")
+	ctx := context.Background()
+	// A sandbox of this engine, waiting: not a leftover.
+	h, err := e.Prestart(ctx, warmSpec(t, 64, 1, "/workspace"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Discard(context.Background(), h) })
+	if !strings.HasPrefix(h, fmt.Sprintf("warm-%d-", os.Getpid())) {
+		t.Fatalf("handle %q does not name its process", h)
+	}
+	dead := fmt.Sprintf("warm-%d-00000000-1", os.Getpid())
+	if err := os.MkdirAll(filepath.Join(cfg.SandboxDir, dead, "upper"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	parents, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", cfg.CgroupParent))
+	if len(parents) == 0 {
+		t.Fatal("the engine has no cgroup parent")
+	}
+	for _, p := range parents {
+		if err := os.Mkdir(filepath.Join(p, dead), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if left := leftoversOf(t, cfg, dead); len(left) > 0 {
+		t.Errorf("a dead server's sandbox under this pid is left after Recover: %v", left)
+	}
+	if left := leftoversOf(t, cfg, h); len(left) == 0 {
+		t.Fatal("Recover removed a sandbox this engine keeps waiting")
+	}
+	id, _ := sandbox.ParseID("pool", "same-pid")
+	if err := e.Adopt(ctx, h, id, warmSpec(t, 128, 1, "/workspace")); err != nil {
+		t.Fatalf("the waiting sandbox after Recover: %v", err)
+	}
+	if err := e.Delete(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+}
