@@ -415,6 +415,9 @@ func TestWarmPoolEveryFrontEnd(t *testing.T) {
 	srv := startServer(t, home)
 	key := keygen(t, home)
 
+	if out, _, err := msb(t, home, "server", "status"); err != nil || !strings.Contains(out, "warm pool:      2 × microsandbox/python, 64 MiB each\n") {
+		t.Errorf("status with the default pool: %v\n%s", err, out)
+	}
 	srv.waitPoolFull(key, home)
 	srv.sandbox(key, "fe", "rpc", nil)
 
@@ -468,6 +471,9 @@ func TestWarmPoolOff(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // a pool would have started filling
 	if w := warmCgroups(home); len(w) > 0 {
 		t.Fatalf("sandboxes wait with the pool off: %v", w)
+	}
+	if out, _, err := msb(t, home, "server", "status"); err != nil || !strings.Contains(out, "warm pool:      off\n") {
+		t.Errorf("status with the pool off: %v\n%s", err, out)
 	}
 	b := srv.sandbox(key, "off", "box", nil)
 	if all, pooled := starts(srv.out.String(), "off", "box"); all != 1 || pooled != 0 {
