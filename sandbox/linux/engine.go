@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -72,8 +73,16 @@ type Config struct {
 type Engine struct {
 	cfg Config
 
-	mu    sync.Mutex      // guards boxes only; never held across slow work
+	mu    sync.Mutex      // guards boxes and warm only; never held across slow work
 	boxes map[string]*box // by ID.Key()
+	// warm are the sandboxes started ahead of time, by handle (pool.go).
+	warm    map[string]*box
+	warmSeq int
+	// staleMu serialises removeStaleWarm; staleWarm says its last run
+	// left something (a host process holds a cgroup, say), which every
+	// Prestart then tries again.
+	staleMu   sync.Mutex
+	staleWarm atomic.Bool
 
 	host hostLimits // what the host lets every sandbox have
 	cg   *cgroups
@@ -129,8 +138,12 @@ var (
 // box is one sandbox this Engine knows: created by it, or found on disk
 // and being deleted.
 type box struct {
-	id  sandbox.ID
-	dir string // <SandboxDir>/<key>
+	id sandbox.ID // zero while it waits in a pool
+	// handle names the sandbox's directory under SandboxDir and its
+	// cgroups: its key, or the handle it was started under in a pool
+	// (pool.go), which it keeps when it is adopted.
+	handle string
+	dir    string // <SandboxDir>/<handle>
 
 	mu       sync.Mutex // serialises lifecycle calls; held briefly by Exec and friends
 	gone     bool       // deleted: the map no longer holds this box
@@ -213,6 +226,7 @@ func New(cfg Config) (*Engine, error) {
 	return &Engine{
 		cfg:           cfg,
 		boxes:         map[string]*box{},
+		warm:          map[string]*box{},
 		host:          host,
 		cg:            cg,
 		l:             l,
@@ -233,6 +247,7 @@ func New(cfg Config) (*Engine, error) {
 // component is removed: the levels above it may be shared with other
 // servers. The Engine must not be used afterwards.
 func (e *Engine) Close() error {
+	e.discardWarm()
 	e.trash.wait()
 	err := e.cg.drain()
 	if perr := e.cg.removeParent(); err == nil {
@@ -289,7 +304,7 @@ func (e *Engine) lockOrAdopt(id sandbox.ID) *box {
 	if !e.onDisk(key) {
 		return nil
 	}
-	nb := &box{id: id, dir: filepath.Join(e.cfg.SandboxDir, key), leftover: true}
+	nb := &box{id: id, handle: key, dir: filepath.Join(e.cfg.SandboxDir, key), leftover: true}
 	nb.mu.Lock()
 	e.mu.Lock()
 	if e.boxes[key] != nil { // lost a race; use the winner
@@ -335,7 +350,7 @@ func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) e
 		return fmt.Errorf("sandbox %s: %w", id, err)
 	}
 
-	b := &box{id: id, dir: filepath.Join(e.cfg.SandboxDir, key), spec: spec}
+	b := &box{id: id, handle: key, dir: filepath.Join(e.cfg.SandboxDir, key), spec: spec}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	e.mu.Lock()
@@ -360,15 +375,15 @@ func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) e
 
 func (e *Engine) create(b *box) error {
 	if err := os.Mkdir(b.dir, 0o700); err != nil {
-		return fmt.Errorf("sandbox %s: %w", b.id, err)
+		return fmt.Errorf("sandbox %s: %w", b, err)
 	}
 	if err := prepareRoot(b.dir, b.spec.Root.Layers, e.cfg.LayerLock); err != nil {
-		return fmt.Errorf("sandbox %s: root file system: %w", b.id, err)
+		return fmt.Errorf("sandbox %s: root file system: %w", b, err)
 	}
 	if len(b.spec.Root.Layers) == 0 {
 		t, err := e.templates.get(b.spec)
 		if err != nil {
-			return fmt.Errorf("sandbox %s: %w", b.id, err)
+			return fmt.Errorf("sandbox %s: %w", b, err)
 		}
 		b.template = t
 	}
@@ -378,7 +393,7 @@ func (e *Engine) create(b *box) error {
 	for _, m := range volumes(b.spec.Root.Mounts) {
 		v, _, err := openVolume(m)
 		if err != nil {
-			return fmt.Errorf("sandbox %s: %w", b.id, err)
+			return fmt.Errorf("sandbox %s: %w", b, err)
 		}
 		v.Close()
 	}
@@ -395,6 +410,15 @@ func validKey(key string) bool {
 		}
 	}
 	return key != "" && key[0] != '.'
+}
+
+// String names the sandbox in messages: its ID, or, while it waits in a
+// pool, its handle.
+func (b *box) String() string {
+	if b.id.IsZero() {
+		return "(pooled) " + b.handle
+	}
+	return b.id.String()
 }
 
 // running reports whether the portal is up; b.mu must be held.
@@ -458,9 +482,9 @@ func (fs childFiles) close() {
 }
 
 func (e *Engine) start(ctx context.Context, b *box) (err error) {
-	key := b.id.Key()
+	key := b.handle
 	unavailable := func(what string, err error) error {
-		return fmt.Errorf("sandbox %s: %s: %w: %w", b.id, what, err, errdefs.ErrUnavailable)
+		return fmt.Errorf("sandbox %s: %s: %w: %w", b, what, err, errdefs.ErrUnavailable)
 	}
 	if err := e.cg.take(key, specLimits(b.spec)); err != nil {
 		return unavailable("cgroups", err)
@@ -519,14 +543,14 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	for _, m := range volumes(b.spec.Root.Mounts) {
 		v, dir, err := openVolume(m)
 		if err != nil {
-			return fmt.Errorf("sandbox %s: %w", b.id, err)
+			return fmt.Errorf("sandbox %s: %w", b, err)
 		}
 		mine = append(mine, v)
 		files = append(files, v)
 		cfg.Volumes = append(cfg.Volumes, volumeTarget{Target: m.Target, Dir: dir})
 	}
 	if len(files) >= exeFDMin {
-		return fmt.Errorf("sandbox %s: too many volumes: %w", b.id, errdefs.ErrInvalid)
+		return fmt.Errorf("sandbox %s: too many volumes: %w", b, errdefs.ErrInvalid)
 	}
 	data, err := json.Marshal(cfg)
 	if err != nil {
@@ -599,7 +623,7 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	defer cancel()
 	if err := waitInit(sctx, status); err != nil {
 		if errors.Is(err, errdefs.ErrInvalid) {
-			return fmt.Errorf("sandbox %s: %w", b.id, err)
+			return fmt.Errorf("sandbox %s: %w", b, err)
 		}
 		return e.startErr(b, logPath, "set-up failed", err)
 	}
@@ -619,7 +643,7 @@ func (e *Engine) startErr(b *box, logPath, what string, err error) error {
 	if msg != "" {
 		msg = "; portal log: " + msg
 	}
-	return fmt.Errorf("sandbox %s: %s: %w%s: %w", b.id, what, err, msg, errdefs.ErrUnavailable)
+	return fmt.Errorf("sandbox %s: %s: %w%s: %w", b, what, err, msg, errdefs.ErrUnavailable)
 }
 
 // waitInit waits until the init has built the sandbox (it closes its end
@@ -733,7 +757,7 @@ func (e *Engine) releaseCgroups(b *box) error {
 	if !b.cgroups {
 		return nil
 	}
-	if err := e.cg.removeSet(b.id.Key()); err != nil {
+	if err := e.cg.removeSet(b.handle); err != nil {
 		return err
 	}
 	b.cgroups = false
@@ -752,7 +776,7 @@ func (e *Engine) Stop(ctx context.Context, id sandbox.ID) error {
 	}
 	defer b.mu.Unlock()
 	if b.leftover {
-		if err := e.cg.killInit(b.id.Key()); err != nil {
+		if err := e.cg.killInit(b.handle); err != nil {
 			return fmt.Errorf("sandbox %s: %w: %w", id, err, errdefs.ErrUnavailable)
 		}
 		return nil
@@ -780,9 +804,8 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 	}
 	defer b.mu.Unlock()
 	var errs []error
-	key := id.Key()
 	if b.leftover {
-		if err := e.cg.killInit(key); err != nil {
+		if err := e.cg.killInit(b.handle); err != nil {
 			errs = append(errs, err)
 		}
 		b.cgroups = true // whatever a crashed run left
@@ -790,16 +813,16 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 		e.kill(b)
 	}
 	if b.cgroups {
-		if err := e.cg.removeSet(key); err != nil {
+		if err := e.cg.removeSet(b.handle); err != nil {
 			errs = append(errs, err)
 		} else {
 			b.cgroups = false
 		}
-		if err := e.cg.removeLegacyUnified(key); err != nil {
+		if err := e.cg.removeLegacyUnified(b.handle); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if err := os.RemoveAll(filepath.Join(e.cfg.StateDir, key)); err != nil {
+	if err := os.RemoveAll(filepath.Join(e.cfg.StateDir, id.Key())); err != nil {
 		errs = append(errs, err)
 	}
 	remove := removeSandboxDir
@@ -864,6 +887,7 @@ func (e *Engine) leftoverStatus(id sandbox.ID) (sandbox.Status, bool) {
 // an error wrapping errdefs.ErrUnavailable when the directories cannot be
 // read.
 func (e *Engine) Recover(ctx context.Context) ([]sandbox.Status, error) {
+	e.removeStaleWarm()
 	keys := map[string]bool{}
 	for _, d := range []string{e.cfg.StateDir, e.cfg.SandboxDir} {
 		entries, err := os.ReadDir(d)
@@ -1016,9 +1040,10 @@ func (e *Engine) Stats(ctx context.Context, id sandbox.ID) (sandbox.Stats, error
 		return sandbox.Stats{}, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrConflict)
 	}
 	st := sandbox.Stats{Sampled: time.Now(), Network: networkStats(b)}
+	handle := b.handle
 	b.mu.Unlock()
 
-	cpu, mem, err := e.cg.stats(id.Key())
+	cpu, mem, err := e.cg.stats(handle)
 	if err != nil {
 		// A Stop racing with us removes the cgroups we are reading.
 		return sandbox.Stats{}, callErr(b, "reading cgroups", fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable))
