@@ -206,6 +206,12 @@ func memAvailable(tb testing.TB) int64 {
 // version, to compare). Run it with scripts/bench-sandbox.sh (root).
 func BenchmarkSandbox(b *testing.B) {
 	home := b.TempDir()
+	// Cold starts: the warm pool would serve the default image's
+	// (BenchmarkSandboxPool measures it), and its sandboxes' cgroups are
+	// not named after them (benchIdle reads those).
+	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte("[pool]\nenabled = false\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
 	if other := os.Getenv("MSB_BENCH_BINARY"); other != "" {
 		defer func(bin string) { msbBin = bin }(msbBin)
 		msbBin = other
@@ -303,6 +309,120 @@ func BenchmarkSandbox(b *testing.B) {
 		benchThroughput(b, c, pid)
 		benchIdle(b, c, home)
 	}
+	if strings.Contains(srv.out.String(), "level=ERROR") {
+		b.Fatalf("server logged errors:\n%s", srv.out)
+	}
+}
+
+// BenchmarkSandboxPool measures sandbox.start served from the warm pool
+// of the real server (the built msb binary in dev mode, its default pool
+// of 2 sandboxes of microsandbox/python, over HTTP on loopback), in
+// rounds that interleave (one of each per round, medians):
+//
+//	python-c-ms          a bare `/usr/bin/python3 -c 'print(1)'`
+//	pool-start-ms        sandbox.start of microsandbox/python taken from the pool, its
+//	                     config (env, workdir, memory) applied     pool-start/python-c (target <= 0.3)
+//	cold-start-ms        sandbox.start of the same root under the alias "host", which
+//	                     has no pool, on the same server           cold-start/python-c
+//
+// Each start waits until the pool is full again (sandbox.metrics.get),
+// so every pool start is served from it; the server's log is checked to
+// say so (pooled-starts counts them). MSB_BENCH_ROUNDS scales the run.
+func BenchmarkSandboxPool(b *testing.B) {
+	home := b.TempDir()
+	srv := startProcess(b, home, "--dev")
+	b.Cleanup(func() {
+		if b.Failed() {
+			b.Logf("server errors:\n%s", grepLines(srv.out.String(), "level=ERROR"))
+		}
+	})
+	c := newRPCClient(srv.URL)
+	must := func(method string, params map[string]any) json.RawMessage {
+		r, err := c.call(method, params)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return r
+	}
+	full := func() {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
+			var m struct {
+				Pool []struct{ Size, Waiting, Starting int } `json:"pool"`
+			}
+			json.Unmarshal(must("sandbox.metrics.get", map[string]any{"namespace": "*"}), &m)
+			if len(m.Pool) == 1 && m.Pool[0].Waiting == m.Pool[0].Size && m.Pool[0].Starting == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("the pool did not fill: %+v", m.Pool)
+			}
+		}
+	}
+	python := func() {
+		if out, err := exec.Command("/usr/bin/python3", "-c", "print(1)").Output(); err != nil || string(out) != "1\n" {
+			b.Fatalf("python3: %v %q", err, out)
+		}
+	}
+	rounds := benchInt("MSB_BENCH_ROUNDS", 41)
+	cfg := func(image string) map[string]any {
+		return map[string]any{"image": image, "envs": []string{"BENCH=1"}, "workdir": "/work", "memory": 256}
+	}
+	for i := 0; i < b.N; i++ {
+		// Warm the caches (the image's template, the binary's pages).
+		for _, image := range []string{"microsandbox/python", "host"} {
+			full()
+			must("sandbox.start", map[string]any{"namespace": "bench", "sandbox": "warmup", "config": cfg(image)})
+			must("sandbox.stop", map[string]any{"namespace": "bench", "sandbox": "warmup"})
+		}
+		var pyT, poolT, coldT []time.Duration
+		for r := 0; r < rounds; r++ {
+			t0 := time.Now()
+			python()
+			pyT = append(pyT, time.Since(t0))
+
+			for _, image := range []string{"microsandbox/python", "host"} {
+				full()
+				p := map[string]any{"namespace": "bench", "sandbox": fmt.Sprintf("r%d", r), "config": cfg(image)}
+				t0 = time.Now()
+				must("sandbox.start", p)
+				d := time.Since(t0)
+				if image == "host" {
+					coldT = append(coldT, d)
+				} else {
+					poolT = append(poolT, d)
+				}
+				var res struct {
+					Output []outputLine `json:"output"`
+				}
+				json.Unmarshal(must("sandbox.command.run", map[string]any{"namespace": "bench", "sandbox": p["sandbox"],
+					"command": "sh", "args": []string{"-c", "echo $BENCH $(pwd)"}}), &res)
+				if len(res.Output) != 1 || res.Output[0].Text != "1 /work" {
+					b.Fatalf("the sandbox's config is not applied: %+v", res)
+				}
+				delete(p, "config")
+				must("sandbox.stop", p)
+			}
+		}
+		py := quantile(pyT, 0.5)
+		b.ReportMetric(ms(py), "python-c-ms")
+		b.ReportMetric(ms(quantile(poolT, 0.5)), "pool-start-ms")
+		b.ReportMetric(float64(quantile(poolT, 0.5))/float64(py), "pool-start/python-c")
+		b.ReportMetric(ms(quantile(coldT, 0.5)), "cold-start-ms")
+		b.ReportMetric(float64(quantile(coldT, 0.5))/float64(py), "cold-start/python-c")
+	}
+	pooled := 0
+	for _, l := range strings.Split(srv.out.String(), "\n") {
+		if strings.Contains(l, `msg="sandbox started"`) && strings.Contains(l, "image=microsandbox/python") && strings.Contains(l, "sandbox=bench/r") {
+			if !strings.Contains(l, "pooled=true") {
+				b.Fatalf("a start of the pooled image was cold: %s", l)
+			}
+			pooled++
+		}
+	}
+	if pooled != rounds*b.N {
+		b.Fatalf("%d pool starts logged, want %d", pooled, rounds*b.N)
+	}
+	b.ReportMetric(float64(pooled), "pooled-starts")
 	if strings.Contains(srv.out.String(), "level=ERROR") {
 		b.Fatalf("server logged errors:\n%s", srv.out)
 	}

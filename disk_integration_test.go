@@ -25,12 +25,12 @@ func loopsUnder(dir string) []string {
 }
 
 // waitLoopsGone waits a little for the loop devices of images under dir
-// (not under except) to detach, and returns those that stay.
-func waitLoopsGone(dir, except string) []string {
+// (but those skip says to leave) to detach, and returns those that stay.
+func waitLoopsGone(dir string, skip func(loop string) bool) []string {
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		var left []string
 		for _, l := range loopsUnder(dir) {
-			if except == "" || !strings.Contains(l, except+"/") {
+			if skip == nil || !skip(l) {
 				left = append(left, l)
 			}
 		}

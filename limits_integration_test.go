@@ -227,7 +227,8 @@ func procStatusKiB(t *testing.T, pid int, field string) int {
 func TestTotalPidsCeiling(t *testing.T) {
 	t.Parallel()
 	home := newHome(t)
-	config := testConfig + "sandbox_pids = 64\ntotal_pids = 150\ntotal_memory = 4096\n"
+	// No warm pool: its waiting sandboxes would hold pids too.
+	config := testConfig + "sandbox_pids = 64\ntotal_pids = 150\ntotal_memory = 4096\n[pool]\nenabled = false\n"
 	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +284,8 @@ func parentCgroup(t *testing.T, home, ctrl, file string) string {
 func TestTotalMemoryCeiling(t *testing.T) {
 	t.Parallel()
 	home := newHome(t)
-	config := testConfig + "total_memory = 300\n"
+	// No warm pool: its waiting sandboxes would hold memory too.
+	config := testConfig + "total_memory = 300\n[pool]\nenabled = false\n"
 	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}

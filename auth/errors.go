@@ -20,6 +20,9 @@ var (
 	// ErrFamilyUsageLimit is the 401 of a key whose uses are left but
 	// those of a key it was made from are spent.
 	ErrFamilyUsageLimit = errdefs.New(errdefs.Unauthenticated, "API key usage limit reached by the key it was made from: its uses are shared with that key's, which are spent")
+	// ErrFamilyRevoked is the 401 of a key made from a key that was
+	// revoked (not rotated): revoking a key revokes every key made from it.
+	ErrFamilyRevoked = errdefs.New(errdefs.Unauthenticated, "API key has been revoked: the key it was made from was revoked, and that revokes every key made from it")
 )
 
 // ErrKeyNotFound is returned by the registry for an unknown key id (class NotFound).

@@ -24,6 +24,11 @@ type Policy interface {
 	// Authenticate returns who key belongs to; errors are of class
 	// Unauthenticated and name the cause.
 	Authenticate(ctx context.Context, key string) (Principal, error)
+	// Recheck tells whether a principal Authenticate returned earlier
+	// still holds: not expired, revoked, spent or invalidated since. A
+	// long-lived connection (an agent socket, a log stream) asks it, as
+	// every request of the others authenticates again.
+	Recheck(ctx context.Context, p Principal) error
 	// Identify names the issued key a refused request carried, for the
 	// audit log ("" for anything never issued).
 	Identify(ctx context.Context, key string) (id, label string)
@@ -60,6 +65,9 @@ type Auditor interface {
 func (k *KeyPolicy) Authenticate(ctx context.Context, key string) (Principal, error) {
 	return k.Authn.Authenticate(ctx, key)
 }
+
+// Recheck implements Policy.
+func (k *KeyPolicy) Recheck(ctx context.Context, p Principal) error { return k.Authn.Recheck(ctx, p) }
 
 // Identify implements Policy.
 func (k *KeyPolicy) Identify(ctx context.Context, key string) (string, string) {
@@ -102,6 +110,9 @@ type DevPolicy struct{}
 func (DevPolicy) Authenticate(context.Context, string) (Principal, error) {
 	return FullAccess("dev"), nil
 }
+
+// Recheck implements Policy: the developer always holds.
+func (DevPolicy) Recheck(context.Context, Principal) error { return nil }
 
 // Identify implements Policy.
 func (DevPolicy) Identify(context.Context, string) (string, string) { return "", "" }
@@ -276,6 +287,13 @@ func (g *Gate) Authenticate(ctx context.Context, key, remote string, what func()
 		g.record(e)
 	}
 	return nil, err
+}
+
+// Recheck tells whether c's key still holds (Policy.Recheck); a
+// long-lived connection asks it before each call and now and then in
+// between, and ends when it does not.
+func (g *Gate) Recheck(ctx context.Context, c *Caller) error {
+	return g.Policy.Recheck(ctx, c.Principal)
 }
 
 // auditWait bounds how long a call waits for its audit event to be

@@ -264,8 +264,46 @@ func (a *Authenticator) Authenticate(ctx context.Context, key string) (Principal
 	if err != nil {
 		return Principal{}, err
 	}
-	if !hmac.Equal([]byte(k.Hash), hash[:]) || k.SigningKeyID != a.Signer.ID() || k.Namespace != tok.namespace || k.Scopes != tok.scopes {
+	if !hmac.Equal([]byte(k.Hash), hash[:]) || k.Namespace != tok.namespace || k.Scopes != tok.scopes {
 		return Principal{}, ErrInvalidKey
+	}
+	return a.principal(ctx, k, now, true)
+}
+
+// Recheck implements Policy.Recheck for a principal Authenticate made:
+// its key is looked up again (a cached row, or one read after a change
+// of the registry) and checked as Authenticate checks it.
+func (a *Authenticator) Recheck(ctx context.Context, p Principal) error {
+	if p.Unlimited {
+		return nil
+	}
+	now := time.Now
+	if a.Now != nil {
+		now = a.Now
+	}
+	if !p.Expires.IsZero() && !now().Before(p.Expires) {
+		return ErrExpired
+	}
+	k, err := a.Registry.lookup(ctx, p.KeyID)
+	if errors.Is(err, ErrKeyNotFound) {
+		return ErrInvalidKey
+	}
+	if err != nil {
+		return err
+	}
+	_, err = a.principal(ctx, k, now, false)
+	return err
+}
+
+// principal checks the registry's record k of a key whose text verified
+// (signing key, revocation, expiry, uses, its ancestors') and returns who
+// it makes; touch records its use.
+func (a *Authenticator) principal(ctx context.Context, k Key, now func() time.Time, touch bool) (Principal, error) {
+	if k.SigningKeyID != a.Signer.ID() {
+		return Principal{}, ErrInvalidKey
+	}
+	if !k.Expires.IsZero() && !now().Before(k.Expires) {
+		return Principal{}, ErrExpired
 	}
 	if k.RevokedAt(now()) {
 		return Principal{}, ErrRevoked
@@ -275,7 +313,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, key string) (Principal
 	if a.Registry.isSpent(k) {
 		return Principal{}, ErrUsageLimit
 	}
-	a.Registry.touch(k.ID)
+	if touch {
+		a.Registry.touch(k.ID)
+	}
 	expires := k.Expires
 	if !k.Revoked.IsZero() && (expires.IsZero() || k.Revoked.Before(expires)) {
 		expires = k.Revoked // a rotated key in its grace period
@@ -289,6 +329,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, key string) (Principal
 		}
 		if err != nil {
 			return Principal{}, err
+		}
+		if anc.ReplacedBy == "" && anc.RevokedAt(now()) {
+			return Principal{}, ErrFamilyRevoked
 		}
 		if a.Registry.isSpent(anc) {
 			return Principal{}, ErrFamilyUsageLimit

@@ -188,12 +188,17 @@ func (m *Manager) target(ctx context.Context, caller Principal, id string) (Key,
 	return m.Registry.findIn(ctx, id, func(k Key) bool { return namespace.Covers(caller.Namespace, k.Namespace) })
 }
 
-// Revoke revokes a key of caller's namespaces at once. Errors match
-// ErrKeyNotFound or errdefs.ErrForbidden.
+// Revoke revokes a key of caller's namespaces at once, and with it every
+// key made from it. Errors match ErrKeyNotFound or errdefs.ErrForbidden
+// (the key has scopes the caller lacks: a narrower key cannot revoke a
+// wider one, its parent included).
 func (m *Manager) Revoke(ctx context.Context, caller Principal, id string) (Key, error) {
 	k, err := m.target(ctx, caller, id)
 	if err != nil {
 		return Key{}, err
+	}
+	if !caller.Scopes.Covers(k.Scopes) {
+		return Key{}, errdefs.Forbiddenf("cannot revoke key %s: it has scopes (%s) your key lacks; ask whoever holds a key with them, or the operator (`msb server keys revoke %s`)", k.ID, k.Scopes, k.ID)
 	}
 	return m.Registry.revokeAt(ctx, k, m.Registry.now())
 }

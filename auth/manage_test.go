@@ -513,3 +513,91 @@ func TestLastUsedAtMostOnceAMinute(t *testing.T) {
 		}
 	}
 }
+
+// Revoking a key revokes the keys made from it (a leaked key's holder
+// cannot keep a child), rotating it does not; a narrower key cannot
+// revoke a wider one.
+func TestRevokeReachesTheFamily(t *testing.T) {
+	h := newHome(t, nil)
+	m := manager(h)
+	ctx := context.Background()
+	authn := func(text string) (auth.Principal, error) { return h.authn.Authenticate(ctx, text) }
+	parentText, parent, err := h.issuer.Issue(ctx, auth.IssueOptions{Namespace: "team", Label: "leaked"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pp, err := authn(parentText)
+	if err != nil {
+		t.Fatal(err)
+	}
+	childText, _, err := m.Create(ctx, pp, auth.CreateOptions{Label: "child"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := authn(childText)
+	if err != nil {
+		t.Fatal(err)
+	}
+	grandText, _, err := m.Create(ctx, cp, auth.CreateOptions{Label: "grandchild"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.reg.Revoke(ctx, parent.ID); err != nil {
+		t.Fatal(err)
+	}
+	for name, text := range map[string]string{"child": childText, "grandchild": grandText} {
+		if _, err := authn(text); !errors.Is(err, auth.ErrFamilyRevoked) {
+			t.Errorf("%s of a revoked key: %v, want ErrFamilyRevoked", name, err)
+		}
+	}
+
+	// Rotation keeps the family.
+	rotText, _, err := h.issuer.Issue(ctx, auth.IssueOptions{Namespace: "team", Label: "rotated"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp, err := authn(rotText)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kidText, _, err := m.Create(ctx, rp, auth.CreateOptions{Label: "kid"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Rotate(ctx, rp, rp.KeyID, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := authn(rotText); err == nil {
+		t.Fatal("a key rotated with no grace still works")
+	}
+	if _, err := authn(kidText); err != nil {
+		t.Errorf("the child of a rotated key: %v, want it working", err)
+	}
+
+	// A keys:manage-only key cannot revoke its namespace's admin key.
+	km, err := auth.ParseScopes([]string{"keys:manage"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	weakText, _, err := h.issuer.Issue(ctx, auth.IssueOptions{Namespace: "team", Scopes: km})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wp, err := authn(weakText)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminText, admin, err := h.issuer.Issue(ctx, auth.IssueOptions{Namespace: "team", Label: "admin"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Revoke(ctx, wp, admin.ID); !errdefs.Is(err, errdefs.Forbidden) {
+		t.Errorf("keys:manage key revoking an all-scopes key: %v, want forbidden", err)
+	}
+	if _, err := authn(adminText); err != nil {
+		t.Errorf("admin key after the refused revoke: %v", err)
+	}
+	if _, err := m.Revoke(ctx, wp, wp.KeyID); err != nil {
+		t.Errorf("a key revoking itself: %v", err)
+	}
+}

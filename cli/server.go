@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"slices"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -282,6 +283,7 @@ func printNamespaces(ctx context.Context, home *server.Home, cfg config.Config) 
 	}
 	slices.Sort(names)
 	fmt.Printf("running:        %d sandboxes\n", running)
+	fmt.Printf("warm pool:      %s\n", poolSummary(cfg.Pool))
 	if len(names) == 0 {
 		return nil
 	}
@@ -298,6 +300,21 @@ func printNamespaces(ctx context.Context, home *server.Home, cfg config.Config) 
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", ns, of(u.sandboxes, q.Sandboxes), of(u.memory, q.Memory), of(u.cpus, q.CPUs), of(u.disk, q.Disk))
 	}
 	return w.Flush()
+}
+
+// poolSummary says what the configured warm pool keeps waiting
+// (sandbox.metrics.get lists what waits now).
+func poolSummary(p config.Pool) string {
+	if p.Sandboxes() == 0 {
+		return "off"
+	}
+	var parts []string
+	for _, ref := range slices.Sorted(maps.Keys(p.Images)) {
+		if n := p.Images[ref]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d × %s", n, ref))
+		}
+	}
+	return fmt.Sprintf("%s, %d MiB each", strings.Join(parts, ", "), p.Share())
 }
 
 // exitNotRunning is the exit code of `msb server status` when no server

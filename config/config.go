@@ -93,6 +93,9 @@ type Config struct {
 	// Network is sandboxes' outbound network: defaults, ceilings per
 	// namespace, and how msb reaches out for them.
 	Network Network `toml:"network"`
+	// Pool is the warm pool: sandboxes of some images started ahead of
+	// time, so that a start takes one instead of starting one.
+	Pool Pool `toml:"pool"`
 
 	// Sandbox defaults.
 	SandboxPids int `toml:"sandbox_pids"`
@@ -137,6 +140,87 @@ func (q Quotas) Of(ns string) Quota {
 		return own
 	}
 	return q.Quota
+}
+
+// Pool is the [pool] table: how many sandboxes wait started for each
+// image, and the memory they may hold together.
+type Pool struct {
+	// Enabled turns the warm pool on (default true); false: every start
+	// starts its sandbox.
+	Enabled bool `toml:"enabled"`
+	// Memory bounds, in MiB, the memory all waiting sandboxes hold
+	// together: each waits with a memory limit of Memory divided by the
+	// number of sandboxes in Images (a start that takes one gives it its
+	// own limit). Waiting sandboxes belong to no namespace, so no quota
+	// counts them; a taken one counts against its namespace's.
+	Memory int `toml:"memory"`
+	// Images are how many sandboxes wait for each image, by the name a
+	// sandbox config gives ("microsandbox/python"); 0 or absent: starts
+	// of that image are cold. A file's [pool.images] replaces the
+	// default table.
+	Images map[string]int `toml:"images"`
+}
+
+// Defaults of the warm pool: a small pool for the default image only.
+const (
+	DefaultPoolImage     = "microsandbox/python"
+	DefaultPoolSandboxes = 2
+	DefaultPoolMemory    = 128 // MiB: 64 for each waiting sandbox
+	// MinPoolShare is the least memory (MiB) a waiting sandbox may get,
+	// the least any sandbox may have (sandbox.MinMemory).
+	MinPoolShare = 32
+	// MaxPoolSandboxes bounds the sandboxes waiting in all pools.
+	MaxPoolSandboxes = 1000
+)
+
+// DefaultPoolImages is the pool table of a config that sets none.
+func DefaultPoolImages() map[string]int {
+	return map[string]int{DefaultPoolImage: DefaultPoolSandboxes}
+}
+
+// Sandboxes is the number of sandboxes that wait in all pools (0 when
+// the pool is off).
+func (p Pool) Sandboxes() int {
+	if !p.Enabled {
+		return 0
+	}
+	n := 0
+	for _, k := range p.Images {
+		n += max(k, 0)
+	}
+	return n
+}
+
+// Share is the memory limit (MiB) of each waiting sandbox: Memory split
+// evenly; 0 when no sandbox waits.
+func (p Pool) Share() int {
+	if n := p.Sandboxes(); n > 0 {
+		return p.Memory / n
+	}
+	return 0
+}
+
+func (p Pool) validate() error {
+	for ref, n := range p.Images {
+		if ref == "" || n < 0 {
+			return fmt.Errorf("%w: pool.images: %q = %d: an image name and a number of sandboxes of 0 or more, such as \"microsandbox/python\" = 2", ErrInvalid, ref, n)
+		}
+	}
+	if p.Memory < 0 {
+		return fmt.Errorf("%w: pool.memory %d must be 0 or more MiB", ErrInvalid, p.Memory)
+	}
+	n := p.Sandboxes()
+	if n == 0 {
+		return nil
+	}
+	if n > MaxPoolSandboxes {
+		return fmt.Errorf("%w: pool.images: %d sandboxes in all, more than %d: make the pools smaller", ErrInvalid, n, MaxPoolSandboxes)
+	}
+	if p.Share() < MinPoolShare {
+		return fmt.Errorf("%w: pool.memory %d MiB for %d waiting sandboxes is %d MiB each, less than the %d a sandbox needs: set pool.memory to at least %d, or make the pools smaller",
+			ErrInvalid, p.Memory, n, p.Share(), MinPoolShare, n*MinPoolShare)
+	}
+	return nil
 }
 
 // Network is the [network] table: what sandboxes' outbound network may be,
@@ -312,6 +396,8 @@ func Default(home string) Config {
 		OutputMemory:             512,
 		MaxTimeout:               DefaultMaxTimeout,
 
+		Pool: Pool{Enabled: true, Memory: DefaultPoolMemory, Images: DefaultPoolImages()},
+
 		RateLimit:      DefaultRateLimit,
 		StartRateLimit: DefaultStartRateLimit,
 		AuditRetention: DefaultAuditRetention,
@@ -356,9 +442,13 @@ func (c *Config) loadFile() error {
 	// The file's table replaces the defaults', so an operator can remove
 	// an alias; a file without one keeps them.
 	c.Images = nil
+	c.Pool.Images = nil // the same for the pool's table
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(c)
 	if err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrInvalid, path, err)
+	}
+	if !md.IsDefined("pool", "images") {
+		c.Pool.Images = DefaultPoolImages()
 	}
 	if !md.IsDefined("images") {
 		c.Images = DefaultImages()
@@ -527,6 +617,12 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Network.validate(); err != nil {
 		return err
+	}
+	if err := c.Pool.validate(); err != nil {
+		return err
+	}
+	if share := c.Pool.Share(); c.MaxMemory > 0 && share > c.MaxMemory {
+		return fmt.Errorf("%w: pool.memory gives each waiting sandbox %d MiB, more than max_memory (%d MiB): lower pool.memory to at most %d", ErrInvalid, share, c.MaxMemory, c.MaxMemory*c.Pool.Sandboxes())
 	}
 	if c.MaxCallsPerKey < 1 {
 		return fmt.Errorf("%w: max_calls_per_key %d: use at least 1", ErrInvalid, c.MaxCallsPerKey)
@@ -780,6 +876,20 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # interface = "eth1"               # send sandboxes' traffic out of this device
 # [network.namespaces.team-a]      # unset settings are [network]'s
 # allow = ["pypi.org:443", "files.pythonhosted.org:443"]
+
+# The warm pool: sandboxes started ahead of time for some images, so that a
+# start of one of them takes a waiting sandbox (a few ms) instead of starting
+# one. A waiting sandbox goes to one start only, gets that start's config
+# (environment, limits, workdir, network, ports) when it is taken, and is
+# deleted when it stops; a start with volumes, tmpfs mounts or another user
+# starts cold. memory (MiB) bounds what all waiting sandboxes hold, split
+# evenly between them. Default: 2 sandboxes of microsandbox/python in 128 MiB.
+# enabled = false turns the pool off. A table, like [quotas]:
+# [pool]
+# enabled = true
+# memory = 128
+# [pool.images]
+# "microsandbox/python" = 2
 
 # Image aliases: the image names sandbox.start accepts, and what each runs.
 # "host" is the built-in image: this machine's /usr, /bin and /lib, read-only,

@@ -49,6 +49,8 @@ func TestDefault(t *testing.T) {
 		MaxCallsPerKey:           32,
 		OutputMemory:             512,
 
+		Pool: config.Pool{Enabled: true, Memory: 128, Images: map[string]int{"microsandbox/python": 2}},
+
 		RateLimit:      "600/m",
 		StartRateLimit: "60/m",
 		AuditRetention: "90d",
@@ -540,5 +542,66 @@ permitted = false
 	writeConfig(t, home, "[network]\nallowed = true\n")
 	if _, err := config.Load(home); err == nil || !strings.Contains(err.Error(), "network.allowed") {
 		t.Errorf("unknown network setting: %v", err)
+	}
+}
+
+// The warm pool: on by default for the default image only; a file's
+// [pool.images] replaces the default table, enabled = false turns it off,
+// and memory is split evenly between the waiting sandboxes.
+func TestPoolSettings(t *testing.T) {
+	clearEnv(t)
+	home := t.TempDir()
+	def := config.Default(home).Pool
+	if def.Sandboxes() != 2 || def.Share() != 64 || !reflect.DeepEqual(def.Images, config.DefaultPoolImages()) {
+		t.Errorf("default pool %+v: %d sandboxes of %d MiB", def, def.Sandboxes(), def.Share())
+	}
+	for _, tc := range []struct {
+		file      string
+		images    map[string]int
+		sandboxes int
+		share     int
+	}{
+		{"port = 6001\n", map[string]int{"microsandbox/python": 2}, 2, 64},
+		{"[pool]\nenabled = false\n", map[string]int{"microsandbox/python": 2}, 0, 0},
+		{"[pool]\nmemory = 600\n[pool.images]\n\"python:3.12-slim\" = 1\n\"microsandbox/node\" = 2\n",
+			map[string]int{"python:3.12-slim": 1, "microsandbox/node": 2}, 3, 200},
+		{"[pool.images]\n", map[string]int{}, 0, 0},
+		{"[pool.images]\n\"microsandbox/python\" = 0\n", map[string]int{"microsandbox/python": 0}, 0, 0},
+	} {
+		writeConfig(t, home, tc.file)
+		c, err := config.Load(home)
+		if err == nil {
+			err = c.Validate()
+		}
+		if err != nil {
+			t.Errorf("%q: %v", tc.file, err)
+			continue
+		}
+		if !reflect.DeepEqual(c.Pool.Images, tc.images) || c.Pool.Sandboxes() != tc.sandboxes || c.Pool.Share() != tc.share {
+			t.Errorf("%q: pool %+v: %d sandboxes of %d MiB; want %v, %d of %d", tc.file, c.Pool, c.Pool.Sandboxes(), c.Pool.Share(), tc.images, tc.sandboxes, tc.share)
+		}
+	}
+	for _, bad := range []struct{ file, mention string }{
+		{"[pool]\nmemory = 100\n[pool.images]\n\"a\" = 4\n", "set pool.memory to at least 128"},
+		{"[pool]\nmemory = -1\n", "pool.memory"},
+		{"[pool.images]\n\"a\" = -1\n", "pool.images"},
+		{"[pool.images]\n\"a\" = 1001\n[pool]\nmemory = 100000\n", "more than 1000"},
+		{"[pool]\nsize = 3\n", "pool.size"},
+		{"max_memory = 100\n[pool]\nmemory = 400\n", "lower pool.memory to at most 200"},
+		{"[pool.images]\n\"a\" = \"two\"\n", config.FileName},
+	} {
+		writeConfig(t, home, bad.file)
+		c, err := config.Load(home)
+		if err == nil {
+			err = c.Validate()
+		}
+		if !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), bad.mention) {
+			t.Errorf("%q: %v, want an error mentioning %q", bad.file, err, bad.mention)
+		}
+	}
+	// A pool too big for its memory is fine when it is off.
+	writeConfig(t, home, "[pool]\nenabled = false\nmemory = 1\n")
+	if c, err := config.Load(home); err != nil || c.Validate() != nil {
+		t.Errorf("a pool that is off is still checked: %v", err)
 	}
 }

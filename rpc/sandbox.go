@@ -219,6 +219,18 @@ type NetworkMetrics struct {
 type MetricsResult struct {
 	Sandboxes []SandboxMetrics `json:"sandboxes"`
 	Quotas    []NamespaceQuota `json:"quotas"`
+	// Pool is the server's warm pool, by image: listed for namespace
+	// "*" only (a key of every namespace), since it is no tenant's.
+	Pool []PoolMetrics `json:"pool,omitempty"`
+}
+
+// PoolMetrics is the warm pool of one image.
+type PoolMetrics struct {
+	Image     string `json:"image"`
+	Size      int    `json:"size"`
+	MemoryMiB int    `json:"memory_mib"`
+	Waiting   int    `json:"waiting"`
+	Starting  int    `json:"starting"`
 }
 
 // NamespaceQuota is what the running sandboxes of a namespace hold
@@ -281,6 +293,11 @@ func metrics(ctx context.Context, m sandbox.Manager, c *Call) (any, error) {
 		u, q := m.Usage(ns)
 		out.Quotas = append(out.Quotas, NamespaceQuota{Namespace: ns, Sandboxes: quotaValue(u.Sandboxes, q.Sandboxes),
 			MemoryMiB: quotaValue(u.MemoryMiB, q.MemoryMiB), CPUs: quotaValue(u.CPUs, q.CPUs), DiskMiB: quotaValue(u.DiskMiB, q.DiskMiB)})
+	}
+	if c.Namespace == "*" && c.ID.IsZero() {
+		for _, p := range m.Pool() {
+			out.Pool = append(out.Pool, PoolMetrics{Image: p.Image, Size: p.Size, MemoryMiB: p.MemoryMiB, Waiting: p.Waiting, Starting: p.Starting})
+		}
 	}
 	return out, nil
 }

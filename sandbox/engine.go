@@ -250,9 +250,38 @@ type Networker interface {
 	SetNetwork(ctx context.Context, id ID, cfg *network.Config) error
 }
 
+// Pooler is an engine that starts sandboxes before anyone asks for them
+// (a warm pool, package sandbox/pool) and gives one its identity when a
+// start asks for it. A prestarted sandbox has no ID: it is known by an
+// opaque handle that only Adopt and Discard take, so no call of a tenant
+// can reach it, and it is adopted at most once.
+type Pooler interface {
+	// Prestart creates and starts a sandbox of spec that belongs to no one
+	// and returns the engine's handle on it. spec has no Network (a
+	// sandbox gets its network when it is adopted). Errors are those of
+	// Create and Start.
+	Prestart(ctx context.Context, spec Spec) (handle string, err error)
+	// Adopt makes the prestarted sandbox handle the running sandbox id,
+	// with spec: what Poolable lets differ from the spec it was
+	// prestarted with (environment, working directory, memory, CPUs,
+	// pids, hostname, rlimits, network) is applied to it as it runs; from
+	// then on every call knows it as id, and the handle names nothing.
+	// On an error other than ErrNotFound the sandbox is deleted, never
+	// offered again. Errors: errdefs.ErrNotFound for a handle that is
+	// unknown, adopted or discarded; errdefs.ErrConflict when id exists;
+	// errdefs.ErrInvalid when spec is not Poolable from the sandbox's;
+	// errdefs.ErrUnavailable when the sandbox died or a setting could not
+	// be applied.
+	Adopt(ctx context.Context, handle string, id ID, spec Spec) error
+	// Discard deletes a prestarted sandbox that was never adopted; an
+	// unknown handle is not an error. errdefs.ErrUnavailable when
+	// something cannot be released.
+	Discard(ctx context.Context, handle string) error
+}
+
 // Engine is everything the Service needs from an isolation engine.
-// Spawner, Dialer and Networker are optional abilities, found by type
-// assertion.
+// Spawner, Dialer, Networker and Pooler are optional abilities, found by
+// type assertion.
 type Engine interface {
 	Runtime
 	Executor

@@ -106,14 +106,14 @@ func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Con
 	if err != nil {
 		return err
 	}
-	root := img.Root
-	root.Mounts = append([]Mount(nil), root.Mounts...)
+	spec := specOf(img, norm, s.opts.Pids)
+	spec.Hostname = id.Name()
 	for _, v := range norm.Volumes {
 		m, err := s.resolveVolume(id.Namespace(), v)
 		if err != nil {
 			return err
 		}
-		root.Mounts = append(root.Mounts, m)
+		spec.Root.Mounts = append(spec.Root.Mounts, m)
 	}
 	// The host ports are taken before the sandbox starts, so that a port
 	// in use fails the start at once.
@@ -127,31 +127,11 @@ func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Con
 			closeForwarders(forwarders)
 		}
 	}()
-	spec := Spec{
-		Root:      root,
-		Env:       MergeEnv(img.Env, norm.Envs),
-		Workdir:   norm.Workdir,
-		MemoryMiB: norm.Memory,
-		DiskMiB:   norm.Disk,
-		CPUs:      norm.CPUs,
-		Pids:      s.opts.Pids,
-		Hostname:  id.Name(),
-		User:      img.User,
-		Tmpfs:     norm.Tmpfs,
-		Rlimits:   norm.Rlimits,
-	}
 	var denials *denials
 	if net != nil {
 		denials = s.newDenials(id)
 		spec.Network = s.linkConfig(net, denials)
 	}
-	if spec.Workdir == "" {
-		spec.Workdir = img.Workdir
-	}
-	if spec.Workdir == "" {
-		spec.Workdir = DefaultWorkdir
-	}
-	spec.Root.Dirs = append(append([]string(nil), spec.Root.Dirs...), strings.TrimPrefix(spec.Workdir, "/"))
 
 	eng := s.opts.Engine
 	// The CPU baseline is the sandbox's creation: its first sample then
@@ -170,11 +150,14 @@ func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Con
 		eng.Delete(context.WithoutCancel(ctx), id)
 		return engineError("start", id, err)
 	}
-	if err := eng.Create(ctx, id, spec); err != nil {
-		return fail(err)
-	}
-	if err := eng.Start(ctx, id); err != nil {
-		return fail(err)
+	pooled := s.adoptWarm(ctx, id, norm.Image, spec)
+	if !pooled {
+		if err := eng.Create(ctx, id, spec); err != nil {
+			return fail(err)
+		}
+		if err := eng.Start(ctx, id); err != nil {
+			return fail(err)
+		}
 	}
 	exited, err := eng.Exited(ctx, id)
 	if err != nil {
@@ -211,7 +194,7 @@ func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Con
 	if req, ok := norm.background(); ok {
 		s.background(id, b, req)
 	}
-	s.opts.Log.Info("sandbox started", "sandbox", id.String(), "image", norm.Image, "memory_mib", norm.Memory, "cpus", norm.CPUs, "disk_mib", norm.Disk, "network", net != nil)
+	s.opts.Log.Info("sandbox started", "sandbox", id.String(), "image", norm.Image, "memory_mib", norm.Memory, "cpus", norm.CPUs, "disk_mib", norm.Disk, "network", net != nil, "pooled", pooled)
 	return nil
 }
 

@@ -38,6 +38,8 @@ type Manager interface {
 	// SetNetwork changes the sandbox's network (its mode, rules and
 	// limits): at once when it runs, and for its next starts.
 	SetNetwork(ctx context.Context, id ID, n Network) (NetworkUpdate, error)
+	// Pool reports the warm pool of each image; none without a pool.
+	Pool() []PoolStatus
 }
 
 // NetworkUpdate is the outcome of Manager.SetNetwork.
@@ -140,6 +142,10 @@ type ServiceOptions struct {
 	// answers their DNS; nil: a net.Dialer and the host's resolver.
 	NetDialer   network.Dialer
 	NetResolver network.Resolver
+	// Pool, if set, gives starts sandboxes started ahead of time (a warm
+	// pool) when the engine is a Pooler; Close closes it.
+	Pool WarmPool
+
 	// OnNetworkDenial, if set, is told of sandboxes' refused network
 	// attempts, at most once a second per sandbox (NetworkDenial). It is
 	// called with a lock held and must not block (the audit log's Record
@@ -333,15 +339,21 @@ func (s *Service) Recover(ctx context.Context) error {
 	return nil
 }
 
-// Close stops every running sandbox, as a server shutdown does.
+// Close deletes the sandboxes waiting in the warm pool and stops every
+// running sandbox, as a server shutdown does.
 func (s *Service) Close(ctx context.Context) error {
+	var errs []error
+	if s.opts.Pool != nil {
+		if err := s.opts.Pool.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("warm pool: %w", err))
+		}
+	}
 	s.mu.Lock()
 	ids := make([]ID, 0, len(s.boxes))
 	for id := range s.boxes {
 		ids = append(ids, id)
 	}
 	s.mu.Unlock()
-	var errs []error
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	for _, id := range ids {

@@ -43,6 +43,9 @@ func (u Unavailable) Exec(context.Context, ID, ExecRequest) (ExecResult, error) 
 	return ExecResult{}, u.fail()
 }
 
+// Pool reports no pool: nothing runs.
+func (u Unavailable) Pool() []PoolStatus { return nil }
+
 // Usage reports nothing used and no quota: nothing runs.
 func (u Unavailable) Usage(string) (Usage, Quota) { return Usage{}, Quota{} }
 

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Measures the sandbox paths of the real server (the built msb binary, dev
-# mode, HTTP on loopback) in one run (BenchmarkSandbox in bench_test.go):
+# mode, HTTP on loopback) in one run (BenchmarkSandbox and
+# BenchmarkSandboxPool in bench_test.go):
 #
-#   - interleaved rounds, medians: sandbox.start against a bare
+#   - interleaved rounds, medians: sandbox.start served from the warm pool
+#     against a bare /usr/bin/python3 -c 'print(1)' and against a cold
+#     start of the same root on the same server (BenchmarkSandboxPool);
+#   - interleaved rounds, medians, the pool off: sandbox.start against a bare
 #     /usr/bin/python3 -c 'print(1)', and a full create + python line +
 #     destroy against `crun run` of the same on the same root file system;
 #   - sandbox.command.run of true and a warm sandbox.repl.run;
@@ -22,7 +26,7 @@ if ! command -v crun >/dev/null; then
 	apt-get install -y crun >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y crun >/dev/null; } ||
 		echo "crun could not be installed: the run has no crun baseline" >&2
 fi
-go test -run '^$' -bench '^BenchmarkSandbox$' -benchtime 1x -count "${COUNT:-1}" -timeout 60m . |
+go test -run '^$' -bench '^BenchmarkSandbox(Pool)?$' -benchtime 1x -count "${COUNT:-1}" -timeout 60m . |
 	grep -E '^(Benchmark|ok|FAIL|    bench_test)' | tr '\t' '\n' | sed 's/^ *//'
 left=$(ls -d /sys/fs/cgroup/*/msb-bench-crun 2>/dev/null || true)
 if [ -n "$left" ]; then

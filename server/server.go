@@ -33,6 +33,7 @@ import (
 	"github.com/msb-dev/msb/sandbox/engine"
 	"github.com/msb-dev/msb/sandbox/image"
 	"github.com/msb-dev/msb/sandbox/logfile"
+	"github.com/msb-dev/msb/sandbox/pool"
 	"github.com/msb-dev/msb/sandbox/volume"
 )
 
@@ -249,10 +250,16 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 			s.log.Warn("network.interface of config.toml is not a device of this host (yet): sandboxes' connections fail until it is", "interface", dev, "err", err)
 		}
 	}
+	resolver := image.Resolver{Aliases: s.cfg.Images, Store: images}
+	warm, err := s.warmPool(eng, resolver)
+	if err != nil {
+		eng.Close()
+		return err
+	}
 	svc := sandbox.NewService(sandbox.ServiceOptions{
 		Engine:        eng,
 		Store:         s.home.DB,
-		Images:        image.Resolver{Aliases: s.cfg.Images, Store: images},
+		Images:        resolver,
 		LogDir:        s.cfg.SandboxLogDir(),
 		Pids:          s.cfg.SandboxPids,
 		MaxCPUs:       orDefault(s.cfg.MaxCPUs, runtime.NumCPU()),
@@ -277,10 +284,16 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		NetDialer:       netDialer(s.cfg.Network),
 		NetResolver:     netResolver(s.cfg.Network),
 		OnNetworkDenial: denialSink(s.audit, s.log),
+		Pool:            warm,
 	})
 	if err := svc.Recover(ctx); err != nil {
 		eng.Close()
 		return err
+	}
+	// After Recover: the engine has removed what a crashed server's pool
+	// left, and the pool's new sandboxes cannot be mistaken for it.
+	if p, ok := warm.(*pool.Pool); ok {
+		p.Start()
 	}
 	s.sandboxes = svc
 	s.closeSvc = func(ctx context.Context) error {
@@ -291,6 +304,34 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		return err
 	}
 	return nil
+}
+
+// warmPool is the warm pool of config.toml's [pool] on eng (nil: none,
+// because it is off, empty, or the engine cannot start sandboxes ahead of
+// time). Each image's pool gets its sandboxes' share of pool.memory.
+func (s *Server) warmPool(eng sandbox.Engine, images sandbox.Resolver) (sandbox.WarmPool, error) {
+	cfg := s.cfg.Pool
+	if cfg.Sandboxes() == 0 {
+		s.log.Info("warm pool off: every start starts its sandbox", "enabled", cfg.Enabled)
+		return nil, nil
+	}
+	pooler, ok := eng.(sandbox.Pooler)
+	if !ok {
+		s.log.Warn("warm pool off: the engine cannot start sandboxes ahead of time", "engine", s.cfg.Engine)
+		return nil, nil
+	}
+	sizes := map[string]pool.Size{}
+	for ref, n := range cfg.Images {
+		if n > 0 {
+			sizes[ref] = pool.Size{Sandboxes: n, MemoryMiB: n * cfg.Share()}
+		}
+	}
+	p, err := pool.New(pool.Options{Engine: pooler, Images: images, Pids: s.cfg.SandboxPids, DiskMiB: s.cfg.DefaultDisk, Pools: sizes, Log: s.log})
+	if err != nil {
+		return nil, fmt.Errorf("config.toml: [pool]: %w", err)
+	}
+	s.log.Info("warm pool", "sandboxes", cfg.Sandboxes(), "memory_mib", cfg.Memory, "images", cfg.Images)
+	return p, nil
 }
 
 // orDefault is v, or def when v is 0.

@@ -126,6 +126,8 @@ func (m *fakeManager) RunCode(ctx context.Context, id sandbox.ID, lang sandbox.L
 	return sandbox.ReplResult{Status: sandbox.ReplSuccess, Output: []sandbox.Line{{Stream: sandbox.Stdout, Text: "42"}}}, nil
 }
 
+func (m *fakeManager) Pool() []sandbox.PoolStatus { return nil }
+
 func (m *fakeManager) Usage(string) (sandbox.Usage, sandbox.Quota) {
 	return sandbox.Usage{}, sandbox.Quota{}
 }

@@ -101,6 +101,8 @@ func (f *fakeService) RunCode(context.Context, sandbox.ID, sandbox.Language, str
 	return sandbox.ReplResult{}, errdefs.Unavailablef("fake")
 }
 
+func (f *fakeService) Pool() []sandbox.PoolStatus { return nil }
+
 func (f *fakeService) Usage(string) (sandbox.Usage, sandbox.Quota) {
 	return sandbox.Usage{}, sandbox.Quota{}
 }

@@ -71,6 +71,10 @@ type env struct {
 	// namespace, of team with sandbox:read alone, of team with a rate of
 	// 5 an hour.
 	key, other, all, readOnly, limited string
+	// revocable is a key of team for a test to revoke (revocableID) in
+	// reg.
+	revocable, revocableID string
+	reg                    *auth.Registry
 }
 
 func newEnv(t *testing.T) *env {
@@ -92,6 +96,11 @@ func newEnv(t *testing.T) *env {
 	e.all = issue(auth.IssueOptions{})
 	e.readOnly = issue(auth.IssueOptions{Namespace: "team", Scopes: read})
 	e.limited = issue(auth.IssueOptions{Namespace: "team", Rate: ratelimit.Rate{N: 5, Per: time.Hour}})
+	text, k, err := issuer.Issue(context.Background(), auth.IssueOptions{Namespace: "team", Label: "revocable"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.revocable, e.revocableID, e.reg = text, k.ID, reg
 	policy := &auth.KeyPolicy{Authn: &auth.Authenticator{Signer: signer, Registry: reg},
 		Limits:  auth.NewLimits(reg, auth.Defaults{Rate: ratelimit.Rate{N: 600, Per: time.Minute}, StartRate: ratelimit.Rate{N: 60, Per: time.Minute}}, nil),
 		Auditor: e.audit}

@@ -138,6 +138,12 @@ func (h *Handler) logStream(c *Call) {
 	lastWrite := time.Now()
 	var buf []byte
 	for {
+		// The key is checked on every round, as a request of its own
+		// would be: a revoked or expired key's stream ends.
+		if err := h.gate.Recheck(ctx, c.caller); errdefs.Is(err, errdefs.Unauthenticated) {
+			h.log.Info("log stream closed: its key no longer holds", "sandbox", id.String(), "key", c.caller.Principal.KeyID, "reason", err.Error())
+			return
+		}
 		if r == nil {
 			r, err = h.logs.Open(id.Namespace(), id.Name())
 			switch {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/logfile"
 )
 
@@ -236,6 +238,19 @@ func TestVolumes(t *testing.T) {
 	})
 	e.want(e.do("DELETE", "/v1/volumes/data", e.key, nil), 409, "invalid_state_transition")
 	e.do("DELETE", "/v1/sandboxes/by-name/box", e.key, nil)
+	// Nor by a sandbox of /api/v1/rpc that mounts it another way: the
+	// namespace's whole directory, its absolute path, a directory in it.
+	nsDir := filepath.Join(e.vols.Root, "team")
+	for i, host := range []string{".", nsDir + "/data", "data/seed", nsDir} {
+		id := mustID(t, "team", fmt.Sprintf("rpc%d", i))
+		if err := e.svc.Start(t.Context(), id, &sandbox.Config{Volumes: []sandbox.Volume{{Host: host, Guest: "/v"}}}); err != nil {
+			t.Fatal(err)
+		}
+		e.want(e.do("DELETE", "/v1/volumes/data", e.key, nil), 409, "invalid_state_transition")
+		if err := e.svc.Stop(t.Context(), id); err != nil {
+			t.Fatal(err)
+		}
+	}
 	e.want(e.do("DELETE", "/v1/volumes/data", e.other, nil), 404, "volume_not_found")
 	e.want(e.do("DELETE", "/v1/volumes/_default", e.key, nil), 400, "invalid_request")
 	e.want(e.do("DELETE", "/v1/volumes/data", e.key, nil), 200, "")
@@ -252,3 +267,27 @@ func TestVolumes(t *testing.T) {
 }
 
 const hdrPath = "X-Msb-File-Path"
+
+// A log stream ends once its key is revoked.
+func TestLogStreamEndsWithItsKey(t *testing.T) {
+	e := newEnv(t)
+	sb := e.create("box")
+	resp, ch := e.openLogs(sb.ID, e.revocable, "")
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if _, err := e.reg.Revoke(t.Context(), e.revocableID); err != nil {
+		t.Fatal(err)
+	}
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case _, ok := <-ch:
+			if !ok {
+				return
+			}
+		case <-timeout:
+			t.Fatal("the log stream of a revoked key is still open after 10s")
+		}
+	}
+}

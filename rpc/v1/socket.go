@@ -177,6 +177,7 @@ func (s *session) serve() {
 	if err := s.send(hello); err != nil {
 		return
 	}
+	s.wg.Go(s.watchKey)
 	r := bufio.NewReaderSize(&messages{ws: s.ws, ctx: s.ctx}, 64<<10)
 	for {
 		f, err := agent.ReadFrame(r)
@@ -200,6 +201,38 @@ func (s *session) serve() {
 			}
 			return
 		}
+	}
+}
+
+// keyRecheck is how often an open socket checks that its key still
+// holds, so that a revoked or expired key loses what it runs (a shell, a
+// stream) within that time, not when the client lets go.
+var keyRecheck = time.Second
+
+// watchKey closes the socket once its key no longer holds: revoked,
+// expired, spent, or its signing key reset.
+func (s *session) watchKey() {
+	t := time.NewTicker(keyRecheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := s.h.gate.Recheck(s.ctx, s.caller)
+		if err == nil || !errdefs.Is(err, errdefs.Unauthenticated) {
+			continue // a registry that cannot be read now is no verdict
+		}
+		s.h.log.Info("agent socket closed: its key no longer holds", "sandbox", s.id.String(), "key", s.caller.Principal.KeyID, "reason", err.Error())
+		// A close reason is at most 123 bytes.
+		reason := err.Error()
+		if len(reason) > 120 {
+			reason = reason[:120]
+		}
+		s.ws.Close(websocket.StatusPolicyViolation, reason)
+		s.cancel()
+		return
 	}
 }
 
@@ -466,8 +499,12 @@ func (s *session) action(name string, changes bool) auth.Action {
 		Namespaced: true, Namespace: s.ns, Sandbox: s.id.Name()}
 }
 
-// admit charges and authorizes a call on the socket.
+// admit charges and authorizes a call on the socket, whose key must
+// still hold (it was checked at the upgrade).
 func (s *session) admit(a *auth.Action) error {
+	if err := s.h.gate.Recheck(s.ctx, s.caller); err != nil {
+		return err
+	}
 	if err := s.h.gate.Charge(s.caller, a); err != nil {
 		return err
 	}
@@ -731,6 +768,8 @@ func (s *session) runFs(o *op, fop agent.FsOp) {
 	var err error
 	if charged {
 		err = s.admit(&a)
+	} else {
+		err = s.h.gate.Recheck(s.ctx, s.caller)
 	}
 	var data *agent.FsData
 	if err == nil {

@@ -362,6 +362,42 @@ func TestAgentClientVanishes(t *testing.T) {
 	}
 }
 
+// A key revoked while its socket is open loses it: its next call is
+// refused, and the socket closes with what it runs (a shell would be
+// killed with it), as every request of the other front-ends is refused.
+func TestAgentSocketEndsWithItsKey(t *testing.T) {
+	e := newEnv(t)
+	sb := e.create("box")
+	a := e.dial(sb.ID, e.revocable)
+	a.exec(1, "echo", "before")
+	if r := a.execResult(1); string(r.stdout) != "before\n" {
+		t.Fatalf("before the revocation: %+v", r)
+	}
+	a.exec(2, "stuck")
+	a.frame()
+	eventually(t, "the process running", func() bool { return e.sess.live.Load() == 1 })
+	if _, err := e.reg.Revoke(t.Context(), e.revocableID); err != nil {
+		t.Fatal(err)
+	}
+	a.exec(3, "echo", "after")
+	for {
+		f := a.frame()
+		if f.ID != 3 {
+			continue
+		}
+		if f.Type == agent.TypeExecStarted || f.Type == agent.TypeExecStdout {
+			t.Fatalf("a revoked key ran a command: %s", f.Type)
+		}
+		if f.Type == agent.TypeExecFailed {
+			break
+		}
+	}
+	if !a.closed() {
+		t.Fatal("the socket of a revoked key stays open")
+	}
+	eventually(t, "its process killed", func() bool { return e.sess.live.Load() == 0 })
+}
+
 // The upgrade is refused with a plain HTTP status before any byte of the
 // protocol: no key, a stopped sandbox, not an upgrade, another origin.
 func TestAgentUpgradeRefusals(t *testing.T) {

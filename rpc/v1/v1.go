@@ -68,6 +68,8 @@ type Volumes interface {
 	Delete(ns, name string) error
 	Default(ns string) (volume.Info, error)
 	Open(ns, name string) (*volume.Dir, error)
+	// Path is the host directory of a volume ("": the default volume).
+	Path(ns, name string) (string, error)
 }
 
 // Logs reads and adds to sandboxes' logs; logfile.Dir is the real one.

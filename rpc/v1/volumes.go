@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -49,39 +50,37 @@ func volumeJSON(v volume.Info) Volume {
 	return out
 }
 
-func (h *Handler) listVolumes(c *Call) {
-	if err := c.admit(nil); err != nil {
-		c.fail(err)
-		return
-	}
-	def, err := h.vols.Default(c.NS)
+func (h *Handler) listVolumes(c *Call) { c.finish(h.volumeList(c)) }
+
+func (h *Handler) volumeList(c *Call) ([]Volume, error) {
+	def, err := h.defaultVolumeInfo(c)
 	if err != nil {
-		c.fail(err)
-		return
+		return nil, err
 	}
 	list, err := h.vols.List(c.NS)
 	if err != nil {
-		c.fail(err)
-		return
+		return nil, err
 	}
-	out := []Volume{volumeJSON(def)}
+	out := []Volume{def}
 	for _, v := range list {
 		out = append(out, volumeJSON(v))
 	}
-	c.finish(out, nil)
+	return out, nil
 }
 
-func (h *Handler) defaultVolume(c *Call) {
+func (h *Handler) defaultVolume(c *Call) { c.finish(h.defaultVolumeInfo(c)) }
+
+// defaultVolumeInfo admits a call that reads volumes and describes the
+// namespace's default volume.
+func (h *Handler) defaultVolumeInfo(c *Call) (Volume, error) {
 	if err := c.admit(nil); err != nil {
-		c.fail(err)
-		return
+		return Volume{}, err
 	}
 	def, err := h.vols.Default(c.NS)
 	if err != nil {
-		c.fail(err)
-		return
+		return Volume{}, err
 	}
-	c.finish(volumeJSON(def), nil)
+	return volumeJSON(def), nil
 }
 
 // createVolumeBody is the body of POST /v1/volumes.
@@ -149,8 +148,19 @@ func (h *Handler) deleteVolume(c *Call) {
 }
 
 // mountedBy names a running sandbox of the call's namespace that mounts
-// the volume name, or "".
+// the volume name, a directory in it, or a directory holding it (such as
+// the whole namespace's, ".:/data"), by any of the host paths a sandbox
+// config may give (relative, absolute, through a symlink), or "".
 func (h *Handler) mountedBy(c *Call, name string) (string, error) {
+	nsDir, err := h.vols.Path(c.NS, "")
+	if err != nil {
+		return "", err
+	}
+	volDir, err := h.vols.Path(c.NS, name)
+	if err != nil {
+		return "", err
+	}
+	vol := realPath(volDir)
 	o := sandbox.ListOptions{Limit: 1000}
 	for {
 		recs, next, err := h.svc.List(c.ctx(), c.NS, o)
@@ -162,7 +172,11 @@ func (h *Handler) mountedBy(c *Call, name string) (string, error) {
 				continue
 			}
 			for _, v := range r.Config.Volumes {
-				if v.Host == name || strings.HasPrefix(v.Host, name+"/") {
+				host := v.Host
+				if !filepath.IsAbs(host) {
+					host = filepath.Join(nsDir, host)
+				}
+				if overlaps(realPath(host), vol) {
 					return r.ID.Name(), nil
 				}
 			}
@@ -172,6 +186,21 @@ func (h *Handler) mountedBy(c *Call, name string) (string, error) {
 		}
 		o.After = next
 	}
+}
+
+// realPath is p with its symlinks resolved, as far as they exist.
+func realPath(p string) string {
+	p = filepath.Clean(p)
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		return r
+	}
+	return p
+}
+
+// overlaps reports whether one of the clean paths a and b is the other or
+// inside it.
+func overlaps(a, b string) bool {
+	return a == b || strings.HasPrefix(a, b+"/") || strings.HasPrefix(b, a+"/") || a == "/" || b == "/"
 }
 
 // FileInfo describes a file of a volume.

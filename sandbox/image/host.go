@@ -78,7 +78,8 @@ func hostFrom(root string) (sandbox.RootFS, error) {
 	// host may only have python3. Names for it, inside the sandbox only,
 	// in a directory of msb's own at the end of PATH, so a real python of
 	// the host is found first.
-	for name, target := range map[string]string{"python": "python3", "pip": "pip3"} {
+	for _, alias := range [][2]string{{"python", "python3"}, {"pip", "pip3"}} { // in a fixed order: a root's content names its template
+		name, target := alias[0], alias[1]
 		if fi, err := os.Stat(filepath.Join(usr, "bin", target)); err == nil && fi.Mode().IsRegular() {
 			rfs.Links = append(rfs.Links, sandbox.Link{Path: aliasDir + "/" + name, Target: "/usr/bin/" + target})
 		}

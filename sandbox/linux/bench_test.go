@@ -79,6 +79,69 @@ func BenchmarkLifecycle(b *testing.B) {
 	b.ReportMetric(median(remove), "stop+delete-ms")
 }
 
+// BenchmarkAdopt measures the engine's part of a start served from a warm
+// pool: Adopt of a prestarted sandbox with a start's own config (memory,
+// CPUs, environment, working directory, hostname), and its first exec;
+// the prestart is not timed:
+// go test ./sandbox/linux -run '^$' -bench Adopt -benchtime 200x.
+func BenchmarkAdopt(b *testing.B) {
+	home := b.TempDir()
+	parent := "msb-bench-" + strconv.Itoa(os.Getpid())
+	defer func() {
+		dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", parent))
+		for _, d := range dirs {
+			os.Remove(d)
+		}
+	}()
+	e, err := linux.New(linux.Config{
+		StateDir:     filepath.Join(home, "run"),
+		SandboxDir:   filepath.Join(home, "sandboxes"),
+		PortalBinary: msbBin,
+		CgroupParent: parent,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	root, err := image.Host()
+	if err != nil {
+		b.Fatal(err)
+	}
+	warm := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 64, CPUs: 1, Pids: 1024}
+	warm.Root.Dirs = append(warm.Root.Dirs, "workspace")
+	ctx := context.Background()
+	var adopt, execTrue []time.Duration
+	for i := 0; b.Loop(); i++ {
+		b.StopTimer()
+		h, err := e.Prestart(ctx, warm)
+		if err != nil {
+			b.Fatal(err)
+		}
+		id := sandboxtest.ID(b, "bench", "a"+strconv.Itoa(i))
+		spec := warm
+		spec.MemoryMiB, spec.CPUs, spec.Workdir, spec.Hostname = 256, 2, "/work", "a"+strconv.Itoa(i)
+		spec.Env = append(append([]string(nil), warm.Env...), "BENCH=1")
+		spec.Root.Dirs = append(append([]string(nil), root.Dirs...), "work")
+		b.StartTimer()
+		t0 := time.Now()
+		if err := e.Adopt(ctx, h, id, spec); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if _, err := e.Exec(ctx, id, sandbox.ExecRequest{Command: "true"}); err != nil {
+			b.Fatal(err)
+		}
+		adopt, execTrue = append(adopt, t1.Sub(t0)), append(execTrue, time.Since(t1))
+		b.StopTimer()
+		if err := e.Delete(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(median(adopt), "adopt-ms")
+	b.ReportMetric(median(execTrue), "exec-true-ms")
+}
+
 // median returns the median of d in milliseconds.
 func median(d []time.Duration) float64 {
 	d = append([]time.Duration(nil), d...)

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/network"
+	"github.com/msb-dev/msb/sandbox/network/netns"
 	"github.com/msb-dev/msb/sandbox/portal"
 )
 
@@ -77,11 +79,19 @@ type Config struct {
 type Engine struct {
 	cfg Config
 
-	mu    sync.Mutex      // guards boxes and pids only; never held across slow work
+	mu    sync.Mutex      // guards boxes, warm and pids only; never held across slow work
 	boxes map[string]*box // by ID.Key()
 	// pids is what the running sandboxes' pids limits add up to, kept
 	// within cfg.Ceilings.Pids.
 	pids int
+	// warm are the sandboxes started ahead of time, by handle (pool.go).
+	warm    map[string]*box
+	warmSeq int
+	// staleMu serialises removeStaleWarm; staleWarm says its last run
+	// left something (a host process holds a cgroup, say), which every
+	// Prestart then tries again.
+	staleMu   sync.Mutex
+	staleWarm atomic.Bool
 
 	host hostLimits // what the host lets every sandbox have
 	cg   *cgroups
@@ -139,8 +149,12 @@ var (
 // box is one sandbox this Engine knows: created by it, or found on disk
 // and being deleted.
 type box struct {
-	id  sandbox.ID
-	dir string // <SandboxDir>/<key>
+	id sandbox.ID // zero while it waits in a pool
+	// handle names the sandbox's directory under SandboxDir and its
+	// cgroups: its key, or the handle it was started under in a pool
+	// (pool.go), which it keeps when it is adopted.
+	handle string
+	dir    string // <SandboxDir>/<handle>
 
 	mu       sync.Mutex // serialises lifecycle calls; held briefly by Exec and friends
 	gone     bool       // deleted: the map no longer holds this box
@@ -237,6 +251,7 @@ func New(cfg Config) (*Engine, error) {
 	return &Engine{
 		cfg:           cfg,
 		boxes:         map[string]*box{},
+		warm:          map[string]*box{},
 		host:          host,
 		cg:            cg,
 		l:             l,
@@ -259,6 +274,7 @@ func New(cfg Config) (*Engine, error) {
 // component is removed: the levels above it may be shared with other
 // servers. The Engine must not be used afterwards.
 func (e *Engine) Close() error {
+	e.discardWarm()
 	e.trash.wait()
 	e.disks.drain()
 	err := e.cg.drain()
@@ -318,7 +334,7 @@ func (e *Engine) lockOrAdopt(id sandbox.ID) *box {
 	if !e.onDisk(key) {
 		return nil
 	}
-	nb := &box{id: id, dir: filepath.Join(e.cfg.SandboxDir, key), leftover: true}
+	nb := &box{id: id, handle: key, dir: filepath.Join(e.cfg.SandboxDir, key), leftover: true}
 	nb.slot = e.ids.reserve(nb.dir)
 	nb.mu.Lock()
 	e.mu.Lock()
@@ -365,7 +381,7 @@ func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) e
 		return fmt.Errorf("sandbox %s: %w", id, err)
 	}
 
-	b := &box{id: id, dir: filepath.Join(e.cfg.SandboxDir, key), spec: spec}
+	b := &box{id: id, handle: key, dir: filepath.Join(e.cfg.SandboxDir, key), spec: spec}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	e.mu.Lock()
@@ -394,28 +410,28 @@ func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) e
 
 func (e *Engine) create(b *box) error {
 	if err := os.Mkdir(b.dir, 0o700); err != nil {
-		return fmt.Errorf("sandbox %s: %w", b.id, err)
+		return fmt.Errorf("sandbox %s: %w", b, err)
 	}
 	k, err := e.disks.create(b.dir, b.spec.DiskMiB)
 	if err != nil {
-		return fmt.Errorf("sandbox %s: %w", b.id, err)
+		return fmt.Errorf("sandbox %s: %w", b, err)
 	}
 	b.disk = k
 	if e.cfg.UserNamespaces {
 		if b.slot, err = e.ids.take(); err != nil {
-			return fmt.Errorf("sandbox %s: %w", b.id, err)
+			return fmt.Errorf("sandbox %s: %w", b, err)
 		}
 		if err := writeSlot(b.dir, b.slot); err != nil {
-			return fmt.Errorf("sandbox %s: %w", b.id, err)
+			return fmt.Errorf("sandbox %s: %w", b, err)
 		}
 	}
 	if err := prepareRoot(b.dir, b.upperDir(), b.spec.Root.Layers, e.cfg.LayerLock); err != nil {
-		return fmt.Errorf("sandbox %s: root file system: %w", b.id, err)
+		return fmt.Errorf("sandbox %s: root file system: %w", b, err)
 	}
 	if len(b.spec.Root.Layers) == 0 {
 		t, err := e.templates.get(b.spec)
 		if err != nil {
-			return fmt.Errorf("sandbox %s: %w", b.id, err)
+			return fmt.Errorf("sandbox %s: %w", b, err)
 		}
 		b.template = t
 	}
@@ -425,7 +441,7 @@ func (e *Engine) create(b *box) error {
 	for _, m := range volumes(b.spec.Root.Mounts) {
 		v, _, err := openVolume(m, nil)
 		if err != nil {
-			return fmt.Errorf("sandbox %s: %w", b.id, err)
+			return fmt.Errorf("sandbox %s: %w", b, err)
 		}
 		v.Close()
 	}
@@ -452,6 +468,15 @@ func (b *box) upperDir() string {
 		return filepath.Join(b.dir, "disk")
 	}
 	return b.dir
+}
+
+// String names the sandbox in messages: its ID, or, while it waits in a
+// pool, its handle.
+func (b *box) String() string {
+	if b.id.IsZero() {
+		return "(pooled) " + b.handle
+	}
+	return b.id.String()
 }
 
 // running reports whether the portal is up; b.mu must be held.
@@ -515,9 +540,9 @@ func (fs childFiles) close() {
 }
 
 func (e *Engine) start(ctx context.Context, b *box) (err error) {
-	key := b.id.Key()
+	key := b.handle
 	unavailable := func(what string, err error) error {
-		return fmt.Errorf("sandbox %s: %s: %w: %w", b.id, what, err, errdefs.ErrUnavailable)
+		return fmt.Errorf("sandbox %s: %s: %w: %w", b, what, err, errdefs.ErrUnavailable)
 	}
 	if err := e.holdPids(b); err != nil {
 		return err
@@ -607,7 +632,7 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	for _, m := range volumes(b.spec.Root.Mounts) {
 		v, dir, err := openVolume(m, volUserns)
 		if err != nil {
-			return fmt.Errorf("sandbox %s: %w", b.id, err)
+			return fmt.Errorf("sandbox %s: %w", b, err)
 		}
 		mine = append(mine, v)
 		files = append(files, v)
@@ -638,7 +663,7 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 		files = append(files, d)
 	}
 	if len(files) >= exeFDMin {
-		return fmt.Errorf("sandbox %s: too many volumes: %w", b.id, errdefs.ErrInvalid)
+		return fmt.Errorf("sandbox %s: too many volumes: %w", b, errdefs.ErrInvalid)
 	}
 	data, err := json.Marshal(cfg)
 	if err != nil {
@@ -727,7 +752,7 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	defer cancel()
 	if err := waitInit(sctx, status); err != nil {
 		if errors.Is(err, errdefs.ErrInvalid) {
-			return fmt.Errorf("sandbox %s: %w", b.id, err)
+			return fmt.Errorf("sandbox %s: %w", b, err)
 		}
 		return e.startErr(b, logPath, "set-up failed", err)
 	}
@@ -747,7 +772,7 @@ func (e *Engine) startErr(b *box, logPath, what string, err error) error {
 	if msg != "" {
 		msg = "; portal log: " + msg
 	}
-	return fmt.Errorf("sandbox %s: %s: %w%s: %w", b.id, what, err, msg, errdefs.ErrUnavailable)
+	return fmt.Errorf("sandbox %s: %s: %w%s: %w", b, what, err, msg, errdefs.ErrUnavailable)
 }
 
 // waitInit waits until the init has built the sandbox (it closes its end
@@ -864,7 +889,7 @@ func (e *Engine) releaseCgroups(b *box) error {
 	if !b.cgroups {
 		return nil
 	}
-	if err := e.cg.removeSet(b.id.Key()); err != nil {
+	if err := e.cg.removeSet(b.handle); err != nil {
 		return err
 	}
 	b.cgroups = false
@@ -911,7 +936,7 @@ func (e *Engine) Stop(ctx context.Context, id sandbox.ID) error {
 	}
 	defer b.mu.Unlock()
 	if b.leftover {
-		if err := e.cg.killInit(b.id.Key()); err != nil {
+		if err := e.cg.killInit(b.handle); err != nil {
 			return fmt.Errorf("sandbox %s: %w: %w", id, err, errdefs.ErrUnavailable)
 		}
 		return nil
@@ -939,9 +964,8 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 	}
 	defer b.mu.Unlock()
 	var errs []error
-	key := id.Key()
 	if b.leftover {
-		if err := e.cg.killInit(key); err != nil {
+		if err := e.cg.killInit(b.handle); err != nil {
 			errs = append(errs, err)
 		}
 		b.cgroups = true // whatever a crashed run left
@@ -949,13 +973,13 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 		e.kill(b)
 	}
 	if b.cgroups {
-		if err := e.cg.removeSet(key); err != nil {
+		if err := e.cg.removeSet(b.handle); err != nil {
 			errs = append(errs, err)
 		} else {
 			b.cgroups = false
 			e.releasePids(b)
 		}
-		if err := e.cg.removeLegacyUnified(key); err != nil {
+		if err := e.cg.removeLegacyUnified(b.handle); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -967,7 +991,7 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 		e.ids.free(b.slot)
 		b.slot = 0
 	}
-	if err := os.RemoveAll(filepath.Join(e.cfg.StateDir, key)); err != nil {
+	if err := os.RemoveAll(filepath.Join(e.cfg.StateDir, id.Key())); err != nil {
 		errs = append(errs, err)
 	}
 	remove := removeSandboxDir
@@ -1032,6 +1056,7 @@ func (e *Engine) leftoverStatus(id sandbox.ID) (sandbox.Status, bool) {
 // an error wrapping errdefs.ErrUnavailable when the directories cannot be
 // read.
 func (e *Engine) Recover(ctx context.Context) ([]sandbox.Status, error) {
+	e.removeStaleWarm()
 	keys := map[string]bool{}
 	for _, d := range []string{e.cfg.StateDir, e.cfg.SandboxDir} {
 		entries, err := os.ReadDir(d)
@@ -1187,9 +1212,10 @@ func (e *Engine) Stats(ctx context.Context, id sandbox.ID) (sandbox.Stats, error
 		return sandbox.Stats{}, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrConflict)
 	}
 	st := sandbox.Stats{Sampled: time.Now(), Network: networkStats(b)}
+	handle := b.handle
 	b.mu.Unlock()
 
-	cpu, mem, err := e.cg.stats(id.Key())
+	cpu, mem, err := e.cg.stats(handle)
 	if err != nil {
 		// A Stop racing with us removes the cgroups we are reading.
 		return sandbox.Stats{}, callErr(b, "reading cgroups", fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable))
@@ -1249,39 +1275,21 @@ func (e *Engine) DialSandbox(ctx context.Context, id sandbox.ID, port int) (net.
 	return dialInNetns(ctx, nsFile, fmt.Sprintf("127.0.0.1:%d", port))
 }
 
-// dialInNetns dials addr from the network namespace ns. A socket belongs
-// to the namespace of the thread that creates it, so the dial runs on a
-// locked OS thread moved into ns and back; a thread that cannot get back
-// is never unlocked, so the Go runtime retires it.
+// dialInNetns dials addr from the network namespace ns: a socket belongs
+// to the namespace of the thread that creates it (netns.Do).
 func dialInNetns(ctx context.Context, ns *os.File, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		self, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{nil, err}
-			return
-		}
-		defer self.Close()
-		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{nil, fmt.Errorf("joining the sandbox's network: %w", err)}
-			return
-		}
+	var c net.Conn
+	err := netns.Do(ns, func() error {
 		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp4", addr)
-		if serr := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); serr != nil {
-			ch <- result{c, err} // the thread stays locked and dies with this goroutine
-			return
+		var err error
+		c, err = d.DialContext(ctx, "tcp4", addr)
+		return err
+	})
+	if err != nil {
+		if c != nil {
+			c.Close()
 		}
-		runtime.UnlockOSThread()
-		ch <- result{c, err}
-	}()
-	r := <-ch
-	return r.c, r.err
+		return nil, fmt.Errorf("dial %s in the sandbox's network: %w", addr, err)
+	}
+	return c, nil
 }

@@ -41,6 +41,9 @@ func TestMain(m *testing.M) {
 	if cfg := os.Getenv(crashServerEnv); cfg != "" {
 		crashServer(cfg)
 	}
+	if cfg := os.Getenv(crashPoolEnv); cfg != "" {
+		crashPoolServer(cfg)
+	}
 	dir, err := os.MkdirTemp("", "msb-linux-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -224,14 +227,23 @@ func testEngine(t *testing.T, userns bool) {
 		Leftovers: func(id sandbox.ID) []string {
 			return leftovers(t, cfg, id)
 		},
+		HandleLeftovers: func(handle string) []string {
+			return leftoversOf(t, cfg, handle)
+		},
 	})
 }
 
 // leftovers lists what the host still holds of a sandbox: its directories,
 // any mount under them, its cgroups.
 func leftovers(t *testing.T, cfg linux.Config, id sandbox.ID) []string {
+	return leftoversOf(t, cfg, id.Key())
+}
+
+// leftoversOf is leftovers of the sandbox whose directories and cgroups
+// are named name: its key, or its handle in a pool.
+func leftoversOf(t *testing.T, cfg linux.Config, name string) []string {
 	var left []string
-	dirs := []string{filepath.Join(cfg.SandboxDir, id.Key()), filepath.Join(cfg.StateDir, id.Key())}
+	dirs := []string{filepath.Join(cfg.SandboxDir, name), filepath.Join(cfg.StateDir, name)}
 	for _, d := range dirs {
 		if _, err := os.Lstat(d); err == nil {
 			left = append(left, d)
@@ -249,7 +261,7 @@ func leftovers(t *testing.T, cfg linux.Config, id sandbox.ID) []string {
 			left = append(left, "mount "+fields[4])
 		}
 	}
-	cgs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", cfg.CgroupParent, id.Key()))
+	cgs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", cfg.CgroupParent, name))
 	return append(left, cgs...)
 }
 

@@ -50,6 +50,17 @@ func (e *Engine) sessions(id sandbox.ID) (sessionClient, *box, error) {
 	return sc, b, nil
 }
 
+// files checks the paths of a file call on the running sandbox id and
+// returns the client of its portal.
+func (e *Engine) files(id sandbox.ID, paths ...string) (sessionClient, *box, error) {
+	for _, p := range paths {
+		if err := checkPath(id, p); err != nil {
+			return nil, nil, err
+		}
+	}
+	return e.sessions(id)
+}
+
 // Stream starts a process in the running sandbox id with its I/O
 // streamed (see sandbox.Streamer): events come from a goroutine of the
 // portal client's, and at most a small window of output waits for a slow
@@ -165,10 +176,7 @@ func fileErr(b *box, what string, err error) error {
 // through the portal or the disk is full); errdefs.ErrNotFound for an
 // unknown sandbox; errdefs.ErrConflict when it is not running.
 func (e *Engine) Open(ctx context.Context, id sandbox.ID, path string, o sandbox.OpenOptions) (sandbox.FileHandle, error) {
-	if err := checkPath(id, path); err != nil {
-		return nil, err
-	}
-	c, b, err := e.sessions(id)
+	c, b, err := e.files(id, path)
 	if err != nil {
 		return nil, err
 	}
@@ -238,10 +246,7 @@ func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 // Stat describes path in the running sandbox id, following a last
 // symlink when follow is set. Errors as for Open.
 func (e *Engine) Stat(ctx context.Context, id sandbox.ID, path string, follow bool) (sandbox.FileInfo, error) {
-	if err := checkPath(id, path); err != nil {
-		return sandbox.FileInfo{}, err
-	}
-	c, b, err := e.sessions(id)
+	c, b, err := e.files(id, path)
 	if err != nil {
 		return sandbox.FileInfo{}, err
 	}
@@ -253,10 +258,7 @@ func (e *Engine) Stat(ctx context.Context, id sandbox.ID, path string, follow bo
 // without . and ..; a directory too large to list at once is Exhausted.
 // Errors as for Open.
 func (e *Engine) List(ctx context.Context, id sandbox.ID, path string) ([]sandbox.FileInfo, error) {
-	if err := checkPath(id, path); err != nil {
-		return nil, err
-	}
-	c, b, err := e.sessions(id)
+	c, b, err := e.files(id, path)
 	if err != nil {
 		return nil, err
 	}
@@ -267,10 +269,7 @@ func (e *Engine) List(ctx context.Context, id sandbox.ID, path string) ([]sandbo
 // Mkdir creates path and its missing parents in the running sandbox id
 // (mode 0: 0755). Errors as for Open.
 func (e *Engine) Mkdir(ctx context.Context, id sandbox.ID, path string, mode uint32) error {
-	if err := checkPath(id, path); err != nil {
-		return err
-	}
-	c, b, err := e.sessions(id)
+	c, b, err := e.files(id, path)
 	if err != nil {
 		return err
 	}
@@ -280,10 +279,7 @@ func (e *Engine) Mkdir(ctx context.Context, id sandbox.ID, path string, mode uin
 // Remove removes a file or a directory (with its contents when
 // recursive) in the running sandbox id. Errors as for Open.
 func (e *Engine) Remove(ctx context.Context, id sandbox.ID, path string, recursive bool) error {
-	if err := checkPath(id, path); err != nil {
-		return err
-	}
-	c, b, err := e.sessions(id)
+	c, b, err := e.files(id, path)
 	if err != nil {
 		return err
 	}
@@ -293,12 +289,7 @@ func (e *Engine) Remove(ctx context.Context, id sandbox.ID, path string, recursi
 // Copy copies the regular file src to dst in the running sandbox id.
 // Errors as for Open.
 func (e *Engine) Copy(ctx context.Context, id sandbox.ID, src, dst string) error {
-	for _, p := range []string{src, dst} {
-		if err := checkPath(id, p); err != nil {
-			return err
-		}
-	}
-	c, b, err := e.sessions(id)
+	c, b, err := e.files(id, src, dst)
 	if err != nil {
 		return err
 	}
@@ -308,12 +299,7 @@ func (e *Engine) Copy(ctx context.Context, id sandbox.ID, src, dst string) error
 // Rename renames src to dst in the running sandbox id. Errors as for
 // Open.
 func (e *Engine) Rename(ctx context.Context, id sandbox.ID, src, dst string) error {
-	for _, p := range []string{src, dst} {
-		if err := checkPath(id, p); err != nil {
-			return err
-		}
-	}
-	c, b, err := e.sessions(id)
+	c, b, err := e.files(id, src, dst)
 	if err != nil {
 		return err
 	}

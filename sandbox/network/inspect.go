@@ -120,15 +120,7 @@ func (in *inspector) feed(p []byte) ([]string, error) {
 			out = append(out, host)
 			// p still aliases the old buffer, which nothing else uses.
 		case modeBody:
-			n := int64(len(p))
-			if n > in.left {
-				n = in.left
-			}
-			in.left -= n
-			p = p[n:]
-			if in.left == 0 {
-				in.mode = modeHead
-			}
+			p = in.skip(p, modeHead)
 		case modeChunkLine:
 			i := bytes.IndexByte(p, '\n')
 			if i < 0 {
@@ -155,15 +147,7 @@ func (in *inspector) feed(p []byte) ([]string, error) {
 				in.mode, in.left = modeChunkData, size+2
 			}
 		case modeChunkData:
-			n := int64(len(p))
-			if n > in.left {
-				n = in.left
-			}
-			in.left -= n
-			p = p[n:]
-			if in.left == 0 {
-				in.mode = modeChunkLine
-			}
+			p = in.skip(p, modeChunkLine)
 		case modeTrailer:
 			i := bytes.IndexByte(p, '\n')
 			if i < 0 {
@@ -213,6 +197,17 @@ func httpPrefix(b []byte) prefixAnswer {
 
 // parseHead parses one HTTP/1 request head, returns the host it is for
 // ("" for none) and sets up the skipping of its body.
+// skip passes over what is left of a body or chunk in p, and moves to
+// next once all of it has gone by; it returns what follows in p.
+func (in *inspector) skip(p []byte, next inspectMode) []byte {
+	n := min(int64(len(p)), in.left)
+	in.left -= n
+	if in.left == 0 {
+		in.mode = next
+	}
+	return p[n:]
+}
+
 func (in *inspector) parseHead(head []byte) (string, error) {
 	lines := strings.Split(strings.TrimSuffix(string(head), "\r\n\r\n"), "\r\n")
 	reqLine := strings.Split(lines[0], " ")

@@ -9,19 +9,26 @@ import (
 // names remembers which addresses each name resolved to for one sandbox,
 // and the reverse, so that a connection to an address can be matched
 // against domain rules. Entries live for a retention period after the
-// last time the name was resolved or used, and the table is bounded: the
-// oldest entries go first.
+// last time the name was resolved or used, and the table is bounded in
+// names (max), addresses per name (maxAddrsPerName: a DNS server of the
+// sandbox's own can answer every query with new addresses) and addresses
+// in all (max * maxAddrsPerName / 8): the oldest go first.
 type names struct {
 	mu        sync.Mutex
 	retention time.Duration
 	max       int
 	byName    map[string]*nameEntry
 	byAddr    map[netip.Addr]map[string]struct{}
+	addrs     int // addresses of all names
 	now       func() time.Time
 }
 
+// maxAddrsPerName bounds the addresses one name keeps: the most recently
+// answered. Real names answer with a handful; CDNs rotate through tens.
+const maxAddrsPerName = 64
+
 type nameEntry struct {
-	addrs   map[netip.Addr]struct{}
+	addrs   map[netip.Addr]time.Time // when each was last answered
 	expires time.Time
 }
 
@@ -46,20 +53,57 @@ func (n *names) add(name string, addrs []netip.Addr) {
 	e := n.byName[name]
 	if e == nil {
 		if len(n.byName) >= n.max {
-			n.evictLocked(now)
+			n.evictLocked(now, "")
 		}
-		e = &nameEntry{addrs: make(map[netip.Addr]struct{})}
+		e = &nameEntry{addrs: make(map[netip.Addr]time.Time)}
 		n.byName[name] = e
 	}
 	e.expires = now.Add(n.retention)
 	for _, a := range addrs {
-		e.addrs[a] = struct{}{}
+		if _, ok := e.addrs[a]; !ok {
+			n.addrs++
+		}
+		e.addrs[a] = now
 		s := n.byAddr[a]
 		if s == nil {
 			s = make(map[string]struct{})
 			n.byAddr[a] = s
 		}
 		s[name] = struct{}{}
+	}
+	for len(e.addrs) > maxAddrsPerName {
+		n.dropOldestAddrLocked(name, e)
+	}
+	for n.addrs > n.maxAddrs() && len(n.byName) > 1 {
+		n.evictLocked(now, name)
+	}
+}
+
+// maxAddrs bounds the addresses of all names together.
+func (n *names) maxAddrs() int { return max(n.max*maxAddrsPerName/8, maxAddrsPerName) }
+
+// dropOldestAddrLocked forgets the address of e (name's) answered longest
+// ago.
+func (n *names) dropOldestAddrLocked(name string, e *nameEntry) {
+	var oldest netip.Addr
+	var at time.Time
+	for a, t := range e.addrs {
+		if !oldest.IsValid() || t.Before(at) {
+			oldest, at = a, t
+		}
+	}
+	n.forgetLocked(name, e, oldest)
+}
+
+// forgetLocked forgets that name (whose entry is e) resolved to a.
+func (n *names) forgetLocked(name string, e *nameEntry, a netip.Addr) {
+	delete(e.addrs, a)
+	n.addrs--
+	if s := n.byAddr[a]; s != nil {
+		delete(s, name)
+		if len(s) == 0 {
+			delete(n.byAddr, a)
+		}
 	}
 }
 
@@ -94,12 +138,15 @@ func (n *names) has(name string, addr netip.Addr) bool {
 }
 
 // evictLocked drops expired entries, and if none expired, the one closest
-// to expiring.
-func (n *names) evictLocked(now time.Time) {
+// to expiring but keep.
+func (n *names) evictLocked(now time.Time, keep string) {
 	var oldest string
 	var oldestT time.Time
 	removed := false
 	for name, e := range n.byName {
+		if name == keep {
+			continue
+		}
 		if now.After(e.expires) {
 			n.removeLocked(name, e)
 			removed = true
@@ -117,11 +164,6 @@ func (n *names) evictLocked(now time.Time) {
 func (n *names) removeLocked(name string, e *nameEntry) {
 	delete(n.byName, name)
 	for a := range e.addrs {
-		if s := n.byAddr[a]; s != nil {
-			delete(s, name)
-			if len(s) == 0 {
-				delete(n.byAddr, a)
-			}
-		}
+		n.forgetLocked(name, e, a)
 	}
 }

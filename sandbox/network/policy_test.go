@@ -3,6 +3,7 @@ package network
 import (
 	"bytes"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -358,5 +359,38 @@ func TestNames(t *testing.T) {
 	n.add("c.test", []netip.Addr{c}) // evicts the expired b.test
 	if len(n.byName) != 2 || n.byName["b.test"] != nil {
 		t.Errorf("eviction: %v", n.byName)
+	}
+}
+
+// A name whose (the sandbox's own) DNS server answers every query with
+// new addresses keeps the newest maxAddrsPerName; all names together keep
+// at most maxAddrs: the table cannot grow the server's memory.
+func TestNamesBoundedAddresses(t *testing.T) {
+	n := newNames(time.Minute, 16)
+	now := time.Unix(1000, 0)
+	n.now = func() time.Time { return now }
+	addr := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)}) }
+	for i := range 20000 {
+		now = now.Add(time.Millisecond)
+		n.add("flood.test", []netip.Addr{addr(i)})
+	}
+	if e := n.byName["flood.test"]; len(e.addrs) != maxAddrsPerName || n.addrs != maxAddrsPerName || len(n.byAddr) != maxAddrsPerName {
+		t.Fatalf("one name keeps %d addresses (%d counted, %d reverse), want %d", len(e.addrs), n.addrs, len(n.byAddr), maxAddrsPerName)
+	}
+	if !n.has("flood.test", addr(19999)) || n.has("flood.test", addr(0)) {
+		t.Error("not the newest addresses kept")
+	}
+	for i := range 16 {
+		var as []netip.Addr
+		for j := range maxAddrsPerName {
+			as = append(as, addr(1000+i*maxAddrsPerName+j))
+		}
+		n.add(fmt.Sprintf("n%d.test", i), as)
+	}
+	if n.addrs > n.maxAddrs() || len(n.byAddr) > n.maxAddrs() {
+		t.Fatalf("%d addresses kept (%d reverse), bound %d", n.addrs, len(n.byAddr), n.maxAddrs())
+	}
+	if !n.has("n15.test", addr(1000+15*maxAddrsPerName)) {
+		t.Error("the newest name was evicted")
 	}
 }

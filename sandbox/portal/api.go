@@ -443,6 +443,24 @@ func (c *Client) Ping(ctx context.Context) error {
 	return nil
 }
 
+// Configure makes env and workdir the environment and working directory
+// of everything the portal starts from now on (commands, interpreters,
+// streamed processes) and the directory relative file paths start from,
+// as if the sandbox had been started with them. Call it before any other
+// call: one under way keeps what it started with. Errors: ctx's error;
+// an error matching ErrClosed when the connection is gone; one wrapping
+// errdefs.ErrUnavailable when the portal cannot enter workdir.
+func (c *Client) Configure(ctx context.Context, env []string, workdir string) error {
+	ev, err := c.do(ctx, request{Op: opConfigure, Env: env, Workdir: workdir}, 0, nil)
+	if err != nil {
+		return fmt.Errorf("portal: configure: %w", err)
+	}
+	if ev.Error != "" {
+		return finalError("portal: configure", ev)
+	}
+	return nil
+}
+
 // Exec runs a command and returns its exit code and output, capped at
 // sandbox.MaxOutput. A command that cannot be found or run is a result
 // (exit code 127 or 126 and a stderr line), not an error; so is one killed

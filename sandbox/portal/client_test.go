@@ -9,9 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -19,6 +17,7 @@ import (
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/portal"
+	"github.com/msb-dev/msb/sandbox/sandboxtest"
 )
 
 // fakePortal is a hostile portal: a peer on a real socket that answers
@@ -71,33 +70,6 @@ func frame(v any) []byte {
 	return append(b, '\n')
 }
 
-// heapWatch samples the heap while f runs and returns the peak.
-func heapWatch(f func()) uint64 {
-	runtime.GC()
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		var ms runtime.MemStats
-		for {
-			runtime.ReadMemStats(&ms)
-			if ms.HeapAlloc > peak.Load() {
-				peak.Store(ms.HeapAlloc)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
-	}()
-	f()
-	close(stop)
-	<-done
-	return peak.Load()
-}
-
 func TestClientCapsAFloodingPortal(t *testing.T) {
 	// Not parallel: it measures the process's heap.
 	const frames = 96 // 96 MiB of output
@@ -112,7 +84,7 @@ func TestClientCapsAFloodingPortal(t *testing.T) {
 	})
 	var res sandbox.ExecResult
 	var err error
-	peak := heapWatch(func() {
+	peak := sandboxtest.HeapPeak(func() {
 		res, err = c.Exec(context.Background(), sandbox.ExecRequest{Command: "flood"})
 	})
 	if err != nil {

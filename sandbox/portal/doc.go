@@ -48,6 +48,9 @@
 // and one final {"id":N,"done":true,"exit_code":C,"timed_out":B,"status":S,"error":E}.
 // A cancel carries the id of the call to abandon; the portal kills its
 // processes (or interrupts the interpreter) and still sends the final frame.
+// A "configure" (env, workdir) sets the environment and working directory of
+// everything started afterwards: the engine sends it first to a sandbox it
+// started before it knew them (a warm pool's).
 //
 // Bytes (a streamed process's output and input, file contents) travel in
 // data frames, never in JSON strings: [0x00][id u64][kind u8][len u32][len

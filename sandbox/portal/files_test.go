@@ -18,6 +18,7 @@ import (
 
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/portal"
+	"github.com/msb-dev/msb/sandbox/sandboxtest"
 )
 
 func fctx(t *testing.T) context.Context {
@@ -237,7 +238,7 @@ func TestFileRoundTripBounded(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "big")
 	want := sha256.New()
 	io.Copy(want, pattern(size))
-	peak := heapWatch(func() {
+	peak := sandboxtest.HeapPeak(func() {
 		f, err := p.Open(fctx(t), path, sandbox.OpenOptions{Write: true, Create: true})
 		if err != nil {
 			t.Fatal(err)

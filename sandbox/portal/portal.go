@@ -203,6 +203,11 @@ func (s *server) handle(req request) {
 	case opPing:
 		s.out.send(event{ID: req.ID, Done: true})
 		return
+	case opConfigure:
+		// Served here, on the reader's goroutine: every call read after
+		// it starts with what it set.
+		s.out.send(s.configure(req))
+		return
 	case opCancel:
 		s.mu.Lock()
 		cancel := s.calls[req.ID]
@@ -290,6 +295,20 @@ func (s *server) handle(req request) {
 		}
 		s.out.send(res)
 	}()
+}
+
+// configure makes req's environment and working directory the ones
+// everything started from now on gets (Client.Configure). The working
+// directory exists already: the engine makes it as the init would.
+func (s *server) configure(req request) event {
+	if req.Workdir != "" {
+		if err := os.Chdir(req.Workdir); err != nil {
+			return event{ID: req.ID, Done: true, Error: fmt.Sprintf("workdir %s: %v", req.Workdir, err)}
+		}
+		s.cwd = req.Workdir
+	}
+	s.env = append([]string(nil), req.Env...)
+	return event{ID: req.ID, Done: true}
 }
 
 // sink sends the lines of one call, applying the output cap in the portal

@@ -17,69 +17,15 @@ import (
 
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/portal"
+	"github.com/msb-dev/msb/sandbox/sandboxtest"
 )
-
-// recorder collects the events of a streamed process.
-type recorder struct {
-	mu             sync.Mutex
-	events         []sandbox.ExecEvent
-	stdout, stderr bytes.Buffer
-	firstOutput    time.Time
-}
-
-func (r *recorder) add(ev sandbox.ExecEvent) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	switch ev.Kind {
-	case sandbox.EventStdout:
-		r.stdout.Write(ev.Data)
-	case sandbox.EventStderr:
-		r.stderr.Write(ev.Data)
-	}
-	if (ev.Kind == sandbox.EventStdout || ev.Kind == sandbox.EventStderr) && r.firstOutput.IsZero() {
-		r.firstOutput = time.Now()
-	}
-	ev.Data = nil
-	r.events = append(r.events, ev)
-}
-
-func (r *recorder) out() (string, string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.stdout.String(), r.stderr.String()
-}
-
-// kinds lists the events' kinds, consecutive output of one stream once.
-func (r *recorder) kinds() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var ks []string
-	for _, ev := range r.events {
-		k := map[sandbox.ExecEventKind]string{sandbox.EventStarted: "started", sandbox.EventStdout: "stdout", sandbox.EventStderr: "stderr",
-			sandbox.EventStdinError: "stdin-error", sandbox.EventExited: "exited", sandbox.EventFailed: "failed"}[ev.Kind]
-		if len(ks) > 0 && ks[len(ks)-1] == k {
-			continue
-		}
-		ks = append(ks, k)
-	}
-	return strings.Join(ks, " ")
-}
-
-func (r *recorder) last() sandbox.ExecEvent {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.events) == 0 {
-		return sandbox.ExecEvent{}
-	}
-	return r.events[len(r.events)-1]
-}
 
 // stream starts spec and records its events; the process is closed (and
 // killed) when the test ends.
-func (p *testPortal) stream(t *testing.T, spec sandbox.ExecSpec) (*portal.Process, *recorder) {
+func (p *testPortal) stream(t *testing.T, spec sandbox.ExecSpec) (*portal.Process, *sandboxtest.Recorder) {
 	t.Helper()
-	r := &recorder{}
-	proc, err := p.Stream(context.Background(), spec, true, r.add)
+	r := &sandboxtest.Recorder{}
+	proc, err := p.Stream(context.Background(), spec, true, r.Add)
 	if err != nil {
 		t.Fatalf("stream %q: %v", spec.Command, err)
 	}
@@ -88,14 +34,14 @@ func (p *testPortal) stream(t *testing.T, spec sandbox.ExecSpec) (*portal.Proces
 }
 
 // wait waits for the process's last event and returns it.
-func wait(t *testing.T, proc *portal.Process, r *recorder) sandbox.ExecEvent {
+func wait(t *testing.T, proc *portal.Process, r *sandboxtest.Recorder) sandbox.ExecEvent {
 	t.Helper()
 	select {
 	case <-proc.Done():
 	case <-time.After(30 * time.Second):
-		t.Fatalf("no last event after 30s; events so far: %s", r.kinds())
+		t.Fatalf("no last event after 30s; events so far: %s", r.Kinds())
 	}
-	return r.last()
+	return r.Last()
 }
 
 func shSpec(script string) sandbox.ExecSpec {
@@ -111,17 +57,17 @@ func TestStreamEventsInOrder(t *testing.T) {
 	if last.Kind != sandbox.EventExited || last.Code != 3 || last.Signal != 0 || last.TimedOut {
 		t.Errorf("last event %+v, want exited 3", last)
 	}
-	if got := r.kinds(); got != "started stdout stderr stdout exited" {
+	if got := r.Kinds(); got != "started stdout stderr stdout exited" {
 		t.Errorf("events %s", got)
 	}
-	if r.events[0].Pid <= 0 {
-		t.Errorf("started with pid %d", r.events[0].Pid)
+	if r.First().Pid <= 0 {
+		t.Errorf("started with pid %d", r.First().Pid)
 	}
-	if o, e := r.out(); o != "a\x00bc\n" || e != "err\n" {
+	if o, e := r.Output(); o != "a\x00bc\n" || e != "err\n" {
 		t.Errorf("stdout %q stderr %q", o, e)
 	}
-	if total := time.Since(start); r.firstOutput.Sub(start) > total-400*time.Millisecond {
-		t.Errorf("first output after %v of %v: not streamed", r.firstOutput.Sub(start), total)
+	if total := time.Since(start); r.FirstOutput().Sub(start) > total-400*time.Millisecond {
+		t.Errorf("first output after %v of %v: not streamed", r.FirstOutput().Sub(start), total)
 	}
 }
 
@@ -148,7 +94,7 @@ func TestStreamStdinAndEOF(t *testing.T) {
 	if last.Kind != sandbox.EventExited || last.Code != 0 {
 		t.Errorf("last event %+v", last)
 	}
-	if o, _ := r.out(); o != in.String() {
+	if o, _ := r.Output(); o != in.String() {
 		t.Errorf("cat gave back %d bytes, want the %d sent", len(o), in.Len())
 	}
 	if err := proc.Stdin(ctx, []byte("late")); !errors.Is(err, portal.ErrEnded) {
@@ -163,7 +109,7 @@ func TestStreamStdinAndEOF(t *testing.T) {
 		t.Fatal(err)
 	}
 	last = wait(t, proc, r)
-	if got := r.kinds(); got != "started stdin-error stdout exited" || last.Code != 0 {
+	if got := r.Kinds(); got != "started stdin-error stdout exited" || last.Code != 0 {
 		t.Errorf("events %s, last %+v", got, last)
 	}
 }
@@ -173,7 +119,7 @@ func TestStreamSignalAndTimeout(t *testing.T) {
 	p := newPortal(t)
 	s := uniqueSleep(100)
 	proc, r := p.stream(t, shSpec(fmt.Sprintf("sleep %s & sleep %[1]s", s)))
-	for r.kinds() != "started" {
+	for r.Kinds() != "started" {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if err := proc.Signal(int(syscall.SIGTERM)); err != nil {
@@ -228,7 +174,7 @@ func TestStreamFailures(t *testing.T) {
 		if last.Kind != sandbox.EventFailed || last.Fail == nil || last.Fail.Kind != c.kind || !strings.Contains(last.Fail.Message, c.msg) {
 			t.Errorf("%+v: last event %+v %+v, want failed %s", c.spec, last, last.Fail, c.kind)
 		}
-		if got := r.kinds(); got != "failed" {
+		if got := r.Kinds(); got != "failed" {
 			t.Errorf("%+v: events %s, want failed alone", c.spec, got)
 		}
 	}
@@ -244,7 +190,7 @@ func TestStreamUserEnvAndLimits(t *testing.T) {
 		Rlimits: []sandbox.Rlimit{{Resource: "nofile", Soft: 100, Hard: 200}},
 	})
 	last := wait(t, proc, r)
-	o, e := r.out()
+	o, e := r.Output()
 	if want := fmt.Sprintf("65534\n65533\nbar portal-env\n%s\n100\n200\n", dir); o != want || last.Code != 0 {
 		t.Errorf("stdout %q stderr %q (last %+v %+v), want %q", o, e, last, last.Fail, want)
 	}
@@ -257,17 +203,17 @@ func TestStreamTTY(t *testing.T) {
 	if last := wait(t, proc, r); last.Code != 0 {
 		t.Errorf("stty size: %+v", last)
 	}
-	if o, _ := r.out(); o != "30 100\r\n" {
+	if o, _ := r.Output(); o != "30 100\r\n" {
 		t.Errorf("stty size on a 30x100 terminal: %q", o)
 	}
 
 	proc, r = p.stream(t, sandbox.ExecSpec{Command: "sh", Args: []string{"-c", "test -t 0 && test -t 2 && echo tty; read x; stty size; echo $x >&2"}, TTY: true})
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if o, _ := r.out(); strings.Contains(o, "tty") {
+		if o, _ := r.Output(); strings.Contains(o, "tty") {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("not on a terminal: %s", r.kinds())
+			t.Fatalf("not on a terminal: %s", r.Kinds())
 		}
 	}
 	if err := proc.Resize(50, 132); err != nil {
@@ -278,7 +224,7 @@ func TestStreamTTY(t *testing.T) {
 	}
 	proc.Stdin(context.Background(), nil) // ignored on a terminal
 	last := wait(t, proc, r)
-	o, e := r.out()
+	o, e := r.Output()
 	// The terminal echoes the input, and carries stderr as stdout.
 	if last.Code != 0 || o != "tty\r\nhello\r\n50 132\r\nhello\r\n" || e != "" {
 		t.Errorf("stdout %q stderr %q, last %+v", o, e, last)
@@ -303,7 +249,7 @@ func TestStreamSlowConsumer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer proc.Close()
-	peak := heapWatch(func() {
+	peak := sandboxtest.HeapPeak(func() {
 		time.Sleep(500 * time.Millisecond) // the portal fills the window, then waits
 		start := time.Now()
 		res := p.exec(t, sandbox.ExecRequest{Command: "echo", Args: []string{"other"}})

@@ -21,6 +21,10 @@ const (
 	opSpawn  = "spawn"
 	opPing   = "ping"
 	opCancel = "cancel"
+	// configure sets the environment and working directory of everything
+	// the portal starts from then on (env, workdir): a sandbox started
+	// before it had them (a warm pool's) gets them before any other call.
+	opConfigure = "configure"
 
 	// A streamed process (start), and what the client sends on its id
 	// later: more output credit (also for read), a signal, a terminal

@@ -24,11 +24,15 @@ type Memory struct {
 	// N exits with code N, anything else prints its command line on stdout.
 	Commands func(id sandbox.ID, req sandbox.ExecRequest) (sandbox.ExecResult, error)
 	// Fail, if set, is asked before every lifecycle call (op is "create",
-	// "start", "stop" or "delete"); an error it returns is the call's.
+	// "start", "stop", "delete", or for a pool's sandboxes "prestart"
+	// (with the zero ID, asked without the engine's lock: it may block)
+	// and "adopt"); an error it returns is the call's.
 	Fail func(op string, id sandbox.ID) error
 
 	mu       sync.Mutex
 	boxes    map[sandbox.ID]*memBox
+	warm     map[string]*memBox // started ahead of time, by handle (Prestart)
+	warmSeq  int
 	left     []sandbox.ID // held by "an earlier engine": Recover lists them
 	calls    []string
 	cpu      time.Duration
@@ -46,15 +50,21 @@ type memBox struct {
 	// Deny refused on it.
 	net    *network.Config
 	denied uint64
+	// handle is the handle it was started under in a pool ("": a cold
+	// start).
+	handle string
 }
 
 var (
 	_ sandbox.Engine    = (*Memory)(nil)
 	_ sandbox.Networker = (*Memory)(nil)
+	_ sandbox.Pooler    = (*Memory)(nil)
 )
 
 // NewMemory returns an empty in-memory engine.
-func NewMemory() *Memory { return &Memory{boxes: map[sandbox.ID]*memBox{}} }
+func NewMemory() *Memory {
+	return &Memory{boxes: map[sandbox.ID]*memBox{}, warm: map[string]*memBox{}}
+}
 
 // Leave makes ids look left behind by a crashed server: Recover lists
 // them and Delete removes them.
@@ -308,4 +318,109 @@ func (m *Memory) Deny(id sandbox.ID, d network.Denial) bool {
 		onDeny(d)
 	}
 	return true
+}
+
+// Prestart implements sandbox.Pooler: the sandbox runs, under a handle
+// "warm-N", until Adopt or Discard.
+func (m *Memory) Prestart(ctx context.Context, spec sandbox.Spec) (string, error) {
+	if spec.Network != nil {
+		return "", fmt.Errorf("a pool's sandbox gets its network when adopted: %w", errdefs.ErrInvalid)
+	}
+	// Asked without the lock, so that it may block (a test holding
+	// refills back) while every other call goes on.
+	if m.Fail != nil {
+		if err := m.Fail("prestart", sandbox.ID{}); err != nil {
+			return "", err
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.warmSeq++
+	h := fmt.Sprintf("warm-%d", m.warmSeq)
+	m.calls = append(m.calls, "prestart "+h)
+	m.warm[h] = &memBox{spec: spec, state: sandbox.StateRunning, exited: make(chan struct{}), started: time.Now(), handle: h}
+	return h, nil
+}
+
+// Adopt implements sandbox.Pooler, with its error classes; the sandbox
+// takes spec as its own.
+func (m *Memory) Adopt(ctx context.Context, handle string, id sandbox.ID, spec sandbox.Spec) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b := m.warm[handle]
+	delete(m.warm, handle)
+	if b == nil {
+		return fmt.Errorf("pooled sandbox %q: %w", handle, errdefs.ErrNotFound)
+	}
+	// Deleted on any error, as the contract says.
+	err := m.begin("adopt", id)
+	if err == nil {
+		if perr := sandbox.Poolable(b.spec, spec); perr != nil {
+			err = fmt.Errorf("sandbox %s: %w: %w", id, perr, errdefs.ErrInvalid)
+		} else if b.state != sandbox.StateRunning {
+			err = fmt.Errorf("pooled sandbox %q is not running: %w", handle, errdefs.ErrUnavailable)
+		} else if _, ok := m.boxes[id]; ok {
+			err = fmt.Errorf("sandbox %s already exists: %w", id, errdefs.ErrConflict)
+		}
+	}
+	if err != nil {
+		if b.state == sandbox.StateRunning {
+			close(b.exited)
+		}
+		return err
+	}
+	b.spec, b.net, b.denied = spec, spec.Network, 0
+	m.boxes[id] = b
+	return nil
+}
+
+// Discard implements sandbox.Pooler.
+func (m *Memory) Discard(ctx context.Context, handle string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b := m.warm[handle]
+	if b == nil {
+		return nil
+	}
+	m.calls = append(m.calls, "discard "+handle)
+	delete(m.warm, handle)
+	if b.state == sandbox.StateRunning {
+		close(b.exited)
+	}
+	return nil
+}
+
+// Waiting returns the specs of the sandboxes started ahead of time and not
+// adopted, by handle.
+func (m *Memory) Waiting() map[string]sandbox.Spec {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string]sandbox.Spec{}
+	for h, b := range m.warm {
+		out[h] = b.spec
+	}
+	return out
+}
+
+// Handle returns the handle sandbox id was started under in a pool, and
+// false for one started cold (or unknown).
+func (m *Memory) Handle(id sandbox.ID) (string, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b := m.boxes[id]
+	if b == nil || b.handle == "" {
+		return "", false
+	}
+	return b.handle, true
+}
+
+// DieWaiting makes the waiting sandbox handle die, as a crash of its agent
+// would.
+func (m *Memory) DieWaiting(handle string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if b := m.warm[handle]; b != nil && b.state == sandbox.StateRunning {
+		b.state = sandbox.StateStopped
+		close(b.exited)
+	}
 }

@@ -46,6 +46,9 @@ type Harness struct {
 	// Leftovers lists what remains on the host of sandbox id: directories,
 	// mounts, cgroups. It must be empty once the sandbox is deleted.
 	Leftovers func(id sandbox.ID) []string
+	// HandleLeftovers is Leftovers for a sandbox a sandbox.Pooler started
+	// under handle, adopted or not.
+	HandleLeftovers func(handle string) []string
 }
 
 // callTimeout bounds every engine call the suite makes.
@@ -70,6 +73,9 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Streams", s.testStreams)
 	t.Run("Files", s.testFiles)
 	t.Run("Parallel", s.testParallel)
+	t.Run("Pool", s.testPool)
+	// Last: the engines it makes share the suite's directories, and the
+	// first one closed removes what they share.
 	t.Run("Recover", s.testRecover)
 }
 

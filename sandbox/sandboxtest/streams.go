@@ -31,6 +31,7 @@ type Recorder struct {
 	mu             sync.Mutex
 	events         []sandbox.ExecEvent
 	stdout, stderr bytes.Buffer
+	firstOutput    time.Time
 }
 
 // Add records ev; pass it as the events function.
@@ -43,8 +44,18 @@ func (r *Recorder) Add(ev sandbox.ExecEvent) {
 	case sandbox.EventStderr:
 		r.stderr.Write(ev.Data)
 	}
+	if (ev.Kind == sandbox.EventStdout || ev.Kind == sandbox.EventStderr) && r.firstOutput.IsZero() {
+		r.firstOutput = time.Now()
+	}
 	ev.Data = nil
 	r.events = append(r.events, ev)
+}
+
+// FirstOutput returns when the first output arrived (zero: none yet).
+func (r *Recorder) FirstOutput() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.firstOutput
 }
 
 // Output returns what the process wrote to stdout and stderr so far.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -68,11 +69,72 @@ func (d *Dir) openat(rel string, flags int, mode uint32) (int, error) {
 	return unix.Openat2(d.fd, rel, &unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC), Mode: uint64(mode), Resolve: beneath})
 }
 
+// errNotRegular is the error of a read or write of a FIFO, socket or
+// device node, which a sandbox can leave in a volume: opening one would
+// block the server (a FIFO) or reach the host's devices.
+var errNotRegular = errors.New("not a regular file")
+
+// openRegular opens rel beneath dirfd with flags (O_RDONLY, or O_WRONLY
+// with O_CREAT and O_TRUNC), and opens nothing but a regular file or, for
+// O_RDONLY, a directory: the file is first opened as a path (O_PATH,
+// which opens no FIFO or device), its type checked, and then that very
+// inode opened again through its descriptor. A file that does not exist
+// is created (O_EXCL: never anything a sandbox put there meanwhile).
+func openRegular(dirfd int, rel string, flags int, mode uint32) (int, error) {
+	for range 3 {
+		pfd, err := unix.Openat2(dirfd, rel, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: beneath})
+		if errors.Is(err, unix.ENOENT) && flags&unix.O_CREAT != 0 {
+			fd, err := unix.Openat2(dirfd, rel, &unix.OpenHow{Flags: uint64(flags | unix.O_EXCL | unix.O_CLOEXEC), Mode: uint64(mode), Resolve: beneath})
+			if errors.Is(err, unix.EEXIST) {
+				continue // made meanwhile: check what it is
+			}
+			return fd, err
+		}
+		if err != nil {
+			return -1, err
+		}
+		fd, err := reopen(pfd, flags)
+		unix.Close(pfd)
+		return fd, err
+	}
+	return -1, unix.EEXIST
+}
+
+// reopen opens the inode of the O_PATH descriptor pfd with flags, if it
+// is a regular file (or a directory, for reading).
+func reopen(pfd, flags int) (int, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(pfd, &st); err != nil {
+		return -1, err
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+	case unix.S_IFDIR:
+		if flags&unix.O_ACCMODE != unix.O_RDONLY {
+			return -1, unix.EISDIR
+		}
+	default:
+		return -1, errNotRegular
+	}
+	fd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(pfd), flags&^(unix.O_CREAT|unix.O_EXCL)|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err != nil {
+		return -1, err
+	}
+	var now unix.Stat_t
+	if err := unix.Fstat(fd, &now); err != nil || now.Dev != st.Dev || now.Ino != st.Ino {
+		unix.Close(fd)
+		return -1, errNotRegular
+	}
+	return fd, nil
+}
+
 // fileError classifies an error of the file operation op on p.
 func (d *Dir) fileError(op, p string, err error) error {
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, errNotRegular):
+		return errdefs.Invalidf("%s %s: it is not a regular file (a FIFO, socket or device node): volume file calls read and write regular files only", op, p)
 	case errors.Is(err, unix.ENOENT):
 		return errdefs.NotFoundf("%s %s: no such file or directory in volume %s", op, p, d.name)
 	case errors.Is(err, unix.EXDEV), errors.Is(err, unix.ELOOP):
@@ -147,7 +209,7 @@ func (d *Dir) Open(p string) (*os.File, FileInfo, error) {
 	if err != nil {
 		return nil, FileInfo{}, err
 	}
-	fd, err := d.openat(rel, unix.O_RDONLY, 0)
+	fd, err := openRegular(d.fd, rel, unix.O_RDONLY, 0)
 	if err != nil {
 		return nil, FileInfo{}, d.fileError("read", p, err)
 	}
@@ -177,7 +239,7 @@ func (d *Dir) Write(p string, r io.Reader) (int64, error) {
 	if err != nil {
 		return 0, d.fileError("write", p, err)
 	}
-	fd, err := unix.Openat2(pfd, base, &unix.OpenHow{Flags: unix.O_WRONLY | unix.O_CREAT | unix.O_TRUNC | unix.O_CLOEXEC, Mode: 0o644, Resolve: beneath})
+	fd, err := openRegular(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC, 0o644)
 	unix.Close(pfd)
 	if err != nil {
 		return 0, d.fileError("write", p, err)

@@ -71,6 +71,19 @@ func (s *Store) now() time.Time {
 }
 
 // nsDir returns namespace ns's directory, created if missing.
+// Path returns the host directory of volume name of namespace ns ("": the
+// namespace's default volume, which holds the others).
+func (s *Store) Path(ns, name string) (string, error) {
+	dir, err := s.nsDir(ns)
+	if err != nil || name == "" {
+		return dir, err
+	}
+	if err := ValidateName(name); err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, name), nil
+}
+
 func (s *Store) nsDir(ns string) (string, error) {
 	if err := namespace.ValidateName("namespace", ns); err != nil {
 		return "", err

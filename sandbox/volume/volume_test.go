@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox/volume"
+	"golang.org/x/sys/unix"
 )
 
 func store(t *testing.T) (*volume.Store, string) {
@@ -242,4 +244,68 @@ func FuzzClean(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A sandbox can leave a FIFO, a socket or a device node in a volume: the
+// file calls refuse them at once, and never open one (which would block
+// the server on a FIFO, or reach the host's device).
+func TestVolumeFilesRefuseSpecialFiles(t *testing.T) {
+	s, root := store(t)
+	s.Create("team", "data", nil)
+	dir := filepath.Join(root, "volumes", "team", "data")
+	if err := unix.Mkfifo(filepath.Join(dir, "fifo"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	// /dev/null's numbers: harmless if it were opened, and opened at once.
+	if err := unix.Mknod(filepath.Join(dir, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", filepath.Join(dir, "sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := os.Symlink("fifo", filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.Open("team", "data")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, name := range []string{"fifo", "null", "sock", "link"} {
+		done := make(chan error, 3)
+		go func() {
+			_, _, err := d.Open(name)
+			done <- err
+			_, err = d.Write(name, strings.NewReader("x"))
+			done <- err
+			done <- d.Copy(name, "copy")
+		}()
+		for _, op := range []string{"read", "write", "copy"} {
+			select {
+			case err := <-done:
+				if !errdefs.Is(err, errdefs.Invalid) || !strings.Contains(err.Error(), "not a regular file") {
+					t.Errorf("%s %s: %v, want refused as not a regular file", op, name, err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%s %s still blocked after 5s", op, name)
+			}
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "copy")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a refused copy made its destination: %v", err)
+	}
+	// Regular files still work, created or replaced.
+	for range 2 {
+		if _, err := d.Write("plain", strings.NewReader("ok")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.Copy("plain", "copy"); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "copy")); err != nil || string(b) != "ok" {
+		t.Fatalf("copy: %q %v", b, err)
+	}
 }

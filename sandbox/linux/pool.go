@@ -1,0 +1,426 @@
+package linux
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/errdefs"
+	"github.com/msb-dev/msb/sandbox"
+)
+
+// Sandboxes started ahead of time (sandbox.Pooler). Prestart starts a
+// sandbox as Start does, under a handle instead of an ID: its directory
+// (<SandboxDir>/<handle>) and cgroups are named by the handle, it is kept
+// in Engine.warm, not Engine.boxes, so that no call by ID can reach it,
+// and its portal waits. Adopt moves it into Engine.boxes under the ID a
+// start asks for and applies what of that start's spec can change on a
+// running sandbox:
+//
+//   - memory, CPU and pids limits: cgroup writes;
+//   - the working directory (made in its root if missing, as the init
+//     makes one) and /etc/hostname: written by the server through
+//     /proc/<init>/root, resolved inside the sandbox's root as the init
+//     writes them;
+//   - the hostname: set from a server thread that joins the sandbox's UTS
+//     namespace for the call;
+//   - the environment and the working directory of everything the portal
+//     starts: a "configure" call to the portal, before any other;
+//   - rlimits: the portal client's, sent with every call;
+//   - the network: attached as SetNetwork attaches one.
+//
+// The root file system, volumes, user and tmpfs mounts are built by the
+// init and cannot change: sandbox.Poolable says when they differ, and
+// Adopt refuses then. The directory and cgroups keep the handle's name
+// for the sandbox's whole life (cgroup v2 cannot rename a cgroup, nor v1
+// one that holds processes across parents), so b.handle, not the key, is
+// what the engine's file and cgroup calls use. Handles contain no dot:
+// no sandbox key can ever be one.
+//
+// A handle is adopted at most once: Adopt takes it out of Engine.warm
+// before anything else. When a sandbox adopted from a pool stops, Delete
+// removes it as any other; nothing is ever given back to a pool.
+//
+// Recovery: a server that dies leaves the directories and cgroups of its
+// pool's sandboxes, waiting or adopted, under handles of its own process
+// id. Recover kills what still runs in them and removes them
+// (removeStaleWarm) before it lists the sandboxes left by ID (what it
+// cannot remove, every Prestart tries again until it is gone); the
+// caller's records of adopted ones say running, and the caller marks them
+// stopped as it does every record of a crashed server.
+
+var _ sandbox.Pooler = (*Engine)(nil)
+
+// warmPrefix starts every handle: "warm-<pid>-<token>-<n>".
+const warmPrefix = "warm-"
+
+// warmOwner is this process's part of its handles, "<pid>-<token>": the
+// token is random, so that a server whose process id is a dead one's (as
+// the first process of a container always is) never takes that server's
+// leftovers for its own sandboxes. Every engine of a process shares it:
+// a Recover never removes the sandboxes another engine of the same
+// process is running.
+var warmOwner = sync.OnceValue(func() string {
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(b[:])
+})
+
+// Prestart implements sandbox.Pooler: it creates and starts a sandbox of
+// spec under a new handle. It returns an error wrapping errdefs.ErrInvalid
+// for a spec with a network (a sandbox gets it when it is adopted) or one
+// Create refuses, and Start's errors.
+func (e *Engine) Prestart(ctx context.Context, spec sandbox.Spec) (string, error) {
+	if spec.Workdir == "" {
+		spec.Workdir = "/"
+	}
+	if spec.Hostname == "" {
+		spec.Hostname = sandbox.WarmHostname
+	}
+	if spec.Network != nil {
+		return "", fmt.Errorf("a sandbox started ahead of time gets its network when it is taken: %w", errdefs.ErrInvalid)
+	}
+	if err := checkSpec(spec); err != nil {
+		return "", fmt.Errorf("pooled sandbox: %w", err)
+	}
+	if len(spec.Root.Layers) > 0 && e.dynamicPortal && !e.cfg.AllowDynamicPortal {
+		return "", errdefs.Invalidf("this msb server is a dynamically linked build, which cannot run inside an OCI image: build msb statically with %s", buildStatic)
+	}
+	if e.staleWarm.Load() {
+		e.removeStaleWarm()
+	}
+	e.mu.Lock()
+	e.warmSeq++
+	handle := warmPrefix + warmOwner() + "-" + strconv.Itoa(e.warmSeq)
+	b := &box{handle: handle, dir: filepath.Join(e.cfg.SandboxDir, handle), spec: spec}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e.warm[handle] = b
+	e.mu.Unlock()
+
+	err := e.create(b)
+	if err == nil {
+		err = e.start(ctx, b)
+	}
+	if err != nil {
+		e.destroy(b)
+		return "", err
+	}
+	return handle, nil
+}
+
+// Adopt implements sandbox.Pooler. It returns an error wrapping
+// errdefs.ErrNotFound for an unknown handle (adopted or discarded
+// already), errdefs.ErrInvalid for a bad ID or spec or one the sandbox
+// cannot become (sandbox.Poolable), errdefs.ErrConflict when id exists,
+// and errdefs.ErrUnavailable when the sandbox is no longer running or a
+// setting cannot be applied. On any error but the first the sandbox is
+// deleted.
+func (e *Engine) Adopt(ctx context.Context, handle string, id sandbox.ID, spec sandbox.Spec) error {
+	key := id.Key()
+	if id.IsZero() || !validKey(key) {
+		return fmt.Errorf("sandbox %s: bad sandbox ID: %w", id, errdefs.ErrInvalid)
+	}
+	if spec.Workdir == "" {
+		spec.Workdir = "/"
+	}
+	if spec.Hostname == "" {
+		spec.Hostname = id.Name()
+	}
+	e.mu.Lock()
+	b := e.warm[handle]
+	delete(e.warm, handle) // never twice, whatever happens next
+	e.mu.Unlock()
+	if b == nil {
+		return fmt.Errorf("pooled sandbox %q: %w", handle, errdefs.ErrNotFound)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.gone {
+		return fmt.Errorf("pooled sandbox %q: %w", handle, errdefs.ErrNotFound)
+	}
+	fail := func(err error) error {
+		e.destroy(b)
+		return err
+	}
+	if err := checkSpec(spec); err != nil {
+		return fail(fmt.Errorf("sandbox %s: %w", id, err))
+	}
+	if err := sandbox.Poolable(b.spec, spec); err != nil {
+		return fail(fmt.Errorf("sandbox %s cannot be taken from the pool: %w: %w", id, err, errdefs.ErrInvalid))
+	}
+	if !b.running() {
+		return fail(fmt.Errorf("pooled sandbox %q is no longer running: %w", handle, errdefs.ErrUnavailable))
+	}
+	e.mu.Lock()
+	if e.boxes[key] != nil || e.onDisk(key) {
+		e.mu.Unlock()
+		return fail(fmt.Errorf("sandbox %s already exists: %w", id, errdefs.ErrConflict))
+	}
+	b.id = id
+	e.boxes[key] = b
+	e.mu.Unlock()
+	if err := e.apply(ctx, b, spec); err != nil {
+		e.destroy(b)
+		e.forget(b)
+		return err
+	}
+	return nil
+}
+
+// apply gives the running sandbox b holds (b.mu held) what spec has that
+// its pool's spec had not (see the top of this file), and makes spec its
+// own.
+func (e *Engine) apply(ctx context.Context, b *box, spec sandbox.Spec) error {
+	unavailable := func(what string, err error) error {
+		return fmt.Errorf("sandbox %s: taking it from the pool: %s: %w: %w", b, what, err, errdefs.ErrUnavailable)
+	}
+	// memory+swap never below memory: lifted first, so that memory can go
+	// up or down, and then set with it.
+	if err := e.cg.liftSwapLimit(b.handle); err != nil {
+		return unavailable("cgroups", err)
+	}
+	if err := e.cg.setLimits(b.handle, specLimits(spec)); err != nil {
+		return unavailable("cgroups", err)
+	}
+	pid := b.proc.Pid
+	// The init is not reaped while b.done is open, so pid is still the
+	// sandbox's.
+	r, err := openRoot("/proc/" + strconv.Itoa(pid) + "/root")
+	if err != nil {
+		return unavailable("its root", err)
+	}
+	if b.slot > 0 {
+		r.base = hostID(b.slot)
+	}
+	// As the init's first build: /etc/hostname, and the workdir made as a
+	// directory of the root (its user's, when msb makes it).
+	build := &rootBuild{Layered: true}
+	if wd := strings.TrimPrefix(filepath.Clean(spec.Workdir), "/"); wd != "" {
+		build.Dirs = []string{wd}
+	}
+	for _, m := range spec.Root.Mounts {
+		build.Mounts = append(build.Mounts, m.Target)
+	}
+	err = r.build(build, spec.Hostname, spec.Workdir, spec.User)
+	r.Close()
+	if err != nil {
+		return unavailable("its root", err)
+	}
+	if err := setHostname(pid, spec.Hostname); err != nil {
+		return unavailable("hostname", err)
+	}
+	c, ok := b.client.(configurable)
+	if !ok {
+		return unavailable("portal", errors.New("its client cannot configure it"))
+	}
+	env := make([]string, 0, len(spec.Env))
+	for _, kv := range spec.Env {
+		if k, _, ok := strings.Cut(kv, "="); ok && k != "" && k != initEnv {
+			env = append(env, kv)
+		}
+	}
+	cctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	if err := c.Configure(cctx, env, spec.Workdir); err != nil {
+		return unavailable("portal", err)
+	}
+	c.SetRlimits(spec.Rlimits)
+	if spec.Network != nil {
+		link, err := e.attachLink(ctx, b, pid, *spec.Network)
+		if err != nil {
+			return err
+		}
+		b.link = link
+	}
+	spec.Root.Dirs = b.spec.Root.Dirs // what its root was built from
+	b.spec, b.started = spec, time.Now()
+	return nil
+}
+
+// configurable is what Adopt uses of a portal.Client beyond portalClient.
+type configurable interface {
+	Configure(ctx context.Context, env []string, workdir string) error
+	SetRlimits(ls []sandbox.Rlimit)
+}
+
+// Discard implements sandbox.Pooler: it deletes the waiting sandbox
+// handle (an unknown one is not an error). It returns an error wrapping
+// errdefs.ErrUnavailable when its cgroups or directory cannot be removed;
+// they are left to the next server's recovery.
+func (e *Engine) Discard(ctx context.Context, handle string) error {
+	e.mu.Lock()
+	b := e.warm[handle]
+	delete(e.warm, handle)
+	e.mu.Unlock()
+	if b == nil {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.gone {
+		return nil
+	}
+	if err := e.destroy(b); err != nil {
+		return fmt.Errorf("pooled sandbox %q: %w: %w", handle, err, errdefs.ErrUnavailable)
+	}
+	return nil
+}
+
+// destroy kills the sandbox b holds (b.mu held) and removes its cgroups
+// and directory; b is gone afterwards (the caller removes it from
+// Engine.boxes if it is there).
+func (e *Engine) destroy(b *box) error {
+	b.gone = true
+	e.mu.Lock()
+	if e.warm[b.handle] == b {
+		delete(e.warm, b.handle)
+	}
+	e.mu.Unlock()
+	e.kill(b)
+	var errs []error
+	if err := e.releaseCgroups(b); err != nil {
+		errs = append(errs, err)
+	}
+	b.disk.close(true)
+	b.disk = nil
+	if len(errs) == 0 {
+		e.ids.free(b.slot)
+		b.slot = 0
+	}
+	if err := e.trash.discard(b.dir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// discardWarm deletes every sandbox still waiting, at once.
+func (e *Engine) discardWarm() {
+	e.mu.Lock()
+	handles := make([]string, 0, len(e.warm))
+	for h := range e.warm {
+		handles = append(handles, h)
+	}
+	e.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, h := range handles {
+		wg.Go(func() {
+			if err := e.Discard(context.Background(), h); err != nil {
+				e.log().Warn("removing a sandbox of the pool", "handle", h, "err", err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// removeStaleWarm kills and removes what a server that died left of its
+// pool's sandboxes: directories and cgroups named by a handle of another
+// process (an engine of this process may hold the others, as the cgroup
+// sets made ahead, see removeStalePools). Whatever cannot be removed is
+// logged and tried again by the next Prestart (the pool's refills) and
+// the next Recover.
+func (e *Engine) removeStaleWarm() {
+	e.staleMu.Lock()
+	defer e.staleMu.Unlock()
+	failed := false
+	defer func() { e.staleWarm.Store(failed) }()
+	own := warmPrefix + warmOwner() + "-"
+	found := map[string]bool{}
+	stale := func(name string) bool { return strings.HasPrefix(name, warmPrefix) && !strings.HasPrefix(name, own) }
+	if entries, err := os.ReadDir(e.cfg.SandboxDir); err == nil {
+		for _, en := range entries {
+			if stale(en.Name()) {
+				found[en.Name()] = true
+			}
+		}
+	}
+	for _, mnt := range e.cg.mounts() {
+		entries, _ := os.ReadDir(filepath.Join(mnt, e.cg.parent))
+		for _, en := range entries {
+			if en.IsDir() && stale(en.Name()) {
+				found[en.Name()] = true
+			}
+		}
+	}
+	for h := range found {
+		var errs []error
+		if err := e.cg.killInit(h); err != nil {
+			errs = append(errs, err)
+		}
+		if err := e.cg.removeSet(h); err != nil {
+			errs = append(errs, err)
+		}
+		if err := removeSandboxDir(filepath.Join(e.cfg.SandboxDir, h)); err != nil {
+			errs = append(errs, err)
+		}
+		if err := errors.Join(errs...); err != nil {
+			failed = true
+			e.log().Warn("cannot remove a pool's sandbox left by an earlier server; the pool's next start of a sandbox tries again", "handle", h, "err", err)
+			continue
+		}
+		e.log().Info("removed a pool's sandbox left by an earlier server", "handle", h)
+	}
+}
+
+// liftSwapLimit lifts the memory+swap limit of the sandbox handle, where
+// the host accounts swap (cgroup v1): setLimits then writes memory and
+// memory+swap in that order whether they go up or down.
+func (c *cgroups) liftSwapLimit(handle string) error {
+	if c.v2 || !c.swap || c.memory == "" {
+		return nil
+	}
+	p := filepath.Join(c.dir(c.memory, handle), "memory.memsw.limit_in_bytes")
+	if err := os.WriteFile(p, []byte("-1"), 0); err != nil {
+		return fmt.Errorf("cgroup limit %s = -1: %w", p, err)
+	}
+	return nil
+}
+
+// setHostname sets the hostname of the UTS namespace of the process pid
+// (a sandbox's init), from a locked OS thread that joins the namespace for
+// the call. A thread that cannot get back to the server's namespace is
+// never unlocked, so the Go runtime retires it.
+func setHostname(pid int, name string) error {
+	ns, err := os.Open("/proc/" + strconv.Itoa(pid) + "/ns/uts")
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		self, err := os.Open("/proc/thread-self/ns/uts")
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer self.Close()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWUTS); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("joining the sandbox's UTS namespace: %w", err)
+			return
+		}
+		err = unix.Sethostname([]byte(name))
+		if serr := unix.Setns(int(self.Fd()), unix.CLONE_NEWUTS); serr != nil {
+			errc <- fmt.Errorf("back to the server's UTS namespace: %w", serr) // the thread dies locked
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- err
+	}()
+	return <-errc
+}

@@ -1,0 +1,254 @@
+package linux_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/image"
+	"github.com/msb-dev/msb/sandbox/linux"
+	"github.com/msb-dev/msb/sandbox/network"
+	"github.com/msb-dev/msb/sandbox/network/networktest"
+)
+
+// warmSpec is a host-image spec as the Service builds them: the workdir
+// added last to the root's directories.
+func warmSpec(t *testing.T, memory, cpus int, workdir string) sandbox.Spec {
+	t.Helper()
+	spec := hostSpec(t)
+	spec.MemoryMiB, spec.CPUs, spec.Workdir = memory, cpus, workdir
+	spec.Root.Dirs = append(slices.Clone(spec.Root.Dirs), strings.TrimPrefix(workdir, "/"))
+	return spec
+}
+
+// A sandbox taken from the pool gets the limits of the start that takes it
+// (what its own cgroup files say, inside), and the network it asks for.
+func TestPoolAppliesLimitsAndNetwork(t *testing.T) {
+	w := networktest.New(t)
+	e, cfg := newEngine(t, t.TempDir(), "msb-pool")
+	ctx := context.Background()
+	h, err := e.Prestart(ctx, warmSpec(t, 64, 1, "/workspace"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Discard(context.Background(), h) })
+	cg := filepath.Join("/sys/fs/cgroup/memory", cfg.CgroupParent, h)
+	if got := strings.TrimSpace(readFile(t, cg+"/memory.limit_in_bytes")); got != fmt.Sprint(64<<20) {
+		t.Errorf("a waiting sandbox's memory limit is %s, want 64 MiB", got)
+	}
+
+	id, _ := sandbox.ParseID("pool", "taken")
+	spec := warmSpec(t, 300, 2, "/workspace")
+	spec.Network = &network.Config{
+		Policy:   network.MustParsePolicy(network.Deny, "allow "+w.Allowed.String()+":80"),
+		Dialer:   w.Dialer(),
+		Resolver: w.Resolver(),
+	}
+	if err := e.Adopt(ctx, h, id, spec); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Delete(context.Background(), id) })
+	got := mustRun(t, e, id, `cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/pids/pids.max
+[ -e /sys/fs/cgroup/memory/memory.memsw.limit_in_bytes ] && cat /sys/fs/cgroup/memory/memory.memsw.limit_in_bytes || echo `+fmt.Sprint(300<<20))
+	if want := fmt.Sprintf("%d\n200000\n128\n%d\n", 300<<20, 300<<20); got != want {
+		t.Errorf("limits inside the adopted sandbox:\n%s\nwant\n%s", got, want)
+	}
+	r, err := e.Exec(ctx, id, sandbox.ExecRequest{Command: "/usr/bin/python3", Args: []string{"-c", fmt.Sprintf(`import socket
+s = socket.create_connection((%q, 80), timeout=5)
+s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+print(s.recv(100).split(b"\r\n")[0].decode())`, w.Allowed.String())}})
+	if err != nil || r.ExitCode != 0 || len(r.Output) == 0 || !strings.HasPrefix(r.Output[0].Text, "HTTP/1.") {
+		t.Errorf("network of the adopted sandbox: %+v, %v", r, err)
+	}
+	st, err := e.Stats(ctx, id)
+	if err != nil || st.Network == nil || st.MemoryBytes == 0 {
+		t.Errorf("Stats of the adopted sandbox = %+v, %v", st, err)
+	}
+	// Lower than the waiting limit works too.
+	h2, err := e.Prestart(ctx, warmSpec(t, 64, 1, "/workspace"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Discard(context.Background(), h2) })
+	small, _ := sandbox.ParseID("pool", "small")
+	if err := e.Adopt(ctx, h2, small, warmSpec(t, 40, 1, "/workspace")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Delete(context.Background(), small) })
+	if got := mustRun(t, e, small, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes"); got != fmt.Sprintln(40<<20) {
+		t.Errorf("lowered memory limit: %s", got)
+	}
+}
+
+func readFile(t *testing.T, p string) string {
+	t.Helper()
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+// crashPoolEnv makes the test binary a server with two sandboxes
+// started ahead of time, one of them adopted, that waits to be killed;
+// its value is the engine's Config as JSON.
+const crashPoolEnv = "MSB_TEST_CRASH_POOL"
+
+var crashPoolID, _ = sandbox.ParseID("crash", "pooled")
+
+func crashPoolServer(cfgJSON string) {
+	fail := func(err error) { fmt.Fprintln(os.Stderr, "crash pool server:", err); os.Exit(1) }
+	var cfg linux.Config
+	if err := json.Unmarshal([]byte(cfgJSON), &cfg); err != nil {
+		fail(err)
+	}
+	e, err := linux.New(cfg)
+	if err != nil {
+		fail(err)
+	}
+	root, err := image.Host()
+	if err != nil {
+		fail(err)
+	}
+	ctx := context.Background()
+	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 64, CPUs: 1, Pids: 64}
+	var handles []string
+	for range 2 {
+		h, err := e.Prestart(ctx, spec)
+		if err != nil {
+			fail(err)
+		}
+		handles = append(handles, h)
+	}
+	if err := e.Adopt(ctx, handles[0], crashPoolID, spec); err != nil {
+		fail(err)
+	}
+	if _, err := e.Exec(ctx, crashPoolID, sandbox.ExecRequest{Command: "sh", Args: []string{"-c", "sleep 1000 &"}}); err != nil {
+		fail(err)
+	}
+	fmt.Println(strings.Join(handles, " "))
+	select {} // until killed
+}
+
+// A server killed with sandboxes in its pool, waiting and adopted: the
+// next engine's Recover removes both, processes, cgroups and directories.
+func TestPoolAfterCrash(t *testing.T) {
+	home := t.TempDir()
+	cfg := testConfig(t, home, "msb-pool-crash")
+	cfgJSON, _ := json.Marshal(cfg)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := exec.Command(exe, "-test.run=^$")
+	server.Env = append(os.Environ(), crashPoolEnv+"="+string(cfgJSON))
+	server.Stderr = os.Stderr
+	out, err := server.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := server.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	handles := strings.Fields(line)
+	if err != nil || len(handles) != 2 {
+		server.Process.Kill()
+		server.Wait()
+		t.Fatalf("crash pool server did not get ready: %q, %v", line, err)
+	}
+	server.Process.Kill()
+	server.Wait()
+
+	next, err := linux.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { next.Close() })
+	left, err := next.Recover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range left {
+		t.Errorf("Recover reported %+v: a pool's sandbox is no sandbox of the caller's", st)
+	}
+	for _, h := range handles {
+		if left := leftoversOf(t, cfg, h); len(left) > 0 {
+			t.Errorf("pooled sandbox %s left after Recover: %v", h, left)
+		}
+	}
+	// Nothing of theirs runs: no process is in a namespace of theirs.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n := 0
+		procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+		for _, p := range procs {
+			if data, err := os.ReadFile(p); err == nil && strings.HasPrefix(string(data), "sleep\x001000") {
+				n++
+			}
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sleep processes of the killed server's pooled sandbox still run", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// What a dead server left under a handle that starts with this process's
+// id (a server restarted in a container is the same pid 1) is still a
+// leftover: Recover removes it, and the engine's own sandboxes start
+// under handles of their own.
+func TestPoolLeftoverOfTheSamePid(t *testing.T) {
+	e, cfg := newEngine(t, t.TempDir(), "msb-pool-pid")
+	ctx := context.Background()
+	// A sandbox of this engine, waiting: not a leftover.
+	h, err := e.Prestart(ctx, warmSpec(t, 64, 1, "/workspace"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Discard(context.Background(), h) })
+	if !strings.HasPrefix(h, fmt.Sprintf("warm-%d-", os.Getpid())) {
+		t.Fatalf("handle %q does not name its process", h)
+	}
+	dead := fmt.Sprintf("warm-%d-00000000-1", os.Getpid())
+	if err := os.MkdirAll(filepath.Join(cfg.SandboxDir, dead, "upper"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	parents, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", cfg.CgroupParent))
+	if len(parents) == 0 {
+		t.Fatal("the engine has no cgroup parent")
+	}
+	for _, p := range parents {
+		if err := os.Mkdir(filepath.Join(p, dead), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if left := leftoversOf(t, cfg, dead); len(left) > 0 {
+		t.Errorf("a dead server's sandbox under this pid is left after Recover: %v", left)
+	}
+	if left := leftoversOf(t, cfg, h); len(left) == 0 {
+		t.Fatal("Recover removed a sandbox this engine keeps waiting")
+	}
+	id, _ := sandbox.ParseID("pool", "same-pid")
+	if err := e.Adopt(ctx, h, id, warmSpec(t, 128, 1, "/workspace")); err != nil {
+		t.Fatalf("the waiting sandbox after Recover: %v", err)
+	}
+	if err := e.Delete(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+}
