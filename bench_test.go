@@ -764,9 +764,10 @@ func writeCrunBundle(dir string) error {
 }
 
 // BenchmarkIsolationRPC measures what disks and user namespaces cost
-// sandbox.start on the real server, over HTTP: servers of this build with
-// user_namespaces = false (a disk per sandbox) and with the defaults (a
-// disk and a user namespace per sandbox), and, when MSB_BASELINE_BINARY
+// sandbox.start on the real server, over HTTP: servers of this build,
+// without a warm pool, with user_namespaces = false (a disk per sandbox)
+// and with a disk and a user namespace per sandbox, one with the defaults
+// (the same, and a warm pool), and, when MSB_BASELINE_BINARY
 // names an msb binary built before either existed, that one too. Each
 // round starts and stops one sandbox of the host image on each server, in
 // rotating order; it reports the medians of sandbox.start and their ratios
@@ -786,8 +787,12 @@ func BenchmarkIsolationRPC(b *testing.B) {
 	if base := os.Getenv("MSB_BASELINE_BINARY"); base != "" {
 		vs = append(vs, &variant{name: "baseline", binary: base})
 	}
-	vs = append(vs, &variant{name: "disk", binary: msbBin, config: "user_namespaces = false\n"},
-		&variant{name: "disk+userns", binary: msbBin})
+	// Cold starts: no warm pool (the baseline has none).
+	vs = append(vs, &variant{name: "disk", binary: msbBin, config: "user_namespaces = false\n[pool]\nenabled = false\n"},
+		&variant{name: "disk+userns", binary: msbBin, config: "[pool]\nenabled = false\n"},
+		// The defaults: the default image's starts take a sandbox of the
+		// warm pool, started (disk, user namespace) ahead.
+		&variant{name: "defaults-pooled", binary: msbBin})
 	for _, v := range vs {
 		home := b.TempDir()
 		if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(v.config), 0o600); err != nil {
