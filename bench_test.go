@@ -762,3 +762,73 @@ func writeCrunBundle(dir string) error {
 	}
 	return os.WriteFile(filepath.Join(dir, "config.json"), data, 0o644)
 }
+
+// BenchmarkIsolationRPC measures what disks and user namespaces cost
+// sandbox.start on the real server, over HTTP: servers of this build,
+// without a warm pool, with user_namespaces = false (a disk per sandbox)
+// and with a disk and a user namespace per sandbox, one with the defaults
+// (the same, and a warm pool), and, when MSB_BASELINE_BINARY
+// names an msb binary built before either existed, that one too. Each
+// round starts and stops one sandbox of the host image on each server, in
+// rotating order; it reports the medians of sandbox.start and their ratios
+// to the first server's:
+//
+//	MSB_BASELINE_BINARY=/tmp/msb-main go test -run '^$' -bench IsolationRPC -benchtime 1x .
+func BenchmarkIsolationRPC(b *testing.B) {
+	type variant struct {
+		name   string
+		binary string
+		config string
+		c      *rpcClient
+		starts []time.Duration
+		stops  []time.Duration
+	}
+	var vs []*variant
+	if base := os.Getenv("MSB_BASELINE_BINARY"); base != "" {
+		vs = append(vs, &variant{name: "baseline", binary: base})
+	}
+	// Cold starts: no warm pool (the baseline has none).
+	vs = append(vs, &variant{name: "disk", binary: msbBin, config: "user_namespaces = false\n[pool]\nenabled = false\n"},
+		&variant{name: "disk+userns", binary: msbBin, config: "[pool]\nenabled = false\n"},
+		// The defaults: the default image's starts take a sandbox of the
+		// warm pool, started (disk, user namespace) ahead.
+		&variant{name: "defaults-pooled", binary: msbBin})
+	for _, v := range vs {
+		home := b.TempDir()
+		if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(v.config), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		saved := msbBin
+		msbBin = v.binary
+		srv := startProcess(b, home, "--dev")
+		msbBin = saved
+		v.c = newRPCClient(srv.URL)
+	}
+	rounds := benchInt("MSB_BENCH_ROUNDS", 41)
+	call := func(v *variant, method, name string) time.Duration {
+		t0 := time.Now()
+		if _, err := v.c.call(method, map[string]any{"namespace": "bench", "sandbox": name}); err != nil {
+			b.Fatalf("%s on %s: %v", method, v.name, err)
+		}
+		return time.Since(t0)
+	}
+	for i := 0; i < b.N; i++ {
+		for _, v := range vs { // warm the caches: the image's template, the disks made ahead
+			call(v, "sandbox.start", "warmup")
+			call(v, "sandbox.stop", "warmup")
+		}
+		for r := 0; r < rounds; r++ {
+			for k := range vs {
+				v := vs[(k+r)%len(vs)]
+				name := fmt.Sprintf("r%d", r)
+				v.starts = append(v.starts, call(v, "sandbox.start", name))
+				v.stops = append(v.stops, call(v, "sandbox.stop", name))
+			}
+		}
+	}
+	for _, v := range vs {
+		b.ReportMetric(ms(quantile(v.starts, 0.5)), v.name+"-start-ms")
+		b.ReportMetric(ms(quantile(v.stops, 0.5)), v.name+"-stop-ms")
+		b.ReportMetric(float64(quantile(v.starts, 0.5))/float64(quantile(vs[0].starts, 0.5)), v.name+"-start-ratio")
+	}
+}

@@ -305,6 +305,9 @@ func (s *msbServer) Stop() {
 		if left, _ := os.ReadDir(filepath.Join(s.home, "sandboxes")); len(left) > 0 {
 			s.t.Errorf("files left in the sandboxes' directory after a clean stop: %v\n%s", left, s.out)
 		}
+		if left := waitLoopsGone(s.home, nil); len(left) > 0 {
+			s.t.Errorf("loop devices left after a clean stop: %v\n%s", left, s.out)
+		}
 	}
 }
 

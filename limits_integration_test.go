@@ -2,11 +2,14 @@ package main_test
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -213,4 +216,121 @@ func procStatusKiB(t *testing.T, pid int, field string) int {
 	}
 	t.Fatalf("no %s in /proc/%d/status", field, pid)
 	return 0
+}
+
+// TestTotalPidsCeiling reproduces the exhaustion of the host's process
+// table by many sandboxes together: the running sandboxes' pids limits
+// may add up to total_pids at most, so a start past it is refused with an
+// error naming the setting, every sandbox's fork bomb fails (EAGAIN) at
+// its own limit, and the server keeps answering. The same ceilings are on
+// the sandboxes' parent cgroup.
+func TestTotalPidsCeiling(t *testing.T) {
+	t.Parallel()
+	home := newHome(t)
+	// No warm pool: its waiting sandboxes would hold pids too.
+	config := testConfig + "sandbox_pids = 64\ntotal_pids = 150\ntotal_memory = 4096\n[pool]\nenabled = false\n"
+	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	var hogs []*sb
+	for _, name := range []string{"hog1", "hog2"} {
+		hog := srv.sandbox(key, "ns", name, map[string]any{"image": "host", "memory": 64})
+		r := hog.sh(`for i in $(seq 200); do sleep 600 >/dev/null 2>&1 & done 2>&1; echo looped`)
+		if !strings.Contains(strings.ToLower(text(r.Output, "")), "fork") {
+			t.Fatalf("200 processes in a sandbox of 64 pids: %s", mustJSON(r))
+		}
+		hogs = append(hogs, hog)
+	}
+	srv.wantError(key, "sandbox.start", map[string]any{"namespace": "other", "sandbox": "third", "config": map[string]any{"image": "host", "memory": 64}},
+		200, -32001, "ceiling of 150 (total_pids in config.toml)")
+	start := time.Now()
+	for _, hog := range hogs {
+		if r := hog.run("echo", "alive"); text(r.Output, "stdout") != "alive\n" {
+			t.Fatalf("a sandbox at its pids limit: %s", mustJSON(r))
+		}
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("calls took %v with the sandboxes at their limits", d)
+	}
+	if v := parentCgroup(t, home, "pids", "pids.max"); v != "150" {
+		t.Fatalf("parent pids ceiling %q, want 150", v)
+	}
+	if v := parentCgroup(t, home, "memory", "memory.limit_in_bytes"); v != strconv.Itoa(4096<<20) {
+		t.Fatalf("parent memory ceiling %q, want %d", v, 4096<<20)
+	}
+	hogs[0].stop()
+	srv.sandbox(key, "other", "third", map[string]any{"image": "host", "memory": 64}).stop()
+	hogs[1].stop()
+}
+
+// parentCgroup reads file of the sandboxes' parent cgroup of the server
+// of home in the v1 hierarchy ctrl.
+func parentCgroup(t *testing.T, home, ctrl, file string) string {
+	t.Helper()
+	sum := sha256.Sum256([]byte(home))
+	data, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", ctrl, "msb", hex.EncodeToString(sum[:6]), file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(data))
+}
+
+// TestTotalMemoryCeiling reproduces sandboxes that together ask for more
+// memory than the host has (each within max_memory): the ceiling on their
+// parent cgroup (total_memory) makes the kernel reclaim and then kill a
+// process of a sandbox, not of the host, and the server keeps answering.
+func TestTotalMemoryCeiling(t *testing.T) {
+	t.Parallel()
+	home := newHome(t)
+	// No warm pool: its waiting sandboxes would hold memory too.
+	config := testConfig + "total_memory = 300\n[pool]\nenabled = false\n"
+	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	// Each holds 160 MiB, under its own limit of 256: together they pass
+	// the total of 300.
+	hold := "import time\nb = bytearray(160 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('holding', flush=True)\ntime.sleep(600)"
+	var boxes []*sb
+	for _, name := range []string{"m1", "m2"} {
+		b := srv.sandbox(key, "mem", name, map[string]any{"image": "host", "memory": 256})
+		srv.mustCall(key, "sandbox.command.run", b.params(map[string]any{"command": "sh",
+			"args": []string{"-c", "python3 -c \"$0\" > /tmp/out 2>&1 & echo $! > /tmp/pid", hold}}), nil)
+		boxes = append(boxes, b)
+	}
+	// Both have allocated, or one was killed on the way.
+	alive := 0
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+		alive = 0
+		done := 0
+		for _, b := range boxes {
+			out := text(b.sh("cat /tmp/out; kill -0 $(cat /tmp/pid) 2>/dev/null && echo running").Output, "stdout")
+			if strings.Contains(out, "running") {
+				alive++
+				if strings.Contains(out, "holding") {
+					done++
+				}
+			}
+		}
+		if alive < 2 || done == 2 {
+			break
+		}
+	}
+	if alive != 1 {
+		t.Fatalf("%d of two sandboxes holding 160 MiB each under a total of 300 MiB still run theirs, want 1", alive)
+	}
+	for _, b := range boxes {
+		if r := b.run("echo", "alive"); text(r.Output, "stdout") != "alive\n" {
+			t.Fatalf("a sandbox's agent after the OOM kill: %s", mustJSON(r))
+		}
+	}
+	if v := parentCgroup(t, home, "memory", "memory.limit_in_bytes"); v != strconv.Itoa(300<<20) {
+		t.Fatalf("parent memory ceiling %q", v)
+	}
+	for _, b := range boxes {
+		b.stop()
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -169,6 +170,26 @@ func TestOCIImageUserAndPullOnce(t *testing.T) {
 		r := b.sh("id -u; id -g; id -G; echo $HOME; pwd; touch here && echo wrote")
 		if got := text(r.Output, "stdout"); got != "1000\n1000\n1000 2000\n/home/app\n/workspace\nwrote\n" {
 			t.Errorf("%s as the image's user: %q %+v", name, got, r)
+		}
+		// In its user namespace, the image's user is its range's 1000 on
+		// the host.
+		f := strings.Fields(text(b.sh("cat /proc/self/uid_map").Output, "stdout"))
+		if len(f) != 3 || f[0] != "0" || f[2] != "65536" {
+			t.Fatalf("%s: uid_map %q", name, f)
+		}
+		base, _ := strconv.Atoi(f[1])
+		owner := -1
+		for _, pid := range sandboxPids(home) {
+			m, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "uid_map"))
+			if g := strings.Fields(string(m)); len(g) == 3 && g[1] == f[1] {
+				if fi, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid), "root", "workspace", "here")); err == nil {
+					owner = int(fi.Sys().(*syscall.Stat_t).Uid)
+					break
+				}
+			}
+		}
+		if base < 165536 || owner != base+1000 {
+			t.Errorf("%s: a file of the image's user 1000 is owned on the host by %d, want %d+1000", name, owner, base)
 		}
 		b.stop()
 	}

@@ -486,6 +486,22 @@ func leftovers(home string) []string {
 	if pids := sandboxPids(home); len(pids) > 0 {
 		out = append(out, fmt.Sprintf("sandbox processes left: %v", pids))
 	}
+	// A disk's loop device detaches itself once its last user is gone.
+	// The disks made ahead (in sandboxes/.disks) and those of the
+	// sandboxes waiting in its pool belong to the running server, which
+	// releases them when it stops (msbServer.Stop checks).
+	for _, l := range loopsUnder(filepath.Join(home, "sandboxes")) {
+		if strings.Contains(l, filepath.Join(home, "sandboxes", ".disks")+"/") {
+			continue
+		}
+		ours := false
+		for w := range waiting {
+			ours = ours || strings.Contains(l, filepath.Join(home, "sandboxes", w)+"/")
+		}
+		if !ours {
+			out = append(out, "loop device left attached: "+l)
+		}
+	}
 	if entries, _ := os.ReadDir(filepath.Join(home, "run", "engine")); len(entries) > 0 {
 		out = append(out, fmt.Sprintf("engine state left: %v", entries))
 	}

@@ -264,7 +264,7 @@ func printNamespaces(ctx context.Context, home *server.Home, cfg config.Config) 
 	if err != nil {
 		return err
 	}
-	type usage struct{ sandboxes, memory, cpus int }
+	type usage struct{ sandboxes, memory, cpus, disk int }
 	used := map[string]usage{}
 	running := 0
 	for _, r := range records {
@@ -273,7 +273,7 @@ func printNamespaces(ctx context.Context, home *server.Home, cfg config.Config) 
 		}
 		running++
 		u := used[r.ID.Namespace()]
-		used[r.ID.Namespace()] = usage{u.sandboxes + 1, u.memory + r.Config.Memory, u.cpus + r.Config.CPUs}
+		used[r.ID.Namespace()] = usage{u.sandboxes + 1, u.memory + r.Config.Memory, u.cpus + r.Config.CPUs, u.disk + r.Config.Disk}
 	}
 	names := slices.Sorted(maps.Keys(used))
 	for ns := range cfg.Quotas.Namespaces {
@@ -294,10 +294,10 @@ func printNamespaces(ctx context.Context, home *server.Home, cfg config.Config) 
 		return fmt.Sprintf("%d / %d", n, limit)
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "NAMESPACE\tSANDBOXES\tMEMORY (MiB)\tCPUS")
+	fmt.Fprintln(w, "NAMESPACE\tSANDBOXES\tMEMORY (MiB)\tCPUS\tDISK (MiB)")
 	for _, ns := range names {
 		u, q := used[ns], cfg.Quotas.Of(ns)
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", ns, of(u.sandboxes, q.Sandboxes), of(u.memory, q.Memory), of(u.cpus, q.CPUs))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", ns, of(u.sandboxes, q.Sandboxes), of(u.memory, q.Memory), of(u.cpus, q.CPUs), of(u.disk, q.Disk))
 	}
 	return w.Flush()
 }

@@ -75,6 +75,19 @@ type Config struct {
 	// half the host's memory, and every CPU.
 	MaxMemory int `toml:"max_memory"`
 	MaxCPUs   int `toml:"max_cpus"`
+	// DefaultDisk is the disk (MiB) of a sandbox whose config has none;
+	// MaxDisk the most one may ask for (0: no bound but the host's free
+	// space at its start).
+	DefaultDisk int `toml:"default_disk"`
+	MaxDisk     int `toml:"max_disk"`
+	// TotalPids and TotalMemory (MiB) bound what all the server's
+	// sandboxes hold together (ceilings on their parent cgroup); 0: three
+	// quarters of the host's process table, and of its memory.
+	TotalPids   int `toml:"total_pids"`
+	TotalMemory int `toml:"total_memory"`
+	// UserNamespaces runs every sandbox in a user namespace of its own,
+	// its root an unprivileged range of host ids.
+	UserNamespaces bool `toml:"user_namespaces"`
 	// Quotas bound what each namespace's running sandboxes hold together.
 	Quotas Quotas `toml:"quotas"`
 	// Network is sandboxes' outbound network: defaults, ceilings per
@@ -112,6 +125,7 @@ type Quota struct {
 	Sandboxes int `toml:"sandboxes"`
 	Memory    int `toml:"memory"` // MiB
 	CPUs      int `toml:"cpus"`
+	Disk      int `toml:"disk"` // MiB
 }
 
 // Quotas are the quota of every namespace, and of some namespaces their own.
@@ -372,6 +386,9 @@ func Default(home string) Config {
 		Images:      DefaultImages(),
 		Engine:      "linux",
 		SandboxPids: 1024,
+		DefaultDisk: 2048,
+
+		UserNamespaces: true,
 
 		MaxConnections:           8192,
 		MaxConnectionsPerAddress: 512,
@@ -572,15 +589,27 @@ func (c *Config) Validate() error {
 	if c.MaxMemory < 0 || c.MaxCPUs < 0 {
 		return fmt.Errorf("%w: max_memory %d and max_cpus %d must be 0 (the host's) or more", ErrInvalid, c.MaxMemory, c.MaxCPUs)
 	}
+	if c.DefaultDisk < 64 || c.MaxDisk != 0 && c.MaxDisk < c.DefaultDisk {
+		return fmt.Errorf("%w: default_disk %d MiB and max_disk %d MiB: use a default of at least 64, and a maximum of 0 (none) or at least the default", ErrInvalid, c.DefaultDisk, c.MaxDisk)
+	}
+	if c.TotalPids != 0 && c.TotalPids < 64 || c.TotalPids < 0 {
+		return fmt.Errorf("%w: total_pids %d: use 0 (three quarters of the host's process table) or at least 64", ErrInvalid, c.TotalPids)
+	}
+	if c.TotalPids > 0 && c.TotalPids < c.SandboxPids {
+		return fmt.Errorf("%w: total_pids %d is below sandbox_pids %d: no sandbox could start; raise total_pids", ErrInvalid, c.TotalPids, c.SandboxPids)
+	}
+	if c.TotalMemory != 0 && c.TotalMemory < 64 || c.TotalMemory < 0 {
+		return fmt.Errorf("%w: total_memory %d MiB: use 0 (three quarters of the host's memory) or at least 64", ErrInvalid, c.TotalMemory)
+	}
 	for ns, q := range c.Quotas.Namespaces {
 		if !validNamespace(ns) {
 			return fmt.Errorf("%w: quotas.namespaces: %q is not a namespace name", ErrInvalid, ns)
 		}
-		if q.Sandboxes < 0 || q.Memory < 0 || q.CPUs < 0 {
+		if q.Sandboxes < 0 || q.Memory < 0 || q.CPUs < 0 || q.Disk < 0 {
 			return fmt.Errorf("%w: quotas.namespaces.%s: quotas must be 0 (no bound) or more", ErrInvalid, ns)
 		}
 	}
-	if q := c.Quotas; q.Sandboxes < 0 || q.Memory < 0 || q.CPUs < 0 {
+	if q := c.Quotas; q.Sandboxes < 0 || q.Memory < 0 || q.CPUs < 0 || q.Disk < 0 {
 		return fmt.Errorf("%w: quotas: quotas must be 0 (no bound) or more", ErrInvalid)
 	}
 	if c.OutputMemory < 64 {
@@ -791,6 +820,33 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # max_memory = 4096
 # max_cpus = 2
 
+# Each sandbox has a disk of its own (an ext4 image on a loop device) that
+# holds all it writes outside volumes and tmpfs: its root's changes, /tmp,
+# /workspace, /root. Past its size, or its inodes (64 per MiB), writes
+# fail with ENOSPC inside the sandbox. Configs ask with "disk" (MiB); these
+# are the size of a config that does not, and the most one may ask for
+# (0: no bound). Images are sparse: only what is written takes host space.
+# default_disk = 2048
+# max_disk = 16384
+
+# Every sandbox runs in a user namespace of its own: its root is root inside
+# only, an unprivileged range of 65536 host ids outside (100000 + n*65536),
+# and what it writes is owned on the host by that range. Volumes' files are
+# owned from 100000 (root inside) up, and namespaces' volume roots are 0700.
+# user_namespaces = true
+
+# Ceilings on what all sandboxes hold together, whatever their namespace:
+# processes and threads, and memory (MiB). A start is refused when the
+# running sandboxes' sandbox_pids would add up to more than total_pids, so
+# forks fail (EAGAIN) at each sandbox's own limit and the host's process
+# table is never exhausted; the same ceiling is on their parent cgroup.
+# Memory past total_memory is reclaimed, then a process is OOM-killed.
+# 0: three quarters of the host's process table (the lower of kernel.pid_max
+# and kernel.threads-max), and of its memory. Lower sandbox_pids to run more
+# sandboxes under the same total_pids.
+# total_pids = 24576
+# total_memory = 18000
+
 # Quotas: what the running sandboxes of one namespace hold together (0: no
 # bound); a start past one is refused, naming it. A table, so it must come
 # after the settings above and before [images]:
@@ -798,6 +854,7 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # sandboxes = 20
 # memory = 16384    # MiB
 # cpus = 8
+# disk = 20480      # MiB
 # [quotas.namespaces.team-a]
 # sandboxes = 50
 

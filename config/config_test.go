@@ -34,13 +34,15 @@ func TestDefault(t *testing.T) {
 	home := t.TempDir()
 	c := config.Default(home)
 	want := config.Config{
-		Home:        home,
-		Host:        "127.0.0.1",
-		Port:        5555,
-		Images:      map[string]string{"microsandbox/python": "host", "microsandbox/node": "host"},
-		SandboxPids: 1024,
-		Engine:      "linux",
-		MaxTimeout:  "24h",
+		Home:           home,
+		Host:           "127.0.0.1",
+		Port:           5555,
+		Images:         map[string]string{"microsandbox/python": "host", "microsandbox/node": "host"},
+		SandboxPids:    1024,
+		DefaultDisk:    2048,
+		UserNamespaces: true,
+		Engine:         "linux",
+		MaxTimeout:     "24h",
 
 		MaxConnections:           8192,
 		MaxConnectionsPerAddress: 512,

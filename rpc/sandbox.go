@@ -37,6 +37,7 @@ type Config struct {
 	Image     string            `json:"image,omitempty"`
 	Memory    int               `json:"memory,omitempty"` // MiB
 	CPUs      int               `json:"cpus,omitempty"`
+	Disk      int               `json:"disk,omitempty"`    // MiB
 	Volumes   []string          `json:"volumes,omitempty"` // host:guest[:ro]
 	Ports     []string          `json:"ports,omitempty"`   // host:guest
 	Envs      []string          `json:"envs,omitempty"`
@@ -125,7 +126,7 @@ func seconds(field string, s float64) (time.Duration, error) {
 // domain maps the wire config onto the domain's. Errors are of class
 // Invalid and name the field.
 func (c Config) domain() (sandbox.Config, error) {
-	d := sandbox.Config{Image: c.Image, Memory: c.Memory, CPUs: c.CPUs, Envs: c.Envs, DependsOn: c.DependsOn,
+	d := sandbox.Config{Image: c.Image, Memory: c.Memory, CPUs: c.CPUs, Disk: c.Disk, Envs: c.Envs, DependsOn: c.DependsOn,
 		Workdir: c.Workdir, Shell: c.Shell, Scripts: c.Scripts, Exec: c.Exec, Command: c.Command, User: c.User, Labels: c.Labels,
 		Network: c.Network.domain()}
 	for _, l := range c.Rlimits {
@@ -239,6 +240,7 @@ type NamespaceQuota struct {
 	Sandboxes QuotaValue `json:"sandboxes"`
 	MemoryMiB QuotaValue `json:"memory_mib"`
 	CPUs      QuotaValue `json:"cpus"`
+	DiskMiB   QuotaValue `json:"disk_mib"`
 }
 
 // QuotaValue is one quantity in use and its bound; Limit is null when
@@ -290,7 +292,7 @@ func metrics(ctx context.Context, m sandbox.Manager, c *Call) (any, error) {
 	for _, ns := range namespaces {
 		u, q := m.Usage(ns)
 		out.Quotas = append(out.Quotas, NamespaceQuota{Namespace: ns, Sandboxes: quotaValue(u.Sandboxes, q.Sandboxes),
-			MemoryMiB: quotaValue(u.MemoryMiB, q.MemoryMiB), CPUs: quotaValue(u.CPUs, q.CPUs)})
+			MemoryMiB: quotaValue(u.MemoryMiB, q.MemoryMiB), CPUs: quotaValue(u.CPUs, q.CPUs), DiskMiB: quotaValue(u.DiskMiB, q.DiskMiB)})
 	}
 	if c.Namespace == "*" && c.ID.IsZero() {
 		for _, p := range m.Pool() {

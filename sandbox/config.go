@@ -19,9 +19,13 @@ import (
 // front-end maps its wire format onto, and that the store keeps in a
 // record format of its own. Zero fields take the defaults (Normalize).
 type Config struct {
-	Image     string // image reference or alias; default DefaultImage
-	Memory    int    // MiB; default DefaultMemory
-	CPUs      int    // default DefaultCPUs
+	Image  string // image reference or alias; default DefaultImage
+	Memory int    // MiB; default DefaultMemory
+	CPUs   int    // default DefaultCPUs
+	// Disk is the size in MiB of the sandbox's own file system, which
+	// holds all it writes outside volumes and tmpfs (and 64 inodes per
+	// MiB); default the server's (Bounds.DefaultDisk).
+	Disk      int
 	Volumes   []Volume
 	Ports     []Port
 	Envs      []string // KEY=VALUE
@@ -84,7 +88,9 @@ const (
 	DefaultCPUs    = 1
 	DefaultWorkdir = "/workspace"
 	DefaultShell   = "/bin/sh"
-	MinMemory      = 32 // MiB
+	MinMemory      = 32   // MiB
+	DefaultDisk    = 2048 // MiB
+	MinDisk        = 64   // MiB
 )
 
 // Limits on what one config may hold; the request body limit bounds the rest.
@@ -113,6 +119,10 @@ var Rlimits = map[string]int{
 type Bounds struct {
 	MaxCPUs   int // 0: no bound
 	MaxMemory int // MiB; 0: no bound
+	// DefaultDisk is the disk (MiB) of a config without one; 0:
+	// sandbox.DefaultDisk. MaxDisk is the most one may ask for; 0: no
+	// bound.
+	DefaultDisk, MaxDisk int
 	// AllowPrivilegedPorts lets port forwards use host ports below 1024.
 	AllowPrivilegedPorts bool
 	// NoPorts says the engine cannot forward ports at all.
@@ -216,6 +226,18 @@ func Normalize(cfg Config, b Bounds) (Config, error) {
 	}
 	if cfg.CPUs < 1 || (b.MaxCPUs > 0 && cfg.CPUs > b.MaxCPUs) {
 		return bad("cpus %d is out of range: use 1 to %d", cfg.CPUs, b.MaxCPUs)
+	}
+	if cfg.Disk == 0 {
+		cfg.Disk = b.DefaultDisk
+		if cfg.Disk == 0 {
+			cfg.Disk = DefaultDisk
+		}
+	}
+	if cfg.Disk < MinDisk || (b.MaxDisk > 0 && cfg.Disk > b.MaxDisk) {
+		if b.MaxDisk > 0 {
+			return bad("disk %d MiB is out of range: use %d to %d (max_disk in config.toml)", cfg.Disk, MinDisk, b.MaxDisk)
+		}
+		return bad("disk %d MiB is out of range: use at least %d", cfg.Disk, MinDisk)
 	}
 	if len(cfg.Volumes) > maxVolumes {
 		return bad("volumes: %d volumes is too many: use at most %d", len(cfg.Volumes), maxVolumes)
@@ -433,7 +455,7 @@ func validUser(s string) bool {
 
 // Equal reports whether two normalized configs are the same.
 func (c Config) Equal(o Config) bool {
-	return c.Image == o.Image && c.Memory == o.Memory && c.CPUs == o.CPUs &&
+	return c.Image == o.Image && c.Memory == o.Memory && c.CPUs == o.CPUs && c.Disk == o.Disk &&
 		slices.Equal(c.Volumes, o.Volumes) && slices.Equal(c.Ports, o.Ports) &&
 		slices.Equal(c.Envs, o.Envs) && slices.Equal(c.DependsOn, o.DependsOn) &&
 		c.Workdir == o.Workdir && c.Shell == o.Shell && maps.Equal(c.Scripts, o.Scripts) && c.Exec == o.Exec &&

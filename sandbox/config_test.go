@@ -16,9 +16,28 @@ func TestNormalizeDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := sandbox.Config{Image: sandbox.DefaultImage, Memory: sandbox.DefaultMemory, CPUs: sandbox.DefaultCPUs, Shell: sandbox.DefaultShell}
+	want := sandbox.Config{Image: sandbox.DefaultImage, Memory: sandbox.DefaultMemory, CPUs: sandbox.DefaultCPUs, Disk: sandbox.DefaultDisk, Shell: sandbox.DefaultShell}
 	if !got.Equal(want) || got.Scripts != nil || got.Envs != nil {
 		t.Fatalf("Normalize of an empty config = %+v, want %+v", got, want)
+	}
+}
+
+// A config's disk is the server's default when it has none, and is
+// refused below sandbox.MinDisk and above the operator's maximum, naming
+// the setting.
+func TestNormalizeDisk(t *testing.T) {
+	b := sandbox.Bounds{DefaultDisk: 1024, MaxDisk: 4096}
+	if got, err := sandbox.Normalize(sandbox.Config{}, b); err != nil || got.Disk != 1024 {
+		t.Fatalf("default disk: %d, %v", got.Disk, err)
+	}
+	if got, err := sandbox.Normalize(sandbox.Config{Disk: 4096}, b); err != nil || got.Disk != 4096 {
+		t.Fatalf("disk at the maximum: %d, %v", got.Disk, err)
+	}
+	for _, d := range []int{-1, sandbox.MinDisk - 1, 4097} {
+		_, err := sandbox.Normalize(sandbox.Config{Disk: d}, b)
+		if !errdefs.Is(err, errdefs.Invalid) || !strings.Contains(err.Error(), "config.disk") || !strings.Contains(err.Error(), "max_disk in config.toml") {
+			t.Errorf("disk %d: %v", d, err)
+		}
 	}
 }
 

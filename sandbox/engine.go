@@ -57,8 +57,12 @@ type Spec struct {
 	MemoryMiB int
 	CPUs      int
 	Pids      int
-	Hostname  string
-	User      User // who the sandbox's processes run as; zero: root
+	// DiskMiB, if set, is the size of the sandbox's own file system,
+	// which holds everything it writes outside its volumes and tmpfs;
+	// 0: its writes go to the host's file system, unbounded.
+	DiskMiB  int
+	Hostname string
+	User     User // who the sandbox's processes run as; zero: root
 	// Tmpfs are memory-backed directories mounted over the root, charged
 	// to the sandbox's memory.
 	Tmpfs []Tmpfs
@@ -102,7 +106,8 @@ type Stats struct {
 	CPUTime time.Duration
 	// MemoryBytes is the memory charged to the sandbox's cgroup.
 	MemoryBytes uint64
-	// DiskBytes is the size of the sandbox's writable layer.
+	// DiskBytes is what the sandbox's writes take on its disk (0 for a
+	// sandbox without one).
 	DiskBytes uint64
 	// Network are the counters of the sandbox's network; nil when it has
 	// none.

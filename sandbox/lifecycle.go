@@ -194,7 +194,7 @@ func (s *Service) start(ctx context.Context, id ID, b *box, rec Record, norm Con
 	if req, ok := norm.background(); ok {
 		s.background(id, b, req)
 	}
-	s.opts.Log.Info("sandbox started", "sandbox", id.String(), "image", norm.Image, "memory_mib", norm.Memory, "cpus", norm.CPUs, "network", net != nil, "pooled", pooled)
+	s.opts.Log.Info("sandbox started", "sandbox", id.String(), "image", norm.Image, "memory_mib", norm.Memory, "cpus", norm.CPUs, "disk_mib", norm.Disk, "network", net != nil, "pooled", pooled)
 	return nil
 }
 

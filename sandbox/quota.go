@@ -12,6 +12,7 @@ type Quota struct {
 	Sandboxes int // running at once
 	MemoryMiB int // their memory limits, summed
 	CPUs      int // their CPUs, summed
+	DiskMiB   int // their disks, summed
 }
 
 // Usage is what the running sandboxes of a namespace hold together.
@@ -19,6 +20,7 @@ type Usage struct {
 	Sandboxes int
 	MemoryMiB int
 	CPUs      int
+	DiskMiB   int
 }
 
 // Quotas gives the quota of each namespace.
@@ -52,11 +54,13 @@ func (q *quotas) reserve(ns string, cfg Config) error {
 		return errdefs.Exhaustedf("namespace %q would hold %d MiB of memory in running sandboxes, over its quota of %d MiB (quotas.memory in config.toml): stop a sandbox, or ask for less memory", ns, u.MemoryMiB+cfg.Memory, limit.MemoryMiB)
 	case limit.CPUs > 0 && u.CPUs+cfg.CPUs > limit.CPUs:
 		return errdefs.Exhaustedf("namespace %q would hold %d CPUs in running sandboxes, over its quota of %d (quotas.cpus in config.toml): stop a sandbox, or ask for fewer CPUs", ns, u.CPUs+cfg.CPUs, limit.CPUs)
+	case limit.DiskMiB > 0 && u.DiskMiB+cfg.Disk > limit.DiskMiB:
+		return errdefs.Exhaustedf("namespace %q would hold %d MiB of disk in running sandboxes, over its quota of %d MiB (quotas.disk in config.toml): stop a sandbox, or ask for a smaller disk", ns, u.DiskMiB+cfg.Disk, limit.DiskMiB)
 	}
 	if q.usage == nil {
 		q.usage = map[string]Usage{}
 	}
-	q.usage[ns] = Usage{u.Sandboxes + 1, u.MemoryMiB + cfg.Memory, u.CPUs + cfg.CPUs}
+	q.usage[ns] = Usage{u.Sandboxes + 1, u.MemoryMiB + cfg.Memory, u.CPUs + cfg.CPUs, u.DiskMiB + cfg.Disk}
 	return nil
 }
 
@@ -65,7 +69,7 @@ func (q *quotas) free(ns string, cfg Config) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	u := q.usage[ns]
-	u = Usage{u.Sandboxes - 1, u.MemoryMiB - cfg.Memory, u.CPUs - cfg.CPUs}
+	u = Usage{u.Sandboxes - 1, u.MemoryMiB - cfg.Memory, u.CPUs - cfg.CPUs, u.DiskMiB - cfg.Disk}
 	if u == (Usage{}) {
 		delete(q.usage, ns)
 		return

@@ -103,8 +103,11 @@ type ServiceOptions struct {
 	Pids     int    // pids limit of every sandbox
 	MaxCPUs  int    // most CPUs one sandbox may ask for
 	MaxMemMB int    // most memory one sandbox may ask for, MiB
-	Log      *slog.Logger
-	Now      func() time.Time
+	// DefaultDiskMB is the disk of a sandbox whose config has none (0:
+	// DefaultDisk), MaxDiskMB the most one may ask for (0: no bound).
+	DefaultDiskMB, MaxDiskMB int
+	Log                      *slog.Logger
+	Now                      func() time.Time
 	// MaxTimeout bounds the timeout of one command or evaluation: a longer
 	// one is cut to it. 0: DefaultMaxTimeout.
 	MaxTimeout time.Duration
@@ -123,6 +126,10 @@ type ServiceOptions struct {
 	// namespace ns gets <root>/<ns> of each, created on demand, and a
 	// relative host path resolves in the first. None: no volumes.
 	VolumeRoots []string
+	// VolumeOwner is the host uid and gid of what msb makes in volumes
+	// (directories it creates for them): the owner of root's files there
+	// when sandboxes see volumes through idmapped mounts; 0: root.
+	VolumeOwner int
 	// PortBind is the address port forwards listen on; default 127.0.0.1.
 	PortBind string
 	// AllowPrivilegedPorts lets port forwards use host ports below 1024.
@@ -237,7 +244,7 @@ func NewService(opts ServiceOptions) *Service {
 	_, canDial := opts.Engine.(Dialer)
 	_, canNet := opts.Engine.(Networker)
 	return &Service{opts: opts, boxes: map[ID]*box{}, quotas: quotas{of: opts.Quotas}, output: NewOutputBudget(opts.OutputMemory), bounds: Bounds{
-		MaxCPUs: opts.MaxCPUs, MaxMemory: opts.MaxMemMB, AllowPrivilegedPorts: opts.AllowPrivilegedPorts, NoPorts: !canDial, NoNetwork: !canNet,
+		MaxCPUs: opts.MaxCPUs, MaxMemory: opts.MaxMemMB, DefaultDisk: opts.DefaultDiskMB, MaxDisk: opts.MaxDiskMB, AllowPrivilegedPorts: opts.AllowPrivilegedPorts, NoPorts: !canDial, NoNetwork: !canNet,
 	}}
 }
 

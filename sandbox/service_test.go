@@ -460,7 +460,7 @@ func TestNamespaceQuota(t *testing.T) {
 	svc := sandbox.NewService(sandbox.ServiceOptions{Engine: eng, Store: db, Images: hostImage{}, MaxMemMB: 4096, MaxCPUs: 8,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Quotas: func(ns string) sandbox.Quota {
-			return map[string]sandbox.Quota{"small": {Sandboxes: 2, MemoryMiB: 768, CPUs: 3}}[ns]
+			return map[string]sandbox.Quota{"small": {Sandboxes: 2, MemoryMiB: 768, CPUs: 3, DiskMiB: 4096}}[ns]
 		}})
 	defer svc.Close(context.Background())
 	ctx := context.Background()
@@ -474,13 +474,16 @@ func TestNamespaceQuota(t *testing.T) {
 	if err := svc.Start(ctx, b, &sandbox.Config{Memory: 256, CPUs: 3}); !errors.Is(err, errdefs.ErrExhausted) || !strings.Contains(err.Error(), "quotas.cpus") {
 		t.Fatalf("start past the CPU quota: %v", err)
 	}
+	if err := svc.Start(ctx, b, &sandbox.Config{Memory: 256, Disk: 2049}); !errors.Is(err, errdefs.ErrExhausted) || !strings.Contains(err.Error(), "quotas.disk") {
+		t.Fatalf("start past the disk quota: %v", err)
+	}
 	if err := svc.Start(ctx, b, &sandbox.Config{Memory: 256}); err != nil {
 		t.Fatal(err)
 	}
 	if err := svc.Start(ctx, c, &sandbox.Config{Memory: 32}); !errors.Is(err, errdefs.ErrExhausted) || !strings.Contains(err.Error(), "quotas.sandboxes") {
 		t.Fatalf("start past the sandbox quota: %v", err)
 	}
-	if u, q := svc.Usage("small"); u != (sandbox.Usage{Sandboxes: 2, MemoryMiB: 768, CPUs: 2}) || q.Sandboxes != 2 {
+	if u, q := svc.Usage("small"); u != (sandbox.Usage{Sandboxes: 2, MemoryMiB: 768, CPUs: 2, DiskMiB: 2 * sandbox.DefaultDisk}) || q.Sandboxes != 2 {
 		t.Fatalf("usage %+v of quota %+v", u, q)
 	}
 	if err := svc.Start(ctx, sandboxtest.ID(t, "big", "c"), &sandbox.Config{Memory: 2048}); err != nil {

@@ -54,7 +54,7 @@ func (s *Service) resolveVolume(ns string, v Volume) (Mount, error) {
 	if rel == "" {
 		rel = "."
 	}
-	if err := os.MkdirAll(root, 0o755); err != nil {
+	if err := mkdirOwned(root, s.opts.VolumeOwner); err != nil {
 		return Mount{}, fmt.Errorf("volume root %s: %w", root, err)
 	}
 	rootfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -65,7 +65,7 @@ func (s *Service) resolveVolume(ns string, v Volume) (Mount, error) {
 	how := &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS}
 	fd, err := unix.Openat2(rootfd, rel, how)
 	if errors.Is(err, unix.ENOENT) {
-		err = mkdirBeneath(rootfd, rel)
+		err = mkdirBeneath(rootfd, rel, s.opts.VolumeOwner)
 		if err == nil {
 			fd, err = unix.Openat2(rootfd, rel, how)
 		}
@@ -91,9 +91,28 @@ func (s *Service) resolveVolume(ns string, v Volume) (Mount, error) {
 	return Mount{Source: filepath.Join(root, rel), Target: v.Guest, ReadOnly: v.ReadOnly, Beneath: root}, nil
 }
 
+// mkdirOwned makes a namespace's volume root dir, and its missing
+// parents, if it is missing: 0700, so that no user of the host can reach
+// what sandboxes leave in volumes (a setuid file, say), owned by owner.
+func mkdirOwned(dir string, owner int) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil
+		}
+		return err
+	}
+	return os.Chown(dir, owner, owner)
+}
+
 // mkdirBeneath creates the directory rel and its parents beneath rootfd,
 // refusing to pass through any symlink.
-func mkdirBeneath(rootfd int, rel string) error {
+func mkdirBeneath(rootfd int, rel string, owner int) error {
 	cur := "."
 	for _, c := range strings.Split(rel, "/") {
 		if c == "" || c == "." {
@@ -110,6 +129,9 @@ func mkdirBeneath(rootfd int, rel string) error {
 			return err
 		}
 		err = unix.Mkdirat(parent, c, 0o755)
+		if err == nil && owner != 0 {
+			err = unix.Fchownat(parent, c, owner, owner, unix.AT_SYMLINK_NOFOLLOW)
+		}
 		unix.Close(parent)
 		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return err

@@ -71,6 +71,8 @@ func Poolable(pooled, spec Spec) error {
 		return errors.New("its user differs")
 	case !slices.Equal(pooled.Tmpfs, spec.Tmpfs):
 		return errors.New("its tmpfs mounts differ")
+	case pooled.DiskMiB != spec.DiskMiB:
+		return errors.New("its disk's size differs")
 	}
 	return nil
 }
@@ -135,6 +137,7 @@ func specOf(img Image, norm Config, pids int) Spec {
 		Env:       MergeEnv(img.Env, norm.Envs),
 		Workdir:   norm.Workdir,
 		MemoryMiB: norm.Memory,
+		DiskMiB:   norm.Disk,
 		CPUs:      norm.CPUs,
 		Pids:      pids,
 		User:      img.User,
@@ -159,9 +162,14 @@ const WarmHostname = "sandbox"
 // WarmSpec is the spec a sandbox of the image img waits with in a pool:
 // that of a start whose config names only the image, with memoryMiB of
 // memory (a waiting sandbox's share of its pool's memory) and pids
-// processes. A start that takes it applies its own limits.
-func WarmSpec(img Image, memoryMiB, pids int) Spec {
-	spec := specOf(img, Config{Image: img.Ref, Memory: memoryMiB, CPUs: DefaultCPUs}, pids)
+// processes, and the disk of a config that names none, diskMiB (0:
+// DefaultDisk), which only a start of the same disk can take. A start
+// that takes it applies its own limits.
+func WarmSpec(img Image, memoryMiB, pids, diskMiB int) Spec {
+	if diskMiB == 0 {
+		diskMiB = DefaultDisk
+	}
+	spec := specOf(img, Config{Image: img.Ref, Memory: memoryMiB, CPUs: DefaultCPUs, Disk: diskMiB}, pids)
 	spec.Hostname = WarmHostname
 	return spec
 }

@@ -248,7 +248,7 @@ func TestPoolHonoursQuotas(t *testing.T) {
 	if _, ok := f.eng.Handle(a); !ok {
 		t.Fatal("not started from the pool")
 	}
-	if u, _ := f.svc.Usage("q"); u != (sandbox.Usage{Sandboxes: 1, MemoryMiB: 384, CPUs: 1}) {
+	if u, _ := f.svc.Usage("q"); u != (sandbox.Usage{Sandboxes: 1, MemoryMiB: 384, CPUs: 1, DiskMiB: sandbox.DefaultDisk}) {
 		t.Errorf("usage of the namespace that took a pooled sandbox: %+v", u)
 	}
 	f.waitWaiting(t, 2)

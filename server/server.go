@@ -18,6 +18,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -225,6 +227,10 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		CgroupParent: "msb/" + hex.EncodeToString(sum[:6]),
 		LayerLock:    filepath.Join(s.cfg.ImageDir(), image.PullLockFile),
 		Log:          s.log,
+
+		TotalPids:      orDefault(s.cfg.TotalPids, hostPids()*3/4),
+		UserNamespaces: s.cfg.UserNamespaces,
+		TotalMemoryMiB: orDefault(s.cfg.TotalMemory, hostMemoryMiB()*3/4),
 	})
 	if err != nil {
 		return err
@@ -251,17 +257,20 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		return err
 	}
 	svc := sandbox.NewService(sandbox.ServiceOptions{
-		Engine:       eng,
-		Store:        s.home.DB,
-		Images:       resolver,
-		LogDir:       s.cfg.SandboxLogDir(),
-		Pids:         s.cfg.SandboxPids,
-		MaxCPUs:      orDefault(s.cfg.MaxCPUs, runtime.NumCPU()),
-		MaxMemMB:     orDefault(s.cfg.MaxMemory, hostMemoryMiB()/2),
-		OutputMemory: int64(s.cfg.OutputMemory) << 20,
+		Engine:        eng,
+		Store:         s.home.DB,
+		Images:        resolver,
+		LogDir:        s.cfg.SandboxLogDir(),
+		Pids:          s.cfg.SandboxPids,
+		MaxCPUs:       orDefault(s.cfg.MaxCPUs, runtime.NumCPU()),
+		MaxMemMB:      orDefault(s.cfg.MaxMemory, hostMemoryMiB()/2),
+		DefaultDiskMB: s.cfg.DefaultDisk,
+		VolumeOwner:   volumeOwner(s.cfg),
+		MaxDiskMB:     s.cfg.MaxDisk,
+		OutputMemory:  int64(s.cfg.OutputMemory) << 20,
 		Quotas: func(ns string) sandbox.Quota {
 			q := s.cfg.Quotas.Of(ns)
-			return sandbox.Quota{Sandboxes: q.Sandboxes, MemoryMiB: q.Memory, CPUs: q.CPUs}
+			return sandbox.Quota{Sandboxes: q.Sandboxes, MemoryMiB: q.Memory, CPUs: q.CPUs, DiskMiB: q.Disk}
 		},
 		Log: s.log,
 		Now: now,
@@ -317,7 +326,7 @@ func (s *Server) warmPool(eng sandbox.Engine, images sandbox.Resolver) (sandbox.
 			sizes[ref] = pool.Size{Sandboxes: n, MemoryMiB: n * cfg.Share()}
 		}
 	}
-	p, err := pool.New(pool.Options{Engine: pooler, Images: images, Pids: s.cfg.SandboxPids, Pools: sizes, Log: s.log})
+	p, err := pool.New(pool.Options{Engine: pooler, Images: images, Pids: s.cfg.SandboxPids, DiskMiB: s.cfg.DefaultDisk, Pools: sizes, Log: s.log})
 	if err != nil {
 		return nil, fmt.Errorf("config.toml: [pool]: %w", err)
 	}
@@ -339,7 +348,7 @@ func (s *Server) v1API(gate *auth.Gate, now func() time.Time) *v1.Handler {
 	if now == nil {
 		now = time.Now
 	}
-	vols := &volume.Store{Meta: s.cfg.Path("meta", "volumes"), Now: now}
+	vols := &volume.Store{Meta: s.cfg.Path("meta", "volumes"), Now: now, Owner: volumeOwner(s.cfg)}
 	if roots := s.cfg.Volumes(); len(roots) > 0 {
 		vols.Root = roots[0]
 	}
@@ -354,6 +363,30 @@ func hostMemoryMiB() int {
 		return 0
 	}
 	return int(uint64(info.Totalram) * uint64(info.Unit) >> 20)
+}
+
+// volumeOwner is the host owner of what msb makes in volumes.
+func volumeOwner(c config.Config) int {
+	if c.UserNamespaces {
+		return engine.VolumeOwner
+	}
+	return 0
+}
+
+// hostPids is the size of the host's process table: the lower of
+// kernel.pid_max and kernel.threads-max (every thread takes a pid).
+func hostPids() int {
+	n := 0
+	for _, f := range []string{"/proc/sys/kernel/pid_max", "/proc/sys/kernel/threads-max"} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if v, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && v > 0 && (n == 0 || v < n) {
+			n = v
+		}
+	}
+	return n
 }
 
 // Run serves until ctx ends, then shuts down gracefully: no new

@@ -45,6 +45,8 @@ type sandboxConfigV1 struct {
 	Tmpfs       []tmpfsV2         `json:"tmpfs,omitempty"`
 	// Version 3.
 	Network *networkV3 `json:"network,omitempty"`
+	// Version 4.
+	Disk int `json:"disk_mib,omitempty"`
 }
 
 type tmpfsV2 struct {
@@ -69,10 +71,10 @@ type rlimitV2 struct {
 	Hard     uint64 `json:"hard"`
 }
 
-const sandboxConfigVersion = 3
+const sandboxConfigVersion = 4
 
 func encodeConfig(c sandbox.Config) ([]byte, error) {
-	r := sandboxConfigV1{V: sandboxConfigVersion, Image: c.Image, Memory: c.Memory, CPUs: c.CPUs, Envs: c.Envs,
+	r := sandboxConfigV1{V: sandboxConfigVersion, Image: c.Image, Memory: c.Memory, CPUs: c.CPUs, Disk: c.Disk, Envs: c.Envs,
 		DependsOn: c.DependsOn, Workdir: c.Workdir, Shell: c.Shell, Scripts: c.Scripts, Exec: c.Exec,
 		Command: c.Command, User: c.User, Labels: c.Labels, Ephemeral: c.Ephemeral,
 		MaxDuration: c.MaxDuration.Milliseconds(), IdleTimeout: c.IdleTimeout.Milliseconds()}
@@ -103,7 +105,7 @@ func decodeConfig(data string) (sandbox.Config, error) {
 	if r.V > sandboxConfigVersion {
 		return sandbox.Config{}, fmt.Errorf("stored config has version %d, newer than this msb (%d): upgrade msb", r.V, sandboxConfigVersion)
 	}
-	c := sandbox.Config{Image: r.Image, Memory: r.Memory, CPUs: r.CPUs, Envs: r.Envs, DependsOn: r.DependsOn,
+	c := sandbox.Config{Image: r.Image, Memory: r.Memory, CPUs: r.CPUs, Disk: r.Disk, Envs: r.Envs, DependsOn: r.DependsOn,
 		Workdir: r.Workdir, Shell: r.Shell, Scripts: r.Scripts, Exec: r.Exec,
 		Command: r.Command, User: r.User, Labels: r.Labels}
 	c.Ephemeral = r.Ephemeral

@@ -126,6 +126,7 @@ var configSchema = &jsonschema.Schema{
 		"image":      {Type: "string", Description: `Image to run, e.g. "microsandbox/python" (the default: Python 3) or "microsandbox/node" (Node.js). Which images exist is up to the server.`},
 		"memory":     {Type: "integer", Minimum: jsonschema.Ptr(1.0), Description: "Memory limit in MiB (default 512)."},
 		"cpus":       {Type: "integer", Minimum: jsonschema.Ptr(1.0), Description: "Number of CPUs (default 1)."},
+		"disk":       {Type: "integer", Minimum: jsonschema.Ptr(64.0), Description: "Size in MiB of the sandbox's disk, which holds all it writes (default: the server's, 2048 unless its operator changed it)."},
 		"envs":       stringList(`Environment variables as "KEY=VALUE".`),
 		"workdir":    {Type: "string", Description: "Absolute working directory for code and commands (default /workspace)."},
 		"shell":      {Type: "string", Description: "Shell for scripts (default /bin/sh)."},

@@ -342,7 +342,7 @@ func TestCreateRefusals(t *testing.T) {
 		{set("mounts", []any{map[string]any{"type": "named", "name": "v", "guest": "/d", "options": map[string]any{"readonly": false, "noexec": true, "nosuid": false, "nodev": false}, "stat_virtualization": "strict", "host_permissions": "private"}}), "noexec"},
 		{set("patches", []any{map[string]any{"type": "text", "path": "/a", "content": "x", "mode": nil, "replace": false}}), "patches"},
 		{set("init", map[string]any{"cmd": "/sbin/init", "args": []any{}, "env": []any{}}), "init"},
-		{set("resources.disk_size_mib", 1024), "disk_size_mib"},
+		{set("resources.disk_size_mib", 0), "disk_size_mib"},
 		{set("runtime.log_level", "info"), "log_level"},
 		{set("image", map[string]any{"type": "bind", "path": "/"}), "image.type"},
 		{set("pull_policy", "always"), "pull_policy"},

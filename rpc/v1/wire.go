@@ -54,6 +54,13 @@ func optString(s string) *string {
 	return &s
 }
 
+func optInt(n int) *int {
+	if n == 0 {
+		return nil
+	}
+	return &n
+}
+
 // sandboxJSON is the sandbox object of rec.
 func sandboxJSON(rec sandbox.Record) Sandbox {
 	status, ok := statuses[rec.State]
@@ -234,8 +241,11 @@ func (s Spec) config() (sandbox.Config, error) {
 	}
 	cfg.Image = img.Reference
 	// resources
-	if s.Resources.DiskSizeMiB != nil {
-		return cfg, invalidConfig("resources.disk_size_mib", "msb cannot bound a sandbox's disk yet: leave rootDisk unset")
+	if d := s.Resources.DiskSizeMiB; d != nil {
+		if *d <= 0 {
+			return cfg, invalidConfig("resources.disk_size_mib", "give a size in MiB, such as 2048, or leave it unset for the server's default")
+		}
+		cfg.Disk = *d
 	}
 	if s.Resources.VCPUs < 0 || s.Resources.MemoryMiB < 0 {
 		return cfg, invalidConfig("resources", "vcpus and memory_mib must not be negative")
@@ -611,7 +621,7 @@ func specOf(name string, c sandbox.Config, netOn bool) Spec {
 	img, _ := json.Marshal(Image{Type: "oci", Reference: c.Image})
 	s := Spec{
 		Name: name, Image: img,
-		Resources: Resources{VCPUs: c.CPUs, MemoryMiB: c.Memory},
+		Resources: Resources{VCPUs: c.CPUs, MemoryMiB: c.Memory, DiskSizeMiB: optInt(c.Disk)},
 		Runtime: Runtime{Workdir: optString(c.Workdir), Shell: optString(c.Shell), Scripts: c.Scripts,
 			User: optString(c.User)},
 		Env: []EnvVar{}, Labels: c.Labels, Rlimits: []Rlimit{}, Mounts: []json.RawMessage{}, Patches: []json.RawMessage{},

@@ -30,7 +30,15 @@ type Options struct {
 	// LayerLock is the image store's pull lock, held shared while a
 	// sandbox records and mounts its layers.
 	LayerLock string
-	Log       *slog.Logger
+	// TotalPids and TotalMemoryMiB bound what all the sandboxes hold
+	// together (the parent cgroup's ceilings); 0: no bound.
+	TotalPids      int
+	TotalMemoryMiB int
+	// UserNamespaces runs every sandbox in a user namespace of its own
+	// (its root an unprivileged host id); volumes' files are then owned
+	// on the host from VolumeOwner up.
+	UserNamespaces bool
+	Log            *slog.Logger
 }
 
 // Engine is an opened engine: what the sandbox service drives, and what
@@ -55,11 +63,16 @@ var drivers = map[string]driver{
 	"linux": {
 		open: func(o Options) (Engine, error) {
 			return linux.New(linux.Config{StateDir: o.StateDir, SandboxDir: o.SandboxDir, PortalBinary: o.PortalBinary,
-				CgroupParent: o.CgroupParent, LayerLock: o.LayerLock, Log: o.Log})
+				CgroupParent: o.CgroupParent, LayerLock: o.LayerLock, Log: o.Log,
+				Ceilings: linux.Ceilings{Pids: o.TotalPids, MemoryMiB: o.TotalMemoryMiB}, UserNamespaces: o.UserNamespaces})
 		},
 		layersInUse: linux.LayersInUse,
 	},
 }
+
+// VolumeOwner is the host uid and gid that root's files in volumes have
+// when sandboxes run in user namespaces (uid k inside: VolumeOwner+k).
+const VolumeOwner = linux.VolumeIDBase
 
 // Names lists the engines msb has.
 func Names() []string {

@@ -926,3 +926,78 @@ func closeAll(files []*os.File) {
 		}
 	}
 }
+
+// Ceilings bound what all of a server's sandboxes hold together: they are
+// written on the sandboxes' parent cgroup, which every sandbox's cgroups
+// are below, so that many sandboxes cannot together take the host's
+// process table or memory. Zero: no ceiling.
+type Ceilings struct {
+	Pids      int // processes and threads
+	MemoryMiB int
+}
+
+// setCeilings writes the ceilings on the parent cgroup, or lifts them
+// ("max", -1) when zero.
+func (c *cgroups) setCeilings(l Ceilings) error {
+	w := func(mnt, file, v string) error {
+		if mnt == "" {
+			return nil
+		}
+		p := filepath.Join(mnt, c.parent, file)
+		if err := os.WriteFile(p, []byte(v), 0); err != nil {
+			return fmt.Errorf("cgroup ceiling %s = %s: %w", p, v, err)
+		}
+		return nil
+	}
+	pids, mem := "max", "-1"
+	if l.Pids > 0 {
+		pids = strconv.Itoa(l.Pids)
+	}
+	if l.MemoryMiB > 0 {
+		mem = strconv.FormatInt(int64(l.MemoryMiB)<<20, 10)
+	}
+	if err := w(c.pids, "pids.max", pids); err != nil {
+		return err
+	}
+	if c.v2 {
+		if mem == "-1" {
+			mem = "max"
+		}
+		return w(c.memory, "memory.max", mem)
+	}
+	// memory+swap can never be below memory: whichever goes first must
+	// keep that true, which depends on the values already there.
+	if !c.swap {
+		return w(c.memory, "memory.limit_in_bytes", mem)
+	}
+	if err := w(c.memory, "memory.limit_in_bytes", mem); err != nil {
+		if err := w(c.memory, "memory.memsw.limit_in_bytes", mem); err != nil {
+			return err
+		}
+		return w(c.memory, "memory.limit_in_bytes", mem)
+	}
+	return w(c.memory, "memory.memsw.limit_in_bytes", mem)
+}
+
+// pidsFull reports whether the parent cgroup holds as many processes as
+// its pids ceiling allows (a failed clone's EAGAIN then means that).
+func (c *cgroups) pidsFull() (cur, limit int, full bool) {
+	if c.pids == "" {
+		return 0, 0, false
+	}
+	dir := filepath.Join(c.pids, c.parent)
+	m, err := os.ReadFile(filepath.Join(dir, "pids.max"))
+	if err != nil {
+		return 0, 0, false
+	}
+	limit, err = strconv.Atoi(strings.TrimSpace(string(m)))
+	if err != nil { // "max"
+		return 0, 0, false
+	}
+	n, err := readUint(filepath.Join(dir, "pids.current"))
+	if err != nil {
+		return 0, limit, false
+	}
+	// The clone that failed was one process over.
+	return int(n), limit, int(n)+1 >= limit
+}

@@ -14,6 +14,8 @@
 // CPU quota and process count; its device cgroup allows only runc's
 // default devices. Processes run as root of the sandbox with Docker's
 // default capability set (an image's other user gets none), no_new_privs,
+// in a user namespace of its own when the engine is configured so (its
+// root an unprivileged range of host ids, userns.go),
 // the portal's seccomp filter, runc's masked and read-only paths, and a
 // read-only /sys.
 //
@@ -58,8 +60,13 @@
 // # Files
 //
 // A sandbox's root file system is an overlay, mounted by its init: the
-// image's layers (sandbox.RootFS.Layers) read-only below and
-// <SandboxDir>/<key>/upper (the sandbox's writes) above. A root without
+// image's layers (sandbox.RootFS.Layers) read-only below and the upper
+// directory (the sandbox's writes) above, on the sandbox's own disk
+// (disk.go: an ext4 image on a loop device, mounted detached by the server
+// and attached by the init) when its spec has a size, else in
+// <SandboxDir>/<key>/upper. In a user namespace the server mounts the
+// overlay itself, with idmapped layers, and hands it to the init as a
+// descriptor, as it does the image's host paths and the volumes. A root without
 // image layers (the host image) has one lower layer instead, a template
 // the engine builds once per distinct content in
 // <SandboxDir>/.template-<hash> (the root's generated directories, links

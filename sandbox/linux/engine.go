@@ -59,6 +59,12 @@ type Config struct {
 	// Log gets the engine's warnings (a portal binary that cannot run in
 	// images); nil: slog.Default().
 	Log *slog.Logger `json:"-"`
+	// UserNamespaces runs every sandbox in a user namespace of its own,
+	// its root an unprivileged host id (see userns.go).
+	UserNamespaces bool
+	// Ceilings bound what all the sandboxes hold together, on their
+	// parent cgroup; zero fields: none.
+	Ceilings Ceilings
 	// LayerLock, if set, is a file (the image store's pull lock) locked
 	// shared while a sandbox records its image layers: the store prunes
 	// layers only under it exclusively, after reading which layers
@@ -73,8 +79,11 @@ type Config struct {
 type Engine struct {
 	cfg Config
 
-	mu    sync.Mutex      // guards boxes and warm only; never held across slow work
+	mu    sync.Mutex      // guards boxes, warm and pids only; never held across slow work
 	boxes map[string]*box // by ID.Key()
+	// pids is what the running sandboxes' pids limits add up to, kept
+	// within cfg.Ceilings.Pids.
+	pids int
 	// warm are the sandboxes started ahead of time, by handle (pool.go).
 	warm    map[string]*box
 	warmSeq int
@@ -89,6 +98,8 @@ type Engine struct {
 	l    *launcher
 	// templates are the lower layers of roots without image layers.
 	templates *templates
+	disks     *disks
+	ids       *idmaps
 	// mountPoint is where every sandbox's init mounts its root, in its
 	// own mount namespace: an empty directory.
 	mountPoint string
@@ -156,6 +167,9 @@ type box struct {
 	done     chan struct{} // closed when the portal has exited; nil before the first Start
 	started  time.Time
 	cgroups  bool          // the sandbox's cgroups exist (from Start to Stop)
+	disk     *disk         // the sandbox's own file system, if its spec has a size
+	slot     int           // its host id range (userns.go); 0: none, it runs as the host's root
+	pids     int           // what the box counts in Engine.pids
 	link     *network.Link // the sandbox's network while it runs with one (network.go)
 }
 
@@ -209,12 +223,23 @@ func New(cfg Config) (*Engine, error) {
 	if err := cg.setup(); err != nil {
 		return nil, fmt.Errorf("linux engine: %w", err)
 	}
+	if err := cg.setCeilings(cfg.Ceilings); err != nil {
+		return nil, fmt.Errorf("linux engine: %w", err)
+	}
 	cg.removeStalePools()
 	host.swap = cg.swap
 	bin := &trash{dir: cfg.SandboxDir}
 	bin.empty()
 	tmpl := &templates{dir: cfg.SandboxDir}
 	tmpl.clean()
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	dsk, err := newDisks(cfg.SandboxDir, log)
+	if err != nil {
+		return nil, fmt.Errorf("linux engine: %w", err)
+	}
 	mountPoint := filepath.Join(cfg.SandboxDir, ".root")
 	if err := os.Mkdir(mountPoint, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("linux engine: %w", err)
@@ -231,6 +256,8 @@ func New(cfg Config) (*Engine, error) {
 		cg:            cg,
 		l:             l,
 		templates:     tmpl,
+		disks:         dsk,
+		ids:           newIDMaps(),
 		mountPoint:    mountPoint,
 		trash:         bin,
 		dynamicPortal: dynamic,
@@ -249,14 +276,17 @@ func New(cfg Config) (*Engine, error) {
 func (e *Engine) Close() error {
 	e.discardWarm()
 	e.trash.wait()
+	e.disks.drain()
 	err := e.cg.drain()
 	if perr := e.cg.removeParent(); err == nil {
 		err = perr
 	}
 	if e.templates.clean() {
 		os.Remove(e.mountPoint)
+		e.disks.remove()
 	}
 	e.l.close()
+	e.ids.close()
 	return err
 }
 
@@ -305,6 +335,7 @@ func (e *Engine) lockOrAdopt(id sandbox.ID) *box {
 		return nil
 	}
 	nb := &box{id: id, handle: key, dir: filepath.Join(e.cfg.SandboxDir, key), leftover: true}
+	nb.slot = e.ids.reserve(nb.dir)
 	nb.mu.Lock()
 	e.mu.Lock()
 	if e.boxes[key] != nil { // lost a race; use the winner
@@ -366,6 +397,10 @@ func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) e
 	e.mu.Unlock()
 
 	if err := e.create(b); err != nil {
+		b.disk.close(true)
+		b.disk = nil
+		e.ids.free(b.slot)
+		b.slot = 0
 		_ = removeSandboxDir(b.dir)
 		e.forget(b)
 		return err
@@ -377,7 +412,20 @@ func (e *Engine) create(b *box) error {
 	if err := os.Mkdir(b.dir, 0o700); err != nil {
 		return fmt.Errorf("sandbox %s: %w", b, err)
 	}
-	if err := prepareRoot(b.dir, b.spec.Root.Layers, e.cfg.LayerLock); err != nil {
+	k, err := e.disks.create(b.dir, b.spec.DiskMiB)
+	if err != nil {
+		return fmt.Errorf("sandbox %s: %w", b, err)
+	}
+	b.disk = k
+	if e.cfg.UserNamespaces {
+		if b.slot, err = e.ids.take(); err != nil {
+			return fmt.Errorf("sandbox %s: %w", b, err)
+		}
+		if err := writeSlot(b.dir, b.slot); err != nil {
+			return fmt.Errorf("sandbox %s: %w", b, err)
+		}
+	}
+	if err := prepareRoot(b.dir, b.upperDir(), b.spec.Root.Layers, e.cfg.LayerLock); err != nil {
 		return fmt.Errorf("sandbox %s: root file system: %w", b, err)
 	}
 	if len(b.spec.Root.Layers) == 0 {
@@ -391,7 +439,7 @@ func (e *Engine) create(b *box) error {
 	// the sandbox starts; one that leads out of its root already is
 	// refused now.
 	for _, m := range volumes(b.spec.Root.Mounts) {
-		v, _, err := openVolume(m)
+		v, _, err := openVolume(m, nil)
 		if err != nil {
 			return fmt.Errorf("sandbox %s: %w", b, err)
 		}
@@ -410,6 +458,16 @@ func validKey(key string) bool {
 		}
 	}
 	return key != "" && key[0] != '.'
+}
+
+// upperDir is the directory holding the overlay's upper and work
+// directories: the sandbox's disk, where the init attaches it, or its
+// directory on the host when it has none.
+func (b *box) upperDir() string {
+	if b.disk != nil {
+		return filepath.Join(b.dir, "disk")
+	}
+	return b.dir
 }
 
 // String names the sandbox in messages: its ID, or, while it waits in a
@@ -486,7 +544,11 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	unavailable := func(what string, err error) error {
 		return fmt.Errorf("sandbox %s: %s: %w: %w", b, what, err, errdefs.ErrUnavailable)
 	}
+	if err := e.holdPids(b); err != nil {
+		return err
+	}
 	if err := e.cg.take(key, specLimits(b.spec)); err != nil {
+		e.releasePids(b)
 		return unavailable("cgroups", err)
 	}
 	b.cgroups = true
@@ -540,14 +602,65 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 
 	cfg := e.initConfig(b)
 	files := childFiles{e.l.devNull, logW, logW, portalEnd, tasks, tree, initEnd}
+	var userns, volUserns *os.File
+	if b.slot > 0 {
+		if userns, err = e.ids.userns(b.slot, false); err != nil {
+			return unavailable("user namespace", err)
+		}
+		if volUserns, err = e.ids.userns(b.slot, true); err != nil {
+			return unavailable("user namespace", err)
+		}
+		if err := e.cg.chownUserCgroup(key, hostID(b.slot)); err != nil {
+			return unavailable("cgroups", err)
+		}
+		// The image's host paths, idmapped, go first among the mounts
+		// the init attaches (parents first).
+		for _, m := range cfg.Binds {
+			fd, err := idmappedClone(-1, m.Source, userns, m.ReadOnly)
+			if err != nil {
+				return unavailable("image mount "+m.Target, err)
+			}
+			f := os.NewFile(uintptr(fd), "bind")
+			var st unix.Stat_t
+			unix.Fstat(fd, &st)
+			mine = append(mine, f)
+			files = append(files, f)
+			cfg.Volumes = append(cfg.Volumes, volumeTarget{Target: m.Target, Dir: st.Mode&unix.S_IFMT == unix.S_IFDIR})
+		}
+		cfg.Binds = nil
+	}
 	for _, m := range volumes(b.spec.Root.Mounts) {
-		v, dir, err := openVolume(m)
+		v, dir, err := openVolume(m, volUserns)
 		if err != nil {
 			return fmt.Errorf("sandbox %s: %w", b, err)
 		}
 		mine = append(mine, v)
 		files = append(files, v)
 		cfg.Volumes = append(cfg.Volumes, volumeTarget{Target: m.Target, Dir: dir})
+	}
+	if b.slot > 0 {
+		upper := b.upperDir()
+		if b.disk != nil {
+			upper = "/proc/self/fd/" + strconv.Itoa(int(b.disk.mnt.Fd()))
+		}
+		root, err := mountRoot(cfg.Layers, filepath.Join(upper, "upper"), filepath.Join(upper, "work"), userns, hostID(b.slot))
+		if err != nil {
+			return unavailable("root file system", err)
+		}
+		mine = append(mine, root)
+		cfg.RootFD = len(files)
+		files = append(files, root)
+		cfg.Disk = ""
+		cfg.Userns = true
+	}
+	if b.disk != nil && b.slot == 0 {
+		d, err := b.disk.clone()
+		if err != nil {
+			return unavailable("disk", err)
+		}
+		mine = append(mine, d)
+		cfg.DiskFD = len(files)
+		files = append(files, d)
 	}
 	if len(files) >= exeFDMin {
 		return fmt.Errorf("sandbox %s: too many volumes: %w", b, errdefs.ErrInvalid)
@@ -582,6 +695,17 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 		Files: files,
 		Sys:   &syscall.SysProcAttr{Cloneflags: sandboxCloneFlags},
 	}
+	if b.slot > 0 {
+		// The user namespace comes first, and owns the others: a network
+		// namespace of its own too, so that its root may bring up
+		// loopback, mount sysfs and bind low ports there.
+		ids := []syscall.SysProcIDMap{{ContainerID: 0, HostID: hostID(b.slot), Size: idRange}}
+		attr.Sys.Cloneflags |= unix.CLONE_NEWUSER
+		attr.Sys.UidMappings, attr.Sys.GidMappings, attr.Sys.GidMappingsEnableSetgroups = ids, ids, true
+		// Cloned by the host's root, the init is nobody in its namespace
+		// until it takes the namespace's root, S on the host.
+		attr.Sys.Credential = &syscall.Credential{Uid: 0, Gid: 0}
+	}
 	var cgTasks []*os.File
 	if e.cg.v2 {
 		dir, err := e.cg.dirFD(key)
@@ -593,9 +717,14 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	} else if cgTasks, err = e.cg.tasksFiles(key); err != nil {
 		return unavailable("cgroups", err)
 	}
-	proc, err := e.l.spawn(cgTasks, attr)
+	proc, err := e.l.spawn(cgTasks, attr, b.slot > 0)
 	closeAll(cgTasks)
 	if err != nil {
+		if errors.Is(err, unix.EAGAIN) {
+			if cur, _, full := e.cg.pidsFull(); full {
+				return fmt.Errorf("sandbox %s: %w", b.id, errdefs.Exhaustedf("the server's sandboxes run %d processes together, its ceiling (total_pids in config.toml): stop sandboxes, or raise total_pids", cur))
+			}
+		}
 		return unavailable("starting the init", err)
 	}
 	mine.close() // the init holds them now; EOF on conn must mean the portal is gone
@@ -696,8 +825,8 @@ func (e *Engine) initConfig(b *box) *initConfig {
 	c := &initConfig{
 		Root:     e.mountPoint,
 		Layers:   s.Root.Layers,
-		Upper:    filepath.Join(b.dir, "upper"),
-		Work:     filepath.Join(b.dir, "work"),
+		Upper:    filepath.Join(b.upperDir(), "upper"),
+		Work:     filepath.Join(b.upperDir(), "work"),
 		Binds:    bindOrder(imageMounts(s.Root.Mounts)),
 		Hostname: s.Hostname,
 		Workdir:  s.Workdir,
@@ -711,6 +840,9 @@ func (e *Engine) initConfig(b *box) *initConfig {
 	}
 	if b.template != "" {
 		c.Layers = []string{b.template}
+	}
+	if b.disk != nil {
+		c.Disk = b.upperDir()
 	}
 	for _, h := range e.cg.v1 {
 		c.Cgroups = append(c.Cgroups, cgroupMount{Dir: filepath.Base(h.mount), Opts: h.opts})
@@ -761,7 +893,35 @@ func (e *Engine) releaseCgroups(b *box) error {
 		return err
 	}
 	b.cgroups = false
+	e.releasePids(b)
 	return nil
+}
+
+// holdPids counts the pids limit of the sandbox b is starting in what the
+// running sandboxes hold, or returns an error of class Exhausted when that
+// would pass the server's ceiling. Admitting no more than the ceiling keeps
+// every sandbox's processes within its own limit, where its portal keeps
+// a reserve (pidsReserve): the ceiling on the parent cgroup is only the
+// kernel's backstop, at which any sandbox's portal could fail to make a
+// thread.
+func (e *Engine) holdPids(b *box) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	limit := e.cfg.Ceilings.Pids
+	if limit > 0 && e.pids+b.spec.Pids > limit {
+		return fmt.Errorf("sandbox %s: %w", b.id, errdefs.Exhaustedf("the running sandboxes may hold %d processes together, and this one %d more, over the server's ceiling of %d (total_pids in config.toml): stop a sandbox, or raise total_pids", e.pids, b.spec.Pids, limit))
+	}
+	e.pids += b.spec.Pids
+	b.pids = b.spec.Pids
+	return nil
+}
+
+// releasePids gives back what holdPids counted for b.
+func (e *Engine) releasePids(b *box) {
+	e.mu.Lock()
+	e.pids -= b.pids
+	e.mu.Unlock()
+	b.pids = 0
 }
 
 // Stop kills every process in the sandbox and releases its cgroups; its
@@ -817,10 +977,19 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 			errs = append(errs, err)
 		} else {
 			b.cgroups = false
+			e.releasePids(b)
 		}
 		if err := e.cg.removeLegacyUnified(b.handle); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	// Killed, the sandbox holds its disk no more: what it wrote last is
+	// dropped, not written back to an image about to be removed.
+	b.disk.close(true)
+	b.disk = nil
+	if len(errs) == 0 { // its processes are gone: its ids can go to another
+		e.ids.free(b.slot)
+		b.slot = 0
 	}
 	if err := os.RemoveAll(filepath.Join(e.cfg.StateDir, id.Key())); err != nil {
 		errs = append(errs, err)
@@ -913,6 +1082,9 @@ func (e *Engine) Recover(ctx context.Context) ([]sandbox.Status, error) {
 			continue // not ours: sandbox keys are always namespace.name
 		}
 		if st, ok := e.leftoverStatus(id); ok {
+			// Its ids stay its own until it is deleted: its processes
+			// may still run.
+			e.ids.reserve(filepath.Join(e.cfg.SandboxDir, key))
 			out = append(out, st)
 		}
 	}
@@ -1049,7 +1221,13 @@ func (e *Engine) Stats(ctx context.Context, id sandbox.ID) (sandbox.Stats, error
 		return sandbox.Stats{}, callErr(b, "reading cgroups", fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable))
 	}
 	st.CPUTime, st.MemoryBytes = cpu, mem
-	disk, err := diskUsage(filepath.Join(b.dir, "upper"))
+	b.mu.Lock()
+	k := b.disk
+	var disk uint64
+	if k != nil {
+		disk, err = k.usage()
+	}
+	b.mu.Unlock()
 	if err != nil {
 		return sandbox.Stats{}, fmt.Errorf("sandbox %s: measuring disk use: %w: %w", id, err, errdefs.ErrUnavailable)
 	}

@@ -82,7 +82,7 @@ func crashServer(cfgJSON string) {
 		fail(err)
 	}
 	ctx := context.Background()
-	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 128, CPUs: 1, Pids: 64}
+	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 128, CPUs: 1, Pids: 64, DiskMiB: 256}
 	if err := e.Create(ctx, crashID, spec); err != nil {
 		fail(err)
 	}
@@ -181,16 +181,24 @@ func TestServerCrash(t *testing.T) {
 	}
 }
 
-func TestEngine(t *testing.T) {
+func TestEngine(t *testing.T) { testEngine(t, false) }
+
+// TestEngineUserns runs the conformance suite with every sandbox in a user
+// namespace of its own.
+func TestEngineUserns(t *testing.T) { testEngine(t, true) }
+
+func testEngine(t *testing.T, userns bool) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the Linux engine needs root: run the tests as root")
 	}
 	home := t.TempDir() // stands for the msb home: the canary goes here
 	cfg := testConfig(t, home, "msb-test")
+	cfg.UserNamespaces = userns
 	root, err := image.Host()
 	if err != nil {
 		t.Fatal(err)
 	}
+	var eng *linux.Engine
 	sandboxtest.Run(t, sandboxtest.Harness{
 		NewEngine: func(t *testing.T) sandbox.Engine {
 			e, err := linux.New(cfg)
@@ -198,6 +206,7 @@ func TestEngine(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { e.Close() })
+			eng = e
 			return e
 		},
 		Spec: func() sandbox.Spec {
@@ -208,11 +217,12 @@ func TestEngine(t *testing.T) {
 				MemoryMiB: 512,
 				CPUs:      1,
 				Pids:      1024,
+				DiskMiB:   256,
 			}
 		},
 		Home: home,
 		WritableDir: func(id sandbox.ID) string {
-			return filepath.Join(cfg.SandboxDir, id.Key(), "upper")
+			return linux.WritableDir(eng, id)
 		},
 		Leftovers: func(id sandbox.ID) []string {
 			return leftovers(t, cfg, id)

@@ -1,4 +1,26 @@
 package linux
 
+import (
+	"path/filepath"
+	"strconv"
+
+	"github.com/msb-dev/msb/sandbox"
+)
+
 // WaitCgroupPool waits until the engine's cgroups made ahead are ready.
 func WaitCgroupPool(e *Engine) { e.cg.fill() }
+
+// WritableDir is where the sandbox id's writes are seen from this process:
+// the upper directory on its disk, through the engine's descriptor of the
+// disk's mount, or in its directory when it has no disk.
+func WritableDir(e *Engine, id sandbox.ID) string {
+	b := e.lock(id)
+	if b == nil {
+		return ""
+	}
+	defer b.mu.Unlock()
+	if b.disk == nil {
+		return filepath.Join(b.dir, "upper")
+	}
+	return "/proc/self/fd/" + strconv.Itoa(int(b.disk.mnt.Fd())) + "/upper"
+}

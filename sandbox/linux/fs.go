@@ -88,14 +88,20 @@ func checkSpec(s sandbox.Spec) error {
 // record or has finished and the missing layers are found here. The root
 // itself is mounted and built by the sandbox's init, inside its own mount
 // namespace.
-func prepareRoot(dir string, layers []string, layerLock string) error {
-	if len(layers) == 0 {
+func prepareRoot(dir, upper string, layers []string, layerLock string) error {
+	mkdirs := func() error {
+		if upper != dir {
+			return nil // on the sandbox's disk, made with it
+		}
 		for _, d := range []string{"upper", "work"} {
 			if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
 				return err
 			}
 		}
 		return nil
+	}
+	if len(layers) == 0 {
+		return mkdirs()
 	}
 	var opts int
 	for _, l := range layers {
@@ -104,7 +110,7 @@ func prepareRoot(dir string, layers []string, layerLock string) error {
 		}
 		opts += len(l) + 1
 	}
-	if opts+2*len(dir)+len("lowerdir=,upperdir=/upper,workdir=/work") >= maxMountData {
+	if opts+2*len(upper)+len("lowerdir=,upperdir=/upper,workdir=/work") >= maxMountData {
 		return fmt.Errorf("the image has too many layers (%d) to mount: %w", len(layers), errdefs.ErrInvalid)
 	}
 	if layerLock != "" {
@@ -126,12 +132,7 @@ func prepareRoot(dir string, layers []string, layerLock string) error {
 			return fmt.Errorf("the image's layers are missing from the cache (pruned after the sandbox was created?): pull the image again with `msb pull IMAGE`, then start the sandbox again: %w", errdefs.ErrInvalid)
 		}
 	}
-	for _, d := range []string{"upper", "work"} {
-		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
-			return err
-		}
-	}
-	return nil
+	return mkdirs()
 }
 
 // modeBits turns the setuid, setgid and sticky bits of a numeric mode into
@@ -381,48 +382,6 @@ func emptyDir(fd int, dev uint64) (string, error) {
 			return "", nil
 		}
 	}
-}
-
-// diskUsage is the apparent size of the files in the writable layer: the
-// overlay's upper directory, which holds what the sandbox wrote, not
-// crossing into other file systems. (Mounts live in the sandbox's mount
-// namespace only: here their mount points are empty.)
-func diskUsage(upper string) (uint64, error) {
-	rootfs := upper
-	root, err := os.Lstat(rootfs)
-	if err != nil {
-		return 0, err
-	}
-	dev := root.Sys().(*syscall.Stat_t).Dev
-	var total uint64
-	err = filepath.WalkDir(rootfs, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			// The sandbox changes its files while we walk, and may build
-			// paths longer than the kernel accepts: count what can be seen.
-			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) || errors.Is(err, unix.ENAMETOOLONG) {
-				if d != nil && d.IsDir() {
-					return filepath.SkipDir
-				}
-				return nil
-			}
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return nil
-		}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Dev != dev {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if fi.Mode().IsRegular() {
-			total += uint64(fi.Size())
-		}
-		return nil
-	})
-	return total, err
 }
 
 // logLimit bounds portal.log: the portal logs its own failures there, and a

@@ -50,6 +50,16 @@ type initConfig struct {
 	Layers []string `json:"layers"` // lowest first
 	Upper  string   `json:"upper"`
 	Work   string   `json:"work"`
+	// Disk, if set, is where the sandbox's disk (its detached mount, as
+	// descriptor DiskFD) is attached before the overlay is mounted: Upper
+	// and Work are on it.
+	Disk   string `json:"disk,omitempty"`
+	DiskFD int    `json:"disk_fd,omitempty"`
+	// Userns: the sandbox has a user namespace of its own. Its root (the
+	// overlay, mounted by the server with idmapped layers) is descriptor
+	// RootFD; the image's host paths come among Volumes, idmapped too.
+	Userns bool `json:"userns,omitempty"`
+	RootFD int  `json:"root_fd,omitempty"`
 	// Build is set on a sandbox's first start: what to write into its root.
 	Build *rootBuild `json:"build,omitempty"`
 	// Binds are the image's host paths, parents first.
@@ -235,8 +245,33 @@ func (c *initConfig) setup() error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("making / private: %w", err)
 	}
-	if err := mountOverlay(c.Root, c.Upper, c.Work, c.Layers); err != nil {
-		return err
+	if c.Userns {
+		// The mount point on the host (in the msb home, 0700) is not the
+		// sandbox's root's to reach: the root goes on a directory of a
+		// tmpfs of this mount namespace's own, over the host's /tmp here.
+		if err := unix.Mount("tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700,size=64k"); err != nil {
+			return fmt.Errorf("mount point of the root: %w", err)
+		}
+		c.Root = "/tmp/root"
+		if err := os.Mkdir(c.Root, 0o755); err != nil {
+			return fmt.Errorf("mount point of the root: %w", err)
+		}
+		err := unix.MoveMount(c.RootFD, "", unix.AT_FDCWD, c.Root, unix.MOVE_MOUNT_F_EMPTY_PATH)
+		unix.Close(c.RootFD)
+		if err != nil {
+			return fmt.Errorf("attaching the root file system: %w", err)
+		}
+	} else {
+		if c.Disk != "" {
+			err := unix.MoveMount(c.DiskFD, "", unix.AT_FDCWD, c.Disk, unix.MOVE_MOUNT_F_EMPTY_PATH)
+			unix.Close(c.DiskFD)
+			if err != nil {
+				return fmt.Errorf("attaching the sandbox's disk: %w", err)
+			}
+		}
+		if err := mountOverlay(c.Root, c.Upper, c.Work, c.Layers); err != nil {
+			return err
+		}
 	}
 	r, err := openRoot(c.Root)
 	if err != nil {
@@ -340,7 +375,7 @@ func (c *initConfig) kernelMounts(r *inRoot) error {
 	// The rest is inside the fresh mounts above, which nothing else has
 	// touched: plain paths are safe there.
 	dev := filepath.Join(c.Root, "dev")
-	if err := devices(dev); err != nil {
+	if err := devices(dev, c.Userns); err != nil {
 		return err
 	}
 	for _, m := range []struct {
@@ -363,14 +398,26 @@ func (c *initConfig) kernelMounts(r *inRoot) error {
 }
 
 // devices makes runc's default device nodes and links in the new /dev.
-func devices(dev string) error {
+// In a user namespace, where mknod of a device is refused, the host's
+// nodes are bind-mounted instead, as runc does for rootless containers.
+func devices(dev string, bind bool) error {
 	old := unix.Umask(0)
 	defer unix.Umask(old)
 	for _, d := range []struct {
 		name         string
 		major, minor uint32
 	}{{"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0}} {
-		if err := unix.Mknod(filepath.Join(dev, d.name), unix.S_IFCHR|0o666, int(unix.Mkdev(d.major, d.minor))); err != nil {
+		p := filepath.Join(dev, d.name)
+		if bind {
+			if err := os.WriteFile(p, nil, 0o666); err != nil {
+				return fmt.Errorf("/dev/%s: %w", d.name, err)
+			}
+			if err := unix.Mount("/dev/"+d.name, p, "", unix.MS_BIND, ""); err != nil {
+				return fmt.Errorf("/dev/%s: %w", d.name, err)
+			}
+			continue
+		}
+		if err := unix.Mknod(p, unix.S_IFCHR|0o666, int(unix.Mkdev(d.major, d.minor))); err != nil {
 			return fmt.Errorf("/dev/%s: %w", d.name, err)
 		}
 	}

@@ -255,8 +255,11 @@ func (l *launcher) startInit(attr *os.ProcAttr) (*os.Process, error) {
 
 // spawn starts an init with attr, born in the cgroups whose tasks files
 // are given and in a network namespace of its own.
-func (l *launcher) spawn(tasks []*os.File, attr *os.ProcAttr) (*os.Process, error) {
-	r := spawnReq{tasks: tasks, netns: l.netns.take(), attr: attr, res: make(chan spawnRes, 1)}
+func (l *launcher) spawn(tasks []*os.File, attr *os.ProcAttr, ownNet bool) (*os.Process, error) {
+	r := spawnReq{tasks: tasks, attr: attr, res: make(chan spawnRes, 1)}
+	if !ownNet {
+		r.netns = l.netns.take()
+	}
 	if r.netns != nil {
 		defer r.netns.Close()
 	}

@@ -18,7 +18,7 @@ func TestMountLayersPrunedMeanwhile(t *testing.T) {
 	dir := t.TempDir()
 	lock := filepath.Join(t.TempDir(), "pull.lock")
 	layer := filepath.Join(t.TempDir(), "0123abcd")
-	err := prepareRoot(dir, []string{layer}, lock)
+	err := prepareRoot(dir, dir, []string{layer}, lock)
 	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "msb pull") || strings.Contains(err.Error(), layer) {
 		t.Fatalf("missing layer: %v", err)
 	}

@@ -203,6 +203,9 @@ func (e *Engine) apply(ctx context.Context, b *box, spec sandbox.Spec) error {
 	if err != nil {
 		return unavailable("its root", err)
 	}
+	if b.slot > 0 {
+		r.base = hostID(b.slot)
+	}
 	// As the init's first build: /etc/hostname, and the workdir made as a
 	// directory of the root (its user's, when msb makes it).
 	build := &rootBuild{Layered: true}
@@ -291,6 +294,12 @@ func (e *Engine) destroy(b *box) error {
 	var errs []error
 	if err := e.releaseCgroups(b); err != nil {
 		errs = append(errs, err)
+	}
+	b.disk.close(true)
+	b.disk = nil
+	if len(errs) == 0 {
+		e.ids.free(b.slot)
+		b.slot = 0
 	}
 	if err := e.trash.discard(b.dir); err != nil {
 		errs = append(errs, err)

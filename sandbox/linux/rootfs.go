@@ -86,6 +86,19 @@ func LayersInUse(sandboxDir string) ([]string, error) {
 // at the host.
 type inRoot struct {
 	root *os.File
+	// base, when set, is the host id of the sandbox's root, for a root
+	// the server writes into itself (pool.go) while the sandbox runs in a
+	// user namespace: what it makes is owned by base (+ the uid asked).
+	base int
+}
+
+// own gives the entry name of the directory dirfd to the sandbox's root,
+// when the server writes the root for a sandbox in a user namespace.
+func (r *inRoot) own(dirfd int, name string) error {
+	if r.base == 0 {
+		return nil
+	}
+	return unix.Fchownat(dirfd, name, r.base, r.base, unix.AT_SYMLINK_NOFOLLOW)
 }
 
 func openRoot(rootfs string) (*inRoot, error) {
@@ -135,6 +148,11 @@ func (r *inRoot) mkdirAll(p string) (*os.File, error) {
 			if err := unix.Mkdirat(parent, part, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
 				unix.Close(parent)
 				return nil, fmt.Errorf("%s: %w", prefix, err)
+			} else if err == nil {
+				if err := r.own(parent, part); err != nil {
+					unix.Close(parent)
+					return nil, fmt.Errorf("%s: %w", prefix, err)
+				}
 			}
 			fd, err = r.open(prefix, dirFlags)
 		}
@@ -184,6 +202,9 @@ func (r *inRoot) writeFile(p string, content []byte, mode fs.FileMode) error {
 	}
 	f := os.NewFile(uintptr(fd), p)
 	defer f.Close()
+	if err := r.own(pfd, base); err != nil {
+		return err
+	}
 	if _, err := f.Write(content); err != nil {
 		return err
 	}
@@ -200,7 +221,10 @@ func (r *inRoot) symlink(target, p string) error {
 	if err := unlinkAny(int(parent.Fd()), path.Base(p)); err != nil {
 		return err
 	}
-	return unix.Symlinkat(target, int(parent.Fd()), path.Base(p))
+	if err := unix.Symlinkat(target, int(parent.Fd()), path.Base(p)); err != nil {
+		return err
+	}
+	return r.own(int(parent.Fd()), path.Base(p))
 }
 
 // chown sets the owner of p, without following a final symlink.
@@ -210,7 +234,7 @@ func (r *inRoot) chown(p string, uid, gid int) error {
 		return err
 	}
 	defer parent.Close()
-	return unix.Fchownat(int(parent.Fd()), path.Base(p), uid, gid, unix.AT_SYMLINK_NOFOLLOW)
+	return unix.Fchownat(int(parent.Fd()), path.Base(p), r.base+uid, r.base+gid, unix.AT_SYMLINK_NOFOLLOW)
 }
 
 // isDir reports whether p resolves to a directory inside the root.
@@ -281,7 +305,7 @@ func resolveVolume(m sandbox.Mount) (fd int, dir bool, err error) {
 // its target, resolved inside the sandbox's root, in the sandbox's own
 // mount namespace. The detached mount is in no mount namespace meanwhile.
 // Errors are those of resolveVolume, or the kernel's.
-func openVolume(m sandbox.Mount) (tree *os.File, dir bool, err error) {
+func openVolume(m sandbox.Mount, userns *os.File) (tree *os.File, dir bool, err error) {
 	src, dir, err := resolveVolume(m)
 	if err != nil {
 		return nil, false, err
@@ -295,8 +319,16 @@ func openVolume(m sandbox.Mount) (tree *os.File, dir bool, err error) {
 	if m.ReadOnly {
 		attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
 	}
+	if userns != nil {
+		// Shown from the volume range to the sandbox's (userns.go).
+		attr.Attr_set |= unix.MOUNT_ATTR_IDMAP
+		attr.Userns_fd = uint64(userns.Fd())
+	}
 	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, attr); err != nil {
 		unix.Close(fd)
+		if userns != nil {
+			return nil, false, fmt.Errorf("volume: %w", idmapErr(m.Source, err))
+		}
 		return nil, false, fmt.Errorf("volume %s: mount_setattr: %w", m.Source, err)
 	}
 	return os.NewFile(uintptr(fd), "volume"), dir, nil

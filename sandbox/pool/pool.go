@@ -51,6 +51,9 @@ type Options struct {
 	Images sandbox.Resolver
 	// Pids is every sandbox's pids limit (the Service's).
 	Pids int
+	// DiskMiB is the disk of a sandbox whose config names none (the
+	// Service's default); 0: sandbox.DefaultDisk.
+	DiskMiB int
 	// Pools are the pools by image reference, as sandbox configs name
 	// images ("microsandbox/python"); a size of 0 sandboxes is no pool.
 	Pools map[string]Size
@@ -330,7 +333,7 @@ func (p *Pool) prestart(ip *imagePool) (string, sandbox.Spec, error) {
 	if err != nil {
 		return "", sandbox.Spec{}, fmt.Errorf("image %q: %w", ip.ref, err)
 	}
-	spec := sandbox.WarmSpec(img, ip.size.share(), p.opts.Pids)
+	spec := sandbox.WarmSpec(img, ip.size.share(), p.opts.Pids, p.opts.DiskMiB)
 	h, err := p.opts.Engine.Prestart(ctx, spec)
 	if err != nil {
 		return "", sandbox.Spec{}, err

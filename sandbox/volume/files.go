@@ -18,8 +18,9 @@ import (
 // Dir is an open volume: its directory, held by descriptor, from which
 // every path is resolved beneath it. Close it when done.
 type Dir struct {
-	fd   int
-	name string
+	fd    int
+	name  string
+	owner int // of what it creates; 0: root
 }
 
 // FileInfo describes a file of a volume.
@@ -190,6 +191,9 @@ func (d *Dir) mkdirAll(rel string) error {
 			return err
 		}
 		err = unix.Mkdirat(pfd, c, 0o755)
+		if err == nil && d.owner != 0 {
+			err = unix.Fchownat(pfd, c, d.owner, d.owner, unix.AT_SYMLINK_NOFOLLOW)
+		}
 		unix.Close(pfd)
 		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return err
@@ -241,6 +245,14 @@ func (d *Dir) Write(p string, r io.Reader) (int64, error) {
 		return 0, d.fileError("write", p, err)
 	}
 	f := os.NewFile(uintptr(fd), rel)
+	if d.owner != 0 {
+		var st unix.Stat_t
+		// Made by the server, a file is the host root's: it becomes the
+		// volume owner's, so that sandboxes' root owns it.
+		if unix.Fstat(fd, &st) == nil && st.Uid == 0 {
+			unix.Fchown(fd, d.owner, d.owner)
+		}
+	}
 	n, err := io.Copy(f, r)
 	if cerr := f.Close(); err == nil {
 		err = cerr

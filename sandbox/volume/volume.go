@@ -37,6 +37,9 @@ type Store struct {
 	Meta string
 	// Now is the clock of creation times; nil: time.Now.
 	Now func() time.Time
+	// Owner is the host uid and gid of what the store makes in volumes
+	// (see sandbox.ServiceOptions.VolumeOwner); 0: root.
+	Owner int
 }
 
 // Info describes a volume.
@@ -89,8 +92,19 @@ func (s *Store) nsDir(ns string) (string, error) {
 		return "", errdefs.Unavailablef("this server has no volume root (volume_roots in its config): named volumes are not available")
 	}
 	dir := filepath.Join(s.Root, ns)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if _, err := os.Stat(dir); err == nil {
+		return dir, nil
+	}
+	// 0700: no user of the host reaches what sandboxes leave in volumes.
+	if err := os.MkdirAll(s.Root, 0o755); err != nil {
 		return "", fmt.Errorf("volume root of namespace %q: %w", ns, err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return "", fmt.Errorf("volume root of namespace %q: %w", ns, err)
+	} else if err == nil {
+		if err := os.Chown(dir, s.Owner, s.Owner); err != nil {
+			return "", fmt.Errorf("volume root of namespace %q: %w", ns, err)
+		}
 	}
 	return dir, nil
 }
@@ -118,6 +132,10 @@ func (s *Store) Create(ns, name string, labels map[string]string) (Info, error) 
 		if errors.Is(err, unix.EEXIST) {
 			return Info{}, errdefs.Conflictf("a volume named %q already exists in namespace %q", name, ns)
 		}
+		return Info{}, fmt.Errorf("create volume %q: %w", name, err)
+	}
+	if err := os.Chown(filepath.Join(dir, name), s.Owner, s.Owner); err != nil {
+		os.Remove(filepath.Join(dir, name))
 		return Info{}, fmt.Errorf("create volume %q: %w", name, err)
 	}
 	m := meta{Labels: labels, Created: s.now().UTC()}
@@ -263,7 +281,7 @@ func (s *Store) Open(ns, name string) (*Dir, error) {
 		return nil, fmt.Errorf("volume root of namespace %q: %w", ns, err)
 	}
 	if name == "" {
-		return &Dir{fd: nsfd, name: "default"}, nil
+		return &Dir{fd: nsfd, name: "default", owner: s.Owner}, nil
 	}
 	defer unix.Close(nsfd)
 	if err := ValidateName(name); err != nil {
@@ -276,5 +294,5 @@ func (s *Store) Open(ns, name string) (*Dir, error) {
 		}
 		return nil, fmt.Errorf("volume %q: %w", name, err)
 	}
-	return &Dir{fd: fd, name: name}, nil
+	return &Dir{fd: fd, name: name, owner: s.Owner}, nil
 }

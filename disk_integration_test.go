@@ -1,0 +1,171 @@
+package main_test
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// loopsUnder lists the loop devices whose backing file is under dir.
+func loopsUnder(dir string) []string {
+	var out []string
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err == nil && strings.HasPrefix(strings.TrimSpace(string(data)), dir+"/") {
+			out = append(out, filepath.Base(filepath.Dir(filepath.Dir(f)))+" "+strings.TrimSpace(string(data)))
+		}
+	}
+	return out
+}
+
+// waitLoopsGone waits a little for the loop devices of images under dir
+// (but those skip says to leave) to detach, and returns those that stay.
+func waitLoopsGone(dir string, skip func(loop string) bool) []string {
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var left []string
+		for _, l := range loopsUnder(dir) {
+			if skip == nil || !skip(l) {
+				left = append(left, l)
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
+		}
+	}
+}
+
+// diskUsage is a sandbox's disk_usage as sandbox.metrics.get reports it.
+func (b *sb) diskUsage() int64 {
+	b.srv.t.Helper()
+	var m metricsResult
+	b.srv.mustCall(b.key, "sandbox.metrics.get", b.params(nil), &m)
+	if len(m.Sandboxes) != 1 || m.Sandboxes[0].DiskUsage == nil {
+		b.srv.t.Fatalf("metrics: %s", mustJSON(m))
+	}
+	return *m.Sandboxes[0].DiskUsage
+}
+
+// TestDiskQuota reproduces the attack of a sandbox that filled the host's
+// disk (2 GiB to /workspace, 512 MiB to /tmp, 300,000 empty files): every
+// sandbox now writes to a disk of its own size, so writing past it, or
+// past its inodes, fails with ENOSPC inside the sandbox while the host and
+// the other sandboxes are unaffected; df inside shows the disk, and
+// disk_usage follows the writes without walking the files.
+func TestDiskQuota(t *testing.T) {
+	t.Parallel()
+	home := newHome(t)
+	config := testConfig + "default_disk = 96\nmax_disk = 256\n[quotas]\ndisk = 400\n"
+	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	a := srv.sandbox(key, "disk", "a", map[string]any{"image": "host", "disk": 64})
+	other := srv.sandbox(key, "disk", "other", map[string]any{"image": "host"})
+
+	// df inside shows the sandbox's own disk, for / and what is under it.
+	for _, dir := range []string{"/", "/tmp", "/workspace", "/root"} {
+		r := a.sh("df -k " + dir + " | tail -1")
+		f := strings.Fields(text(r.Output, "stdout"))
+		if len(f) < 2 {
+			t.Fatalf("df %s: %s", dir, mustJSON(r))
+		}
+		if kib, _ := strconv.Atoi(f[1]); kib < 50<<10 || kib > 64<<10 {
+			t.Fatalf("df %s inside a sandbox of a 64 MiB disk: %s KiB", dir, f[1])
+		}
+	}
+
+	before := a.diskUsage()
+	if r := a.sh("head -c 20971520 /dev/urandom > /workspace/blob && sync"); r.ExitCode != 0 {
+		t.Fatalf("writing 20 MiB: %s", mustJSON(r))
+	}
+	start := time.Now()
+	after := a.diskUsage()
+	if after-before < 20<<20 || after-before > 24<<20 {
+		t.Fatalf("disk_usage went from %d to %d after writing 20 MiB", before, after)
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Fatalf("sandbox.metrics.get took %v", d)
+	}
+
+	// Writing past the disk, as root, to /tmp: ENOSPC inside.
+	r := a.sh("head -c 209715200 /dev/zero > /tmp/big; echo status $?")
+	if out := text(r.Output, ""); !strings.Contains(out, "No space left on device") || strings.Contains(out, "status 0") {
+		t.Fatalf("writing 200 MiB to a 64 MiB disk: %s", mustJSON(r))
+	}
+	// The host holds no more than the disk's size for it.
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(home, "sandboxes", "disk.a", "disk.img"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Blocks*512 > 66<<20 {
+		t.Fatalf("the disk's image takes %d bytes on the host, more than its 64 MiB", st.Blocks*512)
+	}
+	// The other sandbox is not affected.
+	if r := other.sh("head -c 10485760 /dev/zero > /workspace/ten && stat -c %s /workspace/ten"); text(r.Output, "stdout") != "10485760\n" {
+		t.Fatalf("another sandbox's write: %s", mustJSON(r))
+	}
+	a.sh("rm -f /tmp/big")
+
+	// Many empty files: the inodes (64 per MiB) run out, with ENOSPC.
+	r = a.run("python3", "-c", `
+import errno, os
+n = 0
+try:
+    while n < 300000:
+        open("/tmp/f%d" % n, "w").close()
+        n += 1
+except OSError as e:
+    print(errno.errorcode[e.errno], n)
+`)
+	m := regexp.MustCompile(`^ENOSPC (\d+)\n$`).FindStringSubmatch(text(r.Output, "stdout"))
+	if m == nil {
+		t.Fatalf("300,000 empty files on a 64 MiB disk: %s", mustJSON(r))
+	}
+	if n, _ := strconv.Atoi(m[1]); n > 64*64 {
+		t.Fatalf("%d files made on a disk of %d inodes", n, 64*64)
+	}
+	if r := a.run("echo", "alive"); text(r.Output, "stdout") != "alive\n" {
+		t.Fatalf("the sandbox after filling its disk: %s", mustJSON(r))
+	}
+
+	// A config's disk is bounded by max_disk, and a namespace's disks by
+	// quotas.disk; both are shown with the namespace's usage.
+	srv.wantError(key, "sandbox.start", map[string]any{"namespace": "disk", "sandbox": "big", "config": map[string]any{"image": "host", "disk": 512}},
+		200, -32602, "max_disk in config.toml")
+	srv.wantError(key, "sandbox.start", map[string]any{"namespace": "disk", "sandbox": "big", "config": map[string]any{"image": "host", "disk": 256}},
+		200, -32001, "over its quota of 400 MiB (quotas.disk in config.toml)")
+	var q struct {
+		Quotas []struct {
+			DiskMiB struct {
+				Used  int  `json:"used"`
+				Limit *int `json:"limit"`
+			} `json:"disk_mib"`
+		} `json:"quotas"`
+	}
+	srv.mustCall(key, "sandbox.metrics.get", map[string]any{"namespace": "disk"}, &q)
+	if len(q.Quotas) != 1 || q.Quotas[0].DiskMiB.Used != 64+96 || q.Quotas[0].DiskMiB.Limit == nil || *q.Quotas[0].DiskMiB.Limit != 400 {
+		t.Fatalf("disk quota: %s", mustJSON(q))
+	}
+	out, errOut, err := msb(t, home, "server", "status")
+	if err != nil || !regexp.MustCompile(`disk\s+2 / -\s+\d+ / -\s+2 / -\s+160 / 400`).MatchString(out) {
+		t.Fatalf("status: %v\n%s%s", err, out, errOut)
+	}
+	// Writing more than the sandbox's memory to its disk is not an OOM:
+	// the page cache of the disk and of its image is reclaimable.
+	small := srv.sandbox(key, "disk2", "small", map[string]any{"image": "host", "memory": 64, "disk": 256})
+	if r := small.sh("head -c 157286400 /dev/zero > /workspace/big && sync && stat -c %s /workspace/big"); text(r.Output, "stdout") != "157286400\n" {
+		t.Fatalf("writing 150 MiB in a sandbox of 64 MiB: %s", mustJSON(r))
+	}
+	small.stop()
+	a.stop()
+	other.stop()
+	srv.Stop()
+	assertNoLeftovers(t, home)
+}

@@ -1,0 +1,496 @@
+package linux
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/errdefs"
+)
+
+// A sandbox's disk is an ext4 file system of its own, in an image file
+// <SandboxDir>/<key>/disk.img on a loop device: everything the sandbox can
+// write (its overlay's upper layer, and so /tmp, /workspace, /root) is on
+// it, so writing past its size or its inode count fails with ENOSPC inside
+// the sandbox, for root too (no blocks are reserved, and no quota is there
+// to bypass), and nothing the sandbox does reaches the host's file system
+// beyond its own sparse image. The kernel of the machines msb runs on has
+// no project quotas (no CONFIG_QFMT_V2, no XFS quota), which would have
+// let sandboxes share one file system; see the README's "Limits and
+// quotas".
+//
+// An image is a sparse copy of a template made once per (size, inodes)
+// with mke2fs (no journal: the disk goes with the sandbox; no blocks
+// reserved), attached to a free loop device with LOOP_CONFIGURE and
+// LO_FLAGS_AUTOCLEAR, and mounted nosuid, nodev, noatime with the new
+// mount API (fsopen, fsmount): the mount is detached, attached in no mount
+// namespace, and the server holds it as a file descriptor for the
+// sandbox's life. At each start a clone of it (open_tree) is handed to the
+// init, which attaches it in the sandbox's own mount namespace under its
+// overlay. So nothing of a disk is ever in the host's mount table, usage
+// is one fstatfs, and when the server dies its disks go with the last
+// process that holds them: the loop device detaches itself, and only the
+// image file is left for Delete to remove.
+
+// diskTemplateDir, under SandboxDir, holds the disk templates.
+const diskTemplateDir = ".disks"
+
+// diskInodesPerMiB is a disk's inode count per MiB: one per 16 KiB, as
+// mke2fs gives by default.
+const diskInodesPerMiB = 64
+
+// diskPoolSize is how many disks of each size asked for wait ready, made
+// in the background: a start then only renames an image into place.
+const diskPoolSize = 2
+
+// poolImagePrefix starts the names of ready disks' images in the template
+// directory.
+const poolImagePrefix = "pool-"
+
+// disks makes sandbox disks from templates, and keeps a few of each size
+// asked for ready.
+type disks struct {
+	dir string // <SandboxDir>/.disks
+	mu  sync.Mutex
+	// ready are the templates made by this engine, by file name.
+	ready map[string]bool
+	// pool are the disks ready by size (MiB), with their images in dir.
+	pool      map[int][]*disk
+	refilling map[int]bool
+	seq       int
+	closed    bool
+	wg        sync.WaitGroup
+	// loopMu serialises the engine's attachments of loop devices.
+	loopMu sync.Mutex
+}
+
+// newDisks prepares the template directory, removing partial templates a
+// crash left, and detaches loop devices left attached to images under
+// sandboxDir (belt and braces: AUTOCLEAR detaches them once unused).
+func newDisks(sandboxDir string, log *slog.Logger) (*disks, error) {
+	d := &disks{dir: filepath.Join(sandboxDir, diskTemplateDir), ready: map[string]bool{},
+		pool: map[int][]*disk{}, refilling: map[int]bool{}}
+	if err := os.MkdirAll(d.dir, 0o700); err != nil {
+		return nil, err
+	}
+	// Partial templates, and ready disks of a server that died (their
+	// loop devices went with its descriptors).
+	entries, _ := os.ReadDir(d.dir)
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".tmp") || strings.HasPrefix(e.Name(), poolImagePrefix) {
+			os.Remove(filepath.Join(d.dir, e.Name()))
+		}
+	}
+	if _, err := exec.LookPath("mke2fs"); err != nil {
+		log.Warn("mke2fs is not installed: sandboxes with a disk quota cannot start; install e2fsprogs (Debian: apt-get install e2fsprogs)")
+	}
+	clearLoops(sandboxDir)
+	return d, nil
+}
+
+// clearLoops detaches (or marks to detach once unused) the loop devices
+// whose backing file is under dir.
+func clearLoops(dir string) {
+	devs, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range devs {
+		data, err := os.ReadFile(f)
+		if err != nil || !strings.HasPrefix(strings.TrimSpace(string(data)), dir+"/") {
+			continue
+		}
+		dev := "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(f)))
+		fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		// On a device still in use this only sets AUTOCLEAR.
+		unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0)
+		unix.Close(fd)
+	}
+}
+
+// drain stops refills and releases the ready disks.
+func (d *disks) drain() {
+	d.mu.Lock()
+	d.closed = true
+	d.mu.Unlock()
+	d.wg.Wait()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for mib, ks := range d.pool {
+		for _, k := range ks {
+			k.close(true)
+			os.Remove(k.img)
+		}
+		delete(d.pool, mib)
+	}
+}
+
+// remove removes the templates (no sandbox is left); drain first.
+func (d *disks) remove() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	os.RemoveAll(d.dir)
+	d.ready = map[string]bool{}
+}
+
+// template returns the template image of a disk of mib MiB and inodes
+// inodes, making it if needed.
+func (d *disks) template(mib, inodes int) (string, error) {
+	name := fmt.Sprintf("ext4-%d-%d.img", mib, inodes)
+	p := filepath.Join(d.dir, name)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ready[name] {
+		return p, nil
+	}
+	if _, err := os.Stat(p); err == nil {
+		d.ready[name] = true
+		return p, nil
+	}
+	mke2fs, err := exec.LookPath("mke2fs")
+	if err != nil {
+		return "", fmt.Errorf("sandbox disks need mke2fs, which is not installed: install e2fsprogs (Debian: apt-get install e2fsprogs): %w", errdefs.ErrUnavailable)
+	}
+	tmp := p + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return "", err
+	}
+	err = f.Truncate(int64(mib) << 20)
+	f.Close()
+	if err != nil {
+		os.Remove(tmp)
+		return "", err
+	}
+	out, err := exec.Command(mke2fs, "-q", "-F", "-t", "ext4", "-m", "0", "-b", "4096",
+		"-O", "^has_journal,^resize_inode", "-E", "nodiscard,lazy_itable_init=1",
+		"-N", strconv.Itoa(inodes), tmp).CombinedOutput()
+	if err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("mke2fs: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		os.Remove(tmp)
+		return "", err
+	}
+	d.ready[name] = true
+	return p, nil
+}
+
+// disk is one sandbox's mounted disk.
+type disk struct {
+	mnt *os.File // the detached mount (fsmount)
+	img string   // its image, while it waits in the pool
+	// base is what the empty file system uses (its root, lost+found,
+	// metadata): usage is counted above it.
+	baseBytes uint64
+}
+
+// create makes the disk of a sandbox in its directory dir: a copy of the
+// template as dir/disk.img, on a loop device, mounted detached, with the
+// overlay's upper and work directories made in it. The empty directory
+// dir/disk is where the init attaches it.
+func (d *disks) create(dir string, mib int) (*disk, error) {
+	if mib <= 0 {
+		return nil, nil
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err == nil && st.Bavail*uint64(st.Bsize) < uint64(mib)<<20 {
+		return nil, errdefs.Unavailablef("the host's file system has %d MiB free, less than the sandbox's disk of %d MiB: free space on the host, or ask for a smaller disk", st.Bavail*uint64(st.Bsize)>>20, mib)
+	}
+	img := filepath.Join(dir, "disk.img")
+	k := d.pop(mib)
+	if k != nil {
+		// The loop device keeps the image open: a rename moves it.
+		if err := os.Rename(k.img, img); err != nil {
+			k.close(true)
+			os.Remove(k.img)
+			k = nil
+		}
+	}
+	d.refill(mib)
+	if k == nil {
+		var err error
+		if k, err = d.build(img, mib); err != nil {
+			return nil, err
+		}
+	}
+	k.img = ""
+	if err := os.Mkdir(filepath.Join(dir, "disk"), 0o700); err != nil {
+		k.close(false)
+		return nil, err
+	}
+	return k, nil
+}
+
+// pop returns a ready disk of mib MiB, or nil.
+func (d *disks) pop(mib int) *disk {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ks := d.pool[mib]
+	if len(ks) == 0 {
+		return nil
+	}
+	k := ks[len(ks)-1]
+	d.pool[mib] = ks[:len(ks)-1]
+	return k
+}
+
+// refill makes ready disks of mib MiB in the background until there are
+// diskPoolSize of them.
+func (d *disks) refill(mib int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed || d.refilling[mib] || len(d.pool[mib]) >= diskPoolSize {
+		return
+	}
+	d.refilling[mib] = true
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		for {
+			d.mu.Lock()
+			if d.closed || len(d.pool[mib]) >= diskPoolSize {
+				d.refilling[mib] = false
+				d.mu.Unlock()
+				return
+			}
+			d.seq++
+			img := filepath.Join(d.dir, fmt.Sprintf("%s%d-%d.img", poolImagePrefix, os.Getpid(), d.seq))
+			d.mu.Unlock()
+			k, err := d.build(img, mib)
+			d.mu.Lock()
+			if err != nil {
+				// Starts make their own meanwhile, and say why they cannot.
+				d.refilling[mib] = false
+				d.mu.Unlock()
+				os.Remove(img)
+				return
+			}
+			k.img = img
+			d.pool[mib] = append(d.pool[mib], k)
+			d.mu.Unlock()
+		}
+	}()
+}
+
+// build makes a disk of mib MiB with its image at img.
+func (d *disks) build(img string, mib int) (*disk, error) {
+	tmpl, err := d.template(mib, mib*diskInodesPerMiB)
+	if err != nil {
+		return nil, fmt.Errorf("disk template: %w", err)
+	}
+	if err := copySparse(tmpl, img); err != nil {
+		return nil, fmt.Errorf("disk image: %w", err)
+	}
+	dev, err := attachLoop(img, &d.loopMu)
+	if err != nil {
+		return nil, fmt.Errorf("disk image: %w", err)
+	}
+	mnt, err := mountDisk(dev)
+	dev.Close() // the mount holds the device now; AUTOCLEAR detaches it when the mount goes
+	if err != nil {
+		return nil, err
+	}
+	k := &disk{mnt: mnt}
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(mnt.Fd()), &st); err != nil {
+		k.close(false)
+		return nil, fmt.Errorf("disk: %w", err)
+	}
+	k.baseBytes = (st.Blocks - st.Bfree) * uint64(st.Bsize)
+	for _, sub := range []string{"upper", "work"} {
+		if err := unix.Mkdirat(int(mnt.Fd()), sub, 0o755); err != nil {
+			k.close(false)
+			return nil, fmt.Errorf("disk: %s: %w", sub, err)
+		}
+	}
+	return k, nil
+}
+
+// usage is how many bytes the sandbox's files take on its disk.
+func (k *disk) usage() (uint64, error) {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(k.mnt.Fd()), &st); err != nil {
+		return 0, err
+	}
+	used := (st.Blocks - st.Bfree) * uint64(st.Bsize)
+	if used < k.baseBytes {
+		return 0, nil
+	}
+	return used - k.baseBytes, nil
+}
+
+// clone returns a new detached copy of the disk's mount, for an init to
+// attach in its mount namespace.
+func (k *disk) clone() (*os.File, error) {
+	fd, err := unix.OpenTree(int(k.mnt.Fd()), "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	if err != nil {
+		return nil, fmt.Errorf("disk: open_tree: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "disk"), nil
+}
+
+// ext4's EXT4_IOC_SHUTDOWN (_IOR('X', 125, __u32)) with
+// EXT4_GOING_FLAGS_NOLOGFLUSH: the file system stops at once and its dirty
+// pages are dropped instead of written back (a deleted sandbox's disk
+// would otherwise cost a write-back of everything it wrote last: 100-200 ms
+// for 64 MiB).
+const ext4IocShutdown, ext4GoingNoLogFlush = 0x8004587d, 2
+
+// close releases the server's hold on the disk; with discard, its file
+// system is shut down first, its unwritten data dropped. The mount goes
+// once no sandbox process holds it either, and then the loop device.
+func (k *disk) close(discard bool) {
+	if k == nil || k.mnt == nil {
+		return
+	}
+	if discard {
+		if fd, err := unix.Openat(int(k.mnt.Fd()), ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+			flag := uint32(ext4GoingNoLogFlush)
+			unix.Syscall(unix.SYS_IOCTL, uintptr(fd), ext4IocShutdown, uintptr(unsafe.Pointer(&flag)))
+			unix.Close(fd)
+		}
+	}
+	k.mnt.Close()
+	k.mnt = nil
+}
+
+// mountDisk mounts the ext4 file system on the loop device dev, detached.
+func mountDisk(dev *os.File) (*os.File, error) {
+	fsfd, err := unix.Fsopen("ext4", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("disk: fsopen ext4: %w", err)
+	}
+	defer unix.Close(fsfd)
+	src := "/proc/self/fd/" + strconv.Itoa(int(dev.Fd()))
+	if target, err := os.Readlink(src); err == nil {
+		src = target
+	}
+	for _, o := range [][2]string{{"source", src}, {"errors", "remount-ro"}} {
+		if err := unix.FsconfigSetString(fsfd, o[0], o[1]); err != nil {
+			return nil, fmt.Errorf("disk: mount option %s=%s: %w", o[0], o[1], err)
+		}
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return nil, fmt.Errorf("disk: mounting %s: %w", src, err)
+	}
+	fd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOATIME)
+	if err != nil {
+		return nil, fmt.Errorf("disk: fsmount: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "disk-mount"), nil
+}
+
+// attachLoop binds file to a free loop device with LOOP_CONFIGURE (one
+// ioctl) and LO_FLAGS_AUTOCLEAR, so that the device detaches itself when
+// its last user (the mount) goes away, and returns the device open.
+func attachLoop(file string, mu *sync.Mutex) (*os.File, error) {
+	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("loop devices: %w", err)
+	}
+	defer ctl.Close()
+	back, err := os.OpenFile(file, os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer back.Close()
+	// LOOP_CTL_GET_FREE hands the same device to attachers that ask at
+	// once: this process's take turns, and another process's win is tried
+	// again with the next free one.
+	mu.Lock()
+	defer mu.Unlock()
+	for try := 0; try < 256; try++ {
+		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
+		if err != nil {
+			return nil, fmt.Errorf("LOOP_CTL_GET_FREE: %w", err)
+		}
+		dev := "/dev/loop" + strconv.Itoa(n)
+		lf, err := os.OpenFile(dev, os.O_RDWR|unix.O_CLOEXEC, 0)
+		if errors.Is(err, os.ErrNotExist) {
+			// devtmpfs may lag a device just added: make the node.
+			if err := unix.Mknod(dev, unix.S_IFBLK|0o660, int(unix.Mkdev(7, uint32(n)))); err != nil && !errors.Is(err, unix.EEXIST) {
+				return nil, err
+			}
+			lf, err = os.OpenFile(dev, os.O_RDWR|unix.O_CLOEXEC, 0)
+		}
+		if err != nil {
+			return nil, err
+		}
+		cfg := unix.LoopConfig{Fd: uint32(back.Fd())}
+		cfg.Info.Flags = unix.LO_FLAGS_AUTOCLEAR
+		copy(cfg.Info.File_name[:], file)
+		if err := unix.IoctlLoopConfigure(int(lf.Fd()), &cfg); err != nil {
+			lf.Close()
+			if errors.Is(err, unix.EBUSY) { // another attacher took it first
+				continue
+			}
+			return nil, fmt.Errorf("LOOP_CONFIGURE %s: %w", dev, err)
+		}
+		return lf, nil
+	}
+	return nil, errors.New("no free loop device after 256 tries")
+}
+
+// copySparse copies src to a new file dst, its data extents only
+// (SEEK_DATA, SEEK_HOLE, copy_file_range), or shares them (FICLONE) where
+// the file system can.
+func copySparse(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	if err := unix.IoctlFileClone(int(out.Fd()), int(in.Fd())); err == nil {
+		return nil
+	}
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	size := fi.Size()
+	if err := out.Truncate(size); err != nil {
+		return err
+	}
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break
+		} else if err != nil {
+			return err
+		}
+		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return err
+		}
+		for pos := data; pos < hole; {
+			ro, wo := pos, pos
+			n, err := unix.CopyFileRange(int(in.Fd()), &ro, int(out.Fd()), &wo, int(hole-pos), 0)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				return io.ErrUnexpectedEOF
+			}
+			pos += int64(n)
+		}
+		off = hole
+	}
+	return nil
+}
