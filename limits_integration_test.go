@@ -234,6 +234,15 @@ func TestTotalPidsCeiling(t *testing.T) {
 	}
 	srv := startServer(t, home)
 	key := keygen(t, home)
+	// Idle sandboxes run a few processes: more of them start than their
+	// limits (3 x 64) would fit under the ceiling.
+	var idle []*sb
+	for _, name := range []string{"idle1", "idle2", "idle3"} {
+		idle = append(idle, srv.sandbox(key, "ns", name, map[string]any{"image": "host", "memory": 64}))
+	}
+	for _, s := range idle {
+		s.stop()
+	}
 	var hogs []*sb
 	for _, name := range []string{"hog1", "hog2"} {
 		hog := srv.sandbox(key, "ns", name, map[string]any{"image": "host", "memory": 64})

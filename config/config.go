@@ -836,14 +836,14 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # user_namespaces = true
 
 # Ceilings on what all sandboxes hold together, whatever their namespace:
-# processes and threads, and memory (MiB). A start is refused when the
-# running sandboxes' sandbox_pids would add up to more than total_pids, so
-# forks fail (EAGAIN) at each sandbox's own limit and the host's process
-# table is never exhausted; the same ceiling is on their parent cgroup.
-# Memory past total_memory is reclaimed, then a process is OOM-killed.
-# 0: three quarters of the host's process table (the lower of kernel.pid_max
-# and kernel.threads-max), and of its memory. Lower sandbox_pids to run more
-# sandboxes under the same total_pids.
+# processes and threads, and memory (MiB), on their parent cgroup, so the
+# host's process table and memory are never exhausted. A start is refused
+# when the processes all sandboxes run, plus its own sandbox_pids, would
+# pass total_pids. Keep each namespace's quotas.sandboxes x sandbox_pids
+# under total_pids, so that no tenant's sandboxes forking at once can reach
+# the ceiling. Memory past total_memory is reclaimed, then a process is
+# OOM-killed. 0: three quarters of the host's process table (the lower of
+# kernel.pid_max and kernel.threads-max), and of its memory.
 # total_pids = 24576
 # total_memory = 18000
 

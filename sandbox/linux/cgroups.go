@@ -979,6 +979,19 @@ func (c *cgroups) setCeilings(l Ceilings) error {
 	return w(c.memory, "memory.memsw.limit_in_bytes", mem)
 }
 
+// pidsCurrent is how many processes the sandboxes run together (the
+// parent cgroup's pids.current; 0 without a pids hierarchy).
+func (c *cgroups) pidsCurrent() int {
+	if c.pids == "" {
+		return 0
+	}
+	n, err := readUint(filepath.Join(c.pids, c.parent, "pids.current"))
+	if err != nil {
+		return 0
+	}
+	return int(n)
+}
+
 // pidsFull reports whether the parent cgroup holds as many processes as
 // its pids ceiling allows (a failed clone's EAGAIN then means that).
 func (c *cgroups) pidsFull() (cur, limit int, full bool) {

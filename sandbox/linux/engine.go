@@ -79,11 +79,11 @@ type Config struct {
 type Engine struct {
 	cfg Config
 
-	mu    sync.Mutex      // guards boxes, warm and pids only; never held across slow work
+	mu    sync.Mutex      // guards boxes, warm and startingPids only; never held across slow work
 	boxes map[string]*box // by ID.Key()
-	// pids is what the running sandboxes' pids limits add up to, kept
-	// within cfg.Ceilings.Pids.
-	pids int
+	// startingPids is what the pids limits of the sandboxes starting now
+	// add up to (holdPids).
+	startingPids int
 	// warm are the sandboxes started ahead of time, by handle (pool.go).
 	warm    map[string]*box
 	warmSeq int
@@ -169,7 +169,6 @@ type box struct {
 	cgroups  bool          // the sandbox's cgroups exist (from Start to Stop)
 	disk     *disk         // the sandbox's own file system, if its spec has a size
 	slot     int           // its host id range (userns.go); 0: none, it runs as the host's root
-	pids     int           // what the box counts in Engine.pids
 	link     *network.Link // the sandbox's network while it runs with one (network.go)
 }
 
@@ -544,11 +543,12 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	unavailable := func(what string, err error) error {
 		return fmt.Errorf("sandbox %s: %s: %w: %w", b, what, err, errdefs.ErrUnavailable)
 	}
-	if err := e.holdPids(b); err != nil {
+	started, err := e.holdPids(b)
+	if err != nil {
 		return err
 	}
+	defer started()
 	if err := e.cg.take(key, specLimits(b.spec)); err != nil {
-		e.releasePids(b)
 		return unavailable("cgroups", err)
 	}
 	b.cgroups = true
@@ -893,35 +893,36 @@ func (e *Engine) releaseCgroups(b *box) error {
 		return err
 	}
 	b.cgroups = false
-	e.releasePids(b)
 	return nil
 }
 
-// holdPids counts the pids limit of the sandbox b is starting in what the
-// running sandboxes hold, or returns an error of class Exhausted when that
-// would pass the server's ceiling. Admitting no more than the ceiling keeps
-// every sandbox's processes within its own limit, where its portal keeps
-// a reserve (pidsReserve): the ceiling on the parent cgroup is only the
-// kernel's backstop, at which any sandbox's portal could fail to make a
-// thread.
-func (e *Engine) holdPids(b *box) error {
+// holdPids admits the start of sandbox b under the server's pids ceiling
+// (total_pids): the processes all sandboxes run now, plus the limits of
+// the starts under way, plus b's own limit, must fit under it, so that b
+// can reach its own limit (where its fork fails and its portal keeps a
+// reserve, pidsReserve) whatever the others do at that moment. Idle
+// sandboxes run a few processes each, so a thousand of them fit where the
+// sum of their limits would not; what keeps sandboxes that all fork at
+// once from meeting at the ceiling is the namespaces' quotas (README:
+// Totals). It returns the function that ends the start's claim, or an
+// error of class Exhausted.
+func (e *Engine) holdPids(b *box) (func(), error) {
+	limit := e.cfg.Ceilings.Pids
+	if limit <= 0 {
+		return func() {}, nil
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	limit := e.cfg.Ceilings.Pids
-	if limit > 0 && e.pids+b.spec.Pids > limit {
-		return fmt.Errorf("sandbox %s: %w", b.id, errdefs.Exhaustedf("the running sandboxes may hold %d processes together, and this one %d more, over the server's ceiling of %d (total_pids in config.toml): stop a sandbox, or raise total_pids", e.pids, b.spec.Pids, limit))
+	cur := e.cg.pidsCurrent()
+	if cur+e.startingPids+b.spec.Pids > limit {
+		return nil, fmt.Errorf("sandbox %s: %w", b, errdefs.Exhaustedf("the running sandboxes hold %d processes together and starting ones may take %d, so this one's %d would pass the server's ceiling of %d (total_pids in config.toml): stop a sandbox, or raise total_pids", cur, e.startingPids, b.spec.Pids, limit))
 	}
-	e.pids += b.spec.Pids
-	b.pids = b.spec.Pids
-	return nil
-}
-
-// releasePids gives back what holdPids counted for b.
-func (e *Engine) releasePids(b *box) {
-	e.mu.Lock()
-	e.pids -= b.pids
-	e.mu.Unlock()
-	b.pids = 0
+	e.startingPids += b.spec.Pids
+	return func() {
+		e.mu.Lock()
+		e.startingPids -= b.spec.Pids
+		e.mu.Unlock()
+	}, nil
 }
 
 // Stop kills every process in the sandbox and releases its cgroups; its
@@ -977,7 +978,6 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 			errs = append(errs, err)
 		} else {
 			b.cgroups = false
-			e.releasePids(b)
 		}
 		if err := e.cg.removeLegacyUnified(b.handle); err != nil {
 			errs = append(errs, err)
