@@ -20,32 +20,46 @@ import (
 	"github.com/msb-dev/msb/sandbox/sandboxtest"
 )
 
-// BenchmarkLifecycle measures one sandbox's whole life, phase by phase,
-// and reports each phase's median:
-// go test ./sandbox/linux -run '^$' -bench Lifecycle -benchtime 200x.
-func BenchmarkLifecycle(b *testing.B) {
-	home := b.TempDir()
-	parent := "msb-bench-" + strconv.Itoa(os.Getpid())
-	defer func() {
+// benchEngine returns a Linux engine of its own (name tells engines of
+// one benchmark apart), removed with its cgroups when b ends.
+func benchEngine(b *testing.B, name string, userns bool) *linux.Engine {
+	home := filepath.Join(b.TempDir(), name)
+	parent := "msb-bench-" + name + strconv.Itoa(os.Getpid())
+	b.Cleanup(func() {
 		dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", parent))
 		for _, d := range dirs {
 			os.Remove(d)
 		}
-	}()
+	})
 	e, err := linux.New(linux.Config{
-		StateDir:     filepath.Join(home, "run"),
-		SandboxDir:   filepath.Join(home, "sandboxes"),
-		PortalBinary: msbBin,
-		CgroupParent: parent,
+		StateDir:       filepath.Join(home, "run"),
+		SandboxDir:     filepath.Join(home, "sandboxes"),
+		PortalBinary:   msbBin,
+		CgroupParent:   parent,
+		UserNamespaces: userns,
 	})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer e.Close()
+	b.Cleanup(func() { e.Close() })
+	return e
+}
+
+// hostRoot is the root file system of the host image.
+func hostRoot(b *testing.B) sandbox.RootFS {
 	root, err := image.Host()
 	if err != nil {
 		b.Fatal(err)
 	}
+	return root
+}
+
+// BenchmarkLifecycle measures one sandbox's whole life, phase by phase,
+// and reports each phase's median:
+// go test ./sandbox/linux -run '^$' -bench Lifecycle -benchtime 200x.
+func BenchmarkLifecycle(b *testing.B) {
+	e := benchEngine(b, "", false)
+	root := hostRoot(b)
 	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 512, CPUs: 1, Pids: 1024}
 	ctx := context.Background()
 	var create, start, execTrue, remove []time.Duration
@@ -85,28 +99,8 @@ func BenchmarkLifecycle(b *testing.B) {
 // the prestart is not timed:
 // go test ./sandbox/linux -run '^$' -bench Adopt -benchtime 200x.
 func BenchmarkAdopt(b *testing.B) {
-	home := b.TempDir()
-	parent := "msb-bench-" + strconv.Itoa(os.Getpid())
-	defer func() {
-		dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", parent))
-		for _, d := range dirs {
-			os.Remove(d)
-		}
-	}()
-	e, err := linux.New(linux.Config{
-		StateDir:     filepath.Join(home, "run"),
-		SandboxDir:   filepath.Join(home, "sandboxes"),
-		PortalBinary: msbBin,
-		CgroupParent: parent,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer e.Close()
-	root, err := image.Host()
-	if err != nil {
-		b.Fatal(err)
-	}
+	e := benchEngine(b, "", false)
+	root := hostRoot(b)
 	warm := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 64, CPUs: 1, Pids: 1024}
 	warm.Root.Dirs = append(warm.Root.Dirs, "workspace")
 	ctx := context.Background()
@@ -155,28 +149,8 @@ func median(d []time.Duration) float64 {
 // (getrusage of the process and of its reaped children, the inits):
 // go test ./sandbox/linux -run '^$' -bench Throughput -benchtime 400x.
 func BenchmarkThroughput(b *testing.B) {
-	home := b.TempDir()
-	parent := "msb-bench-" + strconv.Itoa(os.Getpid())
-	defer func() {
-		dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", parent))
-		for _, d := range dirs {
-			os.Remove(d)
-		}
-	}()
-	e, err := linux.New(linux.Config{
-		StateDir:     filepath.Join(home, "run"),
-		SandboxDir:   filepath.Join(home, "sandboxes"),
-		PortalBinary: msbBin,
-		CgroupParent: parent,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer e.Close()
-	root, err := image.Host()
-	if err != nil {
-		b.Fatal(err)
-	}
+	e := benchEngine(b, "", false)
+	root := hostRoot(b)
 	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 512, CPUs: 1, Pids: 1024}
 	ctx := context.Background()
 	workers := 2 * runtime.NumCPU()
@@ -234,33 +208,8 @@ func BenchmarkThroughput(b *testing.B) {
 // first:
 // go test ./sandbox/linux -run '^$' -bench IsolationStart -benchtime 100x.
 func BenchmarkIsolationStart(b *testing.B) {
-	home := b.TempDir()
-	newEngine := func(name string, userns bool) *linux.Engine {
-		parent := "msb-bench-" + name + "-" + strconv.Itoa(os.Getpid())
-		b.Cleanup(func() {
-			dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", parent))
-			for _, d := range dirs {
-				os.Remove(d)
-			}
-		})
-		e, err := linux.New(linux.Config{
-			StateDir:       filepath.Join(home, name, "run"),
-			SandboxDir:     filepath.Join(home, name, "sandboxes"),
-			PortalBinary:   msbBin,
-			CgroupParent:   parent,
-			UserNamespaces: userns,
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { e.Close() })
-		return e
-	}
-	plain, userns := newEngine("plain", false), newEngine("userns", true)
-	root, err := image.Host()
-	if err != nil {
-		b.Fatal(err)
-	}
+	plain, userns := benchEngine(b, "plain", false), benchEngine(b, "userns", true)
+	root := hostRoot(b)
 	ctx := context.Background()
 	variants := []struct {
 		name string
