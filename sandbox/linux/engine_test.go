@@ -61,6 +61,21 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// crashEngine is the engine of a test binary run as a server to be
+// killed (cfgJSON: its Config), and the host image's root.
+func crashEngine(cfgJSON string) (*linux.Engine, sandbox.RootFS, error) {
+	var cfg linux.Config
+	if err := json.Unmarshal([]byte(cfgJSON), &cfg); err != nil {
+		return nil, sandbox.RootFS{}, err
+	}
+	e, err := linux.New(cfg)
+	if err != nil {
+		return nil, sandbox.RootFS{}, err
+	}
+	root, err := image.Host()
+	return e, root, err
+}
+
 // crashServerEnv makes the test binary a server that starts one sandbox
 // and waits to be killed; its value is the engine's Config as JSON.
 const crashServerEnv = "MSB_TEST_CRASH_SERVER"
@@ -69,15 +84,7 @@ var crashID, _ = sandbox.ParseID("crash", "victim")
 
 func crashServer(cfgJSON string) {
 	fail := func(err error) { fmt.Fprintln(os.Stderr, "crash server:", err); os.Exit(1) }
-	var cfg linux.Config
-	if err := json.Unmarshal([]byte(cfgJSON), &cfg); err != nil {
-		fail(err)
-	}
-	e, err := linux.New(cfg)
-	if err != nil {
-		fail(err)
-	}
-	root, err := image.Host()
+	e, root, err := crashEngine(cfgJSON)
 	if err != nil {
 		fail(err)
 	}

@@ -107,15 +107,7 @@ var crashPoolID, _ = sandbox.ParseID("crash", "pooled")
 
 func crashPoolServer(cfgJSON string) {
 	fail := func(err error) { fmt.Fprintln(os.Stderr, "crash pool server:", err); os.Exit(1) }
-	var cfg linux.Config
-	if err := json.Unmarshal([]byte(cfgJSON), &cfg); err != nil {
-		fail(err)
-	}
-	e, err := linux.New(cfg)
-	if err != nil {
-		fail(err)
-	}
-	root, err := image.Host()
+	e, root, err := crashEngine(cfgJSON)
 	if err != nil {
 		fail(err)
 	}
