@@ -356,6 +356,22 @@ func (e *Engine) forget(b *box) {
 	e.mu.Unlock()
 }
 
+// withDefaults checks id and returns its key and spec with the defaults
+// of what it leaves out: the working directory /, the hostname id's name.
+func withDefaults(id sandbox.ID, spec sandbox.Spec) (string, sandbox.Spec, error) {
+	key := id.Key()
+	if id.IsZero() || !validKey(key) {
+		return "", spec, fmt.Errorf("sandbox %s: bad sandbox ID: %w", id, errdefs.ErrInvalid)
+	}
+	if spec.Workdir == "" {
+		spec.Workdir = "/"
+	}
+	if spec.Hostname == "" {
+		spec.Hostname = id.Name()
+	}
+	return key, spec, nil
+}
+
 // Create prepares the sandbox: its directory under SandboxDir and, for an
 // image with layers, the record of the layers it uses. The root file
 // system is built by the sandbox's init at its first start, inside the
@@ -366,15 +382,9 @@ func (e *Engine) forget(b *box) {
 // sandbox already exists (or an earlier server left it behind), and the
 // file system's error when the directory cannot be made.
 func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) error {
-	key := id.Key()
-	if id.IsZero() || !validKey(key) {
-		return fmt.Errorf("sandbox %s: bad sandbox ID: %w", id, errdefs.ErrInvalid)
-	}
-	if spec.Workdir == "" {
-		spec.Workdir = "/"
-	}
-	if spec.Hostname == "" {
-		spec.Hostname = id.Name()
+	key, spec, err := withDefaults(id, spec)
+	if err != nil {
+		return err
 	}
 	if err := checkSpec(spec); err != nil {
 		return fmt.Errorf("sandbox %s: %w", id, err)

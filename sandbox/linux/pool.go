@@ -130,15 +130,9 @@ func (e *Engine) Prestart(ctx context.Context, spec sandbox.Spec) (string, error
 // setting cannot be applied. On any error but the first the sandbox is
 // deleted.
 func (e *Engine) Adopt(ctx context.Context, handle string, id sandbox.ID, spec sandbox.Spec) error {
-	key := id.Key()
-	if id.IsZero() || !validKey(key) {
-		return fmt.Errorf("sandbox %s: bad sandbox ID: %w", id, errdefs.ErrInvalid)
-	}
-	if spec.Workdir == "" {
-		spec.Workdir = "/"
-	}
-	if spec.Hostname == "" {
-		spec.Hostname = id.Name()
+	key, spec, err := withDefaults(id, spec)
+	if err != nil {
+		return err
 	}
 	e.mu.Lock()
 	b := e.warm[handle]
