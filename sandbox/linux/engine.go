@@ -243,7 +243,11 @@ func New(cfg Config) (*Engine, error) {
 	if err := os.Mkdir(mountPoint, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("linux engine: %w", err)
 	}
-	l, err := newLauncher(cfg.PortalBinary, cg)
+	netnsPool := defaultNetnsPool
+	if cfg.UserNamespaces {
+		netnsPool = 0
+	}
+	l, err := newLauncher(cfg.PortalBinary, cg, netnsPool)
 	if err != nil {
 		return nil, fmt.Errorf("linux engine: %w", err)
 	}

@@ -86,13 +86,17 @@ type spawnRes struct {
 // resolves /proc/self/fd/N), and out of the way of most others.
 const exeFDMin = 1000
 
-func newLauncher(binary string, cg *cgroups) (*launcher, error) {
+// newLauncher returns the launcher of binary; netnsPool network
+// namespaces wait ready for inits that step into one (none when every
+// sandbox gets a user namespace, whose root must own its network
+// namespace, made at the clone).
+func newLauncher(binary string, cg *cgroups, netnsPool int) (*launcher, error) {
 	exe, err := sealedCopy(binary)
 	if err != nil {
 		return nil, fmt.Errorf("copying %s into memory: %w", binary, err)
 	}
 	l := &launcher{exe: exe, exePath: "/proc/self/fd/" + strconv.Itoa(int(exe.Fd())), caps: sandboxCaps(cg.v2), cg: cg,
-		netns: newNetnsPool(defaultNetnsPool), reqs: make(chan spawnReq)}
+		netns: newNetnsPool(netnsPool), reqs: make(chan spawnReq)}
 	if l.devNull, err = os.Open(os.DevNull); err != nil {
 		l.close()
 		return nil, err
