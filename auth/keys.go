@@ -330,7 +330,11 @@ func (a *Authenticator) principal(ctx context.Context, k Key, now func() time.Ti
 		if err != nil {
 			return Principal{}, err
 		}
-		if anc.ReplacedBy == "" && anc.RevokedAt(now()) {
+		revoked, err := a.familyRevoked(ctx, anc, now())
+		if err != nil {
+			return Principal{}, err
+		}
+		if revoked {
 			return Principal{}, ErrFamilyRevoked
 		}
 		if a.Registry.isSpent(anc) {
@@ -340,6 +344,26 @@ func (a *Authenticator) principal(ctx context.Context, k Key, now func() time.Ti
 		parent = anc.Parent
 	}
 	return p, nil
+}
+
+// familyRevoked reports whether the keys made from anc lost it: anc was
+// revoked, or rotated (its family passes to its successor) to a key that
+// was revoked, following the chain of rotations.
+func (a *Authenticator) familyRevoked(ctx context.Context, anc Key, now time.Time) (bool, error) {
+	for range maxAncestry {
+		if anc.ReplacedBy == "" {
+			return anc.RevokedAt(now), nil
+		}
+		next, err := a.Registry.lookup(ctx, anc.ReplacedBy)
+		if errors.Is(err, ErrKeyNotFound) {
+			return anc.RevokedAt(now), nil
+		}
+		if err != nil {
+			return false, err
+		}
+		anc = next
+	}
+	return false, nil
 }
 
 // Identify returns the id and label of the issued key that key is, even

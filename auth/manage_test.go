@@ -564,7 +564,8 @@ func TestRevokeReachesTheFamily(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Rotate(ctx, rp, rp.KeyID, 0); err != nil {
+	rot, err := m.Rotate(ctx, rp, rp.KeyID, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := authn(rotText); err == nil {
@@ -572,6 +573,25 @@ func TestRevokeReachesTheFamily(t *testing.T) {
 	}
 	if _, err := authn(kidText); err != nil {
 		t.Errorf("the child of a rotated key: %v, want it working", err)
+	}
+	// The family passed to the successor: rotated again, then revoked,
+	// it takes the old key's children with it.
+	sp, err := authn(rot.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rot2, err := m.Rotate(ctx, sp, sp.KeyID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := authn(kidText); err != nil {
+		t.Errorf("the child of a key rotated twice: %v, want it working", err)
+	}
+	if _, err := h.reg.Revoke(ctx, rot2.New.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := authn(kidText); !errors.Is(err, auth.ErrFamilyRevoked) {
+		t.Errorf("the child of a rotated key whose last successor was revoked: %v, want ErrFamilyRevoked", err)
 	}
 
 	// A keys:manage-only key cannot revoke its namespace's admin key.
