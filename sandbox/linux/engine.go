@@ -260,7 +260,7 @@ func New(cfg Config) (*Engine, error) {
 		l:             l,
 		templates:     tmpl,
 		disks:         dsk,
-		ids:           newIDMaps(),
+		ids:           newIDMaps(slotLockDir),
 		mountPoint:    mountPoint,
 		trash:         bin,
 		dynamicPortal: dynamic,

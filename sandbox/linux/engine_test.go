@@ -18,6 +18,7 @@ import (
 	"github.com/msb-dev/msb/sandbox/linux"
 	"github.com/msb-dev/msb/sandbox/portal"
 	"github.com/msb-dev/msb/sandbox/sandboxtest"
+	"golang.org/x/sys/unix"
 )
 
 // msbBin is msb itself, built as the README builds it: the init and portal
@@ -293,5 +294,85 @@ func removeCgroupParent(t *testing.T, parent string) {
 		if err := os.Remove(d); err != nil {
 			t.Errorf("cgroup parent left: %v", err)
 		}
+	}
+}
+
+// Two servers of different homes on one host never give their sandboxes
+// the same host id range: a range in use is locked host-wide, and free
+// again once its sandbox is deleted.
+func TestIDRangesAreHostWide(t *testing.T) {
+	root, err := image.Host()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	spec := sandbox.Spec{Root: root, Workdir: "/", MemoryMiB: 64, CPUs: 1, Pids: 64}
+	slotOf := func(cfg linux.Config, id sandbox.ID) string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(cfg.SandboxDir, id.Key(), "slot"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	var cfgs []linux.Config
+	var engines []*linux.Engine
+	for _, prefix := range []string{"msb-idA", "msb-idB"} {
+		cfg := testConfig(t, t.TempDir(), prefix)
+		cfg.UserNamespaces = true
+		e, err := linux.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		cfgs, engines = append(cfgs, cfg), append(engines, e)
+	}
+	seen := map[string]string{}
+	for i, e := range engines {
+		for _, name := range []string{"one", "two"} {
+			id := sandboxtest.ID(t, "team", fmt.Sprintf("%s%d", name, i))
+			if err := e.Create(ctx, id, spec); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { e.Delete(ctx, id) })
+			s := slotOf(cfgs[i], id)
+			if other, ok := seen[s]; ok {
+				t.Fatalf("%s and %s have the same id range %s", other, id, s)
+			}
+			seen[s] = id.String()
+		}
+	}
+	// The lock of a range is held while its sandbox exists, and released
+	// when it is deleted.
+	first := sandboxtest.ID(t, "team", "one0")
+	freed := slotOf(cfgs[0], first)
+	// Whether this process holds the range's flock, in /proc/locks
+	// ("1: FLOCK ADVISORY WRITE <pid> <maj>:<min>:<inode> 0 EOF"); other
+	// tests' servers may take the range as soon as it is free.
+	locked := func() bool {
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join("/run/msb/id-ranges", freed), &st); err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile("/proc/locks")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Fields(line)
+			if len(f) >= 6 && f[1] == "FLOCK" && f[4] == strconv.Itoa(os.Getpid()) && strings.HasSuffix(f[5], ":"+strconv.FormatUint(st.Ino, 10)) {
+				return true
+			}
+		}
+		return false
+	}
+	if !locked() {
+		t.Fatalf("id range %s of a live sandbox is not locked", freed)
+	}
+	if err := engines[0].Delete(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	if locked() {
+		t.Fatalf("id range %s is still locked after its sandbox was deleted", freed)
 	}
 }

@@ -45,29 +45,69 @@ func hostID(slot int) int { return idBase + slot*idRange }
 // idmaps hands out slots and keeps, per slot, a user namespace mapping the
 // sandbox's ids (0→S) and one mapping the volume range (idBase→S), for
 // idmapped mounts. Those are made on first use and kept: a slot's
-// mappings never change.
+// mappings never change. A slot in use is also locked host-wide (an flock
+// on a file of lockDir, held while the sandbox exists), so that two msb
+// servers on one host (of different homes) never give two sandboxes the
+// same ids.
 type idmaps struct {
-	mu     sync.Mutex
-	used   map[int]bool
-	ns     map[int]*os.File
-	volume map[int]*os.File
+	lockDir string
+	mu      sync.Mutex
+	used    map[int]bool
+	locks   map[int]*os.File
+	ns      map[int]*os.File
+	volume  map[int]*os.File
 }
 
-func newIDMaps() *idmaps {
-	return &idmaps{used: map[int]bool{}, ns: map[int]*os.File{}, volume: map[int]*os.File{}}
+// slotLockDir holds the host-wide locks of the id ranges in use.
+const slotLockDir = "/run/msb/id-ranges"
+
+func newIDMaps(lockDir string) *idmaps {
+	return &idmaps{lockDir: lockDir, used: map[int]bool{}, locks: map[int]*os.File{}, ns: map[int]*os.File{}, volume: map[int]*os.File{}}
 }
 
-// take returns a free slot, or an error of class Exhausted.
+// take returns a free slot, or an error of class Exhausted (or
+// Unavailable when the locks cannot be taken).
 func (m *idmaps) take() (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for n := 1; n <= maxSlots; n++ {
-		if !m.used[n] {
+		if m.used[n] {
+			continue
+		}
+		ok, err := m.lockLocked(n)
+		if err != nil {
+			return 0, fmt.Errorf("user id ranges: %w: %w", err, errdefs.ErrUnavailable)
+		}
+		if ok {
 			m.used[n] = true
 			return n, nil
 		}
 	}
-	return 0, errdefs.Exhaustedf("every one of the server's %d user id ranges is in use: delete sandboxes first", maxSlots)
+	return 0, errdefs.Exhaustedf("every one of the %d user id ranges of this host is in use (by this server or another msb server): delete sandboxes first", maxSlots)
+}
+
+// lockLocked takes the host-wide lock of slot n (m.mu held); false when
+// another server (or another engine of this process) holds it.
+func (m *idmaps) lockLocked(n int) (bool, error) {
+	if m.locks[n] != nil {
+		return true, nil
+	}
+	if err := os.MkdirAll(m.lockDir, 0o700); err != nil {
+		return false, err
+	}
+	fd, err := unix.Open(filepath.Join(m.lockDir, strconv.Itoa(n)), unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return false, err
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return false, nil
+		}
+		return false, err
+	}
+	m.locks[n] = os.NewFile(uintptr(fd), "id range lock")
+	return true, nil
 }
 
 // slotFile, in a sandbox's directory, records its slot, so that the
@@ -91,6 +131,10 @@ func (m *idmaps) reserve(dir string) int {
 	}
 	m.mu.Lock()
 	m.used[n] = true
+	// Taken back if no one took it since the crash; if another server
+	// did, the slot stays out of this server's use all the same until the
+	// leftover is deleted.
+	m.lockLocked(n)
 	m.mu.Unlock()
 	return n
 }
@@ -101,6 +145,10 @@ func (m *idmaps) free(slot int) {
 	}
 	m.mu.Lock()
 	delete(m.used, slot)
+	if f := m.locks[slot]; f != nil {
+		f.Close()
+		delete(m.locks, slot)
+	}
 	m.mu.Unlock()
 }
 
@@ -127,7 +175,7 @@ func (m *idmaps) userns(slot int, volume bool) (*os.File, error) {
 func (m *idmaps) close() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, c := range []map[int]*os.File{m.ns, m.volume} {
+	for _, c := range []map[int]*os.File{m.ns, m.volume, m.locks} {
 		for k, f := range c {
 			f.Close()
 			delete(c, k)
