@@ -231,6 +231,7 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		TotalPids:      orDefault(s.cfg.TotalPids, hostPids()*3/4),
 		UserNamespaces: s.cfg.UserNamespaces,
 		TotalMemoryMiB: orDefault(s.cfg.TotalMemory, hostMemoryMiB()*3/4),
+		ReadyDiskMiB:   s.cfg.DefaultDisk,
 	})
 	if err != nil {
 		return err

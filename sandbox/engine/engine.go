@@ -38,7 +38,10 @@ type Options struct {
 	// (its root an unprivileged host id); volumes' files are then owned
 	// on the host from VolumeOwner up.
 	UserNamespaces bool
-	Log            *slog.Logger
+	// ReadyDiskMiB is the disk size (MiB) of which disks are made ahead
+	// (the default disk); 0: none.
+	ReadyDiskMiB int
+	Log          *slog.Logger
 }
 
 // Engine is an opened engine: what the sandbox service drives, and what
@@ -64,7 +67,8 @@ var drivers = map[string]driver{
 		open: func(o Options) (Engine, error) {
 			return linux.New(linux.Config{StateDir: o.StateDir, SandboxDir: o.SandboxDir, PortalBinary: o.PortalBinary,
 				CgroupParent: o.CgroupParent, LayerLock: o.LayerLock, Log: o.Log,
-				Ceilings: linux.Ceilings{Pids: o.TotalPids, MemoryMiB: o.TotalMemoryMiB}, UserNamespaces: o.UserNamespaces})
+				Ceilings: linux.Ceilings{Pids: o.TotalPids, MemoryMiB: o.TotalMemoryMiB}, UserNamespaces: o.UserNamespaces,
+				ReadyDiskMiB: o.ReadyDiskMiB})
 		},
 		layersInUse: linux.LayersInUse,
 	},

@@ -37,6 +37,7 @@ func benchEngine(b *testing.B, name string, userns bool) *linux.Engine {
 		PortalBinary:   msbBin,
 		CgroupParent:   parent,
 		UserNamespaces: userns,
+		ReadyDiskMiB:   2048, // BenchmarkIsolationStart's disks
 	})
 	if err != nil {
 		b.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -61,9 +62,14 @@ const poolImagePrefix = "pool-"
 // asked for ready.
 type disks struct {
 	dir string // <SandboxDir>/.disks
-	mu  sync.Mutex
-	// ready are the templates made by this engine, by file name.
-	ready map[string]bool
+	// readyMiB is the size of which disks are made ahead (0: none).
+	readyMiB int
+	mu       sync.Mutex
+	// ready are the templates made by this engine, by file name, with
+	// when each was last used: at most maxTemplates of sizes other than
+	// readyMiB are kept, so that tenants asking for many sizes cannot
+	// fill the host's disk with templates.
+	ready map[string]time.Time
 	// pool are the disks ready by size (MiB), with their images in dir.
 	pool      map[int][]*disk
 	refilling map[int]bool
@@ -77,18 +83,22 @@ type disks struct {
 // newDisks prepares the template directory, removing partial templates a
 // crash left, and detaches loop devices left attached to images under
 // sandboxDir (belt and braces: AUTOCLEAR detaches them once unused).
-func newDisks(sandboxDir string, log *slog.Logger) (*disks, error) {
-	d := &disks{dir: filepath.Join(sandboxDir, diskTemplateDir), ready: map[string]bool{},
+func newDisks(sandboxDir string, readyMiB int, log *slog.Logger) (*disks, error) {
+	d := &disks{dir: filepath.Join(sandboxDir, diskTemplateDir), readyMiB: readyMiB, ready: map[string]time.Time{},
 		pool: map[int][]*disk{}, refilling: map[int]bool{}}
 	if err := os.MkdirAll(d.dir, 0o700); err != nil {
 		return nil, err
 	}
-	// Partial templates, and ready disks of a server that died (their
-	// loop devices went with its descriptors).
+	// Partial templates, ready disks of a server that died (their loop
+	// devices went with its descriptors), and templates of sizes other
+	// than readyMiB (made again when asked for: evictTemplateLocked
+	// bounds them while the server runs).
 	entries, _ := os.ReadDir(d.dir)
 	for _, e := range entries {
-		if strings.HasSuffix(e.Name(), ".tmp") || strings.HasPrefix(e.Name(), poolImagePrefix) {
-			os.Remove(filepath.Join(d.dir, e.Name()))
+		n := e.Name()
+		if strings.HasSuffix(n, ".tmp") || strings.HasPrefix(n, poolImagePrefix) ||
+			strings.HasPrefix(n, "ext4-") && !strings.HasPrefix(n, fmt.Sprintf("ext4-%d-", readyMiB)) {
+			os.Remove(filepath.Join(d.dir, n))
 		}
 	}
 	if _, err := exec.LookPath("mke2fs"); err != nil {
@@ -140,7 +150,7 @@ func (d *disks) remove() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	os.RemoveAll(d.dir)
-	d.ready = map[string]bool{}
+	d.ready = map[string]time.Time{}
 }
 
 // template returns the template image of a disk of mib MiB and inodes
@@ -150,11 +160,13 @@ func (d *disks) template(mib, inodes int) (string, error) {
 	p := filepath.Join(d.dir, name)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.ready[name] {
+	if _, ok := d.ready[name]; ok {
+		d.ready[name] = time.Now()
 		return p, nil
 	}
+	d.evictTemplateLocked(mib)
 	if _, err := os.Stat(p); err == nil {
-		d.ready[name] = true
+		d.ready[name] = time.Now()
 		return p, nil
 	}
 	mke2fs, err := exec.LookPath("mke2fs")
@@ -183,8 +195,37 @@ func (d *disks) template(mib, inodes int) (string, error) {
 		os.Remove(tmp)
 		return "", err
 	}
-	d.ready[name] = true
+	d.ready[name] = time.Now()
 	return p, nil
+}
+
+// maxTemplates bounds the templates kept of sizes other than readyMiB.
+const maxTemplates = 8
+
+// evictTemplateLocked removes the least recently used template of a size
+// other than readyMiB and mib while maxTemplates of them are kept (d.mu
+// held). A copy from a removed template goes on: it holds it open.
+func (d *disks) evictTemplateLocked(mib int) {
+	keep := func(name string) bool {
+		return strings.HasPrefix(name, fmt.Sprintf("ext4-%d-", d.readyMiB)) || strings.HasPrefix(name, fmt.Sprintf("ext4-%d-", mib))
+	}
+	for {
+		n, oldest := 0, ""
+		for name, used := range d.ready {
+			if keep(name) {
+				continue
+			}
+			n++
+			if oldest == "" || used.Before(d.ready[oldest]) {
+				oldest = name
+			}
+		}
+		if n < maxTemplates {
+			return
+		}
+		os.Remove(filepath.Join(d.dir, oldest))
+		delete(d.ready, oldest)
+	}
 }
 
 // disk is one sandbox's mounted disk.
@@ -218,7 +259,9 @@ func (d *disks) create(dir string, mib int) (*disk, error) {
 			k = nil
 		}
 	}
-	d.refill(mib)
+	if mib == d.readyMiB {
+		d.refill(mib)
+	}
 	if k == nil {
 		var err error
 		if k, err = d.build(img, mib); err != nil {

@@ -62,6 +62,10 @@ type Config struct {
 	// UserNamespaces runs every sandbox in a user namespace of its own,
 	// its root an unprivileged host id (see userns.go).
 	UserNamespaces bool
+	// ReadyDiskMiB is the one disk size (MiB) of which disks are made
+	// ahead (diskPoolSize of them; normally the server's default disk):
+	// a start of another size makes its disk then. 0: none made ahead.
+	ReadyDiskMiB int
 	// Ceilings bound what all the sandboxes hold together, on their
 	// parent cgroup; zero fields: none.
 	Ceilings Ceilings
@@ -235,7 +239,7 @@ func New(cfg Config) (*Engine, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	dsk, err := newDisks(cfg.SandboxDir, log)
+	dsk, err := newDisks(cfg.SandboxDir, cfg.ReadyDiskMiB, log)
 	if err != nil {
 		return nil, fmt.Errorf("linux engine: %w", err)
 	}
