@@ -250,6 +250,9 @@ func New(cfg Config) (*Engine, error) {
 	netnsPool := defaultNetnsPool
 	if cfg.UserNamespaces {
 		netnsPool = 0
+		for _, o := range subordinateOverlaps("/etc/subuid", "/etc/subgid") {
+			log.Warn("a host user's subordinate ids overlap the id ranges of msb's sandboxes: that user's rootless containers could own sandboxes' and volumes' files; move their range above msb's", "entry", o, "msb_ids", fmt.Sprintf("%d-%d", idBase, hostID(maxSlots+1)-1))
+		}
 	}
 	l, err := newLauncher(cfg.PortalBinary, cg, netnsPool)
 	if err != nil {

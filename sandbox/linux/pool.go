@@ -350,6 +350,9 @@ func (e *Engine) removeStaleWarm() {
 		}
 	}
 	for h := range found {
+		// Its id range stays out of use until it is gone: its processes
+		// may still run.
+		slot := e.ids.reserve(filepath.Join(e.cfg.SandboxDir, h))
 		var errs []error
 		if err := e.cg.killInit(h); err != nil {
 			errs = append(errs, err)
@@ -365,6 +368,7 @@ func (e *Engine) removeStaleWarm() {
 			e.log().Warn("cannot remove a pool's sandbox left by an earlier server; the pool's next start of a sandbox tries again", "handle", h, "err", err)
 			continue
 		}
+		e.ids.free(slot)
 		e.log().Info("removed a pool's sandbox left by an earlier server", "handle", h)
 	}
 }

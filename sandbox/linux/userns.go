@@ -110,6 +110,32 @@ func (m *idmaps) lockLocked(n int) (bool, error) {
 	return true, nil
 }
 
+// subordinateOverlaps lists the entries of the subordinate id files
+// (/etc/subuid, /etc/subgid: "user:start:count") whose range overlaps the
+// host ids msb gives sandboxes and volumes.
+func subordinateOverlaps(files ...string) []string {
+	var out []string
+	lo, hi := idBase, hostID(maxSlots+1) // [lo, hi)
+	for _, file := range files {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Split(strings.TrimSpace(line), ":")
+			if len(f) != 3 {
+				continue
+			}
+			start, err1 := strconv.Atoi(f[1])
+			count, err2 := strconv.Atoi(f[2])
+			if err1 == nil && err2 == nil && start < hi && start+count > lo {
+				out = append(out, file+": "+strings.TrimSpace(line))
+			}
+		}
+	}
+	return out
+}
+
 // slotFile, in a sandbox's directory, records its slot, so that the
 // slot of a sandbox a crashed server left stays taken until it is deleted.
 const slotFile = "slot"
