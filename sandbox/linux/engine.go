@@ -564,7 +564,7 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	unavailable := func(what string, err error) error {
 		return fmt.Errorf("sandbox %s: %s: %w: %w", b, what, err, errdefs.ErrUnavailable)
 	}
-	started, err := e.holdPids(b)
+	started, err := e.holdPids(b, b.spec.Pids)
 	if err != nil {
 		return err
 	}
@@ -927,7 +927,7 @@ func (e *Engine) releaseCgroups(b *box) error {
 // once from meeting at the ceiling is the namespaces' quotas (README:
 // Totals). It returns the function that ends the start's claim, or an
 // error of class Exhausted.
-func (e *Engine) holdPids(b *box) (func(), error) {
+func (e *Engine) holdPids(b *box, pids int) (func(), error) {
 	limit := e.cfg.Ceilings.Pids
 	if limit <= 0 {
 		return func() {}, nil
@@ -935,13 +935,13 @@ func (e *Engine) holdPids(b *box) (func(), error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	cur := e.cg.pidsCurrent()
-	if cur+e.startingPids+b.spec.Pids > limit {
-		return nil, fmt.Errorf("sandbox %s: %w", b, errdefs.Exhaustedf("the running sandboxes hold %d processes together and starting ones may take %d, so this one's %d would pass the server's ceiling of %d (total_pids in config.toml): stop a sandbox, or raise total_pids", cur, e.startingPids, b.spec.Pids, limit))
+	if cur+e.startingPids+pids > limit {
+		return nil, fmt.Errorf("sandbox %s: %w", b, errdefs.Exhaustedf("the running sandboxes hold %d processes together and starting ones may take %d, so this one's %d would pass the server's ceiling of %d (total_pids in config.toml): stop a sandbox, or raise total_pids", cur, e.startingPids, pids, limit))
 	}
-	e.startingPids += b.spec.Pids
+	e.startingPids += pids
 	return func() {
 		e.mu.Lock()
-		e.startingPids -= b.spec.Pids
+		e.startingPids -= pids
 		e.mu.Unlock()
 	}, nil
 }

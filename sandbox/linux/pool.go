@@ -159,6 +159,13 @@ func (e *Engine) Adopt(ctx context.Context, handle string, id sandbox.ID, spec s
 	if !b.running() {
 		return fail(fmt.Errorf("pooled sandbox %q is no longer running: %w", handle, errdefs.ErrUnavailable))
 	}
+	// Admitted under total_pids with the start's own limit, as a cold
+	// start is (its few processes already counted).
+	started, err := e.holdPids(b, spec.Pids)
+	if err != nil {
+		return fail(err)
+	}
+	defer started()
 	e.mu.Lock()
 	if e.boxes[key] != nil || e.onDisk(key) {
 		e.mu.Unlock()
