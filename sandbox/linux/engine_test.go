@@ -77,6 +77,37 @@ func crashEngine(cfgJSON string) (*linux.Engine, sandbox.RootFS, error) {
 	return e, root, err
 }
 
+// startCrashServer runs this test binary as a server to be killed (env
+// names its role, cfg is its engine's Config) and returns it with the
+// line it printed once ready.
+func startCrashServer(t *testing.T, env string, cfg linux.Config) (*exec.Cmd, string) {
+	t.Helper()
+	cfgJSON, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := exec.Command(exe, "-test.run=^$") // this test binary
+	server.Env = append(os.Environ(), env+"="+string(cfgJSON))
+	server.Stderr = os.Stderr
+	out, err := server.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := server.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Process.Kill(); server.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("crash server did not get ready: %q, %v", line, err)
+	}
+	return server, line
+}
+
 // crashServerEnv makes the test binary a server that starts one sandbox
 // and waits to be killed; its value is the engine's Config as JSON.
 const crashServerEnv = "MSB_TEST_CRASH_SERVER"
@@ -110,27 +141,9 @@ func crashServer(cfgJSON string) {
 func TestServerCrash(t *testing.T) {
 	home := t.TempDir()
 	cfg := testConfig(t, home, "msb-crash")
-	cfgJSON, _ := json.Marshal(cfg)
-
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := exec.Command(exe, "-test.run=^$") // this test binary
-	server.Env = append(os.Environ(), crashServerEnv+"="+string(cfgJSON))
-	server.Stderr = os.Stderr
-	out, err := server.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := server.Start(); err != nil {
-		t.Fatal(err)
-	}
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || line != "ready\n" {
-		server.Process.Kill()
-		server.Wait()
-		t.Fatalf("crash server did not get ready: %q, %v", line, err)
+	server, line := startCrashServer(t, crashServerEnv, cfg)
+	if line != "ready\n" {
+		t.Fatalf("crash server did not get ready: %q", line)
 	}
 	next, err := linux.New(cfg)
 	if err != nil {

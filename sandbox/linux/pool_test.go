@@ -1,12 +1,9 @@
 package linux_test
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -136,27 +133,10 @@ func crashPoolServer(cfgJSON string) {
 func TestPoolAfterCrash(t *testing.T) {
 	home := t.TempDir()
 	cfg := testConfig(t, home, "msb-pool-crash")
-	cfgJSON, _ := json.Marshal(cfg)
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := exec.Command(exe, "-test.run=^$")
-	server.Env = append(os.Environ(), crashPoolEnv+"="+string(cfgJSON))
-	server.Stderr = os.Stderr
-	out, err := server.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := server.Start(); err != nil {
-		t.Fatal(err)
-	}
-	line, err := bufio.NewReader(out).ReadString('\n')
+	server, line := startCrashServer(t, crashPoolEnv, cfg)
 	handles := strings.Fields(line)
-	if err != nil || len(handles) != 2 {
-		server.Process.Kill()
-		server.Wait()
-		t.Fatalf("crash pool server did not get ready: %q, %v", line, err)
+	if len(handles) != 2 {
+		t.Fatalf("crash pool server did not get ready: %q", line)
 	}
 	server.Process.Kill()
 	server.Wait()
