@@ -59,11 +59,7 @@ func (b *sb) diskUsage() int64 {
 // disk_usage follows the writes without walking the files.
 func TestDiskQuota(t *testing.T) {
 	t.Parallel()
-	home := newHome(t)
-	config := testConfig + "default_disk = 96\nmax_disk = 256\n[quotas]\ndisk = 400\n"
-	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	home := homeWith(t, "default_disk = 96\nmax_disk = 256\n[quotas]\ndisk = 400\n")
 	srv := startServer(t, home)
 	key := keygen(t, home)
 	a := srv.sandbox(key, "disk", "a", map[string]any{"image": "host", "disk": 64})

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/config"
+	"github.com/msb-dev/msb/sandbox/sandboxtest"
 	"github.com/msb-dev/msb/server"
 )
 
@@ -40,11 +41,8 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	msbBin = filepath.Join(dir, "msb")
-	build := exec.Command("go", "build", "-tags", "netgo,osusergo", "-ldflags", `-extldflags "-static"`, "-o", msbBin, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build msb:", err)
+	if msbBin, err = sandboxtest.BuildMSB(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
 	code := m.Run()
@@ -113,8 +111,15 @@ func (s *msbServer) Advance(d time.Duration) {
 // registries, on loopback.
 func newHome(t testing.TB) string {
 	t.Helper()
+	return homeWith(t, "")
+}
+
+// homeWith returns a new home whose config.toml is testConfig followed
+// by extra.
+func homeWith(t testing.TB, extra string) string {
+	t.Helper()
 	home := t.TempDir()
-	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(testConfig), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(testConfig+extra), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return home

@@ -23,11 +23,7 @@ import (
 // addresses are served meanwhile, and the body deadline ends them.
 func TestConnectionLimits(t *testing.T) {
 	t.Parallel()
-	home := newHome(t)
-	config := testConfig + "max_connections = 64\nmax_connections_per_address = 16\n"
-	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	home := homeWith(t, "max_connections = 64\nmax_connections_per_address = 16\n")
 	srv := startServer(t, home, "--body-timeout", "2s")
 	addr := strings.TrimPrefix(srv.URL, "http://")
 	dial := func(from string) (net.Conn, error) {
@@ -106,10 +102,7 @@ func TestConnectionLimits(t *testing.T) {
 // max_calls_per_key; another key is served meanwhile.
 func TestCallsInFlightPerKey(t *testing.T) {
 	t.Parallel()
-	home := newHome(t)
-	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(testConfig+"max_calls_per_key = 2\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	home := homeWith(t, "max_calls_per_key = 2\n")
 	srv := startServer(t, home)
 	key := keygen(t, home, "--namespace", "busy")
 	other := keygen(t, home, "--namespace", "busy")
@@ -150,10 +143,7 @@ func TestCallsInFlightPerKey(t *testing.T) {
 // server's peak memory grows by a bounded amount.
 func TestOutputMemoryIsBounded(t *testing.T) {
 	t.Parallel()
-	home := newHome(t)
-	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(testConfig+"output_memory = 64\nmax_calls_per_key = 64\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	home := homeWith(t, "output_memory = 64\nmax_calls_per_key = 64\n")
 	srv := startProcess(t, home)
 	key := keygen(t, home)
 	box := srv.sandbox(key, "loud", "printer", map[string]any{"image": "host", "memory": 256, "cpus": 2})
@@ -226,12 +216,8 @@ func procStatusKiB(t *testing.T, pid int, field string) int {
 // the sandboxes' parent cgroup.
 func TestTotalPidsCeiling(t *testing.T) {
 	t.Parallel()
-	home := newHome(t)
 	// No warm pool: its waiting sandboxes would hold pids too.
-	config := testConfig + "sandbox_pids = 64\ntotal_pids = 150\ntotal_memory = 4096\n[pool]\nenabled = false\n"
-	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	home := homeWith(t, "sandbox_pids = 64\ntotal_pids = 150\ntotal_memory = 4096\n[pool]\nenabled = false\n")
 	srv := startServer(t, home)
 	key := keygen(t, home)
 	// Idle sandboxes run a few processes: more of them start than their
@@ -292,12 +278,8 @@ func parentCgroup(t *testing.T, home, ctrl, file string) string {
 // process of a sandbox, not of the host, and the server keeps answering.
 func TestTotalMemoryCeiling(t *testing.T) {
 	t.Parallel()
-	home := newHome(t)
 	// No warm pool: its waiting sandboxes would hold memory too.
-	config := testConfig + "total_memory = 300\n[pool]\nenabled = false\n"
-	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	home := homeWith(t, "total_memory = 300\n[pool]\nenabled = false\n")
 	srv := startServer(t, home)
 	key := keygen(t, home)
 	// Each holds 160 MiB, under its own limit of 256: together they pass

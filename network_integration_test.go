@@ -12,8 +12,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -26,11 +24,7 @@ import (
 // [network], then other tables).
 func netHome(t testing.TB, w *networktest.World, extra string) string {
 	t.Helper()
-	home := newHome(t)
-	cfg := testConfig + fmt.Sprintf("[network]\ndns = [%q]\ninterface = %q\n", w.DNS().String(), w.HostIf) + extra
-	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	home := homeWith(t, fmt.Sprintf("[network]\ndns = [%q]\ninterface = %q\n", w.DNS().String(), w.HostIf)+extra)
 	return home
 }
 

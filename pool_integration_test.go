@@ -36,10 +36,7 @@ const poolShare = config.DefaultPoolMemory / config.DefaultPoolSandboxes
 // settings and tables, and the tests' pool.
 func pooledHome(t *testing.T, extra string) string {
 	t.Helper()
-	home := newHome(t)
-	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(testConfig+extra+poolConfig), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	home := homeWith(t, extra+poolConfig)
 	return home
 }
 
@@ -462,10 +459,7 @@ func TestWarmPoolEveryFrontEnd(t *testing.T) {
 // pool.enabled = false: no sandbox waits, every start is cold.
 func TestWarmPoolOff(t *testing.T) {
 	t.Parallel()
-	home := newHome(t)
-	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(testConfig+"[pool]\nenabled = false\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	home := homeWith(t, "[pool]\nenabled = false\n")
 	srv := startServer(t, home)
 	key := keygen(t, home)
 	time.Sleep(300 * time.Millisecond) // a pool would have started filling

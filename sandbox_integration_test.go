@@ -762,10 +762,7 @@ func TestCrashRecoveryWithStuckLeftover(t *testing.T) {
 	t.Parallel()
 	// Sandboxes started cold, left by their keys (TestWarmPoolAfterCrash
 	// has a pooled one held the same way).
-	home := newHome(t)
-	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(testConfig+"[pool]\nenabled = false\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	home := homeWith(t, "[pool]\nenabled = false\n")
 	srv := startProcess(t, home)
 	key := keygen(t, home)
 	for _, name := range []string{"ok", "stuck"} {
@@ -904,11 +901,7 @@ func TestSandboxConfigFields(t *testing.T) {
 // each namespace's usage against its quota.
 func TestNamespaceQuotasServed(t *testing.T) {
 	t.Parallel()
-	home := newHome(t)
-	config := testConfig + "[quotas]\nsandboxes = 1\n[quotas.namespaces.big]\nsandboxes = 3\nmemory = 200\n"
-	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	home := homeWith(t, "[quotas]\nsandboxes = 1\n[quotas.namespaces.big]\nsandboxes = 3\nmemory = 200\n")
 	srv := startProcess(t, home)
 	key := keygen(t, home)
 	one := srv.sandbox(key, "small", "one", map[string]any{"image": "host", "memory": 64})

@@ -23,11 +23,7 @@ func TestSetuidThroughVolumeIsNotRoot(t *testing.T) {
 	for _, userns := range []bool{true, false} {
 		t.Run("user_namespaces="+strconv.FormatBool(userns), func(t *testing.T) {
 			t.Parallel()
-			home := newHome(t)
-			config := testConfig + "user_namespaces = " + strconv.FormatBool(userns) + "\n"
-			if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o600); err != nil {
-				t.Fatal(err)
-			}
+			home := homeWith(t, "user_namespaces = "+strconv.FormatBool(userns)+"\n")
 			srv := startServer(t, home)
 			key := keygen(t, home)
 			b := srv.sandbox(key, "evil", "a", map[string]any{"image": "host", "volumes": []string{"data:/data"}})

@@ -66,20 +66,6 @@ func (c *testClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c
 
 func (c *testClock) Advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
 
-type recorder struct {
-	mu     sync.Mutex
-	events []audit.Event
-}
-
-func (r *recorder) Record(e audit.Event) <-chan struct{} {
-	r.mu.Lock()
-	r.events = append(r.events, e)
-	r.mu.Unlock()
-	done := make(chan struct{})
-	close(done)
-	return done
-}
-
 // Other protocols call Invoke: the scope, namespace and rate checks and the
 // audit apply to them exactly as to JSON-RPC, and a context without a caller
 // may do nothing.
@@ -98,7 +84,7 @@ func TestInvokeCannotBypassChecks(t *testing.T) {
 		"t.exec":    rpc.Method[rpc.Ref]{Scope: auth.ScopeSandboxExec, Changes: true, Target: rpc.TargetSandbox, Handle: handle},
 		"t.noscope": rpc.Method[rpc.Ref]{Handle: handle},
 	}
-	rec := &recorder{}
+	rec := &authtest.Audit{}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv := rpc.NewServer(methods, keyGate(signer, reg, auth.NewLimits(reg, auth.Defaults{Rate: ratelimit.Rate{N: 600, Per: time.Minute}}, nil), rec), quiet)
 
@@ -152,10 +138,8 @@ func TestInvokeCannotBypassChecks(t *testing.T) {
 	if ran != 1 {
 		t.Fatalf("handlers ran %d times, want 1", ran)
 	}
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
 	outcomes := map[string]int{}
-	for _, e := range rec.events {
+	for _, e := range rec.Events() {
 		outcomes[e.Outcome]++
 		if e.KeyID != "" && (e.Namespace == "" || e.Sandbox != "s1" || e.Remote != "127.0.0.1") {
 			t.Errorf("audit event without its namespace, sandbox or remote address: %+v", e)
@@ -164,7 +148,7 @@ func TestInvokeCannotBypassChecks(t *testing.T) {
 	// The three calls without a caller, then the exec refusal, the namespace
 	// refusal and the rate refusal; the allowed read is not audited.
 	if outcomes[audit.Forbidden] != 5 || outcomes[audit.RateLimited] != 1 || outcomes[audit.OK] != 0 {
-		t.Fatalf("audit events %+v", rec.events)
+		t.Fatalf("audit events %+v", rec.Events())
 	}
 }
 
@@ -172,7 +156,7 @@ func TestInvokeCannotBypassChecks(t *testing.T) {
 // up to a budget, and the next event recorded counts those left out.
 func TestRefusalFloodIsSampled(t *testing.T) {
 	_, signer, reg := authtest.KeyStore(t)
-	rec := &recorder{}
+	rec := &authtest.Audit{}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	clock := &testClock{t: time.Now()}
 	gate := auth.NewGate(&auth.KeyPolicy{Authn: &auth.Authenticator{Signer: signer, Registry: reg}, Limits: auth.NewLimits(reg, auth.Defaults{}, nil), Auditor: rec},
@@ -195,17 +179,14 @@ func TestRefusalFloodIsSampled(t *testing.T) {
 	for range flood {
 		refuse()
 	}
-	rec.mu.Lock()
-	n := len(rec.events)
-	rec.mu.Unlock()
+	n := len(rec.Events())
 	if n < 60 || n > 70 {
 		t.Fatalf("%d of %d refusals audited, want about 60 (the budget)", n, flood)
 	}
 	clock.Advance(1100 * time.Millisecond) // one more event's worth of budget
 	refuse()
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	last := rec.events[len(rec.events)-1]
+	events := rec.Events()
+	last := events[len(events)-1]
 	if last.Outcome != audit.Unauthenticated || !strings.Contains(last.Detail, "more like it") {
 		t.Fatalf("event after the flood: %+v", last)
 	}

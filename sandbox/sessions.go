@@ -204,17 +204,14 @@ func (h *fileHandle) ReadTo(ctx context.Context, offset, n int64, w io.Writer) (
 	if held {
 		ctx, _ = holdOutput(ctx, h.s.output) // released by the front-end
 	}
-	var werr error
-	got, err := h.f.ReadTo(ctx, offset, n, writerFunc(func(p []byte) (int, error) {
+	dst := &OwnWriter{W: writerFunc(func(p []byte) (int, error) {
 		if held && !TakeOutput(ctx, 2*int64(len(p))) {
-			werr = errdefs.Exhaustedf("the server's memory for call output (output_memory in config.toml) is in use by other calls: retry, or read in smaller parts (length)")
-			return 0, werr
+			return 0, errdefs.Exhaustedf("the server's memory for call output (output_memory in config.toml) is in use by other calls: retry, or read in smaller parts (length)")
 		}
-		k, err := w.Write(p)
-		werr = err
-		return k, err
-	}))
-	if err != nil && werr != nil && errors.Is(err, werr) {
+		return w.Write(p)
+	})}
+	got, err := h.f.ReadTo(ctx, offset, n, dst)
+	if dst.Own(err) {
 		return got, err // the writer's own
 	}
 	return got, h.s.callErr(h.id, h.b, err)
@@ -222,15 +219,9 @@ func (h *fileHandle) ReadTo(ctx context.Context, offset, n int64, w io.Writer) (
 
 func (h *fileHandle) WriteFrom(ctx context.Context, offset int64, r io.Reader) (int64, error) {
 	defer h.s.busy(h.b)()
-	var rerr error
-	got, err := h.f.WriteFrom(ctx, offset, readerFunc(func(p []byte) (int, error) {
-		k, err := r.Read(p)
-		if err != io.EOF {
-			rerr = err
-		}
-		return k, err
-	}))
-	if err != nil && rerr != nil && errors.Is(err, rerr) {
+	src := &OwnReader{R: r}
+	got, err := h.f.WriteFrom(ctx, offset, src)
+	if src.Own(err) {
 		return got, err // the reader's own
 	}
 	return got, h.s.callErr(h.id, h.b, err)
@@ -247,10 +238,6 @@ func (h *fileHandle) Close() error {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
-
-type readerFunc func([]byte) (int, error)
-
-func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
 // Stat implements Sessions. Errors as for Open.
 func (v sessions) Stat(ctx context.Context, id ID, path string, follow bool) (FileInfo, error) {

@@ -11,14 +11,12 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 
 	"github.com/msb-dev/msb/auth"
-	"github.com/msb-dev/msb/auth/audit"
 	"github.com/msb-dev/msb/auth/authtest"
 	"github.com/msb-dev/msb/auth/ratelimit"
 	"github.com/msb-dev/msb/rpc"
@@ -29,34 +27,6 @@ import (
 	"github.com/msb-dev/msb/sandbox/volume"
 )
 
-// recorder is an audit log in memory.
-type recorder struct {
-	mu     sync.Mutex
-	events []audit.Event
-}
-
-func (r *recorder) Record(e audit.Event) <-chan struct{} {
-	r.mu.Lock()
-	r.events = append(r.events, e)
-	r.mu.Unlock()
-	done := make(chan struct{})
-	close(done)
-	return done
-}
-
-// find returns the events whose method is method.
-func (r *recorder) find(method string) []audit.Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []audit.Event
-	for _, e := range r.events {
-		if e.Method == method {
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
 // env is a v1 API on a fake service, served over loopback as the server
 // serves it (mounted on rpc.Server), with keys of a real registry.
 type env struct {
@@ -65,7 +35,7 @@ type env struct {
 	sess  *fakeSessions
 	vols  *volume.Store
 	logs  logfile.Dir
-	audit *recorder
+	audit *authtest.Audit
 	url   string
 	// Keys: of namespace team (every scope), of namespace other, of every
 	// namespace, of team with sandbox:read alone, of team with a rate of
@@ -89,7 +59,7 @@ func newEnv(t *testing.T) *env {
 		return k
 	}
 	read, _ := auth.ParseScopes([]string{"sandbox:read"})
-	e := &env{t: t, svc: newFakeService(), audit: &recorder{}}
+	e := &env{t: t, svc: newFakeService(), audit: &authtest.Audit{}}
 	e.sess = newFakeSessions(e.svc)
 	e.key = issue(auth.IssueOptions{Namespace: "team", Label: "team"})
 	e.other = issue(auth.IssueOptions{Namespace: "other"})

@@ -257,7 +257,7 @@ func TestVolumes(t *testing.T) {
 	e.want(e.do("DELETE", "/v1/volumes/data", e.key, nil), 404, "volume_not_found")
 	for _, route := range []string{"POST /v1/volumes", "DELETE /v1/volumes/{id}", "PUT /v1/volumes/{id}/files/content"} {
 		ok := false
-		for _, ev := range e.audit.find("v1: " + route) {
+		for _, ev := range e.audit.Find("v1: " + route) {
 			ok = ok || ev.Outcome == "ok" && strings.Contains(ev.Detail, "volume data")
 		}
 		if !ok {

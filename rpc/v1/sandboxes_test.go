@@ -52,7 +52,7 @@ func TestAuthentication(t *testing.T) {
 		t.Fatalf("401 without WWW-Authenticate: %v", r.header)
 	}
 	e.want(e.do("GET", "/v1/sandboxes", "msb_not-a-key", nil), 401, "invalid_api_key")
-	if ev := e.audit.find("v1: GET /v1/sandboxes"); len(ev) != 2 || ev[0].Outcome != audit.Unauthenticated {
+	if ev := e.audit.Find("v1: GET /v1/sandboxes"); len(ev) != 2 || ev[0].Outcome != audit.Unauthenticated {
 		t.Fatalf("401s audited as %+v", ev)
 	}
 	// An unknown route is still behind the key.
@@ -75,7 +75,7 @@ func TestAuthentication(t *testing.T) {
 	if last.header.Get("Retry-After") == "" {
 		t.Fatalf("429 without Retry-After: %v", last.header)
 	}
-	if ev := e.audit.find("v1: GET /v1/sandboxes"); ev[len(ev)-1].Outcome != audit.RateLimited {
+	if ev := e.audit.Find("v1: GET /v1/sandboxes"); ev[len(ev)-1].Outcome != audit.RateLimited {
 		t.Fatalf("429 audited as %+v", ev[len(ev)-1])
 	}
 }
@@ -112,8 +112,7 @@ func TestScopes(t *testing.T) {
 		t.Fatalf("a refused call started a sandbox: %d starts", e.svc.starts)
 	}
 	forbidden := 0
-	e.audit.mu.Lock()
-	for _, ev := range e.audit.events {
+	for _, ev := range e.audit.Events() {
 		if ev.Outcome == audit.Forbidden {
 			forbidden++
 			if ev.Namespace != "team" || ev.KeyNamespace != "team" {
@@ -121,7 +120,6 @@ func TestScopes(t *testing.T) {
 			}
 		}
 	}
-	e.audit.mu.Unlock()
 	if forbidden != 8 {
 		t.Fatalf("%d refusals audited, want 8", forbidden)
 	}
@@ -209,12 +207,12 @@ func TestSandboxLifecycle(t *testing.T) {
 
 	// Every change is audited with its namespace and sandbox; reads are not.
 	for _, route := range []string{"POST /v1/sandboxes", "POST /v1/sandboxes/{id}/stop", "DELETE /v1/sandboxes/{id}", "POST /v1/sandboxes/by-name/{name}/start"} {
-		ev := e.audit.find("v1: " + route)
+		ev := e.audit.Find("v1: " + route)
 		if len(ev) == 0 || ev[0].Namespace != "team" || ev[0].Sandbox != "box" || ev[0].KeyID == "" {
 			t.Errorf("%s audited as %+v", route, ev)
 		}
 	}
-	if ev := e.audit.find("v1: GET /v1/sandboxes/by-name/{name}"); len(ev) != 0 {
+	if ev := e.audit.Find("v1: GET /v1/sandboxes/by-name/{name}"); len(ev) != 0 {
 		t.Errorf("reads audited: %+v", ev)
 	}
 }
@@ -237,7 +235,7 @@ func TestStartFailure(t *testing.T) {
 	if m := checkSandbox(t, r.body); m["status"] != "failed" || m["last_failure_message"] != "the engine broke" {
 		t.Fatalf("failed start: %s", r.body)
 	}
-	if ev := e.audit.find("v1: POST /v1/sandboxes"); len(ev) != 1 || ev[0].Outcome != audit.Error {
+	if ev := e.audit.Find("v1: POST /v1/sandboxes"); len(ev) != 1 || ev[0].Outcome != audit.Error {
 		t.Fatalf("failed start audited as %+v", ev)
 	}
 }

@@ -83,10 +83,10 @@ func TestAgentExec(t *testing.T) {
 		t.Fatalf("big: %d bytes", len(r.stdout))
 	}
 
-	if ev := e.audit.find("v1: GET /v1/sandboxes/{id}/agent"); len(ev) != 1 || ev[0].Outcome != audit.OK || ev[0].Sandbox != "box" {
+	if ev := e.audit.Find("v1: GET /v1/sandboxes/{id}/agent"); len(ev) != 1 || ev[0].Outcome != audit.OK || ev[0].Sandbox != "box" {
 		t.Fatalf("upgrade audited as %+v", ev)
 	}
-	ev := e.audit.find("v1: agent exec")
+	ev := e.audit.Find("v1: agent exec")
 	if len(ev) != 7 {
 		t.Fatalf("%d exec events, want 7 (one a request): %+v", len(ev), ev)
 	}
@@ -215,7 +215,7 @@ func TestAgentFiles(t *testing.T) {
 
 	// Mutations are audited, one event each; reads are not.
 	for op, n := range map[string]int{"OpenFile": 2, "Write": 2, "Mkdir": 1, "Copy": 1, "Rename": 1, "Remove": 1, "RemoveDir": 1, "Stat": 0, "List": 0, "Read": 0} {
-		if got := len(e.audit.find("v1: agent fs." + op)); got != n {
+		if got := len(e.audit.Find("v1: agent fs." + op)); got != n {
 			t.Errorf("%s: %d audit events, want %d", op, got, n)
 		}
 	}
@@ -414,7 +414,7 @@ func TestAgentUpgradeRefusals(t *testing.T) {
 	if _, resp, err := e.tryDial(sb.ID, e.key); err == nil || resp == nil || resp.StatusCode != 409 {
 		t.Fatalf("stopped sandbox: %v %v", err, resp)
 	}
-	if got := len(e.audit.find("v1: GET /v1/sandboxes/{id}/agent")); got != 4 {
+	if got := len(e.audit.Find("v1: GET /v1/sandboxes/{id}/agent")); got != 4 {
 		t.Fatalf("%d upgrade events, want 4 (each refusal)", got)
 	}
 }

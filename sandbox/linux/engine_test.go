@@ -50,11 +50,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	msbBin = filepath.Join(dir, "msb")
-	build := exec.Command("go", "build", "-tags", "netgo,osusergo", "-ldflags", `-extldflags "-static"`, "-o", msbBin, "github.com/msb-dev/msb")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build msb:", err)
+	if msbBin, err = sandboxtest.BuildMSB(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
 	code := m.Run()

@@ -196,13 +196,9 @@ type fileHandle struct {
 // ReadTo implements sandbox.FileHandle: at most a small window of the
 // file waits for a slow w. w's own error is returned as it is.
 func (h *fileHandle) ReadTo(ctx context.Context, offset, n int64, w io.Writer) (int64, error) {
-	var werr error
-	got, err := h.f.ReadTo(ctx, offset, n, writerFunc(func(p []byte) (int, error) {
-		k, err := w.Write(p)
-		werr = err
-		return k, err
-	}))
-	if err != nil && werr != nil && errors.Is(err, werr) {
+	dst := &sandbox.OwnWriter{W: w}
+	got, err := h.f.ReadTo(ctx, offset, n, dst)
+	if dst.Own(err) {
 		return got, err
 	}
 	return got, fileErr(h.b, "read", err)
@@ -211,15 +207,9 @@ func (h *fileHandle) ReadTo(ctx context.Context, offset, n int64, w io.Writer) (
 // WriteFrom implements sandbox.FileHandle. r's own error is returned as
 // it is.
 func (h *fileHandle) WriteFrom(ctx context.Context, offset int64, r io.Reader) (int64, error) {
-	var rerr error
-	got, err := h.f.WriteFrom(ctx, offset, readerFunc(func(p []byte) (int, error) {
-		k, err := r.Read(p)
-		if err != io.EOF {
-			rerr = err
-		}
-		return k, err
-	}))
-	if err != nil && rerr != nil && errors.Is(err, rerr) {
+	src := &sandbox.OwnReader{R: r}
+	got, err := h.f.WriteFrom(ctx, offset, src)
+	if src.Own(err) {
 		return got, err
 	}
 	return got, fileErr(h.b, "write", err)
@@ -234,14 +224,6 @@ func (h *fileHandle) Close() error {
 	}
 	return fileErr(h.b, "close", err)
 }
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
-
-type readerFunc func([]byte) (int, error)
-
-func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
 // Stat describes path in the running sandbox id, following a last
 // symlink when follow is set. Errors as for Open.

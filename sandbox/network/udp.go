@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -106,67 +107,51 @@ func (l *Link) acceptUDP(r *udp.ForwarderRequest) *gonet.UDPConn {
 // relayUDP copies datagrams both ways until the flow is idle for
 // UDPIdleTimeout, either side fails, or the link closes.
 func (l *Link) relayUDP(c *gonet.UDPConn, up net.Conn) {
-	var last sync.Mutex
-	lastActive := time.Now()
-	touch := func() { last.Lock(); lastActive = time.Now(); last.Unlock() }
+	var lastActive atomic.Int64 // UnixNano of the last datagram either way
+	lastActive.Store(time.Now().UnixNano())
 	stop := context.AfterFunc(l.ctx, func() { up.Close(); c.Close() })
 	defer stop()
 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		buf := make([]byte, 65535)
-		for {
-			up.SetReadDeadline(time.Now().Add(l.cfg.UDPIdleTimeout))
-			n, err := up.Read(buf)
-			if err != nil {
-				if isTimeout(err) {
-					last.Lock()
-					idle := time.Since(lastActive) >= l.cfg.UDPIdleTimeout
-					last.Unlock()
-					if !idle {
-						continue
-					}
-				}
-				c.Close()
-				return
-			}
-			touch()
-			if !l.throttle(false, n) {
-				continue
-			}
-			l.stats.bytesDown.Add(uint64(n))
-			c.Write(buf[:n])
-		}
+		l.pumpUDP(up, c, false, &lastActive)
+		c.Close()
 	}()
-	buf := make([]byte, 65535)
-	for {
-		c.SetReadDeadline(time.Now().Add(l.cfg.UDPIdleTimeout))
-		n, err := c.Read(buf)
-		if err != nil {
-			if isTimeout(err) {
-				last.Lock()
-				idle := time.Since(lastActive) >= l.cfg.UDPIdleTimeout
-				last.Unlock()
-				if !idle {
-					continue
-				}
-			}
-			break
-		}
-		touch()
-		if !l.throttle(true, n) {
-			continue
-		}
-		l.stats.bytesUp.Add(uint64(n))
-		if _, err := up.Write(buf[:n]); errors.Is(err, net.ErrClosed) {
-			// A refused datagram (ICMP unreachable) is no reason to end
-			// the flow; a closed socket is.
-			break
-		}
-	}
+	l.pumpUDP(c, up, true, &lastActive)
 	up.Close()
 	<-done
+}
+
+// pumpUDP copies datagrams from one side of a flow to the other (up: from
+// the sandbox) until neither side has sent one for UDPIdleTimeout, from
+// fails, or to is closed.
+func (l *Link) pumpUDP(from, to net.Conn, up bool, lastActive *atomic.Int64) {
+	count := &l.stats.bytesDown
+	if up {
+		count = &l.stats.bytesUp
+	}
+	buf := make([]byte, 65535)
+	for {
+		from.SetReadDeadline(time.Now().Add(l.cfg.UDPIdleTimeout))
+		n, err := from.Read(buf)
+		if err != nil {
+			if isTimeout(err) && time.Since(time.Unix(0, lastActive.Load())) < l.cfg.UDPIdleTimeout {
+				continue // the other direction is active
+			}
+			return
+		}
+		lastActive.Store(time.Now().UnixNano())
+		if !l.throttle(up, n) {
+			continue
+		}
+		count.Add(uint64(n))
+		if _, err := to.Write(buf[:n]); errors.Is(err, net.ErrClosed) {
+			// A refused datagram (ICMP unreachable) is no reason to end
+			// the flow; a closed socket is.
+			return
+		}
+	}
 }
 
 // throttle takes n bytes from the direction's bucket; a datagram the

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -209,26 +208,6 @@ func TestFileHandleLimit(t *testing.T) {
 	}
 }
 
-// patternReader gives n bytes of a seeded pseudo-random pattern.
-type patternReader struct {
-	rng *rand.ChaCha8
-	n   int64
-}
-
-func (r *patternReader) Read(p []byte) (int, error) {
-	if r.n == 0 {
-		return 0, io.EOF
-	}
-	p = p[:min(int64(len(p)), r.n)]
-	r.rng.Read(p)
-	r.n -= int64(len(p))
-	return len(p), nil
-}
-
-func pattern(n int64) *patternReader {
-	return &patternReader{rng: rand.NewChaCha8([32]byte{1, 2, 3}), n: n}
-}
-
 // A 64 MiB file goes in and out through bounded memory, however slowly
 // it is consumed.
 func TestFileRoundTripBounded(t *testing.T) {
@@ -237,13 +216,13 @@ func TestFileRoundTripBounded(t *testing.T) {
 	const size = 64 << 20
 	path := filepath.Join(t.TempDir(), "big")
 	want := sha256.New()
-	io.Copy(want, pattern(size))
+	io.Copy(want, sandboxtest.Pattern(size))
 	peak := sandboxtest.HeapPeak(func() {
 		f, err := p.Open(fctx(t), path, sandbox.OpenOptions{Write: true, Create: true})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n, err := f.WriteFrom(fctx(t), 0, pattern(size)); n != size || err != nil {
+		if n, err := f.WriteFrom(fctx(t), 0, sandboxtest.Pattern(size)); n != size || err != nil {
 			t.Fatalf("wrote %d, %v", n, err)
 		}
 		f.Close()

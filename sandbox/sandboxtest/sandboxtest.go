@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	osexec "os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -753,4 +754,17 @@ func ID(tb testing.TB, ns, name string) sandbox.ID {
 		tb.Fatal(err)
 	}
 	return id
+}
+
+// BuildMSB builds the msb binary statically (as the README's set-up does,
+// so it runs inside any image) into dir and returns its path; its build's
+// output goes to stderr.
+func BuildMSB(dir string) (string, error) {
+	bin := filepath.Join(dir, "msb")
+	build := osexec.Command("go", "build", "-tags", "netgo,osusergo", "-ldflags", `-extldflags "-static"`, "-o", bin, "github.com/msb-dev/msb")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return "", fmt.Errorf("build msb: %w", err)
+	}
+	return bin, nil
 }

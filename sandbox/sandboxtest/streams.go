@@ -451,13 +451,14 @@ func (s *suite) checkHeap(t *testing.T, what string, peak uint64) {
 	}
 }
 
-// pattern gives n bytes of a seeded pseudo-random pattern.
+// Pattern gives n bytes of a seeded pseudo-random pattern: the same
+// bytes every time, for data too large to hold.
+func Pattern(n int64) io.Reader { return &pattern{rng: rand.NewChaCha8([32]byte{7}), n: n} }
+
 type pattern struct {
 	rng *rand.ChaCha8
 	n   int64
 }
-
-func newPattern(n int64) *pattern { return &pattern{rng: rand.NewChaCha8([32]byte{7}), n: n} }
 
 func (r *pattern) Read(p []byte) (int, error) {
 	if r.n == 0 {
@@ -626,9 +627,9 @@ func (s *suite) testFiles(t *testing.T) {
 	// 64 MiB in and out, consumed slowly, through bounded memory.
 	const size = 64 << 20
 	want := sha256.New()
-	io.Copy(want, newPattern(size))
+	io.Copy(want, Pattern(size))
 	peak := HeapPeak(func() {
-		if n, err := writeFile(t, fs, id, "/workspace/big", sandbox.OpenOptions{Write: true, Create: true, Truncate: true}, newPattern(size)); n != size || err != nil {
+		if n, err := writeFile(t, fs, id, "/workspace/big", sandbox.OpenOptions{Write: true, Create: true, Truncate: true}, Pattern(size)); n != size || err != nil {
 			t.Fatalf("wrote %d, %v", n, err)
 		}
 		f, err := fs.Open(c, id, "/workspace/big", sandbox.OpenOptions{Read: true})
