@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"path"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -63,6 +64,28 @@ type Volume struct {
 	Host     string // relative to the namespace's first volume root, or absolute inside one of its roots
 	Guest    string // absolute path inside the sandbox
 	ReadOnly bool
+}
+
+// Overlaps reports whether v mounts the host directory dir, a directory
+// in it, or one holding it (such as a namespace's whole root, "."), its
+// relative host path resolved in root and symlinks on either side
+// followed as far as they exist.
+func (v Volume) Overlaps(root, dir string) bool {
+	host := v.Host
+	if !filepath.IsAbs(host) {
+		host = filepath.Join(root, host)
+	}
+	a, b := realPath(host), realPath(dir)
+	return a == b || strings.HasPrefix(a, b+"/") || strings.HasPrefix(b, a+"/") || a == "/" || b == "/"
+}
+
+// realPath is p cleaned, with its symlinks resolved when it exists.
+func realPath(p string) string {
+	p = filepath.Clean(p)
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		return r
+	}
+	return p
 }
 
 // String renders the volume as "host:guest[:ro]".

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -160,7 +159,6 @@ func (h *Handler) mountedBy(c *Call, name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	vol := realPath(volDir)
 	o := sandbox.ListOptions{Limit: 1000}
 	for {
 		recs, next, err := h.svc.List(c.ctx(), c.NS, o)
@@ -172,11 +170,7 @@ func (h *Handler) mountedBy(c *Call, name string) (string, error) {
 				continue
 			}
 			for _, v := range r.Config.Volumes {
-				host := v.Host
-				if !filepath.IsAbs(host) {
-					host = filepath.Join(nsDir, host)
-				}
-				if overlaps(realPath(host), vol) {
+				if v.Overlaps(nsDir, volDir) {
 					return r.ID.Name(), nil
 				}
 			}
@@ -186,21 +180,6 @@ func (h *Handler) mountedBy(c *Call, name string) (string, error) {
 		}
 		o.After = next
 	}
-}
-
-// realPath is p with its symlinks resolved, as far as they exist.
-func realPath(p string) string {
-	p = filepath.Clean(p)
-	if r, err := filepath.EvalSymlinks(p); err == nil {
-		return r
-	}
-	return p
-}
-
-// overlaps reports whether one of the clean paths a and b is the other or
-// inside it.
-func overlaps(a, b string) bool {
-	return a == b || strings.HasPrefix(a, b+"/") || strings.HasPrefix(b, a+"/") || a == "/" || b == "/"
 }
 
 // FileInfo describes a file of a volume.
