@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -171,14 +172,29 @@ func TestServerCrash(t *testing.T) {
 	t.Logf("sandbox gone %v after its server was killed", time.Since(t0))
 	// The init's death makes the kernel kill the rest of the sandbox; they
 	// may take a moment to be reaped, but none may survive.
-	if cgs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/pids", cfg.CgroupParent, crashID.Key(), "cgroup.procs")); len(cgs) == 1 {
+	// Every cgroup of the sandbox counts: its commands run in cgroups of
+	// their own below it.
+	procsIn := func(dir string) string {
+		var all []string
+		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.Name() == "cgroup.procs" {
+				if procs, _ := os.ReadFile(p); len(strings.TrimSpace(string(procs))) > 0 {
+					all = append(all, strings.Fields(string(procs))...)
+				}
+			}
+			return nil
+		})
+		return strings.Join(all, " ")
+	}
+	for _, hier := range []string{"pids", "cpu", "memory"} {
+		dir := filepath.Join("/sys/fs/cgroup", hier, cfg.CgroupParent, crashID.Key())
 		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			procs, _ := os.ReadFile(cgs[0])
-			if len(strings.TrimSpace(string(procs))) == 0 {
+			procs := procsIn(dir)
+			if procs == "" {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Errorf("processes left in the dead server's sandbox 10s after: %q", procs)
+				t.Errorf("processes left in the dead server's sandbox (%s) 10s after: %s", hier, procs)
 				break
 			}
 		}
