@@ -125,19 +125,39 @@ func (c *rpcClient) call(method string, params map[string]any) (json.RawMessage,
 }
 
 // processCPU returns the CPU time the process pid used itself and that of
-// its reaped children (a server's: the sandboxes' inits and all of their
-// processes), from /proc/<pid>/stat.
+// its children (a server's: its spawner, the sandboxes' inits and all of
+// their processes): the reaped ones', and what the living ones and their
+// reaped children used, from /proc/<pid>/stat.
 func processCPU(tb testing.TB, pid int) (self, children time.Duration) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	self, children, err := statCPU(pid)
 	if err != nil {
 		tb.Fatal(err)
+	}
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, t := range tasks {
+		data, _ := os.ReadFile(t)
+		for _, c := range strings.Fields(string(data)) {
+			n, _ := strconv.Atoi(c)
+			if s, ch, err := statCPU(n); err == nil { // a child gone meanwhile is in children
+				children += s + ch
+			}
+		}
+	}
+	return self, children
+}
+
+// statCPU returns the CPU time of process pid and of its reaped children.
+func statCPU(pid int) (self, children time.Duration, err error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
 	}
 	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
 	tick := func(i int) time.Duration {
 		n, _ := strconv.ParseInt(f[i], 10, 64)
 		return time.Duration(n) * time.Second / 100 // USER_HZ
 	}
-	return tick(11) + tick(12), tick(13) + tick(14)
+	return tick(11) + tick(12), tick(13) + tick(14), nil
 }
 
 // machineBusy returns the CPU time all CPUs spent not idle, from /proc/stat.

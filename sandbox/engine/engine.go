@@ -126,6 +126,7 @@ func LayersInUse(name, sandboxDir string) ([]string, error) {
 // package's work: from an init function of package main. This package's
 // own init calls it too.
 func Reexec(args []string, pid int) {
+	linux.MaybeSpawner()
 	linux.MaybeInit()
 	if len(args) > 1 && args[1] == "portal" && pid == 1 {
 		portal.Main()

@@ -21,20 +21,24 @@
 //
 // # Starting a sandbox
 //
-// Start clones the sandbox's init straight into its new namespaces from a
-// spawner thread of the server (launcher): an OS thread kept for that
-// alone, whose bounding set is already the sandbox's and which has
-// no_new_privs and no supplementary groups, so that the init inherits
-// them. Before each clone the spawner moves itself into the sandbox's
-// cgroups by writing "0" to their v1 tasks files, and back afterwards: the
-// init is born in its cgroups (and its cgroup namespace rooted there)
-// without the grace-period wait that moving a process into a v1 cgroup
-// costs after a quiet spell. (On a cgroup v2 host the init is cloned into
-// its cgroup with CLONE_INTO_CGROUP instead.) What can be made ahead of
-// time is: cgroup sets, ready with their device rules and the portal's
-// user pids cgroup (a start renames one to the sandbox's key and writes
-// its limits), and network namespaces with their loopback up (the spawner
-// joins one for the clone), both refilled in the background.
+// Start clones the sandbox's init straight into its new namespaces from the
+// spawner (spawner.go): a small process of msb's binary that the server
+// starts once and that does nothing else, so that a clone copies its few
+// pages rather than the server's and the child holds none of the server's
+// descriptors before its exec. The init is the spawner's child, which the
+// server follows through a pidfd. The spawner's cloning thread has a
+// bounding set that is already the sandbox's, no_new_privs and no
+// supplementary groups, so that the init inherits them. Before each clone
+// it moves itself into the sandbox's cgroups by writing "0" to their v1
+// tasks files, and back afterwards: the init is born in its cgroups (and
+// its cgroup namespace rooted there) without the grace-period wait that
+// moving a process into a v1 cgroup costs after a quiet spell. (On a cgroup
+// v2 host the init is cloned into its cgroup with CLONE_INTO_CGROUP
+// instead.) What can be made ahead of time is: cgroup sets, ready with
+// their device rules and the portal's user pids cgroup (a start renames one
+// to the sandbox's key and writes its limits), and network namespaces with
+// their loopback up (the spawner joins one for the clone), both refilled in
+// the background.
 //
 // The init is the portal binary, msb itself: copied once, when the engine
 // starts, into a sealed memfd, and executed from it as `msb portal` with

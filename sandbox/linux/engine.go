@@ -164,9 +164,9 @@ type box struct {
 	gone     bool       // deleted: the map no longer holds this box
 	leftover bool       // left by an earlier engine: only Stop, Inspect and Delete work
 	spec     sandbox.Spec
-	template string      // the root's lower layer, for a spec without image layers
-	built    bool        // the root has what Spec.Root writes into it
-	proc     *os.Process // the init (the portal), while started
+	template string    // the root's lower layer, for a spec without image layers
+	built    bool      // the root has what Spec.Root writes into it
+	proc     *initProc // the init (the portal), while started
 	client   portalClient
 	done     chan struct{} // closed when the portal has exited; nil before the first Start
 	started  time.Time
@@ -683,8 +683,8 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 		cfg.DiskFD = len(files)
 		files = append(files, d)
 	}
-	if len(files) >= exeFDMin {
-		return fmt.Errorf("sandbox %s: too many volumes: %w", b, errdefs.ErrInvalid)
+	if len(files) > maxInitFiles {
+		return fmt.Errorf("sandbox %s: too many volumes and image mounts (%d descriptors, at most %d): %w", b, len(files), maxInitFiles, errdefs.ErrInvalid)
 	}
 	data, err := json.Marshal(cfg)
 	if err != nil {
@@ -759,6 +759,7 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 			logR.Close()
 		}
 		close(done)
+		proc.release() // its pid may name another process from now on
 	}()
 	client := portal.NewClient(conn)
 	client.SetRlimits(b.spec.Rlimits)

@@ -32,6 +32,7 @@ var msbBin string
 // sandbox, the init and the portal, for the tests that run sandboxes of
 // this very binary, and builds msb for the others.
 func TestMain(m *testing.M) {
+	linux.MaybeSpawner()
 	linux.MaybeInit()
 	if len(os.Args) > 1 && os.Args[1] == portal.ExecRole {
 		portal.ExecMain()
@@ -153,8 +154,23 @@ func TestServerCrash(t *testing.T) {
 		t.Fatalf("sandbox of the live server: %+v, %v", st, err)
 	}
 
+	// The server's children (of any of its threads): its spawner alone.
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", server.Process.Pid))
+	var spawners []int
+	for _, task := range tasks {
+		data, _ := os.ReadFile(task)
+		for _, c := range strings.Fields(string(data)) {
+			pid, _ := strconv.Atoi(c)
+			spawners = append(spawners, pid)
+		}
+	}
+	if len(spawners) != 1 {
+		t.Fatalf("the crash server's children: %v, want its spawner alone", spawners)
+	}
+
 	server.Process.Kill()
 	server.Wait()
+	waitGone(t, spawners[0]) // Pdeathsig
 	t0 := time.Now()
 	for {
 		st, err := next.Inspect(ctx, crashID)

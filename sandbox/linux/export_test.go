@@ -24,3 +24,10 @@ func WritableDir(e *Engine, id sandbox.ID) string {
 	}
 	return "/proc/self/fd/" + strconv.Itoa(int(b.disk.mnt.Fd())) + "/upper"
 }
+
+// SpawnerPid is the pid of the engine's spawner process.
+func SpawnerPid(e *Engine) int {
+	e.l.mu.Lock()
+	defer e.l.mu.Unlock()
+	return e.l.sp.pid
+}

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"strconv"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -53,9 +53,11 @@ const sandboxCloneFlags = unix.CLONE_NEWPID | unix.CLONE_NEWNS | unix.CLONE_NEWU
 // launcher starts sandbox inits. The init is the portal binary, copied
 // once into a sealed memfd (so nothing can change it under a running
 // server, and no sandbox ever sees a path to it), and cloned straight into
-// the sandbox's namespaces by a spawner: an OS thread of the server that
-// does nothing else and whose credentials are prepared once for every
-// sandbox (see spawnerThread).
+// the sandbox's namespaces by the spawner (spawner.go): a small process of
+// the same binary, started once, whose thread's credentials are prepared
+// once for every sandbox. Cloning from it rather than from the server
+// keeps a clone cheap however large the server grows, and leaves nothing
+// of the server's in the child between its clone and its exec.
 type launcher struct {
 	exe     *os.File // the sealed memfd
 	exePath string   // /proc/self/fd/N
@@ -63,26 +65,13 @@ type launcher struct {
 	caps    uint64   // the sandboxes' bounding set
 	cg      *cgroups
 	netns   *netnsPool
-	reqs    chan spawnReq
-	// home are the tasks files of the server's own v1 cgroups, where a
-	// spawner thread returns after every clone.
-	home []*os.File
-}
 
-type spawnReq struct {
-	tasks []*os.File // the sandbox's v1 tasks files, to step into
-	netns *os.File   // a network namespace to step into; nil: a new one
-	attr  *os.ProcAttr
-	res   chan spawnRes
-}
-
-type spawnRes struct {
-	p   *os.Process
-	err error
+	mu sync.Mutex // guards sp, replaced when it has exited
+	sp *spawner
 }
 
 // exeFDMin is the lowest descriptor the memfd may have: above any the init
-// is handed (os.StartProcess moves those to 0..n-1 before the exec, which
+// is handed (the clone moves those to 0..n-1 before the exec, which
 // resolves /proc/self/fd/N), and out of the way of most others.
 const exeFDMin = 1000
 
@@ -96,20 +85,26 @@ func newLauncher(binary string, cg *cgroups, netnsPool int) (*launcher, error) {
 		return nil, fmt.Errorf("copying %s into memory: %w", binary, err)
 	}
 	l := &launcher{exe: exe, exePath: "/proc/self/fd/" + strconv.Itoa(int(exe.Fd())), caps: sandboxCaps(cg.v2), cg: cg,
-		netns: newNetnsPool(netnsPool), reqs: make(chan spawnReq)}
+		netns: newNetnsPool(netnsPool)}
 	if l.devNull, err = os.Open(os.DevNull); err != nil {
 		l.close()
 		return nil, err
 	}
-	if l.home, err = cg.ownTasksFiles(); err != nil {
-		l.close()
-		return nil, fmt.Errorf("the server's own cgroups: %w", err)
-	}
-	if err := l.startSpawner(); err != nil {
+	if l.sp, err = l.startSpawner(); err != nil {
 		l.close()
 		return nil, err
 	}
 	return l, nil
+}
+
+// startSpawner starts a spawner process (spawner.go).
+func (l *launcher) startSpawner() (*spawner, error) {
+	home, err := l.cg.ownTasksFiles()
+	if err != nil {
+		return nil, fmt.Errorf("the server's own cgroups: %w", err)
+	}
+	defer closeAll(home)
+	return startSpawner(l.exe, home, l.caps)
 }
 
 // sealedCopy copies the binary into a memfd sealed against any change, at
@@ -149,10 +144,14 @@ func sealedCopy(binary string) (*os.File, error) {
 	return os.NewFile(uintptr(hi), "msb-memfd"), nil
 }
 
-// close ends the spawner thread and frees the memfd; the launcher must not
-// be used afterwards.
+// close stops the spawner and frees the memfd; the launcher must not be
+// used afterwards. Inits already started run on.
 func (l *launcher) close() {
-	close(l.reqs) // the spawner goroutine returns, locked: its thread ends
+	l.mu.Lock()
+	if l.sp != nil {
+		l.sp.close()
+	}
+	l.mu.Unlock()
 	l.netns.close()
 	if l.exe != nil {
 		l.exe.Close()
@@ -160,126 +159,40 @@ func (l *launcher) close() {
 	if l.devNull != nil {
 		l.devNull.Close()
 	}
-	closeAll(l.home)
-}
-
-// startSpawner starts a spawner thread and waits until it is ready.
-func (l *launcher) startSpawner() error {
-	ready := make(chan error, 1)
-	go l.spawnerThread(ready)
-	return <-ready
-}
-
-// spawnerThread serves spawn requests on an OS thread of its own, locked
-// for good, whose state every init it clones inherits:
-//
-//   - cgroups: before each clone the thread moves itself into the
-//     sandbox's cgroups by writing "0" to their v1 tasks files, and back
-//     home afterwards. Migrating the calling thread alone takes none of
-//     the locks that moving a process does, so it never waits for the RCU
-//     grace period that the first cgroup.procs write after a quiet spell
-//     does on cgroup v1 (~10 ms): the init is born in its cgroups, and
-//     CLONE_NEWCGROUP roots its cgroup namespace there.
-//   - capabilities: the thread's bounding set is the sandbox's (Docker's
-//     set) and its inheritable set full, so the root init it execs keeps
-//     every capability for its set-up (permitted = inheritable | bounding
-//     for root) while its bounding set is already final.
-//   - no_new_privs, inherited by every thread of the init: the portal's
-//     seccomp filter, installed on all its threads, needs it.
-//   - the network namespace: the thread joins one made ahead (netnsPool)
-//     for the clone, and returns to the server's.
-//
-// The Go runtime never clones new threads from a locked one, so none of
-// the server's other threads ever gets these credentials.
-func (l *launcher) spawnerThread(ready chan<- error) {
-	runtime.LockOSThread() // never unlocked
-	if err := prepareSpawnerThread(l.caps); err != nil {
-		ready <- fmt.Errorf("preparing the spawner thread: %w", err)
-		return
-	}
-	hostNet, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		ready <- fmt.Errorf("the server's network namespace: %w", err)
-		return
-	}
-	defer hostNet.Close()
-	ready <- nil
-	for r := range l.reqs {
-		var res spawnRes
-		inNet := r.netns != nil && unix.Setns(int(r.netns.Fd()), unix.CLONE_NEWNET) == nil
-		if !inNet {
-			r.attr.Sys.Cloneflags |= unix.CLONE_NEWNET
-		}
-		if err := writeZero(r.tasks); err != nil {
-			res.err = fmt.Errorf("entering the sandbox's cgroups: %w", err)
-		} else {
-			res.p, res.err = l.startInit(r.attr)
-		}
-		err := writeZero(l.home)
-		if inNet {
-			if nerr := unix.Setns(int(hostNet.Fd()), unix.CLONE_NEWNET); nerr != nil && err == nil {
-				err = fmt.Errorf("network namespace: %w", nerr)
-			}
-		}
-		if err != nil {
-			// A thread that cannot go home must start nothing else; ending
-			// it (locked) ends its membership of the sandbox's cgroups and
-			// namespace.
-			if res.err == nil {
-				res.p.Kill()
-				res.p.Wait()
-			}
-			r.res <- spawnRes{err: fmt.Errorf("the spawner thread could not leave a sandbox's cgroups or network: %w", err)}
-			if err := l.startSpawner(); err != nil {
-				go func() {
-					for r := range l.reqs {
-						r.res <- spawnRes{err: err}
-					}
-				}()
-			}
-			return
-		}
-		r.res <- res
-	}
-}
-
-// startInit clones and executes the init. Under heavy process churn,
-// executing /proc/self/fd/N has been seen to fail now and then with
-// EACCES while N was the sealed memfd, intact, and to succeed at once when
-// tried again (Linux 6.18, a thousand sandboxes starting); a child that
-// failed to execute has exited and left nothing, so it is tried again.
-func (l *launcher) startInit(attr *os.ProcAttr) (*os.Process, error) {
-	for try := 1; ; try++ {
-		p, err := os.StartProcess(l.exePath, []string{portalArgv0, portalRole}, attr)
-		if err == nil || try == 3 || !errors.Is(err, unix.EACCES) {
-			return p, err
-		}
-	}
 }
 
 // spawn starts an init with attr, born in the cgroups whose tasks files
-// are given and in a network namespace of its own.
-func (l *launcher) spawn(tasks []*os.File, attr *os.ProcAttr, ownNet bool) (*os.Process, error) {
-	r := spawnReq{tasks: tasks, attr: attr, res: make(chan spawnRes, 1)}
+// are given (cgroup v1; on v2 attr names its cgroup) and in a network
+// namespace of its own.
+func (l *launcher) spawn(tasks []*os.File, attr *os.ProcAttr, ownNet bool) (*initProc, error) {
+	var netns *os.File
 	if !ownNet {
-		r.netns = l.netns.take()
+		netns = l.netns.take()
 	}
-	if r.netns != nil {
-		defer r.netns.Close()
+	if netns != nil {
+		defer netns.Close()
 	}
-	l.reqs <- r
-	res := <-r.res
-	return res.p, res.err
-}
-
-// writeZero writes "0", the writing thread, into each tasks file.
-func writeZero(files []*os.File) error {
-	for _, f := range files {
-		if _, err := f.Write([]byte("0")); err != nil {
-			return fmt.Errorf("%s: %w", f.Name(), err)
+	l.mu.Lock()
+	sp := l.sp
+	l.mu.Unlock()
+	p, err := sp.spawn(tasks, netns, attr)
+	if !errors.Is(err, errSpawnerGone) {
+		return p, err
+	}
+	// The spawner has exited (killed, or it could not leave a sandbox's
+	// cgroups): a new one takes over.
+	l.mu.Lock()
+	if l.sp == sp {
+		sp.close()
+		if sp, err = l.startSpawner(); err != nil {
+			l.mu.Unlock()
+			return nil, err
 		}
+		l.sp = sp
 	}
-	return nil
+	sp = l.sp
+	l.mu.Unlock()
+	return sp.spawn(tasks, netns, attr)
 }
 
 // prepareSpawnerThread gives the calling thread a full inheritable set,

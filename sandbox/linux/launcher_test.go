@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -429,5 +430,105 @@ func TestDeviceRulesBesideOldSandboxes(t *testing.T) {
 	}
 	if got := mustRun(t, e, id, "head -c 1 /dev/zero | wc -c; mknod /dev/sdx b 8 0 && (head -c 1 /dev/sdx || echo refused)"); !strings.HasSuffix(got, "1\nrefused\n") {
 		t.Errorf("devices inside: %q", got)
+	}
+}
+
+// TestSpawner checks the process that clones every init: a child of the
+// server named msb-spawner, whose children the inits are; killed, it is
+// replaced at the next start while the sandboxes it started run on and
+// still stop; and it ends with the engine.
+func TestSpawner(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), "msb-spawner")
+	e, err := linux.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			e.Close()
+		}
+	})
+	sp := linux.SpawnerPid(e)
+	if got := procField(t, sp, "PPid"); got != strconv.Itoa(os.Getpid()) {
+		t.Errorf("the spawner's parent is %s, want the server %d", got, os.Getpid())
+	}
+	ctx := context.Background()
+	a := sandboxtest.ID(t, "spawner", "a")
+	pid := startBox(t, e, a, hostSpec(t))
+	if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", sp)); string(comm) != "msb-spawner\n" {
+		t.Errorf("the spawner's name: %q", comm)
+	}
+	if got := procField(t, pid, "PPid"); got != strconv.Itoa(sp) {
+		t.Errorf("the init's parent is %s, want the spawner %d", got, sp)
+	}
+
+	if err := syscall.Kill(sp, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, sp)
+	if got := mustRun(t, e, a, "echo alive"); got != "alive\n" {
+		t.Errorf("the sandbox started by the killed spawner: %q", got)
+	}
+	b := sandboxtest.ID(t, "spawner", "b")
+	startBox(t, e, b, hostSpec(t))
+	if got := mustRun(t, e, b, "echo started"); got != "started\n" {
+		t.Errorf("a sandbox started after the spawner was killed: %q", got)
+	}
+	sp2 := linux.SpawnerPid(e)
+	if sp2 == sp || sp2 <= 0 {
+		t.Fatalf("spawner %d after %d was killed", sp2, sp)
+	}
+	// a's init is the host init's child now; its exit is still seen.
+	if err := e.Stop(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := e.Inspect(ctx, a); err != nil || st.State != sandbox.StateStopped {
+		t.Errorf("a after Stop: %+v, %v", st, err)
+	}
+	if err := e.Stop(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Delete(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Delete(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	closed = true
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, sp2)
+}
+
+// procField returns a field of /proc/<pid>/status.
+func procField(t *testing.T, pid int, field string) string {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && k == field {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return ""
+}
+
+// waitGone waits up to 10 s until process pid no longer exists (a zombie
+// counts as gone).
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil || strings.Contains(string(data[strings.LastIndexByte(string(data), ')')+1:]), " Z ") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d still there 10s later", pid)
+		}
 	}
 }

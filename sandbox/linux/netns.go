@@ -14,7 +14,7 @@ import (
 // is most of what cloning a sandbox's init costs (about 1 ms here), and
 // it is done off the start path. A maker thread of the server creates
 // them (unshare, then back into the server's namespace) and keeps them
-// open; the spawner thread joins one for the clone (a network namespace
+// open; the spawner joins one for the clone (a network namespace
 // is a thread's), so that the init is born in it. A namespace is given to
 // one sandbox only and the pool holds it no longer; with the pool empty,
 // the init gets a new one at clone.
