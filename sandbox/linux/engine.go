@@ -115,7 +115,7 @@ type Engine struct {
 
 // buildStatic is the README's command that builds msb as it must be built
 // to run inside any image.
-const buildStatic = `go build -tags netgo,osusergo -ldflags '-extldflags "-static"' -o msb .`
+const buildStatic = `go build -tags netgo,osusergo,urfave_cli_no_docs -ldflags '-extldflags "-static"' -o msb .`
 
 // needsLoader reports whether the ELF binary at path is dynamically linked
 // (it names a program interpreter, the C library's loader).

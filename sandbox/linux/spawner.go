@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"strconv"
@@ -216,11 +217,14 @@ func (sp *spawner) spawn(tasks []*os.File, netns *os.File, attr *os.ProcAttr) (*
 	buf := make([]byte, 4096)
 	oob := make([]byte, unix.CmsgSpace(4))
 	n, got, err := recvMsg(sp.sock, buf, oob)
+	if err == nil && n == 0 {
+		err = io.EOF
+	}
 	if err != nil {
 		return nil, sp.gone(err)
 	}
 	var rep spawnReply
-	if n == 0 || buf[0] != 'P' || json.Unmarshal(buf[1:n], &rep) != nil {
+	if buf[0] != 'P' || json.Unmarshal(buf[1:n], &rep) != nil {
 		closeFDs(got)
 		return nil, fmt.Errorf("the spawner answered %q", buf[:n])
 	}

@@ -761,7 +761,7 @@ func ID(tb testing.TB, ns, name string) sandbox.ID {
 // output goes to stderr.
 func BuildMSB(dir string) (string, error) {
 	bin := filepath.Join(dir, "msb")
-	build := osexec.Command("go", "build", "-tags", "netgo,osusergo", "-ldflags", `-extldflags "-static"`, "-o", bin, "github.com/msb-dev/msb")
+	build := osexec.Command("go", "build", "-tags", "netgo,osusergo,urfave_cli_no_docs", "-ldflags", `-extldflags "-static"`, "-o", bin, "github.com/msb-dev/msb")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		return "", fmt.Errorf("build msb: %w", err)
