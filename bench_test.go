@@ -450,10 +450,25 @@ func BenchmarkSandboxPool(b *testing.B) {
 
 // benchThroughput starts and stops sandboxes from 4 clients at once and
 // reports cold starts per second and the CPU per start+stop of the server
-// and its children (the sandboxes' inits and everything they ran), and of
-// the whole machine (other tenants included).
+// and its children (its spawner, the sandboxes' inits and everything they
+// ran), and of the whole machine (other tenants included).
 func benchThroughput(b *testing.B, c *rpcClient, pid int) {
-	n, workers := benchInt("MSB_BENCH_STARTS", 600), 4
+	t := throughput(b, c, pid, "tput", benchInt("MSB_BENCH_STARTS", 600))
+	b.ReportMetric(t.perSec, "starts/s")
+	b.ReportMetric(t.cpu, "cpu-ms/start+stop")
+	b.ReportMetric(t.server, "server-cpu-ms/start+stop")
+	b.ReportMetric(t.machine, "machine-cpu-ms/start+stop")
+}
+
+// tput is what one throughput run measured: starts per second, and
+// milliseconds of CPU per start+stop of the server with its children, of
+// the server alone, and of the whole machine.
+type tput struct{ perSec, cpu, server, machine float64 }
+
+// throughput starts and stops n sandboxes of namespace ns from 4 clients
+// at once on the server pid that c calls.
+func throughput(b *testing.B, c *rpcClient, pid int, ns string, n int) tput {
+	const workers = 4
 	var next atomic.Int64
 	var firstErr atomic.Value
 	self0, children0 := processCPU(b, pid)
@@ -468,7 +483,7 @@ func benchThroughput(b *testing.B, c *rpcClient, pid int) {
 				if i > int64(n) {
 					return
 				}
-				p := map[string]any{"namespace": "tput", "sandbox": "t" + strconv.FormatInt(i, 10)}
+				p := map[string]any{"namespace": ns, "sandbox": "t" + strconv.FormatInt(i, 10)}
 				_, err := c.call("sandbox.start", p)
 				if err == nil {
 					_, err = c.call("sandbox.stop", p)
@@ -487,10 +502,71 @@ func benchThroughput(b *testing.B, c *rpcClient, pid int) {
 		b.Fatal(err)
 	}
 	per := func(d time.Duration) float64 { return ms(d) / float64(n) }
-	b.ReportMetric(float64(n)/wall.Seconds(), "starts/s")
-	b.ReportMetric(per(self1-self0+children1-children0), "cpu-ms/start+stop")
-	b.ReportMetric(per(self1-self0), "server-cpu-ms/start+stop")
-	b.ReportMetric(per(busy), "machine-cpu-ms/start+stop")
+	return tput{perSec: float64(n) / wall.Seconds(), cpu: per(self1 - self0 + children1 - children0),
+		server: per(self1 - self0), machine: per(busy)}
+}
+
+// BenchmarkThroughputAB compares the cold starts of this tree's msb with
+// those of MSB_BENCH_BINARY (an earlier build), each a server of its own
+// (dev mode, the warm pool off), in MSB_BENCH_ROUNDS (5) rounds that
+// alternate which goes first, each of MSB_BENCH_STARTS (300) starts and
+// stops from 4 clients; medians:
+//
+//	starts/s, starts/s-before, starts/s-ratio      (this tree / before)
+//	cpu-ms/start+stop, cpu-ms-before, cpu-ratio    the server and its children
+//	machine-cpu-ms, machine-cpu-ms-before
+func BenchmarkThroughputAB(b *testing.B) {
+	other := os.Getenv("MSB_BENCH_BINARY")
+	if other == "" {
+		b.Skip("set MSB_BENCH_BINARY to the msb binary to compare with")
+	}
+	start := func(bin string) (*rpcClient, int) {
+		defer func(saved string) { msbBin = saved }(msbBin)
+		msbBin = bin
+		home := b.TempDir()
+		if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte("[pool]\nenabled = false\n"), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		srv := startProcess(b, home, "--dev")
+		return newRPCClient(srv.URL), srv.cmd.Process.Pid
+	}
+	cNew, pidNew := start(msbBin)
+	cOld, pidOld := start(other)
+	rounds, n := benchInt("MSB_BENCH_ROUNDS", 5), benchInt("MSB_BENCH_STARTS", 300)
+	for i := 0; i < b.N; i++ {
+		throughput(b, cNew, pidNew, "warm", 20)
+		throughput(b, cOld, pidOld, "warm", 20)
+		var now, before []tput
+		for r := 0; r < rounds; r++ {
+			ns := "r" + strconv.Itoa(r)
+			if r%2 == 0 {
+				now = append(now, throughput(b, cNew, pidNew, ns, n))
+				before = append(before, throughput(b, cOld, pidOld, ns, n))
+			} else {
+				before = append(before, throughput(b, cOld, pidOld, ns, n))
+				now = append(now, throughput(b, cNew, pidNew, ns, n))
+			}
+		}
+		median := func(ts []tput, f func(tput) float64) float64 {
+			v := make([]float64, len(ts))
+			for i, t := range ts {
+				v[i] = f(t)
+			}
+			sort.Float64s(v)
+			return v[len(v)/2]
+		}
+		perSec := func(t tput) float64 { return t.perSec }
+		cpu := func(t tput) float64 { return t.cpu }
+		machine := func(t tput) float64 { return t.machine }
+		b.ReportMetric(median(now, perSec), "starts/s")
+		b.ReportMetric(median(before, perSec), "starts/s-before")
+		b.ReportMetric(median(now, perSec)/median(before, perSec), "starts/s-ratio")
+		b.ReportMetric(median(now, cpu), "cpu-ms/start+stop")
+		b.ReportMetric(median(before, cpu), "cpu-ms-before")
+		b.ReportMetric(median(now, cpu)/median(before, cpu), "cpu-ratio")
+		b.ReportMetric(median(now, machine), "machine-cpu-ms")
+		b.ReportMetric(median(before, machine), "machine-cpu-ms-before")
+	}
 }
 
 // benchIdle runs 10, 100 and 1000 idle sandboxes at once (up to
