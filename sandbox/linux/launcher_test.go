@@ -299,17 +299,7 @@ func TestNoMountOnTheHost(t *testing.T) {
 // cgroup), a start takes one (the sandbox's init is born in it, its cgroup
 // namespace rooted there) and the pool is refilled; Close leaves nothing.
 func TestCgroupsPreparedAhead(t *testing.T) {
-	cfg := testConfig(t, t.TempDir(), "msb-pool")
-	e, err := linux.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := false
-	t.Cleanup(func() {
-		if !closed {
-			e.Close()
-		}
-	})
+	e, cfg, closeEngine := newEngineToClose(t, "msb-pool")
 	ready := func() []string {
 		t.Helper()
 		names, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/pids", cfg.CgroupParent, ".pool-*"))
@@ -368,10 +358,7 @@ func TestCgroupsPreparedAhead(t *testing.T) {
 	if err := e.Delete(context.Background(), id); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Close(); err != nil {
-		t.Fatal(err)
-	}
-	closed = true
+	closeEngine()
 	if left, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", cfg.CgroupParent)); len(left) > 0 {
 		t.Errorf("cgroups left after Close: %v", left)
 	}
@@ -438,17 +425,7 @@ func TestDeviceRulesBesideOldSandboxes(t *testing.T) {
 // replaced at the next start while the sandboxes it started run on and
 // still stop; and it ends with the engine.
 func TestSpawner(t *testing.T) {
-	cfg := testConfig(t, t.TempDir(), "msb-spawner")
-	e, err := linux.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := false
-	t.Cleanup(func() {
-		if !closed {
-			e.Close()
-		}
-	})
+	e, _, closeEngine := newEngineToClose(t, "msb-spawner")
 	sp := linux.SpawnerPid(e)
 	if got := procField(t, sp, "PPid"); got != strconv.Itoa(os.Getpid()) {
 		t.Errorf("the spawner's parent is %s, want the server %d", got, os.Getpid())
@@ -495,11 +472,33 @@ func TestSpawner(t *testing.T) {
 	if err := e.Delete(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	closed = true
-	if err := e.Close(); err != nil {
+	closeEngine()
+	waitGone(t, sp2)
+}
+
+// newEngineToClose returns an engine of a new home for a test that checks
+// what its Close leaves, and the function that closes it (failing the
+// test on an error); it is closed at the end of the test otherwise.
+func newEngineToClose(t *testing.T, cgroupPrefix string) (*linux.Engine, linux.Config, func()) {
+	t.Helper()
+	cfg := testConfig(t, t.TempDir(), cgroupPrefix)
+	e, err := linux.New(cfg)
+	if err != nil {
 		t.Fatal(err)
 	}
-	waitGone(t, sp2)
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			e.Close()
+		}
+	})
+	return e, cfg, func() {
+		t.Helper()
+		closed = true
+		if err := e.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // procField returns a field of /proc/<pid>/status.
