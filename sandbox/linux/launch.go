@@ -66,8 +66,9 @@ type launcher struct {
 	cg      *cgroups
 	netns   *netnsPool
 
-	mu sync.Mutex // guards sp, replaced when it has exited
-	sp *spawner
+	mu     sync.Mutex // guards sp, replaced when it has exited, and closed
+	sp     *spawner
+	closed bool
 }
 
 // exeFDMin is the lowest descriptor the memfd may have: above any the init
@@ -148,6 +149,7 @@ func sealedCopy(binary string) (*os.File, error) {
 // used afterwards. Inits already started run on.
 func (l *launcher) close() {
 	l.mu.Lock()
+	l.closed = true
 	if l.sp != nil {
 		l.sp.close()
 	}
@@ -182,6 +184,10 @@ func (l *launcher) spawn(tasks []*os.File, attr *os.ProcAttr, ownNet bool) (*ini
 	// The spawner has exited (killed, or it could not leave a sandbox's
 	// cgroups): a new one takes over.
 	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil, err
+	}
 	if l.sp == sp {
 		sp.close()
 		if sp, err = l.startSpawner(); err != nil {

@@ -314,13 +314,15 @@ type initProc struct {
 
 func newInitProc(pid, pidfd int, reap func(int)) (*initProc, error) {
 	if err := unix.SetNonblock(pidfd, true); err != nil {
+		unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
 		unix.Close(pidfd)
-		return nil, err
+		reap(pid)
+		return nil, fmt.Errorf("the init's pidfd: %w", err)
 	}
 	return &initProc{Pid: pid, pidfd: os.NewFile(uintptr(pidfd), "pidfd:"+strconv.Itoa(pid)), reap: reap}, nil
 }
 
-// Kill sends the init SIGKILL; after Wait it does nothing.
+// Kill sends the init SIGKILL; after release it does nothing.
 func (p *initProc) Kill() error {
 	rc, err := p.pidfd.SyscallConn()
 	if err != nil {
@@ -341,10 +343,10 @@ func (p *initProc) Wait() {
 		return err == nil && n > 0
 	}
 	rc, err := p.pidfd.SyscallConn()
-	if err == nil {
-		err = rc.Read(exited)
+	if err != nil {
+		return // released
 	}
-	if err != nil { // not in the poller: wait blocking
+	if err := rc.Read(exited); err != nil { // not in the poller: wait blocking
 		rc.Control(func(fd uintptr) {
 			for {
 				n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, -1)
