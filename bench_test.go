@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/sandbox/image"
+	"github.com/msb-dev/msb/sandbox/sandboxtest"
 )
 
 // p50 times f n times and returns the median.
@@ -124,40 +125,14 @@ func (c *rpcClient) call(method string, params map[string]any) (json.RawMessage,
 	return r.Result, nil
 }
 
-// processCPU returns the CPU time the process pid used itself and that of
-// its children (a server's: its spawner, the sandboxes' inits and all of
-// their processes): the reaped ones', and what the living ones and their
-// reaped children used, from /proc/<pid>/stat.
+// processCPU returns the CPU time the server pid used itself and that of
+// its children (sandboxtest.ProcessCPU).
 func processCPU(tb testing.TB, pid int) (self, children time.Duration) {
-	self, children, err := statCPU(pid)
+	self, children, err := sandboxtest.ProcessCPU(pid)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	for _, t := range tasks {
-		data, _ := os.ReadFile(t)
-		for _, c := range strings.Fields(string(data)) {
-			n, _ := strconv.Atoi(c)
-			if s, ch, err := statCPU(n); err == nil { // a child gone meanwhile is in children
-				children += s + ch
-			}
-		}
-	}
 	return self, children
-}
-
-// statCPU returns the CPU time of process pid and of its reaped children.
-func statCPU(pid int) (self, children time.Duration, err error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
-	tick := func(i int) time.Duration {
-		n, _ := strconv.ParseInt(f[i], 10, 64)
-		return time.Duration(n) * time.Second / 100 // USER_HZ
-	}
-	return tick(11) + tick(12), tick(13) + tick(14), nil
 }
 
 // machineBusy returns the CPU time all CPUs spent not idle, from /proc/stat.

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -146,23 +145,31 @@ func median(d []time.Duration) float64 {
 
 // BenchmarkThroughput starts and stops sandboxes of the host image from
 // several goroutines at once and reports cold starts per second and the
-// CPU each start+stop costs the server and the sandboxes' processes
-// (getrusage of the process and of its reaped children, the inits):
+// CPU each start+stop costs the engine (this process) and the sandboxes'
+// processes (its children: the spawner, the inits and theirs), for bare
+// sandboxes (no disk, no user namespace) and for sandboxes as the server
+// makes them by default (a 2 GiB disk and a user namespace of their own):
 // go test ./sandbox/linux -run '^$' -bench Throughput -benchtime 400x.
 func BenchmarkThroughput(b *testing.B) {
-	e := benchEngine(b, "", false)
+	b.Run("bare", func(b *testing.B) { benchThroughput(b, false, 0) })
+	b.Run("disk+userns", func(b *testing.B) { benchThroughput(b, true, 2048) })
+}
+
+func benchThroughput(b *testing.B, userns bool, diskMiB int) {
+	e := benchEngine(b, "", userns)
 	root := hostRoot(b)
-	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 512, CPUs: 1, Pids: 1024}
+	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 512, CPUs: 1, Pids: 1024, DiskMiB: diskMiB}
 	ctx := context.Background()
 	workers := 2 * runtime.NumCPU()
 	var next atomic.Int64
-	// The server's CPU, and that of its reaped children: the inits and
-	// every process of theirs.
+	// This process's CPU (the server's), and that of its children: the
+	// spawner, the inits and every process of theirs.
 	cpu := func() (server, inits time.Duration) {
-		var self, children syscall.Rusage
-		syscall.Getrusage(syscall.RUSAGE_SELF, &self)
-		syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children)
-		return time.Duration(self.Utime.Nano() + self.Stime.Nano()), time.Duration(children.Utime.Nano() + children.Stime.Nano())
+		self, children, err := sandboxtest.ProcessCPU(os.Getpid())
+		if err != nil {
+			b.Fatal(err)
+		}
+		return self, children
 	}
 	b.ResetTimer()
 	t0 := time.Now()

@@ -768,3 +768,42 @@ func BuildMSB(dir string) (string, error) {
 	}
 	return bin, nil
 }
+
+// ProcessCPU returns the CPU time process pid used itself and that of its
+// children: the reaped ones, and what the living ones and their reaped
+// children used (a sandbox server's: its spawner, the sandboxes' inits and
+// all their processes), from /proc.
+func ProcessCPU(pid int) (self, children time.Duration, err error) {
+	self, children, err = statCPU(pid)
+	if err != nil {
+		return 0, 0, err
+	}
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, t := range tasks {
+		data, _ := os.ReadFile(t)
+		for _, c := range strings.Fields(string(data)) {
+			n, _ := strconv.Atoi(c)
+			if s, ch, err := statCPU(n); err == nil { // one gone meanwhile is in children
+				children += s + ch
+			}
+		}
+	}
+	return self, children, nil
+}
+
+// statCPU returns the CPU time of process pid and of its reaped children.
+func statCPU(pid int) (self, children time.Duration, err error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	if len(f) < 15 {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: %q", pid, data)
+	}
+	tick := func(i int) time.Duration {
+		n, _ := strconv.ParseInt(f[i], 10, 64)
+		return time.Duration(n) * time.Second / 100 // USER_HZ
+	}
+	return tick(11) + tick(12), tick(13) + tick(14), nil
+}
