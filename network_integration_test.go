@@ -190,9 +190,10 @@ func TestSandboxNetwork(t *testing.T) {
 		t.Errorf("evil.test after a restart: %s", got)
 	}
 	// Off, on the running sandbox: the device goes. The kernel removes it
-	// once the last descriptor of it closes, and a process the server is
-	// forking at that moment (a start into a new user namespace: the pool
-	// refilling) holds a copy until its exec, so allow it a moment.
+	// once the last descriptor of it closes, and a process the server
+	// forks at that moment (the helper that makes a new id range's user
+	// namespace, when the pool refills) holds a copy until its exec, so
+	// allow it a moment.
 	srv.mustCall(key, "sandbox.network.update", box.params(map[string]any{"network": map[string]any{"enabled": false}}), &up)
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		out := text(box.run("cat", "/proc/net/dev").Output, "")

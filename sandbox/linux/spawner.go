@@ -30,20 +30,20 @@ import (
 //
 // The spawner's one thread that clones is prepared once: the sandboxes'
 // bounding set, a full inheritable set (so that the root init keeps every
-// capability for its set-up), no_new_privs, no supplementary groups. For each init it joins the
-// sandbox's v1 cgroups (writing "0" to their tasks files, which the
-// server opens and sends) and a network namespace made ahead if the
-// server sends one, clones, and goes back to its own.
+// capability for its set-up), no_new_privs, no supplementary groups. For
+// each init it joins the sandbox's v1 cgroups (writing "0" to their tasks
+// files, which the server opens and sends) and a network namespace made
+// ahead if the server sends one, clones, and goes back to its own.
 //
 // Protocol, over a SOCK_SEQPACKET socket pair, one request at a time: the
 // server sends 'S' and a JSON spawnRequest with its descriptors
 // (SCM_RIGHTS), and reads back 'P' and a JSON spawnReply with the init's
-// pidfd. The init is the spawner's child: the
-// spawner reaps it when the server, which watches its pidfd, says it has
-// exited ('R' and its pid), so that its pid is not reused before. The
-// spawner ends when the server closes its end, and dies with the server's
-// thread that started it (Pdeathsig); inits it leaves are reparented to
-// the host's init, which reaps them.
+// pidfd. The init is the spawner's child: the spawner reaps it when the
+// server, which watches its pidfd, says it has exited ('R' and its pid), so
+// that its pid is not reused before. The spawner ends when the server
+// closes its end, and dies with the server's thread that started it
+// (Pdeathsig); inits it leaves are reparented to the host's init, which
+// reaps them.
 const (
 	spawnerRole = "spawner"
 	spawnerEnv  = "_MSB_SPAWNER" // <number of home tasks files>,<bounding set, hex>
