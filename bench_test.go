@@ -509,11 +509,12 @@ func BenchmarkThroughputAB(b *testing.B) {
 	cOld, pidOld := start(other)
 	rounds, n := benchInt("MSB_BENCH_ROUNDS", 5), benchInt("MSB_BENCH_STARTS", 300)
 	for i := 0; i < b.N; i++ {
-		throughput(b, cNew, pidNew, "warm", 20)
-		throughput(b, cOld, pidOld, "warm", 20)
+		warm := "w" + strconv.Itoa(i)
+		throughput(b, cNew, pidNew, warm, 20)
+		throughput(b, cOld, pidOld, warm, 20)
 		var now, before []tput
 		for r := 0; r < rounds; r++ {
-			ns := "r" + strconv.Itoa(r)
+			ns := fmt.Sprintf("r%d-%d", i, r) // cold starts, whatever b.N
 			if r%2 == 0 {
 				now = append(now, throughput(b, cNew, pidNew, ns, n))
 				before = append(before, throughput(b, cOld, pidOld, ns, n))

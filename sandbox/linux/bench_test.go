@@ -205,7 +205,7 @@ func benchThroughput(b *testing.B, userns bool, diskMiB int) {
 	b.ReportMetric(float64(b.N)/wall.Seconds(), "starts/s")
 	b.ReportMetric(perStart(s1-s0+i1-i0), "cpu-ms/start+stop")
 	b.ReportMetric(perStart(s1-s0), "server-cpu-ms")
-	b.ReportMetric(perStart(i1-i0), "init-cpu-ms")
+	b.ReportMetric(perStart(i1-i0), "sandbox-cpu-ms") // the spawner and the inits
 }
 
 // BenchmarkIsolationStart measures what a sandbox's own disk and user

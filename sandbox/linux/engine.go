@@ -746,6 +746,12 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 				return fmt.Errorf("sandbox %s: %w", b.id, errdefs.Exhaustedf("the server's sandboxes run %d processes together, its ceiling (total_pids in config.toml): stop sandboxes, or raise total_pids", cur))
 			}
 		}
+		if errors.Is(err, errSpawnerLost) {
+			// An init may have started before the spawner went.
+			if kerr := e.cg.killInit(key); kerr != nil {
+				err = fmt.Errorf("%w (and %w)", err, kerr)
+			}
+		}
 		return unavailable("starting the init", err)
 	}
 	mine.close() // the init holds them now; EOF on conn must mean the portal is gone
@@ -1287,13 +1293,17 @@ func (e *Engine) DialSandbox(ctx context.Context, id sandbox.ID, port int) (net.
 		b.mu.Unlock()
 		return nil, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrConflict)
 	}
-	pid := b.proc.Pid
+	proc := b.proc
+	pid := proc.Pid
 	b.mu.Unlock()
 	nsFile, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s: network namespace: %w: %w", id, err, errdefs.ErrConflict)
 	}
 	defer nsFile.Close()
+	if !proc.alive() { // opened before the check, the namespace is the sandbox's
+		return nil, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrConflict)
+	}
 	return dialInNetns(ctx, nsFile, fmt.Sprintf("127.0.0.1:%d", port))
 }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"sync"
 	"syscall"
 
@@ -60,7 +59,6 @@ const sandboxCloneFlags = unix.CLONE_NEWPID | unix.CLONE_NEWNS | unix.CLONE_NEWU
 // of the server's in the child between its clone and its exec.
 type launcher struct {
 	exe     *os.File // the sealed memfd
-	exePath string   // /proc/self/fd/N
 	devNull *os.File // the init's stdin
 	caps    uint64   // the sandboxes' bounding set
 	cg      *cgroups
@@ -85,8 +83,7 @@ func newLauncher(binary string, cg *cgroups, netnsPool int) (*launcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("copying %s into memory: %w", binary, err)
 	}
-	l := &launcher{exe: exe, exePath: "/proc/self/fd/" + strconv.Itoa(int(exe.Fd())), caps: sandboxCaps(cg.v2), cg: cg,
-		netns: newNetnsPool(netnsPool)}
+	l := &launcher{exe: exe, caps: sandboxCaps(cg.v2), cg: cg, netns: newNetnsPool(netnsPool)}
 	if l.devNull, err = os.Open(os.DevNull); err != nil {
 		l.close()
 		return nil, err

@@ -3,6 +3,7 @@ package linux_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/image"
 	"github.com/msb-dev/msb/sandbox/linux"
@@ -466,6 +468,21 @@ func TestSpawner(t *testing.T) {
 	if err := e.Stop(ctx, b); err != nil {
 		t.Fatal(err)
 	}
+	// The spawner reaps the inits it started once they have exited.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		children, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", sp2))
+		var left []string
+		for _, c := range children {
+			data, _ := os.ReadFile(c)
+			left = append(left, strings.Fields(string(data))...)
+		}
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the spawner's children 5s after every sandbox stopped: %v", left)
+		}
+	}
 	if err := e.Delete(ctx, a); err != nil {
 		t.Fatal(err)
 	}
@@ -529,5 +546,45 @@ func waitGone(t *testing.T, pid int) {
 		if time.Now().After(deadline) {
 			t.Fatalf("process %d still there 10s later", pid)
 		}
+	}
+}
+
+// TestSpawnerLostRequest kills the spawner while it holds a start's
+// request: the start fails (it is not sent again, which could start a
+// second init for the sandbox), nothing of it is left running, and the
+// next start gets a new spawner.
+func TestSpawnerLostRequest(t *testing.T) {
+	e, cfg := newEngine(t, t.TempDir(), "msb-spawner-lost")
+	sp := linux.SpawnerPid(e)
+	ctx := context.Background()
+	id := sandboxtest.ID(t, "spawner", "lost")
+	if err := e.Create(ctx, id, hostSpec(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Delete(context.Background(), id) })
+	if err := syscall.Kill(sp, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan error, 1)
+	go func() { started <- e.Start(ctx, id) }()
+	time.Sleep(200 * time.Millisecond) // the request waits in the stopped spawner's socket
+	if err := syscall.Kill(sp, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	err := <-started
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "did not answer") {
+		t.Fatalf("Start with the spawner killed = %v, want unavailable, did not answer", err)
+	}
+	if procs, _ := os.ReadFile(filepath.Join("/sys/fs/cgroup/pids", cfg.CgroupParent, id.Key(), "cgroup.procs")); len(strings.TrimSpace(string(procs))) > 0 {
+		t.Errorf("processes left in the sandbox's cgroup: %s", procs)
+	}
+	if err := e.Start(ctx, id); err != nil {
+		t.Fatalf("Start after the spawner was replaced: %v", err)
+	}
+	if got := mustRun(t, e, id, "echo ok"); got != "ok\n" {
+		t.Errorf("the sandbox: %q", got)
+	}
+	if sp2 := linux.SpawnerPid(e); sp2 == sp {
+		t.Errorf("the spawner %d was not replaced", sp)
 	}
 }

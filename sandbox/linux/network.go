@@ -50,10 +50,10 @@ func (e *Engine) attachLink(ctx context.Context, b *box, pid int, cfg network.Co
 		return nil, fmt.Errorf("sandbox %s: network: %w: %w", b.id, err, errdefs.ErrUnavailable)
 	}
 	defer ns.Close()
-	// The pid is the init's only while it has not been reaped: opened
-	// before the check, the namespace is the sandbox's. (network.Attach
-	// also refuses the server's own namespace, whatever happens.)
-	if !b.running() {
+	// The pid is the init's only while the init runs: opened before the
+	// check, the namespace is the sandbox's. (network.Attach also refuses
+	// the server's own namespace, whatever happens.)
+	if !b.running() || !b.proc.alive() {
 		return nil, fmt.Errorf("sandbox %s stopped while its network was set up: %w", b.id, errdefs.ErrConflict)
 	}
 	link, err := network.Attach(ctx, ns, cfg)

@@ -197,12 +197,16 @@ func (e *Engine) apply(ctx context.Context, b *box, spec sandbox.Spec) error {
 	if err := e.cg.setLimits(b.handle, specLimits(spec)); err != nil {
 		return unavailable("cgroups", err)
 	}
+	// The pid names the init while it runs: opened before the check, the
+	// root is the sandbox's.
 	pid := b.proc.Pid
-	// The init is not reaped while b.done is open, so pid is still the
-	// sandbox's.
 	r, err := openRoot("/proc/" + strconv.Itoa(pid) + "/root")
 	if err != nil {
 		return unavailable("its root", err)
+	}
+	if !b.proc.alive() {
+		r.Close()
+		return unavailable("its root", errors.New("its init has exited"))
 	}
 	if b.slot > 0 {
 		r.base = hostID(b.slot)
@@ -221,7 +225,7 @@ func (e *Engine) apply(ctx context.Context, b *box, spec sandbox.Spec) error {
 	if err != nil {
 		return unavailable("its root", err)
 	}
-	if err := setHostname(pid, spec.Hostname); err != nil {
+	if err := setHostname(b.proc, spec.Hostname); err != nil {
 		return unavailable("hostname", err)
 	}
 	c, ok := b.client.(configurable)
@@ -394,16 +398,19 @@ func (c *cgroups) liftSwapLimit(handle string) error {
 	return nil
 }
 
-// setHostname sets the hostname of the UTS namespace of the process pid
-// (a sandbox's init), from a locked OS thread that joins the namespace for
+// setHostname sets the hostname of the UTS namespace of a sandbox's init
+// (while it runs), from a locked OS thread that joins the namespace for
 // the call. A thread that cannot get back to the server's namespace is
 // never unlocked, so the Go runtime retires it.
-func setHostname(pid int, name string) error {
-	ns, err := os.Open("/proc/" + strconv.Itoa(pid) + "/ns/uts")
+func setHostname(proc *initProc, name string) error {
+	ns, err := os.Open("/proc/" + strconv.Itoa(proc.Pid) + "/ns/uts")
 	if err != nil {
 		return err
 	}
 	defer ns.Close()
+	if !proc.alive() { // opened before the check, the namespace is the sandbox's
+		return errors.New("the sandbox's init has exited")
+	}
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()

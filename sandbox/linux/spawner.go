@@ -93,8 +93,17 @@ type spawnReply struct {
 	Err   string        `json:",omitempty"`
 }
 
-// errSpawnerGone is the error of a request to a spawner that has exited.
+// errSpawnerGone is the error of a request that a spawner, which has
+// exited, never received: it may be sent to another.
 var errSpawnerGone = errors.New("the spawner process has exited")
+
+// errSpawnerLost is the error of a request the spawner received but did
+// not answer: an init may have been started for it, and runs untracked.
+var errSpawnerLost = errors.New("the spawner process did not answer")
+
+// spawnTimeout is how long the spawner may take to answer; one that takes
+// longer is stuck (a clone never takes a fraction of that) and is killed.
+const spawnTimeout = 30 * time.Second
 
 // spawner is the server's handle on the spawner process.
 type spawner struct {
@@ -198,22 +207,45 @@ func (sp *spawner) spawn(tasks []*os.File, netns *os.File, attr *os.ProcAttr) (*
 		return nil, err
 	}
 
+	rep, pidfd, err := sp.exchange(append([]byte{'S'}, head...), fds)
+	runtime.KeepAlive(tasks)
+	runtime.KeepAlive(netns)
+	runtime.KeepAlive(attr)
+	if err != nil {
+		return nil, err
+	}
+	if pidfd < 0 {
+		if rep.Errno != 0 {
+			return nil, fmt.Errorf("clone and exec: %w", rep.Errno)
+		}
+		return nil, errors.New(rep.Err)
+	}
+	return newInitProc(rep.Pid, pidfd, sp.reap)
+}
+
+// exchange sends the spawner a request with its descriptors and returns
+// its answer, and the init's pidfd if it has started one (else -1).
+func (sp *spawner) exchange(msg []byte, fds []int) (rep spawnReply, pidfd int, err error) {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
 	if sp.sock < 0 {
-		return nil, errSpawnerGone
+		return rep, -1, errSpawnerGone
 	}
 	var rights []byte
 	if len(fds) > 0 {
 		rights = unix.UnixRights(fds...)
 	}
-	if err := sendMsg(sp.sock, append([]byte{'S'}, head...), rights); err != nil {
-		return nil, sp.gone(err)
+	if err := sendMsg(sp.sock, msg, rights); err != nil {
+		return rep, -1, sp.gone(err)
 	}
-	runtime.KeepAlive(tasks)
-	runtime.KeepAlive(netns)
-	runtime.KeepAlive(attr)
-
+	// Received: from here on, a failure may leave an init behind.
+	lost := func(err error) (spawnReply, int, error) {
+		return rep, -1, fmt.Errorf("%w: %w", errSpawnerLost, err)
+	}
+	if err := waitReadable(sp.sock, spawnTimeout); err != nil {
+		syscall.Kill(sp.pid, syscall.SIGKILL) // replaced at the next start
+		return lost(err)
+	}
 	buf := make([]byte, 4096)
 	oob := make([]byte, unix.CmsgSpace(4))
 	n, got, err := recvMsg(sp.sock, buf, oob)
@@ -221,21 +253,34 @@ func (sp *spawner) spawn(tasks []*os.File, netns *os.File, attr *os.ProcAttr) (*
 		err = io.EOF
 	}
 	if err != nil {
-		return nil, sp.gone(err)
+		return lost(err)
 	}
-	var rep spawnReply
-	if buf[0] != 'P' || json.Unmarshal(buf[1:n], &rep) != nil {
+	if buf[0] != 'P' || json.Unmarshal(buf[1:n], &rep) != nil || (rep.Pid > 0) != (len(got) == 1) {
 		closeFDs(got)
-		return nil, fmt.Errorf("the spawner answered %q", buf[:n])
+		return lost(fmt.Errorf("it answered %q with %d descriptors", buf[:n], len(got)))
 	}
-	if rep.Pid <= 0 || len(got) != 1 {
-		closeFDs(got)
-		if rep.Errno != 0 {
-			return nil, rep.Errno
+	if rep.Pid <= 0 {
+		return rep, -1, nil
+	}
+	return rep, got[0], nil
+}
+
+// waitReadable waits until fd can be read, at most timeout.
+func waitReadable(fd int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return fmt.Errorf("no answer in %v", timeout)
 		}
-		return nil, errors.New(rep.Err)
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(left.Milliseconds())+1)
+		if n > 0 {
+			return nil
+		}
+		if err != nil && err != unix.EINTR {
+			return err
+		}
 	}
-	return newInitProc(rep.Pid, got[0], sp.reap)
 }
 
 // gone is the error of a failed exchange with the spawner: errSpawnerGone
@@ -260,7 +305,7 @@ func (sp *spawner) reap(pid int) {
 
 func sendMsg(fd int, p, oob []byte) error {
 	for {
-		err := unix.Sendmsg(fd, p, oob, nil, 0)
+		err := unix.Sendmsg(fd, p, oob, nil, unix.MSG_NOSIGNAL)
 		if err != unix.EINTR {
 			return err
 		}
@@ -316,7 +361,7 @@ func newInitProc(pid, pidfd int, reap func(int)) (*initProc, error) {
 	if err := unix.SetNonblock(pidfd, true); err != nil {
 		unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
 		unix.Close(pidfd)
-		reap(pid)
+		reap(pid) // the spawner reaps it once it has exited
 		return nil, fmt.Errorf("the init's pidfd: %w", err)
 	}
 	return &initProc{Pid: pid, pidfd: os.NewFile(uintptr(pidfd), "pidfd:"+strconv.Itoa(pid)), reap: reap}, nil
@@ -358,9 +403,30 @@ func (p *initProc) Wait() {
 	}
 }
 
+// alive reports whether the init has not exited: while it runs, its pid
+// names it and nothing else.
+func (p *initProc) alive() bool {
+	rc, err := p.pidfd.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.PidfdSendSignal(int(fd), 0, nil, 0) }); err != nil {
+		return false
+	}
+	return serr == nil
+}
+
 // release lets the spawner reap the init once Wait has returned; Kill does
-// nothing afterwards.
+// nothing afterwards. An init whose spawner died is reaped by whichever
+// process it was given to: this one too, if it is a subreaper or PID 1.
 func (p *initProc) release() {
+	if rc, err := p.pidfd.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) {
+			var info unix.Siginfo
+			unix.Waitid(unix.P_PIDFD, int(fd), &info, unix.WEXITED|unix.WNOHANG, nil)
+		})
+	}
 	p.pidfd.Close()
 	p.reap(p.Pid)
 }
@@ -404,8 +470,12 @@ func serveSpawner(v string) error {
 	}
 	unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&[]byte("msb-spawner\x00")[0])), 0, 0, 0)
 	s := &spawnerProc{pending: map[int]bool{}}
-	for fd := spawnerSockFD; fd < spawnerHomeFD+nHome; fd++ {
-		syscall.CloseOnExec(fd)
+	// Whatever else the server was given by its own parent without
+	// close-on-exec must not reach an init.
+	if err := unix.CloseRange(spawnerSockFD, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		for fd := spawnerSockFD; fd < spawnerHomeFD+nHome; fd++ {
+			syscall.CloseOnExec(fd)
+		}
 	}
 	for i := range nHome {
 		s.home = append(s.home, spawnerHomeFD+i)
@@ -432,6 +502,7 @@ func serveSpawner(v string) error {
 		if n == 0 {
 			return nil // the server closed its end
 		}
+		s.reapPending()
 		switch buf[0] {
 		case 'R':
 			closeFDs(fds)
