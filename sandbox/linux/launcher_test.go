@@ -562,6 +562,8 @@ func TestSpawnerLostRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.Delete(context.Background(), id) })
+	// A stopped spawner would hold the engine's Close forever.
+	t.Cleanup(func() { syscall.Kill(sp, syscall.SIGKILL) })
 	if err := syscall.Kill(sp, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
