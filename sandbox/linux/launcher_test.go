@@ -562,8 +562,13 @@ func TestSpawnerLostRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.Delete(context.Background(), id) })
-	// A stopped spawner would hold the engine's Close forever.
-	t.Cleanup(func() { syscall.Kill(sp, syscall.SIGKILL) })
+	// A stopped spawner would hold the engine's Close forever (a pidfd:
+	// its pid may name another process by then).
+	pidfd, err := unix.PidfdOpen(sp, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0); unix.Close(pidfd) })
 	if err := syscall.Kill(sp, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -573,7 +578,7 @@ func TestSpawnerLostRequest(t *testing.T) {
 	if err := syscall.Kill(sp, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	err := <-started
+	err = <-started
 	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "did not answer") {
 		t.Fatalf("Start with the spawner killed = %v, want unavailable, did not answer", err)
 	}
