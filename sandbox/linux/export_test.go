@@ -29,5 +29,5 @@ func WritableDir(e *Engine, id sandbox.ID) string {
 func SpawnerPid(e *Engine) int {
 	e.l.mu.Lock()
 	defer e.l.mu.Unlock()
-	return e.l.sp.pid
+	return e.l.sp.proc.Pid
 }

@@ -109,7 +109,7 @@ const spawnTimeout = 30 * time.Second
 type spawner struct {
 	mu   sync.Mutex // one request and its reply at a time
 	sock int        // the server's end of the socket pair; -1 once closed
-	pid  int
+	proc *os.Process
 	done chan struct{} // closed once the spawner has exited
 }
 
@@ -144,7 +144,7 @@ func startSpawner(exe *os.File, home []*os.File, caps uint64) (*spawner, error) 
 			Sys:   &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL},
 		})
 		if err == nil {
-			sp.pid = p.Pid
+			sp.proc = p
 		}
 		started <- err
 		if err != nil {
@@ -243,7 +243,7 @@ func (sp *spawner) exchange(msg []byte, fds []int) (rep spawnReply, pidfd int, e
 		return rep, -1, fmt.Errorf("%w: %w", errSpawnerLost, err)
 	}
 	if err := waitReadable(sp.sock, spawnTimeout); err != nil {
-		syscall.Kill(sp.pid, syscall.SIGKILL) // replaced at the next start
+		sp.proc.Kill() // replaced at the next start
 		return lost(err)
 	}
 	buf := make([]byte, 4096)
