@@ -125,6 +125,43 @@ func (c *rpcClient) call(method string, params map[string]any) (json.RawMessage,
 	return r.Result, nil
 }
 
+// poolOff is the config.toml of a server without a warm pool: its starts
+// are cold ones.
+const poolOff = "[pool]\nenabled = false\n"
+
+// benchServer starts binary (msbBin if "") as a dev server on a home of
+// its own whose config.toml is config (none if ""), whose errors are
+// logged if b fails, and returns it with a client.
+func benchServer(b *testing.B, binary, config string) (*msbServer, *rpcClient) {
+	home := b.TempDir()
+	if config != "" {
+		if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(config), 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if binary != "" {
+		defer func(saved string) { msbBin = saved }(msbBin)
+		msbBin = binary
+	}
+	srv := startProcess(b, home, "--dev")
+	b.Cleanup(func() {
+		if b.Failed() {
+			b.Logf("server errors:\n%s", grepLines(srv.out.String(), "level=ERROR"))
+		}
+	})
+	return srv, newRPCClient(srv.URL)
+}
+
+// must makes a call and fails tb on an error.
+func (c *rpcClient) must(tb testing.TB, method string, params map[string]any) json.RawMessage {
+	tb.Helper()
+	r, err := c.call(method, params)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return r
+}
+
 // processCPU returns the CPU time the server pid used itself and that of
 // its children (sandboxtest.ProcessCPU).
 func processCPU(tb testing.TB, pid int) (self, children time.Duration) {
@@ -200,32 +237,12 @@ func memAvailable(tb testing.TB) int64 {
 // MSB_BENCH_BINARY runs another msb binary as the server (an earlier
 // version, to compare). Run it with scripts/bench-sandbox.sh (root).
 func BenchmarkSandbox(b *testing.B) {
-	home := b.TempDir()
 	// Cold starts: the warm pool would serve the default image's
 	// (BenchmarkSandboxPool measures it), and its sandboxes' cgroups are
 	// not named after them (benchIdle reads those).
-	if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte("[pool]\nenabled = false\n"), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	if other := os.Getenv("MSB_BENCH_BINARY"); other != "" {
-		defer func(bin string) { msbBin = bin }(msbBin)
-		msbBin = other
-	}
-	srv := startProcess(b, home, "--dev")
-	b.Cleanup(func() {
-		if b.Failed() {
-			b.Logf("server errors:\n%s", grepLines(srv.out.String(), "level=ERROR"))
-		}
-	})
-	pid := srv.cmd.Process.Pid
-	c := newRPCClient(srv.URL)
-	must := func(method string, params map[string]any) json.RawMessage {
-		r, err := c.call(method, params)
-		if err != nil {
-			b.Fatal(err)
-		}
-		return r
-	}
+	srv, c := benchServer(b, os.Getenv("MSB_BENCH_BINARY"), poolOff)
+	home, pid := srv.home, srv.cmd.Process.Pid
+	must := func(method string, params map[string]any) json.RawMessage { return c.must(b, method, params) }
 	box := func(ns, name string) map[string]any { return map[string]any{"namespace": ns, "sandbox": name} }
 	python := func() {
 		if out, err := exec.Command("/usr/bin/python3", "-c", "print(1)").Output(); err != nil || string(out) != "1\n" {
@@ -324,21 +341,8 @@ func BenchmarkSandbox(b *testing.B) {
 // so every pool start is served from it; the server's log is checked to
 // say so (pooled-starts counts them). MSB_BENCH_ROUNDS scales the run.
 func BenchmarkSandboxPool(b *testing.B) {
-	home := b.TempDir()
-	srv := startProcess(b, home, "--dev")
-	b.Cleanup(func() {
-		if b.Failed() {
-			b.Logf("server errors:\n%s", grepLines(srv.out.String(), "level=ERROR"))
-		}
-	})
-	c := newRPCClient(srv.URL)
-	must := func(method string, params map[string]any) json.RawMessage {
-		r, err := c.call(method, params)
-		if err != nil {
-			b.Fatal(err)
-		}
-		return r
-	}
+	srv, c := benchServer(b, "", "")
+	must := func(method string, params map[string]any) json.RawMessage { return c.must(b, method, params) }
 	full := func() {
 		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
 			var m struct {
@@ -496,14 +500,8 @@ func BenchmarkThroughputAB(b *testing.B) {
 		b.Skip("set MSB_BENCH_BINARY to the msb binary to compare with")
 	}
 	start := func(bin string) (*rpcClient, int) {
-		defer func(saved string) { msbBin = saved }(msbBin)
-		msbBin = bin
-		home := b.TempDir()
-		if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte("[pool]\nenabled = false\n"), 0o600); err != nil {
-			b.Fatal(err)
-		}
-		srv := startProcess(b, home, "--dev")
-		return newRPCClient(srv.URL), srv.cmd.Process.Pid
+		srv, c := benchServer(b, bin, poolOff)
+		return c, srv.cmd.Process.Pid
 	}
 	cNew, pidNew := start(msbBin)
 	cOld, pidOld := start(other)
@@ -866,15 +864,7 @@ func BenchmarkIsolationRPC(b *testing.B) {
 		// warm pool, started (disk, user namespace) ahead.
 		&variant{name: "defaults-pooled", binary: msbBin})
 	for _, v := range vs {
-		home := b.TempDir()
-		if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(v.config), 0o600); err != nil {
-			b.Fatal(err)
-		}
-		saved := msbBin
-		msbBin = v.binary
-		srv := startProcess(b, home, "--dev")
-		msbBin = saved
-		v.c = newRPCClient(srv.URL)
+		_, v.c = benchServer(b, v.binary, v.config)
 	}
 	rounds := benchInt("MSB_BENCH_ROUNDS", 41)
 	call := func(v *variant, method, name string) time.Duration {

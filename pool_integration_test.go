@@ -90,15 +90,15 @@ func (s *msbServer) poolOf(key string) (size, waiting, starting int) {
 
 // waitPoolFull waits until the server's pool has its two sandboxes
 // waiting, none being started, and the host holds exactly those.
-func (s *msbServer) waitPoolFull(key, home string) {
+func (s *msbServer) waitPoolFull(key string) {
 	s.t.Helper()
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		size, waiting, starting := s.poolOf(key)
-		if size == 2 && waiting == 2 && starting == 0 && len(waitingPool(home)) == 2 {
+		if size == 2 && waiting == 2 && starting == 0 && len(waitingPool(s.home)) == 2 {
 			return
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("the pool did not fill: %d of %d waiting, %d starting; on the host %v", waiting, size, starting, warmCgroups(home))
+			s.t.Fatalf("the pool did not fill: %d of %d waiting, %d starting; on the host %v", waiting, size, starting, warmCgroups(s.home))
 		}
 	}
 }
@@ -176,7 +176,7 @@ func TestWarmPoolIsolationAndConfig(t *testing.T) {
 	home := pooledHome(t, "")
 	srv := startServer(t, home)
 	key := keygen(t, home)
-	srv.waitPoolFull(key, home)
+	srv.waitPoolFull(key)
 
 	a := srv.sandbox(key, "tenant-a", "box", map[string]any{"envs": []string{"SECRET=a"}, "workdir": "/data/app",
 		"memory": 200, "cpus": 2, "exec": "sleep 7001"})
@@ -198,7 +198,7 @@ echo left-by-a > /data/app/f && echo a > /tmp/f && echo a > /workspace/f && echo
 	}
 
 	// The next tenant, while a runs: the other waiting sandbox.
-	srv.waitPoolFull(key, home)
+	srv.waitPoolFull(key)
 	check := func(b *sb, who string) {
 		t.Helper()
 		out := text(b.sh(`cat /data/app/f /tmp/f /workspace/f 2>/dev/null; echo "[$SECRET]"; hostname
@@ -232,7 +232,7 @@ for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline; echo; done | grep -c '^sleep
 		t.Errorf("tenant a's process still runs on the host after its stop")
 	}
 	// The same name again takes another sandbox, as fresh as any.
-	srv.waitPoolFull(key, home)
+	srv.waitPoolFull(key)
 	again := srv.sandbox(key, "tenant-a", "box", map[string]any{"exec": "sleep 7003"})
 	if _, pooled := starts(srv.out.String(), "tenant-a", "box"); pooled != 2 {
 		t.Fatalf("the second start of tenant-a/box did not take a waiting sandbox")
@@ -278,7 +278,7 @@ for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline; echo; done | grep -c '^sleep
 	for _, s := range []*sb{b, again, web, vol} {
 		s.stop()
 	}
-	srv.waitPoolFull(key, home)
+	srv.waitPoolFull(key)
 	assertNoLeftovers(t, home)
 }
 
@@ -291,7 +291,7 @@ func TestWarmPoolBurstQuotaAndMemoryBound(t *testing.T) {
 	home := pooledHome(t, "[quotas.namespaces.quota]\nsandboxes = 1\nmemory = 300\n")
 	srv := startServer(t, home)
 	key := keygen(t, home)
-	srv.waitPoolFull(key, home)
+	srv.waitPoolFull(key)
 
 	// Watch the pool while the burst runs: by its own account it never
 	// holds more than its 2 (waiting and being started), and on the host
@@ -361,7 +361,7 @@ func TestWarmPoolBurstQuotaAndMemoryBound(t *testing.T) {
 	if most > 2 || len(odd) > 0 {
 		t.Errorf("during the burst the pool held %d sandboxes (its size is 2); memory limits %v", most, odd)
 	}
-	srv.waitPoolFull(key, home) // refilled
+	srv.waitPoolFull(key) // refilled
 	for i := range burst {
 		b := &sb{srv: srv, key: key, ns: "burst", name: fmt.Sprintf("b%d", i)}
 		if c := b.run("python3", "-c", "print(6 * 7)"); text(c.Output, "stdout") != "42\n" {
@@ -391,7 +391,7 @@ func TestWarmPoolBurstQuotaAndMemoryBound(t *testing.T) {
 	if len(m.Quotas) != 1 || m.Quotas[0].Sandboxes.Used != 1 || m.Quotas[0].Memory.Used != 256 {
 		t.Errorf("quota use after a pooled start: %+v", m.Quotas)
 	}
-	srv.waitPoolFull(key, home)
+	srv.waitPoolFull(key)
 	srv.wantError(key, "sandbox.start", map[string]any{"namespace": "quota", "sandbox": "second"}, 200, -32001, "quotas.sandboxes")
 	if all, _ := starts(srv.out.String(), "quota", "second"); all != 0 {
 		t.Errorf("a start the quota refused started")
@@ -415,16 +415,16 @@ func TestWarmPoolEveryFrontEnd(t *testing.T) {
 	if out, _, err := msb(t, home, "server", "status"); err != nil || !strings.Contains(out, "warm pool:      2 × microsandbox/python, 64 MiB each\n") {
 		t.Errorf("status with the default pool: %v\n%s", err, out)
 	}
-	srv.waitPoolFull(key, home)
+	srv.waitPoolFull(key)
 	srv.sandbox(key, "fe", "rpc", nil)
 
-	srv.waitPoolFull(key, home)
+	srv.waitPoolFull(key)
 	cs := srv.mustMCPConnect(key)
 	if out, isErr := srv.mcpTool(cs, "sandbox_start", map[string]any{"namespace": "fe", "sandbox": "mcp"}); isErr {
 		t.Fatalf("MCP sandbox_start: %s", out)
 	}
 
-	srv.waitPoolFull(key, home)
+	srv.waitPoolFull(key)
 	body := `{"name":"v1","image":{"type":"oci","reference":"microsandbox/python"},"resources":{"vcpus":1,"memory_mib":256},
 "env":[{"key":"FROM","value":"v1"}],"labels":{},"mounts":[],"network":{"enabled":true,"strict":false},
 "lifecycle":{"ephemeral":false}}`
@@ -494,7 +494,7 @@ func TestWarmPoolAfterCrash(t *testing.T) {
 	home := pooledHome(t, "")
 	srv := startProcess(t, home)
 	key := keygen(t, home)
-	srv.waitPoolFull(key, home)
+	srv.waitPoolFull(key)
 	srv.sandbox(key, "crash", "pooled", map[string]any{"exec": "sleep 7101"})
 	taken := waitHandle(t, home, "7101")
 	if !strings.HasPrefix(taken, fmt.Sprintf("warm-%d-", srv.cmd.Process.Pid)) {
@@ -511,7 +511,7 @@ func TestWarmPoolAfterCrash(t *testing.T) {
 	if err := os.WriteFile(procs, []byte(fmt.Sprint(holder.Process.Pid)), 0); err != nil {
 		t.Fatal(err)
 	}
-	srv.waitPoolFull(key, home)
+	srv.waitPoolFull(key)
 	old := fmt.Sprintf("warm-%d-", srv.cmd.Process.Pid)
 	srv.Kill9()
 	// What the crash left: 3 sandboxes (2 waiting, 1 taken), their
@@ -555,7 +555,7 @@ func TestWarmPoolAfterCrash(t *testing.T) {
 	if len(m.Sandboxes) != 1 || m.Sandboxes[0].Running {
 		t.Fatalf("the pooled sandbox after a crash: %s", mustJSON(m))
 	}
-	next.waitPoolFull(key, home)
+	next.waitPoolFull(key)
 	next.mustCall(key, "sandbox.start", map[string]any{"namespace": "crash", "sandbox": "pooled"}, nil)
 	if _, pooled := starts(next.out.String(), "crash", "pooled"); pooled != 1 {
 		t.Errorf("the restarted sandbox did not take a waiting sandbox")

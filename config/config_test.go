@@ -30,6 +30,31 @@ func writeConfig(t *testing.T, home, body string) {
 	}
 }
 
+// loadChecked writes body as home's config file and loads and validates
+// it.
+func loadChecked(t *testing.T, home, body string) (config.Config, error) {
+	t.Helper()
+	writeConfig(t, home, body)
+	c, err := config.Load(home)
+	if err == nil {
+		err = c.Validate()
+	}
+	return c, err
+}
+
+// invalidFile is a config file that must be refused, with an error
+// wrapping ErrInvalid that mentions mention.
+type invalidFile struct{ file, mention string }
+
+func checkInvalid(t *testing.T, home string, files []invalidFile) {
+	t.Helper()
+	for _, bad := range files {
+		if _, err := loadChecked(t, home, bad.file); !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), bad.mention) {
+			t.Errorf("%q: %v, want an error mentioning %q", bad.file, err, bad.mention)
+		}
+	}
+}
+
 func TestDefault(t *testing.T) {
 	home := t.TempDir()
 	c := config.Default(home)
@@ -522,23 +547,14 @@ permitted = false
 	if got := config.Default(home).Network.Of("x"); !got.Permitted || got.DefaultEnabled || got.Allow != nil || got.MaxConnections != config.DefaultNetworkConnections {
 		t.Errorf("default bounds %+v", got)
 	}
-	for _, bad := range []struct{ file, mention string }{
+	checkInvalid(t, home, []invalidFile{
 		{"[network]\ndns = [\"resolver.example\"]\n", "network.dns"},
 		{"[network]\ndns = [\"192.0.2.1:0\"]\n", "network.dns"},
 		{"[network]\ninterface = \"a/b\"\n", "network.interface"},
 		{"[network]\nmax_connections = -1\n", "network:"},
 		{"[network.namespaces.\"-x\"]\nallow = []\n", "network.namespaces"},
 		{"[network.namespaces.a]\nmax_bandwidth = -5\n", "network.namespaces.a"},
-	} {
-		writeConfig(t, home, bad.file)
-		c, err := config.Load(home)
-		if err == nil {
-			err = c.Validate()
-		}
-		if !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), bad.mention) {
-			t.Errorf("%q: %v, want an error mentioning %q", bad.file, err, bad.mention)
-		}
-	}
+	})
 	writeConfig(t, home, "[network]\nallowed = true\n")
 	if _, err := config.Load(home); err == nil || !strings.Contains(err.Error(), "network.allowed") {
 		t.Errorf("unknown network setting: %v", err)
@@ -568,11 +584,7 @@ func TestPoolSettings(t *testing.T) {
 		{"[pool.images]\n", map[string]int{}, 0, 0},
 		{"[pool.images]\n\"microsandbox/python\" = 0\n", map[string]int{"microsandbox/python": 0}, 0, 0},
 	} {
-		writeConfig(t, home, tc.file)
-		c, err := config.Load(home)
-		if err == nil {
-			err = c.Validate()
-		}
+		c, err := loadChecked(t, home, tc.file)
 		if err != nil {
 			t.Errorf("%q: %v", tc.file, err)
 			continue
@@ -581,7 +593,7 @@ func TestPoolSettings(t *testing.T) {
 			t.Errorf("%q: pool %+v: %d sandboxes of %d MiB; want %v, %d of %d", tc.file, c.Pool, c.Pool.Sandboxes(), c.Pool.Share(), tc.images, tc.sandboxes, tc.share)
 		}
 	}
-	for _, bad := range []struct{ file, mention string }{
+	checkInvalid(t, home, []invalidFile{
 		{"[pool]\nmemory = 100\n[pool.images]\n\"a\" = 4\n", "set pool.memory to at least 128"},
 		{"[pool]\nmemory = -1\n", "pool.memory"},
 		{"[pool.images]\n\"a\" = -1\n", "pool.images"},
@@ -589,16 +601,7 @@ func TestPoolSettings(t *testing.T) {
 		{"[pool]\nsize = 3\n", "pool.size"},
 		{"max_memory = 100\n[pool]\nmemory = 400\n", "lower pool.memory to at most 200"},
 		{"[pool.images]\n\"a\" = \"two\"\n", config.FileName},
-	} {
-		writeConfig(t, home, bad.file)
-		c, err := config.Load(home)
-		if err == nil {
-			err = c.Validate()
-		}
-		if !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), bad.mention) {
-			t.Errorf("%q: %v, want an error mentioning %q", bad.file, err, bad.mention)
-		}
-	}
+	})
 	// A pool too big for its memory is fine when it is off.
 	writeConfig(t, home, "[pool]\nenabled = false\nmemory = 1\n")
 	if c, err := config.Load(home); err != nil || c.Validate() != nil {
