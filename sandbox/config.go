@@ -66,17 +66,31 @@ type Volume struct {
 	ReadOnly bool
 }
 
-// Overlaps reports whether v mounts the host directory dir, a directory
-// in it, or one holding it (such as a namespace's whole root, "."), its
-// relative host path resolved in root and symlinks on either side
-// followed as far as they exist.
-func (v Volume) Overlaps(root, dir string) bool {
-	host := v.Host
-	if !filepath.IsAbs(host) {
-		host = filepath.Join(root, host)
+// Overlapping returns the test of whether a volume mounts the host
+// directory dir, a directory in it, or one holding it (such as a
+// namespace's whole root, "."), its relative host path resolved in root
+// and symlinks on either side followed as far as they exist. dir is
+// resolved once, for every volume tested.
+func Overlapping(root, dir string) func(Volume) bool {
+	b := realPath(dir)
+	return func(v Volume) bool {
+		host := v.Host
+		if !filepath.IsAbs(host) {
+			host = filepath.Join(root, host)
+		}
+		a := realPath(host)
+		return a == b || strings.HasPrefix(a, b+"/") || strings.HasPrefix(b, a+"/") || a == "/" || b == "/"
 	}
-	a, b := realPath(host), realPath(dir)
-	return a == b || strings.HasPrefix(a, b+"/") || strings.HasPrefix(b, a+"/") || a == "/" || b == "/"
+}
+
+// serverDisk is the disk (MiB) of a config that names none on a server
+// whose default is def (0: DefaultDisk). A pool's sandboxes wait with it
+// too (WarmSpec): only a start of the same disk can take one.
+func serverDisk(def int) int {
+	if def == 0 {
+		return DefaultDisk
+	}
+	return def
 }
 
 // realPath is p cleaned, with its symlinks resolved when it exists.
@@ -251,10 +265,7 @@ func Normalize(cfg Config, b Bounds) (Config, error) {
 		return bad("cpus %d is out of range: use 1 to %d", cfg.CPUs, b.MaxCPUs)
 	}
 	if cfg.Disk == 0 {
-		cfg.Disk = b.DefaultDisk
-		if cfg.Disk == 0 {
-			cfg.Disk = DefaultDisk
-		}
+		cfg.Disk = serverDisk(b.DefaultDisk)
 	}
 	if cfg.Disk < MinDisk || (b.MaxDisk > 0 && cfg.Disk > b.MaxDisk) {
 		if b.MaxDisk > 0 {

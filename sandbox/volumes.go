@@ -3,14 +3,13 @@ package sandbox
 import (
 	"errors"
 	"fmt"
-	"os"
-	"path"
 	"path/filepath"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/errdefs"
+	"github.com/msb-dev/msb/sandbox/volume"
 )
 
 // namespaceRoots are the directories namespace ns may share: <root>/<ns>
@@ -54,7 +53,7 @@ func (s *Service) resolveVolume(ns string, v Volume) (Mount, error) {
 	if rel == "" {
 		rel = "."
 	}
-	if err := mkdirOwned(root, s.opts.VolumeOwner); err != nil {
+	if err := volume.MkdirPrivate(root, s.opts.VolumeOwner); err != nil {
 		return Mount{}, fmt.Errorf("volume root %s: %w", root, err)
 	}
 	rootfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -65,7 +64,7 @@ func (s *Service) resolveVolume(ns string, v Volume) (Mount, error) {
 	how := &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS}
 	fd, err := unix.Openat2(rootfd, rel, how)
 	if errors.Is(err, unix.ENOENT) {
-		err = mkdirBeneath(rootfd, rel, s.opts.VolumeOwner)
+		err = volume.MkdirBeneath(rootfd, rel, s.opts.VolumeOwner)
 		if err == nil {
 			fd, err = unix.Openat2(rootfd, rel, how)
 		}
@@ -89,54 +88,4 @@ func (s *Service) resolveVolume(ns string, v Volume) (Mount, error) {
 		return bad("the host path is neither a directory nor a regular file")
 	}
 	return Mount{Source: filepath.Join(root, rel), Target: v.Guest, ReadOnly: v.ReadOnly, Beneath: root}, nil
-}
-
-// mkdirOwned makes a namespace's volume root dir, and its missing
-// parents, if it is missing: 0700, so that no user of the host can reach
-// what sandboxes leave in volumes (a setuid file, say), owned by owner.
-func mkdirOwned(dir string, owner int) error {
-	if _, err := os.Stat(dir); err == nil {
-		return nil
-	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return err
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return nil
-		}
-		return err
-	}
-	return os.Chown(dir, owner, owner)
-}
-
-// mkdirBeneath creates the directory rel and its parents beneath rootfd,
-// refusing to pass through any symlink.
-func mkdirBeneath(rootfd int, rel string, owner int) error {
-	cur := "."
-	for _, c := range strings.Split(rel, "/") {
-		if c == "" || c == "." {
-			continue
-		}
-		parent, err := unix.Openat2(rootfd, cur, &unix.OpenHow{
-			Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
-			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-		})
-		if err != nil {
-			if errors.Is(err, unix.ELOOP) {
-				return unix.EXDEV // a symlink on the way: treat as leading out
-			}
-			return err
-		}
-		err = unix.Mkdirat(parent, c, 0o755)
-		if err == nil && owner != 0 {
-			err = unix.Fchownat(parent, c, owner, owner, unix.AT_SYMLINK_NOFOLLOW)
-		}
-		unix.Close(parent)
-		if err != nil && !errors.Is(err, unix.EEXIST) {
-			return err
-		}
-		cur = path.Join(cur, c)
-	}
-	return nil
 }

@@ -166,10 +166,7 @@ const WarmHostname = "sandbox"
 // DefaultDisk), which only a start of the same disk can take. A start
 // that takes it applies its own limits.
 func WarmSpec(img Image, memoryMiB, pids, diskMiB int) Spec {
-	if diskMiB == 0 {
-		diskMiB = DefaultDisk
-	}
-	spec := specOf(img, Config{Image: img.Ref, Memory: memoryMiB, CPUs: DefaultCPUs, Disk: diskMiB}, pids)
+	spec := specOf(img, Config{Image: img.Ref, Memory: memoryMiB, CPUs: DefaultCPUs, Disk: serverDisk(diskMiB)}, pids)
 	spec.Hostname = WarmHostname
 	return spec
 }

@@ -252,10 +252,14 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		}
 	}
 	resolver := image.Resolver{Aliases: s.cfg.Images, Store: images}
-	warm, err := s.warmPool(eng, resolver)
+	wp, err := s.warmPool(eng, resolver)
 	if err != nil {
 		eng.Close()
 		return err
+	}
+	var warm sandbox.WarmPool // nil, not a nil *pool.Pool, when there is none
+	if wp != nil {
+		warm = wp
 	}
 	svc := sandbox.NewService(sandbox.ServiceOptions{
 		Engine:        eng,
@@ -293,8 +297,8 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 	}
 	// After Recover: the engine has removed what a crashed server's pool
 	// left, and the pool's new sandboxes cannot be mistaken for it.
-	if p, ok := warm.(*pool.Pool); ok {
-		p.Start()
+	if wp != nil {
+		wp.Start()
 	}
 	s.sandboxes = svc
 	s.closeSvc = func(ctx context.Context) error {
@@ -310,7 +314,7 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 // warmPool is the warm pool of config.toml's [pool] on eng (nil: none,
 // because it is off, empty, or the engine cannot start sandboxes ahead of
 // time). Each image's pool gets its sandboxes' share of pool.memory.
-func (s *Server) warmPool(eng sandbox.Engine, images sandbox.Resolver) (sandbox.WarmPool, error) {
+func (s *Server) warmPool(eng sandbox.Engine, images sandbox.Resolver) (*pool.Pool, error) {
 	cfg := s.cfg.Pool
 	if cfg.Sandboxes() == 0 {
 		s.log.Info("warm pool off: every start starts its sandbox", "enabled", cfg.Enabled)

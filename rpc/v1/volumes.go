@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -155,10 +156,7 @@ func (h *Handler) mountedBy(c *Call, name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	volDir, err := h.vols.Path(c.NS, name)
-	if err != nil {
-		return "", err
-	}
+	overlaps := sandbox.Overlapping(nsDir, filepath.Join(nsDir, name)) // name: checked by the caller's Get
 	o := sandbox.ListOptions{Limit: 1000}
 	for {
 		recs, next, err := h.svc.List(c.ctx(), c.NS, o)
@@ -170,7 +168,7 @@ func (h *Handler) mountedBy(c *Call, name string) (string, error) {
 				continue
 			}
 			for _, v := range r.Config.Volumes {
-				if v.Overlaps(nsDir, volDir) {
+				if overlaps(v) {
 					return r.ID.Name(), nil
 				}
 			}

@@ -195,8 +195,6 @@ func httpPrefix(b []byte) prefixAnswer {
 	return prefixNo
 }
 
-// parseHead parses one HTTP/1 request head, returns the host it is for
-// ("" for none) and sets up the skipping of its body.
 // skip passes over what is left of a body or chunk in p, and moves to
 // next once all of it has gone by; it returns what follows in p.
 func (in *inspector) skip(p []byte, next inspectMode) []byte {
@@ -208,6 +206,8 @@ func (in *inspector) skip(p []byte, next inspectMode) []byte {
 	return p[n:]
 }
 
+// parseHead parses one HTTP/1 request head, returns the host it is for
+// ("" for none) and sets up the skipping of its body.
 func (in *inspector) parseHead(head []byte) (string, error) {
 	lines := strings.Split(strings.TrimSuffix(string(head), "\r\n\r\n"), "\r\n")
 	reqLine := strings.Split(lines[0], " ")

@@ -94,7 +94,6 @@ type imagePool struct {
 type waiting struct {
 	handle string
 	spec   sandbox.Spec
-	since  time.Time
 }
 
 var _ sandbox.WarmPool = (*Pool)(nil)
@@ -185,13 +184,30 @@ func (p *Pool) poke() {
 // discard deletes waiting sandboxes in the background; Close waits for
 // it. p.mu held.
 func (p *Pool) discard(handles []string) {
+	p.bg.Go(func() {
+		for _, err := range p.discardAll(context.Background(), handles) {
+			p.log.Warn("deleting a sandbox of the warm pool", "err", err)
+		}
+	})
+}
+
+// discardAll deletes the sandboxes handles, all at once, and returns the
+// errors of those it could not delete.
+func (p *Pool) discardAll(ctx context.Context, handles []string) []error {
+	var mu sync.Mutex
+	var errs []error
+	var wg sync.WaitGroup
 	for _, h := range handles {
-		p.bg.Go(func() {
-			if err := p.opts.Engine.Discard(context.Background(), h); err != nil {
-				p.log.Warn("deleting a sandbox of the warm pool", "handle", h, "err", err)
+		wg.Go(func() {
+			if err := p.opts.Engine.Discard(ctx, h); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("sandbox %s: %w", h, err))
+				mu.Unlock()
 			}
 		})
 	}
+	wg.Wait()
+	return errs
 }
 
 // Status implements sandbox.WarmPool: every image's pool, by image.
@@ -232,20 +248,7 @@ func (p *Pool) Close(ctx context.Context) error {
 		<-p.done
 	}
 	p.bg.Wait()
-	var mu sync.Mutex
-	var errs []error
-	var wg sync.WaitGroup
-	for _, h := range handles {
-		wg.Go(func() {
-			if err := p.opts.Engine.Discard(ctx, h); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return errors.Join(p.discardAll(ctx, handles)...)
 }
 
 // fill keeps every pool full, one sandbox at a time, until Close.
@@ -282,7 +285,7 @@ func (p *Pool) fill() {
 			p.discard([]string{h})
 		default:
 			ip.failures = 0
-			ip.ready = append(ip.ready, waiting{handle: h, spec: spec, since: time.Now()})
+			ip.ready = append(ip.ready, waiting{handle: h, spec: spec})
 		}
 		p.mu.Unlock()
 		if p.ctx.Err() != nil {

@@ -179,20 +179,26 @@ func (d *Dir) parent(rel string, mkdir bool) (int, string, error) {
 
 // mkdirAll creates rel and its parents beneath the volume, passing
 // through no symlink.
-func (d *Dir) mkdirAll(rel string) error {
-	if rel == "." {
-		return nil
-	}
+func (d *Dir) mkdirAll(rel string) error { return MkdirBeneath(d.fd, rel, d.owner) }
+
+// MkdirBeneath creates the directory rel and its parents beneath the
+// directory rootfd, passing through no symlink (ELOOP) and never leading
+// out of it (EXDEV); the directories it makes are owned by owner (0: left
+// as made).
+func MkdirBeneath(rootfd int, rel string, owner int) error {
 	cur := "."
 	for _, c := range strings.Split(rel, "/") {
-		pfd, err := unix.Openat2(d.fd, cur, &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		if c == "" || c == "." {
+			continue
+		}
+		pfd, err := unix.Openat2(rootfd, cur, &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
 			Resolve: beneath | unix.RESOLVE_NO_SYMLINKS})
 		if err != nil {
 			return err
 		}
 		err = unix.Mkdirat(pfd, c, 0o755)
-		if err == nil && d.owner != 0 {
-			err = unix.Fchownat(pfd, c, d.owner, d.owner, unix.AT_SYMLINK_NOFOLLOW)
+		if err == nil && owner != 0 {
+			err = unix.Fchownat(pfd, c, owner, owner, unix.AT_SYMLINK_NOFOLLOW)
 		}
 		unix.Close(pfd)
 		if err != nil && !errors.Is(err, unix.EEXIST) {

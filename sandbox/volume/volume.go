@@ -70,7 +70,6 @@ func (s *Store) now() time.Time {
 	return time.Now()
 }
 
-// nsDir returns namespace ns's directory, created if missing.
 // Path returns the host directory of volume name of namespace ns ("": the
 // namespace's default volume, which holds the others).
 func (s *Store) Path(ns, name string) (string, error) {
@@ -84,6 +83,7 @@ func (s *Store) Path(ns, name string) (string, error) {
 	return filepath.Join(dir, name), nil
 }
 
+// nsDir returns namespace ns's directory, created if missing.
 func (s *Store) nsDir(ns string) (string, error) {
 	if err := namespace.ValidateName("namespace", ns); err != nil {
 		return "", err
@@ -92,21 +92,29 @@ func (s *Store) nsDir(ns string) (string, error) {
 		return "", errdefs.Unavailablef("this server has no volume root (volume_roots in its config): named volumes are not available")
 	}
 	dir := filepath.Join(s.Root, ns)
-	if _, err := os.Stat(dir); err == nil {
-		return dir, nil
-	}
-	// 0700: no user of the host reaches what sandboxes leave in volumes.
-	if err := os.MkdirAll(s.Root, 0o755); err != nil {
+	if err := MkdirPrivate(dir, s.Owner); err != nil {
 		return "", fmt.Errorf("volume root of namespace %q: %w", ns, err)
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return "", fmt.Errorf("volume root of namespace %q: %w", ns, err)
-	} else if err == nil {
-		if err := os.Chown(dir, s.Owner, s.Owner); err != nil {
-			return "", fmt.Errorf("volume root of namespace %q: %w", ns, err)
-		}
 	}
 	return dir, nil
+}
+
+// MkdirPrivate makes dir, a namespace's volume root, and its missing
+// parents if it is missing: 0700, so that no user of the host reaches
+// what sandboxes leave in volumes (a setuid file, say), owned by owner.
+func MkdirPrivate(dir string, owner int) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil
+		}
+		return err
+	}
+	return os.Chown(dir, owner, owner)
 }
 
 // ValidateName checks a volume's name: the rules of sandbox names.
