@@ -97,6 +97,7 @@ func benchInt(name string, def int) int {
 // failing the benchmark (which only its own goroutine may do).
 type rpcClient struct {
 	url string
+	key string // an API key, sent as a bearer token; "": none (dev mode)
 	hc  *http.Client
 }
 
@@ -106,7 +107,15 @@ func newRPCClient(url string) *rpcClient {
 
 func (c *rpcClient) call(method string, params map[string]any) (json.RawMessage, error) {
 	body, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
-	resp, err := c.hc.Post(c.url, "application/json", bytes.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, c.url, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if c.key != "" {
+		req.Header.Set("Authorization", "Bearer "+c.key)
+	}
+	resp, err := c.hc.Do(req)
 	if err != nil {
 		return nil, err
 	}

@@ -81,13 +81,11 @@ func TestDiskQuota(t *testing.T) {
 	if r := a.sh("head -c 20971520 /dev/urandom > /workspace/blob && sync"); r.ExitCode != 0 {
 		t.Fatalf("writing 20 MiB: %s", mustJSON(r))
 	}
-	start := time.Now()
+	// (How fast: BenchmarkSandbox's metrics-p99-ms@N, with up to 1,000
+	// sandboxes running; a test does not time it.)
 	after := a.diskUsage()
 	if after-before < 20<<20 || after-before > 24<<20 {
 		t.Fatalf("disk_usage went from %d to %d after writing 20 MiB", before, after)
-	}
-	if d := time.Since(start); d > 500*time.Millisecond {
-		t.Fatalf("sandbox.metrics.get took %v", d)
 	}
 
 	// Writing past the disk, as root, to /tmp: ENOSPC inside.
