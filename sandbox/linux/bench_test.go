@@ -3,7 +3,6 @@ package linux_test
 import (
 	"context"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sort"
 	"strconv"
@@ -22,22 +21,10 @@ import (
 // benchEngine returns a Linux engine of its own (name tells engines of
 // one benchmark apart), removed with its cgroups when b ends.
 func benchEngine(b *testing.B, name string, userns bool) *linux.Engine {
-	home := filepath.Join(b.TempDir(), name)
-	parent := "msb-bench-" + name + strconv.Itoa(os.Getpid())
-	b.Cleanup(func() {
-		dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", parent))
-		for _, d := range dirs {
-			os.Remove(d)
-		}
-	})
-	e, err := linux.New(linux.Config{
-		StateDir:       filepath.Join(home, "run"),
-		SandboxDir:     filepath.Join(home, "sandboxes"),
-		PortalBinary:   msbBin,
-		CgroupParent:   parent,
-		UserNamespaces: userns,
-		ReadyDiskMiB:   2048, // BenchmarkIsolationStart's disks
-	})
+	cfg := testConfig(b, b.TempDir(), "msb-bench-"+name)
+	cfg.UserNamespaces = userns
+	cfg.ReadyDiskMiB = 2048 // BenchmarkIsolationStart's disks
+	e, err := linux.New(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -868,19 +868,8 @@ func (c *cgroups) killInit(key string) error {
 		return fmt.Errorf("killing the sandbox's init %d: %w", pid, err)
 	}
 	// A pidfd polls readable once its process has exited.
-	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		n, err := unix.Poll(fds, int(time.Until(deadline)/time.Millisecond))
-		if n > 0 {
-			break
-		}
-		if err != nil && !errors.Is(err, unix.EINTR) {
-			return err
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the sandbox's init %d survived SIGKILL for 30s", pid)
-		}
+	if err := waitReadable(pidfd, 30*time.Second); err != nil {
+		return fmt.Errorf("the sandbox's init %d after SIGKILL: %w", pid, err)
 	}
 	// Its namespace's other processes die with it; give the kernel a
 	// moment to reap them so that its cgroups can go.
@@ -990,27 +979,4 @@ func (c *cgroups) pidsCurrent() int {
 		return 0
 	}
 	return int(n)
-}
-
-// pidsFull reports whether the parent cgroup holds as many processes as
-// its pids ceiling allows (a failed clone's EAGAIN then means that).
-func (c *cgroups) pidsFull() (cur, limit int, full bool) {
-	if c.pids == "" {
-		return 0, 0, false
-	}
-	dir := filepath.Join(c.pids, c.parent)
-	m, err := os.ReadFile(filepath.Join(dir, "pids.max"))
-	if err != nil {
-		return 0, 0, false
-	}
-	limit, err = strconv.Atoi(strings.TrimSpace(string(m)))
-	if err != nil { // "max"
-		return 0, 0, false
-	}
-	n, err := readUint(filepath.Join(dir, "pids.current"))
-	if err != nil {
-		return 0, limit, false
-	}
-	// The clone that failed was one process over.
-	return int(n), limit, int(n)+1 >= limit
 }

@@ -153,9 +153,10 @@ func (d *disks) remove() {
 	d.ready = map[string]time.Time{}
 }
 
-// template returns the template image of a disk of mib MiB and inodes
-// inodes, making it if needed.
-func (d *disks) template(mib, inodes int) (string, error) {
+// template returns the template image of a disk of mib MiB (and
+// diskInodesPerMiB inodes a MiB), making it if needed.
+func (d *disks) template(mib int) (string, error) {
+	inodes := mib * diskInodesPerMiB
 	name := fmt.Sprintf("ext4-%d-%d.img", mib, inodes)
 	p := filepath.Join(d.dir, name)
 	d.mu.Lock()
@@ -329,7 +330,7 @@ func (d *disks) refill(mib int) {
 
 // build makes a disk of mib MiB with its image at img.
 func (d *disks) build(img string, mib int) (*disk, error) {
-	tmpl, err := d.template(mib, mib*diskInodesPerMiB)
+	tmpl, err := d.template(mib)
 	if err != nil {
 		return nil, fmt.Errorf("disk template: %w", err)
 	}
@@ -416,10 +417,7 @@ func mountDisk(dev *os.File) (*os.File, error) {
 		return nil, fmt.Errorf("disk: fsopen ext4: %w", err)
 	}
 	defer unix.Close(fsfd)
-	src := "/proc/self/fd/" + strconv.Itoa(int(dev.Fd()))
-	if target, err := os.Readlink(src); err == nil {
-		src = target
-	}
+	src := dev.Name() // the device's path, as attachLoop opened it
 	for _, o := range [][2]string{{"source", src}, {"errors", "remount-ro"}} {
 		if err := unix.FsconfigSetString(fsfd, o[0], o[1]); err != nil {
 			return nil, fmt.Errorf("disk: mount option %s=%s: %w", o[0], o[1], err)

@@ -417,10 +417,7 @@ func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) e
 	e.mu.Unlock()
 
 	if err := e.create(b); err != nil {
-		b.disk.close(true)
-		b.disk = nil
-		e.ids.free(b.slot)
-		b.slot = 0
+		e.releaseIsolation(b, true)
 		_ = removeSandboxDir(b.dir)
 		e.forget(b)
 		return err
@@ -637,14 +634,16 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 		// The image's host paths, idmapped, go first among the mounts
 		// the init attaches (parents first).
 		for _, m := range cfg.Binds {
-			fd, err := idmappedClone(-1, m.Source, userns, m.ReadOnly)
+			fd, err := idmappedClone(-1, m.Source, "", userns, m.ReadOnly)
 			if err != nil {
 				return unavailable("image mount "+m.Target, err)
 			}
 			f := os.NewFile(uintptr(fd), "bind")
-			var st unix.Stat_t
-			unix.Fstat(fd, &st)
 			mine = append(mine, f)
+			var st unix.Stat_t
+			if err := unix.Fstat(fd, &st); err != nil {
+				return unavailable("image mount "+m.Target, err)
+			}
 			files = append(files, f)
 			cfg.Volumes = append(cfg.Volumes, volumeTarget{Target: m.Target, Dir: st.Mode&unix.S_IFMT == unix.S_IFDIR})
 		}
@@ -671,7 +670,6 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 		mine = append(mine, root)
 		cfg.RootFD = len(files)
 		files = append(files, root)
-		cfg.Disk = ""
 		cfg.Userns = true
 	}
 	if b.disk != nil && b.slot == 0 {
@@ -742,7 +740,9 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	closeAll(cgTasks)
 	if err != nil {
 		if errors.Is(err, unix.EAGAIN) {
-			if cur, _, full := e.cg.pidsFull(); full {
+			// The ceiling (written by the engine) full: the clone that
+			// failed was one process over it.
+			if limit, cur := e.cfg.Ceilings.Pids, e.cg.pidsCurrent(); limit > 0 && cur+1 >= limit {
 				return fmt.Errorf("sandbox %s: %w", b.id, errdefs.Exhaustedf("the server's sandboxes run %d processes together, its ceiling (total_pids in config.toml): stop sandboxes, or raise total_pids", cur))
 			}
 		}
@@ -772,7 +772,7 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	b.proc, b.done, b.client, b.started = proc, done, client, time.Now()
 	// The network namespace is there from the clone: its link goes in
 	// while the init builds the rest.
-	if err := e.attachNetwork(ctx, b, proc.Pid); err != nil {
+	if err := e.attachNetwork(ctx, b); err != nil {
 		return err
 	}
 
@@ -869,7 +869,7 @@ func (e *Engine) initConfig(b *box) *initConfig {
 	if b.template != "" {
 		c.Layers = []string{b.template}
 	}
-	if b.disk != nil {
+	if b.disk != nil && b.slot == 0 { // in a user namespace, the server mounts the root, disk included
 		c.Disk = b.upperDir()
 	}
 	for _, h := range e.cg.v1 {
@@ -1011,14 +1011,7 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 			errs = append(errs, err)
 		}
 	}
-	// Killed, the sandbox holds its disk no more: what it wrote last is
-	// dropped, not written back to an image about to be removed.
-	b.disk.close(true)
-	b.disk = nil
-	if len(errs) == 0 { // its processes are gone: its ids can go to another
-		e.ids.free(b.slot)
-		b.slot = 0
-	}
+	e.releaseIsolation(b, len(errs) == 0)
 	if err := os.RemoveAll(filepath.Join(e.cfg.StateDir, id.Key())); err != nil {
 		errs = append(errs, err)
 	}
@@ -1034,6 +1027,18 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 	}
 	e.forget(b)
 	return nil
+}
+
+// releaseIsolation releases a killed sandbox's disk, dropping what it
+// wrote last rather than writing it back to an image about to be removed,
+// and, once its processes are gone, its id range, for another sandbox.
+func (e *Engine) releaseIsolation(b *box, processesGone bool) {
+	b.disk.close(true)
+	b.disk = nil
+	if processesGone {
+		e.ids.free(b.slot)
+		b.slot = 0
+	}
 }
 
 // Inspect reports the sandbox's state, including a sandbox left by an
@@ -1294,16 +1299,12 @@ func (e *Engine) DialSandbox(ctx context.Context, id sandbox.ID, port int) (net.
 		return nil, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrConflict)
 	}
 	proc := b.proc
-	pid := proc.Pid
 	b.mu.Unlock()
-	nsFile, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+	nsFile, err := proc.openNS("net")
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s: network namespace: %w: %w", id, err, errdefs.ErrConflict)
 	}
 	defer nsFile.Close()
-	if !proc.alive() { // opened before the check, the namespace is the sandbox's
-		return nil, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrConflict)
-	}
 	return dialInNetns(ctx, nsFile, fmt.Sprintf("127.0.0.1:%d", port))
 }
 

@@ -154,16 +154,11 @@ func TestServerCrash(t *testing.T) {
 		t.Fatalf("sandbox of the live server: %+v, %v", st, err)
 	}
 
-	// The server's spawner, among its children (of any of its threads).
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", server.Process.Pid))
+	// The server's spawner, among its children.
 	var spawners []int
-	for _, task := range tasks {
-		data, _ := os.ReadFile(task)
-		for _, c := range strings.Fields(string(data)) {
-			pid, _ := strconv.Atoi(c)
-			if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); string(comm) == "msb-spawner\n" {
-				spawners = append(spawners, pid)
-			}
+	for _, pid := range sandboxtest.Children(server.Process.Pid) {
+		if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); string(comm) == "msb-spawner\n" {
+			spawners = append(spawners, pid)
 		}
 	}
 	if len(spawners) != 1 {
@@ -320,7 +315,7 @@ func leftoversOf(t *testing.T, cfg linux.Config, name string) []string {
 // testConfig returns the configuration of an engine keeping its state in
 // home, running msb as its sandboxes' init, with a cgroup parent of its
 // own (prefix and the test's pid) that is removed when the test ends.
-func testConfig(t *testing.T, home, prefix string) linux.Config {
+func testConfig(t testing.TB, home, prefix string) linux.Config {
 	t.Helper()
 	cfg := linux.Config{
 		StateDir:     filepath.Join(home, "run", "engine"),
@@ -332,7 +327,7 @@ func testConfig(t *testing.T, home, prefix string) linux.Config {
 	return cfg
 }
 
-func removeCgroupParent(t *testing.T, parent string) {
+func removeCgroupParent(t testing.TB, parent string) {
 	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", parent))
 	for _, d := range dirs {
 		if err := os.Remove(d); err != nil {

@@ -256,16 +256,12 @@ func (c *initConfig) setup() error {
 		if err := os.Mkdir(c.Root, 0o755); err != nil {
 			return fmt.Errorf("mount point of the root: %w", err)
 		}
-		err := unix.MoveMount(c.RootFD, "", unix.AT_FDCWD, c.Root, unix.MOVE_MOUNT_F_EMPTY_PATH)
-		unix.Close(c.RootFD)
-		if err != nil {
+		if err := attachMount(c.RootFD, c.Root); err != nil {
 			return fmt.Errorf("attaching the root file system: %w", err)
 		}
 	} else {
 		if c.Disk != "" {
-			err := unix.MoveMount(c.DiskFD, "", unix.AT_FDCWD, c.Disk, unix.MOVE_MOUNT_F_EMPTY_PATH)
-			unix.Close(c.DiskFD)
-			if err != nil {
+			if err := attachMount(c.DiskFD, c.Disk); err != nil {
 				return fmt.Errorf("attaching the sandbox's disk: %w", err)
 			}
 		}
@@ -745,4 +741,11 @@ func underTarget(p string, targets []string) bool {
 		}
 	}
 	return false
+}
+
+// attachMount moves the detached mount fd onto target, and closes fd.
+func attachMount(fd int, target string) error {
+	err := unix.MoveMount(fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH)
+	unix.Close(fd)
+	return err
 }

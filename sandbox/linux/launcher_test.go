@@ -470,12 +470,7 @@ func TestSpawner(t *testing.T) {
 	}
 	// The spawner reaps the inits it started once they have exited.
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		children, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", sp2))
-		var left []string
-		for _, c := range children {
-			data, _ := os.ReadFile(c)
-			left = append(left, strings.Fields(string(data))...)
-		}
+		left := sandboxtest.Children(sp2)
 		if len(left) == 0 {
 			break
 		}

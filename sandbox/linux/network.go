@@ -2,13 +2,13 @@ package linux
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/network"
-	"github.com/msb-dev/msb/sandbox/network/netns"
 )
 
 // A sandbox's outbound network is a network.Link: a TUN device, eth0, in
@@ -21,7 +21,7 @@ import (
 // The engine's own code calls three functions of this file, at three
 // places (see the package's call sites: start, kill, Stats):
 //
-//   - attachNetwork(ctx, b, pid) right after the init has started, before
+//   - attachNetwork(ctx, b) right after the init has started, before
 //     the portal is pinged; on error the start fails as if the portal had
 //     not answered (kill, tear down, ErrUnavailable);
 //   - detachNetwork(b) in kill, once the init is gone;
@@ -30,13 +30,13 @@ import (
 var _ sandbox.Networker = (*Engine)(nil)
 
 // attachNetwork gives the sandbox b holds (b.mu held), whose init has
-// pid, the network of its spec, if any. It returns an error wrapping
+// started, the network of its spec, if any. It returns an error wrapping
 // errdefs.ErrUnavailable when the link cannot be set up.
-func (e *Engine) attachNetwork(ctx context.Context, b *box, pid int) error {
+func (e *Engine) attachNetwork(ctx context.Context, b *box) error {
 	if b.spec.Network == nil {
 		return nil
 	}
-	link, err := e.attachLink(ctx, b, pid, *b.spec.Network)
+	link, err := e.attachLink(ctx, b, *b.spec.Network)
 	if err != nil {
 		return err
 	}
@@ -44,18 +44,17 @@ func (e *Engine) attachNetwork(ctx context.Context, b *box, pid int) error {
 	return nil
 }
 
-func (e *Engine) attachLink(ctx context.Context, b *box, pid int, cfg network.Config) (*network.Link, error) {
-	ns, err := netns.Open(pid)
+func (e *Engine) attachLink(ctx context.Context, b *box, cfg network.Config) (*network.Link, error) {
+	// (network.Attach also refuses the server's own namespace, whatever
+	// happens.)
+	ns, err := b.proc.openNS("net")
+	if errors.Is(err, errInitExited) {
+		return nil, fmt.Errorf("sandbox %s stopped while its network was set up: %w", b.id, errdefs.ErrConflict)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s: network: %w: %w", b.id, err, errdefs.ErrUnavailable)
 	}
 	defer ns.Close()
-	// The pid is the init's only while the init runs: opened before the
-	// check, the namespace is the sandbox's. (network.Attach also refuses
-	// the server's own namespace, whatever happens.)
-	if !b.running() || !b.proc.alive() {
-		return nil, fmt.Errorf("sandbox %s stopped while its network was set up: %w", b.id, errdefs.ErrConflict)
-	}
 	link, err := network.Attach(ctx, ns, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s: %w: %w", b.id, err, errdefs.ErrUnavailable)
@@ -113,7 +112,7 @@ func (e *Engine) SetNetwork(ctx context.Context, id sandbox.ID, cfg *network.Con
 	case cfg == nil:
 		e.detachNetwork(b)
 	case b.link == nil:
-		link, err := e.attachLink(ctx, b, b.proc.Pid, *cfg)
+		link, err := e.attachLink(ctx, b, *cfg)
 		if err != nil {
 			return err
 		}

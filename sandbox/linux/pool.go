@@ -245,7 +245,7 @@ func (e *Engine) apply(ctx context.Context, b *box, spec sandbox.Spec) error {
 	}
 	c.SetRlimits(spec.Rlimits)
 	if spec.Network != nil {
-		link, err := e.attachLink(ctx, b, pid, *spec.Network)
+		link, err := e.attachLink(ctx, b, *spec.Network)
 		if err != nil {
 			return err
 		}
@@ -300,12 +300,7 @@ func (e *Engine) destroy(b *box) error {
 	if err := e.releaseCgroups(b); err != nil {
 		errs = append(errs, err)
 	}
-	b.disk.close(true)
-	b.disk = nil
-	if len(errs) == 0 {
-		e.ids.free(b.slot)
-		b.slot = 0
-	}
+	e.releaseIsolation(b, len(errs) == 0)
 	if err := e.trash.discard(b.dir); err != nil {
 		errs = append(errs, err)
 	}
@@ -403,14 +398,11 @@ func (c *cgroups) liftSwapLimit(handle string) error {
 // the call. A thread that cannot get back to the server's namespace is
 // never unlocked, so the Go runtime retires it.
 func setHostname(proc *initProc, name string) error {
-	ns, err := os.Open("/proc/" + strconv.Itoa(proc.Pid) + "/ns/uts")
+	ns, err := proc.openNS("uts")
 	if err != nil {
 		return err
 	}
 	defer ns.Close()
-	if !proc.alive() { // opened before the check, the namespace is the sandbox's
-		return errors.New("the sandbox's init has exited")
-	}
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()

@@ -311,25 +311,10 @@ func openVolume(m sandbox.Mount, userns *os.File) (tree *os.File, dir bool, err 
 		return nil, false, err
 	}
 	defer unix.Close(src)
-	fd, err := unix.OpenTree(src, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	// With userns, shown from the volume range to the sandbox's (userns.go).
+	fd, err := idmappedClone(src, "", m.Source, userns, m.ReadOnly)
 	if err != nil {
-		return nil, false, fmt.Errorf("volume %s: open_tree: %w", m.Source, err)
-	}
-	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
-	if m.ReadOnly {
-		attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
-	}
-	if userns != nil {
-		// Shown from the volume range to the sandbox's (userns.go).
-		attr.Attr_set |= unix.MOUNT_ATTR_IDMAP
-		attr.Userns_fd = uint64(userns.Fd())
-	}
-	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, attr); err != nil {
-		unix.Close(fd)
-		if userns != nil {
-			return nil, false, fmt.Errorf("volume: %w", idmapErr(m.Source, err))
-		}
-		return nil, false, fmt.Errorf("volume %s: mount_setattr: %w", m.Source, err)
+		return nil, false, fmt.Errorf("volume: %w", err)
 	}
 	return os.NewFile(uintptr(fd), "volume"), dir, nil
 }

@@ -265,13 +265,14 @@ func (sp *spawner) exchange(msg []byte, fds []int) (rep spawnReply, pidfd int, e
 	return rep, got[0], nil
 }
 
-// waitReadable waits until fd can be read, at most timeout.
+// waitReadable waits until fd can be read (a pidfd: its process has
+// exited), at most timeout.
 func waitReadable(fd int, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		left := time.Until(deadline)
 		if left <= 0 {
-			return fmt.Errorf("no answer in %v", timeout)
+			return fmt.Errorf("not readable in %v", timeout)
 		}
 		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(left.Milliseconds())+1)
 		if n > 0 {
@@ -417,6 +418,25 @@ func (p *initProc) alive() bool {
 	return serr == nil
 }
 
+// errInitExited is the error of a namespace asked of an init that has
+// exited.
+var errInitExited = errors.New("the sandbox's init has exited")
+
+// openNS opens the init's namespace of kind ("net", "uts"...) while the
+// init runs: opened before the check of its pidfd, the namespace is the
+// init's, not that of a process that got its pid after it was reaped.
+func (p *initProc) openNS(kind string) (*os.File, error) {
+	f, err := os.Open("/proc/" + strconv.Itoa(p.Pid) + "/ns/" + kind)
+	if err != nil {
+		return nil, err
+	}
+	if !p.alive() {
+		f.Close()
+		return nil, errInitExited
+	}
+	return f, nil
+}
+
 // release lets the spawner reap the init once Wait has returned; Kill does
 // nothing afterwards. An init whose spawner died is reaped by whichever
 // process it was given to: this one too, if it is a subreaper or PID 1.
@@ -502,14 +522,12 @@ func serveSpawner(v string) error {
 		if n == 0 {
 			return nil // the server closed its end
 		}
-		s.reapPending()
 		switch buf[0] {
 		case 'R':
 			closeFDs(fds)
 			if pid, err := strconv.Atoi(string(buf[1:n])); err == nil && pid > 0 {
 				s.pending[pid] = true
 			}
-			s.reapPending()
 		case 'S':
 			var req spawnRequest
 			if err := json.Unmarshal(buf[1:n], &req); err != nil {
@@ -536,6 +554,7 @@ func serveSpawner(v string) error {
 		default:
 			closeFDs(fds)
 		}
+		s.reapPending()
 	}
 }
 

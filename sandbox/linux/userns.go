@@ -244,27 +244,37 @@ func newUserns(inside, host, size int) (*os.File, error) {
 }
 
 // idmappedClone clones the mount tree at path (or of the descriptor fd,
-// with path "") into a detached mount shown through the user namespace
-// userns, read-only if asked, nosuid and nodev.
-func idmappedClone(fd int, path string, userns *os.File, readOnly bool) (int, error) {
+// with path "": name then names it in errors) into a detached mount,
+// read-only if asked, nosuid and nodev, and shown through the user
+// namespace userns unless it is nil.
+func idmappedClone(fd int, path, name string, userns *os.File, readOnly bool) (int, error) {
 	flags := unix.OPEN_TREE_CLONE | unix.OPEN_TREE_CLOEXEC
 	if path == "" {
 		flags |= unix.AT_EMPTY_PATH
+	} else {
+		name = path
 	}
 	if fd < 0 {
 		fd = unix.AT_FDCWD
 	}
 	tree, err := unix.OpenTree(fd, path, uint(flags))
 	if err != nil {
-		return -1, fmt.Errorf("open_tree %s: %w", path, err)
+		return -1, fmt.Errorf("open_tree %s: %w", name, err)
 	}
-	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV | unix.MOUNT_ATTR_IDMAP, Userns_fd: uint64(userns.Fd())}
+	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
 	if readOnly {
 		attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
 	}
+	if userns != nil {
+		attr.Attr_set |= unix.MOUNT_ATTR_IDMAP
+		attr.Userns_fd = uint64(userns.Fd())
+	}
 	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, attr); err != nil {
 		unix.Close(tree)
-		return -1, idmapErr(path, err)
+		if userns != nil {
+			return -1, idmapErr(name, err)
+		}
+		return -1, fmt.Errorf("mount_setattr %s: %w", name, err)
 	}
 	return tree, nil
 }
@@ -280,13 +290,9 @@ func mountRoot(layers []string, upper, work string, userns *os.File, owner int) 
 	}
 	var lower []string
 	var fds []int
-	defer func() {
-		for _, fd := range fds {
-			unix.Close(fd)
-		}
-	}()
+	defer func() { closeFDs(fds) }()
 	for i := len(layers) - 1; i >= 0; i-- { // overlayfs lists the top layer first
-		fd, err := idmappedClone(-1, layers[i], userns, true)
+		fd, err := idmappedClone(-1, layers[i], "", userns, true)
 		if err != nil {
 			return nil, fmt.Errorf("image layer: %w", err)
 		}

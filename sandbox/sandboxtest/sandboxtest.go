@@ -778,17 +778,27 @@ func ProcessCPU(pid int) (self, children time.Duration, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	for _, t := range tasks {
-		data, _ := os.ReadFile(t)
-		for _, c := range strings.Fields(string(data)) {
-			n, _ := strconv.Atoi(c)
-			if s, ch, err := statCPU(n); err == nil { // one gone meanwhile is in children
-				children += s + ch
-			}
+	for _, n := range Children(pid) {
+		if s, ch, err := statCPU(n); err == nil { // one gone meanwhile is in children
+			children += s + ch
 		}
 	}
 	return self, children, nil
+}
+
+// Children lists the children of process pid (of any of its threads).
+func Children(pid int) []int {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var pids []int
+	for _, task := range tasks {
+		data, _ := os.ReadFile(task)
+		for _, c := range strings.Fields(string(data)) {
+			if n, err := strconv.Atoi(c); err == nil {
+				pids = append(pids, n)
+			}
+		}
+	}
+	return pids
 }
 
 // statCPU returns the CPU time of process pid and of its reaped children.
