@@ -3,8 +3,6 @@ package main_test
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -134,6 +132,15 @@ func (c *rpcClient) call(method string, params map[string]any) (json.RawMessage,
 	return r.Result, nil
 }
 
+// pythonC runs the baseline of the sandbox benchmarks: a bare
+// /usr/bin/python3 -c 'print(1)' (not python3 on PATH, which may be a
+// slower shim).
+func pythonC(b *testing.B) {
+	if out, err := exec.Command("/usr/bin/python3", "-c", "print(1)").Output(); err != nil || string(out) != "1\n" {
+		b.Fatalf("python3: %v %q", err, out)
+	}
+}
+
 // poolOff is the config.toml of a server without a warm pool: its starts
 // are cold ones.
 const poolOff = "[pool]\nenabled = false\n"
@@ -253,11 +260,7 @@ func BenchmarkSandbox(b *testing.B) {
 	home, pid := srv.home, srv.cmd.Process.Pid
 	must := func(method string, params map[string]any) json.RawMessage { return c.must(b, method, params) }
 	box := func(ns, name string) map[string]any { return map[string]any{"namespace": ns, "sandbox": name} }
-	python := func() {
-		if out, err := exec.Command("/usr/bin/python3", "-c", "print(1)").Output(); err != nil || string(out) != "1\n" {
-			b.Fatalf("python3: %v %q", err, out)
-		}
-	}
+	python := func() { pythonC(b) }
 	crun := newCrunRunner(b)
 	defer crun.close()
 	rounds := benchInt("MSB_BENCH_ROUNDS", 41)
@@ -354,9 +357,7 @@ func BenchmarkSandboxPool(b *testing.B) {
 	must := func(method string, params map[string]any) json.RawMessage { return c.must(b, method, params) }
 	full := func() {
 		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
-			var m struct {
-				Pool []struct{ Size, Waiting, Starting int } `json:"pool"`
-			}
+			var m metricsResult
 			json.Unmarshal(must("sandbox.metrics.get", map[string]any{"namespace": "*"}), &m)
 			if len(m.Pool) == 1 && m.Pool[0].Waiting == m.Pool[0].Size && m.Pool[0].Starting == 0 {
 				return
@@ -366,11 +367,7 @@ func BenchmarkSandboxPool(b *testing.B) {
 			}
 		}
 	}
-	python := func() {
-		if out, err := exec.Command("/usr/bin/python3", "-c", "print(1)").Output(); err != nil || string(out) != "1\n" {
-			b.Fatalf("python3: %v %q", err, out)
-		}
-	}
+	python := func() { pythonC(b) }
 	rounds := benchInt("MSB_BENCH_ROUNDS", 41)
 	cfg := func(image string) map[string]any {
 		return map[string]any{"image": image, "envs": []string{"BENCH=1"}, "workdir": "/work", "memory": 256}
@@ -530,25 +527,24 @@ func BenchmarkThroughputAB(b *testing.B) {
 				now = append(now, throughput(b, cNew, pidNew, ns, n))
 			}
 		}
-		median := func(ts []tput, f func(tput) float64) float64 {
+		medianOf := func(ts []tput, f func(tput) float64) float64 {
 			v := make([]float64, len(ts))
 			for i, t := range ts {
 				v[i] = f(t)
 			}
-			sort.Float64s(v)
-			return v[len(v)/2]
+			return median(v)
 		}
 		perSec := func(t tput) float64 { return t.perSec }
 		cpu := func(t tput) float64 { return t.cpu }
 		machine := func(t tput) float64 { return t.machine }
-		b.ReportMetric(median(now, perSec), "starts/s")
-		b.ReportMetric(median(before, perSec), "starts/s-before")
-		b.ReportMetric(median(now, perSec)/median(before, perSec), "starts/s-ratio")
-		b.ReportMetric(median(now, cpu), "cpu-ms/start+stop")
-		b.ReportMetric(median(before, cpu), "cpu-ms-before")
-		b.ReportMetric(median(now, cpu)/median(before, cpu), "cpu-ratio")
-		b.ReportMetric(median(now, machine), "machine-cpu-ms")
-		b.ReportMetric(median(before, machine), "machine-cpu-ms-before")
+		b.ReportMetric(medianOf(now, perSec), "starts/s")
+		b.ReportMetric(medianOf(before, perSec), "starts/s-before")
+		b.ReportMetric(medianOf(now, perSec)/medianOf(before, perSec), "starts/s-ratio")
+		b.ReportMetric(medianOf(now, cpu), "cpu-ms/start+stop")
+		b.ReportMetric(medianOf(before, cpu), "cpu-ms-before")
+		b.ReportMetric(medianOf(now, cpu)/medianOf(before, cpu), "cpu-ratio")
+		b.ReportMetric(medianOf(now, machine), "machine-cpu-ms")
+		b.ReportMetric(medianOf(before, machine), "machine-cpu-ms-before")
 	}
 }
 
@@ -557,9 +553,8 @@ func BenchmarkThroughputAB(b *testing.B) {
 // and the latency of calls on one of them.
 func benchIdle(b *testing.B, c *rpcClient, home string) {
 	most := benchInt("MSB_BENCH_IDLE", 1000)
-	sum := sha256.Sum256([]byte(home))
 	cgroup := func(i int) string {
-		return fmt.Sprintf("/sys/fs/cgroup/memory/msb/%s/idle.i%d", hex.EncodeToString(sum[:6]), i)
+		return fmt.Sprintf("/sys/fs/cgroup/memory/msb/%s/idle.i%d", cgroupOf(home), i)
 	}
 	name := func(i int) map[string]any {
 		return map[string]any{"namespace": "idle", "sandbox": "i" + strconv.Itoa(i)}

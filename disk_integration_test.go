@@ -135,14 +135,7 @@ except OSError as e:
 		200, -32602, "max_disk in config.toml")
 	srv.wantError(key, "sandbox.start", map[string]any{"namespace": "disk", "sandbox": "big", "config": map[string]any{"image": "host", "disk": 256}},
 		200, -32001, "over its quota of 400 MiB (quotas.disk in config.toml)")
-	var q struct {
-		Quotas []struct {
-			DiskMiB struct {
-				Used  int  `json:"used"`
-				Limit *int `json:"limit"`
-			} `json:"disk_mib"`
-		} `json:"quotas"`
-	}
+	var q metricsResult
 	srv.mustCall(key, "sandbox.metrics.get", map[string]any{"namespace": "disk"}, &q)
 	if len(q.Quotas) != 1 || q.Quotas[0].DiskMiB.Used != 64+96 || q.Quotas[0].DiskMiB.Limit == nil || *q.Quotas[0].DiskMiB.Limit != 400 {
 		t.Fatalf("disk quota: %s", mustJSON(q))

@@ -2,8 +2,6 @@ package main_test
 
 import (
 	"bufio"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
@@ -264,8 +262,7 @@ func TestTotalPidsCeiling(t *testing.T) {
 // of home in the v1 hierarchy ctrl.
 func parentCgroup(t *testing.T, home, ctrl, file string) string {
 	t.Helper()
-	sum := sha256.Sum256([]byte(home))
-	data, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", ctrl, "msb", hex.EncodeToString(sum[:6]), file))
+	data, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", ctrl, "msb", cgroupOf(home), file))
 	if err != nil {
 		t.Fatal(err)
 	}

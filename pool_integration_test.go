@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -73,14 +72,7 @@ func waitingPool(home string) map[string]bool {
 // reports it to a key of every namespace.
 func (s *msbServer) poolOf(key string) (size, waiting, starting int) {
 	s.t.Helper()
-	var m struct {
-		Pool []struct {
-			Image             string `json:"image"`
-			Size              int    `json:"size"`
-			MemoryMiB         int    `json:"memory_mib"`
-			Waiting, Starting int
-		} `json:"pool"`
-	}
+	var m metricsResult
 	s.mustCall(key, "sandbox.metrics.get", map[string]any{"namespace": "*"}, &m)
 	if len(m.Pool) != 1 || m.Pool[0].Image != "microsandbox/python" || m.Pool[0].MemoryMiB != 2*poolShare {
 		s.t.Fatalf("sandbox.metrics.get's pool: %+v", m.Pool)
@@ -243,12 +235,7 @@ for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline; echo; done | grep -c '^sleep
 	}
 
 	// A port forward, applied to the taken sandbox.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := freePort(t)
 	web := srv.sandbox(key, "tenant-c", "web", map[string]any{"ports": []string{fmt.Sprintf("%d:8000", port)},
 		"exec": "python3 -m http.server 8000 --bind 127.0.0.1 --directory /workspace"})
 	if _, pooled := starts(srv.out.String(), "tenant-c", "web"); pooled != 1 {
@@ -307,9 +294,7 @@ func TestWarmPoolBurstQuotaAndMemoryBound(t *testing.T) {
 	var watch sync.WaitGroup
 	watch.Go(func() {
 		for {
-			var r struct {
-				Pool []struct{ Waiting, Starting int } `json:"pool"`
-			}
+			var r metricsResult
 			if res, err := c.call("sandbox.metrics.get", map[string]any{"namespace": "*"}); err == nil && json.Unmarshal(res, &r) == nil {
 				samples++
 				for _, p := range r.Pool {
@@ -372,19 +357,9 @@ func TestWarmPoolBurstQuotaAndMemoryBound(t *testing.T) {
 	if _, pooled := starts(srv.out.String(), "quota", "first"); pooled != 1 {
 		t.Fatal("quota/first did not take a waiting sandbox")
 	}
-	var m struct {
-		Quotas []struct {
-			Namespace string `json:"namespace"`
-			Sandboxes struct {
-				Used int `json:"used"`
-			} `json:"sandboxes"`
-			Memory struct {
-				Used int `json:"used"`
-			} `json:"memory_mib"`
-		} `json:"quotas"`
-	}
+	var m metricsResult
 	srv.mustCall(key, "sandbox.metrics.get", map[string]any{"namespace": "quota"}, &m)
-	if len(m.Quotas) != 1 || m.Quotas[0].Sandboxes.Used != 1 || m.Quotas[0].Memory.Used != 256 {
+	if len(m.Quotas) != 1 || m.Quotas[0].Sandboxes.Used != 1 || m.Quotas[0].MemoryMiB.Used != 256 {
 		t.Errorf("quota use after a pooled start: %+v", m.Quotas)
 	}
 	srv.waitPoolFull(key)
@@ -458,9 +433,7 @@ func TestWarmPoolOff(t *testing.T) {
 	home := homeWith(t, "[pool]\nenabled = false\n")
 	srv := startServer(t, home)
 	key := keygen(t, home)
-	var m struct {
-		Pool []any `json:"pool"`
-	}
+	var m metricsResult
 	srv.mustCall(key, "sandbox.metrics.get", map[string]any{"namespace": "*"}, &m)
 	if len(m.Pool) > 0 {
 		t.Fatalf("the server has a pool with the pool off: %v", m.Pool)

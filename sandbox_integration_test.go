@@ -36,6 +36,8 @@ type commandResult struct {
 	Output   []outputLine `json:"output"`
 }
 
+// metricsResult is sandbox.metrics.get's result, as the tests read it
+// (their own declaration of the wire format, not the server's).
 type metricsResult struct {
 	Sandboxes []struct {
 		Namespace   string   `json:"namespace"`
@@ -45,6 +47,27 @@ type metricsResult struct {
 		MemoryUsage *int64   `json:"memory_usage"`
 		DiskUsage   *int64   `json:"disk_usage"`
 	} `json:"sandboxes"`
+	Quotas []struct {
+		Namespace string   `json:"namespace"`
+		Sandboxes quotaUse `json:"sandboxes"`
+		MemoryMiB quotaUse `json:"memory_mib"`
+		CPUs      quotaUse `json:"cpus"`
+		DiskMiB   quotaUse `json:"disk_mib"`
+	} `json:"quotas"`
+	Pool []struct {
+		Image     string `json:"image"`
+		Size      int    `json:"size"`
+		MemoryMiB int    `json:"memory_mib"`
+		Waiting   int    `json:"waiting"`
+		Starting  int    `json:"starting"`
+	} `json:"pool"`
+}
+
+// quotaUse is one quantity of a namespace's quota: in use, and its bound
+// (nil: none).
+type quotaUse struct {
+	Used  int  `json:"used"`
+	Limit *int `json:"limit"`
 }
 
 func text(lines []outputLine, stream string) string {
@@ -911,19 +934,7 @@ func TestNamespaceQuotasServed(t *testing.T) {
 	srv.wantError(key, "sandbox.start", map[string]any{"namespace": "big", "sandbox": "b", "config": map[string]any{"image": "host", "memory": 128}},
 		200, -32001, "over its quota of 200 MiB (quotas.memory in config.toml)")
 
-	var m struct {
-		Quotas []struct {
-			Namespace string `json:"namespace"`
-			Sandboxes struct {
-				Used  int  `json:"used"`
-				Limit *int `json:"limit"`
-			} `json:"sandboxes"`
-			MemoryMiB struct {
-				Used  int  `json:"used"`
-				Limit *int `json:"limit"`
-			} `json:"memory_mib"`
-		} `json:"quotas"`
-	}
+	var m metricsResult
 	srv.mustCall(key, "sandbox.metrics.get", map[string]any{"namespace": "big"}, &m)
 	if len(m.Quotas) != 1 || m.Quotas[0].Namespace != "big" || m.Quotas[0].Sandboxes.Used != 1 || *m.Quotas[0].Sandboxes.Limit != 3 ||
 		m.Quotas[0].MemoryMiB.Used != 128 || *m.Quotas[0].MemoryMiB.Limit != 200 {

@@ -518,26 +518,18 @@ func TestLastUsedAtMostOnceAMinute(t *testing.T) {
 // cannot keep a child), rotating it does not; a narrower key cannot
 // revoke a wider one.
 func TestRevokeReachesTheFamily(t *testing.T) {
+	t.Parallel()
 	h := newHome(t, nil)
 	m := manager(h)
 	ctx := context.Background()
 	authn := func(text string) (auth.Principal, error) { return h.authn.Authenticate(ctx, text) }
-	parentText, parent, err := h.issuer.Issue(ctx, auth.IssueOptions{Namespace: "team", Label: "leaked"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pp, err := authn(parentText)
-	if err != nil {
-		t.Fatal(err)
-	}
+	parentText, parent := h.issue(t, auth.IssueOptions{Namespace: "team", Label: "leaked"})
+	pp := principal(t, h, parentText)
 	childText, _, err := m.Create(ctx, pp, auth.CreateOptions{Label: "child"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cp, err := authn(childText)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cp := principal(t, h, childText)
 	grandText, _, err := m.Create(ctx, cp, auth.CreateOptions{Label: "grandchild"})
 	if err != nil {
 		t.Fatal(err)
@@ -552,14 +544,8 @@ func TestRevokeReachesTheFamily(t *testing.T) {
 	}
 
 	// Rotation keeps the family.
-	rotText, _, err := h.issuer.Issue(ctx, auth.IssueOptions{Namespace: "team", Label: "rotated"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rp, err := authn(rotText)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rotText, _ := h.issue(t, auth.IssueOptions{Namespace: "team", Label: "rotated"})
+	rp := principal(t, h, rotText)
 	kidText, _, err := m.Create(ctx, rp, auth.CreateOptions{Label: "kid"})
 	if err != nil {
 		t.Fatal(err)
@@ -576,10 +562,7 @@ func TestRevokeReachesTheFamily(t *testing.T) {
 	}
 	// The family passed to the successor: rotated again, then revoked,
 	// it takes the old key's children with it.
-	sp, err := authn(rot.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sp := principal(t, h, rot.Key)
 	rot2, err := m.Rotate(ctx, sp, sp.KeyID, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -599,18 +582,9 @@ func TestRevokeReachesTheFamily(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	weakText, _, err := h.issuer.Issue(ctx, auth.IssueOptions{Namespace: "team", Scopes: km})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wp, err := authn(weakText)
-	if err != nil {
-		t.Fatal(err)
-	}
-	adminText, admin, err := h.issuer.Issue(ctx, auth.IssueOptions{Namespace: "team", Label: "admin"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	weakText, _ := h.issue(t, auth.IssueOptions{Namespace: "team", Scopes: km})
+	wp := principal(t, h, weakText)
+	adminText, admin := h.issue(t, auth.IssueOptions{Namespace: "team", Label: "admin"})
 	if _, err := m.Revoke(ctx, wp, admin.ID); !errdefs.Is(err, errdefs.Forbidden) {
 		t.Errorf("keys:manage key revoking an all-scopes key: %v, want forbidden", err)
 	}

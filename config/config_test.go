@@ -603,8 +603,34 @@ func TestPoolSettings(t *testing.T) {
 		{"[pool.images]\n\"a\" = \"two\"\n", config.FileName},
 	})
 	// A pool too big for its memory is fine when it is off.
-	writeConfig(t, home, "[pool]\nenabled = false\nmemory = 1\n")
-	if c, err := config.Load(home); err != nil || c.Validate() != nil {
+	if _, err := loadChecked(t, home, "[pool]\nenabled = false\nmemory = 1\n"); err != nil {
 		t.Errorf("a pool that is off is still checked: %v", err)
 	}
+}
+
+// Disks and the ceilings of all the sandboxes together: sizes and
+// totals a server could not run with are refused, naming the setting.
+func TestDiskAndCeilingSettings(t *testing.T) {
+	clearEnv(t)
+	home := t.TempDir()
+	for _, ok := range []string{
+		"default_disk = 64\n",
+		"default_disk = 1024\nmax_disk = 1024\n",
+		"total_pids = 0\ntotal_memory = 0\n",
+		"total_pids = 64\nsandbox_pids = 64\ntotal_memory = 64\n",
+		"user_namespaces = false\n",
+	} {
+		if _, err := loadChecked(t, home, ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	checkInvalid(t, home, []invalidFile{
+		{"default_disk = 63\n", "default_disk 63 MiB"},
+		{"default_disk = 2048\nmax_disk = 1024\n", "max_disk 1024 MiB"},
+		{"total_pids = 63\n", "total_pids 63"},
+		{"total_pids = -1\n", "total_pids -1"},
+		{"total_pids = 100\nsandbox_pids = 200\n", "below sandbox_pids 200"},
+		{"total_memory = 63\n", "total_memory 63 MiB"},
+		{"total_memory = -1\n", "total_memory -1 MiB"},
+	})
 }
