@@ -169,6 +169,12 @@ func TestWarmPoolIsolationAndConfig(t *testing.T) {
 	srv := startServer(t, home)
 	key := keygen(t, home)
 	srv.waitPoolFull(key)
+	// The pool is the server's, shown to a call on every namespace only.
+	var one metricsResult
+	srv.mustCall(key, "sandbox.metrics.get", map[string]any{"namespace": "tenant-a"}, &one)
+	if len(one.Pool) != 0 {
+		t.Errorf("sandbox.metrics.get of one namespace shows the pool: %+v", one.Pool)
+	}
 
 	a := srv.sandbox(key, "tenant-a", "box", map[string]any{"envs": []string{"SECRET=a"}, "workdir": "/data/app",
 		"memory": 200, "cpus": 2, "exec": "sleep 7001"})

@@ -22,7 +22,7 @@ func TestSandboxRecords(t *testing.T) {
 	}
 	defer db.Close()
 	id, _ := sandbox.ParseID("ns", "box")
-	cfg := sandbox.Config{Image: "microsandbox/python", Memory: 256, CPUs: 1, Shell: "/bin/sh",
+	cfg := sandbox.Config{Image: "microsandbox/python", Memory: 256, CPUs: 1, Disk: 4096, Shell: "/bin/sh",
 		Volumes: []sandbox.Volume{{Host: "data", Guest: "/data", ReadOnly: true}}, Ports: []sandbox.Port{{Host: 8080, Guest: 80}},
 		Command: []string{"sleep", "1"}, User: "1000:1000", Labels: map[string]string{"a": "b"},
 		Rlimits:   []sandbox.Rlimit{{Resource: "nofile", Soft: 64, Hard: 128}},

@@ -138,6 +138,7 @@ func TestSandboxLifecycle(t *testing.T) {
 		b["runtime"].(map[string]any)["cmd"] = []any{"-c", "sleep infinity"}
 		b["rlimits"] = []any{map[string]any{"resource": "nofile", "soft": 256, "hard": 512}}
 		b["lifecycle"] = map[string]any{"ephemeral": true, "max_duration_secs": 60, "idle_timeout_secs": 30}
+		b["resources"].(map[string]any)["disk_size_mib"] = 512
 	}))
 	e.want(r, 200, "")
 	m := checkSandbox(t, r.body)
@@ -148,12 +149,12 @@ func TestSandboxLifecycle(t *testing.T) {
 	c := rec.Config
 	if c.Image != "alpine:3.20" || c.Workdir != "/tmp" || strings.Join(c.Command, " ") != "/bin/sh -c sleep infinity" ||
 		strings.Join(c.Envs, ",") != "FOO=bar" || c.Labels["suite"] != "x" || len(c.Rlimits) != 1 || c.Rlimits[0].Hard != 512 ||
-		!c.Ephemeral || c.MaxDuration.Seconds() != 60 || c.IdleTimeout.Seconds() != 30 || c.Memory != 512 || c.CPUs != 1 {
+		!c.Ephemeral || c.MaxDuration.Seconds() != 60 || c.IdleTimeout.Seconds() != 30 || c.Memory != 512 || c.CPUs != 1 || c.Disk != 512 {
 		t.Fatalf("config %+v", c)
 	}
 	spec, _ := json.Marshal(m["spec"])
 	for _, want := range []string{`"workdir":"/tmp"`, `{"key":"FOO","value":"bar"}`, `"entrypoint":["/bin/sh","-c","sleep infinity"]`,
-		`"reference":"alpine:3.20"`, `"network":{"enabled":false,"strict":false}`, `"max_duration_secs":60`} {
+		`"reference":"alpine:3.20"`, `"network":{"enabled":false,"strict":false}`, `"max_duration_secs":60`, `"disk_size_mib":512`} {
 		if !strings.Contains(string(spec), want) {
 			t.Errorf("spec lacks %s: %s", want, spec)
 		}
