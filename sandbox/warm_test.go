@@ -3,6 +3,7 @@ package sandbox_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -29,6 +30,13 @@ type pooled struct {
 
 func newPooled(t *testing.T, size pool.Size, opts func(*sandbox.ServiceOptions)) pooled {
 	t.Helper()
+	return newPooledOf(t, hostImage{}, sandbox.DefaultImage, size, opts)
+}
+
+// newPooledOf is newPooled for a pool of the image ref, resolved by
+// images.
+func newPooledOf(t *testing.T, images sandbox.Resolver, ref string, size pool.Size, opts func(*sandbox.ServiceOptions)) pooled {
+	t.Helper()
 	eng := sandboxtest.NewMemory()
 	ctx := context.Background()
 	db, err := storage.Open(ctx, filepath.Join(t.TempDir(), "msb.db"))
@@ -37,12 +45,12 @@ func newPooled(t *testing.T, size pool.Size, opts func(*sandbox.ServiceOptions))
 	}
 	t.Cleanup(func() { db.Close() })
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	p, err := pool.New(pool.Options{Engine: eng, Images: hostImage{}, Pids: 64, Log: log, Retry: 10 * time.Millisecond,
-		Pools: map[string]pool.Size{sandbox.DefaultImage: size}})
+	p, err := pool.New(pool.Options{Engine: eng, Images: images, Pids: 64, Log: log, Retry: 10 * time.Millisecond,
+		Pools: map[string]pool.Size{ref: size}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := sandbox.ServiceOptions{Engine: eng, Store: db, Images: hostImage{}, LogDir: t.TempDir(), Pids: 64, MaxCPUs: 2, MaxMemMB: 4096,
+	o := sandbox.ServiceOptions{Engine: eng, Store: db, Images: images, LogDir: t.TempDir(), Pids: 64, MaxCPUs: 2, MaxMemMB: 4096,
 		Log: log, Pool: p}
 	if opts != nil {
 		opts(&o)
@@ -61,13 +69,18 @@ func newPooled(t *testing.T, size pool.Size, opts func(*sandbox.ServiceOptions))
 // waitWaiting waits until n sandboxes wait in the pool.
 func (f pooled) waitWaiting(t *testing.T, n int) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+	f.waitUntil(t, fmt.Sprintf("%d waiting", n), func() bool {
 		st := f.pool.Status()
-		if len(st) == 1 && st[0].Waiting == n && st[0].Starting == 0 && len(f.eng.Waiting()) == n {
-			return
-		}
+		return len(st) == 1 && st[0].Waiting == n && st[0].Starting == 0 && len(f.eng.Waiting()) == n
+	})
+}
+
+// waitUntil waits up to 10 s until cond holds, which what describes.
+func (f pooled) waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(2 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("pool: %+v, engine's waiting sandboxes: %d; want %d waiting", st, len(f.eng.Waiting()), n)
+			t.Fatalf("%s: pool %+v, engine's waiting sandboxes %v", what, f.pool.Status(), f.eng.Waiting())
 		}
 	}
 }
@@ -167,9 +180,9 @@ func TestPoolNeverReuses(t *testing.T) {
 	}
 }
 
-// What cannot change on a running sandbox (volumes, tmpfs) makes the
-// start a cold one, as does an image without a pool; the pool keeps its
-// sandboxes for the starts that fit.
+// What cannot change on a running sandbox (volumes, tmpfs, its disk's
+// size) makes the start a cold one, as does an image without a
+// pool; the pool keeps its sandboxes for the starts that fit.
 func TestPoolFallsBackToColdStarts(t *testing.T) {
 	f := newPooled(t, pool.Size{Sandboxes: 1, MemoryMiB: 64}, func(o *sandbox.ServiceOptions) {
 		o.VolumeRoots = []string{t.TempDir()}
@@ -177,6 +190,7 @@ func TestPoolFallsBackToColdStarts(t *testing.T) {
 	for name, cfg := range map[string]*sandbox.Config{
 		"volume": {Volumes: []sandbox.Volume{{Host: "data", Guest: "/data"}}},
 		"tmpfs":  {Tmpfs: []sandbox.Tmpfs{{Guest: "/scratch", SizeMiB: 16}}},
+		"disk":   {Disk: 512},
 		"image":  {Image: "other"},
 	} {
 		id := sandboxtest.ID(t, "ns", name)
@@ -340,27 +354,9 @@ func (v *versioned) Resolve(ctx context.Context, ref, user string) (sandbox.Imag
 // deleted, never given to a start.
 func TestPoolDropsStaleSandboxes(t *testing.T) {
 	images := &versioned{}
-	f := newService(t, sandboxtest.NewMemory())
-	p, err := pool.New(pool.Options{Engine: f.eng, Images: images, Pids: 64, Retry: 10 * time.Millisecond,
-		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Pools: map[string]pool.Size{"changing": {Sandboxes: 2, MemoryMiB: 64}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc := sandbox.NewService(sandbox.ServiceOptions{Engine: f.eng, Store: f.store, Images: images, LogDir: t.TempDir(), Pids: 64,
-		MaxMemMB: 4096, MaxCPUs: 2, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Pool: p})
-	p.Start()
-	defer svc.Close(context.Background())
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(2 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: pool %+v, engine's waiting sandboxes %v", what, p.Status(), f.eng.Waiting())
-			}
-		}
-	}
-	full := func() bool { return p.Status()[0].Waiting == 2 && len(f.eng.Waiting()) == 2 }
-	waitFor("filled", full)
+	f := newPooledOf(t, images, "changing", pool.Size{Sandboxes: 2, MemoryMiB: 64}, nil) // filled
+	svc := f.svc
+	full := func() bool { return f.pool.Status()[0].Waiting == 2 && len(f.eng.Waiting()) == 2 }
 	old := f.eng.Waiting()
 	images.version.Store(1)
 	id := sandboxtest.ID(t, "ns", "fresh")
@@ -370,7 +366,7 @@ func TestPoolDropsStaleSandboxes(t *testing.T) {
 	if h, ok := f.eng.Handle(id); ok {
 		t.Fatalf("a start of the new image took %s, started from the old one", h)
 	}
-	waitFor("refilled with the new image", func() bool {
+	f.waitUntil(t, "refilled with the new image", func() bool {
 		if !full() {
 			return false
 		}
