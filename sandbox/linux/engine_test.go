@@ -137,9 +137,18 @@ func crashServer(cfgJSON string) {
 // TestServerCrash kills a server process that runs a sandbox: the
 // sandbox's portal must see EOF and exit, taking the sandbox with it, and
 // the next server must find the remains with Recover and delete them.
+// With user namespaces, the next server holds the dead sandbox's id range
+// (its host-wide lock) until it deletes it, so that no other sandbox gets
+// the ids of files it left.
 func TestServerCrash(t *testing.T) {
+	t.Run("root", func(t *testing.T) { testServerCrash(t, false) })
+	t.Run("userns", func(t *testing.T) { testServerCrash(t, true) })
+}
+
+func testServerCrash(t *testing.T, userns bool) {
 	home := t.TempDir()
 	cfg := testConfig(t, home, "msb-crash")
+	cfg.UserNamespaces = userns
 	server, line := startCrashServer(t, crashServerEnv, cfg)
 	if line != "ready\n" {
 		t.Fatalf("crash server did not get ready: %q", line)
@@ -217,8 +226,21 @@ func TestServerCrash(t *testing.T) {
 	if err != nil || len(left) != 1 || left[0].ID != crashID {
 		t.Fatalf("Recover = %+v, %v; want %s", left, err, crashID)
 	}
+	var slot string
+	if userns {
+		data, err := os.ReadFile(filepath.Join(cfg.SandboxDir, crashID.Key(), "slot"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slot = string(data); !rangeLocked(t, slot) {
+			t.Errorf("the dead sandbox's id range %s is not held by the next server", slot)
+		}
+	}
 	if err := next.Delete(ctx, crashID); err != nil {
 		t.Fatal(err)
+	}
+	if userns && rangeLocked(t, slot) {
+		t.Errorf("id range %s still held after the dead sandbox was deleted", slot)
 	}
 	if left := leftovers(t, cfg, crashID); len(left) > 0 {
 		t.Errorf("left behind: %v", left)
@@ -339,6 +361,29 @@ func removeCgroupParent(t testing.TB, parent string) {
 // Two servers of different homes on one host never give their sandboxes
 // the same host id range: a range in use is locked host-wide, and free
 // again once its sandbox is deleted.
+// rangeLocked reports whether this process holds the host-wide flock of
+// id range slot, in /proc/locks ("1: FLOCK ADVISORY WRITE <pid>
+// <maj>:<min>:<inode> 0 EOF"); other tests' servers may take the range as
+// soon as it is free.
+func rangeLocked(t *testing.T, slot string) bool {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join("/run/msb/id-ranges", slot), &st); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 6 && f[1] == "FLOCK" && f[4] == strconv.Itoa(os.Getpid()) && strings.HasSuffix(f[5], ":"+strconv.FormatUint(st.Ino, 10)) {
+			return true
+		}
+	}
+	return false
+}
+
 func TestIDRangesAreHostWide(t *testing.T) {
 	root, err := image.Host()
 	if err != nil {
@@ -385,26 +430,7 @@ func TestIDRangesAreHostWide(t *testing.T) {
 	// when it is deleted.
 	first := sandboxtest.ID(t, "team", "one0")
 	freed := slotOf(cfgs[0], first)
-	// Whether this process holds the range's flock, in /proc/locks
-	// ("1: FLOCK ADVISORY WRITE <pid> <maj>:<min>:<inode> 0 EOF"); other
-	// tests' servers may take the range as soon as it is free.
-	locked := func() bool {
-		var st unix.Stat_t
-		if err := unix.Stat(filepath.Join("/run/msb/id-ranges", freed), &st); err != nil {
-			t.Fatal(err)
-		}
-		data, err := os.ReadFile("/proc/locks")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, line := range strings.Split(string(data), "\n") {
-			f := strings.Fields(line)
-			if len(f) >= 6 && f[1] == "FLOCK" && f[4] == strconv.Itoa(os.Getpid()) && strings.HasSuffix(f[5], ":"+strconv.FormatUint(st.Ino, 10)) {
-				return true
-			}
-		}
-		return false
-	}
+	locked := func() bool { return rangeLocked(t, freed) }
 	if !locked() {
 		t.Fatalf("id range %s of a live sandbox is not locked", freed)
 	}
