@@ -1,7 +1,6 @@
 package main_test
 
 import (
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -9,27 +8,16 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// loopsUnder lists the loop devices whose backing file is under dir.
-func loopsUnder(dir string) []string {
-	var out []string
-	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err == nil && strings.HasPrefix(strings.TrimSpace(string(data)), dir+"/") {
-			out = append(out, filepath.Base(filepath.Dir(filepath.Dir(f)))+" "+strings.TrimSpace(string(data)))
-		}
-	}
-	return out
-}
+	"github.com/msb-dev/msb/sandbox/linux"
+)
 
 // waitLoopsGone waits a little for the loop devices of images under dir
 // (but those skip says to leave) to detach, and returns those that stay.
 func waitLoopsGone(dir string, skip func(loop string) bool) []string {
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		var left []string
-		for _, l := range loopsUnder(dir) {
+		for _, l := range linux.LoopsUnder(dir) {
 			if skip == nil || !skip(l) {
 				left = append(left, l)
 			}

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/msb-dev/msb/sandbox/linux"
 )
 
 type outputLine struct {
@@ -513,7 +515,7 @@ func leftovers(home string) []string {
 	// The disks made ahead (in sandboxes/.disks) and those of the
 	// sandboxes waiting in its pool belong to the running server, which
 	// releases them when it stops (msbServer.Stop checks).
-	for _, l := range loopsUnder(filepath.Join(home, "sandboxes")) {
+	for _, l := range linux.LoopsUnder(filepath.Join(home, "sandboxes")) {
 		if strings.Contains(l, filepath.Join(home, "sandboxes", ".disks")+"/") {
 			continue
 		}

@@ -78,6 +78,9 @@ type disks struct {
 	wg        sync.WaitGroup
 	// loopMu serialises the engine's attachments of loop devices.
 	loopMu sync.Mutex
+	// makeMu serialises the making of templates (mke2fs), outside mu, so
+	// that a start asking for a new size holds no other start's disk up.
+	makeMu sync.Mutex
 }
 
 // newDisks prepares the template directory, removing partial templates a
@@ -108,17 +111,26 @@ func newDisks(sandboxDir string, readyMiB int, log *slog.Logger) (*disks, error)
 	return d, nil
 }
 
+// LoopsUnder lists the loop devices whose backing file is under dir, as
+// "loopN <backing file>".
+func LoopsUnder(dir string) []string {
+	var out []string
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if back := strings.TrimSpace(string(data)); err == nil && strings.HasPrefix(back, dir+"/") {
+			out = append(out, filepath.Base(filepath.Dir(filepath.Dir(f)))+" "+back)
+		}
+	}
+	return out
+}
+
 // clearLoops detaches (or marks to detach once unused) the loop devices
 // whose backing file is under dir.
 func clearLoops(dir string) {
-	devs, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, f := range devs {
-		data, err := os.ReadFile(f)
-		if err != nil || !strings.HasPrefix(strings.TrimSpace(string(data)), dir+"/") {
-			continue
-		}
-		dev := "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(f)))
-		fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	for _, l := range LoopsUnder(dir) {
+		dev, _, _ := strings.Cut(l, " ")
+		fd, err := unix.Open("/dev/"+dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			continue
 		}
@@ -159,15 +171,19 @@ func (d *disks) template(mib int) (string, error) {
 	inodes := mib * diskInodesPerMiB
 	name := fmt.Sprintf("ext4-%d-%d.img", mib, inodes)
 	p := filepath.Join(d.dir, name)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if _, ok := d.ready[name]; ok {
-		d.ready[name] = time.Now()
+	if d.useTemplate(name, false) {
 		return p, nil
 	}
+	d.makeMu.Lock()
+	defer d.makeMu.Unlock()
+	if d.useTemplate(name, false) { // made meanwhile
+		return p, nil
+	}
+	d.mu.Lock()
 	d.evictTemplateLocked(mib)
+	d.mu.Unlock()
 	if _, err := os.Stat(p); err == nil {
-		d.ready[name] = time.Now()
+		d.useTemplate(name, true)
 		return p, nil
 	}
 	mke2fs, err := exec.LookPath("mke2fs")
@@ -196,8 +212,20 @@ func (d *disks) template(mib int) (string, error) {
 		os.Remove(tmp)
 		return "", err
 	}
-	d.ready[name] = time.Now()
+	d.useTemplate(name, true)
 	return p, nil
+}
+
+// useTemplate notes that the template name is used now, if it is ready or
+// add says it is, and reports whether it is.
+func (d *disks) useTemplate(name string, add bool) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.ready[name]; !ok && !add {
+		return false
+	}
+	d.ready[name] = time.Now()
+	return true
 }
 
 // maxTemplates bounds the templates kept of sizes other than readyMiB.

@@ -9,19 +9,6 @@ import (
 	"time"
 )
 
-// loopsUnder counts the loop devices whose backing file is under dir.
-func loopsUnder(dir string) int {
-	n := 0
-	devs, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, f := range devs {
-		data, err := os.ReadFile(f)
-		if err == nil && strings.HasPrefix(strings.TrimSpace(string(data)), dir+"/") {
-			n++
-		}
-	}
-	return n
-}
-
 // A tenant asking for many disk sizes leaves nothing behind: disks are
 // made ahead for the default size only, and the templates of other sizes
 // are bounded (maxTemplates), so loop devices and the host's disk are not
@@ -62,7 +49,7 @@ func TestDiskSizesLeaveNothingBehind(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	time.Sleep(200 * time.Millisecond) // a refill of another size would have started by now
-	if n := loopsUnder(root); n != diskPoolSize {
+	if n := len(LoopsUnder(root)); n != diskPoolSize {
 		t.Errorf("%d loop devices attached after %d sizes, want the %d ready disks of the default size", n, len(sizes), diskPoolSize)
 	}
 	ents, err := os.ReadDir(filepath.Join(root, diskTemplateDir))
