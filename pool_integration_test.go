@@ -144,6 +144,18 @@ func sleepsOnHost(marker string) int {
 	return n
 }
 
+// startPooled starts an in-process server on a pooled home (extra added
+// to its config) and returns them with a key of every namespace, once the
+// pool is full.
+func startPooled(t *testing.T, extra string) (string, *msbServer, string) {
+	t.Helper()
+	home := pooledHome(t, extra)
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	srv.waitPoolFull(key)
+	return home, srv, key
+}
+
 // waitHandle waits until the sandbox running `sleep <marker>` is found.
 func waitHandle(t *testing.T, home, marker string) string {
 	t.Helper()
@@ -165,10 +177,7 @@ func waitHandle(t *testing.T, home, marker string) string {
 // a running sandbox (a volume) makes the start a cold one.
 func TestWarmPoolIsolationAndConfig(t *testing.T) {
 	t.Parallel()
-	home := pooledHome(t, "")
-	srv := startServer(t, home)
-	key := keygen(t, home)
-	srv.waitPoolFull(key)
+	home, srv, key := startPooled(t, "")
 	// The pool is the server's, shown to a call on every namespace only.
 	var one metricsResult
 	srv.mustCall(key, "sandbox.metrics.get", map[string]any{"namespace": "tenant-a"}, &one)
@@ -281,10 +290,7 @@ for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline; echo; done | grep -c '^sleep
 // pooled sandboxes its starts took, and a start it refuses takes nothing.
 func TestWarmPoolBurstQuotaAndMemoryBound(t *testing.T) {
 	t.Parallel()
-	home := pooledHome(t, "[quotas.namespaces.quota]\nsandboxes = 1\nmemory = 300\n")
-	srv := startServer(t, home)
-	key := keygen(t, home)
-	srv.waitPoolFull(key)
+	home, srv, key := startPooled(t, "[quotas.namespaces.quota]\nsandboxes = 1\nmemory = 300\n")
 
 	// Watch the pool while the burst runs: by its own account it never
 	// holds more than its 2 (waiting and being started), and on the host
