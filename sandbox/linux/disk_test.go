@@ -2,9 +2,12 @@ package linux
 
 import (
 	"bytes"
+	"errors"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -136,4 +139,134 @@ func TestDiskDiscard(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The disk of a deleted sandbox that left little on it is wiped and made
+// ready again: the next sandbox gets it with empty upper and work
+// directories, and nothing of the first sandbox's files is left in the
+// file system. A disk that holds more, or a file still open, is not
+// used again.
+func TestDiskRecycle(t *testing.T) {
+	root := t.TempDir()
+	const mib = 64
+	d, err := newDisks(root, mib, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.drain(); d.remove() })
+	n := 0
+	newDisk := func(t *testing.T) (*disk, string) {
+		t.Helper()
+		n++
+		dir := filepath.Join(root, "sb"+strconv.Itoa(n))
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		k, err := d.create(dir, mib)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k, dir
+	}
+	// makeRoom lets the background refill finish, then takes one ready
+	// disk out, so that the pool has room for the one given back.
+	makeRoom := func(t *testing.T) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			d.mu.Lock()
+			full := len(d.pool[mib]) == diskPoolSize && !d.refilling[mib]
+			d.mu.Unlock()
+			if full {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the ready disks were not made in 20 s")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		k := d.pop(mib)
+		k.close(true)
+		os.Remove(k.img)
+	}
+	// write makes files the way a sandbox does, under the disk's upper
+	// directory, and returns the open handle of the last one.
+	write := func(t *testing.T, k *disk, size int) *os.File {
+		t.Helper()
+		up := "/proc/self/fd/" + strconv.Itoa(int(k.mnt.Fd())) + "/upper"
+		if err := os.MkdirAll(up+"/root/deep/er", 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("/etc/passwd", up+"/root/link"); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Create(up + "/root/deep/er/secret")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(bytes.Repeat([]byte("tenant-a-secret\n"), size/16)); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(up+"/root/deep", 0); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+
+	t.Run("little left", func(t *testing.T) {
+		k, dir := newDisk(t)
+		write(t, k, 64<<10).Close()
+		makeRoom(t)
+		if !d.recycle(k, diskImage(dir)) {
+			t.Fatal("a disk with 64 KiB left on it was not recycled")
+		}
+		if _, err := os.Stat(diskImage(dir)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the recycled image is still in the sandbox's directory: %v", err)
+		}
+		next, _ := newDisk(t)
+		defer next.close(true)
+		if next != k {
+			t.Fatal("the next disk is not the recycled one")
+		}
+		mnt := "/proc/self/fd/" + strconv.Itoa(int(next.mnt.Fd()))
+		for _, sub := range []string{"upper", "work"} {
+			ents, err := os.ReadDir(mnt + "/" + sub)
+			if err != nil || len(ents) != 0 {
+				t.Errorf("%s of the recycled disk: %v entries, %v", sub, len(ents), err)
+			}
+		}
+		if used, err := next.usage(); err != nil || used > 8<<10 {
+			t.Errorf("the recycled disk's usage is %d bytes (%v), want its two empty directories'", used, err)
+		}
+		// The blocks the first sandbox freed read as zeros to the next.
+		probe, err := os.Create(mnt + "/upper/probe")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer probe.Close()
+		if err := unix.Fallocate(int(probe.Fd()), 0, 0, 32<<20); err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(probe)
+		if err != nil || len(data) != 32<<20 || bytes.Contains(data, []byte("tenant-a")) {
+			t.Errorf("a new file of 32 MiB on the recycled disk: %d bytes, %v, the old data in it: %v", len(data), err, bytes.Contains(data, []byte("tenant-a")))
+		}
+	})
+	t.Run("too much left", func(t *testing.T) {
+		k, dir := newDisk(t)
+		write(t, k, 2<<20).Close()
+		makeRoom(t)
+		if d.recycle(k, diskImage(dir)) {
+			t.Error("a disk with 2 MiB left on it was recycled")
+		}
+	})
+	t.Run("file still open", func(t *testing.T) {
+		k, dir := newDisk(t)
+		f := write(t, k, 4<<10)
+		defer f.Close()
+		makeRoom(t)
+		if d.recycle(k, diskImage(dir)) {
+			t.Error("a disk with a file still open was recycled")
+		}
+	})
 }

@@ -1029,16 +1029,20 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 	return nil
 }
 
-// releaseIsolation releases a killed sandbox's disk, dropping what it
-// wrote last rather than writing it back to an image about to be removed,
-// and, once its processes are gone, its id range, for another sandbox.
+// releaseIsolation releases a killed sandbox's disk and, once its
+// processes are gone, its id range, for another sandbox. The disk is
+// then wiped and made ready again if the sandbox left little on it
+// (disks.recycle), or else closed, dropping what it wrote last rather than
+// writing it back to an image about to be removed.
 func (e *Engine) releaseIsolation(b *box, processesGone bool) {
-	b.disk.close(true)
-	b.disk = nil
 	if processesGone {
+		e.disks.recycle(b.disk, diskImage(b.dir))
 		e.ids.free(b.slot)
 		b.slot = 0
+	} else {
+		b.disk.close(true)
 	}
+	b.disk = nil
 }
 
 // Inspect reports the sandbox's state, including a sandbox left by an
