@@ -39,6 +39,66 @@ func (b *sb) diskUsage() int64 {
 	return *m.Sandboxes[0].DiskUsage
 }
 
+// loopOf returns the loop device whose image is img, or "".
+func loopOf(dir, img string) string {
+	for _, l := range linux.LoopsUnder(dir) {
+		if dev, back, _ := strings.Cut(l, " "); back == img {
+			return dev
+		}
+	}
+	return ""
+}
+
+// TestDiskRecycled follows a disk from one tenant to the next: the disk of
+// a deleted sandbox that left little on it is wiped and handed to the next
+// sandbox, which finds none of the first one's files, and none of their
+// data in the blocks they freed.
+func TestDiskRecycled(t *testing.T) {
+	t.Parallel()
+	home := homeWith(t, "default_disk = 128\n[pool]\nenabled = false\n")
+	srv := startServer(t, home)
+	key := keygen(t, home)
+	sandboxes := filepath.Join(home, "sandboxes")
+
+	a := srv.sandbox(key, "tenant-a", "s", map[string]any{"image": "host"})
+	loop := loopOf(sandboxes, filepath.Join(sandboxes, "tenant-a.s", "disk.img"))
+	if loop == "" {
+		t.Fatalf("no loop device for tenant-a's disk among %v", linux.LoopsUnder(sandboxes))
+	}
+	if r := a.sh("mkdir -p /root/d && for f in /root/secret /tmp/secret /root/d/secret; do yes tenant-a-secret | head -c 65536 > $f; done && sync"); r.ExitCode != 0 {
+		t.Fatalf("writing: %s", mustJSON(r))
+	}
+	a.stop()
+
+	b := srv.sandbox(key, "tenant-b", "s", map[string]any{"image": "host"})
+	if got := loopOf(sandboxes, filepath.Join(sandboxes, "tenant-b.s", "disk.img")); got != loop {
+		t.Fatalf("tenant-b's disk is on %q, not on tenant-a's recycled %s", got, loop)
+	}
+	if r := b.sh("ls -A /root /tmp; cat /root/secret /tmp/secret /root/d/secret 2>/dev/null; true"); strings.Contains(text(r.Output, ""), "secret") {
+		t.Fatalf("tenant-b sees tenant-a's files: %s", mustJSON(r))
+	}
+	r := b.run("python3", "-c", `
+import os
+fd = os.open("/root/probe", os.O_CREAT | os.O_RDWR)
+os.posix_fallocate(fd, 0, 64 << 20)
+n = 0
+while True:
+    chunk = os.read(fd, 1 << 20)
+    if not chunk:
+        break
+    n += len(chunk)
+    if b"tenant-a" in chunk:
+        print("found")
+print(n)
+`)
+	if out := text(r.Output, "stdout"); out != strconv.Itoa(64<<20)+"\n" {
+		t.Fatalf("reading 64 MiB of new blocks on the recycled disk: %s", mustJSON(r))
+	}
+	b.stop()
+	srv.Stop()
+	assertNoLeftovers(t, home)
+}
+
 // TestDiskQuota reproduces the attack of a sandbox that filled the host's
 // disk (2 GiB to /workspace, 512 MiB to /tmp, 300,000 empty files): every
 // sandbox now writes to a disk of its own size, so writing past it, or
