@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,15 +34,15 @@ import (
 // An image is a sparse copy of a template made once per (size, inodes)
 // with mke2fs (no journal: the disk goes with the sandbox; no blocks
 // reserved), attached to a free loop device with LOOP_CONFIGURE and
-// LO_FLAGS_AUTOCLEAR, and mounted nosuid, nodev, noatime, nobarrier with
-// the new mount API (fsopen, fsmount): the mount is detached, attached in
-// no mount namespace, and the server holds it as a file descriptor for the
-// sandbox's life. At each start a clone of it (open_tree) is handed to the
-// init, which attaches it in the sandbox's own mount namespace under its
-// overlay. So nothing of a disk is ever in the host's mount table, usage
-// is one fstatfs, and when the server dies its disks go with the last
-// process that holds them: the loop device detaches itself, and only the
-// image file is left for Delete to remove. The disk of a deleted sandbox
+// LO_FLAGS_AUTOCLEAR, and mounted nosuid, nodev, noatime, nobarrier,
+// noinit_itable with the new mount API (fsopen, fsmount): the mount is
+// detached, attached in no mount namespace, and the server holds it as a
+// file descriptor for the sandbox's life. At each start a clone of it
+// (open_tree) is handed to the init, which attaches it in the sandbox's
+// own mount namespace under its overlay. So nothing of a disk is ever in
+// the host's mount table, usage is one fstatfs, and when the server dies
+// its disks go with the last process that holds them: the loop device
+// detaches itself, and only the image file is left for Delete to remove. The disk of a deleted sandbox
 // that left little on it is wiped and made a ready disk again (recycle):
 // a new disk's image copy, loop device, mount and, at the end, unmount and
 // image removal cost more than the rest of a start.
@@ -89,6 +90,7 @@ type disks struct {
 	// makeMu serialises the making of templates (mke2fs), outside mu, so
 	// that a start asking for a new size holds no other start's disk up.
 	makeMu sync.Mutex
+	log    *slog.Logger
 }
 
 // newDisks prepares the template directory, removing partial templates a
@@ -96,7 +98,7 @@ type disks struct {
 // sandboxDir (belt and braces: AUTOCLEAR detaches them once unused).
 func newDisks(sandboxDir string, readyMiB int, log *slog.Logger) (*disks, error) {
 	d := &disks{dir: filepath.Join(sandboxDir, diskTemplateDir), readyMiB: readyMiB, ready: map[string]time.Time{},
-		pool: map[int][]*disk{}, refilling: map[int]bool{}}
+		pool: map[int][]*disk{}, refilling: map[int]bool{}, log: log}
 	if err := os.MkdirAll(d.dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -146,6 +148,13 @@ func clearLoops(dir string) {
 		unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0)
 		unix.Close(fd)
 	}
+}
+
+// stop ends refills and recycling: the engine is closing.
+func (d *disks) stop() {
+	d.mu.Lock()
+	d.closed = true
+	d.mu.Unlock()
 }
 
 // drain stops refills and releases the ready disks.
@@ -274,6 +283,8 @@ type disk struct {
 	// root, lost+found, metadata): usage is counted above them.
 	baseBytes  uint64
 	baseInodes uint64
+	// imageBytes is what the image took on the host when it was made.
+	imageBytes int64
 }
 
 // create makes the disk of a sandbox in its directory dir: a copy of the
@@ -378,6 +389,10 @@ func (d *disks) build(img string, mib int) (*disk, error) {
 	if err := copySparse(tmpl, img); err != nil {
 		return nil, fmt.Errorf("disk image: %w", err)
 	}
+	imageBytes, err := allocated(img)
+	if err != nil {
+		return nil, fmt.Errorf("disk image: %w", err)
+	}
 	dev, err := attachLoop(img, &d.loopMu)
 	if err != nil {
 		return nil, fmt.Errorf("disk image: %w", err)
@@ -387,7 +402,7 @@ func (d *disks) build(img string, mib int) (*disk, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &disk{mnt: mnt, mib: mib}
+	k := &disk{mnt: mnt, mib: mib, imageBytes: imageBytes}
 	var st unix.Statfs_t
 	if err := unix.Fstatfs(int(mnt.Fd()), &st); err != nil {
 		k.close(false)
@@ -399,6 +414,15 @@ func (d *disks) build(img string, mib int) (*disk, error) {
 		return nil, err
 	}
 	return k, nil
+}
+
+// allocated returns the bytes the file at p takes on its file system.
+func allocated(p string) (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		return 0, err
+	}
+	return st.Blocks * 512, nil
 }
 
 // used returns the bytes and inodes a file system uses.
@@ -418,25 +442,25 @@ func (k *disk) makeLayerDirs() error {
 }
 
 // recycleMaxBytes and recycleMaxInodes bound what a deleted sandbox may
-// have left on its disk for the disk to be wiped and made ready again: the
-// wipe then costs little, while a new disk costs an image copy, a loop
-// device and a mount, then an unmount and the image's removal, about
-// 1.5 ms of CPU per sandbox.
+// have left on its disk for the disk to be wiped and made ready again, and
+// recycleMaxEntries the names the wipe removes (hard links make them many
+// more than the inodes): the wipe then costs little, while a new disk
+// costs an image copy, a loop device and a mount, then an unmount and the
+// image's removal, about 1.5 ms of CPU per sandbox. recycleMaxBytes also
+// bounds what a wiped disk's image may take on the host beyond what it
+// took when it was made.
 const (
-	recycleMaxBytes  = 1 << 20
-	recycleMaxInodes = 256
+	recycleMaxBytes   = 1 << 20
+	recycleMaxInodes  = 256
+	recycleMaxEntries = 4 * recycleMaxInodes
 )
 
 // recycle takes back the disk of a deleted sandbox whose processes are
-// all gone, its image at img: a disk the sandbox left little on, whose
-// file system is sound, is wiped and, if it is of the size made ahead and
-// fewer than recycledPoolSize wait ready, it becomes a ready disk. Wiped
-// means the upper and work directories are removed with all they hold
-// and the file system then uses exactly what it did when it was made, no
-// block or inode more: nothing of the sandbox is left in a file, and the
-// blocks it freed read as zeros through any new file (ext4 never hands
-// out a block's old content). Any other disk is closed, its unwritten
-// data dropped (see close), and reports false.
+// all gone, its image at img: a disk of the size made ahead that the
+// sandbox left little on, whose file system is sound, is wiped and, if
+// fewer than recycledPoolSize wait ready, becomes a ready disk (see wipe).
+// Any other disk is closed, its unwritten data dropped (see close), and
+// recycle reports false.
 func (d *disks) recycle(k *disk, img string) bool {
 	if k == nil || k.mnt == nil {
 		return false
@@ -448,25 +472,44 @@ func (d *disks) recycle(k *disk, img string) bool {
 	}
 	pooled := filepath.Join(d.dir, fmt.Sprintf("%s%d-%d.img", poolImagePrefix, os.Getpid(), d.seq))
 	d.mu.Unlock()
-	if !wanted || k.wipe() != nil || os.Rename(img, pooled) != nil {
+	if !wanted {
+		k.close(true)
+		return false
+	}
+	if err := k.wipe(img); err != nil {
+		d.log.Debug("disk not used again", "image", img, "why", err)
+		k.close(true)
+		return false
+	}
+	if err := os.Rename(img, pooled); err != nil {
+		d.log.Debug("disk not used again", "image", img, "why", err)
 		k.close(true)
 		return false
 	}
 	k.img = pooled
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed || len(d.pool[k.mib]) >= recycledPoolSize {
-		k.close(true)
-		os.Remove(pooled)
-		return false
+	if !d.closed && len(d.pool[k.mib]) < recycledPoolSize {
+		d.pool[k.mib] = append(d.pool[k.mib], k)
+		d.mu.Unlock()
+		return true
 	}
-	d.pool[k.mib] = append(d.pool[k.mib], k)
-	return true
+	d.mu.Unlock()
+	k.close(true)
+	os.Remove(pooled)
+	return false
 }
 
-// wipe empties the disk of a sandbox that is gone (see recycle), or says
-// why it cannot be used again.
-func (k *disk) wipe() error {
+// wipe empties the disk of a sandbox that is gone, its image at img, or
+// says why it cannot be used again. It removes the upper and work
+// directories with all they hold, and then requires that the file system
+// use exactly the blocks and inodes it did when it was made, no block or
+// inode more (a file something still holds open keeps its inode), so that
+// nothing of the sandbox is left in a file: ext4 hands a freed block out
+// only as zeros or as its new owner's data. The freed blocks are then
+// trimmed, which punches them out of the image, so that the sandbox's data
+// is not left on the host either and the image takes no more of the
+// host's disk than when it was made (within recycleMaxBytes).
+func (k *disk) wipe(img string) error {
 	fd := int(k.mnt.Fd())
 	var st unix.Statfs_t
 	if err := unix.Fstatfs(fd, &st); err != nil {
@@ -477,15 +520,17 @@ func (k *disk) wipe() error {
 	}
 	bytes, inodes := used(&st)
 	if bytes > k.baseBytes+recycleMaxBytes || inodes > k.baseInodes+recycleMaxInodes {
-		return errors.New("the sandbox left too much to wipe")
+		return fmt.Errorf("the sandbox left %d bytes and %d inodes on it", bytes-k.baseBytes, inodes-k.baseInodes)
 	}
 	var root unix.Stat_t
 	if err := unix.Fstat(fd, &root); err != nil {
 		return err
 	}
+	budget := recycleMaxEntries
 	for _, sub := range []string{"upper", "work"} {
-		if err := removeTree("/proc/self/fd/"+strconv.Itoa(fd)+"/"+sub, root.Dev); err != nil {
-			return err
+		p := "/proc/self/fd/" + strconv.Itoa(fd) + "/" + sub
+		if err := removeTreeBudget(p, root.Dev, budget); err != nil {
+			return fmt.Errorf("removing %s: %w", sub, err)
 		}
 	}
 	if err := unix.Fstatfs(fd, &st); err != nil {
@@ -493,6 +538,23 @@ func (k *disk) wipe() error {
 	}
 	if bytes, inodes := used(&st); bytes != k.baseBytes || inodes != k.baseInodes {
 		return fmt.Errorf("the wiped file system uses %d bytes and %d inodes, not %d and %d as made", bytes, inodes, k.baseBytes, k.baseInodes)
+	}
+	dir, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0) // not the mount's O_PATH handle
+	if err != nil {
+		return err
+	}
+	trim := struct{ start, len, minLen uint64 }{len: math.MaxUint64} // struct fstrim_range
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(dir), fitrim, uintptr(unsafe.Pointer(&trim)))
+	unix.Close(dir)
+	if errno != 0 {
+		return fmt.Errorf("trimming: %w", errno)
+	}
+	n, err := allocated(img)
+	if err != nil {
+		return err
+	}
+	if n > k.imageBytes+recycleMaxBytes {
+		return fmt.Errorf("the image takes %d bytes on the host after the trim, %d when made", n, k.imageBytes)
 	}
 	return k.makeLayerDirs()
 }
@@ -527,6 +589,10 @@ func (k *disk) clone() (*os.File, error) {
 // for 64 MiB).
 const ext4IocShutdown, ext4GoingNoLogFlush = 0x8004587d, 2
 
+// fitrim is FITRIM, _IOWR('X', 121, struct fstrim_range): discard a file
+// system's free blocks, which a loop device punches out of its image.
+const fitrim = 0xc0185879
+
 // discardMinBytes is how much a sandbox's files must take on its disk for
 // discard to shut the file system down: below it, writing back what may be
 // unwritten costs less than the shutdown, which ext4 reports at KERN_ALERT,
@@ -542,14 +608,30 @@ func (k *disk) close(discard bool) {
 		return
 	}
 	if discard && k.holdsMuch() {
-		if fd, err := unix.Openat(int(k.mnt.Fd()), ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
-			flag := uint32(ext4GoingNoLogFlush)
-			unix.Syscall(unix.SYS_IOCTL, uintptr(fd), ext4IocShutdown, uintptr(unsafe.Pointer(&flag)))
-			unix.Close(fd)
-		}
+		k.shutdown()
 	}
 	k.mnt.Close()
 	k.mnt = nil
+}
+
+// cutOff shuts the file system down, whatever it holds, and closes the
+// disk: processes of the sandbox that may outlive it (its cgroups could
+// not be removed) then get EIO for everything on it.
+func (k *disk) cutOff() {
+	if k == nil || k.mnt == nil {
+		return
+	}
+	k.shutdown()
+	k.close(false)
+}
+
+// shutdown stops the file system at once, dropping its unwritten data.
+func (k *disk) shutdown() {
+	if fd, err := unix.Openat(int(k.mnt.Fd()), ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+		flag := uint32(ext4GoingNoLogFlush)
+		unix.Syscall(unix.SYS_IOCTL, uintptr(fd), ext4IocShutdown, uintptr(unsafe.Pointer(&flag)))
+		unix.Close(fd)
+	}
 }
 
 // holdsMuch reports whether the sandbox's files take discardMinBytes or
@@ -572,11 +654,11 @@ func mountDisk(dev *os.File) (*os.File, error) {
 			return nil, fmt.Errorf("disk: mount option %s=%s: %w", o[0], o[1], err)
 		}
 	}
-	// The disk lives no longer than its sandbox, and a host that crashes
-	// takes the sandbox with it: no cache flushes, which the loop device
-	// turns into an fsync of the image, a write to the host's disk on
-	// every mount and unmount. Nor a background zeroing of the inode
-	// tables that mke2fs left (lazy_itable_init), which nothing here needs.
+	// A sandbox does not outlive a crash of its host: no cache flushes,
+	// which the loop device turns into an fsync of the image, a write to
+	// the host's disk on every mount and unmount. Nor a background zeroing
+	// of the inode tables that mke2fs left (lazy_itable_init), which
+	// nothing here needs.
 	for _, flag := range []string{"nobarrier", "noinit_itable"} {
 		if err := unix.FsconfigSetFlag(fsfd, flag); err != nil {
 			return nil, fmt.Errorf("disk: mount option %s: %w", flag, err)

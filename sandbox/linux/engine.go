@@ -284,6 +284,7 @@ func New(cfg Config) (*Engine, error) {
 // component is removed: the levels above it may be shared with other
 // servers. The Engine must not be used afterwards.
 func (e *Engine) Close() error {
+	e.disks.stop() // the warm sandboxes' disks are not kept
 	e.discardWarm()
 	e.trash.wait()
 	e.disks.drain()
@@ -1033,14 +1034,15 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 // processes are gone, its id range, for another sandbox. The disk is
 // then wiped and made ready again if the sandbox left little on it
 // (disks.recycle), or else closed, dropping what it wrote last rather than
-// writing it back to an image about to be removed.
+// writing it back to an image about to be removed; while processes may be
+// left, it is shut down.
 func (e *Engine) releaseIsolation(b *box, processesGone bool) {
 	if processesGone {
 		e.disks.recycle(b.disk, diskImage(b.dir))
 		e.ids.free(b.slot)
 		b.slot = 0
 	} else {
-		b.disk.close(true)
+		b.disk.cutOff()
 	}
 	b.disk = nil
 }

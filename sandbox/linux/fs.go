@@ -272,7 +272,16 @@ func (t *trash) empty() {
 // never something to delete through). It works through directory handles,
 // holding one at a time and climbing back with "..", so neither the depth
 // of a tree a sandbox built nor the length of its paths can stop it.
-func removeTree(p string, dev uint64) error {
+func removeTree(p string, dev uint64) error { return removeTreeBudget(p, dev, -1) }
+
+// errBudget is removeTreeBudget's error when the tree has more entries
+// than its budget.
+var errBudget = errors.New("more entries than the budget")
+
+// removeTreeBudget is removeTree that gives up with errBudget after
+// removing budget entries (no limit if negative): hard links make a tree's
+// entries many more than its inodes.
+func removeTreeBudget(p string, dev uint64, budget int) error {
 	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if errors.Is(err, unix.ENOENT) {
 		return nil
@@ -296,7 +305,7 @@ func removeTree(p string, dev uint64) error {
 		if st.Mode&0o700 != 0o700 { // the sandbox may have chmod'ed it to 0
 			unix.Fchmod(fd, 0o700)
 		}
-		child, err := emptyDir(fd, dev)
+		child, err := emptyDir(fd, dev, &budget)
 		if err != nil {
 			return fmt.Errorf("remove %s: %w", filepath.Join(append([]string{p}, stack...)...), err)
 		}
@@ -327,16 +336,32 @@ func removeTree(p string, dev uint64) error {
 		fd = parent
 		name := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
+		if err := spend(&budget); err != nil {
+			return err
+		}
 		if err := unix.Unlinkat(fd, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
 			return err
 		}
 	}
 }
 
-// emptyDir unlinks every non-directory entry of the directory fd and
-// returns the name of a subdirectory to descend into, or "" when fd is
-// empty. A subdirectory on another file system is an error.
-func emptyDir(fd int, dev uint64) (string, error) {
+// spend takes one entry from *budget (none if it is negative), or
+// returns errBudget when it is spent.
+func spend(budget *int) error {
+	if *budget == 0 {
+		return errBudget
+	}
+	if *budget > 0 {
+		*budget--
+	}
+	return nil
+}
+
+// emptyDir unlinks every non-directory entry of the directory fd, each
+// from budget (see spend), and returns the name of a subdirectory to
+// descend into, or "" when fd is empty. A subdirectory on another file
+// system is an error.
+func emptyDir(fd int, dev uint64, budget *int) (string, error) {
 	dup, err := unix.Dup(fd)
 	if err != nil {
 		return "", err
@@ -365,6 +390,9 @@ func emptyDir(fd int, dev uint64) (string, error) {
 						return "", fmt.Errorf("%s is on another file system (a leftover mount?); not removing it", name)
 					}
 					return name, nil
+				}
+				if err := spend(budget); err != nil {
+					return "", err
 				}
 				if err := unix.Unlinkat(fd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 					return "", err
