@@ -94,7 +94,8 @@ func TestDiskRecycled(t *testing.T) {
 
 // TestDiskNamesHidden: a sandbox cannot learn from the kernel's files
 // which other sandboxes run (their disks' loop devices name them), nor
-// where the server keeps them.
+// where the server keeps them. (That loop devices exist is no secret:
+// /proc/partitions lists them.)
 func TestDiskNamesHidden(t *testing.T) {
 	t.Parallel()
 	home := homeWith(t, "default_disk = 128\n")
@@ -109,9 +110,6 @@ func TestDiskNamesHidden(t *testing.T) {
 		if strings.Contains(out, leak) {
 			t.Errorf("a sandbox sees %q:\n%s", leak, out)
 		}
-	}
-	if regexp.MustCompile(`loop\d`).MatchString(out) {
-		t.Errorf("a sandbox sees the host's loop devices:\n%s", out)
 	}
 	spy.stop()
 	victim.stop()

@@ -42,10 +42,11 @@ import (
 // own mount namespace under its overlay. So nothing of a disk is ever in
 // the host's mount table, usage is one fstatfs, and when the server dies
 // its disks go with the last process that holds them: the loop device
-// detaches itself, and only the image file is left for Delete to remove. The disk of a deleted sandbox
-// that left little on it is wiped and made a ready disk again (recycle):
-// a new disk's image copy, loop device, mount and, at the end, unmount and
-// image removal cost more than the rest of a start.
+// detaches itself, and only the image file is left for Delete to remove.
+// The disk of a deleted sandbox that left little on it is wiped and made a
+// ready disk again (recycle): a new disk's image copy, loop device, mount
+// and, at the end, unmount and image removal cost more than the rest of a
+// start.
 
 // diskTemplateDir, under SandboxDir, holds the disk templates.
 const diskTemplateDir = ".disks"
@@ -90,7 +91,9 @@ type disks struct {
 	// makeMu serialises the making of templates (mke2fs), outside mu, so
 	// that a start asking for a new size holds no other start's disk up.
 	makeMu sync.Mutex
-	log    *slog.Logger
+	// noRecycle is set once a disk could not be trimmed (see recycle).
+	noRecycle bool
+	log       *slog.Logger
 }
 
 // newDisks prepares the template directory, removing partial templates a
@@ -113,6 +116,15 @@ func newDisks(sandboxDir string, readyMiB int, log *slog.Logger) (*disks, error)
 			strings.HasPrefix(n, "ext4-") && !strings.HasPrefix(n, fmt.Sprintf("ext4-%d-", readyMiB)) {
 			os.Remove(filepath.Join(d.dir, n))
 		}
+	}
+	// Load the loop and ext4 modules now, if they are modules: the
+	// sandboxes' inits mask their directories in sysfs only if they are
+	// there when a sandbox starts (see maskedPaths).
+	if f, err := os.Open("/dev/loop-control"); err == nil {
+		f.Close()
+	}
+	if fd, err := unix.Fsopen("ext4", unix.FSOPEN_CLOEXEC); err == nil {
+		unix.Close(fd)
 	}
 	if _, err := exec.LookPath("mke2fs"); err != nil {
 		log.Warn("mke2fs is not installed: sandboxes with a disk quota cannot start; install e2fsprogs (Debian: apt-get install e2fsprogs)")
@@ -374,7 +386,9 @@ func (d *disks) refill(mib int) {
 				return
 			}
 			k.img = img
-			d.pool[mib] = append(d.pool[mib], k)
+			// A new disk goes under the recycled ones, which pop takes
+			// first: they are mounted already, and the new one keeps.
+			d.pool[mib] = append([]*disk{k}, d.pool[mib]...)
 			d.mu.Unlock()
 		}
 	}()
@@ -455,6 +469,10 @@ const (
 	recycleMaxEntries = 4 * recycleMaxInodes
 )
 
+// errNoTrim is wipe's error when the disk cannot be trimmed: the host's
+// file system cannot punch holes in its image.
+var errNoTrim = errors.New("trimming the disk is not supported")
+
 // recycle takes back the disk of a deleted sandbox whose processes are
 // all gone, its image at img: a disk of the size made ahead that the
 // sandbox left little on, whose file system is sound, is wiped and, if
@@ -466,18 +484,27 @@ func (d *disks) recycle(k *disk, img string) bool {
 		return false
 	}
 	d.mu.Lock()
-	wanted := !d.closed && k.mib == d.readyMiB && len(d.pool[k.mib]) < recycledPoolSize
+	wanted := !d.closed && !d.noRecycle && k.mib == d.readyMiB && len(d.pool[k.mib]) < recycledPoolSize
+	var pooled string
 	if wanted {
 		d.seq++
+		pooled = filepath.Join(d.dir, fmt.Sprintf("%s%d-%d.img", poolImagePrefix, os.Getpid(), d.seq))
 	}
-	pooled := filepath.Join(d.dir, fmt.Sprintf("%s%d-%d.img", poolImagePrefix, os.Getpid(), d.seq))
 	d.mu.Unlock()
 	if !wanted {
 		k.close(true)
 		return false
 	}
 	if err := k.wipe(img); err != nil {
-		d.log.Debug("disk not used again", "image", img, "why", err)
+		if errors.Is(err, errNoTrim) {
+			// Each delete would wipe a disk for nothing.
+			d.mu.Lock()
+			d.noRecycle = true
+			d.mu.Unlock()
+			d.log.Warn("the disks of deleted sandboxes are not used again: their file system cannot trim its free blocks from their images on this host", "err", err)
+		} else {
+			d.log.Debug("disk not used again", "image", img, "why", err)
+		}
 		k.close(true)
 		return false
 	}
@@ -526,10 +553,10 @@ func (k *disk) wipe(img string) error {
 	if err := unix.Fstat(fd, &root); err != nil {
 		return err
 	}
-	budget := recycleMaxEntries
+	budget := recycleMaxEntries // for both directories
 	for _, sub := range []string{"upper", "work"} {
 		p := "/proc/self/fd/" + strconv.Itoa(fd) + "/" + sub
-		if err := removeTreeBudget(p, root.Dev, budget); err != nil {
+		if err := removeTreeBudget(p, root.Dev, &budget); err != nil {
 			return fmt.Errorf("removing %s: %w", sub, err)
 		}
 	}
@@ -546,7 +573,9 @@ func (k *disk) wipe(img string) error {
 	trim := struct{ start, len, minLen uint64 }{len: math.MaxUint64} // struct fstrim_range
 	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(dir), fitrim, uintptr(unsafe.Pointer(&trim)))
 	unix.Close(dir)
-	if errno != 0 {
+	if errno == unix.EOPNOTSUPP {
+		return fmt.Errorf("%w: %w", errNoTrim, errno)
+	} else if errno != 0 {
 		return fmt.Errorf("trimming: %w", errno)
 	}
 	n, err := allocated(img)
@@ -600,8 +629,8 @@ const fitrim = 0xc0185879
 const discardMinBytes = 256 << 10
 
 // close releases the server's hold on the disk; with discard, its file
-// system is shut down first if the sandbox wrote more than discardMinBytes,
-// its unwritten data dropped. The mount goes once no sandbox process holds
+// system is shut down first if the sandbox's files take discardMinBytes or
+// more, its unwritten data dropped. The mount goes once no sandbox process holds
 // it either, and then the loop device.
 func (k *disk) close(discard bool) {
 	if k == nil || k.mnt == nil {

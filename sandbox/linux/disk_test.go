@@ -85,11 +85,12 @@ func TestDiskSizesLeaveNothingBehind(t *testing.T) {
 	}
 }
 
-// A disk closed for its sandbox's deletion drops what the sandbox wrote
-// last instead of writing it back to the image (an ext4 shutdown), when
-// that is worth it: a sandbox that wrote a few MiB costs no write-back,
-// while one that wrote next to nothing costs no shutdown (which ext4
-// reports on the host's console) and has its few blocks written back.
+// A disk closed for its sandbox's deletion is shut down, dropping what the
+// sandbox wrote last instead of writing it back to the image, when that is
+// worth it: a sandbox that wrote a few MiB costs no write-back, while one
+// that wrote next to nothing costs no shutdown (which ext4 reports on the
+// host's console) and has its few blocks written back. A disk whose
+// sandbox may have processes left is cut off whatever it holds.
 func TestDiskDiscard(t *testing.T) {
 	root := t.TempDir()
 	d, err := newDisks(root, 0, slog.Default())
@@ -99,12 +100,13 @@ func TestDiskDiscard(t *testing.T) {
 	t.Cleanup(func() { d.drain(); d.remove() })
 	marker := bytes.Repeat([]byte("msb-discard-test"), 4096/16)
 	for _, c := range []struct {
-		name        string
-		size        int
-		writtenBack bool
-	}{{"small", len(marker), true}, {"large", 4 << 20, false}} {
+		name     string
+		size     int
+		cutOff   bool
+		shutDown bool
+	}{{"small", len(marker), false, false}, {"large", 4 << 20, false, true}, {"small cut off", len(marker), true, true}} {
 		t.Run(c.name, func(t *testing.T) {
-			dir := filepath.Join(root, c.name)
+			dir := filepath.Join(root, strings.ReplaceAll(c.name, " ", "-"))
 			if err := os.Mkdir(dir, 0o700); err != nil {
 				t.Fatal(err)
 			}
@@ -112,29 +114,39 @@ func TestDiskDiscard(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			fd, err := unix.Openat(int(k.mnt.Fd()), "upper/file", unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o600)
+			fd, err := unix.Openat(int(k.mnt.Fd()), "upper/file", unix.O_CREAT|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
 			if err != nil {
 				k.close(true)
 				t.Fatal(err)
 			}
+			// The file stays open, as a sandbox's process might hold it:
+			// a shut down file system fails its reads with EIO.
 			f := os.NewFile(uintptr(fd), "file")
-			data := bytes.Repeat(marker, c.size/len(marker))
-			_, err = f.Write(data)
-			f.Close()
-			if err != nil {
+			defer f.Close()
+			if _, err := f.Write(bytes.Repeat(marker, c.size/len(marker))); err != nil {
 				k.close(true)
 				t.Fatal(err)
 			}
-			if much := k.holdsMuch(); much == c.writtenBack {
+			if much := k.holdsMuch(); much != (c.size >= discardMinBytes) {
 				t.Errorf("holdsMuch() = %v with %d bytes written", much, c.size)
 			}
-			k.close(true)
-			img, err := os.ReadFile(filepath.Join(dir, "disk.img"))
-			if err != nil {
-				t.Fatal(err)
+			if c.cutOff {
+				k.cutOff()
+			} else {
+				k.close(true)
 			}
-			if found := bytes.Contains(img, marker); found != c.writtenBack {
-				t.Errorf("%d bytes written: found in the image after close: %v, want %v", c.size, found, c.writtenBack)
+			_, err = f.ReadAt(make([]byte, 1), 0)
+			if shutDown := errors.Is(err, unix.EIO); shutDown != c.shutDown {
+				t.Errorf("%d bytes written: a read after close: %v, want the file system shut down: %v", c.size, err, c.shutDown)
+			}
+			if !c.shutDown {
+				// Once the last holder lets go, what was written is
+				// written back.
+				f.Close()
+				img, err := os.ReadFile(filepath.Join(dir, "disk.img"))
+				if err != nil || !bytes.Contains(img, marker) {
+					t.Errorf("%d bytes written, the disk closed: not in its image (%v)", c.size, err)
+				}
 			}
 		})
 	}
@@ -274,17 +286,29 @@ func TestDiskRecycle(t *testing.T) {
 		wipeFails(t, k, dir, "the wiped file system uses")
 	})
 	t.Run("many names", func(t *testing.T) {
-		// One inode, many hard links: cheap to leave, costly to wipe.
+		// One inode, many hard links, in both directories: cheap to
+		// leave, costly to wipe. The budget is for the whole wipe.
 		k, dir := newDisk(t)
 		f := write(t, k, 4<<10)
 		f.Close()
-		up := "/proc/self/fd/" + strconv.Itoa(int(k.mnt.Fd())) + "/upper/root/"
-		for i := range recycleMaxEntries + 1 {
-			if err := os.Link(up+"link", up+"l"+strconv.Itoa(i)); err != nil {
-				t.Fatal(err)
+		mnt := "/proc/self/fd/" + strconv.Itoa(int(k.mnt.Fd()))
+		for i := range recycleMaxEntries/2 + 1 {
+			for _, sub := range []string{"upper", "work"} {
+				if err := os.Link(mnt+"/upper/root/link", mnt+"/"+sub+"/l"+strconv.Itoa(i)); err != nil {
+					t.Fatal(err)
+				}
 			}
 		}
 		wipeFails(t, k, dir, errBudget.Error())
+	})
+	t.Run("read-only", func(t *testing.T) {
+		// ext4 remounts itself read-only on an error (errors=remount-ro).
+		k, dir := newDisk(t)
+		attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+		if err := unix.MountSetattr(int(k.mnt.Fd()), "", unix.AT_EMPTY_PATH, &attr); err != nil {
+			t.Fatal(err)
+		}
+		wipeFails(t, k, dir, "read-only")
 	})
 	t.Run("other size", func(t *testing.T) {
 		dir := filepath.Join(root, "other")

@@ -272,16 +272,19 @@ func (t *trash) empty() {
 // never something to delete through). It works through directory handles,
 // holding one at a time and climbing back with "..", so neither the depth
 // of a tree a sandbox built nor the length of its paths can stop it.
-func removeTree(p string, dev uint64) error { return removeTreeBudget(p, dev, -1) }
+func removeTree(p string, dev uint64) error {
+	unlimited := -1
+	return removeTreeBudget(p, dev, &unlimited)
+}
 
 // errBudget is removeTreeBudget's error when the tree has more entries
 // than its budget.
 var errBudget = errors.New("more entries than the budget")
 
-// removeTreeBudget is removeTree that gives up with errBudget after
-// removing budget entries (no limit if negative): hard links make a tree's
-// entries many more than its inodes.
-func removeTreeBudget(p string, dev uint64, budget int) error {
+// removeTreeBudget is removeTree that takes every entry it removes from
+// *budget and gives up with errBudget once it is spent (no limit if
+// negative): hard links make a tree's entries many more than its inodes.
+func removeTreeBudget(p string, dev uint64, budget *int) error {
 	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if errors.Is(err, unix.ENOENT) {
 		return nil
@@ -305,7 +308,7 @@ func removeTreeBudget(p string, dev uint64, budget int) error {
 		if st.Mode&0o700 != 0o700 { // the sandbox may have chmod'ed it to 0
 			unix.Fchmod(fd, 0o700)
 		}
-		child, err := emptyDir(fd, dev, &budget)
+		child, err := emptyDir(fd, dev, budget)
 		if err != nil {
 			return fmt.Errorf("remove %s: %w", filepath.Join(append([]string{p}, stack...)...), err)
 		}
@@ -336,7 +339,7 @@ func removeTreeBudget(p string, dev uint64, budget int) error {
 		fd = parent
 		name := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
-		if err := spend(&budget); err != nil {
+		if err := spend(budget); err != nil {
 			return err
 		}
 		if err := unix.Unlinkat(fd, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {

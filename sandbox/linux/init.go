@@ -229,14 +229,16 @@ func unshareCgroupNS(allThreads *bool) error {
 const nsd = unix.MS_NOSUID | unix.MS_NOEXEC | unix.MS_NODEV
 
 // maskedPaths and readonlyPaths are runc's (specconv.Example): kernel
-// files that tell about or act on the host. msb masks the block devices
-// and ext4's files too: every sandbox's disk is a loop device, whose
-// backing file names the sandbox (<namespace>.<name>, under the server's
-// home) and whose ext4 counters tell what it writes, to every sandbox.
+// files that tell about or act on the host. msb masks the virtual block
+// devices' and ext4's files too: every sandbox's disk is a loop device,
+// whose backing file names the sandbox (<namespace>.<name>, under the
+// server's home) and whose ext4 counters tell what it writes, to every
+// sandbox (/sys/block, /sys/class/block and /sys/dev/block only link
+// there, and stay, for the host's real disks).
 var (
 	maskedPaths = []string{"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
 		"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
-		"/sys/block", "/sys/devices/virtual/block", "/sys/dev/block", "/sys/class/block", "/sys/fs/ext4", "/proc/fs/ext4"}
+		"/sys/devices/virtual/block", "/sys/fs/ext4", "/proc/fs/ext4"}
 	readonlyPaths = []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}
 )
 
