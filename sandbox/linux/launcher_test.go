@@ -530,12 +530,19 @@ func procField(t *testing.T, pid int, field string) string {
 }
 
 // waitGone waits up to 10 s until process pid no longer exists (a zombie
-// counts as gone).
+// all of whose threads have exited counts as gone).
 func waitGone(t *testing.T, pid int) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil || strings.Contains(string(data[strings.LastIndexByte(string(data), ')')+1:]), " Z ") {
+		if err != nil {
+			return
+		}
+		// A zombie whose other threads are gone too: its leader turns
+		// zombie first, while its other threads still hold its
+		// descriptors.
+		threads, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if strings.Contains(string(data[strings.LastIndexByte(string(data), ')')+1:]), " Z ") && len(threads) <= 1 {
 			return
 		}
 		if time.Now().After(deadline) {
