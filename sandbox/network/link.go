@@ -166,7 +166,7 @@ func (l *Link) startStack() error {
 	l.ep = ep
 	nicOpts := stack.NICOptions{Name: l.cfg.Device}
 	if l.tune.qdiscLen > 0 {
-		nicOpts.QDisc = fifo.New(ep, 1, l.tune.qdiscLen)
+		nicOpts.QDisc = ep.queue(fifo.New(queuedWriter{ep}, 1, l.tune.qdiscLen))
 	}
 	if err := s.CreateNICWithOptions(nicID, ep, nicOpts); err != nil {
 		return fail("creating NIC", err)

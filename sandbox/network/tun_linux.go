@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -59,6 +60,9 @@ type tunEndpoint struct {
 	started    atomic.Bool
 	stopOnce   sync.Once
 	done       chan struct{}
+	// queued counts the packets a queue in front of the endpoint holds
+	// for it (see queue): stop lets them out first.
+	queued atomic.Int64
 }
 
 var _ stack.LinkEndpoint = (*tunEndpoint)(nil)
@@ -94,11 +98,18 @@ func (e *tunEndpoint) start() {
 
 func (e *tunEndpoint) IsAttached() bool { return e.dispatcher.Load() != nil }
 
-// stop closes the device and waits for the reader to end. It must not be
-// called with any netstack lock held.
+// queueDrainTimeout bounds how long stop waits for the packets queued for
+// the device (the resets of a closing link among them) to be written.
+const queueDrainTimeout = 100 * time.Millisecond
+
+// stop writes what is queued for the device, closes it and waits for the
+// reader to end. It must not be called with any netstack lock held.
 func (e *tunEndpoint) stop() error {
 	var err error
 	e.stopOnce.Do(func() {
+		for deadline := time.Now().Add(queueDrainTimeout); e.queued.Load() > 0 && time.Now().Before(deadline); {
+			time.Sleep(100 * time.Microsecond)
+		}
 		e.dispatcher.Store(nil)
 		err = e.file.Close() // wakes the reader, fails later writes
 		if e.started.Load() {
@@ -160,6 +171,37 @@ func (e *tunEndpoint) deliver(b []byte) {
 // WritePackets writes each packet with one writev. The device never
 // blocks a writer (the sandbox's kernel takes the packet or drops it), so
 // a packet that cannot be written is dropped, as on a wire.
+// queue puts q, a queue whose lower end is queuedWriter{e}, in front of
+// the endpoint, counting the packets it holds.
+func (e *tunEndpoint) queue(q stack.QueueingDiscipline) stack.QueueingDiscipline {
+	return &countedQueue{QueueingDiscipline: q, ep: e}
+}
+
+// countedQueue counts the packets it takes in ep.queued.
+type countedQueue struct {
+	stack.QueueingDiscipline
+	ep *tunEndpoint
+}
+
+func (q *countedQueue) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
+	q.ep.queued.Add(1) // before: the queue may write it at once
+	err := q.QueueingDiscipline.WritePacket(pkt)
+	if err != nil {
+		q.ep.queued.Add(-1)
+	}
+	return err
+}
+
+// queuedWriter is the endpoint as the lower end of a countedQueue: it
+// counts out the packets it is handed, written or not.
+type queuedWriter struct{ *tunEndpoint }
+
+func (w queuedWriter) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	n := pkts.Len() // the list is not ours after the call
+	defer w.queued.Add(-int64(n))
+	return w.tunEndpoint.WritePackets(pkts)
+}
+
 func (e *tunEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
