@@ -111,6 +111,14 @@ func TestDiskNamesHidden(t *testing.T) {
 			t.Errorf("a sandbox sees %q:\n%s", leak, out)
 		}
 	}
+	// The masked directories are empty and read-only (one tmpfs, bound
+	// over each).
+	for _, dir := range []string{"/proc/acpi", "/sys/firmware", "/sys/devices/virtual/block", "/sys/fs/ext4", "/proc/fs/ext4"} {
+		r := spy.sh("[ -d " + dir + " ] || exit 0; ls -A " + dir + "; touch " + dir + "/x 2>&1; echo status $?")
+		if out := text(r.Output, ""); out != "touch: cannot touch '"+dir+"/x': Read-only file system\nstatus 1\n" {
+			t.Errorf("masked %s: %q", dir, out)
+		}
+	}
 	spy.stop()
 	victim.stop()
 }

@@ -478,18 +478,26 @@ func (c *initConfig) cgroupMounts(dst string) error {
 }
 
 // mask hides runc's masked paths (an empty read-only tmpfs over a
-// directory, /dev/null over a file) and makes its read-only paths so.
+// directory, one for all of them, /dev/null over a file) and makes its
+// read-only paths so.
 func (c *initConfig) mask() error {
 	null := filepath.Join(c.Root, "dev/null")
+	empty := "" // the first masked directory, whose tmpfs covers the others
 	for _, p := range maskedPaths {
 		dst := filepath.Join(c.Root, p)
 		fi, err := os.Lstat(dst)
 		if err != nil {
 			continue // not on this kernel
 		}
-		if fi.IsDir() {
+		switch {
+		case fi.IsDir() && empty == "":
 			err = unix.Mount("tmpfs", dst, "tmpfs", unix.MS_RDONLY, "nr_blocks=1,nr_inodes=1")
-		} else {
+			empty = dst
+		case fi.IsDir():
+			// A bind of the same read-only tmpfs: a file system made and
+			// torn down per directory would cost a start and a stop more.
+			err = unix.Mount(empty, dst, "", unix.MS_BIND, "")
+		default:
 			err = unix.Mount(null, dst, "", unix.MS_BIND, "")
 		}
 		if err != nil {
