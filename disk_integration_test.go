@@ -114,8 +114,12 @@ func TestDiskNamesHidden(t *testing.T) {
 	// The masked directories are empty and read-only (one tmpfs, bound
 	// over each).
 	for _, dir := range []string{"/proc/acpi", "/sys/firmware", "/sys/devices/virtual/block", "/sys/fs/ext4", "/proc/fs/ext4"} {
-		r := spy.sh("[ -d " + dir + " ] || exit 0; ls -A " + dir + "; touch " + dir + "/x 2>&1; echo status $?")
-		if out := text(r.Output, ""); out != "touch: cannot touch '"+dir+"/x': Read-only file system\nstatus 1\n" {
+		r := spy.sh("[ -d " + dir + " ] || { echo absent; exit 0; }; ls -A " + dir + "; touch " + dir + "/x 2>&1; echo status $?")
+		out := text(r.Output, "")
+		if out == "absent\n" {
+			continue // not on this kernel (the host has no ACPI, say)
+		}
+		if out != "touch: cannot touch '"+dir+"/x': Read-only file system\nstatus 1\n" {
 			t.Errorf("masked %s: %q", dir, out)
 		}
 	}

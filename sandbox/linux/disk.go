@@ -117,10 +117,12 @@ func newDisks(sandboxDir string, readyMiB int, log *slog.Logger) (*disks, error)
 			os.Remove(filepath.Join(d.dir, n))
 		}
 	}
-	// Load the loop and ext4 modules now, if they are modules: the
-	// sandboxes' inits mask their directories in sysfs only if they are
-	// there when a sandbox starts (see maskedPaths).
-	if f, err := os.Open("/dev/loop-control"); err == nil {
+	// Load the loop and ext4 modules now, if they are modules, and make
+	// sure a loop device exists: the sandboxes' inits mask their
+	// directories in sysfs only if they are there when a sandbox starts
+	// (see maskedPaths).
+	if f, err := os.OpenFile("/dev/loop-control", os.O_RDWR|unix.O_CLOEXEC, 0); err == nil {
+		unix.IoctlRetInt(int(f.Fd()), unix.LOOP_CTL_GET_FREE) // makes one if none is free
 		f.Close()
 	}
 	if fd, err := unix.Fsopen("ext4", unix.FSOPEN_CLOEXEC); err == nil {
@@ -499,9 +501,12 @@ func (d *disks) recycle(k *disk, img string) bool {
 		if errors.Is(err, errNoTrim) {
 			// Each delete would wipe a disk for nothing.
 			d.mu.Lock()
+			first := !d.noRecycle
 			d.noRecycle = true
 			d.mu.Unlock()
-			d.log.Warn("the disks of deleted sandboxes are not used again: their file system cannot trim its free blocks from their images on this host", "err", err)
+			if first {
+				d.log.Warn("the disks of deleted sandboxes are not used again: their file system cannot trim its free blocks from their images on this host", "err", err)
+			}
 		} else {
 			d.log.Debug("disk not used again", "image", img, "why", err)
 		}

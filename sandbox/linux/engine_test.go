@@ -391,9 +391,10 @@ func rangeLockHolder(t *testing.T, slot string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
+	id := fmt.Sprintf("%02x:%02x:%d", unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)
 	for _, line := range strings.Split(string(data), "\n") {
 		f := strings.Fields(line)
-		if len(f) >= 6 && f[1] == "FLOCK" && strings.HasSuffix(f[5], ":"+strconv.FormatUint(st.Ino, 10)) {
+		if len(f) >= 6 && f[1] == "FLOCK" && f[5] == id {
 			pid, _ := strconv.Atoi(f[4])
 			return pid
 		}

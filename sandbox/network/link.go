@@ -149,6 +149,11 @@ func (l *Link) startStack() error {
 	})
 	l.stack = s
 	fail := func(what string, err tcpip.Error) error {
+		if l.ep != nil {
+			// Before the stack, whose queue drops what it holds: the
+			// endpoint would wait for it.
+			l.ep.stop()
+		}
 		s.Destroy()
 		return fmt.Errorf("netstack: %s: %s", what, err)
 	}

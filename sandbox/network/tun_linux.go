@@ -61,8 +61,10 @@ type tunEndpoint struct {
 	stopOnce   sync.Once
 	done       chan struct{}
 	// queued counts the packets a queue in front of the endpoint holds
-	// for it (see queue): stop lets them out first.
-	queued atomic.Int64
+	// for it (see queue): stop lets them out first, woken on drained
+	// when the count falls to zero.
+	queued  atomic.Int64
+	drained chan struct{}
 }
 
 var _ stack.LinkEndpoint = (*tunEndpoint)(nil)
@@ -75,7 +77,7 @@ func newTUNEndpoint(file *os.File, mtu uint32) (*tunEndpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &tunEndpoint{file: file, rc: rc, mtu: mtu, done: make(chan struct{})}, nil
+	return &tunEndpoint{file: file, rc: rc, mtu: mtu, done: make(chan struct{}), drained: make(chan struct{}, 1)}, nil
 }
 
 // Attach sets the dispatcher packets are delivered to; a nil dispatcher
@@ -107,10 +109,19 @@ const queueDrainTimeout = 100 * time.Millisecond
 func (e *tunEndpoint) stop() error {
 	var err error
 	e.stopOnce.Do(func() {
-		for deadline := time.Now().Add(queueDrainTimeout); e.queued.Load() > 0 && time.Now().Before(deadline); {
-			time.Sleep(100 * time.Microsecond)
-		}
+		// Nothing more in: what the sandbox sends now would only queue
+		// more resets.
 		e.dispatcher.Store(nil)
+		timeout := time.NewTimer(queueDrainTimeout)
+		defer timeout.Stop()
+	drain:
+		for e.queued.Load() > 0 {
+			select {
+			case <-e.drained:
+			case <-timeout.C:
+				break drain
+			}
+		}
 		err = e.file.Close() // wakes the reader, fails later writes
 		if e.started.Load() {
 			<-e.done
@@ -168,9 +179,6 @@ func (e *tunEndpoint) deliver(b []byte) {
 	pkt.DecRef()
 }
 
-// WritePackets writes each packet with one writev. The device never
-// blocks a writer (the sandbox's kernel takes the packet or drops it), so
-// a packet that cannot be written is dropped, as on a wire.
 // queue puts q, a queue whose lower end is queuedWriter{e}, in front of
 // the endpoint, counting the packets it holds.
 func (e *tunEndpoint) queue(q stack.QueueingDiscipline) stack.QueueingDiscipline {
@@ -198,10 +206,20 @@ type queuedWriter struct{ *tunEndpoint }
 
 func (w queuedWriter) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := pkts.Len() // the list is not ours after the call
-	defer w.queued.Add(-int64(n))
+	defer func() {
+		if w.queued.Add(-int64(n)) == 0 {
+			select {
+			case w.drained <- struct{}{}:
+			default: // a wake-up is pending already
+			}
+		}
+	}()
 	return w.tunEndpoint.WritePackets(pkts)
 }
 
+// WritePackets writes each packet with one writev. The device never
+// blocks a writer (the sandbox's kernel takes the packet or drops it), so
+// a packet that cannot be written is dropped, as on a wire.
 func (e *tunEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
