@@ -635,8 +635,8 @@ const discardMinBytes = 256 << 10
 
 // close releases the server's hold on the disk; with discard, its file
 // system is shut down first if the sandbox's files take discardMinBytes or
-// more, its unwritten data dropped. The mount goes once no sandbox process holds
-// it either, and then the loop device.
+// more, its unwritten data dropped. The mount goes once no sandbox process
+// holds it either, and then the loop device.
 func (k *disk) close(discard bool) {
 	if k == nil || k.mnt == nil {
 		return

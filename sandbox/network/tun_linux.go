@@ -195,9 +195,20 @@ func (q *countedQueue) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
 	q.ep.queued.Add(1) // before: the queue may write it at once
 	err := q.QueueingDiscipline.WritePacket(pkt)
 	if err != nil {
-		q.ep.queued.Add(-1)
+		q.ep.dequeued(1)
 	}
 	return err
+}
+
+// dequeued counts n packets out of the queue, and wakes stop when none is
+// left.
+func (e *tunEndpoint) dequeued(n int) {
+	if e.queued.Add(-int64(n)) == 0 {
+		select {
+		case e.drained <- struct{}{}:
+		default: // a wake-up is pending already
+		}
+	}
 }
 
 // queuedWriter is the endpoint as the lower end of a countedQueue: it
@@ -206,14 +217,7 @@ type queuedWriter struct{ *tunEndpoint }
 
 func (w queuedWriter) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := pkts.Len() // the list is not ours after the call
-	defer func() {
-		if w.queued.Add(-int64(n)) == 0 {
-			select {
-			case w.drained <- struct{}{}:
-			default: // a wake-up is pending already
-			}
-		}
-	}()
+	defer w.dequeued(n)
 	return w.tunEndpoint.WritePackets(pkts)
 }
 
