@@ -228,6 +228,10 @@ func newUserns(inside, host, size int) (*os.File, error) {
 			UidMappings: []syscall.SysProcIDMap{{ContainerID: inside, HostID: host, Size: size}},
 			GidMappings: []syscall.SysProcIDMap{{ContainerID: inside, HostID: host, Size: size}},
 			Ptrace:      true,
+			// A server that exits in between would leave it stopped,
+			// an orphan holding the namespace: it dies with this
+			// thread, which lives until it has been reaped.
+			Pdeathsig: syscall.SIGKILL,
 		}}
 		p, err := os.StartProcess("/proc/self/exe", []string{"msb-userns"}, attr)
 		if err != nil {
