@@ -25,7 +25,7 @@ import (
 	"strings"
 	"time"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
+	"modernc.org/sqlite" // registers the "sqlite" driver
 )
 
 //go:embed migrations/*.sql
@@ -58,12 +58,27 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
-	if err := migrate(ctx, db); err != nil {
+	// Openers of a fresh database at the same moment (the CLI and the
+	// server) can fail at once with SQLITE_BUSY, which busy_timeout does
+	// not cover there (a lock taken for the switch to WAL, or upgraded
+	// within a statement, is not waited for): they try again. Every step
+	// of migrate can be repeated.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		err = migrate(ctx, db)
+		var serr *sqlite.Error
+		if err == nil || !errors.As(err, &serr) || serr.Code()&0xff != sqliteBusy || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migrate database %s: %w", path, err)
 	}
 	return &DB{db: db}, nil
 }
+
+// sqliteBusy is SQLITE_BUSY, the primary code of "database is locked".
+const sqliteBusy = 5
 
 // Close closes the database.
 func (d *DB) Close() error { return d.db.Close() }
