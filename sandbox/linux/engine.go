@@ -621,89 +621,22 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 
 	cfg := e.initConfig(b)
 	files := childFiles{e.l.devNull, logW, logW, portalEnd, tasks, tree, initEnd}
-	var userns, volUserns *os.File
+	// The init's mounts (the image's host paths, volumes, its root or
+	// disk) are made once it runs, while it starts (Go's runtime, its
+	// packages), and sent on initFD: numbered from volumeFD0 on.
+	nMounts := len(volumes(b.spec.Root.Mounts))
 	if b.slot > 0 {
-		if userns, err = e.ids.userns(b.slot, false); err != nil {
-			return unavailable("user namespace", err)
-		}
-		if volUserns, err = e.ids.userns(b.slot, true); err != nil {
-			return unavailable("user namespace", err)
-		}
+		nMounts += len(cfg.Binds) + 1
+	} else if b.disk != nil {
+		nMounts++
+	}
+	if n := volumeFD0 + nMounts; n > maxInitFiles {
+		return fmt.Errorf("sandbox %s: too many volumes and image mounts (%d descriptors, at most %d): %w", b, n, maxInitFiles, errdefs.ErrInvalid)
+	}
+	if b.slot > 0 {
 		if err := e.cg.chownUserCgroup(key, hostID(b.slot)); err != nil {
 			return unavailable("cgroups", err)
 		}
-		// The image's host paths, idmapped, go first among the mounts
-		// the init attaches (parents first).
-		for _, m := range cfg.Binds {
-			fd, err := idmappedClone(-1, m.Source, "", userns, m.ReadOnly)
-			if err != nil {
-				return unavailable("image mount "+m.Target, err)
-			}
-			f := os.NewFile(uintptr(fd), "bind")
-			mine = append(mine, f)
-			var st unix.Stat_t
-			if err := unix.Fstat(fd, &st); err != nil {
-				return unavailable("image mount "+m.Target, err)
-			}
-			files = append(files, f)
-			cfg.Volumes = append(cfg.Volumes, volumeTarget{Target: m.Target, Dir: st.Mode&unix.S_IFMT == unix.S_IFDIR})
-		}
-		cfg.Binds = nil
-	}
-	for _, m := range volumes(b.spec.Root.Mounts) {
-		v, dir, err := openVolume(m, volUserns)
-		if err != nil {
-			return fmt.Errorf("sandbox %s: %w", b, err)
-		}
-		mine = append(mine, v)
-		files = append(files, v)
-		cfg.Volumes = append(cfg.Volumes, volumeTarget{Target: m.Target, Dir: dir})
-	}
-	if b.slot > 0 {
-		upper := b.upperDir()
-		if b.disk != nil {
-			upper = "/proc/self/fd/" + strconv.Itoa(int(b.disk.mnt.Fd()))
-		}
-		root, err := mountRoot(cfg.Layers, filepath.Join(upper, "upper"), filepath.Join(upper, "work"), userns, hostID(b.slot))
-		if err != nil {
-			return unavailable("root file system", err)
-		}
-		mine = append(mine, root)
-		cfg.RootFD = len(files)
-		files = append(files, root)
-		cfg.Userns = true
-	}
-	if b.disk != nil && b.slot == 0 {
-		d, err := b.disk.clone()
-		if err != nil {
-			return unavailable("disk", err)
-		}
-		mine = append(mine, d)
-		cfg.DiskFD = len(files)
-		files = append(files, d)
-	}
-	if len(files) > maxInitFiles {
-		return fmt.Errorf("sandbox %s: too many volumes and image mounts (%d descriptors, at most %d): %w", b, len(files), maxInitFiles, errdefs.ErrInvalid)
-	}
-	data, err := json.Marshal(cfg)
-	if err != nil {
-		return unavailable("init config", err)
-	}
-	// The init reads its configuration once it runs: what the socket's
-	// buffer surely holds is written now, more by a goroutine meanwhile.
-	writeConfig := func() error {
-		_, err := status.Write(data)
-		if err == nil {
-			err = status.(*net.UnixConn).CloseWrite()
-		}
-		return err
-	}
-	if len(data) <= 32<<10 {
-		if err := writeConfig(); err != nil {
-			return unavailable("init config", err)
-		}
-	} else {
-		go writeConfig()
 	}
 
 	attr := &os.ProcAttr{
@@ -771,6 +704,9 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	client := portal.NewClient(conn)
 	client.SetRlimits(b.spec.Rlimits)
 	b.proc, b.done, b.client, b.started = proc, done, client, time.Now()
+	if err := e.sendConfig(b, cfg, status); err != nil {
+		return err
+	}
 	// The network namespace is there from the clone: its link goes in
 	// while the init builds the rest.
 	if err := e.attachNetwork(ctx, b); err != nil {
@@ -789,6 +725,99 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	b.built = true
 	if err := b.client.Ping(sctx); err != nil {
 		return e.startErr(b, logPath, "portal did not answer", err)
+	}
+	return nil
+}
+
+// sendConfig makes the init's mounts (the image's host paths and volumes,
+// idmapped in a user namespace, then its root, or its disk) and sends them
+// on status, the server's end of initFD, as 'F' with their descriptors,
+// then cfg with their numbers (from volumeFD0 on), which it completes.
+func (e *Engine) sendConfig(b *box, cfg *initConfig, status net.Conn) error {
+	unavailable := func(what string, err error) error {
+		return fmt.Errorf("sandbox %s: %s: %w: %w", b, what, err, errdefs.ErrUnavailable)
+	}
+	var mounts []*os.File
+	defer func() { closeAll(mounts) }() // the socket holds them once sent
+	var userns, volUserns *os.File
+	if b.slot > 0 {
+		var err error
+		if userns, err = e.ids.userns(b.slot, false); err != nil {
+			return unavailable("user namespace", err)
+		}
+		if volUserns, err = e.ids.userns(b.slot, true); err != nil {
+			return unavailable("user namespace", err)
+		}
+		// The image's host paths, idmapped, go first among the mounts
+		// the init attaches (parents first).
+		for _, m := range cfg.Binds {
+			fd, err := idmappedClone(-1, m.Source, "", userns, m.ReadOnly)
+			if err != nil {
+				return unavailable("image mount "+m.Target, err)
+			}
+			f := os.NewFile(uintptr(fd), "bind")
+			mounts = append(mounts, f)
+			var st unix.Stat_t
+			if err := unix.Fstat(fd, &st); err != nil {
+				return unavailable("image mount "+m.Target, err)
+			}
+			cfg.Volumes = append(cfg.Volumes, volumeTarget{Target: m.Target, Dir: st.Mode&unix.S_IFMT == unix.S_IFDIR})
+		}
+		cfg.Binds = nil
+	}
+	for _, m := range volumes(b.spec.Root.Mounts) {
+		v, dir, err := openVolume(m, volUserns)
+		if err != nil {
+			return fmt.Errorf("sandbox %s: %w", b, err)
+		}
+		mounts = append(mounts, v)
+		cfg.Volumes = append(cfg.Volumes, volumeTarget{Target: m.Target, Dir: dir})
+	}
+	if b.slot > 0 {
+		upper := b.upperDir()
+		if b.disk != nil {
+			upper = "/proc/self/fd/" + strconv.Itoa(int(b.disk.mnt.Fd()))
+		}
+		root, err := mountRoot(cfg.Layers, filepath.Join(upper, "upper"), filepath.Join(upper, "work"), userns, hostID(b.slot))
+		if err != nil {
+			return unavailable("root file system", err)
+		}
+		cfg.RootFD = volumeFD0 + len(mounts)
+		mounts = append(mounts, root)
+		cfg.Userns = true
+	} else if b.disk != nil {
+		d, err := b.disk.clone()
+		if err != nil {
+			return unavailable("disk", err)
+		}
+		cfg.DiskFD = volumeFD0 + len(mounts)
+		mounts = append(mounts, d)
+	}
+	data, err := json.Marshal(cfg)
+	if err != nil {
+		return unavailable("init config", err)
+	}
+	fds := make([]int, len(mounts))
+	for i, f := range mounts {
+		fds[i] = int(f.Fd())
+	}
+	var rights []byte
+	if len(fds) > 0 {
+		rights = unix.UnixRights(fds...)
+	}
+	uc := status.(*net.UnixConn)
+	// An init that does not read its configuration is stuck: no write
+	// waits for it longer than a start may take.
+	uc.SetWriteDeadline(time.Now().Add(startTimeout))
+	defer uc.SetWriteDeadline(time.Time{})
+	if _, _, err := uc.WriteMsgUnix([]byte{'F'}, rights, nil); err != nil {
+		return unavailable("init config", err)
+	}
+	if _, err := uc.Write(data); err != nil {
+		return unavailable("init config", err)
+	}
+	if err := uc.CloseWrite(); err != nil {
+		return unavailable("init config", err)
 	}
 	return nil
 }

@@ -34,8 +34,11 @@ const (
 )
 
 // File descriptors of the init. 3 to 5 are the portal's (package portal).
+// The descriptors of its mounts (volumes, root, disk) come later, on
+// initFD (see readConfig); the configuration numbers them from volumeFD0
+// on, in the order they come.
 const (
-	initFD    = 6 // a socket: the initConfig in, a set-up error out
+	initFD    = 6 // a socket: the mounts and the initConfig in, a set-up error out
 	volumeFD0 = 7 // the first volume's detached mount; one per volume
 )
 
@@ -65,8 +68,10 @@ type initConfig struct {
 	// Binds are the image's host paths, parents first.
 	Binds []sandbox.Mount `json:"binds,omitempty"`
 	// Volumes are the targets of the detached mounts the server opened,
-	// one per descriptor from volumeFD0 on.
-	Volumes []volumeTarget `json:"volumes,omitempty"`
+	// one per descriptor from volumeFD0 on; volumeFDs are those
+	// descriptors as the init received them (readConfig).
+	Volumes   []volumeTarget `json:"volumes,omitempty"`
+	volumeFDs []int
 	// Tmpfs are memory-backed directories, charged to the sandbox's memory.
 	Tmpfs []sandbox.Tmpfs `json:"tmpfs,omitempty"`
 	// Cgroups are the host's cgroup v1 hierarchies, mounted read-only at
@@ -152,13 +157,9 @@ func MaybeInit() {
 // runInit builds the sandbox around this process, drops its privileges and
 // becomes the portal. It returns only on failure.
 func runInit(status *os.File) error {
-	data, err := io.ReadAll(status) // until the server's end is shut down
+	c, err := readConfig(status)
 	if err != nil {
-		return fmt.Errorf("reading the configuration: %w", err)
-	}
-	var c initConfig
-	if err := json.Unmarshal(data, &c); err != nil {
-		return fmt.Errorf("configuration: %w", err)
+		return err
 	}
 	// Without cgo, Go changes a credential or a namespace on all of its
 	// threads at once; a binary linked with cgo cannot (the C library has
@@ -199,6 +200,64 @@ func runInit(status *os.File) error {
 	status.Close() // the set-up is done
 	portal.Main()
 	return errors.New("the portal returned")
+}
+
+// readConfig reads what the server sends on initFD once the init runs (it
+// prepares the mounts meanwhile): a message 'F' with the mounts'
+// descriptors, then the initConfig, until the server shuts its end down.
+// The configuration's descriptor numbers (volumeFD0 + i for the i-th
+// descriptor sent) are mapped to the ones received.
+func readConfig(status *os.File) (*initConfig, error) {
+	buf := make([]byte, 1)
+	oob := make([]byte, unix.CmsgSpace(4*maxInitFiles))
+	n, oobn, _, _, err := unix.Recvmsg(initFD, buf, oob, unix.MSG_CMSG_CLOEXEC)
+	if err != nil || n != 1 || buf[0] != 'F' {
+		return nil, fmt.Errorf("reading the mounts: %q, %w", buf[:n], err)
+	}
+	var fds []int
+	if oobn > 0 {
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err != nil {
+			return nil, fmt.Errorf("reading the mounts: %w", err)
+		}
+		for _, m := range msgs {
+			got, err := unix.ParseUnixRights(&m)
+			if err != nil {
+				return nil, fmt.Errorf("reading the mounts: %w", err)
+			}
+			fds = append(fds, got...)
+		}
+	}
+	data, err := io.ReadAll(status) // until the server's end is shut down
+	if err != nil {
+		return nil, fmt.Errorf("reading the configuration: %w", err)
+	}
+	var c initConfig
+	if err := json.Unmarshal(data, &c); err != nil {
+		return nil, fmt.Errorf("configuration: %w", err)
+	}
+	fd := func(n int) (int, error) {
+		if n < volumeFD0 || n-volumeFD0 >= len(fds) {
+			return -1, fmt.Errorf("configuration: descriptor %d of %d sent", n, len(fds))
+		}
+		return fds[n-volumeFD0], nil
+	}
+	c.volumeFDs = make([]int, len(c.Volumes))
+	for i := range c.Volumes {
+		if c.volumeFDs[i], err = fd(volumeFD0 + i); err != nil {
+			return nil, err
+		}
+	}
+	if c.Userns {
+		if c.RootFD, err = fd(c.RootFD); err != nil {
+			return nil, err
+		}
+	} else if c.Disk != "" {
+		if c.DiskFD, err = fd(c.DiskFD); err != nil {
+			return nil, err
+		}
+	}
+	return &c, nil
 }
 
 // onAllThreads makes a system call on every thread of the process, or, in
@@ -294,7 +353,7 @@ func (c *initConfig) setup() error {
 		}
 	}
 	for i, v := range c.Volumes {
-		if err := r.attachVolume(volumeFD0+i, v); err != nil {
+		if err := r.attachVolume(c.volumeFDs[i], v); err != nil {
 			return err
 		}
 	}
