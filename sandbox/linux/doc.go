@@ -44,10 +44,10 @@
 // starts, into a sealed memfd, and executed from it as `msb portal` with
 // an empty environment. msb plays that role from the init function of
 // sandbox/engine, before the packages only the server and the CLI need are
-// initialised. It reads from a socket the descriptors of its mounts (the
-// image's host paths, volumes, its root or disk: the server makes them
-// while the init starts, SCM_RIGHTS) and its configuration, builds the
-// sandbox around itself inside its own mount namespace (MaybeInit,
+// initialised. It reads from a socket the descriptors of its mounts
+// (volumes, its root or disk, and in a user namespace the image's host
+// paths: the server makes them while the init starts, SCM_RIGHTS) and its
+// configuration, builds the sandbox around itself inside its own mount namespace (MaybeInit,
 // init.go): it makes / private, mounts the root (the overlay of the
 // image's layers, or a bind of the sandbox's directory), writes the
 // image's directories, links and files into it on the first start, mounts

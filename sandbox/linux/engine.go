@@ -704,8 +704,16 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	client := portal.NewClient(conn)
 	client.SetRlimits(b.spec.Rlimits)
 	b.proc, b.done, b.client, b.started = proc, done, client, time.Now()
-	if err := e.sendConfig(b, cfg, status); err != nil {
+	sctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	mounts, err := e.initMounts(b, cfg)
+	defer closeAll(mounts) // the socket holds them once sent
+	if err != nil {
 		return err
+	}
+	if err := sendConfig(sctx, status, mounts, cfg); err != nil {
+		// The init may have died before it read: its log says why.
+		return e.startErr(b, logPath, "sending the configuration", err)
 	}
 	// The network namespace is there from the clone: its link goes in
 	// while the init builds the rest.
@@ -713,8 +721,6 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 		return err
 	}
 
-	sctx, cancel := context.WithTimeout(ctx, startTimeout)
-	defer cancel()
 	if err := waitInit(sctx, status); err != nil {
 		if errors.Is(err, errdefs.ErrInvalid) {
 			return fmt.Errorf("sandbox %s: %w", b, err)
@@ -729,37 +735,33 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	return nil
 }
 
-// sendConfig makes the init's mounts (the image's host paths and volumes,
-// idmapped in a user namespace, then its root, or its disk) and sends them
-// on status, the server's end of initFD, as 'F' with their descriptors,
-// then cfg with their numbers (from volumeFD0 on), which it completes.
-func (e *Engine) sendConfig(b *box, cfg *initConfig, status net.Conn) error {
+// initMounts makes the init's mounts, to be sent on its socket (see
+// sendConfig): the image's host paths and volumes, idmapped in a user
+// namespace, then its root, or its disk; cfg gets their targets and
+// numbers (from volumeFD0 on). The caller closes them, also on an error.
+func (e *Engine) initMounts(b *box, cfg *initConfig) (mounts []*os.File, err error) {
 	unavailable := func(what string, err error) error {
 		return fmt.Errorf("sandbox %s: %s: %w: %w", b, what, err, errdefs.ErrUnavailable)
 	}
-	var mounts []*os.File
-	defer func() { closeAll(mounts) }() // the socket holds them once sent
 	var userns, volUserns *os.File
 	if b.slot > 0 {
-		var err error
 		if userns, err = e.ids.userns(b.slot, false); err != nil {
-			return unavailable("user namespace", err)
+			return mounts, unavailable("user namespace", err)
 		}
 		if volUserns, err = e.ids.userns(b.slot, true); err != nil {
-			return unavailable("user namespace", err)
+			return mounts, unavailable("user namespace", err)
 		}
 		// The image's host paths, idmapped, go first among the mounts
 		// the init attaches (parents first).
 		for _, m := range cfg.Binds {
 			fd, err := idmappedClone(-1, m.Source, "", userns, m.ReadOnly)
 			if err != nil {
-				return unavailable("image mount "+m.Target, err)
+				return mounts, unavailable("image mount "+m.Target, err)
 			}
-			f := os.NewFile(uintptr(fd), "bind")
-			mounts = append(mounts, f)
+			mounts = append(mounts, os.NewFile(uintptr(fd), "bind"))
 			var st unix.Stat_t
 			if err := unix.Fstat(fd, &st); err != nil {
-				return unavailable("image mount "+m.Target, err)
+				return mounts, unavailable("image mount "+m.Target, err)
 			}
 			cfg.Volumes = append(cfg.Volumes, volumeTarget{Target: m.Target, Dir: st.Mode&unix.S_IFMT == unix.S_IFDIR})
 		}
@@ -768,7 +770,7 @@ func (e *Engine) sendConfig(b *box, cfg *initConfig, status net.Conn) error {
 	for _, m := range volumes(b.spec.Root.Mounts) {
 		v, dir, err := openVolume(m, volUserns)
 		if err != nil {
-			return fmt.Errorf("sandbox %s: %w", b, err)
+			return mounts, fmt.Errorf("sandbox %s: %w", b, err)
 		}
 		mounts = append(mounts, v)
 		cfg.Volumes = append(cfg.Volumes, volumeTarget{Target: m.Target, Dir: dir})
@@ -780,7 +782,7 @@ func (e *Engine) sendConfig(b *box, cfg *initConfig, status net.Conn) error {
 		}
 		root, err := mountRoot(cfg.Layers, filepath.Join(upper, "upper"), filepath.Join(upper, "work"), userns, hostID(b.slot))
 		if err != nil {
-			return unavailable("root file system", err)
+			return mounts, unavailable("root file system", err)
 		}
 		cfg.RootFD = volumeFD0 + len(mounts)
 		mounts = append(mounts, root)
@@ -788,14 +790,22 @@ func (e *Engine) sendConfig(b *box, cfg *initConfig, status net.Conn) error {
 	} else if b.disk != nil {
 		d, err := b.disk.clone()
 		if err != nil {
-			return unavailable("disk", err)
+			return mounts, unavailable("disk", err)
 		}
 		cfg.DiskFD = volumeFD0 + len(mounts)
 		mounts = append(mounts, d)
 	}
+	return mounts, nil
+}
+
+// sendConfig sends the init, on status (the server's end of initFD), the
+// descriptors of its mounts in a message 'F' (SCM_RIGHTS), then cfg, and
+// shuts the sending side down; an init that does not read them is stuck,
+// and no write waits past ctx.
+func sendConfig(ctx context.Context, status net.Conn, mounts []*os.File, cfg *initConfig) error {
 	data, err := json.Marshal(cfg)
 	if err != nil {
-		return unavailable("init config", err)
+		return err
 	}
 	fds := make([]int, len(mounts))
 	for i, f := range mounts {
@@ -806,20 +816,21 @@ func (e *Engine) sendConfig(b *box, cfg *initConfig, status net.Conn) error {
 		rights = unix.UnixRights(fds...)
 	}
 	uc := status.(*net.UnixConn)
-	// An init that does not read its configuration is stuck: no write
-	// waits for it longer than a start may take.
-	uc.SetWriteDeadline(time.Now().Add(startTimeout))
-	defer uc.SetWriteDeadline(time.Time{})
+	if deadline, ok := ctx.Deadline(); ok {
+		uc.SetWriteDeadline(deadline)
+	}
+	stop := context.AfterFunc(ctx, func() { uc.SetWriteDeadline(time.Now()) })
+	defer func() {
+		stop()
+		uc.SetWriteDeadline(time.Time{})
+	}()
 	if _, _, err := uc.WriteMsgUnix([]byte{'F'}, rights, nil); err != nil {
-		return unavailable("init config", err)
+		return err
 	}
 	if _, err := uc.Write(data); err != nil {
-		return unavailable("init config", err)
+		return err
 	}
-	if err := uc.CloseWrite(); err != nil {
-		return unavailable("init config", err)
-	}
-	return nil
+	return uc.CloseWrite()
 }
 
 // startErr is the error of a start that failed in the init or the portal,

@@ -34,12 +34,13 @@ const (
 )
 
 // File descriptors of the init. 3 to 5 are the portal's (package portal).
-// The descriptors of its mounts (volumes, root, disk) come later, on
-// initFD (see readConfig); the configuration numbers them from volumeFD0
-// on, in the order they come.
+// The descriptors of its mounts (the image's host paths in a user
+// namespace, volumes, then its root or disk) come later, on initFD (see
+// readConfig); the configuration numbers them from volumeFD0 on, in the
+// order they come.
 const (
 	initFD    = 6 // a socket: the mounts and the initConfig in, a set-up error out
-	volumeFD0 = 7 // the first volume's detached mount; one per volume
+	volumeFD0 = 7 // the number of the first mount sent; one per mount
 )
 
 // initConfig is what the server hands a sandbox's init on initFD, as
@@ -53,14 +54,15 @@ type initConfig struct {
 	Layers []string `json:"layers"` // lowest first
 	Upper  string   `json:"upper"`
 	Work   string   `json:"work"`
-	// Disk, if set, is where the sandbox's disk (its detached mount, as
-	// descriptor DiskFD) is attached before the overlay is mounted: Upper
-	// and Work are on it.
+	// Disk, if set, is where the sandbox's disk (its detached mount, the
+	// descriptor numbered DiskFD: see readConfig) is attached before the
+	// overlay is mounted: Upper and Work are on it.
 	Disk   string `json:"disk,omitempty"`
 	DiskFD int    `json:"disk_fd,omitempty"`
 	// Userns: the sandbox has a user namespace of its own. Its root (the
-	// overlay, mounted by the server with idmapped layers) is descriptor
-	// RootFD; the image's host paths come among Volumes, idmapped too.
+	// overlay, mounted by the server with idmapped layers) is the
+	// descriptor numbered RootFD; the image's host paths come among
+	// Volumes, idmapped too.
 	Userns bool `json:"userns,omitempty"`
 	RootFD int  `json:"root_fd,omitempty"`
 	// Build is set on a sandbox's first start: what to write into its root.
@@ -208,11 +210,20 @@ func runInit(status *os.File) error {
 // The configuration's descriptor numbers (volumeFD0 + i for the i-th
 // descriptor sent) are mapped to the ones received.
 func readConfig(status *os.File) (*initConfig, error) {
+	// initFD is blocking (the server made the socket so): the plain
+	// system call waits.
 	buf := make([]byte, 1)
 	oob := make([]byte, unix.CmsgSpace(4*maxInitFiles))
-	n, oobn, _, _, err := unix.Recvmsg(initFD, buf, oob, unix.MSG_CMSG_CLOEXEC)
-	if err != nil || n != 1 || buf[0] != 'F' {
-		return nil, fmt.Errorf("reading the mounts: %q, %w", buf[:n], err)
+	n, oobn, flags, _, err := unix.Recvmsg(initFD, buf, oob, unix.MSG_CMSG_CLOEXEC)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("reading the mounts: %w", err)
+	case n == 0:
+		return nil, fmt.Errorf("reading the mounts: %w", io.ErrUnexpectedEOF)
+	case buf[0] != 'F':
+		return nil, fmt.Errorf("reading the mounts: %q instead of F", buf[:n])
+	case flags&unix.MSG_CTRUNC != 0:
+		return nil, errors.New("reading the mounts: more descriptors than expected")
 	}
 	var fds []int
 	if oobn > 0 {
@@ -235,6 +246,15 @@ func readConfig(status *os.File) (*initConfig, error) {
 	var c initConfig
 	if err := json.Unmarshal(data, &c); err != nil {
 		return nil, fmt.Errorf("configuration: %w", err)
+	}
+	// One descriptor per volume, then the root or the disk: no more.
+	want := len(c.Volumes)
+	if c.Userns || c.Disk != "" {
+		want++
+	}
+	if len(fds) != want {
+		closeFDs(fds)
+		return nil, fmt.Errorf("configuration: %d descriptors sent for %d mounts", len(fds), want)
 	}
 	fd := func(n int) (int, error) {
 		if n < volumeFD0 || n-volumeFD0 >= len(fds) {

@@ -62,8 +62,9 @@ const (
 // kernel passes up to 253 in one message (SCM_MAX_FD).
 const maxSpawnFDs = 250
 
-// maxInitFiles is how many descriptors an init may be handed, leaving room
-// in a request for its tasks files, network namespace and cgroup.
+// maxInitFiles bounds an init's descriptors: 0 to volumeFD0-1, which it
+// inherits, and its mounts, which come in one message on initFD (at most
+// 253 descriptors, SCM_MAX_FD; the init's buffer is sized from this).
 const maxInitFiles = 200
 
 // spawnRequest asks for one init. Its descriptors come in this order: the
