@@ -560,8 +560,7 @@ func (k *disk) wipe(img string) error {
 	}
 	budget := recycleMaxEntries // for both directories
 	for _, sub := range []string{"upper", "work"} {
-		p := "/proc/self/fd/" + strconv.Itoa(fd) + "/" + sub
-		if err := removeTreeBudget(p, root.Dev, &budget); err != nil {
+		if err := removeTreeBudget(filepath.Join(k.path(), sub), root.Dev, &budget); err != nil {
 			return fmt.Errorf("removing %s: %w", sub, err)
 		}
 	}
@@ -599,12 +598,16 @@ func (k *disk) usage() (uint64, error) {
 	if err := unix.Fstatfs(int(k.mnt.Fd()), &st); err != nil {
 		return 0, err
 	}
-	used := (st.Blocks - st.Bfree) * uint64(st.Bsize)
-	if used < k.baseBytes {
+	bytes, _ := used(&st)
+	if bytes < k.baseBytes {
 		return 0, nil
 	}
-	return used - k.baseBytes, nil
+	return bytes - k.baseBytes, nil
 }
+
+// path names the disk's root, through the server's descriptor of its
+// detached mount.
+func (k *disk) path() string { return "/proc/self/fd/" + strconv.Itoa(int(k.mnt.Fd())) }
 
 // clone returns a new detached copy of the disk's mount, for an init to
 // attach in its mount namespace.

@@ -559,9 +559,7 @@ func (fs childFiles) close() {
 
 func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	key := b.handle
-	unavailable := func(what string, err error) error {
-		return fmt.Errorf("sandbox %s: %s: %w: %w", b, what, err, errdefs.ErrUnavailable)
-	}
+	unavailable := b.unavailable
 	started, err := e.holdPids(b, b.spec.Pids)
 	if err != nil {
 		return err
@@ -623,14 +621,9 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	files := childFiles{e.l.devNull, logW, logW, portalEnd, tasks, tree, initEnd}
 	// The init's mounts (the image's host paths, volumes, its root or
 	// disk) are made once it runs, while it starts (Go's runtime, its
-	// packages), and sent on initFD: numbered from volumeFD0 on.
-	nMounts := len(volumes(b.spec.Root.Mounts))
-	if b.slot > 0 {
-		nMounts += len(cfg.Binds) + 1
-	} else if b.disk != nil {
-		nMounts++
-	}
-	if n := volumeFD0 + nMounts; n > maxInitFiles {
+	// packages), and sent on initFD (initMounts, sendConfig); a request
+	// for too many is refused before the clone.
+	if n := len(files) + initMountCount(b, cfg); n > maxInitFiles {
 		return fmt.Errorf("sandbox %s: too many volumes and image mounts (%d descriptors, at most %d): %w", b, n, maxInitFiles, errdefs.ErrInvalid)
 	}
 	if b.slot > 0 {
@@ -735,14 +728,29 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	return nil
 }
 
-// initMounts makes the init's mounts, to be sent on its socket (see
-// sendConfig): the image's host paths and volumes, idmapped in a user
-// namespace, then its root, or its disk; cfg gets their targets and
-// numbers (from volumeFD0 on). The caller closes them, also on an error.
-func (e *Engine) initMounts(b *box, cfg *initConfig) (mounts []*os.File, err error) {
-	unavailable := func(what string, err error) error {
-		return fmt.Errorf("sandbox %s: %s: %w: %w", b, what, err, errdefs.ErrUnavailable)
+// unavailable is the error of a start of the sandbox that failed at what:
+// nothing the caller asked for was wrong.
+func (b *box) unavailable(what string, err error) error {
+	return fmt.Errorf("sandbox %s: %s: %w: %w", b, what, err, errdefs.ErrUnavailable)
+}
+
+// initMountCount is how many mounts initMounts makes for the init of b.
+func initMountCount(b *box, cfg *initConfig) int {
+	n := len(volumes(b.spec.Root.Mounts))
+	if b.slot > 0 {
+		n += len(cfg.Binds) + 1 // the image's host paths, the root
+	} else if b.disk != nil {
+		n++
 	}
+	return n
+}
+
+// initMounts makes the init's mounts, to be sent on its socket in this
+// order (see sendConfig, readConfig): the image's host paths and volumes,
+// idmapped in a user namespace, then its root, or its disk; cfg gets the
+// volumes' targets. The caller closes them, also on an error.
+func (e *Engine) initMounts(b *box, cfg *initConfig) (mounts []*os.File, err error) {
+	unavailable := b.unavailable
 	var userns, volUserns *os.File
 	if b.slot > 0 {
 		if userns, err = e.ids.userns(b.slot, false); err != nil {
@@ -778,13 +786,12 @@ func (e *Engine) initMounts(b *box, cfg *initConfig) (mounts []*os.File, err err
 	if b.slot > 0 {
 		upper := b.upperDir()
 		if b.disk != nil {
-			upper = "/proc/self/fd/" + strconv.Itoa(int(b.disk.mnt.Fd()))
+			upper = b.disk.path()
 		}
 		root, err := mountRoot(cfg.Layers, filepath.Join(upper, "upper"), filepath.Join(upper, "work"), userns, hostID(b.slot))
 		if err != nil {
 			return mounts, unavailable("root file system", err)
 		}
-		cfg.RootFD = volumeFD0 + len(mounts)
 		mounts = append(mounts, root)
 		cfg.Userns = true
 	} else if b.disk != nil {
@@ -792,7 +799,6 @@ func (e *Engine) initMounts(b *box, cfg *initConfig) (mounts []*os.File, err err
 		if err != nil {
 			return mounts, unavailable("disk", err)
 		}
-		cfg.DiskFD = volumeFD0 + len(mounts)
 		mounts = append(mounts, d)
 	}
 	return mounts, nil

@@ -36,11 +36,9 @@ const (
 // File descriptors of the init. 3 to 5 are the portal's (package portal).
 // The descriptors of its mounts (the image's host paths in a user
 // namespace, volumes, then its root or disk) come later, on initFD (see
-// readConfig); the configuration numbers them from volumeFD0 on, in the
-// order they come.
+// readConfig).
 const (
-	initFD    = 6 // a socket: the mounts and the initConfig in, a set-up error out
-	volumeFD0 = 7 // the number of the first mount sent; one per mount
+	initFD = 6 // a socket: the mounts and the initConfig in, a set-up error out
 )
 
 // initConfig is what the server hands a sandbox's init on initFD, as
@@ -54,24 +52,24 @@ type initConfig struct {
 	Layers []string `json:"layers"` // lowest first
 	Upper  string   `json:"upper"`
 	Work   string   `json:"work"`
-	// Disk, if set, is where the sandbox's disk (its detached mount, the
-	// descriptor numbered DiskFD: see readConfig) is attached before the
-	// overlay is mounted: Upper and Work are on it.
+	// Disk, if set, is where the sandbox's disk (its detached mount,
+	// descriptor DiskFD: the last one sent, see readConfig) is attached
+	// before the overlay is mounted: Upper and Work are on it.
 	Disk   string `json:"disk,omitempty"`
-	DiskFD int    `json:"disk_fd,omitempty"`
+	DiskFD int    `json:"-"`
 	// Userns: the sandbox has a user namespace of its own. Its root (the
-	// overlay, mounted by the server with idmapped layers) is the
-	// descriptor numbered RootFD; the image's host paths come among
+	// overlay, mounted by the server with idmapped layers) is descriptor
+	// RootFD, the last one sent; the image's host paths come among
 	// Volumes, idmapped too.
 	Userns bool `json:"userns,omitempty"`
-	RootFD int  `json:"root_fd,omitempty"`
+	RootFD int  `json:"-"`
 	// Build is set on a sandbox's first start: what to write into its root.
 	Build *rootBuild `json:"build,omitempty"`
 	// Binds are the image's host paths, parents first.
 	Binds []sandbox.Mount `json:"binds,omitempty"`
-	// Volumes are the targets of the detached mounts the server opened,
-	// one per descriptor from volumeFD0 on; volumeFDs are those
-	// descriptors as the init received them (readConfig).
+	// Volumes are the targets of the detached mounts the server sent,
+	// one per descriptor, first; volumeFDs are those descriptors
+	// (readConfig).
 	Volumes   []volumeTarget `json:"volumes,omitempty"`
 	volumeFDs []int
 	// Tmpfs are memory-backed directories, charged to the sandbox's memory.
@@ -206,38 +204,21 @@ func runInit(status *os.File) error {
 
 // readConfig reads what the server sends on initFD once the init runs (it
 // prepares the mounts meanwhile): a message 'F' with the mounts'
-// descriptors, then the initConfig, until the server shuts its end down.
-// The configuration's descriptor numbers (volumeFD0 + i for the i-th
-// descriptor sent) are mapped to the ones received.
+// descriptors, one per volume and then the root or the disk, and then the
+// initConfig, until the server shuts its end down.
 func readConfig(status *os.File) (*initConfig, error) {
 	// initFD is blocking (the server made the socket so): the plain
 	// system call waits.
 	buf := make([]byte, 1)
-	oob := make([]byte, unix.CmsgSpace(4*maxInitFiles))
-	n, oobn, flags, _, err := unix.Recvmsg(initFD, buf, oob, unix.MSG_CMSG_CLOEXEC)
+	n, fds, err := recvMsg(initFD, buf, make([]byte, unix.CmsgSpace(4*maxInitFiles)))
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("reading the mounts: %w", err)
 	case n == 0:
 		return nil, fmt.Errorf("reading the mounts: %w", io.ErrUnexpectedEOF)
 	case buf[0] != 'F':
+		closeFDs(fds)
 		return nil, fmt.Errorf("reading the mounts: %q instead of F", buf[:n])
-	case flags&unix.MSG_CTRUNC != 0:
-		return nil, errors.New("reading the mounts: more descriptors than expected")
-	}
-	var fds []int
-	if oobn > 0 {
-		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-		if err != nil {
-			return nil, fmt.Errorf("reading the mounts: %w", err)
-		}
-		for _, m := range msgs {
-			got, err := unix.ParseUnixRights(&m)
-			if err != nil {
-				return nil, fmt.Errorf("reading the mounts: %w", err)
-			}
-			fds = append(fds, got...)
-		}
 	}
 	data, err := io.ReadAll(status) // until the server's end is shut down
 	if err != nil {
@@ -247,7 +228,6 @@ func readConfig(status *os.File) (*initConfig, error) {
 	if err := json.Unmarshal(data, &c); err != nil {
 		return nil, fmt.Errorf("configuration: %w", err)
 	}
-	// One descriptor per volume, then the root or the disk: no more.
 	want := len(c.Volumes)
 	if c.Userns || c.Disk != "" {
 		want++
@@ -256,26 +236,11 @@ func readConfig(status *os.File) (*initConfig, error) {
 		closeFDs(fds)
 		return nil, fmt.Errorf("configuration: %d descriptors sent for %d mounts", len(fds), want)
 	}
-	fd := func(n int) (int, error) {
-		if n < volumeFD0 || n-volumeFD0 >= len(fds) {
-			return -1, fmt.Errorf("configuration: descriptor %d of %d sent", n, len(fds))
-		}
-		return fds[n-volumeFD0], nil
-	}
-	c.volumeFDs = make([]int, len(c.Volumes))
-	for i := range c.Volumes {
-		if c.volumeFDs[i], err = fd(volumeFD0 + i); err != nil {
-			return nil, err
-		}
-	}
+	c.volumeFDs = fds[:len(c.Volumes)]
 	if c.Userns {
-		if c.RootFD, err = fd(c.RootFD); err != nil {
-			return nil, err
-		}
+		c.RootFD = fds[want-1]
 	} else if c.Disk != "" {
-		if c.DiskFD, err = fd(c.DiskFD); err != nil {
-			return nil, err
-		}
+		c.DiskFD = fds[want-1]
 	}
 	return &c, nil
 }

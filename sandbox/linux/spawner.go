@@ -62,7 +62,7 @@ const (
 // kernel passes up to 253 in one message (SCM_MAX_FD).
 const maxSpawnFDs = 250
 
-// maxInitFiles bounds an init's descriptors: 0 to volumeFD0-1, which it
+// maxInitFiles bounds an init's descriptors: 0 to initFD, which it
 // inherits, and its mounts, which come in one message on initFD (at most
 // 253 descriptors, SCM_MAX_FD; the init's buffer is sized from this).
 const maxInitFiles = 200
