@@ -3,9 +3,11 @@ package linux
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,18 +16,43 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A tenant asking for many disk sizes leaves nothing behind: disks are
-// made ahead for the default size only, and the templates of other sizes
-// are bounded (maxTemplates), so loop devices and the host's disk are not
-// used up by sizes no one asks for again.
-func TestDiskSizesLeaveNothingBehind(t *testing.T) {
+// testDisks returns the disks of a sandbox directory of its own, made
+// ahead at readyMiB (none if 0), released when t ends.
+func testDisks(t *testing.T, readyMiB int) (*disks, string) {
+	t.Helper()
 	root := t.TempDir()
-	const readyMiB = 64
 	d, err := newDisks(root, readyMiB, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.drain(); d.remove() })
+	return d, root
+}
+
+// waitReady waits until the background refill has made diskPoolSize
+// ready disks of mib MiB and stopped.
+func waitReady(t *testing.T, d *disks, mib int) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		d.mu.Lock()
+		full := len(d.pool[mib]) == diskPoolSize && !d.refilling[mib]
+		d.mu.Unlock()
+		if full {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the ready disks were not made in 20 s")
+		}
+	}
+}
+
+// A tenant asking for many disk sizes leaves nothing behind: disks are
+// made ahead for the default size only, and the templates of other sizes
+// are bounded (maxTemplates), so loop devices and the host's disk are not
+// used up by sizes no one asks for again.
+func TestDiskSizesLeaveNothingBehind(t *testing.T) {
+	const readyMiB = 64
+	d, root := testDisks(t, readyMiB)
 	sizes := []int{readyMiB}
 	for i := range maxTemplates + 4 {
 		sizes = append(sizes, readyMiB+1+i)
@@ -43,16 +70,7 @@ func TestDiskSizesLeaveNothingBehind(t *testing.T) {
 		os.RemoveAll(dir)
 	}
 	// The ready disks of the default size are made in the background.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		d.mu.Lock()
-		n := len(d.pool[readyMiB])
-		d.mu.Unlock()
-		if n == diskPoolSize || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitReady(t, d, readyMiB)
 	time.Sleep(200 * time.Millisecond) // a refill of another size would have started by now
 	if n := len(LoopsUnder(root)); n != diskPoolSize {
 		t.Errorf("%d loop devices attached after %d sizes, want the %d ready disks of the default size", n, len(sizes), diskPoolSize)
@@ -92,12 +110,7 @@ func TestDiskSizesLeaveNothingBehind(t *testing.T) {
 // host's console) and has its few blocks written back. A disk whose
 // sandbox may have processes left is cut off whatever it holds.
 func TestDiskDiscard(t *testing.T) {
-	root := t.TempDir()
-	d, err := newDisks(root, 0, slog.Default())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.drain(); d.remove() })
+	d, root := testDisks(t, 0)
 	marker := bytes.Repeat([]byte("msb-discard-test"), 4096/16)
 	for _, c := range []struct {
 		name     string
@@ -143,7 +156,7 @@ func TestDiskDiscard(t *testing.T) {
 				// Once the last holder lets go, what was written is
 				// written back.
 				f.Close()
-				img, err := os.ReadFile(filepath.Join(dir, "disk.img"))
+				img, err := os.ReadFile(diskImage(dir))
 				if err != nil || !bytes.Contains(img, marker) {
 					t.Errorf("%d bytes written, the disk closed: not in its image (%v)", c.size, err)
 				}
@@ -158,13 +171,8 @@ func TestDiskDiscard(t *testing.T) {
 // file system. A disk that holds more, or a file still open, is not
 // used again.
 func TestDiskRecycle(t *testing.T) {
-	root := t.TempDir()
 	const mib = 64
-	d, err := newDisks(root, mib, slog.Default())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.drain(); d.remove() })
+	d, root := testDisks(t, mib)
 	secret := []byte("tenant-a-secret\n")
 	n := 0
 	newDisk := func(t *testing.T) (*disk, string) {
@@ -184,19 +192,7 @@ func TestDiskRecycle(t *testing.T) {
 	// disk out, so that the pool has room for the one given back.
 	makeRoom := func(t *testing.T) {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			d.mu.Lock()
-			full := len(d.pool[mib]) == diskPoolSize && !d.refilling[mib]
-			d.mu.Unlock()
-			if full {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("the ready disks were not made in 20 s")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		waitReady(t, d, mib)
 		k := d.pop(mib)
 		k.close(true)
 		os.Remove(k.img)
@@ -205,7 +201,7 @@ func TestDiskRecycle(t *testing.T) {
 	// directory, the last one synced to the image, and returns its handle.
 	write := func(t *testing.T, k *disk, size int) *os.File {
 		t.Helper()
-		up := "/proc/self/fd/" + strconv.Itoa(int(k.mnt.Fd())) + "/upper"
+		up := k.path() + "/upper"
 		if err := os.MkdirAll(up+"/root/deep/er", 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -263,7 +259,7 @@ func TestDiskRecycle(t *testing.T) {
 		if next != k {
 			t.Fatal("the next disk is not the recycled one")
 		}
-		mnt := "/proc/self/fd/" + strconv.Itoa(int(next.mnt.Fd()))
+		mnt := next.path()
 		for _, sub := range []string{"upper", "work"} {
 			ents, err := os.ReadDir(mnt + "/" + sub)
 			if err != nil || len(ents) != 0 {
@@ -291,7 +287,7 @@ func TestDiskRecycle(t *testing.T) {
 		k, dir := newDisk(t)
 		f := write(t, k, 4<<10)
 		f.Close()
-		mnt := "/proc/self/fd/" + strconv.Itoa(int(k.mnt.Fd()))
+		mnt := k.path()
 		for i := range recycleMaxEntries/2 + 1 {
 			for _, sub := range []string{"upper", "work"} {
 				if err := os.Link(mnt+"/upper/root/link", mnt+"/"+sub+"/l"+strconv.Itoa(i)); err != nil {
@@ -323,4 +319,33 @@ func TestDiskRecycle(t *testing.T) {
 			t.Error("a disk of a size not made ahead was recycled")
 		}
 	})
+}
+
+// A disk is mounted without cache flushes (each would be an fsync of its
+// image on the host) and without zeroing its inode tables in the
+// background: it lives no longer than its sandbox.
+func TestDiskMountOptions(t *testing.T) {
+	d, root := testDisks(t, 0)
+	k, err := d.create(root, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.close(true)
+	var st unix.Stat_t
+	if err := unix.Fstat(int(k.mnt.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	if unix.Major(st.Dev) != 7 {
+		t.Fatalf("the disk's device is %d:%d, not a loop device", unix.Major(st.Dev), unix.Minor(st.Dev))
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/fs/ext4/loop%d/options", unix.Minor(st.Dev)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := strings.Fields(string(data))
+	for _, want := range []string{"nobarrier", "noinit_itable", "errors=remount-ro"} {
+		if !slices.Contains(opts, want) {
+			t.Errorf("the disk's mount options %v lack %s", opts, want)
+		}
+	}
 }
