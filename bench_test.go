@@ -232,6 +232,12 @@ func memAvailable(tb testing.TB) int64 {
 //	                   (python-line-ms, stop-ms: the last two alone)
 //	crun-ms            `crun run` of python3 -c 'print(1)' on the same root file system and limits
 //	                                                      full/crun       (target <= 1.0)
+//	spawned-*          start-ms and full-ms on a second server whose starts all spawn their
+//	                   init (ready_inits = 0), without MSB_BENCH_BINARY only
+//
+// The server's starts take inits spawned ahead (ready_inits, default 2),
+// as a server with the defaults does; the spawned-* figures are those of
+// starts without them.
 //
 // then, once each:
 //
@@ -256,7 +262,8 @@ func BenchmarkSandbox(b *testing.B) {
 	// Cold starts: the warm pool would serve the default image's
 	// (BenchmarkSandboxPool measures it), and its sandboxes' cgroups are
 	// not named after them (benchIdle reads those).
-	srv, c := benchServer(b, os.Getenv("MSB_BENCH_BINARY"), poolOff)
+	binary := os.Getenv("MSB_BENCH_BINARY")
+	srv, c := benchServer(b, binary, poolOff)
 	home, pid := srv.home, srv.cmd.Process.Pid
 	must := func(method string, params map[string]any) json.RawMessage { return c.must(b, method, params) }
 	box := func(ns, name string) map[string]any { return map[string]any{"namespace": ns, "sandbox": name} }
@@ -264,14 +271,26 @@ func BenchmarkSandbox(b *testing.B) {
 	crun := newCrunRunner(b)
 	defer crun.close()
 	rounds := benchInt("MSB_BENCH_ROUNDS", 41)
+	// The same cold starts on a server whose every start spawns its init
+	// (ready_inits = 0; the current build only: an earlier one has no
+	// such setting).
+	var spawning *rpcClient
+	if binary == "" {
+		_, spawning = benchServer(b, "", "ready_inits = 0\n"+poolOff)
+	}
 
 	for i := 0; i < b.N; i++ {
-		// Warm the caches (the image's template, the binary's pages).
-		must("sandbox.start", box("bench", "warmup"))
-		must("sandbox.stop", box("bench", "warmup"))
+		// Warm the caches (the image's template, the binary's pages) and
+		// start the refill of inits spawned ahead.
+		for _, cl := range []*rpcClient{c, spawning} {
+			if cl != nil {
+				cl.must(b, "sandbox.start", box("bench", "warmup"))
+				cl.must(b, "sandbox.stop", box("bench", "warmup"))
+			}
+		}
 		crun.run()
 
-		var pyT, startT, lineT, stopT, fullT, crunT []time.Duration
+		var pyT, startT, lineT, stopT, fullT, crunT, spawnStartT, spawnFullT []time.Duration
 		for r := 0; r < rounds; r++ {
 			t0 := time.Now()
 			python()
@@ -281,22 +300,12 @@ func BenchmarkSandbox(b *testing.B) {
 				crunT = append(crunT, crun.run())
 			}
 
-			name := fmt.Sprintf("r%d", r)
-			t0 = time.Now()
-			must("sandbox.start", box("bench", name))
-			t1 := time.Now()
-			var res struct {
-				Output []outputLine `json:"output"`
+			start, line, stop := benchFull(b, c, fmt.Sprintf("r%d", r))
+			startT, lineT, stopT, fullT = append(startT, start), append(lineT, line), append(stopT, stop), append(fullT, start+line+stop)
+			if spawning != nil {
+				start, line, stop := benchFull(b, spawning, fmt.Sprintf("r%d", r))
+				spawnStartT, spawnFullT = append(spawnStartT, start), append(spawnFullT, start+line+stop)
 			}
-			json.Unmarshal(must("sandbox.command.run", map[string]any{"namespace": "bench", "sandbox": name,
-				"command": "python3", "args": []string{"-c", "print(1)"}}), &res)
-			if len(res.Output) != 1 || res.Output[0].Text != "1" {
-				b.Fatalf("python in the sandbox: %+v", res)
-			}
-			t2 := time.Now()
-			must("sandbox.stop", box("bench", name))
-			t3 := time.Now()
-			startT, lineT, stopT, fullT = append(startT, t1.Sub(t0)), append(lineT, t2.Sub(t1)), append(stopT, t3.Sub(t2)), append(fullT, t3.Sub(t0))
 		}
 		py := quantile(pyT, 0.5)
 		b.ReportMetric(ms(py), "python-c-ms")
@@ -305,9 +314,17 @@ func BenchmarkSandbox(b *testing.B) {
 		b.ReportMetric(ms(quantile(lineT, 0.5)), "python-line-ms")
 		b.ReportMetric(ms(quantile(stopT, 0.5)), "stop-ms")
 		b.ReportMetric(ms(quantile(fullT, 0.5)), "full-ms")
+		if len(spawnFullT) > 0 {
+			b.ReportMetric(ms(quantile(spawnStartT, 0.5)), "spawned-start-ms")
+			b.ReportMetric(float64(quantile(spawnStartT, 0.5))/float64(py), "spawned-start/python-c")
+			b.ReportMetric(ms(quantile(spawnFullT, 0.5)), "spawned-full-ms")
+		}
 		if len(crunT) > 0 {
 			b.ReportMetric(ms(quantile(crunT, 0.5)), "crun-ms")
 			b.ReportMetric(float64(quantile(fullT, 0.5))/float64(quantile(crunT, 0.5)), "full/crun")
+			if len(spawnFullT) > 0 {
+				b.ReportMetric(float64(quantile(spawnFullT, 0.5))/float64(quantile(crunT, 0.5)), "spawned-full/crun")
+			}
 		}
 
 		// Commands and warm REPL calls.
@@ -641,6 +658,28 @@ func benchIdle(b *testing.B, c *rpcClient, home string) {
 		}
 		b.ReportMetric(ms(quantile(starts, 0.5)), fmt.Sprintf("start-ms@%d", n))
 	}
+}
+
+// benchFull times sandbox.start of a new sandbox name in namespace bench,
+// a python line in it (command.run of python3 -c 'print(1)') and its
+// sandbox.stop.
+func benchFull(b *testing.B, c *rpcClient, name string) (start, line, stop time.Duration) {
+	box := map[string]any{"namespace": "bench", "sandbox": name}
+	t0 := time.Now()
+	c.must(b, "sandbox.start", box)
+	t1 := time.Now()
+	var res struct {
+		Output []outputLine `json:"output"`
+	}
+	json.Unmarshal(c.must(b, "sandbox.command.run", map[string]any{"namespace": "bench", "sandbox": name,
+		"command": "python3", "args": []string{"-c", "print(1)"}}), &res)
+	if len(res.Output) != 1 || res.Output[0].Text != "1" {
+		b.Fatalf("python in the sandbox: %+v", res)
+	}
+	t2 := time.Now()
+	c.must(b, "sandbox.stop", box)
+	t3 := time.Now()
+	return t1.Sub(t0), t2.Sub(t1), t3.Sub(t2)
 }
 
 // crunBundleEnv makes the test binary the benchmark's crun runner (see

@@ -55,15 +55,27 @@ func warmCgroups(home string) map[string]int64 {
 	return out
 }
 
-// waitingPool names the sandboxes of home's pool that wait (or are
+// waitingWarm names the sandboxes of home's pool that wait (or are
 // being started): their cgroups and directories are named by a handle
 // (warm-<pid>-<token>-<n>), and their memory is limited to the pool's share.
-func waitingPool(home string) map[string]bool {
+func waitingWarm(home string) map[string]bool {
 	out := map[string]bool{}
 	for h, limit := range warmCgroups(home) {
 		if limit == poolShare<<20 {
 			out[h] = true
 		}
+	}
+	return out
+}
+
+// waitingPool is waitingWarm and the server's inits waiting spawned ahead.
+func waitingPool(home string) map[string]bool {
+	out := waitingWarm(home)
+	// And the inits waiting spawned ahead (init-<pid>-<token>-<n>): the
+	// running server's too, until a start takes one and renames it.
+	inits, _ := filepath.Glob(fmt.Sprintf("/sys/fs/cgroup/memory/msb/%s/init-*", cgroupOf(home)))
+	for _, d := range inits {
+		out[filepath.Base(d)] = true
 	}
 	return out
 }
@@ -86,7 +98,7 @@ func (s *msbServer) waitPoolFull(key string) {
 	s.t.Helper()
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		size, waiting, starting := s.poolOf(key)
-		if size == 2 && waiting == 2 && starting == 0 && len(waitingPool(s.home)) == 2 {
+		if size == 2 && waiting == 2 && starting == 0 && len(waitingWarm(s.home)) == 2 {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -532,7 +544,7 @@ func TestWarmPoolAfterCrash(t *testing.T) {
 	if d, c, p := leftDirs(), leftCgroups(), leftProcs(); len(d) > 0 || len(c) != 1 || c[0] != held || len(p) != 1 || p[0] != holder.Process.Pid || sleepsOnHost("7101") > 0 {
 		t.Fatalf("after the next server started: directories %v, cgroups %v, processes %v; want only the held cgroup %s and its holder\n%s", d, c, p, held, next.out)
 	}
-	if !strings.Contains(next.out.String(), "cannot remove a pool's sandbox left by an earlier server") || !strings.Contains(next.out.String(), taken) {
+	if !strings.Contains(next.out.String(), "cannot remove a pool's sandbox or waiting init left by an earlier server") || !strings.Contains(next.out.String(), taken) {
 		t.Errorf("the failed removal is not in the server log:\n%s", next.out)
 	}
 	holder.Process.Kill()

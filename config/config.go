@@ -88,6 +88,10 @@ type Config struct {
 	// UserNamespaces runs every sandbox in a user namespace of its own,
 	// its root an unprivileged range of host ids.
 	UserNamespaces bool `toml:"user_namespaces"`
+	// ReadyInits is how many sandbox inits wait spawned ahead, in fresh
+	// namespaces and cgroups, for cold starts of any image; 0: every
+	// start spawns its own.
+	ReadyInits int `toml:"ready_inits"`
 	// Quotas bound what each namespace's running sandboxes hold together.
 	Quotas Quotas `toml:"quotas"`
 	// Network is sandboxes' outbound network: defaults, ceilings per
@@ -160,6 +164,12 @@ type Pool struct {
 	// default table.
 	Images map[string]int `toml:"images"`
 }
+
+// DefaultReadyInits and MaxReadyInits are ready_inits' default and bound.
+const (
+	DefaultReadyInits = 2
+	MaxReadyInits     = 64
+)
 
 // Defaults of the warm pool: a small pool for the default image only.
 const (
@@ -389,6 +399,7 @@ func Default(home string) Config {
 		DefaultDisk: 2048,
 
 		UserNamespaces: true,
+		ReadyInits:     DefaultReadyInits,
 
 		MaxConnections:           8192,
 		MaxConnectionsPerAddress: 512,
@@ -591,6 +602,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DefaultDisk < 64 || c.MaxDisk != 0 && c.MaxDisk < c.DefaultDisk {
 		return fmt.Errorf("%w: default_disk %d MiB and max_disk %d MiB: use a default of at least 64, and a maximum of 0 (none) or at least the default", ErrInvalid, c.DefaultDisk, c.MaxDisk)
+	}
+	if c.ReadyInits < 0 || c.ReadyInits > MaxReadyInits {
+		return fmt.Errorf("%w: ready_inits %d: use 0 (none) to %d", ErrInvalid, c.ReadyInits, MaxReadyInits)
 	}
 	if c.TotalPids != 0 && c.TotalPids < 64 || c.TotalPids < 0 {
 		return fmt.Errorf("%w: total_pids %d: use 0 (three quarters of the host's process table) or at least 64", ErrInvalid, c.TotalPids)
@@ -834,6 +848,13 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # and what it writes is owned on the host by that range. Volumes' files are
 # owned from 100000 (root inside) up, and namespaces' volume roots are 0700.
 # user_namespaces = true
+
+# Cold starts take an init spawned ahead: a sandbox's first process, already
+# in fresh namespaces and cgroups of its own, waiting for the sandbox it will
+# build (any image, any config). It has run nothing but msb, goes to one
+# start only, and each costs about 3 MiB while it waits (cgroup v1 hosts;
+# on cgroup v2 every start spawns its own). 0 turns this off.
+# ready_inits = 2
 
 # Ceilings on what all sandboxes hold together, whatever their namespace:
 # processes and threads, and memory (MiB), on their parent cgroup, so the

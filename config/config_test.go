@@ -66,6 +66,7 @@ func TestDefault(t *testing.T) {
 		SandboxPids:    1024,
 		DefaultDisk:    2048,
 		UserNamespaces: true,
+		ReadyInits:     2,
 		Engine:         "linux",
 		MaxTimeout:     "24h",
 
@@ -619,12 +620,19 @@ func TestDiskAndCeilingSettings(t *testing.T) {
 		"total_pids = 0\ntotal_memory = 0\n",
 		"total_pids = 64\nsandbox_pids = 64\ntotal_memory = 64\n",
 		"user_namespaces = false\n",
+		"ready_inits = 0\n",
+		"ready_inits = 64\n",
 	} {
 		if _, err := loadChecked(t, home, ok); err != nil {
 			t.Errorf("%q: %v", ok, err)
 		}
 	}
+	if c, err := loadChecked(t, home, "ready_inits = 5\n"); err != nil || c.ReadyInits != 5 {
+		t.Errorf("ready_inits = 5: %d, %v", c.ReadyInits, err)
+	}
 	checkInvalid(t, home, []invalidFile{
+		{"ready_inits = -1\n", "ready_inits -1"},
+		{"ready_inits = 65\n", "ready_inits 65: use 0 (none) to 64"},
 		{"default_disk = 63\n", "default_disk 63 MiB"},
 		{"default_disk = 2048\nmax_disk = 1024\n", "max_disk 1024 MiB"},
 		{"total_pids = 63\n", "total_pids 63"},

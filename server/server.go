@@ -232,6 +232,7 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		UserNamespaces: s.cfg.UserNamespaces,
 		TotalMemoryMiB: orDefault(s.cfg.TotalMemory, hostMemoryMiB()*3/4),
 		ReadyDiskMiB:   s.cfg.DefaultDisk,
+		ReadyInits:     s.cfg.ReadyInits,
 	})
 	if err != nil {
 		return err

@@ -41,7 +41,10 @@ type Options struct {
 	// ReadyDiskMiB is the disk size (MiB) of which disks are made ahead
 	// (the default disk); 0: none.
 	ReadyDiskMiB int
-	Log          *slog.Logger
+	// ReadyInits is how many sandbox inits wait spawned ahead for cold
+	// starts; 0: none.
+	ReadyInits int
+	Log        *slog.Logger
 }
 
 // Engine is an opened engine: what the sandbox service drives, and what
@@ -68,7 +71,7 @@ var drivers = map[string]driver{
 			return linux.New(linux.Config{StateDir: o.StateDir, SandboxDir: o.SandboxDir, PortalBinary: o.PortalBinary,
 				CgroupParent: o.CgroupParent, LayerLock: o.LayerLock, Log: o.Log,
 				Ceilings: linux.Ceilings{Pids: o.TotalPids, MemoryMiB: o.TotalMemoryMiB}, UserNamespaces: o.UserNamespaces,
-				ReadyDiskMiB: o.ReadyDiskMiB})
+				ReadyDiskMiB: o.ReadyDiskMiB, ReadyInits: o.ReadyInits})
 		},
 		layersInUse: linux.LayersInUse,
 	},

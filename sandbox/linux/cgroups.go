@@ -355,7 +355,13 @@ type limits struct {
 	memory int64 // bytes
 	cpus   int
 	pids   int
+	// shares, if set, is the CPU weight against other sandboxes (cgroup
+	// v1 cpu.shares; the kernel's default is defaultShares).
+	shares int
 }
+
+// defaultShares is a cgroup's CPU weight unless set otherwise.
+const defaultShares = 1024
 
 func specLimits(s sandbox.Spec) limits {
 	return limits{memory: int64(s.MemoryMiB) << 20, cpus: s.CPUs, pids: s.Pids}
@@ -391,6 +397,11 @@ func (c *cgroups) setLimits(key string, l limits) error {
 		if err := w(c.cpu, "cpu.max", quota+" "+strconv.Itoa(cpuPeriodUS)); err != nil {
 			return err
 		}
+		if l.shares > 0 {
+			if err := w(c.cpu, "cpu.weight", strconv.Itoa(max(1, l.shares*100/defaultShares))); err != nil {
+				return err
+			}
+		}
 		return w(c.pids, "pids.max", strconv.Itoa(l.pids))
 	}
 	// A new cgroup has no limits, so memory can go first and memory+swap
@@ -408,6 +419,11 @@ func (c *cgroups) setLimits(key string, l limits) error {
 	}
 	if err := w(c.cpu, "cpu.cfs_quota_us", quota); err != nil {
 		return err
+	}
+	if l.shares > 0 {
+		if err := w(c.cpu, "cpu.shares", strconv.Itoa(l.shares)); err != nil {
+			return err
+		}
 	}
 	if err := w(c.pids, "pids.max", strconv.Itoa(l.pids)); err != nil {
 		return err

@@ -66,6 +66,9 @@ type Config struct {
 	// ahead (diskPoolSize of them; normally the server's default disk):
 	// a start of another size makes its disk then. 0: none made ahead.
 	ReadyDiskMiB int
+	// ReadyInits is how many inits wait spawned ahead for sandboxes'
+	// first starts (ready.go); 0: every start spawns its own.
+	ReadyInits int
 	// Ceilings bound what all the sandboxes hold together, on their
 	// parent cgroup; zero fields: none.
 	Ceilings Ceilings
@@ -108,6 +111,7 @@ type Engine struct {
 	// own mount namespace: an empty directory.
 	mountPoint string
 	trash      *trash
+	ready      *readyInits
 	// dynamicPortal is set when the portal binary needs the host's C
 	// library, so it cannot run inside an OCI image's root.
 	dynamicPortal bool
@@ -270,6 +274,7 @@ func New(cfg Config) (*Engine, error) {
 		ids:           newIDMaps(slotLockDir),
 		mountPoint:    mountPoint,
 		trash:         bin,
+		ready:         newReadyInits(cfg.ReadyInits),
 		dynamicPortal: dynamic,
 	}, nil
 }
@@ -285,6 +290,7 @@ func New(cfg Config) (*Engine, error) {
 // servers. The Engine must not be used afterwards.
 func (e *Engine) Close() error {
 	e.disks.stop() // the warm sandboxes' disks are not kept
+	e.ready.close(e)
 	e.discardWarm()
 	e.trash.wait()
 	e.disks.drain()
@@ -558,94 +564,156 @@ func (fs childFiles) close() {
 }
 
 func (e *Engine) start(ctx context.Context, b *box) (err error) {
-	key := b.handle
-	unavailable := b.unavailable
 	started, err := e.holdPids(b, b.spec.Pids)
 	if err != nil {
 		return err
 	}
 	defer started()
-	if err := e.cg.take(key, specLimits(b.spec)); err != nil {
-		return unavailable("cgroups", err)
+	cfg := e.initConfig(b)
+	// The init's mounts (the image's host paths, volumes, its root or
+	// disk) are made once it runs, while it starts (Go's runtime, its
+	// packages), and sent on initFD (initMounts, sendConfig); a request
+	// for too many is refused before the clone.
+	if n := initFD + 1 + initMountCount(b, cfg); n > maxInitFiles {
+		return fmt.Errorf("sandbox %s: too many volumes and image mounts (%d descriptors, at most %d): %w", b, n, maxInitFiles, errdefs.ErrInvalid)
 	}
-	b.cgroups = true
-	var conn, status net.Conn
-	var mine childFiles // the init's copies, closed here once it has them
+	// A sandbox's first start takes an init spawned ahead when one waits
+	// (ready.go), or spawns its own.
+	run := e.takeReady(b)
+	if run == nil {
+		if err := e.cg.take(b.handle, specLimits(b.spec)); err != nil {
+			return b.unavailable("cgroups", err)
+		}
+		b.cgroups = true
+		logs := &initLog{}
+		logs.attach(filepath.Join(b.dir, portalLog))
+		if run, err = e.spawnInit(b.handle, b.slot, b.spec.CPUs, logs); err != nil {
+			e.releaseCgroups(b)
+			if errors.Is(err, errdefs.ErrExhausted) {
+				return fmt.Errorf("sandbox %s: %w", b.id, err)
+			}
+			return fmt.Errorf("sandbox %s: %w: %w", b, err, errdefs.ErrUnavailable)
+		}
+	}
 	defer func() {
-		mine.close()
 		if err != nil {
-			if conn != nil {
-				conn.Close()
-			}
-			if status != nil {
-				status.Close()
-			}
+			run.portal.Close()
+			run.status.Close()
 			e.kill(b)
 			e.releaseCgroups(b)
 		}
 	}()
-
-	tasks, tree, err := e.cg.userPidsCgroup(key)
+	client := portal.NewClient(run.portal)
+	client.SetRlimits(b.spec.Rlimits)
+	b.proc, b.done, b.client, b.started = run.proc, run.done, client, time.Now()
+	logPath := filepath.Join(b.dir, portalLog)
+	sctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	mounts, err := e.initMounts(b, cfg)
+	defer closeAll(mounts) // the socket holds them once sent
 	if err != nil {
-		return unavailable("cgroups", err)
+		return err
+	}
+	if err := sendConfig(sctx, run.status, mounts, cfg); err != nil {
+		// The init may have died before it read: its log says why.
+		return e.startErr(b, logPath, "sending the configuration", err)
+	}
+	// The network namespace is there from the clone: its link goes in
+	// while the init builds the rest.
+	if err := e.attachNetwork(ctx, b); err != nil {
+		return err
+	}
+
+	if err := waitInit(sctx, run.status); err != nil {
+		if errors.Is(err, errdefs.ErrInvalid) {
+			return fmt.Errorf("sandbox %s: %w", b, err)
+		}
+		return e.startErr(b, logPath, "set-up failed", err)
+	}
+	run.status.Close()
+	b.built = true
+	if err := b.client.Ping(sctx); err != nil {
+		return e.startErr(b, logPath, "portal did not answer", err)
+	}
+	return nil
+}
+
+// portalLog, in a sandbox's directory, is what its init and portal wrote
+// to stdout and stderr in its last run.
+const portalLog = "portal.log"
+
+// initRun is an init the server spawned, waiting for its configuration
+// on initFD, and the server's ends of its descriptors.
+type initRun struct {
+	proc   *initProc
+	portal net.Conn      // the portal's socket
+	status net.Conn      // initFD: the mounts and configuration go out, a set-up error comes back
+	log    *initLog      // its stdout and stderr
+	done   chan struct{} // closed once the init has exited and its log is written
+}
+
+// spawnInit spawns an init born in the cgroups handle (made, and limited,
+// by the caller), in a user namespace of its own mapping the ids of slot
+// (0: none), with a Go runtime of procs threads, writing to logs. Its
+// errors are of class Exhausted when the server's pids ceiling is full;
+// otherwise they say what failed.
+func (e *Engine) spawnInit(handle string, slot, procs int, logs *initLog) (run *initRun, err error) {
+	var mine childFiles // the init's copies, closed here once it has them
+	var portalConn, status net.Conn
+	defer func() {
+		mine.close()
+		if err != nil {
+			for _, c := range []net.Conn{portalConn, status} {
+				if c != nil {
+					c.Close()
+				}
+			}
+		}
+	}()
+	tasks, tree, err := e.cg.userPidsCgroup(handle)
+	if err != nil {
+		return nil, fmt.Errorf("cgroups: %w", err)
 	}
 	mine = append(mine, tasks, tree)
 	portalEnd, c, err := socketPair("portal")
 	if err != nil {
-		return unavailable("socketpair", err)
+		return nil, fmt.Errorf("socketpair: %w", err)
 	}
-	conn = c
+	portalConn = c
 	mine = append(mine, portalEnd)
 	initEnd, s, err := socketPair("init")
 	if err != nil {
-		return unavailable("socketpair", err)
+		return nil, fmt.Errorf("socketpair: %w", err)
 	}
 	status = s
 	mine = append(mine, initEnd)
 	logR, logW, err := os.Pipe()
 	if err != nil {
-		return unavailable("pipe", err)
+		return nil, fmt.Errorf("pipe: %w", err)
 	}
 	mine = append(mine, logW)
-	logPath := filepath.Join(b.dir, "portal.log")
-	logw := openBoundedLog(logPath)
-	logDone := make(chan struct{})
-	go func() {
-		io.Copy(logw, logR)
-		logR.Close()
-		logw.Close()
-		close(logDone)
-	}()
-
-	cfg := e.initConfig(b)
 	files := childFiles{e.l.devNull, logW, logW, portalEnd, tasks, tree, initEnd}
-	// The init's mounts (the image's host paths, volumes, its root or
-	// disk) are made once it runs, while it starts (Go's runtime, its
-	// packages), and sent on initFD (initMounts, sendConfig); a request
-	// for too many is refused before the clone.
-	if n := len(files) + initMountCount(b, cfg); n > maxInitFiles {
-		return fmt.Errorf("sandbox %s: too many volumes and image mounts (%d descriptors, at most %d): %w", b, n, maxInitFiles, errdefs.ErrInvalid)
-	}
-	if b.slot > 0 {
-		if err := e.cg.chownUserCgroup(key, hostID(b.slot)); err != nil {
-			return unavailable("cgroups", err)
+	if slot > 0 {
+		if err := e.cg.chownUserCgroup(handle, hostID(slot)); err != nil {
+			logR.Close()
+			return nil, fmt.Errorf("cgroups: %w", err)
 		}
 	}
-
 	attr := &os.ProcAttr{
 		Dir: "/",
 		// The portal's Go runtime would size itself from the CPUs of the
 		// cgroup it sees at exec, before its cgroup namespace is in place:
-		// the host's root. It gets the sandbox's CPU quota instead.
-		Env:   []string{initEnv + "=1", "GOMAXPROCS=" + strconv.Itoa(max(1, min(b.spec.CPUs, runtime.NumCPU())))},
+		// the host's root. It gets the sandbox's CPU quota instead (and
+		// again from its configuration, initConfig.Procs).
+		Env:   []string{initEnv + "=1", "GOMAXPROCS=" + strconv.Itoa(initProcs(procs))},
 		Files: files,
 		Sys:   &syscall.SysProcAttr{Cloneflags: sandboxCloneFlags},
 	}
-	if b.slot > 0 {
+	if slot > 0 {
 		// The user namespace comes first, and owns the others: a network
 		// namespace of its own too, so that its root may bring up
 		// loopback, mount sysfs and bind low ports there.
-		ids := []syscall.SysProcIDMap{{ContainerID: 0, HostID: hostID(b.slot), Size: idRange}}
+		ids := []syscall.SysProcIDMap{{ContainerID: 0, HostID: hostID(slot), Size: idRange}}
 		attr.Sys.Cloneflags |= unix.CLONE_NEWUSER
 		attr.Sys.UidMappings, attr.Sys.GidMappings, attr.Sys.GidMappingsEnableSetgroups = ids, ids, true
 		// Cloned by the host's root, the init is nobody in its namespace
@@ -654,35 +722,45 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	}
 	var cgTasks []*os.File
 	if e.cg.v2 {
-		dir, err := e.cg.dirFD(key)
+		dir, err := e.cg.dirFD(handle)
 		if err != nil {
-			return unavailable("cgroups", err)
+			logR.Close()
+			return nil, fmt.Errorf("cgroups: %w", err)
 		}
 		defer dir.Close()
 		attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, int(dir.Fd())
-	} else if cgTasks, err = e.cg.tasksFiles(key); err != nil {
-		return unavailable("cgroups", err)
+	} else if cgTasks, err = e.cg.tasksFiles(handle); err != nil {
+		logR.Close()
+		return nil, fmt.Errorf("cgroups: %w", err)
 	}
-	proc, err := e.l.spawn(cgTasks, attr, b.slot > 0)
+	proc, err := e.l.spawn(cgTasks, attr, slot > 0)
 	closeAll(cgTasks)
 	if err != nil {
+		logR.Close()
 		if errors.Is(err, unix.EAGAIN) {
 			// The ceiling (written by the engine) full: the clone that
 			// failed was one process over it.
 			if limit, cur := e.cfg.Ceilings.Pids, e.cg.pidsCurrent(); limit > 0 && cur+1 >= limit {
-				return fmt.Errorf("sandbox %s: %w", b.id, errdefs.Exhaustedf("the server's sandboxes run %d processes together, its ceiling (total_pids in config.toml): stop sandboxes, or raise total_pids", cur))
+				return nil, errdefs.Exhaustedf("the server's sandboxes run %d processes together, its ceiling (total_pids in config.toml): stop sandboxes, or raise total_pids", cur)
 			}
 		}
 		if errors.Is(err, errSpawnerLost) {
 			// An init may have started before the spawner went.
-			if kerr := e.cg.killInit(key); kerr != nil {
+			if kerr := e.cg.killInit(handle); kerr != nil {
 				err = fmt.Errorf("%w (and %w)", err, kerr)
 			}
 		}
-		return unavailable("starting the init", err)
+		return nil, fmt.Errorf("starting the init: %w", err)
 	}
-	mine.close() // the init holds them now; EOF on conn must mean the portal is gone
+	mine.close() // the init holds them now; EOF on the portal's socket must mean the portal is gone
 	mine = nil
+	logDone := make(chan struct{})
+	go func() {
+		io.Copy(logs, logR)
+		logR.Close()
+		logs.Close()
+		close(logDone)
+	}()
 	done := make(chan struct{})
 	go func() {
 		proc.Wait()
@@ -694,39 +772,11 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 		close(done)
 		proc.release() // its pid may name another process from now on
 	}()
-	client := portal.NewClient(conn)
-	client.SetRlimits(b.spec.Rlimits)
-	b.proc, b.done, b.client, b.started = proc, done, client, time.Now()
-	sctx, cancel := context.WithTimeout(ctx, startTimeout)
-	defer cancel()
-	mounts, err := e.initMounts(b, cfg)
-	defer closeAll(mounts) // the socket holds them once sent
-	if err != nil {
-		return err
-	}
-	if err := sendConfig(sctx, status, mounts, cfg); err != nil {
-		// The init may have died before it read: its log says why.
-		return e.startErr(b, logPath, "sending the configuration", err)
-	}
-	// The network namespace is there from the clone: its link goes in
-	// while the init builds the rest.
-	if err := e.attachNetwork(ctx, b); err != nil {
-		return err
-	}
-
-	if err := waitInit(sctx, status); err != nil {
-		if errors.Is(err, errdefs.ErrInvalid) {
-			return fmt.Errorf("sandbox %s: %w", b, err)
-		}
-		return e.startErr(b, logPath, "set-up failed", err)
-	}
-	status.Close()
-	b.built = true
-	if err := b.client.Ping(sctx); err != nil {
-		return e.startErr(b, logPath, "portal did not answer", err)
-	}
-	return nil
+	return &initRun{proc: proc, portal: portalConn, status: status, log: logs, done: done}, nil
 }
+
+// initProcs is the GOMAXPROCS of an init for a sandbox of cpus CPUs.
+func initProcs(cpus int) int { return max(1, min(cpus, runtime.NumCPU())) }
 
 // unavailable is the error of a start of the sandbox that failed at what:
 // nothing the caller asked for was wrong.
@@ -912,6 +962,7 @@ func (e *Engine) initConfig(b *box) *initConfig {
 		Env:      s.Env,
 		Tmpfs:    s.Tmpfs,
 		CgroupV2: e.cg.v2,
+		Procs:    initProcs(s.CPUs),
 	}
 	if b.template != "" {
 		c.Layers = []string{b.template}
@@ -1222,7 +1273,7 @@ func callErr(b *box, what string, err error) error {
 	}
 	// The portal's last words say whether it was killed or crashed: the
 	// client gets their first line, the server's log all of them.
-	logPath := filepath.Join(b.dir, "portal.log")
+	logPath := filepath.Join(b.dir, portalLog)
 	msg := lastWords(logPath)
 	if msg != "" {
 		slog.Warn("sandbox stopped during a call", "sandbox", b.id.String(), "call", what, "portal_log", logTail(logPath))

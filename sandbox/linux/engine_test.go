@@ -47,6 +47,9 @@ func TestMain(m *testing.M) {
 	if cfg := os.Getenv(crashPoolEnv); cfg != "" {
 		crashPoolServer(cfg)
 	}
+	if cfg := os.Getenv(crashReadyEnv); cfg != "" {
+		crashReadyServer(cfg)
+	}
 	dir, err := os.MkdirTemp("", "msb-linux-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -114,11 +117,7 @@ const crashServerEnv = "MSB_TEST_CRASH_SERVER"
 var crashID, _ = sandbox.ParseID("crash", "victim")
 
 func crashServer(cfgJSON string) {
-	fail := func(err error) { fmt.Fprintln(os.Stderr, "crash server:", err); os.Exit(1) }
-	e, root, err := crashEngine(cfgJSON)
-	if err != nil {
-		fail(err)
-	}
+	e, root, fail := crashStart("crash server", cfgJSON)
 	ctx := context.Background()
 	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 128, CPUs: 1, Pids: 64, DiskMiB: 256}
 	if err := e.Create(ctx, crashID, spec); err != nil {
@@ -127,10 +126,29 @@ func crashServer(cfgJSON string) {
 	if err := e.Start(ctx, crashID); err != nil {
 		fail(err)
 	}
-	if _, err := e.Exec(ctx, crashID, sandbox.ExecRequest{Command: "sh", Args: []string{"-c", "sleep 1000 &"}}); err != nil {
+	crashWait(e, crashID, fail, "ready")
+}
+
+// crashStart begins a test binary run as a server to be killed (role
+// names it in errors): its engine (cfgJSON: its Config), the host image's
+// root, and how it fails.
+func crashStart(role, cfgJSON string) (*linux.Engine, sandbox.RootFS, func(error)) {
+	fail := func(err error) { fmt.Fprintln(os.Stderr, role+":", err); os.Exit(1) }
+	e, root, err := crashEngine(cfgJSON)
+	if err != nil {
 		fail(err)
 	}
-	fmt.Println("ready")
+	return e, root, fail
+}
+
+// crashWait leaves a process in the sandbox id that outlives its portal
+// unless its namespace dies with it, prints line (the test reads it once
+// the server is ready) and waits to be killed.
+func crashWait(e *linux.Engine, id sandbox.ID, fail func(error), line string) {
+	if _, err := e.Exec(context.Background(), id, sandbox.ExecRequest{Command: "sh", Args: []string{"-c", "sleep 1000 &"}}); err != nil {
+		fail(err)
+	}
+	fmt.Println(line)
 	select {} // until killed
 }
 

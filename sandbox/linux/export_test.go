@@ -31,3 +31,10 @@ func SpawnerPid(e *Engine) int {
 	defer e.l.mu.Unlock()
 	return e.l.sp.proc.Pid
 }
+
+// ReadyInits is how many inits wait spawned ahead.
+func ReadyInits(e *Engine) int {
+	e.ready.mu.Lock()
+	defer e.ready.mu.Unlock()
+	return len(e.ready.ready)
+}

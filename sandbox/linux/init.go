@@ -80,9 +80,12 @@ type initConfig struct {
 	// makes itself (the sandbox is cloned into its cgroup, not born there).
 	Cgroups  []cgroupMount `json:"cgroups,omitempty"`
 	CgroupV2 bool          `json:"cgroup_v2,omitempty"`
-	Hostname string        `json:"hostname"`
-	Workdir  string        `json:"workdir"`
-	User     sandbox.User  `json:"user"`
+	// Procs is the GOMAXPROCS of the portal: the sandbox's CPUs (an init
+	// spawned ahead, ready.go, started with one).
+	Procs    int          `json:"procs,omitempty"`
+	Hostname string       `json:"hostname"`
+	Workdir  string       `json:"workdir"`
+	User     sandbox.User `json:"user"`
 	// Caps are the capabilities root in the sandbox keeps (its bounding
 	// set is already that, from the thread that cloned it); a non-root
 	// user keeps none.
@@ -160,6 +163,9 @@ func runInit(status *os.File) error {
 	c, err := readConfig(status)
 	if err != nil {
 		return err
+	}
+	if c.Procs > 0 && runtime.GOMAXPROCS(0) != c.Procs {
+		runtime.GOMAXPROCS(c.Procs)
 	}
 	// Without cgo, Go changes a credential or a namespace on all of its
 	// threads at once; a binary linked with cgo cannot (the C library has

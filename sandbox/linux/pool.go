@@ -327,8 +327,8 @@ func (e *Engine) discardWarm() {
 }
 
 // removeStaleWarm kills and removes what a server that died left of its
-// pool's sandboxes: directories and cgroups named by a handle of another
-// process (an engine of this process may hold the others, as the cgroup
+// pool's sandboxes and of its inits spawned ahead (ready.go): directories
+// and cgroups named by a handle of another process (an engine of this process may hold the others, as the cgroup
 // sets made ahead, see removeStalePools). Whatever cannot be removed is
 // logged and tried again by the next Prestart (the pool's refills) and
 // the next Recover.
@@ -337,9 +337,15 @@ func (e *Engine) removeStaleWarm() {
 	defer e.staleMu.Unlock()
 	failed := false
 	defer func() { e.staleWarm.Store(failed) }()
-	own := warmPrefix + warmOwner() + "-"
 	found := map[string]bool{}
-	stale := func(name string) bool { return strings.HasPrefix(name, warmPrefix) && !strings.HasPrefix(name, own) }
+	stale := func(name string) bool {
+		for _, prefix := range []string{warmPrefix, readyPrefix} { // sandboxes of a pool, inits spawned ahead
+			if strings.HasPrefix(name, prefix) && !strings.HasPrefix(name, prefix+warmOwner()+"-") {
+				return true
+			}
+		}
+		return false
+	}
 	if entries, err := os.ReadDir(e.cfg.SandboxDir); err == nil {
 		for _, en := range entries {
 			if stale(en.Name()) {
@@ -371,11 +377,11 @@ func (e *Engine) removeStaleWarm() {
 		}
 		if err := errors.Join(errs...); err != nil {
 			failed = true
-			e.log().Warn("cannot remove a pool's sandbox left by an earlier server; the pool's next start of a sandbox tries again", "handle", h, "err", err)
+			e.log().Warn("cannot remove a pool's sandbox or waiting init left by an earlier server; the pool's next start of a sandbox tries again", "handle", h, "err", err)
 			continue
 		}
 		e.ids.free(slot)
-		e.log().Info("removed a pool's sandbox left by an earlier server", "handle", h)
+		e.log().Info("removed a pool's sandbox or waiting init left by an earlier server", "handle", h)
 	}
 }
 

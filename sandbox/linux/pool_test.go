@@ -103,11 +103,7 @@ const crashPoolEnv = "MSB_TEST_CRASH_POOL"
 var crashPoolID, _ = sandbox.ParseID("crash", "pooled")
 
 func crashPoolServer(cfgJSON string) {
-	fail := func(err error) { fmt.Fprintln(os.Stderr, "crash pool server:", err); os.Exit(1) }
-	e, root, err := crashEngine(cfgJSON)
-	if err != nil {
-		fail(err)
-	}
+	e, root, fail := crashStart("crash pool server", cfgJSON)
 	ctx := context.Background()
 	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 64, CPUs: 1, Pids: 64}
 	var handles []string
@@ -121,11 +117,7 @@ func crashPoolServer(cfgJSON string) {
 	if err := e.Adopt(ctx, handles[0], crashPoolID, spec); err != nil {
 		fail(err)
 	}
-	if _, err := e.Exec(ctx, crashPoolID, sandbox.ExecRequest{Command: "sh", Args: []string{"-c", "sleep 1000 &"}}); err != nil {
-		fail(err)
-	}
-	fmt.Println(strings.Join(handles, " "))
-	select {} // until killed
+	crashWait(e, crashPoolID, fail, strings.Join(handles, " "))
 }
 
 // A server killed with sandboxes in its pool, waiting and adopted: the

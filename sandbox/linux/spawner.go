@@ -405,6 +405,21 @@ func (p *initProc) Wait() {
 	}
 }
 
+// exited reports whether the init has exited (a zombie has, and a
+// signal to it would still succeed).
+func (p *initProc) exited() bool {
+	rc, err := p.pidfd.SyscallConn()
+	if err != nil {
+		return true // released
+	}
+	gone := true
+	rc.Control(func(fd uintptr) {
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+		gone = err == nil && n > 0
+	})
+	return gone
+}
+
 // alive reports whether the init has not exited: while it runs, its pid
 // names it and nothing else.
 func (p *initProc) alive() bool {

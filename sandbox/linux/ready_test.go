@@ -1,0 +1,336 @@
+package linux_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/image"
+	"github.com/msb-dev/msb/sandbox/linux"
+)
+
+// waitingInits returns the inits waiting spawned ahead in the engine of
+// cfg, by cgroup set name ("init-<owner>-<n>"), with the pid of each
+// (from the pids hierarchy).
+func waitingInits(t *testing.T, cfg linux.Config) map[string]int {
+	t.Helper()
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/pids", cfg.CgroupParent, "init-*"))
+	inits := map[string]int{}
+	for _, d := range dirs {
+		data, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		if err != nil {
+			continue // taken meanwhile
+		}
+		if f := strings.Fields(string(data)); len(f) > 0 {
+			pid, _ := strconv.Atoi(f[0])
+			inits[filepath.Base(d)] = pid
+		}
+	}
+	return inits
+}
+
+// waitInits waits until n inits wait, and returns them.
+func waitInits(t *testing.T, cfg linux.Config, n int) map[string]int {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		inits := waitingInits(t, cfg)
+		if len(inits) == n {
+			return inits
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d inits wait spawned ahead, want %d: %v", len(inits), n, inits)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// inspectPid is the host pid of the sandbox's init.
+func inspectPid(t *testing.T, e *linux.Engine, id sandbox.ID) int {
+	t.Helper()
+	st, err := e.Inspect(context.Background(), id)
+	if err != nil || st.Pid <= 0 {
+		t.Fatalf("Inspect %s = %+v, %v", id, st, err)
+	}
+	return st.Pid
+}
+
+// A first start takes the oldest init spawned ahead, which becomes that
+// sandbox and no other: its cgroups carry the sandbox's name and limits,
+// its ids are recorded as the sandbox's, and the sandbox sees only its own
+// processes and files. The engine spawns another in its place; a restart
+// spawns its own; Close leaves no init and no cgroup behind.
+func TestReadyInits(t *testing.T) {
+	t.Run("root", func(t *testing.T) { testReadyInits(t, false) })
+	t.Run("userns", func(t *testing.T) { testReadyInits(t, true) })
+}
+
+func testReadyInits(t *testing.T, userns bool) {
+	cfg := testConfig(t, t.TempDir(), "msb-ready")
+	cfg.UserNamespaces, cfg.ReadyInits = userns, 2
+	e, err := linux.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			e.Close()
+		}
+	})
+	ctx := context.Background()
+	if n := len(waitingInits(t, cfg)); n != 0 {
+		t.Fatalf("%d inits spawned before the first start (they must wait for Recover)", n)
+	}
+	// The first start is cold and starts the refill.
+	first, _ := sandbox.ParseID("ready", "first")
+	firstPid := startBox(t, e, first, hostSpec(t))
+	inits := waitInits(t, cfg, 2)
+	for _, pid := range inits {
+		if pid == firstPid {
+			t.Fatal("the first start took an init that was spawned after it began")
+		}
+	}
+
+	oldest := ""
+	for h := range inits {
+		n := func(h string) int { i, _ := strconv.Atoi(h[strings.LastIndex(h, "-")+1:]); return i }
+		if oldest == "" || n(h) < n(oldest) {
+			oldest = h
+		}
+	}
+	id, _ := sandbox.ParseID("ready", "taken")
+	spec := hostSpec(t)
+	spec.MemoryMiB, spec.CPUs, spec.Hostname = 300, 2, "taken-host"
+	spec.Env = append(spec.Env, "READY_TEST=yes")
+	pid := startBox(t, e, id, spec)
+	if pid != inits[oldest] {
+		t.Fatalf("the start's init is pid %d; the oldest init waiting was %d (%v)", pid, inits[oldest], inits)
+	}
+	if left := leftoversOf(t, cfg, oldest); len(left) > 0 {
+		t.Errorf("the taken init's cgroups keep its waiting name: %v", left)
+	}
+	cg := filepath.Join("/sys/fs/cgroup/cpu", cfg.CgroupParent, id.Key())
+	if got := strings.TrimSpace(readFile(t, cg+"/cpu.shares")); got != "1024" {
+		t.Errorf("the taken init's CPU weight is %s, want a sandbox's 1024", got)
+	}
+	if got := strings.TrimSpace(readFile(t, cg+"/cgroup.procs")); !strings.Contains("\n"+got+"\n", fmt.Sprintf("\n%d\n", pid)) {
+		t.Errorf("the sandbox's cgroup holds %q, not its init %d", got, pid)
+	}
+	got := mustRun(t, e, id, `cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us; hostname; echo $READY_TEST; pwd
+ls /proc | grep -c '^[0-9]'`)
+	if want := fmt.Sprintf("%d\n200000\ntaken-host\nyes\n/workspace\n", 300<<20); !strings.HasPrefix(got, want) {
+		t.Errorf("inside the sandbox that took a ready init:\n%s\nwant it to start with\n%s", got, want)
+	}
+	// The portal and this command's shell and ls, grep: nothing else.
+	if n, _ := strconv.Atoi(strings.TrimSpace(got[strings.LastIndex(strings.TrimSpace(got), "\n")+1:])); n < 2 || n > 5 {
+		t.Errorf("the sandbox sees %d processes:\n%s", n, got)
+	}
+	if userns {
+		slot := strings.TrimSpace(readFile(t, filepath.Join(cfg.SandboxDir, id.Key(), "slot")))
+		n, _ := strconv.Atoi(slot)
+		uidMap := strings.Fields(readFile(t, fmt.Sprintf("/proc/%d/uid_map", pid)))
+		if len(uidMap) < 2 || uidMap[1] != strconv.Itoa(100000+n*65536) {
+			t.Errorf("the sandbox records slot %s; its init's uid_map is %v", slot, uidMap)
+		}
+		if !rangeLocked(t, slot) {
+			t.Errorf("the sandbox's id range %s is not locked", slot)
+		}
+	}
+
+	// Its files and processes are its own: the next sandbox, from the
+	// other waiting init, sees neither.
+	mustRun(t, e, id, "echo secret > /workspace/mine; sleep 1000 >/dev/null 2>&1 &")
+	other, _ := sandbox.ParseID("ready", "other")
+	otherPid := startBox(t, e, other, hostSpec(t))
+	if _, waited := inits[filepath.Base(func() string {
+		for h, p := range inits {
+			if p == otherPid {
+				return h
+			}
+		}
+		return ""
+	}())]; !waited {
+		t.Errorf("the second start did not take the other waiting init (pid %d, waiting %v)", otherPid, inits)
+	}
+	if got := mustRun(t, e, other, "ls /workspace; ps -eo comm= 2>/dev/null || ls /proc | grep '^[0-9]'"); strings.Contains(got, "mine") || strings.Contains(got, "sleep") {
+		t.Errorf("a sandbox sees another's file or process:\n%s", got)
+	}
+
+	// Refilled: two wait again, none of them a taken one.
+	again := waitInits(t, cfg, 2)
+	for h, p := range again {
+		if p == pid || p == otherPid || inits[h] != 0 {
+			t.Errorf("a taken init waits again: %s pid %d", h, p)
+		}
+	}
+	// A restart spawns its own init.
+	if err := e.Stop(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	restarted := inspectPid(t, e, id)
+	for _, p := range again {
+		if p == restarted {
+			t.Error("a restart took an init spawned ahead")
+		}
+	}
+	if got := mustRun(t, e, id, "cat /workspace/mine"); got != "secret\n" {
+		t.Errorf("the restarted sandbox's file: %q", got)
+	}
+
+	// Close: the waiting inits are killed and their cgroups removed.
+	for _, s := range []sandbox.ID{first, id, other} {
+		if err := e.Delete(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	closed = true
+	for h, p := range again {
+		if err := waitExit(p, 10*time.Second); err != nil {
+			t.Errorf("init %s (pid %d) after Close: %v", h, p, err)
+		}
+		if left := leftoversOf(t, cfg, h); len(left) > 0 {
+			t.Errorf("init %s left after Close: %v", h, left)
+		}
+	}
+}
+
+// waitExit waits until the process pid has exited: gone, or a zombie
+// whose other threads are gone too (a Go process's leader is a zombie
+// while its other threads still exit).
+func waitExit(pid int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil || strings.Contains(string(data), ") Z ") && len(tasks) <= 1 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("still running: %s", data)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// An init that dies while it waits is never handed to a sandbox: the
+// start takes the next one, or spawns its own.
+func TestReadyInitDied(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), "msb-ready-died")
+	cfg.ReadyInits = 1
+	e, err := linux.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	first, _ := sandbox.ParseID("ready", "first")
+	startBox(t, e, first, hostSpec(t))
+	inits := waitInits(t, cfg, 1)
+	for _, pid := range inits {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if err := waitExit(pid, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id, _ := sandbox.ParseID("ready", "after")
+	pid := startBox(t, e, id, hostSpec(t))
+	for _, p := range inits {
+		if p == pid {
+			t.Fatal("a start got an init that had died")
+		}
+	}
+	if got := mustRun(t, e, id, "echo ok"); got != "ok\n" {
+		t.Errorf("the sandbox after a dead init: %q", got)
+	}
+	waitInits(t, cfg, 1) // the dead one's place is filled
+}
+
+// crashReadyEnv makes the test binary a server with inits waiting spawned
+// ahead, one of them taken by a sandbox, that waits to be killed; its
+// value is the engine's Config as JSON.
+const crashReadyEnv = "MSB_TEST_CRASH_READY"
+
+var crashReadyID, _ = sandbox.ParseID("crash", "ready")
+
+func crashReadyServer(cfgJSON string) {
+	e, root, fail := crashStart("crash ready server", cfgJSON)
+	ctx := context.Background()
+	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 64, CPUs: 1, Pids: 64}
+	warmup, _ := sandbox.ParseID("crash", "warmup")
+	for _, id := range []sandbox.ID{warmup, crashReadyID} {
+		if err := e.Create(ctx, id, spec); err != nil {
+			fail(err)
+		}
+		if err := e.Start(ctx, id); err != nil {
+			fail(err)
+		}
+		if id == warmup { // then wait for the inits spawned ahead
+			for deadline := time.Now().Add(20 * time.Second); linux.ReadyInits(e) < 2; time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					fail(fmt.Errorf("no inits spawned ahead"))
+				}
+			}
+		}
+	}
+	crashWait(e, crashReadyID, fail, "ready")
+}
+
+// A server killed with inits waiting and one taken: the waiting ones exit
+// (their socket to the server is gone), the taken one's sandbox dies with
+// its portal, and the next engine's Recover removes their cgroups.
+func TestReadyInitsAfterCrash(t *testing.T) {
+	cfg := testConfig(t, t.TempDir(), "msb-ready-crash")
+	cfg.UserNamespaces, cfg.ReadyInits = true, 2
+	server, _ := startCrashServer(t, crashReadyEnv, cfg)
+	inits := waitInits(t, cfg, 2)
+	server.Process.Kill()
+	server.Wait()
+	for h, pid := range inits {
+		if err := waitExit(pid, 10*time.Second); err != nil {
+			t.Errorf("waiting init %s of the killed server: %v", h, err)
+		}
+	}
+	next, err := linux.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { next.Close() })
+	left, err := next.Recover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 2 {
+		t.Errorf("Recover found %+v, want the two sandboxes", left)
+	}
+	for h := range inits {
+		if left := leftoversOf(t, cfg, h); len(left) > 0 {
+			t.Errorf("waiting init %s left after Recover: %v", h, left)
+		}
+	}
+	for _, st := range left {
+		if err := next.Delete(context.Background(), st.ID); err != nil {
+			t.Fatal(err)
+		}
+		if l := leftovers(t, cfg, st.ID); len(l) > 0 {
+			t.Errorf("%s left after Delete: %v", st.ID, l)
+		}
+	}
+	if n := len(waitingInits(t, cfg)); n != 0 {
+		t.Errorf("%d inits wait after Recover, before any start", n)
+	}
+}
