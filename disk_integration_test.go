@@ -71,6 +71,23 @@ func TestDiskRecycled(t *testing.T) {
 		t.Fatalf("writing: %s", mustJSON(r))
 	}
 	a.stop()
+	// The wipe runs after the stop, once the sandbox's mounts are gone:
+	// the disk is ready again when its image is among the disks made
+	// ahead.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		back := ""
+		for _, l := range linux.LoopsUnder(sandboxes) {
+			if dev, b, _ := strings.Cut(l, " "); dev == loop {
+				back = b
+			}
+		}
+		if strings.HasPrefix(back, filepath.Join(sandboxes, ".disks")+"/") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tenant-a's disk %s (image %q) is not ready again", loop, back)
+		}
+	}
 
 	b := srv.sandbox(key, "tenant-b", "s", map[string]any{"image": "host"})
 	if got := loopOf(sandboxes, filepath.Join(sandboxes, "tenant-b.s", "disk.img")); got != loop {

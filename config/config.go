@@ -849,11 +849,11 @@ const fileHeader = `# msb configuration. Settings here override the built-in def
 # owned from 100000 (root inside) up, and namespaces' volume roots are 0700.
 # user_namespaces = true
 
-# Cold starts take an init spawned ahead: a sandbox's first process, already
-# in fresh namespaces and cgroups of its own, waiting for the sandbox it will
-# build (any image, any config). It has run nothing but msb, goes to one
-# start only, and each costs about 3 MiB while it waits (cgroup v1 hosts;
-# on cgroup v2 every start spawns its own). 0 turns this off.
+# A sandbox's first start (any image, any config) takes an init spawned
+# ahead: its first process, already in fresh namespaces and cgroups of its
+# own, waiting for the sandbox it will build. It has run nothing but msb,
+# goes to one start only, and each holds about 2 MiB while it waits (cgroup
+# v1 hosts; on cgroup v2 every start spawns its own). 0 turns this off.
 # ready_inits = 2
 
 # Ceilings on what all sandboxes hold together, whatever their namespace:

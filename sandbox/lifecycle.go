@@ -271,14 +271,9 @@ func (s *Service) release(ctx context.Context, id ID, b *box) error {
 		b.denials.close()
 		b.net, b.denials = nil, nil
 	}()
-	eng := s.opts.Engine
-	err := eng.Stop(ctx, id)
-	if errors.Is(err, errdefs.ErrNotFound) {
-		err = nil
-	}
-	if derr := eng.Delete(ctx, id); err == nil {
-		err = derr
-	}
+	// Delete kills it too, and lets the kernel unmount its file systems
+	// after the kill, not before it returns.
+	err := s.opts.Engine.Delete(ctx, id)
 	if b.stopBg != nil {
 		b.stopBg()
 		<-b.bgDone

@@ -564,11 +564,21 @@ func (k *disk) wipe(img string) error {
 			return fmt.Errorf("removing %s: %w", sub, err)
 		}
 	}
-	if err := unix.Fstatfs(fd, &st); err != nil {
-		return err
-	}
-	if bytes, inodes := used(&st); bytes != k.baseBytes || inodes != k.baseInodes {
-		return fmt.Errorf("the wiped file system uses %d bytes and %d inodes, not %d and %d as made", bytes, inodes, k.baseBytes, k.baseInodes)
+	// The sandbox's mounts may still be going: the kernel unmounts those
+	// of a mount namespace a little after its last holder lets go (see
+	// Engine.Delete), and what they hold is freed then.
+	for wait := time.Millisecond; ; wait *= 2 {
+		if err := unix.Fstatfs(fd, &st); err != nil {
+			return err
+		}
+		bytes, inodes := used(&st)
+		if bytes == k.baseBytes && inodes == k.baseInodes {
+			break
+		}
+		if wait > wipeSettle {
+			return fmt.Errorf("the wiped file system uses %d bytes and %d inodes, not %d and %d as made", bytes, inodes, k.baseBytes, k.baseInodes)
+		}
+		time.Sleep(wait)
 	}
 	dir, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0) // not the mount's O_PATH handle
 	if err != nil {
@@ -625,6 +635,10 @@ func (k *disk) clone() (*os.File, error) {
 // would otherwise cost a write-back of everything it wrote last: 100-200 ms
 // for 64 MiB).
 const ext4IocShutdown, ext4GoingNoLogFlush = 0x8004587d, 2
+
+// wipeSettle bounds the wait of wipe for a deleted sandbox's mounts to go
+// (the sum of its waits is about twice it).
+const wipeSettle = 512 * time.Millisecond
 
 // fitrim is FITRIM, _IOWR('X', 121, struct fstrim_range): discard a file
 // system's free blocks, which a loop device punches out of its image.

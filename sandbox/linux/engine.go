@@ -424,7 +424,7 @@ func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) e
 	e.mu.Unlock()
 
 	if err := e.create(b); err != nil {
-		e.releaseIsolation(b, true)
+		e.releaseIsolation(b, true, nil)(b.dir)
 		_ = removeSandboxDir(b.dir)
 		e.forget(b)
 		return err
@@ -1091,12 +1091,20 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 	}
 	defer b.mu.Unlock()
 	var errs []error
+	var mounts *os.File
 	if b.leftover {
 		if err := e.cg.killInit(b.handle); err != nil {
 			errs = append(errs, err)
 		}
 		b.cgroups = true // whatever a crashed run left
 	} else {
+		if b.running() {
+			// Held, the init's mount namespace outlives it: the
+			// kernel unmounts the sandbox's mounts when it is let go
+			// (releaseIsolation), not in the init's exit, which the
+			// kill waits for.
+			mounts, _ = b.proc.openNS("mnt")
+		}
 		e.kill(b)
 	}
 	if b.cgroups {
@@ -1109,15 +1117,16 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 			errs = append(errs, err)
 		}
 	}
-	e.releaseIsolation(b, len(errs) == 0)
+	released := e.releaseIsolation(b, len(errs) == 0, mounts)
 	if err := os.RemoveAll(filepath.Join(e.cfg.StateDir, id.Key())); err != nil {
 		errs = append(errs, err)
 	}
-	remove := removeSandboxDir
-	if !b.leftover {
-		remove = e.trash.discard
-	}
-	if err := remove(b.dir); err != nil {
+	if b.leftover {
+		released(b.dir)
+		if err := removeSandboxDir(b.dir); err != nil {
+			errs = append(errs, err)
+		}
+	} else if err := e.trash.discard(b.dir, released); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
@@ -1128,20 +1137,36 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 }
 
 // releaseIsolation releases a killed sandbox's disk and, once its
-// processes are gone, its id range, for another sandbox. The disk is
-// then wiped and made ready again if the sandbox left little on it
-// (disks.recycle), or else closed, dropping what it wrote last rather than
-// writing it back to an image about to be removed; while processes may be
-// left, it is shut down.
-func (e *Engine) releaseIsolation(b *box, processesGone bool) {
-	if processesGone {
-		e.disks.recycle(b.disk, diskImage(b.dir))
-		e.ids.free(b.slot)
-		b.slot = 0
-	} else {
-		b.disk.cutOff()
-	}
+// processes are gone, its id range, for another sandbox, and mounts, its
+// init's mount namespace if the caller held it past the kill (or nil).
+// What waits for the sandbox's mounts to go is returned, to run once its
+// directory has moved to dir, in the background if the caller likes
+// (trash.discard): the mount namespace is let go, so that the kernel
+// unmounts the sandbox's root and the rest, and the disk is then wiped
+// and made ready again if the sandbox left little on it (disks.recycle),
+// or else closed, dropping what it wrote last rather than writing it back
+// to an image about to be removed. While processes may be left, the disk
+// is shut down at once.
+func (e *Engine) releaseIsolation(b *box, processesGone bool, mounts *os.File) func(dir string) {
+	k := b.disk
 	b.disk = nil
+	if !processesGone {
+		k.cutOff()
+		if mounts != nil {
+			mounts.Close()
+		}
+		return func(string) {}
+	}
+	// Nothing can enter the namespace left: its ids may go to another
+	// sandbox at once.
+	e.ids.free(b.slot)
+	b.slot = 0
+	return func(dir string) {
+		if mounts != nil {
+			mounts.Close()
+		}
+		e.disks.recycle(k, diskImage(dir))
+	}
 }
 
 // Inspect reports the sandbox's state, including a sandbox left by an

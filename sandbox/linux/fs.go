@@ -234,12 +234,15 @@ type trash struct {
 }
 
 // discard moves the sandbox directory dir into the trash and removes it in
-// the background. The image layers it records stop counting as used at
-// once. It returns an error when dir can be neither moved nor removed.
-func (t *trash) discard(dir string) error {
+// the background, after first, which gets the directory's new path (or,
+// when it cannot be moved, dir, at once). The image layers it records stop
+// counting as used at once. It returns an error when dir can be neither
+// moved nor removed.
+func (t *trash) discard(dir string, first func(moved string)) error {
 	os.Remove(filepath.Join(dir, layersFile))
 	to := filepath.Join(t.dir, fmt.Sprintf("%s%s-%d-%d", trashPrefix, filepath.Base(dir), os.Getpid(), t.seq.Add(1)))
 	if err := os.Rename(dir, to); err != nil {
+		first(dir)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
@@ -248,6 +251,7 @@ func (t *trash) discard(dir string) error {
 	t.wg.Add(1)
 	go func() {
 		defer t.wg.Done()
+		first(to)
 		removeTree(to, devOf(t.dir))
 	}()
 	return nil

@@ -300,8 +300,7 @@ func (e *Engine) destroy(b *box) error {
 	if err := e.releaseCgroups(b); err != nil {
 		errs = append(errs, err)
 	}
-	e.releaseIsolation(b, len(errs) == 0)
-	if err := e.trash.discard(b.dir); err != nil {
+	if err := e.trash.discard(b.dir, e.releaseIsolation(b, len(errs) == 0, nil)); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -339,6 +338,9 @@ func (e *Engine) removeStaleWarm() {
 	defer func() { e.staleWarm.Store(failed) }()
 	found := map[string]bool{}
 	stale := func(name string) bool {
+		if strings.Contains(name, ".") {
+			return false // a sandbox's key (namespace.name), whatever its namespace is called
+		}
 		for _, prefix := range []string{warmPrefix, readyPrefix} { // sandboxes of a pool, inits spawned ahead
 			if strings.HasPrefix(name, prefix) && !strings.HasPrefix(name, prefix+warmOwner()+"-") {
 				return true

@@ -4,9 +4,8 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
-
-	"github.com/msb-dev/msb/sandbox"
 )
 
 // Inits spawned ahead of time (Config.ReadyInits). Most of a cold start
@@ -46,6 +45,9 @@ import (
 // ever one, and a dead server's are told from this one's.
 const readyPrefix = "init-"
 
+// readySeq numbers the waiting inits of every engine of the process.
+var readySeq atomic.Int64
+
 // readyInit is an init spawned ahead, waiting for a sandbox.
 type readyInit struct {
 	handle string // its cgroup set's name until a start renames it
@@ -66,7 +68,6 @@ type readyInits struct {
 	mu   sync.Mutex
 	// ready are the waiting inits, oldest first.
 	ready  []*readyInit
-	seq    int
 	armed  bool
 	closed bool
 	wake   chan struct{} // a start took one
@@ -84,7 +85,7 @@ func newReadyInits(size int) *readyInits {
 // the engine has none, or b is not on its first start.
 func (e *Engine) takeReady(b *box) *initRun {
 	r := e.ready
-	if r == nil || r.size == 0 || e.cg.v2 || b.done != nil || b.built || b.id == (sandbox.ID{}) {
+	if r == nil || r.size == 0 || e.cg.v2 || b.done != nil || b.built || b.id.IsZero() {
 		return nil
 	}
 	for {
@@ -242,11 +243,15 @@ func (r *readyInits) close(e *Engine) {
 // spawnReady spawns an init to wait for a sandbox: a cgroup set and a
 // slot of its own, with readyLimits.
 func (e *Engine) spawnReady() (*readyInit, error) {
-	e.mu.Lock()
-	e.ready.seq++
-	handle := readyPrefix + warmOwner() + "-" + strconv.Itoa(e.ready.seq)
-	e.mu.Unlock()
+	handle := readyPrefix + warmOwner() + "-" + strconv.FormatInt(readySeq.Add(1), 10)
 	ri := &readyInit{handle: handle}
+	// Admitted under total_pids as a start is: what starts under way may
+	// take stays theirs.
+	started, err := e.holdPids(&box{handle: handle}, readyLimits.pids)
+	if err != nil {
+		return nil, err
+	}
+	defer started()
 	if e.cfg.UserNamespaces {
 		slot, err := e.ids.take()
 		if err != nil {
@@ -298,9 +303,10 @@ func (e *Engine) discardReady(ri *readyInit) {
 // portal.log once it has one (attach), held in memory (up to
 // initLogHeld bytes) until then.
 type initLog struct {
-	mu  sync.Mutex
-	buf []byte
-	w   *boundedLog
+	mu     sync.Mutex
+	buf    []byte
+	w      *boundedLog
+	closed bool // the init's output has ended
 }
 
 const initLogHeld = 16 << 10
@@ -326,6 +332,9 @@ func (l *initLog) attach(path string) {
 		l.w.Write(l.buf)
 		l.buf = nil
 	}
+	if l.closed { // the init died while it waited
+		l.w.Close()
+	}
 }
 
 // held returns what the log holds in memory.
@@ -338,6 +347,7 @@ func (l *initLog) held() string {
 func (l *initLog) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.closed = true
 	if l.w == nil {
 		return nil
 	}

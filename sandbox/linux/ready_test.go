@@ -3,6 +3,7 @@ package linux_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -28,9 +29,13 @@ func waitingInits(t *testing.T, cfg linux.Config) map[string]int {
 		if err != nil {
 			continue // taken meanwhile
 		}
-		if f := strings.Fields(string(data)); len(f) > 0 {
-			pid, _ := strconv.Atoi(f[0])
-			inits[filepath.Base(d)] = pid
+		// The init is PID 1 of its namespace ("NSpid: <host pid> 1");
+		// the spawner passes through the cgroups while it clones.
+		for _, f := range strings.Fields(string(data)) {
+			status, _ := os.ReadFile("/proc/" + f + "/status")
+			if strings.Contains(string(status), "\nNSpid:\t"+f+"\t1\n") {
+				inits[filepath.Base(d)], _ = strconv.Atoi(f)
+			}
 		}
 	}
 	return inits
@@ -91,13 +96,8 @@ func testReadyInits(t *testing.T, userns bool) {
 	}
 	// The first start is cold and starts the refill.
 	first, _ := sandbox.ParseID("ready", "first")
-	firstPid := startBox(t, e, first, hostSpec(t))
+	startBox(t, e, first, hostSpec(t))
 	inits := waitInits(t, cfg, 2)
-	for _, pid := range inits {
-		if pid == firstPid {
-			t.Fatal("the first start took an init that was spawned after it began")
-		}
-	}
 
 	oldest := ""
 	for h := range inits {
@@ -110,7 +110,19 @@ func testReadyInits(t *testing.T, userns bool) {
 	spec := hostSpec(t)
 	spec.MemoryMiB, spec.CPUs, spec.Hostname = 300, 2, "taken-host"
 	spec.Env = append(spec.Env, "READY_TEST=yes")
-	pid := startBox(t, e, id, spec)
+	if err := e.Create(ctx, id, spec); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Delete(context.Background(), id) })
+	slotFile := filepath.Join(cfg.SandboxDir, id.Key(), "slot")
+	var created string // the slot Create gave it
+	if userns {
+		created = strings.TrimSpace(readFile(t, slotFile))
+	}
+	if err := e.Start(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	pid := inspectPid(t, e, id)
 	if pid != inits[oldest] {
 		t.Fatalf("the start's init is pid %d; the oldest init waiting was %d (%v)", pid, inits[oldest], inits)
 	}
@@ -134,7 +146,10 @@ ls /proc | grep -c '^[0-9]'`)
 		t.Errorf("the sandbox sees %d processes:\n%s", n, got)
 	}
 	if userns {
-		slot := strings.TrimSpace(readFile(t, filepath.Join(cfg.SandboxDir, id.Key(), "slot")))
+		slot := strings.TrimSpace(readFile(t, slotFile))
+		if slot == created {
+			t.Errorf("the sandbox kept the slot %s Create gave it", slot)
+		}
 		n, _ := strconv.Atoi(slot)
 		uidMap := strings.Fields(readFile(t, fmt.Sprintf("/proc/%d/uid_map", pid)))
 		if len(uidMap) < 2 || uidMap[1] != strconv.Itoa(100000+n*65536) {
@@ -160,8 +175,8 @@ ls /proc | grep -c '^[0-9]'`)
 	}())]; !waited {
 		t.Errorf("the second start did not take the other waiting init (pid %d, waiting %v)", otherPid, inits)
 	}
-	if got := mustRun(t, e, other, "ls /workspace; ps -eo comm= 2>/dev/null || ls /proc | grep '^[0-9]'"); strings.Contains(got, "mine") || strings.Contains(got, "sleep") {
-		t.Errorf("a sandbox sees another's file or process:\n%s", got)
+	if got := mustRun(t, e, other, "ls /workspace; cat /proc/[0-9]*/cmdline | tr '\\0' ' '"); strings.Contains(got, "mine") || strings.Contains(got, "sleep 1000") || !strings.Contains(got, "cat /proc/") {
+		t.Errorf("a sandbox sees another's file or process, or not its own:\n%s", got)
 	}
 
 	// Refilled: two wait again, none of them a taken one.
@@ -170,6 +185,30 @@ ls /proc | grep -c '^[0-9]'`)
 		if p == pid || p == otherPid || inits[h] != 0 {
 			t.Errorf("a taken init waits again: %s pid %d", h, p)
 		}
+	}
+	if userns && rangeLocked(t, created) {
+		// Free when the sandbox took the init's, but a refill may have
+		// taken it since.
+		n, _ := strconv.Atoi(created)
+		refilled := false
+		for _, p := range again {
+			f := strings.Fields(readFile(t, fmt.Sprintf("/proc/%d/uid_map", p)))
+			refilled = refilled || len(f) > 1 && f[1] == strconv.Itoa(100000+n*65536)
+		}
+		if !refilled {
+			t.Errorf("slot %s, which the sandbox gave up for the init's, is still locked, by no waiting init", created)
+		}
+	}
+	// A sandbox started for the warm pool spawns its own.
+	h, err := e.Prestart(ctx, warmSpec(t, 64, 1, "/workspace"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Discard(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if now := waitingInits(t, cfg); !maps.Equal(now, again) {
+		t.Errorf("a sandbox of the warm pool took an init spawned ahead: %v before, %v after", again, now)
 	}
 	// A restart spawns its own init.
 	if err := e.Stop(ctx, id); err != nil {
@@ -332,5 +371,31 @@ func TestReadyInitsAfterCrash(t *testing.T) {
 	}
 	if n := len(waitingInits(t, cfg)); n != 0 {
 		t.Errorf("%d inits wait after Recover, before any start", n)
+	}
+}
+
+// Sandboxes whose namespace is named like the handles of waiting inits
+// and of the pool's sandboxes are no leftovers: Recover keeps them.
+func TestRecoverKeepsLookalikes(t *testing.T) {
+	e, cfg := newEngine(t, t.TempDir(), "msb-lookalike")
+	var ids []sandbox.ID
+	for _, ns := range []string{"init-ci", "warm-ci"} {
+		id, err := sandbox.ParseID(ns, "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		startBox(t, e, id, hostSpec(t))
+		ids = append(ids, id)
+	}
+	if _, err := e.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if got := mustRun(t, e, id, "echo alive"); got != "alive\n" {
+			t.Errorf("%s after Recover: %q", id, got)
+		}
+		if len(leftovers(t, cfg, id)) == 0 {
+			t.Errorf("Recover removed the directory and cgroups of %s", id)
+		}
 	}
 }

@@ -141,7 +141,13 @@ func subordinateOverlaps(files ...string) []string {
 const slotFile = "slot"
 
 func writeSlot(dir string, slot int) error {
-	return os.WriteFile(filepath.Join(dir, slotFile), []byte(strconv.Itoa(slot)), 0o600)
+	// Written aside and renamed into place: a crash leaves the file
+	// naming the old slot or the new one, never a part of either.
+	tmp := filepath.Join(dir, slotFile+".new")
+	if err := os.WriteFile(tmp, []byte(strconv.Itoa(slot)), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, slotFile))
 }
 
 // reserve marks as taken the slot recorded in the sandbox directory dir
