@@ -573,3 +573,68 @@ func TestWarmPoolAfterCrash(t *testing.T) {
 		t.Errorf("the stopped server's pool left %v", w)
 	}
 }
+
+// readyInitCgroups names the cgroups of home's inits waiting spawned ahead.
+func readyInitCgroups(home string) []string {
+	dirs, _ := filepath.Glob(fmt.Sprintf("/sys/fs/cgroup/memory/msb/%s/init-*", cgroupOf(home)))
+	for i, d := range dirs {
+		dirs[i] = filepath.Base(d)
+	}
+	return dirs
+}
+
+// ready_inits through the server: by default two inits wait once the
+// first sandbox has started, and the next start takes the oldest (its
+// cgroups become the sandbox's); with ready_inits = 0 none ever waits.
+// msb server status says which.
+func TestReadyInitsSetting(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{2, 0} {
+		home := homeWith(t, fmt.Sprintf("ready_inits = %d\n[pool]\nenabled = false\n", n))
+		srv := startServer(t, home)
+		key := keygen(t, home)
+		if out, _, err := msb(t, home, "server", "status"); err != nil || !strings.Contains(out, fmt.Sprintf("ready inits:    %d\n", n)) {
+			t.Errorf("status with ready_inits = %d: %v\n%s", n, err, out)
+		}
+		if w := readyInitCgroups(home); len(w) > 0 {
+			t.Errorf("inits wait before the first start: %v", w)
+		}
+		first := srv.sandbox(key, "ready", "first", nil)
+		var waiting []string
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if waiting = readyInitCgroups(home); len(waiting) == n || time.Now().After(deadline) {
+				break
+			}
+		}
+		time.Sleep(100 * time.Millisecond) // and no more come
+		if got := readyInitCgroups(home); len(got) != n {
+			t.Fatalf("ready_inits = %d: %d inits wait: %v", n, len(got), got)
+		}
+		second := srv.sandbox(key, "ready", "second", nil)
+		if c := second.sh("echo ok"); text(c.Output, "stdout") != "ok\n" {
+			t.Errorf("the second sandbox: %+v", c)
+		}
+		if n > 0 {
+			// The oldest has the lowest number: init-<pid>-<token>-<n>.
+			num := func(h string) int { i, _ := strconv.Atoi(h[strings.LastIndex(h, "-")+1:]); return i }
+			oldest := waiting[0]
+			for _, h := range waiting {
+				if num(h) < num(oldest) {
+					oldest = h
+				}
+			}
+			for _, h := range readyInitCgroups(home) {
+				if h == oldest {
+					t.Errorf("the second start did not take the oldest waiting init %s (%v)", oldest, readyInitCgroups(home))
+				}
+			}
+		}
+		first.stop()
+		second.stop()
+		srv.Stop()
+		if w := readyInitCgroups(home); len(w) > 0 {
+			t.Errorf("inits left after the server stopped: %v", w)
+		}
+		assertNoLeftovers(t, home)
+	}
+}

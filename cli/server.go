@@ -284,6 +284,7 @@ func printNamespaces(ctx context.Context, home *server.Home, cfg config.Config) 
 	slices.Sort(names)
 	fmt.Printf("running:        %d sandboxes\n", running)
 	fmt.Printf("warm pool:      %s\n", poolSummary(cfg.Pool))
+	fmt.Printf("ready inits:    %d\n", cfg.ReadyInits)
 	if len(names) == 0 {
 		return nil
 	}
