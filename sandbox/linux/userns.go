@@ -300,7 +300,10 @@ func mountRoot(layers []string, upper, work string, userns *os.File, owner int) 
 	}
 	var lower []string
 	var fds []int
-	defer func() { closeFDs(fds) }()
+	// The overlay holds the layers once made: the clones are closed then,
+	// in the background, since closing a detached mount waits for an RCU
+	// grace period (0.2 to 0.5 ms here, on the start's path otherwise).
+	defer func() { go closeFDs(fds) }()
 	for i := len(layers) - 1; i >= 0; i-- { // overlayfs lists the top layer first
 		fd, err := idmappedClone(-1, layers[i], "", userns, true)
 		if err != nil {
