@@ -129,8 +129,11 @@ type Runtime interface {
 	// Stop kills every process in the sandbox. Stopping a stopped sandbox
 	// is not an error; errdefs.ErrNotFound if it does not exist.
 	Stop(ctx context.Context, id ID) error
-	// Delete releases everything the sandbox holds: processes, cgroups,
-	// mounts and its directory. Deleting a missing sandbox is not an error.
+	// Delete kills the sandbox and releases everything it holds:
+	// processes, cgroups, mounts and its directory. Its processes are gone
+	// and its name is free when it returns; an engine may finish
+	// unmounting and removing files in the background. Deleting a missing
+	// sandbox is not an error.
 	Delete(ctx context.Context, id ID) error
 	// Inspect reports the sandbox's state. errdefs.ErrNotFound if it does not exist.
 	Inspect(ctx context.Context, id ID) (Status, error)

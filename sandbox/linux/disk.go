@@ -93,7 +93,10 @@ type disks struct {
 	makeMu sync.Mutex
 	// noRecycle is set once a disk could not be trimmed (see recycle).
 	noRecycle bool
-	log       *slog.Logger
+	// wiping counts the disks being wiped for the pool: with those in
+	// it, they stay within recycledPoolSize.
+	wiping int
+	log    *slog.Logger
 }
 
 // newDisks prepares the template directory, removing partial templates a
@@ -486,10 +489,11 @@ func (d *disks) recycle(k *disk, img string) bool {
 		return false
 	}
 	d.mu.Lock()
-	wanted := !d.closed && !d.noRecycle && k.mib == d.readyMiB && len(d.pool[k.mib]) < recycledPoolSize
+	wanted := !d.closed && !d.noRecycle && k.mib == d.readyMiB && len(d.pool[k.mib])+d.wiping < recycledPoolSize
 	var pooled string
 	if wanted {
 		d.seq++
+		d.wiping++
 		pooled = filepath.Join(d.dir, fmt.Sprintf("%s%d-%d.img", poolImagePrefix, os.Getpid(), d.seq))
 	}
 	d.mu.Unlock()
@@ -497,6 +501,11 @@ func (d *disks) recycle(k *disk, img string) bool {
 		k.close(true)
 		return false
 	}
+	defer func() {
+		d.mu.Lock()
+		d.wiping--
+		d.mu.Unlock()
+	}()
 	if err := k.wipe(img); err != nil {
 		if errors.Is(err, errNoTrim) {
 			// Each delete would wipe a disk for nothing.

@@ -270,6 +270,59 @@ func TestDiskRecycle(t *testing.T) {
 			t.Errorf("the recycled disk's usage is %d bytes (%v), want its two empty directories'", used, err)
 		}
 	})
+	// overlay mounts, detached, an overlay whose upper and work
+	// directories are on k, as a sandbox's root is: while it is held, the
+	// inodes it holds there are not freed.
+	overlay := func(t *testing.T, k *disk) *os.File {
+		t.Helper()
+		fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fsfd)
+		for _, o := range [][2]string{{"lowerdir", t.TempDir()}, {"upperdir", k.path() + "/upper"}, {"workdir", k.path() + "/work"}} {
+			if err := unix.FsconfigSetString(fsfd, o[0], o[1]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := unix.FsconfigCreate(fsfd); err != nil {
+			t.Fatal(err)
+		}
+		mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return os.NewFile(uintptr(mfd), "overlay")
+	}
+	t.Run("overlay still mounted", func(t *testing.T) {
+		// A deleted sandbox's mounts go after its delete returns: the
+		// wipe waits for them, and refuses a disk they never leave.
+		k, dir := newDisk(t)
+		write(t, k, 4<<10).Close()
+		ov := overlay(t, k)
+		defer ov.Close()
+		t0 := time.Now()
+		wipeFails(t, k, dir, "the wiped file system uses")
+		if waited := time.Since(t0); waited < wipeSettle {
+			t.Errorf("the wipe refused after %v, without waiting %v for the mounts to go", waited, wipeSettle)
+		}
+	})
+	t.Run("overlay goes during the wipe", func(t *testing.T) {
+		k, dir := newDisk(t)
+		write(t, k, 4<<10).Close()
+		ov := overlay(t, k)
+		makeRoom(t)
+		go func() {
+			time.Sleep(30 * time.Millisecond)
+			ov.Close()
+		}()
+		if !d.recycle(k, diskImage(dir)) {
+			t.Fatal("a disk whose overlay went during the wipe was not recycled")
+		}
+		if used, err := k.usage(); err != nil || used > 8<<10 {
+			t.Errorf("the recycled disk's usage is %d bytes (%v)", used, err)
+		}
+	})
 	t.Run("too much left", func(t *testing.T) {
 		k, dir := newDisk(t)
 		write(t, k, 2<<20).Close()

@@ -1080,7 +1080,10 @@ func (e *Engine) Stop(ctx context.Context, id sandbox.ID) error {
 
 // Delete kills the sandbox and releases everything it holds: processes,
 // cgroups, its directory, and whatever an earlier version of the engine
-// kept for it (state, mounts on the host). Deleting a missing sandbox is
+// kept for it (state, mounts on the host). Its processes and cgroups are
+// gone and its name is free when it returns; its mounts are unmounted,
+// its disk wiped or closed and its directory removed in the background
+// right after (Close waits for them). Deleting a missing sandbox is
 // not an error; sandboxes left by an earlier server are deleted the same
 // way. It returns an error wrapping errdefs.ErrUnavailable when something
 // cannot be released (the sandbox stays known, so Delete can be retried).

@@ -38,3 +38,6 @@ func ReadyInits(e *Engine) int {
 	defer e.ready.mu.Unlock()
 	return len(e.ready.ready)
 }
+
+// WaitDeleted waits until what Delete left to the background is done.
+func WaitDeleted(e *Engine) { e.trash.wait() }

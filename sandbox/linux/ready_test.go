@@ -399,3 +399,52 @@ func TestRecoverKeepsLookalikes(t *testing.T) {
 		}
 	}
 }
+
+// Delete holds a sandbox's mount namespace past the kill, so that its
+// init's exit does not unmount the sandbox's mounts, and lets go of it
+// afterwards: once what Delete left to the background is done, no
+// descriptor of the server refers to it.
+func TestDeleteLetsGoOfMounts(t *testing.T) {
+	e, _ := newEngine(t, t.TempDir(), "msb-delete-mounts")
+	id, _ := sandbox.ParseID("delete", "mounts")
+	spec := hostSpec(t)
+	spec.DiskMiB = 64
+	ctx := context.Background()
+	if err := e.Create(ctx, id, spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", inspectPid(t, e, id)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, _ := os.Readlink("/proc/self/ns/mnt")
+	if ns == self {
+		t.Fatalf("the sandbox shares the server's mount namespace %s", ns)
+	}
+	held := func() []string {
+		var fds []string
+		ents, _ := os.ReadDir("/proc/self/fd")
+		for _, en := range ents {
+			if l, err := os.Readlink("/proc/self/fd/" + en.Name()); err == nil && l == ns {
+				fds = append(fds, en.Name())
+			}
+		}
+		return fds
+	}
+	if fds := held(); len(fds) > 0 {
+		t.Errorf("the server holds the running sandbox's mount namespace %s (descriptors %v)", ns, fds)
+	}
+	if err := e.Delete(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	linux.WaitDeleted(e)
+	if fds := held(); len(fds) > 0 {
+		t.Errorf("the deleted sandbox's mount namespace %s is still held (descriptors %v)", ns, fds)
+	}
+	if _, err := e.Inspect(ctx, id); err == nil {
+		t.Error("the deleted sandbox is still known")
+	}
+}
