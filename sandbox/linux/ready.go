@@ -38,7 +38,7 @@ import (
 //
 // Only on cgroup v1: a cgroup v2 cgroup cannot be renamed, so there every
 // start spawns its own init. Waiting inits count under the server's
-// ceilings (a few threads and about 3 MiB each).
+// ceilings (4 threads and about 2 MiB each).
 
 // readyPrefix starts the name of every waiting init's cgroup set,
 // "init-<owner>-<n>" (warmOwner): like a pool's handles, no sandbox key is
