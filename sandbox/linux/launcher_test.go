@@ -489,11 +489,15 @@ func TestSpawner(t *testing.T) {
 }
 
 // newEngineToClose returns an engine of a new home for a test that checks
-// what its Close leaves, and the function that closes it (failing the
-// test on an error); it is closed at the end of the test otherwise.
-func newEngineToClose(t *testing.T, cgroupPrefix string) (*linux.Engine, linux.Config, func()) {
+// what its Close leaves (its Config changed by opts first), and the
+// function that closes it (failing the test on an error); it is closed at
+// the end of the test otherwise.
+func newEngineToClose(t *testing.T, cgroupPrefix string, opts ...func(*linux.Config)) (*linux.Engine, linux.Config, func()) {
 	t.Helper()
 	cfg := testConfig(t, t.TempDir(), cgroupPrefix)
+	for _, o := range opts {
+		o(&cfg)
+	}
 	e, err := linux.New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -78,18 +78,7 @@ func TestReadyInits(t *testing.T) {
 }
 
 func testReadyInits(t *testing.T, userns bool) {
-	cfg := testConfig(t, t.TempDir(), "msb-ready")
-	cfg.UserNamespaces, cfg.ReadyInits = userns, 2
-	e, err := linux.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := false
-	t.Cleanup(func() {
-		if !closed {
-			e.Close()
-		}
-	})
+	e, cfg, closeEngine := newEngineToClose(t, "msb-ready", func(c *linux.Config) { c.UserNamespaces, c.ReadyInits = userns, 2 })
 	ctx := context.Background()
 	if n := len(waitingInits(t, cfg)); n != 0 {
 		t.Fatalf("%d inits spawned before the first start (they must wait for Recover)", n)
@@ -233,10 +222,7 @@ ls /proc | grep -c '^[0-9]'`)
 			t.Fatal(err)
 		}
 	}
-	if err := e.Close(); err != nil {
-		t.Fatal(err)
-	}
-	closed = true
+	closeEngine()
 	for h, p := range again {
 		if err := waitExit(p, 10*time.Second); err != nil {
 			t.Errorf("init %s (pid %d) after Close: %v", h, p, err)
