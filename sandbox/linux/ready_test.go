@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -88,13 +89,7 @@ func testReadyInits(t *testing.T, userns bool) {
 	startBox(t, e, first, hostSpec(t))
 	inits := waitInits(t, cfg, 2)
 
-	oldest := ""
-	for h := range inits {
-		n := func(h string) int { i, _ := strconv.Atoi(h[strings.LastIndex(h, "-")+1:]); return i }
-		if oldest == "" || n(h) < n(oldest) {
-			oldest = h
-		}
-	}
+	oldest := oldestInit(inits)
 	id, _ := sandbox.ParseID("ready", "taken")
 	spec := hostSpec(t)
 	spec.MemoryMiB, spec.CPUs, spec.Hostname = 300, 2, "taken-host"
@@ -255,34 +250,69 @@ func waitExit(pid int, timeout time.Duration) error {
 // start takes the next one, or spawns its own.
 func TestReadyInitDied(t *testing.T) {
 	cfg := testConfig(t, t.TempDir(), "msb-ready-died")
-	cfg.ReadyInits = 1
+	cfg.ReadyInits = 2
 	e, err := linux.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.Close() })
+	kill := func(pids ...int) {
+		t.Helper()
+		for _, pid := range pids {
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			if err := waitExit(pid, 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	first, _ := sandbox.ParseID("ready", "first")
 	startBox(t, e, first, hostSpec(t))
-	inits := waitInits(t, cfg, 1)
-	for _, pid := range inits {
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		if err := waitExit(pid, 10*time.Second); err != nil {
-			t.Fatal(err)
+
+	// The oldest dead: the start takes the next.
+	inits := waitInits(t, cfg, 2)
+	oldest := oldestInit(inits)
+	kill(inits[oldest])
+	next, _ := sandbox.ParseID("ready", "next")
+	pid := startBox(t, e, next, hostSpec(t))
+	for h, p := range inits {
+		if h != oldest && p != pid {
+			t.Fatalf("the start got pid %d, not the init that still waited (%d); the dead one was %d", pid, p, inits[oldest])
 		}
 	}
-	id, _ := sandbox.ParseID("ready", "after")
-	pid := startBox(t, e, id, hostSpec(t))
+
+	// All dead: the start spawns its own.
+	inits = waitInits(t, cfg, 2)
+	var pids []int
 	for _, p := range inits {
-		if p == pid {
-			t.Fatal("a start got an init that had died")
+		pids = append(pids, p)
+	}
+	kill(pids...)
+	cold, _ := sandbox.ParseID("ready", "cold")
+	pid = startBox(t, e, cold, hostSpec(t))
+	if slices.Contains(pids, pid) {
+		t.Fatal("a start got an init that had died")
+	}
+	for _, id := range []sandbox.ID{next, cold} {
+		if got := mustRun(t, e, id, "echo ok"); got != "ok\n" {
+			t.Errorf("%s after a dead init: %q", id, got)
 		}
 	}
-	if got := mustRun(t, e, id, "echo ok"); got != "ok\n" {
-		t.Errorf("the sandbox after a dead init: %q", got)
+	waitInits(t, cfg, 2) // the dead ones' places are filled
+}
+
+// oldestInit is the handle of the init that has waited longest among
+// inits: the lowest number, init-<owner>-<n>.
+func oldestInit(inits map[string]int) string {
+	n := func(h string) int { i, _ := strconv.Atoi(h[strings.LastIndex(h, "-")+1:]); return i }
+	oldest := ""
+	for h := range inits {
+		if oldest == "" || n(h) < n(oldest) {
+			oldest = h
+		}
 	}
-	waitInits(t, cfg, 1) // the dead one's place is filled
+	return oldest
 }
 
 // crashReadyEnv makes the test binary a server with inits waiting spawned
