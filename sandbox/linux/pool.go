@@ -327,10 +327,10 @@ func (e *Engine) discardWarm() {
 
 // removeStaleWarm kills and removes what a server that died left of its
 // pool's sandboxes and of its inits spawned ahead (ready.go): directories
-// and cgroups named by a handle of another process (an engine of this process may hold the others, as the cgroup
-// sets made ahead, see removeStalePools). Whatever cannot be removed is
-// logged and tried again by the next Prestart (the pool's refills) and
-// the next Recover.
+// and cgroups named by a handle of another process (an engine of this
+// process may hold the others, as the cgroup sets made ahead, see
+// removeStalePools). Whatever cannot be removed is logged and tried again
+// by the next Prestart (the pool's refills) and the next Recover.
 func (e *Engine) removeStaleWarm() {
 	e.staleMu.Lock()
 	defer e.staleMu.Unlock()
