@@ -93,8 +93,10 @@ type disks struct {
 	makeMu sync.Mutex
 	// noRecycle is set once a disk could not be trimmed (see recycle).
 	noRecycle bool
-	// wiping counts the disks being wiped for the pool: with those in
-	// it, they stay within recycledPoolSize.
+	// wiping counts the disks being wiped for the pool: with those in it,
+	// they stay within recycledPoolSize, so that a burst of deletes wipes
+	// no more disks than the pool can take (refill, which adds up to
+	// diskPoolSize new ones, does not count them).
 	wiping int
 	log    *slog.Logger
 }
@@ -501,10 +503,13 @@ func (d *disks) recycle(k *disk, img string) bool {
 		k.close(true)
 		return false
 	}
+	counted := true // in d.wiping, until the disk is in the pool or refused
 	defer func() {
-		d.mu.Lock()
-		d.wiping--
-		d.mu.Unlock()
+		if counted {
+			d.mu.Lock()
+			d.wiping--
+			d.mu.Unlock()
+		}
 	}()
 	if err := k.wipe(img); err != nil {
 		if errors.Is(err, errNoTrim) {
@@ -529,6 +534,10 @@ func (d *disks) recycle(k *disk, img string) bool {
 	}
 	k.img = pooled
 	d.mu.Lock()
+	d.wiping--
+	counted = false
+	// Made while this disk was wiped, ready disks (refill) may have
+	// filled the pool: this one is then closed.
 	if !d.closed && len(d.pool[k.mib]) < recycledPoolSize {
 		d.pool[k.mib] = append(d.pool[k.mib], k)
 		d.mu.Unlock()

@@ -311,6 +311,7 @@ func TestDiskRecycle(t *testing.T) {
 		k, dir := newDisk(t)
 		write(t, k, 4<<10).Close()
 		ov := overlay(t, k)
+		t.Cleanup(func() { ov.Close() })
 		makeRoom(t)
 		go func() {
 			time.Sleep(30 * time.Millisecond)
@@ -321,6 +322,55 @@ func TestDiskRecycle(t *testing.T) {
 		}
 		if used, err := k.usage(); err != nil || used > 8<<10 {
 			t.Errorf("the recycled disk's usage is %d bytes (%v)", used, err)
+		}
+	})
+	t.Run("pool full with a wipe under way", func(t *testing.T) {
+		// A disk being wiped holds its place in the pool: with the pool
+		// one short of full and one wipe under way, another disk is
+		// refused at once rather than wiped for nothing.
+		held, heldDir := newDisk(t)
+		write(t, held, 4<<10).Close()
+		ov := overlay(t, held) // its wipe waits while this is held
+		t.Cleanup(func() { ov.Close() })
+		other, otherDir := newDisk(t)
+		waitReady(t, d, mib)
+		d.mu.Lock()
+		for len(d.pool[mib]) < recycledPoolSize-1 {
+			d.seq++
+			img := filepath.Join(d.dir, fmt.Sprintf("pad-%d.img", d.seq))
+			d.mu.Unlock()
+			k, err := d.build(img, mib)
+			if err != nil {
+				t.Fatal(err)
+			}
+			k.img = img
+			d.mu.Lock()
+			d.pool[mib] = append(d.pool[mib], k)
+		}
+		d.mu.Unlock()
+		recycled := make(chan bool)
+		go func() { recycled <- d.recycle(held, diskImage(heldDir)) }()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+			d.mu.Lock()
+			wiping := d.wiping
+			d.mu.Unlock()
+			if wiping == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the held disk's wipe did not start")
+			}
+		}
+		t0 := time.Now()
+		if d.recycle(other, diskImage(otherDir)) {
+			t.Error("a disk was recycled while the pool and the wipes under way filled it")
+		}
+		if took := time.Since(t0); took > wipeSettle/2 {
+			t.Errorf("the refusal took %v: the disk was wiped first", took)
+		}
+		ov.Close()
+		if !<-recycled {
+			t.Error("the held disk was not recycled once its overlay went")
 		}
 	})
 	t.Run("too much left", func(t *testing.T) {
