@@ -51,6 +51,16 @@ func loopOf(dir, img string) string {
 	return ""
 }
 
+// backingOf returns the image of loop device dev, or "".
+func backingOf(dir, dev string) string {
+	for _, l := range linux.LoopsUnder(dir) {
+		if d, back, _ := strings.Cut(l, " "); d == dev {
+			return back
+		}
+	}
+	return ""
+}
+
 // TestDiskRecycled follows a disk from one tenant to the next: the disk of
 // a deleted sandbox that left little on it is wiped and handed to the next
 // sandbox, which finds none of the first one's files, and the image on the
@@ -74,20 +84,9 @@ func TestDiskRecycled(t *testing.T) {
 	// The wipe runs after the stop, once the sandbox's mounts are gone:
 	// the disk is ready again when its image is among the disks made
 	// ahead.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		back := ""
-		for _, l := range linux.LoopsUnder(sandboxes) {
-			if dev, b, _ := strings.Cut(l, " "); dev == loop {
-				back = b
-			}
-		}
-		if strings.HasPrefix(back, filepath.Join(sandboxes, ".disks")+"/") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("tenant-a's disk %s (image %q) is not ready again", loop, back)
-		}
-	}
+	waitFor(t, func() bool {
+		return strings.HasPrefix(backingOf(sandboxes, loop), filepath.Join(sandboxes, ".disks")+"/")
+	})
 
 	b := srv.sandbox(key, "tenant-b", "s", map[string]any{"image": "host"})
 	if got := loopOf(sandboxes, filepath.Join(sandboxes, "tenant-b.s", "disk.img")); got != loop {

@@ -73,9 +73,8 @@ func waitingPool(home string) map[string]bool {
 	out := waitingWarm(home)
 	// And the inits waiting spawned ahead (init-<pid>-<token>-<n>): the
 	// running server's too, until a start takes one and renames it.
-	inits, _ := filepath.Glob(fmt.Sprintf("/sys/fs/cgroup/memory/msb/%s/init-*", cgroupOf(home)))
-	for _, d := range inits {
-		out[filepath.Base(d)] = true
+	for _, h := range readyInitCgroups(home) {
+		out[h] = true
 	}
 	return out
 }
@@ -600,12 +599,8 @@ func TestReadyInitsSetting(t *testing.T) {
 			t.Errorf("inits wait before the first start: %v", w)
 		}
 		first := srv.sandbox(key, "ready", "first", nil)
-		var waiting []string
-		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			if waiting = readyInitCgroups(home); len(waiting) == n || time.Now().After(deadline) {
-				break
-			}
-		}
+		waitFor(t, func() bool { return len(readyInitCgroups(home)) == n })
+		waiting := readyInitCgroups(home)
 		time.Sleep(100 * time.Millisecond) // and no more come
 		if got := readyInitCgroups(home); len(got) != n {
 			t.Fatalf("ready_inits = %d: %d inits wait: %v", n, len(got), got)

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"modernc.org/sqlite" // registers the "sqlite" driver
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 //go:embed migrations/*.sql
@@ -66,7 +67,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		err = migrate(ctx, db)
 		var serr *sqlite.Error
-		if err == nil || !errors.As(err, &serr) || serr.Code()&0xff != sqliteBusy || time.Now().After(deadline) {
+		if err == nil || !errors.As(err, &serr) || serr.Code()&0xff != sqlite3.SQLITE_BUSY || time.Now().After(deadline) {
 			break
 		}
 	}
@@ -76,9 +77,6 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	}
 	return &DB{db: db}, nil
 }
-
-// sqliteBusy is SQLITE_BUSY, the primary code of "database is locked".
-const sqliteBusy = 5
 
 // Close closes the database.
 func (d *DB) Close() error { return d.db.Close() }

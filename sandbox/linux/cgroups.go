@@ -356,7 +356,8 @@ type limits struct {
 	cpus   int
 	pids   int
 	// shares, if set, is the CPU weight against other sandboxes (cgroup
-	// v1 cpu.shares; the kernel's default is defaultShares).
+	// v1 cpu.shares, the kernel's default defaultShares; only inits
+	// spawned ahead, v1 only, set it).
 	shares int
 }
 
@@ -397,11 +398,6 @@ func (c *cgroups) setLimits(key string, l limits) error {
 		if err := w(c.cpu, "cpu.max", quota+" "+strconv.Itoa(cpuPeriodUS)); err != nil {
 			return err
 		}
-		if l.shares > 0 {
-			if err := w(c.cpu, "cpu.weight", strconv.Itoa(max(1, l.shares*100/defaultShares))); err != nil {
-				return err
-			}
-		}
 		return w(c.pids, "pids.max", strconv.Itoa(l.pids))
 	}
 	// A new cgroup has no limits, so memory can go first and memory+swap
@@ -429,6 +425,16 @@ func (c *cgroups) setLimits(key string, l limits) error {
 		return err
 	}
 	return w(c.pids, userCgroup+"/pids.max", userPids)
+}
+
+// relimit gives the running sandbox whose cgroups are named key the
+// limits l, whether they go up or down: memory+swap (never below memory)
+// is lifted first.
+func (c *cgroups) relimit(key string, l limits) error {
+	if err := c.liftSwapLimit(key); err != nil {
+		return err
+	}
+	return c.setLimits(key, l)
 }
 
 // take gives the sandbox key its cgroups, limited to l: a ready set from

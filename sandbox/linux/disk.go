@@ -178,9 +178,7 @@ func (d *disks) stop() {
 
 // drain stops refills and releases the ready disks.
 func (d *disks) drain() {
-	d.mu.Lock()
-	d.closed = true
-	d.mu.Unlock()
+	d.stop()
 	d.wg.Wait()
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -503,50 +501,38 @@ func (d *disks) recycle(k *disk, img string) bool {
 		k.close(true)
 		return false
 	}
-	counted := true // in d.wiping, until the disk is in the pool or refused
-	defer func() {
-		if counted {
-			d.mu.Lock()
-			d.wiping--
-			d.mu.Unlock()
-		}
-	}()
-	if err := k.wipe(img); err != nil {
-		if errors.Is(err, errNoTrim) {
-			// Each delete would wipe a disk for nothing.
-			d.mu.Lock()
-			first := !d.noRecycle
-			d.noRecycle = true
-			d.mu.Unlock()
-			if first {
-				d.log.Warn("the disks of deleted sandboxes are not used again: their file system cannot trim its free blocks from their images on this host", "err", err)
-			}
-		} else {
-			d.log.Debug("disk not used again", "image", img, "why", err)
-		}
-		k.close(true)
-		return false
+	err := k.wipe(img)
+	if err == nil {
+		err = os.Rename(img, pooled)
 	}
-	if err := os.Rename(img, pooled); err != nil {
-		d.log.Debug("disk not used again", "image", img, "why", err)
-		k.close(true)
-		return false
-	}
-	k.img = pooled
 	d.mu.Lock()
 	d.wiping--
-	counted = false
+	noTrim := errors.Is(err, errNoTrim)
+	firstNoTrim := noTrim && !d.noRecycle
+	if noTrim {
+		d.noRecycle = true // each delete would wipe a disk for nothing
+	}
 	// Made while this disk was wiped, ready disks (refill) may have
 	// filled the pool: this one is then closed.
-	if !d.closed && len(d.pool[k.mib]) < recycledPoolSize {
+	kept := err == nil && !d.closed && len(d.pool[k.mib]) < recycledPoolSize
+	if kept {
+		k.img = pooled
 		d.pool[k.mib] = append(d.pool[k.mib], k)
-		d.mu.Unlock()
-		return true
 	}
 	d.mu.Unlock()
-	k.close(true)
-	os.Remove(pooled)
-	return false
+	switch {
+	case firstNoTrim:
+		d.log.Warn("the disks of deleted sandboxes are not used again: their file system cannot trim its free blocks from their images on this host", "err", err)
+	case err != nil && !noTrim:
+		d.log.Debug("disk not used again", "image", img, "why", err)
+	}
+	if !kept {
+		k.close(true)
+		if err == nil {
+			os.Remove(pooled)
+		}
+	}
+	return kept
 }
 
 // wipe empties the disk of a sandbox that is gone, its image at img, or
@@ -598,13 +584,11 @@ func (k *disk) wipe(img string) error {
 		}
 		time.Sleep(wait)
 	}
-	dir, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0) // not the mount's O_PATH handle
+	trim := struct{ start, len, minLen uint64 }{len: math.MaxUint64} // struct fstrim_range
+	errno, err := k.rootIoctl(fitrim, unsafe.Pointer(&trim))
 	if err != nil {
 		return err
 	}
-	trim := struct{ start, len, minLen uint64 }{len: math.MaxUint64} // struct fstrim_range
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(dir), fitrim, uintptr(unsafe.Pointer(&trim)))
-	unix.Close(dir)
 	if errno == unix.EOPNOTSUPP {
 		return fmt.Errorf("%w: %w", errNoTrim, errno)
 	} else if errno != 0 {
@@ -696,11 +680,21 @@ func (k *disk) cutOff() {
 
 // shutdown stops the file system at once, dropping its unwritten data.
 func (k *disk) shutdown() {
-	if fd, err := unix.Openat(int(k.mnt.Fd()), ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
-		flag := uint32(ext4GoingNoLogFlush)
-		unix.Syscall(unix.SYS_IOCTL, uintptr(fd), ext4IocShutdown, uintptr(unsafe.Pointer(&flag)))
-		unix.Close(fd)
+	flag := uint32(ext4GoingNoLogFlush)
+	k.rootIoctl(ext4IocShutdown, unsafe.Pointer(&flag))
+}
+
+// rootIoctl makes the ioctl req, with arg, on the disk's root directory
+// (opened for it: the mount's own descriptor is an O_PATH handle, which
+// takes no ioctl). err says the root could not be opened.
+func (k *disk) rootIoctl(req uintptr, arg unsafe.Pointer) (errno unix.Errno, err error) {
+	fd, err := unix.Openat(int(k.mnt.Fd()), ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
 	}
+	defer unix.Close(fd)
+	_, _, errno = unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg))
+	return errno, nil
 }
 
 // holdsMuch reports whether the sandbox's files take discardMinBytes or

@@ -452,3 +452,37 @@ func TestDiskMountOptions(t *testing.T) {
 		}
 	}
 }
+
+// releaseIsolation keeps the killed init's mount namespace until the
+// function it returns runs (Delete's background part): the kernel then
+// unmounts the sandbox's mounts there, not in the init's exit.
+func TestReleaseIsolationHoldsMounts(t *testing.T) {
+	open := func(t *testing.T) *os.File {
+		t.Helper()
+		f, err := os.Open("/proc/self/ns/mnt")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	isOpen := func(f *os.File) bool {
+		_, err := unix.FcntlInt(f.Fd(), unix.F_GETFD, 0)
+		return err == nil
+	}
+	e := &Engine{}
+	mounts := open(t)
+	later := e.releaseIsolation(&box{}, true, mounts)
+	if !isOpen(mounts) {
+		t.Fatal("releaseIsolation let go of the mount namespace before its caller's background part")
+	}
+	later(t.TempDir())
+	if isOpen(mounts) {
+		t.Error("the mount namespace is still held after the background part")
+	}
+	// Processes may be left: the namespace goes at once.
+	mounts = open(t)
+	e.releaseIsolation(&box{}, false, mounts)
+	if isOpen(mounts) {
+		t.Error("with processes left, the mount namespace is still held")
+	}
+}

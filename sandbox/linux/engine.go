@@ -660,6 +660,7 @@ type initRun struct {
 func (e *Engine) spawnInit(handle string, slot, procs int, logs *initLog) (run *initRun, err error) {
 	var mine childFiles // the init's copies, closed here once it has them
 	var portalConn, status net.Conn
+	var logR *os.File // the server's end of the init's log
 	defer func() {
 		mine.close()
 		if err != nil {
@@ -667,6 +668,9 @@ func (e *Engine) spawnInit(handle string, slot, procs int, logs *initLog) (run *
 				if c != nil {
 					c.Close()
 				}
+			}
+			if logR != nil {
+				logR.Close()
 			}
 		}
 	}()
@@ -687,15 +691,15 @@ func (e *Engine) spawnInit(handle string, slot, procs int, logs *initLog) (run *
 	}
 	status = s
 	mine = append(mine, initEnd)
-	logR, logW, err := os.Pipe()
+	r, logW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("pipe: %w", err)
 	}
+	logR = r
 	mine = append(mine, logW)
 	files := childFiles{e.l.devNull, logW, logW, portalEnd, tasks, tree, initEnd}
 	if slot > 0 {
 		if err := e.cg.chownUserCgroup(handle, hostID(slot)); err != nil {
-			logR.Close()
 			return nil, fmt.Errorf("cgroups: %w", err)
 		}
 	}
@@ -724,19 +728,16 @@ func (e *Engine) spawnInit(handle string, slot, procs int, logs *initLog) (run *
 	if e.cg.v2 {
 		dir, err := e.cg.dirFD(handle)
 		if err != nil {
-			logR.Close()
 			return nil, fmt.Errorf("cgroups: %w", err)
 		}
 		defer dir.Close()
 		attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, int(dir.Fd())
 	} else if cgTasks, err = e.cg.tasksFiles(handle); err != nil {
-		logR.Close()
 		return nil, fmt.Errorf("cgroups: %w", err)
 	}
 	proc, err := e.l.spawn(cgTasks, attr, slot > 0)
 	closeAll(cgTasks)
 	if err != nil {
-		logR.Close()
 		if errors.Is(err, unix.EAGAIN) {
 			// The ceiling (written by the engine) full: the clone that
 			// failed was one process over it.
@@ -994,19 +995,32 @@ func (e *Engine) kill(b *box) {
 		return
 	}
 	if b.running() && b.proc != nil {
-		_ = b.proc.Kill()
-	}
-	select {
-	case <-b.done:
-	case <-time.After(30 * time.Second):
-		// An init that survives SIGKILL this long is stuck in the kernel
-		// (D state); removing its cgroups will report them busy.
+		killWait(b.proc, b.done)
+	} else {
+		waitDone(b.done)
 	}
 	e.detachNetwork(b)
 	if b.client != nil {
 		b.client.Close()
 	}
 	b.client = nil
+}
+
+// killWait kills the init proc and waits for done, closed once it has
+// exited (see spawnInit).
+func killWait(proc *initProc, done <-chan struct{}) {
+	_ = proc.Kill()
+	waitDone(done)
+}
+
+// waitDone waits for an init's done, for at most 30 s: an init that
+// survives SIGKILL this long is stuck in the kernel (D state), and
+// removing its cgroups will report them busy.
+func waitDone(done <-chan struct{}) {
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+	}
 }
 
 // releaseCgroups removes the cgroups of the sandbox's last run, whose init

@@ -117,9 +117,9 @@ const crashServerEnv = "MSB_TEST_CRASH_SERVER"
 var crashID, _ = sandbox.ParseID("crash", "victim")
 
 func crashServer(cfgJSON string) {
-	e, root, fail := crashStart("crash server", cfgJSON)
+	e, spec, fail := crashStart("crash server", cfgJSON)
 	ctx := context.Background()
-	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 128, CPUs: 1, Pids: 64, DiskMiB: 256}
+	spec.MemoryMiB, spec.DiskMiB = 128, 256
 	if err := e.Create(ctx, crashID, spec); err != nil {
 		fail(err)
 	}
@@ -130,15 +130,15 @@ func crashServer(cfgJSON string) {
 }
 
 // crashStart begins a test binary run as a server to be killed (role
-// names it in errors): its engine (cfgJSON: its Config), the host image's
-// root, and how it fails.
-func crashStart(role, cfgJSON string) (*linux.Engine, sandbox.RootFS, func(error)) {
+// names it in errors): its engine (cfgJSON: its Config), a small spec of
+// the host image, and how it fails.
+func crashStart(role, cfgJSON string) (*linux.Engine, sandbox.Spec, func(error)) {
 	fail := func(err error) { fmt.Fprintln(os.Stderr, role+":", err); os.Exit(1) }
 	e, root, err := crashEngine(cfgJSON)
 	if err != nil {
 		fail(err)
 	}
-	return e, root, fail
+	return e, sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 64, CPUs: 1, Pids: 64}, fail
 }
 
 // crashWait leaves a process in the sandbox id that outlives its portal

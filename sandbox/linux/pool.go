@@ -189,12 +189,7 @@ func (e *Engine) apply(ctx context.Context, b *box, spec sandbox.Spec) error {
 	unavailable := func(what string, err error) error {
 		return fmt.Errorf("sandbox %s: taking it from the pool: %s: %w: %w", b, what, err, errdefs.ErrUnavailable)
 	}
-	// memory+swap never below memory: lifted first, so that memory can go
-	// up or down, and then set with it.
-	if err := e.cg.liftSwapLimit(b.handle); err != nil {
-		return unavailable("cgroups", err)
-	}
-	if err := e.cg.setLimits(b.handle, specLimits(spec)); err != nil {
+	if err := e.cg.relimit(b.handle, specLimits(spec)); err != nil {
 		return unavailable("cgroups", err)
 	}
 	// The pid names the init while it runs: opened before the check, the

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/sandbox"
-	"github.com/msb-dev/msb/sandbox/image"
 	"github.com/msb-dev/msb/sandbox/linux"
 	"github.com/msb-dev/msb/sandbox/network"
 	"github.com/msb-dev/msb/sandbox/network/networktest"
@@ -103,9 +102,8 @@ const crashPoolEnv = "MSB_TEST_CRASH_POOL"
 var crashPoolID, _ = sandbox.ParseID("crash", "pooled")
 
 func crashPoolServer(cfgJSON string) {
-	e, root, fail := crashStart("crash pool server", cfgJSON)
+	e, spec, fail := crashStart("crash pool server", cfgJSON)
 	ctx := context.Background()
-	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 64, CPUs: 1, Pids: 64}
 	var handles []string
 	for range 2 {
 		h, err := e.Prestart(ctx, spec)

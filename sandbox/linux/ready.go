@@ -85,7 +85,7 @@ func newReadyInits(size int) *readyInits {
 // the engine has none, or b is not on its first start.
 func (e *Engine) takeReady(b *box) *initRun {
 	r := e.ready
-	if r == nil || r.size == 0 || e.cg.v2 || b.done != nil || b.built || b.id.IsZero() {
+	if r.size == 0 || e.cg.v2 || b.done != nil || b.built || b.id.IsZero() {
 		return nil
 	}
 	for {
@@ -123,12 +123,9 @@ func (e *Engine) bindReady(b *box, ri *readyInit) error {
 		}
 	}
 	ri.handle = b.handle
-	err := e.cg.liftSwapLimit(b.handle)
-	if err == nil {
-		l := specLimits(b.spec)
-		l.shares = defaultShares
-		err = e.cg.setLimits(b.handle, l)
-	}
+	l := specLimits(b.spec)
+	l.shares = defaultShares
+	err := e.cg.relimit(b.handle, l)
 	if err == nil && ri.slot != b.slot {
 		err = writeSlot(b.dir, ri.slot)
 	}
@@ -287,11 +284,7 @@ func (e *Engine) spawnReady() (*readyInit, error) {
 func (e *Engine) discardReady(ri *readyInit) {
 	ri.run.portal.Close()
 	ri.run.status.Close()
-	ri.run.proc.Kill()
-	select {
-	case <-ri.run.done:
-	case <-time.After(30 * time.Second):
-	}
+	killWait(ri.run.proc, ri.run.done)
 	if err := e.cg.removeSet(ri.handle); err != nil {
 		e.log().Warn("removing the cgroups of an init spawned ahead", "handle", ri.handle, "err", err)
 		return

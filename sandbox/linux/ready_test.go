@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/sandbox"
-	"github.com/msb-dev/msb/sandbox/image"
 	"github.com/msb-dev/msb/sandbox/linux"
 )
 
@@ -219,52 +218,24 @@ ls /proc | grep -c '^[0-9]'`)
 	}
 	closeEngine()
 	for h, p := range again {
-		if err := waitExit(p, 10*time.Second); err != nil {
-			t.Errorf("init %s (pid %d) after Close: %v", h, p, err)
-		}
+		waitGone(t, p)
 		if left := leftoversOf(t, cfg, h); len(left) > 0 {
 			t.Errorf("init %s left after Close: %v", h, left)
 		}
 	}
 }
 
-// waitExit waits until the process pid has exited: gone, or a zombie
-// whose other threads are gone too (a Go process's leader is a zombie
-// while its other threads still exit).
-func waitExit(pid int, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-		if err != nil || strings.Contains(string(data), ") Z ") && len(tasks) <= 1 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("still running: %s", data)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // An init that dies while it waits is never handed to a sandbox: the
 // start takes the next one, or one spawned since, or spawns its own.
 func TestReadyInitDied(t *testing.T) {
-	cfg := testConfig(t, t.TempDir(), "msb-ready-died")
-	cfg.ReadyInits = 2
-	e, err := linux.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
+	e, cfg, _ := newEngineToClose(t, "msb-ready-died", func(c *linux.Config) { c.ReadyInits = 2 })
 	kill := func(pids ...int) {
 		t.Helper()
 		for _, pid := range pids {
 			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
-			if err := waitExit(pid, 10*time.Second); err != nil {
-				t.Fatal(err)
-			}
+			waitGone(t, pid)
 		}
 	}
 	first, _ := sandbox.ParseID("ready", "first")
@@ -324,9 +295,8 @@ const crashReadyEnv = "MSB_TEST_CRASH_READY"
 var crashReadyID, _ = sandbox.ParseID("crash", "ready")
 
 func crashReadyServer(cfgJSON string) {
-	e, root, fail := crashStart("crash ready server", cfgJSON)
+	e, spec, fail := crashStart("crash ready server", cfgJSON)
 	ctx := context.Background()
-	spec := sandbox.Spec{Root: root, Env: image.HostEnv(), Workdir: "/workspace", MemoryMiB: 64, CPUs: 1, Pids: 64}
 	warmup, _ := sandbox.ParseID("crash", "warmup")
 	for _, id := range []sandbox.ID{warmup, crashReadyID} {
 		if err := e.Create(ctx, id, spec); err != nil {
@@ -356,10 +326,8 @@ func TestReadyInitsAfterCrash(t *testing.T) {
 	inits := waitInits(t, cfg, 2)
 	server.Process.Kill()
 	server.Wait()
-	for h, pid := range inits {
-		if err := waitExit(pid, 10*time.Second); err != nil {
-			t.Errorf("waiting init %s of the killed server: %v", h, err)
-		}
+	for _, pid := range inits {
+		waitGone(t, pid) // its socket to the server is gone
 	}
 	next, err := linux.New(cfg)
 	if err != nil {

@@ -32,14 +32,21 @@ func recordLayers(dir string, layers []string) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, layersFile+".tmp")
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("recording the image's layers: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, layersFile)); err != nil {
+	if err := writeFileAtomic(dir, layersFile, data); err != nil {
 		return fmt.Errorf("recording the image's layers: %w", err)
 	}
 	return nil
+}
+
+// writeFileAtomic writes data (mode 0600) to the file name in dir through
+// a file written aside and renamed into place: a crash leaves the old
+// content or the new, never a part of either.
+func writeFileAtomic(dir, name string, data []byte) error {
+	tmp := filepath.Join(dir, name+".tmp")
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, name))
 }
 
 // LayersInUse lists the image layer directories that the sandboxes in

@@ -385,15 +385,11 @@ func (p *initProc) Kill() error {
 // Wait returns once the init has exited. It stays the spawner's zombie,
 // its pid not reused, until release.
 func (p *initProc) Wait() {
-	exited := func(fd uintptr) bool {
-		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
-		return err == nil && n > 0
-	}
 	rc, err := p.pidfd.SyscallConn()
 	if err != nil {
 		return // released
 	}
-	if err := rc.Read(exited); err != nil { // not in the poller: wait blocking
+	if err := rc.Read(pidfdExited); err != nil { // not in the poller: wait blocking
 		rc.Control(func(fd uintptr) {
 			for {
 				n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, -1)
@@ -413,11 +409,15 @@ func (p *initProc) exited() bool {
 		return true // released
 	}
 	gone := true
-	rc.Control(func(fd uintptr) {
-		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
-		gone = err == nil && n > 0
-	})
+	rc.Control(func(fd uintptr) { gone = pidfdExited(fd) })
 	return gone
+}
+
+// pidfdExited reports, without waiting, whether the process of pidfd fd
+// has exited: a pidfd polls readable then.
+func pidfdExited(fd uintptr) bool {
+	n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+	return err == nil && n > 0
 }
 
 // alive reports whether the init has not exited: while it runs, its pid

@@ -141,13 +141,8 @@ func subordinateOverlaps(files ...string) []string {
 const slotFile = "slot"
 
 func writeSlot(dir string, slot int) error {
-	// Written aside and renamed into place: a crash leaves the file
-	// naming the old slot or the new one, never a part of either.
-	tmp := filepath.Join(dir, slotFile+".new")
-	if err := os.WriteFile(tmp, []byte(strconv.Itoa(slot)), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, filepath.Join(dir, slotFile))
+	// A ready init's slot replaces the one Create wrote (bindReady).
+	return writeFileAtomic(dir, slotFile, []byte(strconv.Itoa(slot)))
 }
 
 // reserve marks as taken the slot recorded in the sandbox directory dir
