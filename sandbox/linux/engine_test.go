@@ -110,6 +110,22 @@ func startCrashServer(t *testing.T, env string, cfg linux.Config) (*exec.Cmd, st
 	return server, line
 }
 
+// recovered is the engine of cfg a server starts after another died, and
+// what its Recover found; it is closed when the test ends.
+func recovered(t *testing.T, cfg linux.Config) (*linux.Engine, []sandbox.Status) {
+	t.Helper()
+	e, err := linux.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	left, err := e.Recover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, left
+}
+
 // crashServerEnv makes the test binary a server that starts one sandbox
 // and waits to be killed; its value is the engine's Config as JSON.
 const crashServerEnv = "MSB_TEST_CRASH_SERVER"

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/sandbox"
-	"github.com/msb-dev/msb/sandbox/linux"
 	"github.com/msb-dev/msb/sandbox/network"
 	"github.com/msb-dev/msb/sandbox/network/networktest"
 )
@@ -131,15 +130,7 @@ func TestPoolAfterCrash(t *testing.T) {
 	server.Process.Kill()
 	server.Wait()
 
-	next, err := linux.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { next.Close() })
-	left, err := next.Recover(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, left := recovered(t, cfg)
 	for _, st := range left {
 		t.Errorf("Recover reported %+v: a pool's sandbox is no sandbox of the caller's", st)
 	}

@@ -329,15 +329,7 @@ func TestReadyInitsAfterCrash(t *testing.T) {
 	for _, pid := range inits {
 		waitGone(t, pid) // its socket to the server is gone
 	}
-	next, err := linux.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { next.Close() })
-	left, err := next.Recover(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	next, left := recovered(t, cfg)
 	if len(left) != 2 {
 		t.Errorf("Recover found %+v, want the two sandboxes", left)
 	}
