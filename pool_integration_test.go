@@ -543,7 +543,7 @@ func TestWarmPoolAfterCrash(t *testing.T) {
 	if d, c, p := leftDirs(), leftCgroups(), leftProcs(); len(d) > 0 || len(c) != 1 || c[0] != held || len(p) != 1 || p[0] != holder.Process.Pid || sleepsOnHost("7101") > 0 {
 		t.Fatalf("after the next server started: directories %v, cgroups %v, processes %v; want only the held cgroup %s and its holder\n%s", d, c, p, held, next.out)
 	}
-	if !strings.Contains(next.out.String(), "cannot remove a pool's sandbox or waiting init left by an earlier server") || !strings.Contains(next.out.String(), taken) {
+	if !strings.Contains(next.out.String(), "cannot remove a pool's sandbox, a waiting init or a deleted sandbox's cgroups left by an earlier server") || !strings.Contains(next.out.String(), taken) {
 		t.Errorf("the failed removal is not in the server log:\n%s", next.out)
 	}
 	holder.Process.Kill()

@@ -471,7 +471,7 @@ func TestReleaseIsolationHoldsMounts(t *testing.T) {
 	}
 	e := &Engine{}
 	mounts := open(t)
-	later := e.releaseIsolation(&box{}, true, mounts)
+	later := e.releaseIsolation(&box{}, true, mounts, nil)
 	if !isOpen(mounts) {
 		t.Fatal("releaseIsolation let go of the mount namespace before its caller's background part")
 	}
@@ -481,7 +481,7 @@ func TestReleaseIsolationHoldsMounts(t *testing.T) {
 	}
 	// Processes may be left: the namespace goes at once.
 	mounts = open(t)
-	e.releaseIsolation(&box{}, false, mounts)
+	e.releaseIsolation(&box{}, false, mounts, nil)
 	if isOpen(mounts) {
 		t.Error("with processes left, the mount namespace is still held")
 	}

@@ -3,6 +3,7 @@ package linux
 import (
 	"context"
 	"debug/elf"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -86,11 +87,16 @@ type Config struct {
 type Engine struct {
 	cfg Config
 
-	mu    sync.Mutex      // guards boxes, warm and startingPids only; never held across slow work
+	mu    sync.Mutex      // guards boxes, warm, startingPids and dying only; never held across slow work
 	boxes map[string]*box // by ID.Key()
 	// startingPids is what the pids limits of the sandboxes starting now
 	// add up to (holdPids).
 	startingPids int
+	// dying is how many deleted sandboxes' processes are still being torn
+	// down (killAside); dyingGone is closed, and replaced, when one is
+	// done (reapAside).
+	dying     int
+	dyingGone chan struct{}
 	// warm are the sandboxes started ahead of time, by handle (pool.go).
 	warm    map[string]*box
 	warmSeq int
@@ -107,11 +113,12 @@ type Engine struct {
 	templates *templates
 	disks     *disks
 	ids       *idmaps
-	// mountPoint is where every sandbox's init mounts its root, in its
-	// own mount namespace: an empty directory.
-	mountPoint string
-	trash      *trash
-	ready      *readyInits
+	// mountPoint is where every sandbox's init mounts its root, and
+	// stageDir where it stages the kernel's file systems (initStage), in
+	// its own mount namespace: empty directories.
+	mountPoint, stageDir string
+	trash                *trash
+	ready                *readyInits
 	// dynamicPortal is set when the portal binary needs the host's C
 	// library, so it cannot run inside an OCI image's root.
 	dynamicPortal bool
@@ -247,9 +254,11 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("linux engine: %w", err)
 	}
-	mountPoint := filepath.Join(cfg.SandboxDir, ".root")
-	if err := os.Mkdir(mountPoint, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-		return nil, fmt.Errorf("linux engine: %w", err)
+	mountPoint, stageDir := filepath.Join(cfg.SandboxDir, ".root"), filepath.Join(cfg.SandboxDir, ".stage")
+	for _, d := range []string{mountPoint, stageDir} {
+		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("linux engine: %w", err)
+		}
 	}
 	netnsPool := defaultNetnsPool
 	if cfg.UserNamespaces {
@@ -266,6 +275,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg:           cfg,
 		boxes:         map[string]*box{},
 		warm:          map[string]*box{},
+		dyingGone:     make(chan struct{}),
 		host:          host,
 		cg:            cg,
 		l:             l,
@@ -273,6 +283,7 @@ func New(cfg Config) (*Engine, error) {
 		disks:         dsk,
 		ids:           newIDMaps(slotLockDir),
 		mountPoint:    mountPoint,
+		stageDir:      stageDir,
 		trash:         bin,
 		ready:         newReadyInits(cfg.ReadyInits),
 		dynamicPortal: dynamic,
@@ -300,6 +311,7 @@ func (e *Engine) Close() error {
 	}
 	if e.templates.clean() {
 		os.Remove(e.mountPoint)
+		os.Remove(e.stageDir)
 		e.disks.remove()
 	}
 	e.l.close()
@@ -424,7 +436,7 @@ func (e *Engine) Create(ctx context.Context, id sandbox.ID, spec sandbox.Spec) e
 	e.mu.Unlock()
 
 	if err := e.create(b); err != nil {
-		e.releaseIsolation(b, true, nil)(b.dir)
+		e.releaseIsolation(b, true, nil, nil)(b.dir)
 		_ = removeSandboxDir(b.dir)
 		e.forget(b)
 		return err
@@ -755,6 +767,12 @@ func (e *Engine) spawnInit(handle string, slot, procs int, logs *initLog) (run *
 	}
 	mine.close() // the init holds them now; EOF on the portal's socket must mean the portal is gone
 	mine = nil
+	if err := e.sendStage(status, slot > 0); err != nil {
+		proc.Kill()
+		proc.Wait()
+		proc.release()
+		return nil, fmt.Errorf("sending the init its stage: %w", err)
+	}
 	logDone := make(chan struct{})
 	go func() {
 		io.Copy(logs, logR)
@@ -844,7 +862,6 @@ func (e *Engine) initMounts(b *box, cfg *initConfig) (mounts []*os.File, err err
 			return mounts, unavailable("root file system", err)
 		}
 		mounts = append(mounts, root)
-		cfg.Userns = true
 	} else if b.disk != nil {
 		d, err := b.disk.clone()
 		if err != nil {
@@ -853,6 +870,23 @@ func (e *Engine) initMounts(b *box, cfg *initConfig) (mounts []*os.File, err err
 		mounts = append(mounts, d)
 	}
 	return mounts, nil
+}
+
+// sendStage sends a newly spawned init, on status (the server's end of
+// initFD), what it stages before its configuration comes (initStage,
+// readStage). The socket's buffer holds it: the write does not wait.
+func (e *Engine) sendStage(status net.Conn, userns bool) error {
+	st := initStage{Userns: userns, Dir: e.stageDir, CgroupV2: e.cg.v2}
+	for _, h := range e.cg.v1 {
+		st.Cgroups = append(st.Cgroups, cgroupMount{Dir: filepath.Base(h.mount), Opts: h.opts})
+	}
+	data, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	msg := binary.BigEndian.AppendUint32([]byte{'S'}, uint32(len(data)))
+	_, err = status.Write(append(msg, data...))
+	return err
 }
 
 // sendConfig sends the init, on status (the server's end of initFD), the
@@ -962,7 +996,6 @@ func (e *Engine) initConfig(b *box) *initConfig {
 		OOMScore: e.host.oomScore,
 		Env:      s.Env,
 		Tmpfs:    s.Tmpfs,
-		CgroupV2: e.cg.v2,
 		Procs:    initProcs(s.CPUs),
 	}
 	if b.template != "" {
@@ -970,9 +1003,6 @@ func (e *Engine) initConfig(b *box) *initConfig {
 	}
 	if b.disk != nil && b.slot == 0 { // in a user namespace, the server mounts the root, disk included
 		c.Disk = b.upperDir()
-	}
-	for _, h := range e.cg.v1 {
-		c.Cgroups = append(c.Cgroups, cgroupMount{Dir: filepath.Base(h.mount), Opts: h.opts})
 	}
 	if !b.built {
 		// The image's entries (in the template already, without layers),
@@ -1054,6 +1084,26 @@ func (e *Engine) holdPids(b *box, pids int) (func(), error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	cur := e.cg.pidsCurrent()
+	// Processes of deleted sandboxes that are still dying count until
+	// they are gone, which takes milliseconds: a start that they alone
+	// would keep out waits for them rather than fail.
+	var deadline <-chan time.Time
+	for cur+e.startingPids+pids > limit && e.dying > 0 {
+		if deadline == nil {
+			deadline = time.After(dyingWait)
+		}
+		gone, late := e.dyingGone, false
+		e.mu.Unlock()
+		select {
+		case <-gone:
+		case <-deadline:
+			late = true
+		}
+		e.mu.Lock()
+		if cur = e.cg.pidsCurrent(); late {
+			break
+		}
+	}
 	if cur+e.startingPids+pids > limit {
 		return nil, fmt.Errorf("sandbox %s: %w", b, errdefs.Exhaustedf("the running sandboxes hold %d processes together and starting ones may take %d, so this one's %d would pass the server's ceiling of %d (total_pids in config.toml): stop a sandbox, or raise total_pids", cur, e.startingPids, pids, limit))
 	}
@@ -1094,10 +1144,14 @@ func (e *Engine) Stop(ctx context.Context, id sandbox.ID) error {
 
 // Delete kills the sandbox and releases everything it holds: processes,
 // cgroups, its directory, and whatever an earlier version of the engine
-// kept for it (state, mounts on the host). Its processes and cgroups are
-// gone and its name is free when it returns; its mounts are unmounted,
-// its disk wiped or closed and its directory removed in the background
-// right after (Close waits for them). Deleting a missing sandbox is
+// kept for it (state, mounts on the host). When it returns, its name is
+// free, its processes are killed (SIGKILL sent: none runs the sandbox's
+// code again) and its network is closed; on cgroup v1 the kernel's tear-down of
+// the processes (their memory unmapped, then the cgroups removed) goes on
+// in the background, in cgroups renamed aside (killAside) that keep
+// counting them under the server's ceilings until they are gone. Its
+// mounts are unmounted, its disk wiped or closed and its directory
+// removed in the background after that (Close waits for all of it). Deleting a missing sandbox is
 // not an error; sandboxes left by an earlier server are deleted the same
 // way. It returns an error wrapping errdefs.ErrUnavailable when something
 // cannot be released (the sandbox stays known, so Delete can be retried).
@@ -1109,6 +1163,7 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 	defer b.mu.Unlock()
 	var errs []error
 	var mounts *os.File
+	var dying *aside
 	if b.leftover {
 		if err := e.cg.killInit(b.handle); err != nil {
 			errs = append(errs, err)
@@ -1118,14 +1173,18 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 		if b.running() {
 			// Held, the init's mount namespace outlives it: the
 			// kernel unmounts the sandbox's mounts when it is let go
-			// (releaseIsolation), not in the init's exit, which the
-			// kill waits for.
+			// (releaseIsolation), not in the init's exit.
 			mounts, _ = b.proc.openNS("mnt")
+			dying = e.killAside(b)
 		}
-		e.kill(b)
+		if dying == nil {
+			e.kill(b)
+		}
 	}
 	if b.cgroups {
-		if err := e.cg.removeSet(b.handle); err != nil {
+		if dying != nil {
+			b.cgroups = false // renamed aside, removed once the processes are gone
+		} else if err := e.cg.removeSet(b.handle); err != nil {
 			errs = append(errs, err)
 		} else {
 			b.cgroups = false
@@ -1134,7 +1193,7 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 			errs = append(errs, err)
 		}
 	}
-	released := e.releaseIsolation(b, len(errs) == 0, mounts)
+	released := e.releaseIsolation(b, len(errs) == 0, mounts, dying)
 	if err := os.RemoveAll(filepath.Join(e.cfg.StateDir, id.Key())); err != nil {
 		errs = append(errs, err)
 	}
@@ -1163,27 +1222,108 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 // and made ready again if the sandbox left little on it (disks.recycle),
 // or else closed, dropping what it wrote last rather than writing it back
 // to an image about to be removed. While processes may be left, the disk
-// is shut down at once.
-func (e *Engine) releaseIsolation(b *box, processesGone bool, mounts *os.File) func(dir string) {
-	k := b.disk
-	b.disk = nil
-	if !processesGone {
+// is shut down at once. dying, when not nil, holds the killed sandbox's
+// processes, still dying (killAside): what is returned first waits for
+// them to go, and releases nothing more if they stay.
+func (e *Engine) releaseIsolation(b *box, processesGone bool, mounts *os.File, dying *aside) func(dir string) {
+	k, slot := b.disk, b.slot
+	b.disk, b.slot = nil, 0
+	cutOff := func() {
 		k.cutOff()
 		if mounts != nil {
 			mounts.Close()
 		}
+	}
+	if !processesGone {
+		cutOff()
 		return func(string) {}
 	}
-	// Nothing can enter the namespace left: its ids may go to another
-	// sandbox at once.
-	e.ids.free(b.slot)
-	b.slot = 0
+	if dying == nil {
+		// Nothing can enter the namespace left: its ids may go to
+		// another sandbox at once.
+		e.ids.free(slot)
+	}
 	return func(dir string) {
+		if dying != nil {
+			if !e.reapAside(dying) {
+				cutOff() // its id range stays out of use
+				return
+			}
+			e.ids.free(slot)
+		}
 		if mounts != nil {
 			mounts.Close()
 		}
 		e.disks.recycle(k, diskImage(dir))
 	}
+}
+
+// dyingPrefix starts the name of the cgroup set of a deleted sandbox
+// whose processes are dying: "gone-<owner>-<n>" (warmOwner), removed once
+// they are gone, or by the next server's Recover (removeStaleWarm) after
+// a crash.
+const dyingPrefix = "gone-"
+
+// killAside kills the running sandbox b (b.mu held) without waiting for
+// its processes to die: SIGKILL to its init, which takes its PID
+// namespace with it, its network and portal connection closed, and its
+// cgroup set renamed out of its key, so that the name is free at once
+// while the processes go on being counted under the server's ceilings
+// until the kernel has torn them down (releaseIsolation waits for that
+// in the background). It returns nil when it could not rename the set
+// (on cgroup v2, which renames no cgroup): the caller then waits (kill).
+func (e *Engine) killAside(b *box) *aside {
+	if e.cg.v2 || !b.cgroups || b.proc == nil {
+		return nil
+	}
+	_ = b.proc.Kill()
+	dying := &aside{set: dyingPrefix + warmOwner() + "-" + strconv.FormatInt(dyingSeq.Add(1), 10), done: b.done}
+	if err := e.cg.rename(b.handle, dying.set); err != nil {
+		e.log().Warn("renaming a deleted sandbox's cgroups aside; its delete waits for its processes", "sandbox", b.String(), "err", err)
+		return nil
+	}
+	e.mu.Lock()
+	e.dying++
+	e.mu.Unlock()
+	e.detachNetwork(b)
+	if b.client != nil {
+		b.client.Close()
+	}
+	b.client = nil
+	return dying
+}
+
+// aside is a deleted sandbox whose processes are dying: the cgroup set
+// they are in, renamed out of the sandbox's key, and its init's done.
+type aside struct {
+	set  string
+	done <-chan struct{}
+}
+
+// dyingWait bounds how long a start waits for deleted sandboxes'
+// processes to go (holdPids): an instant, unless one is stuck in the
+// kernel.
+const dyingWait = 5 * time.Second
+
+// dyingSeq numbers the dying sets of every engine of the process.
+var dyingSeq atomic.Int64
+
+// reapAside waits for the init of dying to exit (see waitDone) and removes
+// its cgroup set. It reports whether its processes are gone.
+func (e *Engine) reapAside(dying *aside) bool {
+	defer func() {
+		e.mu.Lock()
+		e.dying--
+		close(e.dyingGone)
+		e.dyingGone = make(chan struct{})
+		e.mu.Unlock()
+	}()
+	waitDone(dying.done)
+	if err := e.cg.removeSet(dying.set); err != nil {
+		e.log().Warn("removing the cgroups of a deleted sandbox; its id range stays in use until the server restarts", "cgroups", dying.set, "err", err)
+		return false
+	}
+	return true
 }
 
 // Inspect reports the sandbox's state, including a sandbox left by an

@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -57,12 +58,11 @@ type initConfig struct {
 	// before the overlay is mounted: Upper and Work are on it.
 	Disk   string `json:"disk,omitempty"`
 	DiskFD int    `json:"-"`
-	// Userns: the sandbox has a user namespace of its own. Its root (the
-	// overlay, mounted by the server with idmapped layers) is descriptor
-	// RootFD, the last one sent; the image's host paths come among
-	// Volumes, idmapped too.
-	Userns bool `json:"userns,omitempty"`
-	RootFD int  `json:"-"`
+	// In a user namespace (initStage.Userns), the root (the overlay,
+	// mounted by the server with idmapped layers) is descriptor RootFD,
+	// the last one sent; the image's host paths come among Volumes,
+	// idmapped too.
+	RootFD int `json:"-"`
 	// Build is set on a sandbox's first start: what to write into its root.
 	Build *rootBuild `json:"build,omitempty"`
 	// Binds are the image's host paths, parents first.
@@ -74,12 +74,8 @@ type initConfig struct {
 	volumeFDs []int
 	// Tmpfs are memory-backed directories, charged to the sandbox's memory.
 	Tmpfs []sandbox.Tmpfs `json:"tmpfs,omitempty"`
-	// Cgroups are the host's cgroup v1 hierarchies, mounted read-only at
-	// /sys/fs/cgroup as the sandbox's cgroup namespace shows them; with
-	// CgroupV2, the unified hierarchy is, in a cgroup namespace the init
-	// makes itself (the sandbox is cloned into its cgroup, not born there).
-	Cgroups  []cgroupMount `json:"cgroups,omitempty"`
-	CgroupV2 bool          `json:"cgroup_v2,omitempty"`
+	// initStage is what the init was told as it started (readStage).
+	initStage `json:"-"`
 	// Procs is the GOMAXPROCS of the portal: the sandbox's CPUs (an init
 	// spawned ahead, ready.go, started with one).
 	Procs    int          `json:"procs,omitempty"`
@@ -93,6 +89,28 @@ type initConfig struct {
 	NoFile   uint64   `json:"nofile"`
 	OOMScore int      `json:"oom_score"`
 	Env      []string `json:"env"`
+}
+
+// initStage is what the server tells an init as soon as it has spawned
+// it, before the sandbox it is for is known (a message 'S' on initFD,
+// sendStage): enough to mount, while it starts or waits spawned ahead,
+// the kernel file systems every sandbox gets (stage), which its start
+// then moves into the sandbox's root (setup).
+type initStage struct {
+	// Userns: the init is in a user namespace of its own.
+	Userns bool `json:"userns,omitempty"`
+	// Dir is the host path of the directory the init stages its mounts
+	// in, outside a user namespace (the same empty directory for every
+	// init, as initConfig.Root is); in one, where the init cannot reach
+	// the server's directories, it stages them under /tmp.
+	Dir string `json:"dir"`
+	// Cgroups are the host's cgroup v1 hierarchies, mounted read-only at
+	// /sys/fs/cgroup as the sandbox's cgroup namespace shows them; with
+	// CgroupV2, the unified hierarchy is, in a cgroup namespace the init
+	// makes itself once configured (the sandbox is cloned into its
+	// cgroup, not born there).
+	Cgroups  []cgroupMount `json:"cgroups,omitempty"`
+	CgroupV2 bool          `json:"cgroup_v2,omitempty"`
 }
 
 // rootBuild is what the engine writes into a sandbox's root, resolved
@@ -160,7 +178,15 @@ func MaybeInit() {
 // runInit builds the sandbox around this process, drops its privileges and
 // becomes the portal. It returns only on failure.
 func runInit(status *os.File) error {
-	c, err := readConfig(status)
+	st, err := readStage(status)
+	if err != nil {
+		return err
+	}
+	staged, err := st.stage()
+	if err != nil {
+		return err
+	}
+	c, err := readConfig(status, st)
 	if err != nil {
 		return err
 	}
@@ -178,7 +204,7 @@ func runInit(status *os.File) error {
 			return err
 		}
 	}
-	if err := c.setup(); err != nil {
+	if err := c.setup(staged); err != nil {
 		return err
 	}
 	if err := c.dropPrivileges(&allThreads); err != nil {
@@ -208,11 +234,38 @@ func runInit(status *os.File) error {
 	return errors.New("the portal returned")
 }
 
+// maxStage bounds the stage message: a few hundred bytes in practice.
+const maxStage = 64 << 10
+
+// readStage reads the stage message the server sends on initFD right
+// after the spawn (sendStage): 'S', the length of the JSON of an
+// initStage as 4 bytes big-endian, and the JSON; not a byte past it,
+// which is the configuration's.
+func readStage(status *os.File) (*initStage, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(status, hdr[:]); err != nil {
+		return nil, fmt.Errorf("reading the stage: %w", err)
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if hdr[0] != 'S' || n > maxStage {
+		return nil, fmt.Errorf("reading the stage: a header %q", hdr[:])
+	}
+	data := make([]byte, n)
+	if _, err := io.ReadFull(status, data); err != nil {
+		return nil, fmt.Errorf("reading the stage: %w", err)
+	}
+	var st initStage
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("stage: %w", err)
+	}
+	return &st, nil
+}
+
 // readConfig reads what the server sends on initFD once the init runs (it
 // prepares the mounts meanwhile): a message 'F' with the mounts'
 // descriptors, one per volume and then the root or the disk, and then the
 // initConfig, until the server shuts its end down.
-func readConfig(status *os.File) (*initConfig, error) {
+func readConfig(status *os.File, st *initStage) (*initConfig, error) {
 	// initFD is blocking (the server made the socket so): the plain
 	// system call waits.
 	buf := make([]byte, 1)
@@ -230,7 +283,7 @@ func readConfig(status *os.File) (*initConfig, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the configuration: %w", err)
 	}
-	var c initConfig
+	c := initConfig{initStage: *st}
 	if err := json.Unmarshal(data, &c); err != nil {
 		return nil, fmt.Errorf("configuration: %w", err)
 	}
@@ -292,26 +345,59 @@ var (
 	readonlyPaths = []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}
 )
 
-// setup builds the sandbox's file system inside this process's own mount
-// namespace, pivots into it and sets the rest of the sandbox's state that
-// takes privileges: loopback, hostname, limits, OOM score.
-func (c *initConfig) setup() error {
+// stage makes / private in the init's own mount namespace and mounts
+// there, under a directory of a tmpfs of its own that it returns, what
+// every sandbox gets from the kernel and runc's masks over it
+// (kernelMounts, mask): none of it depends on the sandbox, so an init
+// does it before its configuration comes, while the server makes the
+// sandbox's mounts, or while it waits spawned ahead. setup moves the
+// three top mounts into the root, their mounts below them along.
+func (st *initStage) stage() (string, error) {
 	// This mount namespace is a copy of the server's, whose mounts may be
 	// shared with the host's: nothing mounted here may propagate there.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return fmt.Errorf("making / private: %w", err)
+		return "", fmt.Errorf("making / private: %w", err)
 	}
-	if c.Userns {
-		// The mount point on the host (in the msb home, 0700) is not the
-		// sandbox's root's to reach: the root goes on a directory of a
-		// tmpfs of this mount namespace's own, over the host's /tmp here.
+	dir := st.Dir
+	if st.Userns {
+		// The server's directories (in the msb home, 0700) are not the
+		// sandbox's root's to reach: the stage, and the root's mount
+		// point (setup), are directories of a tmpfs of this mount
+		// namespace's own, over the host's /tmp here.
 		if err := unix.Mount("tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700,size=64k"); err != nil {
-			return fmt.Errorf("mount point of the root: %w", err)
+			return "", fmt.Errorf("mount point of the root: %w", err)
 		}
-		c.Root = "/tmp/root"
-		if err := os.Mkdir(c.Root, 0o755); err != nil {
-			return fmt.Errorf("mount point of the root: %w", err)
+		for _, d := range []string{userRoot, userStage} {
+			if err := os.Mkdir(d, 0o755); err != nil {
+				return "", fmt.Errorf("mount point of the root: %w", err)
+			}
 		}
+		dir = userStage
+	} else if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700,size=64k"); err != nil {
+		return "", fmt.Errorf("staging the kernel's file systems: %w", err)
+	}
+	if err := st.kernelMounts(dir); err != nil {
+		return "", err
+	}
+	if err := mask(dir); err != nil {
+		return "", err
+	}
+	return dir, nil
+}
+
+// In a user namespace, the root's mount point and the stage.
+const (
+	userRoot  = "/tmp/root"
+	userStage = "/tmp/stage"
+)
+
+// setup builds the sandbox's file system inside this process's own mount
+// namespace, around the kernel's file systems staged (stage), pivots into
+// it and sets the rest of the sandbox's state that takes privileges:
+// loopback, hostname, limits, OOM score.
+func (c *initConfig) setup(staged string) error {
+	if c.Userns {
+		c.Root = userRoot
 		if err := attachMount(c.RootFD, c.Root); err != nil {
 			return fmt.Errorf("attaching the root file system: %w", err)
 		}
@@ -335,8 +421,13 @@ func (c *initConfig) setup() error {
 			return err
 		}
 	}
-	if err := c.kernelMounts(r); err != nil {
+	if err := r.moveKernelMounts(staged); err != nil {
 		return err
+	}
+	if c.CgroupV2 {
+		if err := c.cgroupMounts(filepath.Join(c.Root, "sys/fs/cgroup")); err != nil {
+			return err
+		}
 	}
 	for _, m := range c.Binds {
 		if err := r.bind(m); err != nil {
@@ -352,9 +443,6 @@ func (c *initConfig) setup() error {
 		if err := r.tmpfs(t); err != nil {
 			return fmt.Errorf("tmpfs %s: %w", t.Guest, err)
 		}
-	}
-	if err := c.mask(); err != nil {
-		return err
 	}
 	if err := pivot(r.root); err != nil {
 		return err
@@ -393,11 +481,12 @@ func mountOverlay(root, upper, work string, layers []string) error {
 	return nil
 }
 
-// kernelMounts mounts what runc's example spec has: /proc, /dev (a tmpfs
-// with the standard device nodes), /dev/pts, /dev/shm, /dev/mqueue, a
-// read-only /sys and, read-only, the sandbox's own cgroups at
-// /sys/fs/cgroup.
-func (c *initConfig) kernelMounts(r *inRoot) error {
+// kernelMounts mounts, at the top of dir (the stage), what runc's
+// example spec has: /proc, /dev (a tmpfs with the standard device nodes),
+// /dev/pts, /dev/shm, /dev/mqueue, a read-only /sys and, read-only, the
+// sandbox's own cgroups at /sys/fs/cgroup (with CgroupV2, setup mounts
+// them, once the init has its cgroup namespace).
+func (st *initStage) kernelMounts(dir string) error {
 	type mnt struct {
 		src, fstype string
 		flags       uintptr
@@ -411,23 +500,19 @@ func (c *initConfig) kernelMounts(r *inRoot) error {
 		{"dev", mnt{"tmpfs", "tmpfs", unix.MS_NOSUID | unix.MS_STRICTATIME, "mode=755,size=65536k"}},
 		{"sys", mnt{"sysfs", "sysfs", nsd | unix.MS_RDONLY, ""}},
 	}
+	// All of it is in the stage's fresh tmpfs and the mounts on it, which
+	// nothing else has touched: plain paths are safe there.
 	for _, t := range top {
-		// Directly under the root, but what the sandbox left there on an
-		// earlier run (a symlink, say) is replaced: these are msb's.
-		fd, err := r.topDir(t.dir)
-		if err != nil {
-			return fmt.Errorf("mount point /%s: %w", t.dir, err)
+		d := filepath.Join(dir, t.dir)
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return err
 		}
-		err = unix.Mount(t.m.src, "/proc/self/fd/"+strconv.Itoa(fd), t.m.fstype, t.m.flags, t.m.data)
-		unix.Close(fd)
-		if err != nil {
+		if err := unix.Mount(t.m.src, d, t.m.fstype, t.m.flags, t.m.data); err != nil {
 			return fmt.Errorf("mounting /%s: %w", t.dir, err)
 		}
 	}
-	// The rest is inside the fresh mounts above, which nothing else has
-	// touched: plain paths are safe there.
-	dev := filepath.Join(c.Root, "dev")
-	if err := devices(dev, c.Userns); err != nil {
+	dev := filepath.Join(dir, "dev")
+	if err := devices(dev, st.Userns); err != nil {
 		return err
 	}
 	for _, m := range []struct {
@@ -446,7 +531,32 @@ func (c *initConfig) kernelMounts(r *inRoot) error {
 			return fmt.Errorf("mounting /dev/%s: %w", m.dir, err)
 		}
 	}
-	return c.cgroupMounts(filepath.Join(c.Root, "sys/fs/cgroup"))
+	if st.CgroupV2 {
+		return nil
+	}
+	return st.cgroupMounts(filepath.Join(dir, "sys/fs/cgroup"))
+}
+
+// kernelTops are the kernel's file systems that stage mounts and
+// moveKernelMounts moves into the root, each with what is mounted below it.
+var kernelTops = []string{"proc", "dev", "sys"}
+
+// moveKernelMounts moves the kernel's file systems staged in dir to the
+// top of the root. There, what the sandbox left on an earlier run (a
+// symlink, say) is replaced: these are msb's.
+func (r *inRoot) moveKernelMounts(dir string) error {
+	for _, name := range kernelTops {
+		fd, err := r.topDir(name)
+		if err != nil {
+			return fmt.Errorf("mount point /%s: %w", name, err)
+		}
+		err = unix.Mount(filepath.Join(dir, name), "/proc/self/fd/"+strconv.Itoa(fd), "", unix.MS_MOVE, "")
+		unix.Close(fd)
+		if err != nil {
+			return fmt.Errorf("moving /%s into the root: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // devices makes runc's default device nodes and links in the new /dev.
@@ -491,21 +601,21 @@ func devices(dev string, bind bool) error {
 // does (with links for co-mounted controllers), or the unified hierarchy.
 // Through the sandbox's cgroup namespace each shows only the sandbox's
 // own cgroups, whose limits programs read to size themselves.
-func (c *initConfig) cgroupMounts(dst string) error {
+func (st *initStage) cgroupMounts(dst string) error {
 	const ro = nsd | unix.MS_RDONLY
-	if c.CgroupV2 {
+	if st.CgroupV2 {
 		if err := unix.Mount("cgroup2", dst, "cgroup2", ro, ""); err != nil {
 			return fmt.Errorf("mounting /sys/fs/cgroup: %w", err)
 		}
 		return nil
 	}
-	if len(c.Cgroups) == 0 {
+	if len(st.Cgroups) == 0 {
 		return nil
 	}
 	if err := unix.Mount("tmpfs", dst, "tmpfs", nsd, "mode=755"); err != nil {
 		return fmt.Errorf("mounting /sys/fs/cgroup: %w", err)
 	}
-	for _, h := range c.Cgroups {
+	for _, h := range st.Cgroups {
 		d := filepath.Join(dst, h.Dir)
 		if err := os.Mkdir(d, 0o755); err != nil {
 			return err
@@ -529,12 +639,14 @@ func (c *initConfig) cgroupMounts(dst string) error {
 
 // mask hides runc's masked paths (an empty read-only tmpfs over a
 // directory, one for all of them, /dev/null over a file) and makes its
-// read-only paths so.
-func (c *initConfig) mask() error {
-	null := filepath.Join(c.Root, "dev/null")
+// read-only paths so, in the kernel's file systems mounted under root.
+// What the sandbox mounts later (its volumes, never under /proc, /sys or
+// /dev) can only cover them, never show what they hide.
+func mask(root string) error {
+	null := filepath.Join(root, "dev/null")
 	empty := "" // the first masked directory, whose tmpfs covers the others
 	for _, p := range maskedPaths {
-		dst := filepath.Join(c.Root, p)
+		dst := filepath.Join(root, p)
 		fi, err := os.Lstat(dst)
 		if err != nil {
 			continue // not on this kernel
@@ -555,7 +667,7 @@ func (c *initConfig) mask() error {
 		}
 	}
 	for _, p := range readonlyPaths {
-		dst := filepath.Join(c.Root, p)
+		dst := filepath.Join(root, p)
 		if _, err := os.Lstat(dst); err != nil {
 			continue
 		}

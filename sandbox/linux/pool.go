@@ -295,7 +295,7 @@ func (e *Engine) destroy(b *box) error {
 	if err := e.releaseCgroups(b); err != nil {
 		errs = append(errs, err)
 	}
-	if err := e.trash.discard(b.dir, e.releaseIsolation(b, len(errs) == 0, nil)); err != nil {
+	if err := e.trash.discard(b.dir, e.releaseIsolation(b, len(errs) == 0, nil, nil)); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -321,7 +321,8 @@ func (e *Engine) discardWarm() {
 }
 
 // removeStaleWarm kills and removes what a server that died left of its
-// pool's sandboxes and of its inits spawned ahead (ready.go): directories
+// pool's sandboxes, of its inits spawned ahead (ready.go) and of the
+// deleted sandboxes whose processes were dying (killAside): directories
 // and cgroups named by a handle of another process (an engine of this
 // process may hold the others, as the cgroup sets made ahead, see
 // removeStalePools). Whatever cannot be removed is logged and tried again
@@ -336,7 +337,7 @@ func (e *Engine) removeStaleWarm() {
 		if strings.Contains(name, ".") {
 			return false // a sandbox's key (namespace.name), whatever its namespace is called
 		}
-		for _, prefix := range []string{warmPrefix, readyPrefix} { // sandboxes of a pool, inits spawned ahead
+		for _, prefix := range []string{warmPrefix, readyPrefix, dyingPrefix} { // sandboxes of a pool, inits spawned ahead, deleted sandboxes
 			if strings.HasPrefix(name, prefix) && !strings.HasPrefix(name, prefix+warmOwner()+"-") {
 				return true
 			}
@@ -374,11 +375,11 @@ func (e *Engine) removeStaleWarm() {
 		}
 		if err := errors.Join(errs...); err != nil {
 			failed = true
-			e.log().Warn("cannot remove a pool's sandbox or waiting init left by an earlier server; the pool's next start of a sandbox tries again", "handle", h, "err", err)
+			e.log().Warn("cannot remove a pool's sandbox, a waiting init or a deleted sandbox's cgroups left by an earlier server; the pool's next start of a sandbox tries again", "handle", h, "err", err)
 			continue
 		}
 		e.ids.free(slot)
-		e.log().Info("removed a pool's sandbox or waiting init left by an earlier server", "handle", h)
+		e.log().Info("removed a pool's sandbox, a waiting init or a deleted sandbox's cgroups left by an earlier server", "handle", h)
 	}
 }
 

@@ -1,10 +1,13 @@
 package linux_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io/fs"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -89,6 +92,28 @@ func testReadyInits(t *testing.T, userns bool) {
 	inits := waitInits(t, cfg, 2)
 
 	oldest := oldestInit(inits)
+	// While it waits, before anything of a sandbox is known, it has
+	// mounted what every sandbox gets from the kernel, masked, in a stage
+	// of its own mount namespace.
+	staged := map[string]string{}
+	for deadline := time.Now().Add(10 * time.Second); staged["/sys/fs/ext4"] == "" && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		// Its last mask made: it is done.
+		for _, l := range strings.Split(readFile(t, fmt.Sprintf("/proc/%d/mountinfo", inits[oldest])), "\n") {
+			if f := strings.Fields(l); len(f) > 8 && strings.Contains(f[4], "stage/") {
+				staged[f[4][strings.Index(f[4], "stage/")+len("stage"):]] = f[slices.Index(f, "-")+1]
+			}
+		}
+	}
+	for _, want := range []string{"/proc proc", "/dev tmpfs", "/dev/pts devpts", "/sys sysfs", "/sys/fs/cgroup/memory cgroup",
+		"/proc/keys " + staged["/dev/null"], "/proc/sys proc", "/sys/firmware tmpfs"} {
+		mp, fstype, _ := strings.Cut(want, " ")
+		if fstype == "" {
+			fstype = "tmpfs" // /dev/null made in the stage's /dev, outside a user namespace
+		}
+		if staged[mp] != fstype {
+			t.Errorf("the waiting init has %q at %s of its stage, want %s (staged: %v)", staged[mp], mp, fstype, staged)
+		}
+	}
 	id, _ := sandbox.ParseID("ready", "taken")
 	spec := hostSpec(t)
 	spec.MemoryMiB, spec.CPUs, spec.Hostname = 300, 2, "taken-host"
@@ -123,6 +148,9 @@ func testReadyInits(t *testing.T, userns bool) {
 ls /proc | grep -c '^[0-9]'`)
 	if want := fmt.Sprintf("%d\n200000\ntaken-host\nyes\n/workspace\n", 300<<20); !strings.HasPrefix(got, want) {
 		t.Errorf("inside the sandbox that took a ready init:\n%s\nwant it to start with\n%s", got, want)
+	}
+	if got := mustRun(t, e, id, "grep -c stage /proc/self/mountinfo || true"); got != "0\n" {
+		t.Errorf("the sandbox's mount table shows %s mounts of the stage", got)
 	}
 	// The portal and this command's shell and ls, grep: nothing else.
 	if n, _ := strconv.Atoi(strings.TrimSpace(got[strings.LastIndex(strings.TrimSpace(got), "\n")+1:])); n < 2 || n > 5 {
@@ -356,7 +384,7 @@ func TestReadyInitsAfterCrash(t *testing.T) {
 func TestRecoverKeepsLookalikes(t *testing.T) {
 	e, cfg := newEngine(t, t.TempDir(), "msb-lookalike")
 	var ids []sandbox.ID
-	for _, ns := range []string{"init-ci", "warm-ci"} {
+	for _, ns := range []string{"init-ci", "warm-ci", "gone-ci"} {
 		id, err := sandbox.ParseID(ns, "x")
 		if err != nil {
 			t.Fatal(err)
@@ -423,5 +451,120 @@ func TestDeleteLetsGoOfMounts(t *testing.T) {
 	}
 	if _, err := e.Inspect(ctx, id); err == nil {
 		t.Error("the deleted sandbox is still known")
+	}
+}
+
+// Delete returns once a sandbox's processes are killed and its name is
+// free, not once the kernel has torn them down: a process still dying
+// is in cgroups renamed aside ("gone-<owner>-<n>", under the server's
+// parent, so its ceilings still count it), the same name starts again at
+// once, and the background part of the delete removes the renamed
+// cgroups once the processes are gone, and only then frees their id
+// range.
+func TestDeleteAside(t *testing.T) {
+	e, cfg, _ := newEngineToClose(t, "msb-delete-aside", func(c *linux.Config) {
+		c.UserNamespaces = true
+		c.ReadyInits = 0 // none takes the range freed
+	})
+	id, _ := sandbox.ParseID("delete", "aside")
+	spec := hostSpec(t)
+	spec.MemoryMiB = 1536
+	startBox(t, e, id, spec)
+	// 1 GiB to unmap: its exit takes a hundred milliseconds or more.
+	mustRun(t, e, id, `python3 -c 'import os, time
+b = bytearray(1 << 30)
+for i in range(0, len(b), 4096): b[i] = 1
+if os.fork() == 0: time.sleep(1000)
+os._exit(0)' &
+sleep 1`)
+	var big int
+	var procs []string
+	filepath.WalkDir(filepath.Join("/sys/fs/cgroup/pids", cfg.CgroupParent, id.Key()), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Name() == "cgroup.procs" {
+			data, _ := os.ReadFile(p)
+			procs = append(procs, strings.Fields(string(data))...)
+		}
+		return nil
+	})
+	for _, f := range procs {
+		if comm, err := os.ReadFile("/proc/" + f + "/comm"); err == nil && string(comm) == "python3\n" {
+			big, _ = strconv.Atoi(f)
+		}
+	}
+	if big == 0 {
+		t.Fatalf("no python3 among the sandbox's processes %q", procs)
+	}
+	slot := readFile(t, filepath.Join(cfg.SandboxDir, id.Key(), "slot"))
+	if err := e.Delete(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	// Tens of milliseconds to die: it is there as Delete returns, in
+	// the cgroups set aside while it still has its memory (its exit has
+	// not reached its cgroups), and its id range stays locked until the
+	// kernel has reaped it.
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", big))
+	if err != nil {
+		t.Fatalf("the sandbox's python is gone as Delete returns (%v): nothing shows the delete did not wait for it", err)
+	}
+	cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", big))
+	if f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:])); len(f) > 20 && f[20] != "0" { // vsize
+		for _, l := range strings.Split(strings.TrimSpace(string(cg)), "\n") {
+			if f := strings.SplitN(l, ":", 3); len(f) == 3 && f[1] != "" && !strings.HasPrefix(f[2], "/"+cfg.CgroupParent+"/gone-") {
+				t.Errorf("a process of the deleted sandbox is in cgroup %s, not one set aside under %s", l, cfg.CgroupParent)
+			}
+		}
+	}
+	locked := rangeLocked(t, slot) // first: if it is free, the process must be gone by now
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", big)); !locked && err == nil {
+		t.Errorf("id range %s is free while the deleted sandbox's processes are still there", slot)
+	}
+	if left := leftovers(t, cfg, id); len(left) > 0 {
+		t.Errorf("the deleted sandbox's name still holds %v", left)
+	}
+	startBox(t, e, id, hostSpec(t))
+	if got := mustRun(t, e, id, "ps -e -o comm= | grep -c python3 || true"); got != "0\n" {
+		t.Errorf("the new sandbox of the same name sees %s python3 processes", got)
+	}
+	linux.WaitDeleted(e)
+	waitGone(t, big)
+	if aside, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", cfg.CgroupParent, "gone-*")); len(aside) > 0 {
+		t.Errorf("cgroups set aside are left once the delete is done: %v", aside)
+	}
+	if readFile(t, filepath.Join(cfg.SandboxDir, id.Key(), "slot")) == slot {
+		t.Fatalf("the new sandbox has the id range %s of the dying one", slot)
+	}
+	if rangeLocked(t, slot) {
+		t.Errorf("id range %s of the deleted sandbox is still held once its processes are gone", slot)
+	}
+}
+
+// A server that died while deleted sandboxes' processes were dying left
+// their cgroups set aside: the next server's Recover kills what is still
+// in them and removes them.
+func TestRecoverRemovesAside(t *testing.T) {
+	e, cfg := newEngine(t, t.TempDir(), "msb-recover-aside")
+	aside := "gone-1-00000000-1"             // another server's: this one's owner is its own pid and token
+	sleeper := exec.Command("sleep", "1000") // the init of a PID namespace, as a sandbox's is
+	sleeper.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer sleeper.Process.Kill()
+	go sleeper.Wait()
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", cfg.CgroupParent))
+	for _, d := range dirs {
+		if err := os.Mkdir(filepath.Join(d, aside), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, aside, "cgroup.procs"), []byte(strconv.Itoa(sleeper.Process.Pid)), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, sleeper.Process.Pid)
+	if left := leftoversOf(t, cfg, aside); len(left) > 0 {
+		t.Errorf("cgroups set aside by a dead server left after Recover: %v", left)
 	}
 }
