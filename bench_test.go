@@ -291,18 +291,24 @@ func BenchmarkSandbox(b *testing.B) {
 		crun.run()
 
 		var pyT, startT, lineT, stopT, fullT, crunT, spawnStartT, spawnFullT []time.Duration
+		// Each case after the same quiet moment (settle), so that none
+		// pays for what the one before left to the background.
 		for r := 0; r < rounds; r++ {
+			settle()
 			t0 := time.Now()
 			python()
 			pyT = append(pyT, time.Since(t0))
 
 			if crun.ok() {
+				settle()
 				crunT = append(crunT, crun.run())
 			}
 
+			settle()
 			start, line, stop := benchFull(b, c, fmt.Sprintf("r%d", r))
 			startT, lineT, stopT, fullT = append(startT, start), append(lineT, line), append(stopT, stop), append(fullT, start+line+stop)
 			if spawning != nil {
+				settle()
 				start, line, stop := benchFull(b, spawning, fmt.Sprintf("r%d", r))
 				spawnStartT, spawnFullT = append(spawnStartT, start), append(spawnFullT, start+line+stop)
 			}
@@ -663,6 +669,12 @@ func benchIdle(b *testing.B, c *rpcClient, home string) {
 // benchFull times sandbox.start of a new sandbox name in namespace bench,
 // a python line in it (command.run of python3 -c 'print(1)') and its
 // sandbox.stop.
+// settle waits for what a measured case leaves to the background (for a
+// sandbox.stop, the kernel's tear-down of the sandbox's processes and
+// mounts, the refill of inits spawned ahead) to be done, so that the
+// next case, a baseline as much as msb, does not pay for it.
+func settle() { time.Sleep(50 * time.Millisecond) }
+
 func benchFull(b *testing.B, c *rpcClient, name string) (start, line, stop time.Duration) {
 	box := map[string]any{"namespace": "bench", "sandbox": name}
 	t0 := time.Now()

@@ -44,20 +44,29 @@
 // starts, into a sealed memfd, and executed from it as `msb portal` with
 // an empty environment. msb plays that role from the init function of
 // sandbox/engine, before the packages only the server and the CLI need are
-// initialised. It reads from a socket the descriptors of its mounts
-// (volumes, its root or disk, and in a user namespace the image's host
-// paths: the server makes them while the init starts, SCM_RIGHTS) and its
-// configuration, builds the sandbox around itself inside its own mount namespace (MaybeInit,
-// init.go): it makes / private, mounts the root (the overlay of the
-// image's layers, or a bind of the sandbox's directory), writes the
-// image's directories, links and files into it on the first start, mounts
-// /proc, /dev, /sys and the sandbox's cgroups, the image's host paths and
-// the volumes, masks runc's paths, pivots into the root, brings up
-// loopback, sets the hostname, RLIMIT_NOFILE and its OOM score, drops to
-// the sandbox's user and capabilities on every thread, and then becomes
-// the portal in the same process: one exec per start. A binary linked
-// with cgo cannot change credentials on all its threads, so there the
-// init executes the portal once more from the one thread that has them.
+// initialised. First, before anything of its sandbox is known, it stages
+// what every sandbox gets from the kernel (initStage, sent by the server
+// at the spawn): it makes / private in its own mount namespace and
+// mounts, on a tmpfs of its own, /proc, /dev with its device nodes,
+// /dev/pts, /dev/shm, /dev/mqueue, a read-only /sys with the sandbox's
+// cgroups, runc's masks over them, and brings up loopback; an init
+// spawned ahead does all of it while it waits. It then reads from its
+// socket the descriptors of its mounts (volumes, its root or disk, and
+// in a user namespace the image's host paths: the server makes them
+// while the init starts, SCM_RIGHTS) and its configuration, and builds
+// the sandbox around itself (MaybeInit, init.go): it mounts the root
+// (the overlay of the image's layers, or a bind of the sandbox's
+// directory), writes the image's directories, links and files into it on
+// the first start, moves the staged mounts into it, attaches the image's
+// host paths and the volumes, pivots into the root, sets the hostname,
+// RLIMIT_NOFILE and its OOM score, drops to the sandbox's user and
+// capabilities on every thread, installs the portal's seccomp filter
+// (portal.LockDown), and only then reports its set-up done (it closes its
+// socket): the server's start returns then, without a round trip to the
+// portal, which the init becomes in the same process: one exec per
+// start. A binary linked with cgo cannot change credentials on all its
+// threads, so there the init executes the portal once more from the one
+// thread that has them, which locks itself down before it serves.
 //
 // Nothing of a sandbox is ever mounted in the server's mount namespace, so
 // the server's mount table does not grow with the sandboxes (cloning a
@@ -116,6 +125,20 @@
 // pids, and as file descriptor 5 that cgroup's directory as a detached
 // bind mount (see cgroups.userPidsCgroup): a fork bomb cannot take the
 // portal's pids, and each command gets a cgroup of its own below it.
+//
+// # Deleting a sandbox
+//
+// Delete kills the sandbox's init (SIGKILL: its PID namespace goes with
+// it), closes its network and its portal connection, renames its cgroup
+// sets aside ("gone-<owner>-<n>", under the same parent) and moves its
+// directory to the trash, and returns: the name is free at once. The
+// kernel's tear-down of the processes (their memory unmapped, most of a
+// stop's time) goes on in the background; the renamed cgroups keep
+// counting them under the server's ceilings, a start that only they
+// would keep out waits for them (holdPids), and once they are gone the
+// cgroups are removed, the id range freed, the init's mount namespace
+// let go of (which unmounts the sandbox's mounts) and the disk wiped or
+// closed (Close waits for all of it). Stop, which keeps the files, waits.
 //
 // # Recovery
 //

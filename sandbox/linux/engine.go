@@ -90,8 +90,9 @@ type Engine struct {
 	mu    sync.Mutex      // guards boxes, warm, startingPids and dying only; never held across slow work
 	boxes map[string]*box // by ID.Key()
 	// startingPids is what the pids limits of the sandboxes starting now
-	// add up to (holdPids).
-	startingPids int
+	// add up to, refillPids those of the inits being spawned ahead
+	// (holdPids).
+	startingPids, refillPids int
 	// dying is how many deleted sandboxes' processes are still being torn
 	// down (killAside); dyingGone is closed, and replaced, when one is
 	// done (reapAside).
@@ -576,7 +577,7 @@ func (fs childFiles) close() {
 }
 
 func (e *Engine) start(ctx context.Context, b *box) (err error) {
-	started, err := e.holdPids(b, b.spec.Pids)
+	started, err := e.holdPids(b, b.spec.Pids, false)
 	if err != nil {
 		return err
 	}
@@ -644,9 +645,6 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	}
 	run.status.Close()
 	b.built = true
-	if err := b.client.Ping(sctx); err != nil {
-		return e.startErr(b, logPath, "portal did not answer", err)
-	}
 	return nil
 }
 
@@ -1076,19 +1074,34 @@ func (e *Engine) releaseCgroups(b *box) error {
 // once from meeting at the ceiling is the namespaces' quotas (README:
 // Totals). It returns the function that ends the start's claim, or an
 // error of class Exhausted.
-func (e *Engine) holdPids(b *box, pids int) (func(), error) {
+//
+// The spawn of an init ahead (refill) is admitted the same way, and also
+// leaves room for the other spawns under way; a start does not count
+// those: a waiting init runs a few threads of the 64 it may, and a start
+// must never fail because one was being spawned just then.
+func (e *Engine) holdPids(b *box, pids int, refill bool) (func(), error) {
 	limit := e.cfg.Ceilings.Pids
 	if limit <= 0 {
 		return func() {}, nil
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	claims := &e.startingPids
+	if refill {
+		claims = &e.refillPids
+	}
+	others := func() int { // what the starts (and spawns) under way may take
+		if refill {
+			return e.startingPids + e.refillPids
+		}
+		return e.startingPids
+	}
 	cur := e.cg.pidsCurrent()
 	// Processes of deleted sandboxes that are still dying count until
 	// they are gone, which takes milliseconds: a start that they alone
 	// would keep out waits for them rather than fail.
 	var deadline <-chan time.Time
-	for cur+e.startingPids+pids > limit && e.dying > 0 {
+	for cur+others()+pids > limit && e.dying > 0 {
 		if deadline == nil {
 			deadline = time.After(dyingWait)
 		}
@@ -1104,13 +1117,13 @@ func (e *Engine) holdPids(b *box, pids int) (func(), error) {
 			break
 		}
 	}
-	if cur+e.startingPids+pids > limit {
-		return nil, fmt.Errorf("sandbox %s: %w", b, errdefs.Exhaustedf("the running sandboxes hold %d processes together and starting ones may take %d, so this one's %d would pass the server's ceiling of %d (total_pids in config.toml): stop a sandbox, or raise total_pids", cur, e.startingPids, pids, limit))
+	if cur+others()+pids > limit {
+		return nil, fmt.Errorf("sandbox %s: %w", b, errdefs.Exhaustedf("the running sandboxes hold %d processes together and starting ones may take %d, so this one's %d would pass the server's ceiling of %d (total_pids in config.toml): stop a sandbox, or raise total_pids", cur, others(), pids, limit))
 	}
-	e.startingPids += pids
+	*claims += pids
 	return func() {
 		e.mu.Lock()
-		e.startingPids -= pids
+		*claims -= pids
 		e.mu.Unlock()
 	}, nil
 }

@@ -41,3 +41,9 @@ func ReadyInits(e *Engine) int {
 
 // WaitDeleted waits until what Delete left to the background is done.
 func WaitDeleted(e *Engine) { e.trash.wait() }
+
+// HoldPids claims pids under the server's pids ceiling as a start does,
+// or as the spawn of an init ahead does (refill).
+func HoldPids(e *Engine, pids int, refill bool) (func(), error) {
+	return e.holdPids(&box{handle: "test"}, pids, refill)
+}

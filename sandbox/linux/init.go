@@ -186,6 +186,8 @@ func runInit(status *os.File) error {
 	if err != nil {
 		return err
 	}
+	prepareConfig()
+	portal.Prepare()
 	c, err := readConfig(status, st)
 	if err != nil {
 		return err
@@ -229,9 +231,25 @@ func runInit(status *os.File) error {
 		k, v, _ := strings.Cut(kv, "=")
 		os.Setenv(k, v)
 	}
+	// Locked down before the server hears the set-up is done: the
+	// sandbox it reports started runs under the portal's filter, and the
+	// server sends its first call without a ping to wait for.
+	if err := portal.LockDown(); err != nil {
+		return err
+	}
 	status.Close() // the set-up is done
-	portal.Main()
+	portal.Serve()
 	return errors.New("the portal returned")
+}
+
+// prepareConfig sets up the decoding of an initConfig (see portal.Prepare)
+// while the init waits for its own.
+func prepareConfig() {
+	data, err := json.Marshal(initConfig{Build: &rootBuild{Dirs: []string{"d"}, Links: []sandbox.Link{{}}, Files: []sandbox.File{{}}},
+		Binds: []sandbox.Mount{{}}, Volumes: []volumeTarget{{}}, Tmpfs: []sandbox.Tmpfs{{}}, Env: []string{"A=b"}})
+	if err == nil {
+		_ = json.Unmarshal(data, &initConfig{})
+	}
 }
 
 // maxStage bounds the stage message: a few hundred bytes in practice.
@@ -348,10 +366,11 @@ var (
 // stage makes / private in the init's own mount namespace and mounts
 // there, under a directory of a tmpfs of its own that it returns, what
 // every sandbox gets from the kernel and runc's masks over it
-// (kernelMounts, mask): none of it depends on the sandbox, so an init
-// does it before its configuration comes, while the server makes the
-// sandbox's mounts, or while it waits spawned ahead. setup moves the
-// three top mounts into the root, their mounts below them along.
+// (kernelMounts, mask), and brings up loopback: none of it depends on
+// the sandbox, so an init does it before its configuration comes, while
+// the server makes the sandbox's mounts, or while it waits spawned
+// ahead. setup moves the three top mounts into the root, their mounts
+// below them along.
 func (st *initStage) stage() (string, error) {
 	// This mount namespace is a copy of the server's, whose mounts may be
 	// shared with the host's: nothing mounted here may propagate there.
@@ -381,6 +400,10 @@ func (st *initStage) stage() (string, error) {
 	}
 	if err := mask(dir); err != nil {
 		return "", err
+	}
+	// The network namespace is the sandbox's own from the clone.
+	if err := loopbackUp(); err != nil {
+		return "", fmt.Errorf("loopback: %w", err)
 	}
 	return dir, nil
 }
@@ -446,9 +469,6 @@ func (c *initConfig) setup(staged string) error {
 	}
 	if err := pivot(r.root); err != nil {
 		return err
-	}
-	if err := loopbackUp(); err != nil {
-		return fmt.Errorf("loopback: %w", err)
 	}
 	if err := unix.Sethostname([]byte(c.Hostname)); err != nil {
 		return fmt.Errorf("hostname: %w", err)

@@ -188,16 +188,19 @@ func TestCgoPortal(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.Close() })
+	// A start returns once the init has executed the portal, which then
+	// starts its Go runtime: its threads are all there once it answers.
 	id := sandboxtest.ID(t, "cgo", "root")
 	pid := startBox(t, e, id, hostSpec(t))
-	checkCredentials(t, e, id, pid, "0")
 	if got := mustRun(t, e, id, `tr '\0' ' ' < /proc/1/cmdline; echo; python3 -c 'print(6*7)'`); got != "msb portal \n42\n" {
 		t.Errorf("pid 1 and python: %q", got)
 	}
+	checkCredentials(t, e, id, pid, "0")
 	nobody := sandboxtest.ID(t, "cgo", "nobody")
 	spec := hostSpec(t)
 	spec.User = sandbox.User{UID: 65534, GID: 65534}
 	pid = startBox(t, e, nobody, spec)
+	mustRun(t, e, nobody, "true")
 	checkCredentials(t, e, nobody, pid, "65534")
 }
 

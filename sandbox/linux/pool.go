@@ -161,7 +161,7 @@ func (e *Engine) Adopt(ctx context.Context, handle string, id sandbox.ID, spec s
 	}
 	// Admitted under total_pids with the start's own limit, as a cold
 	// start is (its few processes already counted).
-	started, err := e.holdPids(b, spec.Pids)
+	started, err := e.holdPids(b, spec.Pids, false)
 	if err != nil {
 		return fail(err)
 	}

@@ -244,7 +244,7 @@ func (e *Engine) spawnReady() (*readyInit, error) {
 	ri := &readyInit{handle: handle}
 	// Admitted under total_pids as a start is: what starts under way may
 	// take stays theirs.
-	started, err := e.holdPids(&box{handle: handle}, readyLimits.pids)
+	started, err := e.holdPids(&box{handle: handle}, readyLimits.pids, true)
 	if err != nil {
 		return nil, err
 	}

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/linux"
 )
@@ -566,5 +567,37 @@ func TestRecoverRemovesAside(t *testing.T) {
 	waitGone(t, sleeper.Process.Pid)
 	if left := leftoversOf(t, cfg, aside); len(left) > 0 {
 		t.Errorf("cgroups set aside by a dead server left after Recover: %v", left)
+	}
+}
+
+// The spawn of an init ahead is admitted under total_pids only with room
+// for the starts under way and the other spawns, but a start never counts
+// the spawns under way: a start must not fail because an init was being
+// spawned at that moment.
+func TestRefillClaims(t *testing.T) {
+	e, _, _ := newEngineToClose(t, "msb-refill-claims", func(c *linux.Config) {
+		c.Ceilings.Pids = 100
+		c.ReadyInits = 0
+	})
+	refill, err := linux.HoldPids(e, 64, true)
+	if err != nil {
+		t.Fatalf("a spawn ahead with nothing else under way: %v", err)
+	}
+	start, err := linux.HoldPids(e, 64, false)
+	if err != nil {
+		t.Fatalf("a start while an init is spawned ahead: %v", err)
+	}
+	if _, err := linux.HoldPids(e, 30, true); !errdefs.Is(err, errdefs.Exhausted) {
+		t.Errorf("a second spawn ahead past what the start and the first may take: %v, want exhausted", err)
+	}
+	if _, err := linux.HoldPids(e, 40, false); !errdefs.Is(err, errdefs.Exhausted) {
+		t.Errorf("a second start past what the first may take: %v, want exhausted", err)
+	}
+	refill()
+	start()
+	if release, err := linux.HoldPids(e, 100, false); err != nil {
+		t.Errorf("a start of the whole ceiling once the claims are over: %v", err)
+	} else {
+		release()
 	}
 }

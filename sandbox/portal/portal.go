@@ -21,22 +21,31 @@ import (
 // when fd 3 is not a usable connection there is nobody to report to, so it
 // exits with status 2.
 func Main() {
+	if err := LockDown(); err != nil {
+		// Fail closed: a sandbox without its filter must not run code.
+		logf("%v", err)
+		os.Exit(2)
+	}
+	Serve()
+}
+
+// Serve is Main in a process already locked down (LockDown): an init
+// that becomes the portal without an exec locks itself down before it
+// reports its set-up done, so that a sandbox its server calls started
+// runs under its filter before the portal serves anything.
+func Serve() {
 	conn := os.NewFile(3, "portal")
 	if conn == nil {
 		os.Exit(2)
 	}
 	// Commands must not inherit the connection to the server.
 	syscall.CloseOnExec(3)
-	if err := lockDown(); err != nil {
-		// Fail closed: a sandbox without its filter must not run code.
-		logf("%v", err)
-		os.Exit(2)
-	}
 	userCgroup := userCgroupFile()
 	var calls *callCgroups
 	if userCgroup != nil {
 		if dir := callCgroupsFile(); dir != nil {
 			calls = &callCgroups{dir: dir}
+			go calls.prefill()
 		}
 	}
 	// Outside a PID namespace (tests, or an engine without one) orphans
@@ -46,6 +55,20 @@ func Main() {
 	const prSetChildSubreaper = 36 // linux/prctl.h
 	syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0)
 	os.Exit(serve(conn, userCgroup, calls))
+}
+
+// Prepare does, in a process that is to serve as a portal, what its first
+// calls would otherwise wait for: the set-up of the codecs of its
+// messages (encoding/json builds and caches one per type on first use),
+// and the faults of their code. An init calls it while it waits for its
+// sandbox, of which it has nothing yet.
+func Prepare() {
+	data, err := json.Marshal(request{ID: 1, Op: opExec, Command: "x", Args: []string{"a"}, Env: []string{"A=b"},
+		Rlimits: []rlimit{{Resource: "nofile"}}, Open: &openFlags{}})
+	if err == nil {
+		_ = json.Unmarshal(data, &request{})
+	}
+	_, _ = json.Marshal(event{ID: 1, Stream: sandbox.Stdout, Text: "x", Done: true, Fail: &failure{}, Info: &fileInfo{}})
 }
 
 // cgroupV1Magic is CGROUP_SUPER_MAGIC, the file system type of cgroup v1.

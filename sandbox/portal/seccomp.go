@@ -111,11 +111,12 @@ func seccompFilter() ([]unix.SockFilter, error) {
 	return prog, nil
 }
 
-// lockDown installs the seccomp filter on every thread of the portal and
+// LockDown installs the seccomp filter on every thread of the portal and
 // makes the portal undumpable, so that no process in the sandbox can
 // ptrace it, read its memory or take its descriptors (the connection to
-// the server). Children inherit the filter; exec resets dumpability.
-func lockDown() error {
+// the server). Children inherit the filter; exec resets dumpability. It
+// is called once per process: a second call would stack a second filter.
+func LockDown() error {
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
 		return fmt.Errorf("set undumpable: %w", err)
 	}
