@@ -364,6 +364,10 @@ type limits struct {
 // defaultShares is a cgroup's CPU weight unless set otherwise.
 const defaultShares = 1024
 
+// minShares is the least CPU weight cgroup v1 takes: that of the inits
+// waiting spawned ahead and of the processes of a deleted sandbox.
+const minShares = 2
+
 func specLimits(s sandbox.Spec) limits {
 	return limits{memory: int64(s.MemoryMiB) << 20, cpus: s.CPUs, pids: s.Pids}
 }
@@ -425,6 +429,15 @@ func (c *cgroups) setLimits(key string, l limits) error {
 		return err
 	}
 	return w(c.pids, userCgroup+"/pids.max", userPids)
+}
+
+// yield gives the processes of the set key the least CPU weight (cgroup
+// v1 cpu.shares; nothing on v2), whatever it was.
+func (c *cgroups) yield(key string) {
+	if c.v2 || c.cpu == "" {
+		return
+	}
+	os.WriteFile(filepath.Join(c.dir(c.cpu, key), "cpu.shares"), []byte(strconv.Itoa(minShares)), 0)
 }
 
 // relimit gives the running sandbox whose cgroups are named key the

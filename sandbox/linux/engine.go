@@ -1289,6 +1289,10 @@ func (e *Engine) killAside(b *box) *aside {
 	if e.cg.v2 || !b.cgroups || b.proc == nil {
 		return nil
 	}
+	// At the least CPU weight, its tear-down (most of it its processes
+	// unmapping their memory as they exit) does not preempt the server's
+	// threads, this one first, the moment the kill wakes it.
+	e.cg.yield(b.handle)
 	_ = b.proc.Kill()
 	dying := &aside{set: dyingPrefix + warmOwner() + "-" + strconv.FormatInt(dyingSeq.Add(1), 10), done: b.done}
 	if err := e.cg.rename(b.handle, dying.set); err != nil {

@@ -58,7 +58,7 @@ type readyInit struct {
 // readyLimits are a waiting init's: the sandbox's own come when it is
 // taken. Its weight is the least, so that spawning it (its runtime's
 // start, in its cgroup) takes only CPU that sandboxes and starts leave.
-var readyLimits = limits{memory: 64 << 20, cpus: 1, pids: 64, shares: 2}
+var readyLimits = limits{memory: 64 << 20, cpus: 1, pids: 64, shares: minShares}
 
 // readyInits keeps size inits waiting, refilled in the background from
 // the first start on (so that they are never spawned before Recover has

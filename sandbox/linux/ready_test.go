@@ -510,8 +510,16 @@ sleep 1`)
 	cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", big))
 	if f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:])); len(f) > 20 && f[20] != "0" { // vsize
 		for _, l := range strings.Split(strings.TrimSpace(string(cg)), "\n") {
-			if f := strings.SplitN(l, ":", 3); len(f) == 3 && f[1] != "" && !strings.HasPrefix(f[2], "/"+cfg.CgroupParent+"/gone-") {
+			f := strings.SplitN(l, ":", 3)
+			if len(f) == 3 && f[1] != "" && !strings.HasPrefix(f[2], "/"+cfg.CgroupParent+"/gone-") {
 				t.Errorf("a process of the deleted sandbox is in cgroup %s, not one set aside under %s", l, cfg.CgroupParent)
+			}
+			// Torn down at the least CPU weight.
+			if len(f) == 3 && slices.Contains(strings.Split(f[1], ","), "cpu") {
+				set := strings.Join(strings.Split(f[2], "/")[:3], "/") // /<parent>/gone-...
+				if w, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/cpu", set, "cpu.shares")); err == nil && string(w) != "2\n" {
+					t.Errorf("the deleted sandbox's processes die at CPU weight %s, want 2", w)
+				}
 			}
 		}
 	}
