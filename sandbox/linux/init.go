@@ -187,7 +187,6 @@ func runInit(status *os.File) error {
 		return err
 	}
 	prepareConfig()
-	portal.Prepare()
 	c, err := readConfig(status, st)
 	if err != nil {
 		return err

@@ -71,13 +71,6 @@ type callCgroup struct {
 	released bool
 }
 
-// prefill makes a cgroup for the first call ahead of it.
-func (cs *callCgroups) prefill() {
-	if cg := cs.create(); cg != nil {
-		cg.release()
-	}
-}
-
 // create returns an empty cgroup for a call: an idle one, or a new one. It
 // returns nil when calls cannot have cgroups here, and logs the reason the
 // first time.

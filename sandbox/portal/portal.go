@@ -45,7 +45,6 @@ func Serve() {
 	if userCgroup != nil {
 		if dir := callCgroupsFile(); dir != nil {
 			calls = &callCgroups{dir: dir}
-			go calls.prefill()
 		}
 	}
 	// Outside a PID namespace (tests, or an engine without one) orphans
@@ -55,20 +54,6 @@ func Serve() {
 	const prSetChildSubreaper = 36 // linux/prctl.h
 	syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0)
 	os.Exit(serve(conn, userCgroup, calls))
-}
-
-// Prepare does, in a process that is to serve as a portal, what its first
-// calls would otherwise wait for: the set-up of the codecs of its
-// messages (encoding/json builds and caches one per type on first use),
-// and the faults of their code. An init calls it while it waits for its
-// sandbox, of which it has nothing yet.
-func Prepare() {
-	data, err := json.Marshal(request{ID: 1, Op: opExec, Command: "x", Args: []string{"a"}, Env: []string{"A=b"},
-		Rlimits: []rlimit{{Resource: "nofile"}}, Open: &openFlags{}})
-	if err == nil {
-		_ = json.Unmarshal(data, &request{})
-	}
-	_, _ = json.Marshal(event{ID: 1, Stream: sandbox.Stdout, Text: "x", Done: true, Fail: &failure{}, Info: &fileInfo{}})
 }
 
 // cgroupV1Magic is CGROUP_SUPER_MAGIC, the file system type of cgroup v1.
