@@ -3,6 +3,7 @@ package linux
 import (
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/msb-dev/msb/sandbox"
 )
@@ -46,4 +47,17 @@ func WaitDeleted(e *Engine) { e.trash.wait() }
 // or as the spawn of an init ahead does (refill).
 func HoldPids(e *Engine, pids int, refill bool) (func(), error) {
 	return e.holdPids(&box{handle: "test"}, pids, refill)
+}
+
+// SlotInUse reports whether the engine holds id range slot (its own
+// record, not the host-wide lock, which other engines of the same
+// process may hold).
+func SlotInUse(e *Engine, slot string) bool {
+	n, err := strconv.Atoi(strings.TrimSpace(slot))
+	if err != nil {
+		return false
+	}
+	e.ids.mu.Lock()
+	defer e.ids.mu.Unlock()
+	return e.ids.used[n]
 }

@@ -198,9 +198,10 @@ ls /proc | grep -c '^[0-9]'`)
 			t.Errorf("a taken init waits again: %s pid %d", h, p)
 		}
 	}
-	if userns && rangeLocked(t, created) {
+	if userns && linux.SlotInUse(e, created) {
 		// Free when the sandbox took the init's, but a refill may have
-		// taken it since.
+		// taken it since. (Not the host-wide lock: other tests' engines
+		// in this process may have taken the range since.)
 		n, _ := strconv.Atoi(created)
 		refilled := false
 		for _, p := range again {
@@ -523,7 +524,7 @@ sleep 1`)
 			}
 		}
 	}
-	locked := rangeLocked(t, slot) // first: if it is free, the process must be gone by now
+	locked := linux.SlotInUse(e, slot) // first: if it is free, the process must be gone by now
 	if _, err := os.Stat(fmt.Sprintf("/proc/%d", big)); !locked && err == nil {
 		t.Errorf("id range %s is free while the deleted sandbox's processes are still there", slot)
 	}
@@ -542,7 +543,7 @@ sleep 1`)
 	if readFile(t, filepath.Join(cfg.SandboxDir, id.Key(), "slot")) == slot {
 		t.Fatalf("the new sandbox has the id range %s of the dying one", slot)
 	}
-	if rangeLocked(t, slot) {
+	if linux.SlotInUse(e, slot) {
 		t.Errorf("id range %s of the deleted sandbox is still held once its processes are gone", slot)
 	}
 }
