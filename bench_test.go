@@ -666,15 +666,17 @@ func benchIdle(b *testing.B, c *rpcClient, home string) {
 	}
 }
 
-// benchFull times sandbox.start of a new sandbox name in namespace bench,
-// a python line in it (command.run of python3 -c 'print(1)') and its
-// sandbox.stop.
 // settle waits for what a measured case leaves to the background (for a
 // sandbox.stop, the kernel's tear-down of the sandbox's processes and
 // mounts, the refill of inits spawned ahead) to be done, so that the
-// next case, a baseline as much as msb, does not pay for it.
+// next case, a baseline as much as msb, does not pay for it. (What msb's
+// case measures is what its client waits for: a stop answers before the
+// tear-down, whose CPU the throughput figures count.)
 func settle() { time.Sleep(50 * time.Millisecond) }
 
+// benchFull times sandbox.start of a new sandbox name in namespace bench,
+// a python line in it (command.run of python3 -c 'print(1)') and its
+// sandbox.stop.
 func benchFull(b *testing.B, c *rpcClient, name string) (start, line, stop time.Duration) {
 	box := map[string]any{"namespace": "bench", "sandbox": name}
 	t0 := time.Now()

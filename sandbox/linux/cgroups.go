@@ -432,12 +432,29 @@ func (c *cgroups) setLimits(key string, l limits) error {
 }
 
 // yield gives the processes of the set key the least CPU weight (cgroup
-// v1 cpu.shares; nothing on v2), whatever it was.
-func (c *cgroups) yield(key string) {
+// v1 cpu.shares; nothing on v2), whatever it was; unyield gives them a
+// sandbox's.
+func (c *cgroups) yield(key string)   { c.setShares(key, minShares) }
+func (c *cgroups) unyield(key string) { c.setShares(key, defaultShares) }
+
+func (c *cgroups) setShares(key string, shares int) {
 	if c.v2 || c.cpu == "" {
 		return
 	}
-	os.WriteFile(filepath.Join(c.dir(c.cpu, key), "cpu.shares"), []byte(strconv.Itoa(minShares)), 0)
+	os.WriteFile(filepath.Join(c.dir(c.cpu, key), "cpu.shares"), []byte(strconv.Itoa(shares)), 0)
+}
+
+// setPids is how many processes the set key holds ("": all of the
+// parent's; 0 without a pids hierarchy, or when it cannot be read).
+func (c *cgroups) setPids(key string) int {
+	if c.pids == "" {
+		return 0
+	}
+	n, err := readUint(filepath.Join(c.dir(c.pids, key), "pids.current"))
+	if err != nil {
+		return 0
+	}
+	return int(n)
 }
 
 // relimit gives the running sandbox whose cgroups are named key the
@@ -1005,13 +1022,4 @@ func (c *cgroups) setCeilings(l Ceilings) error {
 
 // pidsCurrent is how many processes the sandboxes run together (the
 // parent cgroup's pids.current; 0 without a pids hierarchy).
-func (c *cgroups) pidsCurrent() int {
-	if c.pids == "" {
-		return 0
-	}
-	n, err := readUint(filepath.Join(c.pids, c.parent, "pids.current"))
-	if err != nil {
-		return 0
-	}
-	return int(n)
-}
+func (c *cgroups) pidsCurrent() int { return c.setPids("") }

@@ -49,7 +49,8 @@
 // at the spawn): it makes / private in its own mount namespace and
 // mounts, on a tmpfs of its own, /proc, /dev with its device nodes,
 // /dev/pts, /dev/shm, /dev/mqueue, a read-only /sys with the sandbox's
-// cgroups, runc's masks over them, and brings up loopback; an init
+// cgroups (on a cgroup v2 host, mounted once it is configured and has its
+// cgroup namespace), runc's masks over them, and brings up loopback; an init
 // spawned ahead does all of it while it waits. It then reads from its
 // socket the descriptors of its mounts (volumes, its root or disk, and
 // in a user namespace the image's host paths: the server makes them
@@ -128,16 +129,18 @@
 //
 // # Deleting a sandbox
 //
-// Delete kills the sandbox's init (SIGKILL: its PID namespace goes with
-// it), closes its network and its portal connection, renames its cgroup
-// sets aside ("gone-<owner>-<n>", under the same parent) and moves its
-// directory to the trash, and returns: the name is free at once. The
-// kernel's tear-down of the processes (their memory unmapped, most of a
-// stop's time) goes on in the background; the renamed cgroups keep
-// counting them under the server's ceilings, a start that only they
-// would keep out waits for them (holdPids), and once they are gone the
-// cgroups are removed, the id range freed, the init's mount namespace
-// let go of (which unmounts the sandbox's mounts) and the disk wiped or
+// On a cgroup v1 host (a v2 cgroup cannot be renamed: there Delete waits
+// for the processes), Delete kills the sandbox's init (SIGKILL: its PID
+// namespace goes with it), lowers its CPU weight for a second, closes its
+// network and its portal connection, renames its cgroup sets aside
+// ("gone-<owner>-<n>", under the same parent) and moves its directory to
+// the trash, and returns: the name is free at once. The kernel's
+// tear-down of the processes (their memory unmapped, most of a stop's
+// time) goes on in the background; the renamed cgroups keep counting them
+// under the server's ceilings, a start that only they would keep out of
+// total_pids waits for them (holdPids), and once they are gone the
+// cgroups are removed, the id range freed, the init's mount namespace let
+// go of (which unmounts the sandbox's mounts) and the disk wiped or
 // closed (Close waits for all of it). Stop, which keeps the files, waits.
 //
 // # Recovery

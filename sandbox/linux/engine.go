@@ -93,10 +93,10 @@ type Engine struct {
 	// add up to, refillPids those of the inits being spawned ahead
 	// (holdPids).
 	startingPids, refillPids int
-	// dying is how many deleted sandboxes' processes are still being torn
-	// down (killAside); dyingGone is closed, and replaced, when one is
-	// done (reapAside).
-	dying     int
+	// dying are the cgroup sets of the deleted sandboxes whose processes
+	// are still being torn down (killAside); dyingGone is closed, and
+	// replaced, when one is done (reapAside).
+	dying     map[string]bool
 	dyingGone chan struct{}
 	// warm are the sandboxes started ahead of time, by handle (pool.go).
 	warm    map[string]*box
@@ -147,7 +147,6 @@ func needsLoader(path string) (bool, error) {
 
 // portalClient is what the engine uses of a portal.Client.
 type portalClient interface {
-	Ping(ctx context.Context) error
 	Exec(ctx context.Context, req sandbox.ExecRequest) (sandbox.ExecResult, error)
 	RunCode(ctx context.Context, lang sandbox.Language, code string, timeout time.Duration) (sandbox.ReplResult, error)
 	Spawn(ctx context.Context, req sandbox.ExecRequest, out func(sandbox.Line)) (int, error)
@@ -276,6 +275,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg:           cfg,
 		boxes:         map[string]*box{},
 		warm:          map[string]*box{},
+		dying:         map[string]bool{},
 		dyingGone:     make(chan struct{}),
 		host:          host,
 		cg:            cg,
@@ -530,13 +530,16 @@ func (b *box) running() bool {
 }
 
 // Start starts the sandbox's init, which builds the sandbox around itself
-// and becomes its portal, and waits until the portal answers a ping. A
-// stopped sandbox starts again with the files it had. It returns an error
+// and becomes its portal, and waits until the init reports the sandbox
+// built and itself under the portal's seccomp filter (in a binary linked
+// with cgo, which executes the portal afresh, before the portal locks
+// itself down: no request is served before it has). A stopped sandbox
+// starts again with the files it had. It returns an error
 // wrapping errdefs.ErrNotFound for an unknown sandbox,
 // errdefs.ErrConflict when it is already running (or was left by an
 // earlier server), errdefs.ErrInvalid when the sandbox cannot be built as
 // specified (a file volume over a directory of the image, say), and
-// errdefs.ErrUnavailable when the portal does not start or answer; the
+// errdefs.ErrUnavailable when the init does not start or fails; the
 // portal's log is quoted in that error.
 func (e *Engine) Start(ctx context.Context, id sandbox.ID) error {
 	b := e.lock(id)
@@ -1101,7 +1104,7 @@ func (e *Engine) holdPids(b *box, pids int, refill bool) (func(), error) {
 	// they are gone, which takes milliseconds: a start that they alone
 	// would keep out waits for them rather than fail.
 	var deadline <-chan time.Time
-	for cur+others()+pids > limit && e.dying > 0 {
+	for cur+others()+pids > limit && len(e.dying) > 0 && cur-e.dyingPids()+others()+pids <= limit {
 		if deadline == nil {
 			deadline = time.After(dyingWait)
 		}
@@ -1126,6 +1129,15 @@ func (e *Engine) holdPids(b *box, pids int, refill bool) (func(), error) {
 		*claims -= pids
 		e.mu.Unlock()
 	}, nil
+}
+
+// dyingPids is how many processes the sets in e.dying hold; e.mu held.
+func (e *Engine) dyingPids() int {
+	n := 0
+	for set := range e.dying {
+		n += e.cg.setPids(set)
+	}
+	return n
 }
 
 // Stop kills every process in the sandbox and releases its cgroups; its
@@ -1240,30 +1252,38 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 // them to go, and releases nothing more if they stay.
 func (e *Engine) releaseIsolation(b *box, processesGone bool, mounts *os.File, dying *aside) func(dir string) {
 	k, slot := b.disk, b.slot
-	b.disk, b.slot = nil, 0
+	b.disk = nil
 	cutOff := func() {
 		k.cutOff()
 		if mounts != nil {
 			mounts.Close()
 		}
 	}
-	if !processesGone {
-		cutOff()
-		return func(string) {}
-	}
-	if dying == nil {
-		// Nothing can enter the namespace left: its ids may go to
-		// another sandbox at once.
-		e.ids.free(slot)
-	}
-	return func(dir string) {
-		if dying != nil {
+	if dying != nil {
+		// Whatever else failed, the processes set aside are its to wait
+		// for and their cgroups to remove.
+		b.slot = 0
+		return func(dir string) {
 			if !e.reapAside(dying) {
 				cutOff() // its id range stays out of use
 				return
 			}
 			e.ids.free(slot)
+			if mounts != nil {
+				mounts.Close()
+			}
+			e.disks.recycle(k, diskImage(dir))
 		}
+	}
+	if !processesGone {
+		cutOff() // b keeps its slot: a Delete that succeeds later frees it
+		return func(string) {}
+	}
+	// Nothing can enter the namespace left: its ids may go to another
+	// sandbox at once.
+	e.ids.free(slot)
+	b.slot = 0
+	return func(dir string) {
 		if mounts != nil {
 			mounts.Close()
 		}
@@ -1300,7 +1320,7 @@ func (e *Engine) killAside(b *box) *aside {
 		return nil
 	}
 	e.mu.Lock()
-	e.dying++
+	e.dying[dying.set] = true
 	e.mu.Unlock()
 	e.detachNetwork(b)
 	if b.client != nil {
@@ -1317,6 +1337,10 @@ type aside struct {
 	done <-chan struct{}
 }
 
+// yieldFor is how long a killed sandbox's processes die at the least CPU
+// weight (killAside, reapAside): long enough for an idle one.
+const yieldFor = time.Second
+
 // dyingWait bounds how long a start waits for deleted sandboxes'
 // processes to go (holdPids): an instant, unless one is stuck in the
 // kernel.
@@ -1330,12 +1354,19 @@ var dyingSeq atomic.Int64
 func (e *Engine) reapAside(dying *aside) bool {
 	defer func() {
 		e.mu.Lock()
-		e.dying--
+		delete(e.dying, dying.set)
 		close(e.dyingGone)
 		e.dyingGone = make(chan struct{})
 		e.mu.Unlock()
 	}()
-	waitDone(dying.done)
+	select {
+	case <-dying.done:
+	case <-time.After(yieldFor):
+		// Starved of CPU by busy sandboxes (a large one takes long to
+		// unmap): the tear-down gets a sandbox's weight back.
+		e.cg.unyield(dying.set)
+		waitDone(dying.done)
+	}
 	if err := e.cg.removeSet(dying.set); err != nil {
 		e.log().Warn("removing the cgroups of a deleted sandbox; its id range stays in use until the server restarts", "cgroups", dying.set, "err", err)
 		return false

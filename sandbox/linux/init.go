@@ -241,8 +241,9 @@ func runInit(status *os.File) error {
 	return errors.New("the portal returned")
 }
 
-// prepareConfig sets up the decoding of an initConfig (see portal.Prepare)
-// while the init waits for its own.
+// prepareConfig sets up the decoding of an initConfig while the init
+// waits for its own: encoding/json builds its decoder of a type on first
+// use, which would otherwise be on the start's path.
 func prepareConfig() {
 	data, err := json.Marshal(initConfig{Build: &rootBuild{Dirs: []string{"d"}, Links: []sandbox.Link{{}}, Files: []sandbox.File{{}}},
 		Binds: []sandbox.Mount{{}}, Volumes: []volumeTarget{{}}, Tmpfs: []sandbox.Tmpfs{{}}, Env: []string{"A=b"}})
@@ -416,7 +417,7 @@ const (
 // setup builds the sandbox's file system inside this process's own mount
 // namespace, around the kernel's file systems staged (stage), pivots into
 // it and sets the rest of the sandbox's state that takes privileges:
-// loopback, hostname, limits, OOM score.
+// hostname, limits, OOM score.
 func (c *initConfig) setup(staged string) error {
 	if c.Userns {
 		c.Root = userRoot

@@ -1,7 +1,6 @@
 package linux_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io/fs"
@@ -96,24 +95,30 @@ func testReadyInits(t *testing.T, userns bool) {
 	// While it waits, before anything of a sandbox is known, it has
 	// mounted what every sandbox gets from the kernel, masked, in a stage
 	// of its own mount namespace.
+	want := map[string]string{"/proc": "proc", "/dev": "tmpfs", "/dev/pts": "devpts", "/sys": "sysfs",
+		"/sys/fs/cgroup/memory": "cgroup", "/proc/sys": "proc", "/sys/firmware": "tmpfs",
+		"/proc/keys": "tmpfs"} // /dev/null over it: made in the stage's /dev, or the host's bound there
+	if userns {
+		want["/proc/keys"] = "devtmpfs"
+	}
 	staged := map[string]string{}
-	for deadline := time.Now().Add(10 * time.Second); staged["/sys/fs/ext4"] == "" && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		// Its last mask made: it is done.
+	done := func() bool {
+		for mp, fstype := range want {
+			if staged[mp] != fstype {
+				return false
+			}
+		}
+		return true
+	}
+	for deadline := time.Now().Add(10 * time.Second); !done() && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		for _, l := range strings.Split(readFile(t, fmt.Sprintf("/proc/%d/mountinfo", inits[oldest])), "\n") {
 			if f := strings.Fields(l); len(f) > 8 && strings.Contains(f[4], "stage/") {
 				staged[f[4][strings.Index(f[4], "stage/")+len("stage"):]] = f[slices.Index(f, "-")+1]
 			}
 		}
 	}
-	for _, want := range []string{"/proc proc", "/dev tmpfs", "/dev/pts devpts", "/sys sysfs", "/sys/fs/cgroup/memory cgroup",
-		"/proc/keys " + staged["/dev/null"], "/proc/sys proc", "/sys/firmware tmpfs"} {
-		mp, fstype, _ := strings.Cut(want, " ")
-		if fstype == "" {
-			fstype = "tmpfs" // /dev/null made in the stage's /dev, outside a user namespace
-		}
-		if staged[mp] != fstype {
-			t.Errorf("the waiting init has %q at %s of its stage, want %s (staged: %v)", staged[mp], mp, fstype, staged)
-		}
+	if !done() {
+		t.Errorf("the waiting init has staged %v, want at least %v", staged, want)
 	}
 	id, _ := sandbox.ParseID("ready", "taken")
 	spec := hostSpec(t)
@@ -459,89 +464,77 @@ func TestDeleteLetsGoOfMounts(t *testing.T) {
 // Delete returns once a sandbox's processes are killed and its name is
 // free, not once the kernel has torn them down: a process still dying
 // is in cgroups renamed aside ("gone-<owner>-<n>", under the server's
-// parent, so its ceilings still count it), the same name starts again at
-// once, and the background part of the delete removes the renamed
-// cgroups once the processes are gone, and only then frees their id
-// range.
+// parent, so its ceilings still count it) at the least CPU weight, the
+// same name starts again at once, and the background part of the delete
+// removes the renamed cgroups once the processes are gone, and only then
+// frees their id range. The sandbox is frozen (cgroup v1 freezer) across
+// the Delete, so that its processes cannot die before the checks: a
+// frozen process acts on SIGKILL only once thawed.
 func TestDeleteAside(t *testing.T) {
 	e, cfg, _ := newEngineToClose(t, "msb-delete-aside", func(c *linux.Config) {
 		c.UserNamespaces = true
 		c.ReadyInits = 0 // none takes the range freed
 	})
 	id, _ := sandbox.ParseID("delete", "aside")
-	spec := hostSpec(t)
-	spec.MemoryMiB = 1536
-	startBox(t, e, id, spec)
-	// 1 GiB to unmap: its exit takes a hundred milliseconds or more.
-	mustRun(t, e, id, `python3 -c 'import os, time
-b = bytearray(1 << 30)
-for i in range(0, len(b), 4096): b[i] = 1
-if os.fork() == 0: time.sleep(1000)
-os._exit(0)' &
-sleep 1`)
-	var big int
-	var procs []string
+	startBox(t, e, id, hostSpec(t))
+	mustRun(t, e, id, "sleep 1000 >/dev/null 2>&1 &")
+	var sleeper int
 	filepath.WalkDir(filepath.Join("/sys/fs/cgroup/pids", cfg.CgroupParent, id.Key()), func(p string, d fs.DirEntry, err error) error {
 		if err == nil && d.Name() == "cgroup.procs" {
 			data, _ := os.ReadFile(p)
-			procs = append(procs, strings.Fields(string(data))...)
+			for _, f := range strings.Fields(string(data)) {
+				if comm, err := os.ReadFile("/proc/" + f + "/comm"); err == nil && string(comm) == "sleep\n" {
+					sleeper, _ = strconv.Atoi(f)
+				}
+			}
 		}
 		return nil
 	})
-	for _, f := range procs {
-		if comm, err := os.ReadFile("/proc/" + f + "/comm"); err == nil && string(comm) == "python3\n" {
-			big, _ = strconv.Atoi(f)
-		}
+	if sleeper == 0 {
+		t.Fatal("no sleep among the sandbox's processes")
 	}
-	if big == 0 {
-		t.Fatalf("no python3 among the sandbox's processes %q", procs)
-	}
+	freeze(t, filepath.Join(cfg.CgroupParent, id.Key()), "FROZEN")
 	slot := readFile(t, filepath.Join(cfg.SandboxDir, id.Key(), "slot"))
 	if err := e.Delete(context.Background(), id); err != nil {
 		t.Fatal(err)
 	}
-	// Tens of milliseconds to die: it is there as Delete returns, in
-	// the cgroups set aside while it still has its memory (its exit has
-	// not reached its cgroups), and its id range stays locked until the
-	// kernel has reaped it.
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", big))
+	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", sleeper))
 	if err != nil {
-		t.Fatalf("the sandbox's python is gone as Delete returns (%v): nothing shows the delete did not wait for it", err)
+		t.Fatalf("the frozen sandbox's process is gone as Delete returns: %v", err)
 	}
-	cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", big))
-	if f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:])); len(f) > 20 && f[20] != "0" { // vsize
-		for _, l := range strings.Split(strings.TrimSpace(string(cg)), "\n") {
-			f := strings.SplitN(l, ":", 3)
-			if len(f) == 3 && f[1] != "" && !strings.HasPrefix(f[2], "/"+cfg.CgroupParent+"/gone-") {
-				t.Errorf("a process of the deleted sandbox is in cgroup %s, not one set aside under %s", l, cfg.CgroupParent)
-			}
-			// Torn down at the least CPU weight.
-			if len(f) == 3 && slices.Contains(strings.Split(f[1], ","), "cpu") {
-				set := strings.Join(strings.Split(f[2], "/")[:3], "/") // /<parent>/gone-...
-				if w, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/cpu", set, "cpu.shares")); err == nil && string(w) != "2\n" {
-					t.Errorf("the deleted sandbox's processes die at CPU weight %s, want 2", w)
-				}
-			}
+	aside := ""
+	for _, l := range strings.Split(strings.TrimSpace(string(cg)), "\n") {
+		f := strings.SplitN(l, ":", 3)
+		if len(f) < 3 || f[1] == "" {
+			continue
 		}
+		parts := strings.Split(f[2], "/") // "", parent, set, ...
+		if len(parts) < 3 || parts[1] != cfg.CgroupParent || !strings.HasPrefix(parts[2], "gone-") {
+			t.Fatalf("a process of the deleted sandbox is in cgroup %s, not one set aside under %s", l, cfg.CgroupParent)
+		}
+		aside = filepath.Join(parts[1], parts[2])
 	}
-	locked := linux.SlotInUse(e, slot) // first: if it is free, the process must be gone by now
-	if _, err := os.Stat(fmt.Sprintf("/proc/%d", big)); !locked && err == nil {
+	if w := strings.TrimSpace(readFile(t, filepath.Join("/sys/fs/cgroup/cpu", aside, "cpu.shares"))); w != "2" {
+		t.Errorf("the deleted sandbox's processes die at CPU weight %s, want 2", w)
+	}
+	if !linux.SlotInUse(e, slot) {
 		t.Errorf("id range %s is free while the deleted sandbox's processes are still there", slot)
 	}
 	if left := leftovers(t, cfg, id); len(left) > 0 {
 		t.Errorf("the deleted sandbox's name still holds %v", left)
 	}
 	startBox(t, e, id, hostSpec(t))
-	if got := mustRun(t, e, id, "ps -e -o comm= | grep -c python3 || true"); got != "0\n" {
-		t.Errorf("the new sandbox of the same name sees %s python3 processes", got)
-	}
-	linux.WaitDeleted(e)
-	waitGone(t, big)
-	if aside, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", cfg.CgroupParent, "gone-*")); len(aside) > 0 {
-		t.Errorf("cgroups set aside are left once the delete is done: %v", aside)
+	if got := mustRun(t, e, id, "ps -e -o comm= | grep -c sleep || true"); got != "0\n" {
+		t.Errorf("the new sandbox of the same name sees %s sleep processes", got)
 	}
 	if readFile(t, filepath.Join(cfg.SandboxDir, id.Key(), "slot")) == slot {
 		t.Fatalf("the new sandbox has the id range %s of the dying one", slot)
+	}
+	freeze(t, aside, "THAWED")
+	linux.WaitDeleted(e)
+	waitGone(t, sleeper)
+	if left, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", cfg.CgroupParent, "gone-*")); len(left) > 0 {
+		t.Errorf("cgroups set aside are left once the delete is done: %v", left)
 	}
 	if linux.SlotInUse(e, slot) {
 		t.Errorf("id range %s of the deleted sandbox is still held once its processes are gone", slot)
@@ -609,4 +602,90 @@ func TestRefillClaims(t *testing.T) {
 	} else {
 		release()
 	}
+}
+
+// freeze sets the cgroup v1 freezer state of the cgroup set (a path under
+// the hierarchy, "<parent>/<set>") and waits until the kernel has. What
+// it freezes is thawed when the test ends, whatever its set is called by
+// then, so that a failed test leaves no process frozen.
+func freeze(t *testing.T, set, state string) {
+	t.Helper()
+	if state == "FROZEN" {
+		t.Cleanup(func() {
+			dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/freezer", filepath.Dir(set), "*", "freezer.state"))
+			for _, f := range dirs {
+				os.WriteFile(f, []byte("THAWED"), 0)
+			}
+		})
+	}
+	f := filepath.Join("/sys/fs/cgroup/freezer", set, "freezer.state")
+	if err := os.WriteFile(f, []byte(state), 0); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); strings.TrimSpace(readFile(t, f)) != state; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s is not %s", f, state)
+		}
+	}
+}
+
+// The processes of a deleted sandbox count under total_pids until they
+// are gone; a start that only they keep out waits for them, and one that
+// would not fit anyway is refused at once. The deleted sandbox is frozen
+// so that its processes stay until the test thaws them.
+func TestStartWaitsForDying(t *testing.T) {
+	e, cfg, _ := newEngineToClose(t, "msb-wait-dying", func(c *linux.Config) {
+		c.Ceilings.Pids = 100
+		c.ReadyInits = 0
+	})
+	id, _ := sandbox.ParseID("wait", "dying")
+	spec := hostSpec(t)
+	spec.Pids = 40
+	startBox(t, e, id, spec)
+	mustRun(t, e, id, "for i in $(seq 20); do sleep 1000 >/dev/null 2>&1 & done")
+	freeze(t, filepath.Join(cfg.CgroupParent, id.Key()), "FROZEN")
+	if err := e.Delete(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	held, _ := strconv.Atoi(strings.TrimSpace(readFile(t, filepath.Join("/sys/fs/cgroup/pids", cfg.CgroupParent, "pids.current"))))
+	if held < 21 {
+		t.Fatalf("the deleted sandbox's processes hold %d pids of the parent, want its 20 sleeps and more", held)
+	}
+	t0 := time.Now()
+	if _, err := linux.HoldPids(e, 101, false); !errdefs.Is(err, errdefs.Exhausted) || time.Since(t0) > time.Second {
+		t.Errorf("a start over the ceiling on its own: %v after %v, want exhausted at once", err, time.Since(t0))
+	}
+	claimed := make(chan error, 1)
+	go func() {
+		release, err := linux.HoldPids(e, 100-held+1, false)
+		if err == nil {
+			release()
+		}
+		claimed <- err
+	}()
+	select {
+	case err := <-claimed:
+		t.Fatalf("a start that only the dying processes keep out did not wait for them: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	var aside []string
+	for _, d := range mustGlob(t, filepath.Join("/sys/fs/cgroup/freezer", cfg.CgroupParent, "gone-*")) {
+		aside = append(aside, strings.TrimPrefix(d, "/sys/fs/cgroup/freezer/"))
+	}
+	if len(aside) != 1 {
+		t.Fatalf("cgroups set aside: %v, want one", aside)
+	}
+	freeze(t, aside[0], "THAWED")
+	if err := <-claimed; err != nil {
+		t.Errorf("the start that waited for the dying processes: %v", err)
+	}
+}
+
+func mustGlob(t *testing.T, pattern string) []string {
+	t.Helper()
+	m, err := filepath.Glob(pattern)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
