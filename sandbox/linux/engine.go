@@ -1171,14 +1171,14 @@ func (e *Engine) Stop(ctx context.Context, id sandbox.ID) error {
 // cgroups, its directory, and whatever an earlier version of the engine
 // kept for it (state, mounts on the host). When it returns, its name is
 // free, its processes are killed (SIGKILL sent: none runs the sandbox's
-// code again) and its network is closed; on cgroup v1 the kernel's tear-down of
-// the processes (their memory unmapped, then the cgroups removed) goes on
-// in the background, in cgroups renamed aside (killAside) that keep
-// counting them under the server's ceilings until they are gone. Its
-// mounts are unmounted, its disk wiped or closed and its directory
-// removed in the background after that (Close waits for all of it). Deleting a missing sandbox is
-// not an error; sandboxes left by an earlier server are deleted the same
-// way. It returns an error wrapping errdefs.ErrUnavailable when something
+// code again) and its network is closed; on cgroup v1 the kernel's
+// tear-down of the processes (their memory unmapped, then the cgroups
+// removed) goes on in the background, in cgroups renamed aside
+// (killAside) that keep counting them under the server's ceilings until
+// they are gone. Its mounts are unmounted, its disk wiped or closed and
+// its directory removed in the background after that (Close waits for
+// all of it). Deleting a missing sandbox is not an error; sandboxes left
+// by an earlier server are deleted the same way. It returns an error wrapping errdefs.ErrUnavailable when something
 // cannot be released (the sandbox stays known, so Delete can be retried).
 func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 	b := e.lockOrAdopt(id)
