@@ -355,10 +355,6 @@ type limits struct {
 	memory int64 // bytes
 	cpus   int
 	pids   int
-	// shares, if set, is the CPU weight against other sandboxes (cgroup
-	// v1 cpu.shares, the kernel's default defaultShares; only inits
-	// spawned ahead, v1 only, set it).
-	shares int
 }
 
 // defaultShares is a cgroup's CPU weight unless set otherwise.
@@ -420,11 +416,6 @@ func (c *cgroups) setLimits(key string, l limits) error {
 	if err := w(c.cpu, "cpu.cfs_quota_us", quota); err != nil {
 		return err
 	}
-	if l.shares > 0 {
-		if err := w(c.cpu, "cpu.shares", strconv.Itoa(l.shares)); err != nil {
-			return err
-		}
-	}
 	if err := w(c.pids, "pids.max", strconv.Itoa(l.pids)); err != nil {
 		return err
 	}
@@ -434,14 +425,18 @@ func (c *cgroups) setLimits(key string, l limits) error {
 // yield gives the processes of the set key the least CPU weight (cgroup
 // v1 cpu.shares; nothing on v2), whatever it was; unyield gives them a
 // sandbox's.
-func (c *cgroups) yield(key string)   { c.setShares(key, minShares) }
-func (c *cgroups) unyield(key string) { c.setShares(key, defaultShares) }
+func (c *cgroups) yield(key string) error   { return c.setShares(key, minShares) }
+func (c *cgroups) unyield(key string) error { return c.setShares(key, defaultShares) }
 
-func (c *cgroups) setShares(key string, shares int) {
+func (c *cgroups) setShares(key string, shares int) error {
 	if c.v2 || c.cpu == "" {
-		return
+		return nil
 	}
-	os.WriteFile(filepath.Join(c.dir(c.cpu, key), "cpu.shares"), []byte(strconv.Itoa(shares)), 0)
+	p := filepath.Join(c.dir(c.cpu, key), "cpu.shares")
+	if err := os.WriteFile(p, []byte(strconv.Itoa(shares)), 0); err != nil {
+		return fmt.Errorf("cgroup weight %s = %d: %w", p, shares, err)
+	}
+	return nil
 }
 
 // setPids is how many processes the set key holds ("": all of the
@@ -473,7 +468,7 @@ func (c *cgroups) relimit(key string, l limits) error {
 // them), take fails.
 func (c *cgroups) take(key string, l limits) error {
 	name := c.pop()
-	if name == "" || c.rename(name, key) != nil {
+	if name == "" || c.renameOver(name, key) != nil {
 		// No ready set, or one could not be renamed: cgroups of that name
 		// are there already (a rename never replaces one), left by a run
 		// that crashed, or a ready set was removed under us.
@@ -521,6 +516,20 @@ func (c *cgroups) rename(from, to string) error {
 		}
 	}
 	return nil
+}
+
+// renameOver renames the set from to to, as rename does, removing first
+// what is under to when the rename fails: cgroups a crashed run left
+// (a rename never replaces a cgroup). It fails when they are in use.
+func (c *cgroups) renameOver(from, to string) error {
+	err := c.rename(from, to)
+	if err == nil {
+		return nil
+	}
+	if rerr := c.removeSet(to); rerr != nil {
+		return fmt.Errorf("%w (cgroups of an earlier run are still in use: %w)", err, rerr)
+	}
+	return c.rename(from, to)
 }
 
 // refill makes ready sets in the background until the pool is full.

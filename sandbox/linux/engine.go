@@ -116,8 +116,10 @@ type Engine struct {
 	ids       *idmaps
 	// mountPoint is where every sandbox's init mounts its root, and
 	// stageDir where it stages the kernel's file systems (initStage), in
-	// its own mount namespace: empty directories.
+	// its own mount namespace: empty directories. stageMsgs are what
+	// sendStage sends.
 	mountPoint, stageDir string
+	stageMsgs            [2][]byte
 	trash                *trash
 	ready                *readyInits
 	// dynamicPortal is set when the portal binary needs the host's C
@@ -285,6 +287,7 @@ func New(cfg Config) (*Engine, error) {
 		ids:           newIDMaps(slotLockDir),
 		mountPoint:    mountPoint,
 		stageDir:      stageDir,
+		stageMsgs:     stageMessages(cg, stageDir),
 		trash:         bin,
 		ready:         newReadyInits(cfg.ReadyInits),
 		dynamicPortal: dynamic,
@@ -580,7 +583,7 @@ func (fs childFiles) close() {
 }
 
 func (e *Engine) start(ctx context.Context, b *box) (err error) {
-	started, err := e.holdPids(b, b.spec.Pids, false)
+	started, err := e.holdPids(b.String(), b.spec.Pids, false)
 	if err != nil {
 		return err
 	}
@@ -875,19 +878,32 @@ func (e *Engine) initMounts(b *box, cfg *initConfig) (mounts []*os.File, err err
 
 // sendStage sends a newly spawned init, on status (the server's end of
 // initFD), what it stages before its configuration comes (initStage,
-// readStage). The socket's buffer holds it: the write does not wait.
+// readStage): one of the engine's two stage messages, for an init with
+// and without a user namespace. The socket's buffer holds it: the write
+// does not wait.
 func (e *Engine) sendStage(status net.Conn, userns bool) error {
-	st := initStage{Userns: userns, Dir: e.stageDir, CgroupV2: e.cg.v2}
-	for _, h := range e.cg.v1 {
+	msg := e.stageMsgs[0]
+	if userns {
+		msg = e.stageMsgs[1]
+	}
+	_, err := status.Write(msg)
+	return err
+}
+
+// stageMessages are the stage messages of an engine with cgroups cg and
+// stage directory dir, without and with a user namespace: 'S', the
+// length of the JSON of an initStage as 4 bytes big-endian, and the JSON.
+func stageMessages(cg *cgroups, dir string) (msgs [2][]byte) {
+	st := initStage{Dir: dir, CgroupV2: cg.v2}
+	for _, h := range cg.v1 {
 		st.Cgroups = append(st.Cgroups, cgroupMount{Dir: filepath.Base(h.mount), Opts: h.opts})
 	}
-	data, err := json.Marshal(st)
-	if err != nil {
-		return err
+	for i, userns := range []bool{false, true} {
+		st.Userns = userns
+		data, _ := json.Marshal(st) // plain strings and bools: never fails
+		msgs[i] = append(binary.BigEndian.AppendUint32([]byte{'S'}, uint32(len(data))), data...)
 	}
-	msg := binary.BigEndian.AppendUint32([]byte{'S'}, uint32(len(data)))
-	_, err = status.Write(append(msg, data...))
-	return err
+	return msgs
 }
 
 // sendConfig sends the init, on status (the server's end of initFD), the
@@ -1030,6 +1046,12 @@ func (e *Engine) kill(b *box) {
 	} else {
 		waitDone(b.done)
 	}
+	e.disconnect(b)
+}
+
+// disconnect closes the network and the portal connection of b, whose
+// init is killed; b.mu held.
+func (e *Engine) disconnect(b *box) {
 	e.detachNetwork(b)
 	if b.client != nil {
 		b.client.Close()
@@ -1067,11 +1089,11 @@ func (e *Engine) releaseCgroups(b *box) error {
 	return nil
 }
 
-// holdPids admits the start of sandbox b under the server's pids ceiling
-// (total_pids): the processes all sandboxes run now, plus the limits of
-// the starts under way, plus b's own limit, must fit under it, so that b
-// can reach its own limit (where its fork fails and its portal keeps a
-// reserve, pidsReserve) whatever the others do at that moment. Idle
+// holdPids admits the start of sandbox name under the server's pids
+// ceiling (total_pids): the processes all sandboxes run now, plus the
+// limits of the starts under way, plus its own limit, must fit under it,
+// so that it can reach its own limit (where its fork fails and its portal
+// keeps a reserve, pidsReserve) whatever the others do at that moment. Idle
 // sandboxes run a few processes each, so a thousand of them fit where the
 // sum of their limits would not; what keeps sandboxes that all fork at
 // once from meeting at the ceiling is the namespaces' quotas (README:
@@ -1082,7 +1104,7 @@ func (e *Engine) releaseCgroups(b *box) error {
 // leaves room for the other spawns under way; a start does not count
 // those: a waiting init runs a few threads of the 64 it may, and a start
 // must never fail because one was being spawned just then.
-func (e *Engine) holdPids(b *box, pids int, refill bool) (func(), error) {
+func (e *Engine) holdPids(name string, pids int, refill bool) (func(), error) {
 	limit := e.cfg.Ceilings.Pids
 	if limit <= 0 {
 		return func() {}, nil
@@ -1121,7 +1143,7 @@ func (e *Engine) holdPids(b *box, pids int, refill bool) (func(), error) {
 		}
 	}
 	if cur+others()+pids > limit {
-		return nil, fmt.Errorf("sandbox %s: %w", b, errdefs.Exhaustedf("the running sandboxes hold %d processes together and starting ones may take %d, so this one's %d would pass the server's ceiling of %d (total_pids in config.toml): stop a sandbox, or raise total_pids", cur, others(), pids, limit))
+		return nil, fmt.Errorf("sandbox %s: %w", name, errdefs.Exhaustedf("the running sandboxes hold %d processes together and starting ones may take %d, so this one's %d would pass the server's ceiling of %d (total_pids in config.toml): stop a sandbox, or raise total_pids", cur, others(), pids, limit))
 	}
 	*claims += pids
 	return func() {
@@ -1253,40 +1275,30 @@ func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
 func (e *Engine) releaseIsolation(b *box, processesGone bool, mounts *os.File, dying *aside) func(dir string) {
 	k, slot := b.disk, b.slot
 	b.disk = nil
-	cutOff := func() {
+	// (Close of a nil *os.File does nothing.)
+	if dying == nil && !processesGone {
 		k.cutOff()
-		if mounts != nil {
-			mounts.Close()
-		}
+		mounts.Close()
+		return func(string) {} // b keeps its slot: a Delete that succeeds later frees it
 	}
-	if dying != nil {
-		// Whatever else failed, the processes set aside are its to wait
-		// for and their cgroups to remove.
-		b.slot = 0
-		return func(dir string) {
+	b.slot = 0
+	if dying == nil {
+		// Nothing can enter the namespace left: its ids may go to
+		// another sandbox at once.
+		e.ids.free(slot)
+	}
+	return func(dir string) {
+		// Whatever else failed, the processes set aside are to be
+		// waited for and their cgroups removed.
+		if dying != nil {
 			if !e.reapAside(dying) {
-				cutOff() // its id range stays out of use
+				k.cutOff() // its id range stays out of use
+				mounts.Close()
 				return
 			}
 			e.ids.free(slot)
-			if mounts != nil {
-				mounts.Close()
-			}
-			e.disks.recycle(k, diskImage(dir))
 		}
-	}
-	if !processesGone {
-		cutOff() // b keeps its slot: a Delete that succeeds later frees it
-		return func(string) {}
-	}
-	// Nothing can enter the namespace left: its ids may go to another
-	// sandbox at once.
-	e.ids.free(slot)
-	b.slot = 0
-	return func(dir string) {
-		if mounts != nil {
-			mounts.Close()
-		}
+		mounts.Close()
 		e.disks.recycle(k, diskImage(dir))
 	}
 }
@@ -1314,7 +1326,7 @@ func (e *Engine) killAside(b *box) *aside {
 	// threads, this one first, the moment the kill wakes it.
 	e.cg.yield(b.handle)
 	_ = b.proc.Kill()
-	dying := &aside{set: dyingPrefix + warmOwner() + "-" + strconv.FormatInt(dyingSeq.Add(1), 10), done: b.done}
+	dying := &aside{set: ownedName(dyingPrefix, dyingSeq.Add(1)), done: b.done}
 	if err := e.cg.rename(b.handle, dying.set); err != nil {
 		e.log().Warn("renaming a deleted sandbox's cgroups aside; its delete waits for its processes", "sandbox", b.String(), "err", err)
 		return nil
@@ -1322,11 +1334,7 @@ func (e *Engine) killAside(b *box) *aside {
 	e.mu.Lock()
 	e.dying[dying.set] = true
 	e.mu.Unlock()
-	e.detachNetwork(b)
-	if b.client != nil {
-		b.client.Close()
-	}
-	b.client = nil
+	e.disconnect(b)
 	return dying
 }
 

@@ -46,7 +46,7 @@ func WaitDeleted(e *Engine) { e.trash.wait() }
 // HoldPids claims pids under the server's pids ceiling as a start does,
 // or as the spawn of an init ahead does (refill).
 func HoldPids(e *Engine, pids int, refill bool) (func(), error) {
-	return e.holdPids(&box{handle: "test"}, pids, refill)
+	return e.holdPids("test", pids, refill)
 }
 
 // SlotInUse reports whether the engine holds id range slot (its own

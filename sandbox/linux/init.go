@@ -245,12 +245,12 @@ func runInit(status *os.File) error {
 // waits for its own: encoding/json builds its decoder of a type on first
 // use, which would otherwise be on the start's path.
 func prepareConfig() {
-	data, err := json.Marshal(initConfig{Build: &rootBuild{Dirs: []string{"d"}, Links: []sandbox.Link{{}}, Files: []sandbox.File{{}}},
-		Binds: []sandbox.Mount{{}}, Volumes: []volumeTarget{{}}, Tmpfs: []sandbox.Tmpfs{{}}, Env: []string{"A=b"}})
-	if err == nil {
-		_ = json.Unmarshal(data, &initConfig{})
-	}
+	_ = json.Unmarshal([]byte(sampleConfig), &initConfig{})
 }
+
+// sampleConfig has an object or element of every type an initConfig
+// holds.
+const sampleConfig = `{"build":{"dirs":["d"],"links":[{}],"files":[{}]},"binds":[{}],"volumes":[{}],"tmpfs":[{}],"user":{},"env":["A=b"]}`
 
 // maxStage bounds the stage message: a few hundred bytes in practice.
 const maxStage = 64 << 10
@@ -507,49 +507,19 @@ func mountOverlay(root, upper, work string, layers []string) error {
 // sandbox's own cgroups at /sys/fs/cgroup (with CgroupV2, setup mounts
 // them, once the init has its cgroup namespace).
 func (st *initStage) kernelMounts(dir string) error {
-	type mnt struct {
-		src, fstype string
-		flags       uintptr
-		data        string
-	}
-	top := []struct {
-		dir string
-		m   mnt
-	}{
-		{"proc", mnt{"proc", "proc", nsd, ""}},
-		{"dev", mnt{"tmpfs", "tmpfs", unix.MS_NOSUID | unix.MS_STRICTATIME, "mode=755,size=65536k"}},
-		{"sys", mnt{"sysfs", "sysfs", nsd | unix.MS_RDONLY, ""}},
-	}
 	// All of it is in the stage's fresh tmpfs and the mounts on it, which
 	// nothing else has touched: plain paths are safe there.
-	for _, t := range top {
-		d := filepath.Join(dir, t.dir)
+	for _, m := range kernelFS {
+		d := filepath.Join(dir, m.path)
 		if err := os.Mkdir(d, 0o755); err != nil {
 			return err
 		}
-		if err := unix.Mount(t.m.src, d, t.m.fstype, t.m.flags, t.m.data); err != nil {
-			return fmt.Errorf("mounting /%s: %w", t.dir, err)
+		if err := unix.Mount(m.src, d, m.fstype, m.flags, m.data); err != nil {
+			return fmt.Errorf("mounting /%s: %w", m.path, err)
 		}
 	}
-	dev := filepath.Join(dir, "dev")
-	if err := devices(dev, st.Userns); err != nil {
+	if err := devices(filepath.Join(dir, "dev"), st.Userns); err != nil {
 		return err
-	}
-	for _, m := range []struct {
-		dir string
-		m   mnt
-	}{
-		{"pts", mnt{"devpts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"}},
-		{"shm", mnt{"shm", "tmpfs", nsd, "mode=1777,size=65536k"}},
-		{"mqueue", mnt{"mqueue", "mqueue", nsd, ""}},
-	} {
-		d := filepath.Join(dev, m.dir)
-		if err := os.Mkdir(d, 0o755); err != nil {
-			return err
-		}
-		if err := unix.Mount(m.m.src, d, m.m.fstype, m.m.flags, m.m.data); err != nil {
-			return fmt.Errorf("mounting /dev/%s: %w", m.dir, err)
-		}
 	}
 	if st.CgroupV2 {
 		return nil
@@ -557,15 +527,31 @@ func (st *initStage) kernelMounts(dir string) error {
 	return st.cgroupMounts(filepath.Join(dir, "sys/fs/cgroup"))
 }
 
-// kernelTops are the kernel's file systems that stage mounts and
-// moveKernelMounts moves into the root, each with what is mounted below it.
-var kernelTops = []string{"proc", "dev", "sys"}
+// kernelFS are the kernel's file systems every sandbox gets, parents
+// first; those at the top (no slash) are what moveKernelMounts moves into
+// the root, each with what is mounted below it.
+var kernelFS = []struct {
+	path, src, fstype string
+	flags             uintptr
+	data              string
+}{
+	{"proc", "proc", "proc", nsd, ""},
+	{"dev", "tmpfs", "tmpfs", unix.MS_NOSUID | unix.MS_STRICTATIME, "mode=755,size=65536k"},
+	{"sys", "sysfs", "sysfs", nsd | unix.MS_RDONLY, ""},
+	{"dev/pts", "devpts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"},
+	{"dev/shm", "shm", "tmpfs", nsd, "mode=1777,size=65536k"},
+	{"dev/mqueue", "mqueue", "mqueue", nsd, ""},
+}
 
 // moveKernelMounts moves the kernel's file systems staged in dir to the
 // top of the root. There, what the sandbox left on an earlier run (a
 // symlink, say) is replaced: these are msb's.
 func (r *inRoot) moveKernelMounts(dir string) error {
-	for _, name := range kernelTops {
+	for _, m := range kernelFS {
+		name := m.path
+		if strings.Contains(name, "/") {
+			continue // moved with its parent
+		}
 		fd, err := r.topDir(name)
 		if err != nil {
 			return fmt.Errorf("mount point /%s: %w", name, err)

@@ -79,6 +79,14 @@ var warmOwner = sync.OnceValue(func() string {
 	return strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(b[:])
 })
 
+// ownedPrefix starts the names this process gives under prefix (warm,
+// ready, dying): "<prefix><owner>-"; ownedName is its n-th.
+func ownedPrefix(prefix string) string { return prefix + warmOwner() + "-" }
+
+func ownedName(prefix string, n int64) string {
+	return ownedPrefix(prefix) + strconv.FormatInt(n, 10)
+}
+
 // Prestart implements sandbox.Pooler: it creates and starts a sandbox of
 // spec under a new handle. It returns an error wrapping errdefs.ErrInvalid
 // for a spec with a network (a sandbox gets it when it is adopted) or one
@@ -104,7 +112,7 @@ func (e *Engine) Prestart(ctx context.Context, spec sandbox.Spec) (string, error
 	}
 	e.mu.Lock()
 	e.warmSeq++
-	handle := warmPrefix + warmOwner() + "-" + strconv.Itoa(e.warmSeq)
+	handle := ownedName(warmPrefix, int64(e.warmSeq))
 	b := &box{handle: handle, dir: filepath.Join(e.cfg.SandboxDir, handle), spec: spec}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -161,7 +169,7 @@ func (e *Engine) Adopt(ctx context.Context, handle string, id sandbox.ID, spec s
 	}
 	// Admitted under total_pids with the start's own limit, as a cold
 	// start is (its few processes already counted).
-	started, err := e.holdPids(b, spec.Pids, false)
+	started, err := e.holdPids(b.String(), spec.Pids, false)
 	if err != nil {
 		return fail(err)
 	}
@@ -338,7 +346,7 @@ func (e *Engine) removeStaleWarm() {
 			return false // a sandbox's key (namespace.name), whatever its namespace is called
 		}
 		for _, prefix := range []string{warmPrefix, readyPrefix, dyingPrefix} { // sandboxes of a pool, inits spawned ahead, deleted sandboxes
-			if strings.HasPrefix(name, prefix) && !strings.HasPrefix(name, prefix+warmOwner()+"-") {
+			if strings.HasPrefix(name, prefix) && !strings.HasPrefix(name, ownedPrefix(prefix)) {
 				return true
 			}
 		}

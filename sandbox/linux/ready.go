@@ -2,7 +2,6 @@ package linux
 
 import (
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,9 +55,10 @@ type readyInit struct {
 }
 
 // readyLimits are a waiting init's: the sandbox's own come when it is
-// taken. Its weight is the least, so that spawning it (its runtime's
-// start, in its cgroup) takes only CPU that sandboxes and starts leave.
-var readyLimits = limits{memory: 64 << 20, cpus: 1, pids: 64, shares: minShares}
+// taken. Its CPU weight is the least (cgroups.yield, until bindReady),
+// so that spawning it (its runtime's start, in its cgroup) takes only
+// CPU that sandboxes and starts leave.
+var readyLimits = limits{memory: 64 << 20, cpus: 1, pids: 64}
 
 // readyInits keeps size inits waiting, refilled in the background from
 // the first start on (so that they are never spawned before Recover has
@@ -110,22 +110,15 @@ func (e *Engine) takeReady(b *box) *initRun {
 // to b's spec, and its slot, recorded in b's directory in place of b's.
 // On a failure ri is discarded and b is as it was.
 func (e *Engine) bindReady(b *box, ri *readyInit) error {
-	if err := e.cg.rename(ri.handle, b.handle); err != nil {
-		// Cgroups a crashed run left under that name: removed if they
-		// can be, as a cold start's take does.
-		if rerr := e.cg.removeSet(b.handle); rerr != nil {
-			e.discardReady(ri)
-			return fmt.Errorf("renaming its cgroups: %w (cgroups of an earlier run are still in use: %w)", err, rerr)
-		}
-		if err := e.cg.rename(ri.handle, b.handle); err != nil {
-			e.discardReady(ri)
-			return fmt.Errorf("renaming its cgroups: %w", err)
-		}
+	if err := e.cg.renameOver(ri.handle, b.handle); err != nil {
+		e.discardReady(ri)
+		return fmt.Errorf("renaming its cgroups: %w", err)
 	}
 	ri.handle = b.handle
-	l := specLimits(b.spec)
-	l.shares = defaultShares
-	err := e.cg.relimit(b.handle, l)
+	err := e.cg.relimit(b.handle, specLimits(b.spec))
+	if err == nil {
+		err = e.cg.unyield(b.handle)
+	}
 	if err == nil && ri.slot != b.slot {
 		err = writeSlot(b.dir, ri.slot)
 	}
@@ -240,11 +233,11 @@ func (r *readyInits) close(e *Engine) {
 // spawnReady spawns an init to wait for a sandbox: a cgroup set and a
 // slot of its own, with readyLimits.
 func (e *Engine) spawnReady() (*readyInit, error) {
-	handle := readyPrefix + warmOwner() + "-" + strconv.FormatInt(readySeq.Add(1), 10)
+	handle := ownedName(readyPrefix, readySeq.Add(1))
 	ri := &readyInit{handle: handle}
 	// Admitted under total_pids as a start is: what starts under way may
 	// take stays theirs.
-	started, err := e.holdPids(&box{handle: handle}, readyLimits.pids, true)
+	started, err := e.holdPids(handle, readyLimits.pids, true)
 	if err != nil {
 		return nil, err
 	}
@@ -268,11 +261,13 @@ func (e *Engine) spawnReady() (*readyInit, error) {
 		e.ids.free(ri.slot)
 		return nil, fmt.Errorf("cgroups: %w", err)
 	}
-	run, err := e.spawnInit(handle, ri.slot, 1, &initLog{})
+	var run *initRun
+	err = e.cg.yield(handle)
+	if err == nil {
+		run, err = e.spawnInit(handle, ri.slot, 1, &initLog{})
+	}
 	if err != nil {
-		if rerr := e.cg.removeSet(handle); rerr == nil {
-			e.ids.free(ri.slot)
-		}
+		e.releaseReady(ri)
 		return nil, err
 	}
 	ri.run = run
@@ -285,11 +280,20 @@ func (e *Engine) discardReady(ri *readyInit) {
 	ri.run.portal.Close()
 	ri.run.status.Close()
 	killWait(ri.run.proc, ri.run.done)
-	if err := e.cg.removeSet(ri.handle); err != nil {
+	if err := e.releaseReady(ri); err != nil {
 		e.log().Warn("removing the cgroups of an init spawned ahead", "handle", ri.handle, "err", err)
-		return
+	}
+}
+
+// releaseReady removes the cgroups of ri, whose init is gone or was never
+// spawned, and then frees its slot: while they cannot be removed, a
+// process of it may be left.
+func (e *Engine) releaseReady(ri *readyInit) error {
+	if err := e.cg.removeSet(ri.handle); err != nil {
+		return err
 	}
 	e.ids.free(ri.slot)
+	return nil
 }
 
 // initLog is where an init's stdout and stderr go: its sandbox's
