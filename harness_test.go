@@ -50,24 +50,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// syncBuffer collects a process's output for assertions while it runs.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // msbServer is one running server: a process (cmd) or in this process
 // (srv).
 type msbServer struct {
@@ -76,7 +58,7 @@ type msbServer struct {
 	cmd    *exec.Cmd
 	srv    *server.Server
 	cancel context.CancelFunc
-	out    *syncBuffer
+	out    *sandboxtest.SyncBuffer
 	URL    string
 	exited chan struct{}
 	// clock is the in-process server's clock: the real time plus an
@@ -196,7 +178,7 @@ func startServer(t testing.TB, home string, args ...string) *msbServer {
 			t.Fatalf("startServer: unknown argument %q", args[i])
 		}
 	}
-	s := &msbServer{t: t, home: home, out: &syncBuffer{}, exited: make(chan struct{}), clock: clock}
+	s := &msbServer{t: t, home: home, out: &sandboxtest.SyncBuffer{}, exited: make(chan struct{}), clock: clock}
 	opts.PortalBinary, opts.Out, opts.Now = portal, s.out, s.clock.Now
 	opts.Log = slog.New(slog.NewTextHandler(s.out, nil))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -244,7 +226,7 @@ func waitFor(t testing.TB, cond func() bool) {
 // the test ends.
 func startProcess(t testing.TB, home string, args ...string) *msbServer {
 	t.Helper()
-	s := &msbServer{t: t, home: home, out: &syncBuffer{}, exited: make(chan struct{})}
+	s := &msbServer{t: t, home: home, out: &sandboxtest.SyncBuffer{}, exited: make(chan struct{})}
 	s.cmd = exec.Command(msbBin, append([]string{"server", "start", "--port", "0"}, args...)...)
 	s.cmd.Env = append(os.Environ(), "MSB_HOME="+home)
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out

@@ -154,29 +154,12 @@ type stack struct {
 	issue  func(namespace string) string
 	m      *fakeManager
 	files  *sandboxtest.Memory // the files of team-a/box, running
-	logBuf *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
+	logBuf *sandboxtest.SyncBuffer
 }
 
 func newStack(t *testing.T, dev bool) *stack {
 	t.Helper()
-	st := &stack{m: &fakeManager{}, logBuf: &syncBuffer{}}
+	st := &stack{m: &fakeManager{}, logBuf: &sandboxtest.SyncBuffer{}}
 	log := slog.New(slog.NewTextHandler(st.logBuf, nil))
 	gate := auth.NewGate(auth.DevPolicy{}, rpc.Code, nil)
 	if !dev {

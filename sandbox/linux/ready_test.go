@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"maps"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/linux"
+	"github.com/msb-dev/msb/sandbox/sandboxtest"
 )
 
 // waitingInits returns the inits waiting spawned ahead in the engine of
@@ -263,7 +265,11 @@ ls /proc | grep -c '^[0-9]'`)
 // An init that dies while it waits is never handed to a sandbox: the
 // start takes the next one, or one spawned since, or spawns its own.
 func TestReadyInitDied(t *testing.T) {
-	e, cfg, _ := newEngineToClose(t, "msb-ready-died", func(c *linux.Config) { c.ReadyInits = 2 })
+	logs := &sandboxtest.SyncBuffer{}
+	e, cfg, _ := newEngineToClose(t, "msb-ready-died", func(c *linux.Config) {
+		c.ReadyInits = 2
+		c.Log = slog.New(slog.NewTextHandler(logs, nil))
+	})
 	kill := func(pids ...int) {
 		t.Helper()
 		for _, pid := range pids {
@@ -286,6 +292,9 @@ func TestReadyInitDied(t *testing.T) {
 		if h != oldest && p != pid {
 			t.Fatalf("the start got pid %d, not the init that still waited (%d); the dead one was %d", pid, p, inits[oldest])
 		}
+	}
+	if !strings.Contains(logs.String(), "an init spawned ahead exited while it waited") {
+		t.Errorf("the dead init is not in the engine's log:\n%s", logs)
 	}
 
 	// All dead: the start gets none of them (it spawns its own, or takes
