@@ -61,3 +61,7 @@ func SlotInUse(e *Engine, slot string) bool {
 	defer e.ids.mu.Unlock()
 	return e.ids.used[n]
 }
+
+// BackgroundPatience is how long background work waits at most for the
+// engine's calls to leave a quiet moment.
+const BackgroundPatience = backgroundPatience

@@ -88,7 +88,8 @@ func ownedName(prefix string, n int64) string {
 }
 
 // Prestart implements sandbox.Pooler: it creates and starts a sandbox of
-// spec under a new handle. It returns an error wrapping errdefs.ErrInvalid
+// spec under a new handle, once the engine's calls leave a quiet moment
+// (calls.waitQuiet). It returns an error wrapping errdefs.ErrInvalid
 // for a spec with a network (a sandbox gets it when it is adopted) or one
 // Create refuses, and Start's errors.
 func (e *Engine) Prestart(ctx context.Context, spec sandbox.Spec) (string, error) {
@@ -106,6 +107,10 @@ func (e *Engine) Prestart(ctx context.Context, spec sandbox.Spec) (string, error
 	}
 	if len(spec.Root.Layers) > 0 && e.dynamicPortal && !e.cfg.AllowDynamicPortal {
 		return "", errdefs.Invalidf("this msb server is a dynamically linked build, which cannot run inside an OCI image: build msb statically with %s", buildStatic)
+	}
+	// Work in the background, after the engine's calls (calls.waitQuiet).
+	if !e.calls.waitQuiet(ctx.Done()) {
+		return "", ctx.Err()
 	}
 	if e.staleWarm.Load() {
 		e.removeStaleWarm()
@@ -138,6 +143,7 @@ func (e *Engine) Prestart(ctx context.Context, spec sandbox.Spec) (string, error
 // setting cannot be applied. On any error but the first the sandbox is
 // deleted.
 func (e *Engine) Adopt(ctx context.Context, handle string, id sandbox.ID, spec sandbox.Spec) error {
+	defer e.calls.begin()()
 	key, spec, err := withDefaults(id, spec)
 	if err != nil {
 		return err

@@ -162,7 +162,8 @@ func (r *readyInits) take(e *Engine) *readyInit {
 	return ri
 }
 
-// refill spawns inits while fewer than size wait, until close. A failure
+// refill spawns inits while fewer than size wait, each at a quiet moment
+// of the engine's calls (calls.waitQuiet), until close. A failure
 // is tried again a second later, and logged when its message changes or
 // every 10 minutes (a full pids ceiling, say, fails every try).
 func (r *readyInits) refill(e *Engine) {
@@ -174,6 +175,9 @@ func (r *readyInits) refill(e *Engine) {
 		n := len(r.ready)
 		r.mu.Unlock()
 		if n < r.size {
+			if !e.calls.waitQuiet(r.quit) {
+				return
+			}
 			ri, err := e.spawnReady()
 			if err == nil {
 				lastErr = ""

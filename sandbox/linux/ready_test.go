@@ -613,6 +613,62 @@ func TestRefillClaims(t *testing.T) {
 	}
 }
 
+// The refill of inits spawned ahead waits while a call of the engine is
+// in flight (a sandbox's first command, say), which an init spawned beside
+// it would slow; after BackgroundPatience it spawns all the same.
+func TestRefillWaitsForQuiet(t *testing.T) {
+	e, cfg, _ := newEngineToClose(t, "msb-refill-quiet", func(c *linux.Config) { c.ReadyInits = 1 })
+	ctx := context.Background()
+	busy, _ := sandbox.ParseID("quiet", "busy")
+	startBox(t, e, busy, hostSpec(t)) // cold: starts the refill
+	waitInits(t, cfg, 1)
+
+	// A call in flight for longer than the patience.
+	call := 3 * linux.BackgroundPatience
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.Exec(ctx, busy, sandbox.ExecRequest{Command: "sleep", Args: []string{strconv.Itoa(int(call / time.Second))}})
+		done <- err
+	}()
+	running := func() bool { // the sleep runs, in a call cgroup of busy's set
+		found := false
+		filepath.WalkDir(filepath.Join("/sys/fs/cgroup/pids", cfg.CgroupParent, busy.Key()), func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.Name() == "cgroup.procs" {
+				for _, pid := range strings.Fields(readFile(t, p)) {
+					comm, _ := os.ReadFile("/proc/" + pid + "/comm")
+					found = found || string(comm) == "sleep\n"
+				}
+			}
+			return nil
+		})
+		return found
+	}
+	for deadline := time.Now().Add(10 * time.Second); !running(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the call's sleep did not start")
+		}
+	}
+	took, _ := sandbox.ParseID("quiet", "took")
+	t0 := time.Now()
+	startBox(t, e, took, hostSpec(t)) // takes the waiting init
+	if n := linux.ReadyInits(e); n != 0 {
+		t.Fatalf("%d inits wait right after a start took the only one", n)
+	}
+	time.Sleep(linux.BackgroundPatience / 2)
+	if n := len(waitingInits(t, cfg)); n != 0 && time.Since(t0) < linux.BackgroundPatience {
+		t.Errorf("an init was spawned ahead while a call was in flight")
+	}
+	waitInits(t, cfg, 1)
+	select {
+	case err := <-done:
+		t.Errorf("the call ended (%v) before the refill gave up waiting for it", err)
+	default:
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // freeze sets the cgroup v1 freezer state of the cgroup set (a path under
 // the hierarchy, "<parent>/<set>"); a freeze waits until the kernel has
 // frozen it, a thaw returns at once (what was killed while frozen dies
