@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -294,21 +295,21 @@ func BenchmarkSandbox(b *testing.B) {
 		// Each case after the same quiet moment (settle), so that none
 		// pays for what the one before left to the background.
 		for r := 0; r < rounds; r++ {
-			settle()
+			settle(b)
 			t0 := time.Now()
 			python()
 			pyT = append(pyT, time.Since(t0))
 
 			if crun.ok() {
-				settle()
+				settle(b)
 				crunT = append(crunT, crun.run())
 			}
 
-			settle()
+			settle(b)
 			start, line, stop := benchFull(b, c, fmt.Sprintf("r%d", r))
 			startT, lineT, stopT, fullT = append(startT, start), append(lineT, line), append(stopT, stop), append(fullT, start+line+stop)
 			if spawning != nil {
-				settle()
+				settle(b)
 				start, line, stop := benchFull(b, spawning, fmt.Sprintf("r%d", r))
 				spawnStartT, spawnFullT = append(spawnStartT, start), append(spawnFullT, start+line+stop)
 			}
@@ -669,10 +670,23 @@ func benchIdle(b *testing.B, c *rpcClient, home string) {
 // settle waits for what a measured case leaves to the background (for a
 // sandbox.stop, the kernel's tear-down of the sandbox's processes and
 // mounts, the refill of inits spawned ahead) to be done, so that the
-// next case, a baseline as much as msb, does not pay for it. (What msb's
-// case measures is what its client waits for: a stop answers before the
-// tear-down, whose CPU the throughput figures count.)
-func settle() { time.Sleep(50 * time.Millisecond) }
+// next case, a baseline as much as msb, does not pay for it: 50 ms, and
+// then until the machine's CPUs were busy for at most a quarter of a 40 ms
+// window (at most a second more). (What msb's case measures is what its
+// client waits for: a stop answers before the tear-down, whose CPU the
+// throughput figures count.)
+func settle(tb testing.TB) {
+	time.Sleep(50 * time.Millisecond)
+	const window = 40 * time.Millisecond
+	cpus := time.Duration(runtime.NumCPU())
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
+		busy := machineBusy(tb)
+		time.Sleep(window)
+		if machineBusy(tb)-busy <= window*cpus/4 {
+			return
+		}
+	}
+}
 
 // benchFull times sandbox.start of a new sandbox name in namespace bench,
 // a python line in it (command.run of python3 -c 'print(1)') and its
