@@ -122,8 +122,8 @@ type Engine struct {
 	stageMsgs            [2][]byte
 	trash                *trash
 	ready                *readyInits
-	// calls are the engine's calls in flight (quiet.go).
-	calls calls
+	// calls are the engine's starts and commands (quiet.go).
+	calls *calls
 	// dynamicPortal is set when the portal binary needs the host's C
 	// library, so it cannot run inside an OCI image's root.
 	dynamicPortal bool
@@ -292,6 +292,7 @@ func New(cfg Config) (*Engine, error) {
 		stageMsgs:     stageMessages(cg, stageDir),
 		trash:         bin,
 		ready:         newReadyInits(cfg.ReadyInits),
+		calls:         newCalls(),
 		dynamicPortal: dynamic,
 	}, nil
 }
@@ -547,7 +548,7 @@ func (b *box) running() bool {
 // errdefs.ErrUnavailable when the init does not start or fails; the
 // portal's log is quoted in that error.
 func (e *Engine) Start(ctx context.Context, id sandbox.ID) error {
-	defer e.calls.begin()()
+	defer e.calls.start()()
 	b := e.lock(id)
 	if b == nil {
 		if e.onDisk(id.Key()) {
@@ -1171,7 +1172,6 @@ func (e *Engine) dyingPids() int {
 // errdefs.ErrUnavailable when a sandbox left by an earlier server cannot be
 // killed.
 func (e *Engine) Stop(ctx context.Context, id sandbox.ID) error {
-	defer e.calls.begin()()
 	b := e.lockOrAdopt(id)
 	if b == nil {
 		return notFound(id)
@@ -1207,7 +1207,6 @@ func (e *Engine) Stop(ctx context.Context, id sandbox.ID) error {
 // by an earlier server are deleted the same way. It returns an error wrapping errdefs.ErrUnavailable when something
 // cannot be released (the sandbox stays known, so Delete can be retried).
 func (e *Engine) Delete(ctx context.Context, id sandbox.ID) error {
-	defer e.calls.begin()()
 	b := e.lockOrAdopt(id)
 	if b == nil {
 		return nil
@@ -1531,7 +1530,7 @@ func callErr(b *box, what string, err error) error {
 // call), and errdefs.ErrUnavailable when the portal fails. A command that
 // cannot be started is a result (exit code 127 or 126), not an error.
 func (e *Engine) Exec(ctx context.Context, id sandbox.ID, req sandbox.ExecRequest) (sandbox.ExecResult, error) {
-	defer e.calls.begin()()
+	defer e.calls.command()()
 	c, b, err := e.client(id)
 	if err != nil {
 		return sandbox.ExecResult{}, err
@@ -1547,7 +1546,7 @@ func (e *Engine) Exec(ctx context.Context, id sandbox.ID, req sandbox.ExecReques
 // for every line it prints until it exits or ctx ends, and returns its exit
 // code. Errors are as for Exec.
 func (e *Engine) Spawn(ctx context.Context, id sandbox.ID, req sandbox.ExecRequest, out func(sandbox.Line)) (int, error) {
-	defer e.calls.begin()()
+	defer e.calls.command()()
 	c, b, err := e.client(id)
 	if err != nil {
 		return 0, err
@@ -1565,7 +1564,7 @@ func (e *Engine) Spawn(ctx context.Context, id sandbox.ID, req sandbox.ExecReque
 // (or stops during the call), and the portal's error otherwise
 // (errdefs.ErrInvalid when the image has no such interpreter).
 func (e *Engine) RunCode(ctx context.Context, id sandbox.ID, lang sandbox.Language, code string, timeout time.Duration) (sandbox.ReplResult, error) {
-	defer e.calls.begin()()
+	defer e.calls.command()()
 	c, b, err := e.client(id)
 	if err != nil {
 		return sandbox.ReplResult{}, err

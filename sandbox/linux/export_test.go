@@ -40,6 +40,13 @@ func ReadyInits(e *Engine) int {
 	return len(e.ready.ready)
 }
 
+// ReadyTaken is how many starts took an init spawned ahead.
+func ReadyTaken(e *Engine) int {
+	e.ready.mu.Lock()
+	defer e.ready.mu.Unlock()
+	return e.ready.taken
+}
+
 // WaitDeleted waits until what Delete left to the background is done.
 func WaitDeleted(e *Engine) { e.trash.wait() }
 

@@ -143,7 +143,7 @@ func (e *Engine) Prestart(ctx context.Context, spec sandbox.Spec) (string, error
 // setting cannot be applied. On any error but the first the sandbox is
 // deleted.
 func (e *Engine) Adopt(ctx context.Context, handle string, id sandbox.ID, spec sandbox.Spec) error {
-	defer e.calls.begin()()
+	defer e.calls.start()()
 	key, spec, err := withDefaults(id, spec)
 	if err != nil {
 		return err

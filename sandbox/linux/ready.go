@@ -70,6 +70,7 @@ type readyInits struct {
 	ready  []*readyInit
 	armed  bool
 	closed bool
+	taken  int           // how many starts took one
 	wake   chan struct{} // a start took one
 	quit   chan struct{} // closed by close
 	done   chan struct{} // closed when the refill has stopped
@@ -159,6 +160,7 @@ func (r *readyInits) take(e *Engine) *readyInit {
 	}
 	ri := r.ready[0]
 	r.ready = r.ready[1:]
+	r.taken++
 	return ri
 }
 

@@ -669,6 +669,32 @@ func TestRefillWaitsForQuiet(t *testing.T) {
 	}
 }
 
+// In a burst of starts, each right after the one before, the refill
+// spawns at once: that is what inits spawned ahead are for.
+func TestRefillInBurst(t *testing.T) {
+	e, cfg, _ := newEngineToClose(t, "msb-refill-burst", func(c *linux.Config) { c.ReadyInits = 1 })
+	ctx := context.Background()
+	first, _ := sandbox.ParseID("burst", "first")
+	startBox(t, e, first, hostSpec(t)) // cold: starts the refill
+	waitInits(t, cfg, 1)
+	t0 := time.Now()
+	for i := 0; linux.ReadyTaken(e) < 2; i++ {
+		if time.Since(t0) > linux.BackgroundPatience*3/4 {
+			t.Fatalf("%d starts in a burst took %d inits spawned ahead: the refill waited as if for a quiet moment", i, linux.ReadyTaken(e))
+		}
+		id, _ := sandbox.ParseID("burst", "b"+strconv.Itoa(i))
+		if err := e.Create(ctx, id, hostSpec(t)); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Start(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Delete(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // freeze sets the cgroup v1 freezer state of the cgroup set (a path under
 // the hierarchy, "<parent>/<set>"); a freeze waits until the kernel has
 // frozen it, a thaw returns at once (what was killed while frozen dies

@@ -71,7 +71,7 @@ func (e *Engine) files(id sandbox.ID, paths ...string) (sessionClient, *box, err
 // is not running (or stops during the call), and errdefs.ErrUnavailable
 // when the portal fails.
 func (e *Engine) Stream(ctx context.Context, id sandbox.ID, spec sandbox.ExecSpec, killOnClose bool, events func(sandbox.ExecEvent)) (sandbox.Process, error) {
-	defer e.calls.begin()()
+	defer e.calls.command()()
 	c, b, err := e.sessions(id)
 	if err != nil {
 		return nil, err
