@@ -373,9 +373,11 @@ func BenchmarkSandbox(b *testing.B) {
 //	cold-start-ms        sandbox.start of the same root under the alias "host", which
 //	                     has no pool, on the same server           cold-start/python-c
 //
-// Each start waits until the pool is full again (sandbox.metrics.get),
-// so every pool start is served from it; the server's log is checked to
-// say so (pooled-starts counts them). MSB_BENCH_ROUNDS scales the run.
+// Each round begins after a quiet moment (settle), so that its python3
+// -c does not pay for the round before's background work, and each start
+// waits until the pool is full again (sandbox.metrics.get), so every pool
+// start is served from it; the server's log is checked to say so
+// (pooled-starts counts them). MSB_BENCH_ROUNDS scales the run.
 func BenchmarkSandboxPool(b *testing.B) {
 	srv, c := benchServer(b, "", "")
 	must := func(method string, params map[string]any) json.RawMessage { return c.must(b, method, params) }
@@ -405,6 +407,7 @@ func BenchmarkSandboxPool(b *testing.B) {
 		}
 		var pyT, poolT, coldT []time.Duration
 		for r := 0; r < rounds; r++ {
+			settle(b) // after the round before's background work
 			t0 := time.Now()
 			python()
 			pyT = append(pyT, time.Since(t0))
