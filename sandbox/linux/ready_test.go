@@ -613,15 +613,23 @@ func TestRefillClaims(t *testing.T) {
 	}
 }
 
+// oneReadyInit returns an engine of one init spawned ahead, waiting
+// after the cold start of sandbox first (which started the refill), and
+// first's id.
+func oneReadyInit(t *testing.T, cgroupPrefix string) (*linux.Engine, linux.Config, sandbox.ID) {
+	e, cfg, _ := newEngineToClose(t, cgroupPrefix, func(c *linux.Config) { c.ReadyInits = 1 })
+	first, _ := sandbox.ParseID("ready", "first")
+	startBox(t, e, first, hostSpec(t))
+	waitInits(t, cfg, 1)
+	return e, cfg, first
+}
+
 // The refill of inits spawned ahead waits while a call of the engine is
 // in flight (a sandbox's first command, say), which an init spawned beside
 // it would slow; after BackgroundPatience it spawns all the same.
 func TestRefillWaitsForQuiet(t *testing.T) {
-	e, cfg, _ := newEngineToClose(t, "msb-refill-quiet", func(c *linux.Config) { c.ReadyInits = 1 })
+	e, cfg, busy := oneReadyInit(t, "msb-refill-quiet")
 	ctx := context.Background()
-	busy, _ := sandbox.ParseID("quiet", "busy")
-	startBox(t, e, busy, hostSpec(t)) // cold: starts the refill
-	waitInits(t, cfg, 1)
 
 	// A call in flight for longer than the patience.
 	call := 3 * linux.BackgroundPatience
@@ -672,11 +680,8 @@ func TestRefillWaitsForQuiet(t *testing.T) {
 // In a burst of starts, each right after the one before, the refill
 // spawns at once: that is what inits spawned ahead are for.
 func TestRefillInBurst(t *testing.T) {
-	e, cfg, _ := newEngineToClose(t, "msb-refill-burst", func(c *linux.Config) { c.ReadyInits = 1 })
+	e, _, _ := oneReadyInit(t, "msb-refill-burst")
 	ctx := context.Background()
-	first, _ := sandbox.ParseID("burst", "first")
-	startBox(t, e, first, hostSpec(t)) // cold: starts the refill
-	waitInits(t, cfg, 1)
 	t0 := time.Now()
 	for i := 0; linux.ReadyTaken(e) < 2; i++ {
 		if time.Since(t0) > linux.BackgroundPatience*3/4 {
