@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -230,18 +229,7 @@ func testServerCrash(t *testing.T, userns bool) {
 	// may take a moment to be reaped, but none may survive.
 	// Every cgroup of the sandbox counts: its commands run in cgroups of
 	// their own below it.
-	procsIn := func(dir string) string {
-		var all []string
-		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-			if err == nil && d.Name() == "cgroup.procs" {
-				if procs, _ := os.ReadFile(p); len(strings.TrimSpace(string(procs))) > 0 {
-					all = append(all, strings.Fields(string(procs))...)
-				}
-			}
-			return nil
-		})
-		return strings.Join(all, " ")
-	}
+	procsIn := func(dir string) string { return strings.Join(treePids(dir), " ") }
 	for _, hier := range []string{"pids", "cpu", "memory"} {
 		dir := filepath.Join("/sys/fs/cgroup", hier, cfg.CgroupParent, crashID.Key())
 		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {

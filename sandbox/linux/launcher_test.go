@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -494,6 +495,34 @@ func TestSpawner(t *testing.T) {
 // newEngineToClose returns an engine of a new home for a test that checks
 // what its Close leaves (its Config changed by opts first), and the
 // function that closes it (failing the test on an error); it is closed at
+
+// treePids lists the processes in the cgroup dir and in every cgroup
+// below it (a sandbox's commands run in cgroups of their own below its
+// set); a cgroup removed meanwhile is skipped.
+func treePids(dir string) []string {
+	var all []string
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Name() == "cgroup.procs" {
+			procs, _ := os.ReadFile(p)
+			all = append(all, strings.Fields(string(procs))...)
+		}
+		return nil
+	})
+	return all
+}
+
+// pidNamed returns a process in the cgroup tree dir (treePids) whose
+// command name is name, or 0.
+func pidNamed(dir, name string) int {
+	for _, f := range treePids(dir) {
+		if comm, err := os.ReadFile("/proc/" + f + "/comm"); err == nil && string(comm) == name+"\n" {
+			pid, _ := strconv.Atoi(f)
+			return pid
+		}
+	}
+	return 0
+}
+
 // the end of the test otherwise.
 func newEngineToClose(t *testing.T, cgroupPrefix string, opts ...func(*linux.Config)) (*linux.Engine, linux.Config, func()) {
 	t.Helper()

@@ -10,75 +10,87 @@ import (
 // pool) waits for a quiet moment rather than run beside a sandbox's first
 // commands. On a machine of a few cores, an init spawned while a
 // sandbox's first command runs slows that command by about as much as the
-// spawn costs (measured: a python3 -c of 26 ms took 44 ms beside one, 29
-// ms without), and a start's first commands usually follow it within
-// milliseconds.
+// spawn costs (measured: the first python3 -c in a new sandbox took 47 ms
+// beside one, 29 ms without), and a start's first commands usually follow
+// it within milliseconds.
 //
-// The work waits while a command is in flight or one ended less than
-// backgroundQuiet ago, and while a start is in flight or one ended less
-// than backgroundQuiet ago, unless a start follows another that closely
-// (a burst of starts, which the inits spawned ahead are for); for
-// backgroundPatience at most. Stops and deletes do not count: nothing of
-// their sandbox follows them.
+// The work waits while a command that began less than backgroundPatience
+// ago is in flight (a long one, such as a sandbox's exec that runs for
+// hours, does not hold it up), or one ended less than backgroundQuiet
+// ago, and while a start is in flight or one ended less than
+// backgroundQuiet ago, unless the start in flight began that soon after
+// the one before ended or beside another (a burst of starts, which the
+// inits spawned ahead are for). Each wait lasts backgroundPatience at
+// most. Stops and deletes do not count: nothing of their sandbox follows
+// them.
 const (
 	backgroundQuiet    = 20 * time.Millisecond
 	backgroundPatience = time.Second
 )
 
 type calls struct {
-	mu                     sync.Mutex
-	starts, commands       int       // in flight
-	lastStart, lastCommand time.Time // when the last one ended
-	// started wakes waitQuiet when a start begins: it may make a burst.
+	mu               sync.Mutex
+	starts, commands int // in flight
+	// lastStart and lastCommand are when the last one ended,
+	// commandBegan when the last command began; burst says whether the
+	// last start began in a burst.
+	lastStart, lastCommand, commandBegan time.Time
+	burst                                bool
+	// started is closed, and replaced, when a start begins: it may make
+	// a burst, which every waiter must see at once.
 	started chan struct{}
 }
 
-func newCalls() *calls { return &calls{started: make(chan struct{}, 1)} }
+func newCalls() *calls { return &calls{started: make(chan struct{})} }
 
-// start counts a start in flight until the function it returns is
-// called; command counts a command (or code, a process, a stream's
-// start) so.
+// start counts a start in flight until the function it returns is called.
 func (c *calls) start() func() {
-	done := c.begin(&c.starts, &c.lastStart)
-	select {
-	case c.started <- struct{}{}:
-	default:
-	}
-	return done
-}
-func (c *calls) command() func() { return c.begin(&c.commands, &c.lastCommand) }
-
-func (c *calls) begin(inFlight *int, last *time.Time) func() {
 	c.mu.Lock()
-	*inFlight++
+	c.burst = c.starts > 0 || time.Since(c.lastStart) < backgroundQuiet
+	c.starts++
+	close(c.started)
+	c.started = make(chan struct{})
 	c.mu.Unlock()
 	return func() {
 		c.mu.Lock()
-		*inFlight--
-		*last = time.Now()
+		c.starts--
+		c.lastStart = time.Now()
+		c.mu.Unlock()
+	}
+}
+
+// command counts a command (or code, a process, a stream's start) in
+// flight until the function it returns is called.
+func (c *calls) command() func() {
+	c.mu.Lock()
+	c.commands++
+	c.commandBegan = time.Now()
+	c.mu.Unlock()
+	return func() {
+		c.mu.Lock()
+		c.commands--
+		c.lastCommand = time.Now()
 		c.mu.Unlock()
 	}
 }
 
 // quietFor returns how long the background work has to wait yet, at
-// least: 0 when it may go.
-func (c *calls) quietFor() time.Duration {
+// least (0: it may go), and a channel closed when a start begins.
+func (c *calls) quietFor() (time.Duration, <-chan struct{}) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.commands > 0 {
-		return backgroundQuiet
+	if c.commands > 0 && time.Since(c.commandBegan) < backgroundPatience {
+		return backgroundQuiet, c.started
 	}
 	d := backgroundQuiet - time.Since(c.lastCommand)
-	sinceStart := time.Since(c.lastStart)
 	switch {
-	case c.starts > 0 && sinceStart < backgroundQuiet:
-		// A start right after another: a burst of starts.
+	case c.starts > 0 && c.burst:
 	case c.starts > 0:
 		d = backgroundQuiet
 	default:
-		d = max(d, backgroundQuiet-sinceStart)
+		d = max(d, backgroundQuiet-time.Since(c.lastStart))
 	}
-	return max(0, d)
+	return max(0, d), c.started
 }
 
 // waitQuiet waits until the background work may go (quietFor), or for
@@ -87,7 +99,7 @@ func (c *calls) quietFor() time.Duration {
 func (c *calls) waitQuiet(quit <-chan struct{}) bool {
 	deadline := time.Now().Add(backgroundPatience)
 	for {
-		d := c.quietFor()
+		d, started := c.quietFor()
 		if d == 0 {
 			return true
 		}
@@ -100,7 +112,7 @@ func (c *calls) waitQuiet(quit <-chan struct{}) bool {
 		case <-quit:
 			t.Stop()
 			return false
-		case <-c.started:
+		case <-started:
 			t.Stop()
 		case <-t.C:
 		}

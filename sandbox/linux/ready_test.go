@@ -3,7 +3,6 @@ package linux_test
 import (
 	"context"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"maps"
 	"os"
@@ -487,18 +486,7 @@ func TestDeleteAside(t *testing.T) {
 	id, _ := sandbox.ParseID("delete", "aside")
 	startBox(t, e, id, hostSpec(t))
 	mustRun(t, e, id, "sleep 1000 >/dev/null 2>&1 &")
-	var sleeper int
-	filepath.WalkDir(filepath.Join("/sys/fs/cgroup/pids", cfg.CgroupParent, id.Key()), func(p string, d fs.DirEntry, err error) error {
-		if err == nil && d.Name() == "cgroup.procs" {
-			data, _ := os.ReadFile(p)
-			for _, f := range strings.Fields(string(data)) {
-				if comm, err := os.ReadFile("/proc/" + f + "/comm"); err == nil && string(comm) == "sleep\n" {
-					sleeper, _ = strconv.Atoi(f)
-				}
-			}
-		}
-		return nil
-	})
+	sleeper := pidNamed(filepath.Join("/sys/fs/cgroup/pids", cfg.CgroupParent, id.Key()), "sleep")
 	if sleeper == 0 {
 		t.Fatal("no sleep among the sandbox's processes")
 	}
@@ -638,20 +626,8 @@ func TestRefillWaitsForQuiet(t *testing.T) {
 		_, err := e.Exec(ctx, busy, sandbox.ExecRequest{Command: "sleep", Args: []string{strconv.Itoa(int(call / time.Second))}})
 		done <- err
 	}()
-	running := func() bool { // the sleep runs, in a call cgroup of busy's set
-		found := false
-		filepath.WalkDir(filepath.Join("/sys/fs/cgroup/pids", cfg.CgroupParent, busy.Key()), func(p string, d fs.DirEntry, err error) error {
-			if err == nil && d.Name() == "cgroup.procs" {
-				for _, pid := range strings.Fields(readFile(t, p)) {
-					comm, _ := os.ReadFile("/proc/" + pid + "/comm")
-					found = found || string(comm) == "sleep\n"
-				}
-			}
-			return nil
-		})
-		return found
-	}
-	for deadline := time.Now().Add(10 * time.Second); !running(); time.Sleep(time.Millisecond) {
+	// Once the sleep runs, in a call cgroup of busy's set.
+	for deadline := time.Now().Add(10 * time.Second); pidNamed(filepath.Join("/sys/fs/cgroup/pids", cfg.CgroupParent, busy.Key()), "sleep") == 0; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the call's sleep did not start")
 		}
@@ -691,10 +667,8 @@ func TestRefillInBurst(t *testing.T) {
 		if err := e.Create(ctx, id, hostSpec(t)); err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { e.Delete(context.Background(), id) })
 		if err := e.Start(ctx, id); err != nil {
-			t.Fatal(err)
-		}
-		if err := e.Delete(ctx, id); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -1,0 +1,66 @@
+package linux
+
+import (
+	"testing"
+	"time"
+)
+
+// The quiet moment's rules, on states set by hand.
+func TestQuietFor(t *testing.T) {
+	now := time.Now()
+	ago := func(d time.Duration) time.Time { return now.Add(-d) }
+	for _, tc := range []struct {
+		name string
+		c    *calls
+		wait bool
+	}{
+		{"nothing ever", &calls{}, false},
+		{"a command in flight", &calls{commands: 1, commandBegan: ago(time.Millisecond)}, true},
+		{"a command in flight for longer than the patience", &calls{commands: 1, commandBegan: ago(2 * backgroundPatience)}, false},
+		{"a command just ended", &calls{lastCommand: ago(time.Millisecond)}, true},
+		{"a command ended a while ago", &calls{lastCommand: ago(time.Second)}, false},
+		{"a lone start in flight", &calls{starts: 1, lastStart: ago(time.Second)}, true},
+		{"a start in flight in a burst", &calls{starts: 1, burst: true, lastStart: ago(time.Millisecond)}, false},
+		{"a burst, but a command in flight", &calls{starts: 1, burst: true, commands: 1, commandBegan: ago(time.Millisecond)}, true},
+		{"a start just ended", &calls{lastStart: ago(time.Millisecond)}, true},
+		{"a start ended a while ago", &calls{lastStart: ago(time.Second)}, false},
+	} {
+		tc.c.started = make(chan struct{})
+		if d, _ := tc.c.quietFor(); (d > 0) != tc.wait {
+			t.Errorf("%s: waits %v, want waiting %v", tc.name, d, tc.wait)
+		}
+	}
+}
+
+// A start right after another, or beside one, is a burst, and wakes every
+// waiter; a start after a quiet moment is not.
+func TestStartBurst(t *testing.T) {
+	c := newCalls()
+	_, a := c.quietFor()
+	_, b := c.quietFor()
+	done := c.start()
+	for _, ch := range []<-chan struct{}{a, b} {
+		select {
+		case <-ch:
+		default:
+			t.Error("a waiter was not woken by a start")
+		}
+	}
+	if c.burst {
+		t.Error("the first start ever is a burst")
+	}
+	c.start()() // beside the first
+	if !c.burst {
+		t.Error("a start beside another is not a burst")
+	}
+	done()
+	c.start()() // right after
+	if !c.burst {
+		t.Error("a start right after another is not a burst")
+	}
+	c.lastStart = time.Now().Add(-time.Second)
+	c.start()()
+	if c.burst {
+		t.Error("a start after a quiet second is a burst")
+	}
+}
