@@ -609,6 +609,12 @@ func oneReadyInit(t *testing.T, cgroupPrefix string) (*linux.Engine, linux.Confi
 	first, _ := sandbox.ParseID("ready", "first")
 	startBox(t, e, first, hostSpec(t))
 	waitInits(t, cfg, 1)
+	// Its process shows before the refill has put it on the list.
+	for deadline := time.Now().Add(10 * time.Second); linux.ReadyInits(e) != 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d inits on the list, want 1", linux.ReadyInits(e))
+		}
+	}
 	return e, cfg, first
 }
 
