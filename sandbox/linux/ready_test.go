@@ -61,6 +61,21 @@ func waitInits(t *testing.T, cfg linux.Config, n int) map[string]int {
 	}
 }
 
+// waitReady waits until n inits wait in the engine e of cfg, both as
+// processes (waitInits) and on the engine's list (a process shows before
+// the refill has put it there, and a start takes only from the list), and
+// returns them.
+func waitReady(t *testing.T, e *linux.Engine, cfg linux.Config, n int) map[string]int {
+	t.Helper()
+	inits := waitInits(t, cfg, n)
+	for deadline := time.Now().Add(10 * time.Second); linux.ReadyInits(e) != n; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d inits on the engine's list, want %d", linux.ReadyInits(e), n)
+		}
+	}
+	return inits
+}
+
 // inspectPid is the host pid of the sandbox's init.
 func inspectPid(t *testing.T, e *linux.Engine, id sandbox.ID) int {
 	t.Helper()
@@ -90,7 +105,7 @@ func testReadyInits(t *testing.T, userns bool) {
 	// The first start is cold and starts the refill.
 	first, _ := sandbox.ParseID("ready", "first")
 	startBox(t, e, first, hostSpec(t))
-	inits := waitInits(t, cfg, 2)
+	inits := waitReady(t, e, cfg, 2)
 
 	oldest := oldestInit(inits)
 	// While it waits, before anything of a sandbox is known, it has
@@ -198,7 +213,7 @@ ls /proc | grep -c '^[0-9]'`)
 	}
 
 	// Refilled: two wait again, none of them a taken one.
-	again := waitInits(t, cfg, 2)
+	again := waitReady(t, e, cfg, 2)
 	for h, p := range again {
 		if p == pid || p == otherPid || inits[h] != 0 {
 			t.Errorf("a taken init waits again: %s pid %d", h, p)
@@ -282,7 +297,7 @@ func TestReadyInitDied(t *testing.T) {
 	startBox(t, e, first, hostSpec(t))
 
 	// The oldest dead: the start takes the next.
-	inits := waitInits(t, cfg, 2)
+	inits := waitReady(t, e, cfg, 2)
 	oldest := oldestInit(inits)
 	kill(inits[oldest])
 	next, _ := sandbox.ParseID("ready", "next")
@@ -298,7 +313,7 @@ func TestReadyInitDied(t *testing.T) {
 
 	// All dead: the start gets none of them (it spawns its own, or takes
 	// one the refill has made since).
-	inits = waitInits(t, cfg, 2)
+	inits = waitReady(t, e, cfg, 2)
 	var pids []int
 	for _, p := range inits {
 		pids = append(pids, p)
@@ -314,7 +329,7 @@ func TestReadyInitDied(t *testing.T) {
 			t.Errorf("%s after a dead init: %q", id, got)
 		}
 	}
-	waitInits(t, cfg, 2) // the dead ones' places are filled
+	waitReady(t, e, cfg, 2) // the dead ones' places are filled
 }
 
 // oldestInit is the handle of the init that has waited longest among
@@ -608,13 +623,7 @@ func oneReadyInit(t *testing.T, cgroupPrefix string) (*linux.Engine, linux.Confi
 	e, cfg, _ := newEngineToClose(t, cgroupPrefix, func(c *linux.Config) { c.ReadyInits = 1 })
 	first, _ := sandbox.ParseID("ready", "first")
 	startBox(t, e, first, hostSpec(t))
-	waitInits(t, cfg, 1)
-	// Its process shows before the refill has put it on the list.
-	for deadline := time.Now().Add(10 * time.Second); linux.ReadyInits(e) != 1; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d inits on the list, want 1", linux.ReadyInits(e))
-		}
-	}
+	waitReady(t, e, cfg, 1)
 	return e, cfg, first
 }
 
