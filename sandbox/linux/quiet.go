@@ -51,12 +51,7 @@ func (c *calls) start() func() {
 	close(c.started)
 	c.started = make(chan struct{})
 	c.mu.Unlock()
-	return func() {
-		c.mu.Lock()
-		c.starts--
-		c.lastStart = time.Now()
-		c.mu.Unlock()
-	}
+	return c.end(&c.starts, &c.lastStart)
 }
 
 // command counts a command (or code, a process, a stream's start) in
@@ -66,10 +61,16 @@ func (c *calls) command() func() {
 	c.commands++
 	c.commandBegan = time.Now()
 	c.mu.Unlock()
+	return c.end(&c.commands, &c.lastCommand)
+}
+
+// end returns the function that ends a call: one fewer in flight, the
+// last one ended now.
+func (c *calls) end(inFlight *int, last *time.Time) func() {
 	return func() {
 		c.mu.Lock()
-		c.commands--
-		c.lastCommand = time.Now()
+		*inFlight--
+		*last = time.Now()
 		c.mu.Unlock()
 	}
 }
