@@ -373,16 +373,7 @@ func specLimits(s sandbox.Spec) limits {
 // host accounts swap; without swap accounting only memory is capped (a
 // sandbox's pages may then go to swap uncounted on a host that has swap).
 func (c *cgroups) setLimits(key string, l limits) error {
-	w := func(mnt, file, v string) error {
-		if mnt == "" {
-			return nil
-		}
-		p := filepath.Join(c.dir(mnt, key), file)
-		if err := os.WriteFile(p, []byte(v), 0); err != nil {
-			return fmt.Errorf("cgroup limit %s = %s: %w", p, v, err)
-		}
-		return nil
-	}
+	w := func(mnt, file, v string) error { return c.write("limit", mnt, key, file, v) }
 	mem := strconv.FormatInt(l.memory, 10)
 	quota := strconv.Itoa(l.cpus * cpuPeriodUS)
 	userPids := strconv.Itoa(l.pids - pidsReserve(l.pids))
@@ -429,19 +420,29 @@ func (c *cgroups) yield(key string) error   { return c.setShares(key, minShares)
 func (c *cgroups) unyield(key string) error { return c.setShares(key, defaultShares) }
 
 func (c *cgroups) setShares(key string, shares int) error {
-	if c.v2 || c.cpu == "" {
+	if c.v2 {
 		return nil
 	}
-	p := filepath.Join(c.dir(c.cpu, key), "cpu.shares")
-	if err := os.WriteFile(p, []byte(strconv.Itoa(shares)), 0); err != nil {
-		return fmt.Errorf("cgroup weight %s = %d: %w", p, shares, err)
+	return c.write("weight", c.cpu, key, "cpu.shares", strconv.Itoa(shares))
+}
+
+// write writes v to file of the cgroup key ("": the parent) in the
+// hierarchy mounted at mnt, and nothing where that hierarchy is missing
+// (mnt ""); what names the value in the error.
+func (c *cgroups) write(what, mnt, key, file, v string) error {
+	if mnt == "" {
+		return nil
+	}
+	p := filepath.Join(c.dir(mnt, key), file)
+	if err := os.WriteFile(p, []byte(v), 0); err != nil {
+		return fmt.Errorf("cgroup %s %s = %s: %w", what, p, v, err)
 	}
 	return nil
 }
 
-// setPids is how many processes the set key holds ("": all of the
+// pidsIn is how many processes the set key holds ("": all of the
 // parent's; 0 without a pids hierarchy, or when it cannot be read).
-func (c *cgroups) setPids(key string) int {
+func (c *cgroups) pidsIn(key string) int {
 	if c.pids == "" {
 		return 0
 	}
@@ -469,9 +470,9 @@ func (c *cgroups) relimit(key string, l limits) error {
 func (c *cgroups) take(key string, l limits) error {
 	name := c.pop()
 	if name == "" || c.renameOver(name, key) != nil {
-		// No ready set, or one could not be renamed: cgroups of that name
-		// are there already (a rename never replaces one), left by a run
-		// that crashed, or a ready set was removed under us.
+		// No ready set, or one could not be renamed over cgroups of that
+		// name (renameOver: left by a run that crashed and still in use),
+		// or a ready set was removed under us.
 		if name != "" {
 			c.removeSet(name)
 		}
@@ -989,16 +990,7 @@ type Ceilings struct {
 // setCeilings writes the ceilings on the parent cgroup, or lifts them
 // ("max", -1) when zero.
 func (c *cgroups) setCeilings(l Ceilings) error {
-	w := func(mnt, file, v string) error {
-		if mnt == "" {
-			return nil
-		}
-		p := filepath.Join(mnt, c.parent, file)
-		if err := os.WriteFile(p, []byte(v), 0); err != nil {
-			return fmt.Errorf("cgroup ceiling %s = %s: %w", p, v, err)
-		}
-		return nil
-	}
+	w := func(mnt, file, v string) error { return c.write("ceiling", mnt, "", file, v) }
 	pids, mem := "max", "-1"
 	if l.Pids > 0 {
 		pids = strconv.Itoa(l.Pids)
@@ -1031,4 +1023,4 @@ func (c *cgroups) setCeilings(l Ceilings) error {
 
 // pidsCurrent is how many processes the sandboxes run together (the
 // parent cgroup's pids.current; 0 without a pids hierarchy).
-func (c *cgroups) pidsCurrent() int { return c.setPids("") }
+func (c *cgroups) pidsCurrent() int { return c.pidsIn("") }

@@ -1161,7 +1161,7 @@ func (e *Engine) holdPids(name string, pids int, refill bool) (func(), error) {
 func (e *Engine) dyingPids() int {
 	n := 0
 	for set := range e.dying {
-		n += e.cg.setPids(set)
+		n += e.cg.pidsIn(set)
 	}
 	return n
 }
@@ -1322,7 +1322,7 @@ const dyingPrefix = "gone-"
 // in the background). It returns nil when it could not rename the set
 // (on cgroup v2, which renames no cgroup): the caller then waits (kill).
 func (e *Engine) killAside(b *box) *aside {
-	if e.cg.v2 || !b.cgroups || b.proc == nil {
+	if e.cg.v2 || !b.cgroups { // b is running: Delete calls it only then
 		return nil
 	}
 	// At the least CPU weight, its tear-down (most of it its processes

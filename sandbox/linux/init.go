@@ -377,23 +377,23 @@ func (st *initStage) stage() (string, error) {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return "", fmt.Errorf("making / private: %w", err)
 	}
-	dir := st.Dir
+	// The stage is a tmpfs of this mount namespace's own. In a user
+	// namespace, the server's directories (in the msb home, 0700) are not
+	// the sandbox's root's to reach: the stage, and the root's mount
+	// point (setup), are directories of a tmpfs over the host's /tmp.
+	tmpfs, dir := st.Dir, st.Dir
 	if st.Userns {
-		// The server's directories (in the msb home, 0700) are not the
-		// sandbox's root's to reach: the stage, and the root's mount
-		// point (setup), are directories of a tmpfs of this mount
-		// namespace's own, over the host's /tmp here.
-		if err := unix.Mount("tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700,size=64k"); err != nil {
-			return "", fmt.Errorf("mount point of the root: %w", err)
-		}
+		tmpfs, dir = "/tmp", userStage
+	}
+	if err := unix.Mount("tmpfs", tmpfs, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700,size=64k"); err != nil {
+		return "", fmt.Errorf("staging the kernel's file systems: tmpfs on %s: %w", tmpfs, err)
+	}
+	if st.Userns {
 		for _, d := range []string{userRoot, userStage} {
 			if err := os.Mkdir(d, 0o755); err != nil {
 				return "", fmt.Errorf("mount point of the root: %w", err)
 			}
 		}
-		dir = userStage
-	} else if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700,size=64k"); err != nil {
-		return "", fmt.Errorf("staging the kernel's file systems: %w", err)
 	}
 	if err := st.kernelMounts(dir); err != nil {
 		return "", err

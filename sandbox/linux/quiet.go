@@ -11,12 +11,12 @@ import (
 // commands. On a machine of a few cores, an init spawned while a
 // sandbox's first command runs slows that command by about as much as the
 // spawn costs (measured: the first python3 -c in a new sandbox took 47 ms
-// beside one, 29 ms without), and a start's first commands usually follow
-// it within milliseconds.
+// beside one, 31 ms on a server without inits spawned ahead), and a
+// start's first commands usually follow it within milliseconds.
 //
-// The work waits while a command that began less than backgroundPatience
-// ago is in flight (a long one, such as a sandbox's exec that runs for
-// hours, does not hold it up), or one ended less than backgroundQuiet
+// The work waits while a command is in flight and the latest command
+// began less than backgroundPatience ago (a long one alone, such as a
+// sandbox's exec that runs for hours, does not hold it up), or one ended less than backgroundQuiet
 // ago, and while a start is in flight or one ended less than
 // backgroundQuiet ago, unless the start in flight began that soon after
 // the one before ended or beside another (a burst of starts, which the
