@@ -61,11 +61,11 @@ func waitInits(t *testing.T, cfg linux.Config, n int) map[string]int {
 	}
 }
 
-// waitReady waits until n inits wait in the engine e of cfg, both as
+// waitReadyInits waits until n inits wait in the engine e of cfg, both as
 // processes (waitInits) and on the engine's list (a process shows before
 // the refill has put it there, and a start takes only from the list), and
 // returns them.
-func waitReady(t *testing.T, e *linux.Engine, cfg linux.Config, n int) map[string]int {
+func waitReadyInits(t *testing.T, e *linux.Engine, cfg linux.Config, n int) map[string]int {
 	t.Helper()
 	inits := waitInits(t, cfg, n)
 	for deadline := time.Now().Add(10 * time.Second); linux.ReadyInits(e) != n; time.Sleep(time.Millisecond) {
@@ -105,7 +105,7 @@ func testReadyInits(t *testing.T, userns bool) {
 	// The first start is cold and starts the refill.
 	first, _ := sandbox.ParseID("ready", "first")
 	startBox(t, e, first, hostSpec(t))
-	inits := waitReady(t, e, cfg, 2)
+	inits := waitReadyInits(t, e, cfg, 2)
 
 	oldest := oldestInit(inits)
 	// While it waits, before anything of a sandbox is known, it has
@@ -213,7 +213,7 @@ ls /proc | grep -c '^[0-9]'`)
 	}
 
 	// Refilled: two wait again, none of them a taken one.
-	again := waitReady(t, e, cfg, 2)
+	again := waitReadyInits(t, e, cfg, 2)
 	for h, p := range again {
 		if p == pid || p == otherPid || inits[h] != 0 {
 			t.Errorf("a taken init waits again: %s pid %d", h, p)
@@ -297,7 +297,7 @@ func TestReadyInitDied(t *testing.T) {
 	startBox(t, e, first, hostSpec(t))
 
 	// The oldest dead: the start takes the next.
-	inits := waitReady(t, e, cfg, 2)
+	inits := waitReadyInits(t, e, cfg, 2)
 	oldest := oldestInit(inits)
 	kill(inits[oldest])
 	next, _ := sandbox.ParseID("ready", "next")
@@ -313,7 +313,7 @@ func TestReadyInitDied(t *testing.T) {
 
 	// All dead: the start gets none of them (it spawns its own, or takes
 	// one the refill has made since).
-	inits = waitReady(t, e, cfg, 2)
+	inits = waitReadyInits(t, e, cfg, 2)
 	var pids []int
 	for _, p := range inits {
 		pids = append(pids, p)
@@ -329,7 +329,7 @@ func TestReadyInitDied(t *testing.T) {
 			t.Errorf("%s after a dead init: %q", id, got)
 		}
 	}
-	waitReady(t, e, cfg, 2) // the dead ones' places are filled
+	waitReadyInits(t, e, cfg, 2) // the dead ones' places are filled
 }
 
 // oldestInit is the handle of the init that has waited longest among
@@ -536,8 +536,11 @@ func TestDeleteAside(t *testing.T) {
 		t.Errorf("the deleted sandbox's name still holds %v", left)
 	}
 	startBox(t, e, id, hostSpec(t))
-	if got := mustRun(t, e, id, "ps -e -o comm= | grep -c sleep || true"); got != "0\n" {
-		t.Errorf("the new sandbox of the same name sees %s sleep processes", got)
+	if slices.Contains(treePids(filepath.Join("/sys/fs/cgroup/pids", cfg.CgroupParent, id.Key())), strconv.Itoa(sleeper)) {
+		t.Errorf("the dying sandbox's sleep %d is in the cgroups of the new sandbox of the same name", sleeper)
+	}
+	if !slices.Contains(treePids(filepath.Join("/sys/fs/cgroup/pids", aside)), strconv.Itoa(sleeper)) {
+		t.Errorf("the dying sandbox's sleep %d left its cgroups set aside (%s) when the name started again", sleeper, aside)
 	}
 	if readFile(t, filepath.Join(cfg.SandboxDir, id.Key(), "slot")) == slot {
 		t.Fatalf("the new sandbox has the id range %s of the dying one", slot)
@@ -623,7 +626,7 @@ func oneReadyInit(t *testing.T, cgroupPrefix string) (*linux.Engine, linux.Confi
 	e, cfg, _ := newEngineToClose(t, cgroupPrefix, func(c *linux.Config) { c.ReadyInits = 1 })
 	first, _ := sandbox.ParseID("ready", "first")
 	startBox(t, e, first, hostSpec(t))
-	waitReady(t, e, cfg, 1)
+	waitReadyInits(t, e, cfg, 1)
 	return e, cfg, first
 }
 
@@ -634,8 +637,10 @@ func TestRefillWaitsForQuiet(t *testing.T) {
 	e, cfg, busy := oneReadyInit(t, "msb-refill-quiet")
 	ctx := context.Background()
 
-	// A call in flight for longer than the patience.
+	// A call in flight for longer than the patience, which counts from
+	// here at the latest.
 	call := 3 * linux.BackgroundPatience
+	t0 := time.Now()
 	done := make(chan error, 1)
 	go func() {
 		_, err := e.Exec(ctx, busy, sandbox.ExecRequest{Command: "sleep", Args: []string{strconv.Itoa(int(call / time.Second))}})
@@ -648,7 +653,6 @@ func TestRefillWaitsForQuiet(t *testing.T) {
 		}
 	}
 	took, _ := sandbox.ParseID("quiet", "took")
-	t0 := time.Now()
 	startBox(t, e, took, hostSpec(t)) // takes the waiting init
 	if n := linux.ReadyInits(e); n != 0 {
 		t.Fatalf("%d inits wait right after a start took the only one", n)
@@ -673,17 +677,21 @@ func TestRefillWaitsForQuiet(t *testing.T) {
 func TestRefillInBurst(t *testing.T) {
 	e, _, _ := oneReadyInit(t, "msb-refill-burst")
 	ctx := context.Background()
-	t0 := time.Now()
-	for i := 0; linux.ReadyTaken(e) < 2; i++ {
-		if time.Since(t0) > linux.BackgroundPatience*3/4 {
-			t.Fatalf("%d starts in a burst took %d inits spawned ahead: the refill waited as if for a quiet moment", i, linux.ReadyTaken(e))
-		}
-		id, _ := sandbox.ParseID("burst", "b"+strconv.Itoa(i))
-		if err := e.Create(ctx, id, hostSpec(t)); err != nil {
+	// Created first, so that nothing but starts comes between them.
+	ids := make([]sandbox.ID, 60)
+	for i := range ids {
+		ids[i], _ = sandbox.ParseID("burst", "b"+strconv.Itoa(i))
+		if err := e.Create(ctx, ids[i], hostSpec(t)); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { e.Delete(context.Background(), id) })
-		if err := e.Start(ctx, id); err != nil {
+		t.Cleanup(func() { e.Delete(context.Background(), ids[i]) })
+	}
+	t0 := time.Now()
+	for i := 0; linux.ReadyTaken(e) < 2; i++ {
+		if i == len(ids) || time.Since(t0) > linux.BackgroundPatience*3/4 {
+			t.Fatalf("%d starts in a burst took %d inits spawned ahead: the refill waited as if for a quiet moment", i, linux.ReadyTaken(e))
+		}
+		if err := e.Start(ctx, ids[i]); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -758,7 +766,8 @@ func TestStartWaitsForDying(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 	var aside []string
-	for _, d := range mustGlob(t, filepath.Join("/sys/fs/cgroup/freezer", cfg.CgroupParent, "gone-*")) {
+	sets, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/freezer", cfg.CgroupParent, "gone-*"))
+	for _, d := range sets {
 		aside = append(aside, strings.TrimPrefix(d, "/sys/fs/cgroup/freezer/"))
 	}
 	if len(aside) != 1 {
@@ -768,13 +777,4 @@ func TestStartWaitsForDying(t *testing.T) {
 	if err := <-claimed; err != nil {
 		t.Errorf("the start that waited for the dying processes: %v", err)
 	}
-}
-
-func mustGlob(t *testing.T, pattern string) []string {
-	t.Helper()
-	m, err := filepath.Glob(pattern)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
 }
