@@ -31,7 +31,10 @@ import (
 	"github.com/msb-dev/msb/server"
 )
 
-var msbBin string
+// msbBin is the msb binary the tests built, portalBin the portal binary
+// it carries (sandbox/linux/portalbin): what in-process servers run in
+// their sandboxes, as msb does.
+var msbBin, portalBin string
 
 func TestMain(m *testing.M) {
 	if bundle := os.Getenv(crunBundleEnv); bundle != "" {
@@ -41,7 +44,7 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	if msbBin, err = sandboxtest.BuildMSB(dir); err != nil {
+	if msbBin, portalBin, err = sandboxtest.BuildMSB(dir); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
@@ -147,7 +150,7 @@ func startServer(t testing.TB, home string, args ...string) *msbServer {
 	cfg.Port = 0
 	var opts server.Options
 	clock := &offsetClock{}
-	portal := msbBin
+	portal := portalBin
 	for i := 0; i < len(args); i++ {
 		switch args[i] {
 		case "--dev":

@@ -51,13 +51,6 @@ type Config struct {
 	Network Network
 }
 
-// Tmpfs is a memory-backed directory of a sandbox: what is written there
-// is charged to the sandbox's memory.
-type Tmpfs struct {
-	Guest   string // absolute path inside the sandbox
-	SizeMiB int    // 0: half the sandbox's memory
-}
-
 // Volume is a host directory (or file) inside the namespace's volume
 // roots, bind-mounted into the sandbox.
 type Volume struct {

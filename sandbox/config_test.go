@@ -9,6 +9,7 @@ import (
 
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/guest"
 )
 
 func TestNormalizeDefaults(t *testing.T) {
@@ -266,7 +267,7 @@ func TestNetworkBoundsCheck(t *testing.T) {
 // A call's limits go on top of its sandbox's, never above their hard limits.
 func TestMergeRlimits(t *testing.T) {
 	base := []sandbox.Rlimit{{Resource: "nofile", Soft: 64, Hard: 128}, {Resource: "nproc", Soft: 10, Hard: 10}}
-	got := sandbox.MergeRlimits(base, []sandbox.Rlimit{{Resource: "nofile", Soft: 100, Hard: 1024}, {Resource: "core", Soft: 0, Hard: 0}})
+	got := guest.MergeRlimits(base, []sandbox.Rlimit{{Resource: "nofile", Soft: 100, Hard: 1024}, {Resource: "core", Soft: 0, Hard: 0}})
 	want := []sandbox.Rlimit{{Resource: "nofile", Soft: 100, Hard: 128}, {Resource: "nproc", Soft: 10, Hard: 10}, {Resource: "core"}}
 	if !slices.Equal(got, want) {
 		t.Fatalf("MergeRlimits = %+v, want %+v", got, want)

@@ -2,37 +2,11 @@ package sandbox
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"time"
 
 	"github.com/msb-dev/msb/sandbox/network"
 )
-
-// Mount is a bind mount from the host into a sandbox.
-type Mount struct {
-	Source   string // absolute host path
-	Target   string // absolute path inside the sandbox
-	ReadOnly bool
-	// Beneath, when set, is a directory Source must stay inside: a user's
-	// volume. The engine resolves Source again when it mounts it, through
-	// file descriptors and refusing any symlink that leads out of Beneath,
-	// so a path swapped for a symlink after validation cannot escape.
-	Beneath string
-}
-
-// Link is a symbolic link created in the sandbox's root, e.g. bin -> usr/bin.
-type Link struct {
-	Path   string // path inside the sandbox, relative to its root
-	Target string // link target, as stored in the link
-}
-
-// File is a small file the engine writes into the sandbox's root before start.
-type File struct {
-	Path    string // path inside the sandbox, relative to its root
-	Mode    uint32
-	Content []byte
-}
 
 // RootFS describes how to assemble a sandbox's root file system. The
 // writable part always lives in the sandbox's own directory; Mounts are the
@@ -74,12 +48,6 @@ type Spec struct {
 	// (before Start returns) and detaches it when the sandbox stops.
 	// Nil: the sandbox has its own loopback only.
 	Network *network.Config
-}
-
-// User is a numeric user inside a sandbox, resolved from an image's config.
-type User struct {
-	UID, GID       uint32
-	AdditionalGids []uint32
 }
 
 // State is the coarse lifecycle state of a sandbox as an engine sees it.
@@ -143,72 +111,12 @@ type Runtime interface {
 	Recover(ctx context.Context) ([]Status, error)
 }
 
-// Stream names an output stream of a command or interpreter.
-type Stream string
-
-// The two output streams.
-const (
-	Stdout Stream = "stdout"
-	Stderr Stream = "stderr"
-)
-
-// Line is one line of output, without its trailing newline.
-type Line struct {
-	Stream Stream `json:"stream"`
-	Text   string `json:"text"`
-}
-
-// ExecRequest is one command to run inside a sandbox.
-type ExecRequest struct {
-	Command string
-	Args    []string
-	Env     []string // added to the sandbox's environment
-	Workdir string   // empty: the sandbox's workdir
-	Timeout time.Duration
-}
-
-// ExitTimeout is the exit code reported for a command killed by its timeout,
-// as timeout(1) does.
-const ExitTimeout = 124
-
-// ExecResult is the outcome of a command.
-type ExecResult struct {
-	ExitCode int
-	TimedOut bool
-	Output   []Line
-}
-
 // Executor runs commands inside a running sandbox. errdefs.ErrConflict if the
 // sandbox is not running. A command that cannot be started is a result, as
 // in a shell: exit code 127 (not found) or 126 (not executable) with a
 // stderr line naming it.
 type Executor interface {
 	Exec(ctx context.Context, id ID, req ExecRequest) (ExecResult, error)
-}
-
-// Language is an interpreter a sandbox keeps alive between calls.
-type Language string
-
-// Languages a REPL understands.
-const (
-	Python Language = "python"
-	Node   Language = "nodejs"
-)
-
-// ReplStatus is the outcome of one REPL evaluation.
-type ReplStatus string
-
-// REPL outcomes, as the wire contract names them.
-const (
-	ReplSuccess ReplStatus = "success"
-	ReplError   ReplStatus = "error"
-	ReplTimeout ReplStatus = "timeout"
-)
-
-// ReplResult is the outcome of one evaluation.
-type ReplResult struct {
-	Status ReplStatus
-	Output []Line
 }
 
 // REPL evaluates code in a live interpreter kept per sandbox and language.
@@ -292,24 +200,3 @@ type Engine interface {
 	StatsReader
 	ExitWatcher
 }
-
-// MaxOutput caps the output of one call (command or REPL evaluation). Past
-// it the output is cut and a last stderr line says so.
-const MaxOutput = 16 << 20
-
-// OutputCutNotice is the stderr line appended when output hit MaxOutput.
-var OutputCutNotice = fmt.Sprintf("[msb] output exceeded %d MiB; the rest was discarded", MaxOutput>>20)
-
-// OutputBudgetNotice is the stderr line appended when a call's output was
-// cut because the server's memory for call output was in use by others.
-const OutputBudgetNotice = "[msb] output cut: the server's memory for call output (output_memory in config.toml) is in use by other calls; retry, or write large output to a file and read it in parts with sandbox.fs.read"
-
-// MaxLog caps the output of a sandbox's background command (its exec or
-// start script), which goes to the sandbox's log. Past it the portal stops
-// forwarding that output and keeps discarding it, so the command runs on
-// (a service that logs a lot must not block on a full pipe) but printing
-// forever costs only the sandbox's CPU quota, not the server's CPU.
-const MaxLog = 64 << 20
-
-// LogCutNotice is the line the log gets when the output hit MaxLog.
-var LogCutNotice = fmt.Sprintf("[msb] log reached %d MiB; further output is discarded", MaxLog>>20)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -343,22 +342,4 @@ func (s *Service) reap(id ID, b *box, run uint64) {
 		return
 	}
 	s.opts.Log.Info("ephemeral sandbox removed", "sandbox", id.String())
-}
-
-// MergeEnv returns base overridden by over, by variable name: a later
-// KEY=VALUE wins, as it would in a shell, and the order of first
-// appearance is kept.
-func MergeEnv(base, over []string) []string {
-	out := make([]string, 0, len(base)+len(over))
-	index := map[string]int{}
-	for _, kv := range append(append([]string(nil), base...), over...) {
-		k, _, _ := strings.Cut(kv, "=")
-		if i, ok := index[k]; ok {
-			out[i] = kv
-			continue
-		}
-		index[k] = len(out)
-		out = append(out, kv)
-	}
-	return out
 }

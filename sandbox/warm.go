@@ -7,6 +7,8 @@ import (
 	"path"
 	"slices"
 	"strings"
+
+	"github.com/msb-dev/msb/sandbox/guest"
 )
 
 // A warm pool keeps sandboxes of some images started ahead of time, so
@@ -134,7 +136,7 @@ func dirsBut(dirs []string, workdir string) []string {
 func specOf(img Image, norm Config, pids int) Spec {
 	spec := Spec{
 		Root:      img.Root,
-		Env:       MergeEnv(img.Env, norm.Envs),
+		Env:       guest.MergeEnv(img.Env, norm.Envs),
 		Workdir:   norm.Workdir,
 		MemoryMiB: norm.Memory,
 		DiskMiB:   norm.Disk,

@@ -32,6 +32,7 @@ import (
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/engine"
 	"github.com/msb-dev/msb/sandbox/image"
+	"github.com/msb-dev/msb/sandbox/linux/portalbin"
 	"github.com/msb-dev/msb/sandbox/logfile"
 	"github.com/msb-dev/msb/sandbox/pool"
 	"github.com/msb-dev/msb/sandbox/volume"
@@ -44,8 +45,9 @@ type Options struct {
 	// every earlier key stop working.
 	SigningKey string
 	ResetKey   bool
-	// PortalBinary is the static msb binary run inside sandboxes; default
-	// this process's executable.
+	// PortalBinary is the static binary run inside sandboxes as their init
+	// and portal; default the portal binary msb carries (package
+	// portalbin), else this process's executable.
 	PortalBinary string
 	// Out gets the lines a person starting the server reads (address,
 	// warnings); nil: discarded.
@@ -199,6 +201,25 @@ func (s *Server) signer(opts Options) (*auth.Signer, error) {
 	return signer, nil
 }
 
+// installPortal writes binary, the portal binary msb carries, into dir and
+// returns its path; without one (msb built without `go generate`), it
+// returns msb's own executable, which plays the same roles in every
+// sandbox at a higher cost per start, and says so.
+func installPortal(dir string, binary []byte, log *slog.Logger) (string, error) {
+	if binary != nil {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return "", fmt.Errorf("install the portal binary: %w", err)
+		}
+		return portalbin.Install(dir, binary)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find the msb binary: %w", err)
+	}
+	log.Warn("this msb binary carries no portal binary, so every sandbox runs msb itself, which costs about three times the CPU per start; build it as the README does (go generate ./sandbox/linux/portalbin first)")
+	return exe, nil
+}
+
 // openSandboxes builds the sandbox service on the configured engine, after
 // cleaning up whatever a crashed server left. Without the engine (not
 // root, say) the server still runs, and sandbox methods say why they
@@ -212,11 +233,10 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		return nil
 	}
 	if portalBinary == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("find the msb binary: %w", err)
+		var err error
+		if portalBinary, err = installPortal(s.cfg.PortalDir(), portalbin.Binary(), s.log); err != nil {
+			return err
 		}
-		portalBinary = exe
 	}
 	// One cgroup subtree per home, so servers with different homes never meet.
 	sum := sha256.Sum256([]byte(s.cfg.Home))

@@ -15,7 +15,7 @@ import (
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/linux"
-	"github.com/msb-dev/msb/sandbox/portal"
+	"github.com/msb-dev/msb/sandbox/linux/boot"
 )
 
 // Options locate what an engine keeps on the host.
@@ -120,23 +120,16 @@ func LayersInUse(name, sandboxDir string) ([]string, error) {
 }
 
 // Reexec lets the msb binary play the roles engines run it in, and never
-// returns when it does: inside every sandbox of the Linux engine, its init
-// (`msb portal` as PID 1, which builds the sandbox around itself and then
-// serves as its portal, in the same process), the portal the init executes
-// once it has set the sandbox up when the binary is linked with cgo, and
-// the trampoline through which the portal starts a command with resource
-// limits (`msb portal-exec`). Call it first thing, before any other
-// package's work: from an init function of package main. This package's
-// own init calls it too.
+// returns when it does: the Linux engine's spawner, the host process that
+// clones every sandbox's init (linux.MaybeSpawner), and, when msb runs
+// sandboxes of its own binary (it carries no portal binary, see
+// sandbox/linux/portalbin), the roles of that binary inside them
+// (boot.Reexec). Call it first thing, before any other package's work:
+// from an init function of package main. This package's own init calls
+// it too.
 func Reexec(args []string, pid int) {
 	linux.MaybeSpawner()
-	linux.MaybeInit()
-	if len(args) > 1 && args[1] == "portal" && pid == 1 {
-		portal.Main()
-	}
-	if len(args) > 1 && args[1] == portal.ExecRole {
-		portal.ExecMain()
-	}
+	boot.Reexec(args, pid)
 }
 
 // init plays the sandbox roles as soon as the packages they need (the

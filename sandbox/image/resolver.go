@@ -16,6 +16,7 @@ import (
 
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/guest"
 	"github.com/msb-dev/msb/sandbox/network"
 )
 
@@ -86,7 +87,7 @@ func (r Resolver) Resolve(ctx context.Context, ref, user string) (sandbox.Image,
 			return sandbox.Image{}, errdefs.Invalidf("image %q: %v", ref, err)
 		}
 		img.User = u
-		img.Env = sandbox.MergeEnv(img.Env, []string{"HOME=" + home})
+		img.Env = guest.MergeEnv(img.Env, []string{"HOME=" + home})
 	}
 	return img, nil
 }

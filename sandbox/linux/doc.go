@@ -40,12 +40,16 @@
 // their loopback up (the spawner joins one for the clone), both refilled in
 // the background.
 //
-// The init is the portal binary, msb itself: copied once, when the engine
-// starts, into a sealed memfd, and executed from it as `msb portal` with
-// an empty environment. msb plays that role from the init function of
-// sandbox/engine, before the packages only the server and the CLI need are
-// initialised. First, before anything of its sandbox is known, it stages
-// what every sandbox gets from the kernel (initStage, sent by the server
+// The init is the portal binary: msb-portal, the small static binary msb
+// carries (sandbox/linux/portalbin), which holds only the init's and the
+// portal's code (sandbox/linux/boot, sandbox/portal) and so starts in
+// about a third of the CPU that msb takes, whose Go runtime initialises
+// all of msb's packages first; or, when msb was built without it, msb
+// itself, which plays the same roles (sandbox/engine.Reexec). It is
+// copied once, when the engine starts, into a sealed memfd, and executed
+// from it as `msb portal` with an empty environment. The spawner is the
+// server's own binary. First, before anything of its sandbox is known, it stages
+// what every sandbox gets from the kernel (boot.Stage, sent by the server
 // at the spawn): it makes / private in its own mount namespace and
 // mounts, on a tmpfs of its own, /proc, /dev with its device nodes,
 // /dev/pts, /dev/shm, /dev/mqueue, a read-only /sys with the sandbox's
@@ -55,7 +59,7 @@
 // socket the descriptors of its mounts (volumes, its root or disk, and
 // in a user namespace the image's host paths: the server makes them
 // while the init starts, SCM_RIGHTS) and its configuration, and builds
-// the sandbox around itself (MaybeInit, init.go): it mounts the root
+// the sandbox around itself (boot.MaybeInit): it mounts the root
 // (the overlay of the image's layers, or a bind of the sandbox's
 // directory), writes the image's directories, links and files into it on
 // the first start, moves the staged mounts into it, attaches the image's
@@ -152,7 +156,8 @@
 // cgroups as the PID 1 of a namespace of its own), and the caller deletes
 // them: processes, cgroups, directory.
 //
-// A binary embedding this engine must call MaybeInit first thing (msb does
-// it from an init function of package main, through sandbox/engine.Reexec),
-// since the engine runs the binary as every sandbox's init.
+// A binary embedding this engine must call MaybeSpawner first thing, and
+// boot.Reexec too if it is its own portal binary (msb does both from an
+// init function of package main, through sandbox/engine.Reexec), since the
+// engine runs the server's binary as the spawner.
 package linux

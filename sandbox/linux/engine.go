@@ -25,6 +25,7 @@ import (
 
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/linux/boot"
 	"github.com/msb-dev/msb/sandbox/network"
 	"github.com/msb-dev/msb/sandbox/network/netns"
 	"github.com/msb-dev/msb/sandbox/portal"
@@ -48,7 +49,8 @@ type Config struct {
 	// portal's log), e.g. <msb home>/sandboxes.
 	SandboxDir string
 	// PortalBinary is the host path of the binary run as every sandbox's
-	// init, which becomes its portal; msb passes its own executable. It is
+	// init, which becomes its portal: msb passes the portal binary it
+	// carries (sandbox/linux/portalbin), else its own executable. It is
 	// copied into memory once, when the engine starts.
 	PortalBinary string
 	// CgroupParent is the cgroup holding the sandboxes' cgroups; default
@@ -115,7 +117,7 @@ type Engine struct {
 	disks     *disks
 	ids       *idmaps
 	// mountPoint is where every sandbox's init mounts its root, and
-	// stageDir where it stages the kernel's file systems (initStage), in
+	// stageDir where it stages the kernel's file systems (boot.Stage), in
 	// its own mount namespace: empty directories. stageMsgs are what
 	// sendStage sends.
 	mountPoint, stageDir string
@@ -131,7 +133,7 @@ type Engine struct {
 
 // buildStatic is the README's command that builds msb as it must be built
 // to run inside any image.
-const buildStatic = `go build -tags netgo,osusergo,urfave_cli_no_docs -ldflags '-extldflags "-static"' -o msb .`
+const buildStatic = `go generate ./sandbox/linux/portalbin && go build -tags netgo,osusergo,urfave_cli_no_docs -ldflags '-extldflags "-static"' -o msb .`
 
 // needsLoader reports whether the ELF binary at path is dynamically linked
 // (it names a program interpreter, the C library's loader).
@@ -232,7 +234,7 @@ func New(cfg Config) (*Engine, error) {
 		if log == nil {
 			log = slog.Default()
 		}
-		log.Warn("this msb binary is dynamically linked: it runs sandboxes of the host image, but not of OCI images, which lack the host's C library; build it statically: " + buildStatic)
+		log.Warn("the binary sandboxes run (msb itself, built without its portal binary) is dynamically linked: it runs sandboxes of the host image, but not of OCI images, which lack the host's C library; build msb as the README does: " + buildStatic)
 	}
 	cg, err := findCgroups(cfg.CgroupParent)
 	if err != nil {
@@ -564,7 +566,7 @@ func (e *Engine) Start(ctx context.Context, id sandbox.ID) error {
 		return fmt.Errorf("sandbox %s is already running: %w", id, errdefs.ErrConflict)
 	}
 	if len(b.spec.Root.Layers) > 0 && e.dynamicPortal && !e.cfg.AllowDynamicPortal {
-		return errdefs.Invalidf("this msb server is a dynamically linked build, which cannot run inside an OCI image (it needs the host's C library): use the built-in host image (microsandbox/python), or build msb statically with %s and restart it", buildStatic)
+		return errdefs.Invalidf("this msb server runs a dynamically linked binary in its sandboxes (msb itself, built without its portal binary), which cannot run inside an OCI image (it needs the host's C library): use the built-in host image (microsandbox/python), or build msb as the README does, %s, and restart it", buildStatic)
 	}
 	if b.done != nil {
 		// The previous run is over: release what it held.
@@ -595,10 +597,10 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	cfg := e.initConfig(b)
 	// The init's mounts (the image's host paths, volumes, its root or
 	// disk) are made once it runs, while it starts (Go's runtime, its
-	// packages), and sent on initFD (initMounts, sendConfig); a request
+	// packages), and sent on boot.ConfigFD (initMounts, sendConfig); a request
 	// for too many is refused before the clone.
-	if n := initFD + 1 + initMountCount(b, cfg); n > maxInitFiles {
-		return fmt.Errorf("sandbox %s: too many volumes and image mounts (%d descriptors, at most %d): %w", b, n, maxInitFiles, errdefs.ErrInvalid)
+	if n := boot.ConfigFD + 1 + initMountCount(b, cfg); n > boot.MaxInitFiles {
+		return fmt.Errorf("sandbox %s: too many volumes and image mounts (%d descriptors, at most %d): %w", b, n, boot.MaxInitFiles, errdefs.ErrInvalid)
 	}
 	// A sandbox's first start takes an init spawned ahead when one waits
 	// (ready.go), or spawns its own.
@@ -628,6 +630,7 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 	}()
 	client := portal.NewClient(run.portal)
 	client.SetRlimits(b.spec.Rlimits)
+	client.SetOutputBudget(sandbox.TakeOutput)
 	b.proc, b.done, b.client, b.started = run.proc, run.done, client, time.Now()
 	logPath := filepath.Join(b.dir, portalLog)
 	sctx, cancel := context.WithTimeout(ctx, startTimeout)
@@ -663,11 +666,11 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 const portalLog = "portal.log"
 
 // initRun is an init the server spawned, waiting for its configuration
-// on initFD, and the server's ends of its descriptors.
+// on boot.ConfigFD, and the server's ends of its descriptors.
 type initRun struct {
 	proc   *initProc
 	portal net.Conn      // the portal's socket
-	status net.Conn      // initFD: the mounts and configuration go out, a set-up error comes back
+	status net.Conn      // boot.ConfigFD: the mounts and configuration go out, a set-up error comes back
 	log    *initLog      // its stdout and stderr
 	done   chan struct{} // closed once the init has exited and its log is written
 }
@@ -728,8 +731,8 @@ func (e *Engine) spawnInit(handle string, slot, procs int, logs *initLog) (run *
 		// The portal's Go runtime would size itself from the CPUs of the
 		// cgroup it sees at exec, before its cgroup namespace is in place:
 		// the host's root. It gets the sandbox's CPU quota instead (and
-		// again from its configuration, initConfig.Procs).
-		Env:   []string{initEnv + "=1", "GOMAXPROCS=" + strconv.Itoa(initProcs(procs))},
+		// again from its configuration, boot.Config.Procs).
+		Env:   []string{boot.Env + "=1", "GOMAXPROCS=" + strconv.Itoa(initProcs(procs))},
 		Files: files,
 		Sys:   &syscall.SysProcAttr{Cloneflags: sandboxCloneFlags},
 	}
@@ -812,7 +815,7 @@ func (b *box) unavailable(what string, err error) error {
 }
 
 // initMountCount is how many mounts initMounts makes for the init of b.
-func initMountCount(b *box, cfg *initConfig) int {
+func initMountCount(b *box, cfg *boot.Config) int {
 	n := len(volumes(b.spec.Root.Mounts))
 	if b.slot > 0 {
 		n += len(cfg.Binds) + 1 // the image's host paths, the root
@@ -826,7 +829,7 @@ func initMountCount(b *box, cfg *initConfig) int {
 // order (see sendConfig, readConfig): the image's host paths and volumes,
 // idmapped in a user namespace, then its root, or its disk; cfg gets the
 // volumes' targets. The caller closes them, also on an error.
-func (e *Engine) initMounts(b *box, cfg *initConfig) (mounts []*os.File, err error) {
+func (e *Engine) initMounts(b *box, cfg *boot.Config) (mounts []*os.File, err error) {
 	unavailable := b.unavailable
 	var userns, volUserns *os.File
 	if b.slot > 0 {
@@ -848,7 +851,7 @@ func (e *Engine) initMounts(b *box, cfg *initConfig) (mounts []*os.File, err err
 			if err := unix.Fstat(fd, &st); err != nil {
 				return mounts, unavailable("image mount "+m.Target, err)
 			}
-			cfg.Volumes = append(cfg.Volumes, volumeTarget{Target: m.Target, Dir: st.Mode&unix.S_IFMT == unix.S_IFDIR})
+			cfg.Volumes = append(cfg.Volumes, boot.VolumeTarget{Target: m.Target, Dir: st.Mode&unix.S_IFMT == unix.S_IFDIR})
 		}
 		cfg.Binds = nil
 	}
@@ -858,7 +861,7 @@ func (e *Engine) initMounts(b *box, cfg *initConfig) (mounts []*os.File, err err
 			return mounts, fmt.Errorf("sandbox %s: %w", b, err)
 		}
 		mounts = append(mounts, v)
-		cfg.Volumes = append(cfg.Volumes, volumeTarget{Target: m.Target, Dir: dir})
+		cfg.Volumes = append(cfg.Volumes, boot.VolumeTarget{Target: m.Target, Dir: dir})
 	}
 	if b.slot > 0 {
 		upper := b.upperDir()
@@ -881,7 +884,7 @@ func (e *Engine) initMounts(b *box, cfg *initConfig) (mounts []*os.File, err err
 }
 
 // sendStage sends a newly spawned init, on status (the server's end of
-// initFD), what it stages before its configuration comes (initStage,
+// boot.ConfigFD), what it stages before its configuration comes (boot.Stage,
 // readStage): one of the engine's two stage messages, for an init with
 // and without a user namespace. The socket's buffer holds it: the write
 // does not wait.
@@ -896,11 +899,11 @@ func (e *Engine) sendStage(status net.Conn, userns bool) error {
 
 // stageMessages are the stage messages of an engine with cgroups cg and
 // stage directory dir, without and with a user namespace: 'S', the
-// length of the JSON of an initStage as 4 bytes big-endian, and the JSON.
+// length of the JSON of a boot.Stage as 4 bytes big-endian, and the JSON.
 func stageMessages(cg *cgroups, dir string) (msgs [2][]byte) {
-	st := initStage{Dir: dir, CgroupV2: cg.v2}
+	st := boot.Stage{Dir: dir, CgroupV2: cg.v2}
 	for _, h := range cg.v1 {
-		st.Cgroups = append(st.Cgroups, cgroupMount{Dir: filepath.Base(h.mount), Opts: h.opts})
+		st.Cgroups = append(st.Cgroups, boot.CgroupMount{Dir: filepath.Base(h.mount), Opts: h.opts})
 	}
 	for i, userns := range []bool{false, true} {
 		st.Userns = userns
@@ -910,11 +913,11 @@ func stageMessages(cg *cgroups, dir string) (msgs [2][]byte) {
 	return msgs
 }
 
-// sendConfig sends the init, on status (the server's end of initFD), the
+// sendConfig sends the init, on status (the server's end of boot.ConfigFD), the
 // descriptors of its mounts in a message 'F' (SCM_RIGHTS), then cfg, and
 // shuts the sending side down; an init that does not read them is stuck,
 // and no write waits past ctx.
-func sendConfig(ctx context.Context, status net.Conn, mounts []*os.File, cfg *initConfig) error {
+func sendConfig(ctx context.Context, status net.Conn, mounts []*os.File, cfg *boot.Config) error {
 	data, err := json.Marshal(cfg)
 	if err != nil {
 		return err
@@ -972,7 +975,7 @@ func waitInit(ctx context.Context, status net.Conn) error {
 	if len(data) == 0 {
 		return nil
 	}
-	var rep initReport
+	var rep boot.Report
 	if err := json.Unmarshal(data, &rep); err != nil {
 		return fmt.Errorf("malformed report from the init: %q", data)
 	}
@@ -1001,9 +1004,9 @@ func socketPair(name string) (*os.File, net.Conn, error) {
 }
 
 // initConfig is what the sandbox's init needs to build it.
-func (e *Engine) initConfig(b *box) *initConfig {
+func (e *Engine) initConfig(b *box) *boot.Config {
 	s := b.spec
-	c := &initConfig{
+	c := &boot.Config{
 		Root:     e.mountPoint,
 		Layers:   s.Root.Layers,
 		Upper:    filepath.Join(b.upperDir(), "upper"),
@@ -1028,7 +1031,7 @@ func (e *Engine) initConfig(b *box) *initConfig {
 	if !b.built {
 		// The image's entries (in the template already, without layers),
 		// /etc/hostname and the workdir.
-		c.Build = &rootBuild{Layered: true}
+		c.Build = &boot.RootBuild{Layered: true}
 		if b.template == "" {
 			c.Build.Dirs, c.Build.Links, c.Build.Files = s.Root.Dirs, s.Root.Links, s.Root.Files
 		}

@@ -16,30 +16,25 @@ import (
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/image"
 	"github.com/msb-dev/msb/sandbox/linux"
-	"github.com/msb-dev/msb/sandbox/portal"
+	"github.com/msb-dev/msb/sandbox/linux/boot"
 	"github.com/msb-dev/msb/sandbox/sandboxtest"
 	"golang.org/x/sys/unix"
 )
 
-// msbBin is msb itself, built as the README builds it: the init and portal
-// of the tests' sandboxes, as in production. (This test binary can play
-// them too, see TestMain, but it is linked with cgo, which takes the
-// engine's slower path; TestCgoPortal runs that one.)
-var msbBin string
+// portalBin is the portal binary msb carries (sandbox/linux/portalbin),
+// built as the README builds it: the init and portal of the tests'
+// sandboxes, as in production. msbBin is msb itself, which plays the same
+// roles when it carries no portal binary (TestMSBAsPortal). (This test
+// binary can play them too, see TestMain, but it is linked with cgo,
+// which takes the engine's slower path; TestCgoPortal runs that one.)
+var msbBin, portalBin string
 
 // TestMain lets the test binary play the msb binary's roles inside a
 // sandbox, the init and the portal, for the tests that run sandboxes of
 // this very binary, and builds msb for the others.
 func TestMain(m *testing.M) {
 	linux.MaybeSpawner()
-	linux.MaybeInit()
-	if len(os.Args) > 1 && os.Args[1] == portal.ExecRole {
-		portal.ExecMain()
-	}
-	if len(os.Args) > 1 && os.Args[1] == "portal" {
-		portal.Main()
-		os.Exit(0)
-	}
+	boot.Reexec(os.Args, os.Getpid())
 	if cfg := os.Getenv(crashServerEnv); cfg != "" {
 		crashServer(cfg)
 	}
@@ -54,7 +49,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	if msbBin, err = sandboxtest.BuildMSB(dir); err != nil {
+	if msbBin, portalBin, err = sandboxtest.BuildMSB(dir); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
@@ -361,14 +356,15 @@ func leftoversOf(t *testing.T, cfg linux.Config, name string) []string {
 }
 
 // testConfig returns the configuration of an engine keeping its state in
-// home, running msb as its sandboxes' init, with a cgroup parent of its
-// own (prefix and the test's pid) that is removed when the test ends.
+// home, running the portal binary as its sandboxes' init, with a cgroup
+// parent of its own (prefix and the test's pid) that is removed when the
+// test ends.
 func testConfig(t testing.TB, home, prefix string) linux.Config {
 	t.Helper()
 	cfg := linux.Config{
 		StateDir:     filepath.Join(home, "run", "engine"),
 		SandboxDir:   filepath.Join(home, "sandboxes"),
-		PortalBinary: msbBin,
+		PortalBinary: portalBin,
 		CgroupParent: prefix + "-" + strconv.Itoa(os.Getpid()),
 	}
 	t.Cleanup(func() { removeCgroupParent(t, cfg.CgroupParent) })

@@ -135,22 +135,6 @@ func prepareRoot(dir, upper string, layers []string, layerLock string) error {
 	return mkdirs()
 }
 
-// modeBits turns the setuid, setgid and sticky bits of a numeric mode into
-// their fs.FileMode flags.
-func modeBits(m uint32) fs.FileMode {
-	var out fs.FileMode
-	if m&0o4000 != 0 {
-		out |= fs.ModeSetuid
-	}
-	if m&0o2000 != 0 {
-		out |= fs.ModeSetgid
-	}
-	if m&0o1000 != 0 {
-		out |= fs.ModeSticky
-	}
-	return out
-}
-
 // volumes are a user's mounts (those with a Beneath root), which the
 // server resolves and opens; imageMounts the image's, host paths the init
 // binds itself.

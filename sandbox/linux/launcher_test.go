@@ -2,11 +2,13 @@ package linux_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -182,13 +184,7 @@ func TestCgoPortal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := testConfig(t, t.TempDir(), "msb-cgo")
-	cfg.PortalBinary = exe
-	e, err := linux.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
+	e := engineRunning(t, "msb-cgo", exe)
 	// A start returns once the init has executed the portal, which then
 	// starts its Go runtime: its threads are all there once it answers.
 	id := sandboxtest.ID(t, "cgo", "root")
@@ -240,6 +236,78 @@ func TestMemfdInit(t *testing.T) {
 	if inodes[0] != inodes[1] {
 		t.Errorf("two sandboxes run different copies of the binary (inodes %d, %d)", inodes[0], inodes[1])
 	}
+}
+
+// runsBinary fails the test unless the init pid runs a copy of binary
+// (the same size and contents).
+func runsBinary(t *testing.T, pid int, binary string) {
+	t.Helper()
+	got, err := os.ReadFile(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(binary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("the init runs a binary of %d bytes, not %s (%d bytes)", len(got), binary, len(want))
+	}
+}
+
+// TestPortalBinary checks that sandboxes run the portal binary msb carries
+// (sandbox/linux/portalbin), which holds none of msb's other roles, and
+// that it plays all of its own: the init (root, and a user of the
+// image), the portal, and the trampoline that starts commands with
+// resource limits.
+func TestPortalBinary(t *testing.T) {
+	testPortalBinary(t, portalBin)
+	if fi, err := os.Stat(portalBin); err != nil || fi.Size() > 16<<20 {
+		t.Errorf("the portal binary: %v, %v; want at most 16 MiB", fi, err)
+	}
+	// msb's own subcommands are not in it.
+	out, err := exec.Command(portalBin, "version").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "runs only inside an msb sandbox") {
+		t.Errorf("msb-portal version: %q, %v; want it refused", out, err)
+	}
+}
+
+// TestMSBAsPortal runs sandboxes of msb itself, as an msb that carries no
+// portal binary does: it plays the same roles (sandbox/engine.Reexec).
+func TestMSBAsPortal(t *testing.T) { testPortalBinary(t, msbBin) }
+
+// engineRunning returns a new engine whose sandboxes run binary, closed
+// when the test ends.
+func engineRunning(t *testing.T, cgroupPrefix, binary string) *linux.Engine {
+	t.Helper()
+	cfg := testConfig(t, t.TempDir(), cgroupPrefix)
+	cfg.PortalBinary = binary
+	e, err := linux.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+func testPortalBinary(t *testing.T, binary string) {
+	e := engineRunning(t, "msb-portalbin", binary)
+	id := sandboxtest.ID(t, "portalbin", "root")
+	spec := hostSpec(t)
+	spec.Rlimits = []sandbox.Rlimit{{Resource: "nofile", Soft: 77, Hard: 78}}
+	pid := startBox(t, e, id, spec)
+	runsBinary(t, pid, binary)
+	// ulimit runs through the trampoline, which set the limits.
+	if got := mustRun(t, e, id, `tr '\0' ' ' < /proc/1/cmdline; echo; ulimit -n; ulimit -Hn; python3 -c 'print(6*7)'`); got != "msb portal \n77\n78\n42\n" {
+		t.Errorf("pid 1, its limits and python: %q", got)
+	}
+	nobody := sandboxtest.ID(t, "portalbin", "nobody")
+	spec.User = sandbox.User{UID: 65534, GID: 65534}
+	pid = startBox(t, e, nobody, spec)
+	if got := mustRun(t, e, nobody, "id -u; ulimit -n"); got != "65534\n77\n" {
+		t.Errorf("the user and its limit: %q", got)
+	}
+	checkCredentials(t, e, nobody, pid, "65534")
 }
 
 // mountTable returns the mount points of this thread's mount namespace

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"sync"
 
+	"github.com/msb-dev/msb/sandbox/linux/boot"
 	"golang.org/x/sys/unix"
 )
 
@@ -83,7 +84,7 @@ func makeNetns(host *os.File) (*os.File, error) {
 	}
 	ns, err := os.Open("/proc/thread-self/ns/net")
 	if err == nil {
-		if err = loopbackUp(); err != nil {
+		if err = boot.LoopbackUp(); err != nil {
 			ns.Close()
 			ns = nil
 		}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/linux/boot"
 )
 
 // Sandboxes started ahead of time (sandbox.Pooler). Prestart starts a
@@ -209,7 +210,7 @@ func (e *Engine) apply(ctx context.Context, b *box, spec sandbox.Spec) error {
 	// The pid names the init while it runs: opened before the check, the
 	// root is the sandbox's.
 	pid := b.proc.Pid
-	r, err := openRoot("/proc/" + strconv.Itoa(pid) + "/root")
+	r, err := boot.OpenRoot("/proc/" + strconv.Itoa(pid) + "/root")
 	if err != nil {
 		return unavailable("its root", err)
 	}
@@ -218,18 +219,18 @@ func (e *Engine) apply(ctx context.Context, b *box, spec sandbox.Spec) error {
 		return unavailable("its root", errors.New("its init has exited"))
 	}
 	if b.slot > 0 {
-		r.base = hostID(b.slot)
+		r.Base = hostID(b.slot)
 	}
 	// As the init's first build: /etc/hostname, and the workdir made as a
 	// directory of the root (its user's, when msb makes it).
-	build := &rootBuild{Layered: true}
+	build := &boot.RootBuild{Layered: true}
 	if wd := strings.TrimPrefix(filepath.Clean(spec.Workdir), "/"); wd != "" {
 		build.Dirs = []string{wd}
 	}
 	for _, m := range spec.Root.Mounts {
 		build.Mounts = append(build.Mounts, m.Target)
 	}
-	err = r.build(build, spec.Hostname, spec.Workdir, spec.User)
+	err = r.Build(build, spec.Hostname, spec.Workdir, spec.User)
 	r.Close()
 	if err != nil {
 		return unavailable("its root", err)
@@ -243,7 +244,7 @@ func (e *Engine) apply(ctx context.Context, b *box, spec sandbox.Spec) error {
 	}
 	env := make([]string, 0, len(spec.Env))
 	for _, kv := range spec.Env {
-		if k, _, ok := strings.Cut(kv, "="); ok && k != "" && k != initEnv {
+		if k, _, ok := strings.Cut(kv, "="); ok && k != "" && k != boot.Env {
 			env = append(env, kv)
 		}
 	}

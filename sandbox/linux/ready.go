@@ -14,7 +14,7 @@ import (
 // sandbox, so a few inits wait past it: each in fresh namespaces, in a
 // cgroup set of its own (named "init-<owner>-<n>", see readyPrefix),
 // with an id range (slot) of its own in a user namespace, blocked on
-// initFD before it has read anything. A sandbox's first start takes one
+// boot.ConfigFD before it has read anything. A sandbox's first start takes one
 // (takeReady): the set is renamed to the sandbox's key and given its
 // limits, the sandbox takes the init's slot in place of its own, and the
 // start goes on as a cold one does, sending the mounts and configuration

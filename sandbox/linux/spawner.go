@@ -14,6 +14,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/msb-dev/msb/sandbox/linux/boot"
 	"golang.org/x/sys/unix"
 )
 
@@ -62,11 +63,6 @@ const (
 // kernel passes up to 253 in one message (SCM_MAX_FD).
 const maxSpawnFDs = 250
 
-// maxInitFiles bounds an init's descriptors: 0 to initFD, which it
-// inherits, and its mounts, which come in one message on initFD (at most
-// 253 descriptors, SCM_MAX_FD; the init's buffer is sized from this).
-const maxInitFiles = 200
-
 // spawnRequest asks for one init. Its descriptors come in this order: the
 // tasks files, the network namespace (NetNS), the cgroup directory
 // (CgroupFD), then the distinct files of Files.
@@ -114,9 +110,12 @@ type spawner struct {
 	done chan struct{} // closed once the spawner has exited
 }
 
-// startSpawner starts the spawner from exe (the sealed binary), with home
-// the tasks files of the server's own v1 cgroups and caps the sandboxes'
-// bounding set.
+// startSpawner starts the spawner, which executes exe (the sealed portal
+// binary) as every init, with home the tasks files of the server's own v1
+// cgroups and caps the sandboxes' bounding set. The spawner itself is the
+// server's own binary (which plays it through sandbox/engine.Reexec, or a
+// test's TestMain): the portal binary may be a smaller one that has no
+// spawner in it.
 func startSpawner(exe *os.File, home []*os.File, caps uint64) (*spawner, error) {
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -138,7 +137,7 @@ func startSpawner(exe *os.File, home []*os.File, caps uint64) (*spawner, error) 
 		// until the spawner has exited: locked, it ends with the
 		// goroutine.
 		runtime.LockOSThread()
-		p, err := os.StartProcess("/proc/self/fd/"+strconv.Itoa(int(exe.Fd())), []string{portalArgv0, spawnerRole}, &os.ProcAttr{
+		p, err := os.StartProcess("/proc/self/exe", []string{boot.Argv0, spawnerRole}, &os.ProcAttr{
 			Dir:   "/",
 			Env:   []string{spawnerEnv + "=" + strconv.Itoa(len(home)) + "," + strconv.FormatUint(caps, 16)},
 			Files: files,
@@ -249,7 +248,7 @@ func (sp *spawner) exchange(msg []byte, fds []int) (rep spawnReply, pidfd int, e
 	}
 	buf := make([]byte, 4096)
 	oob := make([]byte, unix.CmsgSpace(4))
-	n, got, err := recvMsg(sp.sock, buf, oob)
+	n, got, err := boot.RecvMsg(sp.sock, buf, oob)
 	if err == nil && n == 0 {
 		err = io.EOF
 	}
@@ -257,7 +256,7 @@ func (sp *spawner) exchange(msg []byte, fds []int) (rep spawnReply, pidfd int, e
 		return lost(err)
 	}
 	if buf[0] != 'P' || json.Unmarshal(buf[1:n], &rep) != nil || (rep.Pid > 0) != (len(got) == 1) {
-		closeFDs(got)
+		boot.CloseFDs(got)
 		return lost(fmt.Errorf("it answered %q with %d descriptors", buf[:n], len(got)))
 	}
 	if rep.Pid <= 0 {
@@ -311,43 +310,6 @@ func sendMsg(fd int, p, oob []byte) error {
 		if err != unix.EINTR {
 			return err
 		}
-	}
-}
-
-// recvMsg reads one message and the descriptors that came with it
-// (close-on-exec). n is 0 at the end of the stream.
-func recvMsg(fd int, buf, oob []byte) (n int, fds []int, err error) {
-	var oobn, flags int
-	for {
-		n, oobn, flags, _, err = unix.Recvmsg(fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		return 0, nil, err
-	}
-	if oobn > 0 {
-		msgs, perr := unix.ParseSocketControlMessage(oob[:oobn])
-		if perr != nil {
-			return 0, nil, perr
-		}
-		for _, m := range msgs {
-			if got, err := unix.ParseUnixRights(&m); err == nil {
-				fds = append(fds, got...)
-			}
-		}
-	}
-	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
-		closeFDs(fds)
-		return 0, nil, fmt.Errorf("a message of %d bytes and %d descriptors was cut short", n, len(fds))
-	}
-	return n, fds, nil
-}
-
-func closeFDs(fds []int) {
-	for _, fd := range fds {
-		unix.Close(fd)
 	}
 }
 
@@ -469,7 +431,7 @@ func (p *initProc) release() {
 
 // MaybeSpawner plays the spawner when the binary was started as one (see
 // startSpawner), and never returns then. Call it before anything else in
-// main, like MaybeInit.
+// main, like boot.Reexec.
 func MaybeSpawner() {
 	if len(os.Args) != 2 || os.Args[1] != spawnerRole {
 		return
@@ -531,7 +493,7 @@ func serveSpawner(v string) error {
 	buf := make([]byte, 64<<10)
 	oob := make([]byte, unix.CmsgSpace(4*maxSpawnFDs))
 	for {
-		n, fds, err := recvMsg(spawnerSockFD, buf, oob)
+		n, fds, err := boot.RecvMsg(spawnerSockFD, buf, oob)
 		if err != nil {
 			return err
 		}
@@ -540,18 +502,18 @@ func serveSpawner(v string) error {
 		}
 		switch buf[0] {
 		case 'R':
-			closeFDs(fds)
+			boot.CloseFDs(fds)
 			if pid, err := strconv.Atoi(string(buf[1:n])); err == nil && pid > 0 {
 				s.pending[pid] = true
 			}
 		case 'S':
 			var req spawnRequest
 			if err := json.Unmarshal(buf[1:n], &req); err != nil {
-				closeFDs(fds)
+				boot.CloseFDs(fds)
 				return fmt.Errorf("a request: %w", err)
 			}
 			pidfd, rep, err := s.spawn(req, fds)
-			closeFDs(fds)
+			boot.CloseFDs(fds)
 			out, _ := json.Marshal(rep)
 			var rights []byte
 			if pidfd >= 0 {
@@ -568,7 +530,7 @@ func serveSpawner(v string) error {
 				return serr
 			}
 		default:
-			closeFDs(fds)
+			boot.CloseFDs(fds)
 		}
 		s.reapPending()
 	}
@@ -640,7 +602,7 @@ func (s *spawnerProc) spawn(req spawnRequest, fds []int) (pidfd int, rep spawnRe
 		// 6.18, a thousand sandboxes starting); a child that failed to
 		// execute has exited and left nothing, so it is tried again.
 		for try := 1; ; try++ {
-			pid, err := syscall.ForkExec(s.exePath, []string{portalArgv0, portalRole},
+			pid, err := syscall.ForkExec(s.exePath, []string{boot.Argv0, boot.Role},
 				&syscall.ProcAttr{Dir: req.Dir, Env: req.Env, Files: files, Sys: sys})
 			if err == nil {
 				rep.Pid = pid

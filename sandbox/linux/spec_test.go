@@ -1,7 +1,6 @@
 package linux
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -86,18 +85,5 @@ func TestLastWordsOfACrash(t *testing.T) {
 	}
 	if got := lastWords(p); got != "killed by [31msignal[0m 9" {
 		t.Fatalf("last words: %q", got)
-	}
-}
-
-// The sample an init decodes while it waits (prepareConfig) reaches every
-// type of an initConfig: a misspelt field would leave one undecoded.
-func TestSampleConfig(t *testing.T) {
-	var c initConfig
-	if err := json.Unmarshal([]byte(sampleConfig), &c); err != nil {
-		t.Fatal(err)
-	}
-	if c.Build == nil || len(c.Build.Dirs) != 1 || len(c.Build.Links) != 1 || len(c.Build.Files) != 1 ||
-		len(c.Binds) != 1 || len(c.Volumes) != 1 || len(c.Tmpfs) != 1 || len(c.Env) != 1 {
-		t.Errorf("the sample decodes to %+v", c)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/linux/boot"
 )
 
 // templates are the read-only lower layers of the roots of sandboxes
@@ -110,31 +111,31 @@ func buildTemplate(dir string, c templateContent) error {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return err
 	}
-	r, err := openRoot(dir)
+	r, err := boot.OpenRoot(dir)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	b := &rootBuild{Dirs: c.Dirs, Links: c.Links, Files: c.Files}
+	b := &boot.RootBuild{Dirs: c.Dirs, Links: c.Links, Files: c.Files}
 	for _, t := range c.Targets {
 		b.Mounts = append(b.Mounts, t[2:])
 	}
-	if err := r.build(b, "", c.Workdir, c.User); err != nil {
+	if err := r.Build(b, "", c.Workdir, c.User); err != nil {
 		return err
 	}
 	// The mount points the init needs, so that it makes none in the
 	// sandbox's upper directory.
 	for _, d := range []string{"proc", "dev", "sys"} {
-		if err := r.mkdir(d, 0o755); err != nil {
+		if err := r.Mkdir(d, 0o755); err != nil {
 			return err
 		}
 	}
 	for _, t := range c.Targets {
 		var h *os.File
 		if strings.HasPrefix(t, "d:") {
-			h, err = r.mkdirAll(t[2:])
+			h, err = r.MkdirAll(t[2:])
 		} else {
-			h, err = r.fileTarget(t[2:])
+			h, err = r.FileTarget(t[2:])
 		}
 		if err != nil {
 			return fmt.Errorf("mount point %s: %w", t[2:], err)

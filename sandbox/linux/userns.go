@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/errdefs"
+	"github.com/msb-dev/msb/sandbox/linux/boot"
 )
 
 // With user namespaces, every sandbox runs in a user namespace of its own
@@ -298,7 +299,7 @@ func mountRoot(layers []string, upper, work string, userns *os.File, owner int) 
 	// The overlay holds the layers once made: the clones are closed then,
 	// in the background, since closing a detached mount waits for an RCU
 	// grace period (0.2 to 0.5 ms here, on the start's path otherwise).
-	defer func() { go closeFDs(fds) }()
+	defer func() { go boot.CloseFDs(fds) }()
 	for i := len(layers) - 1; i >= 0; i-- { // overlayfs lists the top layer first
 		fd, err := idmappedClone(-1, layers[i], "", userns, true)
 		if err != nil {

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/errdefs"
-	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/guest"
 )
 
 // ErrClosed is what every call returns once the connection to the portal is
@@ -51,18 +51,28 @@ type Client struct {
 	calls map[uint64]*call
 	err   error // set once the connection is closed
 
-	rlimits []rlimit // of every process this client starts (SetRlimits)
+	rlimits    []rlimit                                // of every process this client starts (SetRlimits)
+	takeOutput func(ctx context.Context, n int64) bool // SetOutputBudget
 }
 
 // SetRlimits sets the resource limits of every process started through
 // the client from now on (the sandbox's own); a streamed process's own
 // limits go on top of them, never above their hard limits. Call it
 // before the client's first call.
-func (c *Client) SetRlimits(ls []sandbox.Rlimit) {
+func (c *Client) SetRlimits(ls []guest.Rlimit) {
 	c.rlimits = wireRlimits(ls)
 }
 
-func wireRlimits(ls []sandbox.Rlimit) []rlimit {
+// SetOutputBudget makes what the client holds of a capped call's output
+// (Exec, RunCode) draw on take as it grows: the server's output budget
+// (sandbox.TakeOutput). When take refuses, the output is cut there and
+// says so. Without it, only MaxOutput bounds the output. Call it before
+// the client's first call.
+func (c *Client) SetOutputBudget(take func(ctx context.Context, n int64) bool) {
+	c.takeOutput = take
+}
+
+func wireRlimits(ls []guest.Rlimit) []rlimit {
 	var out []rlimit
 	for _, l := range ls {
 		out = append(out, rlimit{Resource: l.Resource, Soft: l.Soft, Hard: l.Hard})
@@ -79,7 +89,7 @@ type call struct {
 	id      uint64
 	mu      sync.Mutex
 	stopped bool // the caller gave up: drop whatever still arrives
-	onLine  func(sandbox.Line)
+	onLine  func(guest.Line)
 	done    chan struct{}
 	final   event
 	err     error
@@ -87,7 +97,7 @@ type call struct {
 	list    *listing
 }
 
-func (cl *call) line(l sandbox.Line) {
+func (cl *call) line(l guest.Line) {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	if !cl.stopped && cl.onLine != nil {
@@ -192,7 +202,7 @@ func (c *Client) event(ev event) string {
 	switch {
 	case ev.Done:
 	case ev.Stream != "":
-		if ev.Stream != sandbox.Stdout && ev.Stream != sandbox.Stderr {
+		if ev.Stream != guest.Stdout && ev.Stream != guest.Stderr {
 			return fmt.Sprintf("the sandbox's portal sent a line on an unknown stream %.40q", ev.Stream)
 		}
 	case ev.Started, ev.StdinError != "", ev.Credit != 0, ev.Entries != nil:
@@ -228,7 +238,7 @@ func (c *Client) event(ev event) string {
 	case ev.Entries != nil && cl.list != nil:
 		cl.list.add(ev.Entries)
 	case ev.Stream != "":
-		cl.line(sandbox.Line{Stream: ev.Stream, Text: ev.Text})
+		cl.line(guest.Line{Stream: ev.Stream, Text: ev.Text})
 	}
 	return ""
 }
@@ -257,7 +267,7 @@ func (c *Client) fail(reason string) error {
 // start registers a call and sends its request. A write that does not
 // finish by the time ctx ends leaves a torn frame behind, so it closes the
 // connection.
-func (c *Client) start(ctx context.Context, req request, onLine func(sandbox.Line)) (*call, error) {
+func (c *Client) start(ctx context.Context, req request, onLine func(guest.Line)) (*call, error) {
 	return c.register(ctx, req, &call{onLine: onLine})
 }
 
@@ -375,23 +385,24 @@ func finalError(op string, ev event) error {
 
 // collector stores a capped call's lines. The cap is enforced here, on the
 // server's side, because the portal may be hostile. What it stores is
-// taken from the server's output budget (sandbox.TakeOutput) as it grows,
+// taken from the server's output budget (Client.SetOutputBudget) as it grows,
 // twice (held, then encoded), in steps of budgetStep.
 type collector struct {
 	ctx      context.Context
+	take     func(ctx context.Context, n int64) bool // nil: no budget
 	cap      outputCap
-	lines    []sandbox.Line
+	lines    []guest.Line
 	reserved int // bytes of the budget taken and not yet used
 	starved  bool
 }
 
 const budgetStep = 256 << 10
 
-func newCollector(ctx context.Context) *collector {
-	return &collector{ctx: ctx, cap: outputCap{maxBytes: sandbox.MaxOutput + trailerSlack, maxLines: maxLines + 16, perLine: lineEnvelope}}
+func newCollector(ctx context.Context, take func(context.Context, int64) bool) *collector {
+	return &collector{ctx: ctx, take: take, cap: outputCap{maxBytes: guest.MaxOutput + trailerSlack, maxLines: maxLines + 16, perLine: lineEnvelope}}
 }
 
-func (co *collector) add(l sandbox.Line) {
+func (co *collector) add(l guest.Line) {
 	if co.starved {
 		return
 	}
@@ -401,7 +412,7 @@ func (co *collector) add(l sandbox.Line) {
 	}
 	need := 2 * (co.cap.bytes - before)
 	for co.reserved < need {
-		if !sandbox.TakeOutput(co.ctx, budgetStep) {
+		if co.take != nil && !co.take(co.ctx, budgetStep) {
 			co.starved, co.cap.cut = true, true
 			return
 		}
@@ -413,15 +424,15 @@ func (co *collector) add(l sandbox.Line) {
 
 // output is never nil: a call that printed nothing has an empty output,
 // which the wire contract renders as [] rather than null.
-func (co *collector) output() []sandbox.Line {
+func (co *collector) output() []guest.Line {
 	if co.starved {
-		return append(co.lines, sandbox.Line{Stream: sandbox.Stderr, Text: sandbox.OutputBudgetNotice})
+		return append(co.lines, guest.Line{Stream: guest.Stderr, Text: guest.OutputBudgetNotice})
 	}
 	if co.cap.cut {
-		return append(co.lines, sandbox.Line{Stream: sandbox.Stderr, Text: sandbox.OutputCutNotice})
+		return append(co.lines, guest.Line{Stream: guest.Stderr, Text: guest.OutputCutNotice})
 	}
 	if co.lines == nil {
-		return []sandbox.Line{}
+		return []guest.Line{}
 	}
 	return co.lines
 }
@@ -462,29 +473,29 @@ func (c *Client) Configure(ctx context.Context, env []string, workdir string) er
 }
 
 // Exec runs a command and returns its exit code and output, capped at
-// sandbox.MaxOutput. A command that cannot be found or run is a result
+// guest.MaxOutput. A command that cannot be found or run is a result
 // (exit code 127 or 126 and a stderr line), not an error; so is one killed
-// by req.Timeout (sandbox.ExitTimeout, TimedOut). Errors: ctx's error when
+// by req.Timeout (guest.ExitTimeout, TimedOut). Errors: ctx's error when
 // ctx ends first (the command is then killed), an error matching ErrClosed
 // and errdefs.ErrUnavailable when the connection is gone or the portal
 // misbehaved, or errdefs.ErrUnavailable when the portal could not run it.
-func (c *Client) Exec(ctx context.Context, req sandbox.ExecRequest) (sandbox.ExecResult, error) {
-	co := newCollector(ctx)
+func (c *Client) Exec(ctx context.Context, req guest.ExecRequest) (guest.ExecResult, error) {
+	co := newCollector(ctx, c.takeOutput)
 	ev, err := c.do(ctx, request{
 		Op: opExec, Command: req.Command, Args: req.Args, Env: req.Env, Rlimits: c.rlimits,
 		Workdir: req.Workdir, Timeout: req.Timeout,
 	}, req.Timeout, co.add)
 	if err != nil {
-		return sandbox.ExecResult{}, fmt.Errorf("portal: exec %q: %w", req.Command, err)
+		return guest.ExecResult{}, fmt.Errorf("portal: exec %q: %w", req.Command, err)
 	}
 	if ev.Error != "" {
-		return sandbox.ExecResult{}, finalError(fmt.Sprintf("portal: exec %q", req.Command), ev)
+		return guest.ExecResult{}, finalError(fmt.Sprintf("portal: exec %q", req.Command), ev)
 	}
-	return sandbox.ExecResult{ExitCode: ev.ExitCode, TimedOut: ev.TimedOut, Output: co.output()}, nil
+	return guest.ExecResult{ExitCode: ev.ExitCode, TimedOut: ev.TimedOut, Output: co.output()}, nil
 }
 
 // do runs one call from request to final frame.
-func (c *Client) do(ctx context.Context, req request, limit time.Duration, onLine func(sandbox.Line)) (event, error) {
+func (c *Client) do(ctx context.Context, req request, limit time.Duration, onLine func(guest.Line)) (event, error) {
 	cl, err := c.start(ctx, req, onLine)
 	if err != nil {
 		return event{}, err
@@ -493,8 +504,8 @@ func (c *Client) do(ctx context.Context, req request, limit time.Duration, onLin
 }
 
 // RunCode evaluates code in the sandbox's live interpreter for lang
-// (sandbox.Python or sandbox.Node), which keeps its definitions from one
-// call to the next. Output is capped at sandbox.MaxOutput. Code that
+// (guest.Python or guest.Node), which keeps its definitions from one
+// call to the next. Output is capped at guest.MaxOutput. Code that
 // raises, or makes the interpreter exit, is a ReplError result; code still
 // running after timeout (when positive) is interrupted and is a
 // ReplTimeout result. Errors: errdefs.ErrInvalid for an unknown
@@ -502,35 +513,35 @@ func (c *Client) do(ctx context.Context, req request, limit time.Duration, onLin
 // it); ctx's error when ctx ends first; an error matching ErrClosed and
 // errdefs.ErrUnavailable when the connection is gone or the portal
 // misbehaved; errdefs.ErrUnavailable when the interpreter could not start.
-func (c *Client) RunCode(ctx context.Context, lang sandbox.Language, code string, timeout time.Duration) (sandbox.ReplResult, error) {
-	if lang != sandbox.Python && lang != sandbox.Node {
-		return sandbox.ReplResult{}, fmt.Errorf("portal: unknown language %q: %w", lang, errdefs.ErrInvalid)
+func (c *Client) RunCode(ctx context.Context, lang guest.Language, code string, timeout time.Duration) (guest.ReplResult, error) {
+	if lang != guest.Python && lang != guest.Node {
+		return guest.ReplResult{}, fmt.Errorf("portal: unknown language %q: %w", lang, errdefs.ErrInvalid)
 	}
 	limit := time.Duration(0)
 	if timeout > 0 {
 		limit = timeout + interruptGrace
 	}
-	co := newCollector(ctx)
+	co := newCollector(ctx, c.takeOutput)
 	ev, err := c.do(ctx, request{Op: opRepl, Language: string(lang), Code: code, Timeout: timeout, Rlimits: c.rlimits}, limit, co.add)
 	if err != nil {
-		return sandbox.ReplResult{}, fmt.Errorf("portal: run %s code: %w", lang, err)
+		return guest.ReplResult{}, fmt.Errorf("portal: run %s code: %w", lang, err)
 	}
 	if ev.Error != "" {
-		return sandbox.ReplResult{}, finalError(fmt.Sprintf("portal: run %s code", lang), ev)
+		return guest.ReplResult{}, finalError(fmt.Sprintf("portal: run %s code", lang), ev)
 	}
 	switch ev.Status {
-	case sandbox.ReplSuccess, sandbox.ReplError, sandbox.ReplTimeout:
+	case guest.ReplSuccess, guest.ReplError, guest.ReplTimeout:
 	default:
 		c.fail(fmt.Sprintf("the sandbox's portal sent an unknown status %.40q", ev.Status))
-		return sandbox.ReplResult{}, fmt.Errorf("portal: run %s code: %w", lang, c.closedErr())
+		return guest.ReplResult{}, fmt.Errorf("portal: run %s code: %w", lang, c.closedErr())
 	}
-	return sandbox.ReplResult{Status: ev.Status, Output: co.output()}, nil
+	return guest.ReplResult{Status: ev.Status, Output: co.output()}, nil
 }
 
 // Spawn runs a long-lived background command (a sandbox's `exec` or
 // `scripts.start`), calling out for every line it prints until it exits
 // or ctx ends, and returns its exit code. An honest portal stops sending
-// lines past sandbox.MaxLog, with sandbox.LogCutNotice as the last one. out runs on the
+// lines past guest.MaxLog, with guest.LogCutNotice as the last one. out runs on the
 // client's reader goroutine, so it must return quickly and must not call
 // the Client: a slow out stalls every call on this sandbox, which is what
 // keeps memory bounded without dropping lines. Like Exec, a command that
@@ -538,9 +549,9 @@ func (c *Client) RunCode(ctx context.Context, lang sandbox.Language, code string
 // (the command is then killed); an error matching ErrClosed and
 // errdefs.ErrUnavailable when the connection is gone or the portal
 // misbehaved.
-func (c *Client) Spawn(ctx context.Context, req sandbox.ExecRequest, out func(sandbox.Line)) (int, error) {
+func (c *Client) Spawn(ctx context.Context, req guest.ExecRequest, out func(guest.Line)) (int, error) {
 	if out == nil {
-		out = func(sandbox.Line) {}
+		out = func(guest.Line) {}
 	}
 	ev, err := c.do(ctx, request{
 		Op: opSpawn, Command: req.Command, Args: req.Args, Env: req.Env, Rlimits: c.rlimits,

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/errdefs"
-	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/guest"
 )
 
 // maxCredit bounds one grant of credit from the portal: more than any
@@ -235,11 +235,11 @@ func (c *Client) abandon(cl *call) {
 	go c.control(request{ID: cl.id, Op: opCancel})
 }
 
-// Process is a process started by Stream. It implements sandbox.Process.
+// Process is a process started by Stream. It implements guest.Process.
 type Process struct {
 	c           *Client
 	cl          *call
-	events      func(sandbox.ExecEvent)
+	events      func(guest.ExecEvent)
 	killOnClose bool
 
 	stdinMu sync.Mutex    // one input at a time, in order
@@ -248,7 +248,7 @@ type Process struct {
 	done    chan struct{} // closed when delivery is over
 }
 
-var _ sandbox.Process = (*Process)(nil)
+var _ guest.Process = (*Process)(nil)
 
 // Stream starts a process as spec says and delivers its events to events,
 // in order, from a goroutine of its own: Started (or Failed: it never
@@ -261,17 +261,17 @@ var _ sandbox.Process = (*Process)(nil)
 // ends as killed by SIGKILL, one that had not as failed (kind other).
 // ctx bounds sending the request, not the process. Errors: an error
 // matching ErrClosed when the connection is gone; ctx's error.
-func (c *Client) Stream(ctx context.Context, spec sandbox.ExecSpec, killOnClose bool, events func(sandbox.ExecEvent)) (*Process, error) {
+func (c *Client) Stream(ctx context.Context, spec guest.ExecSpec, killOnClose bool, events func(guest.ExecEvent)) (*Process, error) {
 	req := request{
 		Op: opStart, Command: spec.Command, Args: spec.Args, Env: spec.Env, Workdir: spec.Workdir,
 		User: spec.User, TTY: spec.TTY, Rows: spec.Rows, Cols: spec.Cols, Timeout: spec.Timeout, Window: procWindow,
 	}
 	if len(spec.Rlimits) > 0 {
-		var base []sandbox.Rlimit
+		var base []guest.Rlimit
 		for _, l := range c.rlimits {
-			base = append(base, sandbox.Rlimit{Resource: l.Resource, Soft: l.Soft, Hard: l.Hard})
+			base = append(base, guest.Rlimit{Resource: l.Resource, Soft: l.Soft, Hard: l.Hard})
 		}
-		req.Rlimits = wireRlimits(sandbox.MergeRlimits(base, spec.Rlimits))
+		req.Rlimits = wireRlimits(guest.MergeRlimits(base, spec.Rlimits))
 	} else {
 		req.Rlimits = c.rlimits
 	}
@@ -280,7 +280,7 @@ func (c *Client) Stream(ctx context.Context, spec sandbox.ExecSpec, killOnClose 
 		return nil, fmt.Errorf("portal: start %q: %w", spec.Command, err)
 	}
 	if events == nil {
-		events = func(sandbox.ExecEvent) {}
+		events = func(guest.ExecEvent) {}
 	}
 	p := &Process{c: c, cl: cl, events: events, killOnClose: killOnClose, stop: make(chan struct{}), done: make(chan struct{})}
 	go p.deliver()
@@ -302,28 +302,28 @@ func (p *Process) deliver() {
 			// The connection is gone: so is the sandbox, and its
 			// processes were killed with it.
 			if started {
-				p.events(sandbox.ExecEvent{Kind: sandbox.EventExited, Code: -1, Signal: int(syscall.SIGKILL)})
+				p.events(guest.ExecEvent{Kind: guest.EventExited, Code: -1, Signal: int(syscall.SIGKILL)})
 			} else {
-				p.events(sandbox.ExecEvent{Kind: sandbox.EventFailed, Fail: &sandbox.ExecFailure{Kind: failOther, Message: err.Error()}})
+				p.events(guest.ExecEvent{Kind: guest.EventFailed, Fail: &guest.ExecFailure{Kind: failOther, Message: err.Error()}})
 			}
 			return
 		}
 		switch {
 		case it.kind != 0:
-			kind := sandbox.EventStdout
+			kind := guest.EventStdout
 			if it.kind == dataStderr {
-				kind = sandbox.EventStderr
+				kind = guest.EventStderr
 			}
-			p.events(sandbox.ExecEvent{Kind: kind, Data: it.data})
+			p.events(guest.ExecEvent{Kind: kind, Data: it.data})
 			if unacked += int64(len(it.data)); unacked >= procWindow/4 {
 				p.c.grant(p.cl, unacked)
 				unacked = 0
 			}
 		case it.ev.Started:
 			started = true
-			p.events(sandbox.ExecEvent{Kind: sandbox.EventStarted, Pid: it.ev.Pid})
+			p.events(guest.ExecEvent{Kind: guest.EventStarted, Pid: it.ev.Pid})
 		case it.ev.StdinError != "":
-			p.events(sandbox.ExecEvent{Kind: sandbox.EventStdinError, Message: bounded(it.ev.StdinError)})
+			p.events(guest.ExecEvent{Kind: guest.EventStdinError, Message: bounded(it.ev.StdinError)})
 		case it.ev.Done:
 			p.events(exitEvent(it.ev))
 			return
@@ -340,17 +340,17 @@ func bounded(msg string) string {
 }
 
 // exitEvent turns a streamed process's final frame into its last event.
-func exitEvent(ev event) sandbox.ExecEvent {
+func exitEvent(ev event) guest.ExecEvent {
 	switch {
 	case ev.Fail != nil:
-		return sandbox.ExecEvent{Kind: sandbox.EventFailed, Fail: &sandbox.ExecFailure{
+		return guest.ExecEvent{Kind: guest.EventFailed, Fail: &guest.ExecFailure{
 			Kind: ev.Fail.Kind, Errno: ev.Fail.Errno, Message: bounded(ev.Fail.Message)}}
 	case ev.Error != "":
-		return sandbox.ExecEvent{Kind: sandbox.EventFailed, Fail: &sandbox.ExecFailure{Kind: failOther, Message: bounded(ev.Error)}}
+		return guest.ExecEvent{Kind: guest.EventFailed, Fail: &guest.ExecFailure{Kind: failOther, Message: bounded(ev.Error)}}
 	case ev.Signal > 0:
-		return sandbox.ExecEvent{Kind: sandbox.EventExited, Code: -1, Signal: min(ev.Signal, 64), TimedOut: ev.TimedOut}
+		return guest.ExecEvent{Kind: guest.EventExited, Code: -1, Signal: min(ev.Signal, 64), TimedOut: ev.TimedOut}
 	}
-	return sandbox.ExecEvent{Kind: sandbox.EventExited, Code: ev.ExitCode, TimedOut: ev.TimedOut}
+	return guest.ExecEvent{Kind: guest.EventExited, Code: ev.ExitCode, TimedOut: ev.TimedOut}
 }
 
 // maxStdinChunk bounds one data frame of input.
@@ -487,20 +487,20 @@ func (c *Client) fileCall(ctx context.Context, req request, list *listing) (even
 }
 
 // File is a file opened through the portal. It implements
-// sandbox.FileHandle.
+// guest.FileHandle.
 type File struct {
 	c      *Client
 	handle uint64
 	once   sync.Once
 }
 
-var _ sandbox.FileHandle = (*File)(nil)
+var _ guest.FileHandle = (*File)(nil)
 
 // Open opens path inside the sandbox (relative paths are taken from the
 // sandbox's working directory). Errors: a *FileError for what the
 // sandbox refused; ctx's error; an error matching ErrClosed when the
 // connection is gone.
-func (c *Client) Open(ctx context.Context, path string, o sandbox.OpenOptions) (*File, error) {
+func (c *Client) Open(ctx context.Context, path string, o guest.OpenOptions) (*File, error) {
 	ev, err := c.fileCall(ctx, request{Op: opOpen, Path: path, Mode: o.Mode, Open: &openFlags{
 		Read: o.Read, Write: o.Write, Append: o.Append, Create: o.Create, Truncate: o.Truncate, Exclusive: o.Exclusive}}, nil)
 	if err != nil {
@@ -645,30 +645,30 @@ func (f *File) Close() error {
 
 // Stat describes path, following a last symlink when follow is set.
 // Errors as for Open.
-func (c *Client) Stat(ctx context.Context, path string, follow bool) (sandbox.FileInfo, error) {
+func (c *Client) Stat(ctx context.Context, path string, follow bool) (guest.FileInfo, error) {
 	ev, err := c.fileCall(ctx, request{Op: opStat, Path: path, Follow: follow}, nil)
 	if err != nil {
-		return sandbox.FileInfo{}, err
+		return guest.FileInfo{}, err
 	}
 	if ev.Info == nil {
 		c.fail("the sandbox's portal answered a stat without a description")
-		return sandbox.FileInfo{}, fmt.Errorf("portal: stat: %w", c.closedErr())
+		return guest.FileInfo{}, fmt.Errorf("portal: stat: %w", c.closedErr())
 	}
 	return ev.Info.domain(), nil
 }
 
-func (fi fileInfo) domain() sandbox.FileInfo {
+func (fi fileInfo) domain() guest.FileInfo {
 	kind := fi.Kind
 	switch kind {
-	case sandbox.KindFile, sandbox.KindDir, sandbox.KindSymlink:
+	case guest.KindFile, guest.KindDir, guest.KindSymlink:
 	default:
-		kind = sandbox.KindOther
+		kind = guest.KindOther
 	}
 	path := fi.Path
 	if len(path) > maxPathText {
 		path = path[:maxPathText]
 	}
-	return sandbox.FileInfo{Path: path, Kind: kind, Size: fi.Size, Mode: fi.Mode, UID: fi.UID, GID: fi.GID,
+	return guest.FileInfo{Path: path, Kind: kind, Size: fi.Size, Mode: fi.Mode, UID: fi.UID, GID: fi.GID,
 		ModTime: time.Unix(0, fi.MTime), ATime: time.Unix(0, fi.ATime)}
 }
 
@@ -680,7 +680,7 @@ const maxPathText = 8 << 10
 // fails.
 type listing struct {
 	mu      sync.Mutex
-	entries []sandbox.FileInfo
+	entries []guest.FileInfo
 	weight  int
 	over    bool
 }
@@ -703,7 +703,7 @@ func (l *listing) add(batch []fileInfo) {
 // full path (path joined with its name), symlinks not followed, by path. A
 // directory of more than maxListEntries entries is refused (a *FileError
 // of E2BIG). Errors as for Open.
-func (c *Client) List(ctx context.Context, path string) ([]sandbox.FileInfo, error) {
+func (c *Client) List(ctx context.Context, path string) ([]guest.FileInfo, error) {
 	l := &listing{}
 	if _, err := c.fileCall(ctx, request{Op: opList, Path: path}, l); err != nil {
 		return nil, err
@@ -714,9 +714,9 @@ func (c *Client) List(ctx context.Context, path string) ([]sandbox.FileInfo, err
 		return nil, &FileError{Errno: syscall.E2BIG, Msg: fmt.Sprintf("list %s: the directory has too many entries", path)}
 	}
 	if l.entries == nil {
-		return []sandbox.FileInfo{}, nil
+		return []guest.FileInfo{}, nil
 	}
-	slices.SortFunc(l.entries, func(a, b sandbox.FileInfo) int { return strings.Compare(a.Path, b.Path) })
+	slices.SortFunc(l.entries, func(a, b guest.FileInfo) int { return strings.Compare(a.Path, b.Path) })
 	return l.entries, nil
 }
 

@@ -21,7 +21,7 @@
 // its session and lost their parent.
 //
 // A background command's output (a sandbox's exec or start script) goes to
-// the sandbox's log; past sandbox.MaxLog the portal keeps draining it but
+// the sandbox's log; past guest.MaxLog the portal keeps draining it but
 // stops sending it, so a command that prints forever costs the sandbox's
 // CPU quota, not the server's.
 //
@@ -36,7 +36,7 @@
 //   - The server trusts nothing the portal sends. Untrusted code runs as root
 //     inside the sandbox and can ptrace or replace the portal, so the Client
 //     treats every frame as hostile: frames are size-bounded, output is
-//     capped by the Client itself at sandbox.MaxOutput, and a malformed frame
+//     capped by the Client itself at guest.MaxOutput, and a malformed frame
 //     closes the connection and fails every call. Whatever the sandbox sends,
 //     the server's memory stays bounded.
 //
@@ -54,7 +54,7 @@
 //
 // Bytes (a streamed process's output and input, file contents) travel in
 // data frames, never in JSON strings: [0x00][id u64][kind u8][len u32][len
-// bytes], big-endian, at most sandbox.MaxChunk bytes; no JSON frame starts
+// bytes], big-endian, at most guest.MaxChunk bytes; no JSON frame starts
 // with a zero byte. Kinds: 1 stdout, 2 stderr (portal → client), 3 stdin
 // (client → portal; empty: end of input), 4 a file's chunk (both ways;
 // from the client, empty: end of a write).

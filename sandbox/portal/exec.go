@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/guest"
 )
 
 // pipeGrace is how long the portal waits for a command's pipes to reach EOF
@@ -199,7 +199,7 @@ func (s *server) runCommand(ctx context.Context, req request, background bool) e
 		sk.note(fmt.Sprintf(format, a...))
 		return event{ID: req.ID, Done: true, ExitCode: code}
 	}
-	env := sandbox.MergeEnv(s.env, req.Env)
+	env := guest.MergeEnv(s.env, req.Env)
 	dir := req.Workdir
 	if dir == "" {
 		dir = s.cwd
@@ -238,7 +238,7 @@ func (s *server) runCommand(ctx context.Context, req request, background bool) e
 
 	var wg sync.WaitGroup
 	for i, f := range c.outs {
-		stream := []sandbox.Stream{sandbox.Stdout, sandbox.Stderr}[i]
+		stream := []guest.Stream{guest.Stdout, guest.Stderr}[i]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -259,10 +259,10 @@ func (s *server) runCommand(ctx context.Context, req request, background bool) e
 
 	res := event{ID: req.ID, Done: true, ExitCode: exitCode(ws)}
 	if sk.cut() {
-		sk.note(sandbox.OutputCutNotice)
+		sk.note(guest.OutputCutNotice)
 	}
 	if timedOut {
-		res.ExitCode = sandbox.ExitTimeout
+		res.ExitCode = guest.ExitTimeout
 		res.TimedOut = true
 		sk.note(fmt.Sprintf("[msb] command timed out after %s and was killed", req.Timeout))
 	}

@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/guest"
 )
 
 // The portal runs file operations itself, inside the sandbox: every path
@@ -171,16 +171,16 @@ func (s *server) runFile(ctx context.Context, req request, ss *session) event {
 	return done
 }
 
-func kindOf(mode uint32) sandbox.FileKind {
+func kindOf(mode uint32) guest.FileKind {
 	switch mode & unix.S_IFMT {
 	case unix.S_IFREG:
-		return sandbox.KindFile
+		return guest.KindFile
 	case unix.S_IFDIR:
-		return sandbox.KindDir
+		return guest.KindDir
 	case unix.S_IFLNK:
-		return sandbox.KindSymlink
+		return guest.KindSymlink
 	}
-	return sandbox.KindOther
+	return guest.KindOther
 }
 
 func infoOf(path string, st *unix.Stat_t) fileInfo {

@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/guest"
 	"golang.org/x/sys/unix"
 )
 
@@ -98,7 +98,7 @@ type server struct {
 	calls    map[uint64]context.CancelFunc
 	sessions map[uint64]*session // flow-controlled calls, by id
 	groups   map[int]bool        // process groups started and not yet finished
-	interps  map[sandbox.Language]*interpSlot
+	interps  map[guest.Language]*interpSlot
 	// seq numbers evaluations, so that a late sync marker of an earlier
 	// evaluation is never taken for the current one.
 	seq atomic.Uint64
@@ -120,7 +120,7 @@ func serve(conn io.ReadWriter, userCgroup *os.File, calls *callCgroups) int {
 		calls:    make(map[uint64]context.CancelFunc),
 		sessions: make(map[uint64]*session),
 		groups:   make(map[int]bool),
-		interps:  make(map[sandbox.Language]*interpSlot),
+		interps:  make(map[guest.Language]*interpSlot),
 	}
 	fr := newFrameReader(conn, maxRequest)
 	status := 0
@@ -335,18 +335,18 @@ type sink struct {
 	logCut bool
 }
 
-// newSink returns the sink of call id: capped at sandbox.MaxOutput, or at
-// sandbox.MaxLog for a background command (forLog).
+// newSink returns the sink of call id: capped at guest.MaxOutput, or at
+// guest.MaxLog for a background command (forLog).
 func (s *server) newSink(id uint64, forLog bool) *sink {
 	sk := &sink{id: id, out: s.out, logCut: forLog}
-	sk.cap = outputCap{maxBytes: sandbox.MaxOutput, maxLines: maxLines, perLine: lineEnvelope}
+	sk.cap = outputCap{maxBytes: guest.MaxOutput, maxLines: maxLines, perLine: lineEnvelope}
 	if forLog {
-		sk.cap = outputCap{maxBytes: sandbox.MaxLog, maxLines: maxLogLines, perLine: 1}
+		sk.cap = outputCap{maxBytes: guest.MaxLog, maxLines: maxLogLines, perLine: 1}
 	}
 	return sk
 }
 
-func (sk *sink) line(stream sandbox.Stream, text string) {
+func (sk *sink) line(stream guest.Stream, text string) {
 	sk.mu.Lock()
 	defer sk.mu.Unlock()
 	if sk.cap.cut {
@@ -354,7 +354,7 @@ func (sk *sink) line(stream sandbox.Stream, text string) {
 	}
 	if !sk.cap.admit(text) {
 		if sk.logCut {
-			sk.out.send(event{ID: sk.id, Stream: sandbox.Stderr, Text: sandbox.LogCutNotice})
+			sk.out.send(event{ID: sk.id, Stream: guest.Stderr, Text: guest.LogCutNotice})
 		}
 		return
 	}
@@ -366,7 +366,7 @@ func (sk *sink) line(stream sandbox.Stream, text string) {
 func (sk *sink) note(text string) {
 	sk.mu.Lock()
 	defer sk.mu.Unlock()
-	sk.out.send(event{ID: sk.id, Stream: sandbox.Stderr, Text: text})
+	sk.out.send(event{ID: sk.id, Stream: guest.Stderr, Text: text})
 }
 
 // cut reports whether the output was cut and the caller still has to say

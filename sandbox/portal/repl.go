@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/guest"
 )
 
 // The drivers are small programs run by the interpreter itself. They read
@@ -52,7 +52,7 @@ type interpSlot struct {
 
 // interp is one running interpreter process.
 type interp struct {
-	lang sandbox.Language
+	lang guest.Language
 	exe  string
 	pid  int
 	ctl  *os.File // code requests, the driver's fd 3
@@ -82,20 +82,20 @@ type replCall struct {
 	parts [2]*splitter
 }
 
-var streams = [2]sandbox.Stream{sandbox.Stdout, sandbox.Stderr}
+var streams = [2]guest.Stream{guest.Stdout, guest.Stderr}
 
 // interpreterCommand finds the interpreter for lang in the portal's PATH and
 // returns the program and arguments to run its driver.
-func (s *server) interpreterCommand(lang sandbox.Language) (string, []string, error) {
+func (s *server) interpreterCommand(lang guest.Language) (string, []string, error) {
 	path := lookupEnv(s.env, "PATH")
 	switch lang {
-	case sandbox.Python:
+	case guest.Python:
 		p, err := lookPath("python3", path, s.cwd)
 		if err != nil {
 			return "", nil, fmt.Errorf("python interpreter %q is not installed in this sandbox's image", "python3")
 		}
 		return p, []string{"python3", "-u", "-c", driverPy}, nil
-	case sandbox.Node:
+	case guest.Node:
 		for _, name := range []string{"node", "nodejs"} {
 			if p, err := lookPath(name, path, s.cwd); err == nil {
 				return p, []string{name, "-e", driverJS}, nil
@@ -106,7 +106,7 @@ func (s *server) interpreterCommand(lang sandbox.Language) (string, []string, er
 	return "", nil, fmt.Errorf("unknown language %q", lang)
 }
 
-func (s *server) startInterp(lang sandbox.Language, rlimits []rlimit) (*interp, error) {
+func (s *server) startInterp(lang guest.Language, rlimits []rlimit) (*interp, error) {
 	path, argv, err := s.interpreterCommand(lang)
 	if err != nil {
 		return nil, &invalidError{err}
@@ -258,7 +258,7 @@ func (ip *interp) describeExit() string {
 	return fmt.Sprintf("exited with code %d", ip.status.ExitStatus())
 }
 
-func (s *server) slot(lang sandbox.Language) *interpSlot {
+func (s *server) slot(lang guest.Language) *interpSlot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sl := s.interps[lang]
@@ -277,8 +277,8 @@ func (e *invalidError) Error() string { return e.err.Error() }
 // runCode evaluates req.Code in the live interpreter of req.Language,
 // starting one if there is none, and returns the final frame.
 func (s *server) runCode(ctx context.Context, req request) event {
-	lang := sandbox.Language(req.Language)
-	if lang != sandbox.Python && lang != sandbox.Node {
+	lang := guest.Language(req.Language)
+	if lang != guest.Python && lang != guest.Node {
 		return event{ID: req.ID, Done: true, Invalid: true, Error: fmt.Sprintf("unknown language %q", req.Language)}
 	}
 	sk := s.newSink(req.ID, false)
@@ -296,7 +296,7 @@ func (s *server) runCode(ctx context.Context, req request) event {
 	case sl.sem <- struct{}{}:
 	case <-timeout:
 		sk.note(fmt.Sprintf("[msb] timed out after %s waiting for an earlier call to the %s interpreter to finish; the code did not run", req.Timeout, lang))
-		return event{ID: req.ID, Done: true, Status: sandbox.ReplTimeout}
+		return event{ID: req.ID, Done: true, Status: guest.ReplTimeout}
 	case <-ctx.Done():
 		return event{ID: req.ID, Done: true, Error: "cancelled while waiting for the interpreter"}
 	}
@@ -404,12 +404,12 @@ wait:
 	ip.call = nil
 	ip.mu.Unlock()
 
-	res := event{ID: req.ID, Done: true, Status: sandbox.ReplSuccess}
+	res := event{ID: req.ID, Done: true, Status: guest.ReplSuccess}
 	if status != "ok" {
-		res.Status = sandbox.ReplError
+		res.Status = guest.ReplError
 	}
 	if sk.cut() {
-		sk.note(sandbox.OutputCutNotice)
+		sk.note(guest.OutputCutNotice)
 	}
 	switch {
 	case killed && interrupted:
@@ -420,7 +420,7 @@ wait:
 		sk.note(fmt.Sprintf("[msb] the %s interpreter (%s) %s; the next call starts a fresh one, earlier definitions are lost", lang, ip.exe, ip.describeExit()))
 	}
 	if timedOut {
-		res.Status = sandbox.ReplTimeout
+		res.Status = guest.ReplTimeout
 		sk.note(fmt.Sprintf("[msb] execution timed out after %s and was interrupted", req.Timeout))
 	}
 	return res

@@ -19,7 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/guest"
 )
 
 // session is a call whose data is flow-controlled: a streamed process,
@@ -109,7 +109,7 @@ func (s *server) emit(ctx context.Context, ss *session, kind byte, p []byte) boo
 }
 
 // A streamed process that cannot start fails with one of these kinds
-// (sandbox.ExecFailure).
+// (guest.ExecFailure).
 const (
 	failNotFound      = "not_found"
 	failPermission    = "permission_denied"
@@ -198,12 +198,12 @@ func (s *server) runStream(ctx context.Context, req request, ss *session) event 
 	}
 	env := s.env
 	if home != "" {
-		env = sandbox.MergeEnv(env, []string{"HOME=" + home})
+		env = guest.MergeEnv(env, []string{"HOME=" + home})
 	}
 	if req.TTY && lookupEnv(env, "TERM") == "" {
-		env = sandbox.MergeEnv(env, []string{"TERM=xterm"})
+		env = guest.MergeEnv(env, []string{"TERM=xterm"})
 	}
-	env = sandbox.MergeEnv(env, req.Env)
+	env = guest.MergeEnv(env, req.Env)
 	path, err := lookPath(req.Command, lookupEnv(env, "PATH"), dir)
 	switch {
 	case errors.Is(err, errNotExecutable):

@@ -11,7 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/guest"
 )
 
 // Operations a request can name.
@@ -87,14 +87,14 @@ type request struct {
 	Recursive bool       `json:"recursive,omitempty"`
 }
 
-// rlimit is a sandbox.Rlimit on the wire.
+// rlimit is a guest.Rlimit on the wire.
 type rlimit struct {
 	Resource string `json:"resource"`
 	Soft     uint64 `json:"soft"`
 	Hard     uint64 `json:"hard"`
 }
 
-// openFlags are sandbox.OpenOptions on the wire.
+// openFlags are guest.OpenOptions on the wire.
 type openFlags struct {
 	Read      bool `json:"read,omitempty"`
 	Write     bool `json:"write,omitempty"`
@@ -112,29 +112,29 @@ type failure struct {
 	Message string `json:"message"`
 }
 
-// fileInfo is a sandbox.FileInfo on the wire; times are Unix nanoseconds.
+// fileInfo is a guest.FileInfo on the wire; times are Unix nanoseconds.
 type fileInfo struct {
-	Path  string           `json:"path"`
-	Kind  sandbox.FileKind `json:"kind"`
-	Size  int64            `json:"size"`
-	Mode  uint32           `json:"mode"`
-	UID   uint32           `json:"uid"`
-	GID   uint32           `json:"gid"`
-	MTime int64            `json:"mtime"`
-	ATime int64            `json:"atime"`
+	Path  string         `json:"path"`
+	Kind  guest.FileKind `json:"kind"`
+	Size  int64          `json:"size"`
+	Mode  uint32         `json:"mode"`
+	UID   uint32         `json:"uid"`
+	GID   uint32         `json:"gid"`
+	MTime int64          `json:"mtime"`
+	ATime int64          `json:"atime"`
 }
 
 // event is one portal → client frame: a line of output when Done is false,
 // the call's outcome when it is true.
 type event struct {
-	ID       uint64             `json:"id"`
-	Stream   sandbox.Stream     `json:"stream,omitempty"`
-	Text     string             `json:"text,omitempty"`
-	Done     bool               `json:"done,omitempty"`
-	ExitCode int                `json:"exit_code,omitempty"`
-	TimedOut bool               `json:"timed_out,omitempty"`
-	Status   sandbox.ReplStatus `json:"status,omitempty"`
-	Error    string             `json:"error,omitempty"`
+	ID       uint64           `json:"id"`
+	Stream   guest.Stream     `json:"stream,omitempty"`
+	Text     string           `json:"text,omitempty"`
+	Done     bool             `json:"done,omitempty"`
+	ExitCode int              `json:"exit_code,omitempty"`
+	TimedOut bool             `json:"timed_out,omitempty"`
+	Status   guest.ReplStatus `json:"status,omitempty"`
+	Error    string           `json:"error,omitempty"`
 	// Invalid marks Error as the caller's fault (e.g. the image has no
 	// such interpreter), so the client can report ErrInvalidArgument.
 	Invalid bool `json:"invalid,omitempty"`
@@ -178,7 +178,7 @@ const (
 	maxLines = 1 << 20
 	// maxLogLines bounds the lines of a background command's output as
 	// maxLines does a call's, in the same proportion to its byte cap.
-	maxLogLines = maxLines * (sandbox.MaxLog / sandbox.MaxOutput)
+	maxLogLines = maxLines * (guest.MaxLog / guest.MaxOutput)
 	// trailerSlack lets the notices the portal appends after cutting
 	// (cut, timeout, interpreter restarted) through the client's own cap.
 	trailerSlack = 4 << 10
@@ -331,7 +331,7 @@ const (
 	dataMarker    = 0x00
 	dataHeaderLen = 1 + 8 + 1 + 4
 	// maxData bounds the payload of one data frame, both ways.
-	maxData = sandbox.MaxChunk
+	maxData = guest.MaxChunk
 )
 
 // The kinds of data frames.

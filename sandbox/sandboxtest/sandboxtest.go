@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -756,17 +757,45 @@ func ID(tb testing.TB, ns, name string) sandbox.ID {
 	return id
 }
 
-// BuildMSB builds the msb binary statically (as the README's set-up does,
-// so it runs inside any image) into dir and returns its path; its build's
-// output goes to stderr.
-func BuildMSB(dir string) (string, error) {
-	bin := filepath.Join(dir, "msb")
-	build := osexec.Command("go", "build", "-tags", "netgo,osusergo,urfave_cli_no_docs", "-ldflags", `-extldflags "-static"`, "-o", bin, "github.com/msb-dev/msb")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		return "", fmt.Errorf("build msb: %w", err)
+// BuildMSB builds msb as the README's set-up does: its portal binary
+// first (go generate in sandbox/linux/portalbin), which msb embeds, then
+// msb, statically, so that both run inside any image. It returns the
+// paths of msb and of a copy of the portal binary, both in dir; the
+// builds' output goes to stderr. Test binaries of several packages build
+// at once: the builds are serialised, since the portal binary is
+// written into the source tree.
+func BuildMSB(dir string) (msb, portal string, err error) {
+	lock, err := os.OpenFile(filepath.Join(os.TempDir(), "msb-test-build.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return "", "", fmt.Errorf("build msb: %w", err)
 	}
-	return bin, nil
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return "", "", fmt.Errorf("build msb: %w", err)
+	}
+	const portalPkg = "github.com/msb-dev/msb/sandbox/linux/portalbin"
+	for _, args := range [][]string{
+		{"generate", portalPkg},
+		{"build", "-tags", "netgo,osusergo,urfave_cli_no_docs", "-ldflags", `-extldflags "-static"`, "-o", filepath.Join(dir, "msb"), "github.com/msb-dev/msb"},
+	} {
+		build := osexec.Command("go", args...)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			return "", "", fmt.Errorf("build msb: go %s: %w", args[0], err)
+		}
+	}
+	src, err := osexec.Command("go", "list", "-f", "{{.Dir}}", portalPkg).Output()
+	if err != nil {
+		return "", "", fmt.Errorf("build msb: find %s: %w", portalPkg, err)
+	}
+	data, err := os.ReadFile(filepath.Join(strings.TrimSpace(string(src)), "bin", "msb-portal"))
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "msb-portal"), data, 0o755)
+	}
+	if err != nil {
+		return "", "", fmt.Errorf("build msb: the portal binary: %w", err)
+	}
+	return filepath.Join(dir, "msb"), filepath.Join(dir, "msb-portal"), nil
 }
 
 // ProcessCPU returns the CPU time process pid used itself and that of its

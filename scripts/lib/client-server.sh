@@ -42,7 +42,7 @@ npm_install() {
 # a free loopback port with a temporary home; address is where it serves.
 start_server() {
   echo "$name: building msb"
-  (cd "$repo" && go build -tags netgo,osusergo,urfave_cli_no_docs -ldflags '-extldflags "-static"' -o "$work/msb" .)
+  (cd "$repo" && go generate ./sandbox/linux/portalbin && go build -tags netgo,osusergo,urfave_cli_no_docs -ldflags '-extldflags "-static"' -o "$work/msb" .)
   export MSB_HOME="$work/home"
   "$work/msb" server start --port 0 >"$work/server.log" 2>&1 &
   pid=$!

@@ -1,4 +1,4 @@
-package linux
+package boot
 
 import (
 	"encoding/binary"
@@ -19,32 +19,32 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/msb-dev/msb/errdefs"
-	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/guest"
 	"github.com/msb-dev/msb/sandbox/portal"
 )
 
 // The init's command line and environment. The init is the portal binary
 // itself, started as `msb portal` (its name in the sandbox's process list)
-// with nothing in its environment but initEnv and GOMAXPROCS, so that
+// with nothing in its environment but Env and GOMAXPROCS, so that
 // nothing of the sandbox's environment (GODEBUG, GOGC, ...) steers its Go
 // runtime; the sandbox's own replaces them once the sandbox is built.
 const (
-	portalArgv0 = "msb"
-	portalRole  = "portal"
-	initEnv     = "_MSB_SANDBOX_INIT"
+	Argv0 = "msb"
+	Role  = "portal"
+	Env   = "_MSB_SANDBOX_INIT"
 )
 
 // File descriptors of the init. 3 to 5 are the portal's (package portal).
 // The descriptors of its mounts (the image's host paths in a user
-// namespace, volumes, then its root or disk) come later, on initFD (see
+// namespace, volumes, then its root or disk) come later, on ConfigFD (see
 // readConfig).
 const (
-	initFD = 6 // a socket: the mounts and the initConfig in, a set-up error out
+	ConfigFD = 6 // a socket: the mounts and the Config in, a set-up error out
 )
 
-// initConfig is what the server hands a sandbox's init on initFD, as
+// Config is what the server hands a sandbox's init on ConfigFD, as
 // JSON: everything it needs to build the sandbox around itself.
-type initConfig struct {
+type Config struct {
 	// Root is the host path of the root's mount point (the same empty
 	// directory for every sandbox: each mounts its root there in its own
 	// mount namespace). The root is an overlay of Layers, read-only, under
@@ -58,30 +58,30 @@ type initConfig struct {
 	// before the overlay is mounted: Upper and Work are on it.
 	Disk   string `json:"disk,omitempty"`
 	DiskFD int    `json:"-"`
-	// In a user namespace (initStage.Userns), the root (the overlay,
+	// In a user namespace (Stage.Userns), the root (the overlay,
 	// mounted by the server with idmapped layers) is descriptor RootFD,
 	// the last one sent; the image's host paths come among Volumes,
 	// idmapped too.
 	RootFD int `json:"-"`
 	// Build is set on a sandbox's first start: what to write into its root.
-	Build *rootBuild `json:"build,omitempty"`
+	Build *RootBuild `json:"build,omitempty"`
 	// Binds are the image's host paths, parents first.
-	Binds []sandbox.Mount `json:"binds,omitempty"`
+	Binds []guest.Mount `json:"binds,omitempty"`
 	// Volumes are the targets of the detached mounts the server sent,
 	// one per descriptor, first; volumeFDs are those descriptors
 	// (readConfig).
-	Volumes   []volumeTarget `json:"volumes,omitempty"`
+	Volumes   []VolumeTarget `json:"volumes,omitempty"`
 	volumeFDs []int
 	// Tmpfs are memory-backed directories, charged to the sandbox's memory.
-	Tmpfs []sandbox.Tmpfs `json:"tmpfs,omitempty"`
-	// initStage is what the init was told as it started (readStage).
-	initStage `json:"-"`
+	Tmpfs []guest.Tmpfs `json:"tmpfs,omitempty"`
+	// Stage is what the init was told as it started (readStage).
+	Stage `json:"-"`
 	// Procs is the GOMAXPROCS of the portal: the sandbox's CPUs (an init
 	// spawned ahead, ready.go, started with one).
-	Procs    int          `json:"procs,omitempty"`
-	Hostname string       `json:"hostname"`
-	Workdir  string       `json:"workdir"`
-	User     sandbox.User `json:"user"`
+	Procs    int        `json:"procs,omitempty"`
+	Hostname string     `json:"hostname"`
+	Workdir  string     `json:"workdir"`
+	User     guest.User `json:"user"`
 	// Caps are the capabilities root in the sandbox keeps (its bounding
 	// set is already that, from the thread that cloned it); a non-root
 	// user keeps none.
@@ -91,17 +91,17 @@ type initConfig struct {
 	Env      []string `json:"env"`
 }
 
-// initStage is what the server tells an init as soon as it has spawned
-// it, before the sandbox it is for is known (a message 'S' on initFD,
-// sendStage): enough to mount, while it starts or waits spawned ahead,
+// Stage is what the server tells an init as soon as it has spawned
+// it, before the sandbox it is for is known (a message 'S' on ConfigFD,
+// linux.sendStage): enough to mount, while it starts or waits spawned ahead,
 // the kernel file systems every sandbox gets (stage), which its start
 // then moves into the sandbox's root (setup).
-type initStage struct {
+type Stage struct {
 	// Userns: the init is in a user namespace of its own.
 	Userns bool `json:"userns,omitempty"`
 	// Dir is the host path of the directory the init stages its mounts
 	// in, outside a user namespace (the same empty directory for every
-	// init, as initConfig.Root is); in one, where the init cannot reach
+	// init, as Config.Root is); in one, where the init cannot reach
 	// the server's directories, it stages them under /tmp.
 	Dir string `json:"dir"`
 	// Cgroups are the host's cgroup v1 hierarchies, mounted read-only at
@@ -109,16 +109,16 @@ type initStage struct {
 	// CgroupV2, the unified hierarchy is, in a cgroup namespace the init
 	// makes itself once configured (the sandbox is cloned into its
 	// cgroup, not born there).
-	Cgroups  []cgroupMount `json:"cgroups,omitempty"`
+	Cgroups  []CgroupMount `json:"cgroups,omitempty"`
 	CgroupV2 bool          `json:"cgroup_v2,omitempty"`
 }
 
-// rootBuild is what the engine writes into a sandbox's root, resolved
+// RootBuild is what the engine writes into a sandbox's root, resolved
 // inside it (so that an image's symlinks never lead to the host).
-type rootBuild struct {
-	Dirs  []string       `json:"dirs,omitempty"`
-	Links []sandbox.Link `json:"links,omitempty"`
-	Files []sandbox.File `json:"files,omitempty"`
+type RootBuild struct {
+	Dirs  []string     `json:"dirs,omitempty"`
+	Links []guest.Link `json:"links,omitempty"`
+	Files []guest.File `json:"files,omitempty"`
 	// Layered: the root is an image's, whose own directories keep their
 	// mode and owner.
 	Layered bool `json:"layered,omitempty"`
@@ -127,20 +127,20 @@ type rootBuild struct {
 	Mounts []string `json:"mounts,omitempty"`
 }
 
-type volumeTarget struct {
+type VolumeTarget struct {
 	Target string `json:"target"`
 	Dir    bool   `json:"dir"`
 }
 
-// cgroupMount is one cgroup v1 hierarchy: its directory under
+// CgroupMount is one cgroup v1 hierarchy: its directory under
 // /sys/fs/cgroup and its mount options.
-type cgroupMount struct {
+type CgroupMount struct {
 	Dir  string `json:"dir"`
 	Opts string `json:"opts"`
 }
 
-// initReport is what a failed init sends back on initFD.
-type initReport struct {
+// Report is what a failed init sends back on ConfigFD.
+type Report struct {
 	Error   string `json:"error"`
 	Invalid bool   `json:"invalid,omitempty"`
 }
@@ -148,24 +148,24 @@ type initReport struct {
 // MaybeInit runs the set-up of a sandbox when the process is a sandbox's
 // init, and then serves as its portal: it never returns then. Otherwise it
 // returns at once. The engine starts the init as PID 1 of a new PID
-// namespace, with initEnv set and a configuration on initFD; call
+// namespace, with Env set and a configuration on ConfigFD; call
 // MaybeInit before anything else in main (msb calls it from an init
 // function, through sandbox/engine.Reexec), so that the init runs none of
 // the binary's other code.
 func MaybeInit() {
-	if os.Getpid() != 1 || len(os.Args) != 2 || os.Args[1] != portalRole || os.Getenv(initEnv) != "1" {
+	if os.Getpid() != 1 || len(os.Args) != 2 || os.Args[1] != Role || os.Getenv(Env) != "1" {
 		return
 	}
 	// Credentials, namespaces and the working directory are the main
 	// thread's business from here on; nothing else may run on it.
 	runtime.LockOSThread()
 	// Executed from /proc/self/fd/N, the process is called N.
-	unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&[]byte(portalArgv0 + "\x00")[0])), 0, 0, 0)
-	syscall.CloseOnExec(initFD)
-	status := os.NewFile(initFD, "init")
+	unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&[]byte(Argv0 + "\x00")[0])), 0, 0, 0)
+	syscall.CloseOnExec(ConfigFD)
+	status := os.NewFile(ConfigFD, "init")
 	err := runInit(status)
 	// runInit returns only when the set-up failed.
-	rep := initReport{Error: err.Error(), Invalid: errors.Is(err, errdefs.ErrInvalid)}
+	rep := Report{Error: err.Error(), Invalid: errors.Is(err, errdefs.ErrInvalid)}
 	if rep.Invalid { // the server adds the class again
 		rep.Error = strings.TrimSuffix(rep.Error, ": "+errdefs.ErrInvalid.Error())
 	}
@@ -216,13 +216,13 @@ func runInit(status *os.File) error {
 	}
 	env := make([]string, 0, len(c.Env))
 	for _, kv := range c.Env {
-		if k, _, ok := strings.Cut(kv, "="); ok && k != "" && k != initEnv {
+		if k, _, ok := strings.Cut(kv, "="); ok && k != "" && k != Env {
 			env = append(env, kv)
 		}
 	}
 	if !allThreads {
-		// initFD closes on exec: the server sees the set-up done.
-		err := syscall.Exec("/proc/self/exe", []string{portalArgv0, portalRole}, env)
+		// ConfigFD closes on exec: the server sees the set-up done.
+		err := syscall.Exec("/proc/self/exe", []string{Argv0, Role}, env)
 		return fmt.Errorf("starting the portal: %w", err)
 	}
 	os.Clearenv()
@@ -241,25 +241,25 @@ func runInit(status *os.File) error {
 	return errors.New("the portal returned")
 }
 
-// prepareConfig sets up the decoding of an initConfig while the init
+// prepareConfig sets up the decoding of a Config while the init
 // waits for its own: encoding/json builds its decoder of a type on first
 // use, which would otherwise be on the start's path.
 func prepareConfig() {
-	_ = json.Unmarshal([]byte(sampleConfig), &initConfig{})
+	_ = json.Unmarshal([]byte(sampleConfig), &Config{})
 }
 
-// sampleConfig has an object or element of every type an initConfig
+// sampleConfig has an object or element of every type a Config
 // holds.
 const sampleConfig = `{"build":{"dirs":["d"],"links":[{}],"files":[{}]},"binds":[{}],"volumes":[{}],"tmpfs":[{}],"user":{},"env":["A=b"]}`
 
 // maxStage bounds the stage message: a few hundred bytes in practice.
 const maxStage = 64 << 10
 
-// readStage reads the stage message the server sends on initFD right
-// after the spawn (sendStage): 'S', the length of the JSON of an
-// initStage as 4 bytes big-endian, and the JSON; not a byte past it,
+// readStage reads the stage message the server sends on ConfigFD right
+// after the spawn (the engine's sendStage): 'S', the length of the JSON of a
+// Stage as 4 bytes big-endian, and the JSON; not a byte past it,
 // which is the configuration's.
-func readStage(status *os.File) (*initStage, error) {
+func readStage(status *os.File) (*Stage, error) {
 	var hdr [5]byte
 	if _, err := io.ReadFull(status, hdr[:]); err != nil {
 		return nil, fmt.Errorf("reading the stage: %w", err)
@@ -272,36 +272,36 @@ func readStage(status *os.File) (*initStage, error) {
 	if _, err := io.ReadFull(status, data); err != nil {
 		return nil, fmt.Errorf("reading the stage: %w", err)
 	}
-	var st initStage
+	var st Stage
 	if err := json.Unmarshal(data, &st); err != nil {
 		return nil, fmt.Errorf("stage: %w", err)
 	}
 	return &st, nil
 }
 
-// readConfig reads what the server sends on initFD once the init runs (it
+// readConfig reads what the server sends on ConfigFD once the init runs (it
 // prepares the mounts meanwhile): a message 'F' with the mounts'
 // descriptors, one per volume and then the root or the disk, and then the
-// initConfig, until the server shuts its end down.
-func readConfig(status *os.File, st *initStage) (*initConfig, error) {
-	// initFD is blocking (the server made the socket so): the plain
+// Config, until the server shuts its end down.
+func readConfig(status *os.File, st *Stage) (*Config, error) {
+	// ConfigFD is blocking (the server made the socket so): the plain
 	// system call waits.
 	buf := make([]byte, 1)
-	n, fds, err := recvMsg(initFD, buf, make([]byte, unix.CmsgSpace(4*maxInitFiles)))
+	n, fds, err := RecvMsg(ConfigFD, buf, make([]byte, unix.CmsgSpace(4*MaxInitFiles)))
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("reading the mounts: %w", err)
 	case n == 0:
 		return nil, fmt.Errorf("reading the mounts: %w", io.ErrUnexpectedEOF)
 	case buf[0] != 'F':
-		closeFDs(fds)
+		CloseFDs(fds)
 		return nil, fmt.Errorf("reading the mounts: %q instead of F", buf[:n])
 	}
 	data, err := io.ReadAll(status) // until the server's end is shut down
 	if err != nil {
 		return nil, fmt.Errorf("reading the configuration: %w", err)
 	}
-	c := initConfig{initStage: *st}
+	c := Config{Stage: *st}
 	if err := json.Unmarshal(data, &c); err != nil {
 		return nil, fmt.Errorf("configuration: %w", err)
 	}
@@ -310,7 +310,7 @@ func readConfig(status *os.File, st *initStage) (*initConfig, error) {
 		want++
 	}
 	if len(fds) != want {
-		closeFDs(fds)
+		CloseFDs(fds)
 		return nil, fmt.Errorf("configuration: %d descriptors sent for %d mounts", len(fds), want)
 	}
 	c.volumeFDs = fds[:len(c.Volumes)]
@@ -371,7 +371,7 @@ var (
 // the server makes the sandbox's mounts, or while it waits spawned
 // ahead. setup moves the three top mounts into the root, their mounts
 // below them along.
-func (st *initStage) stage() (string, error) {
+func (st *Stage) stage() (string, error) {
 	// This mount namespace is a copy of the server's, whose mounts may be
 	// shared with the host's: nothing mounted here may propagate there.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
@@ -402,7 +402,7 @@ func (st *initStage) stage() (string, error) {
 		return "", err
 	}
 	// The network namespace is the sandbox's own from the clone.
-	if err := loopbackUp(); err != nil {
+	if err := LoopbackUp(); err != nil {
 		return "", fmt.Errorf("loopback: %w", err)
 	}
 	return dir, nil
@@ -418,7 +418,7 @@ const (
 // namespace, around the kernel's file systems staged (stage), pivots into
 // it and sets the rest of the sandbox's state that takes privileges:
 // hostname, limits, OOM score.
-func (c *initConfig) setup(staged string) error {
+func (c *Config) setup(staged string) error {
 	if c.Userns {
 		c.Root = userRoot
 		if err := attachMount(c.RootFD, c.Root); err != nil {
@@ -434,13 +434,13 @@ func (c *initConfig) setup(staged string) error {
 			return err
 		}
 	}
-	r, err := openRoot(c.Root)
+	r, err := OpenRoot(c.Root)
 	if err != nil {
 		return fmt.Errorf("opening the root: %w", err)
 	}
 	defer r.Close()
 	if c.Build != nil {
-		if err := r.build(c.Build, c.Hostname, c.Workdir, c.User); err != nil {
+		if err := r.Build(c.Build, c.Hostname, c.Workdir, c.User); err != nil {
 			return err
 		}
 	}
@@ -506,7 +506,7 @@ func mountOverlay(root, upper, work string, layers []string) error {
 // /dev/pts, /dev/shm, /dev/mqueue, a read-only /sys and, read-only, the
 // sandbox's own cgroups at /sys/fs/cgroup (with CgroupV2, setup mounts
 // them, once the init has its cgroup namespace).
-func (st *initStage) kernelMounts(dir string) error {
+func (st *Stage) kernelMounts(dir string) error {
 	// All of it is in the stage's fresh tmpfs and the mounts on it, which
 	// nothing else has touched: plain paths are safe there.
 	for _, m := range kernelFS {
@@ -546,7 +546,7 @@ var kernelFS = []struct {
 // moveKernelMounts moves the kernel's file systems staged in dir to the
 // top of the root. There, what the sandbox left on an earlier run (a
 // symlink, say) is replaced: these are msb's.
-func (r *inRoot) moveKernelMounts(dir string) error {
+func (r *Root) moveKernelMounts(dir string) error {
 	for _, m := range kernelFS {
 		name := m.path
 		if strings.Contains(name, "/") {
@@ -607,7 +607,7 @@ func devices(dev string, bind bool) error {
 // does (with links for co-mounted controllers), or the unified hierarchy.
 // Through the sandbox's cgroup namespace each shows only the sandbox's
 // own cgroups, whose limits programs read to size themselves.
-func (st *initStage) cgroupMounts(dst string) error {
+func (st *Stage) cgroupMounts(dst string) error {
 	const ro = nsd | unix.MS_RDONLY
 	if st.CgroupV2 {
 		if err := unix.Mount("cgroup2", dst, "cgroup2", ro, ""); err != nil {
@@ -702,8 +702,8 @@ func pivot(root *os.File) error {
 	return unix.Chdir("/")
 }
 
-// loopbackUp brings up lo, the only interface of the sandbox's network.
-func loopbackUp() error {
+// LoopbackUp brings up lo, the only interface of the sandbox's network.
+func LoopbackUp() error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
@@ -726,7 +726,7 @@ func loopbackUp() error {
 // list of supplementary groups came with the clone. As Docker does, root
 // keeps Docker's default set and any other user none: its inheritable set
 // too, which setuid leaves as it was.
-func (c *initConfig) dropPrivileges(allThreads *bool) error {
+func (c *Config) dropPrivileges(allThreads *bool) error {
 	u := c.User
 	groups := make([]int, len(u.AdditionalGids))
 	for i, g := range u.AdditionalGids {
@@ -770,7 +770,7 @@ func (c *initConfig) dropPrivileges(allThreads *bool) error {
 
 // topDir returns an O_PATH handle on the directory name directly under
 // the root, made if missing; anything else found there is replaced.
-func (r *inRoot) topDir(name string) (int, error) {
+func (r *Root) topDir(name string) (int, error) {
 	rfd := int(r.root.Fd())
 	var st unix.Stat_t
 	err := unix.Fstatat(rfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
@@ -790,9 +790,9 @@ func (r *inRoot) topDir(name string) (int, error) {
 	return unix.Openat(rfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 }
 
-// build writes the image's directories, links and files into the root,
+// Build writes the image's directories, links and files into the root,
 // then /etc/hostname and the workdir, all resolved inside it.
-func (r *inRoot) build(b *rootBuild, hostname, workdir string, user sandbox.User) error {
+func (r *Root) Build(b *RootBuild, hostname, workdir string, user guest.User) error {
 	wd := strings.TrimPrefix(path.Clean(workdir), "/")
 	for _, d := range b.Dirs {
 		existed := r.isDir(d)
@@ -806,7 +806,7 @@ func (r *inRoot) build(b *rootBuild, hostname, workdir string, user sandbox.User
 		case "root":
 			mode = 0o700
 		}
-		if err := r.mkdir(d, mode); err != nil {
+		if err := r.Mkdir(d, mode); err != nil {
 			return fmt.Errorf("directory %s: %w", d, err)
 		}
 		if !existed && path.Clean(d) == wd && user.UID != 0 {
@@ -822,7 +822,7 @@ func (r *inRoot) build(b *rootBuild, hostname, workdir string, user sandbox.User
 		}
 	}
 	for _, f := range b.Files {
-		if err := r.writeFile(f.Path, f.Content, fs.FileMode(f.Mode&0o777)|modeBits(f.Mode)); err != nil {
+		if err := r.writeFile(f.Path, f.Content, fs.FileMode(f.Mode&0o777)|ModeBits(f.Mode)); err != nil {
 			return fmt.Errorf("file %s: %w", f.Path, err)
 		}
 	}
@@ -834,7 +834,7 @@ func (r *inRoot) build(b *rootBuild, hostname, workdir string, user sandbox.User
 		}
 	}
 	if !underTarget(workdir, b.Mounts) && !r.isDir(wd) {
-		if err := r.mkdir(wd, 0); err != nil {
+		if err := r.Mkdir(wd, 0); err != nil {
 			return fmt.Errorf("workdir %s: %w", workdir, err)
 		}
 	}
@@ -846,7 +846,7 @@ func (r *inRoot) build(b *rootBuild, hostname, workdir string, user sandbox.User
 // read-only if asked, through file descriptors: a detached copy of the
 // source made with open_tree, its flags set with mount_setattr, moved onto
 // the target resolved inside the root.
-func (r *inRoot) bind(m sandbox.Mount) error {
+func (r *Root) bind(m guest.Mount) error {
 	tree, err := unix.OpenTree(unix.AT_FDCWD, m.Source, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("open_tree %s: %w", m.Source, err)
@@ -870,8 +870,8 @@ func (r *inRoot) bind(m sandbox.Mount) error {
 // root (made if missing), nosuid and nodev, writable by everyone as /tmp
 // is. The sandbox's init mounts it, so its pages are charged to the
 // sandbox's memory cgroup.
-func (r *inRoot) tmpfs(t sandbox.Tmpfs) error {
-	h, err := r.mkdirAll(t.Guest)
+func (r *Root) tmpfs(t guest.Tmpfs) error {
+	h, err := r.MkdirAll(t.Guest)
 	if err != nil {
 		return err
 	}
@@ -884,7 +884,7 @@ func (r *inRoot) tmpfs(t sandbox.Tmpfs) error {
 // openVolume) onto its target in the root: a directory, made if missing,
 // or a regular file (what the image has there otherwise is refused with
 // an error wrapping errdefs.ErrInvalid).
-func (r *inRoot) attachVolume(fd int, v volumeTarget) error {
+func (r *Root) attachVolume(fd int, v VolumeTarget) error {
 	defer unix.Close(fd)
 	if err := r.attach(fd, v.Target, v.Dir); err != nil {
 		return fmt.Errorf("volume target %s: %w", v.Target, err)
@@ -895,13 +895,13 @@ func (r *inRoot) attachVolume(fd int, v volumeTarget) error {
 // attach moves the detached mount tree onto target, resolved inside the
 // root: a directory (made if missing) or a regular file (made empty if
 // missing).
-func (r *inRoot) attach(tree int, target string, dir bool) error {
+func (r *Root) attach(tree int, target string, dir bool) error {
 	var h *os.File
 	var err error
 	if dir {
-		h, err = r.mkdirAll(target)
+		h, err = r.MkdirAll(target)
 	} else {
-		h, err = r.fileTarget(target)
+		h, err = r.FileTarget(target)
 	}
 	if err != nil {
 		return err

@@ -1,0 +1,66 @@
+package boot
+
+import (
+	"fmt"
+	"io/fs"
+
+	"golang.org/x/sys/unix"
+)
+
+// MaxInitFiles bounds an init's descriptors: 0 to ConfigFD, which it
+// inherits, and its mounts, which come in one message on ConfigFD (at most
+// 253 descriptors, SCM_MAX_FD; the init's buffer is sized from this).
+const MaxInitFiles = 200
+
+// RecvMsg reads one message and the descriptors that came with it
+// (close-on-exec). n is 0 at the end of the stream.
+func RecvMsg(fd int, buf, oob []byte) (n int, fds []int, err error) {
+	var oobn, flags int
+	for {
+		n, oobn, flags, _, err = unix.Recvmsg(fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	if oobn > 0 {
+		msgs, perr := unix.ParseSocketControlMessage(oob[:oobn])
+		if perr != nil {
+			return 0, nil, perr
+		}
+		for _, m := range msgs {
+			if got, err := unix.ParseUnixRights(&m); err == nil {
+				fds = append(fds, got...)
+			}
+		}
+	}
+	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+		CloseFDs(fds)
+		return 0, nil, fmt.Errorf("a message of %d bytes and %d descriptors was cut short", n, len(fds))
+	}
+	return n, fds, nil
+}
+
+func CloseFDs(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// ModeBits turns the setuid, setgid and sticky bits of a numeric mode into
+// their fs.FileMode flags.
+func ModeBits(m uint32) fs.FileMode {
+	var out fs.FileMode
+	if m&0o4000 != 0 {
+		out |= fs.ModeSetuid
+	}
+	if m&0o2000 != 0 {
+		out |= fs.ModeSetgid
+	}
+	if m&0o1000 != 0 {
+		out |= fs.ModeSticky
+	}
+	return out
+}

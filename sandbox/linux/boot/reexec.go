@@ -1,0 +1,23 @@
+package boot
+
+import "github.com/msb-dev/msb/sandbox/portal"
+
+// Reexec plays the roles the portal binary is run in inside a sandbox,
+// and never returns when it does: the init (`msb portal` as PID 1 with
+// Env set, MaybeInit), which builds the sandbox around itself and then
+// serves as its portal in the same process; the portal alone, which the
+// init executes once the sandbox is set up when the binary is linked
+// with cgo; and the trampoline through which the portal starts a command
+// with resource limits (`msb portal-exec`). args are the process's
+// arguments and pid its pid. Call it first thing: from main of the
+// portal binary (sandbox/linux/portalbin), or, in msb itself, through
+// sandbox/engine.Reexec.
+func Reexec(args []string, pid int) {
+	MaybeInit()
+	if len(args) > 1 && args[1] == Role && pid == 1 {
+		portal.Main()
+	}
+	if len(args) > 1 && args[1] == portal.ExecRole {
+		portal.ExecMain()
+	}
+}
