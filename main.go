@@ -17,8 +17,10 @@ func init() {
 	// that changes a thread's namespaces or credentials ever runs on the
 	// thread that /proc/self and the process's identity follow.
 	runtime.LockOSThread()
-	// The same binary is also, inside every sandbox, its init and portal;
-	// neither role may run any of the CLI.
+	// Built without the portal binary it carries (sandbox/linux/portalbin),
+	// the same binary is also the sandboxes' spawner and, inside every
+	// sandbox, its init and portal; none of these roles may run any of the
+	// CLI.
 	engine.Reexec(os.Args, os.Getpid())
 }
 

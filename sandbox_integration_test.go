@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -951,4 +952,31 @@ func TestNamespaceQuotasServed(t *testing.T) {
 	one.stop()
 	srv.sandbox(key, "small", "two", map[string]any{"image": "host", "memory": 64}).stop()
 	big.stop()
+}
+
+// The built msb runs in its sandboxes the portal binary it carries
+// (sandbox/linux/portalbin), not itself, and so has nothing to warn about.
+func TestBuiltMSBRunsItsPortal(t *testing.T) {
+	t.Parallel()
+	home := newHome(t)
+	srv := startProcess(t, home)
+	key := keygen(t, home)
+	srv.sandbox(key, "portal", "a", nil)
+	want, err := os.ReadFile(portalBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var runs []int
+	for _, pid := range sandboxPids(home) {
+		if got, err := os.ReadFile(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && bytes.Equal(got, want) {
+			runs = append(runs, pid)
+		}
+	}
+	if len(runs) == 0 {
+		t.Errorf("no process of the sandbox (%v) runs the portal binary", sandboxPids(home))
+	}
+	logs, _ := os.ReadFile(filepath.Join(home, "logs", "server.log"))
+	if out := srv.out.String() + string(logs); strings.Contains(out, "run msb itself") {
+		t.Errorf("the server fell back to msb itself:\n%s", out)
+	}
 }

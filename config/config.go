@@ -766,10 +766,6 @@ func (c *Config) Volumes() []string {
 // SandboxDir holds one directory per sandbox: its writable root.
 func (c *Config) SandboxDir() string { return c.Path("sandboxes") }
 
-// PortalDir is where the server writes the portal binary msb carries
-// (sandbox/linux/portalbin) for the engine to run in every sandbox.
-func (c *Config) PortalDir() string { return c.Path("run") }
-
 // EngineDir is the isolation engine's state directory.
 func (c *Config) EngineDir() string { return c.Path("run", "engine") }
 

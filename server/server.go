@@ -45,9 +45,10 @@ type Options struct {
 	// every earlier key stop working.
 	SigningKey string
 	ResetKey   bool
-	// PortalBinary is the static binary run inside sandboxes as their init
-	// and portal; default the portal binary msb carries (package
-	// portalbin), else this process's executable.
+	// PortalBinary is the path of the static binary run inside sandboxes
+	// as their init and portal (and as their spawner); default the portal
+	// binary msb carries (package portalbin), else this process's
+	// executable.
 	PortalBinary string
 	// Out gets the lines a person starting the server reads (address,
 	// warnings); nil: discarded.
@@ -201,30 +202,26 @@ func (s *Server) signer(opts Options) (*auth.Signer, error) {
 	return signer, nil
 }
 
-// installPortal writes binary, the portal binary msb carries, into dir and
-// returns its path; without one (msb built without `go generate`), it
-// returns msb's own executable, which plays the same roles in every
-// sandbox at a higher cost per start, and says so.
-func installPortal(dir string, binary []byte, log *slog.Logger) (string, error) {
-	if binary != nil {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return "", fmt.Errorf("install the portal binary: %w", err)
-		}
-		return portalbin.Install(dir, binary)
+// portalBinary is what the engine runs in every sandbox, when the server
+// was not told (Options.PortalBinary): the portal binary msb carries
+// (sandbox/linux/portalbin), whose build matches this msb's, else msb's own
+// executable, which plays the same roles at a higher cost per start (it
+// says why).
+func portalBinary(log *slog.Logger) (path string, image []byte) {
+	image, err := portalbin.Binary()
+	if err == nil {
+		return "", image
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return "", fmt.Errorf("find the msb binary: %w", err)
-	}
-	log.Warn("this msb binary carries no portal binary, so every sandbox runs msb itself, which costs about three times the CPU per start; build it as the README does (go generate ./sandbox/linux/portalbin first)")
-	return exe, nil
+	log.Warn("sandboxes run msb itself, which costs more CPU per start than the portal binary msb carries when it is built as the README does: " + err.Error())
+	// The running binary, whatever has become of its path since.
+	return "/proc/self/exe", nil
 }
 
 // openSandboxes builds the sandbox service on the configured engine, after
 // cleaning up whatever a crashed server left. Without the engine (not
 // root, say) the server still runs, and sandbox methods say why they
 // cannot work.
-func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now func() time.Time) error {
+func (s *Server) openSandboxes(ctx context.Context, portalPath string, now func() time.Time) error {
 	s.closeSvc = func(context.Context) error { return nil }
 	if os.Geteuid() != 0 {
 		reason := "msb must run as root to create sandboxes (namespaces, cgroups and mounts need it)"
@@ -232,18 +229,17 @@ func (s *Server) openSandboxes(ctx context.Context, portalBinary string, now fun
 		s.sandboxes = sandbox.Unavailable{Reason: reason}
 		return nil
 	}
-	if portalBinary == "" {
-		var err error
-		if portalBinary, err = installPortal(s.cfg.PortalDir(), portalbin.Binary(), s.log); err != nil {
-			return err
-		}
+	var portal []byte
+	if portalPath == "" {
+		portalPath, portal = portalBinary(s.log)
 	}
 	// One cgroup subtree per home, so servers with different homes never meet.
 	sum := sha256.Sum256([]byte(s.cfg.Home))
 	eng, err := engine.Open(s.cfg.Engine, engine.Options{
 		StateDir:     s.cfg.EngineDir(),
 		SandboxDir:   s.cfg.SandboxDir(),
-		PortalBinary: portalBinary,
+		PortalBinary: portalPath,
+		Portal:       portal,
 		CgroupParent: "msb/" + hex.EncodeToString(sum[:6]),
 		LayerLock:    filepath.Join(s.cfg.ImageDir(), image.PullLockFile),
 		Log:          s.log,

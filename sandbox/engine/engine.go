@@ -16,15 +16,19 @@ import (
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/linux"
 	"github.com/msb-dev/msb/sandbox/linux/boot"
+	"github.com/msb-dev/msb/sandbox/linux/spawn"
 )
 
 // Options locate what an engine keeps on the host.
 type Options struct {
 	StateDir   string // the engine's own state, <home>/run/engine
 	SandboxDir string // one directory per sandbox, <home>/sandboxes
-	// PortalBinary is the static msb binary run inside every sandbox as
-	// its agent (normally msb's own executable).
+	// PortalBinary is the host path of the static binary the engine runs
+	// inside every sandbox as its agent, and as its spawner: msb's own
+	// executable when it carries no portal binary. Portal, if set, is that
+	// binary itself (sandbox/linux/portalbin), run instead.
 	PortalBinary string
+	Portal       []byte
 	// CgroupParent holds the sandboxes' cgroups of this home.
 	CgroupParent string
 	// LayerLock is the image store's pull lock, held shared while a
@@ -68,7 +72,7 @@ type driver struct {
 var drivers = map[string]driver{
 	"linux": {
 		open: func(o Options) (Engine, error) {
-			return linux.New(linux.Config{StateDir: o.StateDir, SandboxDir: o.SandboxDir, PortalBinary: o.PortalBinary,
+			return linux.New(linux.Config{StateDir: o.StateDir, SandboxDir: o.SandboxDir, PortalBinary: o.PortalBinary, Portal: o.Portal,
 				CgroupParent: o.CgroupParent, LayerLock: o.LayerLock, Log: o.Log,
 				Ceilings: linux.Ceilings{Pids: o.TotalPids, MemoryMiB: o.TotalMemoryMiB}, UserNamespaces: o.UserNamespaces,
 				ReadyDiskMiB: o.ReadyDiskMiB, ReadyInits: o.ReadyInits})
@@ -119,23 +123,21 @@ func LayersInUse(name, sandboxDir string) ([]string, error) {
 	return d.layersInUse(sandboxDir)
 }
 
-// Reexec lets the msb binary play the roles engines run it in, and never
-// returns when it does: the Linux engine's spawner, the host process that
-// clones every sandbox's init (linux.MaybeSpawner), and, when msb runs
-// sandboxes of its own binary (it carries no portal binary, see
-// sandbox/linux/portalbin), the roles of that binary inside them
-// (boot.Reexec). Call it first thing, before any other package's work:
-// from an init function of package main. This package's own init calls
-// it too.
+// Reexec lets the msb binary play the roles the Linux engine runs its
+// portal binary in, when msb is that binary (it carries no portal binary
+// of its own, see sandbox/linux/portalbin), and never returns when it
+// does: the spawner, the host process that clones every sandbox's init
+// (spawn.MaybeServe), and inside every sandbox its init, its portal and
+// the trampoline of its commands (boot.Reexec). Call it first thing,
+// before any other package's work: from an init function of package main.
+// This package's own init calls it too.
 func Reexec(args []string, pid int) {
-	linux.MaybeSpawner()
+	spawn.MaybeServe()
 	boot.Reexec(args, pid)
 }
 
-// init plays the sandbox roles as soon as the packages they need (the
-// engines and the portal) are initialised: before those only the server
-// and the CLI need (SQLite, the MCP SDK, the CLI library, image
-// registries), whose initialisation would cost every sandbox start about a
-// millisecond of CPU and the portal their memory. main's init, which calls
-// Reexec after every package, then finds nothing to do.
+// init plays the roles as soon as the packages they need (the engines
+// and the portal) are initialised, which is before some of those only
+// the server and the CLI need. main's init, which calls Reexec after
+// every package, then finds nothing to do.
 func init() { Reexec(os.Args, os.Getpid()) }

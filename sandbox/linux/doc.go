@@ -22,7 +22,7 @@
 // # Starting a sandbox
 //
 // Start clones the sandbox's init straight into its new namespaces from the
-// spawner (spawner.go): a small process of msb's binary that the server
+// spawner (package spawn): a small process of the portal binary that the server
 // starts once and that does nothing else, so that a clone copies its few
 // pages rather than the server's and the child holds none of the server's
 // descriptors before its exec. The init is the spawner's child, which the
@@ -47,8 +47,7 @@
 // all of msb's packages first; or, when msb was built without it, msb
 // itself, which plays the same roles (sandbox/engine.Reexec). It is
 // copied once, when the engine starts, into a sealed memfd, and executed
-// from it as `msb portal` with an empty environment. The spawner is the
-// server's own binary. First, before anything of its sandbox is known, it stages
+// from it as `msb portal` with an empty environment. First, before anything of its sandbox is known, it stages
 // what every sandbox gets from the kernel (boot.Stage, sent by the server
 // at the spawn): it makes / private in its own mount namespace and
 // mounts, on a tmpfs of its own, /proc, /dev with its device nodes,
@@ -59,7 +58,7 @@
 // socket the descriptors of its mounts (volumes, its root or disk, and
 // in a user namespace the image's host paths: the server makes them
 // while the init starts, SCM_RIGHTS) and its configuration, and builds
-// the sandbox around itself (boot.MaybeInit): it mounts the root
+// the sandbox around itself (package boot): it mounts the root
 // (the overlay of the image's layers, or a bind of the sandbox's
 // directory), writes the image's directories, links and files into it on
 // the first start, moves the staged mounts into it, attaches the image's
@@ -156,8 +155,8 @@
 // cgroups as the PID 1 of a namespace of its own), and the caller deletes
 // them: processes, cgroups, directory.
 //
-// A binary embedding this engine must call MaybeSpawner first thing, and
-// boot.Reexec too if it is its own portal binary (msb does both from an
-// init function of package main, through sandbox/engine.Reexec), since the
-// engine runs the server's binary as the spawner.
+// The portal binary plays every role the engine runs it in: spawn.MaybeServe
+// and boot.Reexec, first thing (msb-portal from its main; msb, when it is
+// its own portal binary, from an init function of package main, through
+// sandbox/engine.Reexec).
 package linux

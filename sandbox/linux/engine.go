@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"bytes"
 	"context"
 	"debug/elf"
 	"encoding/binary"
@@ -49,10 +50,13 @@ type Config struct {
 	// portal's log), e.g. <msb home>/sandboxes.
 	SandboxDir string
 	// PortalBinary is the host path of the binary run as every sandbox's
-	// init, which becomes its portal: msb passes the portal binary it
-	// carries (sandbox/linux/portalbin), else its own executable. It is
-	// copied into memory once, when the engine starts.
+	// init, which becomes its portal, and as the spawner (msb's own
+	// executable, when it carries no portal binary); Portal, if set, is
+	// that binary itself (the one msb carries, sandbox/linux/portalbin),
+	// and PortalBinary may then be empty. It is copied into memory once,
+	// when the engine starts.
 	PortalBinary string
+	Portal       []byte `json:"-"`
 	// CgroupParent is the cgroup holding the sandboxes' cgroups; default
 	// DefaultCgroupParent.
 	CgroupParent string
@@ -131,18 +135,19 @@ type Engine struct {
 	dynamicPortal bool
 }
 
-// buildStatic is the README's command that builds msb as it must be built
-// to run inside any image.
+// buildStatic is the README's command that builds msb with the static
+// portal binary it carries, which runs inside any image; built without it,
+// msb itself must be static to do so. A dynamically linked portal binary's
+// warning and refusal give it.
 const buildStatic = `go generate ./sandbox/linux/portalbin && go build -tags netgo,osusergo,urfave_cli_no_docs -ldflags '-extldflags "-static"' -o msb .`
 
-// needsLoader reports whether the ELF binary at path is dynamically linked
+// needsLoader reports whether the ELF binary image is dynamically linked
 // (it names a program interpreter, the C library's loader).
-func needsLoader(path string) (bool, error) {
-	f, err := elf.Open(path)
+func needsLoader(image []byte) (bool, error) {
+	f, err := elf.NewFile(bytes.NewReader(image))
 	if err != nil {
 		return false, err
 	}
-	defer f.Close()
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_INTERP {
 			return true, nil
@@ -206,15 +211,23 @@ func New(cfg Config) (*Engine, error) {
 		cfg.CgroupParent = DefaultCgroupParent
 	}
 	for name, p := range map[string]string{"StateDir": cfg.StateDir, "SandboxDir": cfg.SandboxDir, "PortalBinary": cfg.PortalBinary} {
-		if !filepath.IsAbs(p) {
+		if !filepath.IsAbs(p) && (name != "PortalBinary" || cfg.Portal == nil) {
 			return nil, fmt.Errorf("linux engine: %s %q must be an absolute path: %w", name, p, errdefs.ErrInvalid)
 		}
 	}
 	if strings.Contains(cfg.CgroupParent, "..") || strings.HasPrefix(cfg.CgroupParent, "/") || strings.HasPrefix(filepath.Base(cfg.CgroupParent), ".") {
 		return nil, fmt.Errorf("linux engine: cgroup parent %q must be a relative path: %w", cfg.CgroupParent, errdefs.ErrInvalid)
 	}
-	if fi, err := os.Stat(cfg.PortalBinary); err != nil || !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("linux engine: portal binary %q is not a file: %w", cfg.PortalBinary, errdefs.ErrInvalid)
+	image, portalName := cfg.Portal, "the portal binary msb carries"
+	if image == nil {
+		portalName = fmt.Sprintf("portal binary %q", cfg.PortalBinary)
+		if fi, err := os.Stat(cfg.PortalBinary); err != nil || !fi.Mode().IsRegular() {
+			return nil, fmt.Errorf("linux engine: %s is not a file: %w", portalName, errdefs.ErrInvalid)
+		}
+		var err error
+		if image, err = os.ReadFile(cfg.PortalBinary); err != nil {
+			return nil, fmt.Errorf("linux engine: %w", err)
+		}
 	}
 	for _, d := range []string{cfg.StateDir, cfg.SandboxDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -225,16 +238,16 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	dynamic, err := needsLoader(cfg.PortalBinary)
+	dynamic, err := needsLoader(image)
 	if err != nil {
-		return nil, fmt.Errorf("linux engine: portal binary %q: %w", cfg.PortalBinary, err)
+		return nil, fmt.Errorf("linux engine: %s: %w", portalName, err)
 	}
 	if dynamic {
 		log := cfg.Log
 		if log == nil {
 			log = slog.Default()
 		}
-		log.Warn("the binary sandboxes run (msb itself, built without its portal binary) is dynamically linked: it runs sandboxes of the host image, but not of OCI images, which lack the host's C library; build msb as the README does: " + buildStatic)
+		log.Warn("the binary sandboxes run (msb itself when built without its portal binary) is dynamically linked: it runs sandboxes of the host image, but not of OCI images, which lack the host's C library; build msb statically with its portal binary, as the README does: " + buildStatic)
 	}
 	cg, err := findCgroups(cfg.CgroupParent)
 	if err != nil {
@@ -273,7 +286,7 @@ func New(cfg Config) (*Engine, error) {
 			log.Warn("a host user's subordinate ids overlap the id ranges of msb's sandboxes: that user's rootless containers could own sandboxes' and volumes' files; move their range above msb's", "entry", o, "msb_ids", fmt.Sprintf("%d-%d", idBase, hostID(maxSlots+1)-1))
 		}
 	}
-	l, err := newLauncher(cfg.PortalBinary, cg, netnsPool)
+	l, err := newLauncher(image, cg, netnsPool)
 	if err != nil {
 		return nil, fmt.Errorf("linux engine: %w", err)
 	}
@@ -566,7 +579,7 @@ func (e *Engine) Start(ctx context.Context, id sandbox.ID) error {
 		return fmt.Errorf("sandbox %s is already running: %w", id, errdefs.ErrConflict)
 	}
 	if len(b.spec.Root.Layers) > 0 && e.dynamicPortal && !e.cfg.AllowDynamicPortal {
-		return errdefs.Invalidf("this msb server runs a dynamically linked binary in its sandboxes (msb itself, built without its portal binary), which cannot run inside an OCI image (it needs the host's C library): use the built-in host image (microsandbox/python), or build msb as the README does, %s, and restart it", buildStatic)
+		return errdefs.Invalidf("this msb server runs a dynamically linked binary in its sandboxes (msb itself when built without its portal binary), which cannot run inside an OCI image (it needs the host's C library): use the built-in host image (microsandbox/python), or build msb statically with its portal binary, as the README does (%s), and restart it", buildStatic)
 	}
 	if b.done != nil {
 		// The previous run is over: release what it held.
@@ -732,7 +745,7 @@ func (e *Engine) spawnInit(handle string, slot, procs int, logs *initLog) (run *
 		// cgroup it sees at exec, before its cgroup namespace is in place:
 		// the host's root. It gets the sandbox's CPU quota instead (and
 		// again from its configuration, boot.Config.Procs).
-		Env:   []string{boot.Env + "=1", "GOMAXPROCS=" + strconv.Itoa(initProcs(procs))},
+		Env:   []string{boot.InitEnv + "=1", "GOMAXPROCS=" + strconv.Itoa(initProcs(procs))},
 		Files: files,
 		Sys:   &syscall.SysProcAttr{Cloneflags: sandboxCloneFlags},
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/msb-dev/msb/sandbox/image"
 	"github.com/msb-dev/msb/sandbox/linux"
 	"github.com/msb-dev/msb/sandbox/linux/boot"
+	"github.com/msb-dev/msb/sandbox/linux/spawn"
 	"github.com/msb-dev/msb/sandbox/sandboxtest"
 	"golang.org/x/sys/unix"
 )
@@ -33,7 +34,7 @@ var msbBin, portalBin string
 // sandbox, the init and the portal, for the tests that run sandboxes of
 // this very binary, and builds msb for the others.
 func TestMain(m *testing.M) {
-	linux.MaybeSpawner()
+	spawn.MaybeServe()
 	boot.Reexec(os.Args, os.Getpid())
 	if cfg := os.Getenv(crashServerEnv); cfg != "" {
 		crashServer(cfg)

@@ -3,11 +3,10 @@ package linux
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"sync"
-	"syscall"
 
+	"github.com/msb-dev/msb/sandbox/linux/spawn"
 	"golang.org/x/sys/unix"
 )
 
@@ -52,7 +51,7 @@ const sandboxCloneFlags = unix.CLONE_NEWPID | unix.CLONE_NEWNS | unix.CLONE_NEWU
 // launcher starts sandbox inits. The init is the portal binary, copied
 // once into a sealed memfd (so nothing can change it under a running
 // server, and no sandbox ever sees a path to it), and cloned straight into
-// the sandbox's namespaces by the spawner (spawner.go): a small process of
+// the sandbox's namespaces by the spawner (package spawn): a small process of
 // the same binary, started once, whose thread's credentials are prepared
 // once for every sandbox. Cloning from it rather than from the server
 // keeps a clone cheap however large the server grows, and leaves nothing
@@ -69,19 +68,14 @@ type launcher struct {
 	closed bool
 }
 
-// exeFDMin is the lowest descriptor the memfd may have: above any the init
-// is handed (the clone moves those to 0..n-1 before the exec, which
-// resolves /proc/self/fd/N), and out of the way of most others.
-const exeFDMin = 1000
-
-// newLauncher returns the launcher of binary; netnsPool network
+// newLauncher returns the launcher of the binary image; netnsPool network
 // namespaces wait ready for inits that step into one (none when every
 // sandbox gets a user namespace, whose root must own its network
 // namespace, made at the clone).
-func newLauncher(binary string, cg *cgroups, netnsPool int) (*launcher, error) {
-	exe, err := sealedCopy(binary)
+func newLauncher(image []byte, cg *cgroups, netnsPool int) (*launcher, error) {
+	exe, err := sealedCopy(image)
 	if err != nil {
-		return nil, fmt.Errorf("copying %s into memory: %w", binary, err)
+		return nil, fmt.Errorf("copying the portal binary into memory: %w", err)
 	}
 	l := &launcher{exe: exe, caps: sandboxCaps(cg.v2), cg: cg, netns: newNetnsPool(netnsPool)}
 	if l.devNull, err = os.Open(os.DevNull); err != nil {
@@ -105,14 +99,9 @@ func (l *launcher) startSpawner() (*spawner, error) {
 	return startSpawner(l.exe, home, l.caps)
 }
 
-// sealedCopy copies the binary into a memfd sealed against any change, at
-// a descriptor of at least exeFDMin, close-on-exec.
-func sealedCopy(binary string) (*os.File, error) {
-	src, err := os.Open(binary)
-	if err != nil {
-		return nil, err
-	}
-	defer src.Close()
+// sealedCopy copies the binary image into a memfd sealed against any change, at
+// a descriptor of at least spawn.ExeFDMin, close-on-exec.
+func sealedCopy(image []byte) (*os.File, error) {
 	fd, err := unix.MemfdCreate("msb", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING|unix.MFD_EXEC)
 	if errors.Is(err, unix.EINVAL) { // before Linux 6.3, every memfd is executable
 		fd, err = unix.MemfdCreate("msb", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
@@ -121,7 +110,7 @@ func sealedCopy(binary string) (*os.File, error) {
 		return nil, err
 	}
 	mem := os.NewFile(uintptr(fd), "msb-memfd")
-	if _, err := io.Copy(mem, src); err != nil {
+	if _, err := mem.Write(image); err != nil {
 		mem.Close()
 		return nil, err
 	}
@@ -134,7 +123,7 @@ func sealedCopy(binary string) (*os.File, error) {
 		mem.Close()
 		return nil, err
 	}
-	hi, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, exeFDMin)
+	hi, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, spawn.ExeFDMin)
 	mem.Close()
 	if err != nil {
 		return nil, err
@@ -196,40 +185,4 @@ func (l *launcher) spawn(tasks []*os.File, attr *os.ProcAttr, ownNet bool) (*ini
 	sp = l.sp
 	l.mu.Unlock()
 	return sp.spawn(tasks, netns, attr)
-}
-
-// prepareSpawnerThread gives the calling thread a full inheritable set,
-// then drops from its bounding set every capability not in keep, sets
-// no_new_privs and clears its supplementary groups.
-func prepareSpawnerThread(keep uint64) error {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return err
-	}
-	for i := range data {
-		data[i].Inheritable = data[i].Permitted
-	}
-	if err := unix.Capset(&hdr, &data[0]); err != nil {
-		return fmt.Errorf("capset: %w", err)
-	}
-	for c := 0; c < 64; c++ {
-		if keep&(1<<c) != 0 {
-			continue
-		}
-		if _, _, e := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(c), 0); e == unix.EINVAL {
-			break // past the kernel's last capability
-		} else if e != 0 {
-			return fmt.Errorf("dropping capability %d from the bounding set: %w", c, e)
-		}
-	}
-	if _, _, e := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); e != 0 {
-		return fmt.Errorf("no_new_privs: %w", e)
-	}
-	// No supplementary groups: the server's must not come along, and the
-	// init of a sandbox whose user has none need not clear them.
-	if _, _, e := syscall.RawSyscall(unix.SYS_SETGROUPS, 0, 0, 0); e != 0 {
-		return fmt.Errorf("setgroups: %w", e)
-	}
-	return nil
 }

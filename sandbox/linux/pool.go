@@ -244,7 +244,7 @@ func (e *Engine) apply(ctx context.Context, b *box, spec sandbox.Spec) error {
 	}
 	env := make([]string, 0, len(spec.Env))
 	for _, kv := range spec.Env {
-		if k, _, ok := strings.Cut(kv, "="); ok && k != "" && k != boot.Env {
+		if k, _, ok := strings.Cut(kv, "="); ok && k != "" && k != boot.InitEnv {
 			env = append(env, kv)
 		}
 	}

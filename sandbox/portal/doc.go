@@ -1,10 +1,11 @@
 // Package portal is the agent that runs inside every sandbox, and the
 // client the server uses to talk to it.
 //
-// The msb binary is the init of every sandbox: the engine starts it as
-// `msb portal`, PID 1 of the sandbox's PID namespace, from a sealed copy in
-// memory, and once it has built the sandbox around itself it serves as the
-// portal in the same process. The server keeps one end of a unix
+// The portal binary (msb-portal, which msb carries: sandbox/linux/portalbin;
+// or msb itself when it carries none) is the init of every sandbox: the
+// engine starts it as `msb portal`, PID 1 of the sandbox's PID namespace,
+// from a sealed copy in memory, and once it has built the sandbox around
+// itself (sandbox/linux/boot) it serves as the portal in the same process. The server keeps one end of a unix
 // socketpair; the portal gets the other as file descriptor 3 and serves
 // requests on it (run a command, evaluate code in a live interpreter, start a
 // background command, answer a ping). When the server goes away the socket
@@ -30,9 +31,12 @@
 //   - No path on any file system. The connection is an inherited file
 //     descriptor, not a socket file or a port, so nothing inside or outside
 //     the sandbox can find it, connect to it or race for it.
-//   - One binary. The portal is the msb binary itself, so the server and its
-//     agent always speak the same protocol version and images need nothing
-//     installed for msb to work.
+//   - One file to install. The portal binary is built from the same source
+//     as msb and carried inside it (msb checks that both come from the same
+//     revision), so the server and its agent speak the same protocol
+//     version, and images need nothing installed for msb to work. It
+//     imports only the standard library and packages that do the same, so
+//     that a sandbox's start does not pay for the server's packages.
 //   - The server trusts nothing the portal sends. Untrusted code runs as root
 //     inside the sandbox and can ptrace or replace the portal, so the Client
 //     treats every frame as hostile: frames are size-bounded, output is

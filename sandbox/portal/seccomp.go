@@ -21,7 +21,7 @@ import (
 // CAP_SYS_ADMIN, as a deny list so that ordinary programs keep working.
 //
 // The filter is built here rather than with libseccomp, which would need
-// cgo, which the single static msb binary avoids. It is small enough to
+// cgo, which the static portal binary avoids. It is small enough to
 // read.
 
 // deniedSyscalls fail with EPERM inside a sandbox.

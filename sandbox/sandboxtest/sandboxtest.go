@@ -762,10 +762,16 @@ func ID(tb testing.TB, ns, name string) sandbox.ID {
 // msb, statically, so that both run inside any image. It returns the
 // paths of msb and of a copy of the portal binary, both in dir; the
 // builds' output goes to stderr. Test binaries of several packages build
-// at once: the builds are serialised, since the portal binary is
-// written into the source tree.
+// at once: the builds are serialised (a lock on the portal binary's
+// directory in the source tree, where it is written).
 func BuildMSB(dir string) (msb, portal string, err error) {
-	lock, err := os.OpenFile(filepath.Join(os.TempDir(), "msb-test-build.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	const portalPkg = "github.com/msb-dev/msb/sandbox/linux/portalbin"
+	src, err := osexec.Command("go", "list", "-f", "{{.Dir}}", portalPkg).Output()
+	if err != nil {
+		return "", "", fmt.Errorf("build msb: find %s: %w", portalPkg, err)
+	}
+	bin := filepath.Join(strings.TrimSpace(string(src)), "bin")
+	lock, err := os.Open(bin)
 	if err != nil {
 		return "", "", fmt.Errorf("build msb: %w", err)
 	}
@@ -773,7 +779,6 @@ func BuildMSB(dir string) (msb, portal string, err error) {
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
 		return "", "", fmt.Errorf("build msb: %w", err)
 	}
-	const portalPkg = "github.com/msb-dev/msb/sandbox/linux/portalbin"
 	for _, args := range [][]string{
 		{"generate", portalPkg},
 		{"build", "-tags", "netgo,osusergo,urfave_cli_no_docs", "-ldflags", `-extldflags "-static"`, "-o", filepath.Join(dir, "msb"), "github.com/msb-dev/msb"},
@@ -784,11 +789,7 @@ func BuildMSB(dir string) (msb, portal string, err error) {
 			return "", "", fmt.Errorf("build msb: go %s: %w", args[0], err)
 		}
 	}
-	src, err := osexec.Command("go", "list", "-f", "{{.Dir}}", portalPkg).Output()
-	if err != nil {
-		return "", "", fmt.Errorf("build msb: find %s: %w", portalPkg, err)
-	}
-	data, err := os.ReadFile(filepath.Join(strings.TrimSpace(string(src)), "bin", "msb-portal"))
+	data, err := os.ReadFile(filepath.Join(bin, "msb-portal"))
 	if err == nil {
 		err = os.WriteFile(filepath.Join(dir, "msb-portal"), data, 0o755)
 	}

@@ -1,5 +1,5 @@
 // Package boot is the code a Linux sandbox runs before its portal serves:
-// its init (MaybeInit), which builds the sandbox around itself from the
+// its init (maybeInit), which builds the sandbox around itself from the
 // Config the engine (sandbox/linux) sends it (mounts, the root and what is
 // written into it, credentials), then becomes the portal in the same
 // process; the messages of that exchange; and Root, through which the init

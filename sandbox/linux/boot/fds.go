@@ -2,7 +2,6 @@ package boot
 
 import (
 	"fmt"
-	"io/fs"
 
 	"golang.org/x/sys/unix"
 )
@@ -47,20 +46,4 @@ func CloseFDs(fds []int) {
 	for _, fd := range fds {
 		unix.Close(fd)
 	}
-}
-
-// ModeBits turns the setuid, setgid and sticky bits of a numeric mode into
-// their fs.FileMode flags.
-func ModeBits(m uint32) fs.FileMode {
-	var out fs.FileMode
-	if m&0o4000 != 0 {
-		out |= fs.ModeSetuid
-	}
-	if m&0o2000 != 0 {
-		out |= fs.ModeSetgid
-	}
-	if m&0o1000 != 0 {
-		out |= fs.ModeSticky
-	}
-	return out
 }

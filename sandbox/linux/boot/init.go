@@ -25,13 +25,13 @@ import (
 
 // The init's command line and environment. The init is the portal binary
 // itself, started as `msb portal` (its name in the sandbox's process list)
-// with nothing in its environment but Env and GOMAXPROCS, so that
+// with nothing in its environment but InitEnv and GOMAXPROCS, so that
 // nothing of the sandbox's environment (GODEBUG, GOGC, ...) steers its Go
 // runtime; the sandbox's own replaces them once the sandbox is built.
 const (
-	Argv0 = "msb"
-	Role  = "portal"
-	Env   = "_MSB_SANDBOX_INIT"
+	Argv0    = "msb"
+	InitRole = "portal"
+	InitEnv  = "_MSB_SANDBOX_INIT"
 )
 
 // File descriptors of the init. 3 to 5 are the portal's (package portal).
@@ -77,7 +77,7 @@ type Config struct {
 	// Stage is what the init was told as it started (readStage).
 	Stage `json:"-"`
 	// Procs is the GOMAXPROCS of the portal: the sandbox's CPUs (an init
-	// spawned ahead, ready.go, started with one).
+	// the engine spawned ahead started with one).
 	Procs    int        `json:"procs,omitempty"`
 	Hostname string     `json:"hostname"`
 	Workdir  string     `json:"workdir"`
@@ -145,15 +145,14 @@ type Report struct {
 	Invalid bool   `json:"invalid,omitempty"`
 }
 
-// MaybeInit runs the set-up of a sandbox when the process is a sandbox's
+// maybeInit runs the set-up of a sandbox when the process is a sandbox's
 // init, and then serves as its portal: it never returns then. Otherwise it
 // returns at once. The engine starts the init as PID 1 of a new PID
-// namespace, with Env set and a configuration on ConfigFD; call
-// MaybeInit before anything else in main (msb calls it from an init
-// function, through sandbox/engine.Reexec), so that the init runs none of
-// the binary's other code.
-func MaybeInit() {
-	if os.Getpid() != 1 || len(os.Args) != 2 || os.Args[1] != Role || os.Getenv(Env) != "1" {
+// namespace, with InitEnv set and a configuration on ConfigFD; Reexec
+// calls it before anything else, so that the init runs none of the
+// binary's other code.
+func maybeInit() {
+	if os.Getpid() != 1 || len(os.Args) != 2 || os.Args[1] != InitRole || os.Getenv(InitEnv) != "1" {
 		return
 	}
 	// Credentials, namespaces and the working directory are the main
@@ -216,13 +215,13 @@ func runInit(status *os.File) error {
 	}
 	env := make([]string, 0, len(c.Env))
 	for _, kv := range c.Env {
-		if k, _, ok := strings.Cut(kv, "="); ok && k != "" && k != Env {
+		if k, _, ok := strings.Cut(kv, "="); ok && k != "" && k != InitEnv {
 			env = append(env, kv)
 		}
 	}
 	if !allThreads {
 		// ConfigFD closes on exec: the server sees the set-up done.
-		err := syscall.Exec("/proc/self/exe", []string{Argv0, Role}, env)
+		err := syscall.Exec("/proc/self/exe", []string{Argv0, InitRole}, env)
 		return fmt.Errorf("starting the portal: %w", err)
 	}
 	os.Clearenv()
@@ -822,7 +821,7 @@ func (r *Root) Build(b *RootBuild, hostname, workdir string, user guest.User) er
 		}
 	}
 	for _, f := range b.Files {
-		if err := r.writeFile(f.Path, f.Content, fs.FileMode(f.Mode&0o777)|ModeBits(f.Mode)); err != nil {
+		if err := r.writeFile(f.Path, f.Content, fs.FileMode(f.Mode&0o777)|modeBits(f.Mode)); err != nil {
 			return fmt.Errorf("file %s: %w", f.Path, err)
 		}
 	}
@@ -880,8 +879,8 @@ func (r *Root) tmpfs(t guest.Tmpfs) error {
 		"mode=1777,size="+strconv.Itoa(t.SizeMiB)+"m")
 }
 
-// attachVolume moves the volume the server opened as descriptor fd (see
-// openVolume) onto its target in the root: a directory, made if missing,
+// attachVolume moves the volume the server opened as descriptor fd (the
+// Linux engine's openVolume) onto its target in the root: a directory, made if missing,
 // or a regular file (what the image has there otherwise is refused with
 // an error wrapping errdefs.ErrInvalid).
 func (r *Root) attachVolume(fd int, v VolumeTarget) error {
@@ -930,4 +929,20 @@ func attachMount(fd int, target string) error {
 	err := unix.MoveMount(fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH)
 	unix.Close(fd)
 	return err
+}
+
+// modeBits turns the setuid, setgid and sticky bits of a numeric mode into
+// their fs.FileMode flags.
+func modeBits(m uint32) fs.FileMode {
+	var out fs.FileMode
+	if m&0o4000 != 0 {
+		out |= fs.ModeSetuid
+	}
+	if m&0o2000 != 0 {
+		out |= fs.ModeSetgid
+	}
+	if m&0o1000 != 0 {
+		out |= fs.ModeSticky
+	}
+	return out
 }

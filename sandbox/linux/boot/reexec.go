@@ -4,7 +4,7 @@ import "github.com/msb-dev/msb/sandbox/portal"
 
 // Reexec plays the roles the portal binary is run in inside a sandbox,
 // and never returns when it does: the init (`msb portal` as PID 1 with
-// Env set, MaybeInit), which builds the sandbox around itself and then
+// InitEnv set, maybeInit), which builds the sandbox around itself and then
 // serves as its portal in the same process; the portal alone, which the
 // init executes once the sandbox is set up when the binary is linked
 // with cgo; and the trampoline through which the portal starts a command
@@ -13,8 +13,8 @@ import "github.com/msb-dev/msb/sandbox/portal"
 // portal binary (sandbox/linux/portalbin), or, in msb itself, through
 // sandbox/engine.Reexec.
 func Reexec(args []string, pid int) {
-	MaybeInit()
-	if len(args) > 1 && args[1] == Role && pid == 1 {
+	maybeInit()
+	if len(args) > 1 && args[1] == InitRole && pid == 1 {
 		portal.Main()
 	}
 	if len(args) > 1 && args[1] == portal.ExecRole {

@@ -1,5 +1,6 @@
-// Command msb-portal is the binary every sandbox of the Linux engine runs
-// as its init and portal: the roles of boot.Reexec, and nothing else. It
+// Command msb-portal is the binary the Linux engine runs: its spawner
+// (package spawn), and in every sandbox its init and portal (boot.Reexec),
+// and nothing else. It
 // imports only what those roles need, so that it starts in a fraction of
 // the time (and CPU) the whole msb binary takes, which initialises every
 // package it holds (the server, SQLite, image registries, gVisor's network
@@ -13,6 +14,7 @@ import (
 	"runtime"
 
 	"github.com/msb-dev/msb/sandbox/linux/boot"
+	"github.com/msb-dev/msb/sandbox/linux/spawn"
 )
 
 func init() {
@@ -23,6 +25,7 @@ func init() {
 }
 
 func main() {
+	spawn.MaybeServe()
 	boot.Reexec(os.Args, os.Getpid())
 	fmt.Fprintln(os.Stderr, "msb-portal runs only inside an msb sandbox, started by the msb server")
 	os.Exit(2)

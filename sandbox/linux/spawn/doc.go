@@ -1,0 +1,31 @@
+// Package spawn is the spawner: a small process of the portal binary
+// (sandbox/linux/portalbin), started once by the Linux engine's launcher
+// (sandbox/linux), that clones every sandbox's init. A clone into a new user
+// namespace cannot share the cloning process's memory until the exec (the
+// parent must write the child's id maps meanwhile), so it copies the
+// cloning process's page tables and makes every page it has copy-on-write
+// until the child's exec: from the server, with its heap, a few
+// milliseconds of CPU per start that grow with the server, and copies of
+// all the server's descriptors in the child until its exec. The spawner
+// holds almost nothing (the portal binary has only its own and the
+// sandbox's roles, not the server's packages): its clones cost a fraction
+// of that, and the child
+// holds only the spawner's descriptors (all close-on-exec) before its exec.
+//
+// The spawner's one thread that clones is prepared once: the sandboxes'
+// bounding set, a full inheritable set (so that the root init keeps every
+// capability for its set-up), no_new_privs, no supplementary groups. For
+// each init it joins the sandbox's v1 cgroups (writing "0" to their tasks
+// files, which the server opens and sends) and a network namespace made
+// ahead if the server sends one, clones, and goes back to its own.
+//
+// Protocol, over a SOCK_SEQPACKET socket pair, one request at a time: the
+// server sends 'S' and a JSON Request with its descriptors
+// (SCM_RIGHTS), and reads back 'P' and a JSON Reply with the init's
+// pidfd. The init is the spawner's child: the spawner reaps it when the
+// server, which watches its pidfd, says it has exited ('R' and its pid), so
+// that its pid is not reused before. The spawner ends when the server
+// closes its end, and dies with the server's thread that started it
+// (Pdeathsig); inits it leaves are reparented to the host's init, which
+// reaps them.
+package spawn
