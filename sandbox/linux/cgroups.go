@@ -901,8 +901,8 @@ func processStart(pid int) time.Time {
 		return time.Time{}
 	}
 	const userHZ = 100 // USER_HZ, fixed by the kernel's ABI
-	boot := time.Now().Add(-time.Duration(info.Uptime) * time.Second)
-	return boot.Add(time.Duration(ticks) * time.Second / userHZ).Truncate(time.Second)
+	booted := time.Now().Add(-time.Duration(info.Uptime) * time.Second)
+	return booted.Add(time.Duration(ticks) * time.Second / userHZ).Truncate(time.Second)
 }
 
 // killInit kills the init of the sandbox key that a process other than

@@ -42,6 +42,7 @@ func RecvMsg(fd int, buf, oob []byte) (n int, fds []int, err error) {
 	return n, fds, nil
 }
 
+// CloseFDs closes every descriptor of fds.
 func CloseFDs(fds []int) {
 	for _, fd := range fds {
 		unix.Close(fd)

@@ -16,6 +16,7 @@ import (
 	"github.com/msb-dev/msb/sandbox/linux/boot"
 )
 
+// The spawner's command line (after argv[0]) and environment.
 const (
 	Role = "spawner"
 	Env  = "_MSB_SPAWNER" // <number of home tasks files>,<bounding set, hex>
@@ -61,6 +62,8 @@ type Reply struct {
 	Err   string        `json:",omitempty"`
 }
 
+// SendMsg sends one message with the descriptors in oob (SCM_RIGHTS),
+// again when a signal interrupts it.
 func SendMsg(fd int, p, oob []byte) error {
 	for {
 		err := unix.Sendmsg(fd, p, oob, nil, unix.MSG_NOSIGNAL)
@@ -70,8 +73,8 @@ func SendMsg(fd int, p, oob []byte) error {
 	}
 }
 
-// MaybeServe plays the spawner when the binary was started as one (see
-// startSpawner), and never returns then. Call it before anything else in
+// MaybeServe plays the spawner when the binary was started as one (by the
+// Linux engine's launcher), and never returns then. Call it before anything else in
 // main, like boot.Reexec.
 func MaybeServe() {
 	if len(os.Args) != 2 || os.Args[1] != Role {
