@@ -17,10 +17,10 @@ func init() {
 	// that changes a thread's namespaces or credentials ever runs on the
 	// thread that /proc/self and the process's identity follow.
 	runtime.LockOSThread()
-	// Built without the portal binary it carries (sandbox/linux/portalbin),
-	// the same binary is also the sandboxes' spawner and, inside every
-	// sandbox, its init and portal; none of these roles may run any of the
-	// CLI.
+	// When msb runs itself in sandboxes (it carries no portal binary,
+	// sandbox/linux/portalbin, or refused the one it carries), the same
+	// binary is also their spawner and, inside every sandbox, its init and
+	// portal; none of these roles may run any of the CLI.
 	engine.Reexec(os.Args, os.Getpid())
 }
 

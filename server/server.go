@@ -202,13 +202,16 @@ func (s *Server) signer(opts Options) (*auth.Signer, error) {
 	return signer, nil
 }
 
+// carriedPortal is portalbin.Binary; tests replace it.
+var carriedPortal = portalbin.Binary
+
 // portalBinary is what the engine runs in every sandbox, when the server
 // was not told (Options.PortalBinary): the portal binary msb carries
 // (sandbox/linux/portalbin), whose build matches this msb's, else msb's own
 // executable, which plays the same roles at a higher cost per start (it
 // says why).
 func portalBinary(log *slog.Logger) (path string, image []byte) {
-	image, err := portalbin.Binary()
+	image, err := carriedPortal()
 	if err == nil {
 		return "", image
 	}

@@ -124,8 +124,8 @@ func LayersInUse(name, sandboxDir string) ([]string, error) {
 }
 
 // Reexec lets the msb binary play the roles the Linux engine runs its
-// portal binary in, when msb is that binary (it carries no portal binary
-// of its own, see sandbox/linux/portalbin), and never returns when it
+// portal binary in, when msb is that binary (it carries no portal binary,
+// see sandbox/linux/portalbin, or refused the one it carries), and never returns when it
 // does: the spawner, the host process that clones every sandbox's init
 // (spawn.MaybeServe), and inside every sandbox its init, its portal and
 // the trampoline of its commands (boot.Reexec). Call it first thing,

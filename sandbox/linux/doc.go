@@ -41,13 +41,15 @@
 // the background.
 //
 // The init is the portal binary: msb-portal, the small static binary msb
-// carries (sandbox/linux/portalbin), which holds only the init's and the
-// portal's code (sandbox/linux/boot, sandbox/portal) and so starts in
-// about a third of the CPU that msb takes, whose Go runtime initialises
-// all of msb's packages first; or, when msb was built without it, msb
-// itself, which plays the same roles (sandbox/engine.Reexec). It is
-// copied once, when the engine starts, into a sealed memfd, and executed
-// from it as `msb portal` with an empty environment. First, before anything of its sandbox is known, it stages
+// carries (sandbox/linux/portalbin), which holds only the spawner's, the
+// init's and the portal's code (sandbox/linux/spawn, sandbox/linux/boot,
+// sandbox/portal) and so starts in about a third of the CPU that msb
+// takes, whose Go runtime initialises all of msb's packages first; or,
+// when msb carries none (or one built from another revision), msb itself,
+// which plays the same roles (sandbox/engine.Reexec). It is copied once,
+// when the engine starts, into a sealed memfd, and executed from it as
+// `msb portal` with nothing in its environment but boot.InitEnv and
+// GOMAXPROCS. First, before anything of its sandbox is known, it stages
 // what every sandbox gets from the kernel (boot.Stage, sent by the server
 // at the spawn): it makes / private in its own mount namespace and
 // mounts, on a tmpfs of its own, /proc, /dev with its device nodes,

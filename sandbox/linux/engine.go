@@ -143,8 +143,8 @@ const buildStatic = `go generate ./sandbox/linux/portalbin && go build -tags net
 
 // needsLoader reports whether the ELF binary image is dynamically linked
 // (it names a program interpreter, the C library's loader).
-func needsLoader(image []byte) (bool, error) {
-	f, err := elf.NewFile(bytes.NewReader(image))
+func needsLoader(image io.ReaderAt) (bool, error) {
+	f, err := elf.NewFile(image)
 	if err != nil {
 		return false, err
 	}
@@ -211,24 +211,30 @@ func New(cfg Config) (*Engine, error) {
 		cfg.CgroupParent = DefaultCgroupParent
 	}
 	for name, p := range map[string]string{"StateDir": cfg.StateDir, "SandboxDir": cfg.SandboxDir, "PortalBinary": cfg.PortalBinary} {
-		if !filepath.IsAbs(p) && (name != "PortalBinary" || cfg.Portal == nil) {
+		if !filepath.IsAbs(p) && (name != "PortalBinary" || len(cfg.Portal) == 0) {
 			return nil, fmt.Errorf("linux engine: %s %q must be an absolute path: %w", name, p, errdefs.ErrInvalid)
 		}
 	}
 	if strings.Contains(cfg.CgroupParent, "..") || strings.HasPrefix(cfg.CgroupParent, "/") || strings.HasPrefix(filepath.Base(cfg.CgroupParent), ".") {
 		return nil, fmt.Errorf("linux engine: cgroup parent %q must be a relative path: %w", cfg.CgroupParent, errdefs.ErrInvalid)
 	}
-	image, portalName := cfg.Portal, "the portal binary msb carries"
-	if image == nil {
+	// The portal binary, read where it is (no copy of msb's 36 MB on the
+	// heap), into the sealed memfd below.
+	var image io.ReaderAt = bytes.NewReader(cfg.Portal)
+	portalName := "the portal binary msb carries"
+	if len(cfg.Portal) == 0 {
 		portalName = fmt.Sprintf("portal binary %q", cfg.PortalBinary)
-		if fi, err := os.Stat(cfg.PortalBinary); err != nil || !fi.Mode().IsRegular() {
+		f, err := os.Open(cfg.PortalBinary)
+		if err != nil {
 			return nil, fmt.Errorf("linux engine: %s is not a file: %w", portalName, errdefs.ErrInvalid)
 		}
-		var err error
-		if image, err = os.ReadFile(cfg.PortalBinary); err != nil {
-			return nil, fmt.Errorf("linux engine: %w", err)
+		defer f.Close()
+		if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+			return nil, fmt.Errorf("linux engine: %s is not a file: %w", portalName, errdefs.ErrInvalid)
 		}
+		image = f
 	}
+	cfg.Portal = nil // copied into the memfd: not kept for the engine's life
 	for _, d := range []string{cfg.StateDir, cfg.SandboxDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("linux engine: %w", err)
@@ -641,9 +647,8 @@ func (e *Engine) start(ctx context.Context, b *box) (err error) {
 			e.releaseCgroups(b)
 		}
 	}()
-	client := portal.NewClient(run.portal)
+	client := portal.NewClient(run.portal, sandbox.TakeOutput)
 	client.SetRlimits(b.spec.Rlimits)
-	client.SetOutputBudget(sandbox.TakeOutput)
 	b.proc, b.done, b.client, b.started = run.proc, run.done, client, time.Now()
 	logPath := filepath.Join(b.dir, portalLog)
 	sctx, cancel := context.WithTimeout(ctx, startTimeout)

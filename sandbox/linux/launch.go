@@ -3,6 +3,7 @@ package linux
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 
@@ -72,7 +73,7 @@ type launcher struct {
 // namespaces wait ready for inits that step into one (none when every
 // sandbox gets a user namespace, whose root must own its network
 // namespace, made at the clone).
-func newLauncher(image []byte, cg *cgroups, netnsPool int) (*launcher, error) {
+func newLauncher(image io.ReaderAt, cg *cgroups, netnsPool int) (*launcher, error) {
 	exe, err := sealedCopy(image)
 	if err != nil {
 		return nil, fmt.Errorf("copying the portal binary into memory: %w", err)
@@ -101,7 +102,7 @@ func (l *launcher) startSpawner() (*spawner, error) {
 
 // sealedCopy copies the binary image into a memfd sealed against any change, at
 // a descriptor of at least spawn.ExeFDMin, close-on-exec.
-func sealedCopy(image []byte) (*os.File, error) {
+func sealedCopy(image io.ReaderAt) (*os.File, error) {
 	fd, err := unix.MemfdCreate("msb", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING|unix.MFD_EXEC)
 	if errors.Is(err, unix.EINVAL) { // before Linux 6.3, every memfd is executable
 		fd, err = unix.MemfdCreate("msb", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
@@ -110,7 +111,7 @@ func sealedCopy(image []byte) (*os.File, error) {
 		return nil, err
 	}
 	mem := os.NewFile(uintptr(fd), "msb-memfd")
-	if _, err := mem.Write(image); err != nil {
+	if _, err := io.Copy(mem, io.NewSectionReader(image, 0, 1<<62)); err != nil {
 		mem.Close()
 		return nil, err
 	}

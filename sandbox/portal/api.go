@@ -52,7 +52,7 @@ type Client struct {
 	err   error // set once the connection is closed
 
 	rlimits    []rlimit                                // of every process this client starts (SetRlimits)
-	takeOutput func(ctx context.Context, n int64) bool // SetOutputBudget
+	takeOutput func(ctx context.Context, n int64) bool // see NewClient
 }
 
 // SetRlimits sets the resource limits of every process started through
@@ -61,15 +61,6 @@ type Client struct {
 // before the client's first call.
 func (c *Client) SetRlimits(ls []guest.Rlimit) {
 	c.rlimits = wireRlimits(ls)
-}
-
-// SetOutputBudget makes what the client holds of a capped call's output
-// (Exec, RunCode) draw on take as it grows: the server's output budget
-// (sandbox.TakeOutput). When take refuses, the output is cut there and
-// says so. Without it, only MaxOutput bounds the output. Call it before
-// the client's first call.
-func (c *Client) SetOutputBudget(take func(ctx context.Context, n int64) bool) {
-	c.takeOutput = take
 }
 
 func wireRlimits(ls []guest.Rlimit) []rlimit {
@@ -112,9 +103,12 @@ func (cl *call) stop() {
 }
 
 // NewClient starts a client on conn and reads from it until it closes;
-// Close closes conn.
-func NewClient(conn io.ReadWriteCloser) *Client {
-	c := &Client{conn: conn, calls: make(map[uint64]*call)}
+// Close closes conn. What the client holds of a capped call's output
+// (Exec, RunCode) is taken from takeOutput as it grows: the server's output
+// budget (sandbox.TakeOutput); when it refuses, the output is cut there
+// and says so. With nil, only MaxOutput bounds it.
+func NewClient(conn io.ReadWriteCloser, takeOutput func(ctx context.Context, n int64) bool) *Client {
+	c := &Client{conn: conn, calls: make(map[uint64]*call), takeOutput: takeOutput}
 	go c.read()
 	return c
 }
@@ -385,7 +379,7 @@ func finalError(op string, ev event) error {
 
 // collector stores a capped call's lines. The cap is enforced here, on the
 // server's side, because the portal may be hostile. What it stores is
-// taken from the server's output budget (Client.SetOutputBudget) as it grows,
+// taken from the server's output budget (NewClient's takeOutput) as it grows,
 // twice (held, then encoded), in steps of budgetStep.
 type collector struct {
 	ctx      context.Context

@@ -60,7 +60,7 @@ func fakePortal(t *testing.T, behave func(id uint64, w net.Conn)) *portal.Client
 			go behave(req.ID, peer)
 		}
 	}()
-	c := portal.NewClient(conns[0])
+	c := portal.NewClient(conns[0], nil)
 	t.Cleanup(func() { c.Close() })
 	return c
 }
@@ -292,7 +292,7 @@ func FuzzClientFrames(f *testing.F) {
 			go io.Copy(io.Discard, r) // swallow the cancel, if any
 			theirs.Write(data)
 		}()
-		c := portal.NewClient(ours)
+		c := portal.NewClient(ours, nil)
 		defer c.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()

@@ -32,11 +32,13 @@
 //     descriptor, not a socket file or a port, so nothing inside or outside
 //     the sandbox can find it, connect to it or race for it.
 //   - One file to install. The portal binary is built from the same source
-//     as msb and carried inside it (msb checks that both come from the same
-//     revision), so the server and its agent speak the same protocol
+//     as msb and carried inside it (msb checks, where Go recorded it, that
+//     both come from the same commit; the README's build generates it
+//     every time), so the server and its agent speak the same protocol
 //     version, and images need nothing installed for msb to work. It
-//     imports only the standard library and packages that do the same, so
-//     that a sandbox's start does not pay for the server's packages.
+//     imports only the standard library, x/sys/unix and msb packages that
+//     do the same, so that a sandbox's start does not pay for the
+//     server's packages.
 //   - The server trusts nothing the portal sends. Untrusted code runs as root
 //     inside the sandbox and can ptrace or replace the portal, so the Client
 //     treats every frame as hostile: frames are size-bounded, output is

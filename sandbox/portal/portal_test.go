@@ -68,7 +68,7 @@ func startPortal(t *testing.T, path string, extra ...*os.File) *testPortal {
 		t.Fatal(err)
 	}
 	theirs.Close()
-	p := &testPortal{Client: portal.NewClient(conn), cmd: cmd, dir: dir, exited: make(chan struct{})}
+	p := &testPortal{Client: portal.NewClient(conn, nil), cmd: cmd, dir: dir, exited: make(chan struct{})}
 	go func() { p.err = cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
 		p.Close()

@@ -2,8 +2,12 @@
 // its init (maybeInit), which builds the sandbox around itself from the
 // Config the engine (sandbox/linux) sends it (mounts, the root and what is
 // written into it, credentials), then becomes the portal in the same
-// process; the messages of that exchange; and Root, through which the init
-// and the engine write into a sandbox's root without ever leaving it.
+// process; Reexec, which dispatches the in-sandbox roles of the portal
+// binary (the init, the portal, the trampoline of commands); the messages
+// of the init's exchange with the engine and the descriptor-passing helpers
+// the spawner and the engine share with it (RecvMsg, CloseFDs); and Root,
+// through which the init and the engine write into a sandbox's root
+// without ever leaving it.
 //
 // It imports only the standard library, x/sys/unix and msb's packages that
 // do the same (sandbox/guest, sandbox/portal, errdefs), so that the portal

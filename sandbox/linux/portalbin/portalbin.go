@@ -40,7 +40,8 @@ const Name = "msb-portal"
 // Binary returns the portal binary msb carries, once it has checked that
 // it was built for this machine and from the same source revision as msb
 // (as far as both builds recorded one): else an error that says how to
-// build it again. A build of msb without `go generate` carries none.
+// build it again. A build of msb carries whatever bin/ held when it was
+// built: nothing in a fresh checkout without `go generate`.
 func Binary() ([]byte, error) {
 	data, err := bin.ReadFile("bin/" + Name)
 	if err != nil || len(data) == 0 {

@@ -1,6 +1,7 @@
 // Package spawn is the spawner: a small process of the portal binary
-// (sandbox/linux/portalbin), started once by the Linux engine's launcher
-// (sandbox/linux), that clones every sandbox's init. A clone into a new user
+// (sandbox/linux/portalbin, or msb itself when it carries none), started
+// by the Linux engine's launcher (sandbox/linux) once, and again if it
+// exits, that clones every sandbox's init. A clone into a new user
 // namespace cannot share the cloning process's memory until the exec (the
 // parent must write the child's id maps meanwhile), so it copies the
 // cloning process's page tables and makes every page it has copy-on-write
