@@ -7,8 +7,9 @@ import (
 	"os"
 	"sync"
 
-	"github.com/msb-dev/msb/sandbox/linux/spawn"
 	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/sandbox/linux/spawn"
 )
 
 // dockerCaps is Docker's default capability set: enough for package
@@ -52,8 +53,8 @@ const sandboxCloneFlags = unix.CLONE_NEWPID | unix.CLONE_NEWNS | unix.CLONE_NEWU
 // launcher starts sandbox inits. The init is the portal binary, copied
 // once into a sealed memfd (so nothing can change it under a running
 // server, and no sandbox ever sees a path to it), and cloned straight into
-// the sandbox's namespaces by the spawner (package spawn): a small process of
-// the same binary, started once, whose thread's credentials are prepared
+// the sandbox's namespaces by the spawner (package spawn): a small process
+// of the same binary, started once, whose thread's credentials are prepared
 // once for every sandbox. Cloning from it rather than from the server
 // keeps a clone cheap however large the server grows, and leaves nothing
 // of the server's in the child between its clone and its exec.
@@ -100,8 +101,8 @@ func (l *launcher) startSpawner() (*spawner, error) {
 	return startSpawner(l.exe, home, l.caps)
 }
 
-// sealedCopy copies the binary image into a memfd sealed against any change, at
-// a descriptor of at least spawn.ExeFDMin, close-on-exec.
+// sealedCopy copies the binary image into a memfd sealed against any
+// change, at a descriptor of at least spawn.ExeFDMin, close-on-exec.
 func sealedCopy(image io.ReaderAt) (*os.File, error) {
 	fd, err := unix.MemfdCreate("msb", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING|unix.MFD_EXEC)
 	if errors.Is(err, unix.EINVAL) { // before Linux 6.3, every memfd is executable

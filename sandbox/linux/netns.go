@@ -6,8 +6,9 @@ import (
 	"runtime"
 	"sync"
 
-	"github.com/msb-dev/msb/sandbox/linux/boot"
 	"golang.org/x/sys/unix"
+
+	"github.com/msb-dev/msb/sandbox/linux/boot"
 )
 
 // netnsPool keeps a few network namespaces made ahead of time, each with

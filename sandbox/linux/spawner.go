@@ -12,9 +12,10 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/msb-dev/msb/sandbox/linux/boot"
 	"github.com/msb-dev/msb/sandbox/linux/spawn"
-	"golang.org/x/sys/unix"
 )
 
 // errSpawnerGone is the error of a request that a spawner, which has

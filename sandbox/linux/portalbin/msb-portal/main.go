@@ -1,10 +1,9 @@
 // Command msb-portal is the binary the Linux engine runs: its spawner
 // (package spawn), and in every sandbox its init and portal (boot.Reexec),
-// and nothing else. It
-// imports only what those roles need, so that it starts in a fraction of
-// the time (and CPU) the whole msb binary takes, which initialises every
-// package it holds (the server, SQLite, image registries, gVisor's network
-// stack) before any of its code runs. msb carries it (package portalbin);
+// and nothing else. It imports only what those roles need, so that it
+// starts in a fraction of the time (and CPU) the whole msb binary takes,
+// which initialises every package it holds (the server, SQLite, image
+// registries, gVisor's network stack) before any of its code runs. msb carries it (package portalbin);
 // it is built by `go generate ./sandbox/linux/portalbin`.
 package main
 
