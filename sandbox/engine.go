@@ -169,8 +169,9 @@ type Networker interface {
 type Pooler interface {
 	// Prestart creates and starts a sandbox of spec that belongs to no one
 	// and returns the engine's handle on it. spec has no Network (a
-	// sandbox gets its network when it is adopted). Errors are those of
-	// Create and Start.
+	// sandbox gets its network when it is adopted). It may first wait a
+	// while (a second at most) for the engine's calls to leave a quiet
+	// moment. Errors are those of Create and Start, or ctx's.
 	Prestart(ctx context.Context, spec Spec) (handle string, err error)
 	// Adopt makes the prestarted sandbox handle the running sandbox id,
 	// with spec: what Poolable lets differ from the spec it was

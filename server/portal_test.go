@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"errors"
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -11,18 +12,19 @@ import (
 // The server runs the portal binary msb carries, quietly; when msb carries
 // none (or one it refused), it runs the binary of the running server, not
 // whatever its path names now, and says why.
-func TestPortalBinary(t *testing.T) {
-	defer func(saved func() ([]byte, error)) { carriedPortal = saved }(carriedPortal)
+func TestPortalBinaryFallback(t *testing.T) {
+	defer func(saved func() (io.ReaderAt, error)) { carriedPortal = saved }(carriedPortal)
 	var log bytes.Buffer
 	logger := slog.New(slog.NewTextHandler(&log, nil))
 
-	carriedPortal = func() ([]byte, error) { return []byte("binary"), nil }
+	carried := strings.NewReader("binary")
+	carriedPortal = func() (io.ReaderAt, error) { return carried, nil }
 	path, image := portalBinary(logger)
-	if path != "" || string(image) != "binary" || log.Len() > 0 {
+	if path != "" || image != carried || log.Len() > 0 {
 		t.Errorf("with a portal binary: %q, %q, logged %q", path, image, log.String())
 	}
 
-	carriedPortal = func() ([]byte, error) { return nil, errors.New("built from another revision") }
+	carriedPortal = func() (io.ReaderAt, error) { return nil, errors.New("built from another revision") }
 	path, image = portalBinary(logger)
 	if path != "/proc/self/exe" || image != nil {
 		t.Errorf("without one: %q, %q; want /proc/self/exe", path, image)

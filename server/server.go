@@ -210,7 +210,7 @@ var carriedPortal = portalbin.Binary
 // (sandbox/linux/portalbin), whose build matches this msb's, else msb's own
 // executable, which plays the same roles at a higher cost per start (it
 // says why).
-func portalBinary(log *slog.Logger) (path string, image []byte) {
+func portalBinary(log *slog.Logger) (path string, image io.ReaderAt) {
 	image, err := carriedPortal()
 	if err == nil {
 		return "", image
@@ -232,7 +232,7 @@ func (s *Server) openSandboxes(ctx context.Context, portalPath string, now func(
 		s.sandboxes = sandbox.Unavailable{Reason: reason}
 		return nil
 	}
-	var portal []byte
+	var portal io.ReaderAt
 	if portalPath == "" {
 		portalPath, portal = portalBinary(s.log)
 	}

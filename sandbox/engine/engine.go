@@ -6,6 +6,7 @@ package engine
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"os"
@@ -28,7 +29,7 @@ type Options struct {
 	// executable when it carries no portal binary. Portal, if set, is that
 	// binary itself (sandbox/linux/portalbin), run instead.
 	PortalBinary string
-	Portal       []byte
+	Portal       io.ReaderAt
 	// CgroupParent holds the sandboxes' cgroups of this home.
 	CgroupParent string
 	// LayerLock is the image store's pull lock, held shared while a
@@ -125,8 +126,8 @@ func LayersInUse(name, sandboxDir string) ([]string, error) {
 
 // Reexec lets the msb binary play the roles the Linux engine runs its
 // portal binary in, when msb is that binary (it carries no portal binary,
-// see sandbox/linux/portalbin, or refused the one it carries), and never returns when it
-// does: the spawner, the host process that clones every sandbox's init
+// see sandbox/linux/portalbin, or refused the one it carries), and never
+// returns when it does: the spawner, the host process that clones every sandbox's init
 // (spawn.MaybeServe), and inside every sandbox its init, its portal and
 // the trampoline of its commands (boot.Reexec). Call it first thing,
 // before any other package's work: from an init function of package main.

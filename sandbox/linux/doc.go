@@ -23,7 +23,7 @@
 //
 // Start clones the sandbox's init straight into its new namespaces from the
 // spawner (package spawn): a small process of the portal binary that the server
-// starts once and that does nothing else, so that a clone copies its few
+// starts once (and again if it exits) and that does nothing else, so that a clone copies its few
 // pages rather than the server's and the child holds none of the server's
 // descriptors before its exec. The init is the spawner's child, which the
 // server follows through a pidfd. The spawner's cloning thread has a

@@ -1,7 +1,6 @@
 package linux
 
 import (
-	"bytes"
 	"context"
 	"debug/elf"
 	"encoding/binary"
@@ -56,7 +55,7 @@ type Config struct {
 	// and PortalBinary may then be empty. It is copied into memory once,
 	// when the engine starts.
 	PortalBinary string
-	Portal       []byte `json:"-"`
+	Portal       io.ReaderAt `json:"-"`
 	// CgroupParent is the cgroup holding the sandboxes' cgroups; default
 	// DefaultCgroupParent.
 	CgroupParent string
@@ -141,6 +140,15 @@ type Engine struct {
 // warning and refusal give it.
 const buildStatic = `go generate ./sandbox/linux/portalbin && go build -tags netgo,osusergo,urfave_cli_no_docs -ldflags '-extldflags "-static"' -o msb .`
 
+// refuseDynamic refuses a sandbox of an OCI image (spec) when the portal
+// binary is dynamically linked, which cannot run in an image's root.
+func (e *Engine) refuseDynamic(spec sandbox.Spec) error {
+	if len(spec.Root.Layers) == 0 || !e.dynamicPortal || e.cfg.AllowDynamicPortal {
+		return nil
+	}
+	return errdefs.Invalidf("this msb server runs a dynamically linked binary in its sandboxes (msb itself when built without its portal binary), which cannot run inside an OCI image (it needs the host's C library): use the built-in host image (microsandbox/python), or build msb statically with its portal binary, as the README does (%s), and restart it", buildStatic)
+}
+
 // needsLoader reports whether the ELF binary image is dynamically linked
 // (it names a program interpreter, the C library's loader).
 func needsLoader(image io.ReaderAt) (bool, error) {
@@ -210,19 +218,22 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.CgroupParent == "" {
 		cfg.CgroupParent = DefaultCgroupParent
 	}
-	for name, p := range map[string]string{"StateDir": cfg.StateDir, "SandboxDir": cfg.SandboxDir, "PortalBinary": cfg.PortalBinary} {
-		if !filepath.IsAbs(p) && (name != "PortalBinary" || len(cfg.Portal) == 0) {
+	paths := map[string]string{"StateDir": cfg.StateDir, "SandboxDir": cfg.SandboxDir}
+	if cfg.Portal == nil {
+		paths["PortalBinary"] = cfg.PortalBinary
+	}
+	for name, p := range paths {
+		if !filepath.IsAbs(p) {
 			return nil, fmt.Errorf("linux engine: %s %q must be an absolute path: %w", name, p, errdefs.ErrInvalid)
 		}
 	}
 	if strings.Contains(cfg.CgroupParent, "..") || strings.HasPrefix(cfg.CgroupParent, "/") || strings.HasPrefix(filepath.Base(cfg.CgroupParent), ".") {
 		return nil, fmt.Errorf("linux engine: cgroup parent %q must be a relative path: %w", cfg.CgroupParent, errdefs.ErrInvalid)
 	}
-	// The portal binary, read where it is (no copy of msb's 36 MB on the
-	// heap), into the sealed memfd below.
-	var image io.ReaderAt = bytes.NewReader(cfg.Portal)
-	portalName := "the portal binary msb carries"
-	if len(cfg.Portal) == 0 {
+	// The portal binary, read where it is (not copied onto the heap), into
+	// the sealed memfd below.
+	image, portalName := cfg.Portal, "the portal binary msb carries"
+	if image == nil {
 		portalName = fmt.Sprintf("portal binary %q", cfg.PortalBinary)
 		f, err := os.Open(cfg.PortalBinary)
 		if err != nil {
@@ -234,7 +245,6 @@ func New(cfg Config) (*Engine, error) {
 		}
 		image = f
 	}
-	cfg.Portal = nil // copied into the memfd: not kept for the engine's life
 	for _, d := range []string{cfg.StateDir, cfg.SandboxDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("linux engine: %w", err)
@@ -584,8 +594,8 @@ func (e *Engine) Start(ctx context.Context, id sandbox.ID) error {
 	if b.running() {
 		return fmt.Errorf("sandbox %s is already running: %w", id, errdefs.ErrConflict)
 	}
-	if len(b.spec.Root.Layers) > 0 && e.dynamicPortal && !e.cfg.AllowDynamicPortal {
-		return errdefs.Invalidf("this msb server runs a dynamically linked binary in its sandboxes (msb itself when built without its portal binary), which cannot run inside an OCI image (it needs the host's C library): use the built-in host image (microsandbox/python), or build msb statically with its portal binary, as the README does (%s), and restart it", buildStatic)
+	if err := e.refuseDynamic(b.spec); err != nil {
+		return err
 	}
 	if b.done != nil {
 		// The previous run is over: release what it held.

@@ -180,11 +180,8 @@ func TestCredentials(t *testing.T) {
 // so its init takes the other path, executing the portal afresh from the
 // thread that has the sandbox's credentials. The result must be the same.
 func TestCgoPortal(t *testing.T) {
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := engineRunning(t, "msb-cgo", exe)
+	// As the server names itself when it carries no portal binary.
+	e, _, _ := newEngineToClose(t, "msb-cgo", runningPortal("/proc/self/exe"))
 	// A start returns once the init has executed the portal, which then
 	// starts its Go runtime: its threads are all there once it answers.
 	id := sandboxtest.ID(t, "cgo", "root")
@@ -257,10 +254,17 @@ func runsBinary(t *testing.T, pid int, binary string) bool {
 // init (root, and a user of the image), the portal, and the trampoline
 // that starts commands with resource limits.
 func TestPortalBinary(t *testing.T) {
-	testPortalBinary(t, portalBin)
+	// Handed to the engine as the server hands it the one msb carries: not
+	// a path but the binary itself.
+	data, err := os.ReadFile(portalBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testPortalBinary(t, portalBin, func(c *linux.Config) { c.PortalBinary, c.Portal = "", bytes.NewReader(data) })
 	// msb's own subcommands are not in it, and what its Go runtime
-	// initialises before any role runs is the roles' own packages: not
-	// the server's, the network stack's or SQLite's, as in msb.
+	// initialises before any role runs is the standard library (not net),
+	// x/sys/unix and the roles' own packages: none of the server's, the
+	// network stack's or SQLite's, as in msb.
 	cmd := exec.Command(portalBin, "version")
 	cmd.Env = append(os.Environ(), "GODEBUG=inittrace=1")
 	out, err := cmd.CombinedOutput()
@@ -277,33 +281,35 @@ func TestPortalBinary(t *testing.T) {
 		t.Errorf("msb-portal initialises %d packages, want 1 to 40: %v", len(inits), inits)
 	}
 	for _, p := range inits {
-		if strings.Contains(p, "gvisor") || strings.Contains(p, "sqlite") || strings.HasPrefix(p, "net/") || p == "net" ||
-			p == "github.com/msb-dev/msb/sandbox" || strings.HasPrefix(p, "github.com/msb-dev/msb/sandbox/network") {
+		thirdParty := strings.Contains(strings.SplitN(p, "/", 2)[0], ".") && p != "golang.org/x/sys/unix" && !ownPackage(p)
+		if thirdParty || p == "net" || strings.HasPrefix(p, "net/") {
 			t.Errorf("msb-portal initialises %s", p)
 		}
 	}
 }
 
-// TestMSBAsPortal runs sandboxes of msb itself, as an msb that carries no
-// portal binary does: it plays the same roles (sandbox/engine.Reexec).
-func TestMSBAsPortal(t *testing.T) { testPortalBinary(t, msbBin) }
-
-// engineRunning returns a new engine whose sandboxes run binary, closed
-// when the test ends.
-func engineRunning(t *testing.T, cgroupPrefix, binary string) *linux.Engine {
-	t.Helper()
-	cfg := testConfig(t, t.TempDir(), cgroupPrefix)
-	cfg.PortalBinary = binary
-	e, err := linux.New(cfg)
-	if err != nil {
-		t.Fatal(err)
+// ownPackage reports whether p is one of msb's packages msb-portal holds.
+func ownPackage(p string) bool {
+	switch strings.TrimPrefix(p, "github.com/msb-dev/msb/") {
+	case "errdefs", "sandbox/guest", "sandbox/portal", "sandbox/linux/boot", "sandbox/linux/spawn":
+		return true
 	}
-	t.Cleanup(func() { e.Close() })
-	return e
+	return false
 }
 
-func testPortalBinary(t *testing.T, binary string) {
-	e := engineRunning(t, "msb-portalbin", binary)
+// TestMSBAsPortal runs sandboxes of msb itself, as an msb that carries no
+// portal binary does: it plays the same roles (sandbox/engine.Reexec).
+func TestMSBAsPortal(t *testing.T) { testPortalBinary(t, msbBin, runningPortal(msbBin)) }
+
+// runningPortal makes an engine's sandboxes run binary.
+func runningPortal(binary string) func(*linux.Config) {
+	return func(c *linux.Config) { c.PortalBinary = binary }
+}
+
+// testPortalBinary runs sandboxes of an engine given the portal binary by
+// portal, whose file is binary.
+func testPortalBinary(t *testing.T, binary string, portal func(*linux.Config)) {
+	e, _, _ := newEngineToClose(t, "msb-portalbin", portal)
 	id := sandboxtest.ID(t, "portalbin", "root")
 	spec := hostSpec(t)
 	spec.Rlimits = []sandbox.Rlimit{{Resource: "nofile", Soft: 77, Hard: 78}}
@@ -311,15 +317,9 @@ func testPortalBinary(t *testing.T, binary string) {
 	if !runsBinary(t, pid, binary) {
 		t.Errorf("the init does not run %s", binary)
 	}
-	// The engine's spawner (a child of this process, as the engine's
-	// server) runs it too.
-	spawner := false
-	for _, c := range sandboxtest.Children(os.Getpid()) {
-		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c))
-		spawner = spawner || strings.TrimSpace(string(comm)) == "msb-spawner" && runsBinary(t, c, binary)
-	}
-	if !spawner {
-		t.Errorf("no spawner of this process runs %s", binary)
+	// The engine's spawner runs it too.
+	if !runsBinary(t, linux.SpawnerPid(e), binary) {
+		t.Errorf("the engine's spawner does not run %s", binary)
 	}
 	// ulimit runs through the trampoline, which set the limits.
 	if got := mustRun(t, e, id, `tr '\0' ' ' < /proc/1/cmdline; echo; ulimit -n; ulimit -Hn; python3 -c 'print(6*7)'`); got != "msb portal \n77\n78\n42\n" {
@@ -554,6 +554,9 @@ func TestSpawner(t *testing.T) {
 	if sp2 == sp || sp2 <= 0 {
 		t.Fatalf("spawner %d after %d was killed", sp2, sp)
 	}
+	if !runsBinary(t, sp2, portalBin) {
+		t.Errorf("the spawner that replaced %d does not run the portal binary", sp)
+	}
 	// a's init is the host init's child now; its exit is still seen.
 	if err := e.Stop(ctx, a); err != nil {
 		t.Fatal(err)
@@ -584,10 +587,6 @@ func TestSpawner(t *testing.T) {
 	waitGone(t, sp2)
 }
 
-// newEngineToClose returns an engine of a new home for a test that checks
-// what its Close leaves (its Config changed by opts first), and the
-// function that closes it (failing the test on an error); it is closed at
-
 // treePids lists the processes in the cgroup dir and in every cgroup
 // below it (a sandbox's commands run in cgroups of their own below its
 // set); a cgroup removed meanwhile is skipped.
@@ -615,6 +614,9 @@ func pidNamed(dir, name string) int {
 	return 0
 }
 
+// newEngineToClose returns an engine of a new home for a test that checks
+// what its Close leaves (its Config changed by opts first), and the
+// function that closes it (failing the test on an error); it is closed at
 // the end of the test otherwise.
 func newEngineToClose(t *testing.T, cgroupPrefix string, opts ...func(*linux.Config)) (*linux.Engine, linux.Config, func()) {
 	t.Helper()

@@ -106,8 +106,8 @@ func (e *Engine) Prestart(ctx context.Context, spec sandbox.Spec) (string, error
 	if err := checkSpec(spec); err != nil {
 		return "", fmt.Errorf("pooled sandbox: %w", err)
 	}
-	if len(spec.Root.Layers) > 0 && e.dynamicPortal && !e.cfg.AllowDynamicPortal {
-		return "", errdefs.Invalidf("this msb server is a dynamically linked build, which cannot run inside an OCI image: build msb statically with %s", buildStatic)
+	if err := e.refuseDynamic(spec); err != nil {
+		return "", err
 	}
 	// Work in the background, after the engine's calls (calls.waitQuiet).
 	if !e.calls.waitQuiet(ctx.Done()) {

@@ -2,6 +2,7 @@ package linux_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,8 +12,10 @@ import (
 	"time"
 
 	"github.com/msb-dev/msb/sandbox"
+	"github.com/msb-dev/msb/sandbox/linux"
 	"github.com/msb-dev/msb/sandbox/network"
 	"github.com/msb-dev/msb/sandbox/network/networktest"
+	"github.com/msb-dev/msb/sandbox/sandboxtest"
 )
 
 // warmSpec is a host-image spec as the Service builds them: the workdir
@@ -202,6 +205,45 @@ func TestPoolLeftoverOfTheSamePid(t *testing.T) {
 		t.Fatalf("the waiting sandbox after Recover: %v", err)
 	}
 	if err := e.Delete(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A sandbox is started ahead of time only in a quiet moment: while a
+// command that began within the patience is in flight, Prestart waits
+// (and gives up with its context); past the patience it goes ahead.
+func TestPrestartWaitsForQuiet(t *testing.T) {
+	e, cfg := newEngine(t, t.TempDir(), "msb-prestart-quiet")
+	ctx := context.Background()
+	busy := sandboxtest.ID(t, "quiet", "busy")
+	startBox(t, e, busy, hostSpec(t))
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.Exec(ctx, busy, sandbox.ExecRequest{Command: "sleep", Args: []string{"3"}})
+		done <- err
+	}()
+	t0 := time.Now()
+	// Once the sleep runs, in a call cgroup of busy's set.
+	for deadline := time.Now().Add(10 * time.Second); pidNamed(filepath.Join("/sys/fs/cgroup/pids", cfg.CgroupParent, busy.Key()), "sleep") == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the call's sleep did not start")
+		}
+	}
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if h, err := e.Prestart(short, warmSpec(t, 64, 1, "/workspace")); !errors.Is(err, context.DeadlineExceeded) {
+		e.Discard(ctx, h)
+		t.Errorf("Prestart while a call was in flight: %v; want it to wait past its deadline", err)
+	}
+	h, err := e.Prestart(ctx, warmSpec(t, 64, 1, "/workspace"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Discard(context.Background(), h) })
+	if since := time.Since(t0); since < linux.BackgroundPatience {
+		t.Errorf("Prestart went ahead %v after the call began, within its patience", since)
+	}
+	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 }

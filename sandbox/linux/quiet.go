@@ -16,8 +16,8 @@ import (
 //
 // The work waits while a command is in flight and the latest command
 // began less than backgroundPatience ago (a long one alone, such as a
-// sandbox's exec that runs for hours, does not hold it up), or one ended less than backgroundQuiet
-// ago, and while a start is in flight or one ended less than
+// sandbox's exec that runs for hours, does not hold it up), or one ended
+// less than backgroundQuiet ago, and while a start is in flight or one ended less than
 // backgroundQuiet ago, unless the start in flight began that soon after
 // the one before ended or beside another (a burst of starts, which the
 // inits spawned ahead are for). Each wait lasts backgroundPatience at

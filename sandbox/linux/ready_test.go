@@ -662,6 +662,11 @@ func TestRefillWaitsForQuiet(t *testing.T) {
 		t.Errorf("an init was spawned ahead while a call was in flight")
 	}
 	waitInits(t, cfg, 1)
+	// The call began after t0: no init can wait before its patience ran
+	// out, however long the set-up above took.
+	if since := time.Since(t0); since < linux.BackgroundPatience {
+		t.Errorf("an init was spawned ahead %v after the call began, within its patience", since)
+	}
 	select {
 	case err := <-done:
 		t.Errorf("the call ended (%v) before the refill gave up waiting for it", err)

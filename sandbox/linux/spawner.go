@@ -161,7 +161,7 @@ func (sp *spawner) exchange(msg []byte, fds []int) (rep spawn.Reply, pidfd int, 
 	if len(fds) > 0 {
 		rights = unix.UnixRights(fds...)
 	}
-	if err := spawn.SendMsg(sp.sock, msg, rights); err != nil {
+	if err := boot.SendMsg(sp.sock, msg, rights); err != nil {
 		return rep, -1, sp.gone(err)
 	}
 	// Received: from here on, a failure may leave an init behind.
@@ -226,7 +226,7 @@ func (sp *spawner) reap(pid int) {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
 	if sp.sock >= 0 {
-		spawn.SendMsg(sp.sock, []byte("R"+strconv.Itoa(pid)), nil)
+		boot.SendMsg(sp.sock, []byte("R"+strconv.Itoa(pid)), nil)
 	}
 }
 

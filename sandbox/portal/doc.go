@@ -5,10 +5,11 @@
 // or msb itself when it carries none) is the init of every sandbox: the
 // engine starts it as `msb portal`, PID 1 of the sandbox's PID namespace,
 // from a sealed copy in memory, and once it has built the sandbox around
-// itself (sandbox/linux/boot) it serves as the portal in the same process. The server keeps one end of a unix
-// socketpair; the portal gets the other as file descriptor 3 and serves
-// requests on it (run a command, evaluate code in a live interpreter, start a
-// background command, answer a ping). When the server goes away the socket
+// itself (sandbox/linux/boot) it serves as the portal in the same process.
+// The server keeps one end of a unix socketpair; the portal gets the
+// other as file descriptor 3 and serves requests on it (run a command,
+// evaluate code in a live interpreter, start a background command, answer
+// a ping). When the server goes away the socket
 // reaches EOF, the portal exits, and because it is PID 1 the kernel kills
 // everything else in the sandbox: no sandbox outlives the server that owns it.
 //

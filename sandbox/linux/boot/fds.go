@@ -48,3 +48,14 @@ func CloseFDs(fds []int) {
 		unix.Close(fd)
 	}
 }
+
+// SendMsg sends one message with the descriptors in oob (SCM_RIGHTS),
+// again when a signal interrupts it.
+func SendMsg(fd int, p, oob []byte) error {
+	for {
+		err := unix.Sendmsg(fd, p, oob, nil, unix.MSG_NOSIGNAL)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}

@@ -880,8 +880,8 @@ func (r *Root) tmpfs(t guest.Tmpfs) error {
 }
 
 // attachVolume moves the volume the server opened as descriptor fd (the
-// Linux engine's openVolume) onto its target in the root: a directory, made if missing,
-// or a regular file (what the image has there otherwise is refused with
+// Linux engine's openVolume) onto its target in the root: a directory,
+// made if missing, or a regular file (what the image has there otherwise is refused with
 // an error wrapping errdefs.ErrInvalid).
 func (r *Root) attachVolume(fd int, v VolumeTarget) error {
 	defer unix.Close(fd)

@@ -38,6 +38,8 @@ func (r *Root) own(dirfd int, name string) error {
 	return unix.Fchownat(dirfd, name, r.Base, r.Base, unix.AT_SYMLINK_NOFOLLOW)
 }
 
+// OpenRoot opens the root at the host path rootfs (a directory, or
+// /proc/PID/root of a sandbox's init).
 func OpenRoot(rootfs string) (*Root, error) {
 	f, err := os.OpenFile(rootfs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {

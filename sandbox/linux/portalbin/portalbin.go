@@ -7,18 +7,19 @@
 // built without it still works: its sandboxes run msb itself, which plays
 // the same roles (sandbox/engine.Reexec) at more CPU per start (its Go
 // runtime initialises all of msb's packages first: 22.6 ms of CPU against
-// 8.0 to start and exit, on the machine of the README's benchmarks). After
+// 7 to 8 to start and exit, on the machine of the README's benchmarks). After
 // a change to the code the portal binary holds, generate it again: msb
 // checks the source revision both were built from (Binary), not changes
 // made since.
 package portalbin
 
 import (
-	"bytes"
 	"debug/buildinfo"
 	"embed"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"runtime"
 	"runtime/debug"
 )
@@ -42,12 +43,17 @@ const Name = "msb-portal"
 // (as far as both builds recorded one): else an error that says how to
 // build it again. A build of msb carries whatever bin/ held when it was
 // built: nothing in a fresh checkout without `go generate`.
-func Binary() ([]byte, error) {
-	data, err := bin.ReadFile("bin/" + Name)
-	if err != nil || len(data) == 0 {
+// The binary is read in place, in msb's own image: it is not copied.
+func Binary() (io.ReaderAt, error) {
+	f, err := bin.Open("bin/" + Name)
+	var data io.ReaderAt
+	if err == nil {
+		data, _ = f.(io.ReaderAt) // every file of an embed.FS is one
+	}
+	if fi, serr := fs.Stat(bin, "bin/"+Name); data == nil || serr != nil || fi.Size() == 0 {
 		return nil, errors.New("this msb carries no portal binary; build it as the README does (go generate ./sandbox/linux/portalbin, then go build)")
 	}
-	theirs, err := buildinfo.Read(bytes.NewReader(data))
+	theirs, err := buildinfo.Read(data)
 	if err != nil {
 		return nil, fmt.Errorf("the portal binary msb carries: %w", err)
 	}

@@ -23,12 +23,12 @@ const (
 )
 
 // Descriptors of the spawner process: its end of the socket, the sealed
-// binary, and from HomeFD up the tasks files of the server's own
+// binary, and from homeFD up the tasks files of the server's own
 // v1 cgroups, where its thread returns after every clone.
 const (
-	SockFD = 3
-	ExeFD  = 4
-	HomeFD = 5
+	sockFD = 3
+	exeFD  = 4
+	homeFD = 5
 )
 
 // MaxFDs is how many descriptors a request carries at most: the
@@ -60,17 +60,6 @@ type Reply struct {
 	Pid   int           `json:",omitempty"`
 	Errno syscall.Errno `json:",omitempty"`
 	Err   string        `json:",omitempty"`
-}
-
-// SendMsg sends one message with the descriptors in oob (SCM_RIGHTS),
-// again when a signal interrupts it.
-func SendMsg(fd int, p, oob []byte) error {
-	for {
-		err := unix.Sendmsg(fd, p, oob, nil, unix.MSG_NOSIGNAL)
-		if err != unix.EINTR {
-			return err
-		}
-	}
 }
 
 // MaybeServe plays the spawner when the binary was started as one (by the
@@ -114,19 +103,19 @@ func serveSpawner(v string) error {
 	s := &spawnerProc{pending: map[int]bool{}}
 	// Whatever else the server was given by its own parent without
 	// close-on-exec must not reach an init.
-	if err := unix.CloseRange(SockFD, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
-		for fd := SockFD; fd < HomeFD+nHome; fd++ {
+	if err := unix.CloseRange(sockFD, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		for fd := sockFD; fd < homeFD+nHome; fd++ {
 			syscall.CloseOnExec(fd)
 		}
 	}
 	for i := range nHome {
-		s.home = append(s.home, HomeFD+i)
+		s.home = append(s.home, homeFD+i)
 	}
-	exe, err := unix.FcntlInt(ExeFD, unix.F_DUPFD_CLOEXEC, ExeFDMin)
+	exe, err := unix.FcntlInt(exeFD, unix.F_DUPFD_CLOEXEC, ExeFDMin)
 	if err != nil {
 		return fmt.Errorf("the binary: %w", err)
 	}
-	unix.Close(ExeFD)
+	unix.Close(exeFD)
 	s.exePath = "/proc/self/fd/" + strconv.Itoa(exe)
 	if err := prepareSpawnerThread(caps); err != nil {
 		return fmt.Errorf("preparing the spawner thread: %w", err)
@@ -137,7 +126,7 @@ func serveSpawner(v string) error {
 	buf := make([]byte, 64<<10)
 	oob := make([]byte, unix.CmsgSpace(4*MaxFDs))
 	for {
-		n, fds, err := boot.RecvMsg(SockFD, buf, oob)
+		n, fds, err := boot.RecvMsg(sockFD, buf, oob)
 		if err != nil {
 			return err
 		}
@@ -163,7 +152,7 @@ func serveSpawner(v string) error {
 			if pidfd >= 0 {
 				rights = unix.UnixRights(pidfd)
 			}
-			serr := SendMsg(SockFD, append([]byte{'P'}, out...), rights)
+			serr := boot.SendMsg(sockFD, append([]byte{'P'}, out...), rights)
 			if pidfd >= 0 {
 				unix.Close(pidfd)
 			}

@@ -3,8 +3,9 @@
 // and nothing else. It imports only what those roles need, so that it
 // starts in a fraction of the time (and CPU) the whole msb binary takes,
 // which initialises every package it holds (the server, SQLite, image
-// registries, gVisor's network stack) before any of its code runs. msb carries it (package portalbin);
-// it is built by `go generate ./sandbox/linux/portalbin`.
+// registries, gVisor's network stack) before any of its code runs. msb
+// carries it (package portalbin); it is built by
+// `go generate ./sandbox/linux/portalbin`.
 package main
 
 import (
