@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -31,6 +32,10 @@ func TestMain(m *testing.M) {
 		portal.ExecMain()
 	}
 	if os.Getenv(roleEnv) == "portal" {
+		// As msb and msb-portal do: the main goroutine keeps the main
+		// thread, so that the forking thread, which moves into the user
+		// cgroup, is never the one /proc/<pid>/cgroup tells about.
+		runtime.LockOSThread()
 		portal.Main()
 		return
 	}
