@@ -28,7 +28,12 @@
 // descriptors before its exec. The init is the spawner's child, which the
 // server follows through a pidfd. The spawner's cloning thread has a
 // bounding set that is already the sandbox's, no_new_privs and no
-// supplementary groups, so that the init inherits them. Before each clone
+// supplementary groups, so that the init inherits them (into a new user
+// namespace, which starts with a full bounding set, the child sets the
+// sandbox's before its exec). The clone shares the spawner's memory until
+// the exec (CLONE_VFORK), also into a new user namespace: that init
+// executes before the spawner writes its id maps, and takes the
+// namespace's root once its stage has come. Before each clone
 // it moves itself into the sandbox's cgroups by writing "0" to their v1
 // tasks files, and back afterwards: the init is born in its cgroups (and
 // its cgroup namespace rooted there) without the grace-period wait that

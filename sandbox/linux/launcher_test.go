@@ -129,14 +129,15 @@ func checkCredentials(t *testing.T, e *linux.Engine, id sandbox.ID, pid int, uid
 	for k := range want {
 		fields = append(fields, k)
 	}
+	hostUID := onHost(t, pid, uid)
 	for _, th := range threadStatus(t, pid, fields...) {
 		for k, v := range want {
 			if th[k] != v {
 				t.Errorf("portal thread %s: %s = %q, want %q", th["tid"], k, th[k], v)
 			}
 		}
-		if u := strings.Fields(th["Uid"]); len(u) != 4 || u[0] != uid || u[1] != uid || u[2] != uid || u[3] != uid {
-			t.Errorf("portal thread %s: Uid %q, want %s", th["tid"], th["Uid"], uid)
+		if u := strings.Fields(th["Uid"]); len(u) != 4 || u[0] != hostUID || u[1] != hostUID || u[2] != hostUID || u[3] != hostUID {
+			t.Errorf("portal thread %s: Uid %q, want %s", th["tid"], th["Uid"], hostUID)
 		}
 		if th["Groups"] != "" {
 			t.Errorf("portal thread %s: supplementary groups %q, want none", th["tid"], th["Groups"])
@@ -151,10 +152,16 @@ func checkCredentials(t *testing.T, e *linux.Engine, id sandbox.ID, pid int, uid
 }
 
 // TestCredentials checks the credentials every thread of the sandbox's
-// portal and the processes it starts get, for root and another user, and
-// that the portal is the sandbox's PID 1, named `msb portal`.
+// portal and the processes it starts get, for root and another user, with
+// the host's ids and in a user namespace of the sandbox's own, and that
+// the portal is the sandbox's PID 1, named `msb portal`.
 func TestCredentials(t *testing.T) {
-	e, _ := newEngine(t, t.TempDir(), "msb-creds")
+	t.Run("host-ids", func(t *testing.T) { testCredentials(t, false) })
+	t.Run("userns", func(t *testing.T) { testCredentials(t, true) })
+}
+
+func testCredentials(t *testing.T, userns bool) {
+	e, _, _ := newEngineToClose(t, "msb-creds", func(c *linux.Config) { c.UserNamespaces = userns })
 	root := sandboxtest.ID(t, "creds", "root")
 	pid := startBox(t, e, root, hostSpec(t))
 	checkCredentials(t, e, root, pid, "0")
@@ -163,6 +170,9 @@ func TestCredentials(t *testing.T) {
 	}
 	if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); string(comm) != "msb\n" {
 		t.Errorf("the portal's name on the host: %q", comm)
+	}
+	if got := onHost(t, pid, "0"); (got == "0") == userns {
+		t.Errorf("root of the sandbox is the host's uid %s (in a user namespace: %v)", got, userns)
 	}
 
 	nobody := sandboxtest.ID(t, "creds", "nobody")
@@ -173,6 +183,28 @@ func TestCredentials(t *testing.T) {
 	if got := mustRun(t, e, nobody, `id -u; id -g; pwd; touch /workspace/mine && echo ok`); got != "65534\n65534\n/workspace\nok\n" {
 		t.Errorf("a sandbox of user 65534: %q", got)
 	}
+}
+
+// onHost returns the host's id of the id uid in the user namespace of
+// process pid (the same id with the host's).
+func onHost(t *testing.T, pid int, uid string) string {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/uid_map", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := strconv.ParseUint(uid, 10, 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		var inside, host, n uint64
+		if _, err := fmt.Sscan(l, &inside, &host, &n); err == nil && id >= inside && id < inside+n {
+			return strconv.FormatUint(host+id-inside, 10)
+		}
+	}
+	t.Fatalf("uid %s is not mapped in the user namespace of %d: %q", uid, pid, data)
+	return ""
 }
 
 // TestCgoPortal runs a sandbox of this test binary, which is linked with

@@ -181,6 +181,15 @@ func runInit(status *os.File) error {
 	if err != nil {
 		return err
 	}
+	// Without cgo, Go changes a credential or a namespace on all of its
+	// threads at once; a binary linked with cgo cannot (the C library has
+	// threads of its own), so there the main thread alone gets the
+	// sandbox's credentials and namespace, and executes the portal afresh,
+	// leaving every other thread behind.
+	allThreads := true
+	if err := takeRoot(&allThreads); err != nil {
+		return err
+	}
 	staged, err := st.stage()
 	if err != nil {
 		return err
@@ -193,12 +202,6 @@ func runInit(status *os.File) error {
 	if c.Procs > 0 && runtime.GOMAXPROCS(0) != c.Procs {
 		runtime.GOMAXPROCS(c.Procs)
 	}
-	// Without cgo, Go changes a credential or a namespace on all of its
-	// threads at once; a binary linked with cgo cannot (the C library has
-	// threads of its own), so there the main thread alone gets the
-	// sandbox's credentials and namespace, and executes the portal afresh,
-	// leaving every other thread behind.
-	allThreads := true
 	if c.CgroupV2 {
 		if err := unshareCgroupNS(&allThreads); err != nil {
 			return err
@@ -334,6 +337,30 @@ func onAllThreads(allThreads *bool, trap, a1, a2, a3 uintptr) syscall.Errno {
 	}
 	_, _, errno := syscall.RawSyscall(trap, a1, a2, a3)
 	return errno
+}
+
+// takeRoot makes the init root of its user namespace when it is not: the
+// spawner clones an init into a new user namespace and lets it execute
+// before it writes the namespace's id maps (package spawn), so the init
+// starts as nobody there, with every capability in its ambient set, which
+// kept them across the exec. The stage comes after the maps. Its ambient
+// set, which the portal's commands would inherit, is emptied.
+func takeRoot(allThreads *bool) error {
+	if unix.Getuid() == 0 {
+		return nil
+	}
+	// The syscall package changes these on every thread, with or without
+	// cgo.
+	if err := syscall.Setresgid(0, 0, 0); err != nil {
+		return fmt.Errorf("becoming root of the sandbox: setresgid: %w", err)
+	}
+	if err := syscall.Setresuid(0, 0, 0); err != nil {
+		return fmt.Errorf("becoming root of the sandbox: setresuid: %w", err)
+	}
+	if errno := onAllThreads(allThreads, unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0); errno != 0 {
+		return fmt.Errorf("clearing the ambient capabilities: %w", errno)
+	}
+	return nil
 }
 
 // unshareCgroupNS gives the init a cgroup namespace rooted at the cgroup
@@ -726,6 +753,9 @@ func LoopbackUp() error {
 // keeps Docker's default set and any other user none: its inheritable set
 // too, which setuid leaves as it was.
 func (c *Config) dropPrivileges(allThreads *bool) error {
+	if err := c.boundCaps(allThreads); err != nil {
+		return err
+	}
 	u := c.User
 	groups := make([]int, len(u.AdditionalGids))
 	for i, g := range u.AdditionalGids {
@@ -763,6 +793,29 @@ func (c *Config) dropPrivileges(allThreads *bool) error {
 	runtime.KeepAlive(&data)
 	if errno != 0 {
 		return fmt.Errorf("capset: %w", errno)
+	}
+	return nil
+}
+
+// boundCaps drops from the bounding set what c.Caps does not have. The
+// spawner clones the init with the sandbox's bounding set, so that this
+// finds nothing to do; but a spawner without cloneExec (Go's fork and
+// exec, on another architecture) leaves the full set a new user namespace
+// starts with: this drops them on every thread, one call per capability.
+func (c *Config) boundCaps(allThreads *bool) error {
+	for cp := 0; cp < 64; cp++ {
+		in, _, errno := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_CAPBSET_READ, uintptr(cp), 0)
+		if errno == unix.EINVAL {
+			return nil // past the kernel's last capability
+		}
+		if errno != 0 {
+			return fmt.Errorf("reading the bounding set: %w", errno)
+		}
+		if in == 1 && c.Caps&(1<<cp) == 0 {
+			if errno := onAllThreads(allThreads, unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(cp), 0); errno != 0 {
+				return fmt.Errorf("dropping capability %d from the bounding set: %w", cp, errno)
+			}
+		}
 	}
 	return nil
 }

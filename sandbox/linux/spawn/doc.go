@@ -1,17 +1,9 @@
 // Package spawn is the spawner: a small process of the portal binary
 // (sandbox/linux/portalbin, or msb itself when it carries none), started
 // by the Linux engine's launcher (sandbox/linux) once, and again if it
-// exits, that clones every sandbox's init. A clone into a new user
-// namespace cannot share the cloning process's memory until the exec (the
-// parent must write the child's id maps meanwhile), so it copies the
-// cloning process's page tables and makes every page it has copy-on-write
-// until the child's exec: from the server, with its heap, a few
-// milliseconds of CPU per start that grow with the server, and copies of
-// all the server's descriptors in the child until its exec. The spawner
-// holds almost nothing (the portal binary has only its own and the
-// sandbox's roles, not the server's packages): its clones cost a fraction
-// of that, and the child
-// holds only the spawner's descriptors (all close-on-exec) before its exec.
+// exits, that clones every sandbox's init. Cloned from the server, an init
+// would hold copies of all the server's descriptors until its exec; the
+// spawner holds only its own (all close-on-exec) and almost no memory.
 //
 // The spawner's one thread that clones is prepared once: the sandboxes'
 // bounding set, a full inheritable set (so that the root init keeps every
@@ -19,6 +11,11 @@
 // each init it joins the sandbox's v1 cgroups (writing "0" to their tasks
 // files, which the server opens and sends) and a network namespace made
 // ahead if the server sends one, clones, and goes back to its own.
+//
+// It clones with clone3 and CLONE_VM|CLONE_VFORK, the child sharing its
+// memory until the exec, also into a new user namespace, which Go's own
+// fork and exec cannot do (see clone.go): on amd64; elsewhere with Go's,
+// which copies the spawner's address space for such a clone.
 //
 // Protocol, over a SOCK_SEQPACKET socket pair, one request at a time: the
 // server sends 'S' and a JSON Request with its descriptors

@@ -83,6 +83,8 @@ func MaybeServe() {
 // spawnerProc is the spawner's own state.
 type spawnerProc struct {
 	exePath string
+	caps    uint64 // the sandboxes' bounding set
+	lastCap int    // the kernel's highest capability
 	home    []int
 	hostNet int
 	pending map[int]bool // exited children the server let go, not reaped yet
@@ -100,7 +102,7 @@ func serveSpawner(v string) error {
 		return fmt.Errorf("%s=%q", Env, v)
 	}
 	unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&[]byte("msb-spawner\x00")[0])), 0, 0, 0)
-	s := &spawnerProc{pending: map[int]bool{}}
+	s := &spawnerProc{caps: caps, lastCap: lastCap(), pending: map[int]bool{}}
 	// Whatever else the server was given by its own parent without
 	// close-on-exec must not reach an init.
 	if err := unix.CloseRange(sockFD, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
@@ -228,15 +230,13 @@ func (s *spawnerProc) spawn(req Request, fds []int) (pidfd int, rep Reply, err e
 	if err := writeZeroFDs(tasks); err != nil {
 		rep = Reply{Err: fmt.Sprintf("entering the sandbox's cgroups: %v", err)}
 	} else {
-		sys.PidFD = &pidfd
 		// Under heavy process churn, executing /proc/self/fd/N has been
 		// seen to fail now and then with EACCES while N was the sealed
 		// memfd, intact, and to succeed at once when tried again (Linux
 		// 6.18, a thousand sandboxes starting); a child that failed to
 		// execute has exited and left nothing, so it is tried again.
 		for try := 1; ; try++ {
-			pid, err := syscall.ForkExec(s.exePath, []string{boot.Argv0, boot.InitRole},
-				&syscall.ProcAttr{Dir: req.Dir, Env: req.Env, Files: files, Sys: sys})
+			pid, err := s.clone(req, sys, files, &pidfd)
 			if err == nil {
 				rep.Pid = pid
 				break
@@ -262,6 +262,36 @@ func (s *spawnerProc) spawn(req Request, fds []int) (pidfd int, rep Reply, err e
 		return -1, Reply{Err: fmt.Sprintf("the spawner could not leave a sandbox's cgroups or network: %v", err)}, err
 	}
 	return pidfd, rep, nil
+}
+
+// clone starts one init, with cloneInit where there is one, else with
+// Go's fork and exec; its pidfd goes to *pidfd.
+func (s *spawnerProc) clone(req Request, sys *syscall.SysProcAttr, files []uintptr, pidfd *int) (int, error) {
+	argv := []string{boot.Argv0, boot.InitRole}
+	if !haveCloneExec {
+		sys.PidFD = pidfd
+		return syscall.ForkExec(s.exePath, argv, &syscall.ProcAttr{Dir: req.Dir, Env: req.Env, Files: files, Sys: sys})
+	}
+	cgroup := -1
+	if sys.UseCgroupFD {
+		cgroup = sys.CgroupFD
+	}
+	pid, fd, err := cloneInit(cloneSpec{path: s.exePath, argv: argv, env: req.Env, dir: req.Dir,
+		flags: sys.Cloneflags, files: files, cgroupFD: cgroup, bounding: s.caps, lastCap: s.lastCap})
+	if err != nil {
+		return -1, err
+	}
+	if sys.Cloneflags&unix.CLONE_NEWUSER != 0 {
+		// The init takes its namespace's root (req.Credential) itself.
+		if err := writeIDMaps(pid, req.UidMappings, req.GidMappings, req.SetGroups); err != nil {
+			unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
+			unix.Close(fd)
+			s.pending[pid] = true
+			return -1, fmt.Errorf("the init's id maps: %w", err)
+		}
+	}
+	*pidfd = fd
+	return pid, nil
 }
 
 // writeZeroFDs writes "0", the writing thread, into each tasks file.
