@@ -772,9 +772,8 @@ func (e *Engine) spawnInit(handle string, slot, procs int, logs *initLog) (run *
 		attr.Sys.Cloneflags |= unix.CLONE_NEWUSER
 		attr.Sys.UidMappings, attr.Sys.GidMappings, attr.Sys.GidMappingsEnableSetgroups = ids, ids, true
 		// Cloned by the host's root, the init is nobody in its namespace
-		// until it takes the namespace's root, S on the host: before its
-		// exec where the spawner clones with Go's fork and exec, else
-		// itself once its stage has come (package spawn).
+		// until it takes the namespace's root, S on the host, before its
+		// exec.
 		attr.Sys.Credential = &syscall.Credential{Uid: 0, Gid: 0}
 	}
 	var cgTasks []*os.File

@@ -187,9 +187,6 @@ func runInit(status *os.File) error {
 	// sandbox's credentials and namespace, and executes the portal afresh,
 	// leaving every other thread behind.
 	allThreads := true
-	if err := takeRoot(&allThreads); err != nil {
-		return err
-	}
 	staged, err := st.stage()
 	if err != nil {
 		return err
@@ -337,30 +334,6 @@ func onAllThreads(allThreads *bool, trap, a1, a2, a3 uintptr) syscall.Errno {
 	}
 	_, _, errno := syscall.RawSyscall(trap, a1, a2, a3)
 	return errno
-}
-
-// takeRoot makes the init root of its user namespace when it is not: the
-// spawner clones an init into a new user namespace and lets it execute
-// before it writes the namespace's id maps (package spawn), so the init
-// starts as nobody there, with every capability in its ambient set, which
-// kept them across the exec. The stage comes after the maps. Its ambient
-// set, which the portal's commands would inherit, is emptied.
-func takeRoot(allThreads *bool) error {
-	if unix.Getuid() == 0 {
-		return nil
-	}
-	// The syscall package changes these on every thread, with or without
-	// cgo.
-	if err := syscall.Setresgid(0, 0, 0); err != nil {
-		return fmt.Errorf("becoming root of the sandbox: setresgid: %w", err)
-	}
-	if err := syscall.Setresuid(0, 0, 0); err != nil {
-		return fmt.Errorf("becoming root of the sandbox: setresuid: %w", err)
-	}
-	if errno := onAllThreads(allThreads, unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0); errno != 0 {
-		return fmt.Errorf("clearing the ambient capabilities: %w", errno)
-	}
-	return nil
 }
 
 // unshareCgroupNS gives the init a cgroup namespace rooted at the cgroup

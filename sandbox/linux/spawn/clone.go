@@ -1,11 +1,13 @@
 package spawn
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -14,21 +16,24 @@ import (
 
 // The spawner clones an init with clone3 and CLONE_VM|CLONE_VFORK, as Go's
 // own fork and exec does, but also into a new user namespace, where Go's
-// copies the spawner's whole address space (its child waits, before its
-// exec, for the parent to write its id maps): the page tables copied, every
+// copies the spawner's whole address space (so that the parent can write
+// the child's id maps while the child waits): the page tables copied, every
 // page the spawner then writes faulted and copied, and all of it torn down
-// at the child's exec, most of the CPU a spawn took. Here the child waits
-// for nothing. It makes a list of system calls the spawner prepared
-// (cloneExec, in assembly: it runs no Go code, on a stack of its own) and
-// executes the init, which is not yet root of its namespace then (it has no
-// id maps yet) but keeps every capability there through its ambient set;
-// the spawner writes the maps once the clone returns, and the init takes
-// the namespace's root before anything else (boot), once its stage has
-// come, which the server sends after the spawner's reply.
+// at the child's exec, most of the CPU a spawn took. Here the child runs a
+// list of system calls the spawner prepared (cloneExec, in assembly: it
+// runs no Go code, on a stack of its own) and executes the init. Into a
+// new user namespace, it first waits on a pipe while another goroutine of
+// the spawner writes its id maps (the cloning thread is blocked until the
+// exec, in the runtime's syscall state, so that nothing of the runtime
+// waits for it meanwhile), then takes the namespace's root, so that the
+// init starts as root there, as with Go's fork and exec.
 //
 // A new user namespace also starts with a full bounding set and an empty
 // inheritable set, whatever the cloning thread's: the child sets them to
-// the sandbox's, as the cloning thread has them for a clone without one.
+// the sandbox's and to a full one, as the cloning thread has them for a
+// clone without one, so that the init, root of its namespace, keeps every
+// capability for its set-up and no process after it can get more than
+// the sandbox's.
 
 // cloneArgs is the kernel's struct clone_args (clone3(2)).
 type cloneArgs struct {
@@ -42,8 +47,12 @@ type step struct {
 	flags                      uintptr
 }
 
-// mayFail marks a step whose failure the child ignores.
-const mayFail = 1
+// Flags of a step: the child ignores its failure (mayFail), or it must
+// return 1 (wantOne: a read or write of one byte).
+const (
+	mayFail = 1
+	wantOne = 2
+)
 
 // failure is what a child whose step failed leaves: the error and the
 // address of the step.
@@ -83,22 +92,27 @@ func (p *childPlan) hold(v any) { p.held = append(p.held, v) }
 
 // cloneSpec is one clone of an init: the clone flags (namespaces), the
 // descriptors the child gets as 0, 1, ... (^uintptr(0): none), the cgroup
-// it is born in (cgroup v2; -1: its parent's), and the bounding set it
-// keeps in a new user namespace, of the kernel's capabilities up to
-// lastCap.
+// it is born in (cgroup v2; -1: its parent's), the user and group it
+// takes (nil: the spawner's; the spawner's thread has no supplementary
+// groups, and the child none either); in a new user namespace, its id maps
+// and whether it may set its groups, and the bounding set it keeps there,
+// of the kernel's capabilities up to lastCap.
 type cloneSpec struct {
-	path      string
-	argv, env []string
-	dir       string
-	flags     uintptr
-	files     []uintptr
-	cgroupFD  int
-	bounding  uint64
-	lastCap   int
+	path       string
+	argv, env  []string
+	dir        string
+	flags      uintptr
+	files      []uintptr
+	cgroupFD   int
+	cred       *syscall.Credential
+	uids, gids []syscall.SysProcIDMap
+	setgroups  bool
+	bounding   uint64
+	lastCap    int
 }
 
 // cloneInit clones and executes the init as c says, and returns its pid
-// and pidfd. An init in a new user namespace has no id maps yet.
+// and pidfd.
 func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
 	path, err := syscall.BytePtrFromString(c.path)
 	if err != nil {
@@ -136,10 +150,35 @@ func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
 		}
 	}
 
-	if c.flags&unix.CLONE_NEWUSER != 0 {
-		// Every capability into the inheritable and then the ambient set,
-		// which keeps them across the exec of a process that is not root
-		// of its namespace; then the sandbox's bounding set.
+	userns := c.flags&unix.CLONE_NEWUSER != 0
+	var ready, goOn [2]int // the child's "waiting" and the spawner's "maps written"
+	if userns {
+		if err := unix.Pipe2(ready[:], unix.O_CLOEXEC); err != nil {
+			return -1, -1, err
+		}
+		defer unix.Close(ready[0])
+		if err := unix.Pipe2(goOn[:], unix.O_CLOEXEC); err != nil {
+			unix.Close(ready[1])
+			return -1, -1, err
+		}
+		defer unix.Close(goOn[0])
+		buf := new([8]byte)
+		p.hold(buf)
+		b := uintptr(unsafe.Pointer(buf))
+		// Its copy of the write end would keep its read from ever seeing
+		// the end of a spawner that gave up.
+		p.add("closing the spawner's end of a pipe", 0, unix.SYS_CLOSE, uintptr(goOn[1]))
+		p.add("telling the spawner it waits for its id maps", wantOne, unix.SYS_WRITE, uintptr(ready[1]), b, 1)
+		p.add("waiting for its id maps (the spawner could not write them)", wantOne, unix.SYS_READ, uintptr(goOn[0]), b, 1)
+	}
+	if c.cred != nil {
+		g, u := uintptr(c.cred.Gid), uintptr(c.cred.Uid)
+		p.add(fmt.Sprintf("taking group %d", g), 0, unix.SYS_SETRESGID, g, g, g)
+		p.add(fmt.Sprintf("taking user %d", u), 0, unix.SYS_SETRESUID, u, u, u)
+	}
+	if userns {
+		// Every capability into the inheritable set (root's permitted set
+		// after the exec), then the sandbox's bounding set.
 		full := uint64(1)<<(c.lastCap+1) - 1
 		hdr := &unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 		data := &[2]unix.CapUserData{}
@@ -150,9 +189,6 @@ func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
 		p.hold(hdr)
 		p.hold(data)
 		p.add("raising its capabilities", 0, unix.SYS_CAPSET, uintptr(unsafe.Pointer(hdr)), uintptr(unsafe.Pointer(&data[0])))
-		for cp := 0; cp <= c.lastCap; cp++ {
-			p.add("raising its ambient capabilities", 0, unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, uintptr(cp), 0, 0)
-		}
 		for cp := 0; cp <= c.lastCap; cp++ {
 			if c.bounding&(1<<cp) == 0 {
 				p.add("dropping capabilities from its bounding set", 0, unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(cp))
@@ -203,11 +239,12 @@ func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
 	p.add("executing "+c.path, 0, unix.SYS_EXECVE, uintptr(unsafe.Pointer(path)), uintptr(unsafe.Pointer(&argv[0])), uintptr(unsafe.Pointer(&env[0])))
 
 	stack := make([]byte, childStack)
-	fd32 := new(int32) // the kernel writes an int
+	fd32, tid := new(int32), new(int32) // the kernel writes ints
 	*fd32 = -1
 	args := &cloneArgs{
-		flags:      uint64(c.flags) | unix.CLONE_VM | unix.CLONE_VFORK | unix.CLONE_PIDFD,
+		flags:      uint64(c.flags) | unix.CLONE_VM | unix.CLONE_VFORK | unix.CLONE_PIDFD | unix.CLONE_PARENT_SETTID,
 		pidfd:      uint64(uintptr(unsafe.Pointer(fd32))),
+		parentTID:  uint64(uintptr(unsafe.Pointer(tid))),
 		exitSignal: uint64(unix.SIGCHLD),
 		stack:      uint64(uintptr(unsafe.Pointer(&stack[0]))),
 		stackSize:  uint64(len(stack)),
@@ -223,14 +260,47 @@ func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
 	}
 	steps := uintptr(unsafe.Pointer(&p.steps[0]))
 	end := steps + uintptr(len(p.steps))*unsafe.Sizeof(step{})
+	var mapped chan error
+	if userns {
+		// The child's id maps, once it says it waits (the kernel wrote its
+		// pid before it ran); if it never does, its end of ready closes at
+		// its exit, and the spawner's after the clone.
+		mapped = make(chan error, 1)
+		go func() {
+			var b [1]byte
+			n, err := unix.Read(ready[0], b[:])
+			for err == unix.EINTR {
+				n, err = unix.Read(ready[0], b[:])
+			}
+			if n == 1 {
+				err = writeIDMaps(int(atomic.LoadInt32(tid)), c.uids, c.gids, c.setgroups)
+				if err == nil {
+					_, err = unix.Write(goOn[1], b[:])
+				}
+			} else if err == nil {
+				err = errors.New("the child did not wait for its id maps")
+			}
+			unix.Close(goOn[1]) // the child's read returns 0 if nothing came
+			mapped <- err
+		}()
+	}
 	if _, _, e := syscall.RawSyscall6(unix.SYS_RT_SIGPROCMASK, unix.SIG_SETMASK, uintptr(unsafe.Pointer(&all)), uintptr(unsafe.Pointer(mask)), 8, 0, 0); e != 0 {
+		if userns {
+			unix.Close(ready[1])
+			<-mapped
+		}
 		return -1, -1, fmt.Errorf("blocking signals: %w", e)
 	}
-	r, errno := cloneExec(args, unsafe.Sizeof(*args), steps, end, fail)
+	r, errno := cloneExecSyscall(args, unsafe.Sizeof(*args), steps, end, fail)
 	syscall.RawSyscall6(unix.SYS_RT_SIGPROCMASK, unix.SIG_SETMASK, uintptr(unsafe.Pointer(mask)), 0, 8, 0, 0)
 	runtime.KeepAlive(p)
 	runtime.KeepAlive(stack)
 	runtime.KeepAlive(args)
+	var mapErr error
+	if userns {
+		unix.Close(ready[1])
+		mapErr = <-mapped
+	}
 	if errno != 0 {
 		return -1, -1, fmt.Errorf("clone3: %w", syscall.Errno(errno))
 	}
@@ -245,13 +315,37 @@ func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
 		}
 		unix.Close(pidfd)
 		i := (fail.at - steps) / unsafe.Sizeof(step{})
-		if i >= uintptr(len(p.steps)) {
+		switch {
+		case i >= uintptr(len(p.steps)):
 			return -1, -1, fmt.Errorf("the cloned child: executing %s returned", c.path)
+		case mapErr != nil:
+			return -1, -1, fmt.Errorf("the cloned child's id maps: %w", mapErr)
+		case fail.errno == 0:
+			return -1, -1, fmt.Errorf("the cloned child: %s", p.what[i])
 		}
 		return -1, -1, fmt.Errorf("the cloned child: %s: %w", p.what[i], syscall.Errno(fail.errno))
 	}
 	return pid, pidfd, nil
 }
+
+// cloneExecSyscall is cloneExec in the runtime's syscall state, as
+// syscall.Syscall makes its call: the caller's processor is free for other
+// goroutines meanwhile (the one that writes the child's id maps), and
+// nothing of the runtime (a stop of the world) waits for the thread.
+//
+//go:nosplit
+func cloneExecSyscall(args *cloneArgs, size uintptr, steps, end uintptr, fail *failure) (pid, errno uintptr) {
+	entersyscall()
+	pid, errno = cloneExec(args, size, steps, end, fail)
+	exitsyscall()
+	return pid, errno
+}
+
+//go:linkname entersyscall runtime.entersyscall
+func entersyscall()
+
+//go:linkname exitsyscall runtime.exitsyscall
+func exitsyscall()
 
 // writeIDMaps writes the id maps of the user namespace of process pid,
 // and its setgroups permission, as Go's fork and exec does.

@@ -6,7 +6,8 @@
 // runs on the stack args gives it, makes the system calls of the steps
 // from steps up to end, in order, and nothing else: it touches no Go
 // state and calls no Go code. A failed step (but one whose flags say
-// that it may fail) is recorded in fail, and the child exits with status
+// that it may fail, mayFail), or one that returned other than 1 where it
+// must (wantOne), is recorded in fail, and the child exits with status
 // 127. With CLONE_VFORK the caller resumes once the child has executed
 // another program or exited.
 TEXT ·cloneExec(SB),NOSPLIT|NOFRAME,$0-56
@@ -42,11 +43,19 @@ next:
 	MOVQ	40(R12), R8
 	MOVQ	48(R12), R9
 	SYSCALL
-	CMPQ	AX, $0xfffffffffffff001
-	JLS	done
 	MOVQ	56(R12), CX
+	CMPQ	AX, $0xfffffffffffff001
+	JLS	ok
 	TESTQ	$1, CX // mayFail
-	JEQ	failed
+	JNE	done
+	JMP	failed
+ok:
+	TESTQ	$2, CX // wantOne
+	JEQ	done
+	CMPQ	AX, $1
+	JEQ	done
+	MOVQ	$0, AX // a short read or write: no error number
+	JMP	failed
 done:
 	ADDQ	$64, R12
 	CMPQ	R12, R13

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -72,19 +73,32 @@ func TestCloneInit(t *testing.T) {
 	}
 }
 
-// TestCloneInitUserNS clones into a new user namespace: the child runs as
-// nobody there (no id maps yet) with every capability, kept across its
-// exec in its ambient set, and the bounding set asked for, not the full
-// one a new user namespace starts with.
+// TestCloneInitUserNS clones into a new user namespace: the child waits for
+// its id maps, takes the namespace's root, and has every capability there
+// and the bounding set asked for, not the full one a new user namespace
+// starts with.
 func TestCloneInitUserNS(t *testing.T) {
 	const docker = 0xa80425fb
 	last := lastCap()
-	c := cloneSpec{flags: unix.CLONE_NEWUSER, cgroupFD: -1, bounding: docker, lastCap: last}
-	got := runClone(t, c, []string{"/bin/sh", "-c", "id -u; grep -E '^Cap(Eff|Amb|Bnd):' /proc/self/status"})
+	ids := []syscall.SysProcIDMap{{ContainerID: 0, HostID: 100000, Size: 65536}}
+	c := cloneSpec{flags: unix.CLONE_NEWUSER, cgroupFD: -1, cred: &syscall.Credential{}, uids: ids, gids: ids,
+		setgroups: true, bounding: docker, lastCap: last}
+	got := runClone(t, c, []string{"/bin/sh", "-c", "id -u; id -g; cat /proc/self/uid_map; grep -E '^Cap(Eff|Amb|Bnd):' /proc/self/status"})
 	full := fmt.Sprintf("%016x", uint64(1)<<(last+1)-1)
-	want := fmt.Sprintf("65534\nCapEff:\t%s\nCapBnd:\t%016x\nCapAmb:\t%s\n", full, docker, full)
+	want := fmt.Sprintf("0\n0\n         0     100000      65536\nCapEff:\t%s\nCapBnd:\t%016x\nCapAmb:\t0000000000000000\n", full, docker)
 	if got != want {
 		t.Errorf("the child in a new user namespace:\n%s\nwant\n%s", got, want)
+	}
+
+	// Maps the kernel refuses: the child gives up, and the error says why.
+	c.uids = []syscall.SysProcIDMap{{ContainerID: 0, HostID: 100000, Size: 0}}
+	_, _, err := cloneInit(cloneSpec{path: "/bin/true", argv: []string{"true"}, flags: unix.CLONE_NEWUSER, cgroupFD: -1,
+		cred: &syscall.Credential{}, uids: c.uids, gids: ids, lastCap: last})
+	if err == nil || !strings.Contains(err.Error(), "id maps") || !strings.Contains(err.Error(), "uid_map") {
+		t.Errorf("a clone whose id maps fail: %v", err)
+	}
+	if _, err := unix.Wait4(-1, nil, unix.WNOHANG, nil); !errors.Is(err, unix.ECHILD) {
+		t.Errorf("a child is left to reap: %v", err)
 	}
 }
 

@@ -277,18 +277,10 @@ func (s *spawnerProc) clone(req Request, sys *syscall.SysProcAttr, files []uintp
 		cgroup = sys.CgroupFD
 	}
 	pid, fd, err := cloneInit(cloneSpec{path: s.exePath, argv: argv, env: req.Env, dir: req.Dir,
-		flags: sys.Cloneflags, files: files, cgroupFD: cgroup, bounding: s.caps, lastCap: s.lastCap})
+		flags: sys.Cloneflags, files: files, cgroupFD: cgroup, cred: req.Credential,
+		uids: req.UidMappings, gids: req.GidMappings, setgroups: req.SetGroups, bounding: s.caps, lastCap: s.lastCap})
 	if err != nil {
 		return -1, err
-	}
-	if sys.Cloneflags&unix.CLONE_NEWUSER != 0 {
-		// The init takes its namespace's root (req.Credential) itself.
-		if err := writeIDMaps(pid, req.UidMappings, req.GidMappings, req.SetGroups); err != nil {
-			unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
-			unix.Close(fd)
-			s.pending[pid] = true
-			return -1, fmt.Errorf("the init's id maps: %w", err)
-		}
 	}
 	*pidfd = fd
 	return pid, nil
