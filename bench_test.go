@@ -249,6 +249,11 @@ func memAvailable(tb testing.TB) int64 {
 //	repl/python-c        warm sandbox.repl.run of print(1) vs python3 -c    (target <= 0.25)
 //	starts/s, cpu-ms/start+stop  sandbox.start + sandbox.stop from 4 clients at once; the
 //	                     CPU of the server and its children (the sandboxes)  (targets >= 150, <= 10)
+//	                     and, as ratios to baselines of the same run, cpu/python-c-cpu: that CPU vs the
+//	                     CPU of a bare python3 -c (target <= 1.0: 10 ms on the machine the targets were
+//	                     set on, where python3 -c took about 10 ms), starts-per-python-c: starts and stops
+//	                     in the time of one python3 -c (target >= 1.5: 150 /s there), cpu/portal-process:
+//	                     vs the start and exit of the portal binary, the floor under every init
 //	at N = 10, 100, 1000 idle sandboxes running at once:
 //	  mem-MiB@N          MemAvailable drop per sandbox; pss-MiB@N its processes' PSS;
 //	                     cgroup-MiB@N what its memory cgroup is charged
@@ -466,13 +471,60 @@ func BenchmarkSandboxPool(b *testing.B) {
 // benchThroughput starts and stops sandboxes from 4 clients at once and
 // reports cold starts per second and the CPU per start+stop of the server
 // and its children (its spawner, the sandboxes' inits and everything they
-// ran), and of the whole machine (other tenants included).
+// ran), and of the whole machine (other tenants included). Against them,
+// in the same rounds (3, medians), two processes on the host
+// (processFloors): a bare python3 -c (its CPU, and how many starts and
+// stops a second's throughput makes in the time it takes), and the start
+// and exit of the portal binary, the floor under every init.
 func benchThroughput(b *testing.B, c *rpcClient, pid int) {
-	t := throughput(b, c, pid, "tput", benchInt("MSB_BENCH_STARTS", 600))
-	b.ReportMetric(t.perSec, "starts/s")
-	b.ReportMetric(t.cpu, "cpu-ms/start+stop")
-	b.ReportMetric(t.server, "server-cpu-ms/start+stop")
-	b.ReportMetric(t.machine, "machine-cpu-ms/start+stop")
+	const rounds = 3
+	n := benchInt("MSB_BENCH_STARTS", 600)
+	var perSec, cpu, server, machine, pyCPU, pyWall, portal []float64
+	for r := range rounds {
+		f := processFloors(b, 10)
+		t := throughput(b, c, pid, "tput"+strconv.Itoa(r), max(1, n/rounds))
+		perSec, cpu, server, machine = append(perSec, t.perSec), append(cpu, t.cpu), append(server, t.server), append(machine, t.machine)
+		pyCPU, pyWall, portal = append(pyCPU, ms(f.pythonCPU)), append(pyWall, ms(f.pythonWall)), append(portal, ms(f.portalCPU))
+	}
+	b.ReportMetric(median(perSec), "starts/s")
+	b.ReportMetric(median(cpu), "cpu-ms/start+stop")
+	b.ReportMetric(median(server), "server-cpu-ms/start+stop")
+	b.ReportMetric(median(machine), "machine-cpu-ms/start+stop")
+	b.ReportMetric(median(pyCPU), "python-c-cpu-ms")
+	b.ReportMetric(median(portal), "portal-process-cpu-ms")
+	b.ReportMetric(median(cpu)/median(pyCPU), "cpu/python-c-cpu")
+	b.ReportMetric(median(cpu)/median(portal), "cpu/portal-process")
+	b.ReportMetric(median(perSec)*median(pyWall)/1000, "starts-per-python-c")
+}
+
+// floors is what processFloors measured: the CPU and wall time of a bare
+// python3 -c, and the CPU of the portal binary's start and exit.
+type floors struct{ pythonCPU, pythonWall, portalCPU time.Duration }
+
+// processFloors runs, interleaved, n times each, a bare /usr/bin/python3
+// -c 'print(1)' and the portal binary with no role (a static Go program
+// that starts, prints its usage and exits, with the GOMAXPROCS of a
+// sandbox's init: its exec, its Go runtime's start and its exit, which
+// every init pays before its own work), and returns their medians.
+func processFloors(b *testing.B, n int) floors {
+	cpuOf := func(cmd *exec.Cmd) time.Duration {
+		if err := cmd.Run(); err != nil {
+			if _, exited := err.(*exec.ExitError); !exited || cmd.ProcessState.ExitCode() != 2 || cmd.Args[0] != portalBin {
+				b.Fatalf("%s: %v", cmd.Args[0], err)
+			}
+		}
+		return cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
+	var pyCPU, pyWall, portalCPU []time.Duration
+	for range n {
+		t0 := time.Now()
+		pyCPU = append(pyCPU, cpuOf(exec.Command("/usr/bin/python3", "-c", "print(1)")))
+		pyWall = append(pyWall, time.Since(t0))
+		cmd := exec.Command(portalBin)
+		cmd.Env = []string{"GOMAXPROCS=1"}
+		portalCPU = append(portalCPU, cpuOf(cmd))
+	}
+	return floors{quantile(pyCPU, 0.5), quantile(pyWall, 0.5), quantile(portalCPU, 0.5)}
 }
 
 // tput is what one throughput run measured: starts per second, and

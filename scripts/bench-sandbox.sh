@@ -10,7 +10,9 @@
 #     /usr/bin/python3 -c 'print(1)', and a full create + python line +
 #     destroy against `crun run` of the same on the same root file system;
 #   - sandbox.command.run of true and a warm sandbox.repl.run;
-#   - cold starts per second and CPU per start+stop, 4 clients at once;
+#   - cold starts per second and CPU per start+stop, 4 clients at once, in
+#     rounds with two baselines: a bare python3 -c's CPU and time, and the
+#     portal binary's start and exit (the floor under every init);
 #   - host memory per idle sandbox, sandbox.metrics.get p99 and
 #     sandbox.repl.run p99 with 10, 100 and 1,000 idle sandboxes running.
 #
