@@ -721,8 +721,9 @@ func LoopbackUp() error {
 
 // dropPrivileges gives the sandbox's user and capabilities to every
 // thread, or to the calling thread alone (see onAllThreads), which then
-// executes the portal afresh. The bounding set, no_new_privs and an empty
-// list of supplementary groups came with the clone. As Docker does, root
+// executes the portal afresh. The bounding set (see boundCaps),
+// no_new_privs and an empty list of supplementary groups came with the
+// clone. As Docker does, root
 // keeps Docker's default set and any other user none: its inheritable set
 // too, which setuid leaves as it was.
 func (c *Config) dropPrivileges(allThreads *bool) error {

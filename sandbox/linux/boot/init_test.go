@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 			fmt.Println(err)
 			os.Exit(1)
 		}
-		// Every thread's, the main one's first.
+		// Every thread's.
 		tasks, _ := filepath.Glob("/proc/self/task/*/status")
 		for _, f := range tasks {
 			data, _ := os.ReadFile(f)

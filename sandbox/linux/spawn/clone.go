@@ -1,3 +1,5 @@
+//go:build amd64
+
 package spawn
 
 import (
@@ -24,9 +26,10 @@ import (
 // runs no Go code, on a stack of its own) and executes the init. Into a
 // new user namespace, it first waits on a pipe while another goroutine of
 // the spawner writes its id maps (the cloning thread is blocked until the
-// exec, in the runtime's syscall state, so that nothing of the runtime
-// waits for it meanwhile), then takes the namespace's root, so that the
-// init starts as root there, as with Go's fork and exec.
+// exec, in the runtime's syscall state, its processor handed over, so that
+// nothing of the runtime waits for it and the other goroutine can run),
+// then takes the namespace's root, so that the init starts as root there,
+// as with Go's fork and exec.
 //
 // A new user namespace also starts with a full bounding set and an empty
 // inheritable set, whatever the cloning thread's: the child sets them to
@@ -34,6 +37,12 @@ import (
 // clone without one, so that the init, root of its namespace, keeps every
 // capability for its set-up and no process after it can get more than
 // the sandbox's.
+
+// haveCloneExec says whether cloneExec exists on this architecture.
+const haveCloneExec = true
+
+// cloneExec is in clone_amd64.s.
+func cloneExec(args *cloneArgs, size uintptr, steps, end uintptr, st *childState) (pid, errno uintptr)
 
 // cloneArgs is the kernel's struct clone_args (clone3(2)).
 type cloneArgs struct {
@@ -54,23 +63,24 @@ const (
 	wantOne = 2
 )
 
-// failure is what a child whose step failed leaves: the error and the
-// address of the step.
-type failure struct{ errno, at uintptr }
-
-// childStack is the size of the child's stack, which only the kernel could
-// use: it makes system calls, and gets no signal until its handlers are
-// the default ones.
-const childStack = 16 << 10
-
-// lastCap returns the kernel's highest capability.
-func lastCap() int {
-	data, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
-	if n, perr := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && perr == nil {
-		return n
-	}
-	return 40 // CAP_CHECKPOINT_RESTORE, the last of Linux 5.9 to 6.18
+// childState is the memory of one clone that the kernel and the child
+// write, handed to cloneExec (so that it is on the heap, where nothing
+// moves): a failed step's error and address (written by the child, at
+// offsets 0 and 8), the init's pidfd and pid (by the kernel), and the
+// child's stack, which only the kernel could use: the child makes system
+// calls, and gets no signal until its handlers are the default ones.
+type childState struct {
+	errno, at  uintptr
+	pidfd, tid int32
+	stack      [16 << 10]byte
 }
+
+// The layout cloneExec (clone_amd64.s) reads and writes.
+var (
+	_ [0]struct{} = [unsafe.Sizeof(step{}) - 64]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(step{}.flags) - 56]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(childState{}.at) - 8]struct{}{}
+)
 
 // childPlan is the child's steps, what each does (for an error), and what
 // they point to (held until the clone returns).
@@ -90,30 +100,15 @@ func (p *childPlan) add(what string, flags uintptr, nr uintptr, args ...uintptr)
 // hold keeps v (a pointer a step passes) alive until the clone returns.
 func (p *childPlan) hold(v any) { p.held = append(p.held, v) }
 
-// cloneSpec is one clone of an init: the clone flags (namespaces), the
-// descriptors the child gets as 0, 1, ... (^uintptr(0): none), the cgroup
-// it is born in (cgroup v2; -1: its parent's), the user and group it
-// takes (nil: the spawner's; the spawner's thread has no supplementary
-// groups, and the child none either); in a new user namespace, its id maps
-// and whether it may set its groups, and the bounding set it keeps there,
-// of the kernel's capabilities up to lastCap.
-type cloneSpec struct {
-	path       string
-	argv, env  []string
-	dir        string
-	flags      uintptr
-	files      []uintptr
-	cgroupFD   int
-	cred       *syscall.Credential
-	uids, gids []syscall.SysProcIDMap
-	setgroups  bool
-	bounding   uint64
-	lastCap    int
-}
-
 // cloneInit clones and executes the init as c says, and returns its pid
-// and pidfd.
+// and pidfd. It blocks every signal of its thread across the clone, which
+// it keeps to itself meanwhile.
 func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
+	if c.cred != nil && (len(c.cred.Groups) > 0 || c.cred.NoSetGroups) {
+		return -1, -1, errors.New("cloneInit sets no supplementary groups")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	path, err := syscall.BytePtrFromString(c.path)
 	if err != nil {
 		return -1, -1, err
@@ -141,7 +136,9 @@ func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
 	// No signal handler of the spawner's may run in the child, which has
 	// the spawner's memory but is not one of its threads: every signal is
 	// blocked across the clone, and the child sets all handlers to the
-	// default before it unblocks them (its own copies: no CLONE_SIGHAND).
+	// default before it unblocks them (its own copies: no CLONE_SIGHAND),
+	// those of signals the spawner ignores too (Go's fork and exec leaves
+	// those ignored): an init starts with every signal's default.
 	dfl := new([4]uint64) // struct sigaction of SIG_DFL, no flags, no mask
 	p.hold(dfl)
 	for sig := 1; sig <= 64; sig++ {
@@ -169,12 +166,16 @@ func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
 		// the end of a spawner that gave up.
 		p.add("closing the spawner's end of a pipe", 0, unix.SYS_CLOSE, uintptr(goOn[1]))
 		p.add("telling the spawner it waits for its id maps", wantOne, unix.SYS_WRITE, uintptr(ready[1]), b, 1)
-		p.add("waiting for its id maps (the spawner could not write them)", wantOne, unix.SYS_READ, uintptr(goOn[0]), b, 1)
+		p.add(waitMaps, wantOne, unix.SYS_READ, uintptr(goOn[0]), b, 1)
 	}
 	if c.cred != nil {
 		g, u := uintptr(c.cred.Gid), uintptr(c.cred.Uid)
 		p.add(fmt.Sprintf("taking group %d", g), 0, unix.SYS_SETRESGID, g, g, g)
 		p.add(fmt.Sprintf("taking user %d", u), 0, unix.SYS_SETRESUID, u, u, u)
+		// The memory is the spawner's until the exec: a process of that
+		// user (with fs.suid_dumpable = 1, which the change of user
+		// applies) must not be able to trace the child meanwhile.
+		p.add("making itself not dumpable", 0, unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, 0)
 	}
 	if userns {
 		// Every capability into the inheritable set (root's permitted set
@@ -210,7 +211,11 @@ func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
 	}
 	if n, ok := strings.CutPrefix(c.path, "/proc/self/fd/"); ok {
 		if exe, err := strconv.Atoi(n); err == nil {
-			nextfd = max(nextfd, exe+1) // executed last: nothing may land on it
+			// Executed last: nothing may land on it.
+			if exe < len(fd) {
+				return -1, -1, fmt.Errorf("executing descriptor %d, which the child's descriptor %d replaces", exe, exe)
+			}
+			nextfd = max(nextfd, exe+1)
 		}
 	}
 	for i := range fd {
@@ -230,6 +235,9 @@ func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
 			p.add("moving its descriptors", 0, unix.SYS_DUP3, uintptr(fd[i]), uintptr(i), 0)
 		}
 	}
+	for i := len(fd); i < 3; i++ { // as Go's: no standard descriptor not given
+		p.add("closing a descriptor", mayFail, unix.SYS_CLOSE, uintptr(i))
+	}
 	if dir != nil {
 		p.add("changing to directory "+c.dir, 0, unix.SYS_CHDIR, uintptr(unsafe.Pointer(dir)))
 	}
@@ -238,22 +246,19 @@ func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
 	p.add("unblocking signals", 0, unix.SYS_RT_SIGPROCMASK, unix.SIG_SETMASK, uintptr(unsafe.Pointer(mask)), 0, 8)
 	p.add("executing "+c.path, 0, unix.SYS_EXECVE, uintptr(unsafe.Pointer(path)), uintptr(unsafe.Pointer(&argv[0])), uintptr(unsafe.Pointer(&env[0])))
 
-	stack := make([]byte, childStack)
-	fd32, tid := new(int32), new(int32) // the kernel writes ints
-	*fd32 = -1
+	st := &childState{pidfd: -1}
 	args := &cloneArgs{
 		flags:      uint64(c.flags) | unix.CLONE_VM | unix.CLONE_VFORK | unix.CLONE_PIDFD | unix.CLONE_PARENT_SETTID,
-		pidfd:      uint64(uintptr(unsafe.Pointer(fd32))),
-		parentTID:  uint64(uintptr(unsafe.Pointer(tid))),
+		pidfd:      uint64(uintptr(unsafe.Pointer(&st.pidfd))),
+		parentTID:  uint64(uintptr(unsafe.Pointer(&st.tid))),
 		exitSignal: uint64(unix.SIGCHLD),
-		stack:      uint64(uintptr(unsafe.Pointer(&stack[0]))),
-		stackSize:  uint64(len(stack)),
+		stack:      uint64(uintptr(unsafe.Pointer(&st.stack[0]))),
+		stackSize:  uint64(len(st.stack)),
 	}
 	if c.cgroupFD >= 0 {
 		args.flags |= unix.CLONE_INTO_CGROUP
 		args.cgroup = uint64(c.cgroupFD)
 	}
-	fail := &failure{}
 	all := unix.Sigset_t{}
 	for i := range all.Val {
 		all.Val[i] = ^uint64(0)
@@ -273,7 +278,7 @@ func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
 				n, err = unix.Read(ready[0], b[:])
 			}
 			if n == 1 {
-				err = writeIDMaps(int(atomic.LoadInt32(tid)), c.uids, c.gids, c.setgroups)
+				err = writeIDMaps(int(atomic.LoadInt32(&st.tid)), c.uids, c.gids, c.setgroups)
 				if err == nil {
 					_, err = unix.Write(goOn[1], b[:])
 				}
@@ -291,10 +296,14 @@ func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
 		}
 		return -1, -1, fmt.Errorf("blocking signals: %w", e)
 	}
-	r, errno := cloneExecSyscall(args, unsafe.Sizeof(*args), steps, end, fail)
+	var r, errno uintptr
+	if userns {
+		r, errno = cloneExecHandOff(args, unsafe.Sizeof(*args), steps, end, st)
+	} else {
+		r, errno = cloneExecSyscall(args, unsafe.Sizeof(*args), steps, end, st)
+	}
 	syscall.RawSyscall6(unix.SYS_RT_SIGPROCMASK, unix.SIG_SETMASK, uintptr(unsafe.Pointer(mask)), 0, 8, 0, 0)
 	runtime.KeepAlive(p)
-	runtime.KeepAlive(stack)
 	runtime.KeepAlive(args)
 	var mapErr error
 	if userns {
@@ -304,45 +313,68 @@ func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
 	if errno != 0 {
 		return -1, -1, fmt.Errorf("clone3: %w", syscall.Errno(errno))
 	}
-	pid, pidfd = int(r), int(*fd32)
-	if fail.at != 0 {
-		// The child has exited: reap it.
-		var st unix.WaitStatus
-		for {
-			if _, err := unix.Wait4(pid, &st, 0, nil); err != unix.EINTR {
-				break
-			}
-		}
-		unix.Close(pidfd)
-		i := (fail.at - steps) / unsafe.Sizeof(step{})
-		switch {
-		case i >= uintptr(len(p.steps)):
-			return -1, -1, fmt.Errorf("the cloned child: executing %s returned", c.path)
-		case mapErr != nil:
-			return -1, -1, fmt.Errorf("the cloned child's id maps: %w", mapErr)
-		case fail.errno == 0:
-			return -1, -1, fmt.Errorf("the cloned child: %s", p.what[i])
-		}
-		return -1, -1, fmt.Errorf("the cloned child: %s: %w", p.what[i], syscall.Errno(fail.errno))
+	pid, pidfd = int(r), int(st.pidfd)
+	if st.at == 0 && mapErr == nil {
+		return pid, pidfd, nil
 	}
-	return pid, pidfd, nil
+	// The child has exited (or, killed after it had its maps, whose
+	// spawner then failed to say so, is to be).
+	unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
+	var ws unix.WaitStatus
+	for {
+		if _, err := unix.Wait4(pid, &ws, 0, nil); err != unix.EINTR {
+			break
+		}
+	}
+	unix.Close(pidfd)
+	i := (st.at - steps) / unsafe.Sizeof(step{})
+	switch {
+	case st.at == 0:
+		return -1, -1, fmt.Errorf("the cloned child's id maps: %w", mapErr)
+	case i >= uintptr(len(p.steps)):
+		return -1, -1, fmt.Errorf("the cloned child: executing %s returned", c.path)
+	case mapErr != nil && p.what[i] == waitMaps:
+		return -1, -1, fmt.Errorf("the cloned child's id maps: %w", mapErr)
+	case st.errno == 0:
+		return -1, -1, fmt.Errorf("the cloned child: %s", p.what[i])
+	}
+	return -1, -1, fmt.Errorf("the cloned child: %s: %w", p.what[i], syscall.Errno(st.errno))
 }
 
+// waitMaps is what the child's step that waits for its id maps does.
+const waitMaps = "waiting for its id maps"
+
 // cloneExecSyscall is cloneExec in the runtime's syscall state, as
-// syscall.Syscall makes its call: the caller's processor is free for other
-// goroutines meanwhile (the one that writes the child's id maps), and
-// nothing of the runtime (a stop of the world) waits for the thread.
+// syscall.Syscall makes its call, so that a stop of the world does not
+// wait for the thread. Nothing in the spawner calls on all threads
+// (syscall.AllThreadsSyscall, and syscall.Setuid and the like without cgo),
+// which would.
 //
 //go:nosplit
-func cloneExecSyscall(args *cloneArgs, size uintptr, steps, end uintptr, fail *failure) (pid, errno uintptr) {
+func cloneExecSyscall(args *cloneArgs, size uintptr, steps, end uintptr, st *childState) (pid, errno uintptr) {
 	entersyscall()
-	pid, errno = cloneExec(args, size, steps, end, fail)
+	pid, errno = cloneExec(args, size, steps, end, st)
+	exitsyscall()
+	return pid, errno
+}
+
+// cloneExecHandOff is cloneExecSyscall that hands the thread's processor
+// to another thread at once: the goroutine that writes the child's id maps
+// must run meanwhile, also where GOMAXPROCS is 1.
+//
+//go:nosplit
+func cloneExecHandOff(args *cloneArgs, size uintptr, steps, end uintptr, st *childState) (pid, errno uintptr) {
+	entersyscallblock()
+	pid, errno = cloneExec(args, size, steps, end, st)
 	exitsyscall()
 	return pid, errno
 }
 
 //go:linkname entersyscall runtime.entersyscall
 func entersyscall()
+
+//go:linkname entersyscallblock runtime.entersyscallblock
+func entersyscallblock()
 
 //go:linkname exitsyscall runtime.exitsyscall
 func exitsyscall()

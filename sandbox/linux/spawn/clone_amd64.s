@@ -1,13 +1,13 @@
 #include "textflag.h"
 
-// func cloneExec(args *cloneArgs, size uintptr, steps, end uintptr, fail *failure) (pid, errno uintptr)
+// func cloneExec(args *cloneArgs, size uintptr, steps, end uintptr, st *childState) (pid, errno uintptr)
 //
 // clone3(args, size); the child, which shares the caller's memory and
 // runs on the stack args gives it, makes the system calls of the steps
 // from steps up to end, in order, and nothing else: it touches no Go
 // state and calls no Go code. A failed step (but one whose flags say
 // that it may fail, mayFail), or one that returned other than 1 where it
-// must (wantOne), is recorded in fail, and the child exits with status
+// must (wantOne), is recorded in st (its errno and at), and the child exits with status
 // 127. With CLONE_VFORK the caller resumes once the child has executed
 // another program or exited.
 TEXT ·cloneExec(SB),NOSPLIT|NOFRAME,$0-56
@@ -15,7 +15,7 @@ TEXT ·cloneExec(SB),NOSPLIT|NOFRAME,$0-56
 	MOVQ	size+8(FP), SI
 	MOVQ	steps+16(FP), R12
 	MOVQ	end+24(FP), R13
-	MOVQ	fail+32(FP), BX
+	MOVQ	st+32(FP), BX
 	MOVQ	$435, AX // clone3
 	SYSCALL
 	TESTQ	AX, AX

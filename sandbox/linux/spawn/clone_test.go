@@ -54,8 +54,9 @@ func TestCloneInit(t *testing.T) {
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		t.Fatal(err)
 	}
-	c := cloneSpec{env: []string{"X=y"}, dir: "/proc/self", cgroupFD: -1}
-	if got := runClone(t, c, []string{"/bin/ls", "-1", "fd"}); got != "0\n1\n2\n3\n" { // 3: ls's own
+	c := cloneSpec{env: []string{"X=y"}, dir: "/usr", cgroupFD: -1}
+	// Given two, it has those two, and not this process's 2.
+	if got := runClone(t, c, []string{"/bin/sh", "-c", "ls /proc/$$/fd"}); got != "0\n1\n" {
 		t.Errorf("the child's descriptors: %q", got)
 	}
 	stdout, err := os.Readlink("/proc/self/fd/1")
@@ -70,6 +71,9 @@ func TestCloneInit(t *testing.T) {
 	}
 	if got := runClone(t, c, []string{"/usr/bin/env"}); got != "X=y\n" {
 		t.Errorf("the child's environment: %q", got)
+	}
+	if got := runClone(t, c, []string{"/bin/pwd"}); got != "/usr\n" {
+		t.Errorf("the child's directory: %q", got)
 	}
 }
 

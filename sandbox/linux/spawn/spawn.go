@@ -264,6 +264,27 @@ func (s *spawnerProc) spawn(req Request, fds []int) (pidfd int, rep Reply, err e
 	return pidfd, rep, nil
 }
 
+// cloneSpec is one clone of an init: the clone flags (namespaces), the
+// descriptors the child gets as 0, 1, ... (^uintptr(0): none), the cgroup
+// it is born in (cgroup v2; -1: its parent's), the user and group it
+// takes (nil: the spawner's; the spawner's thread has no supplementary
+// groups, and the child none either); in a new user namespace, its id maps
+// and whether it may set its groups, and the bounding set it keeps there,
+// of the kernel's capabilities up to lastCap.
+type cloneSpec struct {
+	path       string
+	argv, env  []string
+	dir        string
+	flags      uintptr
+	files      []uintptr
+	cgroupFD   int
+	cred       *syscall.Credential
+	uids, gids []syscall.SysProcIDMap
+	setgroups  bool
+	bounding   uint64
+	lastCap    int
+}
+
 // clone starts one init, with cloneInit where there is one, else with
 // Go's fork and exec; its pidfd goes to *pidfd.
 func (s *spawnerProc) clone(req Request, sys *syscall.SysProcAttr, files []uintptr, pidfd *int) (int, error) {
@@ -284,6 +305,15 @@ func (s *spawnerProc) clone(req Request, sys *syscall.SysProcAttr, files []uintp
 	}
 	*pidfd = fd
 	return pid, nil
+}
+
+// lastCap returns the kernel's highest capability.
+func lastCap() int {
+	data, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	if n, perr := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && perr == nil {
+		return n
+	}
+	return 40 // CAP_CHECKPOINT_RESTORE, the last of Linux 5.9 to 6.18
 }
 
 // writeZeroFDs writes "0", the writing thread, into each tasks file.
