@@ -243,17 +243,19 @@ func memAvailable(tb testing.TB) int64 {
 // as a server with the defaults does; the spawned-* figures are those of
 // starts without them.
 //
-// then, once each:
+// then, once each (throughput in 3 rounds, medians):
 //
 //	exec-true/host-true  sandbox.command.run of true vs spawning /bin/true  (target <= 5)
 //	repl/python-c        warm sandbox.repl.run of print(1) vs python3 -c    (target <= 0.25)
 //	starts/s, cpu-ms/start+stop  sandbox.start + sandbox.stop from 4 clients at once; the
 //	                     CPU of the server and its children (the sandboxes)  (targets >= 150, <= 10)
-//	                     and, as ratios to baselines of the same run, cpu/python-c-cpu: that CPU vs the
-//	                     CPU of a bare python3 -c (target <= 1.0: 10 ms on the machine the targets were
-//	                     set on, where python3 -c took about 10 ms), starts-per-python-c: starts and stops
-//	                     in the time of one python3 -c (target >= 1.5: 150 /s there), cpu/portal-process:
-//	                     vs the start and exit of the portal binary, the floor under every init
+//	                     and, as ratios to baselines of the same rounds (3 rounds, medians; python-c-cpu-ms,
+//	                     python-c-wall-ms, portal-process-cpu-ms), cpu/python-c-cpu: that CPU vs the CPU of
+//	                     a bare python3 -c (target <= 1.0: the 10 ms target, set on a machine where python3 -c
+//	                     took about 10 ms, its time; its CPU was not measured there), starts-per-python-c:
+//	                     starts and stops in the time of one python3 -c (target >= 1.5: 150 /s there),
+//	                     cpu/portal-process: vs the start and exit of the portal binary, the floor under
+//	                     every init
 //	at N = 10, 100, 1000 idle sandboxes running at once:
 //	  mem-MiB@N          MemAvailable drop per sandbox; pss-MiB@N its processes' PSS;
 //	                     cgroup-MiB@N what its memory cgroup is charged
@@ -481,7 +483,9 @@ func benchThroughput(b *testing.B, c *rpcClient, pid int) {
 	n := benchInt("MSB_BENCH_STARTS", 600)
 	var perSec, cpu, server, machine, pyCPU, pyWall, portal []float64
 	for r := range rounds {
+		settle(b) // the server's stops and refills of the round before
 		f := processFloors(b, 10)
+		settle(b)
 		t := throughput(b, c, pid, "tput"+strconv.Itoa(r), max(1, n/rounds))
 		perSec, cpu, server, machine = append(perSec, t.perSec), append(cpu, t.cpu), append(server, t.server), append(machine, t.machine)
 		pyCPU, pyWall, portal = append(pyCPU, ms(f.pythonCPU)), append(pyWall, ms(f.pythonWall)), append(portal, ms(f.portalCPU))
@@ -491,6 +495,7 @@ func benchThroughput(b *testing.B, c *rpcClient, pid int) {
 	b.ReportMetric(median(server), "server-cpu-ms/start+stop")
 	b.ReportMetric(median(machine), "machine-cpu-ms/start+stop")
 	b.ReportMetric(median(pyCPU), "python-c-cpu-ms")
+	b.ReportMetric(median(pyWall), "python-c-wall-ms")
 	b.ReportMetric(median(portal), "portal-process-cpu-ms")
 	b.ReportMetric(median(cpu)/median(pyCPU), "cpu/python-c-cpu")
 	b.ReportMetric(median(cpu)/median(portal), "cpu/portal-process")
@@ -507,22 +512,32 @@ type floors struct{ pythonCPU, pythonWall, portalCPU time.Duration }
 // sandbox's init: its exec, its Go runtime's start and its exit, which
 // every init pays before its own work), and returns their medians.
 func processFloors(b *testing.B, n int) floors {
-	cpuOf := func(cmd *exec.Cmd) time.Duration {
-		if err := cmd.Run(); err != nil {
-			if _, exited := err.(*exec.ExitError); !exited || cmd.ProcessState.ExitCode() != 2 || cmd.Args[0] != portalBin {
-				b.Fatalf("%s: %v", cmd.Args[0], err)
-			}
+	// cpuOf runs cmd, which must exit with code and write out (to stdout)
+	// or usage (the start of its stderr): a crash (exit code 2 too, from
+	// the Go runtime) is no floor.
+	cpuOf := func(cmd *exec.Cmd, code int, out, usage string) time.Duration {
+		var stdout, stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		exit := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			exit = ee.ExitCode()
+		} else if err != nil {
+			b.Fatalf("%s: %v", cmd.Args[0], err)
+		}
+		if exit != code || stdout.String() != out || !strings.HasPrefix(stderr.String(), usage) {
+			b.Fatalf("%s: exit code %d; stdout %q, stderr %q", cmd.Args[0], exit, stdout.String(), stderr.String())
 		}
 		return cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	}
 	var pyCPU, pyWall, portalCPU []time.Duration
 	for range n {
 		t0 := time.Now()
-		pyCPU = append(pyCPU, cpuOf(exec.Command("/usr/bin/python3", "-c", "print(1)")))
+		pyCPU = append(pyCPU, cpuOf(exec.Command("/usr/bin/python3", "-c", "print(1)"), 0, "1\n", ""))
 		pyWall = append(pyWall, time.Since(t0))
 		cmd := exec.Command(portalBin)
-		cmd.Env = []string{"GOMAXPROCS=1"}
-		portalCPU = append(portalCPU, cpuOf(cmd))
+		cmd.Env = []string{"GOMAXPROCS=1"} // a sandbox's init's, of 1 CPU (the default)
+		portalCPU = append(portalCPU, cpuOf(cmd, 2, "", "msb-portal runs only inside an msb sandbox"))
 	}
 	return floors{quantile(pyCPU, 0.5), quantile(pyWall, 0.5), quantile(portalCPU, 0.5)}
 }
