@@ -50,7 +50,7 @@ type cloneArgs struct {
 }
 
 // step is one system call of the child: its number, its arguments, and
-// whether it may fail.
+// its flags.
 type step struct {
 	nr, a1, a2, a3, a4, a5, a6 uintptr
 	flags                      uintptr
@@ -106,6 +106,14 @@ func (p *childPlan) hold(v any) { p.held = append(p.held, v) }
 func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
 	if c.cred != nil && (len(c.cred.Groups) > 0 || c.cred.NoSetGroups) {
 		return -1, -1, errors.New("cloneInit sets no supplementary groups")
+	}
+	exe := -1 // the descriptor executed, if any
+	if n, ok := strings.CutPrefix(c.path, "/proc/self/fd/"); ok {
+		if exe, err = strconv.Atoi(n); err != nil {
+			exe = -1
+		} else if exe < len(c.files) {
+			return -1, -1, fmt.Errorf("executing descriptor %d, which the child's descriptor %d replaces", exe, exe)
+		}
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -209,14 +217,8 @@ func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
 			nextfd = max(nextfd, fd[i]+1)
 		}
 	}
-	if n, ok := strings.CutPrefix(c.path, "/proc/self/fd/"); ok {
-		if exe, err := strconv.Atoi(n); err == nil {
-			// Executed last: nothing may land on it.
-			if exe < len(fd) {
-				return -1, -1, fmt.Errorf("executing descriptor %d, which the child's descriptor %d replaces", exe, exe)
-			}
-			nextfd = max(nextfd, exe+1)
-		}
+	if exe >= 0 {
+		nextfd = max(nextfd, exe+1) // executed last: nothing may land on it
 	}
 	for i := range fd {
 		if fd[i] >= 0 && fd[i] < i {
@@ -317,8 +319,9 @@ func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
 	if st.at == 0 && mapErr == nil {
 		return pid, pidfd, nil
 	}
-	// The child has exited (or, killed after it had its maps, whose
-	// spawner then failed to say so, is to be).
+	// The child has exited: after a failed step, or killed before it
+	// waited for its maps (their error says so). The signal is for a child
+	// that would be alive all the same.
 	unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
 	var ws unix.WaitStatus
 	for {
