@@ -22,17 +22,18 @@
 // # Starting a sandbox
 //
 // Start clones the sandbox's init straight into its new namespaces from the
-// spawner (package spawn): a small process of the portal binary that the server
-// starts once (and again if it exits) and that does nothing else, so that
-// the child holds none of the server's descriptors before its exec. The init is the spawner's child, which the
-// server follows through a pidfd. The spawner's cloning thread has a
-// bounding set that is already the sandbox's, no_new_privs and no
-// supplementary groups, so that the init inherits them (into a new user
-// namespace, which starts with a full bounding set, the child sets the
-// sandbox's before its exec; where the spawner clones with Go's fork and
-// exec, the init does). On amd64 the clone shares the spawner's memory
-// until the exec (CLONE_VFORK), also into a new user namespace, whose id
-// maps another of the spawner's threads writes while the child waits. Before each clone
+// spawner (package spawn): a small process of the portal binary that the
+// server starts once (and again if it exits) and that does nothing else,
+// so that the child holds none of the server's descriptors before its
+// exec. The init is the spawner's child, which the server follows through
+// a pidfd. The spawner's cloning thread has a bounding set that is already
+// the sandbox's, no_new_privs and no supplementary groups, so that the
+// init inherits them (into a new user namespace, which starts with a full
+// bounding set, the child sets the sandbox's before its exec; where the
+// spawner clones with Go's fork and exec, the init does). On amd64 the
+// clone shares the spawner's memory until the exec (CLONE_VFORK), also
+// into a new user namespace, whose id maps another of the spawner's
+// threads writes while the child waits. Before each clone
 // it moves itself into the sandbox's cgroups by writing "0" to their v1
 // tasks files, and back afterwards: the init is born in its cgroups (and
 // its cgroup namespace rooted there) without the grace-period wait that

@@ -181,12 +181,6 @@ func runInit(status *os.File) error {
 	if err != nil {
 		return err
 	}
-	// Without cgo, Go changes a credential or a namespace on all of its
-	// threads at once; a binary linked with cgo cannot (the C library has
-	// threads of its own), so there the main thread alone gets the
-	// sandbox's credentials and namespace, and executes the portal afresh,
-	// leaving every other thread behind.
-	allThreads := true
 	staged, err := st.stage()
 	if err != nil {
 		return err
@@ -199,6 +193,12 @@ func runInit(status *os.File) error {
 	if c.Procs > 0 && runtime.GOMAXPROCS(0) != c.Procs {
 		runtime.GOMAXPROCS(c.Procs)
 	}
+	// Without cgo, Go changes a credential or a namespace on all of its
+	// threads at once; a binary linked with cgo cannot (the C library has
+	// threads of its own), so there the main thread alone gets the
+	// sandbox's credentials and namespace, and executes the portal afresh,
+	// leaving every other thread behind.
+	allThreads := true
 	if c.CgroupV2 {
 		if err := unshareCgroupNS(&allThreads); err != nil {
 			return err
@@ -723,9 +723,8 @@ func LoopbackUp() error {
 // thread, or to the calling thread alone (see onAllThreads), which then
 // executes the portal afresh. The bounding set (see boundCaps),
 // no_new_privs and an empty list of supplementary groups came with the
-// clone. As Docker does, root
-// keeps Docker's default set and any other user none: its inheritable set
-// too, which setuid leaves as it was.
+// clone. As Docker does, root keeps Docker's default set and any other
+// user none: its inheritable set too, which setuid leaves as it was.
 func (c *Config) dropPrivileges(allThreads *bool) error {
 	if err := c.boundCaps(allThreads); err != nil {
 		return err
