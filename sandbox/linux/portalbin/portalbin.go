@@ -44,13 +44,16 @@ const Name = "msb-portal"
 // build it again. A build of msb carries whatever bin/ held when it was
 // built: nothing in a fresh checkout without `go generate`.
 // The binary is read in place, in msb's own image: it is not copied.
-func Binary() (io.ReaderAt, error) {
-	f, err := bin.Open("bin/" + Name)
+func Binary() (io.ReaderAt, error) { return binaryIn(bin) }
+
+// binaryIn is Binary of the files fsys.
+func binaryIn(fsys fs.FS) (io.ReaderAt, error) {
+	f, err := fsys.Open("bin/" + Name)
 	var data io.ReaderAt
 	if err == nil {
 		data, _ = f.(io.ReaderAt) // every file of an embed.FS is one
 	}
-	if fi, serr := fs.Stat(bin, "bin/"+Name); data == nil || serr != nil || fi.Size() == 0 {
+	if fi, serr := fs.Stat(fsys, "bin/"+Name); data == nil || serr != nil || fi.Size() == 0 {
 		return nil, errors.New("this msb carries no portal binary; build it as the README does (go generate ./sandbox/linux/portalbin, then go build)")
 	}
 	theirs, err := buildinfo.Read(data)

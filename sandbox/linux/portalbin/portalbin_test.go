@@ -1,8 +1,10 @@
 package portalbin
 
 import (
+	"os"
 	"strings"
 	"testing"
+	"testing/fstest"
 )
 
 // A portal binary of another machine or source revision is refused, with
@@ -26,5 +28,35 @@ func TestSameBuild(t *testing.T) {
 	}
 	if err := sameBuild(ours, map[string]string{"GOOS": "linux", "GOARCH": "amd64"}); err != nil {
 		t.Errorf("against a build that recorded no revision: %v", err)
+	}
+}
+
+// What msb carries in place of a portal binary is refused, saying how to
+// build one: nothing (a checkout without go generate: bin/ holds only its
+// README), an empty file, a file that is no Go binary. The test binary
+// itself, a Go program of this machine and revision, is taken.
+func TestBinaryIn(t *testing.T) {
+	self, err := os.ReadFile("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := &fstest.MapFile{Data: []byte("generated")}
+	for _, c := range []struct {
+		name string
+		fsys fstest.MapFS
+		want string // "" for none
+	}{
+		{"none", fstest.MapFS{"bin/README.md": readme}, "carries no portal binary; build it as the README does"},
+		{"empty", fstest.MapFS{"bin/" + Name: &fstest.MapFile{}}, "carries no portal binary"},
+		{"not a Go binary", fstest.MapFS{"bin/" + Name: &fstest.MapFile{Data: []byte("#!/bin/sh\necho hi\n")}}, "the portal binary msb carries: "},
+		{"a Go binary of this build", fstest.MapFS{"bin/" + Name: &fstest.MapFile{Data: self}}, ""},
+	} {
+		data, err := binaryIn(c.fsys)
+		switch {
+		case c.want == "" && (err != nil || data == nil):
+			t.Errorf("%s: %v", c.name, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want) || data != nil):
+			t.Errorf("%s: %v; want an error with %q", c.name, err, c.want)
+		}
 	}
 }
