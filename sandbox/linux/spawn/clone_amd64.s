@@ -7,9 +7,9 @@
 // from steps up to end, in order, and nothing else: it touches no Go
 // state and calls no Go code. A failed step (but one whose flags say
 // that it may fail, mayFail), or one that returned other than 1 where it
-// must (wantOne), is recorded in st (its errno and at), and the child exits with status
-// 127. With CLONE_VFORK the caller resumes once the child has executed
-// another program or exited.
+// must (wantOne), is recorded in st (its errno and at), and the child
+// exits with status 127. With CLONE_VFORK the caller resumes once the
+// child has executed another program or exited.
 TEXT ·cloneExec(SB),NOSPLIT|NOFRAME,$0-56
 	MOVQ	args+0(FP), DI
 	MOVQ	size+8(FP), SI
