@@ -65,10 +65,9 @@ const (
 	KindSymlink = guest.KindSymlink
 	KindOther   = guest.KindOther
 
-	MaxChunk           = guest.MaxChunk
-	MaxOutput          = guest.MaxOutput
-	MaxLog             = guest.MaxLog
-	OutputBudgetNotice = guest.OutputBudgetNotice
+	MaxChunk  = guest.MaxChunk
+	MaxOutput = guest.MaxOutput
+	MaxLog    = guest.MaxLog
 )
 
 // The stderr lines of output cut at MaxOutput, and of a log cut at MaxLog.

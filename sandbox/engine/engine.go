@@ -16,7 +16,6 @@ import (
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/linux"
-	"github.com/msb-dev/msb/sandbox/linux/boot"
 	"github.com/msb-dev/msb/sandbox/linux/spawn"
 )
 
@@ -127,15 +126,12 @@ func LayersInUse(name, sandboxDir string) ([]string, error) {
 // Reexec lets the msb binary play the roles the Linux engine runs its
 // portal binary in, when msb is that binary (it carries no portal binary,
 // see sandbox/linux/portalbin, or refused the one it carries), and never
-// returns when it does: the spawner, the host process that clones every sandbox's init
-// (spawn.MaybeServe), and inside every sandbox its init, its portal and
-// the trampoline of its commands (boot.Reexec). Call it first thing,
+// returns when it does: the spawner, the host process that clones every
+// sandbox's init, and inside every sandbox its init, its portal and the
+// trampoline of its commands (spawn.Reexec). Call it first thing,
 // before any other package's work: from an init function of package main.
 // This package's own init calls it too.
-func Reexec(args []string, pid int) {
-	spawn.MaybeServe()
-	boot.Reexec(args, pid)
-}
+func Reexec(args []string, pid int) { spawn.Reexec(args, pid) }
 
 // init plays the roles as soon as the packages they need (the engines
 // and the portal) are initialised, which is before some of those only

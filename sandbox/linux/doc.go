@@ -162,8 +162,8 @@
 // cgroups as the PID 1 of a namespace of its own), and the caller deletes
 // them: processes, cgroups, directory.
 //
-// The portal binary plays every role the engine runs it in: spawn.MaybeServe
-// and boot.Reexec, first thing (msb-portal from its main; msb, when it is
-// its own portal binary, from an init function of package main, through
+// The portal binary plays every role the engine runs it in through
+// spawn.Reexec, first thing (msb-portal from its main; msb, when it is its
+// own portal binary, from an init function of package main, through
 // sandbox/engine.Reexec).
 package linux

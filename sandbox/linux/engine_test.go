@@ -16,7 +16,6 @@ import (
 	"github.com/msb-dev/msb/sandbox"
 	"github.com/msb-dev/msb/sandbox/image"
 	"github.com/msb-dev/msb/sandbox/linux"
-	"github.com/msb-dev/msb/sandbox/linux/boot"
 	"github.com/msb-dev/msb/sandbox/linux/spawn"
 	"github.com/msb-dev/msb/sandbox/sandboxtest"
 	"golang.org/x/sys/unix"
@@ -34,8 +33,7 @@ var msbBin, portalBin string
 // sandbox, the init and the portal, for the tests that run sandboxes of
 // this very binary, and builds msb for the others.
 func TestMain(m *testing.M) {
-	spawn.MaybeServe()
-	boot.Reexec(os.Args, os.Getpid())
+	spawn.Reexec(os.Args, os.Getpid())
 	if cfg := os.Getenv(crashServerEnv); cfg != "" {
 		crashServer(cfg)
 	}

@@ -51,8 +51,8 @@ type Client struct {
 	calls map[uint64]*call
 	err   error // set once the connection is closed
 
-	rlimits    []rlimit                                // of every process this client starts (SetRlimits)
-	takeOutput func(ctx context.Context, n int64) bool // see NewClient
+	rlimits    []rlimit     // of every process this client starts (SetRlimits)
+	takeOutput OutputBudget // see NewClient
 }
 
 // SetRlimits sets the resource limits of every process started through
@@ -102,12 +102,19 @@ func (cl *call) stop() {
 	cl.mu.Unlock()
 }
 
+// OutputBudget takes n bytes of the server's output budget for a call of
+// ctx, or refuses them.
+type OutputBudget func(ctx context.Context, n int64) bool
+
 // NewClient starts a client on conn and reads from it until it closes;
 // Close closes conn. What the client holds of a capped call's output
 // (Exec, RunCode) is taken from takeOutput as it grows: the server's output
 // budget (sandbox.TakeOutput); when it refuses, the output is cut there
 // and says so. With nil, only MaxOutput bounds it.
-func NewClient(conn io.ReadWriteCloser, takeOutput func(ctx context.Context, n int64) bool) *Client {
+func NewClient(conn io.ReadWriteCloser, takeOutput OutputBudget) *Client {
+	if takeOutput == nil {
+		takeOutput = func(context.Context, int64) bool { return true }
+	}
 	c := &Client{conn: conn, calls: make(map[uint64]*call), takeOutput: takeOutput}
 	go c.read()
 	return c
@@ -383,7 +390,7 @@ func finalError(op string, ev event) error {
 // twice (held, then encoded), in steps of budgetStep.
 type collector struct {
 	ctx      context.Context
-	take     func(ctx context.Context, n int64) bool // nil: no budget
+	take     OutputBudget
 	cap      outputCap
 	lines    []guest.Line
 	reserved int // bytes of the budget taken and not yet used
@@ -392,7 +399,7 @@ type collector struct {
 
 const budgetStep = 256 << 10
 
-func newCollector(ctx context.Context, take func(context.Context, int64) bool) *collector {
+func newCollector(ctx context.Context, take OutputBudget) *collector {
 	return &collector{ctx: ctx, take: take, cap: outputCap{maxBytes: guest.MaxOutput + trailerSlack, maxLines: maxLines + 16, perLine: lineEnvelope}}
 }
 
@@ -406,7 +413,7 @@ func (co *collector) add(l guest.Line) {
 	}
 	need := 2 * (co.cap.bytes - before)
 	for co.reserved < need {
-		if co.take != nil && !co.take(co.ctx, budgetStep) {
+		if !co.take(co.ctx, budgetStep) {
 			co.starved, co.cap.cut = true, true
 			return
 		}

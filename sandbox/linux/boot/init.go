@@ -756,11 +756,7 @@ func (c *Config) dropPrivileges(allThreads *bool) error {
 		caps = 0
 	}
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	for i := range data {
-		v := uint32(caps >> (32 * i))
-		data[i] = unix.CapUserData{Effective: v, Permitted: v, Inheritable: v}
-	}
+	data := CapData(caps)
 	errno := onAllThreads(allThreads, unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0)
 	runtime.KeepAlive(&hdr)
 	runtime.KeepAlive(&data)
@@ -768,6 +764,17 @@ func (c *Config) dropPrivileges(allThreads *bool) error {
 		return fmt.Errorf("capset: %w", errno)
 	}
 	return nil
+}
+
+// CapData is capset's data for the set caps as effective, permitted and
+// inheritable set alike.
+func CapData(caps uint64) [2]unix.CapUserData {
+	var data [2]unix.CapUserData
+	for i := range data {
+		v := uint32(caps >> (32 * i))
+		data[i] = unix.CapUserData{Effective: v, Permitted: v, Inheritable: v}
+	}
+	return data
 }
 
 // boundCaps drops from the bounding set what c.Caps does not have. The

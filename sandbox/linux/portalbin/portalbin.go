@@ -50,10 +50,14 @@ func Binary() (io.ReaderAt, error) { return binaryIn(bin) }
 func binaryIn(fsys fs.FS) (io.ReaderAt, error) {
 	f, err := fsys.Open("bin/" + Name)
 	var data io.ReaderAt
+	var size int64
 	if err == nil {
 		data, _ = f.(io.ReaderAt) // every file of an embed.FS is one
+		if fi, err := f.Stat(); err == nil {
+			size = fi.Size()
+		}
 	}
-	if fi, serr := fs.Stat(fsys, "bin/"+Name); data == nil || serr != nil || fi.Size() == 0 {
+	if data == nil || size == 0 {
 		return nil, errors.New("this msb carries no portal binary; build it as the README does (go generate ./sandbox/linux/portalbin, then go build)")
 	}
 	theirs, err := buildinfo.Read(data)

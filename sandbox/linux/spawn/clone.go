@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"unsafe"
 
+	"github.com/msb-dev/msb/sandbox/linux/boot"
 	"golang.org/x/sys/unix"
 )
 
@@ -190,11 +191,8 @@ func cloneInit(c cloneSpec) (pid, pidfd int, err error) {
 		// after the exec), then the sandbox's bounding set.
 		full := uint64(1)<<(c.lastCap+1) - 1
 		hdr := &unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-		data := &[2]unix.CapUserData{}
-		for i := range data {
-			v := uint32(full >> (32 * i))
-			data[i] = unix.CapUserData{Effective: v, Permitted: v, Inheritable: v}
-		}
+		data := new([2]unix.CapUserData)
+		*data = boot.CapData(full)
 		p.hold(hdr)
 		p.hold(data)
 		p.add("raising its capabilities", 0, unix.SYS_CAPSET, uintptr(unsafe.Pointer(hdr)), uintptr(unsafe.Pointer(&data[0])))

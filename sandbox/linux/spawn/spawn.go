@@ -63,8 +63,7 @@ type Reply struct {
 }
 
 // MaybeServe plays the spawner when the binary was started as one (by the
-// Linux engine's launcher), and never returns then. Call it before anything else in
-// main, like boot.Reexec.
+// Linux engine's launcher), and never returns then (see Reexec).
 func MaybeServe() {
 	if len(os.Args) != 2 || os.Args[1] != Role {
 		return
@@ -78,6 +77,17 @@ func MaybeServe() {
 		os.Exit(1)
 	}
 	os.Exit(0)
+}
+
+// Reexec plays every role the Linux engine runs the portal binary in, and
+// never returns when it does: the spawner (MaybeServe), and inside every
+// sandbox its init, its portal and the trampoline of its commands
+// (boot.Reexec). args are the process's arguments and pid its pid. Call it
+// first thing in main of the portal binary (or through
+// sandbox/engine.Reexec in msb).
+func Reexec(args []string, pid int) {
+	MaybeServe()
+	boot.Reexec(args, pid)
 }
 
 // spawnerProc is the spawner's own state.
@@ -307,13 +317,16 @@ func (s *spawnerProc) clone(req Request, sys *syscall.SysProcAttr, files []uintp
 	return pid, nil
 }
 
-// lastCap returns the kernel's highest capability.
+// lastCap returns the kernel's highest capability: the last one its
+// bounding set has a bit for.
 func lastCap() int {
-	data, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
-	if n, perr := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && perr == nil {
-		return n
+	c := 0
+	for ; c < 63; c++ {
+		if _, _, e := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_CAPBSET_READ, uintptr(c+1), 0); e == unix.EINVAL {
+			break
+		}
 	}
-	return 40 // CAP_CHECKPOINT_RESTORE, the last of Linux 5.9 to 6.18
+	return c
 }
 
 // writeZeroFDs writes "0", the writing thread, into each tasks file.

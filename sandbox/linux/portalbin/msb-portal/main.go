@@ -1,5 +1,5 @@
 // Command msb-portal is the binary the Linux engine runs: its spawner
-// (package spawn), and in every sandbox its init and portal (boot.Reexec),
+// (package spawn), and in every sandbox its init and portal (spawn.Reexec),
 // and nothing else. It imports only what those roles need, so that it
 // starts in a fraction of the time (and CPU) the whole msb binary takes,
 // which initialises every package it holds (the server, SQLite, image
@@ -13,7 +13,6 @@ import (
 	"os"
 	"runtime"
 
-	"github.com/msb-dev/msb/sandbox/linux/boot"
 	"github.com/msb-dev/msb/sandbox/linux/spawn"
 )
 
@@ -25,8 +24,7 @@ func init() {
 }
 
 func main() {
-	spawn.MaybeServe()
-	boot.Reexec(os.Args, os.Getpid())
+	spawn.Reexec(os.Args, os.Getpid())
 	fmt.Fprintln(os.Stderr, "msb-portal runs only inside an msb sandbox, started by the msb server")
 	os.Exit(2)
 }
