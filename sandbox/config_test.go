@@ -3,13 +3,11 @@ package sandbox_test
 import (
 	"errors"
 	"reflect"
-	"slices"
 	"strings"
 	"testing"
 
 	"github.com/msb-dev/msb/errdefs"
 	"github.com/msb-dev/msb/sandbox"
-	"github.com/msb-dev/msb/sandbox/guest"
 )
 
 func TestNormalizeDefaults(t *testing.T) {
@@ -261,18 +259,5 @@ func TestNetworkBoundsCheck(t *testing.T) {
 		if err := c.b.Check("network.namespaces.a"); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: %v, want %q", c.b, err, c.want)
 		}
-	}
-}
-
-// A call's limits go on top of its sandbox's, never above their hard limits.
-func TestMergeRlimits(t *testing.T) {
-	base := []sandbox.Rlimit{{Resource: "nofile", Soft: 64, Hard: 128}, {Resource: "nproc", Soft: 10, Hard: 10}}
-	got := guest.MergeRlimits(base, []sandbox.Rlimit{{Resource: "nofile", Soft: 100, Hard: 1024}, {Resource: "core", Soft: 0, Hard: 0}})
-	want := []sandbox.Rlimit{{Resource: "nofile", Soft: 100, Hard: 128}, {Resource: "nproc", Soft: 10, Hard: 10}, {Resource: "core"}}
-	if !slices.Equal(got, want) {
-		t.Fatalf("MergeRlimits = %+v, want %+v", got, want)
-	}
-	if base[0].Hard != 128 || base[0].Soft != 64 {
-		t.Fatal("MergeRlimits changed its base")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/msb-dev/msb/sandbox"
 )
@@ -72,3 +73,10 @@ func SlotInUse(e *Engine, slot string) bool {
 // BackgroundPatience is how long background work waits at most for the
 // engine's calls to leave a quiet moment.
 const BackgroundPatience = backgroundPatience
+
+// LastCalls returns when the engine's last start and last command ended.
+func LastCalls(e *Engine) (start, command time.Time) {
+	e.calls.mu.Lock()
+	defer e.calls.mu.Unlock()
+	return e.calls.lastStart, e.calls.lastCommand
+}

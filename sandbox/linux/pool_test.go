@@ -232,7 +232,9 @@ func TestPrestartWaitsForQuiet(t *testing.T) {
 	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel()
 	if h, err := e.Prestart(short, warmSpec(t, 64, 1, "/workspace")); !errors.Is(err, context.DeadlineExceeded) {
-		e.Discard(ctx, h)
+		if err == nil {
+			e.Discard(ctx, h)
+		}
 		t.Errorf("Prestart while a call was in flight: %v; want it to wait past its deadline", err)
 	}
 	h, err := e.Prestart(ctx, warmSpec(t, 64, 1, "/workspace"))
@@ -245,5 +247,49 @@ func TestPrestartWaitsForQuiet(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Every entry point that starts a sandbox or runs something in one counts
+// for the quiet moment (quiet.go), also when it fails: Adopt as a start;
+// Exec, Spawn, RunCode and Stream as commands.
+func TestCallsCounted(t *testing.T) {
+	e, _, _ := newEngineToClose(t, "msb-counted")
+	ctx := context.Background()
+	missing := sandboxtest.ID(t, "counted", "missing")
+	for _, c := range []struct {
+		name  string
+		start bool // counted as a start, else as a command
+		call  func() error
+	}{
+		{"Adopt", true, func() error { return e.Adopt(ctx, "no-such-handle", missing, hostSpec(t)) }},
+		{"Exec", false, func() error {
+			_, err := e.Exec(ctx, missing, sandbox.ExecRequest{Command: "true"})
+			return err
+		}},
+		{"Spawn", false, func() error {
+			_, err := e.Spawn(ctx, missing, sandbox.ExecRequest{Command: "true"}, func(sandbox.Line) {})
+			return err
+		}},
+		{"RunCode", false, func() error {
+			_, err := e.RunCode(ctx, missing, sandbox.Python, "print(1)", time.Second)
+			return err
+		}},
+		{"Stream", false, func() error {
+			_, err := e.Stream(ctx, missing, sandbox.ExecSpec{Command: "true"}, true, func(sandbox.ExecEvent) {})
+			return err
+		}},
+	} {
+		start0, command0 := linux.LastCalls(e)
+		if err := c.call(); err == nil {
+			t.Errorf("%s of a missing sandbox succeeded", c.name)
+		}
+		start1, command1 := linux.LastCalls(e)
+		if got := start1.After(start0); got != c.start {
+			t.Errorf("%s: counted as a start: %v, want %v", c.name, got, c.start)
+		}
+		if got := command1.After(command0); got == c.start {
+			t.Errorf("%s: counted as a command: %v, want %v", c.name, got, !c.start)
+		}
 	}
 }

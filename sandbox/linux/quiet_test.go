@@ -64,3 +64,40 @@ func TestStartBurst(t *testing.T) {
 		t.Error("a start after a quiet second is a burst")
 	}
 }
+
+// waitQuiet gives up waiting after backgroundPatience (a lone start left in
+// flight would otherwise hold the work up for ever), returns false at once
+// when quit is closed, and goes as soon as a second start makes a burst.
+func TestWaitQuiet(t *testing.T) {
+	c := newCalls()
+	c.start() // never ends
+	t0 := time.Now()
+	if !c.waitQuiet(nil) {
+		t.Fatal("waitQuiet(nil) returned false")
+	}
+	if took := time.Since(t0); took < backgroundPatience || took > backgroundPatience+500*time.Millisecond {
+		t.Errorf("a lone start in flight held the work for %v, want backgroundPatience (%v)", took, backgroundPatience)
+	}
+
+	quit := make(chan struct{})
+	close(quit)
+	t0 = time.Now()
+	if c.waitQuiet(quit) {
+		t.Error("waitQuiet(quit closed) returned true")
+	}
+	if took := time.Since(t0); took > backgroundPatience/2 {
+		t.Errorf("waitQuiet with quit closed took %v", took)
+	}
+
+	c = newCalls()
+	c.start()
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		c.start() // a burst
+	}()
+	t0 = time.Now()
+	c.waitQuiet(nil)
+	if took := time.Since(t0); took > backgroundPatience/2 {
+		t.Errorf("a burst during the wait let the work go after %v", took)
+	}
+}

@@ -34,7 +34,8 @@ func TestSameBuild(t *testing.T) {
 // What msb carries in place of a portal binary is refused, saying how to
 // build one: nothing (a checkout without go generate: bin/ holds only its
 // README), an empty file, a file that is no Go binary. The test binary
-// itself, a Go program of this machine and revision, is taken.
+// itself, a Go program of this machine, is taken (a test binary records
+// no revision: TestSameBuild covers those).
 func TestBinaryIn(t *testing.T) {
 	self, err := os.ReadFile("/proc/self/exe")
 	if err != nil {

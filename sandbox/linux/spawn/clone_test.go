@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -56,7 +57,9 @@ func TestCloneInit(t *testing.T) {
 	}
 	c := cloneSpec{env: []string{"X=y"}, dir: "/usr", cgroupFD: -1}
 	// Given two, it has those two, and not this process's 2.
-	if got := runClone(t, c, []string{"/bin/sh", "-c", "ls /proc/$$/fd"}); got != "0\n1\n" {
+	// (": " keeps the shell, whose descriptors ls lists, from executing ls
+	// in its place.)
+	if got := runClone(t, c, []string{"/bin/sh", "-c", "ls /proc/$$/fd; :"}); got != "0\n1\n" {
 		t.Errorf("the child's descriptors: %q", got)
 	}
 	stdout, err := os.Readlink("/proc/self/fd/1")
@@ -84,6 +87,9 @@ func TestCloneInit(t *testing.T) {
 func TestCloneInitUserNS(t *testing.T) {
 	const docker = 0xa80425fb
 	last := lastCap()
+	if data, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err != nil || strings.TrimSpace(string(data)) != strconv.Itoa(last) {
+		t.Fatalf("lastCap() = %d; the kernel's: %q, %v", last, data, err)
+	}
 	ids := []syscall.SysProcIDMap{{ContainerID: 0, HostID: 100000, Size: 65536}}
 	c := cloneSpec{flags: unix.CLONE_NEWUSER, cgroupFD: -1, cred: &syscall.Credential{}, uids: ids, gids: ids,
 		setgroups: true, bounding: docker, lastCap: last}
@@ -95,15 +101,13 @@ func TestCloneInitUserNS(t *testing.T) {
 	}
 
 	// Maps the kernel refuses: the child gives up, and the error says why.
+	c.path, c.argv = "/bin/true", []string{"true"}
 	c.uids = []syscall.SysProcIDMap{{ContainerID: 0, HostID: 100000, Size: 0}}
-	_, _, err := cloneInit(cloneSpec{path: "/bin/true", argv: []string{"true"}, flags: unix.CLONE_NEWUSER, cgroupFD: -1,
-		cred: &syscall.Credential{}, uids: c.uids, gids: ids, lastCap: last})
+	_, _, err := cloneInit(c)
 	if err == nil || !strings.Contains(err.Error(), "id maps") || !strings.Contains(err.Error(), "uid_map") {
 		t.Errorf("a clone whose id maps fail: %v", err)
 	}
-	if _, err := unix.Wait4(-1, nil, unix.WNOHANG, nil); !errors.Is(err, unix.ECHILD) {
-		t.Errorf("a child is left to reap: %v", err)
-	}
+	noChildLeft(t)
 }
 
 // TestCloneInitFails: a child that cannot execute is reaped, and the error
@@ -113,6 +117,12 @@ func TestCloneInitFails(t *testing.T) {
 	if !errors.Is(err, unix.ENOENT) || !strings.Contains(err.Error(), "executing /nonexistent") {
 		t.Errorf("executing a missing file: %v", err)
 	}
+	noChildLeft(t)
+}
+
+// noChildLeft fails t if this process has a child to reap.
+func noChildLeft(t *testing.T) {
+	t.Helper()
 	if _, err := unix.Wait4(-1, nil, unix.WNOHANG, nil); !errors.Is(err, unix.ECHILD) {
 		t.Errorf("a child is left to reap: %v", err)
 	}
