@@ -928,7 +928,7 @@ func (e *Engine) sendStage(status net.Conn, userns bool) error {
 
 // stageMessages are the stage messages of an engine with cgroups cg and
 // stage directory dir, without and with a user namespace: 'S', the
-// length of the JSON of a boot.Stage as 4 bytes big-endian, and the JSON.
+// length of the encoded boot.Stage as 4 bytes big-endian, and the Stage.
 func stageMessages(cg *cgroups, dir string) (msgs [2][]byte) {
 	st := boot.Stage{Dir: dir, CgroupV2: cg.v2}
 	for _, h := range cg.v1 {
@@ -936,7 +936,7 @@ func stageMessages(cg *cgroups, dir string) (msgs [2][]byte) {
 	}
 	for i, userns := range []bool{false, true} {
 		st.Userns = userns
-		data, _ := json.Marshal(st) // plain strings and bools: never fails
+		data, _ := st.MarshalBinary() // never fails
 		msgs[i] = append(binary.BigEndian.AppendUint32([]byte{'S'}, uint32(len(data))), data...)
 	}
 	return msgs
@@ -947,10 +947,7 @@ func stageMessages(cg *cgroups, dir string) (msgs [2][]byte) {
 // shuts the sending side down; an init that does not read them is stuck,
 // and no write waits past ctx.
 func sendConfig(ctx context.Context, status net.Conn, mounts []*os.File, cfg *boot.Config) error {
-	data, err := json.Marshal(cfg)
-	if err != nil {
-		return err
-	}
+	data, _ := cfg.MarshalBinary() // never fails
 	fds := make([]int, len(mounts))
 	for i, f := range mounts {
 		fds[i] = int(f.Fd())

@@ -42,53 +42,53 @@ const (
 	ConfigFD = 6 // a socket: the mounts and the Config in, a set-up error out
 )
 
-// Config is what the server hands a sandbox's init on ConfigFD, as
-// JSON: everything it needs to build the sandbox around itself.
+// Config is what the server hands a sandbox's init on ConfigFD, encoded
+// by MarshalBinary: everything it needs to build the sandbox around itself.
 type Config struct {
 	// Root is the host path of the root's mount point (the same empty
 	// directory for every sandbox: each mounts its root there in its own
 	// mount namespace). The root is an overlay of Layers, read-only, under
 	// Upper (the sandbox's writes), with Work the overlay's work directory.
-	Root   string   `json:"root"`
-	Layers []string `json:"layers"` // lowest first
-	Upper  string   `json:"upper"`
-	Work   string   `json:"work"`
+	Root   string
+	Layers []string // lowest first
+	Upper  string
+	Work   string
 	// Disk, if set, is where the sandbox's disk (its detached mount,
 	// descriptor DiskFD: the last one sent, see readConfig) is attached
 	// before the overlay is mounted: Upper and Work are on it.
-	Disk   string `json:"disk,omitempty"`
-	DiskFD int    `json:"-"`
+	Disk   string
+	DiskFD int
 	// In a user namespace (Stage.Userns), the root (the overlay,
 	// mounted by the server with idmapped layers) is descriptor RootFD,
 	// the last one sent; the image's host paths come among Volumes,
 	// idmapped too.
-	RootFD int `json:"-"`
+	RootFD int
 	// Build is set on a sandbox's first start: what to write into its root.
-	Build *RootBuild `json:"build,omitempty"`
+	Build *RootBuild
 	// Binds are the image's host paths, parents first.
-	Binds []guest.Mount `json:"binds,omitempty"`
+	Binds []guest.Mount
 	// Volumes are the targets of the detached mounts the server sent,
 	// one per descriptor, first; volumeFDs are those descriptors
 	// (readConfig).
-	Volumes   []VolumeTarget `json:"volumes,omitempty"`
+	Volumes   []VolumeTarget
 	volumeFDs []int
 	// Tmpfs are memory-backed directories, charged to the sandbox's memory.
-	Tmpfs []guest.Tmpfs `json:"tmpfs,omitempty"`
+	Tmpfs []guest.Tmpfs
 	// Stage is what the init was told as it started (readStage).
-	Stage `json:"-"`
+	Stage
 	// Procs is the GOMAXPROCS of the portal: the sandbox's CPUs (an init
 	// the engine spawned ahead started with one).
-	Procs    int        `json:"procs,omitempty"`
-	Hostname string     `json:"hostname"`
-	Workdir  string     `json:"workdir"`
-	User     guest.User `json:"user"`
+	Procs    int
+	Hostname string
+	Workdir  string
+	User     guest.User
 	// Caps are the capabilities root in the sandbox keeps (its bounding
 	// set is already that, from the thread that cloned it); a non-root
 	// user keeps none.
-	Caps     uint64   `json:"caps"`
-	NoFile   uint64   `json:"nofile"`
-	OOMScore int      `json:"oom_score"`
-	Env      []string `json:"env"`
+	Caps     uint64
+	NoFile   uint64
+	OOMScore int
+	Env      []string
 }
 
 // Stage is what the server tells an init as soon as it has spawned
@@ -98,45 +98,45 @@ type Config struct {
 // then moves into the sandbox's root (setup).
 type Stage struct {
 	// Userns: the init is in a user namespace of its own.
-	Userns bool `json:"userns,omitempty"`
+	Userns bool
 	// Dir is the host path of the directory the init stages its mounts
 	// in, outside a user namespace (the same empty directory for every
 	// init, as Config.Root is); in one, where the init cannot reach
 	// the server's directories, it stages them under /tmp.
-	Dir string `json:"dir"`
+	Dir string
 	// Cgroups are the host's cgroup v1 hierarchies, mounted read-only at
 	// /sys/fs/cgroup as the sandbox's cgroup namespace shows them; with
 	// CgroupV2, the unified hierarchy is, in a cgroup namespace the init
 	// makes itself once configured (the sandbox is cloned into its
 	// cgroup, not born there).
-	Cgroups  []CgroupMount `json:"cgroups,omitempty"`
-	CgroupV2 bool          `json:"cgroup_v2,omitempty"`
+	Cgroups  []CgroupMount
+	CgroupV2 bool
 }
 
 // RootBuild is what the engine writes into a sandbox's root, resolved
 // inside it (so that an image's symlinks never lead to the host).
 type RootBuild struct {
-	Dirs  []string     `json:"dirs,omitempty"`
-	Links []guest.Link `json:"links,omitempty"`
-	Files []guest.File `json:"files,omitempty"`
+	Dirs  []string
+	Links []guest.Link
+	Files []guest.File
 	// Layered: the root is an image's, whose own directories keep their
 	// mode and owner.
-	Layered bool `json:"layered,omitempty"`
+	Layered bool
 	// Mounts are the sandbox's mount targets: a workdir under one is not
 	// made in the root.
-	Mounts []string `json:"mounts,omitempty"`
+	Mounts []string
 }
 
 type VolumeTarget struct {
-	Target string `json:"target"`
-	Dir    bool   `json:"dir"`
+	Target string
+	Dir    bool
 }
 
 // CgroupMount is one cgroup v1 hierarchy: its directory under
 // /sys/fs/cgroup and its mount options.
 type CgroupMount struct {
-	Dir  string `json:"dir"`
-	Opts string `json:"opts"`
+	Dir  string
+	Opts string
 }
 
 // Report is what a failed init sends back on ConfigFD.
@@ -185,7 +185,6 @@ func runInit(status *os.File) error {
 	if err != nil {
 		return err
 	}
-	prepareConfig()
 	c, err := readConfig(status, st)
 	if err != nil {
 		return err
@@ -240,24 +239,13 @@ func runInit(status *os.File) error {
 	return errors.New("the portal returned")
 }
 
-// prepareConfig sets up the decoding of a Config while the init
-// waits for its own: encoding/json builds its decoder of a type on first
-// use, which would otherwise be on the start's path.
-func prepareConfig() {
-	_ = json.Unmarshal([]byte(sampleConfig), &Config{})
-}
-
-// sampleConfig has an object or element of every type a Config
-// holds.
-const sampleConfig = `{"build":{"dirs":["d"],"links":[{}],"files":[{}]},"binds":[{}],"volumes":[{}],"tmpfs":[{}],"user":{},"env":["A=b"]}`
-
 // maxStage bounds the stage message: a few hundred bytes in practice.
 const maxStage = 64 << 10
 
 // readStage reads the stage message the server sends on ConfigFD right
-// after the spawn (the engine's sendStage): 'S', the length of the JSON of a
-// Stage as 4 bytes big-endian, and the JSON; not a byte past it,
-// which is the configuration's.
+// after the spawn (the engine's sendStage): 'S', the length of the encoded
+// Stage (MarshalBinary) as 4 bytes big-endian, and the Stage; not a byte
+// past it, which is the configuration's.
 func readStage(status *os.File) (*Stage, error) {
 	var hdr [5]byte
 	if _, err := io.ReadFull(status, hdr[:]); err != nil {
@@ -272,7 +260,7 @@ func readStage(status *os.File) (*Stage, error) {
 		return nil, fmt.Errorf("reading the stage: %w", err)
 	}
 	var st Stage
-	if err := json.Unmarshal(data, &st); err != nil {
+	if err := st.UnmarshalBinary(data); err != nil {
 		return nil, fmt.Errorf("stage: %w", err)
 	}
 	return &st, nil
@@ -301,7 +289,7 @@ func readConfig(status *os.File, st *Stage) (*Config, error) {
 		return nil, fmt.Errorf("reading the configuration: %w", err)
 	}
 	c := Config{Stage: *st}
-	if err := json.Unmarshal(data, &c); err != nil {
+	if err := c.UnmarshalBinary(data); err != nil {
 		return nil, fmt.Errorf("configuration: %w", err)
 	}
 	want := len(c.Volumes)

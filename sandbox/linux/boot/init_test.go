@@ -1,7 +1,6 @@
 package boot
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,19 +10,6 @@ import (
 	"syscall"
 	"testing"
 )
-
-// The sample an init decodes while it waits (prepareConfig) reaches every
-// type of a Config: a misspelt field would leave one undecoded.
-func TestSampleConfig(t *testing.T) {
-	var c Config
-	if err := json.Unmarshal([]byte(sampleConfig), &c); err != nil {
-		t.Fatal(err)
-	}
-	if c.Build == nil || len(c.Build.Dirs) != 1 || len(c.Build.Links) != 1 || len(c.Build.Files) != 1 ||
-		len(c.Binds) != 1 || len(c.Volumes) != 1 || len(c.Tmpfs) != 1 || len(c.Env) != 1 {
-		t.Errorf("the sample decodes to %+v", c)
-	}
-}
 
 // boundCapsEnv makes the test binary a child of TestBoundCaps.
 const boundCapsEnv = "MSB_TEST_BOUND_CAPS"
