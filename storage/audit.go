@@ -20,17 +20,19 @@ func clip(s string) string {
 
 // AppendEvents implements audit.Store: the events in one transaction.
 func (d *DB) AppendEvents(ctx context.Context, events ...audit.Event) error {
-	tx, err := d.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	stmt, err := tx.PrepareContext(ctx, `INSERT INTO audit_events
+	// Prepared before the transaction takes a connection of its own.
+	insert, err := d.prepared(ctx, `INSERT INTO audit_events
 		(time, key_id, key_label, key_namespace, namespace, method, sandbox, outcome, code, detail, remote)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		return err
 	}
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	stmt := tx.StmtContext(ctx, insert)
 	defer stmt.Close()
 	for _, e := range events {
 		if _, err := stmt.ExecContext(ctx, e.Time.UnixMilli(), clip(e.KeyID), clip(e.KeyLabel), clip(e.KeyNamespace), clip(e.Namespace), clip(e.Method),
@@ -43,7 +45,7 @@ func (d *DB) AppendEvents(ctx context.Context, events ...audit.Event) error {
 
 // PruneEvents implements audit.Store.
 func (d *DB) PruneEvents(ctx context.Context, before time.Time) (int64, error) {
-	res, err := d.db.ExecContext(ctx, `DELETE FROM audit_events WHERE time < ?`, before.UnixMilli())
+	res, err := d.exec(ctx, `DELETE FROM audit_events WHERE time < ?`, before.UnixMilli())
 	if err != nil {
 		return 0, fmt.Errorf("prune audit events: %w", err)
 	}

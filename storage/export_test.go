@@ -5,3 +5,10 @@ import "database/sql"
 // SQL exposes the database to this package's tests, which check the
 // schema and the files themselves.
 func (d *DB) SQL() *sql.DB { return d.db }
+
+// Prepared is how many prepared statements d keeps.
+func (d *DB) Prepared() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.stmts)
+}

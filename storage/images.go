@@ -43,7 +43,7 @@ func (d *DB) PutImageRecord(ctx context.Context, r image.Record) error {
 	if err != nil {
 		return err
 	}
-	_, err = d.db.ExecContext(ctx, `INSERT INTO images (name, record, pulled_at, last_used_at) VALUES (?, ?, ?, ?)
+	_, err = d.exec(ctx, `INSERT INTO images (name, record, pulled_at, last_used_at) VALUES (?, ?, ?, ?)
 		ON CONFLICT (name) DO UPDATE SET record = excluded.record, pulled_at = excluded.pulled_at, last_used_at = excluded.last_used_at`,
 		r.Name, string(data), r.Pulled.UnixMilli(), r.LastUsed.UnixMilli())
 	if err != nil {
@@ -54,7 +54,7 @@ func (d *DB) PutImageRecord(ctx context.Context, r image.Record) error {
 
 // ImageRecords implements image.RecordStore.
 func (d *DB) ImageRecords(ctx context.Context) ([]image.Record, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT name, record, pulled_at, last_used_at FROM images ORDER BY name`)
+	rows, err := d.query(ctx, `SELECT name, record, pulled_at, last_used_at FROM images ORDER BY name`)
 	if err != nil {
 		return nil, fmt.Errorf("list images: %w", err)
 	}
@@ -86,7 +86,7 @@ func (d *DB) ImageRecords(ctx context.Context) ([]image.Record, error) {
 
 // DeleteImageRecord implements image.RecordStore.
 func (d *DB) DeleteImageRecord(ctx context.Context, name string) error {
-	if _, err := d.db.ExecContext(ctx, `DELETE FROM images WHERE name = ?`, name); err != nil {
+	if _, err := d.exec(ctx, `DELETE FROM images WHERE name = ?`, name); err != nil {
 		return fmt.Errorf("forget image %s: %w", name, err)
 	}
 	return nil
@@ -94,7 +94,7 @@ func (d *DB) DeleteImageRecord(ctx context.Context, name string) error {
 
 // TouchImageRecord implements image.RecordStore.
 func (d *DB) TouchImageRecord(ctx context.Context, name string, t time.Time) error {
-	if _, err := d.db.ExecContext(ctx, `UPDATE images SET last_used_at = ? WHERE name = ?`, t.UnixMilli(), name); err != nil {
+	if _, err := d.exec(ctx, `UPDATE images SET last_used_at = ? WHERE name = ?`, t.UnixMilli(), name); err != nil {
 		return fmt.Errorf("touch image %s: %w", name, err)
 	}
 	return nil

@@ -15,7 +15,7 @@ var _ auth.KeyStore = (*DB)(nil)
 
 // AddKey implements auth.KeyStore.
 func (d *DB) AddKey(ctx context.Context, k auth.Key) error {
-	_, err := d.db.ExecContext(ctx, `INSERT INTO api_keys
+	_, err := d.exec(ctx, `INSERT INTO api_keys
 		(id, label, namespace, key_prefix, key_hash, signing_key_id, created_at, expires_at,
 		 scopes, rate_limit, start_rate_limit, max_uses, uses, parent)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -101,7 +101,7 @@ func (d *DB) KeysWithPrefix(ctx context.Context, prefix string) ([]auth.Key, err
 
 // Key implements auth.KeyStore.
 func (d *DB) Key(ctx context.Context, id string) (auth.Key, error) {
-	k, err := scanKey(d.db.QueryRowContext(ctx, `SELECT `+keyColumns+` FROM api_keys WHERE id = ?`, id))
+	k, err := scanKey(d.queryRow(ctx, `SELECT `+keyColumns+` FROM api_keys WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return auth.Key{}, auth.ErrKeyNotFound
 	}
@@ -113,7 +113,7 @@ func (d *DB) Key(ctx context.Context, id string) (auth.Key, error) {
 
 // RevokeKey implements auth.KeyStore.
 func (d *DB) RevokeKey(ctx context.Context, id string, at time.Time) error {
-	if _, err := d.db.ExecContext(ctx, `UPDATE api_keys SET revoked_at = ? WHERE id = ? AND (revoked_at IS NULL OR revoked_at > ?)`,
+	if _, err := d.exec(ctx, `UPDATE api_keys SET revoked_at = ? WHERE id = ? AND (revoked_at IS NULL OR revoked_at > ?)`,
 		at.UnixMilli(), id, at.UnixMilli()); err != nil {
 		return fmt.Errorf("revoke API key: %w", err)
 	}
@@ -122,7 +122,7 @@ func (d *DB) RevokeKey(ctx context.Context, id string, at time.Time) error {
 
 // SetKeyReplacedBy implements auth.KeyStore.
 func (d *DB) SetKeyReplacedBy(ctx context.Context, id, by string) error {
-	if _, err := d.db.ExecContext(ctx, `UPDATE api_keys SET replaced_by = ? WHERE id = ?`, by, id); err != nil {
+	if _, err := d.exec(ctx, `UPDATE api_keys SET replaced_by = ? WHERE id = ?`, by, id); err != nil {
 		return fmt.Errorf("record key rotation: %w", err)
 	}
 	return nil
@@ -130,7 +130,7 @@ func (d *DB) SetKeyReplacedBy(ctx context.Context, id, by string) error {
 
 // SetKeyLimits implements auth.KeyStore.
 func (d *DB) SetKeyLimits(ctx context.Context, id string, rate, startRate ratelimit.Rate, maxUses int64) error {
-	if _, err := d.db.ExecContext(ctx, `UPDATE api_keys SET rate_limit = ?, start_rate_limit = ?, max_uses = ? WHERE id = ?`,
+	if _, err := d.exec(ctx, `UPDATE api_keys SET rate_limit = ?, start_rate_limit = ?, max_uses = ? WHERE id = ?`,
 		rate.String(), startRate.String(), nullInt(maxUses), id); err != nil {
 		return fmt.Errorf("set key limits: %w", err)
 	}
@@ -141,7 +141,7 @@ func (d *DB) SetKeyLimits(ctx context.Context, id string, rate, startRate rateli
 func (d *DB) UseKey(ctx context.Context, id string) (left int64, ok bool, err error) {
 	var uses int64
 	var maxUses sql.NullInt64
-	err = d.db.QueryRowContext(ctx, `UPDATE api_keys SET uses = uses + 1 WHERE id = ? AND (max_uses IS NULL OR uses < max_uses) RETURNING uses, max_uses`, id).Scan(&uses, &maxUses)
+	err = d.queryRow(ctx, `UPDATE api_keys SET uses = uses + 1 WHERE id = ? AND (max_uses IS NULL OR uses < max_uses) RETURNING uses, max_uses`, id).Scan(&uses, &maxUses)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, false, nil
 	}
@@ -157,9 +157,9 @@ func (d *DB) UseKey(ctx context.Context, id string) (left int64, ok bool, err er
 // TouchKey implements auth.KeyStore.
 func (d *DB) TouchKey(ctx context.Context, id string, lastUsed time.Time, uses int64) error {
 	if lastUsed.IsZero() {
-		_, err := d.db.ExecContext(ctx, `UPDATE api_keys SET uses = uses + ? WHERE id = ?`, uses, id)
+		_, err := d.exec(ctx, `UPDATE api_keys SET uses = uses + ? WHERE id = ?`, uses, id)
 		return err
 	}
-	_, err := d.db.ExecContext(ctx, `UPDATE api_keys SET last_used_at = ?, uses = uses + ? WHERE id = ?`, lastUsed.UnixMilli(), uses, id)
+	_, err := d.exec(ctx, `UPDATE api_keys SET last_used_at = ?, uses = uses + ? WHERE id = ?`, lastUsed.UnixMilli(), uses, id)
 	return err
 }

@@ -144,7 +144,7 @@ func (d *DB) PutSandbox(ctx context.Context, r sandbox.Record) error {
 	if err != nil {
 		return fmt.Errorf("record sandbox %s: %w", r.ID, err)
 	}
-	_, err = d.db.ExecContext(ctx, `INSERT INTO sandboxes (namespace, name, uuid, config, state, failure, created_at, started_at)
+	_, err = d.exec(ctx, `INSERT INTO sandboxes (namespace, name, uuid, config, state, failure, created_at, started_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (namespace, name) DO UPDATE SET config = excluded.config, state = excluded.state,
 			failure = excluded.failure, started_at = excluded.started_at, stopped_at = NULL`,
@@ -161,7 +161,7 @@ func (d *DB) SetSandboxConfig(ctx context.Context, id sandbox.ID, cfg sandbox.Co
 	if err != nil {
 		return fmt.Errorf("record the config of sandbox %s: %w", id, err)
 	}
-	res, err := d.db.ExecContext(ctx, `UPDATE sandboxes SET config = ? WHERE namespace = ? AND name = ?`, string(data), id.Namespace(), id.Name())
+	res, err := d.exec(ctx, `UPDATE sandboxes SET config = ? WHERE namespace = ? AND name = ?`, string(data), id.Namespace(), id.Name())
 	if err != nil {
 		return fmt.Errorf("record the config of sandbox %s: %w", id, err)
 	}
@@ -173,7 +173,7 @@ func (d *DB) SetSandboxConfig(ctx context.Context, id sandbox.ID, cfg sandbox.Co
 
 // MarkSandboxFailed implements sandbox.Store.
 func (d *DB) MarkSandboxFailed(ctx context.Context, id sandbox.ID, why string, t time.Time) error {
-	_, err := d.db.ExecContext(ctx, `UPDATE sandboxes SET state = ?, failure = ?, stopped_at = ? WHERE namespace = ? AND name = ?`,
+	_, err := d.exec(ctx, `UPDATE sandboxes SET state = ?, failure = ?, stopped_at = ? WHERE namespace = ? AND name = ?`,
 		sandbox.StateFailed, why, t.UnixMilli(), id.Namespace(), id.Name())
 	if err != nil {
 		return fmt.Errorf("record sandbox %s failed: %w", id, err)
@@ -183,7 +183,7 @@ func (d *DB) MarkSandboxFailed(ctx context.Context, id sandbox.ID, why string, t
 
 // DeleteSandbox implements sandbox.Store.
 func (d *DB) DeleteSandbox(ctx context.Context, id sandbox.ID) error {
-	if _, err := d.db.ExecContext(ctx, `DELETE FROM sandboxes WHERE namespace = ? AND name = ?`, id.Namespace(), id.Name()); err != nil {
+	if _, err := d.exec(ctx, `DELETE FROM sandboxes WHERE namespace = ? AND name = ?`, id.Namespace(), id.Name()); err != nil {
 		return fmt.Errorf("forget sandbox %s: %w", id, err)
 	}
 	return nil
@@ -191,7 +191,7 @@ func (d *DB) DeleteSandbox(ctx context.Context, id sandbox.ID) error {
 
 // SandboxByUUID implements sandbox.Store.
 func (d *DB) SandboxByUUID(ctx context.Context, ns, uuid string) (sandbox.Record, error) {
-	r, err := scanSandbox(d.db.QueryRowContext(ctx, `SELECT `+sandboxColumns+` FROM sandboxes WHERE namespace = ? AND uuid = ?`, ns, uuid))
+	r, err := scanSandbox(d.queryRow(ctx, `SELECT `+sandboxColumns+` FROM sandboxes WHERE namespace = ? AND uuid = ?`, ns, uuid))
 	if errors.Is(err, sql.ErrNoRows) {
 		return sandbox.Record{}, errdefs.NotFoundf("no sandbox with id %q in namespace %q", uuid, ns)
 	}
@@ -203,7 +203,7 @@ func (d *DB) SandboxByUUID(ctx context.Context, ns, uuid string) (sandbox.Record
 
 // MarkSandboxStopped implements sandbox.Store.
 func (d *DB) MarkSandboxStopped(ctx context.Context, id sandbox.ID, t time.Time) error {
-	_, err := d.db.ExecContext(ctx, `UPDATE sandboxes SET state = ?, stopped_at = ? WHERE namespace = ? AND name = ?`,
+	_, err := d.exec(ctx, `UPDATE sandboxes SET state = ?, stopped_at = ? WHERE namespace = ? AND name = ?`,
 		sandbox.StateStopped, t.UnixMilli(), id.Namespace(), id.Name())
 	if err != nil {
 		return fmt.Errorf("record sandbox %s stopped: %w", id, err)
@@ -236,7 +236,7 @@ func scanSandbox(sc scanner) (sandbox.Record, error) {
 
 // Sandbox implements sandbox.Store.
 func (d *DB) Sandbox(ctx context.Context, id sandbox.ID) (sandbox.Record, error) {
-	r, err := scanSandbox(d.db.QueryRowContext(ctx, `SELECT `+sandboxColumns+` FROM sandboxes WHERE namespace = ? AND name = ?`,
+	r, err := scanSandbox(d.queryRow(ctx, `SELECT `+sandboxColumns+` FROM sandboxes WHERE namespace = ? AND name = ?`,
 		id.Namespace(), id.Name()))
 	if errors.Is(err, sql.ErrNoRows) {
 		return sandbox.Record{}, errdefs.NotFoundf("sandbox %q not found in namespace %q: start it with sandbox.start and a config", id.Name(), id.Namespace())
@@ -249,7 +249,7 @@ func (d *DB) Sandbox(ctx context.Context, id sandbox.ID) (sandbox.Record, error)
 
 // Sandboxes implements sandbox.Store.
 func (d *DB) Sandboxes(ctx context.Context, ns string) ([]sandbox.Record, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT `+sandboxColumns+` FROM sandboxes WHERE ? = '*' OR namespace = ? ORDER BY namespace, name`, ns, ns)
+	rows, err := d.query(ctx, `SELECT `+sandboxColumns+` FROM sandboxes WHERE ? = '*' OR namespace = ? ORDER BY namespace, name`, ns, ns)
 	if err != nil {
 		return nil, fmt.Errorf("list sandboxes: %w", err)
 	}

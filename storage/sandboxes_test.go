@@ -2,6 +2,7 @@ package storage_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -98,5 +99,50 @@ func TestSetSandboxConfig(t *testing.T) {
 	other, _ := sandbox.ParseID("ns", "other")
 	if err := db.SetSandboxConfig(ctx, other, cfg); !errdefs.Is(err, errdefs.NotFound) {
 		t.Fatalf("unknown sandbox: %v", err)
+	}
+}
+
+// A query is prepared on its first run only, and from many goroutines at
+// once too; a closed database fails the next query with an error.
+func TestStatementsPrepared(t *testing.T) {
+	ctx := context.Background()
+	db, err := storage.Open(ctx, filepath.Join(t.TempDir(), "msb.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := db.Prepared()
+	startStop := func(name string) error {
+		id, _ := sandbox.ParseID("ns", name)
+		now := time.Now()
+		if err := db.PutSandbox(ctx, sandbox.Record{ID: id, UUID: name, Config: sandbox.Config{Image: "microsandbox/python"}, State: sandbox.StateRunning, Created: now, Started: now}); err != nil {
+			return err
+		}
+		if _, err := db.Sandbox(ctx, id); err != nil {
+			return err
+		}
+		return db.MarkSandboxStopped(ctx, id, now)
+	}
+	if err := startStop("first"); err != nil {
+		t.Fatal(err)
+	}
+	if got := db.Prepared() - before; got != 3 {
+		t.Fatalf("%d statements prepared for three queries", got)
+	}
+	errs := make(chan error, 8)
+	for i := range 8 {
+		go func() { errs <- startStop(fmt.Sprint("box", i)) }()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := db.Prepared() - before; got != 3 {
+		t.Errorf("%d statements prepared after the same three queries again", got)
+	}
+	db.Close()
+	id, _ := sandbox.ParseID("ns", "first")
+	if _, err := db.Sandbox(ctx, id); err == nil {
+		t.Error("a query on a closed database did not fail")
 	}
 }
