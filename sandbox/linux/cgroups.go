@@ -509,12 +509,22 @@ func (c *cgroups) pop() string {
 func (c *cgroups) rename(from, to string) error {
 	mnts := c.mounts()
 	for i, mnt := range mnts {
-		if err := os.Rename(c.dir(mnt, from), c.dir(mnt, to)); err != nil {
+		if err := renameCgroup(c.dir(mnt, from), c.dir(mnt, to)); err != nil {
 			for _, done := range mnts[:i] {
-				os.Rename(c.dir(done, to), c.dir(done, from))
+				renameCgroup(c.dir(done, to), c.dir(done, from))
 			}
 			return err
 		}
+	}
+	return nil
+}
+
+// renameCgroup renames the cgroup from to to, an error if to exists: the
+// kernel never replaces a cgroup. (os.Rename would first stat to, a
+// system call per hierarchy more, at every start and stop.)
+func renameCgroup(from, to string) error {
+	if err := unix.Rename(from, to); err != nil {
+		return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
 	}
 	return nil
 }
