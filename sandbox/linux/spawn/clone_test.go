@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
@@ -108,6 +109,23 @@ func TestCloneInitUserNS(t *testing.T) {
 		t.Errorf("a clone whose id maps fail: %v", err)
 	}
 	noChildLeft(t)
+}
+
+// TestCloneInitSignals: the child starts with no signal blocked (the
+// spawner blocks every one across the clone) and none ignored, not even
+// one this process ignores (an exec keeps those).
+func TestCloneInitSignals(t *testing.T) {
+	signal.Ignore(syscall.SIGUSR2)
+	defer signal.Reset(syscall.SIGUSR2)
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil || !strings.Contains(string(status), "SigIgn:\t0000000000000800") {
+		t.Fatalf("SIGUSR2 is not ignored here: %v\n%s", err, status)
+	}
+	c := cloneSpec{cgroupFD: -1}
+	got := runClone(t, c, []string{"/bin/grep", "-E", "^Sig(Blk|Ign):", "/proc/self/status"})
+	if want := "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"; got != want {
+		t.Errorf("the child's signals:\n%s\nwant\n%s", got, want)
+	}
 }
 
 // TestCloneInitFails: a child that cannot execute is reaped, and the error
