@@ -25,11 +25,11 @@ func (d *DB) AppendEvents(ctx context.Context, events ...audit.Event) error {
 		(time, key_id, key_label, key_namespace, namespace, method, sandbox, outcome, code, detail, remote)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
-		return err
+		return fmt.Errorf("append audit events: %w", err)
 	}
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
-		return err
+		return fmt.Errorf("append audit events: %w", err)
 	}
 	defer tx.Rollback()
 	stmt := tx.StmtContext(ctx, insert)
@@ -37,10 +37,13 @@ func (d *DB) AppendEvents(ctx context.Context, events ...audit.Event) error {
 	for _, e := range events {
 		if _, err := stmt.ExecContext(ctx, e.Time.UnixMilli(), clip(e.KeyID), clip(e.KeyLabel), clip(e.KeyNamespace), clip(e.Namespace), clip(e.Method),
 			clip(e.Sandbox), clip(e.Outcome), e.Code, clip(e.Detail), clip(e.Remote)); err != nil {
-			return err
+			return fmt.Errorf("append audit events: %w", err)
 		}
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("append audit events: %w", err)
+	}
+	return nil
 }
 
 // PruneEvents implements audit.Store.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -102,14 +103,16 @@ func TestSetSandboxConfig(t *testing.T) {
 	}
 }
 
-// A query is prepared on its first run only, and from many goroutines at
-// once too; a closed database fails the next query with an error.
+// A query is prepared on its first run only, also when many goroutines
+// run it first at once; a closed database keeps no statement and fails
+// the next query with an error.
 func TestStatementsPrepared(t *testing.T) {
 	ctx := context.Background()
 	db, err := storage.Open(ctx, filepath.Join(t.TempDir(), "msb.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer db.Close()
 	before := db.Prepared()
 	startStop := func(name string) error {
 		id, _ := sandbox.ParseID("ns", name)
@@ -122,27 +125,25 @@ func TestStatementsPrepared(t *testing.T) {
 		}
 		return db.MarkSandboxStopped(ctx, id, now)
 	}
-	if err := startStop("first"); err != nil {
-		t.Fatal(err)
-	}
-	if got := db.Prepared() - before; got != 3 {
-		t.Fatalf("%d statements prepared for three queries", got)
-	}
-	errs := make(chan error, 8)
-	for i := range 8 {
-		go func() { errs <- startStop(fmt.Sprint("box", i)) }()
-	}
-	for range 8 {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
+	for round := range 2 {
+		errs := make(chan error, 8)
+		for i := range 8 {
+			go func() { errs <- startStop(fmt.Sprintf("box%d-%d", round, i)) }()
+		}
+		for range 8 {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := db.Prepared() - before; got != 3 {
+			t.Fatalf("round %d: %d statements kept for three queries", round, got)
 		}
 	}
-	if got := db.Prepared() - before; got != 3 {
-		t.Errorf("%d statements prepared after the same three queries again", got)
-	}
 	db.Close()
-	id, _ := sandbox.ParseID("ns", "first")
-	if _, err := db.Sandbox(ctx, id); err == nil {
-		t.Error("a query on a closed database did not fail")
+	if n := db.Prepared(); n != 0 {
+		t.Errorf("%d statements kept after Close", n)
+	}
+	if err := startStop("after"); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("a query on a closed database: %v", err)
 	}
 }

@@ -17,6 +17,9 @@ func TestRenameOverLeftover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if c.v2 {
+		t.Skip("cgroup v2: the engine renames no cgroup there")
+	}
 	if err := c.setup(); err != nil {
 		t.Fatal(err)
 	}

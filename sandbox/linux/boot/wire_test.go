@@ -1,9 +1,13 @@
 package boot
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"math"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -52,12 +56,19 @@ func fill(t *testing.T, v reflect.Value, n *int) {
 	}
 }
 
-func TestWireRoundTrip(t *testing.T) {
+// filled are a Config and a Stage with every field set (fill).
+func filled(t *testing.T) (Config, Stage) {
+	t.Helper()
 	var n int
 	var c Config
 	fill(t, reflect.ValueOf(&c).Elem(), &n)
 	var st Stage
 	fill(t, reflect.ValueOf(&st).Elem(), &n)
+	return c, st
+}
+
+func TestWireRoundTrip(t *testing.T) {
+	c, st := filled(t)
 
 	data, err := c.MarshalBinary()
 	if err != nil {
@@ -86,8 +97,9 @@ func TestWireRoundTrip(t *testing.T) {
 	}
 }
 
-// Empty slices and strings, a nil Build and zero numbers decode as they
-// were sent (nil slices: what JSON's omitempty gave the init before).
+// Empty strings, a nil or empty Build and zero or negative numbers decode
+// as they were sent; empty slices decode as nil (as JSON's omitempty gave
+// them to the init before), which no reader of these types tells apart.
 func TestWireZero(t *testing.T) {
 	c := Config{Build: &RootBuild{}, OOMScore: -1000}
 	data, _ := c.MarshalBinary()
@@ -112,9 +124,7 @@ func TestWireZero(t *testing.T) {
 // or an integer that is not one, fails with an error, never a panic or an
 // allocation past its own size.
 func TestWireDamaged(t *testing.T) {
-	var n int
-	var c Config
-	fill(t, reflect.ValueOf(&c).Elem(), &n)
+	c, _ := filled(t)
 	data, _ := c.MarshalBinary()
 	for i := range len(data) {
 		var got Config
@@ -128,24 +138,136 @@ func TestWireDamaged(t *testing.T) {
 	}
 
 	var st Stage
+	layout := binary.AppendUvarint(nil, wireLayout)
+	at := func(n int) string { return fmt.Sprint("at byte ", len(layout)+n) }
 	for _, bad := range []struct {
 		name string
 		data []byte
 		want string
 	}{
-		{"a bool of 2", []byte{2}, "no bool at byte 0"},
-		{"a huge length", []byte{0, 0xff, 0xff, 0xff, 0xff, 0x0f}, "a length past the end at byte 6"},
-		{"a varint never ending", []byte{0, 0x80, 0x80}, "no unsigned integer at byte 1"},
+		{"a bool of 2", []byte{2}, "no bool " + at(0)},
+		{"a huge length", []byte{0, 0xff, 0xff, 0xff, 0xff, 0x0f}, "a length past the end " + at(1)},
+		{"a varint never ending", []byte{0, 0x80, 0x80}, "no unsigned integer " + at(1)},
 	} {
-		if err := st.UnmarshalBinary(bad.data); err == nil || !strings.Contains(err.Error(), bad.want) {
+		if err := st.UnmarshalBinary(append(layout[:len(layout):len(layout)], bad.data...)); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%s: err = %v, want %q", bad.name, err, bad.want)
 		}
 	}
+	// Another build's message: refused at its first byte, saying why.
+	other, _ := (&Stage{Dir: "/x"}).MarshalBinary()
+	other = append(binary.AppendUvarint(nil, wireLayout+1), other[len(layout):]...)
+	if err := st.UnmarshalBinary(other); !errors.Is(err, errDamaged) || !strings.Contains(err.Error(), "another build") {
+		t.Errorf("a message of another layout: err = %v", err)
+	}
+
 	// A uid past 32 bits: a config of zeros up to the user, then 1<<32.
 	zero, _ := (&Config{}).MarshalBinary()
-	at := len(zero) - 7 // the uid, then gid, gids, caps, nofile, oom, env
-	bad := append(append(append([]byte(nil), zero[:at]...), 0x80, 0x80, 0x80, 0x80, 0x10), zero[at+1:]...)
+	uid := len(zero) - 7 // the uid, then gid, gids, caps, nofile, oom, env
+	bad := append(append(append([]byte(nil), zero[:uid]...), 0x80, 0x80, 0x80, 0x80, 0x10), zero[uid+1:]...)
 	if err := got.UnmarshalBinary(bad); err == nil || !strings.Contains(err.Error(), "an integer past 32 bits") {
 		t.Errorf("a uid of 1<<32: err = %v", err)
+	}
+	// An OOM score past int (on a 32-bit machine: past 2^31).
+	bad = binary.AppendVarint(append([]byte(nil), zero[:len(zero)-2]...), math.MaxInt64)
+	bad = append(bad, 0) // no env
+	if err := got.UnmarshalBinary(bad); strconv.IntSize == 32 && (err == nil || !strings.Contains(err.Error(), "an integer past int")) {
+		t.Errorf("an OOM score of 2^63-1 on a 32-bit machine: err = %v", err)
+	} else if strconv.IntSize == 64 && (err != nil || got.OOMScore != math.MaxInt64) {
+		t.Errorf("an OOM score of 2^63-1: %d, %v", got.OOMScore, err)
+	}
+}
+
+// TestWireLayout checks that the encoding follows the order in which the
+// types declare their fields (read back by reflection, in that order),
+// and that wireLayout is the CRC-32 of that layout: a change to the types
+// changes what a message starts with, and an init of another build
+// refuses it.
+func TestWireLayout(t *testing.T) {
+	c, st := filled(t)
+	for _, v := range []any{&c, &st} {
+		data, _ := v.(interface{ MarshalBinary() ([]byte, error) }).MarshalBinary()
+		d := newDecoder(data)
+		got := reflect.New(reflect.TypeOf(v).Elem())
+		readByReflection(t, d, got.Elem())
+		if err := d.end(); err != nil {
+			t.Fatalf("%T read by reflection: %v", v, err)
+		}
+		if !reflect.DeepEqual(got.Interface(), v) {
+			t.Errorf("%T read in the order its type declares:\n%+v\nwant\n%+v", v, got.Elem(), reflect.ValueOf(v).Elem())
+		}
+	}
+	var b strings.Builder
+	for _, v := range []any{Stage{}, Config{}} {
+		layout(&b, reflect.TypeOf(v))
+	}
+	if sum := crc32.ChecksumIEEE([]byte(b.String())); sum != wireLayout {
+		t.Errorf("the layout of Stage and Config changed: set wireLayout to %#x (%s)", sum, b.String())
+	}
+}
+
+// readByReflection reads v from d in the order its type declares its
+// fields, as the encoding must.
+func readByReflection(t *testing.T, d *decoder, v reflect.Value) {
+	t.Helper()
+	switch v.Kind() {
+	case reflect.String:
+		v.SetString(d.string())
+	case reflect.Bool:
+		v.SetBool(d.bool())
+	case reflect.Int, reflect.Int64:
+		v.SetInt(int64(d.int()))
+	case reflect.Uint32:
+		v.SetUint(uint64(d.uint32()))
+	case reflect.Uint64:
+		v.SetUint(d.uint())
+	case reflect.Slice:
+		if v.Type().Elem().Kind() == reflect.Uint8 {
+			v.SetBytes(d.bytes())
+			return
+		}
+		if n := d.length(); n > 0 {
+			v.Set(reflect.MakeSlice(v.Type(), n, n))
+			for i := range n {
+				readByReflection(t, d, v.Index(i))
+			}
+		}
+	case reflect.Pointer:
+		if d.bool() {
+			v.Set(reflect.New(v.Type().Elem()))
+			readByReflection(t, d, v.Elem())
+		}
+	case reflect.Struct:
+		for i := range v.NumField() {
+			if !notSent[v.Type().Field(i).Name] {
+				readByReflection(t, d, v.Field(i))
+			}
+		}
+	default:
+		t.Fatalf("readByReflection: no reader for a %s (%s)", v.Kind(), v.Type())
+	}
+}
+
+// layout writes the layout of t (its fields' names and types, in order,
+// those of the structs it holds within) to b.
+func layout(b *strings.Builder, t reflect.Type) {
+	switch t.Kind() {
+	case reflect.Slice:
+		b.WriteString("[]")
+		layout(b, t.Elem())
+	case reflect.Pointer:
+		b.WriteString("*")
+		layout(b, t.Elem())
+	case reflect.Struct:
+		b.WriteString(t.Name() + "{")
+		for i := range t.NumField() {
+			if f := t.Field(i); !notSent[f.Name] {
+				b.WriteString(f.Name + " ")
+				layout(b, f.Type)
+				b.WriteString(";")
+			}
+		}
+		b.WriteString("}")
+	default:
+		b.WriteString(t.Kind().String())
 	}
 }
