@@ -213,7 +213,7 @@ type decoder struct {
 func newDecoder(data []byte) *decoder {
 	d := &decoder{b: data, size: len(data)}
 	if l := d.uint(); d.err == nil && l != wireLayout {
-		d.err = fmt.Errorf("%w: a message for an init of another build (layout %#x, this one's %#x): build msb and its portal binary from the same source", errDamaged, l, wireLayout)
+		d.err = fmt.Errorf("%w: a message from a server of another build (layout %#x, this init's %#x): build msb and its portal binary from the same source", errDamaged, l, wireLayout)
 	}
 	return d
 }
