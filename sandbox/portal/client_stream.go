@@ -49,8 +49,12 @@ type flow struct {
 	sendable int64 // input bytes the portal let the client send
 	started  bool
 	stdinErr bool
-	ready    chan struct{} // a token: an item was queued
-	credit   chan struct{} // a token: sendable grew
+	// ended: the call's final event is queued. Its consumer may take
+	// it before the call's done is closed; from then on, input is
+	// refused all the same (Process.Stdin).
+	ended  bool
+	ready  chan struct{} // a token: an item was queued
+	credit chan struct{} // a token: sendable grew
 }
 
 func newFlow(window int64, kinds ...byte) *flow {
@@ -118,10 +122,19 @@ func (f *flow) event(ev event) string {
 	case !ev.Done:
 		f.mu.Unlock()
 		return ""
+	default:
+		f.ended = true
 	}
 	f.mu.Unlock()
 	f.push(item{ev: ev})
 	return ""
+}
+
+// over reports whether the call's final event is queued.
+func (f *flow) over() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ended
 }
 
 // next waits for the next item. It returns errStopped when stop is
@@ -373,6 +386,9 @@ func (p *Process) Stdin(ctx context.Context, data []byte) error {
 		}
 		return ErrEnded
 	default:
+	}
+	if p.cl.flow.over() { // its exit may be delivered already
+		return ErrEnded
 	}
 	if len(data) == 0 {
 		return p.c.sendFrame(ctx, dataFrame(p.cl.id, dataStdin, nil))
