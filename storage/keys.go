@@ -65,7 +65,7 @@ func scanKey(s scanner) (auth.Key, error) {
 }
 
 func (d *DB) queryKeys(ctx context.Context, q string, args ...any) ([]auth.Key, error) {
-	rows, err := d.db.QueryContext(ctx, q, args...)
+	rows, err := d.query(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}

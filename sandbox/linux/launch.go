@@ -56,8 +56,9 @@ const sandboxCloneFlags = unix.CLONE_NEWPID | unix.CLONE_NEWNS | unix.CLONE_NEWU
 // the sandbox's namespaces by the spawner (package spawn): a small process
 // of the same binary, started once, whose thread's credentials are prepared
 // once for every sandbox. Cloning from it rather than from the server
-// keeps a clone cheap however large the server grows, and leaves nothing
-// of the server's in the child between its clone and its exec.
+// leaves nothing of the server's in the child between its clone and its
+// exec (and, where the spawner clones with Go's fork and exec, copies
+// its small address space rather than the server's).
 type launcher struct {
 	exe     *os.File // the sealed memfd
 	devNull *os.File // the init's stdin

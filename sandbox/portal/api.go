@@ -51,8 +51,8 @@ type Client struct {
 	calls map[uint64]*call
 	err   error // set once the connection is closed
 
-	rlimits    []rlimit     // of every process this client starts (SetRlimits)
-	takeOutput OutputBudget // see NewClient
+	rlimits    []rlimit       // of every process this client starts (SetRlimits)
+	takeOutput TakeOutputFunc // see NewClient
 }
 
 // SetRlimits sets the resource limits of every process started through
@@ -102,16 +102,16 @@ func (cl *call) stop() {
 	cl.mu.Unlock()
 }
 
-// OutputBudget takes n bytes of the server's output budget for a call of
-// ctx, or refuses them.
-type OutputBudget func(ctx context.Context, n int64) bool
+// TakeOutputFunc takes n bytes of the server's output budget for a call
+// of ctx, or refuses them.
+type TakeOutputFunc func(ctx context.Context, n int64) bool
 
 // NewClient starts a client on conn and reads from it until it closes;
 // Close closes conn. What the client holds of a capped call's output
 // (Exec, RunCode) is taken from takeOutput as it grows: the server's output
 // budget (sandbox.TakeOutput); when it refuses, the output is cut there
 // and says so. With nil, only MaxOutput bounds it.
-func NewClient(conn io.ReadWriteCloser, takeOutput OutputBudget) *Client {
+func NewClient(conn io.ReadWriteCloser, takeOutput TakeOutputFunc) *Client {
 	if takeOutput == nil {
 		takeOutput = func(context.Context, int64) bool { return true }
 	}
@@ -227,11 +227,8 @@ func (c *Client) event(ev event) string {
 	}
 	switch {
 	case cl.flow != nil:
-		if reason := cl.flow.event(ev); reason != "" {
+		if reason := cl.flow.event(ev, cl.done); reason != "" {
 			return reason
-		}
-		if ev.Done {
-			close(cl.done) // after the final item is queued
 		}
 	case ev.Done:
 		cl.final = ev
@@ -390,7 +387,7 @@ func finalError(op string, ev event) error {
 // twice (held, then encoded), in steps of budgetStep.
 type collector struct {
 	ctx      context.Context
-	take     OutputBudget
+	take     TakeOutputFunc
 	cap      outputCap
 	lines    []guest.Line
 	reserved int // bytes of the budget taken and not yet used
@@ -399,7 +396,7 @@ type collector struct {
 
 const budgetStep = 256 << 10
 
-func newCollector(ctx context.Context, take OutputBudget) *collector {
+func newCollector(ctx context.Context, take TakeOutputFunc) *collector {
 	return &collector{ctx: ctx, take: take, cap: outputCap{maxBytes: guest.MaxOutput + trailerSlack, maxLines: maxLines + 16, perLine: lineEnvelope}}
 }
 

@@ -49,12 +49,8 @@ type flow struct {
 	sendable int64 // input bytes the portal let the client send
 	started  bool
 	stdinErr bool
-	// ended: the call's final event is queued. Its consumer may take
-	// it before the call's done is closed; from then on, input is
-	// refused all the same (Process.Stdin).
-	ended  bool
-	ready  chan struct{} // a token: an item was queued
-	credit chan struct{} // a token: sendable grew
+	ready    chan struct{} // a token: an item was queued
+	credit   chan struct{} // a token: sendable grew
 }
 
 func newFlow(window int64, kinds ...byte) *flow {
@@ -92,8 +88,10 @@ func (f *flow) push(it item) {
 }
 
 // event queues a control frame of the call; it returns why the frame is
-// not allowed, if it is not.
-func (f *flow) event(ev event) string {
+// not allowed, if it is not. The final one also closes done, the call's,
+// in the same step: whoever takes it from the queue (and delivers a
+// process's exit) finds the call over.
+func (f *flow) event(ev event, done chan struct{}) string {
 	f.mu.Lock()
 	if ev.Credit > 0 {
 		if f.sendable+ev.Credit > maxCredit {
@@ -123,18 +121,15 @@ func (f *flow) event(ev event) string {
 		f.mu.Unlock()
 		return ""
 	default:
-		f.ended = true
+		f.items = append(f.items, item{ev: ev})
+		close(done)
+		f.mu.Unlock()
+		token(f.ready)
+		return ""
 	}
 	f.mu.Unlock()
 	f.push(item{ev: ev})
 	return ""
-}
-
-// over reports whether the call's final event is queued.
-func (f *flow) over() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.ended
 }
 
 // next waits for the next item. It returns errStopped when stop is
@@ -386,9 +381,6 @@ func (p *Process) Stdin(ctx context.Context, data []byte) error {
 		}
 		return ErrEnded
 	default:
-	}
-	if p.cl.flow.over() { // its exit may be delivered already
-		return ErrEnded
 	}
 	if len(data) == 0 {
 		return p.c.sendFrame(ctx, dataFrame(p.cl.id, dataStdin, nil))

@@ -7,13 +7,14 @@ import (
 	"time"
 )
 
-// A process whose exit is queued refuses input at once, also before its
-// call's done is closed: the consumer may have delivered the exit by then
-// (TestStreamStdinAndEOF saw a late write accepted once in a while).
+// A process whose exit is queued refuses input at once: the consumer may
+// deliver the exit as soon as it is queued (TestStreamStdinAndEOF saw a
+// late write accepted once in a while, when the call's done was closed
+// only after).
 func TestStdinAfterExitQueued(t *testing.T) {
 	f := newFlow(1<<16, dataStdout)
 	p := &Process{cl: &call{flow: f, done: make(chan struct{})}, stop: make(chan struct{})}
-	if reason := f.event(event{Done: true}); reason != "" {
+	if reason := f.event(event{Done: true}, p.cl.done); reason != "" {
 		t.Fatal(reason)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -5,9 +5,9 @@
 // process; Reexec, which dispatches the in-sandbox roles of the portal
 // binary (the init, the portal, the trampoline of commands); the messages
 // of the init's exchange with the engine and the descriptor-passing helpers
-// the spawner and the engine share with it (RecvMsg, CloseFDs); and Root,
-// through which the init and the engine write into a sandbox's root
-// without ever leaving it.
+// the spawner and the engine share with it (RecvMsg, SendMsg, CloseFDs);
+// and Root, through which the init and the engine write into a sandbox's
+// root without ever leaving it.
 //
 // It imports only the standard library, x/sys/unix and msb's packages that
 // do the same (sandbox/guest, sandbox/portal, errdefs), so that the portal

@@ -82,9 +82,9 @@ type Config struct {
 	Hostname string
 	Workdir  string
 	User     guest.User
-	// Caps are the capabilities root in the sandbox keeps (its bounding
-	// set is already that, from the thread that cloned it); a non-root
-	// user keeps none.
+	// Caps are the capabilities root in the sandbox keeps, and its
+	// bounding set (the clone's child set it; boundCaps drops what a
+	// spawner without one left); a non-root user keeps none.
 	Caps     uint64
 	NoFile   uint64
 	OOMScore int

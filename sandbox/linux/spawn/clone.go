@@ -5,7 +5,6 @@ package spawn
 import (
 	"errors"
 	"fmt"
-	"os"
 	"runtime"
 	"strconv"
 	"strings"
@@ -390,11 +389,13 @@ func writeIDMaps(pid int, uids, gids []syscall.SysProcIDMap, setgroups bool) err
 		}
 		return b
 	}
+	// Plain system calls: the child waits meanwhile, and os.OpenFile
+	// would try the poller on each file.
 	write := func(name string, data []byte) error {
-		f, err := os.OpenFile("/proc/"+strconv.Itoa(pid)+"/"+name, os.O_WRONLY, 0)
+		fd, err := unix.Open("/proc/"+strconv.Itoa(pid)+"/"+name, unix.O_WRONLY|unix.O_CLOEXEC, 0)
 		if err == nil {
-			_, err = f.Write(data)
-			if cerr := f.Close(); err == nil {
+			_, err = unix.Write(fd, data)
+			if cerr := unix.Close(fd); err == nil {
 				err = cerr
 			}
 		}

@@ -1,7 +1,8 @@
 // Package spawn is the spawner: a small process of the portal binary
-// (sandbox/linux/portalbin, or msb itself when it carries none), started
-// by the Linux engine's launcher (sandbox/linux) once, and again if it
-// exits, that clones every sandbox's init. Cloned from the server, an init
+// (sandbox/linux/portalbin, or msb itself when it carries none or refuses
+// the one it carries), started by the Linux engine's launcher
+// (sandbox/linux) once, and again if it exits, that clones every
+// sandbox's init. Cloned from the server, an init
 // would hold copies of all the server's descriptors until its exec; the
 // spawner holds only its own (all close-on-exec) and almost no memory.
 //

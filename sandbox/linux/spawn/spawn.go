@@ -62,9 +62,9 @@ type Reply struct {
 	Err   string        `json:",omitempty"`
 }
 
-// MaybeServe plays the spawner when the binary was started as one (by the
+// maybeServe plays the spawner when the binary was started as one (by the
 // Linux engine's launcher), and never returns then (see Reexec).
-func MaybeServe() {
+func maybeServe() {
 	if len(os.Args) != 2 || os.Args[1] != Role {
 		return
 	}
@@ -80,13 +80,13 @@ func MaybeServe() {
 }
 
 // Reexec plays every role the Linux engine runs the portal binary in, and
-// never returns when it does: the spawner (MaybeServe), and inside every
+// never returns when it does: the spawner (maybeServe), and inside every
 // sandbox its init, its portal and the trampoline of its commands
 // (boot.Reexec). args are the process's arguments and pid its pid. Call it
 // first thing in main of the portal binary (or through
 // sandbox/engine.Reexec in msb).
 func Reexec(args []string, pid int) {
-	MaybeServe()
+	maybeServe()
 	boot.Reexec(args, pid)
 }
 
