@@ -249,7 +249,8 @@ func memAvailable(tb testing.TB) int64 {
 //	repl/python-c        warm sandbox.repl.run of print(1) vs python3 -c    (target <= 0.25)
 //	starts/s, cpu-ms/start+stop  sandbox.start + sandbox.stop from 4 clients at once; the
 //	                     CPU of the server and its children (the sandboxes)  (targets >= 150, <= 10)
-//	                     and, as ratios to baselines of the same rounds (3 rounds, medians; python-c-cpu-ms,
+//	                     and, against baselines measured in the same rounds (3 rounds; each ratio is the
+//	                     median of the rounds' figure over the median of their baseline; python-c-cpu-ms,
 //	                     python-c-wall-ms, portal-process-cpu-ms), cpu/python-c-cpu: that CPU vs the CPU of
 //	                     a bare python3 -c (target <= 1.0: the 10 ms target, set on a machine where python3 -c
 //	                     took about 10 ms, its time; its CPU was not measured there), starts-per-python-c:
@@ -510,7 +511,8 @@ type floors struct{ pythonCPU, pythonWall, portalCPU time.Duration }
 // -c 'print(1)' and the portal binary with no role (a static Go program
 // that starts, prints its usage and exits, with the GOMAXPROCS of a
 // sandbox's init: its exec, its Go runtime's start and its exit, which
-// every init pays before its own work), and returns their medians.
+// every init pays before its own work), and returns their medians (of an
+// even n, the lower of the middle two: quantile).
 func processFloors(b *testing.B, n int) floors {
 	// cpuOf runs cmd, which must exit with code and write out (to stdout)
 	// or usage (the start of its stderr): a crash (exit code 2 too, from

@@ -111,11 +111,7 @@ func TestOpenFixesLoosenedMode(t *testing.T) {
 
 func TestPragmas(t *testing.T) {
 	ctx := context.Background()
-	db, err := storage.Open(ctx, filepath.Join(t.TempDir(), "msb.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := openDB(t)
 	// Check several pooled connections at once: the settings must hold on
 	// every connection, not just the first.
 	for i := 0; i < 4; i++ {
@@ -149,11 +145,7 @@ func TestPragmas(t *testing.T) {
 
 func TestForeignKeysEnforced(t *testing.T) {
 	ctx := context.Background()
-	db, err := storage.Open(ctx, filepath.Join(t.TempDir(), "msb.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := openDB(t)
 	conn, err := db.SQL().Conn(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -240,4 +232,15 @@ func TestOpenMissingDirectory(t *testing.T) {
 	if err == nil {
 		t.Fatal("Open in a missing directory succeeded")
 	}
+}
+
+// openDB opens a database of its own for t, closed when t ends.
+func openDB(t *testing.T) *storage.DB {
+	t.Helper()
+	db, err := storage.Open(context.Background(), filepath.Join(t.TempDir(), "msb.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
 }

@@ -12,3 +12,6 @@ func (d *DB) Prepared() int {
 	defer d.mu.Unlock()
 	return len(d.stmts)
 }
+
+// ErrClosed is the error of a query on a closed database.
+var ErrClosed = errClosed

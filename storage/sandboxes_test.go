@@ -2,9 +2,8 @@ package storage_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -18,11 +17,7 @@ import (
 // listing from working.
 func TestSandboxRecords(t *testing.T) {
 	ctx := context.Background()
-	db, err := storage.Open(ctx, filepath.Join(t.TempDir(), "msb.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := openDB(t)
 	id, _ := sandbox.ParseID("ns", "box")
 	cfg := sandbox.Config{Image: "microsandbox/python", Memory: 256, CPUs: 1, Disk: 4096, Shell: "/bin/sh",
 		Volumes: []sandbox.Volume{{Host: "data", Guest: "/data", ReadOnly: true}}, Ports: []sandbox.Port{{Host: 8080, Guest: 80}},
@@ -53,11 +48,7 @@ func TestSandboxRecords(t *testing.T) {
 // the network) has the namespace's default network.
 func TestOldSandboxRecordsRead(t *testing.T) {
 	ctx := context.Background()
-	db, err := storage.Open(ctx, filepath.Join(t.TempDir(), "msb.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := openDB(t)
 	for name, data := range map[string]string{
 		"v0": `{"image":"microsandbox/python","memory":512,"cpus":1,"shell":"/bin/sh"}`,
 		"v2": `{"v":2,"image":"microsandbox/python","memory":512,"cpus":1,"shell":"/bin/sh","user":"root"}`,
@@ -76,11 +67,7 @@ func TestOldSandboxRecordsRead(t *testing.T) {
 // A sandbox's config can be replaced without touching its state or times.
 func TestSetSandboxConfig(t *testing.T) {
 	ctx := context.Background()
-	db, err := storage.Open(ctx, filepath.Join(t.TempDir(), "msb.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := openDB(t)
 	id, _ := sandbox.ParseID("ns", "box")
 	now := time.UnixMilli(time.Now().UnixMilli())
 	if err := db.PutSandbox(ctx, sandbox.Record{ID: id, UUID: "u", Config: sandbox.Config{Image: "a"}, State: sandbox.StateRunning, Created: now, Started: now}); err != nil {
@@ -103,16 +90,12 @@ func TestSetSandboxConfig(t *testing.T) {
 	}
 }
 
-// A query is prepared on its first run only, also when many goroutines
-// run it first at once; a closed database keeps no statement and fails
-// the next query with an error.
+// One statement is kept for each query, also when many goroutines run it
+// first at once; a closed database keeps none and fails the next query
+// with errClosed.
 func TestStatementsPrepared(t *testing.T) {
 	ctx := context.Background()
-	db, err := storage.Open(ctx, filepath.Join(t.TempDir(), "msb.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := openDB(t)
 	before := db.Prepared()
 	startStop := func(name string) error {
 		id, _ := sandbox.ParseID("ns", name)
@@ -143,7 +126,7 @@ func TestStatementsPrepared(t *testing.T) {
 	if n := db.Prepared(); n != 0 {
 		t.Errorf("%d statements kept after Close", n)
 	}
-	if err := startStop("after"); err == nil || !strings.Contains(err.Error(), "closed") {
+	if err := startStop("after"); !errors.Is(err, storage.ErrClosed) {
 		t.Errorf("a query on a closed database: %v", err)
 	}
 }

@@ -45,6 +45,9 @@ func TestRenameOverLeftover(t *testing.T) {
 	}
 	mnts := c.mounts()
 	all := len(mnts)
+	if all < 2 {
+		t.Skip("one cgroup hierarchy: no rename to undo")
+	}
 	for _, mnt := range mnts[:all-1] {
 		if err := removeCgroupTree(c.dir(mnt, "box")); err != nil {
 			t.Fatal(err)

@@ -245,6 +245,11 @@ func TestPrestartWaitsForQuiet(t *testing.T) {
 	if since := time.Since(t0); since < linux.BackgroundPatience {
 		t.Errorf("Prestart went ahead %v after the call began, within its patience", since)
 	}
+	select {
+	case err := <-done: // (then nothing is left to receive below)
+		t.Fatalf("the call ended (%v) before Prestart went ahead: it waited past its patience", err)
+	default:
+	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}

@@ -96,7 +96,9 @@ func TestWaitQuiet(t *testing.T) {
 		c.start() // a burst
 	}()
 	t0 = time.Now()
-	c.waitQuiet(nil)
+	if !c.waitQuiet(nil) {
+		t.Error("waitQuiet(nil) returned false after a burst")
+	}
 	if took := time.Since(t0); took > backgroundPatience/2 {
 		t.Errorf("a burst during the wait let the work go after %v", took)
 	}

@@ -664,8 +664,8 @@ func TestRefillWaitsForQuiet(t *testing.T) {
 		t.Errorf("an init was spawned ahead %v after the call began, within its patience", since)
 	}
 	select {
-	case err := <-done:
-		t.Errorf("the call ended (%v) before the refill gave up waiting for it", err)
+	case err := <-done: // (then nothing is left to receive below)
+		t.Fatalf("the call ended (%v) before the refill gave up waiting for it", err)
 	default:
 	}
 	if err := <-done; err != nil {

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/msb-dev/msb/sandbox/guest"
 )
 
 // notSent are the fields of a Config that MarshalBinary leaves out: the
@@ -98,8 +100,9 @@ func TestWireRoundTrip(t *testing.T) {
 }
 
 // Empty strings, a nil or empty Build and zero or negative numbers decode
-// as they were sent; empty slices decode as nil (as JSON's omitempty gave
-// them to the init before), which no reader of these types tells apart.
+// as they were sent; empty slices (and an empty file's content) decode as
+// nil (as JSON's omitempty gave them to the init before), which no reader
+// of these types tells apart.
 func TestWireZero(t *testing.T) {
 	c := Config{Build: &RootBuild{}, OOMScore: -1000}
 	data, _ := c.MarshalBinary()
@@ -117,6 +120,14 @@ func TestWireZero(t *testing.T) {
 	}
 	if got.Build != nil || got.Env != nil {
 		t.Errorf("decoding a zero config left %+v", got)
+	}
+	data, _ = (&Config{Env: []string{}, Layers: []string{}, Build: &RootBuild{Files: []guest.File{{Content: []byte{}}}}}).MarshalBinary()
+	got = Config{}
+	if err := got.UnmarshalBinary(data); err != nil {
+		t.Fatal(err)
+	}
+	if got.Env != nil || got.Layers != nil || got.Build == nil || len(got.Build.Files) != 1 || got.Build.Files[0].Content != nil {
+		t.Errorf("empty slices decode to %+v, want nil ones", got)
 	}
 }
 

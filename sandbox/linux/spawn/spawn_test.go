@@ -1,8 +1,11 @@
 package spawn
 
 import (
+	"errors"
 	"os"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // A request whose descriptors do not add up is answered with why, and
@@ -32,5 +35,14 @@ func TestSpawnRequestChecked(t *testing.T) {
 	}
 	if len(s.pending) != 0 {
 		t.Errorf("children pending after refused requests: %v", s.pending)
+	}
+	noChildLeft(t)
+}
+
+// noChildLeft fails t if this process has a child to reap.
+func noChildLeft(t *testing.T) {
+	t.Helper()
+	if _, err := unix.Wait4(-1, nil, unix.WNOHANG, nil); !errors.Is(err, unix.ECHILD) {
+		t.Errorf("a child is left to reap: %v", err)
 	}
 }
