@@ -254,6 +254,8 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Before the spawner starts, which inherits it, and every init with it.
+	host.timerSlack = raiseTimerSlack()
 	dynamic, err := needsLoader(image)
 	if err != nil {
 		return nil, fmt.Errorf("linux engine: %s: %w", portalName, err)
@@ -1033,20 +1035,21 @@ func socketPair(name string) (*os.File, net.Conn, error) {
 func (e *Engine) initConfig(b *box) *boot.Config {
 	s := b.spec
 	c := &boot.Config{
-		Root:     e.mountPoint,
-		Layers:   s.Root.Layers,
-		Upper:    filepath.Join(b.upperDir(), "upper"),
-		Work:     filepath.Join(b.upperDir(), "work"),
-		Binds:    bindOrder(imageMounts(s.Root.Mounts)),
-		Hostname: s.Hostname,
-		Workdir:  s.Workdir,
-		User:     s.User,
-		Caps:     e.l.caps,
-		NoFile:   e.host.nofile,
-		OOMScore: e.host.oomScore,
-		Env:      s.Env,
-		Tmpfs:    s.Tmpfs,
-		Procs:    initProcs(s.CPUs),
+		Root:       e.mountPoint,
+		Layers:     s.Root.Layers,
+		Upper:      filepath.Join(b.upperDir(), "upper"),
+		Work:       filepath.Join(b.upperDir(), "work"),
+		Binds:      bindOrder(imageMounts(s.Root.Mounts)),
+		Hostname:   s.Hostname,
+		Workdir:    s.Workdir,
+		User:       s.User,
+		Caps:       e.l.caps,
+		NoFile:     e.host.nofile,
+		OOMScore:   e.host.oomScore,
+		TimerSlack: e.host.timerSlack,
+		Env:        s.Env,
+		Tmpfs:      s.Tmpfs,
+		Procs:      initProcs(s.CPUs),
 	}
 	if b.template != "" {
 		c.Layers = []string{b.template}

@@ -43,6 +43,13 @@ func TestMain(m *testing.M) {
 	if cfg := os.Getenv(crashReadyEnv); cfg != "" {
 		crashReadyServer(cfg)
 	}
+	// Before any engine raises it (TestTimerSlack).
+	data, err := os.ReadFile("/proc/self/timerslack_ns")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	startSlack = strings.TrimSpace(string(data))
 	dir, err := os.MkdirTemp("", "msb-linux-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

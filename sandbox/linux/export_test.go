@@ -9,6 +9,9 @@ import (
 	"github.com/msb-dev/msb/sandbox"
 )
 
+// TimerSlack is the timer slack the engine gives its process's threads.
+const TimerSlack = timerSlack
+
 // WaitCgroupPool waits until the engine's cgroups made ahead are ready.
 func WaitCgroupPool(e *Engine) { e.cg.fill() }
 

@@ -34,6 +34,9 @@ type hostLimits struct {
 	// server's hard limit if lower (raising a hard limit takes
 	// CAP_SYS_RESOURCE, which sandboxes must not have).
 	nofile uint64
+	// timerSlack is the timer slack of the processes in sandboxes: the
+	// server's before the engine raised it (raiseTimerSlack).
+	timerSlack uint64
 }
 
 // probeHost finds the hostLimits of this host (swap accounting is the

@@ -26,14 +26,23 @@ func Main() {
 		logf("%v", err)
 		os.Exit(2)
 	}
-	Serve()
+	Serve(Options{})
+}
+
+// Options are what the init that becomes the portal passes on to it.
+type Options struct {
+	// ChildTimerSlack is the timer slack, in nanoseconds, of every
+	// process the portal starts; 0 leaves them the portal's own. (The
+	// engine raises its own threads' slack, and every init inherits it;
+	// the processes of the sandbox get the server's original back.)
+	ChildTimerSlack uint64
 }
 
 // Serve is Main in a process already locked down (LockDown): an init
 // that becomes the portal without an exec locks itself down before it
 // reports its set-up done, so that a sandbox its server calls started
 // runs under its filter before the portal serves anything.
-func Serve() {
+func Serve(opts Options) {
 	conn := os.NewFile(3, "portal")
 	if conn == nil {
 		os.Exit(2)
@@ -53,7 +62,7 @@ func Serve() {
 	// them.
 	const prSetChildSubreaper = 36 // linux/prctl.h
 	syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0)
-	os.Exit(serve(conn, userCgroup, calls))
+	os.Exit(serve(conn, userCgroup, calls, opts.ChildTimerSlack))
 }
 
 // cgroupV1Magic is CGROUP_SUPER_MAGIC, the file system type of cgroup v1.
@@ -105,15 +114,16 @@ type server struct {
 }
 
 // serve handles frames from conn until EOF and returns the exit status.
-// calls may be nil: commands then get no cgroup of their own.
-func serve(conn io.ReadWriter, userCgroup *os.File, calls *callCgroups) int {
+// calls may be nil: commands then get no cgroup of their own; childSlack
+// is the timer slack of the processes it starts (0: the portal's).
+func serve(conn io.ReadWriter, userCgroup *os.File, calls *callCgroups, childSlack uint64) int {
 	cwd, err := os.Getwd()
 	if err != nil {
 		cwd = "/"
 	}
 	s := &server{
 		out:      &frameWriter{w: conn},
-		reaper:   newReaper(userCgroup),
+		reaper:   newReaper(userCgroup, childSlack),
 		cgroups:  calls,
 		env:      os.Environ(),
 		cwd:      cwd,

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // reaper is the portal's only caller of wait4. As PID 1 the portal inherits
@@ -55,8 +57,9 @@ func childOOMScore() string {
 // its first fork. Every process the portal starts is then born in that
 // cgroup (or in a call's cgroup below it), so a fork bomb exhausts the
 // user's pids, not the reserve the rest of the portal's threads need to
-// keep answering.
-func newReaper(userCgroup *os.File) *reaper {
+// keep answering. With childSlack (in nanoseconds), the forking thread
+// takes that timer slack, which every process it starts inherits.
+func newReaper(userCgroup *os.File, childSlack uint64) *reaper {
 	r := &reaper{
 		waiters:    make(map[int]chan syscall.WaitStatus),
 		forks:      make(chan func()),
@@ -66,6 +69,11 @@ func newReaper(userCgroup *os.File) *reaper {
 		// Never unlocked: the thread must stay in the cgroup and serve
 		// nothing else.
 		runtime.LockOSThread()
+		if childSlack > 0 {
+			if err := unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(childSlack), 0, 0, 0); err != nil {
+				logf("cannot give the forking thread a timer slack of %d ns: %v", childSlack, err)
+			}
+		}
 		if userCgroup != nil {
 			// "0" in a cgroup v1 tasks file means the writing thread.
 			if _, err := userCgroup.Write([]byte("0")); err != nil {

@@ -88,7 +88,12 @@ type Config struct {
 	Caps     uint64
 	NoFile   uint64
 	OOMScore int
-	Env      []string
+	// TimerSlack is the timer slack, in nanoseconds, of every process
+	// the portal starts: the server's as it started, before the engine
+	// raised its own threads' (which the init's inherit and keep); 0
+	// leaves them the init's.
+	TimerSlack uint64
+	Env        []string
 }
 
 // Stage is what the server tells an init as soon as it has spawned
@@ -235,7 +240,7 @@ func runInit(status *os.File) error {
 		return err
 	}
 	status.Close() // the set-up is done
-	portal.Serve()
+	portal.Serve(portal.Options{ChildTimerSlack: c.TimerSlack})
 	return errors.New("the portal returned")
 }
 

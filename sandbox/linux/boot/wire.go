@@ -34,7 +34,7 @@ import (
 // (a portal binary built from other source than msb: portalbin checks
 // the revision, but not uncommitted edits) refuses a message rather than
 // read one field as another.
-const wireLayout = 0x239ab644
+const wireLayout = 0x615373cc
 
 // MarshalBinary encodes st for the init's readStage. It never fails.
 func (st *Stage) MarshalBinary() ([]byte, error) {
@@ -110,6 +110,7 @@ func (c *Config) MarshalBinary() ([]byte, error) {
 	e.uint(c.Caps)
 	e.uint(c.NoFile)
 	e.int(int64(c.OOMScore))
+	e.uint(c.TimerSlack)
 	e.strings(c.Env)
 	return e.b, nil
 }
@@ -154,6 +155,7 @@ func (c *Config) UnmarshalBinary(data []byte) error {
 	c.Caps = d.uint()
 	c.NoFile = d.uint()
 	c.OOMScore = d.int()
+	c.TimerSlack = d.uint()
 	c.Env = d.strings()
 	return d.end()
 }

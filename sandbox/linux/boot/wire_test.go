@@ -173,14 +173,14 @@ func TestWireDamaged(t *testing.T) {
 
 	// A uid past 32 bits: a config of zeros up to the user, then 1<<32.
 	zero, _ := (&Config{}).MarshalBinary()
-	uid := len(zero) - 7 // the uid, then gid, gids, caps, nofile, oom, env
+	uid := len(zero) - 8 // the uid, then gid, gids, caps, nofile, oom, slack, env
 	bad := append(append(append([]byte(nil), zero[:uid]...), 0x80, 0x80, 0x80, 0x80, 0x10), zero[uid+1:]...)
 	if err := got.UnmarshalBinary(bad); err == nil || !strings.Contains(err.Error(), "an integer past 32 bits") {
 		t.Errorf("a uid of 1<<32: err = %v", err)
 	}
 	// An OOM score past int (on a 32-bit machine: past 2^31).
-	bad = binary.AppendVarint(append([]byte(nil), zero[:len(zero)-2]...), math.MaxInt64)
-	bad = append(bad, 0) // no env
+	bad = binary.AppendVarint(append([]byte(nil), zero[:len(zero)-3]...), math.MaxInt64)
+	bad = append(bad, 0, 0) // no slack, no env
 	if err := got.UnmarshalBinary(bad); strconv.IntSize == 32 && (err == nil || !strings.Contains(err.Error(), "an integer past int")) {
 		t.Errorf("an OOM score of 2^63-1 on a 32-bit machine: err = %v", err)
 	} else if strconv.IntSize == 64 && (err != nil || got.OOMScore != math.MaxInt64) {

@@ -1,0 +1,78 @@
+package linux_test
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/msb-dev/msb/sandbox/linux"
+	"github.com/msb-dev/msb/sandbox/sandboxtest"
+)
+
+// startSlack is this process's timer slack before any engine raised it
+// (TestMain reads it).
+var startSlack string
+
+// TestTimerSlack checks that the engine gives its own process's threads
+// its timer slack, and that the spawner's and the init's threads have it
+// too, but not the processes in the sandbox: they get the slack this
+// process had, through the one thread of the portal that starts them.
+func TestTimerSlack(t *testing.T) {
+	e, _, _ := newEngineToClose(t, "msb-slack")
+	id := sandboxtest.ID(t, "slack", "a")
+	pid := startBox(t, e, id, hostSpec(t))
+	orig, err := strconv.Atoi(startSlack)
+	if err != nil {
+		t.Fatalf("this process's timer slack %q: %v", startSlack, err)
+	}
+	raised := strconv.Itoa(max(orig, linux.TimerSlack))
+	for name, p := range map[string]int{"this process": os.Getpid(), "the spawner": linux.SpawnerPid(e)} {
+		for tid, slack := range threadSlacks(t, p) {
+			if slack != raised {
+				t.Errorf("%s: thread %d has a timer slack of %s ns, want %s", name, tid, slack, raised)
+			}
+		}
+	}
+	if got := mustRun(t, e, id, `cat /proc/self/timerslack_ns; sh -c 'cat /proc/self/timerslack_ns'`); got != startSlack+"\n"+startSlack+"\n" {
+		t.Errorf("timer slack of processes in the sandbox: %q, want %s (this process's before the engine raised it)", got, startSlack)
+	}
+	// The portal has started a process: its forking thread is there.
+	var forking int
+	for tid, slack := range threadSlacks(t, pid) {
+		switch slack {
+		case raised:
+		case startSlack:
+			forking++
+		default:
+			t.Errorf("the init: thread %d has a timer slack of %s ns, want %s", tid, slack, raised)
+		}
+	}
+	if forking != 1 && raised != startSlack {
+		t.Errorf("the init has %d threads of the original timer slack, want 1 (the forking thread)", forking)
+	}
+}
+
+// threadSlacks returns the timer slack of every thread of process pid.
+func threadSlacks(t *testing.T, pid int) map[int]string {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	slacks := map[int]string{}
+	for _, task := range tasks {
+		tid, _ := strconv.Atoi(task.Name())
+		// (Per thread only at /proc/<tid>.)
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/timerslack_ns", tid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		slacks[tid] = strings.TrimSpace(string(data))
+	}
+	if len(slacks) == 0 {
+		t.Fatalf("process %d has no threads", pid)
+	}
+	return slacks
+}
