@@ -9,6 +9,7 @@ import (
 
 	"github.com/msb-dev/msb/sandbox/linux"
 	"github.com/msb-dev/msb/sandbox/sandboxtest"
+	"golang.org/x/sys/unix"
 )
 
 // startSlack is this process's timer slack before any engine raised it
@@ -75,4 +76,36 @@ func threadSlacks(t *testing.T, pid int) map[int]string {
 		t.Fatalf("process %d has no threads", pid)
 	}
 	return slacks
+}
+
+// TestPortalSocketPolled checks that the portal waits for requests through
+// the runtime's poller (its socket, descriptor 3, non-blocking), not in a
+// read(2) that holds its only processor: the goroutines of the request in
+// flight then ran only once the runtime's monitor took the processor back
+// (up to timerSlack later).
+func TestPortalSocketPolled(t *testing.T) {
+	e, _, _ := newEngineToClose(t, "msb-polled")
+	id := sandboxtest.ID(t, "polled", "a")
+	pid := startBox(t, e, id, hostSpec(t))
+	mustRun(t, e, id, "true") // the portal serves
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/3", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flags string
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "flags:"); ok {
+			flags = strings.TrimSpace(v)
+		}
+	}
+	f, err := strconv.ParseUint(flags, 8, 64)
+	if err != nil {
+		t.Fatalf("flags of the portal's descriptor 3 in %q: %v", data, err)
+	}
+	if f&unix.O_NONBLOCK == 0 {
+		t.Errorf("the portal's socket (descriptor 3) is blocking: flags %s", flags)
+	}
+	if link, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/3", pid)); !strings.HasPrefix(link, "socket:") {
+		t.Errorf("the portal's descriptor 3 is %q, not its socket", link)
+	}
 }
