@@ -262,6 +262,8 @@ func memAvailable(tb testing.TB) int64 {
 //	                     cgroup-MiB@N what its memory cgroup is charged
 //	  metrics-p99-ms@N   sandbox.metrics.get of one sandbox    (target < 20)
 //	  repl-p99-ms@N      warm sandbox.repl.run of print(1)     (unchanged vs N = 10)
+//	  repl-p50-ms@N      the same calls' median
+//	                     (1,000 calls of each at every N: a p99 is then no single outlier)
 //	  start-ms@N         sandbox.start of one more sandbox
 //
 // crun (Debian's 1.8.1 refuses this host's hybrid cgroup layout) runs
@@ -712,7 +714,7 @@ func benchIdle(b *testing.B, c *rpcClient, home string) {
 		if _, err := c.call("sandbox.repl.run", replCall); err != nil { // starts the interpreter
 			b.Fatal(err)
 		}
-		for range 200 {
+		for range 1000 {
 			t := time.Now()
 			if _, err := c.call("sandbox.metrics.get", name(n/2)); err != nil {
 				b.Fatal(err)
@@ -726,6 +728,7 @@ func benchIdle(b *testing.B, c *rpcClient, home string) {
 		}
 		b.ReportMetric(ms(quantile(metrics, 0.99)), fmt.Sprintf("metrics-p99-ms@%d", n))
 		b.ReportMetric(ms(quantile(repl, 0.99)), fmt.Sprintf("repl-p99-ms@%d", n))
+		b.ReportMetric(ms(quantile(repl, 0.5)), fmt.Sprintf("repl-p50-ms@%d", n))
 		var starts []time.Duration
 		for j := range 11 {
 			p := map[string]any{"namespace": "idle", "sandbox": fmt.Sprintf("extra%d", j)}
