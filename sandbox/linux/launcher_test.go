@@ -222,6 +222,11 @@ func TestCgoPortal(t *testing.T) {
 		t.Errorf("pid 1 and python: %q", got)
 	}
 	checkCredentials(t, e, id, pid, "0")
+	// The portal executed afresh, and so what it starts, keeps the timer
+	// slack this process had before the engine raised it.
+	if got := mustRun(t, e, id, `cat /proc/self/timerslack_ns`); got != startSlack+"\n" {
+		t.Errorf("timer slack of a command: %q, want %s", got, startSlack)
+	}
 	nobody := sandboxtest.ID(t, "cgo", "nobody")
 	spec := hostSpec(t)
 	spec.User = sandbox.User{UID: 65534, GID: 65534}

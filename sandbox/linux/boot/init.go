@@ -224,6 +224,15 @@ func runInit(status *os.File) error {
 		}
 	}
 	if !allThreads {
+		// The portal executed afresh keeps this thread's timer slack, and
+		// every thread it starts inherits it, its forking thread too: the
+		// server's original, which the processes it starts are to get,
+		// rather than the raised one.
+		if c.TimerSlack > 0 {
+			if err := unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(c.TimerSlack), 0, 0, 0); err != nil {
+				return fmt.Errorf("timer slack: %w", err)
+			}
+		}
 		// ConfigFD closes on exec: the server sees the set-up done.
 		err := syscall.Exec("/proc/self/exe", []string{Argv0, InitRole}, env)
 		return fmt.Errorf("starting the portal: %w", err)
