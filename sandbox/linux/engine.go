@@ -254,8 +254,6 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Before the spawner starts, which inherits it, and every init with it.
-	host.timerSlack = raiseTimerSlack()
 	dynamic, err := needsLoader(image)
 	if err != nil {
 		return nil, fmt.Errorf("linux engine: %s: %w", portalName, err)
@@ -304,6 +302,8 @@ func New(cfg Config) (*Engine, error) {
 			log.Warn("a host user's subordinate ids overlap the id ranges of msb's sandboxes: that user's rootless containers could own sandboxes' and volumes' files; move their range above msb's", "entry", o, "msb_ids", fmt.Sprintf("%d-%d", idBase, hostID(maxSlots+1)-1))
 		}
 	}
+	// Before the spawner starts, which inherits it, and every init with it.
+	host.timerSlack = raiseTimerSlack()
 	l, err := newLauncher(image, cg, netnsPool)
 	if err != nil {
 		return nil, fmt.Errorf("linux engine: %w", err)

@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"bytes"
 	"os"
 	"runtime"
 	"strconv"
@@ -28,12 +29,9 @@ import (
 // late, and a processor held by a blocking system call goes to other
 // goroutines up to 1 ms later. Processes in sandboxes get the server's
 // original slack back (boot.Config.TimerSlack): their sleeps are theirs.
+// Other processes the server starts on the host (mke2fs, say) keep the
+// raised one.
 const timerSlack = 1_000_000
-
-var slack struct {
-	once sync.Once
-	orig uint64 // the process's slack before raiseTimerSlack; 0 if unknown
-}
 
 // raiseTimerSlack gives every thread of this process timerSlack, once per
 // process, unless the process has that much already; threads made later
@@ -41,37 +39,70 @@ var slack struct {
 // process had before (0 if it could not be read): what processes in
 // sandboxes get. Other threads than the calling one take CAP_SYS_NICE;
 // without it they keep theirs.
-func raiseTimerSlack() uint64 {
-	slack.once.Do(func() {
-		cur, err := unix.PrctlRetInt(unix.PR_GET_TIMERSLACK, 0, 0, 0, 0)
-		if err != nil || cur <= 0 {
-			return
+var raiseTimerSlack = sync.OnceValue(func() uint64 {
+	cur, err := unix.PrctlRetInt(unix.PR_GET_TIMERSLACK, 0, 0, 0, 0)
+	if err != nil || cur <= 0 {
+		return 0
+	}
+	orig := uint64(cur)
+	if orig >= timerSlack {
+		return orig
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if unix.Prctl(unix.PR_SET_TIMERSLACK, timerSlack, 0, 0, 0) != nil {
+		return orig
+	}
+	self := strconv.Itoa(unix.Gettid())
+	// A second pass catches threads made during the first by one it had
+	// not reached yet.
+	for range 2 {
+		tasks, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			break
 		}
-		slack.orig = uint64(cur)
-		if slack.orig >= timerSlack {
-			return
-		}
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if unix.Prctl(unix.PR_SET_TIMERSLACK, timerSlack, 0, 0, 0) != nil {
-			return
-		}
-		self := strconv.Itoa(unix.Gettid())
-		value := []byte(strconv.Itoa(timerSlack))
-		// A second pass catches threads made during the first by one it
-		// had not reached yet.
-		for range 2 {
-			tasks, err := os.ReadDir("/proc/self/task")
-			if err != nil {
-				return
-			}
-			for _, t := range tasks {
-				if t.Name() != self {
-					// (Per thread only at /proc/<tid>, not under task/.)
-					_ = os.WriteFile("/proc/"+t.Name()+"/timerslack_ns", value, 0)
-				}
+		for _, t := range tasks {
+			if t.Name() != self {
+				raiseThreadSlack(t.Name())
 			}
 		}
-	})
-	return slack.orig
+	}
+	return orig
+})
+
+// raiseThreadSlack gives the thread tid of this process timerSlack. A
+// thread's slack is only at /proc/<tid>, where a tid that has exited
+// could name another process's thread by now: the directory, once open,
+// stays that thread's, and its status says whose it is.
+func raiseThreadSlack(tid string) {
+	dir, err := unix.Open("/proc/"+tid, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(dir)
+	status, err := readAt(dir, "status")
+	if err != nil || !bytes.Contains(status, []byte("\nTgid:\t"+strconv.Itoa(os.Getpid())+"\n")) {
+		return
+	}
+	fd, err := unix.Openat(dir, "timerslack_ns", unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	unix.Write(fd, []byte(strconv.Itoa(timerSlack)))
+	unix.Close(fd)
+}
+
+// readAt reads the small file name in the directory dir.
+func readAt(dir int, name string) ([]byte, error) {
+	fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 4096)
+	n, err := unix.Read(fd, buf)
+	if err != nil {
+		return nil, err
+	}
+	return buf[:n], nil
 }

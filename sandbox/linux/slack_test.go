@@ -1,7 +1,9 @@
 package linux_test
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strconv"
 	"strings"
@@ -67,6 +69,9 @@ func threadSlacks(t *testing.T, pid int) map[int]string {
 		tid, _ := strconv.Atoi(task.Name())
 		// (Per thread only at /proc/<tid>.)
 		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/timerslack_ns", tid))
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+			continue // exited meanwhile
+		}
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/msb-dev/msb/sandbox/guest"
 	"golang.org/x/sys/unix"
@@ -41,7 +42,8 @@ type Options struct {
 // Serve is Main in a process already locked down (LockDown): an init
 // that becomes the portal without an exec locks itself down before it
 // reports its set-up done, so that a sandbox its server calls started
-// runs under its filter before the portal serves anything.
+// runs under its filter before the portal serves anything. opts are what
+// the init passes on.
 func Serve(opts Options) {
 	// Read and written through the runtime's poller, so that waiting for
 	// the next request holds no processor. A portal often has just one
@@ -49,12 +51,16 @@ func Serve(opts Options) {
 	// socket, it kept the goroutines of the request in flight (a command's
 	// output, an interpreter's) from running until the runtime's monitor
 	// took the processor back, 20 µs to a millisecond later.
-	if syscall.SetNonblock(3, true) != nil {
+	if err := syscall.SetNonblock(3, true); err != nil {
+		logf("the server's connection (descriptor 3): %v", err)
 		os.Exit(2)
 	}
 	conn := os.NewFile(3, "portal")
-	if conn == nil {
-		os.Exit(2)
+	if conn.SetReadDeadline(time.Time{}) != nil {
+		// Not in the poller after all (it refused the descriptor): a
+		// blocking one still works, where a non-blocking one would fail
+		// its reads with EAGAIN.
+		syscall.SetNonblock(3, false)
 	}
 	// Commands must not inherit the connection to the server.
 	syscall.CloseOnExec(3)

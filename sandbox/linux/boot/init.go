@@ -90,8 +90,8 @@ type Config struct {
 	OOMScore int
 	// TimerSlack is the timer slack, in nanoseconds, of every process
 	// the portal starts: the server's as it started, before the engine
-	// raised its own threads' (which the init's inherit and keep); 0
-	// leaves them the init's.
+	// raised its own threads' (which the init inherits, and keeps unless
+	// it executes the portal afresh); 0 leaves them the init's.
 	TimerSlack uint64
 	Env        []string
 }
@@ -230,7 +230,9 @@ func runInit(status *os.File) error {
 		// rather than the raised one.
 		if c.TimerSlack > 0 {
 			if err := unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(c.TimerSlack), 0, 0, 0); err != nil {
-				return fmt.Errorf("timer slack: %w", err)
+				// Not worth failing the start over: its processes keep
+				// the raised slack.
+				fmt.Fprintf(os.Stderr, "msb init: cannot set the timer slack to %d ns: %v\n", c.TimerSlack, err)
 			}
 		}
 		// ConfigFD closes on exec: the server sees the set-up done.
