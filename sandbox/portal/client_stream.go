@@ -113,6 +113,9 @@ func (f *flow) event(ev event, done chan struct{}) string {
 		f.started = true
 	case ev.StdinError != "":
 		if f.stdinErr {
+			if ev.Done {
+				close(done)
+			}
 			f.mu.Unlock()
 			return "" // one is enough
 		}
@@ -120,15 +123,16 @@ func (f *flow) event(ev event, done chan struct{}) string {
 	case !ev.Done:
 		f.mu.Unlock()
 		return ""
-	default:
-		f.items = append(f.items, item{ev: ev})
+	}
+	// Any frame that got here is queued, a final one with done closed in
+	// the same step (with Started or StdinError too, it is final all the
+	// same).
+	f.items = append(f.items, item{ev: ev})
+	if ev.Done {
 		close(done)
-		f.mu.Unlock()
-		token(f.ready)
-		return ""
 	}
 	f.mu.Unlock()
-	f.push(item{ev: ev})
+	token(f.ready)
 	return ""
 }
 

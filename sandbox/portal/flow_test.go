@@ -26,3 +26,28 @@ func TestStdinAfterExitQueued(t *testing.T) {
 		t.Errorf("the end of input after the exit was queued: %v, want ErrEnded", err)
 	}
 }
+
+// TestFinalFrameEndsCall checks that a final frame ends its call (done
+// closed, the frame queued) whatever else it carries: a process's first
+// Started, or a second StdinError, which the flow otherwise keeps or
+// drops.
+func TestFinalFrameEndsCall(t *testing.T) {
+	for name, frames := range map[string][]event{
+		"started":              {{Started: true, Done: true}},
+		"stdin error":          {{StdinError: "closed", Done: true}},
+		"a second stdin error": {{StdinError: "closed"}, {StdinError: "closed", Done: true}},
+	} {
+		f := newFlow(1<<16, dataStdout)
+		done := make(chan struct{})
+		for _, ev := range frames {
+			if reason := f.event(ev, done); reason != "" {
+				t.Fatalf("%s: %s", name, reason)
+			}
+		}
+		select {
+		case <-done:
+		default:
+			t.Errorf("%s: the call is not over after its final frame", name)
+		}
+	}
+}
