@@ -523,10 +523,8 @@ func processFloors(b *testing.B, n int) floors {
 		var stdout, stderr strings.Builder
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		err := cmd.Run()
-		exit := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			exit = ee.ExitCode()
-		} else if err != nil {
+		exit := exitCode(err)
+		if err != nil && exit == 0 {
 			b.Fatalf("%s: %v", cmd.Args[0], err)
 		}
 		if exit != code || stdout.String() != out || !strings.HasPrefix(stderr.String(), usage) {

@@ -14,7 +14,8 @@
 #     rounds with two baselines: a bare python3 -c's CPU and time, and the
 #     portal binary's start and exit (the floor under every init);
 #   - host memory per idle sandbox, sandbox.metrics.get p99 and
-#     sandbox.repl.run p99 with 10, 100 and 1,000 idle sandboxes running.
+#     sandbox.repl.run p99 and p50 with 10, 100 and 1,000 idle sandboxes
+#     running (1,000 calls of each).
 #
 # Needs root. crun (Debian's, a baseline only) is installed if missing; its
 # 1.8 refuses this host's hybrid cgroup layout, so the benchmark runs it

@@ -1,6 +1,9 @@
 package storage
 
-import "database/sql"
+import (
+	"context"
+	"database/sql"
+)
 
 // SQL exposes the database to this package's tests, which check the
 // schema and the files themselves.
@@ -15,3 +18,8 @@ func (d *DB) Prepared() int {
 
 // ErrClosed is the error of a query on a closed database.
 var ErrClosed = errClosed
+
+// PreparedStmt is the statement d keeps for query, prepared on first use.
+func (d *DB) PreparedStmt(ctx context.Context, query string) (*sql.Stmt, error) {
+	return d.prepared(ctx, query)
+}

@@ -2,8 +2,11 @@ package storage_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -91,8 +94,8 @@ func TestSetSandboxConfig(t *testing.T) {
 }
 
 // One statement is kept for each query, also when many goroutines run it
-// first at once; a closed database keeps none and fails the next query
-// with errClosed.
+// first at once; a closed database forgets its statements and fails the
+// next query with errClosed.
 func TestStatementsPrepared(t *testing.T) {
 	ctx := context.Background()
 	db := openDB(t)
@@ -128,5 +131,59 @@ func TestStatementsPrepared(t *testing.T) {
 	}
 	if err := startStop("after"); !errors.Is(err, storage.ErrClosed) {
 		t.Errorf("a query on a closed database: %v", err)
+	}
+}
+
+// Goroutines that prepare the same query first at once all get the one
+// statement kept (the others' prepares are closed, not kept beside it).
+func TestPreparedOnceAtOnce(t *testing.T) {
+	ctx := context.Background()
+	db := openDB(t)
+	const n = 16
+	start := make(chan struct{})
+	stmts := make(chan *sql.Stmt, n)
+	for range n {
+		go func() {
+			<-start
+			s, err := db.PreparedStmt(ctx, "SELECT 1 + ?")
+			if err != nil {
+				t.Error(err)
+			}
+			stmts <- s
+		}()
+	}
+	close(start)
+	first := <-stmts
+	for range n - 1 {
+		if s := <-stmts; s != first {
+			t.Fatalf("two statements for one query: %p and %p", first, s)
+		}
+	}
+}
+
+// A Close while queries are being prepared ends them cleanly: each
+// succeeds or fails as closed, and nothing is kept after.
+func TestCloseWhilePreparing(t *testing.T) {
+	ctx := context.Background()
+	db := openDB(t)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				_, err := db.PreparedStmt(ctx, fmt.Sprintf("SELECT %d + %d", g, i))
+				if err != nil && !errors.Is(err, storage.ErrClosed) && !strings.Contains(err.Error(), "database is closed") {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(5 * time.Millisecond)
+	db.Close()
+	wg.Wait()
+	if n := db.Prepared(); n != 0 {
+		t.Errorf("%d statements kept after Close", n)
 	}
 }

@@ -35,15 +35,15 @@ func TestRenameOverLeftover(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	mnts := c.mounts()
 	in := func(name string) (n int) {
-		for _, mnt := range c.mounts() {
+		for _, mnt := range mnts {
 			if _, err := os.Stat(c.dir(mnt, name)); err == nil {
 				n++
 			}
 		}
 		return n
 	}
-	mnts := c.mounts()
 	all := len(mnts)
 	if all < 2 {
 		t.Skip("one cgroup hierarchy: no rename to undo")

@@ -33,9 +33,9 @@
 // spawner clones with Go's fork and exec, the init does). On amd64 the
 // clone shares the spawner's memory until the exec (CLONE_VFORK), also
 // into a new user namespace, whose id maps another of the spawner's
-// threads writes while the child waits. Before each clone
-// it moves itself into the sandbox's cgroups by writing "0" to their v1
-// tasks files, and back afterwards: the init is born in its cgroups (and
+// threads writes while the child waits. Before each clone the cloning
+// thread moves itself into the sandbox's cgroups by writing "0" to their
+// v1 tasks files, and back afterwards: the init is born in its cgroups (and
 // its cgroup namespace rooted there) without the grace-period wait that
 // moving a process into a v1 cgroup costs after a quiet spell. (On a cgroup
 // v2 host the init is cloned into its cgroup with CLONE_INTO_CGROUP

@@ -213,7 +213,8 @@ type box struct {
 // binary is not a file, errdefs.ErrUnavailable when the server's own OOM
 // score would make its sandboxes immune to the OOM killer (see
 // initOOMScore), and the underlying error when a directory or a cgroup
-// cannot be created.
+// cannot be created. It raises the timer slack of every thread of the
+// calling process, for good (see timerSlack).
 func New(cfg Config) (*Engine, error) {
 	if cfg.CgroupParent == "" {
 		cfg.CgroupParent = DefaultCgroupParent

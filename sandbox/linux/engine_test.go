@@ -49,7 +49,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "timer slack:", err)
 		os.Exit(2)
 	}
-	startSlack = strconv.Itoa(slack)
+	startSlack = slack
 	dir, err := os.MkdirTemp("", "msb-linux-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

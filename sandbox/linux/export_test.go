@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -11,6 +12,12 @@ import (
 
 // TimerSlack is the timer slack the engine gives its process's threads.
 const TimerSlack = timerSlack
+
+// RaiseThreadSlack gives the thread tid TimerSlack if it is this
+// process's.
+func RaiseThreadSlack(tid int) {
+	raiseThreadSlack(strconv.Itoa(tid), []byte("\nTgid:\t"+strconv.Itoa(os.Getpid())+"\n"))
+}
 
 // WaitCgroupPool waits until the engine's cgroups made ahead are ready.
 func WaitCgroupPool(e *Engine) { e.cg.fill() }

@@ -57,8 +57,9 @@ const sandboxCloneFlags = unix.CLONE_NEWPID | unix.CLONE_NEWNS | unix.CLONE_NEWU
 // of the same binary, started once, whose thread's credentials are prepared
 // once for every sandbox. Cloning from it rather than from the server
 // leaves nothing of the server's in the child between its clone and its
-// exec (and, where the spawner clones with Go's fork and exec, copies
-// its small address space rather than the server's).
+// exec (and, where the spawner clones into a new user namespace with Go's
+// fork and exec, which copies the address space, copies its small one
+// rather than the server's).
 type launcher struct {
 	exe     *os.File // the sealed memfd
 	devNull *os.File // the init's stdin

@@ -78,7 +78,7 @@ func mustRun(t *testing.T, e *linux.Engine, id sandbox.ID, script string) string
 	return out.String()
 }
 
-// statusFields reads fields of /proc/<pid>/task/<tid>/status for every
+// threadStatus reads fields of /proc/<pid>/task/<tid>/status for every
 // thread of a process, on the host.
 func threadStatus(t *testing.T, pid int, fields ...string) []map[string]string {
 	t.Helper()
@@ -224,8 +224,8 @@ func TestCgoPortal(t *testing.T) {
 	checkCredentials(t, e, id, pid, "0")
 	// The portal executed afresh, and so what it starts, keeps the timer
 	// slack this process had before the engine raised it.
-	if got := mustRun(t, e, id, `cat /proc/self/timerslack_ns`); got != startSlack+"\n" {
-		t.Errorf("timer slack of a command: %q, want %s", got, startSlack)
+	if got := mustRun(t, e, id, `cat /proc/self/timerslack_ns`); got != strconv.Itoa(startSlack)+"\n" {
+		t.Errorf("timer slack of a command: %q, want %d", got, startSlack)
 	}
 	nobody := sandboxtest.ID(t, "cgo", "nobody")
 	spec := hostSpec(t)

@@ -256,8 +256,8 @@ func TestPrestartWaitsForQuiet(t *testing.T) {
 }
 
 // Every entry point that starts a sandbox or runs something in one counts
-// for the quiet moment (quiet.go), also when it fails: Adopt as a start;
-// Exec, Spawn, RunCode and Stream as commands.
+// for the quiet moment (quiet.go), also when it fails: Start and Adopt as
+// starts; Exec, Spawn, RunCode and Stream as commands.
 func TestCallsCounted(t *testing.T) {
 	e, _, _ := newEngineToClose(t, "msb-counted")
 	ctx := context.Background()
@@ -267,6 +267,7 @@ func TestCallsCounted(t *testing.T) {
 		start bool // counted as a start, else as a command
 		call  func() error
 	}{
+		{"Start", true, func() error { return e.Start(ctx, missing) }},
 		{"Adopt", true, func() error { return e.Adopt(ctx, "no-such-handle", missing, hostSpec(t)) }},
 		{"Exec", false, func() error {
 			_, err := e.Exec(ctx, missing, sandbox.ExecRequest{Command: "true"})

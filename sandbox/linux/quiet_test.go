@@ -67,7 +67,7 @@ func TestStartBurst(t *testing.T) {
 
 // waitQuiet gives up waiting after backgroundPatience (a lone start left in
 // flight would otherwise hold the work up for ever), returns false at once
-// when quit is closed, and goes as soon as a second start makes a burst.
+// when quit is closed, and goes once a second start makes a burst.
 func TestWaitQuiet(t *testing.T) {
 	c := newCalls()
 	c.start() // never ends

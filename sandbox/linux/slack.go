@@ -36,7 +36,7 @@ const timerSlack = 1_000_000
 // raiseTimerSlack gives every thread of this process timerSlack, once per
 // process, unless the process has that much already; threads made later
 // inherit it from the thread that makes them. It returns the slack the
-// process had before (0 if it could not be read): what processes in
+// process had before (0 if it could not be read, or is 0): what processes in
 // sandboxes get. Other threads than the calling one take CAP_SYS_NICE;
 // without it they keep theirs.
 var raiseTimerSlack = sync.OnceValue(func() uint64 {
@@ -54,6 +54,7 @@ var raiseTimerSlack = sync.OnceValue(func() uint64 {
 		return orig
 	}
 	self := strconv.Itoa(unix.Gettid())
+	tgid := []byte("\nTgid:\t" + strconv.Itoa(os.Getpid()) + "\n")
 	// A second pass catches threads made during the first by one it had
 	// not reached yet.
 	for range 2 {
@@ -63,25 +64,26 @@ var raiseTimerSlack = sync.OnceValue(func() uint64 {
 		}
 		for _, t := range tasks {
 			if t.Name() != self {
-				raiseThreadSlack(t.Name())
+				raiseThreadSlack(t.Name(), tgid)
 			}
 		}
 	}
 	return orig
 })
 
-// raiseThreadSlack gives the thread tid of this process timerSlack. A
-// thread's slack is only at /proc/<tid>, where a tid that has exited
-// could name another process's thread by now: the directory, once open,
-// stays that thread's, and its status says whose it is.
-func raiseThreadSlack(tid string) {
+// raiseThreadSlack gives the thread tid timerSlack if its status has the
+// line tgid (this process's "\nTgid:\t<pid>\n"). A thread's slack is only
+// at /proc/<tid>, where a tid that has exited could name another
+// process's thread by now: the directory, once open, stays that thread's,
+// and its status says whose it is.
+func raiseThreadSlack(tid string, tgid []byte) {
 	dir, err := unix.Open("/proc/"+tid, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return
 	}
 	defer unix.Close(dir)
 	status, err := readAt(dir, "status")
-	if err != nil || !bytes.Contains(status, []byte("\nTgid:\t"+strconv.Itoa(os.Getpid())+"\n")) {
+	if err != nil || !bytes.Contains(status, tgid) {
 		return
 	}
 	fd, err := unix.Openat(dir, "timerslack_ns", unix.O_WRONLY|unix.O_CLOEXEC, 0)

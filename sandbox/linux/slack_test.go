@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,21 +17,21 @@ import (
 
 // startSlack is this process's timer slack before any engine raised it
 // (TestMain reads it).
-var startSlack string
+var startSlack int
 
 // TestTimerSlack checks that the engine gives its own process's threads
 // its timer slack, and that the spawner's and the init's threads have it
 // too, but not the processes in the sandbox: they get the slack this
 // process had, through the one thread of the portal that starts them.
+// (The slack is raised once per process: that it is raised before the
+// spawner starts shows only when this engine is the process's first, as
+// with -run TestTimerSlack.)
 func TestTimerSlack(t *testing.T) {
 	e, _, _ := newEngineToClose(t, "msb-slack")
 	id := sandboxtest.ID(t, "slack", "a")
 	pid := startBox(t, e, id, hostSpec(t))
-	orig, err := strconv.Atoi(startSlack)
-	if err != nil {
-		t.Fatalf("this process's timer slack %q: %v", startSlack, err)
-	}
-	raised := strconv.Itoa(max(orig, linux.TimerSlack))
+	orig := strconv.Itoa(startSlack)
+	raised := strconv.Itoa(max(startSlack, linux.TimerSlack))
 	for name, p := range map[string]int{"this process": os.Getpid(), "the spawner": linux.SpawnerPid(e)} {
 		for tid, slack := range threadSlacks(t, p) {
 			if slack != raised {
@@ -38,22 +39,43 @@ func TestTimerSlack(t *testing.T) {
 			}
 		}
 	}
-	if got := mustRun(t, e, id, `cat /proc/self/timerslack_ns; sh -c 'cat /proc/self/timerslack_ns'`); got != startSlack+"\n"+startSlack+"\n" {
-		t.Errorf("timer slack of processes in the sandbox: %q, want %s (this process's before the engine raised it)", got, startSlack)
+	if got := mustRun(t, e, id, `cat /proc/self/timerslack_ns; sh -c 'cat /proc/self/timerslack_ns'`); got != orig+"\n"+orig+"\n" {
+		t.Errorf("timer slack of processes in the sandbox: %q, want %s (this process's before the engine raised it)", got, orig)
 	}
 	// The portal has started a process: its forking thread is there.
 	var forking int
 	for tid, slack := range threadSlacks(t, pid) {
 		switch slack {
 		case raised:
-		case startSlack:
+		case orig:
 			forking++
 		default:
 			t.Errorf("the init: thread %d has a timer slack of %s ns, want %s", tid, slack, raised)
 		}
 	}
-	if forking != 1 && raised != startSlack {
+	if forking != 1 && raised != orig {
 		t.Errorf("the init has %d threads of the original timer slack, want 1 (the forking thread)", forking)
+	}
+}
+
+// TestRaiseThreadSlackOwnOnly checks that raising a thread's slack by its
+// tid leaves another process's alone (a tid of this process's that
+// exited may name one by then).
+func TestRaiseThreadSlackOwnOnly(t *testing.T) {
+	other := exec.Command("sleep", "60")
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { other.Process.Kill(); other.Wait() }()
+	// Started by a thread of this process: the other's slack is this
+	// process's, lowered so that a raise would show.
+	path := fmt.Sprintf("/proc/%d/timerslack_ns", other.Process.Pid)
+	if err := os.WriteFile(path, []byte("50000"), 0); err != nil {
+		t.Fatal(err)
+	}
+	linux.RaiseThreadSlack(other.Process.Pid)
+	if data, err := os.ReadFile(path); err != nil || strings.TrimSpace(string(data)) != "50000" {
+		t.Errorf("another process's timer slack after a raise by its tid: %q, %v; want 50000", data, err)
 	}
 }
 
@@ -68,7 +90,7 @@ func threadSlacks(t *testing.T, pid int) map[int]string {
 	for _, task := range tasks {
 		tid, _ := strconv.Atoi(task.Name())
 		// (Per thread only at /proc/<tid>.)
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/timerslack_ns", tid))
+		data, err := os.ReadFile("/proc/" + task.Name() + "/timerslack_ns")
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
 			continue // exited meanwhile
 		}

@@ -23,7 +23,7 @@ const (
 )
 
 // hostLimits is what the host lets the engine set on every sandbox, probed
-// once by New.
+// once by New (the timer slack is raiseTimerSlack's).
 type hostLimits struct {
 	// oomScore is the init's oom_score_adj, never below 0 (see
 	// initOOMScore).

@@ -83,8 +83,9 @@ type Config struct {
 	Workdir  string
 	User     guest.User
 	// Caps are the capabilities root in the sandbox keeps, and its
-	// bounding set (the clone's child set it; boundCaps drops what a
-	// spawner without one left); a non-root user keeps none.
+	// bounding set (the child of the spawner's clone sets it; boundCaps
+	// drops what a spawner without cloneExec left); a non-root user
+	// keeps none.
 	Caps     uint64
 	NoFile   uint64
 	OOMScore int

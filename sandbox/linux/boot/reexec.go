@@ -9,9 +9,8 @@ import "github.com/msb-dev/msb/sandbox/portal"
 // init executes once the sandbox is set up when the binary is linked
 // with cgo; and the trampoline through which the portal starts a command
 // with resource limits (`msb portal-exec`). args are the process's
-// arguments and pid its pid. Call it first thing: from main of the
-// portal binary (sandbox/linux/portalbin), or, in msb itself, through
-// sandbox/engine.Reexec.
+// arguments and pid its pid. spawn.Reexec, which every binary that runs
+// sandboxes calls first thing, calls it after the spawner's role.
 func Reexec(args []string, pid int) {
 	maybeInit()
 	if len(args) > 1 && args[1] == InitRole && pid == 1 {

@@ -101,8 +101,7 @@ func TestWireRoundTrip(t *testing.T) {
 
 // Empty strings, a nil or empty Build and zero or negative numbers decode
 // as they were sent; empty slices (and an empty file's content) decode as
-// nil (as JSON's omitempty gave them to the init before), which no reader
-// of these types tells apart.
+// nil, which no reader of these types tells apart.
 func TestWireZero(t *testing.T) {
 	c := Config{Build: &RootBuild{}, OOMScore: -1000}
 	data, _ := c.MarshalBinary()
